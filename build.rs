@@ -1,0 +1,18 @@
+//! Compiles the wire protocol in `apis/` with protox (a pure-Rust protobuf compiler), so a
+//! fresh machine needs no `protoc` binary.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=apis");
+    println!("cargo:rerun-if-changed=migrations");
+    let files = [
+        "apis/apache/rocketmq/v2/definition.proto",
+        "apis/apache/rocketmq/v2/service.proto",
+        "apis/apache/rocketmq/v2/admin.proto",
+    ];
+    let fds = protox::compile(files, ["apis"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

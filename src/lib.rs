@@ -1,0 +1,15 @@
+//! rmq-gateway: a RocketMQ 5.x gRPC gateway with its own storage.
+//!
+//! Layers (see `../shared/DESIGN.md` and README "Architecture"):
+//! - [`grpc`] and [`admin`] are protocol edges; they call the [`broker`] domain only.
+//! - [`broker`] sees storage and metadata only through the [`storage::MessageLog`] and
+//!   [`metadata::MetadataStore`] traits.
+//! - [`server`] is the only place that names concrete backends.
+
+pub mod storage;
+
+pub mod proto {
+    //! Generated `apache.rocketmq.v2` protocol types (from `apis/`).
+    #![allow(clippy::all)]
+    tonic::include_proto!("apache.rocketmq.v2");
+}

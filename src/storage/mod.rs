@@ -1,0 +1,131 @@
+//! Message storage: the [`MessageLog`] trait the broker appends to and reads from, and its
+//! implementations.
+//!
+//! Contract of a `MessageLog`:
+//! - Queue offsets are dense per `(topic, queue_id)`, start at 0 and are never reused, even
+//!   across crashes: an offset is only handed out (and made readable) once its record is
+//!   durable under the configured [`FlushMode`].
+//! - `append` resolves only after the flush policy is met (`Sync`: fsynced; `Async`: written
+//!   to the OS). A failed write or fsync fails every append of the affected batch; a failed
+//!   append is never reported as stored.
+//! - `read` never returns a record that failed its CRC check, and never returns bytes beyond
+//!   what `append` has acknowledged.
+//!
+//! This module must not import protocol (tonic/prost), HTTP or SQL crates.
+
+pub mod memory;
+pub mod record;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use record::Properties;
+
+/// When an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushMode {
+    /// Acknowledge after the batch containing the record has been fsynced.
+    Sync,
+    /// Acknowledge after the write; fsync on an interval.
+    Async { interval: std::time::Duration },
+}
+
+/// One message to append.
+#[derive(Debug, Clone)]
+pub struct AppendMessage {
+    pub topic: Arc<str>,
+    pub queue_id: u32,
+    pub born_timestamp_ms: i64,
+    /// Opaque to storage; the broker keeps message-type bits here.
+    pub flags: u32,
+    /// Hash of the message tag (0 when none), kept in the queue index so tag filters can
+    /// skip records without reading them.
+    pub tag_hash: u64,
+    pub properties: Properties,
+    pub body: Bytes,
+}
+
+/// Where an appended message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    pub queue_offset: u64,
+    pub log_position: u64,
+    pub store_timestamp_ms: i64,
+}
+
+/// A message read back from the log.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub topic: Arc<str>,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub log_position: u64,
+    pub store_timestamp_ms: i64,
+    pub born_timestamp_ms: i64,
+    pub flags: u32,
+    pub tag_hash: u64,
+    pub properties: Properties,
+    pub body: Bytes,
+}
+
+/// `[start, end)` of readable offsets of one queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Errors of the message log.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("i/o error while {context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("disk is full: {0}")]
+    DiskFull(String),
+    #[error("corrupted record at log position {position}: {reason}")]
+    Corrupted { position: u64, reason: String },
+    #[error("record of {size} bytes does not fit in a segment of {segment_size} bytes")]
+    RecordTooLarge { size: u64, segment_size: u64 },
+    #[error("the message log is shutting down")]
+    ShuttingDown,
+}
+
+pub type StorageResult<T> = Result<T, StorageError>;
+
+/// The durable, append-only message log with per-queue indexes.
+#[async_trait]
+pub trait MessageLog: Send + Sync + 'static {
+    /// Appends messages (to any queues) as one group-committed unit and returns, in the same
+    /// order, where each landed. All-or-nothing: on error none of them is acknowledged.
+    async fn append(&self, messages: Vec<AppendMessage>) -> StorageResult<Vec<AppendResult>>;
+
+    /// Reads up to `max_messages` messages (and roughly at most `max_bytes` of bodies, but at
+    /// least one message) of a queue, starting at `offset`. Offsets below the queue start are
+    /// clamped to it; an offset at or past the end returns an empty vector.
+    fn read(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> StorageResult<Vec<StoredMessage>>;
+
+    /// The readable offset range of a queue (`0..0` for a queue never written).
+    fn queue_range(&self, topic: &str, queue_id: u32) -> QueueRange;
+
+    /// Messages whose `UNIQ_KEY` property equals `message_id`.
+    fn find_by_message_id(&self, message_id: &str) -> StorageResult<Vec<StoredMessage>>;
+
+    /// Messages of `topic` with `key` among their `KEYS`, newest last, at most `max`.
+    fn find_by_key(&self, topic: &str, key: &str, max: usize) -> StorageResult<Vec<StoredMessage>>;
+
+    /// Flushes everything, writes a checkpoint and stops background work.
+    async fn close(&self) -> StorageResult<()>;
+}
