@@ -14,6 +14,7 @@ pub mod proto {
     tonic::include_proto!("apache.rocketmq.v2");
 }
 pub mod admin;
+pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod grpc;

@@ -31,6 +31,11 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Benchmarks (see `make bench`).
+    Bench {
+        #[command(subcommand)]
+        command: Box<rmq_gateway::bench::BenchCommand>,
+    },
 }
 
 fn init_logging(level: &str) {
@@ -50,6 +55,7 @@ fn load(config: Option<&std::path::Path>) -> Result<Config, ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench { command } => rmq_gateway::bench::run(*command),
         Command::CheckConfig { config } => match load(config.as_deref()) {
             Ok(c) => match serde_norway::to_string(&c) {
                 Ok(text) => {

@@ -1,0 +1,490 @@
+//! `rmq-gateway bench compare` (what `make bench` runs): one invocation, one machine, every
+//! system started on loopback by this command and stopped at the end.
+//!
+//! For each system it runs
+//! - `max`: producers only, closed loop (`--producers` × `--concurrency` requests in flight)
+//!   — send throughput and send latency at saturation;
+//! - `half` (systems that can be consumed from): producers paced at `--half-fraction` of that
+//!   system's own `max` throughput, with `--consumers` long-polling consumers — send and
+//!   end-to-end latency at a sustainable load.
+//!
+//! Systems: the no-op tonic server (the gRPC ceiling; `max` only), rmq-gateway with
+//! SYNC_FLUSH and ASYNC_FLUSH, NATS JetStream (file storage, publish acks, async-nats), and
+//! rocketmq-rust's `rocketmq-proxy-rust` in local mode when a binary is given. Then it prints
+//! the table, the ratios and the targets of issue #4, and writes JSON, Markdown and SVG.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+
+use super::grpc::{self, Flush, Target};
+use super::load::LoadOutcome;
+use super::procs::{self, Server};
+use super::report::{Check, Ratio, Report, RunResult};
+use super::{LoadArgs, OutArgs};
+
+/// Systems `compare` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum System {
+    /// The no-op tonic server (cost of gRPC alone).
+    Noop,
+    /// rmq-gateway with SYNC_FLUSH.
+    GatewaySync,
+    /// rmq-gateway with ASYNC_FLUSH.
+    GatewayAsync,
+    /// NATS JetStream, file storage, publish acks.
+    Nats,
+    /// rocketmq-rust's proxy in local mode (needs --rocketmq-proxy-bin).
+    RocketmqRust,
+}
+
+impl System {
+    fn label(self) -> &'static str {
+        match self {
+            System::Noop => NOOP,
+            System::GatewaySync => GW_SYNC,
+            System::GatewayAsync => GW_ASYNC,
+            System::Nats => NATS,
+            System::RocketmqRust => "rocketmq-rust-proxy",
+        }
+    }
+}
+
+const NOOP: &str = "noop-ceiling";
+const GW_SYNC: &str = "gateway-sync";
+const GW_ASYNC: &str = "gateway-async";
+const NATS: &str = "nats-jetstream";
+
+/// `rmq-gateway bench compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Producer connections.
+    #[arg(long, default_value_t = 4)]
+    pub producers: usize,
+    /// Requests in flight per producer connection.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Consumers in the paced (`half`) runs.
+    #[arg(long, default_value_t = 4)]
+    pub consumers: usize,
+    /// Message body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub message_size: usize,
+    /// Messages per gRPC send request (NATS always publishes one per request).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Measured time of each run.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Warm-up before each run's window.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    pub warmup: Duration,
+    /// Pace of the `half` runs, as a fraction of the same system's `max` throughput.
+    #[arg(long, default_value_t = 0.5)]
+    pub half_fraction: f64,
+    /// Systems to run, in this order.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "noop,gateway-async,gateway-sync,nats")]
+    pub systems: Vec<System>,
+    /// Gateway binary (default: this executable).
+    #[arg(long)]
+    pub gateway_bin: Option<PathBuf>,
+    /// nats-server binary.
+    #[arg(long, default_value = "nats-server")]
+    pub nats_server: String,
+    /// rocketmq-rust's `rocketmq-proxy-rust` binary; adds the `rocketmq-rust` system.
+    #[arg(long)]
+    pub rocketmq_proxy_bin: Option<PathBuf>,
+    /// Record a `perf` profile of the gateway during its `max` runs (needs `perf`).
+    #[arg(long)]
+    pub perf: bool,
+    /// Where servers keep their data during the run (removed afterwards).
+    #[arg(long, default_value = "bench-results/.work")]
+    pub work_dir: PathBuf,
+    /// Print no progress lines.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub out: OutArgs,
+}
+
+impl CompareArgs {
+    fn load(&self, consumers: usize, rate: Option<f64>) -> LoadArgs {
+        LoadArgs {
+            producers: self.producers,
+            concurrency: self.concurrency,
+            consumers,
+            message_size: self.message_size,
+            batch: self.batch,
+            duration: self.duration,
+            warmup: self.warmup,
+            messages: None,
+            rate,
+            drain: Duration::from_secs(5),
+            quiet: self.quiet,
+        }
+    }
+}
+
+struct Runner<'a> {
+    args: &'a CompareArgs,
+    report: Report,
+    bin: PathBuf,
+}
+
+/// A `perf record` attached to a server for one run.
+struct Profile {
+    child: std::process::Child,
+    data: PathBuf,
+}
+
+impl Profile {
+    fn start(pid: u32, data: &Path) -> Option<Profile> {
+        let child = Command::new("perf")
+            .args(["record", "-F", "499", "-g", "-p", &pid.to_string(), "-o"])
+            .arg(data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| eprintln!("perf record could not start: {e}"))
+            .ok()?;
+        Some(Profile { child, data: data.to_path_buf() })
+    }
+
+    /// Stops recording and writes `perf report --stdio` next to the data file.
+    fn finish(mut self) -> Option<PathBuf> {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child; SIGINT makes perf write its data and exit.
+            unsafe {
+                libc::kill(pid, libc::SIGINT);
+            }
+        }
+        let _ = self.child.wait();
+        let txt = self.data.with_extension("txt");
+        let out = Command::new("perf")
+            .args(["report", "--stdio", "--no-children", "--percent-limit", "0.5", "-g", "none", "-i"])
+            .arg(&self.data)
+            .output()
+            .ok()?;
+        std::fs::write(&txt, out.stdout).ok()?;
+        Some(txt)
+    }
+}
+
+impl Runner<'_> {
+    fn record(&mut self, r: RunResult) {
+        if let Some(e) = &r.first_error {
+            self.report.notes.push(format!("{}: first error: {e}", r.key()));
+        }
+        self.report.results.push(r);
+    }
+
+    /// `max` then `half` against a gRPC server; `full` says whether it can be consumed from.
+    async fn grpc_system(
+        &mut self,
+        system: &str,
+        addr: SocketAddr,
+        server: &mut Server,
+        full: bool,
+        storage: &dyn Fn() -> String,
+        data_dir: Option<&Path>,
+    ) -> anyhow::Result<()> {
+        let max_target = Target { addr, topic: grpc::default_topic("max"), group: "bench-max".into(), full };
+        grpc::prepare(&max_target, Duration::from_secs(60)).await?;
+        let args = self.args.load(0, None);
+        eprintln!("{system}: max (closed loop, {} in flight)", args.producers * args.concurrency);
+        let profile = (self.args.perf && data_dir.is_some())
+            .then(|| server.pid())
+            .flatten()
+            .and_then(|pid| Profile::start(pid, &self.args.out.out.join(format!("perf-{system}.data"))));
+        let max = grpc::run(system, &args, &max_target, server.pid()).await;
+        if let Some(p) = profile
+            && let Some(txt) = p.finish()
+        {
+            self.report.notes.push(format!("{system} max was profiled with perf (499 Hz); report: {}", txt.display()));
+        }
+        server.check_alive()?;
+        let max = max?;
+        let mut r = RunResult::new(system, "max", &storage(), &args, &max);
+        r.disk_bytes = data_dir.map(procs::dir_size);
+        let max_rate = r.msgs_per_s;
+        self.record(r);
+        if full && self.args.consumers > 0 && max_rate > 0.0 {
+            let pid = server.pid();
+            let run = |a: LoadArgs| {
+                let target = Target { addr, topic: grpc::default_topic("half"), group: "bench-half".into(), full };
+                async move {
+                    grpc::prepare(&target, Duration::from_secs(60)).await?;
+                    grpc::run(system, &a, &target, pid).await
+                }
+            };
+            self.half(system, max_rate, run, storage).await?;
+            server.check_alive()?;
+        }
+        Ok(())
+    }
+
+    async fn half<F, Fut>(
+        &mut self,
+        system: &str,
+        max_rate: f64,
+        run: F,
+        storage: &dyn Fn() -> String,
+    ) -> anyhow::Result<()>
+    where
+        F: FnOnce(LoadArgs) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<LoadOutcome>>,
+    {
+        let rate = max_rate * self.args.half_fraction;
+        let args = self.args.load(self.args.consumers, Some(rate));
+        eprintln!("{system}: half (paced at {rate:.0} msg/s, {} consumers)", args.consumers);
+        let outcome = run(args.clone()).await?;
+        let r = RunResult::new(system, "half", &storage(), &args, &outcome);
+        if r.received < r.messages {
+            self.report.notes.push(format!(
+                "{}: consumers saw {} of {} messages sent in the window within the drain time",
+                r.key(),
+                r.received,
+                r.messages
+            ));
+        }
+        self.record(r);
+        Ok(())
+    }
+
+    async fn noop(&mut self) -> anyhow::Result<()> {
+        let port = procs::free_port()?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["bench", "noop-server", "--listen", &format!("127.0.0.1:{port}")]);
+        let work = self.args.work_dir.clone();
+        let mut server = Server::spawn(NOOP, cmd, &work.join("noop.log"))?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let result = self.grpc_system(NOOP, addr, &mut server, false, &|| "none (answers OK)".into(), None).await;
+        server.stop(Duration::from_secs(10));
+        result
+    }
+
+    async fn gateway(&mut self, flush: Flush) -> anyhow::Result<()> {
+        let system = if flush == Flush::Sync { GW_SYNC } else { GW_ASYNC };
+        let mut g = grpc::spawn_gateway(&self.bin, flush, &self.args.work_dir, system)?;
+        let data_dir = g.data_dir.clone();
+        let storage = || grpc::gateway_storage(flush, &data_dir);
+        let result = self.grpc_system(system, g.grpc, &mut g.server, true, &storage, Some(&data_dir)).await;
+        g.server.stop(Duration::from_secs(30));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        result
+    }
+
+    #[cfg(feature = "nats-bench")]
+    async fn nats(&mut self) -> anyhow::Result<()> {
+        use super::nats;
+        let mut s = nats::spawn_server(&self.args.nats_server, &self.args.work_dir, NATS)?;
+        let url = s.url.clone();
+        let pid = s.server.pid();
+        let result = async {
+            nats::create_stream(&url, "BENCHMAX", Duration::from_secs(30)).await?;
+            let args = self.args.load(0, None);
+            eprintln!("{NATS}: max (closed loop, {} publishes in flight)", args.producers * args.concurrency);
+            let max = nats::run(NATS, &args, &url, "BENCHMAX", pid).await;
+            s.server.check_alive()?;
+            let mut r = RunResult::new(NATS, "max", super::NATS_STORAGE, &args, &max?);
+            r.disk_bytes = Some(procs::dir_size(&s.store_dir));
+            nats::delete_stream(&url, "BENCHMAX").await?;
+            let max_rate = r.msgs_per_s;
+            self.record(r);
+            if self.args.consumers > 0 && max_rate > 0.0 {
+                nats::create_stream(&url, "BENCHHALF", Duration::from_secs(30)).await?;
+                let u = url.clone();
+                self.half(NATS, max_rate, |a| async move { nats::run(NATS, &a, &u, "BENCHHALF", pid).await }, &|| {
+                    super::NATS_STORAGE.to_string()
+                })
+                .await?;
+                s.server.check_alive()?;
+                nats::delete_stream(&url, "BENCHHALF").await?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        s.server.stop(Duration::from_secs(30));
+        let _ = std::fs::remove_dir_all(&s.store_dir);
+        result
+    }
+
+    #[cfg(not(feature = "nats-bench"))]
+    async fn nats(&mut self) -> anyhow::Result<()> {
+        anyhow::bail!("this binary was built without the `nats-bench` feature")
+    }
+
+    async fn rocketmq_rust(&mut self) -> anyhow::Result<()> {
+        let Some(bin) = self.args.rocketmq_proxy_bin.clone() else {
+            anyhow::bail!("no --rocketmq-proxy-bin given");
+        };
+        anyhow::ensure!(bin.is_file(), "{} does not exist (the crates.io build did not finish?)", bin.display());
+        let system = System::RocketmqRust.label();
+        let home = self.args.work_dir.join(system);
+        let _ = std::fs::remove_dir_all(&home);
+        std::fs::create_dir_all(&home)?;
+        let port = procs::free_port()?;
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--mode", "local", "--grpcListenAddr", &format!("127.0.0.1:{port}")])
+            .env("ROCKETMQ_HOME", &home)
+            .env("HOME", &home)
+            .current_dir(&home);
+        let mut server = Server::spawn(system, cmd, &self.args.work_dir.join(format!("{system}.log")))?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let storage = || "embedded rocketmq-rust broker (local mode, default flush)".to_string();
+        let result = self.grpc_system(system, addr, &mut server, true, &storage, Some(&home)).await;
+        server.stop(Duration::from_secs(30));
+        let _ = std::fs::remove_dir_all(&home);
+        result
+    }
+
+    fn ratios_and_checks(&mut self) {
+        let r = &self.report;
+        let get = |s: &str| r.find(s, "max");
+        let mut ratios = Vec::new();
+        let mut checks = Vec::new();
+        let ceiling = get(NOOP);
+        let nats = get(NATS);
+        for (gw, need) in [(GW_ASYNC, 0.70), (GW_SYNC, 0.50)] {
+            let Some(g) = get(gw) else { continue };
+            if let Some(c) = ceiling.filter(|c| c.msgs_per_s > 0.0) {
+                let x = g.msgs_per_s / c.msgs_per_s;
+                ratios.push(Ratio { name: format!("{gw} / {NOOP} (msg/s)"), value: x });
+                checks.push(Check {
+                    target: format!("{gw} send throughput ≥ {:.0}% of the no-op ceiling", need * 100.0),
+                    measured: format!("{:.0}% ({:.0} vs {:.0} msg/s)", x * 100.0, g.msgs_per_s, c.msgs_per_s),
+                    met: Some(x >= need),
+                });
+            }
+            if let Some(n) = nats.filter(|n| n.msgs_per_s > 0.0) {
+                let x = g.msgs_per_s / n.msgs_per_s;
+                ratios.push(Ratio { name: format!("{gw} / {NATS} (msg/s)"), value: x });
+                let at_1k = g.message_size == 1024;
+                checks.push(Check {
+                    target: format!("{gw} ahead of NATS JetStream in persisted-publish throughput at 1 KiB"),
+                    measured: format!(
+                        "{x:.2}× ({:.0} vs {:.0} msg/s, {} B)",
+                        g.msgs_per_s, n.msgs_per_s, g.message_size
+                    ),
+                    met: at_1k.then_some(x > 1.0),
+                });
+                if let (Some(gl), Some(nl)) = (&g.send_latency, &n.send_latency) {
+                    ratios.push(Ratio {
+                        name: format!("{gw} / {NATS} (send p99, max load)"),
+                        value: gl.p99_ms / nl.p99_ms,
+                    });
+                    checks.push(Check {
+                        target: format!(
+                            "{gw} p99 send latency no worse than NATS JetStream (max load, same concurrency)"
+                        ),
+                        measured: format!("{:.2} ms vs {:.2} ms", gl.p99_ms, nl.p99_ms),
+                        met: Some(gl.p99_ms <= nl.p99_ms),
+                    });
+                }
+                let half = |s: &str| r.find(s, "half").and_then(|x| x.send_latency.clone());
+                if let (Some(gl), Some(nl)) = (half(gw), half(NATS)) {
+                    checks.push(Check {
+                        target: format!("{gw} p99 send latency no worse than NATS JetStream (each at half its max)"),
+                        measured: format!("{:.2} ms vs {:.2} ms", gl.p99_ms, nl.p99_ms),
+                        met: Some(gl.p99_ms <= nl.p99_ms),
+                    });
+                }
+            }
+            if let Some(h) = r.find(gw, "half") {
+                let measured = match &h.e2e_latency {
+                    Some(l) => format!("p99 {:.2} ms at {:.0} msg/s", l.p99_ms, h.msgs_per_s),
+                    None => "no messages received".to_string(),
+                };
+                checks.push(Check {
+                    target: format!("{gw} end-to-end p99 ≤ 5 ms at half of the maximum throughput"),
+                    measured,
+                    met: Some(h.e2e_latency.as_ref().is_some_and(|l| l.p99_ms <= 5.0)),
+                });
+            }
+        }
+        if let (Some(a), Some(s)) = (get(GW_ASYNC), get(GW_SYNC))
+            && a.msgs_per_s > 0.0
+        {
+            ratios.push(Ratio { name: format!("{GW_SYNC} / {GW_ASYNC} (msg/s)"), value: s.msgs_per_s / a.msgs_per_s });
+        }
+        if let (Some(p), Some(c)) = (get(System::RocketmqRust.label()), ceiling)
+            && c.msgs_per_s > 0.0
+        {
+            ratios.push(Ratio {
+                name: format!("rocketmq-rust-proxy / {NOOP} (msg/s)"),
+                value: p.msgs_per_s / c.msgs_per_s,
+            });
+        }
+        let in_memory =
+            self.report.results.iter().any(|r| r.system.starts_with("gateway") && r.storage.starts_with("in-memory"));
+        if in_memory {
+            self.report.notes.push(
+                "The gateway ran on its in-memory log (this build of `serve` has no durable commit log): nothing was \
+                 persisted and SYNC_FLUSH/ASYNC_FLUSH behave alike. The durability comparisons above are therefore \
+                 not yet meaningful."
+                    .into(),
+            );
+        }
+        if self.report.find(NATS, "max").is_some() {
+            self.report.notes.push(format!(
+                "NATS JetStream storage: {}. ASYNC_FLUSH is the like-for-like durability comparison.",
+                super::NATS_STORAGE
+            ));
+        }
+        self.report.notes.push(
+            "Client and servers share the same cores; the client's CPU is in the table. Send latency is measured from \
+             just before the request is built to the response; end-to-end latency from the same instant (written into \
+             the body) to the consumer's receipt, on one monotonic clock."
+                .into(),
+        );
+        self.report.ratios = ratios;
+        self.report.checks = checks;
+    }
+}
+
+/// `rmq-gateway bench compare`.
+pub async fn main(args: CompareArgs) -> anyhow::Result<()> {
+    let bin = match &args.gateway_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe().context("cannot find this executable")?,
+    };
+    args.load(args.consumers, None).validate()?;
+    anyhow::ensure!(args.half_fraction > 0.0 && args.half_fraction <= 1.0, "--half-fraction must be in (0, 1]");
+    std::fs::create_dir_all(&args.work_dir).with_context(|| format!("cannot create {}", args.work_dir.display()))?;
+    std::fs::create_dir_all(&args.out.out)?;
+    let mut systems = args.systems.clone();
+    if args.rocketmq_proxy_bin.is_some() && !systems.contains(&System::RocketmqRust) {
+        systems.push(System::RocketmqRust);
+    }
+    let mut runner = Runner { args: &args, report: Report::new(&args.work_dir), bin };
+    for system in systems {
+        let result = match system {
+            System::Noop => runner.noop().await,
+            System::GatewaySync => runner.gateway(Flush::Sync).await,
+            System::GatewayAsync => runner.gateway(Flush::Async).await,
+            System::Nats => runner.nats().await,
+            System::RocketmqRust => runner.rocketmq_rust().await,
+        };
+        if let Err(e) = result {
+            eprintln!("{}: FAILED: {e:#}", system.label());
+            runner.report.notes.push(format!("{} could not be measured: {e:#}", system.label()));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    runner.ratios_and_checks();
+    let report = runner.report;
+    println!("\n{}", report.markdown());
+    let stamp = report.started_at.replace([':', '-'], "");
+    let mut written = report.write(&args.out.out, "bench")?;
+    let history = args.out.out.join(format!("bench-{stamp}.json"));
+    std::fs::copy(args.out.out.join("bench.json"), &history)?;
+    written.push(history);
+    for p in written {
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,417 @@
+//! RocketMQ v2 gRPC load: producers send `SendMessage` requests exactly as the SDKs shape
+//! them (topic, unique message id, NORMAL type, born timestamp and host, tag, body), and
+//! consumers long-poll `ReceiveMessage` (server streaming) and acknowledge with `AckMessage`.
+//! Works against rmq-gateway, the no-op ceiling server, or any other v2 endpoint.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+
+use super::load::{self, Consumer, Producer};
+use super::procs::{self, Server};
+use super::report::{Report, RunResult};
+use super::{LoadArgs, OutArgs};
+use crate::proto::messaging_service_client::MessagingServiceClient;
+use crate::proto::{self, Code};
+
+/// Flush policy of a gateway the benchmark starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+pub enum Flush {
+    /// `SYNC_FLUSH`: acknowledge after fsync (group commit).
+    Sync,
+    /// `ASYNC_FLUSH`: acknowledge after the write; fsync on an interval.
+    Async,
+}
+
+impl Flush {
+    pub fn config_value(self) -> &'static str {
+        match self {
+            Flush::Sync => "SYNC_FLUSH",
+            Flush::Async => "ASYNC_FLUSH",
+        }
+    }
+}
+
+/// `rmq-gateway bench e2e`.
+#[derive(Debug, Args)]
+pub struct E2eArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// gRPC endpoint (host:port, plaintext h2c). Without it a gateway is started on loopback.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Flush mode of the gateway this command starts.
+    #[arg(long, value_enum, default_value = "sync")]
+    pub flush: Flush,
+    /// Gateway binary to start (default: this executable).
+    #[arg(long)]
+    pub gateway_bin: Option<PathBuf>,
+    /// Directory for the started gateway's data (removed afterwards).
+    #[arg(long, default_value = "bench-results/.work")]
+    pub work_dir: PathBuf,
+    /// Topic (default: a fresh `bench-<time>` topic, created through QueryRoute).
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Consumer group.
+    #[arg(long, default_value = "bench-group")]
+    pub group: String,
+    #[command(flatten)]
+    pub out: OutArgs,
+}
+
+/// How the load reaches a RocketMQ gRPC endpoint.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub topic: String,
+    pub group: String,
+    /// Whether the server implements QueryRoute/ReceiveMessage (the no-op server does not).
+    pub full: bool,
+}
+
+static CLIENT_SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn client_id() -> String {
+    format!("bench-{}@{}", std::process::id(), CLIENT_SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+fn resource(name: &str) -> Option<proto::Resource> {
+    Some(proto::Resource { resource_namespace: String::new(), name: name.to_string() })
+}
+
+fn request<T>(msg: T, client: &MetadataValue<tonic::metadata::Ascii>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    let md = r.metadata_mut();
+    md.insert("x-mq-client-id", client.clone());
+    md.insert("x-mq-language", MetadataValue::from_static("RUST"));
+    md.insert("x-mq-protocol", MetadataValue::from_static("v2"));
+    r
+}
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<MessagingServiceClient<Channel>> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    Ok(MessagingServiceClient::new(channel).max_decoding_message_size(usize::MAX))
+}
+
+fn check(status: Option<&proto::Status>, what: &str) -> anyhow::Result<()> {
+    match status {
+        Some(s) if s.code == Code::Ok as i32 => Ok(()),
+        Some(s) => anyhow::bail!("{what}: status {} {}", s.code, s.message),
+        None => anyhow::bail!("{what}: response has no status"),
+    }
+}
+
+/// One in-flight request slot of a producer connection.
+pub struct GrpcProducer {
+    client: MessagingServiceClient<Channel>,
+    client_id: MetadataValue<tonic::metadata::Ascii>,
+    topic: String,
+    /// Unique per slot; message ids are `<prefix><counter>`.
+    id_prefix: String,
+    counter: u64,
+    born_host: String,
+}
+
+impl Producer for GrpcProducer {
+    async fn send(&mut self, bodies: Vec<Bytes>) -> anyhow::Result<()> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let born = prost_types::Timestamp { seconds: now.as_secs() as i64, nanos: now.subsec_nanos() as i32 };
+        let messages = bodies
+            .into_iter()
+            .map(|body| {
+                self.counter += 1;
+                proto::Message {
+                    topic: resource(&self.topic),
+                    user_properties: Default::default(),
+                    system_properties: Some(proto::SystemProperties {
+                        message_id: format!("{}{:010X}", self.id_prefix, self.counter),
+                        message_type: proto::MessageType::Normal as i32,
+                        born_timestamp: Some(born),
+                        born_host: self.born_host.clone(),
+                        tag: Some("bench".to_string()),
+                        body_encoding: proto::Encoding::Identity as i32,
+                        ..Default::default()
+                    }),
+                    body,
+                }
+            })
+            .collect();
+        let reply = self
+            .client
+            .send_message(request(proto::SendMessageRequest { messages }, &self.client_id))
+            .await?
+            .into_inner();
+        check(reply.status.as_ref(), "SendMessage")?;
+        for e in &reply.entries {
+            check(e.status.as_ref(), "SendMessage entry")?;
+        }
+        Ok(())
+    }
+}
+
+/// A long-polling SimpleConsumer-style receiver; acknowledges in the background.
+pub struct GrpcConsumer {
+    client: MessagingServiceClient<Channel>,
+    client_id: MetadataValue<tonic::metadata::Ascii>,
+    topic: String,
+    group: String,
+    ack_failures: Arc<AtomicU64>,
+}
+
+impl Consumer for GrpcConsumer {
+    async fn receive(&mut self) -> anyhow::Result<Vec<Bytes>> {
+        use proto::receive_message_response::Content;
+        let req = proto::ReceiveMessageRequest {
+            group: resource(&self.group),
+            message_queue: Some(proto::MessageQueue { topic: resource(&self.topic), ..Default::default() }),
+            filter_expression: Some(proto::FilterExpression {
+                r#type: proto::FilterType::Tag as i32,
+                expression: "*".into(),
+            }),
+            batch_size: 32,
+            invisible_duration: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
+            auto_renew: false,
+            long_polling_timeout: Some(prost_types::Duration { seconds: 5, nanos: 0 }),
+            attempt_id: None,
+        };
+        let mut r = request(req, &self.client_id);
+        r.set_timeout(Duration::from_secs(10));
+        let mut stream = self.client.receive_message(r).await?.into_inner();
+        let mut bodies = Vec::new();
+        let mut entries = Vec::new();
+        while let Some(frame) = stream.message().await? {
+            match frame.content {
+                Some(Content::Status(s)) if s.code == Code::MessageNotFound as i32 => {}
+                Some(Content::Status(s)) => check(Some(&s), "ReceiveMessage")?,
+                Some(Content::Message(m)) => {
+                    if let Some(sp) = m.system_properties {
+                        entries.push(proto::AckMessageEntry {
+                            message_id: sp.message_id,
+                            receipt_handle: sp.receipt_handle.unwrap_or_default(),
+                            lite_topic: None,
+                        });
+                    }
+                    bodies.push(m.body);
+                }
+                Some(Content::DeliveryTimestamp(_)) | None => {}
+            }
+        }
+        if !entries.is_empty() {
+            let mut client = self.client.clone();
+            let ack = proto::AckMessageRequest { group: resource(&self.group), topic: resource(&self.topic), entries };
+            let r = request(ack, &self.client_id);
+            let failures = self.ack_failures.clone();
+            tokio::spawn(async move {
+                let ok = match client.ack_message(r).await {
+                    Ok(reply) => check(reply.get_ref().status.as_ref(), "AckMessage").is_ok(),
+                    Err(_) => false,
+                };
+                if !ok {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        Ok(bodies)
+    }
+}
+
+/// Producers (`producers` connections × `concurrency` slots) and consumers for `target`.
+pub async fn clients(args: &LoadArgs, target: &Target) -> anyhow::Result<(Vec<GrpcProducer>, Vec<GrpcConsumer>)> {
+    let mut producers = Vec::new();
+    for p in 0..args.producers {
+        let client = connect(target.addr).await?;
+        let id = client_id();
+        let client_id: MetadataValue<_> = id.parse()?;
+        for slot in 0..args.concurrency {
+            producers.push(GrpcProducer {
+                client: client.clone(),
+                client_id: client_id.clone(),
+                topic: target.topic.clone(),
+                id_prefix: format!("{:08X}{:04X}{:04X}", std::process::id(), p, slot),
+                counter: 0,
+                born_host: "127.0.0.1".into(),
+            });
+        }
+    }
+    let mut consumers = Vec::new();
+    if args.consumers > 0 {
+        anyhow::ensure!(target.full, "this server cannot be consumed from");
+    }
+    let ack_failures = Arc::new(AtomicU64::new(0));
+    for _ in 0..args.consumers {
+        consumers.push(GrpcConsumer {
+            client: connect(target.addr).await?,
+            client_id: client_id().parse()?,
+            topic: target.topic.clone(),
+            group: target.group.clone(),
+            ack_failures: ack_failures.clone(),
+        });
+    }
+    Ok((producers, consumers))
+}
+
+/// Waits until the endpoint answers, and creates the topic through QueryRoute when the
+/// server is a full one (auto-creation).
+pub async fn prepare(target: &Target, limit: Duration) -> anyhow::Result<()> {
+    procs::wait_for_port(target.addr, limit).await?;
+    if !target.full {
+        return Ok(());
+    }
+    let mut client = connect(target.addr).await?;
+    let id: MetadataValue<_> = client_id().parse()?;
+    let start = std::time::Instant::now();
+    loop {
+        let req = proto::QueryRouteRequest { topic: resource(&target.topic), endpoints: None };
+        let last = match client.query_route(request(req, &id)).await {
+            Ok(reply) => match check(reply.get_ref().status.as_ref(), "QueryRoute") {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            },
+            Err(e) => anyhow::Error::from(e),
+        };
+        if start.elapsed() > limit {
+            return Err(last.context(format!("topic `{}` is not available", target.topic)));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs the load against a prepared target.
+pub async fn run(
+    label: &str,
+    args: &LoadArgs,
+    target: &Target,
+    server_pid: Option<u32>,
+) -> anyhow::Result<load::LoadOutcome> {
+    let (producers, consumers) = clients(args, target).await?;
+    load::drive(label, args, producers, consumers, server_pid).await
+}
+
+/// A gateway started by the benchmark.
+pub struct SpawnedGateway {
+    pub server: Server,
+    pub grpc: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+/// Starts `rmq-gateway serve` on loopback with the given flush mode and a fresh data
+/// directory under `work_dir`; everything else stays at the defaults.
+pub fn spawn_gateway(bin: &Path, flush: Flush, work_dir: &Path, name: &str) -> anyhow::Result<SpawnedGateway> {
+    let data_dir = work_dir.join(name);
+    let _ = std::fs::remove_dir_all(&data_dir);
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let grpc_port = procs::free_port()?;
+    let mut http_port = procs::free_port()?;
+    while http_port == grpc_port {
+        http_port = procs::free_port()?;
+    }
+    let mut cmd = Command::new(bin);
+    // The gateway reads RMQ_GATEWAY_* as configuration: only ours reach it.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with(crate::config::ENV_PREFIX) {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.arg("serve")
+        .env("RMQ_GATEWAY_SERVER__BIND_ADDRESS", "127.0.0.1")
+        .env("RMQ_GATEWAY_SERVER__GRPC_SERVER_PORT", grpc_port.to_string())
+        .env("RMQ_GATEWAY_SERVER__HTTP_SERVER_PORT", http_port.to_string())
+        .env("RMQ_GATEWAY_STORAGE__DATA_DIR", &data_dir)
+        .env("RMQ_GATEWAY_STORAGE__FLUSH_DISK_TYPE", flush.config_value())
+        .env("RMQ_GATEWAY_TOPICS__AUTO_CREATE_TOPIC_ENABLE", "true");
+    let log = work_dir.join(format!("{name}.log"));
+    let server = Server::spawn(name, cmd, &log)?;
+    Ok(SpawnedGateway { server, grpc: SocketAddr::from(([127, 0, 0, 1], grpc_port)), data_dir })
+}
+
+/// What kept the gateway's messages, judged from what it left on disk: an in-memory log
+/// leaves nothing but the metadata database.
+pub fn gateway_storage(flush: Flush, data_dir: &Path) -> String {
+    fn log_bytes(dir: &Path) -> u64 {
+        let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+        entries
+            .flatten()
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                match e.file_type() {
+                    Ok(t) if t.is_dir() => log_bytes(&e.path()),
+                    Ok(_) if name.starts_with("meta.db") => 0,
+                    Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+                    Err(_) => 0,
+                }
+            })
+            .sum()
+    }
+    if log_bytes(data_dir) > 0 {
+        format!("commit log, {}", flush.config_value())
+    } else {
+        format!("in-memory log ({} has no effect)", flush.config_value())
+    }
+}
+
+pub fn default_topic(tag: &str) -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    format!("bench-{tag}-{secs}")
+}
+
+/// `rmq-gateway bench e2e`.
+pub async fn main(args: E2eArgs) -> anyhow::Result<()> {
+    args.load.validate()?;
+    let topic = args.topic.clone().unwrap_or_else(|| default_topic("e2e"));
+    let mut spawned = None;
+    let (addr, system, storage) = match &args.target {
+        Some(t) => {
+            let addr =
+                tokio::net::lookup_host(t.as_str()).await?.next().with_context(|| format!("`{t}` does not resolve"))?;
+            (addr, format!("grpc {t}"), "as configured".to_string())
+        }
+        None => {
+            let bin = match &args.gateway_bin {
+                Some(b) => b.clone(),
+                None => std::env::current_exe()?,
+            };
+            std::fs::create_dir_all(&args.work_dir)?;
+            let g = spawn_gateway(&bin, args.flush, &args.work_dir, "gateway-e2e")?;
+            let addr = g.grpc;
+            spawned = Some(g);
+            (addr, format!("gateway-{}", format!("{:?}", args.flush).to_lowercase()), String::new())
+        }
+    };
+    let target = Target { addr, topic, group: args.group.clone(), full: true };
+    prepare(&target, Duration::from_secs(30)).await?;
+    let pid = spawned.as_ref().and_then(|g| g.server.pid());
+    eprintln!("running {system} on {addr}, topic {}", target.topic);
+    let outcome = run(&system, &args.load, &target, pid).await;
+    let storage = match &spawned {
+        Some(g) => gateway_storage(args.flush, &g.data_dir),
+        None => storage,
+    };
+    let mut report = Report::new(&args.work_dir);
+    let mut result = RunResult::new(&system, "single", &storage, &args.load, &outcome?);
+    if let Some(mut g) = spawned {
+        g.server.check_alive()?;
+        result.disk_bytes = Some(procs::dir_size(&g.data_dir));
+        g.server.stop(Duration::from_secs(30));
+        let _ = std::fs::remove_dir_all(&g.data_dir);
+    }
+    report.results.push(result);
+    println!("{}", report.table());
+    for p in report.write(&args.out.out, "e2e")? {
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(())
+}

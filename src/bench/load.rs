@@ -1,0 +1,518 @@
+//! The protocol-independent load driver: closed-loop (or paced) producers, long-polling
+//! consumers, a warm-up and a measured window, latency histograms, progress lines, and CPU
+//! and memory of the server under test over exactly the measured window.
+//!
+//! Every message body starts with a 16-byte header: the send time (nanoseconds since the
+//! driver's epoch, little-endian) and a sequence number. Producers and consumers run in the
+//! same process, so end-to-end latency is `receive time − send time` on one monotonic clock.
+//!
+//! Measurement rules:
+//! - A send belongs to the window when it *starts* inside it; its latency is the time from
+//!   just before the request is built to the response. Producers stop starting sends when the
+//!   window ends.
+//! - With `--rate`, sends are scheduled at fixed intervals from a shared ticket counter; a
+//!   schedule that falls behind is not skipped (the driver turns closed-loop).
+//! - End-to-end latency is recorded for messages sent in the window; after the window,
+//!   consumers drain until they have seen as many as were acknowledged, or `--drain` elapses.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut as _, Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use tokio_util::sync::CancellationToken;
+
+use super::LoadArgs;
+use super::procs::{self, ProcSample};
+
+/// Bytes at the start of every body: send time (u64 ns) and sequence (u64).
+pub const HEADER_LEN: usize = 16;
+
+/// Sends one request carrying `bodies` and waits for the server's acknowledgement.
+pub trait Producer: Send + 'static {
+    fn send(&mut self, bodies: Vec<Bytes>) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// Waits for the next delivered messages (may return none after a long poll) and returns
+/// their bodies. Acknowledging them is the consumer's business.
+pub trait Consumer: Send + 'static {
+    fn receive(&mut self) -> impl Future<Output = anyhow::Result<Vec<Bytes>>> + Send;
+}
+
+/// A histogram of microseconds from 1 µs to 10 minutes, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    match Histogram::new_with_bounds(1, 600_000_000, 3) {
+        Ok(h) => h,
+        // The bounds above are constants that hdrhistogram accepts.
+        Err(_) => unreachable!("valid histogram bounds"),
+    }
+}
+
+/// What one load run measured.
+#[derive(Debug)]
+pub struct LoadOutcome {
+    /// Length of the measured window.
+    pub window: Duration,
+    pub target_rate: Option<f64>,
+    /// Messages acknowledged (sent in the window).
+    pub messages: u64,
+    pub requests: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub send_latency_us: Histogram<u64>,
+    /// Messages of the window seen by consumers.
+    pub received: u64,
+    pub receive_errors: u64,
+    pub e2e_latency_us: Option<Histogram<u64>>,
+    pub server: Option<ResourceUse>,
+    pub client: Option<ResourceUse>,
+    /// Busy cores of the whole machine over the window (server, client and anything else).
+    pub machine_busy_cores: Option<f64>,
+}
+
+/// CPU and memory of a process over the measured window.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct ResourceUse {
+    /// CPU time / wall time (1.0 = one core busy).
+    pub cpu_cores: f64,
+    pub cpu_seconds: f64,
+    pub rss_end_bytes: u64,
+    pub rss_peak_bytes: u64,
+    pub rss_anon_end_bytes: u64,
+}
+
+struct Shared {
+    epoch: Instant,
+    window_start_ns: u64,
+    window_end_ns: u64,
+    /// Producers stop (window over, message count reached, or failure).
+    stop: CancellationToken,
+    /// Rate pacing: next ticket and the interval between tickets (one request each).
+    tickets: AtomicU64,
+    interval_ns: Option<f64>,
+    /// Messages started in the window (count mode).
+    claimed: AtomicU64,
+    limit: Option<u64>,
+    batch: usize,
+    size: usize,
+    seq: AtomicU64,
+    /// Last completion of a window send (ns), for the actual window end in count mode.
+    last_done_ns: AtomicU64,
+    // Progress counters.
+    sent_total: AtomicU64,
+    received_total: AtomicU64,
+    received_in_window: AtomicU64,
+    errors_total: AtomicU64,
+    interval_max_us: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn at(&self, ns: u64) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.epoch + Duration::from_nanos(ns))
+    }
+
+    fn note_error(&self, e: &anyhow::Error) {
+        self.errors_total.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+        if first.is_none() {
+            *first = Some(format!("{e:#}"));
+        }
+    }
+
+    fn body(&self, sent_ns: u64, filler: &Bytes) -> Bytes {
+        let mut b = BytesMut::with_capacity(self.size);
+        b.put_u64_le(sent_ns);
+        b.put_u64_le(self.seq.fetch_add(1, Ordering::Relaxed));
+        b.put_slice(&filler[..self.size - HEADER_LEN]);
+        b.freeze()
+    }
+}
+
+/// The send time written into a body by this driver.
+pub fn sent_ns(body: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(body.get(..8)?.try_into().ok()?))
+}
+
+struct ProducerTally {
+    hist: Histogram<u64>,
+    messages: u64,
+    requests: u64,
+    errors: u64,
+}
+
+async fn produce<P: Producer>(mut p: P, s: Arc<Shared>, filler: Bytes) -> ProducerTally {
+    let mut t = ProducerTally { hist: histogram(), messages: 0, requests: 0, errors: 0 };
+    let batch = s.batch as u64;
+    loop {
+        if s.stop.is_cancelled() {
+            break;
+        }
+        if let Some(iv) = s.interval_ns {
+            let ticket = s.tickets.fetch_add(1, Ordering::Relaxed);
+            let due = (ticket as f64 * iv) as u64;
+            if due >= s.window_end_ns {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(s.at(due)) => {}
+                _ = s.stop.cancelled() => break,
+            }
+        }
+        let start = s.now_ns();
+        if start >= s.window_end_ns {
+            break;
+        }
+        let in_window = start >= s.window_start_ns;
+        if in_window
+            && let Some(limit) = s.limit
+            && s.claimed.fetch_add(batch, Ordering::Relaxed) >= limit
+        {
+            s.stop.cancel();
+            break;
+        }
+        let bodies = (0..s.batch).map(|_| s.body(start, &filler)).collect();
+        let result = p.send(bodies).await;
+        let done = s.now_ns();
+        match result {
+            Ok(()) => {
+                s.sent_total.fetch_add(batch, Ordering::Relaxed);
+                let us = (done - start) / 1000;
+                s.interval_max_us.fetch_max(us, Ordering::Relaxed);
+                if in_window {
+                    t.hist.saturating_record(us.max(1));
+                    t.messages += batch;
+                    t.requests += 1;
+                    s.last_done_ns.fetch_max(done, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                s.note_error(&e);
+                if in_window {
+                    t.errors += 1;
+                }
+                // Do not spin on a failing server.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    t
+}
+
+struct ConsumerTally {
+    hist: Histogram<u64>,
+    errors: u64,
+}
+
+async fn consume<C: Consumer>(mut c: C, s: Arc<Shared>, stop: CancellationToken) -> ConsumerTally {
+    let mut t = ConsumerTally { hist: histogram(), errors: 0 };
+    loop {
+        let got = tokio::select! {
+            r = c.receive() => r,
+            _ = stop.cancelled() => break,
+        };
+        let now = s.now_ns();
+        match got {
+            Ok(bodies) => {
+                s.received_total.fetch_add(bodies.len() as u64, Ordering::Relaxed);
+                for b in &bodies {
+                    let Some(sent) = sent_ns(b) else { continue };
+                    if sent >= s.window_start_ns && sent < s.window_end_ns {
+                        t.hist.saturating_record((now.saturating_sub(sent) / 1000).max(1));
+                        s.received_in_window.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Err(e) => {
+                s.note_error(&e.context("receive"));
+                t.errors += 1;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = stop.cancelled() => break,
+                }
+            }
+        }
+    }
+    t
+}
+
+/// Samples the server (and this process) over the window: CPU at both ends, RSS throughout.
+async fn monitor(s: Arc<Shared>, pid: Option<u32>) -> (Option<ResourceUse>, Option<ResourceUse>, Option<f64>) {
+    tokio::time::sleep_until(s.at(s.window_start_ns)).await;
+    let t0 = Instant::now();
+    let machine0 = procs::machine_busy();
+    let server0 = pid.and_then(|p| procs::sample(Some(p)));
+    let client0 = procs::sample(None);
+    let mut peak = server0.map_or(0, |x| x.rss_bytes);
+    let mut client_peak = client0.map_or(0, |x| x.rss_bytes);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = s.stop.cancelled() => break,
+        }
+        if let Some(x) = pid.and_then(|p| procs::sample(Some(p))) {
+            peak = peak.max(x.rss_bytes);
+        }
+        if let Some(x) = procs::sample(None) {
+            client_peak = client_peak.max(x.rss_bytes);
+        }
+    }
+    let wall = t0.elapsed().as_secs_f64().max(1e-9);
+    let usage = |a: Option<ProcSample>, b: Option<ProcSample>, peak: u64| {
+        let (a, b) = (a?, b?);
+        let cpu = b.cpu.saturating_sub(a.cpu).as_secs_f64();
+        Some(ResourceUse {
+            cpu_cores: cpu / wall,
+            cpu_seconds: cpu,
+            rss_end_bytes: b.rss_bytes,
+            rss_peak_bytes: peak.max(b.rss_bytes),
+            rss_anon_end_bytes: b.rss_anon_bytes,
+        })
+    };
+    let server1 = pid.and_then(|p| procs::sample(Some(p)));
+    let client1 = procs::sample(None);
+    let machine = machine0.zip(procs::machine_busy()).map(|(a, b)| b.saturating_sub(a).as_secs_f64() / wall);
+    (usage(server0, server1, peak), usage(client0, client1, client_peak), machine)
+}
+
+fn rate(n: u64, d: Duration) -> String {
+    let r = n as f64 / d.as_secs_f64().max(1e-9);
+    if r >= 10_000.0 { format!("{:.1}k", r / 1000.0) } else { format!("{r:.0}") }
+}
+
+async fn progress(label: String, s: Arc<Shared>, done: CancellationToken) {
+    let mut last_sent = 0;
+    let mut last_recv = 0;
+    let mut last = Instant::now();
+    let total = Duration::from_nanos(s.window_end_ns);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = done.cancelled() => return,
+        }
+        let now_ns = s.now_ns();
+        let stage = if now_ns < s.window_start_ns {
+            "warm-up"
+        } else if now_ns < s.window_end_ns && !s.stop.is_cancelled() {
+            "measure"
+        } else {
+            "drain"
+        };
+        let sent = s.sent_total.load(Ordering::Relaxed);
+        let recv = s.received_total.load(Ordering::Relaxed);
+        let dt = last.elapsed();
+        last = Instant::now();
+        let max_us = s.interval_max_us.swap(0, Ordering::Relaxed);
+        eprintln!(
+            "  [{label}] {stage:<7} {:>5.1}/{:.0}s  send {:>7} msg/s  recv {:>7} msg/s  max send latency {:>7.2} ms  errors {}",
+            Duration::from_nanos(now_ns).as_secs_f64(),
+            total.as_secs_f64(),
+            rate(sent - last_sent, dt),
+            rate(recv - last_recv, dt),
+            max_us as f64 / 1000.0,
+            s.errors_total.load(Ordering::Relaxed),
+        );
+        last_sent = sent;
+        last_recv = recv;
+    }
+}
+
+/// Runs producers (one task per element: each is one in-flight request slot) and consumers
+/// under `args`, sampling the server process `server_pid`.
+pub async fn drive<P: Producer, C: Consumer>(
+    label: &str,
+    args: &LoadArgs,
+    producers: Vec<P>,
+    consumers: Vec<C>,
+    server_pid: Option<u32>,
+) -> anyhow::Result<LoadOutcome> {
+    args.validate()?;
+    let window_start_ns = args.warmup.as_nanos() as u64;
+    let window_end_ns = window_start_ns + args.duration.as_nanos() as u64;
+    let s = Arc::new(Shared {
+        epoch: Instant::now(),
+        window_start_ns,
+        window_end_ns,
+        stop: CancellationToken::new(),
+        tickets: AtomicU64::new(0),
+        interval_ns: args.rate.map(|r| 1e9 * args.batch as f64 / r),
+        claimed: AtomicU64::new(0),
+        limit: args.messages,
+        batch: args.batch,
+        size: args.message_size,
+        seq: AtomicU64::new(0),
+        last_done_ns: AtomicU64::new(0),
+        sent_total: AtomicU64::new(0),
+        received_total: AtomicU64::new(0),
+        received_in_window: AtomicU64::new(0),
+        errors_total: AtomicU64::new(0),
+        interval_max_us: AtomicU64::new(0),
+        first_error: Mutex::new(None),
+    });
+    // Not all zeros, not compressible to nothing; the same bytes for every message.
+    let filler: Bytes = (0..args.message_size).map(|i| b"rmq-gateway-bench"[i % 17]).collect::<Vec<u8>>().into();
+
+    let consumer_stop = CancellationToken::new();
+    let consumer_tasks: Vec<_> =
+        consumers.into_iter().map(|c| tokio::spawn(consume(c, s.clone(), consumer_stop.clone()))).collect();
+    let progress_done = CancellationToken::new();
+    let progress_task =
+        (!args.quiet).then(|| tokio::spawn(progress(label.to_string(), s.clone(), progress_done.clone())));
+    let monitor_task = tokio::spawn(monitor(s.clone(), server_pid));
+    let producer_tasks: Vec<_> =
+        producers.into_iter().map(|p| tokio::spawn(produce(p, s.clone(), filler.clone()))).collect();
+
+    let mut send_latency_us = histogram();
+    let (mut messages, mut requests, mut errors) = (0, 0, 0);
+    for t in producer_tasks {
+        let tally = t.await?;
+        send_latency_us.add(&tally.hist).map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))?;
+        messages += tally.messages;
+        requests += tally.requests;
+        errors += tally.errors;
+    }
+    // Everything the producers will send is sent: end the window for the monitor.
+    let producers_done_ns = s.now_ns();
+    s.stop.cancel();
+    let (server, client, machine_busy_cores) = monitor_task.await?;
+    let window_end = if args.messages.is_some() {
+        s.last_done_ns.load(Ordering::Relaxed).max(window_start_ns + 1)
+    } else {
+        window_end_ns.min(producers_done_ns.max(window_start_ns + 1))
+    };
+    let window = Duration::from_nanos(window_end - window_start_ns);
+
+    let has_consumers = !consumer_tasks.is_empty();
+    if has_consumers {
+        let drain_until = Instant::now() + args.drain;
+        while s.received_in_window.load(Ordering::Relaxed) < messages && Instant::now() < drain_until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    consumer_stop.cancel();
+    let mut e2e = histogram();
+    let mut receive_errors = 0;
+    for t in consumer_tasks {
+        let tally = t.await?;
+        e2e.add(&tally.hist).map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))?;
+        receive_errors += tally.errors;
+    }
+    progress_done.cancel();
+    if let Some(t) = progress_task {
+        let _ = t.await;
+    }
+    let first_error = s.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(LoadOutcome {
+        window,
+        target_rate: args.rate,
+        messages,
+        requests,
+        errors,
+        first_error,
+        send_latency_us,
+        received: s.received_in_window.load(Ordering::Relaxed),
+        receive_errors,
+        e2e_latency_us: has_consumers.then_some(e2e),
+        server,
+        client,
+        machine_busy_cores,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Loopback(tokio::sync::mpsc::UnboundedSender<Bytes>);
+    impl Producer for Loopback {
+        async fn send(&mut self, bodies: Vec<Bytes>) -> anyhow::Result<()> {
+            for b in bodies {
+                self.0.send(b)?;
+            }
+            Ok(())
+        }
+    }
+    struct Sink(Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Bytes>>>);
+    impl Consumer for Sink {
+        async fn receive(&mut self) -> anyhow::Result<Vec<Bytes>> {
+            Ok(self.0.lock().await.recv().await.into_iter().collect())
+        }
+    }
+
+    fn args() -> LoadArgs {
+        LoadArgs {
+            producers: 1,
+            concurrency: 2,
+            consumers: 1,
+            message_size: 64,
+            batch: 2,
+            duration: Duration::from_millis(200),
+            warmup: Duration::from_millis(50),
+            messages: None,
+            rate: Some(2000.0),
+            drain: Duration::from_secs(2),
+            quiet: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn every_window_message_is_counted_once_end_to_end() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let out = drive("t", &args(), vec![Loopback(tx.clone()), Loopback(tx)], vec![Sink(rx)], None).await.unwrap();
+        assert!(out.messages > 0);
+        assert_eq!(out.messages % 2, 0, "whole batches");
+        assert_eq!(out.requests * 2, out.messages);
+        assert_eq!(out.received, out.messages);
+        assert_eq!(out.send_latency_us.len(), out.requests);
+        assert_eq!(out.e2e_latency_us.unwrap().len(), out.messages);
+        assert_eq!(out.errors, 0);
+    }
+
+    #[tokio::test]
+    async fn message_count_stops_the_run() {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut a = args();
+        a.rate = None;
+        a.messages = Some(100);
+        a.duration = Duration::from_secs(60);
+        let out = drive::<_, Sink>("t", &a, vec![Loopback(tx)], vec![], None).await.unwrap();
+        assert_eq!(out.messages, 100);
+        assert!(out.e2e_latency_us.is_none());
+    }
+
+    #[test]
+    fn header_round_trips() {
+        let s = Shared {
+            epoch: Instant::now(),
+            window_start_ns: 0,
+            window_end_ns: 1,
+            stop: CancellationToken::new(),
+            tickets: AtomicU64::new(0),
+            interval_ns: None,
+            claimed: AtomicU64::new(0),
+            limit: None,
+            batch: 1,
+            size: 40,
+            seq: AtomicU64::new(7),
+            last_done_ns: AtomicU64::new(0),
+            sent_total: AtomicU64::new(0),
+            received_total: AtomicU64::new(0),
+            received_in_window: AtomicU64::new(0),
+            errors_total: AtomicU64::new(0),
+            interval_max_us: AtomicU64::new(0),
+            first_error: Mutex::new(None),
+        };
+        let b = s.body(123_456, &Bytes::from(vec![b'x'; 40]));
+        assert_eq!(b.len(), 40);
+        assert_eq!(sent_ns(&b), Some(123_456));
+        assert_eq!(sent_ns(b"short"), None);
+    }
+}

@@ -1,0 +1,138 @@
+//! End-to-end benchmarks (`rmq-gateway bench …`): load generators that drive a server over
+//! its real wire protocol, a no-op gRPC server that measures the cost of gRPC alone, and the
+//! `compare` runner behind `make bench`, which starts every system on loopback, runs the
+//! same load against each, and writes JSON, a Markdown table and an SVG plot.
+//!
+//! Subcommands:
+//! - `e2e`: RocketMQ v2 gRPC load (SendMessage + long-polling ReceiveMessage/AckMessage)
+//!   against an address, or against a gateway it spawns itself.
+//! - `nats`: the same load against NATS JetStream (file storage, publish acks), with the
+//!   async-nats client.
+//! - `noop-server`: a tonic `MessagingService` whose SendMessage does nothing (the ceiling).
+//! - `compare`: everything above in one run, with ratios and target checks.
+//!
+//! Other benchmarks (the storage benchmark) hang off [`BenchCommand`] as further variants.
+
+pub mod compare;
+pub mod grpc;
+pub mod load;
+#[cfg(feature = "nats-bench")]
+pub mod nats;
+pub mod noop;
+pub mod procs;
+pub mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+/// How NATS JetStream (2.9, file storage) keeps what it acknowledged.
+pub const NATS_STORAGE: &str = "JetStream file store (ack after write; no fsync per message)";
+
+/// `rmq-gateway bench <command>`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// RocketMQ gRPC load against an endpoint (or a gateway this command spawns).
+    E2e(grpc::E2eArgs),
+    /// The same load against NATS JetStream (file storage, publish acks).
+    #[cfg(feature = "nats-bench")]
+    Nats(nats::NatsArgs),
+    /// A MessagingService whose SendMessage only answers OK: the cost of gRPC alone.
+    NoopServer(noop::NoopArgs),
+    /// The whole comparison behind `make bench`: gateway SYNC/ASYNC, no-op ceiling, peers.
+    Compare(compare::CompareArgs),
+}
+
+/// Load shape shared by every load generator.
+#[derive(Debug, Clone, Args, serde::Serialize)]
+pub struct LoadArgs {
+    /// Producer connections.
+    #[arg(long, default_value_t = 4)]
+    pub producers: usize,
+    /// Requests in flight per producer connection (closed loop).
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Consumers (long-polling receivers; 0 = send only).
+    #[arg(long, default_value_t = 0)]
+    pub consumers: usize,
+    /// Message body size in bytes (at least 16: a timestamp and a sequence number lead it).
+    #[arg(long, default_value_t = 1024)]
+    pub message_size: usize,
+    /// Messages per send request (NATS JetStream publishes one message per request).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Measured time (after the warm-up), e.g. 10s.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+    /// Warm-up before measuring (not counted).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    #[serde(with = "humantime_serde")]
+    pub warmup: Duration,
+    /// Stop after this many measured messages instead of after `--duration` (the duration
+    /// still bounds the run).
+    #[arg(long)]
+    pub messages: Option<u64>,
+    /// Target send rate in messages/s across all producers (open-loop pacing); unlimited when
+    /// absent.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// How long consumers may take to drain what was sent in the window.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    #[serde(with = "humantime_serde")]
+    pub drain: Duration,
+    /// Print no progress lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl LoadArgs {
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.producers >= 1, "--producers must be at least 1");
+        anyhow::ensure!(self.concurrency >= 1, "--concurrency must be at least 1");
+        anyhow::ensure!(self.batch >= 1, "--batch must be at least 1");
+        anyhow::ensure!(self.message_size >= load::HEADER_LEN, "--message-size must be at least {}", load::HEADER_LEN);
+        anyhow::ensure!(!self.duration.is_zero(), "--duration must be positive");
+        if let Some(r) = self.rate {
+            anyhow::ensure!(r.is_finite() && r > 0.0, "--rate must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// Where results go.
+#[derive(Debug, Clone, Args)]
+pub struct OutArgs {
+    /// Directory for results (JSON, Markdown, SVG).
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+}
+
+/// Runs a bench subcommand on its own runtime.
+pub fn run(command: BenchCommand) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rmq-gateway bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match command {
+            BenchCommand::E2e(args) => grpc::main(args).await,
+            #[cfg(feature = "nats-bench")]
+            BenchCommand::Nats(args) => nats::main(args).await,
+            BenchCommand::NoopServer(args) => noop::main(args).await,
+            BenchCommand::Compare(args) => compare::main(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rmq-gateway bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
