@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::consumer::{Due, HandleProblem, Inflight, QueueState};
 use super::error::{BrokerError, BrokerResult};
+use super::journal::{AckRecord, JOURNAL_TOPIC};
 use super::message::DeliveredMessage;
 use super::receipt::Receipt;
 use super::{Broker, TopicEntry, lock, now_ms, validate};
@@ -366,7 +367,17 @@ impl Broker {
         let r = self.decode_receipt(group, &topic, handle)?;
         let state = self.queue_state(group, &topic.record.name, r.queue_id);
         let result = lock(&state).ack(&r, now_ms());
-        result.map_err(|p| Self::handle_problem(p, &r))
+        result.map_err(|p| Self::handle_problem(p, &r))?;
+        // Durable before the client hears OK (also for repeated acks, so a client that retries
+        // an ack whose journal write failed gets it journaled).
+        let record = AckRecord {
+            group: group.to_string(),
+            topic: topic.record.name.clone(),
+            queue_id: r.queue_id,
+            offset: r.offset,
+        };
+        self.inner.log.append(vec![record.to_append(now_ms())]).await?;
+        Ok(())
     }
 
     /// Makes a delivery visible again after `delay` (a nack with backoff, or an extension),
@@ -409,14 +420,39 @@ impl Broker {
         }
     }
 
+    /// Loads the last progress snapshot, then replays the acks journaled after it.
     pub(super) async fn restore_progress(&self) -> BrokerResult<()> {
-        let records = self.inner.meta.load_progress().await?;
-        let mut states = lock(&self.inner.states);
-        for p in records {
-            let state = QueueState::restore(p.ack_floor, &p.acked_above);
-            states.insert(
-                (Arc::from(p.group.as_str()), Arc::from(p.topic.as_str()), p.queue_id),
-                Arc::new(Mutex::new(state)),
+        let (records, journal_offset) = self.inner.meta.load_progress().await?;
+        {
+            let mut states = lock(&self.inner.states);
+            for p in records {
+                let state = QueueState::restore(p.ack_floor, &p.acked_above);
+                states.insert(
+                    (Arc::from(p.group.as_str()), Arc::from(p.topic.as_str()), p.queue_id),
+                    Arc::new(Mutex::new(state)),
+                );
+            }
+        }
+        let range = self.inner.log.queue_range(JOURNAL_TOPIC, 0);
+        let mut next = journal_offset.max(range.start);
+        let mut replayed = 0u64;
+        while next < range.end {
+            let batch = self.inner.log.read(JOURNAL_TOPIC, 0, next, 1024, 4 * 1024 * 1024)?;
+            let Some(last) = batch.last().map(|m| m.queue_offset) else { break };
+            for m in &batch {
+                if let Some(a) = AckRecord::decode(m) {
+                    lock(&self.queue_state(&a.group, &a.topic, a.queue_id)).complete(a.offset);
+                    replayed += 1;
+                }
+            }
+            next = last + 1;
+        }
+        self.inner.journal_saved.store(journal_offset, std::sync::atomic::Ordering::Relaxed);
+        if replayed > 0 {
+            tracing::info!(
+                replayed,
+                from = journal_offset,
+                "replayed journaled acks newer than the last progress snapshot"
             );
         }
         Ok(())
@@ -424,6 +460,9 @@ impl Broker {
 
     /// Writes the progress of every changed queue state in one batch.
     pub async fn flush_progress(&self) -> BrokerResult<()> {
+        // Read before the snapshot: every ack journaled below this offset was applied in memory
+        // before its journal write finished, so the snapshot includes it.
+        let journal_end = self.inner.log.queue_range(JOURNAL_TOPIC, 0).end;
         let states: Vec<_> = lock(&self.inner.states).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut batch = Vec::new();
         for ((group, topic, queue_id), state) in &states {
@@ -439,7 +478,11 @@ impl Broker {
                 });
             }
         }
-        if let Err(e) = self.inner.meta.save_progress(&batch).await {
+        let saved = self.inner.journal_saved.load(std::sync::atomic::Ordering::Relaxed);
+        if batch.is_empty() && journal_end <= saved {
+            return Ok(());
+        }
+        if let Err(e) = self.inner.meta.save_progress(&batch, journal_end).await {
             // Mark them dirty again so the next flush retries.
             for ((group, topic, queue_id), state) in &states {
                 if batch.iter().any(|p| p.group == **group && p.topic == **topic && p.queue_id == *queue_id) {
@@ -448,6 +491,7 @@ impl Broker {
             }
             return Err(e.into());
         }
+        self.inner.journal_saved.fetch_max(journal_end, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
