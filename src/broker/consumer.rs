@@ -66,7 +66,7 @@ impl QueueState {
     }
 
     fn is_renewed(e: &Inflight, now_ms: i64, alive: &dyn Fn(&str) -> bool, renew_max_ms: i64) -> bool {
-        e.auto_renew_client.as_deref().is_some_and(|c| alive(c)) && now_ms - e.first_delivery_ms < renew_max_ms
+        e.auto_renew_client.as_deref().is_some_and(alive) && now_ms - e.first_delivery_ms < renew_max_ms
     }
 
     /// Whether a delivery is still invisible (FIFO queues stay blocked while one is).
