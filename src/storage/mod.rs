@@ -13,6 +13,7 @@
 //!
 //! This module must not import protocol (tonic/prost), HTTP or SQL crates.
 
+pub mod bench;
 pub mod local;
 pub mod memory;
 pub mod record;

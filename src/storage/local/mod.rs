@@ -86,6 +86,7 @@ pub(crate) struct Shared {
     rollback: Mutex<Option<u64>>,
     maintenance: (Mutex<MaintenanceState>, Condvar),
     flush_failures: AtomicU64,
+    counters: Counters,
     faults: Faults,
     /// Held until `close` (or drop): no second process may open the directory.
     lock: Mutex<Option<DirLock>>,
@@ -230,6 +231,20 @@ pub struct StorageStats {
     pub key_index_memory_entries: usize,
     /// Failed periodic fsyncs in `Async` mode (acknowledged data at risk).
     pub async_flush_failures: u64,
+    /// Group-commit batches written since open.
+    pub batches_written: u64,
+    /// Log bytes written since open (records, framing included).
+    pub bytes_written: u64,
+    /// `fdatasync` calls on segments since open.
+    pub fsyncs: u64,
+}
+
+/// Monotonic counters behind [`StorageStats`].
+#[derive(Debug, Default)]
+struct Counters {
+    batches_written: AtomicU64,
+    bytes_written: AtomicU64,
+    fsyncs: AtomicU64,
 }
 
 struct Threads {
@@ -286,6 +301,7 @@ impl CommitLog {
             rollback: Mutex::new(None),
             maintenance: (Mutex::new(MaintenanceState::default()), Condvar::new()),
             flush_failures: AtomicU64::new(0),
+            counters: Counters::default(),
             faults: Faults::default(),
             lock: Mutex::new(Some(rec.lock)),
             config,
@@ -331,6 +347,9 @@ impl CommitLog {
             key_index_runs: self.shared.keys.run_count(),
             key_index_memory_entries: self.shared.keys.memory_entries(),
             async_flush_failures: self.shared.flush_failures.load(Ordering::Relaxed),
+            batches_written: self.shared.counters.batches_written.load(Ordering::Relaxed),
+            bytes_written: self.shared.counters.bytes_written.load(Ordering::Relaxed),
+            fsyncs: self.shared.counters.fsyncs.load(Ordering::Relaxed),
         }
     }
 

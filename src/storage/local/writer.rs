@@ -225,6 +225,8 @@ impl Writer {
             }
         };
         self.shared.written.store(self.write_pos, Ordering::Release);
+        self.shared.counters.batches_written.fetch_add(1, Ordering::Relaxed);
+        self.shared.counters.bytes_written.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
         if self.shared.keys.maybe_freeze(self.write_pos) {
             self.shared.wake_maintenance();
         }
@@ -531,6 +533,7 @@ fn sync_segments(shared: &Shared, segments: &[Arc<Segment>]) -> StorageResult<()
         if let Some(e) = shared.faults.sync_fault() {
             return Err(io_error(format!("fsyncing segment {}", seg.base), e));
         }
+        shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         seg.sync().map_err(|e| io_error(format!("fsyncing segment {}", seg.base), e))?;
     }
     Ok(())
