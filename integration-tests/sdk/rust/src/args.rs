@@ -82,8 +82,16 @@ mod tests {
 
     #[test]
     fn parses_flags() {
-        let a = parse(&["produce", "--endpoint", "127.0.0.1:1", "--topic", "t", "--count", "3"])
-            .unwrap();
+        let a = parse(&[
+            "produce",
+            "--endpoint",
+            "127.0.0.1:1",
+            "--topic",
+            "t",
+            "--count",
+            "3",
+        ])
+        .unwrap();
         assert_eq!(a.mode, Mode::Produce);
         assert_eq!(a.count, 3);
         assert_eq!(a.endpoint, "127.0.0.1:1");

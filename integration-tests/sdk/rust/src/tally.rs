@@ -52,7 +52,9 @@ impl Tally {
 
     /// Indices of expected bodies not received yet.
     pub fn missing(&self) -> Vec<usize> {
-        (0..self.count).filter(|i| !self.received.contains_key(i)).collect()
+        (0..self.count)
+            .filter(|i| !self.received.contains_key(i))
+            .collect()
     }
 }
 
