@@ -34,9 +34,12 @@ pub struct Stopped {
 
 /// Locates the gateway binary: `$RMQ_GATEWAY_BIN`, else `rmq-gateway` in the profile dir
 /// of the running test binary (`<target>/debug/deps/..`), else `<workspace>/target/debug`.
+/// A relative `RMQ_GATEWAY_BIN` is taken relative to the workspace root.
 pub fn gateway_binary() -> Result<PathBuf> {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let workspace = manifest_dir.parent().unwrap_or(manifest_dir);
     if let Some(path) = std::env::var_os("RMQ_GATEWAY_BIN") {
-        let path = PathBuf::from(path);
+        let path = workspace.join(path);
         return if path.is_file() {
             Ok(path)
         } else {
@@ -49,8 +52,6 @@ pub fn gateway_binary() -> Result<PathBuf> {
     {
         candidates.push(profile_dir.join("rmq-gateway"));
     }
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let workspace = manifest_dir.parent().unwrap_or(manifest_dir);
     candidates.push(workspace.join("target/debug/rmq-gateway"));
     candidates.dedup();
     candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
