@@ -344,3 +344,20 @@ fn restart_graceful_sigterm_keeps_messages_and_acks() {
 fn restart_after_sigkill_keeps_sent_messages() {
     restart_between_send_and_consume("restart_sigkill", Stop::Kill, Sdk::Python, Sdk::Node);
 }
+
+#[test]
+fn node_producer_to_rust_simple_consumer() {
+    let test = "cross_node_rust";
+    let Some(ctx) = Ctx::start(test, &[Sdk::Node, Sdk::Rust]) else {
+        return;
+    };
+    let (topic, group) = (unique("topic", test), unique("group", test));
+    let ids = ctx.produce(Sdk::Node, &topic, "x");
+    ctx.consume(
+        Sdk::Rust,
+        Mode::SimpleConsume,
+        &topic,
+        &group,
+        Expect::exactly("x", &ids),
+    );
+}
