@@ -13,3 +13,10 @@ pub mod proto {
     #![allow(clippy::all)]
     tonic::include_proto!("apache.rocketmq.v2");
 }
+pub mod admin;
+pub mod broker;
+pub mod config;
+pub mod grpc;
+pub mod metadata;
+pub mod server;
+pub mod tls;

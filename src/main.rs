@@ -1,1 +1,93 @@
-fn main() {}
+//! The `rmq-gateway` binary: command-line parsing and logging set-up; everything else is in
+//! the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use rmq_gateway::config::Config;
+use rmq_gateway::server;
+
+#[derive(Parser)]
+#[command(name = "rmq-gateway", version, about = "A RocketMQ 5.x gRPC gateway with its own storage")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// YAML configuration file (see config/gateway.yaml). Environment variables
+        /// RMQ_GATEWAY_<SECTION>__<KEY> override it.
+        #[arg(short, long, env = "RMQ_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file and print the effective configuration.
+    CheckConfig {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+fn load(config: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    Config::load(config, std::env::vars()).map_err(|e| {
+        eprintln!("rmq-gateway: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match load(config.as_deref()) {
+            Ok(c) => match serde_norway::to_string(&c) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("rmq-gateway: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            Err(code) => code,
+        },
+        Command::Serve { config } => {
+            let config = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(&config.log.level);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("rmq-gateway: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(async {
+                let shutdown = CancellationToken::new();
+                server::cancel_on_signals(shutdown.clone());
+                match server::run(config, shutdown, |_| {}).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!("{e:#}");
+                        eprintln!("rmq-gateway: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+    }
+}

@@ -6,10 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{
-    AppendMessage, AppendResult, MessageLog, QueueRange, StorageResult, StoredMessage,
-    record::keys,
-};
+use super::{AppendMessage, AppendResult, MessageLog, QueueRange, StorageResult, StoredMessage, record::keys};
 
 #[derive(Default)]
 struct Inner {

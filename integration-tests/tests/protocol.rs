@@ -1,0 +1,410 @@
+//! Protocol-level end-to-end tests: an in-process gateway on loopback driven by a raw tonic
+//! client, checking RocketMQ status codes for good and bad input.
+
+use std::time::Duration;
+
+use rmq_gateway::config::Config;
+use rmq_gateway::proto::messaging_service_client::MessagingServiceClient;
+use rmq_gateway::proto::{self, Code};
+use rmq_gateway::server::{self, BoundAddrs};
+use tokio_util::sync::CancellationToken;
+use tonic::Request;
+use tonic::transport::Channel;
+
+struct Gateway {
+    addrs: BoundAddrs,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Gateway {
+    async fn start_in(dir: &std::path::Path, tweak: impl FnOnce(&mut Config)) -> Gateway {
+        let mut config = Config::default();
+        config.server.bind_address = "127.0.0.1".into();
+        config.server.grpc_server_port = 0;
+        config.server.http_server_port = 0;
+        config.server.shutdown_timeout = Duration::from_secs(5);
+        config.storage.data_dir = dir.to_path_buf();
+        config.storage.mapped_file_size_commit_log = 64 * 1024 * 1024;
+        config.topics.auto_create_topic_enable = true;
+        tweak(&mut config);
+        let stop = CancellationToken::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(server::run(config, stop.clone(), move |a| {
+            let _ = tx.send(a);
+        }));
+        let addrs = tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .expect("gateway start timed out")
+            .expect("gateway failed to start");
+        Gateway { addrs, stop, task, _dir: None }
+    }
+
+    async fn start(tweak: impl FnOnce(&mut Config)) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = Gateway::start_in(dir.path(), tweak).await;
+        g._dir = Some(dir);
+        g
+    }
+
+    async fn client(&self) -> MessagingServiceClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.addrs.grpc)).unwrap().connect().await.unwrap();
+        MessagingServiceClient::new(channel)
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task).await.expect("shutdown timed out").unwrap().unwrap();
+    }
+}
+
+fn req<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut().insert("x-mq-client-id", "test-client@1".parse().unwrap());
+    r
+}
+
+fn resource(name: &str) -> Option<proto::Resource> {
+    Some(proto::Resource { resource_namespace: String::new(), name: name.into() })
+}
+
+fn message(topic: &str, id: &str, body: &[u8]) -> proto::Message {
+    proto::Message {
+        topic: resource(topic),
+        user_properties: Default::default(),
+        system_properties: Some(proto::SystemProperties {
+            message_id: id.into(),
+            message_type: proto::MessageType::Normal as i32,
+            born_host: "test".into(),
+            born_timestamp: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 0 }),
+            tag: Some("TagA".into()),
+            ..Default::default()
+        }),
+        body: body.to_vec().into(),
+    }
+}
+
+async fn send(c: &mut MessagingServiceClient<Channel>, msgs: Vec<proto::Message>) -> proto::SendMessageResponse {
+    c.send_message(req(proto::SendMessageRequest { messages: msgs })).await.unwrap().into_inner()
+}
+
+fn code(s: &Option<proto::Status>) -> i32 {
+    s.as_ref().map(|s| s.code).unwrap_or(-1)
+}
+
+struct Received {
+    status: proto::Status,
+    messages: Vec<proto::Message>,
+}
+
+async fn receive(
+    c: &mut MessagingServiceClient<Channel>,
+    topic: &str,
+    group: &str,
+    invisible: Option<Duration>,
+) -> Received {
+    let r = proto::ReceiveMessageRequest {
+        group: resource(group),
+        message_queue: Some(proto::MessageQueue { topic: resource(topic), ..Default::default() }),
+        filter_expression: Some(proto::FilterExpression {
+            r#type: proto::FilterType::Tag as i32,
+            expression: "*".into(),
+        }),
+        batch_size: 32,
+        invisible_duration: invisible.map(|d| prost_types::Duration { seconds: d.as_secs() as i64, nanos: 0 }),
+        auto_renew: false,
+        long_polling_timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+        attempt_id: None,
+    };
+    let mut request = req(r);
+    request.set_timeout(Duration::from_secs(10));
+    let mut stream = c.receive_message(request).await.unwrap().into_inner();
+    let mut status = None;
+    let mut messages = Vec::new();
+    let mut saw_timestamp = false;
+    while let Some(frame) = stream.message().await.unwrap() {
+        match frame.content.expect("every frame has content") {
+            proto::receive_message_response::Content::Status(s) => {
+                assert!(status.is_none() && messages.is_empty(), "status comes first, once");
+                status = Some(s);
+            }
+            proto::receive_message_response::Content::Message(m) => messages.push(m),
+            proto::receive_message_response::Content::DeliveryTimestamp(_) => saw_timestamp = true,
+        }
+    }
+    assert!(saw_timestamp, "stream ends with delivery_timestamp");
+    Received { status: status.expect("stream has a status"), messages }
+}
+
+async fn ack(
+    c: &mut MessagingServiceClient<Channel>,
+    topic: &str,
+    group: &str,
+    m: &proto::Message,
+) -> proto::AckMessageResponse {
+    let sp = m.system_properties.as_ref().unwrap();
+    c.ack_message(req(proto::AckMessageRequest {
+        group: resource(group),
+        topic: resource(topic),
+        entries: vec![proto::AckMessageEntry {
+            message_id: sp.message_id.clone(),
+            receipt_handle: sp.receipt_handle.clone().unwrap(),
+            lite_topic: None,
+        }],
+    }))
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+#[tokio::test]
+async fn route_send_receive_ack() {
+    let g = Gateway::start(|_| {}).await;
+    let mut c = g.client().await;
+    let route = c
+        .query_route(req(proto::QueryRouteRequest {
+            topic: resource("TopicA"),
+            endpoints: Some(proto::Endpoints {
+                scheme: proto::AddressScheme::IPv4 as i32,
+                addresses: vec![proto::Address { host: "127.0.0.1".into(), port: g.addrs.grpc.port() as i32 }],
+            }),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&route.status), Code::Ok as i32);
+    assert_eq!(route.message_queues.len(), 8);
+    let q0 = &route.message_queues[0];
+    assert_eq!(q0.id, 0);
+    assert_eq!(q0.permission, proto::Permission::ReadWrite as i32);
+    assert_eq!(q0.accept_message_types, vec![proto::MessageType::Normal as i32]);
+    let b = q0.broker.as_ref().unwrap();
+    assert_eq!(b.id, 0);
+    assert_eq!(b.endpoints.as_ref().unwrap().addresses[0].port, g.addrs.grpc.port() as i32);
+
+    let n = 50;
+    for i in 0..n {
+        let r = send(&mut c, vec![message("TopicA", &format!("ID{i}"), format!("body-{i}").as_bytes())]).await;
+        assert_eq!(code(&r.status), Code::Ok as i32, "{:?}", r.status);
+        assert_eq!(r.entries.len(), 1);
+        assert_eq!(r.entries[0].message_id, format!("ID{i}"));
+    }
+    // A batch gets one entry per message.
+    let batch = send(&mut c, vec![message("TopicA", "B1", b"b1"), message("TopicA", "B2", b"b2")]).await;
+    assert_eq!(batch.entries.len(), 2);
+
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < n + 2 {
+        let r = receive(&mut c, "TopicA", "GroupA", Some(Duration::from_secs(30))).await;
+        assert_eq!(r.status.code, Code::Ok as i32, "{:?}", r.status);
+        for m in &r.messages {
+            let sp = m.system_properties.as_ref().unwrap();
+            assert_eq!(sp.delivery_attempt, Some(1));
+            let digest = sp.body_digest.as_ref().unwrap();
+            assert_eq!(digest.r#type, proto::DigestType::Md5 as i32);
+            assert_eq!(digest.checksum.len(), 32);
+            assert!(sp.queue_offset.is_some() && sp.born_timestamp.is_some());
+            assert_eq!(sp.tag.as_deref(), Some("TagA"));
+            let a = ack(&mut c, "TopicA", "GroupA", m).await;
+            assert_eq!(code(&a.status), Code::Ok as i32, "{:?}", a.status);
+            assert_eq!(a.entries.len(), 1);
+            assert!(got.insert(sp.message_id.clone()), "duplicate {}", sp.message_id);
+        }
+    }
+    // Nothing left, and the long poll ends with MESSAGE_NOT_FOUND.
+    let r = receive(&mut c, "TopicA", "GroupA", Some(Duration::from_secs(30))).await;
+    assert_eq!(r.status.code, Code::MessageNotFound as i32);
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn unacked_messages_come_back_with_the_next_attempt() {
+    let g = Gateway::start(|c| c.consumer.min_invisible_time = Duration::from_secs(1)).await;
+    let mut c = g.client().await;
+    send(&mut c, vec![message("TopicR", "R1", b"x")]).await;
+    let first = receive(&mut c, "TopicR", "GroupR", Some(Duration::from_secs(1))).await;
+    assert_eq!(first.messages.len(), 1);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let second = receive(&mut c, "TopicR", "GroupR", Some(Duration::from_secs(10))).await;
+    assert_eq!(second.messages.len(), 1);
+    let sp = second.messages[0].system_properties.as_ref().unwrap();
+    assert_eq!(sp.delivery_attempt, Some(2));
+    // The first handle is stale now.
+    let stale = ack(&mut c, "TopicR", "GroupR", &first.messages[0]).await;
+    assert_eq!(code(&stale.status), Code::InvalidReceiptHandle as i32);
+    // ChangeInvisibleDuration returns a new handle; the old one stops working.
+    let changed = c
+        .change_invisible_duration(req(proto::ChangeInvisibleDurationRequest {
+            group: resource("GroupR"),
+            topic: resource("TopicR"),
+            receipt_handle: sp.receipt_handle.clone().unwrap(),
+            invisible_duration: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
+            message_id: sp.message_id.clone(),
+            lite_topic: None,
+            suspend: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&changed.status), Code::Ok as i32);
+    assert_ne!(changed.receipt_handle, *sp.receipt_handle.as_ref().unwrap());
+    let old = ack(&mut c, "TopicR", "GroupR", &second.messages[0]).await;
+    assert_eq!(code(&old.status), Code::InvalidReceiptHandle as i32);
+    let mut m = second.messages[0].clone();
+    m.system_properties.as_mut().unwrap().receipt_handle = Some(changed.receipt_handle);
+    assert_eq!(code(&ack(&mut c, "TopicR", "GroupR", &m).await.status), Code::Ok as i32);
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_rocketmq_codes() {
+    let g = Gateway::start(|_| {}).await;
+    let mut c = g.client().await;
+
+    let mut big = message("TopicB", "X1", &vec![b'x'; 4 * 1024 * 1024 + 1]);
+    let r = send(&mut c, vec![big.clone()]).await;
+    assert_eq!(code(&r.status), Code::MessageBodyTooLarge as i32, "{:?}", r.status);
+    assert_eq!(r.entries.len(), 1, "one entry per message even on failure");
+    big.body = vec![b'x'; 4 * 1024 * 1024].into();
+    assert_eq!(code(&send(&mut c, vec![big]).await.status), Code::Ok as i32, "exactly the limit passes");
+
+    let mut many = message("TopicB", "X2", b"x");
+    for i in 0..129 {
+        many.user_properties.insert(format!("k{i}"), "v".into());
+    }
+    assert_eq!(code(&send(&mut c, vec![many]).await.status), Code::MessagePropertiesTooLarge as i32);
+
+    let mut reserved = message("TopicB", "X3", b"x");
+    reserved.user_properties.insert("UNIQ_KEY".into(), "v".into());
+    let r = send(&mut c, vec![reserved]).await;
+    assert_eq!(code(&r.status), Code::IllegalMessagePropertyKey as i32);
+    assert!(r.status.unwrap().message.contains("UNIQ_KEY"));
+
+    let r = send(&mut c, vec![message("bad topic!", "X4", b"x")]).await;
+    assert_eq!(code(&r.status), Code::IllegalTopic as i32);
+
+    assert_eq!(code(&send(&mut c, vec![message("TopicB", "X5", b"")]).await.status), Code::MessageBodyEmpty as i32);
+    assert_eq!(code(&send(&mut c, vec![message("TopicB", "", b"x")]).await.status), Code::IllegalMessageId as i32);
+    assert_eq!(code(&send(&mut c, vec![]).await.status), Code::MessageCorrupted as i32);
+
+    let mut group = message("TopicB", "X6", b"x");
+    group.system_properties.as_mut().unwrap().message_group = Some("g".repeat(64));
+    assert_eq!(code(&send(&mut c, vec![group]).await.status), Code::IllegalMessageGroup as i32);
+
+    // A FIFO message on a NORMAL topic.
+    let mut fifo = message("TopicB", "X7", b"x");
+    fifo.system_properties.as_mut().unwrap().message_group = Some("g".into());
+    assert_eq!(code(&send(&mut c, vec![fifo]).await.status), Code::MessagePropertyConflictWithType as i32);
+
+    // Garbage receipt handle.
+    let mut m = message("TopicB", "X8", b"x");
+    m.system_properties.as_mut().unwrap().receipt_handle = Some("not-a-handle".into());
+    let a = ack(&mut c, "TopicB", "GroupB", &m).await;
+    assert_eq!(code(&a.status), Code::InvalidReceiptHandle as i32);
+    assert_eq!(a.entries.len(), 1);
+
+    // Invisible duration out of range.
+    let r = receive(&mut c, "TopicB", "GroupB", Some(Duration::from_secs(1))).await;
+    assert_eq!(r.status.code, Code::IllegalInvisibleTime as i32);
+    let r = receive(&mut c, "TopicB", "GroupB", Some(Duration::from_secs(13 * 3600))).await;
+    assert_eq!(r.status.code, Code::IllegalInvisibleTime as i32);
+    let r = receive(&mut c, "TopicB", "GroupB", None).await;
+    assert_eq!(r.status.code, Code::IllegalInvisibleTime as i32);
+
+    // Missing client id.
+    let r = c
+        .send_message(Request::new(proto::SendMessageRequest { messages: vec![message("TopicB", "X9", b"x")] }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::ClientIdRequired as i32);
+
+    // Unimplemented RPCs say so with the gRPC status.
+    let e = c.end_transaction(req(proto::EndTransactionRequest::default())).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unimplemented);
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_topic_without_auto_create() {
+    let g = Gateway::start(|c| c.topics.auto_create_topic_enable = false).await;
+    let mut c = g.client().await;
+    let r = c
+        .query_route(req(proto::QueryRouteRequest { topic: resource("Nope"), endpoints: None }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::TopicNotFound as i32);
+    assert_eq!(code(&send(&mut c, vec![message("Nope", "Y1", b"x")]).await.status), Code::TopicNotFound as i32);
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn telemetry_answers_settings() {
+    let g = Gateway::start(|_| {}).await;
+    let mut c = g.client().await;
+    let settings = proto::Settings {
+        client_type: Some(proto::ClientType::Producer as i32),
+        pub_sub: Some(proto::settings::PubSub::Publishing(proto::Publishing {
+            topics: vec![resource("TopicT").unwrap()],
+            max_body_size: 0,
+            validate_message_type: true,
+        })),
+        ..Default::default()
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(proto::TelemetryCommand {
+        status: None,
+        command: Some(proto::telemetry_command::Command::Settings(settings)),
+    })
+    .await
+    .unwrap();
+    let mut stream = c.telemetry(req(tokio_stream::wrappers::ReceiverStream::new(rx))).await.unwrap().into_inner();
+    let reply = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(code(&reply.status), Code::Ok as i32);
+    let Some(proto::telemetry_command::Command::Settings(s)) = reply.command else { panic!("no settings") };
+    let Some(proto::settings::PubSub::Publishing(p)) = s.pub_sub else { panic!("no publishing") };
+    assert_eq!(p.max_body_size, 4 * 1024 * 1024);
+    let policy = s.backoff_policy.unwrap();
+    assert!(matches!(policy.strategy, Some(proto::retry_policy::Strategy::ExponentialBackoff(_))));
+    drop(tx);
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn restart_keeps_messages_and_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = Gateway::start_in(dir.path(), |_| {}).await;
+    let mut c = g.client().await;
+    for i in 0..20 {
+        send(&mut c, vec![message("TopicP", &format!("P{i}"), format!("{i}").as_bytes())]).await;
+    }
+    // Consume and ack part of the first batch only.
+    let r = receive(&mut c, "TopicP", "GroupP", Some(Duration::from_secs(30))).await;
+    let mut acked = std::collections::BTreeSet::new();
+    for m in r.messages.iter().take(5) {
+        assert_eq!(code(&ack(&mut c, "TopicP", "GroupP", m).await.status), Code::Ok as i32);
+        acked.insert(m.system_properties.as_ref().unwrap().message_id.clone());
+    }
+    drop(c);
+    g.stop().await;
+
+    let g = Gateway::start_in(dir.path(), |_| {}).await;
+    let mut c = g.client().await;
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        let r = receive(&mut c, "TopicP", "GroupP", Some(Duration::from_secs(30))).await;
+        if r.messages.is_empty() {
+            break;
+        }
+        for m in &r.messages {
+            let id = m.system_properties.as_ref().unwrap().message_id.clone();
+            assert!(!acked.contains(&id), "acked message {id} delivered again after restart");
+            assert_eq!(code(&ack(&mut c, "TopicP", "GroupP", m).await.status), Code::Ok as i32);
+            seen.insert(id);
+        }
+    }
+    assert_eq!(seen.len() + acked.len(), 20, "every message is consumed exactly once across the restart");
+    g.stop().await;
+}

@@ -1,0 +1,345 @@
+//! Consumer progress of one group on one queue, POP style: everything below `floor` is done;
+//! offsets in `[floor, next)` are either in flight (invisible until a deadline) or acked.
+//! Deliveries whose deadline passed are delivered again with `attempt + 1`; after
+//! `max_attempts` they are handed back for the dead-letter queue.
+//!
+//! Durable form ([`QueueState::encode_acked`]): `floor` plus the acked offsets above it. After a
+//! restart, unacked offsets at or above `floor` are delivered again (at-least-once).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use super::receipt::Receipt;
+
+/// One delivery that has not been acked yet.
+#[derive(Debug, Clone)]
+pub(crate) struct Inflight {
+    pub visible_at_ms: i64,
+    pub attempt: u32,
+    pub serial: u64,
+    /// Renewed server-side while this client is alive (PushConsumer `auto_renew`).
+    pub auto_renew_client: Option<Arc<str>>,
+    pub first_delivery_ms: i64,
+}
+
+/// Why an ack or visibility change was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandleProblem {
+    /// The message was delivered again since this handle was issued.
+    Stale,
+    /// The handle's deadline passed and the gateway holds no delivery for it.
+    Expired,
+    /// The message was already acknowledged.
+    AlreadyAcked,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct QueueState {
+    pub floor: u64,
+    pub next: u64,
+    pub inflight: BTreeMap<u64, Inflight>,
+    pub acked: BTreeSet<u64>,
+    /// Changed since the last progress flush.
+    pub dirty: bool,
+}
+
+/// What [`QueueState::take_due`] found.
+pub(crate) enum Due {
+    /// Deliver again with this attempt number.
+    Redeliver { offset: u64, attempt: u32 },
+    /// Attempts exhausted: move to the dead-letter queue, then ack.
+    DeadLetter { offset: u64, attempt: u32 },
+}
+
+impl QueueState {
+    pub fn new(floor: u64) -> Self {
+        Self { floor, next: floor, dirty: true, ..Default::default() }
+    }
+
+    /// Restores from stored progress.
+    pub fn restore(floor: u64, acked_above: &[u8]) -> Self {
+        let mut s = Self::new(floor);
+        s.acked = decode_offsets(floor, acked_above);
+        s.dirty = false;
+        s.advance_floor();
+        s
+    }
+
+    fn is_renewed(e: &Inflight, now_ms: i64, alive: &dyn Fn(&str) -> bool, renew_max_ms: i64) -> bool {
+        e.auto_renew_client.as_deref().is_some_and(|c| alive(c)) && now_ms - e.first_delivery_ms < renew_max_ms
+    }
+
+    /// Whether a delivery is still invisible (FIFO queues stay blocked while one is).
+    pub fn has_invisible(&self, now_ms: i64, alive: &dyn Fn(&str) -> bool, renew_max_ms: i64) -> bool {
+        self.inflight.values().any(|e| e.visible_at_ms > now_ms || Self::is_renewed(e, now_ms, alive, renew_max_ms))
+    }
+
+    /// Deliveries whose invisibility ended, lowest offsets first, at most `max`.
+    pub fn take_due(
+        &self,
+        now_ms: i64,
+        max: usize,
+        max_attempts: u32,
+        alive: &dyn Fn(&str) -> bool,
+        renew_max_ms: i64,
+    ) -> Vec<Due> {
+        self.inflight
+            .iter()
+            .filter(|(_, e)| e.visible_at_ms <= now_ms && !Self::is_renewed(e, now_ms, alive, renew_max_ms))
+            .take(max)
+            .map(|(&offset, e)| {
+                if e.attempt >= max_attempts {
+                    Due::DeadLetter { offset, attempt: e.attempt }
+                } else {
+                    Due::Redeliver { offset, attempt: e.attempt + 1 }
+                }
+            })
+            .collect()
+    }
+
+    /// Records a delivery of `offset`.
+    pub fn deliver(&mut self, offset: u64, entry: Inflight) {
+        self.inflight.insert(offset, entry);
+        if offset >= self.next {
+            self.next = offset + 1;
+        }
+        self.dirty = true;
+    }
+
+    /// Marks `offset` done without a delivery (filtered out, gone, or dead-lettered).
+    pub fn complete(&mut self, offset: u64) {
+        if offset < self.floor {
+            return;
+        }
+        self.inflight.remove(&offset);
+        self.acked.insert(offset);
+        if offset >= self.next {
+            self.next = offset + 1;
+        }
+        self.dirty = true;
+        self.advance_floor();
+    }
+
+    /// Skips offsets that retention deleted.
+    pub fn trim_to(&mut self, start: u64) {
+        if self.floor < start {
+            self.floor = start;
+            self.next = self.next.max(start);
+            self.inflight = self.inflight.split_off(&start);
+            self.acked = self.acked.split_off(&start);
+            self.dirty = true;
+            self.advance_floor();
+        }
+    }
+
+    fn advance_floor(&mut self) {
+        while self.acked.remove(&self.floor) {
+            self.floor += 1;
+        }
+        self.next = self.next.max(self.floor);
+    }
+
+    pub fn is_acked(&self, offset: u64) -> bool {
+        offset < self.floor || self.acked.contains(&offset)
+    }
+
+    /// Acknowledges the delivery `r` names.
+    pub fn ack(&mut self, r: &Receipt, now_ms: i64) -> Result<(), HandleProblem> {
+        if self.is_acked(r.offset) {
+            // Acking twice is harmless; report success like the Apache broker.
+            return Ok(());
+        }
+        match self.inflight.get(&r.offset) {
+            Some(e) if e.serial == r.serial => {}
+            Some(_) => return Err(HandleProblem::Stale),
+            // No delivery recorded (the gateway restarted since): trust the signed deadline.
+            None if r.deadline_ms > now_ms => {}
+            None => return Err(HandleProblem::Expired),
+        }
+        self.complete(r.offset);
+        Ok(())
+    }
+
+    /// Moves the delivery `r` names to a new deadline under a new serial.
+    pub fn change_invisible(
+        &mut self,
+        r: &Receipt,
+        now_ms: i64,
+        visible_at_ms: i64,
+        serial: u64,
+    ) -> Result<Inflight, HandleProblem> {
+        if self.is_acked(r.offset) {
+            return Err(HandleProblem::AlreadyAcked);
+        }
+        let first_delivery_ms = match self.inflight.get(&r.offset) {
+            Some(e) if e.serial == r.serial => e.first_delivery_ms,
+            Some(_) => return Err(HandleProblem::Stale),
+            None if r.deadline_ms > now_ms => now_ms,
+            None => return Err(HandleProblem::Expired),
+        };
+        let entry = Inflight { visible_at_ms, attempt: r.attempt, serial, auto_renew_client: None, first_delivery_ms };
+        self.deliver(r.offset, entry.clone());
+        Ok(entry)
+    }
+
+    /// Makes the auto-renewed deliveries of a departed client visible at `visible_at_ms`.
+    pub fn release_client(&mut self, client: &str, visible_at_ms: i64) {
+        for e in self.inflight.values_mut() {
+            if e.auto_renew_client.as_deref() == Some(client) {
+                e.auto_renew_client = None;
+                e.visible_at_ms = e.visible_at_ms.min(visible_at_ms);
+                self.dirty = true;
+            }
+        }
+    }
+
+    pub fn encode_acked(&self) -> Vec<u8> {
+        encode_offsets(self.floor, &self.acked)
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Offsets above `floor` as ascending varint deltas.
+fn encode_offsets(floor: u64, offsets: &BTreeSet<u64>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(offsets.len() * 2);
+    let mut prev = floor;
+    for &o in offsets.range(floor..) {
+        put_varint(&mut out, o - prev);
+        prev = o;
+    }
+    out
+}
+
+/// Inverse of [`encode_offsets`]; stops at the first malformed varint.
+fn decode_offsets(floor: u64, bytes: &[u8]) -> BTreeSet<u64> {
+    let mut set = BTreeSet::new();
+    let mut prev = floor;
+    let mut value = 0u64;
+    let mut shift = 0u32;
+    for &b in bytes {
+        if shift >= 64 {
+            break;
+        }
+        value |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            prev = prev.saturating_add(value);
+            set.insert(prev);
+            value = 0;
+            shift = 0;
+        } else {
+            shift += 7;
+        }
+    }
+    set
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn never_alive(_: &str) -> bool {
+        false
+    }
+
+    fn entry(visible_at_ms: i64, attempt: u32, serial: u64) -> Inflight {
+        Inflight { visible_at_ms, attempt, serial, auto_renew_client: None, first_delivery_ms: 0 }
+    }
+
+    fn receipt(offset: u64, serial: u64, deadline_ms: i64) -> Receipt {
+        Receipt { queue_id: 0, offset, serial, attempt: 1, deadline_ms, node: 0 }
+    }
+
+    #[test]
+    fn floor_advances_over_contiguous_acks() {
+        let mut q = QueueState::new(0);
+        for o in 0..3 {
+            q.deliver(o, entry(100, 1, o + 10));
+        }
+        assert!(q.ack(&receipt(1, 11, 100), 0).is_ok());
+        assert_eq!(q.floor, 0);
+        assert!(q.ack(&receipt(0, 10, 100), 0).is_ok());
+        assert_eq!(q.floor, 2);
+        assert!(q.ack(&receipt(0, 10, 100), 0).is_ok(), "second ack is harmless");
+    }
+
+    #[test]
+    fn stale_and_expired_handles_are_refused() {
+        let mut q = QueueState::new(0);
+        q.deliver(0, entry(100, 1, 1));
+        assert_eq!(q.ack(&receipt(0, 99, 100), 0), Err(HandleProblem::Stale));
+        // Unknown delivery (after a restart): the signed deadline decides.
+        assert_eq!(q.ack(&receipt(5, 1, 10), 20), Err(HandleProblem::Expired));
+        assert_eq!(q.ack(&receipt(5, 1, 30), 20), Ok(()));
+    }
+
+    #[test]
+    fn due_deliveries_and_dead_letters() {
+        let mut q = QueueState::new(0);
+        q.deliver(0, entry(10, 1, 1));
+        q.deliver(1, entry(10, 3, 2));
+        q.deliver(2, entry(50, 1, 3));
+        let due = q.take_due(20, 10, 3, &never_alive, i64::MAX);
+        assert!(matches!(
+            due[..],
+            [Due::Redeliver { offset: 0, attempt: 2 }, Due::DeadLetter { offset: 1, attempt: 3 }]
+        ));
+        assert!(q.has_invisible(20, &never_alive, i64::MAX));
+    }
+
+    #[test]
+    fn auto_renewed_deliveries_stay_invisible_while_the_client_lives() {
+        let mut q = QueueState::new(0);
+        let mut e = entry(10, 1, 1);
+        e.auto_renew_client = Some(Arc::from("c1"));
+        q.deliver(0, e);
+        let alive = |c: &str| c == "c1";
+        assert!(q.take_due(20, 10, 16, &alive, i64::MAX).is_empty());
+        assert_eq!(q.take_due(20, 10, 16, &alive, 5).len(), 1, "renewal is capped");
+        q.release_client("c1", 15);
+        assert_eq!(q.take_due(20, 10, 16, &alive, i64::MAX).len(), 1);
+    }
+
+    #[test]
+    fn change_invisible_issues_a_new_serial() {
+        let mut q = QueueState::new(0);
+        q.deliver(0, entry(100, 1, 1));
+        let e = q.change_invisible(&receipt(0, 1, 100), 0, 500, 2).unwrap();
+        assert_eq!((e.serial, e.visible_at_ms), (2, 500));
+        assert_eq!(q.ack(&receipt(0, 1, 100), 0), Err(HandleProblem::Stale));
+        assert_eq!(q.ack(&receipt(0, 2, 500), 0), Ok(()));
+        assert_eq!(q.change_invisible(&receipt(0, 2, 500), 0, 600, 3).unwrap_err(), HandleProblem::AlreadyAcked);
+    }
+
+    #[test]
+    fn trim_skips_deleted_offsets() {
+        let mut q = QueueState::new(0);
+        q.deliver(0, entry(100, 1, 1));
+        q.trim_to(5);
+        assert_eq!((q.floor, q.next), (5, 5));
+        assert!(q.inflight.is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn progress_round_trips(floor in 0u64..1_000_000, acked in proptest::collection::btree_set(0u64..5_000_000, 0..200)) {
+            let mut q = QueueState::new(floor);
+            q.acked = acked.range(floor + 1..).copied().collect();
+            let restored = QueueState::restore(q.floor, &q.encode_acked());
+            prop_assert_eq!(restored.floor, q.floor);
+            prop_assert_eq!(restored.acked, q.acked);
+        }
+
+        #[test]
+        fn garbage_progress_never_panics(floor: u64, bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = QueueState::restore(floor, &bytes);
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! The broker domain: topics and routes, sending, POP-style receiving with invisibility,
+//! acks and redelivery, consumer progress and client sessions.
+//!
+//! [`Broker`] is the one entry point of the protocol (`grpc/`) and admin (`admin/`) layers. It
+//! sees storage and metadata only through [`MessageLog`] and [`MetadataStore`]; it never imports
+//! tonic, axum or sqlx, and proto types never reach it.
+
+pub mod consumer;
+pub mod error;
+mod journal;
+pub mod message;
+mod pop;
+pub mod receipt;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use error::{BrokerError, BrokerResult};
+pub use message::{DeliveredMessage, MessageType, OutgoingMessage};
+pub use pop::{Filter, ReceiveRequest};
+
+use crate::config::Config;
+use crate::metadata::{GroupRecord, MetadataStore, TopicRecord, TopicType};
+use crate::storage::{AppendMessage, MessageLog};
+use consumer::QueueState;
+use receipt::ReceiptCodec;
+
+/// How long a client counts as alive after its last request (Apache `channelExpiredTimeout`).
+const CLIENT_EXPIRY: Duration = Duration::from_secs(120);
+
+/// A topic as the broker knows it.
+pub struct TopicEntry {
+    pub record: TopicRecord,
+    /// Woken after every append to the topic (long polling).
+    arrivals: Notify,
+    round_robin: AtomicU32,
+}
+
+/// What a producer gets back per message.
+#[derive(Debug, Clone)]
+pub struct SendReceipt {
+    pub message_id: String,
+    pub transaction_id: String,
+    pub queue_id: u32,
+    pub offset: u64,
+}
+
+/// The kind of a connected client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    Producer,
+    PushConsumer,
+    SimpleConsumer,
+    Other,
+}
+
+/// Consumption policy of a group, sent to its consumers in Settings.
+#[derive(Debug, Clone)]
+pub struct GroupPolicy {
+    pub fifo: bool,
+    pub max_attempts: i32,
+    pub retry_backoff: Vec<Duration>,
+    pub receive_batch_size: i32,
+    pub long_polling_timeout: Duration,
+}
+
+struct ClientSession {
+    kind: ClientKind,
+    group: Option<String>,
+    last_seen: Instant,
+}
+
+type QueueKey = (Arc<str>, Arc<str>, u32);
+
+pub(crate) struct Inner {
+    config: Arc<Config>,
+    log: Arc<dyn MessageLog>,
+    meta: Arc<dyn MetadataStore>,
+    topics: RwLock<HashMap<String, Arc<TopicEntry>>>,
+    groups: RwLock<HashMap<String, GroupRecord>>,
+    states: Mutex<HashMap<QueueKey, Arc<Mutex<QueueState>>>>,
+    clients: Mutex<HashMap<String, ClientSession>>,
+    receipts: ReceiptCodec,
+    serial: AtomicU64,
+    /// Journal offset covered by the last saved progress snapshot.
+    journal_saved: AtomicU64,
+    shutdown: CancellationToken,
+}
+
+/// Cheap to clone; all clones share state.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while holding these locks except on a bug; keep serving if one did.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Broker {
+    /// Loads topics, groups, progress and the receipt secret, and creates configured topics.
+    pub async fn start(
+        config: Arc<Config>,
+        log: Arc<dyn MessageLog>,
+        meta: Arc<dyn MetadataStore>,
+    ) -> BrokerResult<Broker> {
+        let candidate: [u8; 32] = rand::random();
+        let secret = meta.secret("receipt-handle-hmac", &candidate).await?;
+        let inner = Arc::new(Inner {
+            receipts: ReceiptCodec::new(&secret),
+            // Serials only need to differ from every serial issued before a restart.
+            serial: AtomicU64::new((now_ms() as u64) << 20),
+            topics: RwLock::new(HashMap::new()),
+            groups: RwLock::new(HashMap::new()),
+            states: Mutex::new(HashMap::new()),
+            clients: Mutex::new(HashMap::new()),
+            journal_saved: AtomicU64::new(0),
+            shutdown: CancellationToken::new(),
+            config,
+            log,
+            meta,
+        });
+        let broker = Broker { inner };
+        for spec in &broker.inner.config.topics.create {
+            validate::validate_topic(&spec.name)?;
+            let topic_type = TopicType::parse(&spec.message_type).ok_or_else(|| {
+                BrokerError::BadRequest(format!(
+                    "topic `{}`: unknown messageType `{}` (NORMAL, FIFO, DELAY, TRANSACTION or MIXED)",
+                    spec.name, spec.message_type
+                ))
+            })?;
+            let queue_nums = spec.queue_nums.unwrap_or(broker.inner.config.topics.default_topic_queue_nums);
+            broker.create_topic(&spec.name, queue_nums, topic_type).await?;
+        }
+        for t in broker.inner.meta.list_topics().await? {
+            broker.cache_topic(t);
+        }
+        for g in broker.inner.meta.list_groups().await? {
+            broker.inner.groups.write().unwrap_or_else(|e| e.into_inner()).insert(g.name.clone(), g);
+        }
+        broker.restore_progress().await?;
+        Ok(broker)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Stops long polls and background work; flushes consumer progress.
+    pub async fn shutdown(&self) -> BrokerResult<()> {
+        self.inner.shutdown.cancel();
+        self.flush_progress().await
+    }
+
+    /// Cancelled when the broker shuts down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    fn cache_topic(&self, record: TopicRecord) -> Arc<TopicEntry> {
+        let entry = Arc::new(TopicEntry { record, arrivals: Notify::new(), round_robin: AtomicU32::new(0) });
+        let mut topics = self.inner.topics.write().unwrap_or_else(|e| e.into_inner());
+        topics.entry(entry.record.name.clone()).or_insert(entry).clone()
+    }
+
+    fn cached_topic(&self, name: &str) -> Option<Arc<TopicEntry>> {
+        self.inner.topics.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    /// Creates a topic (or returns the existing one unchanged).
+    pub async fn create_topic(&self, name: &str, queue_nums: u32, topic_type: TopicType) -> BrokerResult<TopicRecord> {
+        if !(1..=1024).contains(&queue_nums) {
+            return Err(BrokerError::BadRequest(format!("queue count {queue_nums} is outside 1..=1024")));
+        }
+        let record =
+            self.inner.meta.create_topic(&TopicRecord { name: name.to_string(), queue_nums, topic_type }).await?;
+        Ok(self.cache_topic(record).record.clone())
+    }
+
+    pub fn list_topics(&self) -> Vec<TopicRecord> {
+        let mut v: Vec<TopicRecord> =
+            self.inner.topics.read().unwrap_or_else(|e| e.into_inner()).values().map(|t| t.record.clone()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// A topic a client names: validated, and auto-created when allowed.
+    async fn client_topic(&self, name: &str, create: bool) -> BrokerResult<Arc<TopicEntry>> {
+        validate::validate_topic(name)?;
+        if let Some(t) = self.cached_topic(name) {
+            return Ok(t);
+        }
+        if let Some(record) = self.inner.meta.topic(name).await? {
+            return Ok(self.cache_topic(record));
+        }
+        if create && self.inner.config.topics.auto_create_topic_enable {
+            let queue_nums = self.inner.config.topics.default_topic_queue_nums;
+            self.create_topic(name, queue_nums, TopicType::Normal).await?;
+            if let Some(t) = self.cached_topic(name) {
+                tracing::info!(topic = name, queue_nums, "auto-created topic");
+                return Ok(t);
+            }
+        }
+        Err(BrokerError::TopicNotFound(name.to_string()))
+    }
+
+    /// The route of a topic (auto-creating it when allowed).
+    pub async fn route(&self, topic: &str) -> BrokerResult<TopicRecord> {
+        Ok(self.client_topic(topic, true).await?.record.clone())
+    }
+
+    /// A consumer group, created on first use with the configured defaults.
+    async fn group(&self, name: &str) -> BrokerResult<GroupRecord> {
+        validate::validate_group(name)?;
+        if let Some(g) = self.inner.groups.read().unwrap_or_else(|e| e.into_inner()).get(name) {
+            return Ok(g.clone());
+        }
+        let record = GroupRecord {
+            name: name.to_string(),
+            fifo: false,
+            retry_max_times: self.inner.config.consumer.retry_max_times,
+        };
+        let stored = self.inner.meta.create_group(&record).await?;
+        self.inner.groups.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), stored.clone());
+        Ok(stored)
+    }
+
+    pub async fn group_policy(&self, group: &str) -> BrokerResult<GroupPolicy> {
+        let g = self.group(group).await?;
+        let c = &self.inner.config.consumer;
+        Ok(GroupPolicy {
+            fifo: g.fifo,
+            max_attempts: g.retry_max_times + 1,
+            retry_backoff: c.retry_backoff().unwrap_or_default(),
+            receive_batch_size: c.receive_batch_size,
+            long_polling_timeout: c.max_long_polling_timeout,
+        })
+    }
+
+    /// Topic and whether the group consumes it in order (QueryAssignment).
+    pub async fn assignment(&self, topic: &str, group: &str) -> BrokerResult<(TopicRecord, bool)> {
+        let t = self.client_topic(topic, false).await?;
+        let g = self.group(group).await?;
+        Ok((t.record.clone(), g.fifo))
+    }
+
+    /// Validates and stores messages; one receipt per message, in order.
+    pub async fn send(&self, messages: Vec<OutgoingMessage>) -> BrokerResult<Vec<SendReceipt>> {
+        let limits = &self.inner.config.limits;
+        let Some(first) = messages.first() else {
+            return Err(BrokerError::MessageCorrupted("no message to send".into()));
+        };
+        if messages.len() > limits.max_batch_messages {
+            return Err(BrokerError::BadRequest(format!(
+                "request carries {} messages, the limit is {} (limits.maxBatchMessages)",
+                messages.len(),
+                limits.max_batch_messages
+            )));
+        }
+        let topic_name = first.topic.clone();
+        validate::validate_topic(&topic_name)?;
+        if let Some(m) = messages.iter().find(|m| m.topic != topic_name) {
+            return Err(BrokerError::MessageCorrupted(format!(
+                "all messages of one request must have the same topic, found `{topic_name}` and `{}`",
+                m.topic
+            )));
+        }
+        let now = now_ms();
+        for m in &messages {
+            validate::validate_message(m, limits, now)?;
+        }
+        let topic = self.client_topic(&topic_name, true).await?;
+        for m in &messages {
+            let kind = m.message_type();
+            if !kind.accepted_by(topic.record.topic_type) {
+                return Err(BrokerError::MessageTypeConflict(format!(
+                    "topic `{topic_name}` accepts {} messages, but this message is {}",
+                    topic.record.topic_type.as_str(),
+                    kind.as_str()
+                )));
+            }
+            match kind {
+                MessageType::Normal | MessageType::Fifo => {}
+                MessageType::Delay => {
+                    return Err(BrokerError::Unsupported(
+                        "delay/timer messages are not supported by this gateway version yet".into(),
+                    ));
+                }
+                MessageType::Transaction => {
+                    return Err(BrokerError::Unsupported(
+                        "transactional messages are not supported by this gateway version yet".into(),
+                    ));
+                }
+            }
+        }
+        let queue_id = self.pick_queue(&topic, &messages);
+        let topic_arc: Arc<str> = Arc::from(topic_name.as_str());
+        let appends = messages
+            .iter()
+            .map(|m| AppendMessage {
+                topic: topic_arc.clone(),
+                queue_id,
+                born_timestamp_ms: m.born_timestamp_ms,
+                flags: m.flags(),
+                tag_hash: message::tag_hash(m.tag.as_deref()),
+                properties: m.stored_properties(),
+                body: m.body.clone(),
+            })
+            .collect();
+        let results = self.inner.log.append(appends).await?;
+        topic.arrivals.notify_waiters();
+        Ok(messages
+            .into_iter()
+            .zip(results)
+            .map(|(m, r)| SendReceipt {
+                transaction_id: m.message_id.clone(),
+                message_id: m.message_id,
+                queue_id,
+                offset: r.queue_offset,
+            })
+            .collect())
+    }
+
+    /// FIFO messages go to `hash(message_group) mod queues` (never the client's choice, since
+    /// SDKs hash groups differently); others round-robin. A batch lands in one queue.
+    fn pick_queue(&self, topic: &TopicEntry, messages: &[OutgoingMessage]) -> u32 {
+        let n = topic.record.queue_nums.max(1);
+        match messages.iter().find_map(|m| m.message_group.as_deref()) {
+            Some(group) => crc32c::crc32c(group.as_bytes()) % n,
+            None => topic.round_robin.fetch_add(1, Ordering::Relaxed) % n,
+        }
+    }
+
+    /// Records (or refreshes) a client from its Settings.
+    pub fn register_client(&self, client_id: &str, kind: ClientKind, group: Option<String>) {
+        lock(&self.inner.clients)
+            .insert(client_id.to_string(), ClientSession { kind, group, last_seen: Instant::now() });
+    }
+
+    /// Marks a client alive (every consumer RPC and heartbeat).
+    pub fn touch_client(&self, client_id: &str) {
+        if let Some(s) = lock(&self.inner.clients).get_mut(client_id) {
+            s.last_seen = Instant::now();
+        }
+    }
+
+    pub async fn heartbeat(&self, client_id: &str, kind: ClientKind, group: Option<&str>) -> BrokerResult<()> {
+        if let Some(g) = group.filter(|g| !g.is_empty()) {
+            validate::validate_group(g)?;
+        }
+        let mut clients = lock(&self.inner.clients);
+        let session = clients.entry(client_id.to_string()).or_insert_with(|| ClientSession {
+            kind,
+            group: group.map(str::to_string),
+            last_seen: Instant::now(),
+        });
+        session.last_seen = Instant::now();
+        if session.kind == ClientKind::Other {
+            session.kind = kind;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn client_alive(&self, client_id: &str) -> bool {
+        lock(&self.inner.clients).get(client_id).is_some_and(|s| s.last_seen.elapsed() < CLIENT_EXPIRY)
+    }
+
+    /// A client shut down: forget it and let its auto-renewed messages be delivered again soon.
+    pub fn client_terminated(&self, client_id: &str) {
+        let session = lock(&self.inner.clients).remove(client_id);
+        if let Some(s) = session {
+            tracing::debug!(client_id, kind = ?s.kind, group = ?s.group, "client terminated");
+        }
+        self.release_client_deliveries(client_id);
+    }
+
+    pub fn connected_clients(&self) -> usize {
+        lock(&self.inner.clients).values().filter(|s| s.last_seen.elapsed() < CLIENT_EXPIRY).count()
+    }
+}

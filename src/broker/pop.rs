@@ -1,0 +1,514 @@
+//! Receiving (POP with long polling), acks, visibility changes, the dead-letter hand-off and
+//! batched persistence of consumer progress.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::consumer::{Due, HandleProblem, Inflight, QueueState};
+use super::error::{BrokerError, BrokerResult};
+use super::journal::{AckRecord, JOURNAL_TOPIC};
+use super::message::DeliveredMessage;
+use super::receipt::Receipt;
+use super::{Broker, TopicEntry, lock, now_ms, validate};
+use crate::config::ConsumeFromWhere;
+use crate::metadata::{GroupRecord, ProgressRecord, TopicType};
+use crate::storage::{AppendMessage, StoredMessage, record::keys};
+
+/// Most body bytes returned by one receive (at least one message is always returned).
+const MAX_RECEIVE_BYTES: usize = 8 * 1024 * 1024;
+/// Longest time auto-renewal keeps a message invisible (Apache `renewMaxTimeMillis`).
+const RENEW_MAX_MS: i64 = 3 * 3600 * 1000;
+/// A departed client's auto-renewed messages become visible after this (Apache
+/// `invisibleTimeMillisWhenClear`).
+const RELEASE_DELAY_MS: i64 = 1000;
+/// Retry delay when moving a message to the dead-letter queue failed.
+const DEAD_LETTER_RETRY_MS: i64 = 30_000;
+/// Long polls re-check at least this often (deliveries whose invisibility ends are not
+/// announced by an append).
+const RECHECK: Duration = Duration::from_millis(500);
+
+/// Which messages a consumer wants.
+#[derive(Debug, Clone)]
+pub enum Filter {
+    All,
+    /// Tags joined by `||` in the expression.
+    Tags(HashSet<String>),
+}
+
+impl Filter {
+    /// Parses a TAG expression: `*` or empty means all, otherwise tags split on `||`.
+    pub fn tags(expression: &str) -> BrokerResult<Filter> {
+        let e = expression.trim();
+        if e.is_empty() || e == "*" {
+            return Ok(Filter::All);
+        }
+        let tags: HashSet<String> =
+            e.split("||").map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect();
+        if tags.is_empty() {
+            return Err(BrokerError::IllegalFilterExpression(format!("tag expression `{e}` names no tag")));
+        }
+        Ok(Filter::Tags(tags))
+    }
+
+    fn matches(&self, m: &StoredMessage) -> bool {
+        match self {
+            Filter::All => true,
+            Filter::Tags(tags) => m.properties.get(keys::TAGS).is_some_and(|t| tags.contains(t)),
+        }
+    }
+}
+
+/// A ReceiveMessage call in domain terms.
+#[derive(Debug, Clone)]
+pub struct ReceiveRequest {
+    pub client_id: String,
+    pub group: String,
+    pub topic: String,
+    pub filter: Filter,
+    /// 0 means the configured default.
+    pub batch_size: usize,
+    /// Required unless `auto_renew`.
+    pub invisible_duration: Option<Duration>,
+    pub auto_renew: bool,
+    /// What the client asked for (`long_polling_timeout`), if anything.
+    pub long_polling_timeout: Option<Duration>,
+    /// Time left before the client's own deadline, if it sent one.
+    pub deadline_remaining: Option<Duration>,
+}
+
+impl Broker {
+    fn next_serial(&self) -> u64 {
+        self.inner.serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The state of `group` on a queue, created at the configured start position if new.
+    fn queue_state(&self, group: &str, topic: &str, queue_id: u32) -> Arc<Mutex<QueueState>> {
+        let mut states = lock(&self.inner.states);
+        let key = (Arc::from(group), Arc::from(topic), queue_id);
+        states
+            .entry(key)
+            .or_insert_with(|| {
+                let range = self.inner.log.queue_range(topic, queue_id);
+                let floor = match self.inner.config.consumer.consume_from_where {
+                    ConsumeFromWhere::FirstOffset => range.start,
+                    // Like Apache with initPopOffsetByCheckMsgInMem: a young queue is read from 0.
+                    ConsumeFromWhere::LastOffset if range.start == 0 => 0,
+                    ConsumeFromWhere::LastOffset => range.end,
+                };
+                tracing::debug!(group, topic, queue_id, floor, "consumer group starts on queue");
+                Arc::new(Mutex::new(QueueState::new(floor)))
+            })
+            .clone()
+    }
+
+    /// How long this receive may wait for messages.
+    fn polling_time(&self, req: &ReceiveRequest) -> Duration {
+        let c = &self.inner.config.consumer;
+        let asked = req
+            .long_polling_timeout
+            .unwrap_or(c.max_long_polling_timeout)
+            .clamp(c.min_long_polling_timeout, c.max_long_polling_timeout);
+        match req.deadline_remaining {
+            Some(left) => asked.min(left.saturating_sub(c.long_polling_reserve)),
+            None => asked,
+        }
+    }
+
+    /// Receives up to `batch_size` messages, waiting up to the polling time for some to arrive.
+    pub async fn receive(&self, req: ReceiveRequest) -> BrokerResult<Vec<DeliveredMessage>> {
+        let c = &self.inner.config.consumer;
+        validate::validate_group(&req.group)?;
+        let invisible = if req.auto_renew {
+            c.default_invisible_time
+        } else {
+            let d = req.invisible_duration.ok_or_else(|| {
+                BrokerError::IllegalInvisibleTime("invisible_duration is required unless auto_renew is set".into())
+            })?;
+            if d < c.min_invisible_time || d > c.max_invisible_time {
+                return Err(BrokerError::IllegalInvisibleTime(format!(
+                    "invisible duration {} is outside [{}, {}]",
+                    humantime::format_duration(d),
+                    humantime::format_duration(c.min_invisible_time),
+                    humantime::format_duration(c.max_invisible_time)
+                )));
+            }
+            d
+        };
+        let topic = self.client_topic(&req.topic, false).await?;
+        let group = self.group(&req.group).await?;
+        self.touch_client(&req.client_id);
+        let max = match req.batch_size {
+            0 => c.receive_batch_size as usize,
+            n => n.min(c.receive_batch_size as usize),
+        };
+        let deadline = Instant::now() + self.polling_time(&req);
+        let shutdown = self.inner.shutdown.clone();
+        loop {
+            let notified = topic.arrivals.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let got = self.pop(&topic, &group, &req, max, invisible).await?;
+            if !got.is_empty() {
+                return Ok(got);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline.min(now + RECHECK)) => {}
+                _ = shutdown.cancelled() => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    /// One pass over the topic's queues, starting at a rotating queue for fairness.
+    async fn pop(
+        &self,
+        topic: &TopicEntry,
+        group: &GroupRecord,
+        req: &ReceiveRequest,
+        max: usize,
+        invisible: Duration,
+    ) -> BrokerResult<Vec<DeliveredMessage>> {
+        let n = topic.record.queue_nums;
+        let start = topic.round_robin.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut out = Vec::new();
+        let mut dead = Vec::new();
+        let mut bytes = 0usize;
+        for i in 0..n {
+            if out.len() >= max || bytes >= MAX_RECEIVE_BYTES {
+                break;
+            }
+            let queue_id = (start.wrapping_add(i)) % n;
+            self.pop_queue(topic, group, req, queue_id, max, invisible, &mut out, &mut bytes, &mut dead)?;
+        }
+        for (queue_id, message) in dead {
+            self.dead_letter(group, &topic.record.name, queue_id, message).await;
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pop_queue(
+        &self,
+        topic: &TopicEntry,
+        group: &GroupRecord,
+        req: &ReceiveRequest,
+        queue_id: u32,
+        max: usize,
+        invisible: Duration,
+        out: &mut Vec<DeliveredMessage>,
+        bytes: &mut usize,
+        dead: &mut Vec<(u32, StoredMessage)>,
+    ) -> BrokerResult<()> {
+        let log = &self.inner.log;
+        let name = topic.record.name.as_str();
+        let state = self.queue_state(&group.name, name, queue_id);
+        let mut st = lock(&state);
+        let range = log.queue_range(name, queue_id);
+        st.trim_to(range.start);
+        let now = now_ms();
+        let alive = |c: &str| self.client_alive(c);
+        if group.fifo && st.has_invisible(now, &alive, RENEW_MAX_MS) {
+            // Orderly groups see the next messages of a queue only after the previous ones.
+            return Ok(());
+        }
+        let max_attempts = (group.retry_max_times + 1).max(1) as u32;
+        let auto_renew_client: Option<Arc<str>> = req.auto_renew.then(|| Arc::from(req.client_id.as_str()));
+        let invisible_ms = invisible.as_millis() as i64;
+        let deliver = |st: &mut QueueState,
+                       m: StoredMessage,
+                       attempt: u32,
+                       out: &mut Vec<DeliveredMessage>,
+                       bytes: &mut usize| {
+            let serial = self.next_serial();
+            let deadline_ms = now + invisible_ms;
+            let receipt = Receipt { queue_id, offset: m.queue_offset, serial, attempt, deadline_ms, node: 0 };
+            let handle = self.inner.receipts.encode(&receipt, &group.name, name);
+            st.deliver(
+                m.queue_offset,
+                Inflight {
+                    visible_at_ms: deadline_ms,
+                    attempt,
+                    serial,
+                    auto_renew_client: auto_renew_client.clone(),
+                    first_delivery_ms: now,
+                },
+            );
+            *bytes += m.body.len();
+            out.push(DeliveredMessage::from_stored(m, handle, attempt));
+        };
+
+        for due in st.take_due(now, max - out.len(), max_attempts, &alive, RENEW_MAX_MS) {
+            let (offset, attempt, to_dlq) = match due {
+                Due::Redeliver { offset, attempt } => (offset, attempt, false),
+                Due::DeadLetter { offset, attempt } => (offset, attempt, true),
+            };
+            let found = log.read(name, queue_id, offset, 1, usize::MAX)?.into_iter().find(|m| m.queue_offset == offset);
+            match found {
+                None => st.complete(offset),
+                Some(m) if to_dlq => {
+                    if let Some(e) = st.inflight.get_mut(&offset) {
+                        e.visible_at_ms = now + DEAD_LETTER_RETRY_MS;
+                        e.auto_renew_client = None;
+                    }
+                    dead.push((queue_id, m));
+                }
+                Some(m) if !req.filter.matches(&m) => st.complete(offset),
+                Some(m) => deliver(&mut st, m, attempt, out, bytes),
+            }
+        }
+        while out.len() < max && *bytes < MAX_RECEIVE_BYTES && st.next < range.end {
+            let batch = log.read(name, queue_id, st.next, max - out.len(), MAX_RECEIVE_BYTES - *bytes)?;
+            let Some(last) = batch.last().map(|m| m.queue_offset) else {
+                break;
+            };
+            for m in batch {
+                let offset = m.queue_offset;
+                if st.is_acked(offset) || st.inflight.contains_key(&offset) {
+                    continue;
+                }
+                if req.filter.matches(&m) {
+                    deliver(&mut st, m, 1, out, bytes);
+                } else {
+                    // Like Apache: a message the filter rejects is acknowledged for this group.
+                    st.complete(offset);
+                }
+            }
+            st.next = st.next.max(last + 1);
+        }
+        Ok(())
+    }
+
+    /// Moves a message whose attempts are exhausted to `%DLQ%{group}`, then acks it.
+    async fn dead_letter(&self, group: &GroupRecord, topic: &str, queue_id: u32, m: StoredMessage) {
+        let dlq_name = format!("%DLQ%{}", group.name);
+        let result = async {
+            let dlq = match self.cached_topic(&dlq_name) {
+                Some(t) => t,
+                None => {
+                    self.create_topic(&dlq_name, 1, TopicType::Mixed).await?;
+                    self.cached_topic(&dlq_name).ok_or_else(|| BrokerError::TopicNotFound(dlq_name.clone()))?
+                }
+            };
+            let mut properties = m.properties.clone();
+            properties.push(keys::DLQ_ORIGIN_TOPIC, topic);
+            properties.push(keys::DLQ_ORIGIN_MESSAGE_ID, m.properties.get(keys::UNIQ_KEY).unwrap_or_default());
+            let append = AppendMessage {
+                topic: Arc::from(dlq_name.as_str()),
+                queue_id: 0,
+                born_timestamp_ms: m.born_timestamp_ms,
+                flags: m.flags,
+                tag_hash: m.tag_hash,
+                properties,
+                body: m.body.clone(),
+            };
+            self.inner.log.append(vec![append]).await?;
+            dlq.arrivals.notify_waiters();
+            Ok::<_, BrokerError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                let state = self.queue_state(&group.name, topic, queue_id);
+                lock(&state).complete(m.queue_offset);
+                tracing::info!(
+                    group = group.name,
+                    topic,
+                    queue_id,
+                    offset = m.queue_offset,
+                    "moved message to {dlq_name}"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(group = group.name, topic, queue_id, offset = m.queue_offset, error = %e, "dead-letter move failed; will retry")
+            }
+        }
+    }
+
+    fn decode_receipt(&self, group: &str, topic: &TopicEntry, handle: &str) -> BrokerResult<Receipt> {
+        let r = self
+            .inner
+            .receipts
+            .decode(handle, group, &topic.record.name)
+            .map_err(|e| BrokerError::InvalidReceiptHandle(e.to_string()))?;
+        if r.queue_id >= topic.record.queue_nums {
+            return Err(BrokerError::InvalidReceiptHandle(format!(
+                "receipt handle names queue {} but topic `{}` has {} queues",
+                r.queue_id, topic.record.name, topic.record.queue_nums
+            )));
+        }
+        Ok(r)
+    }
+
+    fn handle_problem(p: HandleProblem, r: &Receipt) -> BrokerError {
+        BrokerError::InvalidReceiptHandle(match p {
+            HandleProblem::Stale => {
+                "receipt handle is stale: the message was delivered again after it was issued".into()
+            }
+            HandleProblem::Expired => format!(
+                "receipt handle expired {} ms ago; the message will be delivered again",
+                now_ms().saturating_sub(r.deadline_ms)
+            ),
+            HandleProblem::AlreadyAcked => "the message was already acknowledged".into(),
+        })
+    }
+
+    /// Acknowledges one delivery.
+    pub async fn ack(&self, client_id: &str, group: &str, topic: &str, handle: &str) -> BrokerResult<()> {
+        validate::validate_group(group)?;
+        let topic = self.client_topic(topic, false).await?;
+        self.touch_client(client_id);
+        let r = self.decode_receipt(group, &topic, handle)?;
+        let state = self.queue_state(group, &topic.record.name, r.queue_id);
+        let result = lock(&state).ack(&r, now_ms());
+        result.map_err(|p| Self::handle_problem(p, &r))?;
+        // Durable before the client hears OK (also for repeated acks, so a client that retries
+        // an ack whose journal write failed gets it journaled).
+        let record = AckRecord {
+            group: group.to_string(),
+            topic: topic.record.name.clone(),
+            queue_id: r.queue_id,
+            offset: r.offset,
+        };
+        self.inner.log.append(vec![record.to_append(now_ms())]).await?;
+        Ok(())
+    }
+
+    /// Makes a delivery visible again after `delay` (a nack with backoff, or an extension),
+    /// returning the new receipt handle.
+    pub async fn change_invisible_duration(
+        &self,
+        client_id: &str,
+        group: &str,
+        topic: &str,
+        handle: &str,
+        delay: Duration,
+    ) -> BrokerResult<String> {
+        validate::validate_group(group)?;
+        let max = self.inner.config.consumer.max_invisible_time;
+        if delay > max {
+            return Err(BrokerError::IllegalInvisibleTime(format!(
+                "invisible duration {} exceeds the limit of {}",
+                humantime::format_duration(delay),
+                humantime::format_duration(max)
+            )));
+        }
+        let topic = self.client_topic(topic, false).await?;
+        self.touch_client(client_id);
+        let r = self.decode_receipt(group, &topic, handle)?;
+        let state = self.queue_state(group, &topic.record.name, r.queue_id);
+        let now = now_ms();
+        let visible_at = now + delay.as_millis() as i64;
+        let serial = self.next_serial();
+        let changed = lock(&state).change_invisible(&r, now, visible_at, serial);
+        let entry = changed.map_err(|p| Self::handle_problem(p, &r))?;
+        let new = Receipt { serial: entry.serial, deadline_ms: entry.visible_at_ms, ..r };
+        Ok(self.inner.receipts.encode(&new, group, &topic.record.name))
+    }
+
+    pub(super) fn release_client_deliveries(&self, client_id: &str) {
+        let states: Vec<_> = lock(&self.inner.states).values().cloned().collect();
+        let at = now_ms() + RELEASE_DELAY_MS;
+        for s in states {
+            lock(&s).release_client(client_id, at);
+        }
+    }
+
+    /// Loads the last progress snapshot, then replays the acks journaled after it.
+    pub(super) async fn restore_progress(&self) -> BrokerResult<()> {
+        let (records, journal_offset) = self.inner.meta.load_progress().await?;
+        {
+            let mut states = lock(&self.inner.states);
+            for p in records {
+                let state = QueueState::restore(p.ack_floor, &p.acked_above);
+                states.insert(
+                    (Arc::from(p.group.as_str()), Arc::from(p.topic.as_str()), p.queue_id),
+                    Arc::new(Mutex::new(state)),
+                );
+            }
+        }
+        let range = self.inner.log.queue_range(JOURNAL_TOPIC, 0);
+        let mut next = journal_offset.max(range.start);
+        let mut replayed = 0u64;
+        while next < range.end {
+            let batch = self.inner.log.read(JOURNAL_TOPIC, 0, next, 1024, 4 * 1024 * 1024)?;
+            let Some(last) = batch.last().map(|m| m.queue_offset) else { break };
+            for m in &batch {
+                if let Some(a) = AckRecord::decode(m) {
+                    lock(&self.queue_state(&a.group, &a.topic, a.queue_id)).complete(a.offset);
+                    replayed += 1;
+                }
+            }
+            next = last + 1;
+        }
+        self.inner.journal_saved.store(journal_offset, std::sync::atomic::Ordering::Relaxed);
+        if replayed > 0 {
+            tracing::info!(
+                replayed,
+                from = journal_offset,
+                "replayed journaled acks newer than the last progress snapshot"
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes the progress of every changed queue state in one batch.
+    pub async fn flush_progress(&self) -> BrokerResult<()> {
+        // Read before the snapshot: every ack journaled below this offset was applied in memory
+        // before its journal write finished, so the snapshot includes it.
+        let journal_end = self.inner.log.queue_range(JOURNAL_TOPIC, 0).end;
+        let states: Vec<_> = lock(&self.inner.states).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut batch = Vec::new();
+        for ((group, topic, queue_id), state) in &states {
+            let mut st = lock(state);
+            if st.dirty {
+                st.dirty = false;
+                batch.push(ProgressRecord {
+                    group: group.to_string(),
+                    topic: topic.to_string(),
+                    queue_id: *queue_id,
+                    ack_floor: st.floor,
+                    acked_above: st.encode_acked(),
+                });
+            }
+        }
+        let saved = self.inner.journal_saved.load(std::sync::atomic::Ordering::Relaxed);
+        if batch.is_empty() && journal_end <= saved {
+            return Ok(());
+        }
+        if let Err(e) = self.inner.meta.save_progress(&batch, journal_end).await {
+            // Mark them dirty again so the next flush retries.
+            for ((group, topic, queue_id), state) in &states {
+                if batch.iter().any(|p| p.group == **group && p.topic == **topic && p.queue_id == *queue_id) {
+                    lock(state).dirty = true;
+                }
+            }
+            return Err(e.into());
+        }
+        self.inner.journal_saved.fetch_max(journal_end, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Flushes progress every `consumer.progressFlushInterval` until shutdown.
+    pub async fn run_progress_flusher(&self) {
+        let mut tick = tokio::time::interval(self.inner.config.consumer.progress_flush_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shutdown = self.inner.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Err(e) = self.flush_progress().await {
+                        tracing::warn!(error = %e, "flushing consumer progress failed; will retry");
+                    }
+                }
+            }
+        }
+    }
+}

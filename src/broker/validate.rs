@@ -1,0 +1,238 @@
+//! Validation of names and messages, with Apache RocketMQ 5's limits and codes (topic ≤ 127
+//! chars of `[%|a-zA-Z0-9_-]`, group ≤ 120, body ≤ maxMessageSize, ≤ 128 user properties and
+//! ≤ 16 KiB of properties, reserved property keys, message group < 64 bytes, …).
+
+use super::error::{BrokerError, BrokerResult};
+use super::message::OutgoingMessage;
+use crate::config::LimitsConfig;
+
+pub const MAX_TOPIC_LEN: usize = 127;
+pub const MAX_GROUP_LEN: usize = 120;
+
+/// Topics clients may not use directly (`TopicValidator.SYSTEM_TOPIC_SET`).
+const SYSTEM_TOPICS: &[&str] = &[
+    "TBW102",
+    "SCHEDULE_TOPIC_XXXX",
+    "BenchmarkTest",
+    "RMQ_SYS_TRANS_HALF_TOPIC",
+    "RMQ_SYS_TRACE_TOPIC",
+    "RMQ_SYS_TRANS_OP_HALF_TOPIC",
+    "TRANS_CHECK_MAX_TIME_TOPIC",
+    "SELF_TEST_TOPIC",
+    "OFFSET_MOVED_EVENT",
+    "CHECKPOINT_TOPIC",
+];
+
+/// Property keys reserved by RocketMQ (`MessageConst.STRING_HASH_SET`).
+pub const RESERVED_PROPERTY_KEYS: &[&str] = &[
+    "TRACE_ON",
+    "MSG_REGION",
+    "KEYS",
+    "TAGS",
+    "WAIT",
+    "DELAY",
+    "RETRY_TOPIC",
+    "REAL_TOPIC",
+    "REAL_QID",
+    "TRAN_MSG",
+    "PGROUP",
+    "MIN_OFFSET",
+    "MAX_OFFSET",
+    "BUYER_ID",
+    "ORIGIN_MESSAGE_ID",
+    "TRANSFER_FLAG",
+    "CORRECTION_FLAG",
+    "MQ2_FLAG",
+    "RECONSUME_TIME",
+    "UNIQ_KEY",
+    "MAX_RECONSUME_TIMES",
+    "CONSUME_START_TIME",
+    "POP_CK",
+    "POP_CK_OFFSET",
+    "1ST_POP_TIME",
+    "TRAN_PREPARED_QUEUE_OFFSET",
+    "DUP_INFO",
+    "EXTEND_UNIQ_INFO",
+    "INSTANCE_ID",
+    "CORRELATION_ID",
+    "REPLY_TO_CLIENT",
+    "TTL",
+    "ARRIVE_TIME",
+    "PUSH_REPLY_TIME",
+    "CLUSTER",
+    "MSG_TYPE",
+    "INNER_MULTI_QUEUE_OFFSET",
+    "TIMER_DELAY_MS",
+    "TIMER_DELAY_SEC",
+    "TIMER_DELIVER_MS",
+    "TIMER_ENQUEUE_MS",
+    "TIMER_DEQUEUE_MS",
+    "TIMER_ROLL_TIMES",
+    "TIMER_OUT_MS",
+    "TIMER_DEL_UNIQKEY",
+    "TIMER_DELAY_LEVEL",
+    "__BORNHOST",
+    "BORN_TIMESTAMP",
+    "DLQ_ORIGIN_TOPIC",
+    "DLQ_ORIGIN_MESSAGE_ID",
+    "__CRC32#",
+];
+
+fn valid_name_chars(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'%' | b'|' | b'_' | b'-'))
+}
+
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+/// Validates a topic a client names (not the internal retry/DLQ topics).
+pub fn validate_topic(name: &str) -> BrokerResult<()> {
+    let err = |m: String| Err(BrokerError::IllegalTopic(m));
+    if name.trim().is_empty() {
+        return err("topic name is empty".into());
+    }
+    if name.len() > MAX_TOPIC_LEN {
+        return err(format!("topic name is {} characters, the limit is {MAX_TOPIC_LEN}", name.len()));
+    }
+    if !valid_name_chars(name) {
+        return err(format!("topic `{name}` contains characters outside [%|a-zA-Z0-9_-]"));
+    }
+    if SYSTEM_TOPICS.contains(&name) || name.starts_with("rmq_sys_") {
+        return err(format!("topic `{name}` is a system topic and cannot be accessed"));
+    }
+    Ok(())
+}
+
+pub fn validate_group(name: &str) -> BrokerResult<()> {
+    let err = |m: String| Err(BrokerError::IllegalConsumerGroup(m));
+    if name.trim().is_empty() {
+        return err("consumer group name is empty".into());
+    }
+    if name.len() > MAX_GROUP_LEN {
+        return err(format!("consumer group name is {} characters, the limit is {MAX_GROUP_LEN}", name.len()));
+    }
+    if !valid_name_chars(name) {
+        return err(format!("consumer group `{name}` contains characters outside [%|a-zA-Z0-9_-]"));
+    }
+    if name.starts_with("CID_RMQ_SYS_") {
+        return err(format!("consumer group `{name}` is a system group and cannot be used"));
+    }
+    Ok(())
+}
+
+/// Checks one message against the limits, in the order the Apache proxy does.
+pub fn validate_message(m: &OutgoingMessage, limits: &LimitsConfig, now_ms: i64) -> BrokerResult<()> {
+    if m.body.is_empty() {
+        return Err(BrokerError::BodyEmpty);
+    }
+    if m.body.len() > limits.max_message_size {
+        return Err(BrokerError::BodyTooLarge { size: m.body.len(), limit: limits.max_message_size });
+    }
+    if m.user_properties.len() > limits.user_property_max_num {
+        return Err(BrokerError::PropertiesTooLarge(format!(
+            "message has {} user properties, the limit is {}",
+            m.user_properties.len(),
+            limits.user_property_max_num
+        )));
+    }
+    let mut size = 0usize;
+    for (k, v) in &m.user_properties {
+        if k.is_empty() {
+            return Err(BrokerError::IllegalPropertyKey("user property key is empty".into()));
+        }
+        if RESERVED_PROPERTY_KEYS.contains(&k.as_str()) {
+            return Err(BrokerError::IllegalPropertyKey(format!("property `{k}` is used by the system")));
+        }
+        if has_control(k) || has_control(v) {
+            return Err(BrokerError::IllegalPropertyKey(format!(
+                "property `{}` contains control characters in its key or value",
+                k.escape_debug()
+            )));
+        }
+        size += k.len() + v.len();
+    }
+    if let Some(tag) = &m.tag {
+        if !tag.is_empty() && tag.trim().is_empty() {
+            return Err(BrokerError::IllegalMessageTag("tag is only whitespace".into()));
+        }
+        if tag.contains('|') {
+            return Err(BrokerError::IllegalMessageTag(format!("tag `{tag}` contains `|`")));
+        }
+        if has_control(tag) {
+            return Err(BrokerError::IllegalMessageTag("tag contains control characters".into()));
+        }
+        size += tag.len();
+    }
+    for key in &m.keys {
+        if !key.is_empty() && key.trim().is_empty() {
+            return Err(BrokerError::IllegalMessageKey("message key is only whitespace".into()));
+        }
+        if has_control(key) {
+            return Err(BrokerError::IllegalMessageKey("message key contains control characters".into()));
+        }
+        size += key.len();
+    }
+    if size > limits.max_user_property_size {
+        return Err(BrokerError::PropertiesTooLarge(format!(
+            "user properties, tag and keys take {size} bytes, the limit is {}",
+            limits.max_user_property_size
+        )));
+    }
+    if m.message_id.trim().is_empty() {
+        return Err(BrokerError::IllegalMessageId("message id is empty".into()));
+    }
+    if m.message_id.len() > 128 || has_control(&m.message_id) {
+        return Err(BrokerError::IllegalMessageId(
+            "message id is longer than 128 bytes or has control characters".into(),
+        ));
+    }
+    if let Some(at) = m.delivery_timestamp_ms {
+        let max = limits.max_delay_time.as_millis() as i64;
+        if at - now_ms > max {
+            return Err(BrokerError::IllegalDeliveryTime(format!(
+                "delivery time is {} ms ahead, the limit is {max} ms (limits.maxDelayTime)",
+                at - now_ms
+            )));
+        }
+    }
+    if let Some(group) = &m.message_group {
+        if group.trim().is_empty() {
+            return Err(BrokerError::IllegalMessageGroup("message group is empty or only whitespace".into()));
+        }
+        if group.len() >= limits.max_message_group_size {
+            return Err(BrokerError::IllegalMessageGroup(format!(
+                "message group is {} bytes, it must be shorter than {}",
+                group.len(),
+                limits.max_message_group_size
+            )));
+        }
+        if has_control(group) {
+            return Err(BrokerError::IllegalMessageGroup("message group contains control characters".into()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names() {
+        assert!(validate_topic("TopicTest_1-%|").is_ok());
+        assert!(matches!(validate_topic(""), Err(BrokerError::IllegalTopic(_))));
+        assert!(matches!(validate_topic("a b"), Err(BrokerError::IllegalTopic(_))));
+        assert!(matches!(validate_topic(&"x".repeat(128)), Err(BrokerError::IllegalTopic(_))));
+        assert!(validate_topic(&"x".repeat(127)).is_ok());
+        assert!(matches!(validate_topic("TBW102"), Err(BrokerError::IllegalTopic(_))));
+        assert!(matches!(validate_topic("rmq_sys_x"), Err(BrokerError::IllegalTopic(_))));
+    }
+
+    #[test]
+    fn group_names() {
+        assert!(validate_group("GID_test").is_ok());
+        assert!(matches!(validate_group(&"g".repeat(121)), Err(BrokerError::IllegalConsumerGroup(_))));
+        assert!(matches!(validate_group("CID_RMQ_SYS_x"), Err(BrokerError::IllegalConsumerGroup(_))));
+    }
+}

@@ -1,0 +1,545 @@
+//! Gateway configuration: YAML (`config/gateway.yaml` documents every key) → typed [`Config`],
+//! environment overrides, and validation with errors that name the offending key.
+//!
+//! Keys are camelCase and reuse Apache RocketMQ's names where the meaning matches
+//! (`grpcServerPort`, `maxMessageSize`, `autoCreateTopicEnable`, `flushDiskType`, …).
+//! Durations are humantime strings (`500ms`, `30s`, `72h`).
+//!
+//! Environment overrides: `RMQ_GATEWAY_<SECTION>__<KEY>=value`, where SECTION and KEY match the
+//! YAML names case-insensitively with underscores ignored, e.g.
+//! `RMQ_GATEWAY_SERVER__GRPC_SERVER_PORT=9081` or `RMQ_GATEWAY_STORAGE__FLUSH_DISK_TYPE=ASYNC_FLUSH`.
+//! Values are parsed as YAML scalars.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_norway::Value;
+
+/// Prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "RMQ_GATEWAY_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config: {0}")]
+    Parse(String),
+    #[error("environment variable {var}: {reason}")]
+    Env { var: String, reason: String },
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageSection,
+    pub metadata: MetadataConfig,
+    pub topics: TopicsConfig,
+    pub limits: LimitsConfig,
+    pub producer: ProducerConfig,
+    pub consumer: ConsumerConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address both listeners bind to.
+    pub bind_address: String,
+    /// gRPC port (plaintext h2c and TLS on the same port).
+    pub grpc_server_port: u16,
+    /// HTTP port: /healthz, /readyz.
+    pub http_server_port: u16,
+    /// Host advertised in routes. Empty: echo the address the client used to reach us.
+    pub advertised_address: String,
+    /// Name of the (single) broker in routes.
+    pub broker_name: String,
+    pub tls: TlsConfig,
+    /// Largest gRPC request accepted (bytes).
+    pub grpc_max_inbound_message_size: usize,
+    /// How long graceful shutdown waits for in-flight RPCs.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind_address: "0.0.0.0".into(),
+            grpc_server_port: 8081,
+            http_server_port: 8080,
+            advertised_address: String::new(),
+            broker_name: "rmq-gateway".into(),
+            tls: TlsConfig::default(),
+            grpc_max_inbound_message_size: 130 * 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plaintext only.
+    Disabled,
+    /// TLS and plaintext on the same port (the first bytes decide).
+    Permissive,
+    /// TLS only.
+    Enforcing,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub mode: TlsMode,
+    /// PEM certificate chain. Empty: a self-signed certificate is generated at start.
+    pub cert_path: String,
+    /// PEM private key (required with certPath).
+    pub key_path: String,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self { mode: TlsMode::Permissive, cert_path: String::new(), key_path: String::new() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum FlushDiskType {
+    #[serde(rename = "SYNC_FLUSH")]
+    SyncFlush,
+    #[serde(rename = "ASYNC_FLUSH")]
+    AsyncFlush,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct StorageSection {
+    /// Where the commit log, indexes and (by default) the SQLite metadata live.
+    pub data_dir: PathBuf,
+    /// SYNC_FLUSH: acknowledge after fsync. ASYNC_FLUSH: after the write.
+    pub flush_disk_type: FlushDiskType,
+    /// fsync interval in ASYNC_FLUSH mode.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval_commit_log: Duration,
+    /// Size of one commit-log segment file (bytes).
+    pub mapped_file_size_commit_log: u64,
+    /// Sealed segments older than this are deleted.
+    #[serde(with = "humantime_serde")]
+    pub file_reserved_time: Duration,
+    /// Disk usage (percent) above which the oldest segments are deleted early.
+    pub disk_max_used_space_ratio: u8,
+}
+
+impl Default for StorageSection {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            flush_disk_type: FlushDiskType::SyncFlush,
+            flush_interval_commit_log: Duration::from_millis(500),
+            mapped_file_size_commit_log: 1024 * 1024 * 1024,
+            file_reserved_time: Duration::from_secs(72 * 3600),
+            disk_max_used_space_ratio: 75,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MetadataConfig {
+    /// `sqlite://PATH`. Empty: `sqlite://<dataDir>/meta.db`.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    /// Create unknown topics on first use (NORMAL type, defaultTopicQueueNums queues).
+    pub auto_create_topic_enable: bool,
+    /// Queue count of auto-created topics.
+    pub default_topic_queue_nums: u32,
+    /// Create these topics at start if missing.
+    pub create: Vec<TopicSpec>,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        Self { auto_create_topic_enable: false, default_topic_queue_nums: 8, create: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TopicSpec {
+    pub name: String,
+    #[serde(default)]
+    pub queue_nums: Option<u32>,
+    /// NORMAL, FIFO, DELAY, TRANSACTION or MIXED.
+    #[serde(default = "default_message_type")]
+    pub message_type: String,
+}
+
+fn default_message_type() -> String {
+    "NORMAL".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest message body (bytes); exactly this size passes.
+    pub max_message_size: usize,
+    /// Σ UTF-8 bytes of user property keys + values + tag + keys.
+    pub max_user_property_size: usize,
+    /// Most user properties per message.
+    pub user_property_max_num: usize,
+    /// Message group must be shorter than this (bytes).
+    pub max_message_group_size: usize,
+    /// Furthest delivery time a delay message may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_delay_time: Duration,
+    /// Most messages in one SendMessage request.
+    pub max_batch_messages: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_size: 4 * 1024 * 1024,
+            max_user_property_size: 16 * 1024,
+            user_property_max_num: 128,
+            max_message_group_size: 64,
+            max_delay_time: Duration::from_secs(24 * 3600),
+            max_batch_messages: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ProducerConfig {
+    /// Sent to producers in Settings: send attempts.
+    pub max_attempts: i32,
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    pub backoff_multiplier: f32,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_secs(1),
+            backoff_multiplier: 2.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConsumeFromWhere {
+    /// New groups start at the queue tail, except on queues never trimmed by retention, which
+    /// they read from offset 0 (as Apache RocketMQ does while a young queue is in memory).
+    #[serde(rename = "CONSUME_FROM_LAST_OFFSET")]
+    LastOffset,
+    /// New groups start at the oldest retained message.
+    #[serde(rename = "CONSUME_FROM_FIRST_OFFSET")]
+    FirstOffset,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ConsumerConfig {
+    /// Where a consumer group seen for the first time starts.
+    pub consume_from_where: ConsumeFromWhere,
+    /// Retries before a message goes to %DLQ%{group}; delivery attempts = retryMaxTimes + 1.
+    pub retry_max_times: i32,
+    /// Invisible time for auto-renewed (PushConsumer) receives.
+    #[serde(with = "humantime_serde")]
+    pub default_invisible_time: Duration,
+    #[serde(with = "humantime_serde")]
+    pub min_invisible_time: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_invisible_time: Duration,
+    #[serde(with = "humantime_serde")]
+    pub min_long_polling_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_long_polling_timeout: Duration,
+    /// Time kept back from the client's deadline so a long poll answers before it expires.
+    #[serde(with = "humantime_serde")]
+    pub long_polling_reserve: Duration,
+    /// Most messages returned by one ReceiveMessage; also sent to consumers in Settings.
+    pub receive_batch_size: i32,
+    /// Retry delays sent to consumers (customized backoff), one per attempt, as in RocketMQ's
+    /// `messageDelayLevel`.
+    pub retry_backoff: String,
+    /// How often consumed progress is written to the metadata store.
+    #[serde(with = "humantime_serde")]
+    pub progress_flush_interval: Duration,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            consume_from_where: ConsumeFromWhere::LastOffset,
+            retry_max_times: 16,
+            default_invisible_time: Duration::from_secs(60),
+            min_invisible_time: Duration::from_secs(10),
+            max_invisible_time: Duration::from_secs(12 * 3600),
+            min_long_polling_timeout: Duration::from_secs(5),
+            max_long_polling_timeout: Duration::from_secs(20),
+            long_polling_reserve: Duration::from_millis(800),
+            receive_batch_size: 32,
+            retry_backoff: "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h".into(),
+            progress_flush_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter, e.g. `info` or `rmq_gateway=debug,info`. RUST_LOG wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into() }
+    }
+}
+
+impl ConsumerConfig {
+    /// The retry delays of `retryBackoff`.
+    pub fn retry_backoff(&self) -> Result<Vec<Duration>, String> {
+        self.retry_backoff
+            .split_whitespace()
+            .map(|d| humantime::parse_duration(d).map_err(|e| format!("`{d}`: {e}")))
+            .collect()
+    }
+}
+
+impl Config {
+    /// Defaults ← YAML file (if any) ← environment overrides, then [`Config::validate`].
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let mut doc = match path {
+            Some(p) => {
+                let text =
+                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?;
+                if text.trim().is_empty() {
+                    Value::Mapping(Default::default())
+                } else {
+                    serde_norway::from_str::<Value>(&text)
+                        .map_err(|e| ConfigError::Parse(format!("{}: {e}", p.display())))?
+                }
+            }
+            None => Value::Mapping(Default::default()),
+        };
+        if doc.is_null() {
+            doc = Value::Mapping(Default::default());
+        }
+        let schema = serde_norway::to_value(Config::default()).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        env.sort();
+        for (var, value) in env {
+            apply_env_override(&mut doc, &schema, &var, &value)?;
+        }
+        let config: Config = serde_norway::from_value(doc).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Cross-field and range checks.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, reason: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid { key, reason: reason.into() })
+        }
+        if self.server.grpc_server_port == self.server.http_server_port && self.server.grpc_server_port != 0 {
+            return invalid("server.httpServerPort", "must differ from server.grpcServerPort");
+        }
+        if self.server.bind_address.parse::<std::net::IpAddr>().is_err() {
+            return invalid("server.bindAddress", format!("`{}` is not an IP address", self.server.bind_address));
+        }
+        let tls = &self.server.tls;
+        if tls.cert_path.is_empty() != tls.key_path.is_empty() {
+            return invalid("server.tls.keyPath", "certPath and keyPath must be set together");
+        }
+        if self.storage.mapped_file_size_commit_log < 1024 * 1024 {
+            return invalid("storage.mappedFileSizeCommitLog", "must be at least 1 MiB");
+        }
+        if (self.storage.mapped_file_size_commit_log as u128) < self.limits.max_message_size as u128 + 64 * 1024 {
+            return invalid(
+                "storage.mappedFileSizeCommitLog",
+                "must exceed limits.maxMessageSize by at least 64 KiB so the largest message fits",
+            );
+        }
+        if !(1..=99).contains(&self.storage.disk_max_used_space_ratio) {
+            return invalid("storage.diskMaxUsedSpaceRatio", "must be between 1 and 99 (percent)");
+        }
+        if self.storage.flush_interval_commit_log.is_zero() {
+            return invalid("storage.flushIntervalCommitLog", "must be greater than 0");
+        }
+        if !self.metadata.url.is_empty() && !self.metadata.url.starts_with("sqlite:") {
+            return invalid("metadata.url", "only sqlite:// URLs are supported in this version");
+        }
+        if self.topics.default_topic_queue_nums == 0 || self.topics.default_topic_queue_nums > 1024 {
+            return invalid("topics.defaultTopicQueueNums", "must be between 1 and 1024");
+        }
+        if self.limits.max_message_size == 0 {
+            return invalid("limits.maxMessageSize", "must be greater than 0");
+        }
+        if self.limits.max_batch_messages == 0 {
+            return invalid("limits.maxBatchMessages", "must be greater than 0");
+        }
+        let c = &self.consumer;
+        if c.min_invisible_time > c.max_invisible_time {
+            return invalid("consumer.minInvisibleTime", "must not exceed consumer.maxInvisibleTime");
+        }
+        if c.min_long_polling_timeout > c.max_long_polling_timeout {
+            return invalid("consumer.minLongPollingTimeout", "must not exceed consumer.maxLongPollingTimeout");
+        }
+        if !(1..=1024).contains(&c.receive_batch_size) {
+            return invalid("consumer.receiveBatchSize", "must be between 1 and 1024");
+        }
+        if c.retry_max_times < 0 {
+            return invalid("consumer.retryMaxTimes", "must not be negative");
+        }
+        match self.consumer.retry_backoff() {
+            Ok(v) if v.is_empty() => return invalid("consumer.retryBackoff", "needs at least one delay"),
+            Ok(_) => {}
+            Err(e) => return invalid("consumer.retryBackoff", e),
+        }
+        if c.progress_flush_interval.is_zero() {
+            return invalid("consumer.progressFlushInterval", "must be greater than 0");
+        }
+        if self.producer.max_attempts < 1 {
+            return invalid("producer.maxAttempts", "must be at least 1");
+        }
+        if self.producer.backoff_multiplier < 1.0 {
+            return invalid("producer.backoffMultiplier", "must be at least 1");
+        }
+        for t in &self.topics.create {
+            if t.queue_nums == Some(0) {
+                return invalid("topics.create[].queueNums", format!("topic `{}`: must be at least 1", t.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// The metadata store URL, defaulting to SQLite inside the data dir.
+    pub fn metadata_url(&self) -> String {
+        if self.metadata.url.is_empty() {
+            format!("sqlite://{}", self.storage.data_dir.join("meta.db").display())
+        } else {
+            self.metadata.url.clone()
+        }
+    }
+}
+
+fn normalize(s: &str) -> String {
+    s.chars().filter(|c| *c != '_' && *c != '-').flat_map(char::to_lowercase).collect()
+}
+
+/// Sets the key named by `var` (`RMQ_GATEWAY_SECTION__KEY`) in `doc`, resolving names against
+/// the default config's shape in `schema`.
+fn apply_env_override(doc: &mut Value, schema: &Value, var: &str, value: &str) -> Result<(), ConfigError> {
+    let env_err = |reason: String| ConfigError::Env { var: var.to_string(), reason };
+    let path = &var[ENV_PREFIX.len()..];
+    let segments: Vec<&str> = path.split("__").collect();
+    let mut schema_node = schema;
+    let mut doc_node = doc;
+    for (i, seg) in segments.iter().enumerate() {
+        let Value::Mapping(schema_map) = schema_node else {
+            return Err(env_err(format!("`{seg}` is below a key that is not a section")));
+        };
+        let Some((key, child_schema)) =
+            schema_map.iter().find(|(k, _)| k.as_str().is_some_and(|k| normalize(k) == normalize(seg)))
+        else {
+            return Err(env_err(format!("unknown configuration key `{seg}`")));
+        };
+        if !doc_node.is_mapping() {
+            *doc_node = Value::Mapping(Default::default());
+        }
+        let Value::Mapping(doc_map) = doc_node else {
+            return Err(env_err("internal: not a mapping".into()));
+        };
+        let last = i + 1 == segments.len();
+        if last {
+            let parsed: Value =
+                serde_norway::from_str(value).map_err(|e| env_err(format!("cannot parse `{value}`: {e}")))?;
+            // Keep strings strings: `advertisedAddress=10` should not become a number.
+            let parsed = match (child_schema, &parsed) {
+                (Value::String(_), v) if !v.is_string() => Value::String(value.to_string()),
+                _ => parsed,
+            };
+            doc_map.insert(key.clone(), parsed);
+            return Ok(());
+        }
+        schema_node = child_schema;
+        doc_node = doc_map.entry(key.clone()).or_insert(Value::Mapping(Default::default()));
+    }
+    Err(env_err("empty key".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(yaml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        Config::load(Some(&path), env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::load(None, Vec::new()).unwrap();
+        assert_eq!(c.server.grpc_server_port, 8081);
+        assert_eq!(c.storage.flush_disk_type, FlushDiskType::SyncFlush);
+        assert_eq!(c.limits.max_message_size, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn shipped_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.yaml");
+        let c = Config::load(Some(&path), Vec::new()).unwrap();
+        assert!(c.topics.auto_create_topic_enable);
+    }
+
+    #[test]
+    fn yaml_and_env_override() {
+        let c = load_str(
+            "server:\n  grpcServerPort: 9000\nstorage:\n  flushDiskType: ASYNC_FLUSH\n  fileReservedTime: 1h\n",
+            &[
+                ("RMQ_GATEWAY_SERVER__HTTP_SERVER_PORT", "9001"),
+                ("RMQ_GATEWAY_TOPICS__AUTO_CREATE_TOPIC_ENABLE", "true"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server.grpc_server_port, 9000);
+        assert_eq!(c.server.http_server_port, 9001);
+        assert_eq!(c.storage.flush_disk_type, FlushDiskType::AsyncFlush);
+        assert_eq!(c.storage.file_reserved_time, Duration::from_secs(3600));
+        assert!(c.topics.auto_create_topic_enable);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load_str("server:\n  grpcServerPrt: 1\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("grpcServerPrt"), "{e}");
+        let e = load_str("storage:\n  flushDiskType: SOMETIMES\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("SOMETIMES"), "{e}");
+        let e = load_str("consumer:\n  receiveBatchSize: 0\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("consumer.receiveBatchSize"), "{e}");
+        let e = load_str("", &[("RMQ_GATEWAY_SERVER__NOPE", "1")]).unwrap_err().to_string();
+        assert!(e.contains("RMQ_GATEWAY_SERVER__NOPE") && e.contains("NOPE"), "{e}");
+        let e = load_str("storage:\n  fileReservedTime: soon\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("fileReservedTime") || e.contains("soon"), "{e}");
+    }
+}

@@ -1,0 +1,156 @@
+//! Conversions between protocol messages and broker domain types. Proto types stop here.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use md5::{Digest as _, Md5};
+
+use crate::broker::{BrokerError, BrokerResult, DeliveredMessage, MessageType, OutgoingMessage};
+use crate::proto;
+
+/// Milliseconds of a protobuf timestamp (None for negative or absurd values).
+pub fn timestamp_ms(t: &prost_types::Timestamp) -> Option<i64> {
+    let ms = t.seconds.checked_mul(1000)?.checked_add(i64::from(t.nanos) / 1_000_000)?;
+    (ms >= 0).then_some(ms)
+}
+
+pub fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+pub fn now_timestamp() -> prost_types::Timestamp {
+    timestamp(crate::broker::now_ms())
+}
+
+/// A protobuf duration as a std duration; negative durations are refused.
+pub fn duration(d: &prost_types::Duration) -> Option<Duration> {
+    if d.seconds < 0 || d.nanos < 0 {
+        return None;
+    }
+    Some(Duration::from_secs(d.seconds as u64) + Duration::from_nanos(d.nanos as u64))
+}
+
+pub fn proto_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
+
+/// The effective name of a resource: `namespace%name` when a namespace is given (in the
+/// resource, or else in the `x-mq-namespace` header), as RocketMQ wraps names on disk.
+pub fn resource_name(r: Option<&proto::Resource>, header_namespace: &str) -> String {
+    let Some(r) = r else { return String::new() };
+    let ns = if r.resource_namespace.is_empty() { header_namespace } else { r.resource_namespace.as_str() };
+    if ns.is_empty() { r.name.clone() } else { format!("{ns}%{}", r.name) }
+}
+
+/// Converts one message of a SendMessage request.
+pub fn outgoing(m: proto::Message, header_namespace: &str) -> BrokerResult<OutgoingMessage> {
+    let topic = resource_name(m.topic.as_ref(), header_namespace);
+    let Some(sp) = m.system_properties else {
+        return Err(BrokerError::MessageCorrupted("message has no system_properties".into()));
+    };
+    let delivery_timestamp_ms = match &sp.delivery_timestamp {
+        Some(t) => Some(timestamp_ms(t).ok_or_else(|| {
+            BrokerError::IllegalDeliveryTime(format!("delivery timestamp {}s is not a valid time", t.seconds))
+        })?),
+        None => None,
+    };
+    let born_timestamp_ms = sp.born_timestamp.as_ref().and_then(timestamp_ms).unwrap_or_else(crate::broker::now_ms);
+    let mut user_properties: Vec<(String, String)> = m.user_properties.into_iter().collect();
+    user_properties.sort();
+    Ok(OutgoingMessage {
+        topic,
+        message_id: sp.message_id,
+        tag: sp.tag.filter(|t| !t.is_empty()),
+        keys: sp.keys.into_iter().filter(|k| !k.is_empty()).collect(),
+        message_group: sp.message_group.filter(|g| !g.is_empty()),
+        delivery_timestamp_ms,
+        transactional: sp.message_type == proto::MessageType::Transaction as i32,
+        born_timestamp_ms,
+        born_host: sp.born_host,
+        trace_context: sp.trace_context.filter(|t| !t.is_empty()),
+        user_properties,
+        body: m.body,
+        gzip: sp.body_encoding == proto::Encoding::Gzip as i32,
+    })
+}
+
+pub fn message_type(t: MessageType) -> proto::MessageType {
+    match t {
+        MessageType::Normal => proto::MessageType::Normal,
+        MessageType::Fifo => proto::MessageType::Fifo,
+        MessageType::Delay => proto::MessageType::Delay,
+        MessageType::Transaction => proto::MessageType::Transaction,
+    }
+}
+
+/// Splits `ns%name` back into a resource (the inverse of [`resource_name`]).
+pub fn resource(name: &str) -> proto::Resource {
+    match name.split_once('%') {
+        Some((ns, n)) if !ns.is_empty() && !n.is_empty() => {
+            proto::Resource { resource_namespace: ns.to_string(), name: n.to_string() }
+        }
+        _ => proto::Resource { resource_namespace: String::new(), name: name.to_string() },
+    }
+}
+
+/// Upper-case hex MD5 of the body, as the Apache proxy sends it (Node needs it; Python checks it).
+pub fn body_digest(body: &[u8]) -> proto::Digest {
+    proto::Digest { r#type: proto::DigestType::Md5 as i32, checksum: hex::encode_upper(Md5::digest(body)) }
+}
+
+/// A delivered message with full system properties.
+pub fn delivered(m: DeliveredMessage, store_host: &str) -> proto::Message {
+    let user_properties: HashMap<String, String> = m.user_properties.into_iter().collect();
+    let sp = proto::SystemProperties {
+        tag: m.tag,
+        keys: m.keys,
+        message_id: m.message_id.clone(),
+        body_digest: Some(body_digest(&m.body)),
+        body_encoding: if m.gzip { proto::Encoding::Gzip } else { proto::Encoding::Identity } as i32,
+        message_type: message_type(m.message_type) as i32,
+        born_timestamp: Some(timestamp(m.born_timestamp_ms)),
+        born_host: m.born_host,
+        store_timestamp: Some(timestamp(m.store_timestamp_ms)),
+        store_host: store_host.to_string(),
+        delivery_timestamp: m.delivery_timestamp_ms.map(timestamp),
+        receipt_handle: Some(m.receipt_handle),
+        queue_id: m.queue_id as i32,
+        queue_offset: Some(m.queue_offset as i64),
+        invisible_duration: None,
+        delivery_attempt: Some(m.delivery_attempt.min(i32::MAX as u32) as i32),
+        message_group: m.message_group,
+        trace_context: m.trace_context,
+        orphaned_transaction_recovery_duration: None,
+        dead_letter_queue: m.dead_letter.map(|(topic, message_id)| proto::DeadLetterQueue { topic, message_id }),
+        lite_topic: None,
+        priority: None,
+    };
+    proto::Message { topic: Some(resource(&m.topic)), user_properties, system_properties: Some(sp), body: m.body }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(timestamp_ms(&timestamp(1_700_000_000_123)), Some(1_700_000_000_123));
+        assert_eq!(timestamp_ms(&prost_types::Timestamp { seconds: -5, nanos: 0 }), None);
+        assert_eq!(timestamp_ms(&prost_types::Timestamp { seconds: i64::MAX, nanos: 0 }), None);
+    }
+
+    #[test]
+    fn names_with_namespaces() {
+        let r = proto::Resource { resource_namespace: String::new(), name: "t".into() };
+        assert_eq!(resource_name(Some(&r), ""), "t");
+        assert_eq!(resource_name(Some(&r), "ns"), "ns%t");
+        let r2 = proto::Resource { resource_namespace: "a".into(), name: "t".into() };
+        assert_eq!(resource_name(Some(&r2), "ns"), "a%t");
+        assert_eq!(resource("a%t"), r2);
+    }
+
+    #[test]
+    fn digest_is_upper_hex_md5() {
+        assert_eq!(body_digest(b"hello").checksum, "5D41402ABC4B2A76B9719D911017C592");
+    }
+}

@@ -1,0 +1,82 @@
+//! Maps broker errors to RocketMQ status codes (exhaustively: adding an error variant does not
+//! compile until it has a code) and builds `Status` values.
+
+use crate::broker::BrokerError;
+use crate::proto::{Code, Status};
+use crate::storage::StorageError;
+
+pub fn ok() -> Status {
+    status(Code::Ok, "OK")
+}
+
+pub fn status(code: Code, message: impl Into<String>) -> Status {
+    Status { code: code as i32, message: message.into() }
+}
+
+/// The RocketMQ code of a broker error.
+pub fn code_of(e: &BrokerError) -> Code {
+    match e {
+        BrokerError::IllegalTopic(_) => Code::IllegalTopic,
+        BrokerError::IllegalConsumerGroup(_) => Code::IllegalConsumerGroup,
+        BrokerError::IllegalMessageTag(_) => Code::IllegalMessageTag,
+        BrokerError::IllegalMessageKey(_) => Code::IllegalMessageKey,
+        BrokerError::IllegalMessageGroup(_) => Code::IllegalMessageGroup,
+        BrokerError::IllegalPropertyKey(_) => Code::IllegalMessagePropertyKey,
+        BrokerError::IllegalMessageId(_) => Code::IllegalMessageId,
+        BrokerError::IllegalFilterExpression(_) => Code::IllegalFilterExpression,
+        BrokerError::IllegalInvisibleTime(_) => Code::IllegalInvisibleTime,
+        BrokerError::IllegalDeliveryTime(_) => Code::IllegalDeliveryTime,
+        BrokerError::IllegalPollingTime(_) => Code::IllegalPollingTime,
+        BrokerError::InvalidReceiptHandle(_) => Code::InvalidReceiptHandle,
+        BrokerError::MessageTypeConflict(_) => Code::MessagePropertyConflictWithType,
+        BrokerError::MessageCorrupted(_) => Code::MessageCorrupted,
+        BrokerError::BodyEmpty => Code::MessageBodyEmpty,
+        BrokerError::BodyTooLarge { .. } => Code::MessageBodyTooLarge,
+        BrokerError::PropertiesTooLarge(_) => Code::MessagePropertiesTooLarge,
+        BrokerError::TopicNotFound(_) => Code::TopicNotFound,
+        BrokerError::GroupNotFound(_) => Code::ConsumerGroupNotFound,
+        BrokerError::Forbidden(_) => Code::Forbidden,
+        BrokerError::UnrecognizedClientType(_) => Code::UnrecognizedClientType,
+        BrokerError::BadRequest(_) => Code::BadRequest,
+        BrokerError::Unsupported(_) => Code::Unsupported,
+        BrokerError::TooManyRequests(_) => Code::TooManyRequests,
+        BrokerError::Storage(s) => match s {
+            // The write or fsync did not happen: the message is not stored. Clients retry
+            // INTERNAL_SERVER_ERROR sends on another endpoint.
+            StorageError::Io { .. } => Code::InternalServerError,
+            StorageError::DiskFull(_) => Code::InternalServerError,
+            StorageError::Corrupted { .. } => Code::InternalServerError,
+            // The record cannot fit a segment: the request itself is too big.
+            StorageError::RecordTooLarge { .. } => Code::MessageBodyTooLarge,
+            StorageError::ShuttingDown => Code::InternalServerError,
+        },
+        BrokerError::Metadata(_) => Code::InternalServerError,
+        BrokerError::ShuttingDown => Code::InternalServerError,
+    }
+}
+
+pub fn from_error(e: &BrokerError) -> Status {
+    status(code_of(e), e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes() {
+        let cases = [
+            (BrokerError::BodyTooLarge { size: 5, limit: 4 }, Code::MessageBodyTooLarge),
+            (BrokerError::BodyEmpty, Code::MessageBodyEmpty),
+            (BrokerError::TopicNotFound("t".into()), Code::TopicNotFound),
+            (BrokerError::InvalidReceiptHandle("x".into()), Code::InvalidReceiptHandle),
+            (BrokerError::IllegalPropertyKey("x".into()), Code::IllegalMessagePropertyKey),
+            (BrokerError::PropertiesTooLarge("x".into()), Code::MessagePropertiesTooLarge),
+            (BrokerError::IllegalInvisibleTime("x".into()), Code::IllegalInvisibleTime),
+            (BrokerError::Storage(StorageError::DiskFull("x".into())), Code::InternalServerError),
+        ];
+        for (e, code) in cases {
+            assert_eq!(from_error(&e).code, code as i32, "{e}");
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Control data: topics, consumer groups, consumed progress and cluster secrets, behind the
+//! [`MetadataStore`] trait. SQLite ([`sqlite::SqliteMetadataStore`]) is the embedded default;
+//! PostgreSQL comes with the cluster work and must pass the same conformance tests.
+//!
+//! Progress is written in batches ([`MetadataStore::save_progress`]), never once per message.
+//! This module must not import protocol or HTTP crates.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+/// The message type a topic accepts (RocketMQ topic attribute `message.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TopicType {
+    Normal,
+    Fifo,
+    Delay,
+    Transaction,
+    /// Accepts every type.
+    Mixed,
+}
+
+impl TopicType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TopicType::Normal => "NORMAL",
+            TopicType::Fifo => "FIFO",
+            TopicType::Delay => "DELAY",
+            TopicType::Transaction => "TRANSACTION",
+            TopicType::Mixed => "MIXED",
+        }
+    }
+
+    /// Parses RocketMQ's names, case-insensitively.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_uppercase().as_str() {
+            "NORMAL" => Some(TopicType::Normal),
+            "FIFO" => Some(TopicType::Fifo),
+            "DELAY" => Some(TopicType::Delay),
+            "TRANSACTION" => Some(TopicType::Transaction),
+            "MIXED" => Some(TopicType::Mixed),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRecord {
+    pub name: String,
+    pub queue_nums: u32,
+    pub topic_type: TopicType,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    pub name: String,
+    /// Orderly consumption (RocketMQ `consumeMessageOrderly`).
+    pub fifo: bool,
+    /// Retries before the DLQ (RocketMQ `retryMaxTimes`).
+    pub retry_max_times: i32,
+}
+
+/// Consumed progress of one group on one queue: everything below `ack_floor` is done, plus
+/// the acknowledged offsets above it (encoded by the broker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgressRecord {
+    pub group: String,
+    pub topic: String,
+    pub queue_id: u32,
+    pub ack_floor: u64,
+    pub acked_above: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    #[error("metadata store unavailable: {0}")]
+    Unavailable(String),
+    #[error("metadata store query failed: {0}")]
+    Query(String),
+    #[error("stored metadata is invalid: {0}")]
+    Invalid(String),
+}
+
+pub type MetadataResult<T> = Result<T, MetadataError>;
+
+#[async_trait]
+pub trait MetadataStore: Send + Sync + 'static {
+    /// Creates the topic if absent; returns the stored record (the existing one if present).
+    async fn create_topic(&self, topic: &TopicRecord) -> MetadataResult<TopicRecord>;
+    async fn topic(&self, name: &str) -> MetadataResult<Option<TopicRecord>>;
+    async fn list_topics(&self) -> MetadataResult<Vec<TopicRecord>>;
+    /// Returns whether a topic was deleted.
+    async fn delete_topic(&self, name: &str) -> MetadataResult<bool>;
+
+    /// Creates the group if absent; returns the stored record.
+    async fn create_group(&self, group: &GroupRecord) -> MetadataResult<GroupRecord>;
+    async fn group(&self, name: &str) -> MetadataResult<Option<GroupRecord>>;
+    async fn list_groups(&self) -> MetadataResult<Vec<GroupRecord>>;
+
+    /// All stored progress (read once at start), and the consumer-journal offset it covers.
+    async fn load_progress(&self) -> MetadataResult<(Vec<ProgressRecord>, u64)>;
+    /// Upserts a batch of progress records and the journal offset they cover, atomically.
+    async fn save_progress(&self, batch: &[ProgressRecord], journal_offset: u64) -> MetadataResult<()>;
+
+    /// Returns the secret stored under `name`, storing `candidate` first if there is none.
+    async fn secret(&self, name: &str, candidate: &[u8]) -> MetadataResult<Vec<u8>>;
+
+    async fn close(&self);
+}

@@ -1,0 +1,284 @@
+//! [`MetadataStore`] on SQLite through sqlx: the embedded default (`sqlite://<dataDir>/meta.db`).
+//! Migrations live in `migrations/sqlite/` and are embedded in the binary.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use super::{GroupRecord, MetadataError, MetadataResult, MetadataStore, ProgressRecord, TopicRecord, TopicType};
+
+pub struct SqliteMetadataStore {
+    pool: SqlitePool,
+}
+
+fn query_err(e: sqlx::Error) -> MetadataError {
+    MetadataError::Query(e.to_string())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
+}
+
+impl SqliteMetadataStore {
+    /// Opens (creating if needed) the database at `url` and runs migrations.
+    pub async fn open(url: &str) -> MetadataResult<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| MetadataError::Unavailable(format!("bad sqlite url `{url}`: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|e| MetadataError::Unavailable(format!("cannot open `{url}`: {e}")))?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| MetadataError::Unavailable(format!("migrations failed on `{url}`: {e}")))?;
+        Ok(Self { pool })
+    }
+
+    /// A private in-memory database (tests).
+    pub async fn in_memory() -> MetadataResult<Self> {
+        let options =
+            SqliteConnectOptions::from_str("sqlite::memory:").map_err(|e| MetadataError::Unavailable(e.to_string()))?;
+        // One connection: every connection to `:memory:` is a separate database.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(|e| MetadataError::Unavailable(e.to_string()))?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| MetadataError::Unavailable(e.to_string()))?;
+        Ok(Self { pool })
+    }
+}
+
+fn topic_from_row(row: &sqlx::sqlite::SqliteRow) -> MetadataResult<TopicRecord> {
+    let name: String = row.try_get("name").map_err(query_err)?;
+    let queue_nums: i64 = row.try_get("queue_nums").map_err(query_err)?;
+    let kind: String = row.try_get("topic_type").map_err(query_err)?;
+    let topic_type = TopicType::parse(&kind)
+        .ok_or_else(|| MetadataError::Invalid(format!("topic `{name}` has unknown type `{kind}`")))?;
+    let queue_nums = u32::try_from(queue_nums)
+        .map_err(|_| MetadataError::Invalid(format!("topic `{name}` has {queue_nums} queues")))?;
+    Ok(TopicRecord { name, queue_nums, topic_type })
+}
+
+fn group_from_row(row: &sqlx::sqlite::SqliteRow) -> MetadataResult<GroupRecord> {
+    Ok(GroupRecord {
+        name: row.try_get("name").map_err(query_err)?,
+        fifo: row.try_get::<i64, _>("fifo").map_err(query_err)? != 0,
+        retry_max_times: row.try_get::<i64, _>("retry_max_times").map_err(query_err)? as i32,
+    })
+}
+
+#[async_trait]
+impl MetadataStore for SqliteMetadataStore {
+    async fn create_topic(&self, topic: &TopicRecord) -> MetadataResult<TopicRecord> {
+        sqlx::query("INSERT INTO topics (name, queue_nums, topic_type, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO NOTHING")
+            .bind(&topic.name)
+            .bind(topic.queue_nums as i64)
+            .bind(topic.topic_type.as_str())
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await
+            .map_err(query_err)?;
+        self.topic(&topic.name)
+            .await?
+            .ok_or_else(|| MetadataError::Query(format!("topic `{}` vanished after insert", topic.name)))
+    }
+
+    async fn topic(&self, name: &str) -> MetadataResult<Option<TopicRecord>> {
+        let row = sqlx::query("SELECT name, queue_nums, topic_type FROM topics WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_err)?;
+        row.as_ref().map(topic_from_row).transpose()
+    }
+
+    async fn list_topics(&self) -> MetadataResult<Vec<TopicRecord>> {
+        let rows = sqlx::query("SELECT name, queue_nums, topic_type FROM topics ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err)?;
+        rows.iter().map(topic_from_row).collect()
+    }
+
+    async fn delete_topic(&self, name: &str) -> MetadataResult<bool> {
+        let done =
+            sqlx::query("DELETE FROM topics WHERE name = ?").bind(name).execute(&self.pool).await.map_err(query_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn create_group(&self, group: &GroupRecord) -> MetadataResult<GroupRecord> {
+        sqlx::query("INSERT INTO consumer_groups (name, fifo, retry_max_times, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO NOTHING")
+            .bind(&group.name)
+            .bind(group.fifo as i64)
+            .bind(group.retry_max_times as i64)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await
+            .map_err(query_err)?;
+        self.group(&group.name)
+            .await?
+            .ok_or_else(|| MetadataError::Query(format!("group `{}` vanished after insert", group.name)))
+    }
+
+    async fn group(&self, name: &str) -> MetadataResult<Option<GroupRecord>> {
+        let row = sqlx::query("SELECT name, fifo, retry_max_times FROM consumer_groups WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_err)?;
+        row.as_ref().map(group_from_row).transpose()
+    }
+
+    async fn list_groups(&self) -> MetadataResult<Vec<GroupRecord>> {
+        let rows = sqlx::query("SELECT name, fifo, retry_max_times FROM consumer_groups ORDER BY name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err)?;
+        rows.iter().map(group_from_row).collect()
+    }
+
+    async fn load_progress(&self) -> MetadataResult<(Vec<ProgressRecord>, u64)> {
+        let journal_offset: Option<i64> =
+            sqlx::query_scalar("SELECT journal_offset FROM journal_checkpoint WHERE id = 0")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(query_err)?;
+        let rows = sqlx::query("SELECT group_name, topic, queue_id, ack_floor, acked_above FROM consumer_progress")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err)?;
+        let records = rows
+            .iter()
+            .map(|row| {
+                Ok(ProgressRecord {
+                    group: row.try_get("group_name").map_err(query_err)?,
+                    topic: row.try_get("topic").map_err(query_err)?,
+                    queue_id: row.try_get::<i64, _>("queue_id").map_err(query_err)? as u32,
+                    ack_floor: row.try_get::<i64, _>("ack_floor").map_err(query_err)? as u64,
+                    acked_above: row.try_get("acked_above").map_err(query_err)?,
+                })
+            })
+            .collect::<MetadataResult<Vec<_>>>()?;
+        Ok((records, journal_offset.unwrap_or(0).max(0) as u64))
+    }
+
+    async fn save_progress(&self, batch: &[ProgressRecord], journal_offset: u64) -> MetadataResult<()> {
+        let mut tx = self.pool.begin().await.map_err(query_err)?;
+        let now = now_ms();
+        for p in batch {
+            sqlx::query(
+                "INSERT INTO consumer_progress (group_name, topic, queue_id, ack_floor, acked_above, updated_at) VALUES (?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (group_name, topic, queue_id) DO UPDATE SET ack_floor = excluded.ack_floor, acked_above = excluded.acked_above, updated_at = excluded.updated_at",
+            )
+            .bind(&p.group)
+            .bind(&p.topic)
+            .bind(p.queue_id as i64)
+            .bind(p.ack_floor as i64)
+            .bind(&p.acked_above)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err)?;
+        }
+        sqlx::query(
+            "INSERT INTO journal_checkpoint (id, journal_offset) VALUES (0, ?) \
+             ON CONFLICT (id) DO UPDATE SET journal_offset = MAX(journal_offset, excluded.journal_offset)",
+        )
+        .bind(journal_offset as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err)?;
+        tx.commit().await.map_err(query_err)
+    }
+
+    async fn secret(&self, name: &str, candidate: &[u8]) -> MetadataResult<Vec<u8>> {
+        sqlx::query("INSERT INTO secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(candidate)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err)?;
+        let row = sqlx::query("SELECT value FROM secrets WHERE name = ?")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_err)?;
+        row.try_get("value").map_err(query_err)
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn topics_groups_progress_and_secrets() {
+        let store = SqliteMetadataStore::in_memory().await.unwrap();
+        let t = TopicRecord { name: "t1".into(), queue_nums: 4, topic_type: TopicType::Fifo };
+        assert_eq!(store.create_topic(&t).await.unwrap(), t);
+        // Creating again keeps the original.
+        let again = TopicRecord { queue_nums: 8, ..t.clone() };
+        assert_eq!(store.create_topic(&again).await.unwrap(), t);
+        assert_eq!(store.list_topics().await.unwrap(), vec![t.clone()]);
+        assert!(store.delete_topic("t1").await.unwrap());
+        assert!(store.topic("t1").await.unwrap().is_none());
+
+        let g = GroupRecord { name: "g".into(), fifo: true, retry_max_times: 3 };
+        assert_eq!(store.create_group(&g).await.unwrap(), g);
+        assert_eq!(store.group("g").await.unwrap(), Some(g));
+
+        let p = ProgressRecord {
+            group: "g".into(),
+            topic: "t".into(),
+            queue_id: 2,
+            ack_floor: 10,
+            acked_above: vec![1, 2],
+        };
+        assert_eq!(store.load_progress().await.unwrap(), (vec![], 0));
+        store.save_progress(std::slice::from_ref(&p), 7).await.unwrap();
+        let p2 = ProgressRecord { ack_floor: 12, acked_above: vec![], ..p.clone() };
+        store.save_progress(std::slice::from_ref(&p2), 9).await.unwrap();
+        assert_eq!(store.load_progress().await.unwrap(), (vec![p2.clone()], 9));
+        // The journal checkpoint never moves backwards.
+        store.save_progress(&[], 3).await.unwrap();
+        assert_eq!(store.load_progress().await.unwrap(), (vec![p2], 9));
+
+        let s1 = store.secret("receipt", b"abc").await.unwrap();
+        let s2 = store.secret("receipt", b"xyz").await.unwrap();
+        assert_eq!(s1, b"abc");
+        assert_eq!(s2, b"abc");
+    }
+
+    #[tokio::test]
+    async fn survives_reopen_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("meta.db").display());
+        {
+            let store = SqliteMetadataStore::open(&url).await.unwrap();
+            store
+                .create_topic(&TopicRecord { name: "x".into(), queue_nums: 2, topic_type: TopicType::Normal })
+                .await
+                .unwrap();
+            store.close().await;
+        }
+        let store = SqliteMetadataStore::open(&url).await.unwrap();
+        assert_eq!(store.topic("x").await.unwrap().map(|t| t.queue_nums), Some(2));
+    }
+}

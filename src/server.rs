@@ -1,0 +1,155 @@
+//! Wiring: opens the stores, starts the broker, the gRPC server (h2c + TLS on one port) and the
+//! HTTP server, runs background tasks, and shuts everything down in order on SIGINT/SIGTERM:
+//! readiness off → stop accepting and end long polls → drain RPCs → flush consumer progress →
+//! close the message log → close the metadata store. The only module that names concrete
+//! storage and metadata backends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminState};
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::grpc::MessagingServiceImpl;
+use crate::metadata::MetadataStore;
+use crate::metadata::sqlite::SqliteMetadataStore;
+use crate::storage::MessageLog;
+use crate::tls;
+
+/// Addresses the servers actually bound (ports may be 0 in the config).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+async fn open_message_log(config: &Config) -> anyhow::Result<Arc<dyn MessageLog>> {
+    std::fs::create_dir_all(&config.storage.data_dir)
+        .with_context(|| format!("cannot create storage.dataDir `{}`", config.storage.data_dir.display()))?;
+    Ok(Arc::new(crate::storage::memory::MemoryLog::new()))
+}
+
+/// Runs the gateway until `shutdown` is cancelled. `on_ready` receives the bound addresses.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(BoundAddrs) + Send,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let log = open_message_log(&config).await?;
+    let meta: Arc<dyn MetadataStore> = Arc::new(
+        SqliteMetadataStore::open(&config.metadata_url())
+            .await
+            .with_context(|| "cannot open the metadata store (metadata.url)")?,
+    );
+    let broker = Broker::start(config.clone(), log.clone(), meta.clone()).await.context("cannot start the broker")?;
+
+    let bind = &config.server.bind_address;
+    let grpc_listener =
+        TcpListener::bind((bind.as_str(), config.server.grpc_server_port)).await.with_context(|| {
+            format!("cannot listen on {bind}:{} (server.grpcServerPort)", config.server.grpc_server_port)
+        })?;
+    let http_listener =
+        TcpListener::bind((bind.as_str(), config.server.http_server_port)).await.with_context(|| {
+            format!("cannot listen on {bind}:{} (server.httpServerPort)", config.server.http_server_port)
+        })?;
+    let addrs = BoundAddrs { grpc: grpc_listener.local_addr()?, http: http_listener.local_addr()? };
+
+    let tls_config = tls::server_config(&config.server.tls)?;
+    let accept_stop = CancellationToken::new();
+    let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(128);
+    let acceptor =
+        tokio::spawn(tls::accept_loop(grpc_listener, tls_config, config.server.tls.mode, conn_tx, accept_stop.clone()));
+
+    let grpc_stop = CancellationToken::new();
+    let service = MessagingServiceImpl::new(broker.clone());
+    let grpc = {
+        let stop = grpc_stop.clone();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(std::time::Duration::from_secs(60)))
+                .add_service(service.into_server())
+                .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move { stop.cancelled().await }),
+        )
+    };
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let http_stop = CancellationToken::new();
+    let http = {
+        let stop = http_stop.clone();
+        let app = admin::router(AdminState { broker: broker.clone(), ready: ready.clone() });
+        tokio::spawn(async move {
+            axum::serve(http_listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
+        })
+    };
+
+    let flusher = {
+        let b = broker.clone();
+        tokio::spawn(async move { b.run_progress_flusher().await })
+    };
+
+    ready.store(true, Ordering::SeqCst);
+    tracing::info!(grpc = %addrs.grpc, http = %addrs.http, tls = ?config.server.tls.mode, "rmq-gateway is ready");
+    on_ready(addrs);
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    ready.store(false, Ordering::SeqCst);
+    accept_stop.cancel();
+    // Ends long polls and telemetry streams so the gRPC server can drain.
+    let broker_stop = broker.shutdown_token();
+    broker_stop.cancel();
+    grpc_stop.cancel();
+    let limit = config.server.shutdown_timeout;
+    match tokio::time::timeout(limit, grpc).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
+        Err(_) => tracing::warn!("gRPC connections did not drain within {}", humantime::format_duration(limit)),
+    }
+    let _ = acceptor.await;
+    let _ = flusher.await;
+    if let Err(e) = broker.shutdown().await {
+        tracing::error!(error = %e, "final flush of consumer progress failed");
+    }
+    if let Err(e) = log.close().await {
+        tracing::error!(error = %e, "closing the message log failed");
+    }
+    meta.close().await;
+    http_stop.cancel();
+    let _ = http.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Cancels the token on SIGINT or SIGTERM.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot install the SIGTERM handler");
+                    let _ = ctrl_c.await;
+                    token.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        token.cancel();
+    });
+}

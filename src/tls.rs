@@ -1,0 +1,178 @@
+//! TLS and plaintext h2c on the same gRPC port: the first byte of a connection decides (a TLS
+//! record starts with 0x16, an HTTP/2 preface with `P`). The certificate comes from
+//! `server.tls.certPath`/`keyPath`, or is generated self-signed at start (the Java SDK uses TLS
+//! by default and trusts any certificate).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::config::{TlsConfig, TlsMode};
+
+/// How long a new connection may take to send its first byte and finish a TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection that is either plaintext or TLS.
+pub enum MaybeTlsStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Connected for MaybeTlsStream {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        match self {
+            MaybeTlsStream::Plain(s) => s.connect_info(),
+            MaybeTlsStream::Tls(s) => s.get_ref().0.connect_info(),
+        }
+    }
+}
+
+impl AsyncRead for MaybeTlsStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTlsStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MaybeTlsStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for MaybeTlsStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTlsStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MaybeTlsStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTlsStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            MaybeTlsStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTlsStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MaybeTlsStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTlsStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            MaybeTlsStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            MaybeTlsStream::Plain(s) => s.is_write_vectored(),
+            MaybeTlsStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// Builds the rustls server configuration (ALPN h2), or None when TLS is disabled.
+pub fn server_config(tls: &TlsConfig) -> anyhow::Result<Option<Arc<ServerConfig>>> {
+    if tls.mode == TlsMode::Disabled {
+        return Ok(None);
+    }
+    let (certs, key) = if tls.cert_path.is_empty() {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "rmq-gateway".to_string()])?;
+        tracing::info!(
+            "TLS: using a self-signed certificate generated at start (set server.tls.certPath to use yours)"
+        );
+        let key = PrivateKeyDer::try_from(cert.signing_key.serialize_der())
+            .map_err(|e| anyhow::anyhow!("generated key: {e}"))?;
+        (vec![cert.cert.der().clone()], key)
+    } else {
+        let certs = CertificateDer::pem_file_iter(&tls.cert_path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| anyhow::anyhow!("server.tls.certPath `{}`: {e}", tls.cert_path))?;
+        let key = PrivateKeyDer::from_pem_file(&tls.key_path)
+            .map_err(|e| anyhow::anyhow!("server.tls.keyPath `{}`: {e}", tls.key_path))?;
+        (certs, key)
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Some(Arc::new(config)))
+}
+
+/// Accepts connections and hands each, once classified, to the gRPC server.
+pub async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+    mode: TlsMode,
+    incoming: mpsc::Sender<io::Result<MaybeTlsStream>>,
+    shutdown: CancellationToken,
+) {
+    let acceptor = tls.map(TlsAcceptor::from);
+    loop {
+        let (socket, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = socket.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let incoming = incoming.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, classify(socket, acceptor, mode)).await {
+                Ok(Ok(Some(stream))) => {
+                    let _ = incoming.send(Ok(stream)).await;
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection dropped during TLS detection"),
+                Err(_) => tracing::debug!(%peer, "connection sent nothing within the handshake timeout"),
+            }
+        });
+    }
+}
+
+async fn classify(
+    socket: TcpStream,
+    acceptor: Option<TlsAcceptor>,
+    mode: TlsMode,
+) -> io::Result<Option<MaybeTlsStream>> {
+    let mut first = [0u8; 1];
+    if socket.peek(&mut first).await? == 0 {
+        return Ok(None);
+    }
+    let is_tls = first[0] == 0x16;
+    match (is_tls, acceptor, mode) {
+        (true, Some(acceptor), _) => Ok(Some(MaybeTlsStream::Tls(Box::new(acceptor.accept(socket).await?)))),
+        (false, _, TlsMode::Enforcing) => Ok(None),
+        (true, None, _) => Ok(None),
+        (false, _, TlsMode::Permissive | TlsMode::Disabled) => Ok(Some(MaybeTlsStream::Plain(socket))),
+    }
+}
