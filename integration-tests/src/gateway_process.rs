@@ -107,10 +107,7 @@ impl Gateway {
 
     /// Stops the running gateway; SIGTERM must lead to a successful exit within 30 s.
     pub fn stop(&mut self, how: Stop) -> Result<Stopped> {
-        let mut child = self
-            .child
-            .take()
-            .ok_or_else(|| anyhow!("gateway is not running"))?;
+        let mut child = self.child.take().ok_or_else(|| anyhow!("gateway is not running"))?;
         let signal = match how {
             Stop::Graceful => libc::SIGTERM,
             Stop::Kill => libc::SIGKILL,
@@ -122,16 +119,10 @@ impl Gateway {
         let Some(status) = status else {
             let _ = child.kill();
             let _ = child.wait();
-            bail!(
-                "gateway did not exit within {GRACEFUL_TIMEOUT:?} after SIGTERM; log tail:\n{}",
-                self.log_tail(40)
-            );
+            bail!("gateway did not exit within {GRACEFUL_TIMEOUT:?} after SIGTERM; log tail:\n{}", self.log_tail(40));
         };
         if how == Stop::Graceful && !status.success() {
-            bail!(
-                "gateway exited with {status} after SIGTERM (expected success); log tail:\n{}",
-                self.log_tail(40)
-            );
+            bail!("gateway exited with {status} after SIGTERM (expected success); log tail:\n{}", self.log_tail(40));
         }
         Ok(Stopped { status, took })
     }
@@ -164,10 +155,8 @@ impl Gateway {
             .arg("--config")
             .arg(&config)
             .env("RUST_BACKTRACE", "0")
-            .env(
-                "RUST_LOG",
-                std::env::var("RMQ_E2E_GATEWAY_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", std::env::var("RMQ_E2E_GATEWAY_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -180,20 +169,14 @@ impl Gateway {
                 && let Some(status) = child.try_wait()?
             {
                 self.child = None;
-                bail!(
-                    "gateway exited with {status} before ready; log:\n{}",
-                    self.log_tail(40)
-                );
+                bail!("gateway exited with {status} before ready; log:\n{}", self.log_tail(40));
             }
             if readyz(self.http_port) {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 self.kill();
-                bail!(
-                    "gateway not ready after {READY_TIMEOUT:?}; log:\n{}",
-                    self.log_tail(40)
-                );
+                bail!("gateway not ready after {READY_TIMEOUT:?}; log:\n{}", self.log_tail(40));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -235,8 +218,7 @@ pub fn readyz(port: u16) -> bool {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let request =
-        format!("GET /readyz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET /readyz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
     if stream.write_all(request.as_bytes()).is_err() {
         return false;
     }
@@ -257,10 +239,7 @@ fn send_signal(child: &Child, signal: i32) -> Result<()> {
     // SAFETY: kill(2) on the pid of our own, not yet reaped child.
     let rc = unsafe { libc::kill(pid, signal) };
     if rc != 0 {
-        bail!(
-            "kill({pid}, {signal}) failed: {}",
-            std::io::Error::last_os_error()
-        );
+        bail!("kill({pid}, {signal}) failed: {}", std::io::Error::last_os_error());
     }
     Ok(())
 }

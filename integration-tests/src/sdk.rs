@@ -176,25 +176,14 @@ impl Outcome {
             self.status,
             self.timed_out
         );
-        let _ = writeln!(
-            s,
-            "RESULT: {}",
-            self.result_line.as_deref().unwrap_or("<none>")
-        );
+        let _ = writeln!(s, "RESULT: {}", self.result_line.as_deref().unwrap_or("<none>"));
         let _ = writeln!(s, "stderr (tail):\n{}", tail_file(&self.stderr_path, 40));
         let py_log = self.home.join("logs/rocketmq_python/rocketmq_client.log");
         if py_log.exists() {
             let text = tail_file(&py_log, 2000);
-            let notable: Vec<&str> = text
-                .lines()
-                .filter(|l| l.contains("[ERROR]") || l.contains("[WARN"))
-                .collect();
+            let notable: Vec<&str> = text.lines().filter(|l| l.contains("[ERROR]") || l.contains("[WARN")).collect();
             let first = notable.len().saturating_sub(30);
-            let _ = writeln!(
-                s,
-                "python SDK log, errors/warnings (last 30 of {}):",
-                notable.len()
-            );
+            let _ = writeln!(s, "python SDK log, errors/warnings (last 30 of {}):", notable.len());
             let _ = writeln!(s, "{}", notable[first..].join("\n"));
             let _ = writeln!(s, "python SDK log (tail):\n{}", tail_file(&py_log, 10));
         }
@@ -211,33 +200,17 @@ pub fn run(run: &Run, dir: &Path) -> Result<Outcome> {
     let home = dir.join(format!("home-{tag}"));
     std::fs::create_dir_all(&home)?;
     let mut cmd = run.sdk.command(run.mode);
-    cmd.args([
-        "--endpoint",
-        &run.endpoint,
-        "--topic",
-        &run.topic,
-        "--group",
-        &run.group,
-    ])
-    .args([
-        "--count",
-        &run.count.to_string(),
-        "--prefix",
-        &run.prefix,
-        "--tag",
-        &run.tag,
-    ])
-    .args(["--timeout-secs", &run.timeout.as_secs().to_string()])
-    .env("RUST_BACKTRACE", "0")
-    .env("PYTHONUNBUFFERED", "1")
-    .env("RMQ_E2E_HOME", &home)
-    .env("RMQ_E2E_NODE_DIR", work_dir().join("node"))
-    .stdin(Stdio::null())
-    .stdout(File::create(&stdout_path)?)
-    .stderr(File::create(&stderr_path)?);
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("spawning {tag}: {cmd:?}"))?;
+    cmd.args(["--endpoint", &run.endpoint, "--topic", &run.topic, "--group", &run.group])
+        .args(["--count", &run.count.to_string(), "--prefix", &run.prefix, "--tag", &run.tag])
+        .args(["--timeout-secs", &run.timeout.as_secs().to_string()])
+        .env("RUST_BACKTRACE", "0")
+        .env("PYTHONUNBUFFERED", "1")
+        .env("RMQ_E2E_HOME", &home)
+        .env("RMQ_E2E_NODE_DIR", work_dir().join("node"))
+        .stdin(Stdio::null())
+        .stdout(File::create(&stdout_path)?)
+        .stderr(File::create(&stderr_path)?);
+    let mut child = cmd.spawn().with_context(|| format!("spawning {tag}: {cmd:?}"))?;
     let status = wait_with_timeout(&mut child, run.timeout + KILL_SLACK)?;
     let timed_out = status.is_none();
     if timed_out {
@@ -245,21 +218,7 @@ pub fn run(run: &Run, dir: &Path) -> Result<Outcome> {
         let _ = child.wait();
     }
     let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
-    let result_line = stdout
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("RESULT "))
-        .map(str::to_string);
-    let report = result_line
-        .as_deref()
-        .and_then(|l| serde_json::from_str(l).ok());
-    Ok(Outcome {
-        run: run.clone(),
-        report,
-        result_line,
-        status,
-        timed_out,
-        stderr_path,
-        home,
-    })
+    let result_line = stdout.lines().rev().find_map(|l| l.strip_prefix("RESULT ")).map(str::to_string);
+    let report = result_line.as_deref().and_then(|l| serde_json::from_str(l).ok());
+    Ok(Outcome { run: run.clone(), report, result_line, status, timed_out, stderr_path, home })
 }

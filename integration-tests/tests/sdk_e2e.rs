@@ -26,18 +26,12 @@ fn shout(text: &str) {
 }
 
 fn count() -> usize {
-    std::env::var("RMQ_E2E_COUNT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50)
+    std::env::var("RMQ_E2E_COUNT").ok().and_then(|v| v.parse().ok()).unwrap_or(50)
 }
 
 /// A unique, valid topic/group name.
 fn unique(kind: &str, test: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("e2e_{kind}_{test}_{}_{nanos}", std::process::id())
 }
 
@@ -64,16 +58,9 @@ impl Ctx {
             shout(&text);
             return None;
         }
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("rmq-e2e-{test}-"))
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix(&format!("rmq-e2e-{test}-")).tempdir().unwrap();
         let gateway = Gateway::start(dir.path()).unwrap_or_else(|e| panic!("{test}: {e:#}"));
-        Some(Ctx {
-            test,
-            gateway,
-            dir: Some(dir),
-        })
+        Some(Ctx { test, gateway, dir: Some(dir) })
     }
 
     fn path(&self) -> &Path {
@@ -96,25 +83,15 @@ impl Ctx {
     }
 
     fn fail(&self, outcome: &Outcome, what: &str) -> ! {
-        panic!(
-            "{}: {what}\n{}--- gateway log (tail):\n{}",
-            self.test,
-            outcome.describe(),
-            self.gateway.log_tail(40)
-        )
+        panic!("{}: {what}\n{}--- gateway log (tail):\n{}", self.test, outcome.describe(), self.gateway.log_tail(40))
     }
 
     /// Sends N messages with bodies `<prefix>-<i>`; returns their message ids.
     fn produce(&self, sdk: Sdk, topic: &str, prefix: &str) -> Vec<String> {
         let outcome = self.run(sdk, Mode::Produce, topic, "", prefix);
-        let Some(report) = outcome.report() else {
-            self.fail(&outcome, "producer printed no RESULT")
-        };
+        let Some(report) = outcome.report() else { self.fail(&outcome, "producer printed no RESULT") };
         if !report.ok || report.sent != count() || report.ids.len() != count() {
-            self.fail(
-                &outcome,
-                &format!("sent {} of {} messages", report.sent, count()),
-            );
+            self.fail(&outcome, &format!("sent {} of {} messages", report.sent, count()));
         }
         note_shutdown(self.test, report);
         report.ids.clone()
@@ -123,60 +100,33 @@ impl Ctx {
     /// Consumes until all N bodies `<prefix>-<i>` arrived; checks none is lost, every one
     /// was acked, digests were right and the message ids match what the producer got.
     fn consume(&self, sdk: Sdk, mode: Mode, topic: &str, group: &str, expect: Expect) -> Report {
-        let Expect {
-            prefix,
-            sent_ids,
-            allow_unexpected,
-        } = expect;
+        let Expect { prefix, sent_ids, allow_unexpected } = expect;
         let outcome = self.run(sdk, mode, topic, group, prefix);
-        let Some(report) = outcome.report().cloned() else {
-            self.fail(&outcome, "consumer printed no RESULT")
-        };
+        let Some(report) = outcome.report().cloned() else { self.fail(&outcome, "consumer printed no RESULT") };
         if report.received != count() || !report.missing.is_empty() {
             let lost = report.missing.len();
-            self.fail(
-                &outcome,
-                &format!("received {} of {} ({lost} lost)", report.received, count()),
-            );
+            self.fail(&outcome, &format!("received {} of {} ({lost} lost)", report.received, count()));
         }
         if report.ack_failed != 0 || report.corrupted != 0 {
-            self.fail(
-                &outcome,
-                "acks failed or corrupted (digest mismatch) messages",
-            );
+            self.fail(&outcome, "acks failed or corrupted (digest mismatch) messages");
         }
         if mode == Mode::SimpleConsume && report.acked.unwrap_or(0) < count() {
             self.fail(&outcome, "fewer acks than messages");
         }
         if mode == Mode::SimpleConsume && sdk != Sdk::Rust && report.changed_invisible != Some(1) {
-            self.fail(
-                &outcome,
-                "ChangeInvisibleDuration was not exercised successfully",
-            );
+            self.fail(&outcome, "ChangeInvisibleDuration was not exercised successfully");
         }
         if !report.errors.is_empty() && mode == Mode::SimpleConsume {
             // Errors that did not cost a message (e.g. a failed receive retried later).
-            shout(&format!(
-                "{}: {} {} reported errors: {:?}",
-                self.test,
-                sdk.name(),
-                mode_name(mode),
-                report.errors
-            ));
+            shout(&format!("{}: {} {} reported errors: {:?}", self.test, sdk.name(), mode_name(mode), report.errors));
         }
         if !report.unexpected.is_empty() && !allow_unexpected {
-            self.fail(
-                &outcome,
-                "received messages that were not expected (already acked or foreign)",
-            );
+            self.fail(&outcome, "received messages that were not expected (already acked or foreign)");
         }
         let got: BTreeSet<&str> = report.ids.iter().map(|s| s.as_str()).collect();
         let want: BTreeSet<&str> = sent_ids.iter().map(|s| s.as_str()).collect();
         if got != want {
-            self.fail(
-                &outcome,
-                "received message ids differ from the ids the producer got",
-            );
+            self.fail(&outcome, "received message ids differ from the ids the producer got");
         }
         if !report.duplicates.is_empty() || !report.unexpected.is_empty() {
             shout(&format!(
@@ -206,11 +156,7 @@ struct Expect<'a> {
 
 impl<'a> Expect<'a> {
     fn exactly(prefix: &'a str, sent_ids: &'a [String]) -> Self {
-        Expect {
-            prefix,
-            sent_ids,
-            allow_unexpected: false,
-        }
+        Expect { prefix, sent_ids, allow_unexpected: false }
     }
 }
 
@@ -218,11 +164,7 @@ impl Drop for Ctx {
     fn drop(&mut self) {
         let keep = std::thread::panicking() || std::env::var_os("RMQ_E2E_KEEP").is_some();
         if let (true, Some(dir)) = (keep, self.dir.take()) {
-            shout(&format!(
-                "{}: logs kept in {}",
-                self.test,
-                dir.keep().display()
-            ));
+            shout(&format!("{}: logs kept in {}", self.test, dir.keep().display()));
         }
     }
 }
@@ -237,10 +179,7 @@ fn mode_name(mode: Mode) -> &'static str {
 
 fn note_shutdown(test: &str, report: &Report) {
     if let Some(e) = &report.shutdown_error {
-        shout(&format!(
-            "{test}: {} {} shutdown error (not fatal): {e}",
-            report.sdk, report.mode
-        ));
+        shout(&format!("{test}: {} {} shutdown error (not fatal): {e}", report.sdk, report.mode));
     }
 }
 
@@ -251,13 +190,7 @@ fn produce_then_simple_consume(test: &'static str, sdk: Sdk) {
     };
     let (topic, group) = (unique("topic", test), unique("group", test));
     let ids = ctx.produce(sdk, &topic, "m");
-    ctx.consume(
-        sdk,
-        Mode::SimpleConsume,
-        &topic,
-        &group,
-        Expect::exactly("m", &ids),
-    );
+    ctx.consume(sdk, Mode::SimpleConsume, &topic, &group, Expect::exactly("m", &ids));
 }
 
 /// Producer and PushConsumer of one SDK on a fresh topic and group.
@@ -267,13 +200,7 @@ fn produce_then_push_consume(test: &'static str, sdk: Sdk) {
     };
     let (topic, group) = (unique("topic", test), unique("group", test));
     let ids = ctx.produce(sdk, &topic, "m");
-    ctx.consume(
-        sdk,
-        Mode::PushConsume,
-        &topic,
-        &group,
-        Expect::exactly("m", &ids),
-    );
+    ctx.consume(sdk, Mode::PushConsume, &topic, &group, Expect::exactly("m", &ids));
 }
 
 /// Batch `a` is produced and consumed (acked) by `group`, batch `b` is produced; then the
@@ -290,23 +217,11 @@ fn restart_between_send_and_consume(test: &'static str, how: Stop, producer: Sdk
     ctx.consume(consumer, Mode::SimpleConsume, &topic, &group, expect);
     let ids_b = ctx.produce(producer, &topic, "b");
 
-    let stopped = ctx
-        .gateway
-        .stop(how)
-        .unwrap_or_else(|e| panic!("{test}: stop: {e:#}"));
-    shout(&format!(
-        "{test}: gateway stopped ({how:?}) in {:?}, {}",
-        stopped.took, stopped.status
-    ));
-    ctx.gateway
-        .restart()
-        .unwrap_or_else(|e| panic!("{test}: restart: {e:#}"));
+    let stopped = ctx.gateway.stop(how).unwrap_or_else(|e| panic!("{test}: stop: {e:#}"));
+    shout(&format!("{test}: gateway stopped ({how:?}) in {:?}, {}", stopped.took, stopped.status));
+    ctx.gateway.restart().unwrap_or_else(|e| panic!("{test}: restart: {e:#}"));
 
-    let expect = Expect {
-        prefix: "b",
-        sent_ids: &ids_b,
-        allow_unexpected: how == Stop::Kill,
-    };
+    let expect = Expect { prefix: "b", sent_ids: &ids_b, allow_unexpected: how == Stop::Kill };
     ctx.consume(consumer, Mode::SimpleConsume, &topic, &group, expect);
 }
 
@@ -353,11 +268,5 @@ fn node_producer_to_rust_simple_consumer() {
     };
     let (topic, group) = (unique("topic", test), unique("group", test));
     let ids = ctx.produce(Sdk::Node, &topic, "x");
-    ctx.consume(
-        Sdk::Rust,
-        Mode::SimpleConsume,
-        &topic,
-        &group,
-        Expect::exactly("x", &ids),
-    );
+    ctx.consume(Sdk::Rust, Mode::SimpleConsume, &topic, &group, Expect::exactly("x", &ids));
 }

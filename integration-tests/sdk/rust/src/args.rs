@@ -55,9 +55,7 @@ impl Args {
                 .ok_or_else(|| format!("missing --{name} (or {env})"))
         };
         let number = |name: &str, default: &str| -> Result<u64, String> {
-            get(name, Some(default))?
-                .parse::<u64>()
-                .map_err(|e| format!("--{name}: {e}"))
+            get(name, Some(default))?.parse::<u64>().map_err(|e| format!("--{name}: {e}"))
         };
         Ok(Args {
             mode,
@@ -82,16 +80,7 @@ mod tests {
 
     #[test]
     fn parses_flags() {
-        let a = parse(&[
-            "produce",
-            "--endpoint",
-            "127.0.0.1:1",
-            "--topic",
-            "t",
-            "--count",
-            "3",
-        ])
-        .unwrap();
+        let a = parse(&["produce", "--endpoint", "127.0.0.1:1", "--topic", "t", "--count", "3"]).unwrap();
         assert_eq!(a.mode, Mode::Produce);
         assert_eq!(a.count, 3);
         assert_eq!(a.endpoint, "127.0.0.1:1");

@@ -88,11 +88,7 @@ pub async fn run(args: &Args) -> (bool, Value) {
     (ok, report)
 }
 
-async fn start(
-    option: SimpleConsumerOption,
-    client: ClientOption,
-    limit: Duration,
-) -> Result<SimpleConsumer, String> {
+async fn start(option: SimpleConsumerOption, client: ClientOption, limit: Duration) -> Result<SimpleConsumer, String> {
     let mut consumer = SimpleConsumer::new(option, client).map_err(|e| e.to_string())?;
     match timeout(limit, consumer.start()).await {
         Ok(Ok(())) => Ok(consumer),

@@ -82,11 +82,7 @@ pub async fn run(args: &Args) -> (bool, Value) {
     (ok, report)
 }
 
-async fn start(
-    option: ProducerOption,
-    client: ClientOption,
-    limit: Duration,
-) -> Result<Producer, String> {
+async fn start(option: ProducerOption, client: ClientOption, limit: Duration) -> Result<Producer, String> {
     let mut producer = Producer::new(option, client).map_err(|e| e.to_string())?;
     match timeout(limit, producer.start()).await {
         Ok(Ok(())) => Ok(producer),

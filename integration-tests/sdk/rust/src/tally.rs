@@ -18,11 +18,7 @@ pub struct Tally {
 
 impl Tally {
     pub fn new(prefix: &str, count: usize) -> Self {
-        Tally {
-            prefix: prefix.to_string(),
-            count,
-            ..Tally::default()
-        }
+        Tally { prefix: prefix.to_string(), count, ..Tally::default() }
     }
 
     /// Records one delivery; returns true if it was a new, expected message.
@@ -52,9 +48,7 @@ impl Tally {
 
     /// Indices of expected bodies not received yet.
     pub fn missing(&self) -> Vec<usize> {
-        (0..self.count)
-            .filter(|i| !self.received.contains_key(i))
-            .collect()
+        (0..self.count).filter(|i| !self.received.contains_key(i)).collect()
     }
 }
 
