@@ -13,10 +13,6 @@ use serde::Deserialize;
 
 use crate::gateway_process::{tail_file, wait_with_timeout};
 
-/// Extra time a driver gets beyond its own `--timeout-secs` (startup, shutdown) before it
-/// is killed.
-const KILL_SLACK: Duration = Duration::from_secs(50);
-
 /// One of the three official SDKs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sdk {
@@ -111,8 +107,10 @@ pub struct Run {
     /// bodies are `<prefix>-0` .. `<prefix>-<count-1>`
     pub prefix: String,
     pub tag: String,
-    /// the driver's own time budget; it is killed `KILL_SLACK` later
+    /// the driver's own budget for its main loop (`--timeout-secs`)
     pub timeout: Duration,
+    /// hard limit for the whole process (startup and shutdown included); killed after it
+    pub kill_after: Duration,
 }
 
 /// The driver's `RESULT` line (fields a mode does not produce stay at their defaults).
@@ -191,7 +189,7 @@ impl Outcome {
     }
 }
 
-/// Runs the driver to completion (or kills it after `timeout + KILL_SLACK`). Its stdout,
+/// Runs the driver to completion (or kills it after `kill_after`). Its stdout,
 /// stderr and HOME (SDK log files) are kept under `dir`.
 pub fn run(run: &Run, dir: &Path) -> Result<Outcome> {
     let tag = format!("{}-{}-{}", run.sdk.name(), run.mode.arg(), run.prefix);
@@ -211,7 +209,7 @@ pub fn run(run: &Run, dir: &Path) -> Result<Outcome> {
         .stdout(File::create(&stdout_path)?)
         .stderr(File::create(&stderr_path)?);
     let mut child = cmd.spawn().with_context(|| format!("spawning {tag}: {cmd:?}"))?;
-    let status = wait_with_timeout(&mut child, run.timeout + KILL_SLACK)?;
+    let status = wait_with_timeout(&mut child, run.kill_after)?;
     let timed_out = status.is_none();
     if timed_out {
         let _ = child.kill();

@@ -11,13 +11,19 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use integration_tests::gateway_process::{Gateway, Stop, gateway_binary};
 use integration_tests::sdk::{self, Mode, Outcome, Report, Run, Sdk};
 
-/// Each driver's own budget; the whole scenario stays well under 2 minutes when healthy.
+/// A driver's budget for its main loop (sending, or receiving until all N arrived).
 const DRIVER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Hard limit for a whole scenario (all its drivers, restarts included): drivers still
+/// running when it is reached are killed.
+const SCENARIO_BUDGET: Duration = Duration::from_secs(115);
+/// What a driver needs beyond its main loop (startup; PushConsumer shutdown waits for the
+/// in-flight long polls, about 23 s).
+const DRIVER_SLACK: Duration = Duration::from_secs(40);
 
 /// Writes to the real stderr, bypassing the test harness capture, so a skip is visible.
 fn shout(text: &str) {
@@ -39,6 +45,7 @@ fn unique(kind: &str, test: &str) -> String {
 /// directory is removed. The directory is kept (and its path printed) if the test fails.
 struct Ctx {
     test: &'static str,
+    deadline: Instant,
     gateway: Gateway,
     dir: Option<tempfile::TempDir>,
 }
@@ -60,7 +67,7 @@ impl Ctx {
         }
         let dir = tempfile::Builder::new().prefix(&format!("rmq-e2e-{test}-")).tempdir().unwrap();
         let gateway = Gateway::start(dir.path()).unwrap_or_else(|e| panic!("{test}: {e:#}"));
-        Some(Ctx { test, gateway, dir: Some(dir) })
+        Some(Ctx { test, deadline: Instant::now() + SCENARIO_BUDGET, gateway, dir: Some(dir) })
     }
 
     fn path(&self) -> &Path {
@@ -68,6 +75,7 @@ impl Ctx {
     }
 
     fn run(&self, sdk: Sdk, mode: Mode, topic: &str, group: &str, prefix: &str) -> Outcome {
+        let left = self.deadline.saturating_duration_since(Instant::now());
         let run = Run {
             sdk,
             mode,
@@ -77,7 +85,8 @@ impl Ctx {
             count: count(),
             prefix: prefix.to_string(),
             tag: "e2e".to_string(),
-            timeout: DRIVER_TIMEOUT,
+            timeout: DRIVER_TIMEOUT.min(left.saturating_sub(DRIVER_SLACK)).max(Duration::from_secs(5)),
+            kill_after: left.max(Duration::from_secs(5)),
         };
         sdk::run(&run, self.path()).unwrap_or_else(|e| panic!("{}: {e:#}", self.test))
     }
