@@ -105,6 +105,27 @@ impl Gateway {
         self.dir.join("data")
     }
 
+    /// `name (bytes)` of every file under the data dir, for failure messages.
+    pub fn data_dir_listing(&self) -> String {
+        let mut files = Vec::new();
+        let mut stack = vec![self.data_dir()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                match entry.metadata() {
+                    Ok(m) if m.is_dir() => stack.push(path),
+                    Ok(m) => {
+                        let name = path.strip_prefix(self.data_dir()).unwrap_or(&path).display().to_string();
+                        files.push(format!("{name} ({} B)", m.len()));
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        files.sort();
+        files.join(", ")
+    }
+
     /// Stops the running gateway; SIGTERM must lead to a successful exit within 30 s.
     pub fn stop(&mut self, how: Stop) -> Result<Stopped> {
         let mut child = self.child.take().ok_or_else(|| anyhow!("gateway is not running"))?;

@@ -92,7 +92,13 @@ impl Ctx {
     }
 
     fn fail(&self, outcome: &Outcome, what: &str) -> ! {
-        panic!("{}: {what}\n{}--- gateway log (tail):\n{}", self.test, outcome.describe(), self.gateway.log_tail(40))
+        panic!(
+            "{}: {what}\n{}--- gateway log (tail):\n{}\n--- gateway data dir: {}",
+            self.test,
+            outcome.describe(),
+            self.gateway.log_tail(40),
+            self.gateway.data_dir_listing()
+        )
     }
 
     /// Sends N messages with bodies `<prefix>-<i>`; returns their message ids.
