@@ -188,7 +188,10 @@ impl Broker {
             self.pop_queue(topic, group, req, queue_id, max, invisible, &mut out, &mut bytes, &mut dead)?;
         }
         for (queue_id, message) in dead {
-            self.dead_letter(group, &topic.record.name, queue_id, message).await;
+            let offset = message.queue_offset;
+            if let Err(e) = self.dead_letter(&group.name, &topic.record.name, queue_id, message).await {
+                tracing::warn!(group = group.name, topic = topic.record.name, queue_id, offset, error = %e, "dead-letter move failed; will retry");
+            }
         }
         Ok(out)
     }
@@ -286,49 +289,67 @@ impl Broker {
     }
 
     /// Moves a message whose attempts are exhausted to `%DLQ%{group}`, then acks it.
-    async fn dead_letter(&self, group: &GroupRecord, topic: &str, queue_id: u32, m: StoredMessage) {
-        let dlq_name = format!("%DLQ%{}", group.name);
-        let result = async {
-            let dlq = match self.cached_topic(&dlq_name) {
-                Some(t) => t,
-                None => {
-                    self.create_topic(&dlq_name, 1, TopicType::Mixed).await?;
-                    self.cached_topic(&dlq_name).ok_or_else(|| BrokerError::TopicNotFound(dlq_name.clone()))?
-                }
-            };
-            let mut properties = m.properties.clone();
-            properties.push(keys::DLQ_ORIGIN_TOPIC, topic);
-            properties.push(keys::DLQ_ORIGIN_MESSAGE_ID, m.properties.get(keys::UNIQ_KEY).unwrap_or_default());
-            let append = AppendMessage {
-                topic: Arc::from(dlq_name.as_str()),
-                queue_id: 0,
-                born_timestamp_ms: m.born_timestamp_ms,
-                flags: m.flags,
-                tag_hash: m.tag_hash,
-                properties,
-                body: m.body.clone(),
-            };
-            self.inner.log.append(vec![append]).await?;
-            dlq.arrivals.notify_waiters();
-            Ok::<_, BrokerError>(())
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                let state = self.queue_state(&group.name, topic, queue_id);
-                lock(&state).complete(m.queue_offset);
-                tracing::info!(
-                    group = group.name,
-                    topic,
-                    queue_id,
-                    offset = m.queue_offset,
-                    "moved message to {dlq_name}"
-                );
+    async fn dead_letter(&self, group: &str, topic: &str, queue_id: u32, m: StoredMessage) -> BrokerResult<()> {
+        let dlq_name = format!("%DLQ%{group}");
+        let dlq = match self.cached_topic(&dlq_name) {
+            Some(t) => t,
+            None => {
+                self.create_topic(&dlq_name, 1, TopicType::Mixed).await?;
+                self.cached_topic(&dlq_name).ok_or_else(|| BrokerError::TopicNotFound(dlq_name.clone()))?
             }
-            Err(e) => {
-                tracing::warn!(group = group.name, topic, queue_id, offset = m.queue_offset, error = %e, "dead-letter move failed; will retry")
-            }
+        };
+        let mut properties = m.properties.clone();
+        properties.push(keys::DLQ_ORIGIN_TOPIC, topic);
+        properties.push(keys::DLQ_ORIGIN_MESSAGE_ID, m.properties.get(keys::UNIQ_KEY).unwrap_or_default());
+        let append = AppendMessage {
+            topic: Arc::from(dlq_name.as_str()),
+            queue_id: 0,
+            born_timestamp_ms: m.born_timestamp_ms,
+            flags: m.flags,
+            tag_hash: m.tag_hash,
+            properties,
+            body: m.body.clone(),
+        };
+        self.inner.log.append(vec![append]).await?;
+        dlq.arrivals.notify_waiters();
+        lock(&self.queue_state(group, topic, queue_id)).complete(m.queue_offset);
+        let record = AckRecord { group: group.to_string(), topic: topic.to_string(), queue_id, offset: m.queue_offset };
+        self.inner.log.append(vec![record.to_append(now_ms())]).await?;
+        tracing::info!(group, topic, queue_id, offset = m.queue_offset, "moved message to {dlq_name}");
+        Ok(())
+    }
+
+    /// ForwardMessageToDeadLetterQueue: the client gives up on a delivery it holds.
+    pub async fn forward_to_dead_letter(
+        &self,
+        client_id: &str,
+        group: &str,
+        topic: &str,
+        handle: &str,
+    ) -> BrokerResult<()> {
+        validate::validate_group(group)?;
+        let topic = self.client_topic(topic, false).await?;
+        self.touch_client(client_id);
+        let r = self.decode_receipt(group, &topic, handle)?;
+        let name = topic.record.name.as_str();
+        let state = self.queue_state(group, name, r.queue_id);
+        let checked = lock(&state).verify(&r, now_ms());
+        match checked {
+            Ok(()) => {}
+            // Already handled (e.g. a retry of this call after a lost response).
+            Err(HandleProblem::AlreadyAcked) => return Ok(()),
+            Err(p) => return Err(Self::handle_problem(p, &r)),
         }
+        let m = self
+            .inner
+            .log
+            .read(name, r.queue_id, r.offset, 1, usize::MAX)?
+            .into_iter()
+            .find(|m| m.queue_offset == r.offset)
+            .ok_or_else(|| {
+                BrokerError::InvalidReceiptHandle("the message no longer exists (retention deleted it)".into())
+            })?;
+        self.dead_letter(group, name, r.queue_id, m).await
     }
 
     fn decode_receipt(&self, group: &str, topic: &TopicEntry, handle: &str) -> BrokerResult<Receipt> {
