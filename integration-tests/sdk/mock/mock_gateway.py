@@ -24,10 +24,15 @@ import threading
 import time
 from concurrent import futures
 
-import grpc
-from rocketmq.grpc_protocol import definition_pb2 as d
-from rocketmq.grpc_protocol import service_pb2 as s
-from rocketmq.grpc_protocol import service_pb2_grpc as sg
+# Importing the SDK package configures a log file under ~/logs; keep it out of the real HOME.
+os.environ["HOME"] = os.environ.get("RMQ_E2E_HOME") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", ".work", "home")
+os.makedirs(os.environ["HOME"], exist_ok=True)
+
+import grpc  # noqa: E402
+from rocketmq.grpc_protocol import definition_pb2 as d  # noqa: E402
+from rocketmq.grpc_protocol import service_pb2 as s  # noqa: E402
+from rocketmq.grpc_protocol import service_pb2_grpc as sg  # noqa: E402
 
 QUEUES = 8
 
