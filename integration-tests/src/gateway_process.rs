@@ -171,7 +171,16 @@ impl Gateway {
         std::fs::write(&config, self.config_yaml())?;
         self.starts += 1;
         let log = File::create(self.log_path())?;
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        // The gateway reads every `RMQ_GATEWAY_*` variable as a config override and rejects
+        // unknown keys, so our own `RMQ_GATEWAY_BIN` (and anything else from the caller's
+        // shell) must not leak into it: the test config is the YAML file only.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("RMQ_GATEWAY_") {
+                command.env_remove(&key);
+            }
+        }
+        let child = command
             .arg("serve")
             .arg("--config")
             .arg(&config)

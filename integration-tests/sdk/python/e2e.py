@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 
+sys.dont_write_bytecode = True  # keep the source tree clean (no __pycache__ next to tally.py)
 HERE = os.path.dirname(os.path.abspath(__file__))
 os.environ["HOME"] = os.environ.get("RMQ_E2E_HOME") or os.path.join(HERE, "..", ".work", "home")
 os.makedirs(os.environ["HOME"], exist_ok=True)
