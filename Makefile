@@ -15,7 +15,7 @@ run:
 
 ## Unit tests, protocol tests and the end-to-end tests with the official SDKs.
 test: build sdk-setup
-	RMQ_GATEWAY_BIN=$(CURDIR)/target/debug/rmq-gateway $(CARGO) test --workspace --locked
+	RMQ_E2E_REQUIRED=1 $(CARGO) test --workspace --locked --no-fail-fast
 
 test-unit:
 	$(CARGO) test --locked --lib

@@ -8,7 +8,8 @@
 //! Environment overrides: `RMQ_GATEWAY_<SECTION>__<KEY>=value`, where SECTION and KEY match the
 //! YAML names case-insensitively with underscores ignored, e.g.
 //! `RMQ_GATEWAY_SERVER__GRPC_SERVER_PORT=9081` or `RMQ_GATEWAY_STORAGE__FLUSH_DISK_TYPE=ASYNC_FLUSH`.
-//! Values are parsed as YAML scalars.
+//! Values are parsed as YAML scalars. Variables without `__` (e.g. `RMQ_GATEWAY_CONFIG`) are
+//! not overrides and are ignored here.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -344,7 +345,10 @@ impl Config {
             doc = Value::Mapping(Default::default());
         }
         let schema = serde_norway::to_value(Config::default()).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        let mut env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        // Overrides always name `SECTION__KEY`; other RMQ_GATEWAY_* variables (such as
+        // RMQ_GATEWAY_CONFIG, the config file path) are not configuration keys.
+        let mut env: Vec<(String, String)> =
+            env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__")).collect();
         env.sort();
         for (var, value) in env {
             apply_env_override(&mut doc, &schema, &var, &value)?;
@@ -537,6 +541,7 @@ mod tests {
         assert!(e.contains("SOMETIMES"), "{e}");
         let e = load_str("consumer:\n  receiveBatchSize: 0\n", &[]).unwrap_err().to_string();
         assert!(e.contains("consumer.receiveBatchSize"), "{e}");
+        assert!(load_str("", &[("RMQ_GATEWAY_CONFIG", "x"), ("RMQ_GATEWAY_BIN", "y")]).is_ok());
         let e = load_str("", &[("RMQ_GATEWAY_SERVER__NOPE", "1")]).unwrap_err().to_string();
         assert!(e.contains("RMQ_GATEWAY_SERVER__NOPE") && e.contains("NOPE"), "{e}");
         let e = load_str("storage:\n  fileReservedTime: soon\n", &[]).unwrap_err().to_string();

@@ -15,11 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
 use crate::broker::Broker;
-use crate::config::Config;
+use crate::config::{Config, FlushDiskType};
 use crate::grpc::MessagingServiceImpl;
 use crate::metadata::MetadataStore;
 use crate::metadata::sqlite::SqliteMetadataStore;
-use crate::storage::MessageLog;
+use crate::storage::{CommitLog, FlushMode, MessageLog, StorageConfig};
 use crate::tls;
 
 /// Addresses the servers actually bound (ports may be 0 in the config).
@@ -29,10 +29,22 @@ pub struct BoundAddrs {
     pub http: SocketAddr,
 }
 
-async fn open_message_log(config: &Config) -> anyhow::Result<Arc<dyn MessageLog>> {
-    std::fs::create_dir_all(&config.storage.data_dir)
-        .with_context(|| format!("cannot create storage.dataDir `{}`", config.storage.data_dir.display()))?;
-    Ok(Arc::new(crate::storage::memory::MemoryLog::new()))
+/// Opens the commit log under `<dataDir>/store` (recovery runs here).
+fn open_message_log(config: &Config) -> anyhow::Result<Arc<dyn MessageLog>> {
+    let s = &config.storage;
+    std::fs::create_dir_all(&s.data_dir)
+        .with_context(|| format!("cannot create storage.dataDir `{}`", s.data_dir.display()))?;
+    let mut store = StorageConfig::new(s.data_dir.join("store"));
+    store.segment_size = s.mapped_file_size_commit_log;
+    store.flush = match s.flush_disk_type {
+        FlushDiskType::SyncFlush => FlushMode::Sync,
+        FlushDiskType::AsyncFlush => FlushMode::Async { interval: s.flush_interval_commit_log },
+    };
+    store.file_reserved_time = s.file_reserved_time;
+    store.disk_max_used_ratio = f64::from(s.disk_max_used_space_ratio) / 100.0;
+    let log = CommitLog::open(store)
+        .with_context(|| format!("cannot open the commit log in `{}`", s.data_dir.join("store").display()))?;
+    Ok(log)
 }
 
 /// Runs the gateway until `shutdown` is cancelled. `on_ready` receives the bound addresses.
@@ -42,7 +54,7 @@ pub async fn run(
     on_ready: impl FnOnce(BoundAddrs) + Send,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let log = open_message_log(&config).await?;
+    let log = open_message_log(&config)?;
     let meta: Arc<dyn MetadataStore> = Arc::new(
         SqliteMetadataStore::open(&config.metadata_url())
             .await

@@ -408,3 +408,52 @@ async fn restart_keeps_messages_and_progress() {
     assert_eq!(seen.len() + acked.len(), 20, "every message is consumed exactly once across the restart");
     g.stop().await;
 }
+
+#[tokio::test]
+async fn exhausted_messages_go_to_the_dead_letter_queue() {
+    let g = Gateway::start(|c| {
+        c.consumer.min_invisible_time = Duration::from_secs(1);
+        c.consumer.retry_max_times = 1;
+    })
+    .await;
+    let mut c = g.client().await;
+    send(&mut c, vec![message("TopicD", "D1", b"poison")]).await;
+    for attempt in 1..=2 {
+        let r = receive(&mut c, "TopicD", "GroupD", Some(Duration::from_secs(1))).await;
+        assert_eq!(r.messages.len(), 1, "attempt {attempt}");
+        assert_eq!(r.messages[0].system_properties.as_ref().unwrap().delivery_attempt, Some(attempt));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    // Attempts exhausted: not delivered again, but found in %DLQ%GroupD with its origin.
+    let r = receive(&mut c, "TopicD", "GroupD", Some(Duration::from_secs(1))).await;
+    assert_eq!(r.status.code, Code::MessageNotFound as i32);
+    let dlq = receive(&mut c, "%DLQ%GroupD", "DlqReader", Some(Duration::from_secs(30))).await;
+    assert_eq!(dlq.messages.len(), 1);
+    let sp = dlq.messages[0].system_properties.as_ref().unwrap();
+    let origin = sp.dead_letter_queue.as_ref().expect("dead_letter_queue is set");
+    assert_eq!((origin.topic.as_str(), origin.message_id.as_str()), ("TopicD", "D1"));
+    assert_eq!(&dlq.messages[0].body[..], b"poison");
+
+    // A client can also give up explicitly.
+    send(&mut c, vec![message("TopicD", "D2", b"bad")]).await;
+    let r = receive(&mut c, "TopicD", "GroupD", Some(Duration::from_secs(30))).await;
+    let sp = r.messages[0].system_properties.as_ref().unwrap();
+    let forward = proto::ForwardMessageToDeadLetterQueueRequest {
+        group: resource("GroupD"),
+        topic: resource("TopicD"),
+        receipt_handle: sp.receipt_handle.clone().unwrap(),
+        message_id: sp.message_id.clone(),
+        delivery_attempt: 1,
+        max_delivery_attempts: 2,
+        lite_topic: None,
+    };
+    let f = c.forward_message_to_dead_letter_queue(req(forward.clone())).await.unwrap().into_inner();
+    assert_eq!(code(&f.status), Code::Ok as i32, "{:?}", f.status);
+    // Retrying the call is harmless.
+    let f = c.forward_message_to_dead_letter_queue(req(forward)).await.unwrap().into_inner();
+    assert_eq!(code(&f.status), Code::Ok as i32);
+    let dlq = receive(&mut c, "%DLQ%GroupD", "DlqReader", Some(Duration::from_secs(30))).await;
+    assert_eq!(dlq.messages.len(), 1);
+    assert_eq!(dlq.messages[0].system_properties.as_ref().unwrap().message_id, "D2");
+    g.stop().await;
+}

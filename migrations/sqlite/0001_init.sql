@@ -27,3 +27,10 @@ CREATE TABLE secrets (
     name   TEXT PRIMARY KEY NOT NULL,
     value  BLOB NOT NULL
 );
+
+-- Position in the consumer journal (system topic rmq_sys_pop_journal) up to which
+-- consumer_progress is complete; journal records from here on are replayed at start.
+CREATE TABLE journal_checkpoint (
+    id              INTEGER PRIMARY KEY NOT NULL CHECK (id = 0),
+    journal_offset  INTEGER NOT NULL
+);

@@ -66,7 +66,7 @@ impl QueueState {
     }
 
     fn is_renewed(e: &Inflight, now_ms: i64, alive: &dyn Fn(&str) -> bool, renew_max_ms: i64) -> bool {
-        e.auto_renew_client.as_deref().is_some_and(|c| alive(c)) && now_ms - e.first_delivery_ms < renew_max_ms
+        e.auto_renew_client.as_deref().is_some_and(alive) && now_ms - e.first_delivery_ms < renew_max_ms
     }
 
     /// Whether a delivery is still invisible (FIFO queues stay blocked while one is).
@@ -143,21 +143,31 @@ impl QueueState {
         offset < self.floor || self.acked.contains(&offset)
     }
 
-    /// Acknowledges the delivery `r` names.
-    pub fn ack(&mut self, r: &Receipt, now_ms: i64) -> Result<(), HandleProblem> {
+    /// Whether `r` names the current delivery of an unacked message.
+    pub fn verify(&self, r: &Receipt, now_ms: i64) -> Result<(), HandleProblem> {
         if self.is_acked(r.offset) {
-            // Acking twice is harmless; report success like the Apache broker.
-            return Ok(());
+            return Err(HandleProblem::AlreadyAcked);
         }
         match self.inflight.get(&r.offset) {
-            Some(e) if e.serial == r.serial => {}
-            Some(_) => return Err(HandleProblem::Stale),
+            Some(e) if e.serial == r.serial => Ok(()),
+            Some(_) => Err(HandleProblem::Stale),
             // No delivery recorded (the gateway restarted since): trust the signed deadline.
-            None if r.deadline_ms > now_ms => {}
-            None => return Err(HandleProblem::Expired),
+            None if r.deadline_ms > now_ms => Ok(()),
+            None => Err(HandleProblem::Expired),
         }
-        self.complete(r.offset);
-        Ok(())
+    }
+
+    /// Acknowledges the delivery `r` names. Acking twice is harmless and succeeds, like the
+    /// Apache broker.
+    pub fn ack(&mut self, r: &Receipt, now_ms: i64) -> Result<(), HandleProblem> {
+        match self.verify(r, now_ms) {
+            Ok(()) => {
+                self.complete(r.offset);
+                Ok(())
+            }
+            Err(HandleProblem::AlreadyAcked) => Ok(()),
+            Err(p) => Err(p),
+        }
     }
 
     /// Moves the delivery `r` names to a new deadline under a new serial.
@@ -168,15 +178,8 @@ impl QueueState {
         visible_at_ms: i64,
         serial: u64,
     ) -> Result<Inflight, HandleProblem> {
-        if self.is_acked(r.offset) {
-            return Err(HandleProblem::AlreadyAcked);
-        }
-        let first_delivery_ms = match self.inflight.get(&r.offset) {
-            Some(e) if e.serial == r.serial => e.first_delivery_ms,
-            Some(_) => return Err(HandleProblem::Stale),
-            None if r.deadline_ms > now_ms => now_ms,
-            None => return Err(HandleProblem::Expired),
-        };
+        self.verify(r, now_ms)?;
+        let first_delivery_ms = self.inflight.get(&r.offset).map_or(now_ms, |e| e.first_delivery_ms);
         let entry = Inflight { visible_at_ms, attempt: r.attempt, serial, auto_renew_client: None, first_delivery_ms };
         self.deliver(r.offset, entry.clone());
         Ok(entry)

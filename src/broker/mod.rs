@@ -7,6 +7,7 @@
 
 pub mod consumer;
 pub mod error;
+mod journal;
 pub mod message;
 mod pop;
 pub mod receipt;
@@ -87,6 +88,8 @@ pub(crate) struct Inner {
     clients: Mutex<HashMap<String, ClientSession>>,
     receipts: ReceiptCodec,
     serial: AtomicU64,
+    /// Journal offset covered by the last saved progress snapshot.
+    journal_saved: AtomicU64,
     shutdown: CancellationToken,
 }
 
@@ -122,6 +125,7 @@ impl Broker {
             groups: RwLock::new(HashMap::new()),
             states: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
+            journal_saved: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
             config,
             log,

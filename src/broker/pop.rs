@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::consumer::{Due, HandleProblem, Inflight, QueueState};
 use super::error::{BrokerError, BrokerResult};
+use super::journal::{AckRecord, JOURNAL_TOPIC};
 use super::message::DeliveredMessage;
 use super::receipt::Receipt;
 use super::{Broker, TopicEntry, lock, now_ms, validate};
@@ -187,7 +188,10 @@ impl Broker {
             self.pop_queue(topic, group, req, queue_id, max, invisible, &mut out, &mut bytes, &mut dead)?;
         }
         for (queue_id, message) in dead {
-            self.dead_letter(group, &topic.record.name, queue_id, message).await;
+            let offset = message.queue_offset;
+            if let Err(e) = self.dead_letter(&group.name, &topic.record.name, queue_id, message).await {
+                tracing::warn!(group = group.name, topic = topic.record.name, queue_id, offset, error = %e, "dead-letter move failed; will retry");
+            }
         }
         Ok(out)
     }
@@ -285,49 +289,67 @@ impl Broker {
     }
 
     /// Moves a message whose attempts are exhausted to `%DLQ%{group}`, then acks it.
-    async fn dead_letter(&self, group: &GroupRecord, topic: &str, queue_id: u32, m: StoredMessage) {
-        let dlq_name = format!("%DLQ%{}", group.name);
-        let result = async {
-            let dlq = match self.cached_topic(&dlq_name) {
-                Some(t) => t,
-                None => {
-                    self.create_topic(&dlq_name, 1, TopicType::Mixed).await?;
-                    self.cached_topic(&dlq_name).ok_or_else(|| BrokerError::TopicNotFound(dlq_name.clone()))?
-                }
-            };
-            let mut properties = m.properties.clone();
-            properties.push(keys::DLQ_ORIGIN_TOPIC, topic);
-            properties.push(keys::DLQ_ORIGIN_MESSAGE_ID, m.properties.get(keys::UNIQ_KEY).unwrap_or_default());
-            let append = AppendMessage {
-                topic: Arc::from(dlq_name.as_str()),
-                queue_id: 0,
-                born_timestamp_ms: m.born_timestamp_ms,
-                flags: m.flags,
-                tag_hash: m.tag_hash,
-                properties,
-                body: m.body.clone(),
-            };
-            self.inner.log.append(vec![append]).await?;
-            dlq.arrivals.notify_waiters();
-            Ok::<_, BrokerError>(())
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                let state = self.queue_state(&group.name, topic, queue_id);
-                lock(&state).complete(m.queue_offset);
-                tracing::info!(
-                    group = group.name,
-                    topic,
-                    queue_id,
-                    offset = m.queue_offset,
-                    "moved message to {dlq_name}"
-                );
+    async fn dead_letter(&self, group: &str, topic: &str, queue_id: u32, m: StoredMessage) -> BrokerResult<()> {
+        let dlq_name = format!("%DLQ%{group}");
+        let dlq = match self.cached_topic(&dlq_name) {
+            Some(t) => t,
+            None => {
+                self.create_topic(&dlq_name, 1, TopicType::Mixed).await?;
+                self.cached_topic(&dlq_name).ok_or_else(|| BrokerError::TopicNotFound(dlq_name.clone()))?
             }
-            Err(e) => {
-                tracing::warn!(group = group.name, topic, queue_id, offset = m.queue_offset, error = %e, "dead-letter move failed; will retry")
-            }
+        };
+        let mut properties = m.properties.clone();
+        properties.push(keys::DLQ_ORIGIN_TOPIC, topic);
+        properties.push(keys::DLQ_ORIGIN_MESSAGE_ID, m.properties.get(keys::UNIQ_KEY).unwrap_or_default());
+        let append = AppendMessage {
+            topic: Arc::from(dlq_name.as_str()),
+            queue_id: 0,
+            born_timestamp_ms: m.born_timestamp_ms,
+            flags: m.flags,
+            tag_hash: m.tag_hash,
+            properties,
+            body: m.body.clone(),
+        };
+        self.inner.log.append(vec![append]).await?;
+        dlq.arrivals.notify_waiters();
+        lock(&self.queue_state(group, topic, queue_id)).complete(m.queue_offset);
+        let record = AckRecord { group: group.to_string(), topic: topic.to_string(), queue_id, offset: m.queue_offset };
+        self.inner.log.append(vec![record.to_append(now_ms())]).await?;
+        tracing::info!(group, topic, queue_id, offset = m.queue_offset, "moved message to {dlq_name}");
+        Ok(())
+    }
+
+    /// ForwardMessageToDeadLetterQueue: the client gives up on a delivery it holds.
+    pub async fn forward_to_dead_letter(
+        &self,
+        client_id: &str,
+        group: &str,
+        topic: &str,
+        handle: &str,
+    ) -> BrokerResult<()> {
+        validate::validate_group(group)?;
+        let topic = self.client_topic(topic, false).await?;
+        self.touch_client(client_id);
+        let r = self.decode_receipt(group, &topic, handle)?;
+        let name = topic.record.name.as_str();
+        let state = self.queue_state(group, name, r.queue_id);
+        let checked = lock(&state).verify(&r, now_ms());
+        match checked {
+            Ok(()) => {}
+            // Already handled (e.g. a retry of this call after a lost response).
+            Err(HandleProblem::AlreadyAcked) => return Ok(()),
+            Err(p) => return Err(Self::handle_problem(p, &r)),
         }
+        let m = self
+            .inner
+            .log
+            .read(name, r.queue_id, r.offset, 1, usize::MAX)?
+            .into_iter()
+            .find(|m| m.queue_offset == r.offset)
+            .ok_or_else(|| {
+                BrokerError::InvalidReceiptHandle("the message no longer exists (retention deleted it)".into())
+            })?;
+        self.dead_letter(group, name, r.queue_id, m).await
     }
 
     fn decode_receipt(&self, group: &str, topic: &TopicEntry, handle: &str) -> BrokerResult<Receipt> {
@@ -366,7 +388,17 @@ impl Broker {
         let r = self.decode_receipt(group, &topic, handle)?;
         let state = self.queue_state(group, &topic.record.name, r.queue_id);
         let result = lock(&state).ack(&r, now_ms());
-        result.map_err(|p| Self::handle_problem(p, &r))
+        result.map_err(|p| Self::handle_problem(p, &r))?;
+        // Durable before the client hears OK (also for repeated acks, so a client that retries
+        // an ack whose journal write failed gets it journaled).
+        let record = AckRecord {
+            group: group.to_string(),
+            topic: topic.record.name.clone(),
+            queue_id: r.queue_id,
+            offset: r.offset,
+        };
+        self.inner.log.append(vec![record.to_append(now_ms())]).await?;
+        Ok(())
     }
 
     /// Makes a delivery visible again after `delay` (a nack with backoff, or an extension),
@@ -409,14 +441,39 @@ impl Broker {
         }
     }
 
+    /// Loads the last progress snapshot, then replays the acks journaled after it.
     pub(super) async fn restore_progress(&self) -> BrokerResult<()> {
-        let records = self.inner.meta.load_progress().await?;
-        let mut states = lock(&self.inner.states);
-        for p in records {
-            let state = QueueState::restore(p.ack_floor, &p.acked_above);
-            states.insert(
-                (Arc::from(p.group.as_str()), Arc::from(p.topic.as_str()), p.queue_id),
-                Arc::new(Mutex::new(state)),
+        let (records, journal_offset) = self.inner.meta.load_progress().await?;
+        {
+            let mut states = lock(&self.inner.states);
+            for p in records {
+                let state = QueueState::restore(p.ack_floor, &p.acked_above);
+                states.insert(
+                    (Arc::from(p.group.as_str()), Arc::from(p.topic.as_str()), p.queue_id),
+                    Arc::new(Mutex::new(state)),
+                );
+            }
+        }
+        let range = self.inner.log.queue_range(JOURNAL_TOPIC, 0);
+        let mut next = journal_offset.max(range.start);
+        let mut replayed = 0u64;
+        while next < range.end {
+            let batch = self.inner.log.read(JOURNAL_TOPIC, 0, next, 1024, 4 * 1024 * 1024)?;
+            let Some(last) = batch.last().map(|m| m.queue_offset) else { break };
+            for m in &batch {
+                if let Some(a) = AckRecord::decode(m) {
+                    lock(&self.queue_state(&a.group, &a.topic, a.queue_id)).complete(a.offset);
+                    replayed += 1;
+                }
+            }
+            next = last + 1;
+        }
+        self.inner.journal_saved.store(journal_offset, std::sync::atomic::Ordering::Relaxed);
+        if replayed > 0 {
+            tracing::info!(
+                replayed,
+                from = journal_offset,
+                "replayed journaled acks newer than the last progress snapshot"
             );
         }
         Ok(())
@@ -424,6 +481,9 @@ impl Broker {
 
     /// Writes the progress of every changed queue state in one batch.
     pub async fn flush_progress(&self) -> BrokerResult<()> {
+        // Read before the snapshot: every ack journaled below this offset was applied in memory
+        // before its journal write finished, so the snapshot includes it.
+        let journal_end = self.inner.log.queue_range(JOURNAL_TOPIC, 0).end;
         let states: Vec<_> = lock(&self.inner.states).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut batch = Vec::new();
         for ((group, topic, queue_id), state) in &states {
@@ -439,7 +499,11 @@ impl Broker {
                 });
             }
         }
-        if let Err(e) = self.inner.meta.save_progress(&batch).await {
+        let saved = self.inner.journal_saved.load(std::sync::atomic::Ordering::Relaxed);
+        if batch.is_empty() && journal_end <= saved {
+            return Ok(());
+        }
+        if let Err(e) = self.inner.meta.save_progress(&batch, journal_end).await {
             // Mark them dirty again so the next flush retries.
             for ((group, topic, queue_id), state) in &states {
                 if batch.iter().any(|p| p.group == **group && p.topic == **topic && p.queue_id == *queue_id) {
@@ -448,6 +512,7 @@ impl Broker {
             }
             return Err(e.into());
         }
+        self.inner.journal_saved.fetch_max(journal_end, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

@@ -403,9 +403,20 @@ impl MessagingService for MessagingServiceImpl {
 
     async fn forward_message_to_dead_letter_queue(
         &self,
-        _request: Request<proto::ForwardMessageToDeadLetterQueueRequest>,
+        request: Request<proto::ForwardMessageToDeadLetterQueueRequest>,
     ) -> Result<Response<proto::ForwardMessageToDeadLetterQueueResponse>, GrpcStatus> {
-        Err(unimplemented("ForwardMessageToDeadLetterQueue"))
+        let ctx = Context::of(&request);
+        let req = request.into_inner();
+        if let Err(s) = ctx.require_client_id() {
+            return Ok(Response::new(proto::ForwardMessageToDeadLetterQueueResponse { status: Some(s) }));
+        }
+        let topic = resource_name(req.topic.as_ref(), &ctx.namespace);
+        let group = resource_name(req.group.as_ref(), &ctx.namespace);
+        let s = match self.broker.forward_to_dead_letter(&ctx.client_id, &group, &topic, &req.receipt_handle).await {
+            Ok(()) => ok(),
+            Err(e) => from_error(&e),
+        };
+        Ok(Response::new(proto::ForwardMessageToDeadLetterQueueResponse { status: Some(s) }))
     }
 
     type PullMessageStream = BoxStream<proto::PullMessageResponse>;

@@ -78,10 +78,10 @@ pub(super) fn serve(
                 msg = inbound.message() => match msg {
                     Ok(Some(cmd)) => {
                         broker.touch_client(&ctx.client_id);
-                        if let Some(reply) = handle(&broker, &ctx, cmd, &tx).await {
-                            if tx.send(Ok(reply)).await.is_err() {
-                                break;
-                            }
+                        if let Some(reply) = handle(&broker, &ctx, cmd, &tx).await
+                            && tx.send(Ok(reply)).await.is_err()
+                        {
+                            break;
                         }
                     }
                     Ok(None) => break,

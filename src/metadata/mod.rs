@@ -97,10 +97,10 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn group(&self, name: &str) -> MetadataResult<Option<GroupRecord>>;
     async fn list_groups(&self) -> MetadataResult<Vec<GroupRecord>>;
 
-    /// All stored progress (read once at start).
-    async fn load_progress(&self) -> MetadataResult<Vec<ProgressRecord>>;
-    /// Upserts a batch of progress records atomically.
-    async fn save_progress(&self, batch: &[ProgressRecord]) -> MetadataResult<()>;
+    /// All stored progress (read once at start), and the consumer-journal offset it covers.
+    async fn load_progress(&self) -> MetadataResult<(Vec<ProgressRecord>, u64)>;
+    /// Upserts a batch of progress records and the journal offset they cover, atomically.
+    async fn save_progress(&self, batch: &[ProgressRecord], journal_offset: u64) -> MetadataResult<()>;
 
     /// Returns the secret stored under `name`, storing `candidate` first if there is none.
     async fn secret(&self, name: &str, candidate: &[u8]) -> MetadataResult<Vec<u8>>;

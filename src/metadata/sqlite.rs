@@ -150,12 +150,18 @@ impl MetadataStore for SqliteMetadataStore {
         rows.iter().map(group_from_row).collect()
     }
 
-    async fn load_progress(&self) -> MetadataResult<Vec<ProgressRecord>> {
+    async fn load_progress(&self) -> MetadataResult<(Vec<ProgressRecord>, u64)> {
+        let journal_offset: Option<i64> =
+            sqlx::query_scalar("SELECT journal_offset FROM journal_checkpoint WHERE id = 0")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(query_err)?;
         let rows = sqlx::query("SELECT group_name, topic, queue_id, ack_floor, acked_above FROM consumer_progress")
             .fetch_all(&self.pool)
             .await
             .map_err(query_err)?;
-        rows.iter()
+        let records = rows
+            .iter()
             .map(|row| {
                 Ok(ProgressRecord {
                     group: row.try_get("group_name").map_err(query_err)?,
@@ -165,13 +171,11 @@ impl MetadataStore for SqliteMetadataStore {
                     acked_above: row.try_get("acked_above").map_err(query_err)?,
                 })
             })
-            .collect()
+            .collect::<MetadataResult<Vec<_>>>()?;
+        Ok((records, journal_offset.unwrap_or(0).max(0) as u64))
     }
 
-    async fn save_progress(&self, batch: &[ProgressRecord]) -> MetadataResult<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
+    async fn save_progress(&self, batch: &[ProgressRecord], journal_offset: u64) -> MetadataResult<()> {
         let mut tx = self.pool.begin().await.map_err(query_err)?;
         let now = now_ms();
         for p in batch {
@@ -189,6 +193,14 @@ impl MetadataStore for SqliteMetadataStore {
             .await
             .map_err(query_err)?;
         }
+        sqlx::query(
+            "INSERT INTO journal_checkpoint (id, journal_offset) VALUES (0, ?) \
+             ON CONFLICT (id) DO UPDATE SET journal_offset = MAX(journal_offset, excluded.journal_offset)",
+        )
+        .bind(journal_offset as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err)?;
         tx.commit().await.map_err(query_err)
     }
 
@@ -239,10 +251,14 @@ mod tests {
             ack_floor: 10,
             acked_above: vec![1, 2],
         };
-        store.save_progress(std::slice::from_ref(&p)).await.unwrap();
+        assert_eq!(store.load_progress().await.unwrap(), (vec![], 0));
+        store.save_progress(std::slice::from_ref(&p), 7).await.unwrap();
         let p2 = ProgressRecord { ack_floor: 12, acked_above: vec![], ..p.clone() };
-        store.save_progress(std::slice::from_ref(&p2)).await.unwrap();
-        assert_eq!(store.load_progress().await.unwrap(), vec![p2]);
+        store.save_progress(std::slice::from_ref(&p2), 9).await.unwrap();
+        assert_eq!(store.load_progress().await.unwrap(), (vec![p2.clone()], 9));
+        // The journal checkpoint never moves backwards.
+        store.save_progress(&[], 3).await.unwrap();
+        assert_eq!(store.load_progress().await.unwrap(), (vec![p2], 9));
 
         let s1 = store.secret("receipt", b"abc").await.unwrap();
         let s2 = store.secret("receipt", b"xyz").await.unwrap();

@@ -13,6 +13,8 @@
 //!
 //! This module must not import protocol (tonic/prost), HTTP or SQL crates.
 
+pub mod bench;
+pub mod local;
 pub mod memory;
 pub mod record;
 
@@ -21,6 +23,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use local::{CommitLog, StorageConfig, StorageStats};
 pub use record::Properties;
 
 /// When an append is acknowledged.

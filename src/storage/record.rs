@@ -22,7 +22,7 @@ pub mod keys {
 }
 
 /// Error decoding a property block.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("malformed property block: {0}")]
 pub struct PropertiesError(&'static str);
 

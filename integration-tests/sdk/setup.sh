@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Installs the official RocketMQ SDKs used by the end-to-end tests into sdk/.work/ (git-ignored):
+#   .work/py-venv      Python venv with rocketmq-python-client 5.1.2 (pinned by python/requirements.lock)
+#   .work/node         node_modules with rocketmq-client-nodejs 1.0.8 (pinned by node/package-lock.json)
+#   .work/rust-target  build of the Rust driver (crate rocketmq 5.0.0, pinned by rust/Cargo.lock)
+# Idempotent: a step is skipped when its lock file has not changed since the last successful run.
+# Needs only cargo, python3 (>= 3.9, with venv) and node/npm (>= 18). No sudo, nothing global.
+# Env: SDK_BUILD_JOBS (cargo -j, default 2), SDK_ONLY="python node rust" (subset to install).
+set -euo pipefail
+
+SDK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+WORK="$SDK_DIR/.work"
+ONLY="${SDK_ONLY:-python node rust}"
+mkdir -p "$WORK"
+
+log() { printf '[sdk-setup] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+need() { command -v "$1" >/dev/null 2>&1 || die "$1 not found on PATH ($2)"; }
+wants() { [[ " $ONLY " == *" $1 "* ]]; }
+# up_to_date NAME FILE...: true if the stamp for NAME matches the checksum of the FILEs.
+checksum() { cat "$@" | sha256sum | cut -d' ' -f1; }
+up_to_date() { local name=$1; shift; [[ -f "$WORK/$name.stamp" && "$(cat "$WORK/$name.stamp")" == "$(checksum "$@")" ]]; }
+stamp() { local name=$1; shift; checksum "$@" > "$WORK/$name.stamp"; }
+timed() { local t0=$SECONDS; "$@"; log "${1%_step}: took $((SECONDS - t0))s"; }
+
+python_step() {
+  local lock="$SDK_DIR/python/requirements.lock"
+  if up_to_date python "$lock" && [[ -x "$WORK/py-venv/bin/python" ]]; then
+    log "python: up to date"; return
+  fi
+  need python3 "Python >= 3.9 with the venv module"
+  python3 -c 'import sys; assert sys.version_info >= (3, 9), sys.version' || die "python3 >= 3.9 required"
+  log "python: creating venv and installing rocketmq-python-client (pinned)"
+  rm -rf "$WORK/py-venv"
+  python3 -m venv "$WORK/py-venv"
+  "$WORK/py-venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$lock"
+  "$WORK/py-venv/bin/python" -c 'import importlib.metadata as m; assert m.version("rocketmq-python-client") == "5.1.2"'
+  stamp python "$lock"
+}
+
+node_step() {
+  local dir="$SDK_DIR/node"
+  if up_to_date node "$dir/package.json" "$dir/package-lock.json" && [[ -d "$WORK/node/node_modules/rocketmq-client-nodejs" ]]; then
+    log "node: up to date"; return
+  fi
+  need node "Node.js >= 18"; need npm "npm (comes with Node.js)"
+  node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)' || die "node >= 18 required"
+  log "node: npm ci rocketmq-client-nodejs (pinned)"
+  mkdir -p "$WORK/node"
+  cp "$dir/package.json" "$dir/package-lock.json" "$WORK/node/"
+  (cd "$WORK/node" && npm ci --no-audit --no-fund --loglevel=error >&2)
+  stamp node "$dir/package.json" "$dir/package-lock.json"
+}
+
+rust_step() {
+  need cargo "the Rust toolchain"
+  log "rust: cargo build of the Rust SDK driver (first build takes a few minutes)"
+  CARGO_TARGET_DIR="$WORK/rust-target" cargo build --locked --quiet \
+    -j "${SDK_BUILD_JOBS:-2}" --manifest-path "$SDK_DIR/rust/Cargo.toml"
+  [[ -x "$WORK/rust-target/debug/rmq-sdk-rust" ]] || die "rust driver binary missing after build"
+}
+
+wants python && timed python_step
+wants node && timed node_step
+wants rust && timed rust_step
+log "done: SDKs installed under $WORK"

@@ -1,0 +1,222 @@
+//! The official-SDK driver programs under `integration-tests/sdk/` (installed into
+//! `sdk/.work/` by `sdk/setup.sh`): run one as a child process with a hard timeout and
+//! parse the single `RESULT {json}` line it prints.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use crate::gateway_process::{tail_file, wait_with_timeout};
+
+/// One of the three official SDKs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sdk {
+    /// crate `rocketmq` 5.0.0 (no PushConsumer, no ChangeInvisibleDuration)
+    Rust,
+    /// PyPI `rocketmq-python-client` 5.1.2
+    Python,
+    /// npm `rocketmq-client-nodejs` 1.0.8
+    Node,
+}
+
+/// What the driver does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Produce,
+    SimpleConsume,
+    PushConsume,
+}
+
+impl Mode {
+    fn arg(self) -> &'static str {
+        match self {
+            Mode::Produce => "produce",
+            Mode::SimpleConsume => "simple-consume",
+            Mode::PushConsume => "push-consume",
+        }
+    }
+}
+
+/// `integration-tests/sdk`.
+pub fn sdk_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk")
+}
+
+fn work_dir() -> PathBuf {
+    sdk_dir().join(".work")
+}
+
+impl Sdk {
+    pub fn name(self) -> &'static str {
+        match self {
+            Sdk::Rust => "rust",
+            Sdk::Python => "python",
+            Sdk::Node => "node",
+        }
+    }
+
+    /// `None` if the SDK is installed, else why not.
+    pub fn missing(self) -> Option<String> {
+        let needed = match self {
+            Sdk::Rust => work_dir().join("rust-target/debug/rmq-sdk-rust"),
+            Sdk::Python => work_dir().join("py-venv/bin/python"),
+            Sdk::Node => work_dir().join("node/node_modules/rocketmq-client-nodejs/package.json"),
+        };
+        (!needed.exists()).then(|| {
+            format!(
+                "{} SDK not installed ({} missing); run integration-tests/sdk/setup.sh",
+                self.name(),
+                needed.display()
+            )
+        })
+    }
+
+    fn command(self, mode: Mode) -> Command {
+        let mut cmd = match self {
+            Sdk::Rust => Command::new(work_dir().join("rust-target/debug/rmq-sdk-rust")),
+            Sdk::Python => {
+                let mut c = Command::new(work_dir().join("py-venv/bin/python"));
+                c.arg(sdk_dir().join("python/e2e.py"));
+                c
+            }
+            Sdk::Node => {
+                let mut c = Command::new("node");
+                c.arg(sdk_dir().join("node/e2e.js"));
+                c
+            }
+        };
+        cmd.arg(mode.arg());
+        cmd
+    }
+}
+
+/// One driver invocation.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub sdk: Sdk,
+    pub mode: Mode,
+    pub endpoint: String,
+    pub topic: String,
+    pub group: String,
+    pub count: usize,
+    /// bodies are `<prefix>-0` .. `<prefix>-<count-1>`
+    pub prefix: String,
+    pub tag: String,
+    /// the driver's own budget for its main loop (`--timeout-secs`)
+    pub timeout: Duration,
+    /// hard limit for the whole process (startup and shutdown included); killed after it
+    pub kill_after: Duration,
+}
+
+/// The driver's `RESULT` line (fields a mode does not produce stay at their defaults).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(default)]
+pub struct Report {
+    pub sdk: String,
+    pub mode: String,
+    pub ok: bool,
+    pub count: usize,
+    pub sent: usize,
+    pub failed: usize,
+    pub received: usize,
+    pub acked: Option<usize>,
+    pub ack_failed: usize,
+    pub ids: Vec<String>,
+    pub duplicates: Vec<String>,
+    pub unexpected: Vec<String>,
+    pub missing: Vec<usize>,
+    pub corrupted: usize,
+    pub changed_invisible: Option<usize>,
+    pub receive_calls: usize,
+    pub receive_errors: usize,
+    pub max_delivery_attempt: i64,
+    pub errors: Vec<String>,
+    pub shutdown_error: Option<String>,
+    pub elapsed_ms: u64,
+}
+
+/// What happened to one driver run.
+#[derive(Debug)]
+pub struct Outcome {
+    pub run: Run,
+    /// `None` if the driver printed no parsable `RESULT` line.
+    pub report: Option<Report>,
+    pub result_line: Option<String>,
+    pub status: Option<ExitStatus>,
+    pub timed_out: bool,
+    stderr_path: PathBuf,
+    home: PathBuf,
+}
+
+impl Outcome {
+    /// The report, if the driver printed one.
+    pub fn report(&self) -> Option<&Report> {
+        self.report.as_ref()
+    }
+
+    /// Everything useful for a failure message: exit, result, stderr tail, SDK log tail.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        let run = &self.run;
+        let _ = writeln!(
+            s,
+            "--- {} {} (topic {}, group {}, n={}) exit={:?} timed_out={}",
+            run.sdk.name(),
+            run.mode.arg(),
+            run.topic,
+            run.group,
+            run.count,
+            self.status,
+            self.timed_out
+        );
+        let _ = writeln!(s, "RESULT: {}", self.result_line.as_deref().unwrap_or("<none>"));
+        let _ = writeln!(s, "stderr (tail):\n{}", tail_file(&self.stderr_path, 40));
+        let py_log = self.home.join("logs/rocketmq_python/rocketmq_client.log");
+        if py_log.exists() {
+            let text = tail_file(&py_log, 2000);
+            let notable: Vec<&str> = text.lines().filter(|l| l.contains("[ERROR]") || l.contains("[WARN")).collect();
+            let first = notable.len().saturating_sub(30);
+            let _ = writeln!(s, "python SDK log, errors/warnings (last 30 of {}):", notable.len());
+            let _ = writeln!(s, "{}", notable[first..].join("\n"));
+            let _ = writeln!(s, "python SDK log (tail):\n{}", tail_file(&py_log, 10));
+        }
+        s
+    }
+}
+
+/// Runs the driver to completion (or kills it after `kill_after`). Its stdout,
+/// stderr and HOME (SDK log files) are kept under `dir`.
+pub fn run(run: &Run, dir: &Path) -> Result<Outcome> {
+    let tag = format!("{}-{}-{}", run.sdk.name(), run.mode.arg(), run.prefix);
+    let stdout_path = dir.join(format!("{tag}.stdout"));
+    let stderr_path = dir.join(format!("{tag}.stderr"));
+    let home = dir.join(format!("home-{tag}"));
+    std::fs::create_dir_all(&home)?;
+    let mut cmd = run.sdk.command(run.mode);
+    cmd.args(["--endpoint", &run.endpoint, "--topic", &run.topic, "--group", &run.group])
+        .args(["--count", &run.count.to_string(), "--prefix", &run.prefix, "--tag", &run.tag])
+        .args(["--timeout-secs", &run.timeout.as_secs().to_string()])
+        .env("RUST_BACKTRACE", "0")
+        .env("PYTHONUNBUFFERED", "1")
+        .env("RMQ_E2E_HOME", &home)
+        .env("RMQ_E2E_NODE_DIR", work_dir().join("node"))
+        .stdin(Stdio::null())
+        .stdout(File::create(&stdout_path)?)
+        .stderr(File::create(&stderr_path)?);
+    let mut child = cmd.spawn().with_context(|| format!("spawning {tag}: {cmd:?}"))?;
+    let status = wait_with_timeout(&mut child, run.kill_after)?;
+    let timed_out = status.is_none();
+    if timed_out {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
+    let result_line = stdout.lines().rev().find_map(|l| l.strip_prefix("RESULT ")).map(str::to_string);
+    let report = result_line.as_deref().and_then(|l| serde_json::from_str(l).ok());
+    Ok(Outcome { run: run.clone(), report, result_line, status, timed_out, stderr_path, home })
+}

@@ -1,0 +1,608 @@
+//! The storage benchmark (`rmq-gateway bench storage`): append throughput and latency of
+//! [`CommitLog`] under many concurrent appenders, compared with the disk's own ceiling, and
+//! the effect of a large backlog. Prints a table and writes JSON + Markdown to the results
+//! directory. Never used by `serve`; timings are reported, not asserted.
+//!
+//! Cases:
+//! - **Throughput**: for each body size × flush mode, `concurrency` tokio tasks append one
+//!   message per call (as gRPC sends do) to `queues` queues for `duration` (after a warm-up).
+//! - **Ceiling**: for each `Sync` case, a plain loop of sequential `pwrite` + `fdatasync` in
+//!   the same directory on a pre-sized file (as the log's segments are), writing per fsync as
+//!   many bytes as the group commit wrote per fsync. The log's disk bytes/s over the
+//!   ceiling's is the reported ratio.
+//! - **Backlog**: `Sync` 100-byte appends on an empty log, then after filling it with
+//!   `backlog_messages` 100-byte messages; reports the slowdown and the process RSS.
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::record::keys;
+use super::{AppendMessage, CommitLog, FlushMode, MessageLog, Properties, StorageConfig};
+
+/// Arguments of `rmq-gateway bench storage`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StorageBenchArgs {
+    /// Directory for benchmark data; each case uses a fresh sub-directory.
+    #[arg(long, default_value = "./data/bench-storage")]
+    pub data_dir: PathBuf,
+    /// Directory for the JSON and Markdown results.
+    #[arg(long, default_value = "bench-results")]
+    pub results_dir: PathBuf,
+    /// Measured time per throughput case (after a warm-up of a tenth of it).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Concurrent appender tasks.
+    #[arg(long, default_value_t = 128)]
+    pub concurrency: usize,
+    /// Queues the appenders spread over.
+    #[arg(long, default_value_t = 8)]
+    pub queues: u32,
+    /// Message body sizes in bytes, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "100,1024,16384")]
+    pub sizes: Vec<usize>,
+    /// Flush modes to measure, comma separated (`sync`, `async`).
+    #[arg(long, value_delimiter = ',', default_value = "sync,async")]
+    pub modes: Vec<String>,
+    /// fsync interval of the `async` mode.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub async_flush_interval: Duration,
+    /// Messages in the backlog case (0 skips it).
+    #[arg(long, default_value_t = 10_000_000)]
+    pub backlog_messages: u64,
+    /// Short run (well under a minute): 1 s per case and a 200 000-message backlog.
+    #[arg(long)]
+    pub quick: bool,
+    /// Keep the data directories instead of deleting them.
+    #[arg(long)]
+    pub keep_data: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    pub mode: String,
+    pub body_bytes: usize,
+    pub concurrency: usize,
+    pub seconds: f64,
+    pub messages: u64,
+    pub msgs_per_sec: f64,
+    /// Body bytes per second.
+    pub payload_mb_per_sec: f64,
+    /// Log bytes per second (records with framing, properties, topic).
+    pub disk_mb_per_sec: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_p999_ms: f64,
+    pub fsyncs_per_sec: f64,
+    /// Log bytes per fsync: the group-commit batch size achieved.
+    pub bytes_per_fsync: f64,
+    pub messages_per_fsync: f64,
+    /// Plain write + fdatasync loop with `bytes_per_fsync` chunks (Sync cases only).
+    pub ceiling_mb_per_sec: Option<f64>,
+    pub ceiling_fsyncs_per_sec: Option<f64>,
+    /// `disk_mb_per_sec / ceiling_mb_per_sec`.
+    pub ratio_to_ceiling: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Rss {
+    pub vm_rss_kib: u64,
+    pub rss_anon_kib: u64,
+    pub rss_file_kib: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BacklogResult {
+    pub backlog_messages: u64,
+    pub fill_seconds: f64,
+    pub fill_msgs_per_sec: f64,
+    pub log_bytes: u64,
+    pub empty: CaseResult,
+    pub with_backlog: CaseResult,
+    /// `1 - with_backlog / empty` in msgs/s (negative: faster).
+    pub slowdown: f64,
+    pub rss_empty: Option<Rss>,
+    pub rss_after_fill: Option<Rss>,
+    pub rss_after_backlog_run: Option<Rss>,
+    pub key_index_runs: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory_kib: u64,
+    pub kernel: String,
+    pub filesystem: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub started_at_unix: u64,
+    pub machine: Machine,
+    pub data_dir: String,
+    pub duration_secs: f64,
+    pub concurrency: usize,
+    pub queues: u32,
+    pub cases: Vec<CaseResult>,
+    pub backlog: Option<BacklogResult>,
+}
+
+/// Runs the benchmark and writes `storage-<unix time>.{json,md}` (and `storage-latest.*`).
+pub async fn run(mut args: StorageBenchArgs) -> anyhow::Result<()> {
+    if args.quick {
+        args.duration = Duration::from_secs(1);
+        args.backlog_messages = args.backlog_messages.min(200_000);
+    }
+    anyhow::ensure!(args.concurrency > 0 && args.queues > 0, "concurrency and queues must be positive");
+    fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    fs::create_dir_all(&args.results_dir).with_context(|| format!("creating {}", args.results_dir.display()))?;
+    let started_at_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let machine = machine(&args.data_dir);
+    println!(
+        "storage bench: {} cores ({}), {} MiB RAM, {} on {}; {} appenders over {} queues, {:?} per case",
+        machine.cores,
+        machine.cpu,
+        machine.memory_kib / 1024,
+        machine.filesystem,
+        args.data_dir.display(),
+        args.concurrency,
+        args.queues,
+        args.duration
+    );
+    let mut cases = Vec::new();
+    for mode in &args.modes {
+        let flush = match mode.as_str() {
+            "sync" => FlushMode::Sync,
+            "async" => FlushMode::Async { interval: args.async_flush_interval },
+            other => anyhow::bail!("unknown mode `{other}` (expected sync or async)"),
+        };
+        for &size in &args.sizes {
+            let dir = case_dir(&args, &format!("{mode}-{size}"))?;
+            let log = open(&dir, flush).await?;
+            let mut case = append_case(&log, &args, mode, size, args.duration).await?;
+            log.close().await?;
+            drop(log);
+            if flush == FlushMode::Sync && case.bytes_per_fsync > 0.0 {
+                let chunk = case.bytes_per_fsync.round() as usize;
+                let ceiling_dir = dir.clone();
+                let duration = args.duration;
+                let (mbps, fps) = tokio::task::spawn_blocking(move || raw_write_fsync(&ceiling_dir, chunk, duration))
+                    .await?
+                    .context("raw write+fsync ceiling")?;
+                case.ceiling_mb_per_sec = Some(mbps);
+                case.ceiling_fsyncs_per_sec = Some(fps);
+                case.ratio_to_ceiling = Some(case.disk_mb_per_sec / mbps);
+            }
+            print_case(&case);
+            cases.push(case);
+            remove_case_dir(&args, &dir);
+        }
+    }
+    let backlog = if args.backlog_messages > 0 { Some(backlog_case(&args).await?) } else { None };
+    let report = BenchReport {
+        started_at_unix,
+        machine,
+        data_dir: args.data_dir.display().to_string(),
+        duration_secs: args.duration.as_secs_f64(),
+        concurrency: args.concurrency,
+        queues: args.queues,
+        cases,
+        backlog,
+    };
+    let markdown = markdown(&report);
+    println!("\n{markdown}");
+    let json = serde_json::to_string_pretty(&report)?;
+    for name in [format!("storage-{started_at_unix}"), "storage-latest".to_string()] {
+        let base = args.results_dir.join(name);
+        fs::write(base.with_extension("json"), &json)?;
+        fs::write(base.with_extension("md"), &markdown)?;
+    }
+    println!(
+        "results written to {}",
+        args.results_dir.join(format!("storage-{started_at_unix}.{{json,md}}")).display()
+    );
+    Ok(())
+}
+
+fn case_dir(args: &StorageBenchArgs, name: &str) -> anyhow::Result<PathBuf> {
+    let dir = args.data_dir.join(name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    Ok(dir)
+}
+
+fn remove_case_dir(args: &StorageBenchArgs, dir: &Path) {
+    if !args.keep_data
+        && let Err(e) = fs::remove_dir_all(dir)
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not remove benchmark data");
+    }
+}
+
+async fn open(dir: &Path, flush: FlushMode) -> anyhow::Result<Arc<CommitLog>> {
+    let config = StorageConfig { flush, ..StorageConfig::new(dir) };
+    Ok(tokio::task::spawn_blocking(move || CommitLog::open(config)).await??)
+}
+
+fn bench_message(queue_id: u32, task: usize, seq: u64, body: &Bytes) -> AppendMessage {
+    let mut properties = Properties::with_capacity(1);
+    // Unique like a producer's message id, so the key index does its real work.
+    properties.push(keys::UNIQ_KEY, format!("AC110001{task:08X}{seq:016X}"));
+    AppendMessage {
+        topic: Arc::from("BenchTopic"),
+        queue_id,
+        born_timestamp_ms: 0,
+        flags: 0,
+        tag_hash: 0,
+        properties,
+        body: body.clone(),
+    }
+}
+
+/// `concurrency` tasks append single messages until the deadline; counts what completes
+/// inside the measured window.
+async fn append_case(
+    log: &Arc<CommitLog>,
+    args: &StorageBenchArgs,
+    mode: &str,
+    size: usize,
+    duration: Duration,
+) -> anyhow::Result<CaseResult> {
+    let warmup = (duration / 10).min(Duration::from_secs(1));
+    let start = Instant::now();
+    let window_start = start + warmup;
+    let deadline = window_start + duration;
+    let body = Bytes::from(vec![b'x'; size]);
+    let mut tasks = Vec::with_capacity(args.concurrency);
+    for task in 0..args.concurrency {
+        let log = log.clone();
+        let body = body.clone();
+        let queue_id = task as u32 % args.queues;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies_us: Vec<u32> = Vec::new();
+            let mut seq = 0u64;
+            loop {
+                let t0 = Instant::now();
+                if t0 >= deadline {
+                    break;
+                }
+                log.append(vec![bench_message(queue_id, task, seq, &body)]).await?;
+                let t1 = Instant::now();
+                if t0 >= window_start && t1 <= deadline {
+                    latencies_us.push((t1 - t0).as_micros().min(u32::MAX as u128) as u32);
+                }
+                seq += 1;
+            }
+            anyhow::Ok(latencies_us)
+        }));
+    }
+    tokio::time::sleep_until(window_start.into()).await;
+    let before = log.stats();
+    tokio::time::sleep_until(deadline.into()).await;
+    let after = log.stats();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    latencies.sort_unstable();
+    let seconds = duration.as_secs_f64();
+    let messages = latencies.len() as u64;
+    let disk_bytes = (after.bytes_written - before.bytes_written) as f64;
+    let fsyncs = (after.fsyncs - before.fsyncs) as f64;
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        f64::from(latencies[i]) / 1000.0
+    };
+    Ok(CaseResult {
+        mode: mode.to_string(),
+        body_bytes: size,
+        concurrency: args.concurrency,
+        seconds,
+        messages,
+        msgs_per_sec: messages as f64 / seconds,
+        payload_mb_per_sec: (messages as f64 * size as f64) / seconds / 1e6,
+        disk_mb_per_sec: disk_bytes / seconds / 1e6,
+        latency_p50_ms: pct(0.50),
+        latency_p99_ms: pct(0.99),
+        latency_p999_ms: pct(0.999),
+        fsyncs_per_sec: fsyncs / seconds,
+        bytes_per_fsync: if fsyncs > 0.0 { disk_bytes / fsyncs } else { 0.0 },
+        messages_per_fsync: if fsyncs > 0.0 { messages as f64 / fsyncs } else { 0.0 },
+        ceiling_mb_per_sec: None,
+        ceiling_fsyncs_per_sec: None,
+        ratio_to_ceiling: None,
+    })
+}
+
+/// The disk's ceiling for this batch size: sequential `pwrite` of `chunk` bytes followed by
+/// `fdatasync`, on pre-sized 1 GiB files like the log's segments. Returns (MB/s, fsyncs/s).
+fn raw_write_fsync(dir: &Path, chunk: usize, duration: Duration) -> std::io::Result<(f64, f64)> {
+    const FILE_SIZE: u64 = 1 << 30;
+    fs::create_dir_all(dir)?;
+    let buf = vec![0xA5u8; chunk.max(1)];
+    let mut file_no = 0;
+    let new_file = |n: u32| -> std::io::Result<fs::File> {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(dir.join(format!("raw-{n}.bin")))?;
+        f.set_len(FILE_SIZE)?;
+        Ok(f)
+    };
+    let mut file = new_file(file_no)?;
+    let mut pos = 0u64;
+    let (mut bytes, mut syncs) = (0u64, 0u64);
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        if pos + buf.len() as u64 > FILE_SIZE {
+            file_no += 1;
+            file = new_file(file_no)?;
+            pos = 0;
+        }
+        file.write_all_at(&buf, pos)?;
+        file.sync_data()?;
+        pos += buf.len() as u64;
+        bytes += buf.len() as u64;
+        syncs += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    for n in 0..=file_no {
+        let _ = fs::remove_file(dir.join(format!("raw-{n}.bin")));
+    }
+    Ok((bytes as f64 / secs / 1e6, syncs as f64 / secs))
+}
+
+async fn backlog_case(args: &StorageBenchArgs) -> anyhow::Result<BacklogResult> {
+    let dir = case_dir(args, "backlog")?;
+    let log = open(&dir, FlushMode::Sync).await?;
+    let rss_empty = rss();
+    let empty = append_case(&log, args, "sync", 100, args.duration).await?;
+    println!("backlog: empty log            {:>10.0} msgs/s", empty.msgs_per_sec);
+    // Fill with multi-message appends (a producer's batch send) to get there quickly.
+    let total = args.backlog_messages;
+    let fill_tasks = 16u64;
+    let per_call = 256u64;
+    let started = Instant::now();
+    let body = Bytes::from(vec![b'b'; 100]);
+    let mut tasks = Vec::new();
+    for task in 0..fill_tasks {
+        let log = log.clone();
+        let body = body.clone();
+        let queues = args.queues;
+        tasks.push(tokio::spawn(async move {
+            let mine = total / fill_tasks + u64::from(task < total % fill_tasks);
+            let mut seq = 0u64;
+            while seq < mine {
+                let n = per_call.min(mine - seq);
+                let batch = (0..n)
+                    .map(|i| {
+                        bench_message(((seq + i) % u64::from(queues)) as u32, 1000 + task as usize, seq + i, &body)
+                    })
+                    .collect();
+                log.append(batch).await?;
+                seq += n;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let fill_seconds = started.elapsed().as_secs_f64();
+    let log_bytes = log.stats().published_position;
+    let rss_after_fill = rss();
+    println!(
+        "backlog: filled {total} messages ({:.1} GB of log) in {fill_seconds:.1} s ({:.0} msgs/s)",
+        log_bytes as f64 / 1e9,
+        total as f64 / fill_seconds
+    );
+    let with_backlog = append_case(&log, args, "sync", 100, args.duration).await?;
+    let rss_after_backlog_run = rss();
+    println!("backlog: with backlog         {:>10.0} msgs/s", with_backlog.msgs_per_sec);
+    let key_index_runs = log.stats().key_index_runs;
+    log.close().await?;
+    drop(log);
+    remove_case_dir(args, &dir);
+    Ok(BacklogResult {
+        backlog_messages: total,
+        fill_seconds,
+        fill_msgs_per_sec: total as f64 / fill_seconds,
+        log_bytes,
+        slowdown: 1.0 - with_backlog.msgs_per_sec / empty.msgs_per_sec,
+        empty,
+        with_backlog,
+        rss_empty,
+        rss_after_fill,
+        rss_after_backlog_run,
+        key_index_runs,
+    })
+}
+
+fn print_case(c: &CaseResult) {
+    let ceiling = match (c.ceiling_mb_per_sec, c.ratio_to_ceiling) {
+        (Some(m), Some(r)) => format!("ceiling {m:7.1} MB/s  ratio {:5.1}%", r * 100.0),
+        _ => String::new(),
+    };
+    println!(
+        "{:>5} {:>6} B  {:>10.0} msgs/s {:>8.1} MB/s payload {:>8.1} MB/s disk  p50 {:>6.2} ms p99 {:>6.2} ms  {:>7.0} fsync/s {:>9.0} B/fsync  {ceiling}",
+        c.mode,
+        c.body_bytes,
+        c.msgs_per_sec,
+        c.payload_mb_per_sec,
+        c.disk_mb_per_sec,
+        c.latency_p50_ms,
+        c.latency_p99_ms,
+        c.fsyncs_per_sec,
+        c.bytes_per_fsync
+    );
+}
+
+fn opt(v: Option<f64>, scale: f64, digits: usize) -> String {
+    v.map_or_else(|| "–".to_string(), |v| format!("{:.*}", digits, v * scale))
+}
+
+fn markdown(r: &BenchReport) -> String {
+    let mut s = String::new();
+    s.push_str("# Storage benchmark\n\n");
+    s.push_str(&format!(
+        "Machine: {} × {}, {} MiB RAM, kernel {}, {} (`{}`). {} concurrent appenders over {} queues, one message per append, {:.1} s per case.\n\n",
+        r.machine.cores, r.machine.cpu, r.machine.memory_kib / 1024, r.machine.kernel, r.machine.filesystem, r.data_dir, r.concurrency, r.queues, r.duration_secs
+    ));
+    s.push_str("| mode | body | msgs/s | payload MB/s | disk MB/s | p50 ms | p99 ms | p99.9 ms | fsyncs/s | KiB/fsync | msgs/fsync | ceiling MB/s | ratio |\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for c in &r.cases {
+        s.push_str(&format!(
+            "| {} | {} B | {:.0} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {} | {} |\n",
+            c.mode,
+            c.body_bytes,
+            c.msgs_per_sec,
+            c.payload_mb_per_sec,
+            c.disk_mb_per_sec,
+            c.latency_p50_ms,
+            c.latency_p99_ms,
+            c.latency_p999_ms,
+            c.fsyncs_per_sec,
+            c.bytes_per_fsync / 1024.0,
+            c.messages_per_fsync,
+            opt(c.ceiling_mb_per_sec, 1.0, 1),
+            opt(c.ratio_to_ceiling, 100.0, 1) + if c.ratio_to_ceiling.is_some() { "%" } else { "" },
+        ));
+    }
+    if let Some(b) = &r.backlog {
+        let kib = |x: &Option<Rss>| {
+            x.as_ref().map_or_else(
+                || "–".into(),
+                |r| format!("{} / {} / {}", r.vm_rss_kib / 1024, r.rss_anon_kib / 1024, r.rss_file_kib / 1024),
+            )
+        };
+        s.push_str(&format!(
+            "\n## Backlog\n\n{} messages of 100 B ({:.2} GB of log) filled in {:.1} s ({:.0} msgs/s). Sync appends of 100 B:\n\n",
+            b.backlog_messages,
+            b.log_bytes as f64 / 1e9,
+            b.fill_seconds,
+            b.fill_msgs_per_sec
+        ));
+        s.push_str("| log | msgs/s | p50 ms | p99 ms | RSS MiB (VmRSS / anon / file) |\n|---|---:|---:|---:|---|\n");
+        s.push_str(&format!(
+            "| empty | {:.0} | {:.2} | {:.2} | {} |\n",
+            b.empty.msgs_per_sec,
+            b.empty.latency_p50_ms,
+            b.empty.latency_p99_ms,
+            kib(&b.rss_empty)
+        ));
+        s.push_str(&format!(
+            "| after fill | – | – | – | {} |\n| with backlog | {:.0} | {:.2} | {:.2} | {} |\n",
+            kib(&b.rss_after_fill),
+            b.with_backlog.msgs_per_sec,
+            b.with_backlog.latency_p50_ms,
+            b.with_backlog.latency_p99_ms,
+            kib(&b.rss_after_backlog_run)
+        ));
+        s.push_str(&format!(
+            "\nSlowdown with backlog: {:.1}% (key-index runs: {}).\n",
+            b.slowdown * 100.0,
+            b.key_index_runs
+        ));
+    }
+    s
+}
+
+/// VmRSS, RssAnon and RssFile of this process (Linux `/proc/self/status`).
+pub fn rss() -> Option<Rss> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        status.lines().find(|l| l.starts_with(name))?.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some(Rss { vm_rss_kib: field("VmRSS:")?, rss_anon_kib: field("RssAnon:")?, rss_file_kib: field("RssFile:")? })
+}
+
+fn machine(dir: &Path) -> Machine {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or_else(|| "unknown cpu".to_string(), |s| s.trim().to_string());
+    let memory_kib = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .unwrap_or(0);
+    let kernel =
+        fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "unknown".into(), |s| s.trim().to_string());
+    let abs = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let filesystem = fs::read_to_string("/proc/mounts")
+        .ok()
+        .and_then(|mounts| {
+            mounts
+                .lines()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f.len() >= 3 && abs.starts_with(f[1]))
+                        .then(|| (f[1].len(), format!("{} {} at {}", f[2], f[0], f[1])))
+                })
+                .max_by_key(|(len, _)| *len)
+                .map(|(_, s)| s)
+        })
+        .unwrap_or_else(|| "unknown filesystem".into());
+    Machine { cpu, cores: std::thread::available_parallelism().map_or(1, |n| n.get()), memory_kib, kernel, filesystem }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the real benchmark from a test binary (until the CLI wires `bench storage`):
+    /// `RMQ_STORAGE_BENCH_ARGS="--quick" cargo test --release --lib run_benchmark_from_env -- --ignored --nocapture`
+    #[test]
+    #[ignore = "benchmark; run explicitly in release mode"]
+    fn run_benchmark_from_env() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: StorageBenchArgs,
+        }
+        use clap::Parser;
+        let raw = std::env::var("RMQ_STORAGE_BENCH_ARGS").unwrap_or_default();
+        let cli = Cli::parse_from(std::iter::once("bench").chain(raw.split_whitespace()));
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        rt.block_on(run(cli.args)).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn smoke_run_writes_results() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = StorageBenchArgs {
+            data_dir: dir.path().join("data"),
+            results_dir: dir.path().join("results"),
+            duration: Duration::from_millis(200),
+            concurrency: 8,
+            queues: 2,
+            sizes: vec![100],
+            modes: vec!["sync".into(), "async".into()],
+            async_flush_interval: Duration::from_millis(50),
+            backlog_messages: 3000,
+            quick: false,
+            keep_data: false,
+        };
+        run(args).await.unwrap();
+        let json = fs::read_to_string(dir.path().join("results/storage-latest.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["cases"].as_array().unwrap().len(), 2);
+        assert!(v["cases"][0]["ceiling_mb_per_sec"].is_number());
+        assert!(v["backlog"]["with_backlog"]["messages"].as_u64().unwrap() > 0);
+        assert!(dir.path().join("results/storage-latest.md").exists());
+    }
+}

@@ -1,0 +1,575 @@
+//! [`CommitLog`]: the durable, file-based [`MessageLog`].
+//!
+//! One append-only log of segments holds the records of all queues (RocketMQ CommitLog); a
+//! per-queue index maps queue offsets to log positions (ConsumeQueue); a key index maps
+//! message ids and keys to positions (IndexFile). Files under `StorageConfig::dir`:
+//!
+//! ```text
+//! LOCK                           flock'ed while open
+//! checkpoint                     see checkpoint.rs
+//! commitlog/<base:020>.log       segments (format.rs, segment.rs)
+//! index/<topic>/TOPIC            raw topic name
+//! index/<topic>/<queue>/<first_offset:020>.cq   queue index (queue_index.rs)
+//! keys/<id:020>-L<level>.kidx    key-index runs (key_index.rs)
+//! ```
+//!
+//! Threads: a writer and a syncer (group commit, `writer.rs`) and a maintenance thread
+//! (checkpoints, key-index flushes, retention, `maintenance.rs`). `append` only queues a
+//! request and awaits its reply; `read`, `queue_range` and the lookups are synchronous, take
+//! only short read locks and never fsync.
+//!
+//! Visibility: a record is readable once *published*: in `Sync` mode after the fsync of its
+//! batch, in `Async` mode after its write. Readers check CRCs on every read.
+
+mod checkpoint;
+mod config;
+mod format;
+mod fs;
+mod key_index;
+mod maintenance;
+mod queue_index;
+mod recovery;
+mod segment;
+mod writer;
+
+#[cfg(test)]
+mod crash_test;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use tokio::sync::oneshot;
+
+pub use config::StorageConfig;
+
+use self::checkpoint::Checkpoint;
+use self::format::{Frame, decode_frame, decode_properties, message_id_hash, message_key_hash};
+use self::fs::{DirLock, Faults};
+use self::key_index::KeyIndex;
+use self::maintenance::MaintenanceState;
+use self::queue_index::{QueueIndex, QueueMap};
+use self::segment::Segment;
+use self::writer::{AppendRequest, Writer, WriterMsg};
+use super::record::keys;
+use super::{
+    AppendMessage, AppendResult, FlushMode, MessageLog, QueueRange, StorageError, StorageResult, StoredMessage,
+};
+
+/// State shared by the [`CommitLog`] handle and its threads.
+pub(crate) struct Shared {
+    config: StorageConfig,
+    log_dir: PathBuf,
+    index_dir: PathBuf,
+    /// Sorted by base, contiguous.
+    segments: RwLock<Vec<Arc<Segment>>>,
+    queues: RwLock<QueueMap>,
+    keys: KeyIndex,
+    /// First position still on disk (moves up with retention).
+    log_start: AtomicU64,
+    /// Records below this are readable.
+    published: AtomicU64,
+    /// Records (and their index entries) below this are written to the OS.
+    written: AtomicU64,
+    /// Records below this are fsynced.
+    synced: AtomicU64,
+    /// Retention never deletes a segment ending above this (tiering hook).
+    retention_limit: AtomicU64,
+    /// The last checkpoint written.
+    checkpoint: Mutex<Checkpoint>,
+    /// Set by the syncer after a failed fsync: the epoch the writer must roll back to.
+    rollback: Mutex<Option<u64>>,
+    maintenance: (Mutex<MaintenanceState>, Condvar),
+    flush_failures: AtomicU64,
+    counters: Counters,
+    faults: Faults,
+    /// Held until `close` (or drop): no second process may open the directory.
+    lock: Mutex<Option<DirLock>>,
+}
+
+impl Shared {
+    fn segment_for(&self, position: u64) -> Option<Arc<Segment>> {
+        let segs = self.segments.read().unwrap_or_else(|e| e.into_inner());
+        let i = segs.partition_point(|s| s.base <= position);
+        let s = segs.get(i.checked_sub(1)?)?;
+        s.contains(position).then(|| s.clone())
+    }
+
+    /// The last segment whose base is at or below `position`.
+    fn segment_at_or_before(&self, position: u64) -> Option<Arc<Segment>> {
+        let segs = self.segments.read().unwrap_or_else(|e| e.into_inner());
+        let i = segs.partition_point(|s| s.base <= position);
+        segs.get(i.checked_sub(1)?).cloned()
+    }
+
+    fn segments_overlapping(&self, from: u64, to: u64) -> Vec<Arc<Segment>> {
+        let segs = self.segments.read().unwrap_or_else(|e| e.into_inner());
+        segs.iter().filter(|s| s.base < to && s.end() > from).cloned().collect()
+    }
+
+    fn push_segment(&self, seg: Arc<Segment>) {
+        self.segments.write().unwrap_or_else(|e| e.into_inner()).push(seg);
+    }
+
+    fn oldest_sealed_segment(&self) -> Option<Arc<Segment>> {
+        let segs = self.segments.read().unwrap_or_else(|e| e.into_inner());
+        if segs.len() < 2 {
+            return None;
+        }
+        // The writer may have rolled into the last segment only; everything before it is sealed.
+        segs.first().cloned()
+    }
+
+    fn remove_segment(&self, base: u64) {
+        self.segments.write().unwrap_or_else(|e| e.into_inner()).retain(|s| s.base != base);
+    }
+
+    fn queue(&self, topic: &str, queue_id: u32) -> Option<Arc<QueueIndex>> {
+        let queues = self.queues.read().unwrap_or_else(|e| e.into_inner());
+        queues.get(topic)?.get(&queue_id).cloned()
+    }
+
+    fn insert_queue(&self, q: Arc<QueueIndex>) {
+        let mut queues = self.queues.write().unwrap_or_else(|e| e.into_inner());
+        queues.entry(q.topic.clone()).or_default().insert(q.queue_id, q);
+    }
+
+    fn all_queues(&self) -> Vec<Arc<QueueIndex>> {
+        let queues = self.queues.read().unwrap_or_else(|e| e.into_inner());
+        queues.values().flat_map(|m| m.values().cloned()).collect()
+    }
+
+    fn wake_maintenance(&self) {
+        let (lock, cvar) = &self.maintenance;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).wake = true;
+        cvar.notify_one();
+    }
+
+    fn request_rollback(&self, epoch: u64) {
+        *self.rollback.lock().unwrap_or_else(|e| e.into_inner()) = Some(epoch);
+    }
+
+    fn take_rollback_request(&self) -> Option<u64> {
+        self.rollback.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Reads and verifies the record at `position` (below the published position).
+    fn read_at(&self, position: u64, expected_len: Option<usize>) -> Result<StoredMessage, String> {
+        let published = self.published.load(Ordering::Acquire);
+        if position >= published {
+            return Err(format!("position {position} is not published (published up to {published})"));
+        }
+        let seg = self.segment_for(position).ok_or_else(|| format!("no segment holds position {position}"))?;
+        let bytes = match expected_len {
+            Some(len) => seg.slice(position, len).ok_or("index entry points past its segment")?,
+            None => seg.tail_from(position),
+        };
+        match decode_frame(&bytes, position).map_err(|e| e.to_string())? {
+            Frame::Message { header, topic, properties, body, len } => {
+                if expected_len.is_some_and(|l| l != len) {
+                    return Err(format!("record is {len} bytes, the index says {expected_len:?}"));
+                }
+                if position + len as u64 > published {
+                    return Err("record extends past the published position".into());
+                }
+                let topic = std::str::from_utf8(&topic).map_err(|_| "topic is not utf-8".to_string())?;
+                let topic: Arc<str> =
+                    self.queue(topic, header.queue_id).map_or_else(|| topic.into(), |q| q.topic.clone());
+                Ok(StoredMessage {
+                    topic,
+                    queue_id: header.queue_id,
+                    queue_offset: header.queue_offset,
+                    log_position: position,
+                    store_timestamp_ms: header.store_timestamp_ms,
+                    born_timestamp_ms: header.born_timestamp_ms,
+                    flags: header.flags,
+                    tag_hash: header.tag_hash,
+                    properties: decode_properties(properties).map_err(|e| e.to_string())?,
+                    body,
+                })
+            }
+            Frame::EndOfSegment => Err("end-of-segment marker where a message was expected".into()),
+        }
+    }
+
+    /// Verified candidates of a key-index lookup, in log order.
+    fn candidates(&self, hash: u64, matches: impl Fn(&StoredMessage) -> bool) -> Vec<StoredMessage> {
+        let log_start = self.log_start.load(Ordering::Acquire);
+        let mut out = Vec::new();
+        for position in self.keys.lookup(hash) {
+            if position < log_start {
+                continue;
+            }
+            match self.read_at(position, None) {
+                Ok(m) if matches(&m) => out.push(m),
+                Ok(_) => {} // hash collision
+                // Stale entries (a rolled-back write, a cut tail) point at non-records.
+                Err(reason) => tracing::debug!(position, reason, "skipping stale key-index entry"),
+            }
+        }
+        out
+    }
+}
+
+/// Counters and positions, for metrics, the admin API and the benchmark.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageStats {
+    /// First log position still stored locally.
+    pub log_start: u64,
+    /// Records below this position are readable.
+    pub published_position: u64,
+    /// Records below this position are fsynced.
+    pub durable_position: u64,
+    pub segments: usize,
+    pub queues: usize,
+    pub key_index_runs: usize,
+    pub key_index_memory_entries: usize,
+    /// Failed periodic fsyncs in `Async` mode (acknowledged data at risk).
+    pub async_flush_failures: u64,
+    /// Group-commit batches written since open.
+    pub batches_written: u64,
+    /// Log bytes written since open (records, framing included).
+    pub bytes_written: u64,
+    /// `fdatasync` calls on segments since open.
+    pub fsyncs: u64,
+}
+
+/// Monotonic counters behind [`StorageStats`].
+#[derive(Debug, Default)]
+struct Counters {
+    batches_written: AtomicU64,
+    bytes_written: AtomicU64,
+    fsyncs: AtomicU64,
+}
+
+struct Threads {
+    writer: Option<JoinHandle<()>>,
+    syncer: Option<JoinHandle<()>>,
+    maintenance: Option<JoinHandle<()>>,
+}
+
+/// The durable commit log. Open with [`CommitLog::open`]; use through [`MessageLog`].
+pub struct CommitLog {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<WriterMsg>,
+    closing: AtomicBool,
+    threads: Mutex<Threads>,
+}
+
+impl std::fmt::Debug for CommitLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommitLog").field("dir", &self.shared.config.dir).finish_non_exhaustive()
+    }
+}
+
+impl CommitLog {
+    /// Opens (or creates) the log in `config.dir`: validates the config, runs recovery
+    /// (replays the log since the last checkpoint, truncates a torn tail) and starts the
+    /// writer, syncer and maintenance threads. Blocking; call it from `spawn_blocking` or
+    /// before the runtime gets busy.
+    pub fn open(config: StorageConfig) -> StorageResult<Arc<CommitLog>> {
+        config.validate()?;
+        let rec = recovery::recover(&config)?;
+        let log_dir = config.dir.join("commitlog");
+        let index_dir = config.dir.join("index");
+        let mut queue_map = QueueMap::new();
+        let mut writer_queues = Vec::with_capacity(rec.queues.len());
+        for q in rec.queues {
+            writer_queues.push((q.clone(), q.end()));
+            queue_map.entry(q.topic.clone()).or_default().insert(q.queue_id, q);
+        }
+        let active = rec.segments.iter().rev().find(|s| s.base <= rec.end).cloned().ok_or_else(|| {
+            StorageError::Corrupted { position: rec.end, reason: "no segment holds the end of the log".into() }
+        })?;
+        let shared = Arc::new(Shared {
+            log_dir,
+            index_dir,
+            segments: RwLock::new(rec.segments),
+            queues: RwLock::new(queue_map),
+            keys: rec.keys,
+            log_start: AtomicU64::new(rec.log_start),
+            published: AtomicU64::new(rec.end),
+            written: AtomicU64::new(rec.end),
+            synced: AtomicU64::new(rec.end),
+            retention_limit: AtomicU64::new(u64::MAX),
+            checkpoint: Mutex::new(rec.checkpoint),
+            rollback: Mutex::new(None),
+            maintenance: (Mutex::new(MaintenanceState::default()), Condvar::new()),
+            flush_failures: AtomicU64::new(0),
+            counters: Counters::default(),
+            faults: Faults::default(),
+            lock: Mutex::new(Some(rec.lock)),
+            config,
+        });
+        let (tx, rx) = mpsc::channel();
+        let (sync_tx, sync_rx) = mpsc::channel();
+        let writer = Writer::new(shared.clone(), rx, sync_tx, rec.end, active, writer_queues);
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.to_string())
+                .spawn(f)
+                .map_err(|e| fs::io_error(format!("spawning the {name} thread"), e))
+        };
+        let writer = spawn("rmq-log-writer", Box::new(move || writer.run()))?;
+        let s = shared.clone();
+        let syncer = match shared.config.flush {
+            FlushMode::Sync => spawn("rmq-log-syncer", Box::new(move || writer::run_sync_syncer(s, sync_rx)))?,
+            FlushMode::Async { interval } => {
+                spawn("rmq-log-flusher", Box::new(move || writer::run_async_flusher(s, sync_rx, interval)))?
+            }
+        };
+        let s = shared.clone();
+        let maintenance = spawn("rmq-log-maint", Box::new(move || maintenance::run(s)))?;
+        Ok(Arc::new(CommitLog {
+            shared,
+            tx,
+            closing: AtomicBool::new(false),
+            threads: Mutex::new(Threads { writer: Some(writer), syncer: Some(syncer), maintenance: Some(maintenance) }),
+        }))
+    }
+
+    pub fn config(&self) -> &StorageConfig {
+        &self.shared.config
+    }
+
+    pub fn stats(&self) -> StorageStats {
+        StorageStats {
+            log_start: self.shared.log_start.load(Ordering::Acquire),
+            published_position: self.shared.published.load(Ordering::Acquire),
+            durable_position: self.shared.synced.load(Ordering::Acquire),
+            segments: self.shared.segments.read().unwrap_or_else(|e| e.into_inner()).len(),
+            queues: self.shared.all_queues().len(),
+            key_index_runs: self.shared.keys.run_count(),
+            key_index_memory_entries: self.shared.keys.memory_entries(),
+            async_flush_failures: self.shared.flush_failures.load(Ordering::Relaxed),
+            batches_written: self.shared.counters.batches_written.load(Ordering::Relaxed),
+            bytes_written: self.shared.counters.bytes_written.load(Ordering::Relaxed),
+            fsyncs: self.shared.counters.fsyncs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Retention never deletes a segment that ends above `limit` (`None`: no limit).
+    ///
+    /// This is the hook for tiered storage: the offloader sets it to the end of the last
+    /// segment uploaded (and recorded in the manifest), so local retention cannot drop data
+    /// that exists nowhere else. Disk pressure then shows up as `DiskFull` on append instead
+    /// of data loss.
+    pub fn set_retention_limit(&self, limit: Option<u64>) {
+        self.shared.retention_limit.store(limit.unwrap_or(u64::MAX), Ordering::Release);
+    }
+
+    /// Runs one retention pass now (normally every `retention_interval`).
+    pub fn run_retention(&self) {
+        maintenance::retention(&self.shared);
+    }
+
+    /// Writes a checkpoint now (normally every `checkpoint_interval`).
+    pub fn checkpoint(&self) -> StorageResult<()> {
+        maintenance::checkpoint(&self.shared).map_err(|e| fs::io_error("writing a checkpoint", e))
+    }
+
+    #[cfg(test)]
+    fn faults(&self) -> &Faults {
+        &self.shared.faults
+    }
+
+    fn take_threads(&self) -> Threads {
+        let mut t = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        Threads { writer: t.writer.take(), syncer: t.syncer.take(), maintenance: t.maintenance.take() }
+    }
+
+    /// Stops the threads at once, like a crash right after the last write: no final
+    /// checkpoint or key-index flush (the next open replays). Used by `Drop` without `close`.
+    fn stop_now(&self) {
+        self.closing.store(true, Ordering::Release);
+        let Threads { writer, syncer, maintenance } = self.take_threads();
+        let _ = self.tx.send(WriterMsg::Shutdown);
+        {
+            let (lock, cvar) = &self.shared.maintenance;
+            lock.lock().unwrap_or_else(|e| e.into_inner()).abort = true;
+            cvar.notify_one();
+        }
+        for (name, t) in [("writer", writer), ("syncer", syncer), ("maintenance", maintenance)] {
+            if let Some(t) = t
+                && t.join().is_err()
+            {
+                tracing::error!(thread = name, "commit-log thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for CommitLog {
+    fn drop(&mut self) {
+        if !self.closing.load(Ordering::Acquire) {
+            self.stop_now();
+        }
+    }
+}
+
+#[async_trait]
+impl MessageLog for CommitLog {
+    async fn append(&self, messages: Vec<AppendMessage>) -> StorageResult<Vec<AppendResult>> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.closing.load(Ordering::Acquire) {
+            return Err(StorageError::ShuttingDown);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(WriterMsg::Append(AppendRequest { messages, reply })).map_err(|_| StorageError::ShuttingDown)?;
+        rx.await.map_err(|_| StorageError::ShuttingDown)?
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> StorageResult<Vec<StoredMessage>> {
+        let Some(q) = self.shared.queue(topic, queue_id) else {
+            return Ok(Vec::new());
+        };
+        let end = q.end();
+        let mut offset = offset.max(q.start());
+        let mut out: Vec<StoredMessage> = Vec::new();
+        let mut bytes = 0usize;
+        let mut file: Option<Arc<queue_index::IndexFile>> = None;
+        while offset < end && out.len() < max_messages {
+            if !file.as_ref().is_some_and(|f| q_file_covers(f, offset)) {
+                file = q.file_for(offset);
+            }
+            let Some(f) = &file else {
+                // Retention removed the file between the start check and now.
+                if offset < q.start() {
+                    offset = q.start();
+                    continue;
+                }
+                return corrupted_or_partial(out, 0, format!("no index file for {topic}/{queue_id} offset {offset}"));
+            };
+            let Some(entry) = f.entry(offset) else {
+                return corrupted_or_partial(
+                    out,
+                    0,
+                    format!("index entry of {topic}/{queue_id} offset {offset} is corrupt"),
+                );
+            };
+            if entry.log_position < self.shared.log_start.load(Ordering::Acquire) {
+                offset += 1; // removed by retention while we read
+                continue;
+            }
+            let m = match self.shared.read_at(entry.log_position, Some(entry.size as usize)) {
+                Ok(m) if m.queue_id == queue_id && m.queue_offset == offset && &*m.topic == topic => m,
+                Ok(m) => {
+                    return corrupted_or_partial(
+                        out,
+                        entry.log_position,
+                        format!(
+                            "index of {topic}/{queue_id} offset {offset} points at {}/{} offset {}",
+                            m.topic, m.queue_id, m.queue_offset
+                        ),
+                    );
+                }
+                Err(_) if entry.log_position < self.shared.log_start.load(Ordering::Acquire) => {
+                    offset += 1;
+                    continue;
+                }
+                Err(reason) => return corrupted_or_partial(out, entry.log_position, reason),
+            };
+            if !out.is_empty() && bytes + m.body.len() > max_bytes {
+                break;
+            }
+            bytes += m.body.len();
+            out.push(m);
+            offset += 1;
+        }
+        Ok(out)
+    }
+
+    fn queue_range(&self, topic: &str, queue_id: u32) -> QueueRange {
+        match self.shared.queue(topic, queue_id) {
+            Some(q) => {
+                let end = q.end();
+                QueueRange { start: q.start().min(end), end }
+            }
+            None => QueueRange::default(),
+        }
+    }
+
+    fn find_by_message_id(&self, message_id: &str) -> StorageResult<Vec<StoredMessage>> {
+        Ok(self
+            .shared
+            .candidates(message_id_hash(message_id), |m| m.properties.get(keys::UNIQ_KEY) == Some(message_id)))
+    }
+
+    fn find_by_key(&self, topic: &str, key: &str, max: usize) -> StorageResult<Vec<StoredMessage>> {
+        let mut found = self.shared.candidates(message_key_hash(topic, key), |m| {
+            &*m.topic == topic && m.properties.get(keys::KEYS).is_some_and(|ks| ks.split(' ').any(|k| k == key))
+        });
+        let skip = found.len().saturating_sub(max);
+        Ok(found.split_off(skip))
+    }
+
+    async fn close(&self) -> StorageResult<()> {
+        if self.closing.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // The threads finish the queued appends and fsync; joining them blocks.
+        let Threads { writer, syncer, maintenance } = self.take_threads();
+        let _ = self.tx.send(WriterMsg::Shutdown);
+        let shared = self.shared.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut panicked = Vec::new();
+            for (name, t) in [("writer", writer), ("syncer", syncer)] {
+                if let Some(t) = t
+                    && t.join().is_err()
+                {
+                    panicked.push(name);
+                }
+            }
+            {
+                let (lock, cvar) = &shared.maintenance;
+                lock.lock().unwrap_or_else(|e| e.into_inner()).close = true;
+                cvar.notify_one();
+            }
+            if let Some(t) = maintenance
+                && t.join().is_err()
+            {
+                panicked.push("maintenance");
+            }
+            panicked
+        })
+        .await
+        .map_err(|e| fs::io_error("joining commit-log threads", std::io::Error::other(e.to_string())))?;
+        if !joined.is_empty() {
+            return Err(fs::io_error(
+                "closing the commit log",
+                std::io::Error::other(format!("threads panicked: {joined:?}")),
+            ));
+        }
+        // Everything is flushed and the threads are gone: the directory may be reopened.
+        self.shared.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        tracing::info!(dir = %self.shared.config.dir.display(), "commit log closed");
+        Ok(())
+    }
+}
+
+fn q_file_covers(f: &queue_index::IndexFile, offset: u64) -> bool {
+    offset >= f.first_offset && offset < f.end_offset()
+}
+
+/// Never serve a bad record: return what was read before it, or the error if nothing was.
+fn corrupted_or_partial(out: Vec<StoredMessage>, position: u64, reason: String) -> StorageResult<Vec<StoredMessage>> {
+    if out.is_empty() {
+        tracing::error!(position, reason, "refusing to serve a corrupted record");
+        return Err(StorageError::Corrupted { position, reason });
+    }
+    Ok(out)
+}

@@ -1,0 +1,524 @@
+//! The per-queue index (RocketMQ's ConsumeQueue): for every queue offset a fixed-size entry
+//! (log position, size, tag hash, store time; see `format.rs`) so a read of offset `n` is one
+//! lookup at `n * 32` bytes.
+//!
+//! Layout: `index/<topic-dir>/<queue_id>/<first_offset:020>.cq`, each file pre-sized (sparse)
+//! for a fixed number of entries and mapped read-only; `index/<topic-dir>/TOPIC` holds the raw
+//! topic name (directory names are an escaped, possibly shortened form of it).
+//!
+//! Writes come only from the writer thread (and recovery), with `pwrite`; durability comes
+//! from the checkpointer, which fsyncs dirty files before it records a checkpoint. Readers see
+//! entries below [`QueueIndex::end`] only, which is published after the entries are written.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use memmap2::Mmap;
+
+use super::format::{INDEX_ENTRY_LEN, IndexEntry};
+use super::fs::{fsync_dir, write_file_atomically, zero_range};
+
+const INDEX_SUFFIX: &str = ".cq";
+const TOPIC_FILE: &str = "TOPIC";
+
+/// One index file: entries for offsets `[first_offset, first_offset + capacity)`.
+#[derive(Debug)]
+pub struct IndexFile {
+    pub first_offset: u64,
+    pub capacity: u64,
+    pub path: PathBuf,
+    file: File,
+    map: Mmap,
+    dirty: AtomicBool,
+}
+
+impl IndexFile {
+    fn create(dir: &Path, first_offset: u64, capacity: u64) -> io::Result<Self> {
+        let path = dir.join(format!("{first_offset:020}{INDEX_SUFFIX}"));
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        file.set_len(capacity * INDEX_ENTRY_LEN as u64)?;
+        Self::map(path, file, first_offset, capacity)
+    }
+
+    fn open(path: PathBuf, first_offset: u64) -> io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let len = file.metadata()?.len();
+        let capacity = len / INDEX_ENTRY_LEN as u64;
+        if capacity == 0 || len % INDEX_ENTRY_LEN as u64 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("index file {} has an impossible size {len}", path.display()),
+            ));
+        }
+        Self::map(path, file, first_offset, capacity)
+    }
+
+    fn map(path: PathBuf, file: File, first_offset: u64, capacity: u64) -> io::Result<Self> {
+        // SAFETY: read-only map of a file that keeps its size for its whole life (entries are
+        // cleared by punching holes, never by truncating). Entries are read only below the
+        // published end, and those are never rewritten while the process runs.
+        let map = unsafe { memmap2::MmapOptions::new().len((capacity as usize) * INDEX_ENTRY_LEN).map(&file)? };
+        Ok(Self { first_offset, capacity, path, file, map, dirty: AtomicBool::new(false) })
+    }
+
+    pub fn end_offset(&self) -> u64 {
+        self.first_offset + self.capacity
+    }
+
+    /// The entry for `offset`, `None` if outside this file or not a valid entry.
+    pub fn entry(&self, offset: u64) -> Option<IndexEntry> {
+        let slot = offset.checked_sub(self.first_offset)?;
+        if slot >= self.capacity {
+            return None;
+        }
+        let at = slot as usize * INDEX_ENTRY_LEN;
+        IndexEntry::decode(&self.map[at..at + INDEX_ENTRY_LEN])
+    }
+
+    /// Writes encoded entries starting at `offset`; they must fit in this file.
+    fn write(&self, offset: u64, encoded: &[u8]) -> io::Result<()> {
+        debug_assert!(offset >= self.first_offset);
+        debug_assert!(offset + (encoded.len() / INDEX_ENTRY_LEN) as u64 <= self.end_offset());
+        self.dirty.store(true, Ordering::Release);
+        self.file.write_all_at(encoded, (offset - self.first_offset) * INDEX_ENTRY_LEN as u64)
+    }
+
+    /// Clears entries `[from, end of file)`.
+    fn clear_from(&self, from: u64) -> io::Result<()> {
+        let from = from.clamp(self.first_offset, self.end_offset());
+        self.dirty.store(true, Ordering::Release);
+        zero_range(
+            &self.file,
+            (from - self.first_offset) * INDEX_ENTRY_LEN as u64,
+            self.capacity * INDEX_ENTRY_LEN as u64,
+        )
+    }
+
+    /// fsyncs the file if it was written since the last sync.
+    pub fn sync_if_dirty(&self) -> io::Result<()> {
+        if self.dirty.swap(false, Ordering::AcqRel)
+            && let Err(e) = self.file.sync_data()
+        {
+            self.dirty.store(true, Ordering::Release);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Number of leading slots (from `first_offset`) for which `pred` holds, assuming it
+    /// holds for a prefix (binary search).
+    fn partition_point(&self, pred: impl Fn(Option<IndexEntry>) -> bool) -> u64 {
+        let (mut lo, mut hi) = (0u64, self.capacity);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if pred(self.entry(self.first_offset + mid)) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+}
+
+/// The index of one queue plus its published offset range.
+#[derive(Debug)]
+pub struct QueueIndex {
+    pub topic: Arc<str>,
+    pub queue_id: u32,
+    pub dir: PathBuf,
+    /// Sorted by `first_offset`, contiguous.
+    files: RwLock<Vec<Arc<IndexFile>>>,
+    /// First readable offset (moves up with retention).
+    start: AtomicU64,
+    /// One past the last readable offset (published by the writer or syncer).
+    end: AtomicU64,
+    entries_per_file: u64,
+    /// A file or the directory itself was created since the last [`QueueIndex::sync`].
+    dir_dirty: AtomicBool,
+}
+
+impl QueueIndex {
+    pub fn start(&self) -> u64 {
+        self.start.load(Ordering::Acquire)
+    }
+
+    pub fn end(&self) -> u64 {
+        self.end.load(Ordering::Acquire)
+    }
+
+    /// For a queue without index files (recovery found its directory empty or missing):
+    /// take `offset` as its start and end, as the log says.
+    pub fn reset_empty(&self, offset: u64) {
+        debug_assert!(self.files().is_empty());
+        self.start.store(offset, Ordering::Release);
+        self.end.store(offset, Ordering::Release);
+    }
+
+    /// Makes offsets below `end` readable. Only called in log order, so it only grows.
+    pub fn publish(&self, end: u64) {
+        self.end.fetch_max(end, Ordering::AcqRel);
+    }
+
+    pub fn files(&self) -> Vec<Arc<IndexFile>> {
+        self.files.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The file holding `offset`, if any.
+    pub fn file_for(&self, offset: u64) -> Option<Arc<IndexFile>> {
+        let files = self.files.read().unwrap_or_else(|e| e.into_inner());
+        let i = files.partition_point(|f| f.first_offset <= offset);
+        let f = files.get(i.checked_sub(1)?)?;
+        (offset < f.end_offset()).then(|| f.clone())
+    }
+
+    /// The entry of a published offset.
+    pub fn entry(&self, offset: u64) -> Option<IndexEntry> {
+        self.file_for(offset)?.entry(offset)
+    }
+
+    /// Writes entries for offsets `first, first + 1, …`, creating files as needed.
+    pub fn write_entries(&self, first: u64, encoded: &[u8]) -> io::Result<()> {
+        let mut offset = first;
+        let mut rest = encoded;
+        while !rest.is_empty() {
+            let file = self.file_for_write(offset)?;
+            let room = (file.end_offset() - offset) as usize * INDEX_ENTRY_LEN;
+            let (now, later) = rest.split_at(room.min(rest.len()));
+            file.write(offset, now)?;
+            offset += (now.len() / INDEX_ENTRY_LEN) as u64;
+            rest = later;
+        }
+        Ok(())
+    }
+
+    fn file_for_write(&self, offset: u64) -> io::Result<Arc<IndexFile>> {
+        if let Some(f) = self.file_for(offset) {
+            return Ok(f);
+        }
+        let mut files = self.files.write().unwrap_or_else(|e| e.into_inner());
+        // Offsets are written in order, so a missing file is the next one (or the first).
+        let first = files.last().map_or(offset, |f| f.end_offset());
+        if offset < first || offset >= first + self.entries_per_file {
+            return Err(io::Error::other(format!(
+                "index write at offset {offset} is not contiguous with the next file at {first}"
+            )));
+        }
+        let f = Arc::new(IndexFile::create(&self.dir, first, self.entries_per_file)?);
+        files.push(f.clone());
+        self.dir_dirty.store(true, Ordering::Release);
+        Ok(f)
+    }
+
+    /// Clears entries at and above `from` (a rolled-back or torn tail). Files that start
+    /// above it are deleted, except the first file, which always remains so the queue keeps
+    /// its offsets across restarts.
+    pub fn clear_from(&self, from: u64) -> io::Result<()> {
+        let mut files = self.files.write().unwrap_or_else(|e| e.into_inner());
+        while files.len() > 1 && files.last().is_some_and(|f| f.first_offset >= from) {
+            if let Some(f) = files.pop() {
+                fs::remove_file(&f.path)?;
+            }
+        }
+        if let Some(f) = files.last() {
+            f.clear_from(from)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the readable start up to the first entry at or above `log_start` and deletes
+    /// files wholly below it (never the last one). Returns the number of files deleted.
+    pub fn retire_below(&self, log_start: u64) -> io::Result<usize> {
+        let end = self.end();
+        let start = self.start();
+        let new_start = self.first_offset_at_or_above(log_start, start, end);
+        self.start.fetch_max(new_start, Ordering::AcqRel);
+        let mut files = self.files.write().unwrap_or_else(|e| e.into_inner());
+        let mut deleted = 0;
+        while files.len() > 1 && files[0].end_offset() <= new_start {
+            let f = files.remove(0);
+            fs::remove_file(&f.path)?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
+    /// The first offset in `[lo, hi)` whose entry is at or above `log_start` (`hi` if none).
+    fn first_offset_at_or_above(&self, log_start: u64, lo: u64, hi: u64) -> u64 {
+        let (mut lo, mut hi) = (lo, hi);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.entry(mid) {
+                Some(e) if e.log_position < log_start => lo = mid + 1,
+                _ => hi = mid,
+            }
+        }
+        lo
+    }
+
+    /// Makes everything written so far durable: dirty files, and the directory entries of
+    /// files (and of the queue directory) created since the last call.
+    pub fn sync(&self) -> io::Result<()> {
+        for f in self.files() {
+            f.sync_if_dirty()?;
+        }
+        if self.dir_dirty.swap(false, Ordering::AcqRel) {
+            let res = fsync_dir(&self.dir).and_then(|()| match self.dir.parent() {
+                Some(parent) => fsync_dir(parent),
+                None => Ok(()),
+            });
+            if let Err(e) = res {
+                self.dir_dirty.store(true, Ordering::Release);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// All queue indexes under `index/`, keyed by topic then queue id.
+pub type QueueMap = HashMap<Arc<str>, HashMap<u32, Arc<QueueIndex>>>;
+
+/// Escapes a topic into a directory name: `[A-Za-z0-9_-]` stay, anything else is `%XX`;
+/// very long names are shortened and made unique with a hash. The real name is in `TOPIC`.
+pub fn topic_dir_name(topic: &str) -> String {
+    let mut s = String::with_capacity(topic.len());
+    for b in topic.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    if s.is_empty() {
+        s.push_str("%empty");
+    }
+    if s.len() > 200 {
+        let hash = super::format::message_key_hash("topic-dir", topic);
+        s.truncate(150);
+        s.push_str(&format!("~{hash:016x}"));
+    }
+    s
+}
+
+/// Creates the index of a new queue (directories and `TOPIC` file). Directory entries are
+/// made durable by the caller's next checkpoint; until then the log replay recreates them.
+pub fn create_queue(
+    root: &Path,
+    topic: Arc<str>,
+    queue_id: u32,
+    entries_per_file: u64,
+    start_offset: u64,
+) -> io::Result<QueueIndex> {
+    let topic_dir = root.join(topic_dir_name(&topic));
+    if !topic_dir.join(TOPIC_FILE).exists() {
+        fs::create_dir_all(&topic_dir)?;
+        write_file_atomically(&topic_dir.join(TOPIC_FILE), topic.as_bytes())?;
+        fsync_dir(root)?;
+    }
+    let dir = topic_dir.join(queue_id.to_string());
+    fs::create_dir_all(&dir)?;
+    Ok(QueueIndex {
+        topic,
+        queue_id,
+        dir,
+        files: RwLock::new(Vec::new()),
+        start: AtomicU64::new(start_offset),
+        end: AtomicU64::new(start_offset),
+        entries_per_file,
+        dir_dirty: AtomicBool::new(true),
+    })
+}
+
+/// What [`load_queues`] found for one queue, before the log replay.
+pub struct LoadedQueue {
+    pub index: Arc<QueueIndex>,
+    /// Whether any index file existed (an empty queue directory means "offsets unknown").
+    pub had_files: bool,
+}
+
+/// Opens every queue index under `root`. Entries at log positions `>= durable_position`
+/// (written after the last checkpoint, possibly torn) are cleared: the caller re-derives them
+/// from the log. The queue start is the first entry at or above `log_start`.
+pub fn load_queues(
+    root: &Path,
+    durable_position: u64,
+    log_start: u64,
+    entries_per_file: u64,
+) -> io::Result<Vec<LoadedQueue>> {
+    let mut out = Vec::new();
+    for topic_entry in fs::read_dir(root)? {
+        let topic_dir = topic_entry?.path();
+        if !topic_dir.is_dir() {
+            continue;
+        }
+        let topic: Arc<str> = match fs::read_to_string(topic_dir.join(TOPIC_FILE)) {
+            Ok(t) => t.into(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Created but never got its name file: nothing was checkpointed in it.
+                tracing::warn!(dir = %topic_dir.display(), "removing topic index directory without a TOPIC file");
+                fs::remove_dir_all(&topic_dir)?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for queue_entry in fs::read_dir(&topic_dir)? {
+            let queue_dir = queue_entry?.path();
+            let Some(queue_id) = queue_dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !queue_dir.is_dir() {
+                continue;
+            }
+            out.push(load_queue(topic.clone(), queue_id, queue_dir, durable_position, log_start, entries_per_file)?);
+        }
+    }
+    Ok(out)
+}
+
+fn load_queue(
+    topic: Arc<str>,
+    queue_id: u32,
+    dir: PathBuf,
+    durable_position: u64,
+    log_start: u64,
+    entries_per_file: u64,
+) -> io::Result<LoadedQueue> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(&dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.ends_with(".tmp") {
+            fs::remove_file(&path)?;
+            continue;
+        }
+        let Some(first) = name.strip_suffix(INDEX_SUFFIX).and_then(|d| d.parse::<u64>().ok()) else {
+            continue;
+        };
+        files.push(Arc::new(IndexFile::open(path, first)?));
+    }
+    files.sort_by_key(|f| f.first_offset);
+    // Keep the longest contiguous run from the first file; anything after a gap is junk
+    // from an interrupted creation and holds nothing durable.
+    let mut keep = files.len().min(1);
+    while keep < files.len() && files[keep].first_offset == files[keep - 1].end_offset() {
+        keep += 1;
+    }
+    for f in files.drain(keep..) {
+        tracing::warn!(file = %f.path.display(), "removing non-contiguous queue index file");
+        fs::remove_file(&f.path)?;
+    }
+    let had_files = !files.is_empty();
+    let durable = |e: Option<IndexEntry>| e.is_some_and(|e| e.log_position < durable_position);
+    // End: the entries below the checkpoint form a prefix of the queue.
+    let mut end = files.first().map_or(0, |f| f.first_offset);
+    for f in files.iter().rev() {
+        let n = f.partition_point(durable);
+        if n > 0 || f.first_offset == end {
+            end = f.first_offset + n;
+            break;
+        }
+    }
+    let index = QueueIndex {
+        topic,
+        queue_id,
+        dir,
+        files: RwLock::new(files),
+        start: AtomicU64::new(end),
+        end: AtomicU64::new(end),
+        entries_per_file,
+        dir_dirty: AtomicBool::new(false),
+    };
+    index.clear_from(end)?;
+    let first = index.files().first().map_or(end, |f| f.first_offset);
+    let start = index.first_offset_at_or_above(log_start, first, end);
+    index.start.store(start, Ordering::Release);
+    Ok(LoadedQueue { index: Arc::new(index), had_files })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(pos: u64) -> IndexEntry {
+        IndexEntry { log_position: pos, size: 100, tag_hash: pos * 3, store_timestamp_ms: pos as i64 }
+    }
+
+    fn encode(entries: &[IndexEntry]) -> Vec<u8> {
+        entries.iter().flat_map(|e| e.encode()).collect()
+    }
+
+    #[test]
+    fn topic_dir_names_are_safe() {
+        assert_eq!(topic_dir_name("orders_1-a"), "orders_1-a");
+        assert_eq!(topic_dir_name("%RETRY%g|x"), "%25RETRY%25g%7Cx");
+        assert_eq!(topic_dir_name(".."), "%2E%2E");
+        assert_eq!(topic_dir_name("a/b"), "a%2Fb");
+        let long = "|".repeat(127);
+        assert!(topic_dir_name(&long).len() <= 200);
+        assert_ne!(topic_dir_name(&long), topic_dir_name(&"|".repeat(126)));
+    }
+
+    #[test]
+    fn writes_span_files_and_reload_up_to_the_durable_position() {
+        let root = tempfile::tempdir().unwrap();
+        let q = create_queue(root.path(), "t".into(), 0, 4, 0).unwrap();
+        let entries: Vec<_> = (0..10).map(|i| entry(i * 100)).collect();
+        q.write_entries(0, &encode(&entries[..3])).unwrap();
+        q.write_entries(3, &encode(&entries[3..])).unwrap();
+        q.publish(10);
+        assert_eq!(q.files().len(), 3);
+        for i in 0..10 {
+            assert_eq!(q.entry(i), Some(entries[i as usize]));
+        }
+        // Positions >= 650 were not covered by a checkpoint: offsets 7.. are cleared.
+        let loaded = load_queues(root.path(), 650, 0, 4).unwrap();
+        assert_eq!(loaded.len(), 1);
+        let q2 = &loaded[0].index;
+        assert_eq!((q2.start(), q2.end()), (0, 7));
+        assert_eq!(q2.entry(6), Some(entries[6]));
+        assert_eq!(q2.entry(7), None);
+        assert_eq!(q2.files().len(), 2);
+        // Retention: log starts at 350 → offsets 0..4 are gone, first file deleted.
+        assert_eq!(q2.retire_below(350).unwrap(), 1);
+        assert_eq!(q2.start(), 4);
+    }
+
+    #[test]
+    fn a_queue_keeps_its_offsets_when_nothing_is_durable() {
+        let root = tempfile::tempdir().unwrap();
+        let q = create_queue(root.path(), "t".into(), 1, 4, 0).unwrap();
+        q.write_entries(0, &encode(&(0..6).map(|i| entry(1000 + i)).collect::<Vec<_>>())).unwrap();
+        q.retire_below(0).unwrap();
+        let loaded = load_queues(root.path(), 0, 0, 4).unwrap();
+        assert_eq!((loaded[0].index.start(), loaded[0].index.end()), (0, 0));
+        assert!(loaded[0].had_files);
+    }
+
+    proptest! {
+        /// Whatever prefix of entries is durable, reload finds exactly that prefix.
+        #[test]
+        fn reload_finds_the_durable_prefix(n in 0u64..40, durable in 0u64..5000, per_file in 1u64..9) {
+            let root = tempfile::tempdir().unwrap();
+            let q = create_queue(root.path(), "t".into(), 0, per_file, 0).unwrap();
+            let entries: Vec<_> = (0..n).map(|i| entry(i * 100 + 7)).collect();
+            q.write_entries(0, &encode(&entries)).unwrap();
+            let loaded = load_queues(root.path(), durable, 0, per_file).unwrap();
+            let expected = entries.iter().filter(|e| e.log_position < durable).count() as u64;
+            prop_assert_eq!(loaded[0].index.end(), expected);
+            for i in 0..expected {
+                prop_assert_eq!(loaded[0].index.entry(i), Some(entries[i as usize]));
+            }
+            prop_assert_eq!(loaded[0].index.entry(expected), None);
+        }
+    }
+}

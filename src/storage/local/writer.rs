@@ -1,0 +1,571 @@
+//! Group commit: the writer thread and the syncer thread.
+//!
+//! - **Writer** (one thread): takes every append queued since its last batch (up to
+//!   `max_batch_bytes`), assigns queue offsets and log positions, encodes the records into one
+//!   buffer, writes it with `pwrite` (one call per segment touched), writes the queue-index
+//!   entries and key-index entries, then hands the batch on.
+//! - **Syncer** (one thread). `Sync` mode: receives written batches in order, drains all that
+//!   are waiting, issues one `fdatasync` per segment touched, then publishes them (queue ends
+//!   and the readable log position move up) and completes their appends. The writer meanwhile
+//!   writes the next batch: writes and fsyncs are pipelined. `Async` mode: batches are
+//!   published and acknowledged by the writer right after the write; the syncer fsyncs on an
+//!   interval.
+//!
+//! Failures: a failed write fails every append of its batch, and the writer rolls its state
+//! back (positions, queue offsets) and zeroes what it wrote, so nothing of the batch can
+//! resurface after a restart. A failed fsync fails every batch in that fsync *and every later
+//! batch already written*: the syncer bumps the epoch and asks the writer to roll back to the
+//! last published (durable) position; batches of older epochs are failed on arrival.
+//! Nothing is ever acknowledged as stored after a failed write or fsync.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::sync::oneshot;
+
+use super::Shared;
+use super::format::{
+    HEADER_LEN, IndexEntry, RecordHeader, encode_end_of_segment, encode_record, message_id_hash, message_key_hash,
+    record_len,
+};
+use super::fs::{fsync_dir, invalid_input, io_error, replicate_error};
+use super::queue_index::{QueueIndex, create_queue};
+use super::segment::Segment;
+use crate::storage::record::keys;
+use crate::storage::{AppendMessage, AppendResult, FlushMode, StorageError, StorageResult};
+
+pub type Reply = oneshot::Sender<StorageResult<Vec<AppendResult>>>;
+
+pub struct AppendRequest {
+    pub messages: Vec<AppendMessage>,
+    pub reply: Reply,
+}
+
+impl AppendRequest {
+    fn approx_bytes(&self) -> usize {
+        self.messages.iter().map(|m| HEADER_LEN + m.topic.len() + m.body.len() + 64).sum()
+    }
+}
+
+pub enum WriterMsg {
+    Append(AppendRequest),
+    /// Finish what is queued before this message, then stop.
+    Shutdown,
+}
+
+pub enum SyncMsg {
+    Batch(SyncBatch),
+    Shutdown,
+}
+
+/// A written batch on its way to durability.
+pub struct SyncBatch {
+    epoch: u64,
+    /// Log position after the batch.
+    end: u64,
+    segments: Vec<Arc<Segment>>,
+    /// Queue ends to publish once durable.
+    queue_ends: Vec<(Arc<QueueIndex>, u64)>,
+    replies: Vec<(Reply, Vec<AppendResult>)>,
+}
+
+/// Writer-side state of one queue.
+struct WriterQueue {
+    index: Arc<QueueIndex>,
+    next_offset: u64,
+    /// Offset of this queue's first record in the current batch.
+    batch_first: u64,
+    batch_entries: Vec<u8>,
+    in_batch: bool,
+}
+
+/// Cleanup still owed after a failed write: the bytes and index entries above these points
+/// must be zeroed before anything else is written.
+struct Cleanup {
+    log_from: u64,
+    log_to: u64,
+    queues: Vec<(usize, u64)>,
+}
+
+pub struct Writer {
+    shared: Arc<Shared>,
+    rx: Receiver<WriterMsg>,
+    sync_tx: Sender<SyncMsg>,
+    write_pos: u64,
+    active: Arc<Segment>,
+    slots: HashMap<Arc<str>, HashMap<u32, usize>>,
+    queues: Vec<WriterQueue>,
+    epoch: u64,
+    cleanup: Option<Cleanup>,
+    buf: Vec<u8>,
+    props: BytesMut,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Writer {
+    pub fn new(
+        shared: Arc<Shared>,
+        rx: Receiver<WriterMsg>,
+        sync_tx: Sender<SyncMsg>,
+        write_pos: u64,
+        active: Arc<Segment>,
+        queues: Vec<(Arc<QueueIndex>, u64)>,
+    ) -> Self {
+        let mut w = Self {
+            shared,
+            rx,
+            sync_tx,
+            write_pos,
+            active,
+            slots: HashMap::new(),
+            queues: Vec::new(),
+            epoch: 0,
+            cleanup: None,
+            buf: Vec::with_capacity(1 << 20),
+            props: BytesMut::with_capacity(1024),
+        };
+        for (index, next_offset) in queues {
+            w.add_queue(index, next_offset);
+        }
+        w
+    }
+
+    fn add_queue(&mut self, index: Arc<QueueIndex>, next_offset: u64) -> usize {
+        let slot = self.queues.len();
+        self.slots.entry(index.topic.clone()).or_default().insert(index.queue_id, slot);
+        self.queues.push(WriterQueue {
+            index,
+            next_offset,
+            batch_first: next_offset,
+            batch_entries: Vec::new(),
+            in_batch: false,
+        });
+        slot
+    }
+
+    pub fn run(mut self) {
+        let max_batch = self.shared.config.max_batch_bytes;
+        loop {
+            let Ok(first) = self.rx.recv() else { break };
+            let mut requests = Vec::new();
+            let mut bytes = 0;
+            let mut shutdown = false;
+            match first {
+                WriterMsg::Append(r) => {
+                    bytes += r.approx_bytes();
+                    requests.push(r);
+                }
+                WriterMsg::Shutdown => shutdown = true,
+            }
+            while !shutdown && bytes < max_batch {
+                match self.rx.try_recv() {
+                    Ok(WriterMsg::Append(r)) => {
+                        bytes += r.approx_bytes();
+                        requests.push(r);
+                    }
+                    Ok(WriterMsg::Shutdown) => shutdown = true,
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            if !requests.is_empty() {
+                self.process(requests);
+            }
+            if shutdown {
+                break;
+            }
+        }
+        // Appends queued after the shutdown message are dropped here; their callers see
+        // `ShuttingDown` when the reply channel closes.
+        let _ = self.sync_tx.send(SyncMsg::Shutdown);
+    }
+
+    fn process(&mut self, requests: Vec<AppendRequest>) {
+        if let Err(e) = self.prepare() {
+            for r in requests {
+                let _ = r.reply.send(Err(replicate_error(&e)));
+            }
+            return;
+        }
+        let mut accepted = Vec::with_capacity(requests.len());
+        for r in requests {
+            match self.validate(&r.messages) {
+                Ok(()) => accepted.push(r),
+                Err(e) => {
+                    let _ = r.reply.send(Err(e));
+                }
+            }
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        let batch_start = self.write_pos;
+        let mut results = Vec::with_capacity(accepted.len());
+        let outcome = self.encode_and_write(&accepted, &mut results);
+        let touched: Vec<usize> = (0..self.queues.len()).filter(|&s| self.queues[s].in_batch).collect();
+        for &s in &touched {
+            self.queues[s].in_batch = false;
+        }
+        let segments = match outcome {
+            Ok(segments) => segments,
+            Err(e) => {
+                tracing::error!(error = %e, position = batch_start, "commit-log write failed; failing the batch");
+                let queues = touched.iter().map(|&s| (s, self.queues[s].batch_first)).collect();
+                self.roll_back(batch_start, queues);
+                for r in accepted {
+                    let _ = r.reply.send(Err(replicate_error(&e)));
+                }
+                return;
+            }
+        };
+        self.shared.written.store(self.write_pos, Ordering::Release);
+        self.shared.counters.batches_written.fetch_add(1, Ordering::Relaxed);
+        self.shared.counters.bytes_written.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        if self.shared.keys.maybe_freeze(self.write_pos) {
+            self.shared.wake_maintenance();
+        }
+        let queue_ends: Vec<_> =
+            touched.iter().map(|&s| (self.queues[s].index.clone(), self.queues[s].next_offset)).collect();
+        let replies: Vec<_> = accepted.into_iter().map(|r| r.reply).zip(results).collect();
+        match self.shared.config.flush {
+            FlushMode::Sync => {
+                let batch = SyncBatch { epoch: self.epoch, end: self.write_pos, segments, queue_ends, replies };
+                if let Err(std::sync::mpsc::SendError(SyncMsg::Batch(batch))) = self.sync_tx.send(SyncMsg::Batch(batch))
+                {
+                    for (reply, _) in batch.replies {
+                        let _ = reply.send(Err(StorageError::ShuttingDown));
+                    }
+                }
+            }
+            FlushMode::Async { .. } => {
+                for (q, end) in &queue_ends {
+                    q.publish(*end);
+                }
+                self.shared.published.store(self.write_pos, Ordering::Release);
+                for (reply, res) in replies {
+                    let _ = reply.send(Ok(res));
+                }
+            }
+        }
+    }
+
+    /// Applies a rollback requested by the syncer and finishes owed cleanup.
+    fn prepare(&mut self) -> StorageResult<()> {
+        if let Some(epoch) = self.shared.take_rollback_request() {
+            let to = self.shared.published.load(Ordering::Acquire);
+            let queues = (0..self.queues.len())
+                .filter(|&s| self.queues[s].next_offset > self.queues[s].index.end())
+                .map(|s| (s, self.queues[s].index.end()))
+                .collect();
+            tracing::warn!(position = to, epoch, "rolling back unsynced batches after a failed fsync");
+            self.roll_back(to, queues);
+            self.epoch = epoch;
+        }
+        if let Some(c) = self.cleanup.take()
+            && let Err(e) = self.clean(&c)
+        {
+            self.cleanup = Some(c);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Resets positions and queue offsets to before a failed batch and zeroes what it wrote.
+    fn roll_back(&mut self, to: u64, queues: Vec<(usize, u64)>) {
+        let log_to = self.write_pos.max(self.cleanup.as_ref().map_or(0, |c| c.log_to));
+        for &(s, offset) in &queues {
+            self.queues[s].next_offset = offset;
+        }
+        self.write_pos = to;
+        self.shared.written.store(to, Ordering::Release);
+        if let Some(seg) = self.shared.segment_at_or_before(to) {
+            self.active = seg;
+        }
+        let mut all_queues = queues;
+        if let Some(prev) = self.cleanup.take() {
+            all_queues.extend(prev.queues);
+        }
+        let c = Cleanup { log_from: to, log_to, queues: all_queues };
+        if let Err(e) = self.clean(&c) {
+            tracing::error!(error = %e, "cleanup after a failed write failed; appends fail until it succeeds");
+            self.cleanup = Some(c);
+        }
+    }
+
+    fn clean(&self, c: &Cleanup) -> StorageResult<()> {
+        for seg in self.shared.segments_overlapping(c.log_from, c.log_to) {
+            seg.zero(c.log_from, c.log_to).map_err(|e| io_error("zeroing a failed write", e))?;
+        }
+        for &(s, _) in &c.queues {
+            let q = &self.queues[s];
+            q.index.clear_from(q.next_offset).map_err(|e| io_error("clearing index entries of a failed write", e))?;
+        }
+        Ok(())
+    }
+
+    fn validate(&self, messages: &[AppendMessage]) -> StorageResult<()> {
+        let segment_size = self.shared.config.segment_size;
+        for m in messages {
+            if m.topic.len() > u16::MAX as usize {
+                return Err(invalid_input(format!("topic of {} bytes is longer than 65535 bytes", m.topic.len())));
+            }
+            let size = (record_len(m.topic.len(), m.properties.encoded_len(), m.body.len()) + HEADER_LEN) as u64;
+            if size > segment_size {
+                return Err(StorageError::RecordTooLarge { size, segment_size });
+            }
+        }
+        Ok(())
+    }
+
+    fn queue_slot(&mut self, topic: &Arc<str>, queue_id: u32) -> StorageResult<usize> {
+        if let Some(&slot) = self.slots.get(topic.as_ref()).and_then(|m| m.get(&queue_id)) {
+            return Ok(slot);
+        }
+        let index = create_queue(
+            &self.shared.index_dir,
+            topic.clone(),
+            queue_id,
+            self.shared.config.queue_index_entries_per_file,
+            0,
+        )
+        .map_err(|e| io_error(format!("creating the index of {topic}/{queue_id}"), e))?;
+        let index = Arc::new(index);
+        self.shared.insert_queue(index.clone());
+        Ok(self.add_queue(index, 0))
+    }
+
+    /// The segment after the active one (created if needed).
+    fn next_segment(&mut self) -> StorageResult<Arc<Segment>> {
+        let base = self.active.end();
+        if let Some(seg) = self.shared.segment_at_or_before(base).filter(|s| s.base == base) {
+            return Ok(seg);
+        }
+        let seg = Segment::create(&self.shared.log_dir, base, self.shared.config.segment_size)
+            .map_err(|e| io_error(format!("creating segment at {base}"), e))?;
+        fsync_dir(&self.shared.log_dir).map_err(|e| io_error("syncing the commit-log directory", e))?;
+        let seg = Arc::new(seg);
+        self.shared.push_segment(seg.clone());
+        tracing::debug!(base, "rolled to a new commit-log segment");
+        Ok(seg)
+    }
+
+    /// Encodes and writes the batch; returns the segments written to.
+    fn encode_and_write(
+        &mut self,
+        requests: &[AppendRequest],
+        results: &mut Vec<Vec<AppendResult>>,
+    ) -> StorageResult<Vec<Arc<Segment>>> {
+        let now = now_ms();
+        self.buf.clear();
+        let mut chunks: Vec<(Arc<Segment>, u64, usize)> = Vec::new(); // segment, position, buf start
+        let mut chunk_pos = self.write_pos;
+        let mut chunk_buf = 0;
+        let mut key_entries: Vec<(u64, u64)> = Vec::new();
+        for r in requests {
+            let mut res = Vec::with_capacity(r.messages.len());
+            for m in &r.messages {
+                self.props.clear();
+                m.properties.encode(&mut self.props);
+                let len = record_len(m.topic.len(), self.props.len(), m.body.len()) as u64;
+                if self.write_pos + len > self.active.end() {
+                    if self.active.end() - self.write_pos >= HEADER_LEN as u64 {
+                        encode_end_of_segment(&mut self.buf, self.write_pos);
+                    }
+                    if self.buf.len() > chunk_buf {
+                        chunks.push((self.active.clone(), chunk_pos, chunk_buf));
+                    }
+                    self.active = self.next_segment()?;
+                    self.write_pos = self.active.base;
+                    chunk_pos = self.write_pos;
+                    chunk_buf = self.buf.len();
+                }
+                let slot = self.queue_slot(&m.topic, m.queue_id)?;
+                let q = &mut self.queues[slot];
+                if !q.in_batch {
+                    q.in_batch = true;
+                    q.batch_first = q.next_offset;
+                    q.batch_entries.clear();
+                }
+                let position = self.write_pos;
+                let header = RecordHeader {
+                    queue_id: m.queue_id,
+                    log_position: position,
+                    queue_offset: q.next_offset,
+                    store_timestamp_ms: now,
+                    born_timestamp_ms: m.born_timestamp_ms,
+                    flags: m.flags,
+                    tag_hash: m.tag_hash,
+                };
+                encode_record(&mut self.buf, &header, &m.topic, &self.props, &m.body);
+                let entry = IndexEntry {
+                    log_position: position,
+                    size: len as u32,
+                    tag_hash: m.tag_hash,
+                    store_timestamp_ms: now,
+                };
+                q.batch_entries.extend_from_slice(&entry.encode());
+                res.push(AppendResult { queue_offset: q.next_offset, log_position: position, store_timestamp_ms: now });
+                q.next_offset += 1;
+                self.write_pos += len;
+                collect_keys(m, position, &mut key_entries);
+            }
+            results.push(res);
+        }
+        if self.buf.len() > chunk_buf {
+            chunks.push((self.active.clone(), chunk_pos, chunk_buf));
+        }
+        // Write the log, then the index entries.
+        for (i, (seg, pos, start)) in chunks.iter().enumerate() {
+            let end = chunks.get(i + 1).map_or(self.buf.len(), |c| c.2);
+            if let Some(e) = self.shared.faults.write_fault() {
+                return Err(io_error(format!("writing the commit log at {pos}"), e));
+            }
+            seg.write_at(*pos, &self.buf[*start..end])
+                .map_err(|e| io_error(format!("writing the commit log at {pos}"), e))?;
+        }
+        for q in self.queues.iter().filter(|q| q.in_batch) {
+            q.index
+                .write_entries(q.batch_first, &q.batch_entries)
+                .map_err(|e| io_error(format!("writing the index of {}/{}", q.index.topic, q.index.queue_id), e))?;
+        }
+        self.shared.keys.insert(&key_entries);
+        let mut segments: Vec<Arc<Segment>> = chunks.into_iter().map(|c| c.0).collect();
+        segments.dedup_by_key(|s| s.base);
+        Ok(segments)
+    }
+}
+
+/// The key-index entries of one message: its id and each of its keys.
+pub fn collect_keys(m: &AppendMessage, position: u64, out: &mut Vec<(u64, u64)>) {
+    collect_keys_from(&m.topic, &m.properties, position, out);
+}
+
+pub fn collect_keys_from(
+    topic: &str,
+    properties: &crate::storage::Properties,
+    position: u64,
+    out: &mut Vec<(u64, u64)>,
+) {
+    if let Some(id) = properties.get(keys::UNIQ_KEY) {
+        out.push((message_id_hash(id), position));
+    }
+    if let Some(ks) = properties.get(keys::KEYS) {
+        for k in ks.split(' ').filter(|k| !k.is_empty()) {
+            out.push((message_key_hash(topic, k), position));
+        }
+    }
+}
+
+/// The syncer of `Sync` mode: one fdatasync for everything written so far, then publish.
+pub fn run_sync_syncer(shared: Arc<Shared>, rx: Receiver<SyncMsg>) {
+    let mut accepted_epoch = 0u64;
+    loop {
+        let Ok(first) = rx.recv() else { break };
+        let mut batches = Vec::new();
+        let mut shutdown = false;
+        match first {
+            SyncMsg::Batch(b) => batches.push(b),
+            SyncMsg::Shutdown => shutdown = true,
+        }
+        while !shutdown {
+            match rx.try_recv() {
+                Ok(SyncMsg::Batch(b)) => batches.push(b),
+                Ok(SyncMsg::Shutdown) => shutdown = true,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        let (stale, live): (Vec<_>, Vec<_>) = batches.into_iter().partition(|b| b.epoch < accepted_epoch);
+        for b in stale {
+            fail_batch(b, "an earlier fsync failed; the batch was rolled back");
+        }
+        if !live.is_empty() {
+            let mut segments: Vec<Arc<Segment>> = live.iter().flat_map(|b| b.segments.iter().cloned()).collect();
+            segments.sort_by_key(|s| s.base);
+            segments.dedup_by_key(|s| s.base);
+            match sync_segments(&shared, &segments) {
+                Ok(()) => {
+                    for b in live {
+                        for (q, end) in &b.queue_ends {
+                            q.publish(*end);
+                        }
+                        shared.published.store(b.end, Ordering::Release);
+                        shared.synced.store(b.end, Ordering::Release);
+                        for (reply, res) in b.replies {
+                            let _ = reply.send(Ok(res));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "commit-log fsync failed; failing every unsynced append");
+                    accepted_epoch = live.iter().map(|b| b.epoch).max().unwrap_or(accepted_epoch) + 1;
+                    shared.request_rollback(accepted_epoch);
+                    for b in live {
+                        fail_batch_with(b, &e);
+                    }
+                }
+            }
+        }
+        if shutdown {
+            break;
+        }
+    }
+}
+
+fn fail_batch(b: SyncBatch, why: &str) {
+    let e = StorageError::Io { context: why.to_string(), source: std::io::Error::other(why.to_string()) };
+    fail_batch_with(b, &e);
+}
+
+fn fail_batch_with(b: SyncBatch, e: &StorageError) {
+    for (reply, _) in b.replies {
+        let _ = reply.send(Err(replicate_error(e)));
+    }
+}
+
+fn sync_segments(shared: &Shared, segments: &[Arc<Segment>]) -> StorageResult<()> {
+    for seg in segments {
+        if let Some(e) = shared.faults.sync_fault() {
+            return Err(io_error(format!("fsyncing segment {}", seg.base), e));
+        }
+        shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        seg.sync().map_err(|e| io_error(format!("fsyncing segment {}", seg.base), e))?;
+    }
+    Ok(())
+}
+
+/// The syncer of `Async` mode: fsync what was written, every `interval`, and once more at
+/// shutdown. Appends were already acknowledged; a failure is logged and retried.
+pub fn run_async_flusher(shared: Arc<Shared>, rx: Receiver<SyncMsg>, interval: Duration) {
+    loop {
+        let stop = match rx.recv_timeout(interval) {
+            Ok(SyncMsg::Shutdown) | Err(RecvTimeoutError::Disconnected) => true,
+            Ok(SyncMsg::Batch(_)) | Err(RecvTimeoutError::Timeout) => false,
+        };
+        flush_written(&shared);
+        if stop {
+            break;
+        }
+    }
+}
+
+fn flush_written(shared: &Shared) {
+    let target = shared.written.load(Ordering::Acquire);
+    let synced = shared.synced.load(Ordering::Acquire);
+    if target <= synced {
+        return;
+    }
+    let segments = shared.segments_overlapping(synced, target);
+    match sync_segments(shared, &segments) {
+        Ok(()) => shared.synced.store(target, Ordering::Release),
+        Err(e) => {
+            shared.flush_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "async flush failed; acknowledged messages may not be durable");
+        }
+    }
+}
