@@ -34,25 +34,15 @@ fmt:
 ## Benchmarks (release build); results go to bench-results/ (JSON, Markdown, SVG).
 ## End to end over gRPC: gateway SYNC_FLUSH and ASYNC_FLUSH vs the no-op tonic ceiling and NATS
 ## JetStream, all on loopback, started and stopped here. Knobs: BENCH_DURATION=60s (per run),
-## BENCH_ARGS='--message-size 4096 --batch 8 …' (see `rmq-gateway bench compare --help`),
-## BENCH_ROCKETMQ_RUST=1 also builds rocketmq-rust's proxy from crates.io (time-boxed) and adds it.
+## BENCH_ARGS='--message-size 4096 --batch 8 …' (see `rmq-gateway bench compare --help`).
 BENCH_DURATION ?= 10s
 BENCH_ARGS ?=
-BENCH_ROCKETMQ_RUST ?= 0
-BENCH_TOOLS := $(CURDIR)/bench-results/.tools
 BENCH_BIN = $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/release/rmq-gateway
 bench:
 	$(CARGO) build --release --locked --bin rmq-gateway
 	@command -v nats-server >/dev/null || test -x /usr/sbin/nats-server || \
 	  { echo "installing nats-server (apt)"; apt-get update -qq && apt-get install -y -qq nats-server; }
-	@if [ "$(BENCH_ROCKETMQ_RUST)" = 1 ] && [ ! -x $(BENCH_TOOLS)/bin/rocketmq-proxy-rust ]; then \
-	  command -v protoc >/dev/null || apt-get install -y -qq protobuf-compiler; \
-	  echo "building rocketmq-proxy 1.0.0 from crates.io (at most 15 minutes)"; \
-	  timeout 900 $(CARGO) install --locked rocketmq-proxy@1.0.0 --no-default-features --features local-mode \
-	    --root $(BENCH_TOOLS) --target-dir $(BENCH_TOOLS)/target || echo "rocketmq-proxy did not build; skipped"; \
-	fi
-	$(BENCH_BIN) bench compare --duration $(BENCH_DURATION) \
-	  $(if $(filter 1,$(BENCH_ROCKETMQ_RUST)),--rocketmq-proxy-bin $(BENCH_TOOLS)/bin/rocketmq-proxy-rust) $(BENCH_ARGS)
+	$(BENCH_BIN) bench compare --duration $(BENCH_DURATION) $(BENCH_ARGS)
 	@if $(BENCH_BIN) bench storage --help >/dev/null 2>&1; then $(BENCH_BIN) bench storage --quick; fi
 
 clean:

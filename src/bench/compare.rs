@@ -9,9 +9,9 @@
 //!   end-to-end latency at a sustainable load.
 //!
 //! Systems: the no-op tonic server (the gRPC ceiling; `max` only), rmq-gateway with
-//! SYNC_FLUSH and ASYNC_FLUSH, NATS JetStream (file storage, publish acks, async-nats), and
-//! rocketmq-rust's `rocketmq-proxy-rust` in local mode when a binary is given. Then it prints
-//! the table, the ratios and the targets of issue #4, and writes JSON, Markdown and SVG.
+//! SYNC_FLUSH and ASYNC_FLUSH, and NATS JetStream (file storage, publish acks, async-nats).
+//! Then it prints the table, the ratios and the targets of issue #4, and writes JSON, Markdown
+//! and SVG. (rocketmq-rust's proxy is not among them: see the README's benchmark section.)
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -38,8 +38,6 @@ pub enum System {
     GatewayAsync,
     /// NATS JetStream, file storage, publish acks.
     Nats,
-    /// rocketmq-rust's proxy in local mode (needs --rocketmq-proxy-bin).
-    RocketmqRust,
 }
 
 impl System {
@@ -49,7 +47,6 @@ impl System {
             System::GatewaySync => GW_SYNC,
             System::GatewayAsync => GW_ASYNC,
             System::Nats => NATS,
-            System::RocketmqRust => "rocketmq-rust-proxy",
         }
     }
 }
@@ -95,9 +92,6 @@ pub struct CompareArgs {
     /// nats-server binary.
     #[arg(long, default_value = "nats-server")]
     pub nats_server: String,
-    /// rocketmq-rust's `rocketmq-proxy-rust` binary; adds the `rocketmq-rust` system.
-    #[arg(long)]
-    pub rocketmq_proxy_bin: Option<PathBuf>,
     /// Record a `perf` profile of the gateway during its `max` runs (needs `perf`).
     #[arg(long)]
     pub perf: bool,
@@ -318,30 +312,6 @@ impl Runner<'_> {
         anyhow::bail!("this binary was built without the `nats-bench` feature")
     }
 
-    async fn rocketmq_rust(&mut self) -> anyhow::Result<()> {
-        let Some(bin) = self.args.rocketmq_proxy_bin.clone() else {
-            anyhow::bail!("no --rocketmq-proxy-bin given");
-        };
-        anyhow::ensure!(bin.is_file(), "{} does not exist (the crates.io build did not finish?)", bin.display());
-        let system = System::RocketmqRust.label();
-        let home = self.args.work_dir.join(system);
-        let _ = std::fs::remove_dir_all(&home);
-        std::fs::create_dir_all(&home)?;
-        let port = procs::free_port()?;
-        let mut cmd = Command::new(&bin);
-        cmd.args(["--mode", "local", "--grpcListenAddr", &format!("127.0.0.1:{port}")])
-            .env("ROCKETMQ_HOME", &home)
-            .env("HOME", &home)
-            .current_dir(&home);
-        let mut server = Server::spawn(system, cmd, &self.args.work_dir.join(format!("{system}.log")))?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let storage = || "embedded rocketmq-rust broker (local mode, default flush)".to_string();
-        let result = self.grpc_system(system, addr, &mut server, true, &storage, Some(&home)).await;
-        server.stop(Duration::from_secs(30));
-        let _ = std::fs::remove_dir_all(&home);
-        result
-    }
-
     fn ratios_and_checks(&mut self) {
         let r = &self.report;
         let get = |s: &str| r.find(s, "max");
@@ -411,14 +381,6 @@ impl Runner<'_> {
         {
             ratios.push(Ratio { name: format!("{GW_SYNC} / {GW_ASYNC} (msg/s)"), value: s.msgs_per_s / a.msgs_per_s });
         }
-        if let (Some(p), Some(c)) = (get(System::RocketmqRust.label()), ceiling)
-            && c.msgs_per_s > 0.0
-        {
-            ratios.push(Ratio {
-                name: format!("rocketmq-rust-proxy / {NOOP} (msg/s)"),
-                value: p.msgs_per_s / c.msgs_per_s,
-            });
-        }
         let in_memory =
             self.report.results.iter().any(|r| r.system.starts_with("gateway") && r.storage.starts_with("in-memory"));
         if in_memory {
@@ -456,10 +418,7 @@ pub async fn main(args: CompareArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.half_fraction > 0.0 && args.half_fraction <= 1.0, "--half-fraction must be in (0, 1]");
     std::fs::create_dir_all(&args.work_dir).with_context(|| format!("cannot create {}", args.work_dir.display()))?;
     std::fs::create_dir_all(&args.out.out)?;
-    let mut systems = args.systems.clone();
-    if args.rocketmq_proxy_bin.is_some() && !systems.contains(&System::RocketmqRust) {
-        systems.push(System::RocketmqRust);
-    }
+    let systems = args.systems.clone();
     let mut runner = Runner { args: &args, report: Report::new(&args.work_dir), bin };
     for system in systems {
         let result = match system {
@@ -467,7 +426,6 @@ pub async fn main(args: CompareArgs) -> anyhow::Result<()> {
             System::GatewaySync => runner.gateway(Flush::Sync).await,
             System::GatewayAsync => runner.gateway(Flush::Async).await,
             System::Nats => runner.nats().await,
-            System::RocketmqRust => runner.rocketmq_rust().await,
         };
         if let Err(e) = result {
             eprintln!("{}: FAILED: {e:#}", system.label());

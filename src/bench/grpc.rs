@@ -275,7 +275,12 @@ pub async fn prepare(target: &Target, limit: Duration) -> anyhow::Result<()> {
     let id: MetadataValue<_> = client_id().parse()?;
     let start = std::time::Instant::now();
     loop {
-        let req = proto::QueryRouteRequest { topic: resource(&target.topic), endpoints: None };
+        // As the SDKs do: the endpoints the client uses (some servers require them).
+        let endpoints = proto::Endpoints {
+            scheme: if target.addr.is_ipv4() { proto::AddressScheme::IPv4 } else { proto::AddressScheme::IPv6 } as i32,
+            addresses: vec![proto::Address { host: target.addr.ip().to_string(), port: i32::from(target.addr.port()) }],
+        };
+        let req = proto::QueryRouteRequest { topic: resource(&target.topic), endpoints: Some(endpoints) };
         let last = match client.query_route(request(req, &id)).await {
             Ok(reply) => match check(reply.get_ref().status.as_ref(), "QueryRoute") {
                 Ok(()) => return Ok(()),
