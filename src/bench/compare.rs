@@ -4,9 +4,10 @@
 //! For each system it runs
 //! - `max`: producers only, closed loop (`--producers` × `--concurrency` requests in flight)
 //!   — send throughput and send latency at saturation;
-//! - `half` (systems that can be consumed from): producers paced at `--half-fraction` of that
-//!   system's own `max` throughput, with `--consumers` long-polling consumers — send and
-//!   end-to-end latency at a sustainable load.
+//! - `paced-N%` (systems that can be consumed from), for each fraction of `--paced`: producers
+//!   paced at that fraction of the system's own `max` throughput, with `--consumers`
+//!   long-polling consumers — send and end-to-end latency below saturation. The issue's
+//!   end-to-end target is checked on `paced-50%`.
 //!
 //! Systems: the no-op tonic server (the gRPC ceiling; `max` only), rmq-gateway with
 //! SYNC_FLUSH and ASYNC_FLUSH, and NATS JetStream (file storage, publish acks, async-nats).
@@ -52,6 +53,11 @@ impl System {
 }
 
 const NOOP: &str = "noop-ceiling";
+
+/// The name of a paced run: `paced-50%`.
+fn paced_phase(fraction: f64) -> String {
+    format!("paced-{:.0}%", fraction * 100.0)
+}
 const GW_SYNC: &str = "gateway-sync";
 const GW_ASYNC: &str = "gateway-async";
 const NATS: &str = "nats-jetstream";
@@ -65,7 +71,7 @@ pub struct CompareArgs {
     /// Requests in flight per producer connection.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-    /// Consumers in the paced (`half`) runs.
+    /// Consumers in the paced runs.
     #[arg(long, default_value_t = 4)]
     pub consumers: usize,
     /// Message body size in bytes.
@@ -80,9 +86,9 @@ pub struct CompareArgs {
     /// Warm-up before each run's window.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     pub warmup: Duration,
-    /// Pace of the `half` runs, as a fraction of the same system's `max` throughput.
-    #[arg(long, default_value_t = 0.5)]
-    pub half_fraction: f64,
+    /// Paced runs (with consumers), as fractions of the same system's `max` throughput.
+    #[arg(long, value_delimiter = ',', default_value = "0.25,0.5")]
+    pub paced: Vec<f64>,
     /// Systems to run, in this order.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "noop,gateway-async,gateway-sync,nats")]
     pub systems: Vec<System>,
@@ -138,7 +144,7 @@ struct Profile {
 impl Profile {
     fn start(pid: u32, data: &Path) -> Option<Profile> {
         let child = Command::new("perf")
-            .args(["record", "-F", "499", "-g", "-p", &pid.to_string(), "-o"])
+            .args(["record", "-F", "499", "-p", &pid.to_string(), "-o"])
             .arg(data)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -148,7 +154,8 @@ impl Profile {
         Some(Profile { child, data: data.to_path_buf() })
     }
 
-    /// Stops recording and writes `perf report --stdio` next to the data file.
+    /// Stops recording and writes flat `perf report`s (by shared object, then by symbol) next
+    /// to the data file.
     fn finish(mut self) -> Option<PathBuf> {
         if let Ok(pid) = i32::try_from(self.child.id()) {
             // SAFETY: kill(2) on our own child; SIGINT makes perf write its data and exit.
@@ -158,12 +165,16 @@ impl Profile {
         }
         let _ = self.child.wait();
         let txt = self.data.with_extension("txt");
-        let out = Command::new("perf")
-            .args(["report", "--stdio", "--no-children", "--percent-limit", "0.5", "-g", "none", "-i"])
-            .arg(&self.data)
-            .output()
-            .ok()?;
-        std::fs::write(&txt, out.stdout).ok()?;
+        let mut text = Vec::new();
+        for sort in ["dso", "symbol"] {
+            let out = Command::new("perf")
+                .args(["report", "--stdio", "--no-children", "--percent-limit", "0.5", "--sort", sort, "-i"])
+                .arg(&self.data)
+                .output()
+                .ok()?;
+            text.extend_from_slice(&out.stdout);
+        }
+        std::fs::write(&txt, text).ok()?;
         Some(txt)
     }
 }
@@ -176,7 +187,8 @@ impl Runner<'_> {
         self.report.results.push(r);
     }
 
-    /// `max` then `half` against a gRPC server; `full` says whether it can be consumed from.
+    /// `max` then the paced runs against a gRPC server; `full` says whether it can be consumed
+    /// from.
     async fn grpc_system(
         &mut self,
         system: &str,
@@ -198,7 +210,10 @@ impl Runner<'_> {
         if let Some(p) = profile
             && let Some(txt) = p.finish()
         {
-            self.report.notes.push(format!("{system} max was profiled with perf (499 Hz); report: {}", txt.display()));
+            self.report.notes.push(format!(
+                "{system} max ran under `perf record -F 499` (its figures include that overhead); flat profile: {}",
+                txt.display()
+            ));
         }
         server.check_alive()?;
         let max = max?;
@@ -208,44 +223,61 @@ impl Runner<'_> {
         self.record(r);
         if full && self.args.consumers > 0 && max_rate > 0.0 {
             let pid = server.pid();
-            let run = |a: LoadArgs| {
-                let target = Target { addr, topic: grpc::default_topic("half"), group: "bench-half".into(), full };
+            let run = |a: LoadArgs, i: usize| {
+                let target = Target {
+                    addr,
+                    topic: grpc::default_topic(&format!("paced{i}")),
+                    group: format!("bench-paced{i}"),
+                    full,
+                };
                 async move {
                     grpc::prepare(&target, Duration::from_secs(60)).await?;
                     grpc::run(system, &a, &target, pid).await
                 }
             };
-            self.half(system, max_rate, run, storage).await?;
+            self.paced(system, max_rate, run, storage).await?;
             server.check_alive()?;
         }
         Ok(())
     }
 
-    async fn half<F, Fut>(
+    /// One paced run per `--paced` fraction; `run` gets the load and the run's index.
+    async fn paced<F, Fut>(
         &mut self,
         system: &str,
         max_rate: f64,
-        run: F,
+        mut run: F,
         storage: &dyn Fn() -> String,
     ) -> anyhow::Result<()>
     where
-        F: FnOnce(LoadArgs) -> Fut,
+        F: FnMut(LoadArgs, usize) -> Fut,
         Fut: std::future::Future<Output = anyhow::Result<LoadOutcome>>,
     {
-        let rate = max_rate * self.args.half_fraction;
-        let args = self.args.load(self.args.consumers, Some(rate));
-        eprintln!("{system}: half (paced at {rate:.0} msg/s, {} consumers)", args.consumers);
-        let outcome = run(args.clone()).await?;
-        let r = RunResult::new(system, "half", &storage(), &args, &outcome);
-        if r.received < r.messages {
-            self.report.notes.push(format!(
-                "{}: consumers saw {} of {} messages sent in the window within the drain time",
-                r.key(),
-                r.received,
-                r.messages
-            ));
+        for (i, fraction) in self.args.paced.clone().into_iter().enumerate() {
+            let rate = max_rate * fraction;
+            let args = self.args.load(self.args.consumers, Some(rate));
+            let phase = paced_phase(fraction);
+            eprintln!("{system}: {phase} (paced at {rate:.0} msg/s, {} consumers)", args.consumers);
+            let outcome = run(args.clone(), i).await?;
+            let r = RunResult::new(system, &phase, &storage(), &args, &outcome);
+            if r.received < r.messages {
+                self.report.notes.push(format!(
+                    "{}: consumers saw {} of {} messages sent in the window within the drain time",
+                    r.key(),
+                    r.received,
+                    r.messages
+                ));
+            }
+            if r.msgs_per_s < rate * 0.97 {
+                self.report.notes.push(format!(
+                    "{}: the pace of {rate:.0} msg/s was not reached ({:.0} msg/s): with consumers running the \
+                     machine was saturated",
+                    r.key(),
+                    r.msgs_per_s
+                ));
+            }
+            self.record(r);
         }
-        self.record(r);
         Ok(())
     }
 
@@ -290,14 +322,19 @@ impl Runner<'_> {
             let max_rate = r.msgs_per_s;
             self.record(r);
             if self.args.consumers > 0 && max_rate > 0.0 {
-                nats::create_stream(&url, "BENCHHALF", Duration::from_secs(30)).await?;
                 let u = url.clone();
-                self.half(NATS, max_rate, |a| async move { nats::run(NATS, &a, &u, "BENCHHALF", pid).await }, &|| {
-                    super::NATS_STORAGE.to_string()
-                })
-                .await?;
+                let run = |a: LoadArgs, i: usize| {
+                    let u = u.clone();
+                    async move {
+                        let stream = format!("BENCHPACED{i}");
+                        nats::create_stream(&u, &stream, Duration::from_secs(30)).await?;
+                        let outcome = nats::run(NATS, &a, &u, &stream, pid).await;
+                        nats::delete_stream(&u, &stream).await?;
+                        outcome
+                    }
+                };
+                self.paced(NATS, max_rate, run, &|| super::NATS_STORAGE.to_string()).await?;
                 s.server.check_alive()?;
-                nats::delete_stream(&url, "BENCHHALF").await?;
             }
             anyhow::Ok(())
         }
@@ -355,7 +392,7 @@ impl Runner<'_> {
                         met: Some(gl.p99_ms <= nl.p99_ms),
                     });
                 }
-                let half = |s: &str| r.find(s, "half").and_then(|x| x.send_latency.clone());
+                let half = |s: &str| r.find(s, &paced_phase(0.5)).and_then(|x| x.send_latency.clone());
                 if let (Some(gl), Some(nl)) = (half(gw), half(NATS)) {
                     checks.push(Check {
                         target: format!("{gw} p99 send latency no worse than NATS JetStream (each at half its max)"),
@@ -364,7 +401,7 @@ impl Runner<'_> {
                     });
                 }
             }
-            if let Some(h) = r.find(gw, "half") {
+            if let Some(h) = r.find(gw, &paced_phase(0.5)) {
                 let measured = match &h.e2e_latency {
                     Some(l) => format!("p99 {:.2} ms at {:.0} msg/s", l.p99_ms, h.msgs_per_s),
                     None => "no messages received".to_string(),
@@ -398,6 +435,11 @@ impl Runner<'_> {
             ));
         }
         self.report.notes.push(
+            "Other CPU = the machine's busy time minus the server's and the client's: other work on a shared machine, \
+             plus kernel time (loopback softirqs, kworkers) charged to neither process."
+                .into(),
+        );
+        self.report.notes.push(
             "Client and servers share the same cores; the client's CPU is in the table. Send latency is measured from \
              just before the request is built to the response; end-to-end latency from the same instant (written into \
              the body) to the consumer's receipt, on one monotonic clock."
@@ -415,7 +457,7 @@ pub async fn main(args: CompareArgs) -> anyhow::Result<()> {
         None => std::env::current_exe().context("cannot find this executable")?,
     };
     args.load(args.consumers, None).validate()?;
-    anyhow::ensure!(args.half_fraction > 0.0 && args.half_fraction <= 1.0, "--half-fraction must be in (0, 1]");
+    anyhow::ensure!(args.paced.iter().all(|f| *f > 0.0 && *f <= 1.0), "--paced fractions must be in (0, 1]");
     std::fs::create_dir_all(&args.work_dir).with_context(|| format!("cannot create {}", args.work_dir.display()))?;
     std::fs::create_dir_all(&args.out.out)?;
     let systems = args.systems.clone();

@@ -65,6 +65,9 @@ pub struct LoadOutcome {
     pub send_latency_us: Histogram<u64>,
     /// Messages of the window seen by consumers.
     pub received: u64,
+    /// All messages consumers received (window or not) and the receive calls that brought them.
+    pub received_total: u64,
+    pub receive_calls: u64,
     pub receive_errors: u64,
     pub e2e_latency_us: Option<Histogram<u64>>,
     pub server: Option<ResourceUse>,
@@ -209,10 +212,13 @@ async fn produce<P: Producer>(mut p: P, s: Arc<Shared>, filler: Bytes) -> Produc
 struct ConsumerTally {
     hist: Histogram<u64>,
     errors: u64,
+    /// Receives that returned messages, and how many they returned.
+    calls: u64,
+    messages: u64,
 }
 
 async fn consume<C: Consumer>(mut c: C, s: Arc<Shared>, stop: CancellationToken) -> ConsumerTally {
-    let mut t = ConsumerTally { hist: histogram(), errors: 0 };
+    let mut t = ConsumerTally { hist: histogram(), errors: 0, calls: 0, messages: 0 };
     loop {
         let got = tokio::select! {
             r = c.receive() => r,
@@ -222,6 +228,10 @@ async fn consume<C: Consumer>(mut c: C, s: Arc<Shared>, stop: CancellationToken)
         match got {
             Ok(bodies) => {
                 s.received_total.fetch_add(bodies.len() as u64, Ordering::Relaxed);
+                if !bodies.is_empty() {
+                    t.calls += 1;
+                    t.messages += bodies.len() as u64;
+                }
                 for b in &bodies {
                     let Some(sent) = sent_ns(b) else { continue };
                     if sent >= s.window_start_ns && sent < s.window_end_ns {
@@ -398,11 +408,13 @@ pub async fn drive<P: Producer, C: Consumer>(
     }
     consumer_stop.cancel();
     let mut e2e = histogram();
-    let mut receive_errors = 0;
+    let (mut receive_errors, mut receive_calls, mut received_total) = (0, 0, 0);
     for t in consumer_tasks {
         let tally = t.await?;
         e2e.add(&tally.hist).map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))?;
         receive_errors += tally.errors;
+        receive_calls += tally.calls;
+        received_total += tally.messages;
     }
     progress_done.cancel();
     if let Some(t) = progress_task {
@@ -418,6 +430,8 @@ pub async fn drive<P: Producer, C: Consumer>(
         first_error,
         send_latency_us,
         received: s.received_in_window.load(Ordering::Relaxed),
+        received_total,
+        receive_calls,
         receive_errors,
         e2e_latency_us: has_consumers.then_some(e2e),
         server,

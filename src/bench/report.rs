@@ -58,7 +58,8 @@ impl Latency {
 pub struct RunResult {
     /// e.g. `gateway-async`, `noop-ceiling`, `nats-jetstream`.
     pub system: String,
-    /// `max` (closed loop, producers only) or `half` (paced, with consumers), or `single`.
+    /// `max` (closed loop, producers only), `paced-N%` (paced at N% of `max`, with consumers),
+    /// or `single`.
     pub phase: String,
     /// What persisted the messages (and when the ack was sent).
     pub storage: String,
@@ -79,6 +80,9 @@ pub struct RunResult {
     pub e2e_latency: Option<Latency>,
     pub received: u64,
     pub receive_errors: u64,
+    /// Messages per receive call that returned messages (one call = one ReceiveMessage or one
+    /// delivered NATS message).
+    pub msgs_per_receive: Option<f64>,
     pub server: Option<ResourceUse>,
     /// Server CPU time per acknowledged message.
     pub server_cpu_us_per_msg: Option<f64>,
@@ -114,6 +118,7 @@ impl RunResult {
             e2e_latency: o.e2e_latency_us.as_ref().and_then(Latency::of),
             received: o.received,
             receive_errors: o.receive_errors,
+            msgs_per_receive: (o.receive_calls > 0).then(|| o.received_total as f64 / o.receive_calls as f64),
             server: o.server,
             server_cpu_us_per_msg: o.server.filter(|_| o.messages > 0).map(|s| s.cpu_seconds * 1e6 / o.messages as f64),
             client: o.client,
@@ -307,16 +312,16 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "| System | Run | Storage | Target rate | msg/s | MB/s | Send p50 / p99 / p99.9 (ms) | E2E p50 / p99 / p99.9 (ms) | Server CPU (cores) | Server CPU µs/msg | Server RSS peak (MiB) | Client CPU (cores) | Other CPU (cores) | Errors |"
+            "| System | Run | Storage | Target rate | msg/s | MB/s | Send p50 / p99 / p99.9 (ms) | E2E p50 / p99 / p99.9 (ms) | Server CPU (cores) | Server CPU µs/msg | Server RSS peak (MiB) | Client CPU (cores) | Other CPU (cores) | Msgs/receive | Errors |"
         );
-        let _ = writeln!(s, "|---|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|");
         let lat = |l: &Option<Latency>| {
             l.as_ref().map_or("–".to_string(), |l| format!("{:.2} / {:.2} / {:.2}", l.p50_ms, l.p99_ms, l.p999_ms))
         };
         for r in &self.results {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.system,
                 r.phase,
                 r.storage,
@@ -330,6 +335,7 @@ impl Report {
                 r.server.map_or("–".to_string(), |u| format!("{:.0}", u.rss_peak_bytes as f64 / 1048576.0)),
                 r.client.map_or("–".to_string(), |u| format!("{:.2}", u.cpu_cores)),
                 r.other_cpu_cores.map_or("–".to_string(), |x| format!("{x:.2}")),
+                r.msgs_per_receive.map_or("–".to_string(), |x| format!("{x:.1}")),
                 r.errors + r.receive_errors,
             );
         }
@@ -397,19 +403,43 @@ impl Report {
         }
 
         // Panels 2 and 3: percentile curves on a log scale.
-        let send: Vec<(&str, &Latency)> =
-            bars.iter().filter_map(|r| Some((r.system.as_str(), r.send_latency.as_ref()?))).collect();
-        let e2e: Vec<(&str, &Latency)> = self
+        let send: Vec<Series> = bars
+            .iter()
+            .filter_map(|r| {
+                Some(Series {
+                    label: r.system.clone(),
+                    system: &r.system,
+                    lat: r.send_latency.as_ref()?,
+                    dashed: false,
+                })
+            })
+            .collect();
+        let e2e: Vec<Series> = self
             .results
             .iter()
             .filter(|r| r.target_rate.is_some())
-            .filter_map(|r| Some((r.system.as_str(), r.e2e_latency.as_ref()?)))
+            .filter_map(|r| {
+                Some(Series {
+                    label: format!("{} {}", r.system, r.phase),
+                    system: &r.system,
+                    lat: r.e2e_latency.as_ref()?,
+                    dashed: r.phase != "paced-50%",
+                })
+            })
             .collect();
         percentile_panel(&mut s, 440.0, 70.0, "Send latency at max load (ms)", &send, &color);
         percentile_panel(&mut s, 860.0, 70.0, "End-to-end latency, paced runs (ms)", &e2e, &color);
         let _ = writeln!(s, "</svg>");
         s
     }
+}
+
+/// One curve of a percentile panel.
+struct Series<'a> {
+    label: String,
+    system: &'a str,
+    lat: &'a Latency,
+    dashed: bool,
 }
 
 const PALETTE: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
@@ -419,7 +449,7 @@ fn percentile_panel(
     x0: f64,
     y0: f64,
     title: &str,
-    series: &[(&str, &Latency)],
+    series: &[Series],
     color: &dyn Fn(&str) -> &'static str,
 ) {
     let (pw, ph) = (360.0, 300.0);
@@ -429,7 +459,7 @@ fn percentile_panel(
         let _ = writeln!(s, r##"<text x="{}" y="{}" fill="#777">no data</text>"##, x0 + 20.0, y0 + 40.0);
         return;
     }
-    let values = series.iter().flat_map(|(_, l)| l.points().map(|(_, v)| v.max(0.001)));
+    let values = series.iter().flat_map(|s| s.lat.points().map(|(_, v)| v.max(0.001)));
     let (lo, hi) = values.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let (dlo, dhi) = (lo.log10().floor(), hi.log10().ceil().max(lo.log10().floor() + 1.0));
     let (ax, ay, aw, ah) = (x0 + left, y0, pw - left, ph - bottom);
@@ -450,7 +480,7 @@ fn percentile_panel(
     }
     let n = 5;
     let xpos = |i: usize| ax + 20.0 + i as f64 * (aw - 40.0) / (n - 1) as f64;
-    for (i, (name, _)) in Latency::points(series[0].1).iter().enumerate() {
+    for (i, (name, _)) in series[0].lat.points().iter().enumerate() {
         let _ = writeln!(
             s,
             r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="11">{name}</text>"#,
@@ -458,20 +488,33 @@ fn percentile_panel(
             ay + ah + 16.0
         );
     }
-    for (k, (sys, l)) in series.iter().enumerate() {
-        let pts: Vec<String> =
-            l.points().iter().enumerate().map(|(i, (_, v))| format!("{:.1},{:.1}", xpos(i), ypos(*v))).collect();
-        let c = color(sys);
-        let _ = writeln!(s, r#"<polyline points="{}" fill="none" stroke="{c}" stroke-width="2"/>"#, pts.join(" "));
+    for (k, series) in series.iter().enumerate() {
+        let pts: Vec<String> = series
+            .lat
+            .points()
+            .iter()
+            .enumerate()
+            .map(|(i, (_, v))| format!("{:.1},{:.1}", xpos(i), ypos(*v)))
+            .collect();
+        let c = color(series.system);
+        let dash = if series.dashed { r#" stroke-dasharray="5,3""# } else { "" };
+        let _ =
+            writeln!(s, r#"<polyline points="{}" fill="none" stroke="{c}" stroke-width="2"{dash}/>"#, pts.join(" "));
         for p in &pts {
             if let Some((x, y)) = p.split_once(',') {
                 let _ = writeln!(s, r#"<circle cx="{x}" cy="{y}" r="3" fill="{c}"/>"#);
             }
         }
         let ly = y0 + ph + 14.0 + (k / 2) as f64 * 15.0;
-        let lx = x0 + (k % 2) as f64 * 180.0;
-        let _ = writeln!(s, r#"<rect x="{lx}" y="{:.1}" width="12" height="4" fill="{c}"/>"#, ly - 4.0);
-        let _ = writeln!(s, r#"<text x="{:.1}" y="{ly:.1}" font-size="11">{}</text>"#, lx + 16.0, esc(sys));
+        let lx = x0 + (k % 2) as f64 * 190.0;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{lx}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{c}" stroke-width="2"{dash}/>"#,
+            ly - 4.0,
+            lx + 14.0,
+            ly - 4.0
+        );
+        let _ = writeln!(s, r#"<text x="{:.1}" y="{ly:.1}" font-size="11">{}</text>"#, lx + 18.0, esc(&series.label));
     }
 }
 
@@ -500,7 +543,7 @@ mod tests {
         let lat = Latency::of(&h);
         RunResult {
             system: system.into(),
-            phase: if rate.is_some() { "half".into() } else { "max".into() },
+            phase: if rate.is_some() { "paced-50%".into() } else { "max".into() },
             storage: "memory".into(),
             producers: 1,
             concurrency: 1,
@@ -519,6 +562,7 @@ mod tests {
             e2e_latency: rate.and(lat),
             received: 10,
             receive_errors: 0,
+            msgs_per_receive: None,
             server: None,
             server_cpu_us_per_msg: None,
             client: None,
