@@ -98,6 +98,13 @@ pub struct CompareArgs {
     /// nats-server binary.
     #[arg(long, default_value = "nats-server")]
     pub nats_server: String,
+    /// A run during which other processes on the machine used more than this many cores is
+    /// run again (see --attempts): on a shared machine, contention would skew the ratios.
+    #[arg(long, default_value_t = 0.25)]
+    pub max_other_cpu: f64,
+    /// At most this many tries per run; the least contended one is kept.
+    #[arg(long, default_value_t = 3)]
+    pub attempts: usize,
     /// Record a `perf` profile of the gateway during its `max` runs (needs `perf`).
     #[arg(long)]
     pub perf: bool,
@@ -206,7 +213,8 @@ impl Runner<'_> {
             .then(|| server.pid())
             .flatten()
             .and_then(|pid| Profile::start(pid, &self.args.out.out.join(format!("perf-{system}.data"))));
-        let max = grpc::run(system, &args, &max_target, server.pid()).await;
+        let pid = server.pid();
+        let max = self.best_of(&format!("{system} max"), |_| grpc::run(system, &args, &max_target, pid)).await;
         if let Some(p) = profile
             && let Some(txt) = p.finish()
         {
@@ -222,7 +230,6 @@ impl Runner<'_> {
         let max_rate = r.msgs_per_s;
         self.record(r);
         if full && self.args.consumers > 0 && max_rate > 0.0 {
-            let pid = server.pid();
             let run = |a: LoadArgs, i: usize| {
                 let target = Target {
                     addr,
@@ -241,7 +248,37 @@ impl Runner<'_> {
         Ok(())
     }
 
-    /// One paced run per `--paced` fraction; `run` gets the load and the run's index.
+    /// Runs `run` (given the attempt number) until other processes stay under
+    /// `--max-other-cpu` during its window, at most `--attempts` times; keeps the least
+    /// contended outcome.
+    async fn best_of<F, Fut>(&mut self, label: &str, mut run: F) -> anyhow::Result<LoadOutcome>
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<LoadOutcome>>,
+    {
+        let mut best: Option<LoadOutcome> = None;
+        let tries = self.args.attempts.max(1);
+        for attempt in 0..tries {
+            let o = run(attempt).await?;
+            let other = o.other_processes_cores;
+            if best.as_ref().is_none_or(|b| other < b.other_processes_cores) {
+                best = Some(o);
+            }
+            if other <= self.args.max_other_cpu {
+                break;
+            }
+            let msg = format!(
+                "{label}: other processes used {other:.2} cores during attempt {} of {tries} (limit {:.2})",
+                attempt + 1,
+                self.args.max_other_cpu
+            );
+            eprintln!("{msg}");
+            self.report.notes.push(msg);
+        }
+        best.ok_or_else(|| anyhow::anyhow!("{label}: no attempt"))
+    }
+
+    /// One paced run per `--paced` fraction; `run` gets the load and a unique run number.
     async fn paced<F, Fut>(
         &mut self,
         system: &str,
@@ -258,7 +295,8 @@ impl Runner<'_> {
             let args = self.args.load(self.args.consumers, Some(rate));
             let phase = paced_phase(fraction);
             eprintln!("{system}: {phase} (paced at {rate:.0} msg/s, {} consumers)", args.consumers);
-            let outcome = run(args.clone(), i).await?;
+            let outcome =
+                self.best_of(&format!("{system} {phase}"), |attempt| run(args.clone(), i * 10 + attempt)).await?;
             let r = RunResult::new(system, &phase, &storage(), &args, &outcome);
             if r.received < r.messages {
                 self.report.notes.push(format!(
@@ -311,14 +349,23 @@ impl Runner<'_> {
         let url = s.url.clone();
         let pid = s.server.pid();
         let result = async {
-            nats::create_stream(&url, "BENCHMAX", Duration::from_secs(30)).await?;
             let args = self.args.load(0, None);
             eprintln!("{NATS}: max (closed loop, {} publishes in flight)", args.producers * args.concurrency);
-            let max = nats::run(NATS, &args, &url, "BENCHMAX", pid).await;
+            let (u, a) = (url.clone(), args.clone());
+            let max = self
+                .best_of(&format!("{NATS} max"), |attempt| {
+                    let (u, a) = (u.clone(), a.clone());
+                    async move {
+                        let stream = format!("BENCHMAX{attempt}");
+                        nats::create_stream(&u, &stream, Duration::from_secs(30)).await?;
+                        let outcome = nats::run(NATS, &a, &u, &stream, pid).await;
+                        nats::delete_stream(&u, &stream).await?;
+                        outcome
+                    }
+                })
+                .await;
             s.server.check_alive()?;
-            let mut r = RunResult::new(NATS, "max", super::NATS_STORAGE, &args, &max?);
-            r.disk_bytes = Some(procs::dir_size(&s.store_dir));
-            nats::delete_stream(&url, "BENCHMAX").await?;
+            let r = RunResult::new(NATS, "max", super::NATS_STORAGE, &args, &max?);
             let max_rate = r.msgs_per_s;
             self.record(r);
             if self.args.consumers > 0 && max_rate > 0.0 {

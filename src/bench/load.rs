@@ -74,6 +74,9 @@ pub struct LoadOutcome {
     pub client: Option<ResourceUse>,
     /// Busy cores of the whole machine over the window (server, client and anything else).
     pub machine_busy_cores: Option<f64>,
+    /// Cores used by other processes and by kernel threads over the window (lower bounds).
+    pub other_processes_cores: f64,
+    pub kernel_threads_cores: f64,
 }
 
 /// CPU and memory of a process over the measured window.
@@ -254,9 +257,18 @@ async fn consume<C: Consumer>(mut c: C, s: Arc<Shared>, stop: CancellationToken)
 }
 
 /// Samples the server (and this process) over the window: CPU at both ends, RSS throughout.
-async fn monitor(s: Arc<Shared>, pid: Option<u32>) -> (Option<ResourceUse>, Option<ResourceUse>, Option<f64>) {
+struct Monitored {
+    server: Option<ResourceUse>,
+    client: Option<ResourceUse>,
+    machine_busy_cores: Option<f64>,
+    other: procs::OtherCpu,
+    wall: f64,
+}
+
+async fn monitor(s: Arc<Shared>, pid: Option<u32>) -> Monitored {
     tokio::time::sleep_until(s.at(s.window_start_ns)).await;
     let t0 = Instant::now();
+    let census0 = procs::census();
     let machine0 = procs::machine_busy();
     let server0 = pid.and_then(|p| procs::sample(Some(p)));
     let client0 = procs::sample(None);
@@ -289,7 +301,16 @@ async fn monitor(s: Arc<Shared>, pid: Option<u32>) -> (Option<ResourceUse>, Opti
     let server1 = pid.and_then(|p| procs::sample(Some(p)));
     let client1 = procs::sample(None);
     let machine = machine0.zip(procs::machine_busy()).map(|(a, b)| b.saturating_sub(a).as_secs_f64() / wall);
-    (usage(server0, server1, peak), usage(client0, client1, client_peak), machine)
+    let mut exclude = vec![std::process::id()];
+    exclude.extend(pid);
+    let other = procs::census().other_since(&census0, &exclude);
+    Monitored {
+        server: usage(server0, server1, peak),
+        client: usage(client0, client1, client_peak),
+        machine_busy_cores: machine,
+        other,
+        wall,
+    }
 }
 
 fn rate(n: u64, d: Duration) -> String {
@@ -391,7 +412,7 @@ pub async fn drive<P: Producer, C: Consumer>(
     // Everything the producers will send is sent: end the window for the monitor.
     let producers_done_ns = s.now_ns();
     s.stop.cancel();
-    let (server, client, machine_busy_cores) = monitor_task.await?;
+    let Monitored { server, client, machine_busy_cores, other, wall } = monitor_task.await?;
     let window_end = if args.messages.is_some() {
         s.last_done_ns.load(Ordering::Relaxed).max(window_start_ns + 1)
     } else {
@@ -437,6 +458,8 @@ pub async fn drive<P: Producer, C: Consumer>(
         server,
         client,
         machine_busy_cores,
+        other_processes_cores: other.processes.as_secs_f64() / wall,
+        kernel_threads_cores: other.kernel_threads.as_secs_f64() / wall,
     })
 }
 

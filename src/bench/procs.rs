@@ -152,6 +152,60 @@ pub fn machine_busy() -> Option<Duration> {
     Some(Duration::from_nanos(busy.saturating_mul(1_000_000_000) / clock_ticks_per_second()))
 }
 
+/// CPU time of every process on the machine, by pid, and whether it is a kernel thread.
+#[derive(Debug, Default)]
+pub struct Census {
+    procs: std::collections::HashMap<u32, (Duration, bool)>,
+}
+
+/// CPU used between two censuses by processes other than `exclude`: (user processes, kernel
+/// threads). Processes that started in between count in full; processes that ended in between
+/// are missed, so both figures are lower bounds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OtherCpu {
+    pub processes: Duration,
+    pub kernel_threads: Duration,
+}
+
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Reads `/proc/<pid>/stat` of every process.
+pub fn census() -> Census {
+    let mut procs = std::collections::HashMap::new();
+    let ticks = clock_ticks_per_second();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Census::default() };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some(close) = stat.rfind(')') else { continue };
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // f[0] = field 3 (state); flags = field 9, utime = 14, stime = 15.
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let cpu = Duration::from_nanos((num(11) + num(12)).saturating_mul(1_000_000_000) / ticks);
+        procs.insert(pid, (cpu, num(6) & PF_KTHREAD != 0));
+    }
+    Census { procs }
+}
+
+impl Census {
+    pub fn other_since(&self, earlier: &Census, exclude: &[u32]) -> OtherCpu {
+        let mut out = OtherCpu::default();
+        for (pid, (cpu, kthread)) in &self.procs {
+            if exclude.contains(pid) {
+                continue;
+            }
+            let before = earlier.procs.get(pid).map_or(Duration::ZERO, |(c, _)| *c);
+            let d = cpu.saturating_sub(before);
+            if *kthread {
+                out.kernel_threads += d;
+            } else {
+                out.processes += d;
+            }
+        }
+        out
+    }
+}
+
 /// Bytes of all files under `dir` (what a server wrote to disk).
 pub fn dir_size(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
@@ -186,6 +240,16 @@ mod tests {
     fn samples_itself() {
         let s = sample(None).expect("/proc/self is readable");
         assert!(s.rss_bytes > 0);
+    }
+
+    #[test]
+    fn census_sees_this_process() {
+        let a = census();
+        let me = std::process::id();
+        assert!(a.procs.contains_key(&me));
+        let b = census();
+        let other = b.other_since(&a, &[me]);
+        assert!(other.processes < Duration::from_secs(3600));
     }
 
     #[test]

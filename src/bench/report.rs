@@ -87,8 +87,14 @@ pub struct RunResult {
     /// Server CPU time per acknowledged message.
     pub server_cpu_us_per_msg: Option<f64>,
     pub client: Option<ResourceUse>,
-    /// CPU used by everything except the server and the client (other work on the machine).
+    /// CPU used by everything except the server and the client: the machine's busy time minus
+    /// theirs (other work, kernel threads, interrupts).
     pub other_cpu_cores: Option<f64>,
+    /// Of which other user processes (a lower bound: processes that ended inside the window
+    /// are missed) — contention from other work on a shared machine.
+    pub other_processes_cores: f64,
+    /// Of which kernel threads (writeback, journal, softirq and worker threads).
+    pub kernel_threads_cores: f64,
     /// Bytes the server left in its data directory.
     pub disk_bytes: Option<u64>,
 }
@@ -125,6 +131,8 @@ impl RunResult {
             other_cpu_cores: o
                 .machine_busy_cores
                 .map(|m| (m - o.server.map_or(0.0, |x| x.cpu_cores) - o.client.map_or(0.0, |x| x.cpu_cores)).max(0.0)),
+            other_processes_cores: o.other_processes_cores,
+            kernel_threads_cores: o.kernel_threads_cores,
             disk_bytes: None,
         }
     }
@@ -312,16 +320,22 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "| System | Run | Storage | Target rate | msg/s | MB/s | Send p50 / p99 / p99.9 (ms) | E2E p50 / p99 / p99.9 (ms) | Server CPU (cores) | Server CPU µs/msg | Server RSS peak (MiB) | Client CPU (cores) | Other CPU (cores) | Msgs/receive | Errors |"
+            "| System | Run | Storage | Target rate | msg/s | MB/s | Send p50 / p99 / p99.9 (ms) | E2E p50 / p99 / p99.9 (ms) | Server CPU (cores) | Server CPU µs/msg | Server RSS peak (MiB) | Client CPU (cores) | Other CPU: procs / kernel threads / total | Msgs/receive | Errors |"
         );
         let _ = writeln!(s, "|---|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|");
         let lat = |l: &Option<Latency>| {
             l.as_ref().map_or("–".to_string(), |l| format!("{:.2} / {:.2} / {:.2}", l.p50_ms, l.p99_ms, l.p999_ms))
         };
         for r in &self.results {
+            let other = format!(
+                "{:.2} / {:.2} / {}",
+                r.other_processes_cores,
+                r.kernel_threads_cores,
+                r.other_cpu_cores.map_or("–".to_string(), |x| format!("{x:.2}"))
+            );
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {} | {other} | {} | {} |",
                 r.system,
                 r.phase,
                 r.storage,
@@ -334,7 +348,6 @@ impl Report {
                 r.server_cpu_us_per_msg.map_or("–".to_string(), |x| format!("{x:.1}")),
                 r.server.map_or("–".to_string(), |u| format!("{:.0}", u.rss_peak_bytes as f64 / 1048576.0)),
                 r.client.map_or("–".to_string(), |u| format!("{:.2}", u.cpu_cores)),
-                r.other_cpu_cores.map_or("–".to_string(), |x| format!("{x:.2}")),
                 r.msgs_per_receive.map_or("–".to_string(), |x| format!("{x:.1}")),
                 r.errors + r.receive_errors,
             );
@@ -567,6 +580,8 @@ mod tests {
             server_cpu_us_per_msg: None,
             client: None,
             other_cpu_cores: None,
+            other_processes_cores: 0.0,
+            kernel_threads_cores: 0.0,
             disk_bytes: None,
         }
     }
