@@ -229,6 +229,13 @@ impl KeyIndex {
         true
     }
 
+    /// The writer rolled back to `position`: records from there on are rewritten and their
+    /// keys go to the active memtable, which must therefore cover them.
+    pub fn rewind(&self, position: u64) {
+        let mut active = lock(&self.active);
+        active.start = active.start.min(position);
+    }
+
     /// Freezes the active memtable regardless of its size (clean shutdown).
     pub fn freeze_all(&self, write_position: u64) {
         let mut active = lock(&self.active);

@@ -159,7 +159,13 @@ impl Shared {
     }
 
     /// Reads and verifies the record at `position` (below the published position).
-    fn read_at(&self, position: u64, expected_len: Option<usize>) -> Result<StoredMessage, String> {
+    /// `queue`: the queue the caller expects the record in (saves a topic allocation).
+    fn read_at(
+        &self,
+        position: u64,
+        expected_len: Option<usize>,
+        queue: Option<&QueueIndex>,
+    ) -> Result<StoredMessage, String> {
         let published = self.published.load(Ordering::Acquire);
         if position >= published {
             return Err(format!("position {position} is not published (published up to {published})"));
@@ -178,8 +184,10 @@ impl Shared {
                     return Err("record extends past the published position".into());
                 }
                 let topic = std::str::from_utf8(&topic).map_err(|_| "topic is not utf-8".to_string())?;
-                let topic: Arc<str> =
-                    self.queue(topic, header.queue_id).map_or_else(|| topic.into(), |q| q.topic.clone());
+                let topic: Arc<str> = match queue {
+                    Some(q) if &*q.topic == topic && q.queue_id == header.queue_id => q.topic.clone(),
+                    _ => self.queue(topic, header.queue_id).map_or_else(|| topic.into(), |q| q.topic.clone()),
+                };
                 Ok(StoredMessage {
                     topic,
                     queue_id: header.queue_id,
@@ -205,7 +213,7 @@ impl Shared {
             if position < log_start {
                 continue;
             }
-            match self.read_at(position, None) {
+            match self.read_at(position, None, None) {
                 Ok(m) if matches(&m) => out.push(m),
                 Ok(_) => {} // hash collision
                 // Stale entries (a rolled-back write, a cut tail) point at non-records.
@@ -465,7 +473,7 @@ impl MessageLog for CommitLog {
                 offset += 1; // removed by retention while we read
                 continue;
             }
-            let m = match self.shared.read_at(entry.log_position, Some(entry.size as usize)) {
+            let m = match self.shared.read_at(entry.log_position, Some(entry.size as usize), Some(&q)) {
                 Ok(m) if m.queue_id == queue_id && m.queue_offset == offset && &*m.topic == topic => m,
                 Ok(m) => {
                     return corrupted_or_partial(

@@ -284,6 +284,7 @@ impl Writer {
         }
         self.write_pos = to;
         self.shared.written.store(to, Ordering::Release);
+        self.shared.keys.rewind(to);
         if let Some(seg) = self.shared.segment_at_or_before(to) {
             self.active = seg;
         }
