@@ -67,6 +67,9 @@ pub struct StorageBenchArgs {
     /// Keep the data directories instead of deleting them.
     #[arg(long)]
     pub keep_data: bool,
+    /// Skip the throughput matrix (run only the backlog case).
+    #[arg(long)]
+    pub no_matrix: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -174,7 +177,8 @@ pub async fn run(mut args: StorageBenchArgs) -> anyhow::Result<()> {
         args.duration
     );
     let mut cases = Vec::new();
-    for mode in &args.modes {
+    let modes = if args.no_matrix { Vec::new() } else { args.modes.clone() };
+    for mode in &modes {
         let flush = match mode.as_str() {
             "sync" => FlushMode::Sync,
             "async" => FlushMode::Async { interval: args.async_flush_interval },
@@ -214,6 +218,7 @@ pub async fn run(mut args: StorageBenchArgs) -> anyhow::Result<()> {
             print_case(&case);
             cases.push(case);
             remove_case_dir(&args, &dir);
+            settle().await;
         }
     }
     let backlog = if args.backlog_messages > 0 { Some(backlog_case(&args).await?) } else { None };
@@ -480,23 +485,29 @@ async fn backlog_case(args: &StorageBenchArgs) -> anyhow::Result<BacklogResult> 
     let mut rss_with_backlog = None;
     let mut reopen_seconds = Vec::new();
     let mut key_index_runs = 0;
-    for _ in 0..rounds {
-        let empty_dir = case_dir(args, "backlog-empty")?;
-        let log = open(&empty_dir, FlushMode::Sync).await?;
-        empty.add(measure_appends(&log, args, 100, args.duration).await?);
-        rss_empty = rss();
-        log.close().await?;
-        drop(log);
-        remove_case_dir(args, &empty_dir);
-
-        let t = Instant::now();
-        let log = open(&dir, FlushMode::Sync).await?;
-        reopen_seconds.push(t.elapsed().as_secs_f64());
-        with_backlog.add(measure_appends(&log, args, 100, args.duration).await?);
-        rss_with_backlog = rss();
-        key_index_runs = log.stats().key_index_runs;
-        log.close().await?;
-        drop(log);
+    for round in 0..rounds {
+        // Alternate which goes first, so drift and the previous run's after-effects (page
+        // cache write-back, discards of deleted files) hit both alike.
+        for backlog_first in [round % 2 == 1, round % 2 == 0] {
+            if backlog_first {
+                let t = Instant::now();
+                let log = open(&dir, FlushMode::Sync).await?;
+                reopen_seconds.push(t.elapsed().as_secs_f64());
+                with_backlog.add(measure_appends(&log, args, 100, args.duration).await?);
+                rss_with_backlog = rss();
+                key_index_runs = log.stats().key_index_runs;
+                log.close().await?;
+            } else {
+                let empty_dir = case_dir(args, "backlog-empty")?;
+                let log = open(&empty_dir, FlushMode::Sync).await?;
+                empty.add(measure_appends(&log, args, 100, args.duration).await?);
+                rss_empty = rss();
+                log.close().await?;
+                drop(log);
+                remove_case_dir(args, &empty_dir);
+            }
+            settle().await;
+        }
     }
     remove_case_dir(args, &dir);
     let empty = empty.result("sync", 100, args.concurrency);
@@ -618,6 +629,13 @@ fn markdown(r: &BenchReport) -> String {
     s
 }
 
+/// Lets the device finish the previous case's write-back and discards before the next one.
+async fn settle() {
+    // SAFETY: `sync(2)` takes no arguments and cannot fail.
+    let _ = tokio::task::spawn_blocking(|| unsafe { libc::sync() }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
 fn load_average() -> String {
     fs::read_to_string("/proc/loadavg").map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
 }
@@ -706,6 +724,7 @@ mod tests {
             rounds: 2,
             quick: false,
             keep_data: false,
+            no_matrix: false,
         };
         run(args).await.unwrap();
         let json = fs::read_to_string(dir.path().join("results/storage-latest.json")).unwrap();

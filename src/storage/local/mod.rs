@@ -84,6 +84,9 @@ pub(crate) struct Shared {
     checkpoint: Mutex<Checkpoint>,
     /// Set by the syncer after a failed fsync: the epoch the writer must roll back to.
     rollback: Mutex<Option<u64>>,
+    /// Generation of writer roll-backs; guards `synced` against a roll-back racing an
+    /// `Async`-mode flush (which must then not claim the rolled-back range as durable).
+    rollback_generation: Mutex<u64>,
     maintenance: (Mutex<MaintenanceState>, Condvar),
     flush_failures: AtomicU64,
     counters: Counters,
@@ -205,13 +208,13 @@ impl Shared {
         }
     }
 
-    /// Verified candidates of a key-index lookup, in log order.
-    fn candidates(&self, hash: u64, matches: impl Fn(&StoredMessage) -> bool) -> Vec<StoredMessage> {
+    /// Verified candidates of a key-index lookup: the newest `limit` matches, in log order.
+    fn candidates(&self, hash: u64, limit: usize, matches: impl Fn(&StoredMessage) -> bool) -> Vec<StoredMessage> {
         let log_start = self.log_start.load(Ordering::Acquire);
         let mut out = Vec::new();
-        for position in self.keys.lookup(hash) {
-            if position < log_start {
-                continue;
+        for position in self.keys.lookup(hash).into_iter().rev() {
+            if out.len() >= limit || position < log_start {
+                break;
             }
             match self.read_at(position, None, None) {
                 Ok(m) if matches(&m) => out.push(m),
@@ -220,6 +223,7 @@ impl Shared {
                 Err(reason) => tracing::debug!(position, reason, "skipping stale key-index entry"),
             }
         }
+        out.reverse();
         out
     }
 }
@@ -307,6 +311,7 @@ impl CommitLog {
             retention_limit: AtomicU64::new(u64::MAX),
             checkpoint: Mutex::new(rec.checkpoint),
             rollback: Mutex::new(None),
+            rollback_generation: Mutex::new(0),
             maintenance: (Mutex::new(MaintenanceState::default()), Condvar::new()),
             flush_failures: AtomicU64::new(0),
             counters: Counters::default(),
@@ -512,17 +517,15 @@ impl MessageLog for CommitLog {
     }
 
     fn find_by_message_id(&self, message_id: &str) -> StorageResult<Vec<StoredMessage>> {
-        Ok(self
-            .shared
-            .candidates(message_id_hash(message_id), |m| m.properties.get(keys::UNIQ_KEY) == Some(message_id)))
+        Ok(self.shared.candidates(message_id_hash(message_id), usize::MAX, |m| {
+            m.properties.get(keys::UNIQ_KEY) == Some(message_id)
+        }))
     }
 
     fn find_by_key(&self, topic: &str, key: &str, max: usize) -> StorageResult<Vec<StoredMessage>> {
-        let mut found = self.shared.candidates(message_key_hash(topic, key), |m| {
+        Ok(self.shared.candidates(message_key_hash(topic, key), max, |m| {
             &*m.topic == topic && m.properties.get(keys::KEYS).is_some_and(|ks| ks.split(' ').any(|k| k == key))
-        });
-        let skip = found.len().saturating_sub(max);
-        Ok(found.split_off(skip))
+        }))
     }
 
     async fn close(&self) -> StorageResult<()> {
