@@ -54,7 +54,13 @@ pub async fn run(
     on_ready: impl FnOnce(BoundAddrs) + Send,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let log = open_message_log(&config)?;
+    // Recovery reads the log since the last checkpoint: blocking work.
+    let log = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || open_message_log(&config))
+            .await
+            .context("commit-log recovery panicked")??
+    };
     let meta: Arc<dyn MetadataStore> = Arc::new(
         SqliteMetadataStore::open(&config.metadata_url())
             .await

@@ -54,7 +54,7 @@ pub enum BrokerError {
     Unsupported(String),
     #[error("{0}")]
     TooManyRequests(String),
-    #[error("storing the message failed: {0}")]
+    #[error("message store error: {0}")]
     Storage(#[from] StorageError),
     #[error("metadata store error: {0}")]
     Metadata(#[from] MetadataError),

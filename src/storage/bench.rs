@@ -10,8 +10,9 @@
 //!   the same directory on a pre-sized file (as the log's segments are), writing per fsync as
 //!   many bytes as the group commit wrote per fsync. The log's disk bytes/s over the
 //!   ceiling's is the reported ratio.
-//! - **Backlog**: `Sync` 100-byte appends on an empty log, then after filling it with
-//!   `backlog_messages` 100-byte messages; reports the slowdown and the process RSS.
+//! - **Backlog**: `Sync` 100-byte appends on an empty log vs. on a log filled with
+//!   `backlog_messages` 100-byte messages (alternating rounds); reports the slowdown, the
+//!   process RSS and how long re-opening the big log takes.
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -56,12 +57,19 @@ pub struct StorageBenchArgs {
     /// Messages in the backlog case (0 skips it).
     #[arg(long, default_value_t = 10_000_000)]
     pub backlog_messages: u64,
-    /// Short run (well under a minute): 1 s per case and a 200 000-message backlog.
+    /// `Sync` cases alternate log and ceiling runs this many times (the disk's speed drifts
+    /// on shared machines; alternating keeps the comparison fair).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Short run (well under a minute): 1 s per case, one round, a 200 000-message backlog.
     #[arg(long)]
     pub quick: bool,
     /// Keep the data directories instead of deleting them.
     #[arg(long)]
     pub keep_data: bool,
+    /// Skip the throughput matrix (run only the backlog case).
+    #[arg(long)]
+    pub no_matrix: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -88,6 +96,8 @@ pub struct CaseResult {
     pub ceiling_fsyncs_per_sec: Option<f64>,
     /// `disk_mb_per_sec / ceiling_mb_per_sec`.
     pub ratio_to_ceiling: Option<f64>,
+    /// The ratio of each round (log run, then ceiling run right after it).
+    pub round_ratios: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -107,9 +117,14 @@ pub struct BacklogResult {
     pub with_backlog: CaseResult,
     /// `1 - with_backlog / empty` in msgs/s (negative: faster).
     pub slowdown: f64,
+    /// RSS while the empty log was open and measured.
     pub rss_empty: Option<Rss>,
+    /// RSS right after filling the backlog (the filled log still open).
     pub rss_after_fill: Option<Rss>,
-    pub rss_after_backlog_run: Option<Rss>,
+    /// RSS while the backlog log was open and measured.
+    pub rss_with_backlog: Option<Rss>,
+    /// Time to open (recover) the backlog log, per round.
+    pub reopen_seconds: Vec<f64>,
     pub key_index_runs: usize,
 }
 
@@ -120,6 +135,8 @@ pub struct Machine {
     pub memory_kib: u64,
     pub kernel: String,
     pub filesystem: String,
+    /// `/proc/loadavg` when the benchmark started (other work on the machine skews results).
+    pub load_average_start: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -132,12 +149,15 @@ pub struct BenchReport {
     pub queues: u32,
     pub cases: Vec<CaseResult>,
     pub backlog: Option<BacklogResult>,
+    /// `/proc/loadavg` when the benchmark ended.
+    pub load_average_end: String,
 }
 
 /// Runs the benchmark and writes `storage-<unix time>.{json,md}` (and `storage-latest.*`).
 pub async fn run(mut args: StorageBenchArgs) -> anyhow::Result<()> {
     if args.quick {
         args.duration = Duration::from_secs(1);
+        args.rounds = 1;
         args.backlog_messages = args.backlog_messages.min(200_000);
     }
     anyhow::ensure!(args.concurrency > 0 && args.queues > 0, "concurrency and queues must be positive");
@@ -157,7 +177,8 @@ pub async fn run(mut args: StorageBenchArgs) -> anyhow::Result<()> {
         args.duration
     );
     let mut cases = Vec::new();
-    for mode in &args.modes {
+    let modes = if args.no_matrix { Vec::new() } else { args.modes.clone() };
+    for mode in &modes {
         let flush = match mode.as_str() {
             "sync" => FlushMode::Sync,
             "async" => FlushMode::Async { interval: args.async_flush_interval },
@@ -165,24 +186,39 @@ pub async fn run(mut args: StorageBenchArgs) -> anyhow::Result<()> {
         };
         for &size in &args.sizes {
             let dir = case_dir(&args, &format!("{mode}-{size}"))?;
-            let log = open(&dir, flush).await?;
-            let mut case = append_case(&log, &args, mode, size, args.duration).await?;
-            log.close().await?;
-            drop(log);
-            if flush == FlushMode::Sync && case.bytes_per_fsync > 0.0 {
-                let chunk = case.bytes_per_fsync.round() as usize;
-                let ceiling_dir = dir.clone();
-                let duration = args.duration;
-                let (mbps, fps) = tokio::task::spawn_blocking(move || raw_write_fsync(&ceiling_dir, chunk, duration))
-                    .await?
-                    .context("raw write+fsync ceiling")?;
+            let rounds = if flush == FlushMode::Sync { args.rounds.max(1) } else { 1 };
+            let mut total = Measurement::default();
+            let mut ceiling = Measurement::default();
+            let mut round_ratios = Vec::new();
+            for _ in 0..rounds {
+                let log = open(&dir, flush).await?;
+                let m = measure_appends(&log, &args, size, args.duration).await?;
+                log.close().await?;
+                drop(log);
+                if flush == FlushMode::Sync && m.fsyncs > 0 {
+                    let chunk = (m.disk_bytes as f64 / m.fsyncs as f64).round() as usize;
+                    let ceiling_dir = dir.clone();
+                    let duration = args.duration;
+                    let c = tokio::task::spawn_blocking(move || raw_write_fsync(&ceiling_dir, chunk, duration))
+                        .await?
+                        .context("raw write+fsync ceiling")?;
+                    round_ratios.push((m.disk_bytes as f64 / m.seconds) / (c.disk_bytes as f64 / c.seconds));
+                    ceiling.add(c);
+                }
+                total.add(m);
+            }
+            let mut case = total.result(mode, size, args.concurrency);
+            if ceiling.seconds > 0.0 {
+                let mbps = ceiling.disk_bytes as f64 / ceiling.seconds / 1e6;
                 case.ceiling_mb_per_sec = Some(mbps);
-                case.ceiling_fsyncs_per_sec = Some(fps);
+                case.ceiling_fsyncs_per_sec = Some(ceiling.fsyncs as f64 / ceiling.seconds);
                 case.ratio_to_ceiling = Some(case.disk_mb_per_sec / mbps);
+                case.round_ratios = round_ratios;
             }
             print_case(&case);
             cases.push(case);
             remove_case_dir(&args, &dir);
+            settle().await;
         }
     }
     let backlog = if args.backlog_messages > 0 { Some(backlog_case(&args).await?) } else { None };
@@ -195,6 +231,7 @@ pub async fn run(mut args: StorageBenchArgs) -> anyhow::Result<()> {
         queues: args.queues,
         cases,
         backlog,
+        load_average_end: load_average(),
     };
     let markdown = markdown(&report);
     println!("\n{markdown}");
@@ -247,15 +284,69 @@ fn bench_message(queue_id: u32, task: usize, seq: u64, body: &Bytes) -> AppendMe
     }
 }
 
+/// What one timed run measured.
+#[derive(Debug, Default)]
+struct Measurement {
+    seconds: f64,
+    disk_bytes: u64,
+    fsyncs: u64,
+    /// Per-append latencies in µs, of appends completed inside the window.
+    latencies_us: Vec<u32>,
+}
+
+impl Measurement {
+    fn add(&mut self, other: Measurement) {
+        self.seconds += other.seconds;
+        self.disk_bytes += other.disk_bytes;
+        self.fsyncs += other.fsyncs;
+        self.latencies_us.extend(other.latencies_us);
+    }
+
+    fn result(mut self, mode: &str, size: usize, concurrency: usize) -> CaseResult {
+        self.latencies_us.sort_unstable();
+        let lat = &self.latencies_us;
+        let pct = |p: f64| -> f64 {
+            if lat.is_empty() {
+                return 0.0;
+            }
+            let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+            f64::from(lat[i]) / 1000.0
+        };
+        let seconds = self.seconds.max(f64::MIN_POSITIVE);
+        let messages = lat.len() as u64;
+        let fsyncs = self.fsyncs as f64;
+        let disk_bytes = self.disk_bytes as f64;
+        CaseResult {
+            mode: mode.to_string(),
+            body_bytes: size,
+            concurrency,
+            seconds: self.seconds,
+            messages,
+            msgs_per_sec: messages as f64 / seconds,
+            payload_mb_per_sec: (messages as f64 * size as f64) / seconds / 1e6,
+            disk_mb_per_sec: disk_bytes / seconds / 1e6,
+            latency_p50_ms: pct(0.50),
+            latency_p99_ms: pct(0.99),
+            latency_p999_ms: pct(0.999),
+            fsyncs_per_sec: fsyncs / seconds,
+            bytes_per_fsync: if fsyncs > 0.0 { disk_bytes / fsyncs } else { 0.0 },
+            messages_per_fsync: if fsyncs > 0.0 { messages as f64 / fsyncs } else { 0.0 },
+            ceiling_mb_per_sec: None,
+            ceiling_fsyncs_per_sec: None,
+            ratio_to_ceiling: None,
+            round_ratios: Vec::new(),
+        }
+    }
+}
+
 /// `concurrency` tasks append single messages until the deadline; counts what completes
-/// inside the measured window.
-async fn append_case(
+/// inside the measured window (after a warm-up of a tenth of `duration`, at most 1 s).
+async fn measure_appends(
     log: &Arc<CommitLog>,
     args: &StorageBenchArgs,
-    mode: &str,
     size: usize,
     duration: Duration,
-) -> anyhow::Result<CaseResult> {
+) -> anyhow::Result<Measurement> {
     let warmup = (duration / 10).min(Duration::from_secs(1));
     let start = Instant::now();
     let window_start = start + warmup;
@@ -288,46 +379,21 @@ async fn append_case(
     let before = log.stats();
     tokio::time::sleep_until(deadline.into()).await;
     let after = log.stats();
-    let mut latencies = Vec::new();
+    let mut latencies_us = Vec::new();
     for t in tasks {
-        latencies.extend(t.await??);
+        latencies_us.extend(t.await??);
     }
-    latencies.sort_unstable();
-    let seconds = duration.as_secs_f64();
-    let messages = latencies.len() as u64;
-    let disk_bytes = (after.bytes_written - before.bytes_written) as f64;
-    let fsyncs = (after.fsyncs - before.fsyncs) as f64;
-    let pct = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return 0.0;
-        }
-        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        f64::from(latencies[i]) / 1000.0
-    };
-    Ok(CaseResult {
-        mode: mode.to_string(),
-        body_bytes: size,
-        concurrency: args.concurrency,
-        seconds,
-        messages,
-        msgs_per_sec: messages as f64 / seconds,
-        payload_mb_per_sec: (messages as f64 * size as f64) / seconds / 1e6,
-        disk_mb_per_sec: disk_bytes / seconds / 1e6,
-        latency_p50_ms: pct(0.50),
-        latency_p99_ms: pct(0.99),
-        latency_p999_ms: pct(0.999),
-        fsyncs_per_sec: fsyncs / seconds,
-        bytes_per_fsync: if fsyncs > 0.0 { disk_bytes / fsyncs } else { 0.0 },
-        messages_per_fsync: if fsyncs > 0.0 { messages as f64 / fsyncs } else { 0.0 },
-        ceiling_mb_per_sec: None,
-        ceiling_fsyncs_per_sec: None,
-        ratio_to_ceiling: None,
+    Ok(Measurement {
+        seconds: duration.as_secs_f64(),
+        disk_bytes: after.bytes_written - before.bytes_written,
+        fsyncs: after.fsyncs - before.fsyncs,
+        latencies_us,
     })
 }
 
 /// The disk's ceiling for this batch size: sequential `pwrite` of `chunk` bytes followed by
-/// `fdatasync`, on pre-sized 1 GiB files like the log's segments. Returns (MB/s, fsyncs/s).
-fn raw_write_fsync(dir: &Path, chunk: usize, duration: Duration) -> std::io::Result<(f64, f64)> {
+/// `fdatasync`, on pre-sized 1 GiB files like the log's segments.
+fn raw_write_fsync(dir: &Path, chunk: usize, duration: Duration) -> std::io::Result<Measurement> {
     const FILE_SIZE: u64 = 1 << 30;
     fs::create_dir_all(dir)?;
     let buf = vec![0xA5u8; chunk.max(1)];
@@ -362,17 +428,17 @@ fn raw_write_fsync(dir: &Path, chunk: usize, duration: Duration) -> std::io::Res
     for n in 0..=file_no {
         let _ = fs::remove_file(dir.join(format!("raw-{n}.bin")));
     }
-    Ok((bytes as f64 / secs / 1e6, syncs as f64 / secs))
+    Ok(Measurement { seconds: secs, disk_bytes: bytes, fsyncs: syncs, latencies_us: Vec::new() })
 }
 
+/// Empty log vs. a log holding `backlog_messages`: the backlog is filled once; then, for each
+/// round, a fresh empty log and the (re-opened) backlog log are measured one after the other,
+/// so drifting disk speed affects both alike.
 async fn backlog_case(args: &StorageBenchArgs) -> anyhow::Result<BacklogResult> {
     let dir = case_dir(args, "backlog")?;
-    let log = open(&dir, FlushMode::Sync).await?;
-    let rss_empty = rss();
-    let empty = append_case(&log, args, "sync", 100, args.duration).await?;
-    println!("backlog: empty log            {:>10.0} msgs/s", empty.msgs_per_sec);
-    // Fill with multi-message appends (a producer's batch send) to get there quickly.
     let total = args.backlog_messages;
+    let log = open(&dir, FlushMode::Sync).await?;
+    // Fill with multi-message appends (a producer's batch send) to get there quickly.
     let fill_tasks = 16u64;
     let per_call = 256u64;
     let started = Instant::now();
@@ -405,17 +471,53 @@ async fn backlog_case(args: &StorageBenchArgs) -> anyhow::Result<BacklogResult> 
     let log_bytes = log.stats().published_position;
     let rss_after_fill = rss();
     println!(
-        "backlog: filled {total} messages ({:.1} GB of log) in {fill_seconds:.1} s ({:.0} msgs/s)",
+        "backlog: filled {total} messages ({:.2} GB of log) in {fill_seconds:.1} s ({:.0} msgs/s)",
         log_bytes as f64 / 1e9,
         total as f64 / fill_seconds
     );
-    let with_backlog = append_case(&log, args, "sync", 100, args.duration).await?;
-    let rss_after_backlog_run = rss();
-    println!("backlog: with backlog         {:>10.0} msgs/s", with_backlog.msgs_per_sec);
-    let key_index_runs = log.stats().key_index_runs;
     log.close().await?;
     drop(log);
+
+    let rounds = args.rounds.max(1);
+    let mut empty = Measurement::default();
+    let mut with_backlog = Measurement::default();
+    let mut rss_empty = None;
+    let mut rss_with_backlog = None;
+    let mut reopen_seconds = Vec::new();
+    let mut key_index_runs = 0;
+    for round in 0..rounds {
+        // Alternate which goes first, so drift and the previous run's after-effects (page
+        // cache write-back, discards of deleted files) hit both alike.
+        for backlog_first in [round % 2 == 1, round % 2 == 0] {
+            if backlog_first {
+                let t = Instant::now();
+                let log = open(&dir, FlushMode::Sync).await?;
+                reopen_seconds.push(t.elapsed().as_secs_f64());
+                with_backlog.add(measure_appends(&log, args, 100, args.duration).await?);
+                rss_with_backlog = rss();
+                key_index_runs = log.stats().key_index_runs;
+                log.close().await?;
+            } else {
+                let empty_dir = case_dir(args, "backlog-empty")?;
+                let log = open(&empty_dir, FlushMode::Sync).await?;
+                empty.add(measure_appends(&log, args, 100, args.duration).await?);
+                rss_empty = rss();
+                log.close().await?;
+                drop(log);
+                remove_case_dir(args, &empty_dir);
+            }
+            settle().await;
+        }
+    }
     remove_case_dir(args, &dir);
+    let empty = empty.result("sync", 100, args.concurrency);
+    let with_backlog = with_backlog.result("sync", 100, args.concurrency);
+    println!(
+        "backlog: empty {:.0} msgs/s, with backlog {:.0} msgs/s (re-open of the backlog log: {:.2} s)",
+        empty.msgs_per_sec,
+        with_backlog.msgs_per_sec,
+        reopen_seconds.iter().cloned().fold(0.0, f64::max)
+    );
     Ok(BacklogResult {
         backlog_messages: total,
         fill_seconds,
@@ -426,7 +528,8 @@ async fn backlog_case(args: &StorageBenchArgs) -> anyhow::Result<BacklogResult> 
         with_backlog,
         rss_empty,
         rss_after_fill,
-        rss_after_backlog_run,
+        rss_with_backlog,
+        reopen_seconds,
         key_index_runs,
     })
 }
@@ -460,6 +563,10 @@ fn markdown(r: &BenchReport) -> String {
     s.push_str(&format!(
         "Machine: {} × {}, {} MiB RAM, kernel {}, {} (`{}`). {} concurrent appenders over {} queues, one message per append, {:.1} s per case.\n\n",
         r.machine.cores, r.machine.cpu, r.machine.memory_kib / 1024, r.machine.kernel, r.machine.filesystem, r.data_dir, r.concurrency, r.queues, r.duration_secs
+    ));
+    s.push_str(&format!(
+        "Load average (1/5/15 min, runnable/total) at start: `{}`, at end: `{}`. Ceiling = sequential `pwrite` + `fdatasync` of the same bytes per fsync on a pre-sized file in the same directory; `Sync` cases alternate log and ceiling runs (ratio per round in the JSON).\n\n",
+        r.machine.load_average_start, r.load_average_end
     ));
     s.push_str("| mode | body | msgs/s | payload MB/s | disk MB/s | p50 ms | p99 ms | p99.9 ms | fsyncs/s | KiB/fsync | msgs/fsync | ceiling MB/s | ratio |\n");
     s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -509,15 +616,28 @@ fn markdown(r: &BenchReport) -> String {
             b.with_backlog.msgs_per_sec,
             b.with_backlog.latency_p50_ms,
             b.with_backlog.latency_p99_ms,
-            kib(&b.rss_after_backlog_run)
+            kib(&b.rss_with_backlog)
         ));
         s.push_str(&format!(
-            "\nSlowdown with backlog: {:.1}% (key-index runs: {}).\n",
+            "\nSlowdown with backlog: {:.1}% ({} alternating rounds; key-index runs: {}). Re-opening the backlog log took {} s.\n",
             b.slowdown * 100.0,
-            b.key_index_runs
+            b.reopen_seconds.len(),
+            b.key_index_runs,
+            b.reopen_seconds.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(" / ")
         ));
     }
     s
+}
+
+/// Lets the device finish the previous case's write-back and discards before the next one.
+async fn settle() {
+    // SAFETY: `sync(2)` takes no arguments and cannot fail.
+    let _ = tokio::task::spawn_blocking(|| unsafe { libc::sync() }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg").map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
 }
 
 /// VmRSS, RssAnon and RssFile of this process (Linux `/proc/self/status`).
@@ -557,7 +677,14 @@ fn machine(dir: &Path) -> Machine {
                 .map(|(_, s)| s)
         })
         .unwrap_or_else(|| "unknown filesystem".into());
-    Machine { cpu, cores: std::thread::available_parallelism().map_or(1, |n| n.get()), memory_kib, kernel, filesystem }
+    Machine {
+        load_average_start: load_average(),
+        cpu,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        memory_kib,
+        kernel,
+        filesystem,
+    }
 }
 
 #[cfg(test)]
@@ -594,8 +721,10 @@ mod tests {
             modes: vec!["sync".into(), "async".into()],
             async_flush_interval: Duration::from_millis(50),
             backlog_messages: 3000,
+            rounds: 2,
             quick: false,
             keep_data: false,
+            no_matrix: false,
         };
         run(args).await.unwrap();
         let json = fs::read_to_string(dir.path().join("results/storage-latest.json")).unwrap();

@@ -6,7 +6,7 @@
 //! - when it holds enough entries, or spans enough log, the writer *freezes* it;
 //! - the maintenance thread writes frozen memtables as sorted, immutable *run* files
 //!   (`keys/<id:020>-L<level>.kidx`: header + `(hash, position)` pairs, 16 bytes each) and
-//!   merges four runs of one level into one of the next, dropping positions below the log
+//!   merges eight runs of one level into one of the next, dropping positions below the log
 //!   start.
 //!
 //! Hashes collide, runs may overlap after a crash, and positions may point at data that has
@@ -32,10 +32,15 @@ const RUN_VERSION: u32 = 1;
 const RUN_HEADER_LEN: usize = 64;
 const RUN_ENTRY_LEN: usize = 16;
 const RUN_SUFFIX: &str = ".kidx";
-/// Runs of one level merged at once.
-const FANOUT: usize = 4;
+/// Runs of one level merged at once. 8 keeps write amplification at about two rewrites per
+/// entry for up to 16 Mi-entry runs.
+const FANOUT: usize = 8;
 /// Runs at least this large are not merged further (bounds the cost of one merge).
 const MAX_MERGE_ENTRIES: u64 = 16 << 20;
+/// Background run writing is paced to this rate and synced in steps of `SYNC_STEP`, so it
+/// never floods the device queue in front of the commit log's fsyncs.
+const WRITE_RATE_BYTES_PER_SEC: f64 = 96e6;
+const SYNC_STEP: u64 = 4 << 20;
 
 #[derive(Debug)]
 struct MemTable {
@@ -229,6 +234,13 @@ impl KeyIndex {
         true
     }
 
+    /// The writer rolled back to `position`: records from there on are rewritten and their
+    /// keys go to the active memtable, which must therefore cover them.
+    pub fn rewind(&self, position: u64) {
+        let mut active = lock(&self.active);
+        active.start = active.start.min(position);
+    }
+
     /// Freezes the active memtable regardless of its size (clean shutdown).
     pub fn freeze_all(&self, write_position: u64) {
         let mut active = lock(&self.active);
@@ -335,6 +347,7 @@ impl KeyIndex {
         let mut w = BufWriter::with_capacity(1 << 20, file);
         w.write_all(&[0u8; RUN_HEADER_LEN])?;
         let (mut count, mut min_position, mut max_position) = (0u64, u64::MAX, 0u64);
+        let started = std::time::Instant::now();
         for (h, p) in entries {
             debug_assert!(count < max_count);
             w.write_all(&h.to_le_bytes())?;
@@ -342,6 +355,15 @@ impl KeyIndex {
             count += 1;
             min_position = min_position.min(p);
             max_position = max_position.max(p);
+            let written = count * RUN_ENTRY_LEN as u64;
+            if written.is_multiple_of(SYNC_STEP) {
+                w.flush()?;
+                w.get_ref().sync_data()?;
+                let due = std::time::Duration::from_secs_f64(written as f64 / WRITE_RATE_BYTES_PER_SEC);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
         }
         if count == 0 {
             min_position = 0;

@@ -84,6 +84,9 @@ pub(crate) struct Shared {
     checkpoint: Mutex<Checkpoint>,
     /// Set by the syncer after a failed fsync: the epoch the writer must roll back to.
     rollback: Mutex<Option<u64>>,
+    /// Generation of writer roll-backs; guards `synced` against a roll-back racing an
+    /// `Async`-mode flush (which must then not claim the rolled-back range as durable).
+    rollback_generation: Mutex<u64>,
     maintenance: (Mutex<MaintenanceState>, Condvar),
     flush_failures: AtomicU64,
     counters: Counters,
@@ -159,7 +162,13 @@ impl Shared {
     }
 
     /// Reads and verifies the record at `position` (below the published position).
-    fn read_at(&self, position: u64, expected_len: Option<usize>) -> Result<StoredMessage, String> {
+    /// `queue`: the queue the caller expects the record in (saves a topic allocation).
+    fn read_at(
+        &self,
+        position: u64,
+        expected_len: Option<usize>,
+        queue: Option<&QueueIndex>,
+    ) -> Result<StoredMessage, String> {
         let published = self.published.load(Ordering::Acquire);
         if position >= published {
             return Err(format!("position {position} is not published (published up to {published})"));
@@ -178,8 +187,10 @@ impl Shared {
                     return Err("record extends past the published position".into());
                 }
                 let topic = std::str::from_utf8(&topic).map_err(|_| "topic is not utf-8".to_string())?;
-                let topic: Arc<str> =
-                    self.queue(topic, header.queue_id).map_or_else(|| topic.into(), |q| q.topic.clone());
+                let topic: Arc<str> = match queue {
+                    Some(q) if &*q.topic == topic && q.queue_id == header.queue_id => q.topic.clone(),
+                    _ => self.queue(topic, header.queue_id).map_or_else(|| topic.into(), |q| q.topic.clone()),
+                };
                 Ok(StoredMessage {
                     topic,
                     queue_id: header.queue_id,
@@ -197,21 +208,22 @@ impl Shared {
         }
     }
 
-    /// Verified candidates of a key-index lookup, in log order.
-    fn candidates(&self, hash: u64, matches: impl Fn(&StoredMessage) -> bool) -> Vec<StoredMessage> {
+    /// Verified candidates of a key-index lookup: the newest `limit` matches, in log order.
+    fn candidates(&self, hash: u64, limit: usize, matches: impl Fn(&StoredMessage) -> bool) -> Vec<StoredMessage> {
         let log_start = self.log_start.load(Ordering::Acquire);
         let mut out = Vec::new();
-        for position in self.keys.lookup(hash) {
-            if position < log_start {
-                continue;
+        for position in self.keys.lookup(hash).into_iter().rev() {
+            if out.len() >= limit || position < log_start {
+                break;
             }
-            match self.read_at(position, None) {
+            match self.read_at(position, None, None) {
                 Ok(m) if matches(&m) => out.push(m),
                 Ok(_) => {} // hash collision
                 // Stale entries (a rolled-back write, a cut tail) point at non-records.
                 Err(reason) => tracing::debug!(position, reason, "skipping stale key-index entry"),
             }
         }
+        out.reverse();
         out
     }
 }
@@ -299,6 +311,7 @@ impl CommitLog {
             retention_limit: AtomicU64::new(u64::MAX),
             checkpoint: Mutex::new(rec.checkpoint),
             rollback: Mutex::new(None),
+            rollback_generation: Mutex::new(0),
             maintenance: (Mutex::new(MaintenanceState::default()), Condvar::new()),
             flush_failures: AtomicU64::new(0),
             counters: Counters::default(),
@@ -465,7 +478,7 @@ impl MessageLog for CommitLog {
                 offset += 1; // removed by retention while we read
                 continue;
             }
-            let m = match self.shared.read_at(entry.log_position, Some(entry.size as usize)) {
+            let m = match self.shared.read_at(entry.log_position, Some(entry.size as usize), Some(&q)) {
                 Ok(m) if m.queue_id == queue_id && m.queue_offset == offset && &*m.topic == topic => m,
                 Ok(m) => {
                     return corrupted_or_partial(
@@ -504,17 +517,15 @@ impl MessageLog for CommitLog {
     }
 
     fn find_by_message_id(&self, message_id: &str) -> StorageResult<Vec<StoredMessage>> {
-        Ok(self
-            .shared
-            .candidates(message_id_hash(message_id), |m| m.properties.get(keys::UNIQ_KEY) == Some(message_id)))
+        Ok(self.shared.candidates(message_id_hash(message_id), usize::MAX, |m| {
+            m.properties.get(keys::UNIQ_KEY) == Some(message_id)
+        }))
     }
 
     fn find_by_key(&self, topic: &str, key: &str, max: usize) -> StorageResult<Vec<StoredMessage>> {
-        let mut found = self.shared.candidates(message_key_hash(topic, key), |m| {
+        Ok(self.shared.candidates(message_key_hash(topic, key), max, |m| {
             &*m.topic == topic && m.properties.get(keys::KEYS).is_some_and(|ks| ks.split(' ').any(|k| k == key))
-        });
-        let skip = found.len().saturating_sub(max);
-        Ok(found.split_off(skip))
+        }))
     }
 
     async fn close(&self) -> StorageResult<()> {

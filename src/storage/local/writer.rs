@@ -244,10 +244,11 @@ impl Writer {
                 }
             }
             FlushMode::Async { .. } => {
+                // Log position first (see the syncer).
+                self.shared.published.store(self.write_pos, Ordering::Release);
                 for (q, end) in &queue_ends {
                     q.publish(*end);
                 }
-                self.shared.published.store(self.write_pos, Ordering::Release);
                 for (reply, res) in replies {
                     let _ = reply.send(Ok(res));
                 }
@@ -283,7 +284,13 @@ impl Writer {
             self.queues[s].next_offset = offset;
         }
         self.write_pos = to;
-        self.shared.written.store(to, Ordering::Release);
+        {
+            let mut g = self.shared.rollback_generation.lock().unwrap_or_else(|e| e.into_inner());
+            *g += 1;
+            self.shared.written.store(to, Ordering::Release);
+            self.shared.synced.fetch_min(to, Ordering::AcqRel);
+        }
+        self.shared.keys.rewind(to);
         if let Some(seg) = self.shared.segment_at_or_before(to) {
             self.active = seg;
         }
@@ -491,11 +498,13 @@ pub fn run_sync_syncer(shared: Arc<Shared>, rx: Receiver<SyncMsg>) {
             match sync_segments(&shared, &segments) {
                 Ok(()) => {
                     for b in live {
+                        // Log position first: a reader that sees a new queue end must also see
+                        // the records it points at as published.
+                        shared.synced.store(b.end, Ordering::Release);
+                        shared.published.store(b.end, Ordering::Release);
                         for (q, end) in &b.queue_ends {
                             q.publish(*end);
                         }
-                        shared.published.store(b.end, Ordering::Release);
-                        shared.synced.store(b.end, Ordering::Release);
                         for (reply, res) in b.replies {
                             let _ = reply.send(Ok(res));
                         }
@@ -555,6 +564,7 @@ pub fn run_async_flusher(shared: Arc<Shared>, rx: Receiver<SyncMsg>, interval: D
 }
 
 fn flush_written(shared: &Shared) {
+    let generation = *shared.rollback_generation.lock().unwrap_or_else(|e| e.into_inner());
     let target = shared.written.load(Ordering::Acquire);
     let synced = shared.synced.load(Ordering::Acquire);
     if target <= synced {
@@ -562,7 +572,13 @@ fn flush_written(shared: &Shared) {
     }
     let segments = shared.segments_overlapping(synced, target);
     match sync_segments(shared, &segments) {
-        Ok(()) => shared.synced.store(target, Ordering::Release),
+        Ok(()) => {
+            let g = shared.rollback_generation.lock().unwrap_or_else(|e| e.into_inner());
+            // A roll-back since we sampled `target` may have replaced part of what we synced.
+            if *g == generation {
+                shared.synced.fetch_max(target, Ordering::AcqRel);
+            }
+        }
         Err(e) => {
             shared.flush_failures.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "async flush failed; acknowledged messages may not be durable");
