@@ -268,7 +268,9 @@ struct Monitored {
 async fn monitor(s: Arc<Shared>, pid: Option<u32>) -> Monitored {
     tokio::time::sleep_until(s.at(s.window_start_ns)).await;
     let t0 = Instant::now();
-    let census0 = procs::census();
+    let census = || async { tokio::task::spawn_blocking(procs::census).await.unwrap_or_default() };
+    let census0 = census().await;
+    let mut latest = procs::Census::default();
     let machine0 = procs::machine_busy();
     let server0 = pid.and_then(|p| procs::sample(Some(p)));
     let client0 = procs::sample(None);
@@ -285,6 +287,7 @@ async fn monitor(s: Arc<Shared>, pid: Option<u32>) -> Monitored {
         if let Some(x) = procs::sample(None) {
             client_peak = client_peak.max(x.rss_bytes);
         }
+        latest.update(census().await);
     }
     let wall = t0.elapsed().as_secs_f64().max(1e-9);
     let usage = |a: Option<ProcSample>, b: Option<ProcSample>, peak: u64| {
@@ -303,7 +306,8 @@ async fn monitor(s: Arc<Shared>, pid: Option<u32>) -> Monitored {
     let machine = machine0.zip(procs::machine_busy()).map(|(a, b)| b.saturating_sub(a).as_secs_f64() / wall);
     let mut exclude = vec![std::process::id()];
     exclude.extend(pid);
-    let other = procs::census().other_since(&census0, &exclude);
+    latest.update(census().await);
+    let other = latest.other_since(&census0, &exclude);
     Monitored {
         server: usage(server0, server1, peak),
         client: usage(client0, client1, client_peak),

@@ -160,7 +160,7 @@ pub struct Census {
 
 /// CPU used between two censuses by processes other than `exclude`: (user processes, kernel
 /// threads). Processes that started in between count in full; processes that ended in between
-/// are missed, so both figures are lower bounds.
+/// count up to the last census that saw them, so both figures are lower bounds.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OtherCpu {
     pub processes: Duration,
@@ -188,6 +188,12 @@ pub fn census() -> Census {
 }
 
 impl Census {
+    /// Takes the newer figures of `newer`, keeping processes that have since exited at their
+    /// last-seen CPU time (so frequent censuses also catch short-lived processes).
+    pub fn update(&mut self, newer: Census) {
+        self.procs.extend(newer.procs);
+    }
+
     pub fn other_since(&self, earlier: &Census, exclude: &[u32]) -> OtherCpu {
         let mut out = OtherCpu::default();
         for (pid, (cpu, kthread)) in &self.procs {
