@@ -151,7 +151,9 @@ struct Profile {
 impl Profile {
     fn start(pid: u32, data: &Path) -> Option<Profile> {
         let child = Command::new("perf")
-            .args(["record", "-F", "499", "-p", &pid.to_string(), "-o"])
+            // Call graphs by frame pointer: useful with a binary built with
+            // `-C force-frame-pointers=yes` (see the README), harmless otherwise.
+            .args(["record", "-F", "499", "-g", "-p", &pid.to_string(), "-o"])
             .arg(data)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -175,7 +177,18 @@ impl Profile {
         let mut text = Vec::new();
         for sort in ["dso", "symbol"] {
             let out = Command::new("perf")
-                .args(["report", "--stdio", "--no-children", "--percent-limit", "0.5", "--sort", sort, "-i"])
+                .args([
+                    "report",
+                    "--stdio",
+                    "--no-children",
+                    "-g",
+                    "none",
+                    "--percent-limit",
+                    "0.5",
+                    "--sort",
+                    sort,
+                    "-i",
+                ])
                 .arg(&self.data)
                 .output()
                 .ok()?;

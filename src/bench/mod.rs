@@ -29,7 +29,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 /// How NATS JetStream (2.9, file storage) keeps what it acknowledged.
-pub const NATS_STORAGE: &str = "JetStream file store (ack after write; no fsync per message)";
+pub const NATS_STORAGE: &str = "JetStream file store (acked before fsync; 2.9 syncs in the background)";
 
 /// `rmq-gateway bench <command>`.
 #[derive(Debug, Subcommand)]
