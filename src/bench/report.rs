@@ -390,7 +390,7 @@ impl Report {
             py - 8.0
         );
         let bars: Vec<&RunResult> = self.results.iter().filter(|r| r.target_rate.is_none()).collect();
-        let top = bars.iter().map(|r| r.msgs_per_s).fold(1.0, f64::max) * 1.15;
+        let top = bars.iter().map(|r| r.msgs_per_s).fold(1.0, f64::max) * 1.6;
         let bar_h = (ph / bars.len().max(1) as f64).min(48.0);
         let label_w = 120.0;
         for (i, r) in bars.iter().enumerate() {
@@ -440,8 +440,8 @@ impl Report {
                 })
             })
             .collect();
-        percentile_panel(&mut s, 440.0, 70.0, "Send latency at max load (ms)", &send, &color);
-        percentile_panel(&mut s, 860.0, 70.0, "End-to-end latency, paced runs (ms)", &e2e, &color);
+        percentile_panel(&mut s, 440.0, 70.0, "Send latency at max load (ms)", &send, &color, None);
+        percentile_panel(&mut s, 860.0, 70.0, "End-to-end latency, paced runs (ms)", &e2e, &color, Some(5.0));
         let _ = writeln!(s, "</svg>");
         s
     }
@@ -464,6 +464,7 @@ fn percentile_panel(
     title: &str,
     series: &[Series],
     color: &dyn Fn(&str) -> &'static str,
+    target_ms: Option<f64>,
 ) {
     let (pw, ph) = (360.0, 300.0);
     let (left, bottom) = (50.0, 30.0);
@@ -472,7 +473,7 @@ fn percentile_panel(
         let _ = writeln!(s, r##"<text x="{}" y="{}" fill="#777">no data</text>"##, x0 + 20.0, y0 + 40.0);
         return;
     }
-    let values = series.iter().flat_map(|s| s.lat.points().map(|(_, v)| v.max(0.001)));
+    let values = series.iter().flat_map(|s| s.lat.points().map(|(_, v)| v.max(0.001))).chain(target_ms);
     let (lo, hi) = values.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let (dlo, dhi) = (lo.log10().floor(), hi.log10().ceil().max(lo.log10().floor() + 1.0));
     let (ax, ay, aw, ah) = (x0 + left, y0, pw - left, ph - bottom);
@@ -490,6 +491,15 @@ fn percentile_panel(
             fmt_ms(10f64.powf(d))
         );
         d += 1.0;
+    }
+    if let Some(t) = target_ms {
+        let y = ypos(t);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{ax}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#000" stroke-dasharray="2,3"/>"##,
+            ax + aw
+        );
+        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" font-size="10">target {t} ms</text>"#, ax + 4.0, y - 3.0);
     }
     let n = 5;
     let xpos = |i: usize| ax + 20.0 + i as f64 * (aw - 40.0) / (n - 1) as f64;
