@@ -212,14 +212,16 @@ impl Census {
     }
 }
 
-/// Bytes of all files under `dir` (what a server wrote to disk).
+/// Bytes allocated on disk by all files under `dir` (what a server wrote; sparse,
+/// pre-sized segment files count only for their written blocks).
 pub fn dir_size(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries
         .flatten()
         .map(|e| match e.file_type() {
             Ok(t) if t.is_dir() => dir_size(&e.path()),
-            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Ok(_) => e.metadata().map(|m| m.blocks() * 512).unwrap_or(0),
             Err(_) => 0,
         })
         .sum()

@@ -95,7 +95,7 @@ pub struct RunResult {
     pub other_processes_cores: f64,
     /// Of which kernel threads (writeback, journal, softirq and worker threads).
     pub kernel_threads_cores: f64,
-    /// Bytes the server left in its data directory.
+    /// Bytes allocated in the server's data directory after the run (gateway `max` runs).
     pub disk_bytes: Option<u64>,
 }
 
