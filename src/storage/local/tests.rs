@@ -412,6 +412,10 @@ async fn oversized_records_are_rejected_alone() {
     let (a, b) = tokio::join!(log.append(vec![big]), log.append(vec![small]));
     assert!(matches!(a, Err(StorageError::RecordTooLarge { .. })));
     assert_eq!(b.unwrap()[0].queue_offset, 0);
+    // Properties the encoding cannot represent are refused, not cut.
+    let mut odd = message("t", 0, "x", "odd", "");
+    odd.properties.push("k".repeat(70_000), "v");
+    assert!(matches!(log.append(vec![odd]).await, Err(StorageError::Io { .. })));
     // A record that nearly fills a segment still fits (in a fresh one).
     append_one(&log, message("t", 0, vec![1u8; 60 * 1024], "fits", "")).await.unwrap();
     assert_eq!(read_all(&log, "t", 0).len(), 2);
