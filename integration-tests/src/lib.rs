@@ -1,9 +1,11 @@
 //! Shared helpers for the end-to-end tests.
 //!
+//! - [`client`]: raw gRPC request helpers for protocol-level tests.
 //! - [`gateway_process`]: run the real `rmq-gateway` binary as a child process
 //!   (free loopback ports, temp data dir, `/readyz`, SIGTERM/SIGKILL, restart).
 //! - [`sdk`]: run the official-SDK driver programs under `integration-tests/sdk/`
 //!   with a hard timeout and parse their `RESULT {json}` line.
 
+pub mod client;
 pub mod gateway_process;
 pub mod sdk;

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use integration_tests::client::{self, resource};
 use integration_tests::gateway_process::{Gateway, Stop};
 use rmq_gateway::proto::messaging_service_client::MessagingServiceClient;
 use rmq_gateway::proto::{self, Code};
@@ -17,14 +18,9 @@ const SENDERS: usize = 8;
 const TOPIC: &str = "CrashTopic";
 
 fn request<T>(msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut().insert("x-mq-client-id", "crash-test".parse().expect("ascii"));
+    let mut r = client::request(msg);
     r.set_timeout(Duration::from_secs(10));
     r
-}
-
-fn resource(name: &str) -> Option<proto::Resource> {
-    Some(proto::Resource { resource_namespace: String::new(), name: name.into() })
 }
 
 /// Body derived from the id, with a size that varies per message (64 B – 8 KiB).
@@ -48,18 +44,8 @@ async fn sender(endpoint: String, cycle: usize, task: usize, acked: Arc<Mutex<Ha
     let Ok(mut client) = connect(&endpoint).await else { return };
     for seq in 0.. {
         let id = format!("c{cycle:02}-t{task}-{seq:06}");
-        let message = proto::Message {
-            topic: resource(TOPIC),
-            user_properties: Default::default(),
-            system_properties: Some(proto::SystemProperties {
-                message_id: id.clone(),
-                message_type: proto::MessageType::Normal as i32,
-                born_host: "crash".into(),
-                born_timestamp: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 0 }),
-                ..Default::default()
-            }),
-            body: body_of(&id).into(),
-        };
+        let body = body_of(&id);
+        let message = client::message(TOPIC, &id, body);
         match client.send_message(request(proto::SendMessageRequest { messages: vec![message] })).await {
             Ok(r) => {
                 let r = r.into_inner();

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use integration_tests::client::{self, request, resource};
 use rmq_gateway::config::Config;
 use rmq_gateway::proto::messaging_service_client::MessagingServiceClient;
 use rmq_gateway::proto::{self, Code};
@@ -60,29 +61,15 @@ impl Gateway {
 }
 
 fn req<T>(msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut().insert("x-mq-client-id", "test-client@1".parse().unwrap());
-    r
-}
-
-fn resource(name: &str) -> Option<proto::Resource> {
-    Some(proto::Resource { resource_namespace: String::new(), name: name.into() })
+    request(msg)
 }
 
 fn message(topic: &str, id: &str, body: &[u8]) -> proto::Message {
-    proto::Message {
-        topic: resource(topic),
-        user_properties: Default::default(),
-        system_properties: Some(proto::SystemProperties {
-            message_id: id.into(),
-            message_type: proto::MessageType::Normal as i32,
-            born_host: "test".into(),
-            born_timestamp: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 0 }),
-            tag: Some("TagA".into()),
-            ..Default::default()
-        }),
-        body: body.to_vec().into(),
+    let mut m = client::message(topic, id, body.to_vec());
+    if let Some(sp) = m.system_properties.as_mut() {
+        sp.tag = Some("TagA".into());
     }
+    m
 }
 
 async fn send(c: &mut MessagingServiceClient<Channel>, msgs: Vec<proto::Message>) -> proto::SendMessageResponse {

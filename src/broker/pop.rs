@@ -15,7 +15,12 @@ use super::receipt::Receipt;
 use super::{Broker, TopicEntry, lock, now_ms, validate};
 use crate::config::ConsumeFromWhere;
 use crate::metadata::{GroupRecord, ProgressRecord, TopicType};
-use crate::storage::{AppendMessage, StoredMessage, record::keys};
+use crate::storage::{AppendMessage, StorageError, StoredMessage, record::keys};
+
+/// A record failed its checks on read: it is never served; the group moves past it.
+fn skip_damaged(group: &str, topic: &str, queue_id: u32, offset: u64, e: &StorageError) {
+    tracing::error!(group, topic, queue_id, offset, error = %e, "skipping a damaged message for this consumer group");
+}
 
 /// Most body bytes returned by one receive (at least one message is always returned).
 const MAX_RECEIVE_BYTES: usize = 8 * 1024 * 1024;
@@ -252,7 +257,14 @@ impl Broker {
                 Due::Redeliver { offset, attempt } => (offset, attempt, false),
                 Due::DeadLetter { offset, attempt } => (offset, attempt, true),
             };
-            let found = log.read(name, queue_id, offset, 1, usize::MAX)?.into_iter().find(|m| m.queue_offset == offset);
+            let found = match log.read(name, queue_id, offset, 1, usize::MAX) {
+                Ok(batch) => batch.into_iter().find(|m| m.queue_offset == offset),
+                Err(e @ StorageError::Corrupted { .. }) => {
+                    skip_damaged(&group.name, name, queue_id, offset, &e);
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            };
             match found {
                 None => st.complete(offset),
                 Some(m) if to_dlq => {
@@ -267,7 +279,18 @@ impl Broker {
             }
         }
         while out.len() < max && *bytes < MAX_RECEIVE_BYTES && st.next < range.end {
-            let batch = log.read(name, queue_id, st.next, max - out.len(), MAX_RECEIVE_BYTES - *bytes)?;
+            let batch = match log.read(name, queue_id, st.next, max - out.len(), MAX_RECEIVE_BYTES - *bytes) {
+                Ok(batch) => batch,
+                Err(e @ StorageError::Corrupted { .. }) => {
+                    // The damaged record is the first one asked for: skip it for this group
+                    // rather than wedge the queue forever.
+                    let offset = st.next;
+                    skip_damaged(&group.name, name, queue_id, offset, &e);
+                    st.complete(offset);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let Some(last) = batch.last().map(|m| m.queue_offset) else {
                 break;
             };

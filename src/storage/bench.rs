@@ -91,6 +91,8 @@ pub struct CaseResult {
     /// Log bytes per fsync: the group-commit batch size achieved.
     pub bytes_per_fsync: f64,
     pub messages_per_fsync: f64,
+    /// Writer batches (one `pwrite` each, per segment) per fsync.
+    pub batches_per_fsync: f64,
     /// Plain write + fdatasync loop with `bytes_per_fsync` chunks (Sync cases only).
     pub ceiling_mb_per_sec: Option<f64>,
     pub ceiling_fsyncs_per_sec: Option<f64>,
@@ -290,6 +292,7 @@ struct Measurement {
     seconds: f64,
     disk_bytes: u64,
     fsyncs: u64,
+    batches: u64,
     /// Per-append latencies in µs, of appends completed inside the window.
     latencies_us: Vec<u32>,
 }
@@ -299,6 +302,7 @@ impl Measurement {
         self.seconds += other.seconds;
         self.disk_bytes += other.disk_bytes;
         self.fsyncs += other.fsyncs;
+        self.batches += other.batches;
         self.latencies_us.extend(other.latencies_us);
     }
 
@@ -331,6 +335,7 @@ impl Measurement {
             fsyncs_per_sec: fsyncs / seconds,
             bytes_per_fsync: if fsyncs > 0.0 { disk_bytes / fsyncs } else { 0.0 },
             messages_per_fsync: if fsyncs > 0.0 { messages as f64 / fsyncs } else { 0.0 },
+            batches_per_fsync: if fsyncs > 0.0 { self.batches as f64 / fsyncs } else { 0.0 },
             ceiling_mb_per_sec: None,
             ceiling_fsyncs_per_sec: None,
             ratio_to_ceiling: None,
@@ -387,6 +392,7 @@ async fn measure_appends(
         seconds: duration.as_secs_f64(),
         disk_bytes: after.bytes_written - before.bytes_written,
         fsyncs: after.fsyncs - before.fsyncs,
+        batches: after.batches_written - before.batches_written,
         latencies_us,
     })
 }
@@ -428,7 +434,7 @@ fn raw_write_fsync(dir: &Path, chunk: usize, duration: Duration) -> std::io::Res
     for n in 0..=file_no {
         let _ = fs::remove_file(dir.join(format!("raw-{n}.bin")));
     }
-    Ok(Measurement { seconds: secs, disk_bytes: bytes, fsyncs: syncs, latencies_us: Vec::new() })
+    Ok(Measurement { seconds: secs, disk_bytes: bytes, fsyncs: syncs, batches: syncs, latencies_us: Vec::new() })
 }
 
 /// Empty log vs. a log holding `backlog_messages`: the backlog is filled once; then, for each
@@ -540,7 +546,7 @@ fn print_case(c: &CaseResult) {
         _ => String::new(),
     };
     println!(
-        "{:>5} {:>6} B  {:>10.0} msgs/s {:>8.1} MB/s payload {:>8.1} MB/s disk  p50 {:>6.2} ms p99 {:>6.2} ms  {:>7.0} fsync/s {:>9.0} B/fsync  {ceiling}",
+        "{:>5} {:>6} B  {:>10.0} msgs/s {:>8.1} MB/s payload {:>8.1} MB/s disk  p50 {:>6.2} ms p99 {:>6.2} ms  {:>7.0} fsync/s {:>9.0} B/fsync {:>5.1} batches/fsync  {ceiling}",
         c.mode,
         c.body_bytes,
         c.msgs_per_sec,
@@ -549,7 +555,8 @@ fn print_case(c: &CaseResult) {
         c.latency_p50_ms,
         c.latency_p99_ms,
         c.fsyncs_per_sec,
-        c.bytes_per_fsync
+        c.bytes_per_fsync,
+        c.batches_per_fsync
     );
 }
 

@@ -10,6 +10,13 @@
 //!   append is never reported as stored.
 //! - `read` never returns a record that failed its CRC check, and never returns bytes beyond
 //!   what `append` has acknowledged.
+//! - In `Async` mode a crash of the machine (not just the process) can lose acknowledged
+//!   records, and their offsets are then handed out again: that is what `Async` trades for
+//!   speed. `Sync` has neither problem.
+//!
+//! Implementations: [`CommitLog`] (durable, file-based; `local/`, see `docs/storage.md`) and
+//! [`memory::MemoryLog`] (tests). [`bench`](mod@bench) is the storage benchmark behind
+//! `rmq-gateway bench storage`.
 //!
 //! This module must not import protocol (tonic/prost), HTTP or SQL crates.
 
@@ -111,6 +118,10 @@ pub trait MessageLog: Send + Sync + 'static {
     /// Reads up to `max_messages` messages (and roughly at most `max_bytes` of bodies, but at
     /// least one message) of a queue, starting at `offset`. Offsets below the queue start are
     /// clamped to it; an offset at or past the end returns an empty vector.
+    ///
+    /// A record that fails its checks ends the returned batch early; when it is the first one,
+    /// the call fails with [`StorageError::Corrupted`] (the broker decides whether to skip it).
+    /// Synchronous and cheap (no fsync, no long lock), but it may page in data from disk.
     fn read(
         &self,
         topic: &str,

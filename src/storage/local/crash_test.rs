@@ -2,7 +2,8 @@
 //! `--exact crash_child` and an environment variable) appends under concurrent load in `Sync`
 //! mode and prints every acknowledged `(queue, offset, crc, id)`; the parent SIGKILLs it at a
 //! random moment, reopens the log and checks that every acknowledged message is there exactly
-//! once, in order, with an intact body. Repeated for many cycles on the same directory.
+//! once, in order, with an intact body. Repeated for many cycles on the same directory; every
+//! fourth kill comes right after the start, possibly in the middle of recovery.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -136,9 +137,14 @@ fn sigkill_crash_cycles_lose_no_acknowledged_message() {
             }
             lines
         });
-        // Kill at a random moment once the child is appending (or after a timeout).
-        let _ = first_rx.recv_timeout(Duration::from_secs(20));
-        std::thread::sleep(Duration::from_millis(rng.random_range(0..250)));
+        if cycle % 4 == 3 {
+            // Early kill: possibly during start-up, i.e. in the middle of recovery.
+            std::thread::sleep(Duration::from_millis(rng.random_range(0..40)));
+        } else {
+            // Kill at a random moment once the child is appending (or after a timeout).
+            let _ = first_rx.recv_timeout(Duration::from_secs(20));
+            std::thread::sleep(Duration::from_millis(rng.random_range(0..250)));
+        }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let lines = reader.join().unwrap();

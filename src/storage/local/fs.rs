@@ -70,6 +70,18 @@ pub fn write_file_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Creates `path` with `size` bytes (sparse, zero-filled) so that a crash never leaves it
+/// half-made: the file is sized under a temporary name and then linked into place (failing
+/// if `path` exists). The caller fsyncs the directory when the entry must be durable.
+pub fn create_sized_file(path: &Path, size: u64) -> io::Result<File> {
+    let tmp = tmp_path(path);
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
+    file.set_len(size)?;
+    fs::hard_link(&tmp, path)?;
+    fs::remove_file(&tmp)?;
+    Ok(file)
+}
+
 /// `<path>.tmp`: where in-progress files live until they are renamed into place. Leftovers
 /// are removed on open.
 pub fn tmp_path(path: &Path) -> PathBuf {

@@ -21,7 +21,7 @@ use std::sync::{Arc, RwLock};
 use memmap2::Mmap;
 
 use super::format::{INDEX_ENTRY_LEN, IndexEntry};
-use super::fs::{fsync_dir, write_file_atomically, zero_range};
+use super::fs::{create_sized_file, fsync_dir, write_file_atomically, zero_range};
 
 const INDEX_SUFFIX: &str = ".cq";
 const TOPIC_FILE: &str = "TOPIC";
@@ -40,8 +40,7 @@ pub struct IndexFile {
 impl IndexFile {
     fn create(dir: &Path, first_offset: u64, capacity: u64) -> io::Result<Self> {
         let path = dir.join(format!("{first_offset:020}{INDEX_SUFFIX}"));
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-        file.set_len(capacity * INDEX_ENTRY_LEN as u64)?;
+        let file = create_sized_file(&path, capacity * INDEX_ENTRY_LEN as u64)?;
         Self::map(path, file, first_offset, capacity)
     }
 

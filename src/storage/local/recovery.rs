@@ -276,9 +276,15 @@ impl Replay {
             let bytes = seg.tail_from(pos);
             match decode_frame(&bytes, pos) {
                 Ok(Frame::Message { header, topic, properties, len, .. }) => {
+                    // The CRC matched, so these are the bytes that were written: a property
+                    // block that does not decode is a writer bug, not a torn tail. Keep the
+                    // record (reads report it as corrupted) and the log after it.
                     let props = match decode_properties(properties) {
                         Ok(p) => p,
-                        Err(e) => break Some(e),
+                        Err(e) => {
+                            tracing::error!(position = pos, error = %e, "record with an undecodable property block");
+                            crate::storage::Properties::new()
+                        }
                     };
                     let topic = std::str::from_utf8(&topic)
                         .map_err(|_| StorageError::Corrupted { position: pos, reason: "topic is not utf-8".into() })?;

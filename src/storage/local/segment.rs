@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use memmap2::Mmap;
 
-use super::fs::zero_range;
+use super::fs::{create_sized_file, zero_range};
 
 /// File-name suffix of segments.
 pub const SEGMENT_SUFFIX: &str = ".log";
@@ -49,8 +49,7 @@ impl Segment {
     /// Creates a new, zero-filled (sparse) segment. The caller fsyncs the directory.
     pub fn create(dir: &Path, base: u64, size: u64) -> io::Result<Self> {
         let path = dir.join(segment_file_name(base));
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-        file.set_len(size)?;
+        let file = create_sized_file(&path, size)?;
         Self::map(path, file, base, size)
     }
 

@@ -412,6 +412,10 @@ async fn oversized_records_are_rejected_alone() {
     let (a, b) = tokio::join!(log.append(vec![big]), log.append(vec![small]));
     assert!(matches!(a, Err(StorageError::RecordTooLarge { .. })));
     assert_eq!(b.unwrap()[0].queue_offset, 0);
+    // Properties the encoding cannot represent are refused, not cut.
+    let mut odd = message("t", 0, "x", "odd", "");
+    odd.properties.push("k".repeat(70_000), "v");
+    assert!(matches!(log.append(vec![odd]).await, Err(StorageError::Io { .. })));
     // A record that nearly fills a segment still fits (in a fresh one).
     append_one(&log, message("t", 0, vec![1u8; 60 * 1024], "fits", "")).await.unwrap();
     assert_eq!(read_all(&log, "t", 0).len(), 2);
@@ -571,5 +575,49 @@ proptest! {
             }
             Ok(())
         })?;
+    }
+}
+
+/// Real ENOSPC (not injected): runs when `RMQ_STORAGE_TEST_SMALL_FS` names a directory on a
+/// small, otherwise empty file system, e.g. `mount -t tmpfs -o size=3m tmpfs /mnt/small`.
+#[tokio::test]
+async fn disk_full_on_a_real_small_filesystem() {
+    let Ok(root) = std::env::var("RMQ_STORAGE_TEST_SMALL_FS") else {
+        eprintln!("skipped: set RMQ_STORAGE_TEST_SMALL_FS to a small file system to run");
+        return;
+    };
+    let dir = tempfile::tempdir_in(root).unwrap();
+    let filler = dir.path().join("filler");
+    let config =
+        StorageConfig { segment_size: 1 << 20, disk_max_used_ratio: 1.0, ..test_config(&dir.path().join("log")) };
+    let log = CommitLog::open(config.clone()).unwrap();
+    std::fs::write(&filler, vec![1u8; 1 << 20]).unwrap();
+    let mut acked = Vec::new();
+    let err = loop {
+        let i = acked.len() as u64;
+        match append_one(&log, message("t", 0, body_for(0, i, 4000), &format!("id{i}"), "")).await {
+            Ok(r) => acked.push(r),
+            Err(e) => break e,
+        }
+        assert!(acked.len() < 10_000, "the file system never filled up");
+    };
+    assert!(matches!(err, StorageError::DiskFull(_)), "{err}");
+    assert!(acked.len() > 100, "filled after {} appends", acked.len());
+    // Still up: reads work, appends keep failing cleanly while the disk is full.
+    assert_eq!(read_all(&log, "t", 0).len(), acked.len());
+    assert!(matches!(
+        append_one(&log, message("t", 0, body_for(0, 0, 4000), "again", "")).await,
+        Err(StorageError::DiskFull(_))
+    ));
+    // Space comes back: appends continue at the next offset.
+    std::fs::remove_file(&filler).unwrap();
+    let r = append_one(&log, message("t", 0, body_for(0, 99_999, 4000), "after", "")).await.unwrap();
+    assert_eq!(r.queue_offset, acked.len() as u64);
+    drop(log);
+    let log = CommitLog::open(config).unwrap();
+    let all = read_all(&log, "t", 0);
+    assert_eq!(all.len(), acked.len() + 1);
+    for (i, m) in all.iter().take(acked.len()).enumerate() {
+        assert_eq!(m.body, body_for(0, i as u64, 4000));
     }
 }

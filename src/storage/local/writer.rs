@@ -322,6 +322,10 @@ impl Writer {
             if m.topic.len() > u16::MAX as usize {
                 return Err(invalid_input(format!("topic of {} bytes is longer than 65535 bytes", m.topic.len())));
             }
+            // The property encoding has u16 counts and key lengths; refuse what it would cut.
+            if m.properties.len() > u16::MAX as usize || m.properties.iter().any(|(k, _)| k.len() > u16::MAX as usize) {
+                return Err(invalid_input("more than 65535 properties, or a property key longer than 65535 bytes"));
+            }
             let size = (record_len(m.topic.len(), m.properties.encoded_len(), m.body.len()) + HEADER_LEN) as u64;
             if size > segment_size {
                 return Err(StorageError::RecordTooLarge { size, segment_size });

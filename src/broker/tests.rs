@@ -1,0 +1,132 @@
+//! Broker tests on an in-memory log and SQLite metadata.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::*;
+use crate::metadata::sqlite::SqliteMetadataStore;
+use crate::storage::memory::MemoryLog;
+use crate::storage::{AppendResult, QueueRange, StorageError, StorageResult, StoredMessage};
+
+/// A log whose record at one offset of every queue fails its checks on read.
+struct DamagedAt {
+    inner: MemoryLog,
+    offset: u64,
+}
+
+#[async_trait]
+impl MessageLog for DamagedAt {
+    async fn append(&self, messages: Vec<AppendMessage>) -> StorageResult<Vec<AppendResult>> {
+        self.inner.append(messages).await
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max: usize,
+        bytes: usize,
+    ) -> StorageResult<Vec<StoredMessage>> {
+        if topic.starts_with("rmq_sys_") {
+            return self.inner.read(topic, queue_id, offset, max, bytes);
+        }
+        if offset == self.offset {
+            return Err(StorageError::Corrupted { position: 42, reason: "crc mismatch".into() });
+        }
+        let mut batch = self.inner.read(topic, queue_id, offset, max, bytes)?;
+        // Like the commit log: a damaged record ends the batch early.
+        batch.retain(|m| m.queue_offset < self.offset || offset > self.offset);
+        Ok(batch)
+    }
+
+    fn queue_range(&self, topic: &str, queue_id: u32) -> QueueRange {
+        self.inner.queue_range(topic, queue_id)
+    }
+
+    fn find_by_message_id(&self, id: &str) -> StorageResult<Vec<StoredMessage>> {
+        self.inner.find_by_message_id(id)
+    }
+
+    fn find_by_key(&self, topic: &str, key: &str, max: usize) -> StorageResult<Vec<StoredMessage>> {
+        self.inner.find_by_key(topic, key, max)
+    }
+
+    async fn close(&self) -> StorageResult<()> {
+        Ok(())
+    }
+}
+
+async fn broker_with(log: Arc<dyn MessageLog>) -> Broker {
+    let mut config = Config::default();
+    config.topics.auto_create_topic_enable = true;
+    config.topics.default_topic_queue_nums = 1;
+    let meta = Arc::new(SqliteMetadataStore::in_memory().await.unwrap());
+    Broker::start(Arc::new(config), log, meta).await.unwrap()
+}
+
+fn message(id: &str) -> OutgoingMessage {
+    OutgoingMessage {
+        topic: "T".into(),
+        message_id: id.into(),
+        born_timestamp_ms: 1,
+        body: Bytes::from(id.to_string()),
+        ..Default::default()
+    }
+}
+
+fn receive_request() -> ReceiveRequest {
+    ReceiveRequest {
+        client_id: "c".into(),
+        group: "G".into(),
+        topic: "T".into(),
+        filter: Filter::All,
+        batch_size: 32,
+        invisible_duration: Some(Duration::from_secs(30)),
+        auto_renew: false,
+        long_polling_timeout: Some(Duration::from_secs(5)),
+        deadline_remaining: Some(Duration::ZERO),
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_record_is_skipped_not_served_and_does_not_wedge_the_queue() {
+    let broker = broker_with(Arc::new(DamagedAt { inner: MemoryLog::new(), offset: 1 })).await;
+    for id in ["m0", "m1", "m2"] {
+        broker.send(vec![message(id)]).await.unwrap();
+    }
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.extend(broker.receive(receive_request()).await.unwrap().into_iter().map(|m| m.message_id));
+    }
+    assert_eq!(ids, vec!["m0", "m2"]);
+}
+
+#[tokio::test]
+async fn filtered_out_messages_are_acknowledged_for_the_group() {
+    let broker = broker_with(Arc::new(MemoryLog::new())).await;
+    let mut a = message("a");
+    a.tag = Some("A".into());
+    let mut b = message("b");
+    b.tag = Some("B".into());
+    broker.send(vec![a]).await.unwrap();
+    broker.send(vec![b]).await.unwrap();
+    let mut req = receive_request();
+    req.filter = Filter::tags("B || C").unwrap();
+    let got: Vec<_> = broker.receive(req.clone()).await.unwrap().into_iter().map(|m| m.message_id).collect();
+    assert_eq!(got, vec!["b"]);
+    assert!(broker.receive(req).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn receipts_are_bound_to_group_and_topic() {
+    let broker = broker_with(Arc::new(MemoryLog::new())).await;
+    broker.send(vec![message("x")]).await.unwrap();
+    let m = broker.receive(receive_request()).await.unwrap().remove(0);
+    let other_group = broker.ack("c", "OtherGroup", "T", &m.receipt_handle).await;
+    assert!(matches!(other_group, Err(BrokerError::InvalidReceiptHandle(_))));
+    broker.ack("c", "G", "T", &m.receipt_handle).await.unwrap();
+}
