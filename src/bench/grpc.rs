@@ -303,7 +303,17 @@ pub async fn run(
     server_pid: Option<u32>,
 ) -> anyhow::Result<load::LoadOutcome> {
     let (producers, consumers) = clients(args, target).await?;
-    load::drive(label, args, producers, consumers, server_pid).await
+    let ack_failures = consumers.first().map(|c| c.ack_failures.clone());
+    let mut outcome = load::drive(label, args, producers, consumers, server_pid).await?;
+    // Acks run in the background; a failed one counts as a receive error.
+    if let Some(f) = ack_failures {
+        let failed = f.load(Ordering::Relaxed);
+        outcome.receive_errors += failed;
+        if failed > 0 && outcome.first_error.is_none() {
+            outcome.first_error = Some(format!("{failed} AckMessage calls failed"));
+        }
+    }
+    Ok(outcome)
 }
 
 /// A gateway started by the benchmark.

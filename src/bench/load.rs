@@ -43,12 +43,8 @@ pub trait Consumer: Send + 'static {
 }
 
 /// A histogram of microseconds from 1 µs to 10 minutes, 3 significant digits.
-pub fn histogram() -> Histogram<u64> {
-    match Histogram::new_with_bounds(1, 600_000_000, 3) {
-        Ok(h) => h,
-        // The bounds above are constants that hdrhistogram accepts.
-        Err(_) => unreachable!("valid histogram bounds"),
-    }
+pub fn histogram() -> anyhow::Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).map_err(|e| anyhow::anyhow!("histogram: {e:?}"))
 }
 
 /// What one load run measured.
@@ -154,8 +150,8 @@ struct ProducerTally {
     errors: u64,
 }
 
-async fn produce<P: Producer>(mut p: P, s: Arc<Shared>, filler: Bytes) -> ProducerTally {
-    let mut t = ProducerTally { hist: histogram(), messages: 0, requests: 0, errors: 0 };
+async fn produce<P: Producer>(mut p: P, s: Arc<Shared>, filler: Bytes, hist: Histogram<u64>) -> ProducerTally {
+    let mut t = ProducerTally { hist, messages: 0, requests: 0, errors: 0 };
     let batch = s.batch as u64;
     loop {
         if s.stop.is_cancelled() {
@@ -220,8 +216,13 @@ struct ConsumerTally {
     messages: u64,
 }
 
-async fn consume<C: Consumer>(mut c: C, s: Arc<Shared>, stop: CancellationToken) -> ConsumerTally {
-    let mut t = ConsumerTally { hist: histogram(), errors: 0, calls: 0, messages: 0 };
+async fn consume<C: Consumer>(
+    mut c: C,
+    s: Arc<Shared>,
+    stop: CancellationToken,
+    hist: Histogram<u64>,
+) -> ConsumerTally {
+    let mut t = ConsumerTally { hist, errors: 0, calls: 0, messages: 0 };
     loop {
         let got = tokio::select! {
             r = c.receive() => r,
@@ -369,6 +370,7 @@ pub async fn drive<P: Producer, C: Consumer>(
     server_pid: Option<u32>,
 ) -> anyhow::Result<LoadOutcome> {
     args.validate()?;
+    let empty = histogram()?;
     let window_start_ns = args.warmup.as_nanos() as u64;
     let window_end_ns = window_start_ns + args.duration.as_nanos() as u64;
     let s = Arc::new(Shared {
@@ -395,16 +397,18 @@ pub async fn drive<P: Producer, C: Consumer>(
     let filler: Bytes = (0..args.message_size).map(|i| b"rmq-gateway-bench"[i % 17]).collect::<Vec<u8>>().into();
 
     let consumer_stop = CancellationToken::new();
-    let consumer_tasks: Vec<_> =
-        consumers.into_iter().map(|c| tokio::spawn(consume(c, s.clone(), consumer_stop.clone()))).collect();
+    let consumer_tasks: Vec<_> = consumers
+        .into_iter()
+        .map(|c| tokio::spawn(consume(c, s.clone(), consumer_stop.clone(), empty.clone())))
+        .collect();
     let progress_done = CancellationToken::new();
     let progress_task =
         (!args.quiet).then(|| tokio::spawn(progress(label.to_string(), s.clone(), progress_done.clone())));
     let monitor_task = tokio::spawn(monitor(s.clone(), server_pid));
     let producer_tasks: Vec<_> =
-        producers.into_iter().map(|p| tokio::spawn(produce(p, s.clone(), filler.clone()))).collect();
+        producers.into_iter().map(|p| tokio::spawn(produce(p, s.clone(), filler.clone(), empty.clone()))).collect();
 
-    let mut send_latency_us = histogram();
+    let mut send_latency_us = empty.clone();
     let (mut messages, mut requests, mut errors) = (0, 0, 0);
     for t in producer_tasks {
         let tally = t.await?;
@@ -432,7 +436,7 @@ pub async fn drive<P: Producer, C: Consumer>(
         }
     }
     consumer_stop.cancel();
-    let mut e2e = histogram();
+    let mut e2e = empty.clone();
     let (mut receive_errors, mut receive_calls, mut received_total) = (0, 0, 0);
     for t in consumer_tasks {
         let tally = t.await?;

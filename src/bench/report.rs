@@ -559,7 +559,7 @@ mod tests {
     use super::*;
 
     fn result(system: &str, rate: Option<f64>) -> RunResult {
-        let mut h = super::super::load::histogram();
+        let mut h = super::super::load::histogram().unwrap();
         for v in [100, 200, 300, 5000] {
             h.record(v).unwrap();
         }
@@ -615,10 +615,10 @@ mod tests {
 
     #[test]
     fn percentiles_in_ms() {
-        let mut h = super::super::load::histogram();
+        let mut h = super::super::load::histogram().unwrap();
         h.record(1000).unwrap();
         let l = Latency::of(&h).unwrap();
         assert!((l.p50_ms - 1.0).abs() < 0.01);
-        assert!(Latency::of(&super::super::load::histogram()).is_none());
+        assert!(Latency::of(&super::super::load::histogram().unwrap()).is_none());
     }
 }
