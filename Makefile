@@ -26,7 +26,7 @@ sdk-setup:
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
@@ -37,13 +37,15 @@ fmt:
 ## BENCH_ARGS='--message-size 4096 --batch 8 …' (see `rmq-gateway bench compare --help`).
 BENCH_DURATION ?= 10s
 BENCH_ARGS ?=
+## Storage benchmark knobs, e.g. BENCH_STORAGE_ARGS=--quick (a one-minute smoke run).
+BENCH_STORAGE_ARGS ?=
 BENCH_BIN = $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/release/rmq-gateway
 bench:
-	$(CARGO) build --release --locked --bin rmq-gateway
+	$(CARGO) build --release --locked --features nats-bench --bin rmq-gateway
 	@command -v nats-server >/dev/null || test -x /usr/sbin/nats-server || \
 	  { echo "installing nats-server (apt)"; apt-get update -qq && apt-get install -y -qq nats-server; }
 	$(BENCH_BIN) bench compare --duration $(BENCH_DURATION) $(BENCH_ARGS)
-	@if $(BENCH_BIN) bench storage --help >/dev/null 2>&1; then $(BENCH_BIN) bench storage --quick; fi
+	$(BENCH_BIN) bench storage $(BENCH_STORAGE_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -43,6 +43,9 @@ pub enum BenchCommand {
     NoopServer(noop::NoopArgs),
     /// The whole comparison behind `make bench`: gateway SYNC/ASYNC, no-op ceiling, peers.
     Compare(compare::CompareArgs),
+    /// The commit log alone: append throughput (SYNC/ASYNC) against the disk's raw
+    /// write+fsync ceiling, and the cost of a large backlog.
+    Storage(crate::storage::bench::StorageBenchArgs),
 }
 
 /// Load shape shared by every load generator.
@@ -126,6 +129,7 @@ pub fn run(command: BenchCommand) -> ExitCode {
             BenchCommand::Nats(args) => nats::main(args).await,
             BenchCommand::NoopServer(args) => noop::main(args).await,
             BenchCommand::Compare(args) => compare::main(args).await,
+            BenchCommand::Storage(args) => crate::storage::bench::run(args).await,
         }
     });
     match result {
