@@ -16,6 +16,7 @@ pub mod proto {
 pub mod admin;
 pub mod bench;
 pub mod broker;
+pub mod clock;
 pub mod config;
 pub mod grpc;
 pub mod metadata;

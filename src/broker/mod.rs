@@ -102,9 +102,7 @@ pub struct Broker {
     inner: Arc<Inner>,
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
-}
+pub use crate::clock::now_ms;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Nothing panics while holding these locks except on a bug; keep serving if one did.

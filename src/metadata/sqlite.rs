@@ -8,6 +8,8 @@ use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
+use crate::clock::now_ms;
+
 use super::{GroupRecord, MetadataError, MetadataResult, MetadataStore, ProgressRecord, TopicRecord, TopicType};
 
 pub struct SqliteMetadataStore {
@@ -16,10 +18,6 @@ pub struct SqliteMetadataStore {
 
 fn query_err(e: sqlx::Error) -> MetadataError {
     MetadataError::Query(e.to_string())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
 }
 
 impl SqliteMetadataStore {

@@ -35,10 +35,7 @@ impl MemoryLog {
 impl MessageLog for MemoryLog {
     async fn append(&self, messages: Vec<AppendMessage>) -> StorageResult<Vec<AppendResult>> {
         let mut inner = self.lock();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or_default();
+        let now = crate::clock::now_ms();
         let mut results = Vec::with_capacity(messages.len());
         for m in messages {
             let position = inner.next_position;

@@ -105,9 +105,7 @@ pub struct Writer {
     props: BytesMut,
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+pub use crate::clock::now_ms;
 
 impl Writer {
     pub fn new(
