@@ -385,8 +385,4 @@ impl Broker {
         }
         self.release_client_deliveries(client_id);
     }
-
-    pub fn connected_clients(&self) -> usize {
-        lock(&self.inner.clients).values().filter(|s| s.last_seen.elapsed() < CLIENT_EXPIRY).count()
-    }
 }

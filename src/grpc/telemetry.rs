@@ -37,14 +37,6 @@ impl TelemetryRegistry {
             streams.remove(client_id);
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.streams.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 fn command(status: proto::Status, cmd: Option<Command>) -> proto::TelemetryCommand {
