@@ -444,3 +444,32 @@ async fn exhausted_messages_go_to_the_dead_letter_queue() {
     assert_eq!(dlq.messages[0].system_properties.as_ref().unwrap().message_id, "D2");
     g.stop().await;
 }
+
+#[tokio::test]
+async fn delay_and_transaction_messages_are_refused_as_unsupported() {
+    let g = Gateway::start(|c| {
+        c.topics.create.push(rmq_gateway::config::TopicSpec {
+            name: "TopicMixed".into(),
+            queue_nums: Some(2),
+            message_type: "MIXED".into(),
+        })
+    })
+    .await;
+    let mut c = g.client().await;
+    let mut delay = message("TopicMixed", "DL1", b"x");
+    let in_a_minute = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 + 60;
+    delay.system_properties.as_mut().unwrap().delivery_timestamp =
+        Some(prost_types::Timestamp { seconds: in_a_minute, nanos: 0 });
+    let r = send(&mut c, vec![delay]).await;
+    assert_eq!(code(&r.status), Code::Unsupported as i32, "{:?}", r.status);
+    assert_eq!(r.entries.len(), 1);
+    let mut tx = message("TopicMixed", "TX1", b"x");
+    tx.system_properties.as_mut().unwrap().message_type = proto::MessageType::Transaction as i32;
+    assert_eq!(code(&send(&mut c, vec![tx]).await.status), Code::Unsupported as i32);
+    // NORMAL and FIFO messages are accepted on a MIXED topic.
+    let mut fifo = message("TopicMixed", "F1", b"x");
+    fifo.system_properties.as_mut().unwrap().message_group = Some("g1".into());
+    assert_eq!(code(&send(&mut c, vec![fifo]).await.status), Code::Ok as i32);
+    assert_eq!(code(&send(&mut c, vec![message("TopicMixed", "N1", b"x")]).await.status), Code::Ok as i32);
+    g.stop().await;
+}

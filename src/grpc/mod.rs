@@ -20,8 +20,6 @@ use crate::metadata::TopicType;
 use crate::proto::messaging_service_server::{MessagingService, MessagingServiceServer};
 use crate::proto::{self, Code};
 use convert::resource_name;
-#[cfg(test)]
-use convert::timestamp_ms;
 use status::{from_error, ok, status};
 pub use telemetry::TelemetryRegistry;
 
@@ -535,10 +533,5 @@ mod tests {
         assert_eq!(parse_grpc_timeout("40000m"), Some(Duration::from_secs(40)));
         assert_eq!(parse_grpc_timeout("x"), None);
         assert_eq!(parse_grpc_timeout("99999999999999999999H"), None);
-    }
-
-    #[test]
-    fn timestamp_helper_is_used() {
-        assert_eq!(timestamp_ms(&prost_types::Timestamp { seconds: 1, nanos: 0 }), Some(1000));
     }
 }
