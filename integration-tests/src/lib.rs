@@ -5,7 +5,10 @@
 //!   (free loopback ports, temp data dir, `/readyz`, SIGTERM/SIGKILL, restart).
 //! - [`sdk`]: run the official-SDK driver programs under `integration-tests/sdk/`
 //!   with a hard timeout and parse their `RESULT {json}` line.
+//! - [`scenario`]: one gateway + temp dir per test, driver runs within a time budget, and
+//!   the checks a consumer's report must pass.
 
 pub mod client;
 pub mod gateway_process;
+pub mod scenario;
 pub mod sdk;

@@ -111,6 +111,8 @@ pub struct Run {
     pub timeout: Duration,
     /// hard limit for the whole process (startup and shutdown included); killed after it
     pub kill_after: Duration,
+    /// driver-specific arguments after the common ones (e.g. `--tls`, `--fail-every 5`)
+    pub extra_args: Vec<String>,
 }
 
 /// The driver's `RESULT` line (fields a mode does not produce stay at their defaults).
@@ -201,6 +203,7 @@ pub fn run(run: &Run, dir: &Path) -> Result<Outcome> {
     cmd.args(["--endpoint", &run.endpoint, "--topic", &run.topic, "--group", &run.group])
         .args(["--count", &run.count.to_string(), "--prefix", &run.prefix, "--tag", &run.tag])
         .args(["--timeout-secs", &run.timeout.as_secs().to_string()])
+        .args(&run.extra_args)
         .env("RUST_BACKTRACE", "0")
         .env("PYTHONUNBUFFERED", "1")
         .env("RMQ_E2E_HOME", &home)

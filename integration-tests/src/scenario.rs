@@ -1,0 +1,250 @@
+//! The scenario harness shared by the end-to-end test files: one gateway process and temp
+//! dir per test ([`Ctx`]), SDK driver runs with a per-scenario time budget, and the checks a
+//! consumer's report must pass ([`Expect`]): N sent, N distinct bodies received and acked,
+//! message ids equal to the producer's, no digest mismatch, no duplicate unless the scenario
+//! provokes one.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::gateway_process::{Gateway, Stop, gateway_binary};
+use crate::sdk::{self, Mode, Outcome, Report, Run, Sdk};
+
+/// A driver's budget for its main loop (sending, or receiving until all N arrived).
+pub const DRIVER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Hard limit for a whole scenario (all its drivers, restarts included): drivers still
+/// running when it is reached are killed.
+pub const SCENARIO_BUDGET: Duration = Duration::from_secs(115);
+/// What a driver needs beyond its main loop (startup; PushConsumer shutdown waits for the
+/// in-flight long polls, about 23 s).
+pub const DRIVER_SLACK: Duration = Duration::from_secs(40);
+
+/// Writes to the real stderr, bypassing the test harness capture, so a skip is visible.
+pub fn shout(text: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "\n{}\n{text}\n{}\n", "!".repeat(78), "!".repeat(78));
+}
+
+pub fn count() -> usize {
+    std::env::var("RMQ_E2E_COUNT").ok().and_then(|v| v.parse().ok()).unwrap_or(50)
+}
+
+/// A unique, valid topic/group name.
+pub fn unique(kind: &str, test: &str) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("e2e_{kind}_{test}_{}_{nanos}", std::process::id())
+}
+
+/// One test's gateway and temp dir. Field order matters: the gateway is killed before the
+/// directory is removed. The directory is kept (and its path printed) if the test fails.
+pub struct Ctx {
+    pub test: &'static str,
+    pub deadline: Instant,
+    pub gateway: Gateway,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Ctx {
+    /// Starts a gateway, or returns `None` (skip) if a prerequisite is missing.
+    pub fn start(test: &'static str, sdks: &[Sdk]) -> Option<Ctx> {
+        let mut missing: Vec<String> = sdks.iter().filter_map(|s| s.missing()).collect();
+        if let Err(e) = gateway_binary() {
+            missing.push(e.to_string());
+        }
+        if !missing.is_empty() {
+            let text = format!("SKIPPED {test}: {}", missing.join("; "));
+            if std::env::var("RMQ_E2E_REQUIRED").is_ok_and(|v| v == "1") {
+                panic!("{text} (RMQ_E2E_REQUIRED=1)");
+            }
+            shout(&text);
+            return None;
+        }
+        let dir = tempfile::Builder::new().prefix(&format!("rmq-e2e-{test}-")).tempdir().unwrap();
+        let gateway = Gateway::start(dir.path()).unwrap_or_else(|e| panic!("{test}: {e:#}"));
+        Some(Ctx { test, deadline: Instant::now() + SCENARIO_BUDGET, gateway, dir: Some(dir) })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().map(|d| d.path()).unwrap()
+    }
+
+    pub fn run(&self, sdk: Sdk, mode: Mode, topic: &str, group: &str, prefix: &str) -> Outcome {
+        self.run_with(sdk, mode, topic, group, prefix, &[])
+    }
+
+    /// [`Ctx::run`] with driver-specific arguments (e.g. `--tls`).
+    pub fn run_with(&self, sdk: Sdk, mode: Mode, topic: &str, group: &str, prefix: &str, extra: &[&str]) -> Outcome {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let run = Run {
+            sdk,
+            mode,
+            endpoint: self.gateway.endpoint(),
+            topic: topic.to_string(),
+            group: group.to_string(),
+            count: count(),
+            prefix: prefix.to_string(),
+            tag: "e2e".to_string(),
+            timeout: DRIVER_TIMEOUT.min(left.saturating_sub(DRIVER_SLACK)).max(Duration::from_secs(5)),
+            kill_after: left.max(Duration::from_secs(5)),
+            extra_args: extra.iter().map(|a| a.to_string()).collect(),
+        };
+        sdk::run(&run, self.path()).unwrap_or_else(|e| panic!("{}: {e:#}", self.test))
+    }
+
+    pub fn fail(&self, outcome: &Outcome, what: &str) -> ! {
+        panic!(
+            "{}: {what}\n{}--- gateway log (tail):\n{}\n--- gateway data dir: {}",
+            self.test,
+            outcome.describe(),
+            self.gateway.log_tail(40),
+            self.gateway.data_dir_listing()
+        )
+    }
+
+    /// Sends N messages with bodies `<prefix>-<i>`; returns their message ids.
+    pub fn produce(&self, sdk: Sdk, topic: &str, prefix: &str) -> Vec<String> {
+        let outcome = self.run(sdk, Mode::Produce, topic, "", prefix);
+        let Some(report) = outcome.report() else { self.fail(&outcome, "producer printed no RESULT") };
+        if !report.ok || report.sent != count() || report.ids.len() != count() {
+            self.fail(&outcome, &format!("sent {} of {} messages", report.sent, count()));
+        }
+        note_shutdown(self.test, report);
+        report.ids.clone()
+    }
+
+    /// Consumes until all N bodies `<prefix>-<i>` arrived; checks none is lost, every one
+    /// was acked, digests were right and the message ids match what the producer got.
+    pub fn consume(&self, sdk: Sdk, mode: Mode, topic: &str, group: &str, expect: Expect) -> Report {
+        let Expect { prefix, sent_ids, allow_unexpected, allow_duplicates } = expect;
+        let outcome = self.run(sdk, mode, topic, group, prefix);
+        let Some(report) = outcome.report().cloned() else { self.fail(&outcome, "consumer printed no RESULT") };
+        if report.received != count() || !report.missing.is_empty() {
+            let lost = report.missing.len();
+            self.fail(&outcome, &format!("received {} of {} ({lost} lost)", report.received, count()));
+        }
+        if report.ack_failed != 0 || report.corrupted != 0 {
+            self.fail(&outcome, "acks failed or corrupted (digest mismatch) messages");
+        }
+        if mode == Mode::SimpleConsume && report.acked.unwrap_or(0) < count() {
+            self.fail(&outcome, "fewer acks than messages");
+        }
+        if mode == Mode::SimpleConsume && sdk != Sdk::Rust && report.changed_invisible != Some(1) {
+            self.fail(&outcome, "ChangeInvisibleDuration was not exercised successfully");
+        }
+        if !report.errors.is_empty() && mode == Mode::SimpleConsume {
+            // Errors that did not cost a message (e.g. a failed receive retried later).
+            shout(&format!("{}: {} {} reported errors: {:?}", self.test, sdk.name(), mode_name(mode), report.errors));
+        }
+        if !report.unexpected.is_empty() && !allow_unexpected {
+            self.fail(&outcome, "received messages that were not expected (already acked or foreign)");
+        }
+        let got: BTreeSet<&str> = report.ids.iter().map(|s| s.as_str()).collect();
+        let want: BTreeSet<&str> = sent_ids.iter().map(|s| s.as_str()).collect();
+        if got != want {
+            self.fail(&outcome, "received message ids differ from the ids the producer got");
+        }
+        if !report.duplicates.is_empty() && !allow_duplicates {
+            self.fail(&outcome, "a message was delivered more than once in a scenario without a crash or redelivery");
+        }
+        if !report.duplicates.is_empty() || !report.unexpected.is_empty() {
+            shout(&format!(
+                "{}: {} {}: {} duplicate deliveries, {} unexpected (older) deliveries",
+                self.test,
+                sdk.name(),
+                mode_name(mode),
+                report.duplicates.len(),
+                report.unexpected.len()
+            ));
+        }
+        note_shutdown(self.test, &report);
+        report
+    }
+}
+
+/// What a consumer must get.
+pub struct Expect<'a> {
+    /// bodies `<prefix>-0..N`
+    pub prefix: &'a str,
+    /// the ids the producer got back for them
+    pub sent_ids: &'a [String],
+    /// deliveries of other (older, already acked) messages are only reported, not failed
+    /// (at-least-once after a crash)
+    pub allow_unexpected: bool,
+    /// a message delivered more than once is only reported, not failed (a crash or a
+    /// redelivery the scenario provokes); otherwise each message must arrive exactly once
+    pub allow_duplicates: bool,
+}
+
+impl<'a> Expect<'a> {
+    pub fn exactly(prefix: &'a str, sent_ids: &'a [String]) -> Self {
+        Expect { prefix, sent_ids, allow_unexpected: false, allow_duplicates: false }
+    }
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        let keep = std::thread::panicking() || std::env::var_os("RMQ_E2E_KEEP").is_some();
+        if let (true, Some(dir)) = (keep, self.dir.take()) {
+            shout(&format!("{}: logs kept in {}", self.test, dir.keep().display()));
+        }
+    }
+}
+
+pub fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Produce => "producer",
+        Mode::SimpleConsume => "SimpleConsumer",
+        Mode::PushConsume => "PushConsumer",
+    }
+}
+
+pub fn note_shutdown(test: &str, report: &Report) {
+    if let Some(e) = &report.shutdown_error {
+        shout(&format!("{test}: {} {} shutdown error (not fatal): {e}", report.sdk, report.mode));
+    }
+}
+
+/// Producer and SimpleConsumer of one SDK on a fresh topic and group.
+pub fn produce_then_simple_consume(test: &'static str, sdk: Sdk) {
+    let Some(ctx) = Ctx::start(test, &[sdk]) else {
+        return;
+    };
+    let (topic, group) = (unique("topic", test), unique("group", test));
+    let ids = ctx.produce(sdk, &topic, "m");
+    ctx.consume(sdk, Mode::SimpleConsume, &topic, &group, Expect::exactly("m", &ids));
+}
+
+/// Producer and PushConsumer of one SDK on a fresh topic and group.
+pub fn produce_then_push_consume(test: &'static str, sdk: Sdk) {
+    let Some(ctx) = Ctx::start(test, &[sdk]) else {
+        return;
+    };
+    let (topic, group) = (unique("topic", test), unique("group", test));
+    let ids = ctx.produce(sdk, &topic, "m");
+    ctx.consume(sdk, Mode::PushConsume, &topic, &group, Expect::exactly("m", &ids));
+}
+
+/// Batch `a` is produced and consumed (acked) by `group`, batch `b` is produced; then the
+/// gateway is stopped `how` and started again on the same data dir; `group` must then get
+/// all of `b`. After SIGTERM, no message of the acked batch `a` may come back; after
+/// SIGKILL such redeliveries are reported (at-least-once) but allowed.
+pub fn restart_between_send_and_consume(test: &'static str, how: Stop, producer: Sdk, consumer: Sdk) {
+    let Some(mut ctx) = Ctx::start(test, &[producer, consumer]) else {
+        return;
+    };
+    let (topic, group) = (unique("topic", test), unique("group", test));
+    let ids_a = ctx.produce(producer, &topic, "a");
+    let expect = Expect::exactly("a", &ids_a);
+    ctx.consume(consumer, Mode::SimpleConsume, &topic, &group, expect);
+    let ids_b = ctx.produce(producer, &topic, "b");
+
+    let stopped = ctx.gateway.stop(how).unwrap_or_else(|e| panic!("{test}: stop: {e:#}"));
+    shout(&format!("{test}: gateway stopped ({how:?}) in {:?}, {}", stopped.took, stopped.status));
+    ctx.gateway.restart().unwrap_or_else(|e| panic!("{test}: restart: {e:#}"));
+
+    let crashed = how == Stop::Kill;
+    let expect = Expect { prefix: "b", sent_ids: &ids_b, allow_unexpected: crashed, allow_duplicates: crashed };
+    ctx.consume(consumer, Mode::SimpleConsume, &topic, &group, expect);
+}
