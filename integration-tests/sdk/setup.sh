@@ -3,14 +3,15 @@
 #   .work/py-venv      Python venv with rocketmq-python-client 5.1.2 (pinned by python/requirements.lock)
 #   .work/node         node_modules with rocketmq-client-nodejs 1.0.8 (pinned by node/package-lock.json)
 #   .work/rust-target  build of the Rust driver (crate rocketmq 5.0.0, pinned by rust/Cargo.lock)
+#   .work/apache/lib   Apache RocketMQ 5.5.0 jars (pinned by ../reference/pom.xml): the reference server
 # Idempotent: a step is skipped when its lock file has not changed since the last successful run.
 # Needs only cargo, python3 (>= 3.9, with venv) and node/npm (>= 18). No sudo, nothing global.
-# Env: SDK_BUILD_JOBS (cargo -j, default 2), SDK_ONLY="python node rust" (subset to install).
+# Env: SDK_BUILD_JOBS (cargo -j, default 2), SDK_ONLY="python node rust apache" (subset to install).
 set -euo pipefail
 
 SDK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 WORK="$SDK_DIR/.work"
-ONLY="${SDK_ONLY:-python node rust}"
+ONLY="${SDK_ONLY:-python node rust apache}"
 mkdir -p "$WORK"
 
 log() { printf '[sdk-setup] %s\n' "$*" >&2; }
@@ -59,8 +60,13 @@ rust_step() {
     -j "${SDK_BUILD_JOBS:-2}" --manifest-path "$SDK_DIR/rust/Cargo.toml"
   [[ -x "$WORK/rust-target/debug/rmq-sdk-rust" ]] || die "rust driver binary missing after build"
 }
+apache_step() {
+  need java "JDK 17"
+  bash "$SDK_DIR/../reference/apache.sh" resolve
+}
 
 wants python && timed python_step
 wants node && timed node_step
 wants rust && timed rust_step
+wants apache && timed apache_step
 log "done: SDKs installed under $WORK"
