@@ -3,15 +3,17 @@
 #   .work/py-venv      Python venv with rocketmq-python-client 5.1.2 (pinned by python/requirements.lock)
 #   .work/node         node_modules with rocketmq-client-nodejs 1.0.8 (pinned by node/package-lock.json)
 #   .work/rust-target  build of the Rust driver (crate rocketmq 5.0.0, pinned by rust/Cargo.lock)
+#   .work/java/<ver>   Java driver jar + classpath.txt (rocketmq-client-java 5.2.0 and 5.0.7, pinned
+#                      by java/pom.xml), Maven local repository .work/m2
 #   .work/apache/lib   Apache RocketMQ 5.5.0 jars (pinned by ../reference/pom.xml): the reference server
 # Idempotent: a step is skipped when its lock file has not changed since the last successful run.
-# Needs only cargo, python3 (>= 3.9, with venv) and node/npm (>= 18). No sudo, nothing global.
-# Env: SDK_BUILD_JOBS (cargo -j, default 2), SDK_ONLY="python node rust apache" (subset to install).
+# Needs only cargo, python3 (>= 3.9, with venv), node/npm (>= 18), JDK 17 + Maven. No sudo, nothing global.
+# Env: SDK_BUILD_JOBS (cargo -j, default 2), SDK_ONLY="python node rust java apache" (subset to install).
 set -euo pipefail
 
 SDK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 WORK="$SDK_DIR/.work"
-ONLY="${SDK_ONLY:-python node rust apache}"
+ONLY="${SDK_ONLY:-python node rust java apache}"
 mkdir -p "$WORK"
 
 log() { printf '[sdk-setup] %s\n' "$*" >&2; }
@@ -60,6 +62,28 @@ rust_step() {
     -j "${SDK_BUILD_JOBS:-2}" --manifest-path "$SDK_DIR/rust/Cargo.toml"
   [[ -x "$WORK/rust-target/debug/rmq-sdk-rust" ]] || die "rust driver binary missing after build"
 }
+java_step() {
+  local dir="$SDK_DIR/java" out="$WORK/java" v
+  local sources=("$dir/pom.xml" "$dir"/src/main/java/org/rmqgateway/e2e/*.java)
+  if up_to_date java "${sources[@]}" && [[ -f "$out/5.2.0/classpath.txt" && -f "$out/5.0.7/classpath.txt" ]]; then
+    log "java: up to date"; return
+  fi
+  need java "JDK >= 17"; need mvn "Maven >= 3.8"
+  mkdir -p "$WORK/m2"
+  # Offline first (a warm .work/m2 needs no network), online if something is missing.
+  local mvn_args=(-B -q -Dstyle.color=never -Dmaven.repo.local="$WORK/m2" -f "$dir/pom.xml")
+  for v in 5.2.0 5.0.7; do
+    log "java: mvn package of the Java driver with rocketmq-client-java $v"
+    local profile=(); [[ $v == 5.0.7 ]] && profile=(-P sdk-5.0.7)
+    rm -rf "$out/$v"
+    mvn "${mvn_args[@]}" -o "${profile[@]}" -Ddriver.build.dir="$out/$v" package >/dev/null 2>&1 \
+      || mvn "${mvn_args[@]}" "${profile[@]}" -Ddriver.build.dir="$out/$v" package >&2
+    [[ -f "$out/$v/rmq-e2e-java.jar" && -s "$out/$v/classpath.txt" ]] || die "java driver $v missing after build"
+    grep -q "rocketmq-client-java-$v.jar" "$out/$v/classpath.txt" || die "java driver $v: wrong SDK on its classpath"
+  done
+  stamp java "${sources[@]}"
+}
+
 apache_step() {
   need java "JDK 17"
   bash "$SDK_DIR/../reference/apache.sh" resolve
@@ -68,5 +92,6 @@ apache_step() {
 wants python && timed python_step
 wants node && timed node_step
 wants rust && timed rust_step
+wants java && timed java_step
 wants apache && timed apache_step
 log "done: SDKs installed under $WORK"

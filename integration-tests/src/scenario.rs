@@ -93,6 +93,15 @@ impl Ctx {
         sdk::run(&run, self.path()).unwrap_or_else(|e| panic!("{}: {e:#}", self.test))
     }
 
+    /// Fails unless the driver ran the SDK release `sdk` stands for (where drivers report it).
+    pub fn check_version(&self, outcome: &Outcome, report: &Report) {
+        if let Some(want) = outcome.run.sdk.version()
+            && report.sdk_version.as_deref() != Some(want)
+        {
+            self.fail(outcome, &format!("driver ran SDK version {:?}, expected {want}", report.sdk_version));
+        }
+    }
+
     pub fn fail(&self, outcome: &Outcome, what: &str) -> ! {
         panic!(
             "{}: {what}\n{}--- gateway log (tail):\n{}\n--- gateway data dir: {}",
@@ -105,11 +114,17 @@ impl Ctx {
 
     /// Sends N messages with bodies `<prefix>-<i>`; returns their message ids.
     pub fn produce(&self, sdk: Sdk, topic: &str, prefix: &str) -> Vec<String> {
-        let outcome = self.run(sdk, Mode::Produce, topic, "", prefix);
+        self.produce_with(sdk, topic, prefix, &[])
+    }
+
+    /// [`Ctx::produce`] with driver-specific arguments.
+    pub fn produce_with(&self, sdk: Sdk, topic: &str, prefix: &str, extra: &[&str]) -> Vec<String> {
+        let outcome = self.run_with(sdk, Mode::Produce, topic, "", prefix, extra);
         let Some(report) = outcome.report() else { self.fail(&outcome, "producer printed no RESULT") };
         if !report.ok || report.sent != count() || report.ids.len() != count() {
             self.fail(&outcome, &format!("sent {} of {} messages", report.sent, count()));
         }
+        self.check_version(&outcome, report);
         note_shutdown(self.test, report);
         report.ids.clone()
     }
@@ -117,9 +132,23 @@ impl Ctx {
     /// Consumes until all N bodies `<prefix>-<i>` arrived; checks none is lost, every one
     /// was acked, digests were right and the message ids match what the producer got.
     pub fn consume(&self, sdk: Sdk, mode: Mode, topic: &str, group: &str, expect: Expect) -> Report {
+        self.consume_with(sdk, mode, topic, group, expect, &[])
+    }
+
+    /// [`Ctx::consume`] with driver-specific arguments.
+    pub fn consume_with(
+        &self,
+        sdk: Sdk,
+        mode: Mode,
+        topic: &str,
+        group: &str,
+        expect: Expect,
+        extra: &[&str],
+    ) -> Report {
         let Expect { prefix, sent_ids, allow_unexpected, allow_duplicates } = expect;
-        let outcome = self.run(sdk, mode, topic, group, prefix);
+        let outcome = self.run_with(sdk, mode, topic, group, prefix, extra);
         let Some(report) = outcome.report().cloned() else { self.fail(&outcome, "consumer printed no RESULT") };
+        self.check_version(&outcome, &report);
         if report.received != count() || !report.missing.is_empty() {
             let lost = report.missing.len();
             self.fail(&outcome, &format!("received {} of {} ({lost} lost)", report.received, count()));

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::gateway_process::{tail_file, wait_with_timeout};
 
-/// One of the three official SDKs.
+/// One of the official SDKs (the Java one in two versions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sdk {
     /// crate `rocketmq` 5.0.0 (no PushConsumer, no ChangeInvisibleDuration)
@@ -22,6 +22,10 @@ pub enum Sdk {
     Python,
     /// npm `rocketmq-client-nodejs` 1.0.8
     Node,
+    /// Maven `org.apache.rocketmq:rocketmq-client-java` 5.2.0 (newest 5.x on Maven Central)
+    Java,
+    /// Maven `org.apache.rocketmq:rocketmq-client-java` 5.0.7 (the release cloud vendors recommend)
+    Java507,
 }
 
 /// What the driver does.
@@ -57,7 +61,23 @@ impl Sdk {
             Sdk::Rust => "rust",
             Sdk::Python => "python",
             Sdk::Node => "node",
+            Sdk::Java => "java",
+            Sdk::Java507 => "java-5.0.7",
         }
+    }
+
+    /// The SDK release a driver must report (`sdk_version` in its RESULT), where it reports one.
+    pub fn version(self) -> Option<&'static str> {
+        match self {
+            Sdk::Java => Some("5.2.0"),
+            Sdk::Java507 => Some("5.0.7"),
+            Sdk::Rust | Sdk::Python | Sdk::Node => None,
+        }
+    }
+
+    /// `sdk/.work/java/<version>`: the Java driver jar and `classpath.txt` (the SDK jars).
+    fn java_dir(self) -> PathBuf {
+        work_dir().join("java").join(self.version().unwrap_or("none"))
     }
 
     /// `None` if the SDK is installed, else why not.
@@ -66,6 +86,7 @@ impl Sdk {
             Sdk::Rust => work_dir().join("rust-target/debug/rmq-sdk-rust"),
             Sdk::Python => work_dir().join("py-venv/bin/python"),
             Sdk::Node => work_dir().join("node/node_modules/rocketmq-client-nodejs/package.json"),
+            Sdk::Java | Sdk::Java507 => self.java_dir().join("classpath.txt"),
         };
         (!needed.exists()).then(|| {
             format!(
@@ -87,6 +108,18 @@ impl Sdk {
             Sdk::Node => {
                 let mut c = Command::new("node");
                 c.arg(sdk_dir().join("node/e2e.js"));
+                c
+            }
+            Sdk::Java | Sdk::Java507 => {
+                // A missing classpath file makes `java` fail to find the SDK, visibly.
+                let deps = std::fs::read_to_string(self.java_dir().join("classpath.txt")).unwrap_or_default();
+                let jar = self.java_dir().join("rmq-e2e-java.jar");
+                let mut c = Command::new("java");
+                // Small JVM; the SDK's log goes to $RMQ_E2E_HOME/logs (set by the driver).
+                c.args(["-Xmx256m", "-Xss512k", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"])
+                    .arg("-cp")
+                    .arg(format!("{}:{}", jar.display(), deps.trim()))
+                    .arg("org.rmqgateway.e2e.E2e");
                 c
             }
         };
@@ -140,6 +173,18 @@ pub struct Report {
     pub errors: Vec<String>,
     pub shutdown_error: Option<String>,
     pub elapsed_ms: u64,
+    /// the SDK release the driver ran with (Java drivers)
+    pub sdk_version: Option<String>,
+    /// whether the driver used TLS (Java drivers)
+    pub tls: Option<bool>,
+    /// consumers (Java): the delivery attempt of every delivery, per message id
+    pub attempts: std::collections::BTreeMap<String, Vec<i64>>,
+    /// consumers (Java): received ids that were never acked successfully
+    pub unacked: Vec<String>,
+    /// PushConsumer with `--fail-every` (Java): ids the listener failed on purpose, with the
+    /// attempt it failed, and the attempt at which each of them then succeeded
+    pub failed_on_purpose: std::collections::BTreeMap<String, i64>,
+    pub succeeded_after_failure: std::collections::BTreeMap<String, i64>,
 }
 
 /// What happened to one driver run.
@@ -187,6 +232,14 @@ impl Outcome {
             let _ = writeln!(s, "{}", notable[first..].join("\n"));
             let _ = writeln!(s, "python SDK log (tail):\n{}", tail_file(&py_log, 10));
         }
+        let java_log = self.home.join("logs/rocketmq-client.log");
+        if java_log.exists() {
+            let text = tail_file(&java_log, 5000);
+            let notable: Vec<&str> = text.lines().filter(|l| l.contains(" ERROR ") || l.contains(" WARN ")).collect();
+            let first = notable.len().saturating_sub(30);
+            let _ = writeln!(s, "java SDK log {}, errors/warnings (last 30 of {}):", java_log.display(), notable.len());
+            let _ = writeln!(s, "{}", notable[first..].join("\n"));
+        }
         s
     }
 }
@@ -194,6 +247,77 @@ impl Outcome {
 /// Runs the driver to completion (or kills it after `kill_after`). Its stdout,
 /// stderr and HOME (SDK log files) are kept under `dir`.
 pub fn run(run: &Run, dir: &Path) -> Result<Outcome> {
+    spawn(run, dir)?.wait()
+}
+
+/// A driver started by [`spawn`] that is still running (killed when dropped).
+pub struct Running {
+    run: Run,
+    child: Option<std::process::Child>,
+    started: std::time::Instant,
+    stdout_path: PathBuf,
+    stderr_path: PathBuf,
+    home: PathBuf,
+}
+
+impl Running {
+    /// What the driver has printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+
+    /// The largest `PROGRESS received=K` the driver printed so far (drivers that support
+    /// `--progress`), 0 if none.
+    pub fn progress(&self) -> usize {
+        self.stdout()
+            .lines()
+            .filter_map(|l| l.strip_prefix("PROGRESS received="))
+            .filter_map(|k| k.trim().parse().ok())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// True if the process has exited.
+    pub fn exited(&mut self) -> bool {
+        self.child.as_mut().is_none_or(|c| !matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits for the driver (killing it `kill_after` after its start) and parses its result.
+    pub fn wait(mut self) -> Result<Outcome> {
+        let mut child = self.child.take().context("driver already waited for")?;
+        let left = self.run.kill_after.saturating_sub(self.started.elapsed());
+        let status = wait_with_timeout(&mut child, left)?;
+        let timed_out = status.is_none();
+        if timed_out {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let stdout = self.stdout();
+        let result_line = stdout.lines().rev().find_map(|l| l.strip_prefix("RESULT ")).map(str::to_string);
+        let report = result_line.as_deref().and_then(|l| serde_json::from_str(l).ok());
+        Ok(Outcome {
+            run: self.run.clone(),
+            report,
+            result_line,
+            status,
+            timed_out,
+            stderr_path: self.stderr_path.clone(),
+            home: self.home.clone(),
+        })
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts the driver and returns at once; see [`run`].
+pub fn spawn(run: &Run, dir: &Path) -> Result<Running> {
     let tag = format!("{}-{}-{}", run.sdk.name(), run.mode.arg(), run.prefix);
     let stdout_path = dir.join(format!("{tag}.stdout"));
     let stderr_path = dir.join(format!("{tag}.stderr"));
@@ -211,15 +335,7 @@ pub fn run(run: &Run, dir: &Path) -> Result<Outcome> {
         .stdin(Stdio::null())
         .stdout(File::create(&stdout_path)?)
         .stderr(File::create(&stderr_path)?);
-    let mut child = cmd.spawn().with_context(|| format!("spawning {tag}: {cmd:?}"))?;
-    let status = wait_with_timeout(&mut child, run.kill_after)?;
-    let timed_out = status.is_none();
-    if timed_out {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
-    let result_line = stdout.lines().rev().find_map(|l| l.strip_prefix("RESULT ")).map(str::to_string);
-    let report = result_line.as_deref().and_then(|l| serde_json::from_str(l).ok());
-    Ok(Outcome { run: run.clone(), report, result_line, status, timed_out, stderr_path, home })
+    let started = std::time::Instant::now();
+    let child = cmd.spawn().with_context(|| format!("spawning {tag}: {cmd:?}"))?;
+    Ok(Running { run: run.clone(), child: Some(child), started, stdout_path, stderr_path, home })
 }
