@@ -5,15 +5,17 @@
 #   .work/rust-target  build of the Rust driver (crate rocketmq 5.0.0, pinned by rust/Cargo.lock)
 #   .work/java/<ver>   Java driver jar + classpath.txt (rocketmq-client-java 5.2.0 and 5.0.7, pinned
 #                      by java/pom.xml), Maven local repository .work/m2
+#   .work/spring-target/rmq-e2e-spring.jar  Spring Boot 3.5.7 app with rocketmq-v5-client-spring-boot-starter
+#                      2.3.1 (pinned by spring/pom.xml), Maven local repository .work/m2
 #   .work/apache/lib   Apache RocketMQ 5.5.0 jars (pinned by ../reference/pom.xml): the reference server
 # Idempotent: a step is skipped when its lock file has not changed since the last successful run.
 # Needs only cargo, python3 (>= 3.9, with venv), node/npm (>= 18), JDK 17 + Maven. No sudo, nothing global.
-# Env: SDK_BUILD_JOBS (cargo -j, default 2), SDK_ONLY="python node rust java apache" (subset to install).
+# Env: SDK_BUILD_JOBS (cargo -j, default 2), SDK_ONLY="python node rust java spring apache" (subset to install).
 set -euo pipefail
 
 SDK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 WORK="$SDK_DIR/.work"
-ONLY="${SDK_ONLY:-python node rust java apache}"
+ONLY="${SDK_ONLY:-python node rust java spring apache}"
 mkdir -p "$WORK"
 
 log() { printf '[sdk-setup] %s\n' "$*" >&2; }
@@ -84,6 +86,25 @@ java_step() {
   stamp java "${sources[@]}"
 }
 
+spring_step() {
+  local dir="$SDK_DIR/spring" jar="$WORK/spring-target/rmq-e2e-spring.jar"
+  local sources=("$dir/pom.xml" "$dir"/src/main/resources/application.yml "$dir"/src/main/java/org/rmqgateway/e2e/spring/*.java)
+  if up_to_date spring "${sources[@]}" && [[ -f "$jar" ]]; then
+    log "spring: up to date"; return
+  fi
+  need java "JDK >= 17"; need mvn "Maven >= 3.8"
+  mkdir -p "$WORK/m2"
+  log "spring: mvn package of the Spring Boot app (starter 2.3.1, Boot 3.5.7)"
+  rm -f "$jar"
+  # Offline first (a warm .work/m2 needs no network), online if something is missing.
+  local mvn_args=(-B -q -Dstyle.color=never -Dmaven.repo.local="$WORK/m2" -f "$dir/pom.xml" -DskipTests package)
+  mvn "${mvn_args[@]}" -o >/dev/null 2>&1 || mvn "${mvn_args[@]}" >&2
+  [[ -f "$jar" ]] || die "spring app jar missing after build"
+  [[ "$(jar tf "$jar")" == *BOOT-INF/lib/rocketmq-v5-client-spring-boot-starter-2.3.1.jar* ]] \
+    || die "spring app: starter 2.3.1 not in the jar"
+  stamp spring "${sources[@]}"
+}
+
 apache_step() {
   need java "JDK 17"
   bash "$SDK_DIR/../reference/apache.sh" resolve
@@ -93,5 +114,6 @@ wants python && timed python_step
 wants node && timed node_step
 wants rust && timed rust_step
 wants java && timed java_step
+wants spring && timed spring_step
 wants apache && timed apache_step
 log "done: SDKs installed under $WORK"

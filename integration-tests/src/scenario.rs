@@ -226,6 +226,7 @@ pub fn mode_name(mode: Mode) -> &'static str {
         Mode::Produce => "producer",
         Mode::SimpleConsume => "SimpleConsumer",
         Mode::PushConsume => "PushConsumer",
+        Mode::ProduceAndConsume => "producer and PushConsumer",
     }
 }
 

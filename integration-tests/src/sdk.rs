@@ -26,6 +26,10 @@ pub enum Sdk {
     Java,
     /// Maven `org.apache.rocketmq:rocketmq-client-java` 5.0.7 (the release cloud vendors recommend)
     Java507,
+    /// A Spring Boot 3.5.7 app with `org.apache.rocketmq:rocketmq-v5-client-spring-boot-starter`
+    /// 2.3.1 (client-java 5.0.7): `RocketMQClientTemplate` sends, `@RocketMQMessageListener`
+    /// receives, configured by its `application.yml` (mode `produce-and-consume` or `push-consume`)
+    Spring,
 }
 
 /// What the driver does.
@@ -34,6 +38,8 @@ pub enum Mode {
     Produce,
     SimpleConsume,
     PushConsume,
+    /// one process sends N and receives them (the Spring app: template + listener)
+    ProduceAndConsume,
 }
 
 impl Mode {
@@ -42,6 +48,7 @@ impl Mode {
             Mode::Produce => "produce",
             Mode::SimpleConsume => "simple-consume",
             Mode::PushConsume => "push-consume",
+            Mode::ProduceAndConsume => "produce-and-consume",
         }
     }
 }
@@ -55,6 +62,11 @@ fn work_dir() -> PathBuf {
     sdk_dir().join(".work")
 }
 
+/// The Spring Boot app (`sdk/spring`, built by setup.sh's spring step).
+fn spring_jar() -> PathBuf {
+    work_dir().join("spring-target/rmq-e2e-spring.jar")
+}
+
 impl Sdk {
     pub fn name(self) -> &'static str {
         match self {
@@ -63,6 +75,7 @@ impl Sdk {
             Sdk::Node => "node",
             Sdk::Java => "java",
             Sdk::Java507 => "java-5.0.7",
+            Sdk::Spring => "spring",
         }
     }
 
@@ -71,6 +84,8 @@ impl Sdk {
         match self {
             Sdk::Java => Some("5.2.0"),
             Sdk::Java507 => Some("5.0.7"),
+            // the starter's release (its client-java is reported as `client_java_version`)
+            Sdk::Spring => Some("2.3.1"),
             Sdk::Rust | Sdk::Python | Sdk::Node => None,
         }
     }
@@ -87,6 +102,7 @@ impl Sdk {
             Sdk::Python => work_dir().join("py-venv/bin/python"),
             Sdk::Node => work_dir().join("node/node_modules/rocketmq-client-nodejs/package.json"),
             Sdk::Java | Sdk::Java507 => self.java_dir().join("classpath.txt"),
+            Sdk::Spring => spring_jar(),
         };
         (!needed.exists()).then(|| {
             format!(
@@ -120,6 +136,13 @@ impl Sdk {
                     .arg("-cp")
                     .arg(format!("{}:{}", jar.display(), deps.trim()))
                     .arg("org.rmqgateway.e2e.E2e");
+                c
+            }
+            Sdk::Spring => {
+                // Small JVM; the client log goes to $RMQ_E2E_HOME/logs (set by the app).
+                let mut c = Command::new("java");
+                c.args(["-Xmx256m", "-Xss512k", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-jar"])
+                    .arg(spring_jar());
                 c
             }
         };
@@ -185,6 +208,11 @@ pub struct Report {
     /// attempt it failed, and the attempt at which each of them then succeeded
     pub failed_on_purpose: std::collections::BTreeMap<String, i64>,
     pub succeeded_after_failure: std::collections::BTreeMap<String, i64>,
+    /// `produce-and-consume` (Spring): the ids the producer got, in send order (`ids` are
+    /// the received ones)
+    pub sent_ids: Vec<String>,
+    /// Spring: the rocketmq-client-java release under the starter
+    pub client_java_version: Option<String>,
 }
 
 /// What happened to one driver run.
