@@ -37,6 +37,7 @@ import org.apache.rocketmq.client.apis.producer.SendReceipt;
  *     [--count N] [--prefix P] [--tag TAG] [--timeout-secs S]
  *     [--tls]                  TLS (the SDK's default); without it enableSsl(false), plaintext h2c
  *     [--batch burst|wire]     produce: how the last third is sent (see below; default burst)
+ *     [--threads T]            push-consume: consumption threads (default 4)
  *     [--fail-every K]         push-consume: the listener returns FAILURE on the first delivery
  *                              of every K-th message (body index i with (i+1) % K == 0)
  *     [--invisible-secs S]     simple-consume: invisible duration of receive (default 30)
@@ -327,7 +328,9 @@ public final class E2e {
             r.put("ids", new ArrayList<>(received.values()));
             r.put("corrupted", corrupted);
             r.put("max_delivery_attempt", maxAttempt);
-            r.put("attempts", new TreeMap<>(attempts));
+            Map<String, List<Integer>> copy = new TreeMap<>();
+            attempts.forEach((id, list) -> copy.put(id, new ArrayList<>(list)));
+            r.put("attempts", copy);
         }
     }
 
@@ -453,7 +456,7 @@ public final class E2e {
                 .setClientConfiguration(config())
                 .setConsumerGroup(group)
                 .setSubscriptionExpressions(Map.of(topic, new FilterExpression(tag, FilterExpressionType.TAG)))
-                .setConsumptionThreadCount(4)
+                .setConsumptionThreadCount(Integer.parseInt(opt("threads", "4")))
                 .setMessageListener(mv -> {
                     calls.incrementAndGet();
                     tally.record(mv, corrupted(mv));
@@ -489,12 +492,13 @@ public final class E2e {
         }
         Thread.sleep(2000); // the SDK acks after the listener returns: let the last acks go out
         boolean done = tally.complete() && succeededAfterFailure.size() == expectedFailures;
+        // Deliveries that still happen while the consumer shuts down count too.
+        r.put("shutdown_error", closeBounded(consumer, 40));
         tally.report(r);
         r.put("acked", successes.get());
         r.put("consume_calls", calls.get());
         r.put("failed_on_purpose", new TreeMap<>(failedOnPurpose));
         r.put("succeeded_after_failure", new TreeMap<>(succeededAfterFailure));
-        r.put("shutdown_error", closeBounded(consumer, 40));
         r.put("ok", done && tally.corrupted == 0);
         return r;
     }
