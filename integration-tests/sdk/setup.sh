@@ -5,17 +5,19 @@
 #   .work/rust-target  build of the Rust driver (crate rocketmq 5.0.0, pinned by rust/Cargo.lock)
 #   .work/java/<ver>   Java driver jar + classpath.txt (rocketmq-client-java 5.2.0 and 5.0.7, pinned
 #                      by java/pom.xml), Maven local repository .work/m2
+#   .work/go-bin       the Go driver (github.com/apache/rocketmq-clients/golang/v5 5.1.4, pinned by
+#                      go/go.mod + go.sum), module and build caches in .work/go
 #   .work/spring-target/rmq-e2e-spring.jar  Spring Boot 3.5.7 app with rocketmq-v5-client-spring-boot-starter
 #                      2.3.1 (pinned by spring/pom.xml), Maven local repository .work/m2
 #   .work/apache/lib   Apache RocketMQ 5.5.0 jars (pinned by ../reference/pom.xml): the reference server
 # Idempotent: a step is skipped when its lock file has not changed since the last successful run.
-# Needs only cargo, python3 (>= 3.9, with venv), node/npm (>= 18), JDK 17 + Maven. No sudo, nothing global.
-# Env: SDK_BUILD_JOBS (cargo -j, default 2), SDK_ONLY="python node rust java spring apache" (subset to install).
+# Needs only cargo, python3 (>= 3.9, with venv), node/npm (>= 18), JDK 17 + Maven, Go >= 1.25. No sudo, nothing global.
+# Env: SDK_BUILD_JOBS (cargo -j, default 2), SDK_ONLY="python node rust java go spring apache" (subset to install).
 set -euo pipefail
 
 SDK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 WORK="$SDK_DIR/.work"
-ONLY="${SDK_ONLY:-python node rust java spring apache}"
+ONLY="${SDK_ONLY:-python node rust java go spring apache}"
 mkdir -p "$WORK"
 
 log() { printf '[sdk-setup] %s\n' "$*" >&2; }
@@ -64,6 +66,7 @@ rust_step() {
     -j "${SDK_BUILD_JOBS:-2}" --manifest-path "$SDK_DIR/rust/Cargo.toml"
   [[ -x "$WORK/rust-target/debug/rmq-sdk-rust" ]] || die "rust driver binary missing after build"
 }
+
 java_step() {
   local dir="$SDK_DIR/java" out="$WORK/java" v
   local sources=("$dir/pom.xml" "$dir"/src/main/java/org/rmqgateway/e2e/*.java)
@@ -84,6 +87,21 @@ java_step() {
     grep -q "rocketmq-client-java-$v.jar" "$out/$v/classpath.txt" || die "java driver $v: wrong SDK on its classpath"
   done
   stamp java "${sources[@]}"
+}
+
+go_step() {
+  local dir="$SDK_DIR/go"
+  local sources=("$dir/go.mod" "$dir/go.sum" "$dir"/*.go)
+  if up_to_date go "${sources[@]}" && [[ -x "$WORK/go-bin/rmq-sdk-go" ]]; then
+    log "go: up to date"; return
+  fi
+  need go "Go >= 1.25"
+  log "go: go build of the Go driver (github.com/apache/rocketmq-clients/golang/v5, pinned by go/go.sum)"
+  # Module and build caches under .work (writable, so `rm -rf .work` works); no toolchain download.
+  (cd "$dir" && GOMODCACHE="$WORK/go/mod" GOPATH="$WORK/go/path" GOCACHE="$WORK/go/cache" \
+    GOTOOLCHAIN=local GOFLAGS="-mod=readonly -modcacherw" go build -o "$WORK/go-bin/rmq-sdk-go" .)
+  [[ -x "$WORK/go-bin/rmq-sdk-go" ]] || die "go driver binary missing after build"
+  stamp go "${sources[@]}"
 }
 
 spring_step() {
@@ -114,6 +132,7 @@ wants python && timed python_step
 wants node && timed node_step
 wants rust && timed rust_step
 wants java && timed java_step
+wants go && timed go_step
 wants spring && timed spring_step
 wants apache && timed apache_step
 log "done: SDKs installed under $WORK"

@@ -30,6 +30,9 @@ pub enum Sdk {
     /// 2.3.1 (client-java 5.0.7): `RocketMQClientTemplate` sends, `@RocketMQMessageListener`
     /// receives, configured by its `application.yml` (mode `produce-and-consume` or `push-consume`)
     Spring,
+    /// Go module `github.com/apache/rocketmq-clients/golang/v5` 5.1.4 (newest the Go module proxy
+    /// serves; has a PushConsumer since 5.1.3); driver `sdk/go`, built to `.work/go-bin`
+    Go,
 }
 
 /// What the driver does.
@@ -62,6 +65,11 @@ fn work_dir() -> PathBuf {
     sdk_dir().join(".work")
 }
 
+/// The Go driver (`sdk/go`, built by setup.sh's go step).
+fn go_driver() -> PathBuf {
+    work_dir().join("go-bin/rmq-sdk-go")
+}
+
 /// The Spring Boot app (`sdk/spring`, built by setup.sh's spring step).
 fn spring_jar() -> PathBuf {
     work_dir().join("spring-target/rmq-e2e-spring.jar")
@@ -76,6 +84,7 @@ impl Sdk {
             Sdk::Java => "java",
             Sdk::Java507 => "java-5.0.7",
             Sdk::Spring => "spring",
+            Sdk::Go => "go",
         }
     }
 
@@ -86,6 +95,7 @@ impl Sdk {
             Sdk::Java507 => Some("5.0.7"),
             // the starter's release (its client-java is reported as `client_java_version`)
             Sdk::Spring => Some("2.3.1"),
+            Sdk::Go => Some("5.1.4"),
             Sdk::Rust | Sdk::Python | Sdk::Node => None,
         }
     }
@@ -103,6 +113,7 @@ impl Sdk {
             Sdk::Node => work_dir().join("node/node_modules/rocketmq-client-nodejs/package.json"),
             Sdk::Java | Sdk::Java507 => self.java_dir().join("classpath.txt"),
             Sdk::Spring => spring_jar(),
+            Sdk::Go => go_driver(),
         };
         (!needed.exists()).then(|| {
             format!(
@@ -138,6 +149,7 @@ impl Sdk {
                     .arg("org.rmqgateway.e2e.E2e");
                 c
             }
+            Sdk::Go => Command::new(go_driver()),
             Sdk::Spring => {
                 // Small JVM; the client log goes to $RMQ_E2E_HOME/logs (set by the app).
                 let mut c = Command::new("java");
@@ -213,6 +225,9 @@ pub struct Report {
     pub sent_ids: Vec<String>,
     /// Spring: the rocketmq-client-java release under the starter
     pub client_java_version: Option<String>,
+    /// Go: the transport its connections actually used, as seen by gRPC (`tls`, `plaintext`,
+    /// `mixed`); `None` where a driver does not report it
+    pub transport: Option<String>,
 }
 
 /// What happened to one driver run.
@@ -259,6 +274,15 @@ impl Outcome {
             let _ = writeln!(s, "python SDK log, errors/warnings (last 30 of {}):", notable.len());
             let _ = writeln!(s, "{}", notable[first..].join("\n"));
             let _ = writeln!(s, "python SDK log (tail):\n{}", tail_file(&py_log, 10));
+        }
+        let go_log = self.home.join("logs/rocketmq/rocketmq_client_go.log");
+        if go_log.exists() {
+            let text = tail_file(&go_log, 5000);
+            let notable: Vec<&str> =
+                text.lines().filter(|l| l.contains("\tERROR\t") || l.contains("\tWARN\t")).collect();
+            let first = notable.len().saturating_sub(30);
+            let _ = writeln!(s, "go SDK log {}, errors/warnings (last 30 of {}):", go_log.display(), notable.len());
+            let _ = writeln!(s, "{}", notable[first..].join("\n"));
         }
         let java_log = self.home.join("logs/rocketmq-client.log");
         if java_log.exists() {
@@ -361,6 +385,8 @@ pub fn spawn(run: &Run, dir: &Path) -> Result<Running> {
         .env("RMQ_E2E_HOME", &home)
         .env("RMQ_E2E_NODE_DIR", work_dir().join("node"))
         .stdin(Stdio::null())
+        // The Go SDK logs to $rocketmq.client.logRoot (a name a shell cannot export).
+        .env("rocketmq.client.logRoot", home.join("logs/rocketmq"))
         .stdout(File::create(&stdout_path)?)
         .stderr(File::create(&stderr_path)?);
     let started = std::time::Instant::now();
