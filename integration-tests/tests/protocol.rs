@@ -91,7 +91,18 @@ async fn receive(
     group: &str,
     invisible: Option<Duration>,
 ) -> Received {
-    let r = proto::ReceiveMessageRequest {
+    receive_with(c, topic, group, invisible, |_| {}).await
+}
+
+/// [`receive`] with the request adjusted (attempt id, auto renew…).
+async fn receive_with(
+    c: &mut MessagingServiceClient<Channel>,
+    topic: &str,
+    group: &str,
+    invisible: Option<Duration>,
+    tweak: impl FnOnce(&mut proto::ReceiveMessageRequest),
+) -> Received {
+    let mut r = proto::ReceiveMessageRequest {
         group: resource(group),
         message_queue: Some(proto::MessageQueue { topic: resource(topic), ..Default::default() }),
         filter_expression: Some(proto::FilterExpression {
@@ -104,6 +115,7 @@ async fn receive(
         long_polling_timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
         attempt_id: None,
     };
+    tweak(&mut r);
     let mut request = req(r);
     request.set_timeout(Duration::from_secs(10));
     let mut stream = c.receive_message(request).await.unwrap().into_inner();
@@ -165,7 +177,8 @@ async fn route_send_receive_ack() {
     let q0 = &route.message_queues[0];
     assert_eq!(q0.id, 0);
     assert_eq!(q0.permission, proto::Permission::ReadWrite as i32);
-    assert_eq!(q0.accept_message_types, vec![proto::MessageType::Normal as i32]);
+    // Not created yet: the first send decides the type, so every type is accepted.
+    assert_eq!(q0.accept_message_types.len(), 4);
     let b = q0.broker.as_ref().unwrap();
     assert_eq!(b.id, 0);
     assert_eq!(b.endpoints.as_ref().unwrap().addresses[0].port, g.addrs.grpc.port() as i32);
@@ -180,6 +193,13 @@ async fn route_send_receive_ack() {
     // A batch gets one entry per message.
     let batch = send(&mut c, vec![message("TopicA", "B1", b"b1"), message("TopicA", "B2", b"b2")]).await;
     assert_eq!(batch.entries.len(), 2);
+    // The first (NORMAL) send created it as a NORMAL topic.
+    let route = c
+        .query_route(req(proto::QueryRouteRequest { topic: resource("TopicA"), endpoints: None }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(route.message_queues[0].accept_message_types, vec![proto::MessageType::Normal as i32]);
 
     let mut got = std::collections::BTreeSet::new();
     while got.len() < n + 2 {
@@ -190,7 +210,8 @@ async fn route_send_receive_ack() {
             assert_eq!(sp.delivery_attempt, Some(1));
             let digest = sp.body_digest.as_ref().unwrap();
             assert_eq!(digest.r#type, proto::DigestType::Md5 as i32);
-            assert_eq!(digest.checksum.len(), 32);
+            let md5 = hex::encode_upper(<md5::Md5 as md5::Digest>::digest(&m.body));
+            assert_eq!(digest.checksum, md5, "body digest is the upper-hex MD5 of the body");
             assert!(sp.queue_offset.is_some() && sp.born_timestamp.is_some());
             assert_eq!(sp.tag.as_deref(), Some("TagA"));
             let a = ack(&mut c, "TopicA", "GroupA", m).await;
@@ -471,5 +492,219 @@ async fn delay_and_transaction_messages_are_refused_as_unsupported() {
     fifo.system_properties.as_mut().unwrap().message_group = Some("g1".into());
     assert_eq!(code(&send(&mut c, vec![fifo]).await.status), Code::Ok as i32);
     assert_eq!(code(&send(&mut c, vec![message("TopicMixed", "N1", b"x")]).await.status), Code::Ok as i32);
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn a_receive_retried_with_the_same_attempt_id_gets_the_same_messages() {
+    let g = Gateway::start(|_| {}).await;
+    let mut c = g.client().await;
+    send(&mut c, vec![message("TopicI", "I1", b"one"), message("TopicI", "I2", b"two")]).await;
+    // Like the Java PushConsumer: auto renew, an attempt id reused after a lost response.
+    let push = |attempt: &'static str| {
+        move |r: &mut proto::ReceiveMessageRequest| {
+            r.auto_renew = true;
+            r.invisible_duration = None;
+            r.attempt_id = Some(attempt.into());
+        }
+    };
+    let first = receive_with(&mut c, "TopicI", "GroupI", None, push("attempt-1")).await;
+    assert_eq!(first.messages.len(), 2, "{:?}", first.status);
+    let handles = |r: &Received| -> Vec<(String, String, Option<i32>)> {
+        r.messages
+            .iter()
+            .map(|m| {
+                let sp = m.system_properties.as_ref().unwrap();
+                (sp.message_id.clone(), sp.receipt_handle.clone().unwrap(), sp.delivery_attempt)
+            })
+            .collect()
+    };
+    let retry = receive_with(&mut c, "TopicI", "GroupI", None, push("attempt-1")).await;
+    assert_eq!(handles(&retry), handles(&first), "same messages, same handles, same attempt");
+    // A new attempt id gets nothing: both are in flight.
+    let other = receive_with(&mut c, "TopicI", "GroupI", None, push("attempt-2")).await;
+    assert_eq!(other.status.code, Code::MessageNotFound as i32);
+    for m in &first.messages {
+        assert_eq!(code(&ack(&mut c, "TopicI", "GroupI", m).await.status), Code::Ok as i32);
+    }
+    // Acked messages are not replayed, even for the old attempt id.
+    let after = receive_with(&mut c, "TopicI", "GroupI", None, push("attempt-1")).await;
+    assert_eq!(after.status.code, Code::MessageNotFound as i32);
+    g.stop().await;
+}
+
+async fn route(
+    c: &mut MessagingServiceClient<Channel>,
+    topic: &str,
+    dialled: Option<(&str, i32)>,
+) -> proto::QueryRouteResponse {
+    let endpoints = dialled.map(|(host, port)| proto::Endpoints {
+        scheme: proto::AddressScheme::DomainName as i32,
+        addresses: vec![proto::Address { host: host.into(), port }],
+    });
+    c.query_route(req(proto::QueryRouteRequest { topic: resource(topic), endpoints })).await.unwrap().into_inner()
+}
+
+#[tokio::test]
+async fn query_route_never_creates_topics() {
+    let g = Gateway::start(|_| {}).await;
+    let mut c = g.client().await;
+    // A consumer's typo: a route comes back (auto-create is on) but nothing is created.
+    let r = route(&mut c, "TypoTopic", None).await;
+    assert_eq!(code(&r.status), Code::Ok as i32);
+    let r = receive(&mut c, "TypoTopic", "GroupTypo", Some(Duration::from_secs(30))).await;
+    assert_eq!(r.status.code, Code::TopicNotFound as i32, "{:?}", r.status);
+    let (status, body) = client::http(g.addrs.http, "GET", "/api/v1/topics/TypoTopic", None).await;
+    assert_eq!(status, 404, "{body}");
+    // A FIFO producer's first send creates a FIFO topic (a consumer did not make it NORMAL).
+    let mut fifo = message("TypoTopic", "F1", b"x");
+    fifo.system_properties.as_mut().unwrap().message_group = Some("order-1".into());
+    assert_eq!(code(&send(&mut c, vec![fifo]).await.status), Code::Ok as i32);
+    let r = route(&mut c, "TypoTopic", None).await;
+    assert_eq!(r.message_queues[0].accept_message_types, vec![proto::MessageType::Fifo as i32]);
+    let (status, body) = client::http(g.addrs.http, "GET", "/api/v1/topics/TypoTopic", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"FIFO\""), "{body}");
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn route_endpoints_are_the_address_the_connection_arrived_on() {
+    let g = Gateway::start(|_| {}).await;
+    let mut c = g.client().await;
+    // What the client says it dialled (a name behind a port forward, say) is not echoed.
+    let r = route(&mut c, "TopicE", Some(("gateway.example", 9999))).await;
+    let e = r.message_queues[0].broker.as_ref().unwrap().endpoints.as_ref().unwrap();
+    assert_eq!(e.scheme, proto::AddressScheme::IPv4 as i32);
+    assert_eq!(e.addresses, vec![proto::Address { host: "127.0.0.1".into(), port: g.addrs.grpc.port() as i32 }]);
+    g.stop().await;
+
+    // A configured advertised address wins.
+    let g = Gateway::start(|c| c.server.advertised_address = "mq.example.com:18081".into()).await;
+    let mut c = g.client().await;
+    let r = route(&mut c, "TopicE", Some(("127.0.0.1", 1))).await;
+    let e = r.message_queues[0].broker.as_ref().unwrap().endpoints.as_ref().unwrap();
+    assert_eq!(e.scheme, proto::AddressScheme::DomainName as i32);
+    assert_eq!(e.addresses, vec![proto::Address { host: "mq.example.com".into(), port: 18081 }]);
+    g.stop().await;
+}
+
+/// Opens a Telemetry stream and sends `settings` first.
+async fn telemetry(
+    c: &mut MessagingServiceClient<Channel>,
+    settings: proto::Settings,
+) -> (tokio::sync::mpsc::Sender<proto::TelemetryCommand>, tonic::Streaming<proto::TelemetryCommand>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let first =
+        proto::TelemetryCommand { status: None, command: Some(proto::telemetry_command::Command::Settings(settings)) };
+    tx.send(first).await.unwrap();
+    let stream = c.telemetry(req(tokio_stream::wrappers::ReceiverStream::new(rx))).await.unwrap().into_inner();
+    (tx, stream)
+}
+
+fn subscription(group: &str, topic: &str, filter: proto::FilterType, expression: &str) -> proto::Settings {
+    proto::Settings {
+        client_type: Some(proto::ClientType::PushConsumer as i32),
+        pub_sub: Some(proto::settings::PubSub::Subscription(proto::Subscription {
+            group: resource(group),
+            subscriptions: vec![proto::SubscriptionEntry {
+                topic: resource(topic),
+                expression: Some(proto::FilterExpression { r#type: filter as i32, expression: expression.into() }),
+            }],
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn settings_that_cannot_be_accepted_fail_the_stream_with_the_reason() {
+    let g = Gateway::start(|_| {}).await;
+    let mut c = g.client().await;
+    let cases = [
+        (proto::Settings::default(), tonic::Code::InvalidArgument, "neither publishing nor subscription"),
+        (
+            subscription("bad group!", "TopicS", proto::FilterType::Tag, "*"),
+            tonic::Code::InvalidArgument,
+            "ILLEGAL_CONSUMER_GROUP",
+        ),
+        (
+            subscription("GroupS", "TopicS", proto::FilterType::Tag, "||"),
+            tonic::Code::InvalidArgument,
+            "ILLEGAL_FILTER_EXPRESSION",
+        ),
+        (subscription("GroupS", "TopicS", proto::FilterType::Sql, "a > 1"), tonic::Code::Unimplemented, "SQL92"),
+    ];
+    for (settings, want, says) in cases {
+        let (_tx, mut stream) = telemetry(&mut c, settings).await;
+        let got = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("answered in time");
+        let e = got.expect_err("the stream fails");
+        assert_eq!(e.code(), want, "{e:?}");
+        assert!(e.message().contains(says), "{:?} should say {says}", e.message());
+    }
+    // A valid TAG subscription is answered with settings.
+    let (_tx, mut stream) = telemetry(&mut c, subscription("GroupS", "TopicS", proto::FilterType::Tag, "a||b")).await;
+    let reply = stream.message().await.unwrap().unwrap();
+    assert_eq!(code(&reply.status), Code::Ok as i32);
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn stack_trace_and_verify_message_are_relayed_to_the_client() {
+    use proto::telemetry_command::Command;
+    let g = Gateway::start(|_| {}).await;
+    let mut c = g.client().await;
+    send(&mut c, vec![message("TopicV", "V1", b"verify me")]).await;
+    let (tx, mut stream) = telemetry(&mut c, subscription("GroupV", "TopicV", proto::FilterType::Tag, "*")).await;
+    assert_eq!(code(&stream.message().await.unwrap().unwrap().status), Code::Ok as i32);
+    let (status, body) = client::http(g.addrs.http, "GET", "/api/v1/clients", None).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"clientId\":\"integration-test@1\"") && body.contains("\"connected\":true"), "{body}");
+
+    let http = g.addrs.http;
+    let asked = tokio::spawn(async move {
+        client::http(http, "POST", "/api/v1/clients/integration-test@1/stack-trace", None).await
+    });
+    let cmd = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
+    let Some(Command::PrintThreadStackTraceCommand(p)) = cmd.command else {
+        panic!("expected a stack trace command: {cmd:?}")
+    };
+    let answer = proto::ThreadStackTrace { nonce: p.nonce, thread_stack_trace: Some("\"main\" RUNNABLE".into()) };
+    tx.send(proto::TelemetryCommand {
+        status: Some(proto::Status { code: Code::Ok as i32, message: "OK".into() }),
+        command: Some(Command::ThreadStackTrace(answer)),
+    })
+    .await
+    .unwrap();
+    let (status, body) = asked.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("RUNNABLE"), "{body}");
+
+    let asked = tokio::spawn(async move {
+        let body = r#"{"topic":"TopicV","messageId":"V1"}"#;
+        client::http(http, "POST", "/api/v1/clients/integration-test@1/verify-message", Some(body)).await
+    });
+    let cmd = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
+    let Some(Command::VerifyMessageCommand(v)) = cmd.command else { panic!("expected a verify command: {cmd:?}") };
+    let m = v.message.unwrap();
+    assert_eq!((m.system_properties.unwrap().message_id.as_str(), &m.body[..]), ("V1", &b"verify me"[..]));
+    let failed = proto::Status { code: Code::FailedToConsumeMessage as i32, message: "listener failed".into() };
+    tx.send(proto::TelemetryCommand {
+        status: Some(failed),
+        command: Some(Command::VerifyMessageResult(proto::VerifyMessageResult { nonce: v.nonce })),
+    })
+    .await
+    .unwrap();
+    let (status, body) = asked.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("FAILED_TO_CONSUME"), "{body}");
+
+    // Unknown clients and messages are 404s.
+    let (status, _) = client::http(http, "POST", "/api/v1/clients/nobody/stack-trace", None).await;
+    assert_eq!(status, 404);
+    let body = r#"{"topic":"TopicV","messageId":"nope"}"#;
+    let (status, _) = client::http(http, "POST", "/api/v1/clients/integration-test@1/verify-message", Some(body)).await;
+    assert_eq!(status, 404);
+    drop(tx);
     g.stop().await;
 }

@@ -1,4 +1,5 @@
-//! The HTTP side (axum): `/healthz`, `/readyz`, and a small admin API for topics. Calls the
+//! The HTTP side (axum): `/healthz`, `/readyz`, and the admin API: topics, connected clients,
+//! and commands relayed to a client (thread stack trace, consume a message directly). Calls the
 //! broker only.
 
 use std::sync::Arc;
@@ -8,10 +9,10 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, ClientInfo, ClientKind, VerifyOutcome};
 use crate::metadata::{TopicRecord, TopicType};
 
 #[derive(Clone)]
@@ -27,6 +28,9 @@ pub fn router(state: AdminState) -> axum::Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/topics", get(list_topics))
         .route("/api/v1/topics/{name}", get(get_topic).put(put_topic))
+        .route("/api/v1/clients", get(list_clients))
+        .route("/api/v1/clients/{client_id}/stack-trace", post(client_stack_trace))
+        .route("/api/v1/clients/{client_id}/verify-message", post(verify_message))
         .with_state(state)
 }
 
@@ -80,7 +84,11 @@ fn http_status(e: &BrokerError) -> StatusCode {
         | BrokerError::UnrecognizedClientType(_)
         | BrokerError::BadRequest(_) => StatusCode::BAD_REQUEST,
         BrokerError::BodyTooLarge { .. } | BrokerError::PropertiesTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-        BrokerError::TopicNotFound(_) | BrokerError::GroupNotFound(_) => StatusCode::NOT_FOUND,
+        BrokerError::TopicNotFound(_)
+        | BrokerError::GroupNotFound(_)
+        | BrokerError::MessageNotFound(_)
+        | BrokerError::ClientNotConnected(_) => StatusCode::NOT_FOUND,
+        BrokerError::ClientTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         BrokerError::Forbidden(_) => StatusCode::FORBIDDEN,
         BrokerError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
         BrokerError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -121,6 +129,73 @@ async fn put_topic(State(s): State<AdminState>, Path(name): Path<String>, Json(b
     let queue_nums = body.queue_nums.unwrap_or(s.broker.config().topics.default_topic_queue_nums);
     match s.broker.create_topic(&name, queue_nums, topic_type).await {
         Ok(t) => (StatusCode::OK, Json(TopicView::from(t))).into_response(),
+        Err(e) => error(e),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClientView {
+    client_id: String,
+    client_type: &'static str,
+    group: Option<String>,
+    last_seen_ms_ago: u64,
+    /// Has a Telemetry stream open: stack trace and verify-message can reach it.
+    connected: bool,
+}
+
+impl From<ClientInfo> for ClientView {
+    fn from(c: ClientInfo) -> Self {
+        let client_type = match c.kind {
+            ClientKind::Producer => "PRODUCER",
+            ClientKind::PushConsumer => "PUSH_CONSUMER",
+            ClientKind::SimpleConsumer => "SIMPLE_CONSUMER",
+            ClientKind::Other => "UNKNOWN",
+        };
+        ClientView {
+            client_id: c.client_id,
+            client_type,
+            group: c.group,
+            last_seen_ms_ago: c.last_seen_ms_ago,
+            connected: c.connected,
+        }
+    }
+}
+
+async fn list_clients(State(s): State<AdminState>) -> Json<Vec<ClientView>> {
+    Json(s.broker.clients().into_iter().map(ClientView::from).collect())
+}
+
+async fn client_stack_trace(State(s): State<AdminState>, Path(client_id): Path<String>) -> Response {
+    match s.broker.client_thread_stack_trace(&client_id).await {
+        Ok(text) => Json(serde_json::json!({ "clientId": client_id, "threadStackTrace": text })).into_response(),
+        Err(e) => error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct VerifyMessage {
+    topic: String,
+    message_id: String,
+}
+
+async fn verify_message(
+    State(s): State<AdminState>,
+    Path(client_id): Path<String>,
+    Json(body): Json<VerifyMessage>,
+) -> Response {
+    match s.broker.verify_message(&client_id, &body.topic, &body.message_id).await {
+        Ok(outcome) => {
+            let (result, detail) = match outcome {
+                VerifyOutcome::Consumed => ("CONSUMED", None),
+                VerifyOutcome::FailedToConsume => ("FAILED_TO_CONSUME", None),
+                VerifyOutcome::Corrupted => ("CORRUPTED", None),
+                VerifyOutcome::Refused { code, message } => ("REFUSED", Some(format!("{message} ({code})"))),
+            };
+            Json(serde_json::json!({ "clientId": client_id, "messageId": body.message_id, "result": result, "detail": detail }))
+                .into_response()
+        }
         Err(e) => error(e),
     }
 }

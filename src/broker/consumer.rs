@@ -196,6 +196,26 @@ impl QueueState {
         }
     }
 
+    /// The consumer retried a receive (same `attempt_id`) whose response it never got: the
+    /// delivery with `serial`, if still current, is handed out again under the same handle and
+    /// stays invisible until at least `visible_at_ms`. False if it was acked or delivered again.
+    pub fn reclaim(
+        &mut self,
+        offset: u64,
+        serial: u64,
+        visible_at_ms: i64,
+        auto_renew_client: Option<Arc<str>>,
+    ) -> bool {
+        match self.inflight.get_mut(&offset) {
+            Some(e) if e.serial == serial => {
+                e.auto_renew_client = auto_renew_client;
+                e.visible_at_ms = e.visible_at_ms.max(visible_at_ms);
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn encode_acked(&self) -> Vec<u8> {
         encode_offsets(self.floor, &self.acked)
     }
@@ -319,6 +339,17 @@ mod tests {
         assert_eq!(q.ack(&receipt(0, 1, 100), 0), Err(HandleProblem::Stale));
         assert_eq!(q.ack(&receipt(0, 2, 500), 0), Ok(()));
         assert_eq!(q.change_invisible(&receipt(0, 2, 500), 0, 600, 3).unwrap_err(), HandleProblem::AlreadyAcked);
+    }
+
+    #[test]
+    fn a_retried_receive_reclaims_only_current_deliveries() {
+        let mut q = QueueState::new(0);
+        q.deliver(0, entry(100, 1, 7));
+        assert!(!q.reclaim(0, 99, 5_000, None), "another delivery's serial");
+        assert!(q.reclaim(0, 7, 5_000, Some(Arc::from("c1"))));
+        assert!(q.take_due(200, 10, 3, &never_alive, i64::MAX).is_empty(), "invisible again until 5000");
+        assert_eq!(q.ack(&receipt(0, 7, 100), 300), Ok(()), "the original handle still acks");
+        assert!(!q.reclaim(0, 7, 5_000, None), "acked meanwhile");
     }
 
     #[test]

@@ -54,6 +54,15 @@ pub enum BrokerError {
     Unsupported(String),
     #[error("{0}")]
     TooManyRequests(String),
+    /// No message with that id (admin lookups).
+    #[error("{0}")]
+    MessageNotFound(String),
+    /// A command for a client that has no Telemetry stream here.
+    #[error("{0}")]
+    ClientNotConnected(String),
+    /// A client did not answer a relayed command in time.
+    #[error("{0}")]
+    ClientTimeout(String),
     #[error("message store error: {0}")]
     Storage(#[from] StorageError),
     #[error("metadata store error: {0}")]

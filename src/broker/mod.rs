@@ -11,6 +11,7 @@ mod journal;
 pub mod message;
 mod pop;
 pub mod receipt;
+mod relay;
 pub mod validate;
 
 #[cfg(test)]
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 pub use error::{BrokerError, BrokerResult};
 pub use message::{DeliveredMessage, MessageType, OutgoingMessage};
 pub use pop::{Filter, ReceiveRequest};
+pub use relay::{ClientCommand, ClientReply, VerifyOutcome};
 
 use crate::config::Config;
 use crate::metadata::{GroupRecord, MetadataStore, TopicRecord, TopicType};
@@ -43,6 +45,16 @@ pub struct TopicEntry {
     /// Woken after every append to the topic (long polling).
     arrivals: Notify,
     round_robin: AtomicU32,
+}
+
+/// A topic's route as clients see it.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub topic: String,
+    pub queue_nums: u32,
+    /// Message types the topic accepts. A topic that does not exist yet but would be created
+    /// by the first send (autoCreateTopicEnable) accepts every type: the first message decides.
+    pub accepts: &'static [MessageType],
 }
 
 /// What a producer gets back per message.
@@ -73,6 +85,17 @@ pub struct GroupPolicy {
     pub long_polling_timeout: Duration,
 }
 
+/// A client as the admin API lists it.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub client_id: String,
+    pub kind: ClientKind,
+    pub group: Option<String>,
+    pub last_seen_ms_ago: u64,
+    /// Has a Telemetry stream open here (can be sent commands).
+    pub connected: bool,
+}
+
 struct ClientSession {
     kind: ClientKind,
     group: Option<String>,
@@ -89,6 +112,10 @@ pub(crate) struct Inner {
     groups: RwLock<HashMap<String, GroupRecord>>,
     states: Mutex<HashMap<QueueKey, Arc<Mutex<QueueState>>>>,
     clients: Mutex<HashMap<String, ClientSession>>,
+    /// Recent receives by attempt id, for retries after a lost response.
+    attempts: Mutex<HashMap<pop::AttemptKey, pop::CachedReceive>>,
+    /// Command channels to connected clients and replies awaited.
+    relay: relay::Relay,
     receipts: ReceiptCodec,
     serial: AtomicU64,
     /// Journal offset covered by the last saved progress snapshot.
@@ -126,6 +153,8 @@ impl Broker {
             groups: RwLock::new(HashMap::new()),
             states: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
+            attempts: Mutex::new(HashMap::new()),
+            relay: relay::Relay::default(),
             journal_saved: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
             config,
@@ -196,29 +225,70 @@ impl Broker {
         v
     }
 
-    /// A topic a client names: validated, and auto-created when allowed.
-    async fn client_topic(&self, name: &str, create: bool) -> BrokerResult<Arc<TopicEntry>> {
+    /// An existing topic a client names (validated).
+    async fn existing_topic(&self, name: &str) -> BrokerResult<Option<Arc<TopicEntry>>> {
         validate::validate_topic(name)?;
         if let Some(t) = self.cached_topic(name) {
-            return Ok(t);
+            return Ok(Some(t));
         }
-        if let Some(record) = self.inner.meta.topic(name).await? {
-            return Ok(self.cache_topic(record));
-        }
-        if create && self.inner.config.topics.auto_create_topic_enable {
-            let queue_nums = self.inner.config.topics.default_topic_queue_nums;
-            self.create_topic(name, queue_nums, TopicType::Normal).await?;
-            if let Some(t) = self.cached_topic(name) {
-                tracing::info!(topic = name, queue_nums, "auto-created topic");
-                return Ok(t);
-            }
-        }
-        Err(BrokerError::TopicNotFound(name.to_string()))
+        Ok(self.inner.meta.topic(name).await?.map(|record| self.cache_topic(record)))
     }
 
-    /// The route of a topic (auto-creating it when allowed).
-    pub async fn route(&self, topic: &str) -> BrokerResult<TopicRecord> {
-        Ok(self.client_topic(topic, true).await?.record.clone())
+    /// A topic a client names; it must exist (consumers never create topics).
+    async fn client_topic(&self, name: &str) -> BrokerResult<Arc<TopicEntry>> {
+        self.existing_topic(name).await?.ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))
+    }
+
+    /// The topic a producer sends to, created on first use when autoCreateTopicEnable is on,
+    /// with the type of the message that creates it (like Apache, only the producer's path
+    /// creates topics; a consumer's typo creates nothing).
+    async fn send_topic(&self, name: &str, kind: MessageType) -> BrokerResult<Arc<TopicEntry>> {
+        if let Some(t) = self.existing_topic(name).await? {
+            return Ok(t);
+        }
+        let topics = &self.inner.config.topics;
+        if !topics.auto_create_topic_enable {
+            return Err(BrokerError::TopicNotFound(name.to_string()));
+        }
+        let topic_type = match kind {
+            MessageType::Normal => TopicType::Normal,
+            MessageType::Fifo => TopicType::Fifo,
+            MessageType::Delay | MessageType::Transaction => return Err(Self::unsupported_type(kind)),
+        };
+        let record = self.create_topic(name, topics.default_topic_queue_nums, topic_type).await?;
+        tracing::info!(
+            topic = name,
+            queue_nums = record.queue_nums,
+            r#type = topic_type.as_str(),
+            "auto-created topic"
+        );
+        self.cached_topic(name).ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))
+    }
+
+    fn unsupported_type(kind: MessageType) -> BrokerError {
+        BrokerError::Unsupported(match kind {
+            MessageType::Delay => "delay/timer messages are not supported by this gateway version yet".into(),
+            MessageType::Transaction => "transactional messages are not supported by this gateway version yet".into(),
+            MessageType::Normal | MessageType::Fifo => format!("{} messages are supported", kind.as_str()),
+        })
+    }
+
+    /// The route of a topic. Never creates it: with autoCreateTopicEnable an unknown topic
+    /// gets the route it will have once a producer's first send creates it.
+    pub async fn route(&self, topic: &str) -> BrokerResult<Route> {
+        match self.existing_topic(topic).await? {
+            Some(t) => Ok(Route {
+                topic: t.record.name.clone(),
+                queue_nums: t.record.queue_nums,
+                accepts: message::accepted_types(t.record.topic_type),
+            }),
+            None if self.inner.config.topics.auto_create_topic_enable => Ok(Route {
+                topic: topic.to_string(),
+                queue_nums: self.inner.config.topics.default_topic_queue_nums,
+                accepts: message::accepted_types(TopicType::Mixed),
+            }),
+            None => Err(BrokerError::TopicNotFound(topic.to_string())),
+        }
     }
 
     /// A consumer group, created on first use with the configured defaults.
@@ -249,11 +319,16 @@ impl Broker {
         })
     }
 
-    /// Topic and whether the group consumes it in order (QueryAssignment).
-    pub async fn assignment(&self, topic: &str, group: &str) -> BrokerResult<(TopicRecord, bool)> {
-        let t = self.client_topic(topic, false).await?;
+    /// Route and whether the group consumes it in order (QueryAssignment).
+    pub async fn assignment(&self, topic: &str, group: &str) -> BrokerResult<(Route, bool)> {
+        let t = self.client_topic(topic).await?;
         let g = self.group(group).await?;
-        Ok((t.record.clone(), g.fifo))
+        let route = Route {
+            topic: t.record.name.clone(),
+            queue_nums: t.record.queue_nums,
+            accepts: message::accepted_types(t.record.topic_type),
+        };
+        Ok((route, g.fifo))
     }
 
     /// Validates and stores messages; one receipt per message, in order.
@@ -281,7 +356,7 @@ impl Broker {
         for m in &messages {
             validate::validate_message(m, limits, now)?;
         }
-        let topic = self.client_topic(&topic_name, true).await?;
+        let topic = self.send_topic(&topic_name, first.message_type()).await?;
         for m in &messages {
             let kind = m.message_type();
             if !kind.accepted_by(topic.record.topic_type) {
@@ -293,16 +368,7 @@ impl Broker {
             }
             match kind {
                 MessageType::Normal | MessageType::Fifo => {}
-                MessageType::Delay => {
-                    return Err(BrokerError::Unsupported(
-                        "delay/timer messages are not supported by this gateway version yet".into(),
-                    ));
-                }
-                MessageType::Transaction => {
-                    return Err(BrokerError::Unsupported(
-                        "transactional messages are not supported by this gateway version yet".into(),
-                    ));
-                }
+                MessageType::Delay | MessageType::Transaction => return Err(Self::unsupported_type(kind)),
             }
         }
         let queue_id = self.pick_queue(&topic, &messages);
@@ -371,6 +437,26 @@ impl Broker {
             session.kind = kind;
         }
         Ok(())
+    }
+
+    /// Clients seen within the expiry time, by id.
+    pub fn clients(&self) -> Vec<ClientInfo> {
+        let mut out: Vec<ClientInfo> = lock(&self.inner.clients)
+            .iter()
+            .filter(|(_, s)| s.last_seen.elapsed() < CLIENT_EXPIRY)
+            .map(|(id, s)| ClientInfo {
+                client_id: id.clone(),
+                kind: s.kind,
+                group: s.group.clone(),
+                last_seen_ms_ago: s.last_seen.elapsed().as_millis() as u64,
+                connected: false,
+            })
+            .collect();
+        for c in &mut out {
+            c.connected = self.client_connected(&c.client_id);
+        }
+        out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        out
     }
 
     pub(crate) fn client_alive(&self, client_id: &str) -> bool {

@@ -82,7 +82,22 @@ pub struct ReceiveRequest {
     pub long_polling_timeout: Option<Duration>,
     /// Time left before the client's own deadline, if it sent one.
     pub deadline_remaining: Option<Duration>,
+    /// The client's id for this receive; a retry with the same id after a lost response gets
+    /// the same messages back (Java PushConsumer).
+    pub attempt_id: Option<String>,
 }
+
+/// A receive's messages, kept for a retry with the same `attempt_id`.
+pub(super) struct CachedReceive {
+    expires_ms: i64,
+    messages: Vec<DeliveredMessage>,
+}
+
+/// (client id, group, topic, attempt id).
+pub(super) type AttemptKey = (String, String, String, String);
+
+/// Most receives remembered for `attempt_id` retries; beyond it new ones are not remembered.
+const MAX_REMEMBERED_ATTEMPTS: usize = 16 * 1024;
 
 impl Broker {
     fn next_serial(&self) -> u64 {
@@ -142,14 +157,33 @@ impl Broker {
             }
             d
         };
-        let topic = self.client_topic(&req.topic, false).await?;
+        let topic = self.client_topic(&req.topic).await?;
         let group = self.group(&req.group).await?;
         self.touch_client(&req.client_id);
         let max = match req.batch_size {
             0 => c.receive_batch_size as usize,
             n => n.min(c.receive_batch_size as usize),
         };
-        let deadline = Instant::now() + self.polling_time(&req);
+        let started = Instant::now();
+        let attempt = req
+            .attempt_id
+            .as_ref()
+            .filter(|a| !a.is_empty())
+            .map(|a| (req.client_id.clone(), req.group.clone(), topic.record.name.clone(), a.clone()));
+        if let Some(key) = &attempt {
+            let again = self.replay_attempt(key, &req, invisible);
+            if !again.is_empty() {
+                tracing::debug!(
+                    client_id = req.client_id,
+                    attempt_id = key.3,
+                    count = again.len(),
+                    "receive retried: same messages again"
+                );
+                self.remember_attempt(key.clone(), &again, invisible);
+                return Ok(again);
+            }
+        }
+        let deadline = started + self.polling_time(&req);
         let shutdown = self.inner.shutdown.clone();
         loop {
             let notified = topic.arrivals.notified();
@@ -157,6 +191,9 @@ impl Broker {
             notified.as_mut().enable();
             let got = self.pop(&topic, &group, &req, max, invisible).await?;
             if !got.is_empty() {
+                if let Some(key) = attempt {
+                    self.remember_attempt(key, &got, invisible);
+                }
                 return Ok(got);
             }
             let now = Instant::now();
@@ -169,6 +206,47 @@ impl Broker {
                 _ = shutdown.cancelled() => return Ok(Vec::new()),
             }
         }
+    }
+
+    fn remember_attempt(&self, key: AttemptKey, messages: &[DeliveredMessage], invisible: Duration) {
+        let now = now_ms();
+        let mut cache = lock(&self.inner.attempts);
+        if cache.len() >= MAX_REMEMBERED_ATTEMPTS {
+            cache.retain(|_, c| c.expires_ms > now);
+        }
+        if cache.len() < MAX_REMEMBERED_ATTEMPTS {
+            let expires_ms = now + invisible.as_millis() as i64;
+            cache.insert(key, CachedReceive { expires_ms, messages: messages.to_vec() });
+        }
+    }
+
+    /// The messages of an earlier receive with the same attempt id that are still held for
+    /// this consumer (not acked, not delivered to anyone else since), taken back under the
+    /// same receipt handles.
+    fn replay_attempt(&self, key: &AttemptKey, req: &ReceiveRequest, invisible: Duration) -> Vec<DeliveredMessage> {
+        let Some(cached) = lock(&self.inner.attempts).remove(key) else { return Vec::new() };
+        let now = now_ms();
+        if cached.expires_ms <= now {
+            return Vec::new();
+        }
+        let (group, topic) = (&key.1, &key.2);
+        let Some(entry) = self.cached_topic(topic) else { return Vec::new() };
+        let renew: Option<Arc<str>> = req.auto_renew.then(|| Arc::from(req.client_id.as_str()));
+        let visible_at = now + invisible.as_millis() as i64;
+        cached
+            .messages
+            .into_iter()
+            .filter(|m| {
+                self.decode_receipt(group, &entry, &m.receipt_handle).is_ok_and(|r| {
+                    lock(&self.queue_state(group, topic, r.queue_id)).reclaim(
+                        r.offset,
+                        r.serial,
+                        visible_at,
+                        renew.clone(),
+                    )
+                })
+            })
+            .collect()
     }
 
     /// One pass over the topic's queues, starting at a rotating queue for fairness.
@@ -351,7 +429,7 @@ impl Broker {
         handle: &str,
     ) -> BrokerResult<()> {
         validate::validate_group(group)?;
-        let topic = self.client_topic(topic, false).await?;
+        let topic = self.client_topic(topic).await?;
         self.touch_client(client_id);
         let r = self.decode_receipt(group, &topic, handle)?;
         let name = topic.record.name.as_str();
@@ -406,7 +484,7 @@ impl Broker {
     /// Acknowledges one delivery.
     pub async fn ack(&self, client_id: &str, group: &str, topic: &str, handle: &str) -> BrokerResult<()> {
         validate::validate_group(group)?;
-        let topic = self.client_topic(topic, false).await?;
+        let topic = self.client_topic(topic).await?;
         self.touch_client(client_id);
         let r = self.decode_receipt(group, &topic, handle)?;
         let state = self.queue_state(group, &topic.record.name, r.queue_id);
@@ -443,7 +521,7 @@ impl Broker {
                 humantime::format_duration(max)
             )));
         }
-        let topic = self.client_topic(topic, false).await?;
+        let topic = self.client_topic(topic).await?;
         self.touch_client(client_id);
         let r = self.decode_receipt(group, &topic, handle)?;
         let state = self.queue_state(group, &topic.record.name, r.queue_id);

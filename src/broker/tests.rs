@@ -64,6 +64,8 @@ async fn broker_with(log: Arc<dyn MessageLog>) -> Broker {
     let mut config = Config::default();
     config.topics.auto_create_topic_enable = true;
     config.topics.default_topic_queue_nums = 1;
+    // Receives return at once when nothing is there.
+    config.consumer.min_long_polling_timeout = Duration::ZERO;
     let meta = Arc::new(SqliteMetadataStore::in_memory().await.unwrap());
     Broker::start(Arc::new(config), log, meta).await.unwrap()
 }
@@ -87,8 +89,9 @@ fn receive_request() -> ReceiveRequest {
         batch_size: 32,
         invisible_duration: Some(Duration::from_secs(30)),
         auto_renew: false,
-        long_polling_timeout: Some(Duration::from_secs(5)),
-        deadline_remaining: Some(Duration::ZERO),
+        long_polling_timeout: Some(Duration::ZERO),
+        deadline_remaining: None,
+        attempt_id: None,
     }
 }
 

@@ -9,19 +9,16 @@ mod telemetry;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
 use tonic::{Request, Response, Status as GrpcStatus, Streaming};
 
-use crate::broker::{Broker, BrokerError, ClientKind, Filter, ReceiveRequest};
-use crate::metadata::TopicType;
+use crate::broker::{Broker, BrokerError, ClientKind, Filter, MessageType, ReceiveRequest};
 use crate::proto::messaging_service_server::{MessagingService, MessagingServiceServer};
 use crate::proto::{self, Code};
 use convert::resource_name;
 use status::{from_error, ok, status};
-pub use telemetry::TelemetryRegistry;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, GrpcStatus>> + Send + 'static>>;
 
@@ -79,12 +76,11 @@ fn parse_grpc_timeout(v: &str) -> Option<Duration> {
 #[derive(Clone)]
 pub struct MessagingServiceImpl {
     broker: Broker,
-    telemetry: Arc<TelemetryRegistry>,
 }
 
 impl MessagingServiceImpl {
     pub fn new(broker: Broker) -> Self {
-        Self { broker, telemetry: Arc::new(TelemetryRegistry::default()) }
+        Self { broker }
     }
 
     pub fn into_server(self) -> MessagingServiceServer<Self> {
@@ -93,8 +89,10 @@ impl MessagingServiceImpl {
     }
 
     /// The endpoints clients should use: the configured advertised address, else the address
-    /// the client used to reach us, else our local address.
-    fn endpoints(&self, requested: Option<&proto::Endpoints>, ctx: &Context) -> proto::Endpoints {
+    /// and port this connection arrived on (reachable by the client: it just used it). The
+    /// address the client says it dialled is not echoed: behind a port forward or a proxy
+    /// it names something else.
+    fn endpoints(&self, ctx: &Context) -> proto::Endpoints {
         let server = &self.broker.config().server;
         let port = i32::from(server.grpc_server_port);
         let (host, port) = if !server.advertised_address.is_empty() {
@@ -104,8 +102,6 @@ impl MessagingServiceImpl {
                 }
                 _ => (server.advertised_address.trim_matches(['[', ']']).to_string(), port),
             }
-        } else if let Some(a) = requested.and_then(|e| e.addresses.first()).filter(|a| !a.host.is_empty()) {
-            (a.host.clone(), if a.port > 0 { a.port } else { port })
         } else if let Some(local) = ctx.local_addr {
             (local.ip().to_string(), i32::from(local.port()))
         } else {
@@ -123,7 +119,7 @@ impl MessagingServiceImpl {
         &self,
         topic: &str,
         id: i32,
-        topic_type: TopicType,
+        accepts: &[MessageType],
         endpoints: &proto::Endpoints,
     ) -> proto::MessageQueue {
         proto::MessageQueue {
@@ -135,10 +131,7 @@ impl MessagingServiceImpl {
                 id: 0,
                 endpoints: Some(endpoints.clone()),
             }),
-            accept_message_types: crate::broker::message::accepted_types(topic_type)
-                .iter()
-                .map(|t| convert::message_type(*t) as i32)
-                .collect(),
+            accept_message_types: accepts.iter().map(|t| convert::message_type(*t) as i32).collect(),
         }
     }
 
@@ -173,10 +166,10 @@ impl MessagingService for MessagingServiceImpl {
         }
         let topic = resource_name(req.topic.as_ref(), &ctx.namespace);
         let reply = match self.broker.route(&topic).await {
-            Ok(t) => {
-                let endpoints = self.endpoints(req.endpoints.as_ref(), &ctx);
-                let queues = (0..t.queue_nums as i32)
-                    .map(|id| self.message_queue(&t.name, id, t.topic_type, &endpoints))
+            Ok(route) => {
+                let endpoints = self.endpoints(&ctx);
+                let queues = (0..route.queue_nums as i32)
+                    .map(|id| self.message_queue(&route.topic, id, route.accepts, &endpoints))
                     .collect();
                 proto::QueryRouteResponse { status: Some(ok()), message_queues: queues }
             }
@@ -270,16 +263,15 @@ impl MessagingService for MessagingServiceImpl {
         let group = resource_name(req.group.as_ref(), &ctx.namespace);
         self.broker.touch_client(&ctx.client_id);
         let reply = match self.broker.assignment(&topic, &group).await {
-            Ok((t, fifo)) => {
-                let endpoints = self.endpoints(req.endpoints.as_ref(), &ctx);
+            Ok((route, fifo)) => {
+                let endpoints = self.endpoints(&ctx);
                 // Like Apache: orderly groups get one assignment per queue; others one per
                 // broker with queue id -1 ("any queue").
-                let ids: Vec<i32> = if fifo { (0..t.queue_nums as i32).collect() } else { vec![-1] };
+                let ids: Vec<i32> = if fifo { (0..route.queue_nums as i32).collect() } else { vec![-1] };
                 let assignments = ids
                     .into_iter()
                     .map(|id| {
-                        let mut mq = self.message_queue(&t.name, id, t.topic_type, &endpoints);
-                        mq.accept_message_types.clear();
+                        let mq = self.message_queue(&route.topic, id, &[], &endpoints);
                         proto::Assignment { message_queue: Some(mq) }
                     })
                     .collect();
@@ -342,6 +334,7 @@ impl MessagingService for MessagingServiceImpl {
             auto_renew: req.auto_renew,
             long_polling_timeout: req.long_polling_timeout.as_ref().and_then(convert::duration),
             deadline_remaining: ctx.deadline,
+            attempt_id: req.attempt_id.clone(),
         };
         let stream: Self::ReceiveMessageStream = match self.broker.receive(receive).await {
             Ok(messages) if messages.is_empty() => done(status(Code::MessageNotFound, "no new message")),
@@ -461,7 +454,7 @@ impl MessagingService for MessagingServiceImpl {
         request: Request<Streaming<proto::TelemetryCommand>>,
     ) -> Result<Response<Self::TelemetryStream>, GrpcStatus> {
         let ctx = Context::of(&request);
-        let stream = telemetry::serve(self.broker.clone(), self.telemetry.clone(), ctx, request.into_inner());
+        let stream = telemetry::serve(self.broker.clone(), ctx, request.into_inner());
         Ok(Response::new(stream))
     }
 

@@ -40,6 +40,9 @@ pub fn code_of(e: &BrokerError) -> Code {
         BrokerError::BadRequest(_) => Code::BadRequest,
         BrokerError::Unsupported(_) => Code::Unsupported,
         BrokerError::TooManyRequests(_) => Code::TooManyRequests,
+        BrokerError::MessageNotFound(_) => Code::MessageNotFound,
+        BrokerError::ClientNotConnected(_) => Code::NotFound,
+        BrokerError::ClientTimeout(_) => Code::ProxyTimeout,
         BrokerError::Storage(s) => match s {
             // The write or fsync did not happen: the message is not stored. Clients retry
             // INTERNAL_SERVER_ERROR sends on another endpoint.

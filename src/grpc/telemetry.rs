@@ -1,43 +1,22 @@
 //! The Telemetry bidi stream: answers every client `Settings` at once with status OK and the
 //! complete server-side settings the SDKs need (producers: exponential backoff and
-//! `max_body_size`; consumers: batch size, long-polling timeout, FIFO flag, retry policy), and
-//! keeps one outbound channel per client id for server-initiated commands.
+//! `max_body_size`; consumers: batch size, long-polling timeout, FIFO flag, retry policy),
+//! fails the stream on Settings it cannot accept, writes the broker's server-initiated
+//! commands (stack trace, verify message) to the client and hands its replies back.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status as GrpcStatus, Streaming};
 
-use super::convert::{proto_duration, resource_name};
-use super::status::{from_error, ok, status};
+use super::convert::{delivered, proto_duration, resource_name};
+use super::status::{code_of, ok, status};
 use super::{BoxStream, Context, client_kind};
-use crate::broker::{Broker, BrokerError, ClientKind, Filter, validate};
+use crate::broker::{Broker, BrokerError, ClientCommand, ClientKind, ClientReply, Filter, VerifyOutcome, validate};
 use crate::proto::{self, Code, settings::PubSub, telemetry_command::Command};
 
 type Outbound = mpsc::Sender<Result<proto::TelemetryCommand, GrpcStatus>>;
-
-/// Open Telemetry streams by client id (for server-initiated commands such as transaction
-/// checks).
-#[derive(Default)]
-pub struct TelemetryRegistry {
-    streams: Mutex<HashMap<String, Outbound>>,
-}
-
-impl TelemetryRegistry {
-    fn insert(&self, client_id: &str, tx: Outbound) {
-        self.streams.lock().unwrap_or_else(|e| e.into_inner()).insert(client_id.to_string(), tx);
-    }
-
-    fn remove(&self, client_id: &str, tx: &Outbound) {
-        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        if streams.get(client_id).is_some_and(|t| t.same_channel(tx)) {
-            streams.remove(client_id);
-        }
-    }
-}
 
 fn command(status: proto::Status, cmd: Option<Command>) -> proto::TelemetryCommand {
     proto::TelemetryCommand { status: Some(status), command: cmd }
@@ -51,9 +30,37 @@ fn wants_settings_repeat(ctx: &Context, settings: &proto::Settings) -> bool {
         || settings.user_agent.as_ref().is_some_and(|ua| ua.language == proto::Language::NodeJs as i32)
 }
 
+/// Settings that cannot be accepted fail the stream, as the Apache proxy does: gRPC
+/// `INVALID_ARGUMENT` for a client error (4xxxx), `UNIMPLEMENTED` for what this gateway does
+/// not support, `INTERNAL` otherwise. The SDKs report the stream error with its message; a
+/// status-only reply is logged by Java as an unrecognized command and its start-up then times
+/// out without saying why.
+fn settings_refused(e: &BrokerError) -> GrpcStatus {
+    let code = code_of(e);
+    let message = format!("{} ({}): {e}", code.as_str_name(), code as i32);
+    match code as i32 / 10_000 {
+        4 => GrpcStatus::invalid_argument(message),
+        _ if matches!(code, Code::Unsupported | Code::NotImplemented) => GrpcStatus::unimplemented(message),
+        _ => GrpcStatus::internal(message),
+    }
+}
+
+/// What a server-initiated command looks like on the wire.
+fn outbound(cmd: ClientCommand, store_host: &str) -> proto::TelemetryCommand {
+    let c = match cmd {
+        ClientCommand::PrintThreadStackTrace { nonce } => {
+            Command::PrintThreadStackTraceCommand(proto::PrintThreadStackTraceCommand { nonce })
+        }
+        ClientCommand::VerifyMessage { nonce, message } => Command::VerifyMessageCommand(proto::VerifyMessageCommand {
+            nonce,
+            message: Some(delivered(*message, store_host)),
+        }),
+    };
+    proto::TelemetryCommand { status: None, command: Some(c) }
+}
+
 pub(super) fn serve(
     broker: Broker,
-    registry: std::sync::Arc<TelemetryRegistry>,
     ctx: Context,
     mut inbound: Streaming<proto::TelemetryCommand>,
 ) -> BoxStream<proto::TelemetryCommand> {
@@ -63,17 +70,27 @@ pub(super) fn serve(
             let _ = tx.send(Ok(command(s, None))).await;
             return;
         }
-        registry.insert(&ctx.client_id, tx.clone());
+        let (cmd_tx, mut commands) = mpsc::channel(16);
+        let attachment = broker.attach_client_channel(&ctx.client_id, cmd_tx);
+        let store_host = ctx.local_addr.map(|a| a.to_string()).unwrap_or_default();
         let shutdown = broker.shutdown_token();
         loop {
             tokio::select! {
                 msg = inbound.message() => match msg {
                     Ok(Some(cmd)) => {
                         broker.touch_client(&ctx.client_id);
-                        if let Some(reply) = handle(&broker, &ctx, cmd, &tx).await
-                            && tx.send(Ok(reply)).await.is_err()
-                        {
-                            break;
+                        match handle(&broker, &ctx, cmd, &tx).await {
+                            Ok(None) => {}
+                            Ok(Some(reply)) => {
+                                if tx.send(Ok(reply)).await.is_err() {
+                                    break;
+                                }
+                            }
+                            Err(refused) => {
+                                tracing::info!(client_id = ctx.client_id, error = %refused.message(), "settings refused; failing the telemetry stream");
+                                let _ = tx.send(Err(refused)).await;
+                                break;
+                            }
                         }
                     }
                     Ok(None) => break,
@@ -82,11 +99,16 @@ pub(super) fn serve(
                         break;
                     }
                 },
+                Some(cmd) = commands.recv() => {
+                    if tx.send(Ok(outbound(cmd, &store_host))).await.is_err() {
+                        break;
+                    }
+                }
                 _ = shutdown.cancelled() => break,
                 _ = tx.closed() => break,
             }
         }
-        registry.remove(&ctx.client_id, &tx);
+        broker.detach_client_channel(&ctx.client_id, attachment);
     });
     Box::pin(ReceiverStream::new(rx))
 }
@@ -96,14 +118,13 @@ async fn handle(
     ctx: &Context,
     cmd: proto::TelemetryCommand,
     tx: &Outbound,
-) -> Option<proto::TelemetryCommand> {
+) -> Result<Option<proto::TelemetryCommand>, GrpcStatus> {
+    let client_status = cmd.status.unwrap_or_else(ok);
     match cmd.command {
         Some(Command::Settings(settings)) => {
-            let reply = match settings_reply(broker, ctx, settings.clone()).await {
-                Ok(merged) => command(ok(), Some(Command::Settings(merged))),
-                Err(e) => command(from_error(&e), None),
-            };
-            if wants_settings_repeat(ctx, &settings) && reply.command.is_some() {
+            let merged = settings_reply(broker, ctx, settings.clone()).await.map_err(|e| settings_refused(&e))?;
+            let reply = command(ok(), Some(Command::Settings(merged)));
+            if wants_settings_repeat(ctx, &settings) {
                 let (tx, again) = (tx.clone(), reply.clone());
                 tokio::spawn(async move {
                     for delay in [Duration::from_secs(1), Duration::from_secs(3)] {
@@ -114,18 +135,39 @@ async fn handle(
                     }
                 });
             }
-            Some(reply)
+            Ok(Some(reply))
         }
-        // Replies to commands the gateway does not send yet; nothing to do.
-        Some(Command::ThreadStackTrace(_)) | Some(Command::VerifyMessageResult(_)) => None,
+        Some(Command::ThreadStackTrace(t)) => {
+            let outcome = if client_status.code == Code::Ok as i32 {
+                Ok(t.thread_stack_trace.unwrap_or_default())
+            } else {
+                Err(format!("{} ({})", client_status.message, client_status.code))
+            };
+            broker.client_reply(ClientReply::ThreadStackTrace { nonce: t.nonce, outcome });
+            Ok(None)
+        }
+        Some(Command::VerifyMessageResult(v)) => {
+            let outcome = match Code::try_from(client_status.code) {
+                Ok(Code::Ok) => VerifyOutcome::Consumed,
+                Ok(Code::FailedToConsumeMessage) => VerifyOutcome::FailedToConsume,
+                Ok(Code::MessageCorrupted) => VerifyOutcome::Corrupted,
+                Ok(_) | Err(_) => {
+                    VerifyOutcome::Refused { code: client_status.code, message: client_status.message.clone() }
+                }
+            };
+            broker.client_reply(ClientReply::VerifyMessageResult { nonce: v.nonce, outcome });
+            Ok(None)
+        }
         Some(
             Command::RecoverOrphanedTransactionCommand(_)
             | Command::PrintThreadStackTraceCommand(_)
             | Command::VerifyMessageCommand(_)
             | Command::ReconnectEndpointsCommand(_)
             | Command::NotifyUnsubscribeLiteCommand(_),
-        ) => Some(command(status(Code::BadRequest, "this telemetry command is sent by servers, not clients"), None)),
-        None => None,
+        ) => {
+            Ok(Some(command(status(Code::BadRequest, "this telemetry command is sent by servers, not clients"), None)))
+        }
+        None => Ok(None),
     }
 }
 
@@ -158,8 +200,27 @@ async fn settings_reply(
             let group = resource_name(sub.group.as_ref(), &ctx.namespace);
             for entry in &sub.subscriptions {
                 validate::validate_topic(&resource_name(entry.topic.as_ref(), &ctx.namespace))?;
-                if let Some(e) = entry.expression.as_ref().filter(|e| e.r#type == proto::FilterType::Tag as i32) {
-                    Filter::tags(&e.expression)?;
+                if let Some(e) = entry.expression.as_ref() {
+                    match proto::FilterType::try_from(e.r#type) {
+                        Ok(proto::FilterType::Tag | proto::FilterType::Unspecified) => {
+                            Filter::tags(&e.expression)?;
+                        }
+                        // Refused here, at start-up, rather than on every receive forever.
+                        Ok(proto::FilterType::Sql) => {
+                            return Err(BrokerError::Unsupported(format!(
+                                "SQL92 filter expressions are not supported by this gateway version yet \
+                                 (subscription to `{}`: {})",
+                                resource_name(entry.topic.as_ref(), &ctx.namespace),
+                                e.expression
+                            )));
+                        }
+                        Err(_) => {
+                            return Err(BrokerError::IllegalFilterExpression(format!(
+                                "unknown filter expression type {}",
+                                e.r#type
+                            )));
+                        }
+                    }
                 }
             }
             let policy = broker.group_policy(&group).await?;
