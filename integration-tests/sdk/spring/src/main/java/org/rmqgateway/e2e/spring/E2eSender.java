@@ -3,7 +3,6 @@ package org.rmqgateway.e2e.spring;
 import org.apache.rocketmq.client.apis.producer.SendReceipt;
 import org.apache.rocketmq.client.core.RocketMQClientTemplate;
 import org.apache.rocketmq.client.support.RocketMQHeaders;
-import org.springframework.beans.factory.ObjectProvider;
 import org.springframework.beans.factory.annotation.Value;
 import org.springframework.messaging.Message;
 import org.springframework.messaging.support.MessageBuilder;
@@ -15,11 +14,11 @@ public class E2eSender {
     /** a user property the listener checks, so properties are seen to survive the round trip */
     public static final String INDEX_PROPERTY = "e2e-index";
 
-    private final ObjectProvider<RocketMQClientTemplate> template;
+    private final RocketMQClientTemplate template;
     private final String topic;
     private final String tag;
 
-    public E2eSender(ObjectProvider<RocketMQClientTemplate> template,
+    public E2eSender(RocketMQClientTemplate template,
                      @Value("${rocketmq.producer.topic}") String topic,
                      @Value("${RMQ_TAG:e2e}") String tag) {
         this.template = template;
@@ -30,13 +29,14 @@ public class E2eSender {
     /** Sends one message with a tag and a key; returns the message id the gateway assigned. */
     public String send(String body, String key, int index) {
         // The key header is "rocketmq_KEYS": starter 2.3.1 also copies every header into a user
-        // property, and a "KEYS" user property is reserved (refused by Apache and the gateway).
+        // property, and "KEYS" is a reserved property key (the send is refused with 40007
+        // ILLEGAL_MESSAGE_PROPERTY_KEY; starter 2.3.2+ no longer copies it).
         Message<String> message = MessageBuilder.withPayload(body)
                 .setHeader(RocketMQHeaders.PREFIX + RocketMQHeaders.KEYS, key)
                 .setHeader(INDEX_PROPERTY, index)
                 .build();
         // destination "topic:tag" sets the tag
-        SendReceipt receipt = template.getObject().syncSendNormalMessage(topic + ":" + tag, message);
+        SendReceipt receipt = template.syncSendNormalMessage(topic + ":" + tag, message);
         if (receipt == null) {
             // starter 2.3.1 logs a failed send ("Failed to send message") and returns null
             throw new IllegalStateException("syncSendNormalMessage returned no receipt (send failed; see the app log)");
