@@ -101,8 +101,18 @@ async fn sigkill_under_send_load_loses_no_acknowledged_message() -> anyhow::Resu
     let acked: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
     for cycle in 0..CYCLES {
         let endpoint = gateway.endpoint();
+        let before = acked.lock().expect("lock").len();
         let senders: Vec<_> =
             (0..SENDERS).map(|t| tokio::spawn(sender(endpoint.clone(), cycle, t, acked.clone()))).collect();
+        // A cycle counts only if sends were acknowledged before the kill: wait for the first.
+        let started = std::time::Instant::now();
+        while acked.lock().expect("lock").len() == before {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "cycle {cycle}: no send was acknowledged within 30 s of the gateway starting"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         // Kill at a different moment each cycle, while sends are in flight.
         let delay = 150 + (crc(&cycle.to_le_bytes()) % 350) as u64;
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -114,6 +124,8 @@ async fn sigkill_under_send_load_loses_no_acknowledged_message() -> anyhow::Resu
 
         let stored = read_all(&gateway.endpoint(), &format!("verify-{cycle}")).await?;
         let acked = acked.lock().expect("lock").clone();
+        let this_cycle = acked.keys().filter(|id| id.starts_with(&format!("c{cycle:02}-"))).count();
+        assert!(acked.len() > before && this_cycle > 0, "cycle {cycle}: no message acknowledged in this cycle");
         let mut seen: HashMap<&str, (i32, i64)> = HashMap::new();
         let mut per_queue: BTreeMap<i32, Vec<(i64, &str)>> = BTreeMap::new();
         for (id, queue, offset, body) in &stored {
@@ -145,7 +157,11 @@ async fn sigkill_under_send_load_loses_no_acknowledged_message() -> anyhow::Resu
                 }
             }
         }
-        eprintln!("cycle {cycle}: {} acknowledged so far, {} stored, all intact", acked.len(), stored.len());
+        eprintln!(
+            "cycle {cycle}: {this_cycle} acknowledged in this cycle, {} so far, {} stored, all intact",
+            acked.len(),
+            stored.len()
+        );
     }
     gateway.stop(Stop::Graceful)?;
     Ok(())
