@@ -228,6 +228,9 @@ pub struct Report {
     /// Go: the transport its connections actually used, as seen by gRPC (`tls`, `plaintext`,
     /// `mixed`); `None` where a driver does not report it
     pub transport: Option<String>,
+    /// consumers (Go): deliveries whose tag or keys differ from what the producers set (tag
+    /// `--tag`, keys `["<prefix>-key-<i>"]`)
+    pub property_mismatches: Vec<String>,
 }
 
 /// What happened to one driver run.

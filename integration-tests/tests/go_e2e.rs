@@ -142,6 +142,9 @@ fn go_push_consumer_survives_gateway_sigkill() {
     if !report.unacked.is_empty() || report.ack_failed != 0 || report.corrupted != 0 || !report.unexpected.is_empty() {
         ctx.fail(&outcome, "messages never acked, corrupted, or unexpected bodies after the restart");
     }
+    if !report.property_mismatches.is_empty() {
+        ctx.fail(&outcome, "tag or keys of a delivery differ from what the producer set");
+    }
     shout(&format!(
         "{test}: {} messages after the restart; {} redeliveries (max attempt {})",
         n - before,
@@ -224,6 +227,7 @@ fn assert_simple_details(test: &str, report: &Report, tls: bool) {
     assert_eq!(report.transport.as_deref(), Some(want), "{test}: transport seen by gRPC: {report:?}");
     assert!(report.unacked.is_empty(), "{test}: never acked: {:?}", report.unacked);
     assert_eq!(report.acked, Some(count()), "{test}: acked: {report:?}");
+    assert!(report.property_mismatches.is_empty(), "{test}: tag/keys: {:?}", report.property_mismatches);
     assert_eq!(report.attempts.len(), count(), "{test}: deliveries per id: {:?}", report.attempts);
     let odd: BTreeMap<&String, &Vec<i64>> = report.attempts.iter().filter(|(_, a)| a.as_slice() != [1]).collect();
     assert!(odd.is_empty(), "{test}: messages not delivered exactly once with attempt 1: {odd:?}");
@@ -235,6 +239,9 @@ fn assert_simple_details(test: &str, report: &Report, tls: bool) {
 /// once, with attempt 1; no message may be consumed successfully twice except a failed one.
 fn push_problems(report: &Report, want_failed: &BTreeSet<&str>) -> Vec<String> {
     let mut problems = Vec::new();
+    if !report.property_mismatches.is_empty() {
+        problems.push(format!("tag/keys differ: {:?}", report.property_mismatches));
+    }
     if report.attempts.len() != count() {
         problems.push(format!("{} distinct ids delivered, expected {}", report.attempts.len(), count()));
     }

@@ -222,6 +222,20 @@ func produce(a args) (bool, map[string]any) {
 	return ok, r
 }
 
+// propsMismatch: what differs between a delivery's tag and keys and what every driver's
+// producer sets (tag --tag, keys ["<prefix>-key-<i>"]); "" if nothing.
+func (a args) propsMismatch(m *rmq.MessageView, i int) string {
+	tag := "<none>"
+	if t := m.GetTag(); t != nil {
+		tag = *t
+	}
+	wantKey := fmt.Sprintf("%s-key-%d", a.prefix, i)
+	if keys := m.GetKeys(); tag != a.tag || len(keys) != 1 || keys[0] != wantKey {
+		return fmt.Sprintf("%s: tag %q keys %q, expected tag %q keys [%q]", m.GetMessageId(), tag, keys, a.tag, wantKey)
+	}
+	return ""
+}
+
 func isNotFound(err error) bool {
 	var st *rmq.ErrRpcStatus
 	return errors.As(err, &st) && st.GetCode() == int32(v2.Code_MESSAGE_NOT_FOUND)
@@ -234,7 +248,9 @@ func simpleConsume(a args) (bool, map[string]any) {
 	tally := NewTally(a.prefix, a.count)
 	errs := []string{}
 	calls, recvErrors, notFound, maxAttempt, changed, tried := 0, 0, 0, int32(0), 0, false
+	mismatches := []string{}
 	finish := func() map[string]any {
+		r["property_mismatches"] = cap20(mismatches)
 		tally.Report(r)
 		obs.report(r, tally.IDs())
 		r["receive_calls"], r["receive_errors"], r["receive_empty"] = calls, recvErrors, notFound
@@ -272,6 +288,9 @@ func simpleConsume(a args) (bool, map[string]any) {
 			tally.Attempt(m.GetMessageId(), m.GetDeliveryAttempt())
 			if tally.Record(m.GetMessageId(), m.GetBody()) {
 				a.noteProgress(tally.Len())
+				if bad := a.propsMismatch(m, tally.Index(m.GetBody())); bad != "" {
+					mismatches = append(mismatches, bad)
+				}
 			}
 			if !tried {
 				tried = true
@@ -302,7 +321,7 @@ func simpleConsume(a args) (bool, map[string]any) {
 	}
 	r["shutdown_error"] = stopBounded(c.GracefulStop, 15*time.Second)
 	finish()
-	ok := tally.Complete() && r["ack_failed"] == 0 && r["corrupted"] == 0 && changed == 1
+	ok := tally.Complete() && r["ack_failed"] == 0 && r["corrupted"] == 0 && changed == 1 && len(mismatches) == 0
 	return ok, r
 }
 
@@ -316,6 +335,7 @@ func pushConsume(a args) (bool, map[string]any) {
 	failedOnPurpose := map[int]int32{} // index -> delivery attempt of the failed delivery
 	failedIDs := map[string]int32{}    // message id -> the same
 	succeededAfter := map[string]int32{}
+	mismatches := []string{}
 	calls, maxAttempt := 0, int32(0)
 	listener := &rmq.FuncMessageListener{Consume: func(m *rmq.MessageView) rmq.ConsumerResult {
 		mu.Lock()
@@ -335,6 +355,9 @@ func pushConsume(a args) (bool, map[string]any) {
 		if tally.Record(id, m.GetBody()) {
 			if _, failed := failedIDs[id]; failed {
 				succeededAfter[id] = attempt
+			}
+			if bad := a.propsMismatch(m, i); bad != "" {
+				mismatches = append(mismatches, bad)
 			}
 			a.noteProgress(tally.Len())
 		}
@@ -357,6 +380,7 @@ func pushConsume(a args) (bool, map[string]any) {
 		tally.Report(r)
 		obs.report(r, tally.IDs())
 		r["failed_on_purpose"], r["succeeded_after_failure"] = failedIDs, succeededAfter
+		r["property_mismatches"] = cap20(mismatches)
 		r["consume_calls"], r["max_delivery_attempt"], r["errors"] = calls, maxAttempt, cap20(errs)
 		return r
 	}
@@ -379,7 +403,7 @@ func pushConsume(a args) (bool, map[string]any) {
 	complete := done()
 	r["shutdown_error"] = stopBounded(c.GracefulStop, 40*time.Second)
 	finish(nil)
-	return complete && r["corrupted"] == 0, r
+	return complete && r["corrupted"] == 0 && len(mismatches) == 0, r
 }
 
 func main() {
