@@ -100,6 +100,14 @@ struct ClientSession {
     kind: ClientKind,
     group: Option<String>,
     last_seen: Instant,
+    /// Cancelled when the client says goodbye: ends its long polls at once.
+    gone: CancellationToken,
+}
+
+impl ClientSession {
+    fn new(kind: ClientKind, group: Option<String>) -> Self {
+        ClientSession { kind, group, last_seen: Instant::now(), gone: CancellationToken::new() }
+    }
 }
 
 type QueueKey = (Arc<str>, Arc<str>, u32);
@@ -411,8 +419,21 @@ impl Broker {
 
     /// Records (or refreshes) a client from its Settings.
     pub fn register_client(&self, client_id: &str, kind: ClientKind, group: Option<String>) {
-        lock(&self.inner.clients)
-            .insert(client_id.to_string(), ClientSession { kind, group, last_seen: Instant::now() });
+        let mut clients = lock(&self.inner.clients);
+        let session = clients.entry(client_id.to_string()).or_insert_with(|| ClientSession::new(kind, None));
+        session.kind = kind;
+        session.group = group;
+        session.last_seen = Instant::now();
+    }
+
+    /// Marks a client alive and returns the token cancelled when it terminates (a receive
+    /// may come before any heartbeat: the session is created then).
+    pub(crate) fn client_gone_token(&self, client_id: &str) -> CancellationToken {
+        let mut clients = lock(&self.inner.clients);
+        let session =
+            clients.entry(client_id.to_string()).or_insert_with(|| ClientSession::new(ClientKind::Other, None));
+        session.last_seen = Instant::now();
+        session.gone.clone()
     }
 
     /// Marks a client alive (every consumer RPC and heartbeat).
@@ -427,11 +448,8 @@ impl Broker {
             validate::validate_group(g)?;
         }
         let mut clients = lock(&self.inner.clients);
-        let session = clients.entry(client_id.to_string()).or_insert_with(|| ClientSession {
-            kind,
-            group: group.map(str::to_string),
-            last_seen: Instant::now(),
-        });
+        let session =
+            clients.entry(client_id.to_string()).or_insert_with(|| ClientSession::new(kind, group.map(str::to_string)));
         session.last_seen = Instant::now();
         if session.kind == ClientKind::Other {
             session.kind = kind;
@@ -463,10 +481,13 @@ impl Broker {
         lock(&self.inner.clients).get(client_id).is_some_and(|s| s.last_seen.elapsed() < CLIENT_EXPIRY)
     }
 
-    /// A client shut down: forget it and let its auto-renewed messages be delivered again soon.
+    /// A client shut down: forget it, end its long polls (so nothing is handed to a client
+    /// that is gone, and its shutdown does not wait for them) and let its auto-renewed
+    /// messages be delivered again soon.
     pub fn client_terminated(&self, client_id: &str) {
         let session = lock(&self.inner.clients).remove(client_id);
         if let Some(s) = session {
+            s.gone.cancel();
             tracing::debug!(client_id, kind = ?s.kind, group = ?s.group, "client terminated");
         }
         self.release_client_deliveries(client_id);

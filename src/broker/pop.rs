@@ -159,7 +159,7 @@ impl Broker {
         };
         let topic = self.client_topic(&req.topic).await?;
         let group = self.group(&req.group).await?;
-        self.touch_client(&req.client_id);
+        let gone = self.client_gone_token(&req.client_id);
         let max = match req.batch_size {
             0 => c.receive_batch_size as usize,
             n => n.min(c.receive_batch_size as usize),
@@ -204,6 +204,7 @@ impl Broker {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep_until(deadline.min(now + RECHECK)) => {}
                 _ = shutdown.cancelled() => return Ok(Vec::new()),
+                _ = gone.cancelled() => return Ok(Vec::new()),
             }
         }
     }

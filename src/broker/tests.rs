@@ -133,3 +133,25 @@ async fn receipts_are_bound_to_group_and_topic() {
     assert!(matches!(other_group, Err(BrokerError::InvalidReceiptHandle(_))));
     broker.ack("c", "G", "T", &m.receipt_handle).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_terminated_client_has_its_long_polls_ended() {
+    let broker = broker_with(Arc::new(MemoryLog::new())).await;
+    broker.send(vec![message("m0")]).await.unwrap();
+    let mut first = receive_request();
+    first.batch_size = 1;
+    assert_eq!(broker.receive(first).await.unwrap().len(), 1);
+    // Now the queue is empty: a 20 s long poll waits…
+    let mut req = receive_request();
+    req.long_polling_timeout = Some(Duration::from_secs(20));
+    let polling = tokio::spawn({
+        let broker = broker.clone();
+        async move { broker.receive(req).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!polling.is_finished());
+    // …until the client says goodbye.
+    broker.client_terminated("c");
+    let got = tokio::time::timeout(Duration::from_secs(2), polling).await.expect("long poll ended").unwrap().unwrap();
+    assert!(got.is_empty());
+}
