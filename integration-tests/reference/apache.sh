@@ -21,8 +21,9 @@
 #   apache.sh topic RUN_DIR NAME [NORMAL|FIFO|DELAY|TRANSACTION]      (default NORMAL, 8 queues)
 #   apache.sh group RUN_DIR NAME [--fifo] [--max-retry N]
 #   apache.sh admin RUN_DIR 'topic NAME [TYPE]' 'group NAME [--fifo] [--max-retry N]' ...
-#       Create/update topics and subscription groups through mqadmin (updateTopic/updateSubGroup).
-#       `admin` runs all of them in ONE JVM (~3 s instead of ~3 s each). Exit 1 if any fails.
+#       Create/update topics (8 queues, +message.type=TYPE) and subscription groups
+#       (consumeMessageOrderly, retryMaxTimes) on every master, as mqadmin updateTopic/updateSubGroup
+#       do, but all of them through one admin client in one JVM (AdminBatch.java). Exit 1 on failure.
 #
 # Env: APACHE_NAMESRV_JAVA_OPTS, APACHE_PROXY_JAVA_OPTS (override the heap flags below).
 # Needs java (17) and mvn (only for resolve). No sudo; nothing is written outside the repo and RUN_DIR
@@ -168,7 +169,7 @@ EOF
     echo "storePathRootDir=$RUN/store"
     echo "storePathCommitLog=$RUN/store/commitlog"
     echo "autoCreateTopicEnable=false"
-    echo "skipPreOnline=true"  # register with the NameServer at once, not after 10 s
+    echo "skipPreOnline=true"  # no pre-online phase (registration can still lag up to 10 s)
     local kv; for kv in "${extra[@]}"; do echo "$kv"; done
   } > "$RUN/broker.conf"
   cat > "$RUN/rmq-proxy.json" <<EOF
@@ -270,24 +271,24 @@ cmd_admin() {
       topic)
         local type=${w[2]:-NORMAL}
         [[ $type =~ ^(NORMAL|FIFO|DELAY|TRANSACTION)$ ]] || die "topic type must be NORMAL|FIFO|DELAY|TRANSACTION, got $type"
-        argv+=(updateTopic -n "$NAMESRV_ADDR" -c "$CLUSTER" -t "${w[1]}" -r 8 -w 8 -a "+message.type=$type" ";") ;;
+        argv+=("topic ${w[1]} $type") ;;
       group)
-        local g=(updateSubGroup -n "$NAMESRV_ADDR" -c "$CLUSTER" -g "${w[1]}") i=2
+        local fifo=false retry=-1 i=2
         while (( i < ${#w[@]} )); do
           case ${w[i]} in
-            --fifo) g+=(--consumeMessageOrderly true); i=$((i + 1)) ;;
-            --max-retry) g+=(--retryMaxTimes "${w[i+1]}"); i=$((i + 2)) ;;
+            --fifo) fifo=true; i=$((i + 1)) ;;
+            --max-retry) retry=${w[i+1]}; i=$((i + 2)) ;;
             *) die "group: unknown option ${w[i]}" ;;
           esac
         done
-        argv+=("${g[@]}" ";") ;;
+        argv+=("group ${w[1]} $fifo $retry") ;;
       *) die "admin: unknown command '${w[0]}' (topic|group)" ;;
     esac
   done
   mkdir -p "$run/home-admin"
   java -Xmx256m -XX:TieredStopAtLevel=1 "${JDK_OPENS[@]}" -Duser.home="$run/home-admin" \
     -Drmq.logback.configurationFile=rmq.tools.logback.xml -cp "$LIB/*" \
-    "$REF_DIR/AdminBatch.java" "${argv[@]}"
+    "$REF_DIR/AdminBatch.java" "$NAMESRV_ADDR" "$CLUSTER" "${argv[@]}"
 }
 
 cmd=${1:-}; shift || true

@@ -1,5 +1,6 @@
 //! Shared helpers for the end-to-end tests.
 //!
+//! - [`apache`]: Apache RocketMQ 5 itself on loopback (reference/apache.sh), for differential tests.
 //! - [`client`]: raw gRPC request helpers for protocol-level tests.
 //! - [`gateway_process`]: run the real `rmq-gateway` binary as a child process
 //!   (free loopback ports, temp data dir, `/readyz`, SIGTERM/SIGKILL, restart).
@@ -8,6 +9,7 @@
 //! - [`scenario`]: one gateway + temp dir per test, driver runs within a time budget, and
 //!   the checks a consumer's report must pass.
 
+pub mod apache;
 pub mod client;
 pub mod gateway_process;
 pub mod scenario;
