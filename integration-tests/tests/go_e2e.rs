@@ -4,7 +4,7 @@
 //! SimpleConsumer (with ChangeInvisibleDuration) in plaintext and over TLS (the SDK's
 //! default); the PushConsumer with a listener that fails every 5th message once; a gateway
 //! SIGKILL while a Go PushConsumer is consuming, and one between sending and consuming; and
-//! the Go SDK against the Python and Node.js SDKs.
+//! the Go SDK against the Python and Node.js SDKs (the PushConsumer there over TLS).
 //!
 //! The Go driver (`sdk/go`) watches the SDK's own gRPC calls, so the checks see what the SDK
 //! hides: whether each Ack was answered OK (the SDK's `SimpleConsumer.Ack` returns nil on a
@@ -172,7 +172,7 @@ fn go_producer_to_python_simple_consumer() {
     ctx.consume(Sdk::Python, Mode::SimpleConsume, &topic, &group, Expect::exactly("x", &ids));
 }
 
-/// Node producer → Go PushConsumer (plaintext): every message once, attempt 1, acked.
+/// Node producer → Go PushConsumer over TLS: every message once, attempt 1, acked.
 #[test]
 fn node_producer_to_go_push_consumer() {
     let test = "cross_node_go";
@@ -181,10 +181,14 @@ fn node_producer_to_go_push_consumer() {
     };
     let (topic, group) = (unique("topic", test), unique("group", test));
     let ids = ctx.produce(Sdk::Node, &topic, "y");
-    let report = ctx.consume(Sdk::Go, Mode::PushConsume, &topic, &group, Expect::exactly("y", &ids));
+    let expect = Expect::exactly("y", &ids);
+    let report = ctx.consume_with(Sdk::Go, Mode::PushConsume, &topic, &group, expect, &["--tls"]);
     let mut problems = push_problems(&report, &BTreeSet::new());
     if !report.unacked.is_empty() {
         problems.push(format!("never acked: {:?}", report.unacked));
+    }
+    if report.transport.as_deref() != Some("tls") {
+        problems.push(format!("transport {:?}, expected tls", report.transport));
     }
     assert!(problems.is_empty(), "{test}: {problems:#?}\nreport: {report:?}");
 }
