@@ -99,7 +99,7 @@ go_step() {
   log "go: go build of the Go driver (github.com/apache/rocketmq-clients/golang/v5, pinned by go/go.sum)"
   # Module and build caches under .work (writable, so `rm -rf .work` works); no toolchain download.
   (cd "$dir" && GOMODCACHE="$WORK/go/mod" GOPATH="$WORK/go/path" GOCACHE="$WORK/go/cache" \
-    GOTOOLCHAIN=local GOFLAGS="-mod=readonly -modcacherw" go build -o "$WORK/go-bin/rmq-sdk-go" .)
+    GOTOOLCHAIN=local GOFLAGS="-mod=readonly -modcacherw -buildvcs=false" go build -o "$WORK/go-bin/rmq-sdk-go" .)
   [[ -x "$WORK/go-bin/rmq-sdk-go" ]] || die "go driver binary missing after build"
   stamp go "${sources[@]}"
 }
