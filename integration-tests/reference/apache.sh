@@ -53,7 +53,7 @@ cmd_resolve() {
   flock 9
   local sum; sum="$(sha256sum "$REF_DIR/pom.xml" | cut -d' ' -f1)"
   if [[ -f "$APACHE/lib.stamp" && "$(cat "$APACHE/lib.stamp")" == "$sum" && -d "$LIB" ]]; then
-    log "resolve: up to date ($(ls "$LIB" | grep -o 'rocketmq-proxy-.*\.jar'))"; return
+    log "resolve: up to date ($(ls "$LIB" | grep -o 'rocketmq-proxy-.*\.jar'))"; compile_admin; return
   fi
   command -v mvn >/dev/null || die "mvn not found on PATH (Maven needed to resolve Apache RocketMQ)"
   log "resolve: Apache RocketMQ jars from Maven Central (pinned by reference/pom.xml)"
@@ -65,6 +65,16 @@ cmd_resolve() {
   rm -rf "$LIB"; mv "$LIB.tmp" "$LIB"
   echo "$sum" > "$APACHE/lib.stamp"
   log "resolve: $(ls "$LIB" | wc -l) jars in $LIB"
+  compile_admin
+}
+
+# AdminBatch.java compiled once into .work/apache/classes (else `admin` runs it in source mode).
+compile_admin() {
+  local src="$REF_DIR/AdminBatch.java" out="$APACHE/classes"
+  [[ -f "$out/AdminBatch.class" && "$out/AdminBatch.class" -nt "$src" ]] && return
+  command -v javac >/dev/null || { log "javac not found: admin runs AdminBatch.java in source mode"; return; }
+  rm -rf "$out"; mkdir -p "$out"
+  javac -nowarn -cp "$LIB/*" -d "$out" "$src" >&2 || die "javac AdminBatch.java failed"
 }
 
 need_lib() { ls "$LIB"/rocketmq-proxy-*.jar >/dev/null 2>&1 || die "Apache jars missing: run '$0 resolve' first"; }
@@ -286,9 +296,13 @@ cmd_admin() {
     esac
   done
   mkdir -p "$run/home-admin"
+  local main=("$REF_DIR/AdminBatch.java") cp="$LIB/*"
+  if [[ -f "$APACHE/classes/AdminBatch.class" && "$APACHE/classes/AdminBatch.class" -nt "$REF_DIR/AdminBatch.java" ]]; then
+    main=(AdminBatch); cp="$APACHE/classes:$LIB/*"
+  fi
   java -Xmx256m -XX:TieredStopAtLevel=1 "${JDK_OPENS[@]}" -Duser.home="$run/home-admin" \
-    -Drmq.logback.configurationFile=rmq.tools.logback.xml -cp "$LIB/*" \
-    "$REF_DIR/AdminBatch.java" "$NAMESRV_ADDR" "$CLUSTER" "${argv[@]}"
+    -Drmq.logback.configurationFile=rmq.tools.logback.xml -cp "$cp" \
+    "${main[@]}" "$NAMESRV_ADDR" "$CLUSTER" "${argv[@]}"
 }
 
 cmd=${1:-}; shift || true
