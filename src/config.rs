@@ -282,6 +282,25 @@ pub struct ConsumerConfig {
     /// How often consumed progress is written to the metadata store.
     #[serde(with = "humantime_serde")]
     pub progress_flush_interval: Duration,
+    /// Create an unknown consumer group on first use with the defaults above (Apache
+    /// `autoCreateSubscriptionGroup`); off: such a group gets CONSUMER_GROUP_NOT_FOUND.
+    pub auto_create_subscription_group: bool,
+    /// Consumer groups created or updated at start (Apache `updateSubGroup`).
+    pub groups: Vec<GroupSpec>,
+}
+
+/// A consumer group's configuration (`consumer.groups[]`, admin `PUT /api/v1/groups/{name}`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GroupSpec {
+    pub name: String,
+    /// Orderly (FIFO) consumption: a queue hands out its next message only after the previous
+    /// one is acked; consumers are told `fifo = true` in Settings.
+    #[serde(default)]
+    pub consume_message_orderly: bool,
+    /// Retries before the DLQ; `consumer.retryMaxTimes` when absent.
+    #[serde(default)]
+    pub retry_max_times: Option<i32>,
 }
 
 impl Default for ConsumerConfig {
@@ -298,6 +317,8 @@ impl Default for ConsumerConfig {
             receive_batch_size: 32,
             retry_backoff: "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h".into(),
             progress_flush_interval: Duration::from_millis(200),
+            auto_create_subscription_group: true,
+            groups: Vec::new(),
         }
     }
 }
@@ -430,6 +451,11 @@ impl Config {
         for t in &self.topics.create {
             if t.queue_nums == Some(0) {
                 return invalid("topics.create[].queueNums", format!("topic `{}`: must be at least 1", t.name));
+            }
+        }
+        for g in &self.consumer.groups {
+            if g.retry_max_times.is_some_and(|r| r < 0) {
+                return invalid("consumer.groups[].retryMaxTimes", format!("group `{}`: must not be negative", g.name));
             }
         }
         Ok(())

@@ -708,3 +708,68 @@ async fn stack_trace_and_verify_message_are_relayed_to_the_client() {
     drop(tx);
     g.stop().await;
 }
+
+async fn assignment(
+    c: &mut MessagingServiceClient<Channel>,
+    topic: &str,
+    group: &str,
+) -> proto::QueryAssignmentResponse {
+    c.query_assignment(req(proto::QueryAssignmentRequest {
+        topic: resource(topic),
+        group: resource(group),
+        endpoints: None,
+    }))
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+#[tokio::test]
+async fn consumer_groups_are_configured_through_config_and_the_admin_api() {
+    let g = Gateway::start(|c| {
+        c.consumer.groups.push(rmq_gateway::config::GroupSpec {
+            name: "OrderlyFromConfig".into(),
+            consume_message_orderly: true,
+            retry_max_times: Some(2),
+        });
+    })
+    .await;
+    let mut c = g.client().await;
+    send(&mut c, vec![message("TopicG", "G1", b"x")]).await;
+
+    // From the config file: orderly, 3 attempts, told to the consumer in Settings.
+    let (_tx, mut stream) =
+        telemetry(&mut c, subscription("OrderlyFromConfig", "TopicG", proto::FilterType::Tag, "*")).await;
+    let reply = stream.message().await.unwrap().unwrap();
+    let Some(proto::telemetry_command::Command::Settings(s)) = reply.command else { panic!("no settings") };
+    let Some(proto::settings::PubSub::Subscription(sub)) = s.pub_sub else { panic!("no subscription") };
+    assert_eq!(sub.fifo, Some(true));
+    assert_eq!(s.backoff_policy.unwrap().max_attempts, 3);
+    // Orderly groups get one assignment per queue, like Apache.
+    assert_eq!(assignment(&mut c, "TopicG", "OrderlyFromConfig").await.assignments.len(), 8);
+
+    // Through the admin API, like `mqadmin updateSubGroup -o true -r 5`.
+    assert_eq!(assignment(&mut c, "TopicG", "Later").await.assignments.len(), 1, "new groups are not orderly");
+    let (status, body) = client::http(
+        g.addrs.http,
+        "PUT",
+        "/api/v1/groups/Later",
+        Some(r#"{"consumeMessageOrderly":true,"retryMaxTimes":5}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(assignment(&mut c, "TopicG", "Later").await.assignments.len(), 8);
+    let (_, body) = client::http(g.addrs.http, "GET", "/api/v1/groups/Later", None).await;
+    assert!(body.contains(r#""consumeMessageOrderly":true"#) && body.contains(r#""retryMaxTimes":5"#), "{body}");
+    let (status, _) = client::http(g.addrs.http, "PUT", "/api/v1/groups/bad%20group", Some("{}")).await;
+    assert_eq!(status, 400);
+    g.stop().await;
+
+    // Without autoCreateSubscriptionGroup an unknown group is refused.
+    let g = Gateway::start(|c| c.consumer.auto_create_subscription_group = false).await;
+    let mut c = g.client().await;
+    send(&mut c, vec![message("TopicG", "G1", b"x")]).await;
+    let r = receive(&mut c, "TopicG", "NoSuchGroup", Some(Duration::from_secs(30))).await;
+    assert_eq!(r.status.code, Code::ConsumerGroupNotFound as i32, "{:?}", r.status);
+    g.stop().await;
+}

@@ -1,6 +1,6 @@
-//! The HTTP side (axum): `/healthz`, `/readyz`, and the admin API: topics, connected clients,
-//! and commands relayed to a client (thread stack trace, consume a message directly). Calls the
-//! broker only.
+//! The HTTP side (axum): `/healthz`, `/readyz`, and the admin API: topics, consumer groups,
+//! connected clients, and commands relayed to a client (thread stack trace, consume a message
+//! directly). Calls the broker only.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use crate::broker::{Broker, BrokerError, ClientInfo, ClientKind, VerifyOutcome};
-use crate::metadata::{TopicRecord, TopicType};
+use crate::metadata::{GroupRecord, TopicRecord, TopicType};
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -28,6 +28,8 @@ pub fn router(state: AdminState) -> axum::Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/topics", get(list_topics))
         .route("/api/v1/topics/{name}", get(get_topic).put(put_topic))
+        .route("/api/v1/groups", get(list_groups))
+        .route("/api/v1/groups/{name}", get(get_group).put(put_group))
         .route("/api/v1/clients", get(list_clients))
         .route("/api/v1/clients/{client_id}/stack-trace", post(client_stack_trace))
         .route("/api/v1/clients/{client_id}/verify-message", post(verify_message))
@@ -196,6 +198,47 @@ async fn verify_message(
             Json(serde_json::json!({ "clientId": client_id, "messageId": body.message_id, "result": result, "detail": detail }))
                 .into_response()
         }
+        Err(e) => error(e),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GroupView {
+    name: String,
+    consume_message_orderly: bool,
+    retry_max_times: i32,
+}
+
+impl From<GroupRecord> for GroupView {
+    fn from(g: GroupRecord) -> Self {
+        GroupView { name: g.name, consume_message_orderly: g.fifo, retry_max_times: g.retry_max_times }
+    }
+}
+
+/// Body of `PUT /api/v1/groups/{name}` (Apache `updateSubGroup -o … -r …`).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PutGroup {
+    #[serde(default)]
+    consume_message_orderly: bool,
+    retry_max_times: Option<i32>,
+}
+
+async fn list_groups(State(s): State<AdminState>) -> Json<Vec<GroupView>> {
+    Json(s.broker.list_groups().into_iter().map(GroupView::from).collect())
+}
+
+async fn get_group(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    match s.broker.list_groups().into_iter().find(|g| g.name == name) {
+        Some(g) => Json(GroupView::from(g)).into_response(),
+        None => error(BrokerError::GroupNotFound(name)),
+    }
+}
+
+async fn put_group(State(s): State<AdminState>, Path(name): Path<String>, Json(body): Json<PutGroup>) -> Response {
+    match s.broker.put_group(&name, body.consume_message_orderly, body.retry_max_times).await {
+        Ok(g) => Json(GroupView::from(g)).into_response(),
         Err(e) => error(e),
     }
 }

@@ -187,6 +187,9 @@ impl Broker {
         for g in broker.inner.meta.list_groups().await? {
             broker.inner.groups.write().unwrap_or_else(|e| e.into_inner()).insert(g.name.clone(), g);
         }
+        for spec in &broker.inner.config.consumer.groups {
+            broker.put_group(&spec.name, spec.consume_message_orderly, spec.retry_max_times).await?;
+        }
         broker.restore_progress().await?;
         Ok(broker)
     }
@@ -299,11 +302,15 @@ impl Broker {
         }
     }
 
-    /// A consumer group, created on first use with the configured defaults.
+    /// A consumer group, created on first use with the configured defaults unless
+    /// `consumer.autoCreateSubscriptionGroup` is off.
     async fn group(&self, name: &str) -> BrokerResult<GroupRecord> {
         validate::validate_group(name)?;
         if let Some(g) = self.inner.groups.read().unwrap_or_else(|e| e.into_inner()).get(name) {
             return Ok(g.clone());
+        }
+        if !self.inner.config.consumer.auto_create_subscription_group {
+            return Err(BrokerError::GroupNotFound(name.to_string()));
         }
         let record = GroupRecord {
             name: name.to_string(),
@@ -313,6 +320,32 @@ impl Broker {
         let stored = self.inner.meta.create_group(&record).await?;
         self.inner.groups.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), stored.clone());
         Ok(stored)
+    }
+
+    /// Creates a consumer group or changes its configuration (orderly consumption, retries);
+    /// `retry_max_times` absent keeps the current value (the default for a new group).
+    /// Takes effect for the next receive; consumers see it in Settings when they next sync.
+    pub async fn put_group(&self, name: &str, fifo: bool, retry_max_times: Option<i32>) -> BrokerResult<GroupRecord> {
+        validate::validate_group(name)?;
+        if retry_max_times.is_some_and(|r| r < 0) {
+            return Err(BrokerError::BadRequest(format!("group `{name}`: retryMaxTimes must not be negative")));
+        }
+        let current = self.inner.groups.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned();
+        let retry_max_times = retry_max_times
+            .or(current.map(|g| g.retry_max_times))
+            .unwrap_or(self.inner.config.consumer.retry_max_times);
+        let record = GroupRecord { name: name.to_string(), fifo, retry_max_times };
+        self.inner.meta.put_group(&record).await?;
+        self.inner.groups.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), record.clone());
+        Ok(record)
+    }
+
+    /// Every known consumer group, by name.
+    pub fn list_groups(&self) -> Vec<GroupRecord> {
+        let mut v: Vec<GroupRecord> =
+            self.inner.groups.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
     }
 
     pub async fn group_policy(&self, group: &str) -> BrokerResult<GroupPolicy> {

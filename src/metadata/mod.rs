@@ -94,6 +94,8 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Creates the group if absent; returns the stored record.
     async fn create_group(&self, group: &GroupRecord) -> MetadataResult<GroupRecord>;
+    /// Creates the group or replaces its configuration.
+    async fn put_group(&self, group: &GroupRecord) -> MetadataResult<()>;
     async fn group(&self, name: &str) -> MetadataResult<Option<GroupRecord>>;
     async fn list_groups(&self) -> MetadataResult<Vec<GroupRecord>>;
 

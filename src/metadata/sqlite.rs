@@ -131,6 +131,21 @@ impl MetadataStore for SqliteMetadataStore {
             .ok_or_else(|| MetadataError::Query(format!("group `{}` vanished after insert", group.name)))
     }
 
+    async fn put_group(&self, group: &GroupRecord) -> MetadataResult<()> {
+        sqlx::query(
+            "INSERT INTO consumer_groups (name, fifo, retry_max_times, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET fifo = excluded.fifo, retry_max_times = excluded.retry_max_times",
+        )
+        .bind(&group.name)
+        .bind(group.fifo as i64)
+        .bind(group.retry_max_times as i64)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(query_err)?;
+        Ok(())
+    }
+
     async fn group(&self, name: &str) -> MetadataResult<Option<GroupRecord>> {
         let row = sqlx::query("SELECT name, fifo, retry_max_times FROM consumer_groups WHERE name = ?")
             .bind(name)
@@ -240,7 +255,12 @@ mod tests {
 
         let g = GroupRecord { name: "g".into(), fifo: true, retry_max_times: 3 };
         assert_eq!(store.create_group(&g).await.unwrap(), g);
-        assert_eq!(store.group("g").await.unwrap(), Some(g));
+        assert_eq!(store.group("g").await.unwrap(), Some(g.clone()));
+        // create keeps what exists; put replaces it.
+        let changed = GroupRecord { fifo: false, retry_max_times: 5, ..g.clone() };
+        assert_eq!(store.create_group(&changed).await.unwrap(), g);
+        store.put_group(&changed).await.unwrap();
+        assert_eq!(store.list_groups().await.unwrap(), vec![changed]);
 
         let p = ProgressRecord {
             group: "g".into(),
