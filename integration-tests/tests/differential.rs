@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use integration_tests::apache::{Apache, TopicType};
 use integration_tests::client::resource;
-use rmq_gateway::config::{Config, TopicSpec};
+use rmq_gateway::config::{Config, GroupSpec, TopicSpec};
 use rmq_gateway::proto::messaging_service_client::MessagingServiceClient;
 use rmq_gateway::proto::{self, Code};
 use rmq_gateway::server::{self, BoundAddrs};
@@ -76,7 +76,7 @@ const ALLOWED: &[(&str, &str, &str, &str)] = &[
         "settings.simple_consumer_unknown_group.*",
         "*",
         "*",
-        "consumer groups are created on first use (no group admin yet); Apache's proxy refuses Settings for a group that updateSubGroup never created",
+        "consumer groups are created on first use (consumer.autoCreateSubscriptionGroup, on by default); Apache's proxy refuses Settings for a group that updateSubGroup never created",
     ),
     (
         "attempts.ack_first_handle",
@@ -168,8 +168,7 @@ struct Target {
     name: &'static str,
     grpc: SocketAddr,
     c: MessagingServiceClient<Channel>,
-    /// Client for the DLQ case (the gateway runs a second instance with retryMaxTimes=1,
-    /// because its groups take their retry count from the config).
+    /// Client for the DLQ case (a connection of its own).
     dlq: MessagingServiceClient<Channel>,
     /// Open Telemetry streams (one per client id), kept for the whole run as an SDK does.
     sessions: Vec<Session>,
@@ -1427,8 +1426,20 @@ fn apache_and_gateway_answer_alike() {
     );
 
     let (apache_obs, ours) = rt.block_on(async {
-        let gw = Gateway::start(|_| {}).await;
-        let gw_dlq = Gateway::start(|c| c.consumer.retry_max_times = DLQ_MAX_RETRY).await;
+        // The groups Apache gets from `updateSubGroup` above, from the gateway's config.
+        let gw = Gateway::start(|c| {
+            c.consumer.groups.push(GroupSpec {
+                name: G_FIFO.into(),
+                consume_message_orderly: true,
+                retry_max_times: None,
+            });
+            c.consumer.groups.push(GroupSpec {
+                name: G_DLQ.into(),
+                consume_message_orderly: false,
+                retry_max_times: Some(DLQ_MAX_RETRY),
+            });
+        })
+        .await;
         let a = Target {
             name: "apache",
             grpc: apache.grpc(),
@@ -1440,14 +1451,13 @@ fn apache_and_gateway_answer_alike() {
             name: "gateway",
             grpc: gw.addrs.grpc,
             c: connect(gw.addrs.grpc).await,
-            dlq: connect(gw_dlq.addrs.grpc).await,
+            dlq: connect(gw.addrs.grpc).await,
             sessions: vec![],
         };
         let out = tokio::time::timeout(Duration::from_secs(240), async { tokio::join!(observe(a), observe(g)) })
             .await
             .expect("differential cases did not finish within 240 s");
         gw.stop().await;
-        gw_dlq.stop().await;
         out
     });
     if let Ok((ns, px)) = apache.rss_kib() {
