@@ -57,6 +57,19 @@ impl SqliteMetadataStore {
             .map_err(|e| MetadataError::Unavailable(e.to_string()))?;
         Ok(Self { pool })
     }
+
+    /// Runs an `INSERT INTO consumer_groups (name, fifo, retry_max_times, created_at)` statement.
+    async fn insert_group(&self, group: &GroupRecord, sql: &'static str) -> MetadataResult<()> {
+        sqlx::query(sql)
+            .bind(&group.name)
+            .bind(group.fifo as i64)
+            .bind(group.retry_max_times as i64)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await
+            .map_err(query_err)?;
+        Ok(())
+    }
 }
 
 fn topic_from_row(row: &sqlx::sqlite::SqliteRow) -> MetadataResult<TopicRecord> {
@@ -118,32 +131,24 @@ impl MetadataStore for SqliteMetadataStore {
     }
 
     async fn create_group(&self, group: &GroupRecord) -> MetadataResult<GroupRecord> {
-        sqlx::query("INSERT INTO consumer_groups (name, fifo, retry_max_times, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO NOTHING")
-            .bind(&group.name)
-            .bind(group.fifo as i64)
-            .bind(group.retry_max_times as i64)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await
-            .map_err(query_err)?;
+        self.insert_group(
+            group,
+            "INSERT INTO consumer_groups (name, fifo, retry_max_times, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .await?;
         self.group(&group.name)
             .await?
             .ok_or_else(|| MetadataError::Query(format!("group `{}` vanished after insert", group.name)))
     }
 
     async fn put_group(&self, group: &GroupRecord) -> MetadataResult<()> {
-        sqlx::query(
+        self.insert_group(
+            group,
             "INSERT INTO consumer_groups (name, fifo, retry_max_times, created_at) VALUES (?, ?, ?, ?) \
              ON CONFLICT (name) DO UPDATE SET fifo = excluded.fifo, retry_max_times = excluded.retry_max_times",
         )
-        .bind(&group.name)
-        .bind(group.fifo as i64)
-        .bind(group.retry_max_times as i64)
-        .bind(now_ms())
-        .execute(&self.pool)
         .await
-        .map_err(query_err)?;
-        Ok(())
     }
 
     async fn group(&self, name: &str) -> MetadataResult<Option<GroupRecord>> {
