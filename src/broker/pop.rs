@@ -164,7 +164,6 @@ impl Broker {
             0 => c.receive_batch_size as usize,
             n => n.min(c.receive_batch_size as usize),
         };
-        let started = Instant::now();
         let attempt = req
             .attempt_id
             .as_ref()
@@ -183,7 +182,7 @@ impl Broker {
                 return Ok(again);
             }
         }
-        let deadline = started + self.polling_time(&req);
+        let deadline = Instant::now() + self.polling_time(&req);
         let shutdown = self.inner.shutdown.clone();
         loop {
             let notified = topic.arrivals.notified();
