@@ -32,8 +32,10 @@ fmt:
 	$(CARGO) fmt --all
 
 ## Benchmarks (release build); results go to bench-results/ (JSON, Markdown, SVG).
-## End to end over gRPC: gateway SYNC_FLUSH and ASYNC_FLUSH vs the no-op tonic ceiling and NATS
-## JetStream, all on loopback, started and stopped here. Knobs: BENCH_DURATION=60s (per run),
+## End to end over gRPC: gateway SYNC_FLUSH and ASYNC_FLUSH vs the no-op tonic ceiling, NATS
+## JetStream and Apache RocketMQ 5 (SYNC_FLUSH and ASYNC_FLUSH; jars resolved from Maven Central into
+## integration-tests/sdk/.work, needs java 17 + mvn), all on loopback, started and stopped here.
+## Knobs: BENCH_DURATION=60s (per run),
 ## BENCH_ARGS='--message-size 4096 --batch 8 …' (see `rmq-gateway bench compare --help`).
 BENCH_DURATION ?= 10s
 BENCH_ARGS ?=
@@ -44,6 +46,7 @@ bench:
 	$(CARGO) build --release --locked --features nats-bench --bin rmq-gateway
 	@command -v nats-server >/dev/null || test -x /usr/sbin/nats-server || \
 	  { echo "installing nats-server (apt)"; apt-get update -qq && apt-get install -y -qq nats-server; }
+	bash integration-tests/reference/apache.sh resolve
 	$(BENCH_BIN) bench compare --duration $(BENCH_DURATION) $(BENCH_ARGS)
 	$(BENCH_BIN) bench storage $(BENCH_STORAGE_ARGS)
 

@@ -10,7 +10,9 @@
 //!   end-to-end target is checked on `paced-50%`.
 //!
 //! Systems: the no-op tonic server (the gRPC ceiling; `max` only), rmq-gateway with
-//! SYNC_FLUSH and ASYNC_FLUSH, and NATS JetStream (file storage, publish acks, async-nats).
+//! SYNC_FLUSH and ASYNC_FLUSH, NATS JetStream (file storage, publish acks, async-nats), and
+//! Apache RocketMQ 5 (NameServer + Proxy in local mode, SYNC_FLUSH and ASYNC_FLUSH; same load
+//! generator, its two JVMs measured together, a JVM warm-up run before measuring).
 //! Then it prints the table, the ratios and the targets of issue #4, and writes JSON, Markdown
 //! and SVG. (rocketmq-rust's proxy is not among them: see the README's benchmark section.)
 
@@ -22,9 +24,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
+use super::apache::{self, Apache};
 use super::grpc::{self, Flush, Target};
 use super::load::LoadOutcome;
-use super::procs::{self, Server};
+use super::procs::{self, Server, ServerUnderTest};
 use super::report::{Check, Ratio, Report, RunResult};
 use super::{LoadArgs, OutArgs};
 
@@ -39,6 +42,10 @@ pub enum System {
     GatewayAsync,
     /// NATS JetStream, file storage, publish acks.
     Nats,
+    /// Apache RocketMQ 5 (NameServer + Proxy in local mode) with SYNC_FLUSH.
+    ApacheSync,
+    /// Apache RocketMQ 5 (NameServer + Proxy in local mode) with ASYNC_FLUSH.
+    ApacheAsync,
 }
 
 impl System {
@@ -48,6 +55,8 @@ impl System {
             System::GatewaySync => GW_SYNC,
             System::GatewayAsync => GW_ASYNC,
             System::Nats => NATS,
+            System::ApacheSync => AP_SYNC,
+            System::ApacheAsync => AP_ASYNC,
         }
     }
 }
@@ -61,6 +70,8 @@ fn paced_phase(fraction: f64) -> String {
 const GW_SYNC: &str = "gateway-sync";
 const GW_ASYNC: &str = "gateway-async";
 const NATS: &str = "nats-jetstream";
+const AP_SYNC: &str = "apache-sync";
+const AP_ASYNC: &str = "apache-async";
 
 /// `rmq-gateway bench compare`.
 #[derive(Debug, Args)]
@@ -90,7 +101,12 @@ pub struct CompareArgs {
     #[arg(long, value_delimiter = ',', default_value = "0.25,0.5")]
     pub paced: Vec<f64>,
     /// Systems to run, in this order.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "noop,gateway-async,gateway-sync,nats")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "noop,gateway-async,gateway-sync,nats,apache-async,apache-sync"
+    )]
     pub systems: Vec<System>,
     /// Gateway binary (default: this executable).
     #[arg(long)]
@@ -98,6 +114,13 @@ pub struct CompareArgs {
     /// nats-server binary.
     #[arg(long, default_value = "nats-server")]
     pub nats_server: String,
+    /// The script that starts Apache RocketMQ (its jars come from `apache.sh resolve`).
+    #[arg(long, default_value = "integration-tests/reference/apache.sh")]
+    pub apache_script: PathBuf,
+    /// Load run against each Apache RocketMQ before its measured runs (closed loop, with
+    /// consumers; not reported), so that the JVMs' JIT has compiled the hot paths.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub jvm_warmup: Duration,
     /// A run during which other processes on the machine used more than this many cores is
     /// run again (see --attempts): on a shared machine, contention would skew the ratios.
     #[arg(long, default_value_t = 0.25)]
@@ -208,26 +231,29 @@ impl Runner<'_> {
     }
 
     /// `max` then the paced runs against a gRPC server; `full` says whether it can be consumed
-    /// from.
+    /// from. `topic` names the topic of a run (`max`, `paced3`); its group is `bench-<run>`.
+    /// A `data_dir` is measured after `max` (and the server profiled under `--perf`).
+    #[allow(clippy::too_many_arguments)]
     async fn grpc_system(
         &mut self,
         system: &str,
         addr: SocketAddr,
-        server: &mut Server,
+        server: &mut dyn ServerUnderTest,
         full: bool,
         storage: &dyn Fn() -> String,
         data_dir: Option<&Path>,
+        topic: &dyn Fn(&str) -> String,
     ) -> anyhow::Result<()> {
-        let max_target = Target { addr, topic: grpc::default_topic("max"), group: "bench-max".into(), full };
+        let max_target = Target { addr, topic: topic("max"), group: "bench-max".into(), full };
         grpc::prepare(&max_target, Duration::from_secs(60)).await?;
         let args = self.args.load(0, None);
         eprintln!("{system}: max (closed loop, {} in flight)", args.producers * args.concurrency);
+        let pids = server.pids();
         let profile = (self.args.perf && data_dir.is_some())
-            .then(|| server.pid())
+            .then(|| pids.first().copied())
             .flatten()
             .and_then(|pid| Profile::start(pid, &self.args.out.out.join(format!("perf-{system}.data"))));
-        let pid = server.pid();
-        let max = self.best_of(&format!("{system} max"), |_| grpc::run(system, &args, &max_target, pid)).await;
+        let max = self.best_of(&format!("{system} max"), |_| grpc::run(system, &args, &max_target, &pids)).await;
         if let Some(p) = profile
             && let Some(txt) = p.finish()
         {
@@ -244,15 +270,12 @@ impl Runner<'_> {
         self.record(r);
         if full && self.args.consumers > 0 && max_rate > 0.0 {
             let run = |a: LoadArgs, i: usize| {
-                let target = Target {
-                    addr,
-                    topic: grpc::default_topic(&format!("paced{i}")),
-                    group: format!("bench-paced{i}"),
-                    full,
-                };
+                let target =
+                    Target { addr, topic: topic(&format!("paced{i}")), group: format!("bench-paced{i}"), full };
+                let pids = pids.clone();
                 async move {
                     grpc::prepare(&target, Duration::from_secs(60)).await?;
-                    grpc::run(system, &a, &target, pid).await
+                    grpc::run(system, &a, &target, &pids).await
                 }
             };
             self.paced(system, max_rate, run, storage).await?;
@@ -339,7 +362,9 @@ impl Runner<'_> {
         let work = self.args.work_dir.clone();
         let mut server = Server::spawn(NOOP, cmd, &work.join("noop.log"))?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let result = self.grpc_system(NOOP, addr, &mut server, false, &|| "none (answers OK)".into(), None).await;
+        let result = self
+            .grpc_system(NOOP, addr, &mut server, false, &|| "none (answers OK)".into(), None, &grpc::default_topic)
+            .await;
         server.stop(Duration::from_secs(10));
         result
     }
@@ -349,10 +374,64 @@ impl Runner<'_> {
         let mut g = grpc::spawn_gateway(&self.bin, flush, &self.args.work_dir, system)?;
         let data_dir = g.data_dir.clone();
         let storage = || grpc::gateway_storage(flush, &data_dir);
-        let result = self.grpc_system(system, g.grpc, &mut g.server, true, &storage, Some(&data_dir)).await;
+        let result = self
+            .grpc_system(system, g.grpc, &mut g.server, true, &storage, Some(&data_dir), &grpc::default_topic)
+            .await;
         g.server.stop(Duration::from_secs(30));
         let _ = std::fs::remove_dir_all(&data_dir);
         result
+    }
+
+    /// Apache RocketMQ with `flush`: started fresh, topics and groups of every run created up
+    /// front, a JVM warm-up run, then the same runs as the gateway.
+    async fn apache(&mut self, flush: Flush) -> anyhow::Result<()> {
+        let system = if flush == Flush::Sync { AP_SYNC } else { AP_ASYNC };
+        let run_dir = self.args.work_dir.join(system);
+        eprintln!("{system}: starting Apache RocketMQ (NameServer + Proxy in local mode, {})", flush.config_value());
+        let mut ap = Apache::start(&self.args.apache_script, &run_dir, flush)?;
+        eprintln!("{system}: started in {:.1} s, gRPC on {}", ap.startup.as_secs_f64(), ap.grpc);
+        let result = self.apache_runs(system, &mut ap).await;
+        ap.stop();
+        let _ = std::fs::remove_dir_all(&run_dir);
+        result
+    }
+
+    async fn apache_runs(&mut self, system: &str, ap: &mut Apache) -> anyhow::Result<()> {
+        // Fixed names: the instance is fresh, and Apache never creates topics over gRPC.
+        let name = |run: &str| format!("bench-{run}");
+        let mut runs = vec!["warmup".to_string(), "max".to_string()];
+        for i in 0..self.args.paced.len() {
+            runs.extend((0..self.args.attempts.max(1)).map(|a| format!("paced{}", i * 10 + a)));
+        }
+        let names: Vec<String> = runs.iter().map(|r| name(r)).collect();
+        ap.create(&names, &names)?;
+        if !self.args.jvm_warmup.is_zero() {
+            let target = Target { addr: ap.grpc, topic: name("warmup"), group: name("warmup"), full: true };
+            grpc::prepare(&target, Duration::from_secs(60)).await?;
+            let mut args = self.args.load(self.args.consumers, None);
+            args.warmup = Duration::ZERO;
+            args.duration = self.args.jvm_warmup;
+            args.drain = Duration::ZERO;
+            eprintln!(
+                "{system}: JVM warm-up, {} (closed loop with {} consumers; not reported)",
+                humantime::format_duration(args.duration),
+                args.consumers
+            );
+            let o = grpc::run(&format!("{system} warm-up"), &args, &target, &ap.pids()).await?;
+            ap.check_alive()?;
+            self.report.notes.push(format!(
+                "{system}: JVM warm-up before measuring: {} closed loop with {} consumers ({:.0} msg/s sent, {} \
+                 received, {} send errors), not reported",
+                humantime::format_duration(args.duration),
+                args.consumers,
+                o.messages as f64 / o.window.as_secs_f64().max(1e-9),
+                o.received_total,
+                o.errors
+            ));
+        }
+        let storage = ap.storage();
+        let addr = ap.grpc;
+        self.grpc_system(system, addr, ap, true, &|| storage.clone(), None, &name).await
     }
 
     #[cfg(feature = "nats-bench")]
@@ -473,6 +552,52 @@ impl Runner<'_> {
                 });
             }
         }
+        for (gw, ap) in [(GW_ASYNC, AP_ASYNC), (GW_SYNC, AP_SYNC)] {
+            let (Some(g), Some(a)) = (get(gw), get(ap)) else { continue };
+            if a.msgs_per_s > 0.0 {
+                let x = g.msgs_per_s / a.msgs_per_s;
+                ratios.push(Ratio { name: format!("{gw} / {ap} (msg/s, max)"), value: x });
+                checks.push(Check {
+                    target: format!("{gw} ahead of Apache RocketMQ ({ap}) in send throughput, same flush mode"),
+                    measured: format!("{x:.2}× ({:.0} vs {:.0} msg/s)", g.msgs_per_s, a.msgs_per_s),
+                    met: Some(x > 1.0),
+                });
+            }
+            if let (Some(gl), Some(al)) = (&g.send_latency, &a.send_latency) {
+                ratios.push(Ratio {
+                    name: format!("{gw} / {ap} (send p99, max load; < 1: ours lower)"),
+                    value: gl.p99_ms / al.p99_ms,
+                });
+                checks.push(Check {
+                    target: format!("{gw} p99 send latency no worse than Apache RocketMQ ({ap}), max load"),
+                    measured: format!("{:.2} ms vs {:.2} ms", gl.p99_ms, al.p99_ms),
+                    met: Some(gl.p99_ms <= al.p99_ms),
+                });
+            }
+            let half = |s: &str| r.find(s, &paced_phase(0.5)).and_then(|x| x.e2e_latency.clone());
+            if let (Some(gl), Some(al)) = (half(gw), half(ap)) {
+                ratios.push(Ratio {
+                    name: format!("{gw} / {ap} (end-to-end p99, each at half its max; < 1: ours lower)"),
+                    value: gl.p99_ms / al.p99_ms,
+                });
+            }
+            if let (Some(gc), Some(ac)) = (g.server_cpu_us_per_msg, a.server_cpu_us_per_msg)
+                && ac > 0.0
+            {
+                ratios.push(Ratio {
+                    name: format!("{gw} / {ap} (server CPU µs/msg, max; < 1: ours cheaper)"),
+                    value: gc / ac,
+                });
+            }
+            if let (Some(gs), Some(as_)) = (g.server, a.server)
+                && as_.rss_peak_bytes > 0
+            {
+                ratios.push(Ratio {
+                    name: format!("{gw} / {ap} (server RSS peak, max; < 1: ours smaller)"),
+                    value: gs.rss_peak_bytes as f64 / as_.rss_peak_bytes as f64,
+                });
+            }
+        }
         if let (Some(a), Some(s)) = (get(GW_ASYNC), get(GW_SYNC))
             && a.msgs_per_s > 0.0
         {
@@ -487,6 +612,18 @@ impl Runner<'_> {
                  not yet meaningful."
                     .into(),
             );
+        }
+        if self.report.find(AP_SYNC, "max").is_some() || self.report.find(AP_ASYNC, "max").is_some() {
+            let v = apache::version(&self.args.apache_script).unwrap_or_else(|| "5".into());
+            self.report.notes.push(format!(
+                "Apache RocketMQ {v} (jars from Maven Central, started by {}): a NameServer and a Proxy in local mode \
+                 with the broker inside the proxy JVM, JDK 17, G1, heaps 256 MiB (NameServer) and 1 GiB + 1 GiB direct \
+                 (Proxy), the script's defaults. Its server CPU and RSS are the two JVMs summed. Its RSS includes the \
+                 commit-log pages the broker has mapped (it writes through mmap). Same load generator, payload and \
+                 runs as the gateway; topics (NORMAL, 8 queues) and groups are created with its admin tools first, \
+                 and the consumers announce their settings over Telemetry as the SDKs do.",
+                self.args.apache_script.display()
+            ));
         }
         if self.report.find(NATS, "max").is_some() {
             self.report.notes.push(format!(
@@ -528,6 +665,8 @@ pub async fn main(args: CompareArgs) -> anyhow::Result<()> {
             System::GatewaySync => runner.gateway(Flush::Sync).await,
             System::GatewayAsync => runner.gateway(Flush::Async).await,
             System::Nats => runner.nats().await,
+            System::ApacheSync => runner.apache(Flush::Sync).await,
+            System::ApacheAsync => runner.apache(Flush::Async).await,
         };
         if let Err(e) = result {
             eprintln!("{}: FAILED: {e:#}", system.label());

@@ -2,6 +2,12 @@
 //! them (topic, unique message id, NORMAL type, born timestamp and host, tag, body), and
 //! consumers long-poll `ReceiveMessage` (server streaming) and acknowledge with `AckMessage`.
 //! Works against rmq-gateway, the no-op ceiling server, or any other v2 endpoint.
+//!
+//! As the SDKs do, every request carries the client id, language, protocol and version
+//! headers, QueryRoute names the endpoints the client dialled, and every consumer first opens
+//! a Telemetry stream announcing its `Settings` (SIMPLE_CONSUMER, group, subscription) and
+//! keeps it open while it receives: Apache RocketMQ's proxy answers ReceiveMessage only for a
+//! client whose settings it holds.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
+use futures::StreamExt as _;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
@@ -94,6 +101,7 @@ fn request<T>(msg: T, client: &MetadataValue<tonic::metadata::Ascii>) -> tonic::
     md.insert("x-mq-client-id", client.clone());
     md.insert("x-mq-language", MetadataValue::from_static("RUST"));
     md.insert("x-mq-protocol", MetadataValue::from_static("v2"));
+    md.insert("x-mq-client-version", MetadataValue::from_static(env!("CARGO_PKG_VERSION")));
     r
 }
 
@@ -170,6 +178,8 @@ pub struct GrpcConsumer {
     topic: String,
     group: String,
     ack_failures: Arc<AtomicU64>,
+    /// The consumer's Telemetry stream (its settings), open as long as the consumer lives.
+    _telemetry: tonic::Streaming<proto::TelemetryCommand>,
 }
 
 impl Consumer for GrpcConsumer {
@@ -182,10 +192,10 @@ impl Consumer for GrpcConsumer {
                 r#type: proto::FilterType::Tag as i32,
                 expression: "*".into(),
             }),
-            batch_size: 32,
+            batch_size: RECEIVE_BATCH,
             invisible_duration: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
             auto_renew: false,
-            long_polling_timeout: Some(prost_types::Duration { seconds: 5, nanos: 0 }),
+            long_polling_timeout: Some(prost_types::Duration { seconds: LONG_POLL_SECS, nanos: 0 }),
             attempt_id: None,
         };
         let mut r = request(req, &self.client_id);
@@ -229,6 +239,70 @@ impl Consumer for GrpcConsumer {
     }
 }
 
+/// Opens the Telemetry stream of a SimpleConsumer (the way the SDKs start one): sends its
+/// `Settings` and waits for the server's answer. The returned stream keeps the session open
+/// (dropping it ends the call); the request side never ends.
+async fn telemetry(
+    client: &mut MessagingServiceClient<Channel>,
+    client_id: &MetadataValue<tonic::metadata::Ascii>,
+    target: &Target,
+) -> anyhow::Result<tonic::Streaming<proto::TelemetryCommand>> {
+    let settings = proto::Settings {
+        client_type: Some(proto::ClientType::SimpleConsumer as i32),
+        access_point: Some(endpoints(target.addr)),
+        backoff_policy: None,
+        request_timeout: Some(prost_types::Duration { seconds: 3, nanos: 0 }),
+        pub_sub: Some(proto::settings::PubSub::Subscription(proto::Subscription {
+            group: resource(&target.group),
+            subscriptions: vec![proto::SubscriptionEntry {
+                topic: resource(&target.topic),
+                expression: Some(proto::FilterExpression {
+                    r#type: proto::FilterType::Tag as i32,
+                    expression: "*".into(),
+                }),
+            }],
+            fifo: Some(false),
+            receive_batch_size: Some(RECEIVE_BATCH),
+            long_polling_timeout: Some(prost_types::Duration { seconds: LONG_POLL_SECS, nanos: 0 }),
+            ..Default::default()
+        })),
+        user_agent: Some(proto::Ua {
+            language: proto::Language::Rust as i32,
+            version: env!("CARGO_PKG_VERSION").into(),
+            platform: std::env::consts::OS.into(),
+            hostname: "127.0.0.1".into(),
+        }),
+        metric: None,
+        client_properties: Default::default(),
+    };
+    let first =
+        proto::TelemetryCommand { status: None, command: Some(proto::telemetry_command::Command::Settings(settings)) };
+    let outbound = futures::stream::iter([first]).chain(futures::stream::pending());
+    let mut inbound = client.telemetry(request(outbound, client_id)).await.context("Telemetry")?.into_inner();
+    match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await {
+        Ok(Ok(Some(reply))) => {
+            if let Some(st) = reply.status.as_ref() {
+                check(Some(st), "Telemetry settings")?;
+            }
+        }
+        Ok(Ok(None)) => anyhow::bail!("Telemetry: the server closed the stream without answering the settings"),
+        Ok(Err(e)) => return Err(anyhow::Error::from(e).context("Telemetry")),
+        Err(_) => anyhow::bail!("Telemetry: no answer to the settings within 10 s"),
+    }
+    Ok(inbound)
+}
+
+fn endpoints(addr: SocketAddr) -> proto::Endpoints {
+    proto::Endpoints {
+        scheme: if addr.is_ipv4() { proto::AddressScheme::IPv4 } else { proto::AddressScheme::IPv6 } as i32,
+        addresses: vec![proto::Address { host: addr.ip().to_string(), port: i32::from(addr.port()) }],
+    }
+}
+
+/// Messages asked for per ReceiveMessage, and its long-polling timeout.
+const RECEIVE_BATCH: i32 = 32;
+const LONG_POLL_SECS: i64 = 5;
+
 /// Producers (`producers` connections × `concurrency` slots) and consumers for `target`.
 pub async fn clients(args: &LoadArgs, target: &Target) -> anyhow::Result<(Vec<GrpcProducer>, Vec<GrpcConsumer>)> {
     let mut producers = Vec::new();
@@ -253,12 +327,16 @@ pub async fn clients(args: &LoadArgs, target: &Target) -> anyhow::Result<(Vec<Gr
     }
     let ack_failures = Arc::new(AtomicU64::new(0));
     for _ in 0..args.consumers {
+        let mut client = connect(target.addr).await?;
+        let client_id: MetadataValue<_> = client_id().parse()?;
+        let telemetry = telemetry(&mut client, &client_id, target).await?;
         consumers.push(GrpcConsumer {
-            client: connect(target.addr).await?,
-            client_id: client_id().parse()?,
+            client,
+            client_id,
             topic: target.topic.clone(),
             group: target.group.clone(),
             ack_failures: ack_failures.clone(),
+            _telemetry: telemetry,
         });
     }
     Ok((producers, consumers))
@@ -276,11 +354,7 @@ pub async fn prepare(target: &Target, limit: Duration) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
     loop {
         // As the SDKs do: the endpoints the client uses (some servers require them).
-        let endpoints = proto::Endpoints {
-            scheme: if target.addr.is_ipv4() { proto::AddressScheme::IPv4 } else { proto::AddressScheme::IPv6 } as i32,
-            addresses: vec![proto::Address { host: target.addr.ip().to_string(), port: i32::from(target.addr.port()) }],
-        };
-        let req = proto::QueryRouteRequest { topic: resource(&target.topic), endpoints: Some(endpoints) };
+        let req = proto::QueryRouteRequest { topic: resource(&target.topic), endpoints: Some(endpoints(target.addr)) };
         let last = match client.query_route(request(req, &id)).await {
             Ok(reply) => match check(reply.get_ref().status.as_ref(), "QueryRoute") {
                 Ok(()) => return Ok(()),
@@ -300,11 +374,11 @@ pub async fn run(
     label: &str,
     args: &LoadArgs,
     target: &Target,
-    server_pid: Option<u32>,
+    server_pids: &[u32],
 ) -> anyhow::Result<load::LoadOutcome> {
     let (producers, consumers) = clients(args, target).await?;
     let ack_failures = consumers.first().map(|c| c.ack_failures.clone());
-    let mut outcome = load::drive(label, args, producers, consumers, server_pid).await?;
+    let mut outcome = load::drive(label, args, producers, consumers, server_pids.to_vec()).await?;
     // Acks run in the background; a failed one counts as a receive error.
     if let Some(f) = ack_failures {
         let failed = f.load(Ordering::Relaxed);
@@ -408,9 +482,9 @@ pub async fn main(args: E2eArgs) -> anyhow::Result<()> {
     };
     let target = Target { addr, topic, group: args.group.clone(), full: true };
     prepare(&target, Duration::from_secs(30)).await?;
-    let pid = spawned.as_ref().and_then(|g| g.server.pid());
+    let pids: Vec<u32> = spawned.as_ref().and_then(|g| g.server.pid()).into_iter().collect();
     eprintln!("running {system} on {addr}, topic {}", target.topic);
-    let outcome = run(&system, &args.load, &target, pid).await;
+    let outcome = run(&system, &args.load, &target, &pids).await;
     let storage = match &spawned {
         Some(g) => gateway_storage(args.flush, &g.data_dir),
         None => storage,

@@ -258,6 +258,7 @@ async fn consume<C: Consumer>(
 }
 
 /// Samples the server (and this process) over the window: CPU at both ends, RSS throughout.
+/// A server made of several processes (Apache RocketMQ: NameServer + Proxy) is their sum.
 struct Monitored {
     server: Option<ResourceUse>,
     client: Option<ResourceUse>,
@@ -266,14 +267,29 @@ struct Monitored {
     wall: f64,
 }
 
-async fn monitor(s: Arc<Shared>, pid: Option<u32>) -> Monitored {
+/// CPU time and memory of all `pids` together; `None` when there are none or one is gone.
+fn sample_all(pids: &[u32]) -> Option<ProcSample> {
+    if pids.is_empty() {
+        return None;
+    }
+    let mut sum = ProcSample::default();
+    for p in pids {
+        let x = procs::sample(Some(*p))?;
+        sum.cpu += x.cpu;
+        sum.rss_bytes += x.rss_bytes;
+        sum.rss_anon_bytes += x.rss_anon_bytes;
+    }
+    Some(sum)
+}
+
+async fn monitor(s: Arc<Shared>, pids: Vec<u32>) -> Monitored {
     tokio::time::sleep_until(s.at(s.window_start_ns)).await;
     let t0 = Instant::now();
     let census = || async { tokio::task::spawn_blocking(procs::census).await.unwrap_or_default() };
     let census0 = census().await;
     let mut latest = procs::Census::default();
     let machine0 = procs::machine_busy();
-    let server0 = pid.and_then(|p| procs::sample(Some(p)));
+    let server0 = sample_all(&pids);
     let client0 = procs::sample(None);
     let mut peak = server0.map_or(0, |x| x.rss_bytes);
     let mut client_peak = client0.map_or(0, |x| x.rss_bytes);
@@ -282,7 +298,7 @@ async fn monitor(s: Arc<Shared>, pid: Option<u32>) -> Monitored {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             _ = s.stop.cancelled() => break,
         }
-        if let Some(x) = pid.and_then(|p| procs::sample(Some(p))) {
+        if let Some(x) = sample_all(&pids) {
             peak = peak.max(x.rss_bytes);
         }
         if let Some(x) = procs::sample(None) {
@@ -302,11 +318,11 @@ async fn monitor(s: Arc<Shared>, pid: Option<u32>) -> Monitored {
             rss_anon_end_bytes: b.rss_anon_bytes,
         })
     };
-    let server1 = pid.and_then(|p| procs::sample(Some(p)));
+    let server1 = sample_all(&pids);
     let client1 = procs::sample(None);
     let machine = machine0.zip(procs::machine_busy()).map(|(a, b)| b.saturating_sub(a).as_secs_f64() / wall);
     let mut exclude = vec![std::process::id()];
-    exclude.extend(pid);
+    exclude.extend(&pids);
     latest.update(census().await);
     let other = latest.other_since(&census0, &exclude);
     Monitored {
@@ -361,13 +377,13 @@ async fn progress(label: String, s: Arc<Shared>, done: CancellationToken) {
 }
 
 /// Runs producers (one task per element: each is one in-flight request slot) and consumers
-/// under `args`, sampling the server process `server_pid`.
+/// under `args`, sampling the server processes `server_pids` (summed; none: no server figures).
 pub async fn drive<P: Producer, C: Consumer>(
     label: &str,
     args: &LoadArgs,
     producers: Vec<P>,
     consumers: Vec<C>,
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
 ) -> anyhow::Result<LoadOutcome> {
     args.validate()?;
     let empty = histogram()?;
@@ -404,7 +420,7 @@ pub async fn drive<P: Producer, C: Consumer>(
     let progress_done = CancellationToken::new();
     let progress_task =
         (!args.quiet).then(|| tokio::spawn(progress(label.to_string(), s.clone(), progress_done.clone())));
-    let monitor_task = tokio::spawn(monitor(s.clone(), server_pid));
+    let monitor_task = tokio::spawn(monitor(s.clone(), server_pids));
     let producer_tasks: Vec<_> =
         producers.into_iter().map(|p| tokio::spawn(produce(p, s.clone(), filler.clone(), empty.clone()))).collect();
 
@@ -511,7 +527,7 @@ mod tests {
     async fn every_window_message_is_counted_once_end_to_end() {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        let out = drive("t", &args(), vec![Loopback(tx.clone()), Loopback(tx)], vec![Sink(rx)], None).await.unwrap();
+        let out = drive("t", &args(), vec![Loopback(tx.clone()), Loopback(tx)], vec![Sink(rx)], vec![]).await.unwrap();
         assert!(out.messages > 0);
         assert_eq!(out.messages % 2, 0, "whole batches");
         assert_eq!(out.requests * 2, out.messages);
@@ -528,7 +544,7 @@ mod tests {
         a.rate = None;
         a.messages = Some(100);
         a.duration = Duration::from_secs(60);
-        let out = drive::<_, Sink>("t", &a, vec![Loopback(tx)], vec![], None).await.unwrap();
+        let out = drive::<_, Sink>("t", &a, vec![Loopback(tx)], vec![], vec![]).await.unwrap();
         assert_eq!(out.messages, 100);
         assert!(out.e2e_latency_us.is_none());
     }

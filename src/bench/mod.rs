@@ -9,10 +9,12 @@
 //! - `nats`: the same load against NATS JetStream (file storage, publish acks), with the
 //!   async-nats client.
 //! - `noop-server`: a tonic `MessagingService` whose SendMessage does nothing (the ceiling).
-//! - `compare`: everything above in one run, with ratios and target checks.
+//! - `compare`: everything above in one run, plus Apache RocketMQ 5 (started from its Maven
+//!   Central jars by `integration-tests/reference/apache.sh`), with ratios and target checks.
 //!
 //! Other benchmarks (the storage benchmark) hang off [`BenchCommand`] as further variants.
 
+pub mod apache;
 pub mod compare;
 pub mod grpc;
 pub mod load;

@@ -86,6 +86,24 @@ impl Server {
     }
 }
 
+/// A server the benchmark measures: one process or several (whose figures are summed).
+pub trait ServerUnderTest {
+    /// The processes whose CPU and memory are the server's.
+    fn pids(&self) -> Vec<u32>;
+    /// Fails (with the reason and log tails) when the server is gone.
+    fn check_alive(&mut self) -> anyhow::Result<()>;
+}
+
+impl ServerUnderTest for Server {
+    fn pids(&self) -> Vec<u32> {
+        self.pid().into_iter().collect()
+    }
+
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        Server::check_alive(self)
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(10));
