@@ -117,10 +117,15 @@ pub struct CompareArgs {
     /// The script that starts Apache RocketMQ (its jars come from `apache.sh resolve`).
     #[arg(long, default_value = "integration-tests/reference/apache.sh")]
     pub apache_script: PathBuf,
-    /// Load run against each Apache RocketMQ before its measured runs (closed loop, with
-    /// consumers; not reported), so that the JVMs' JIT has compiled the hot paths.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    /// Least load run against each Apache RocketMQ before its measured runs (closed loop, with
+    /// consumers; not reported), so that the JVMs' JIT has compiled the hot paths. It goes on,
+    /// in 10 s steps up to --jvm-warmup-max, until a step's send rate is within 10 % of the
+    /// step before (the JIT no longer speeds it up).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     pub jvm_warmup: Duration,
+    /// Longest JVM warm-up.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "120s")]
+    pub jvm_warmup_max: Duration,
     /// A run during which other processes on the machine used more than this many cores is
     /// run again (see --attempts): on a shared machine, contention would skew the ratios.
     #[arg(long, default_value_t = 0.25)]
@@ -408,25 +413,46 @@ impl Runner<'_> {
         if !self.args.jvm_warmup.is_zero() {
             let target = Target { addr: ap.grpc, topic: name("warmup"), group: name("warmup"), full: true };
             grpc::prepare(&target, Duration::from_secs(60)).await?;
+            let step = Duration::from_secs(10).min(self.args.jvm_warmup);
             let mut args = self.args.load(self.args.consumers, None);
             args.warmup = Duration::ZERO;
-            args.duration = self.args.jvm_warmup;
+            args.duration = step;
             args.drain = Duration::ZERO;
             eprintln!(
-                "{system}: JVM warm-up, {} (closed loop with {} consumers; not reported)",
-                humantime::format_duration(args.duration),
+                "{system}: JVM warm-up, at least {} and until the send rate settles (at most {}), closed loop with \
+                 {} consumers; not reported",
+                humantime::format_duration(self.args.jvm_warmup),
+                humantime::format_duration(self.args.jvm_warmup_max),
                 args.consumers
             );
-            let o = grpc::run(&format!("{system} warm-up"), &args, &target, &ap.pids()).await?;
-            ap.check_alive()?;
+            let mut rates: Vec<f64> = Vec::new();
+            let mut elapsed = Duration::ZERO;
+            let settled = loop {
+                let o = grpc::run(&format!("{system} warm-up"), &args, &target, &ap.pids()).await?;
+                ap.check_alive()?;
+                anyhow::ensure!(
+                    o.messages > 0,
+                    "{system}: nothing was sent during the JVM warm-up: {:?}",
+                    o.first_error
+                );
+                elapsed += step;
+                rates.push(o.messages as f64 / o.window.as_secs_f64().max(1e-9));
+                let steady = matches!(rates.as_slice(), [.., a, b] if *b <= *a * 1.10);
+                if elapsed >= self.args.jvm_warmup && steady {
+                    break true;
+                }
+                if elapsed >= self.args.jvm_warmup_max {
+                    break false;
+                }
+            };
+            let curve = rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ");
             self.report.notes.push(format!(
-                "{system}: JVM warm-up before measuring: {} closed loop with {} consumers ({:.0} msg/s sent, {} \
-                 received, {} send errors), not reported",
-                humantime::format_duration(args.duration),
+                "{system}: JVM warm-up before measuring (not reported): {} closed loop with {} consumers, send rate per \
+                 {} s step {curve} msg/s{}",
+                humantime::format_duration(elapsed),
                 args.consumers,
-                o.messages as f64 / o.window.as_secs_f64().max(1e-9),
-                o.received_total,
-                o.errors
+                step.as_secs(),
+                if settled { "" } else { " (still rising when the warm-up limit was reached)" }
             ));
         }
         let storage = ap.storage();

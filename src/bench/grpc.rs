@@ -342,8 +342,10 @@ pub async fn clients(args: &LoadArgs, target: &Target) -> anyhow::Result<(Vec<Gr
     Ok((producers, consumers))
 }
 
-/// Waits until the endpoint answers, and creates the topic through QueryRoute when the
-/// server is a full one (auto-creation).
+/// Waits until the endpoint answers and, when the server is a full one, until the topic has a
+/// route and takes a message: one probe message is sent (a producer's first send is what
+/// creates a topic on the gateway, so consumers that start before the producers would
+/// otherwise find none). The probe's send time is out of every window, so it is never counted.
 pub async fn prepare(target: &Target, limit: Duration) -> anyhow::Result<()> {
     procs::wait_for_port(target.addr, limit).await?;
     if !target.full {
@@ -357,7 +359,10 @@ pub async fn prepare(target: &Target, limit: Duration) -> anyhow::Result<()> {
         let req = proto::QueryRouteRequest { topic: resource(&target.topic), endpoints: Some(endpoints(target.addr)) };
         let last = match client.query_route(request(req, &id)).await {
             Ok(reply) => match check(reply.get_ref().status.as_ref(), "QueryRoute") {
-                Ok(()) => return Ok(()),
+                Ok(()) => match probe(&client, &id, &target.topic).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => e,
+                },
                 Err(e) => e,
             },
             Err(e) => anyhow::Error::from(e),
@@ -367,6 +372,26 @@ pub async fn prepare(target: &Target, limit: Duration) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Sends one message whose header carries a send time no window contains.
+async fn probe(
+    client: &MessagingServiceClient<Channel>,
+    client_id: &MetadataValue<tonic::metadata::Ascii>,
+    topic: &str,
+) -> anyhow::Result<()> {
+    let mut body = Vec::with_capacity(load::HEADER_LEN);
+    body.extend_from_slice(&u64::MAX.to_le_bytes());
+    body.extend_from_slice(&0u64.to_le_bytes());
+    let mut p = GrpcProducer {
+        client: client.clone(),
+        client_id: client_id.clone(),
+        topic: topic.to_string(),
+        id_prefix: format!("{:08X}FFFF{:04X}", std::process::id(), CLIENT_SEQ.fetch_add(1, Ordering::Relaxed) & 0xFFFF),
+        counter: 0,
+        born_host: "127.0.0.1".into(),
+    };
+    p.send(vec![Bytes::from(body)]).await.context("probe message")
 }
 
 /// Runs the load against a prepared target.
