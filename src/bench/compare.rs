@@ -622,6 +622,13 @@ impl Runner<'_> {
                     name: format!("{gw} / {ap} (server RSS peak, max; < 1: ours smaller)"),
                     value: gs.rss_peak_bytes as f64 / as_.rss_peak_bytes as f64,
                 });
+                if as_.rss_anon_end_bytes > 0 {
+                    // Without the file pages both map (commit log, segments): heaps and buffers.
+                    ratios.push(Ratio {
+                        name: format!("{gw} / {ap} (server anonymous RSS at the end, max; < 1: ours smaller)"),
+                        value: gs.rss_anon_end_bytes as f64 / as_.rss_anon_end_bytes as f64,
+                    });
+                }
             }
         }
         if let (Some(a), Some(s)) = (get(GW_ASYNC), get(GW_SYNC))
