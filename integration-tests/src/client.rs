@@ -1,5 +1,7 @@
 //! Raw client helpers for protocol-level tests: gRPC requests with the client-id header,
-//! resources and normal messages; a minimal HTTP/1.1 call for the admin API.
+//! resources, normal messages and receive requests; a minimal HTTP/1.1 call for the admin API.
+
+use std::time::Duration;
 
 use rmq_gateway::proto;
 
@@ -15,7 +17,7 @@ pub fn resource(name: &str) -> Option<proto::Resource> {
     Some(proto::Resource { resource_namespace: String::new(), name: name.into() })
 }
 
-/// A NORMAL message with the system properties an SDK sends.
+/// A NORMAL message with the system properties an SDK sends (born now).
 pub fn message(topic: &str, id: &str, body: impl Into<bytes::Bytes>) -> proto::Message {
     proto::Message {
         topic: resource(topic),
@@ -24,11 +26,49 @@ pub fn message(topic: &str, id: &str, body: impl Into<bytes::Bytes>) -> proto::M
             message_id: id.into(),
             message_type: proto::MessageType::Normal as i32,
             born_host: "integration-test".into(),
-            born_timestamp: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 0 }),
+            born_timestamp: Some(prost_types::Timestamp { seconds: now_secs(), nanos: 0 }),
             ..Default::default()
         }),
         body: body.into(),
     }
+}
+
+/// [`message`] with a tag.
+pub fn tagged_message(topic: &str, id: &str, tag: &str, body: impl Into<bytes::Bytes>) -> proto::Message {
+    let mut m = message(topic, id, body);
+    if let Some(sp) = m.system_properties.as_mut() {
+        sp.tag = Some(tag.into());
+    }
+    m
+}
+
+/// A ReceiveMessageRequest for `group` on `topic` (any queue) as an SDK sends it: tag filter
+/// `*`, up to 32 messages, no auto renew, long polling for `poll`.
+pub fn receive_request(
+    topic: &str,
+    group: &str,
+    invisible: Option<Duration>,
+    poll: Duration,
+) -> proto::ReceiveMessageRequest {
+    let seconds = |d: Duration| prost_types::Duration { seconds: d.as_secs() as i64, nanos: 0 };
+    proto::ReceiveMessageRequest {
+        group: resource(group),
+        message_queue: Some(proto::MessageQueue { topic: resource(topic), ..Default::default() }),
+        filter_expression: Some(proto::FilterExpression {
+            r#type: proto::FilterType::Tag as i32,
+            expression: "*".into(),
+        }),
+        batch_size: 32,
+        invisible_duration: invisible.map(seconds),
+        auto_renew: false,
+        long_polling_timeout: Some(seconds(poll)),
+        attempt_id: None,
+    }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// One HTTP/1.1 request to the admin API (`Connection: close`); returns status and body.

@@ -2,15 +2,18 @@
 //!
 //! - [`apache`]: Apache RocketMQ 5 itself on loopback (reference/apache.sh), for differential tests.
 //! - [`client`]: raw gRPC request helpers for protocol-level tests.
+//! - [`in_process`]: the gateway in the test process (`server::run` on a tokio task) with a
+//!   `Config` tweak, on free loopback ports and a temp dir.
 //! - [`gateway_process`]: run the real `rmq-gateway` binary as a child process
 //!   (free loopback ports, temp data dir, `/readyz`, SIGTERM/SIGKILL, restart).
 //! - [`sdk`]: run the official-SDK driver programs under `integration-tests/sdk/`
 //!   with a hard timeout and parse their `RESULT {json}` line.
-//! - [`scenario`]: one gateway + temp dir per test, driver runs within a time budget, and
-//!   the checks a consumer's report must pass.
+//! - [`scenario`]: one gateway + temp dir per test, driver runs within a time budget, the
+//!   checks a consumer's report must pass, and the scenarios several SDKs' tests share.
 
 pub mod apache;
 pub mod client;
 pub mod gateway_process;
+pub mod in_process;
 pub mod scenario;
 pub mod sdk;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use integration_tests::client::{self, resource};
+use integration_tests::client;
 use integration_tests::gateway_process::{Gateway, Stop};
 use rmq_gateway::proto::messaging_service_client::MessagingServiceClient;
 use rmq_gateway::proto::{self, Code};
@@ -66,19 +66,7 @@ async fn read_all(endpoint: &str, group: &str) -> anyhow::Result<Vec<(String, i3
     let mut client = connect(endpoint).await?;
     let mut out = Vec::new();
     loop {
-        let r = proto::ReceiveMessageRequest {
-            group: resource(group),
-            message_queue: Some(proto::MessageQueue { topic: resource(TOPIC), ..Default::default() }),
-            filter_expression: Some(proto::FilterExpression {
-                r#type: proto::FilterType::Tag as i32,
-                expression: "*".into(),
-            }),
-            batch_size: 32,
-            invisible_duration: Some(prost_types::Duration { seconds: 300, nanos: 0 }),
-            auto_renew: false,
-            long_polling_timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
-            attempt_id: None,
-        };
+        let r = client::receive_request(TOPIC, group, Some(Duration::from_secs(300)), Duration::from_secs(1));
         let mut stream = client.receive_message(request(r)).await?.into_inner();
         let mut got = 0;
         while let Some(frame) = stream.message().await? {

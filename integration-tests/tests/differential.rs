@@ -13,12 +13,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use integration_tests::apache::{Apache, TopicType};
-use integration_tests::client::resource;
-use rmq_gateway::config::{Config, GroupSpec, TopicSpec};
+use integration_tests::client::{self, now_secs, receive_request, resource};
+use integration_tests::in_process::Gateway;
+use rmq_gateway::config::{GroupSpec, TopicSpec};
 use rmq_gateway::proto::messaging_service_client::MessagingServiceClient;
 use rmq_gateway::proto::{self, Code};
-use rmq_gateway::server::{self, BoundAddrs};
-use tokio_util::sync::CancellationToken;
 use tonic::Request;
 use tonic::transport::Channel;
 
@@ -188,51 +187,7 @@ fn cid(group: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// In-process gateway (as in tests/protocol.rs).
-
-struct Gateway {
-    addrs: BoundAddrs,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Gateway {
-    async fn start(tweak: impl FnOnce(&mut Config)) -> Gateway {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config::default();
-        config.server.bind_address = "127.0.0.1".into();
-        config.server.grpc_server_port = 0;
-        config.server.http_server_port = 0;
-        config.server.shutdown_timeout = Duration::from_secs(5);
-        config.storage.data_dir = dir.path().to_path_buf();
-        config.storage.mapped_file_size_commit_log = 64 * 1024 * 1024;
-        config.topics.auto_create_topic_enable = false;
-        for (name, kind) in topics() {
-            config.topics.create.push(TopicSpec {
-                name: name.to_string(),
-                queue_nums: Some(8),
-                message_type: topic_type_name(kind).into(),
-            });
-        }
-        tweak(&mut config);
-        let stop = CancellationToken::new();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(server::run(config, stop.clone(), move |a| {
-            let _ = tx.send(a);
-        }));
-        let addrs = tokio::time::timeout(Duration::from_secs(30), rx)
-            .await
-            .expect("gateway start timed out")
-            .expect("gateway failed to start");
-        Gateway { addrs, stop, task, _dir: dir }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
-    }
-}
+// Topics and connections.
 
 fn topics() -> Vec<(&'static str, TopicType)> {
     vec![
@@ -298,6 +253,44 @@ fn grpc_err(e: &tonic::Status) -> String {
     format!("grpc-error:{:?}", e.code())
 }
 
+/// Answers with a top-level status.
+trait HasStatus {
+    fn status(&self) -> &Option<proto::Status>;
+}
+
+macro_rules! has_status {
+    ($($t:ty),*) => {
+        $(impl HasStatus for $t {
+            fn status(&self) -> &Option<proto::Status> {
+                &self.status
+            }
+        })*
+    };
+}
+
+has_status!(
+    proto::SendMessageResponse,
+    proto::QueryRouteResponse,
+    proto::QueryAssignmentResponse,
+    proto::AckMessageResponse,
+    proto::ChangeInvisibleDurationResponse,
+    proto::ForwardMessageToDeadLetterQueueResponse,
+    proto::EndTransactionResponse,
+    proto::HeartbeatResponse,
+    proto::NotifyClientTerminationResponse
+);
+
+/// An RPC's outcome: the answer's status code name (or `grpc-error:<code>`), and the answer.
+fn answer<T: HasStatus>(r: Result<tonic::Response<T>, tonic::Status>) -> (String, Option<T>) {
+    match r {
+        Err(e) => (grpc_err(&e), None),
+        Ok(r) => {
+            let r = r.into_inner();
+            (st(r.status()), Some(r))
+        }
+    }
+}
+
 fn presence<T>(o: &Option<T>) -> String {
     if o.is_some() { "present" } else { "absent" }.into()
 }
@@ -330,59 +323,36 @@ fn host_form(s: &str, sent: &str) -> String {
     "other".into()
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
 fn message(topic: &str, id: &str, body: &[u8]) -> proto::Message {
-    proto::Message {
-        topic: resource(topic),
-        user_properties: Default::default(),
-        system_properties: Some(proto::SystemProperties {
-            message_id: id.into(),
-            message_type: proto::MessageType::Normal as i32,
-            born_host: "integration-test".into(),
-            born_timestamp: Some(prost_types::Timestamp { seconds: now_secs(), nanos: 0 }),
-            tag: Some("TagA".into()),
-            ..Default::default()
-        }),
-        body: body.to_vec().into(),
-    }
+    client::tagged_message(topic, id, "TagA", body.to_vec())
 }
 
 /// Send and describe: `status`, `entries`, `entry0.status` (and the entry's shape on success).
 async fn send(t: &mut Target, o: &mut Obs, key: &str, msgs: Vec<proto::Message>) -> Option<proto::SendMessageResponse> {
     let sent_id = msgs.first().and_then(|m| m.system_properties.as_ref()).map(|sp| sp.message_id.clone());
-    match t.c.send_message(req(proto::SendMessageRequest { messages: msgs })).await {
-        Err(e) => {
-            o.insert(format!("{key}.status"), grpc_err(&e));
-            None
-        }
-        Ok(r) => {
-            let r = r.into_inner();
-            o.insert(format!("{key}.status"), st(&r.status));
-            o.insert(format!("{key}.entries"), r.entries.len().to_string());
-            if let Some(e) = r.entries.first() {
-                o.insert(format!("{key}.entry0.status"), st(&e.status));
-                if e.status.as_ref().is_some_and(|s| s.code == Code::Ok as i32) {
-                    let same = sent_id.as_deref() == Some(e.message_id.as_str());
-                    o.insert(
-                        format!("{key}.entry0.message_id"),
-                        if same { "same-as-sent".into() } else { format!("other(len {})", e.message_id.len()) },
-                    );
-                    o.insert(
-                        format!("{key}.entry0.transaction_id"),
-                        if e.transaction_id.is_empty() { "empty" } else { "set" }.into(),
-                    );
-                    o.insert(
-                        format!("{key}.entry0.recall_handle"),
-                        if e.recall_handle.is_empty() { "empty" } else { "set" }.into(),
-                    );
-                }
-            }
-            Some(r)
+    let (status, r) = answer(t.c.send_message(req(proto::SendMessageRequest { messages: msgs })).await);
+    o.insert(format!("{key}.status"), status);
+    let r = r?;
+    o.insert(format!("{key}.entries"), r.entries.len().to_string());
+    if let Some(e) = r.entries.first() {
+        o.insert(format!("{key}.entry0.status"), st(&e.status));
+        if e.status.as_ref().is_some_and(|s| s.code == Code::Ok as i32) {
+            let same = sent_id.as_deref() == Some(e.message_id.as_str());
+            o.insert(
+                format!("{key}.entry0.message_id"),
+                if same { "same-as-sent".into() } else { format!("other(len {})", e.message_id.len()) },
+            );
+            o.insert(
+                format!("{key}.entry0.transaction_id"),
+                if e.transaction_id.is_empty() { "empty" } else { "set" }.into(),
+            );
+            o.insert(
+                format!("{key}.entry0.recall_handle"),
+                if e.recall_handle.is_empty() { "empty" } else { "set" }.into(),
+            );
         }
     }
+    Some(r)
 }
 
 struct Received {
@@ -390,27 +360,6 @@ struct Received {
     /// Frame kinds in order, runs collapsed: e.g. `status,message,delivery_timestamp`.
     shape: String,
     messages: Vec<proto::Message>,
-}
-
-fn receive_request(
-    topic: &str,
-    group: &str,
-    invisible: Option<Duration>,
-    poll: Duration,
-) -> proto::ReceiveMessageRequest {
-    proto::ReceiveMessageRequest {
-        group: resource(group),
-        message_queue: Some(proto::MessageQueue { topic: resource(topic), ..Default::default() }),
-        filter_expression: Some(proto::FilterExpression {
-            r#type: proto::FilterType::Tag as i32,
-            expression: "*".into(),
-        }),
-        batch_size: 32,
-        invisible_duration: invisible.map(|d| prost_types::Duration { seconds: d.as_secs() as i64, nanos: 0 }),
-        auto_renew: false,
-        long_polling_timeout: Some(prost_types::Duration { seconds: poll.as_secs() as i64, nanos: 0 }),
-        attempt_id: None,
-    }
 }
 
 async fn receive_raw(c: &mut MessagingServiceClient<Channel>, id: &str, r: proto::ReceiveMessageRequest) -> Received {
@@ -509,12 +458,11 @@ async fn ack(c: &mut MessagingServiceClient<Channel>, topic: &str, group: &str, 
             },
         ))
         .await;
-    match r {
-        Err(e) => grpc_err(&e),
-        Ok(r) => {
-            let r = r.into_inner();
+    match answer(r) {
+        (status, None) => status,
+        (status, Some(r)) => {
             let entry = r.entries.first().map(|e| st(&e.status)).unwrap_or_else(|| "none".into());
-            format!("{} entries={} entry0={}", st(&r.status), r.entries.len(), entry)
+            format!("{status} entries={} entry0={entry}", r.entries.len())
         }
     }
 }
@@ -541,13 +489,8 @@ async fn change_invisible(
             },
         ))
         .await;
-    match r {
-        Err(e) => (grpc_err(&e), String::new()),
-        Ok(r) => {
-            let r = r.into_inner();
-            (st(&r.status), r.receipt_handle)
-        }
-    }
+    let (status, r) = answer(r);
+    (status, r.map(|r| r.receipt_handle).unwrap_or_default())
 }
 
 /// Makes a received message visible again soon: ChangeInvisibleDuration 1 s, else 10 s.
@@ -660,13 +603,7 @@ async fn case_bad_input(t: &mut Target, o: &mut Obs) {
     let r =
         t.c.send_message(Request::new(proto::SendMessageRequest { messages: vec![message(T_BAD, "DIFFBAD18", b"x")] }))
             .await;
-    o.insert(
-        format!("{k}.send.no_client_id"),
-        match r {
-            Ok(r) => st(&r.into_inner().status),
-            Err(e) => grpc_err(&e),
-        },
-    );
+    o.insert(format!("{k}.send.no_client_id"), answer(r).0);
 
     // Receipt handles.
     o.insert(format!("{k}.ack.garbage_handle"), ack(&mut t.c, T_BAD, G_BAD, "DIFFBAD01", "not-a-handle").await);
@@ -686,13 +623,7 @@ async fn case_bad_input(t: &mut Target, o: &mut Obs) {
             },
         ))
         .await;
-    o.insert(
-        format!("{k}.forward_to_dlq.garbage_handle"),
-        match f {
-            Ok(r) => st(&r.into_inner().status),
-            Err(e) => grpc_err(&e),
-        },
-    );
+    o.insert(format!("{k}.forward_to_dlq.garbage_handle"), answer(f).0);
 
     // Receive arguments (on an empty topic, except batch_size_0_with_a_message).
     send(t, o, &format!("{k}.send.for_batch_size_0"), vec![message(T_RECV0, "DIFFRECV0", b"x")]).await;
@@ -736,49 +667,25 @@ async fn case_bad_input(t: &mut Target, o: &mut Obs) {
 
     // Other RPCs with bad or empty input.
     let e = t.c.end_transaction(req(proto::EndTransactionRequest::default())).await;
-    o.insert(
-        format!("{k}.end_transaction.empty"),
-        match e {
-            Ok(r) => st(&r.into_inner().status),
-            Err(e) => grpc_err(&e),
-        },
-    );
+    o.insert(format!("{k}.end_transaction.empty"), answer(e).0);
     let h =
         t.c.heartbeat(req_as(
             &cid(G_BAD),
             proto::HeartbeatRequest { group: resource(G_BAD), client_type: proto::ClientType::SimpleConsumer as i32 },
         ))
         .await;
-    o.insert(
-        format!("{k}.heartbeat.simple_consumer"),
-        match h {
-            Ok(r) => st(&r.into_inner().status),
-            Err(e) => grpc_err(&e),
-        },
-    );
+    o.insert(format!("{k}.heartbeat.simple_consumer"), answer(h).0);
     let h =
         t.c.heartbeat(req(proto::HeartbeatRequest { group: None, client_type: proto::ClientType::Producer as i32 }))
             .await;
-    o.insert(
-        format!("{k}.heartbeat.producer"),
-        match h {
-            Ok(r) => st(&r.into_inner().status),
-            Err(e) => grpc_err(&e),
-        },
-    );
+    o.insert(format!("{k}.heartbeat.producer"), answer(h).0);
     let n =
         t.c.notify_client_termination(req_as(
             &cid(G_TERM),
             proto::NotifyClientTerminationRequest { group: resource(G_BAD) },
         ))
         .await;
-    o.insert(
-        format!("{k}.notify_client_termination"),
-        match n {
-            Ok(r) => st(&r.into_inner().status),
-            Err(e) => grpc_err(&e),
-        },
-    );
+    o.insert(format!("{k}.notify_client_termination"), answer(n).0);
 }
 
 fn endpoints(host: &str, port: u16) -> Option<proto::Endpoints> {
@@ -853,34 +760,25 @@ async fn case_route(t: &mut Target, o: &mut Obs) {
                 endpoints: endpoints("127.0.0.1", port),
             }))
             .await;
-        match r {
-            Err(e) => {
-                o.insert(format!("{key}.status"), grpc_err(&e));
-            }
-            Ok(r) => {
-                let r = r.into_inner();
-                o.insert(format!("{key}.status"), st(&r.status));
-                describe_queues(o, &key, t, topic, &r.message_queues);
-            }
+        let (status, r) = answer(r);
+        o.insert(format!("{key}.status"), status);
+        if let Some(r) = r {
+            describe_queues(o, &key, t, topic, &r.message_queues);
         }
     }
     // Endpoints other than the dialled one: what does the route advertise?
     for (name, host, p) in [("localhost_port_1234", "localhost", 1234u16), ("none", "", 0)] {
         let key = format!("route.endpoints_{name}");
         let e = if host.is_empty() { None } else { endpoints(host, p) };
-        match t.c.query_route(req(proto::QueryRouteRequest { topic: resource(T_NORMAL), endpoints: e })).await {
-            Err(e) => {
-                o.insert(format!("{key}.status"), grpc_err(&e));
-            }
-            Ok(r) => {
-                let r = r.into_inner();
-                o.insert(format!("{key}.status"), st(&r.status));
-                let q: Vec<_> = r.message_queues.into_iter().take(1).collect();
-                let mut sub = Obs::new();
-                describe_queues(&mut sub, &key, t, T_NORMAL, &q);
-                for (k, v) in sub.into_iter().filter(|(k, _)| k.ends_with("broker.endpoints")) {
-                    o.insert(k, v);
-                }
+        let r = t.c.query_route(req(proto::QueryRouteRequest { topic: resource(T_NORMAL), endpoints: e })).await;
+        let (status, r) = answer(r);
+        o.insert(format!("{key}.status"), status);
+        if let Some(r) = r {
+            let q: Vec<_> = r.message_queues.into_iter().take(1).collect();
+            let mut sub = Obs::new();
+            describe_queues(&mut sub, &key, t, T_NORMAL, &q);
+            for (k, v) in sub.into_iter().filter(|(k, _)| k.ends_with("broker.endpoints")) {
+                o.insert(k, v);
             }
         }
     }
@@ -891,13 +789,7 @@ async fn case_route(t: &mut Target, o: &mut Obs) {
                 endpoints: endpoints("127.0.0.1", port),
             }))
             .await;
-        o.insert(
-            format!("route.{name}.status"),
-            match r {
-                Ok(r) => st(&r.into_inner().status),
-                Err(e) => grpc_err(&e),
-            },
-        );
+        o.insert(format!("route.{name}.status"), answer(r).0);
     }
     // Assignments.
     for (topic, group) in [(T_NORMAL, G_SETTINGS), (T_FIFO, G_FIFO), (NOPE, G_SETTINGS)] {
@@ -912,17 +804,12 @@ async fn case_route(t: &mut Target, o: &mut Obs) {
                 },
             ))
             .await;
-        match r {
-            Err(e) => {
-                o.insert(format!("{key}.status"), grpc_err(&e));
-            }
-            Ok(r) => {
-                let r = r.into_inner();
-                o.insert(format!("{key}.status"), st(&r.status));
-                let qs: Vec<proto::MessageQueue> = r.assignments.into_iter().filter_map(|a| a.message_queue).collect();
-                if !qs.is_empty() {
-                    describe_queues(o, &key, t, topic, &qs);
-                }
+        let (status, r) = answer(r);
+        o.insert(format!("{key}.status"), status);
+        if let Some(r) = r {
+            let qs: Vec<proto::MessageQueue> = r.assignments.into_iter().filter_map(|a| a.message_queue).collect();
+            if !qs.is_empty() {
+                describe_queues(o, &key, t, topic, &qs);
             }
         }
     }
@@ -1095,6 +982,8 @@ fn describe_settings(o: &mut Obs, key: &str, s: &proto::Settings) {
 }
 
 async fn case_settings(t: &mut Target, o: &mut Obs) {
+    use proto::ClientType::{Producer, PushConsumer, SimpleConsumer};
+    use proto::FilterType::{Sql, Tag};
     let port = t.grpc.port();
     let base = |ct: proto::ClientType| proto::Settings {
         client_type: Some(ct as i32),
@@ -1103,49 +992,40 @@ async fn case_settings(t: &mut Target, o: &mut Obs) {
         user_agent: ua(),
         ..Default::default()
     };
-    let sub = |group: &str, topic: &str, kind: proto::FilterType, expr: &str| {
-        proto::settings::PubSub::Subscription(proto::Subscription {
+    // A consumer's Settings: subscribed as `group` to `topic` with a filter `kind` `expr`.
+    let consumer = |ct: proto::ClientType, group: &str, topic: &str, kind: proto::FilterType, expr: &str| {
+        let mut s = base(ct);
+        s.pub_sub = Some(proto::settings::PubSub::Subscription(proto::Subscription {
             group: resource(group),
             subscriptions: vec![proto::SubscriptionEntry {
                 topic: resource(topic),
                 expression: Some(proto::FilterExpression { r#type: kind as i32, expression: expr.into() }),
             }],
             ..Default::default()
-        })
+        }));
+        s
     };
     let mut cases: Vec<(&str, proto::Settings)> = Vec::new();
-    let mut p = base(proto::ClientType::Producer);
+    let mut p = base(Producer);
     p.pub_sub = Some(proto::settings::PubSub::Publishing(proto::Publishing {
         topics: vec![resource(T_NORMAL).unwrap_or_default()],
         max_body_size: 0,
         validate_message_type: false,
     }));
     cases.push(("producer", p));
-    let mut p = base(proto::ClientType::Producer);
+    let mut p = base(Producer);
     p.pub_sub = Some(proto::settings::PubSub::Publishing(proto::Publishing {
         topics: vec![resource(NOPE).unwrap_or_default()],
         ..Default::default()
     }));
     cases.push(("producer_unknown_topic", p));
-    let mut s = base(proto::ClientType::SimpleConsumer);
-    s.pub_sub = Some(sub(G_SETTINGS, T_NORMAL, proto::FilterType::Tag, "*"));
-    cases.push(("simple_consumer", s));
-    let mut s = base(proto::ClientType::PushConsumer);
-    s.pub_sub = Some(sub(G_SETTINGS, T_NORMAL, proto::FilterType::Tag, "TagA||TagB"));
-    cases.push(("push_consumer", s));
-    let mut s = base(proto::ClientType::PushConsumer);
-    s.pub_sub = Some(sub(G_FIFO, T_FIFO, proto::FilterType::Tag, "*"));
-    cases.push(("push_consumer_fifo_group", s));
-    let mut s = base(proto::ClientType::SimpleConsumer);
-    s.pub_sub = Some(sub(G_SETTINGS, T_NORMAL, proto::FilterType::Sql, "a > 1"));
-    cases.push(("simple_consumer_sql92", s));
-    let mut s = base(proto::ClientType::SimpleConsumer);
-    s.pub_sub = Some(sub(G_SETTINGS, NOPE, proto::FilterType::Tag, "*"));
-    cases.push(("simple_consumer_unknown_topic", s));
-    let mut s = base(proto::ClientType::SimpleConsumer);
-    s.pub_sub = Some(sub("GDiffNeverCreated", T_NORMAL, proto::FilterType::Tag, "*"));
-    cases.push(("simple_consumer_unknown_group", s));
-    cases.push(("no_pub_sub", base(proto::ClientType::Producer)));
+    cases.push(("simple_consumer", consumer(SimpleConsumer, G_SETTINGS, T_NORMAL, Tag, "*")));
+    cases.push(("push_consumer", consumer(PushConsumer, G_SETTINGS, T_NORMAL, Tag, "TagA||TagB")));
+    cases.push(("push_consumer_fifo_group", consumer(PushConsumer, G_FIFO, T_FIFO, Tag, "*")));
+    cases.push(("simple_consumer_sql92", consumer(SimpleConsumer, G_SETTINGS, T_NORMAL, Sql, "a > 1")));
+    cases.push(("simple_consumer_unknown_topic", consumer(SimpleConsumer, G_SETTINGS, NOPE, Tag, "*")));
+    cases.push(("simple_consumer_unknown_group", consumer(SimpleConsumer, "GDiffNeverCreated", T_NORMAL, Tag, "*")));
+    cases.push(("no_pub_sub", base(Producer)));
 
     for (i, (name, settings)) in cases.into_iter().enumerate() {
         let key = format!("settings.{name}");
@@ -1276,23 +1156,12 @@ async fn case_attempts(t: &mut Target, o: &mut Obs) {
     o.insert("attempts.second.receive".into(), format!("{} messages={}", second.status, second.messages.len()));
     let Some(m2) = second.messages.first().cloned() else { return };
     let (p1, p2) = (sp(&m1), sp(&m2));
+    let same_or = |same: bool, other: &str| if same { "same" } else { other }.to_string();
     o.insert("attempts.second.delivery_attempt".into(), format!("{:?}", p2.delivery_attempt));
-    o.insert(
-        "attempts.second.message_id".into(),
-        if p1.message_id == p2.message_id { "same" } else { "different" }.into(),
-    );
-    o.insert(
-        "attempts.second.receipt_handle".into(),
-        if p1.receipt_handle == p2.receipt_handle { "same" } else { "new" }.into(),
-    );
-    o.insert(
-        "attempts.second.queue_offset".into(),
-        if p1.queue_offset == p2.queue_offset { "same" } else { "different" }.into(),
-    );
-    o.insert(
-        "attempts.second.born_timestamp".into(),
-        if p1.born_timestamp == p2.born_timestamp { "same" } else { "different" }.into(),
-    );
+    o.insert("attempts.second.message_id".into(), same_or(p1.message_id == p2.message_id, "different"));
+    o.insert("attempts.second.receipt_handle".into(), same_or(p1.receipt_handle == p2.receipt_handle, "new"));
+    o.insert("attempts.second.queue_offset".into(), same_or(p1.queue_offset == p2.queue_offset, "different"));
+    o.insert("attempts.second.born_timestamp".into(), same_or(p1.born_timestamp == p2.born_timestamp, "different"));
     o.insert(
         "attempts.second.user_property_keys".into(),
         format!("{:?}", m2.user_properties.keys().collect::<Vec<_>>()),
@@ -1308,7 +1177,7 @@ async fn case_dlq(t: &mut Target, o: &mut Obs) {
     m.user_properties.insert("color".into(), "red".into());
     let c = &mut t.dlq;
     let r = c.send_message(req(proto::SendMessageRequest { messages: vec![m.clone()] })).await;
-    o.insert("dlq.send".into(), r.map(|r| st(&r.into_inner().status)).unwrap_or_else(|e| grpc_err(&e)));
+    o.insert("dlq.send".into(), answer(r).0);
     for attempt in 1..=(DLQ_MAX_RETRY + 1) {
         let got = receive_until(c, T_DLQ, G_DLQ, Duration::from_secs(30), Duration::from_secs(45)).await;
         o.insert(format!("dlq.attempt{attempt}.receive"), format!("{} messages={}", got.status, got.messages.len()));
@@ -1344,20 +1213,16 @@ async fn case_dlq(t: &mut Target, o: &mut Obs) {
             endpoints: endpoints("127.0.0.1", port),
         }))
         .await;
-    match route {
-        Err(e) => {
-            o.insert("dlq.route.status".into(), grpc_err(&e));
-        }
-        Ok(r) => {
-            let r = r.into_inner();
-            o.insert("dlq.route.status".into(), st(&r.status));
-            let mut sub = Obs::new();
-            describe_queues(&mut sub, "dlq.route", t, &dlq_topic, &r.message_queues);
-            for (k, v) in sub.into_iter().filter(|(k, _)| {
-                k.ends_with("queues") || k.ends_with("permission") || k.ends_with("accept_message_types")
-            }) {
-                o.insert(k, v);
-            }
+    let (status, r) = answer(route);
+    o.insert("dlq.route.status".into(), status);
+    if let Some(r) = r {
+        let mut sub = Obs::new();
+        describe_queues(&mut sub, "dlq.route", t, &dlq_topic, &r.message_queues);
+        for (k, v) in sub
+            .into_iter()
+            .filter(|(k, _)| k.ends_with("queues") || k.ends_with("permission") || k.ends_with("accept_message_types"))
+        {
+            o.insert(k, v);
         }
     }
 }
@@ -1426,8 +1291,17 @@ fn apache_and_gateway_answer_alike() {
     );
 
     let (apache_obs, ours) = rt.block_on(async {
-        // The groups Apache gets from `updateSubGroup` above, from the gateway's config.
+        // The topics and groups Apache gets from its admin commands above, from the gateway's config
+        // (topic auto-creation off).
         let gw = Gateway::start(|c| {
+            c.topics.auto_create_topic_enable = false;
+            for (name, kind) in topics() {
+                c.topics.create.push(TopicSpec {
+                    name: name.to_string(),
+                    queue_nums: Some(8),
+                    message_type: topic_type_name(kind).into(),
+                });
+            }
             c.consumer.groups.push(GroupSpec {
                 name: G_FIFO.into(),
                 consume_message_orderly: true,

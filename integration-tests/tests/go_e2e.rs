@@ -15,17 +15,13 @@
 //! builds the driver into `sdk/.work/go-bin/`). A missing prerequisite skips with a banner, or
 //! fails under `RMQ_E2E_REQUIRED=1`.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::collections::BTreeSet;
 
 use integration_tests::gateway_process::Stop;
 use integration_tests::scenario::{
-    Ctx, DRIVER_SLACK, DRIVER_TIMEOUT, Expect, count, restart_between_send_and_consume, shout, unique,
+    Ctx, Expect, assert_once_each, count, push_problems, restart_between_send_and_consume,
 };
-use integration_tests::sdk::{self, Mode, Report, Run, Sdk};
-
-/// Every 5th message (body index i with (i + 1) % 5 == 0) fails once in the push test.
-const FAIL_EVERY: usize = 5;
+use integration_tests::sdk::{self, Mode, Report, Sdk};
 
 /// Go producer and SimpleConsumer, plaintext (`rmq_client.EnableSsl = false`).
 #[test]
@@ -34,7 +30,7 @@ fn go_producer_and_simple_consumer_plaintext() {
     let Some(ctx) = Ctx::start(test, &[Sdk::Go]) else {
         return;
     };
-    let (topic, group) = (unique("topic", test), unique("group", test));
+    let (topic, group) = ctx.topic_and_group();
     let ids = produce(&ctx, &topic, "m", false);
     let report = ctx.consume(Sdk::Go, Mode::SimpleConsume, &topic, &group, Expect::exactly("m", &ids));
     assert_simple_details(test, &report, false);
@@ -47,7 +43,7 @@ fn go_producer_and_simple_consumer_tls() {
     let Some(ctx) = Ctx::start(test, &[Sdk::Go]) else {
         return;
     };
-    let (topic, group) = (unique("topic", test), unique("group", test));
+    let (topic, group) = ctx.topic_and_group();
     let ids = produce(&ctx, &topic, "m", true);
     let expect = Expect::exactly("m", &ids);
     let report = ctx.consume_with(Sdk::Go, Mode::SimpleConsume, &topic, &group, expect, &["--tls"]);
@@ -63,36 +59,10 @@ fn go_push_consumer_with_failing_listener() {
     let Some(ctx) = Ctx::start(test, &[Sdk::Go]) else {
         return;
     };
-    let (topic, group) = (unique("topic", test), unique("group", test));
+    let (topic, group) = ctx.topic_and_group();
     let ids = produce(&ctx, &topic, "m", false);
-    // The driver counts a delivery as a duplicate only if the listener had already
-    // succeeded on it; the failed first deliveries are in `attempts` / `failed_on_purpose`.
-    let expect = Expect { prefix: "m", sent_ids: &ids, allow_unexpected: false, allow_duplicates: true };
-    let fail_every = FAIL_EVERY.to_string();
-    let report = ctx.consume_with(Sdk::Go, Mode::PushConsume, &topic, &group, expect, &["--fail-every", &fail_every]);
-
-    // The producer's ids are in body order (the driver keeps them by body index).
-    let want_failed: BTreeSet<&str> =
-        ids.iter().enumerate().filter(|(i, _)| (i + 1) % FAIL_EVERY == 0).map(|(_, id)| id.as_str()).collect();
-    let failed: BTreeSet<&str> = report.failed_on_purpose.keys().map(|s| s.as_str()).collect();
-    let mut problems = push_problems(&report, &want_failed);
-    if failed != want_failed {
-        problems.push(format!("failed on purpose {failed:?}, expected {want_failed:?}"));
-    }
-    if !report.unacked.is_empty() {
-        problems.push(format!("never acked: {:?}", report.unacked));
-    }
-    if report.max_delivery_attempt < 2 {
-        problems.push(format!("max delivery attempt {}", report.max_delivery_attempt));
-    }
-    assert!(problems.is_empty(), "{test}: {problems:#?}\nreport: {report:?}");
-    shout(&format!(
-        "{test}: {} of {} messages failed once and were redelivered (max attempt {}), {} deliveries in all",
-        failed.len(),
-        count(),
-        report.max_delivery_attempt,
-        report.attempts.values().map(Vec::len).sum::<usize>()
-    ));
+    // The Go driver sees the PushConsumer's acks (it watches the SDK's gRPC calls).
+    ctx.push_consume_failing_listener(Sdk::Go, &topic, &group, "m", &ids, true);
 }
 
 /// N messages are sent; a Go PushConsumer (one consumption thread, 100 ms per message)
@@ -106,51 +76,15 @@ fn go_push_consumer_survives_gateway_sigkill() {
     let Some(mut ctx) = Ctx::start(test, &[Sdk::Go]) else {
         return;
     };
-    let (topic, group) = (unique("topic", test), unique("group", test));
+    let (topic, group) = ctx.topic_and_group();
     let ids = produce(&ctx, &topic, "r", false);
-
-    let extra = ["--progress", "--pause-ms", "100", "--threads", "1"];
-    let mut running = spawn(&ctx, Mode::PushConsume, &topic, &group, "r", &extra);
-    let n = count();
-    let wait_until = Instant::now() + Duration::from_secs(45);
-    let mut exited = false;
-    while running.progress() < n / 4 && Instant::now() < wait_until {
-        if running.exited() {
-            exited = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let extra = ["--pause-ms", "100", "--threads", "1"];
+    let expect = Expect::at_least_once("r", &ids);
+    let (outcome, report) = ctx.consume_across_kill(Sdk::Go, Mode::PushConsume, &topic, &group, expect, &extra);
+    // Go: every Ack must have been answered OK in the end (the SDK retries failed acks).
+    if report.ack_failed != 0 {
+        ctx.fail(&outcome, &format!("{} acks never answered OK across the restart", report.ack_failed));
     }
-    let before = running.progress();
-    assert!(
-        !exited && before >= n / 4 && before < n,
-        "{test}: the consumer should be mid-run before the kill (got {before} of {n}, exited {exited}); stdout:\n{}",
-        running.stdout()
-    );
-    let stopped = ctx.gateway.stop(Stop::Kill).unwrap_or_else(|e| panic!("{test}: stop: {e:#}"));
-    shout(&format!("{test}: gateway SIGKILLed with the consumer at {before}/{n} ({})", stopped.status));
-    ctx.gateway.restart().unwrap_or_else(|e| panic!("{test}: restart: {e:#}"));
-
-    let outcome = running.wait().unwrap_or_else(|e| panic!("{test}: {e:#}"));
-    let Some(report) = outcome.report().cloned() else { ctx.fail(&outcome, "consumer printed no RESULT") };
-    ctx.check_version(&outcome, &report);
-    let got: BTreeSet<&str> = report.ids.iter().map(|s| s.as_str()).collect();
-    let want: BTreeSet<&str> = ids.iter().map(|s| s.as_str()).collect();
-    if report.received != n || !report.missing.is_empty() || got != want {
-        ctx.fail(&outcome, &format!("received {} of {n} across the restart, or other ids", report.received));
-    }
-    if !report.unacked.is_empty() || report.ack_failed != 0 || report.corrupted != 0 || !report.unexpected.is_empty() {
-        ctx.fail(&outcome, "messages never acked, corrupted, or unexpected bodies after the restart");
-    }
-    if !report.property_mismatches.is_empty() {
-        ctx.fail(&outcome, "tag or keys of a delivery differ from what the producer set");
-    }
-    shout(&format!(
-        "{test}: {} messages after the restart; {} redeliveries (max attempt {})",
-        n - before,
-        report.duplicates.len(),
-        report.max_delivery_attempt
-    ));
 }
 
 /// Go producer sends batch a, Go SimpleConsumer consumes and acks it, batch b is sent, the
@@ -167,7 +101,7 @@ fn go_producer_to_python_simple_consumer() {
     let Some(ctx) = Ctx::start(test, &[Sdk::Go, Sdk::Python]) else {
         return;
     };
-    let (topic, group) = (unique("topic", test), unique("group", test));
+    let (topic, group) = ctx.topic_and_group();
     let ids = produce(&ctx, &topic, "x", true);
     ctx.consume(Sdk::Python, Mode::SimpleConsume, &topic, &group, Expect::exactly("x", &ids));
 }
@@ -179,14 +113,11 @@ fn node_producer_to_go_push_consumer() {
     let Some(ctx) = Ctx::start(test, &[Sdk::Go, Sdk::Node]) else {
         return;
     };
-    let (topic, group) = (unique("topic", test), unique("group", test));
+    let (topic, group) = ctx.topic_and_group();
     let ids = ctx.produce(Sdk::Node, &topic, "y");
     let expect = Expect::exactly("y", &ids);
     let report = ctx.consume_with(Sdk::Go, Mode::PushConsume, &topic, &group, expect, &["--tls"]);
-    let mut problems = push_problems(&report, &BTreeSet::new());
-    if !report.unacked.is_empty() {
-        problems.push(format!("never acked: {:?}", report.unacked));
-    }
+    let mut problems = push_problems(&report, &BTreeSet::new(), true);
     if report.transport.as_deref() != Some("tls") {
         problems.push(format!("transport {:?}, expected tls", report.transport));
     }
@@ -223,70 +154,13 @@ fn check_transport(ctx: &Ctx, outcome: &sdk::Outcome, report: &Report, tls: bool
     }
 }
 
-/// Checks a Go SimpleConsumer report beyond [`Ctx::consume`]: the transport asked for, every
-/// message acked with an OK answer, each delivered exactly once with attempt 1.
+/// Checks a Go SimpleConsumer report beyond [`Ctx::consume`]: [`assert_once_each`] (TLS as
+/// asked, every message acked, each delivered exactly once with attempt 1), the transport
+/// gRPC actually used, an OK answer to every Ack, the tag and keys the producer set.
 fn assert_simple_details(test: &str, report: &Report, tls: bool) {
+    assert_once_each(test, report, tls);
     let want = if tls { "tls" } else { "plaintext" };
-    assert_eq!(report.tls, Some(tls), "{test}: driver TLS setting: {report:?}");
     assert_eq!(report.transport.as_deref(), Some(want), "{test}: transport seen by gRPC: {report:?}");
-    assert!(report.unacked.is_empty(), "{test}: never acked: {:?}", report.unacked);
     assert_eq!(report.acked, Some(count()), "{test}: acked: {report:?}");
     assert!(report.property_mismatches.is_empty(), "{test}: tag/keys: {:?}", report.property_mismatches);
-    assert_eq!(report.attempts.len(), count(), "{test}: deliveries per id: {:?}", report.attempts);
-    let odd: BTreeMap<&String, &Vec<i64>> = report.attempts.iter().filter(|(_, a)| a.as_slice() != [1]).collect();
-    assert!(odd.is_empty(), "{test}: messages not delivered exactly once with attempt 1: {odd:?}");
-}
-
-/// What is wrong with a PushConsumer's deliveries when exactly `want_failed` were failed by
-/// the listener once: those must have been delivered first with attempt 1, then again with a
-/// higher attempt, and succeeded there; every other message must have been delivered exactly
-/// once, with attempt 1; no message may be consumed successfully twice except a failed one.
-fn push_problems(report: &Report, want_failed: &BTreeSet<&str>) -> Vec<String> {
-    let mut problems = Vec::new();
-    if !report.property_mismatches.is_empty() {
-        problems.push(format!("tag/keys differ: {:?}", report.property_mismatches));
-    }
-    if report.attempts.len() != count() {
-        problems.push(format!("{} distinct ids delivered, expected {}", report.attempts.len(), count()));
-    }
-    for (id, attempts) in &report.attempts {
-        if want_failed.contains(id.as_str()) {
-            let first_then_higher = attempts.first() == Some(&1) && attempts.len() >= 2 && attempts[1] >= 2;
-            let strictly_growing = attempts.windows(2).all(|w| w[1] > w[0]);
-            if !first_then_higher || !strictly_growing {
-                problems.push(format!("{id} (failed once): attempts {attempts:?}"));
-            }
-            match report.succeeded_after_failure.get(id) {
-                Some(&a) if a >= 2 => {}
-                other => problems.push(format!("{id} (failed once): succeeded at attempt {other:?}")),
-            }
-        } else if attempts.as_slice() != [1] {
-            problems.push(format!("{id}: attempts {attempts:?}, expected one delivery with attempt 1"));
-        }
-    }
-    for id in &report.duplicates {
-        if !want_failed.contains(id.as_str()) {
-            problems.push(format!("{id} consumed again although its listener call had succeeded"));
-        }
-    }
-    problems
-}
-
-/// Starts the Go driver without waiting for it (for a restart while it runs).
-fn spawn(ctx: &Ctx, mode: Mode, topic: &str, group: &str, prefix: &str, extra: &[&str]) -> sdk::Running {
-    let left = ctx.deadline.saturating_duration_since(Instant::now());
-    let run = Run {
-        sdk: Sdk::Go,
-        mode,
-        endpoint: ctx.gateway.endpoint(),
-        topic: topic.to_string(),
-        group: group.to_string(),
-        count: count(),
-        prefix: prefix.to_string(),
-        tag: "e2e".to_string(),
-        timeout: DRIVER_TIMEOUT.min(left.saturating_sub(DRIVER_SLACK)).max(Duration::from_secs(5)),
-        kill_after: left.max(Duration::from_secs(5)),
-        extra_args: extra.iter().map(|a| a.to_string()).collect(),
-    };
-    sdk::spawn(&run, ctx.path()).unwrap_or_else(|e| panic!("{}: {e:#}", ctx.test))
 }

@@ -4,72 +4,18 @@
 use std::time::Duration;
 
 use integration_tests::client::{self, request, resource};
-use rmq_gateway::config::Config;
+use integration_tests::in_process::Gateway;
 use rmq_gateway::proto::messaging_service_client::MessagingServiceClient;
 use rmq_gateway::proto::{self, Code};
-use rmq_gateway::server::{self, BoundAddrs};
-use tokio_util::sync::CancellationToken;
 use tonic::Request;
 use tonic::transport::Channel;
-
-struct Gateway {
-    addrs: BoundAddrs,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Gateway {
-    async fn start_in(dir: &std::path::Path, tweak: impl FnOnce(&mut Config)) -> Gateway {
-        let mut config = Config::default();
-        config.server.bind_address = "127.0.0.1".into();
-        config.server.grpc_server_port = 0;
-        config.server.http_server_port = 0;
-        config.server.shutdown_timeout = Duration::from_secs(5);
-        config.storage.data_dir = dir.to_path_buf();
-        config.storage.mapped_file_size_commit_log = 64 * 1024 * 1024;
-        config.topics.auto_create_topic_enable = true;
-        tweak(&mut config);
-        let stop = CancellationToken::new();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(server::run(config, stop.clone(), move |a| {
-            let _ = tx.send(a);
-        }));
-        let addrs = tokio::time::timeout(Duration::from_secs(30), rx)
-            .await
-            .expect("gateway start timed out")
-            .expect("gateway failed to start");
-        Gateway { addrs, stop, task, _dir: None }
-    }
-
-    async fn start(tweak: impl FnOnce(&mut Config)) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
-        let mut g = Gateway::start_in(dir.path(), tweak).await;
-        g._dir = Some(dir);
-        g
-    }
-
-    async fn client(&self) -> MessagingServiceClient<Channel> {
-        let channel = Channel::from_shared(format!("http://{}", self.addrs.grpc)).unwrap().connect().await.unwrap();
-        MessagingServiceClient::new(channel)
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(20), self.task).await.expect("shutdown timed out").unwrap().unwrap();
-    }
-}
 
 fn req<T>(msg: T) -> Request<T> {
     request(msg)
 }
 
 fn message(topic: &str, id: &str, body: &[u8]) -> proto::Message {
-    let mut m = client::message(topic, id, body.to_vec());
-    if let Some(sp) = m.system_properties.as_mut() {
-        sp.tag = Some("TagA".into());
-    }
-    m
+    client::tagged_message(topic, id, "TagA", body.to_vec())
 }
 
 async fn send(c: &mut MessagingServiceClient<Channel>, msgs: Vec<proto::Message>) -> proto::SendMessageResponse {
@@ -102,19 +48,7 @@ async fn receive_with(
     invisible: Option<Duration>,
     tweak: impl FnOnce(&mut proto::ReceiveMessageRequest),
 ) -> Received {
-    let mut r = proto::ReceiveMessageRequest {
-        group: resource(group),
-        message_queue: Some(proto::MessageQueue { topic: resource(topic), ..Default::default() }),
-        filter_expression: Some(proto::FilterExpression {
-            r#type: proto::FilterType::Tag as i32,
-            expression: "*".into(),
-        }),
-        batch_size: 32,
-        invisible_duration: invisible.map(|d| prost_types::Duration { seconds: d.as_secs() as i64, nanos: 0 }),
-        auto_renew: false,
-        long_polling_timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
-        attempt_id: None,
-    };
+    let mut r = client::receive_request(topic, group, invisible, Duration::from_secs(1));
     tweak(&mut r);
     let mut request = req(r);
     request.set_timeout(Duration::from_secs(10));

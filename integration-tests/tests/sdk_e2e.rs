@@ -9,34 +9,32 @@
 //! `RMQ_E2E_KEEP=1` (keep the temp dirs with all logs), `RMQ_GATEWAY_BIN`.
 
 use integration_tests::gateway_process::Stop;
-use integration_tests::scenario::{
-    Ctx, Expect, produce_then_push_consume, produce_then_simple_consume, restart_between_send_and_consume, unique,
-};
+use integration_tests::scenario::{produce_then_consume, restart_between_send_and_consume};
 use integration_tests::sdk::{Mode, Sdk};
 
 #[test]
 fn rust_producer_and_simple_consumer() {
-    produce_then_simple_consume("rust_simple", Sdk::Rust);
+    produce_then_consume("rust_simple", Sdk::Rust, &[], Sdk::Rust, Mode::SimpleConsume);
 }
 
 #[test]
 fn python_producer_and_simple_consumer_with_change_invisible() {
-    produce_then_simple_consume("python_simple", Sdk::Python);
+    produce_then_consume("python_simple", Sdk::Python, &[], Sdk::Python, Mode::SimpleConsume);
 }
 
 #[test]
 fn python_producer_and_push_consumer() {
-    produce_then_push_consume("python_push", Sdk::Python);
+    produce_then_consume("python_push", Sdk::Python, &[], Sdk::Python, Mode::PushConsume);
 }
 
 #[test]
 fn node_producer_and_simple_consumer_with_change_invisible() {
-    produce_then_simple_consume("node_simple", Sdk::Node);
+    produce_then_consume("node_simple", Sdk::Node, &[], Sdk::Node, Mode::SimpleConsume);
 }
 
 #[test]
 fn node_producer_and_push_consumer() {
-    produce_then_push_consume("node_push", Sdk::Node);
+    produce_then_consume("node_push", Sdk::Node, &[], Sdk::Node, Mode::PushConsume);
 }
 
 #[test]
@@ -51,11 +49,5 @@ fn restart_after_sigkill_keeps_sent_messages() {
 
 #[test]
 fn node_producer_to_rust_simple_consumer() {
-    let test = "cross_node_rust";
-    let Some(ctx) = Ctx::start(test, &[Sdk::Node, Sdk::Rust]) else {
-        return;
-    };
-    let (topic, group) = (unique("topic", test), unique("group", test));
-    let ids = ctx.produce(Sdk::Node, &topic, "x");
-    ctx.consume(Sdk::Rust, Mode::SimpleConsume, &topic, &group, Expect::exactly("x", &ids));
+    produce_then_consume("cross_node_rust", Sdk::Node, &[], Sdk::Rust, Mode::SimpleConsume);
 }

@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use integration_tests::scenario::{Ctx, Expect, count, note_shutdown, unique};
+use integration_tests::scenario::{Ctx, Expect, count, note_shutdown};
 use integration_tests::sdk::{Mode, Report, Sdk};
 
 /// The rocketmq-client-java release the starter 2.3.1 brings.
@@ -73,7 +73,7 @@ fn template_to_listener(test: &'static str, extra: &[&str], tls: bool) {
     let Some(ctx) = Ctx::start(test, &[Sdk::Spring]) else {
         return;
     };
-    let (topic, group) = (unique("topic", test), unique("group", test));
+    let (topic, group) = ctx.topic_and_group();
     create_topic(&ctx, &topic);
     let outcome = ctx.run_with(Sdk::Spring, Mode::ProduceAndConsume, &topic, &group, "s", extra);
     let Some(report) = outcome.report().cloned() else { ctx.fail(&outcome, "the app printed no RESULT") };
@@ -123,7 +123,7 @@ fn spring_listener_receives_python_messages() {
     let Some(ctx) = Ctx::start(test, &[Sdk::Python, Sdk::Spring]) else {
         return;
     };
-    let (topic, group) = (unique("topic", test), unique("group", test));
+    let (topic, group) = ctx.topic_and_group();
     create_topic(&ctx, &topic);
     let ids = ctx.produce(Sdk::Python, &topic, "p");
     // the shared consumer checks: N distinct bodies, ids equal to the producer's, no

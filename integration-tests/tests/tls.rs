@@ -5,14 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use rmq_gateway::config::{Config, TlsMode};
+use integration_tests::in_process::Gateway;
+use rmq_gateway::config::TlsMode;
 use rmq_gateway::proto::messaging_service_client::MessagingServiceClient;
 use rmq_gateway::proto::{self, Code};
-use rmq_gateway::server;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use tokio_util::sync::CancellationToken;
 use tonic::transport::{Endpoint, Uri};
 
 #[derive(Debug)]
@@ -59,23 +58,12 @@ async fn query_route(client: &mut MessagingServiceClient<tonic::transport::Chann
     client.query_route(r).await.unwrap().into_inner().status.unwrap().code
 }
 
-async fn start(mode: TlsMode) -> (std::net::SocketAddr, CancellationToken, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.server.bind_address = "127.0.0.1".into();
-    config.server.grpc_server_port = 0;
-    config.server.http_server_port = 0;
-    config.server.tls.mode = mode;
-    config.storage.data_dir = dir.path().to_path_buf();
-    config.storage.mapped_file_size_commit_log = 16 * 1024 * 1024;
-    config.topics.auto_create_topic_enable = true;
-    let stop = CancellationToken::new();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(server::run(config, stop.clone(), move |a| {
-        let _ = tx.send(a);
-    }));
-    let addrs = tokio::time::timeout(Duration::from_secs(30), rx).await.unwrap().unwrap();
-    (addrs.grpc, stop, dir)
+async fn start(mode: TlsMode) -> Gateway {
+    Gateway::start(|c| {
+        c.server.tls.mode = mode;
+        c.storage.mapped_file_size_commit_log = 16 * 1024 * 1024;
+    })
+    .await
 }
 
 async fn tls_client(
@@ -105,17 +93,19 @@ async fn tls_client(
 
 #[tokio::test]
 async fn tls_and_plaintext_share_the_port() {
-    let (addr, stop, _dir) = start(TlsMode::Permissive).await;
+    let gateway = start(TlsMode::Permissive).await;
+    let addr = gateway.addrs.grpc;
     let mut tls = tls_client(addr).await.expect("TLS connection");
     assert_eq!(query_route(&mut tls).await, Code::Ok as i32);
     let plain = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
     assert_eq!(query_route(&mut MessagingServiceClient::new(plain)).await, Code::Ok as i32);
-    stop.cancel();
+    gateway.stop().await;
 }
 
 #[tokio::test]
 async fn enforcing_mode_refuses_plaintext() {
-    let (addr, stop, _dir) = start(TlsMode::Enforcing).await;
+    let gateway = start(TlsMode::Enforcing).await;
+    let addr = gateway.addrs.grpc;
     let mut tls = tls_client(addr).await.expect("TLS connection");
     assert_eq!(query_route(&mut tls).await, Code::Ok as i32);
     let plain = tonic::transport::Channel::from_shared(format!("http://{addr}"))
@@ -130,5 +120,5 @@ async fn enforcing_mode_refuses_plaintext() {
         r.metadata_mut().insert("x-mq-client-id", "tls-test".parse().unwrap());
         assert!(c.query_route(r).await.is_err(), "plaintext must not be served in enforcing mode");
     }
-    stop.cancel();
+    gateway.stop().await;
 }
