@@ -83,11 +83,7 @@ impl Ctx {
         (unique("topic", self.test), unique("group", self.test))
     }
 
-    pub fn run(&self, sdk: Sdk, mode: Mode, topic: &str, group: &str, prefix: &str) -> Outcome {
-        self.run_with(sdk, mode, topic, group, prefix, &[])
-    }
-
-    /// [`Ctx::run`] with driver-specific arguments (e.g. `--tls`).
+    /// Runs a driver to completion with driver-specific arguments (e.g. `--tls`).
     pub fn run_with(&self, sdk: Sdk, mode: Mode, topic: &str, group: &str, prefix: &str, extra: &[&str]) -> Outcome {
         let running = self.spawn(sdk, mode, topic, group, prefix, extra);
         running.wait().unwrap_or_else(|e| panic!("{}: {e:#}", self.test))

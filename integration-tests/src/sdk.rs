@@ -299,12 +299,6 @@ impl Outcome {
     }
 }
 
-/// Runs the driver to completion (or kills it after `kill_after`). Its stdout,
-/// stderr and HOME (SDK log files) are kept under `dir`.
-pub fn run(run: &Run, dir: &Path) -> Result<Outcome> {
-    spawn(run, dir)?.wait()
-}
-
 /// A driver started by [`spawn`] that is still running (killed when dropped).
 pub struct Running {
     run: Run,
@@ -371,7 +365,8 @@ impl Drop for Running {
     }
 }
 
-/// Starts the driver and returns at once; see [`run`].
+/// Starts the driver and returns at once; [`Running::wait`] runs it to completion (or kills it
+/// after `kill_after`). Its stdout, stderr and HOME (SDK log files) are kept under `dir`.
 pub fn spawn(run: &Run, dir: &Path) -> Result<Running> {
     let tag = format!("{}-{}-{}", run.sdk.name(), run.mode.arg(), run.prefix);
     let stdout_path = dir.join(format!("{tag}.stdout"));

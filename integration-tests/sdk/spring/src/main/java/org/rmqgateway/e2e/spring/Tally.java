@@ -30,7 +30,8 @@ public class Tally {
     private final List<String> duplicates = new ArrayList<>();
     private final List<String> unexpected = new ArrayList<>();
     private final List<String> errors = new ArrayList<>();
-    private int mismatched;
+    /** deliveries whose tag, keys or user property differ from what was sent (one line each) */
+    private final List<String> mismatches = new ArrayList<>();
     private int calls;
     private int maxDeliveryAttempt;
 
@@ -83,10 +84,7 @@ public class Tally {
             wrong.add("property " + E2eSender.INDEX_PROPERTY + "=" + indexProperty + " (want " + index + ")");
         }
         if (!wrong.isEmpty()) {
-            mismatched++;
-            if (errors.size() < 20) {
-                errors.add("message " + messageId + " (" + prefix + "-" + index + "): " + String.join(", ", wrong));
-            }
+            mismatches.add("message " + messageId + " (" + prefix + "-" + index + "): " + String.join(", ", wrong));
         }
     }
 
@@ -107,7 +105,7 @@ public class Tally {
     }
 
     public synchronized int mismatched() {
-        return mismatched;
+        return mismatches.size();
     }
 
     public synchronized Map<String, Object> report() {
@@ -125,7 +123,7 @@ public class Tally {
         r.put("missing", missing);
         r.put("consume_calls", calls);
         r.put("max_delivery_attempt", maxDeliveryAttempt);
-        r.put("property_mismatches", mismatched);
+        r.put("property_mismatches", new ArrayList<>(mismatches));
         r.put("listener_errors", new ArrayList<>(errors));
         return r;
     }
