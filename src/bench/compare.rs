@@ -119,7 +119,7 @@ pub struct CompareArgs {
     pub apache_script: PathBuf,
     /// Least load run against each Apache RocketMQ before its measured runs (closed loop, with
     /// consumers; not reported), so that the JVMs' JIT has compiled the hot paths. It goes on,
-    /// in 10 s steps up to --jvm-warmup-max, until a step's send rate is within 10 % of the
+    /// in 10 s steps up to --jvm-warmup-max, until a step's send rate is within ±10 % of the
     /// step before (the JIT no longer speeds it up).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     pub jvm_warmup: Duration,
@@ -437,7 +437,9 @@ impl Runner<'_> {
                 );
                 elapsed += step;
                 rates.push(o.messages as f64 / o.window.as_secs_f64().max(1e-9));
-                let steady = matches!(rates.as_slice(), [.., a, b] if *b <= *a * 1.10);
+                // Settled: the last step within ±10 % of the one before (a drop is contention
+                // or a pause, not the end of the JIT's work).
+                let steady = matches!(rates.as_slice(), [.., a, b] if (b - a).abs() <= a * 0.10);
                 if elapsed >= self.args.jvm_warmup && steady {
                     break true;
                 }
