@@ -202,3 +202,42 @@ impl Drop for Apache {
         self.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake repository layout: `reference/apache.sh` and `sdk/.work/apache/lib/`.
+    fn layout(jar: Option<&str>) -> (tempfile::TempDir, PathBuf) {
+        let root = tempfile::tempdir().unwrap();
+        let reference = root.path().join("reference");
+        std::fs::create_dir_all(&reference).unwrap();
+        let script = reference.join("apache.sh");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        let lib = root.path().join("sdk/.work/apache/lib");
+        std::fs::create_dir_all(&lib).unwrap();
+        if let Some(j) = jar {
+            std::fs::write(lib.join(j), b"").unwrap();
+        }
+        (root, script)
+    }
+
+    #[test]
+    fn version_comes_from_the_proxy_jar() {
+        let (_root, script) = layout(Some("rocketmq-proxy-5.5.0.jar"));
+        assert_eq!(version(&script).as_deref(), Some("5.5.0"));
+    }
+
+    #[test]
+    fn missing_jars_or_script_fail_with_the_reason() {
+        let (_root, script) = layout(None);
+        let e = check_prerequisites(&script).unwrap_err().to_string();
+        if procs::which("java").is_some() {
+            assert!(e.contains("resolve"), "{e}");
+        } else {
+            assert!(e.contains("java"), "{e}");
+        }
+        let e = check_prerequisites(Path::new("/nonexistent/apache.sh")).unwrap_err().to_string();
+        assert!(e.contains("not found"), "{e}");
+    }
+}

@@ -694,6 +694,7 @@ pub async fn main(args: CompareArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out.out)?;
     let systems = args.systems.clone();
     let mut runner = Runner { args: &args, report: Report::new(&args.work_dir), bin };
+    let mut failed = Vec::new();
     for system in systems {
         let result = match system {
             System::Noop => runner.noop().await,
@@ -706,6 +707,7 @@ pub async fn main(args: CompareArgs) -> anyhow::Result<()> {
         if let Err(e) = result {
             eprintln!("{}: FAILED: {e:#}", system.label());
             runner.report.notes.push(format!("{} could not be measured: {e:#}", system.label()));
+            failed.push(system.label());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -720,5 +722,11 @@ pub async fn main(args: CompareArgs) -> anyhow::Result<()> {
     for p in written {
         eprintln!("wrote {}", p.display());
     }
+    // The others' results are written; a missing row still fails the run (never a silent gap).
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{} could not be measured (the reasons are above and in the report's notes)",
+        failed.join(", ")
+    );
     Ok(())
 }

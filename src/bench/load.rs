@@ -550,6 +550,16 @@ mod tests {
     }
 
     #[test]
+    fn several_server_processes_are_summed() {
+        let me = std::process::id();
+        let one = sample_all(&[me]).unwrap();
+        let two = sample_all(&[me, me]).unwrap();
+        assert!(two.rss_bytes >= one.rss_bytes * 2 - one.rss_bytes / 2);
+        assert!(sample_all(&[]).is_none());
+        assert!(sample_all(&[me, u32::MAX]).is_none(), "a vanished process makes the sample unusable");
+    }
+
+    #[test]
     fn header_round_trips() {
         let s = Shared {
             epoch: Instant::now(),
