@@ -40,7 +40,10 @@ pub enum BrokerError {
     BodyTooLarge { size: usize, limit: usize },
     #[error("{0}")]
     PropertiesTooLarge(String),
-    #[error("topic `{0}` does not exist (and autoCreateTopicEnable is off)")]
+    #[error(
+        "topic `{0}` does not exist (create it with topics.create or PUT /api/v1/topics/{0}; with \
+         autoCreateTopicEnable on, a producer's first send creates it)"
+    )]
     TopicNotFound(String),
     #[error("consumer group `{0}` does not exist")]
     GroupNotFound(String),
