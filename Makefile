@@ -13,14 +13,16 @@ build:
 run:
 	$(CARGO) run --locked --bin rmq-gateway -- serve --config config/gateway.yaml
 
-## Unit tests, protocol tests and the end-to-end tests with the official SDKs.
+## Unit, protocol and crash tests, the end-to-end tests with the official SDKs (Java, Go, Python,
+## Node.js, Rust, Spring Boot) and the differential suite against Apache RocketMQ 5.
 test: build sdk-setup
 	RMQ_E2E_REQUIRED=1 $(CARGO) test --workspace --locked --no-fail-fast
 
 test-unit:
 	$(CARGO) test --locked --lib
 
-## Installs the official Rust, Python and Node.js SDKs into integration-tests/sdk/.work.
+## Installs the official SDKs, the Spring Boot app and Apache RocketMQ's jars into
+## integration-tests/sdk/.work (nothing global; SDK_ONLY="java go" for a subset).
 sdk-setup:
 	bash integration-tests/sdk/setup.sh
 
