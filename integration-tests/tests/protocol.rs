@@ -317,23 +317,34 @@ async fn telemetry_answers_settings() {
 #[tokio::test]
 async fn restart_keeps_messages_and_progress() {
     let dir = tempfile::tempdir().unwrap();
-    let g = Gateway::start_in(dir.path(), |_| {}).await;
+    let short = |c: &mut rmq_gateway::config::Config| c.consumer.min_invisible_time = Duration::from_secs(1);
+    let g = Gateway::start_in(dir.path(), short).await;
     let mut c = g.client().await;
     for i in 0..20 {
         send(&mut c, vec![message("TopicP", &format!("P{i}"), format!("{i}").as_bytes())]).await;
     }
-    // Consume and ack part of the first batch only.
-    let r = receive(&mut c, "TopicP", "GroupP", Some(Duration::from_secs(30))).await;
+    // Receive all, ack a quarter; the rest stays in flight (invisible for 2 s) across the restart.
+    let mut delivered = Vec::new();
+    while delivered.len() < 20 {
+        let r = receive(&mut c, "TopicP", "GroupP", Some(Duration::from_secs(2))).await;
+        assert_eq!(r.status.code, Code::Ok as i32, "{:?}", r.status);
+        delivered.extend(r.messages);
+    }
     let mut acked = std::collections::BTreeSet::new();
-    for m in r.messages.iter().take(5) {
+    for m in delivered.iter().take(5) {
         assert_eq!(code(&ack(&mut c, "TopicP", "GroupP", m).await.status), Code::Ok as i32);
         acked.insert(m.system_properties.as_ref().unwrap().message_id.clone());
     }
     drop(c);
     g.stop().await;
 
-    let g = Gateway::start_in(dir.path(), |_| {}).await;
+    let g = Gateway::start_in(dir.path(), short).await;
     let mut c = g.client().await;
+    // A handle issued before the restart still acks.
+    let held = &delivered[5];
+    assert_eq!(code(&ack(&mut c, "TopicP", "GroupP", held).await.status), Code::Ok as i32);
+    acked.insert(held.system_properties.as_ref().unwrap().message_id.clone());
+    // The others come back once their deadline passed, as their second attempt.
     let mut seen = std::collections::BTreeSet::new();
     loop {
         let r = receive(&mut c, "TopicP", "GroupP", Some(Duration::from_secs(30))).await;
@@ -341,8 +352,10 @@ async fn restart_keeps_messages_and_progress() {
             break;
         }
         for m in &r.messages {
-            let id = m.system_properties.as_ref().unwrap().message_id.clone();
+            let sp = m.system_properties.as_ref().unwrap();
+            let id = sp.message_id.clone();
             assert!(!acked.contains(&id), "acked message {id} delivered again after restart");
+            assert_eq!(sp.delivery_attempt, Some(2), "{id}: the attempt count continues across the restart");
             assert_eq!(code(&ack(&mut c, "TopicP", "GroupP", m).await.status), Code::Ok as i32);
             seen.insert(id);
         }

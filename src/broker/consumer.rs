@@ -3,8 +3,11 @@
 //! Deliveries whose deadline passed are delivered again with `attempt + 1`; after
 //! `max_attempts` they are handed back for the dead-letter queue.
 //!
-//! Durable form ([`QueueState::encode_acked`]): `floor` plus the acked offsets above it. After a
-//! restart, unacked offsets at or above `floor` are delivered again (at-least-once).
+//! Durable form ([`QueueState::encode`]): `floor` plus the acked offsets above it and the
+//! deliveries in flight (deadline, attempt, serial, auto-renewing client), so after a restart an
+//! invisible message stays invisible until its deadline, its attempt count continues and the
+//! handle its consumer holds still acks. Deliveries made after the last snapshot come back from
+//! the consumer journal; one whose journal record was lost is delivered again (at-least-once).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -56,13 +59,41 @@ impl QueueState {
         Self { floor, next: floor, dirty: true, ..Default::default() }
     }
 
-    /// Restores from stored progress.
-    pub fn restore(floor: u64, acked_above: &[u8]) -> Self {
+    /// Restores from stored progress ([`QueueState::encode`]; also the older acked-only form).
+    pub fn restore(floor: u64, stored: &[u8]) -> Self {
         let mut s = Self::new(floor);
-        s.acked = decode_offsets(floor, acked_above);
+        match stored.split_first() {
+            // The current form starts with 0x00; the acked-only form never does (its first
+            // varint is a delta of at least 1).
+            Some((0, rest)) => {
+                let mut r = Reader(rest);
+                let n = r.varint().unwrap_or(0);
+                let mut prev = floor;
+                for _ in 0..n {
+                    let Some(delta) = r.varint() else { break };
+                    prev = prev.saturating_add(delta);
+                    s.acked.insert(prev);
+                }
+                let n = r.varint().unwrap_or(0);
+                for _ in 0..n {
+                    let Some((offset, entry)) = r.inflight(floor) else { break };
+                    s.restore_delivery(offset, entry);
+                }
+            }
+            _ => s.acked = decode_offsets(floor, stored),
+        }
         s.dirty = false;
         s.advance_floor();
         s
+    }
+
+    /// Re-instates a delivery known from the journal or a snapshot, unless the message was
+    /// acked since or a later delivery (higher serial) is already known.
+    pub fn restore_delivery(&mut self, offset: u64, entry: Inflight) {
+        if self.is_acked(offset) || self.inflight.get(&offset).is_some_and(|e| e.serial >= entry.serial) {
+            return;
+        }
+        self.deliver(offset, entry);
     }
 
     fn is_renewed(e: &Inflight, now_ms: i64, alive: &dyn Fn(&str) -> bool, renew_max_ms: i64) -> bool {
@@ -216,8 +247,59 @@ impl QueueState {
         }
     }
 
-    pub fn encode_acked(&self) -> Vec<u8> {
-        encode_offsets(self.floor, &self.acked)
+    /// The durable form: `0x00`, the acked offsets above `floor` (count, then ascending
+    /// deltas) and the deliveries in flight (count, then offset − floor, serial, attempt,
+    /// deadline, first delivery, auto-renewing client), all varints.
+    pub fn encode(&self) -> Vec<u8> {
+        let acked = encode_offsets(self.floor, &self.acked);
+        let mut out = Vec::with_capacity(1 + 10 + acked.len() + self.inflight.len() * 24);
+        out.push(0);
+        put_varint(&mut out, self.acked.range(self.floor..).count() as u64);
+        out.extend_from_slice(&acked);
+        let inflight = self.inflight.range(self.floor..);
+        put_varint(&mut out, inflight.clone().count() as u64);
+        for (&offset, e) in inflight {
+            put_varint(&mut out, offset - self.floor);
+            put_varint(&mut out, e.serial);
+            put_varint(&mut out, u64::from(e.attempt));
+            put_varint(&mut out, e.visible_at_ms.max(0) as u64);
+            put_varint(&mut out, e.first_delivery_ms.max(0) as u64);
+            let client = e.auto_renew_client.as_deref().unwrap_or("");
+            put_varint(&mut out, client.len() as u64);
+            out.extend_from_slice(client.as_bytes());
+        }
+        out
+    }
+}
+
+/// Reads varints and in-flight entries of [`QueueState::encode`]; `None` once malformed.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn varint(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for (i, &b) in self.0.iter().enumerate().take(10) {
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                self.0 = &self.0[i + 1..];
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    fn inflight(&mut self, floor: u64) -> Option<(u64, Inflight)> {
+        let offset = floor.checked_add(self.varint()?)?;
+        let serial = self.varint()?;
+        let attempt = u32::try_from(self.varint()?).ok()?;
+        let visible_at_ms = i64::try_from(self.varint()?).ok()?;
+        let first_delivery_ms = i64::try_from(self.varint()?).ok()?;
+        let len = usize::try_from(self.varint()?).ok()?;
+        let client = self.0.get(..len)?;
+        self.0 = &self.0[len..];
+        let client = std::str::from_utf8(client).ok()?;
+        let auto_renew_client = (!client.is_empty()).then(|| Arc::from(client));
+        Some((offset, Inflight { visible_at_ms, attempt, serial, auto_renew_client, first_delivery_ms }))
     }
 }
 
@@ -353,6 +435,43 @@ mod tests {
     }
 
     #[test]
+    fn deliveries_in_flight_survive_a_snapshot() {
+        let mut q = QueueState::new(10);
+        q.deliver(10, entry(5_000, 3, 77));
+        let mut renewed = entry(9_000, 1, 78);
+        renewed.auto_renew_client = Some(Arc::from("client-1"));
+        renewed.first_delivery_ms = 1_234;
+        q.deliver(12, renewed);
+        q.complete(11);
+        let r = QueueState::restore(10, &q.encode());
+        assert_eq!(r.acked, q.acked);
+        let e = &r.inflight[&12];
+        assert_eq!((e.visible_at_ms, e.attempt, e.serial, e.first_delivery_ms), (9_000, 1, 78, 1_234));
+        assert_eq!(e.auto_renew_client.as_deref(), Some("client-1"));
+        assert_eq!((r.inflight[&10].attempt, r.inflight[&10].serial), (3, 77));
+        // Still invisible until the deadline; the handle issued before acks; the attempt goes on.
+        assert!(r.take_due(4_999, 10, 16, &never_alive, i64::MAX).is_empty());
+        assert!(matches!(
+            r.take_due(5_000, 10, 16, &never_alive, i64::MAX)[..],
+            [Due::Redeliver { offset: 10, attempt: 4 }]
+        ));
+        let mut r = r;
+        assert_eq!(r.ack(&receipt(12, 78, 9_000), 0), Ok(()));
+        // An older delivery never replaces a newer one; an acked message is not re-instated.
+        r.restore_delivery(10, entry(1, 1, 5));
+        assert_eq!(r.inflight[&10].serial, 77);
+        r.restore_delivery(12, entry(1, 1, 99));
+        assert!(!r.inflight.contains_key(&12));
+    }
+
+    #[test]
+    fn garbage_state_never_panics() {
+        for bytes in [&[0u8][..], &[0, 5], &[0, 1, 1, 9], &[0, 0, 1, 0xff, 0xff], &[0, 0, 1, 1, 1, 1, 1, 1, 200]] {
+            let _ = QueueState::restore(3, bytes);
+        }
+    }
+
+    #[test]
     fn trim_skips_deleted_offsets() {
         let mut q = QueueState::new(0);
         q.deliver(0, entry(100, 1, 1));
@@ -366,9 +485,12 @@ mod tests {
         fn progress_round_trips(floor in 0u64..1_000_000, acked in proptest::collection::btree_set(0u64..5_000_000, 0..200)) {
             let mut q = QueueState::new(floor);
             q.acked = acked.range(floor + 1..).copied().collect();
-            let restored = QueueState::restore(q.floor, &q.encode_acked());
+            let restored = QueueState::restore(q.floor, &q.encode());
             prop_assert_eq!(restored.floor, q.floor);
-            prop_assert_eq!(restored.acked, q.acked);
+            prop_assert_eq!(&restored.acked, &q.acked);
+            // The acked-only form written by earlier versions still reads.
+            let old = QueueState::restore(q.floor, &encode_offsets(q.floor, &q.acked));
+            prop_assert_eq!(old.acked, q.acked);
         }
 
         #[test]

@@ -1,8 +1,10 @@
 //! The consumer journal: every ack is appended to the system topic `rmq_sys_pop_journal`
 //! through the message log (so it is group-committed and as durable as messages under the
-//! flush policy) before the client hears OK. Progress snapshots in the metadata store record
-//! the journal offset they cover; at start the journal is replayed from there, so a crash
-//! loses no acknowledged ack, and the SQL store sees one batched write per flush interval.
+//! flush policy) before the client hears OK, and so is every receive's set of deliveries
+//! (deadline, attempt, serial) before the messages are sent. Progress snapshots in the metadata
+//! store record the journal offset they cover; at start the journal is replayed from there, so
+//! a crash loses no acknowledged ack and no delivery in flight, and the SQL store sees one
+//! batched write per flush interval.
 
 use std::sync::Arc;
 
@@ -13,8 +15,110 @@ use crate::storage::{AppendMessage, Properties, StoredMessage};
 /// Clients cannot name it: topics starting with `rmq_sys_` are refused.
 pub(crate) const JOURNAL_TOPIC: &str = "rmq_sys_pop_journal";
 const KIND_ACK: u8 = 1;
+const KIND_DELIVERIES: u8 = 2;
 const GROUP: &str = "G";
 const TOPIC: &str = "T";
+/// The client whose deliveries are renewed while it lives (PushConsumer auto-renew).
+const CLIENT: &str = "C";
+/// queue id, offset, serial, attempt, deadline.
+const DELIVERY_LEN: usize = 4 + 8 + 8 + 4 + 8;
+
+/// What one journal record says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum JournalRecord {
+    Ack(AckRecord),
+    Deliveries(DeliveryRecord),
+}
+
+/// The deliveries of one receive (one group, one topic); the record's born timestamp is when
+/// they were made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeliveryRecord {
+    pub group: String,
+    pub topic: String,
+    pub auto_renew_client: Option<String>,
+    pub deliveries: Vec<Delivery>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Delivery {
+    pub queue_id: u32,
+    pub offset: u64,
+    pub serial: u64,
+    pub attempt: u32,
+    pub visible_at_ms: i64,
+}
+
+fn journal_append(properties: Properties, body: Bytes, now_ms: i64) -> AppendMessage {
+    AppendMessage {
+        topic: Arc::from(JOURNAL_TOPIC),
+        queue_id: 0,
+        born_timestamp_ms: now_ms,
+        flags: 0,
+        tag_hash: 0,
+        properties,
+        body,
+    }
+}
+
+impl JournalRecord {
+    /// Decodes a journal record; None for records of unknown kinds or malformed ones.
+    pub fn decode(m: &StoredMessage) -> Option<JournalRecord> {
+        match m.body.first() {
+            Some(&KIND_ACK) => AckRecord::decode(m).map(JournalRecord::Ack),
+            Some(&KIND_DELIVERIES) => DeliveryRecord::decode(m).map(JournalRecord::Deliveries),
+            _ => None,
+        }
+    }
+}
+
+impl DeliveryRecord {
+    pub fn to_append(&self, now_ms: i64) -> AppendMessage {
+        let mut properties = Properties::with_capacity(3);
+        properties.push(GROUP, self.group.as_str());
+        properties.push(TOPIC, self.topic.as_str());
+        if let Some(c) = &self.auto_renew_client {
+            properties.push(CLIENT, c.as_str());
+        }
+        let mut body = BytesMut::with_capacity(1 + 4 + self.deliveries.len() * DELIVERY_LEN);
+        body.put_u8(KIND_DELIVERIES);
+        body.put_u32_le(self.deliveries.len() as u32);
+        for d in &self.deliveries {
+            body.put_u32_le(d.queue_id);
+            body.put_u64_le(d.offset);
+            body.put_u64_le(d.serial);
+            body.put_u32_le(d.attempt);
+            body.put_i64_le(d.visible_at_ms);
+        }
+        journal_append(properties, body.freeze(), now_ms)
+    }
+
+    fn decode(m: &StoredMessage) -> Option<DeliveryRecord> {
+        let mut body: Bytes = m.body.clone();
+        if body.remaining() < 5 || body.get_u8() != KIND_DELIVERIES {
+            return None;
+        }
+        let n = body.get_u32_le() as usize;
+        if body.remaining() != n.checked_mul(DELIVERY_LEN)? {
+            return None;
+        }
+        let deliveries = (0..n)
+            .map(|_| Delivery {
+                queue_id: body.get_u32_le(),
+                offset: body.get_u64_le(),
+                serial: body.get_u64_le(),
+                attempt: body.get_u32_le(),
+                visible_at_ms: body.get_i64_le(),
+            })
+            .collect();
+        Some(DeliveryRecord {
+            group: m.properties.get(GROUP)?.to_string(),
+            topic: m.properties.get(TOPIC)?.to_string(),
+            auto_renew_client: m.properties.get(CLIENT).map(str::to_string),
+            deliveries,
+        })
+    }
+}
 
 /// One acknowledged delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,19 +138,10 @@ impl AckRecord {
         body.put_u8(KIND_ACK);
         body.put_u32_le(self.queue_id);
         body.put_u64_le(self.offset);
-        AppendMessage {
-            topic: Arc::from(JOURNAL_TOPIC),
-            queue_id: 0,
-            born_timestamp_ms: now_ms,
-            flags: 0,
-            tag_hash: 0,
-            properties,
-            body: body.freeze(),
-        }
+        journal_append(properties, body.freeze(), now_ms)
     }
 
-    /// Decodes a journal record; None for records of unknown kinds or malformed ones.
-    pub fn decode(m: &StoredMessage) -> Option<AckRecord> {
+    fn decode(m: &StoredMessage) -> Option<AckRecord> {
         let mut body: Bytes = m.body.clone();
         if body.remaining() != 13 || body.get_u8() != KIND_ACK {
             return None;
@@ -64,11 +159,8 @@ impl AckRecord {
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trip() {
-        let r = AckRecord { group: "g".into(), topic: "t".into(), queue_id: 3, offset: 99 };
-        let a = r.to_append(5);
-        let stored = StoredMessage {
+    fn stored(a: AppendMessage) -> StoredMessage {
+        StoredMessage {
             topic: a.topic,
             queue_id: 0,
             queue_offset: 0,
@@ -79,7 +171,25 @@ mod tests {
             tag_hash: 0,
             properties: a.properties,
             body: a.body,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let r = AckRecord { group: "g".into(), topic: "t".into(), queue_id: 3, offset: 99 };
+        assert_eq!(JournalRecord::decode(&stored(r.to_append(5))), Some(JournalRecord::Ack(r)));
+        let d = DeliveryRecord {
+            group: "g".into(),
+            topic: "t".into(),
+            auto_renew_client: Some("c@1".into()),
+            deliveries: vec![
+                Delivery { queue_id: 1, offset: 7, serial: 11, attempt: 2, visible_at_ms: 99 },
+                Delivery { queue_id: 0, offset: 8, serial: 12, attempt: 1, visible_at_ms: 100 },
+            ],
         };
-        assert_eq!(AckRecord::decode(&stored), Some(r));
+        assert_eq!(JournalRecord::decode(&stored(d.to_append(5))), Some(JournalRecord::Deliveries(d.clone())));
+        let mut truncated = stored(d.to_append(5));
+        truncated.body.truncate(20);
+        assert_eq!(JournalRecord::decode(&truncated), None);
     }
 }

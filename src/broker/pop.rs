@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::consumer::{Due, HandleProblem, Inflight, QueueState};
 use super::error::{BrokerError, BrokerResult};
-use super::journal::{AckRecord, JOURNAL_TOPIC};
+use super::journal::{AckRecord, Delivery, DeliveryRecord, JOURNAL_TOPIC, JournalRecord};
 use super::message::DeliveredMessage;
 use super::receipt::Receipt;
 use super::{Broker, TopicEntry, lock, now_ms, validate};
@@ -190,6 +190,14 @@ impl Broker {
             notified.as_mut().enable();
             let got = self.pop(&topic, &group, &req, max, invisible).await?;
             if !got.is_empty() {
+                let auto_renew_client = req.auto_renew.then(|| req.client_id.clone());
+                self.journal_deliveries(
+                    &group.name,
+                    &topic,
+                    auto_renew_client,
+                    got.iter().map(|m| m.receipt_handle.as_str()),
+                )
+                .await;
                 if let Some(key) = attempt {
                     self.remember_attempt(key, &got, invisible);
                 }
@@ -205,6 +213,38 @@ impl Broker {
                 _ = shutdown.cancelled() => return Ok(Vec::new()),
                 _ = gone.cancelled() => return Ok(Vec::new()),
             }
+        }
+    }
+
+    /// Journals deliveries (from their receipt handles) before the consumer sees them, so a
+    /// restart keeps them invisible until their deadline with their attempt count and serial.
+    /// A failed journal write only costs that guarantee (the message may come back early after
+    /// a crash), so it is logged, not returned.
+    async fn journal_deliveries<'a>(
+        &self,
+        group: &str,
+        topic: &TopicEntry,
+        auto_renew_client: Option<String>,
+        handles: impl Iterator<Item = &'a str>,
+    ) {
+        let deliveries: Vec<Delivery> = handles
+            .filter_map(|h| self.decode_receipt(group, topic, h).ok())
+            .map(|r| Delivery {
+                queue_id: r.queue_id,
+                offset: r.offset,
+                serial: r.serial,
+                attempt: r.attempt,
+                visible_at_ms: r.deadline_ms,
+            })
+            .collect();
+        let record = DeliveryRecord {
+            group: group.to_string(),
+            topic: topic.record.name.clone(),
+            auto_renew_client,
+            deliveries,
+        };
+        if let Err(e) = self.inner.log.append(vec![record.to_append(now_ms())]).await {
+            tracing::warn!(group, topic = topic.record.name, error = %e, "journaling deliveries failed; after a crash they may be delivered again early");
         }
     }
 
@@ -531,7 +571,9 @@ impl Broker {
         let changed = lock(&state).change_invisible(&r, now, visible_at, serial);
         let entry = changed.map_err(|p| Self::handle_problem(p, &r))?;
         let new = Receipt { serial: entry.serial, deadline_ms: entry.visible_at_ms, ..r };
-        Ok(self.inner.receipts.encode(&new, group, &topic.record.name))
+        let handle = self.inner.receipts.encode(&new, group, &topic.record.name);
+        self.journal_deliveries(group, &topic, None, std::iter::once(handle.as_str())).await;
+        Ok(handle)
     }
 
     pub(super) fn release_client_deliveries(&self, client_id: &str) {
@@ -562,10 +604,26 @@ impl Broker {
             let batch = self.inner.log.read(JOURNAL_TOPIC, 0, next, 1024, 4 * 1024 * 1024)?;
             let Some(last) = batch.last().map(|m| m.queue_offset) else { break };
             for m in &batch {
-                if let Some(a) = AckRecord::decode(m) {
-                    lock(&self.queue_state(&a.group, &a.topic, a.queue_id)).complete(a.offset);
-                    replayed += 1;
+                match JournalRecord::decode(m) {
+                    Some(JournalRecord::Ack(a)) => {
+                        lock(&self.queue_state(&a.group, &a.topic, a.queue_id)).complete(a.offset);
+                    }
+                    Some(JournalRecord::Deliveries(d)) => {
+                        let client: Option<Arc<str>> = d.auto_renew_client.as_deref().map(Arc::from);
+                        for x in d.deliveries {
+                            let entry = Inflight {
+                                visible_at_ms: x.visible_at_ms,
+                                attempt: x.attempt,
+                                serial: x.serial,
+                                auto_renew_client: client.clone(),
+                                first_delivery_ms: m.born_timestamp_ms,
+                            };
+                            lock(&self.queue_state(&d.group, &d.topic, x.queue_id)).restore_delivery(x.offset, entry);
+                        }
+                    }
+                    None => continue,
                 }
+                replayed += 1;
             }
             next = last + 1;
         }
@@ -574,7 +632,7 @@ impl Broker {
             tracing::info!(
                 replayed,
                 from = journal_offset,
-                "replayed journaled acks newer than the last progress snapshot"
+                "replayed journaled acks and deliveries newer than the last progress snapshot"
             );
         }
         Ok(())
@@ -596,7 +654,7 @@ impl Broker {
                     topic: topic.to_string(),
                     queue_id: *queue_id,
                     ack_floor: st.floor,
-                    acked_above: st.encode_acked(),
+                    acked_above: st.encode(),
                 });
             }
         }

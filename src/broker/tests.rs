@@ -60,14 +60,19 @@ impl MessageLog for DamagedAt {
     }
 }
 
-async fn broker_with(log: Arc<dyn MessageLog>) -> Broker {
+fn test_config() -> Arc<Config> {
     let mut config = Config::default();
     config.topics.auto_create_topic_enable = true;
     config.topics.default_topic_queue_nums = 1;
     // Receives return at once when nothing is there.
     config.consumer.min_long_polling_timeout = Duration::ZERO;
+    config.consumer.min_invisible_time = Duration::from_millis(100);
+    Arc::new(config)
+}
+
+async fn broker_with(log: Arc<dyn MessageLog>) -> Broker {
     let meta = Arc::new(SqliteMetadataStore::in_memory().await.unwrap());
-    Broker::start(Arc::new(config), log, meta).await.unwrap()
+    Broker::start(test_config(), log, meta).await.unwrap()
 }
 
 fn message(id: &str) -> OutgoingMessage {
@@ -154,4 +159,46 @@ async fn a_terminated_client_has_its_long_polls_ended() {
     broker.client_terminated("c");
     let got = tokio::time::timeout(Duration::from_secs(2), polling).await.expect("long poll ended").unwrap().unwrap();
     assert!(got.is_empty());
+}
+
+/// Deliveries in flight survive a crash (the broker is dropped without a progress flush) and a
+/// restart from a snapshot alike: still invisible until their deadline, the handle the consumer
+/// holds still acks, and the next delivery continues the attempt count.
+#[tokio::test]
+async fn deliveries_in_flight_survive_a_restart() {
+    for snapshot in [false, true] {
+        let log: Arc<dyn MessageLog> = Arc::new(MemoryLog::new());
+        let meta: Arc<dyn MetadataStore> = Arc::new(SqliteMetadataStore::in_memory().await.unwrap());
+        let broker = Broker::start(test_config(), log.clone(), meta.clone()).await.unwrap();
+        for id in ["m0", "m1", "m2"] {
+            broker.send(vec![message(id)]).await.unwrap();
+        }
+        let mut first = receive_request();
+        first.invisible_duration = Some(Duration::from_secs(60));
+        let got = broker.receive(first).await.unwrap();
+        assert_eq!(got.len(), 3);
+        // m2 gets a short invisibility through ChangeInvisibleDuration (a nack with backoff).
+        let m2 = broker
+            .change_invisible_duration("c", "G", "T", &got[2].receipt_handle, Duration::from_millis(300))
+            .await
+            .unwrap();
+        broker.ack("c", "G", "T", &got[0].receipt_handle).await.unwrap();
+        if snapshot {
+            broker.flush_progress().await.unwrap();
+        }
+        drop(broker);
+
+        let broker = Broker::start(test_config(), log.clone(), meta.clone()).await.unwrap();
+        assert!(
+            broker.receive(receive_request()).await.unwrap().is_empty(),
+            "snapshot={snapshot}: all still invisible"
+        );
+        broker.ack("c", "G", "T", &got[1].receipt_handle).await.expect("the pre-restart handle acks");
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let again = broker.receive(receive_request()).await.unwrap();
+        assert_eq!(again.len(), 1, "snapshot={snapshot}: only m2 comes back, after its deadline");
+        assert_eq!((again[0].message_id.as_str(), again[0].delivery_attempt), ("m2", 2));
+        assert!(broker.ack("c", "G", "T", &m2).await.is_err(), "the handle before the redelivery is stale");
+        broker.ack("c", "G", "T", &again[0].receipt_handle).await.unwrap();
+    }
 }

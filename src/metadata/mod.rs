@@ -61,7 +61,8 @@ pub struct GroupRecord {
 }
 
 /// Consumed progress of one group on one queue: everything below `ack_floor` is done, plus
-/// the acknowledged offsets above it (encoded by the broker).
+/// what lies above it — acknowledged offsets and deliveries in flight — encoded by the broker
+/// (`acked_above`, opaque here).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProgressRecord {
     pub group: String,
