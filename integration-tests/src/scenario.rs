@@ -415,6 +415,7 @@ pub fn mode_name(mode: Mode) -> &'static str {
         Mode::SimpleConsume => "SimpleConsumer",
         Mode::PushConsume => "PushConsumer",
         Mode::ProduceAndConsume => "producer and PushConsumer",
+        Mode::Named(name) => name,
     }
 }
 

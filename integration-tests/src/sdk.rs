@@ -43,6 +43,8 @@ pub enum Mode {
     PushConsume,
     /// one process sends N and receives them (the Spring app: template + listener)
     ProduceAndConsume,
+    /// a message-type mode of `sdk/MESSAGE_TYPES.md` (`fifo-produce`, `timed-consume`, ...)
+    Named(&'static str),
 }
 
 impl Mode {
@@ -52,6 +54,7 @@ impl Mode {
             Mode::SimpleConsume => "simple-consume",
             Mode::PushConsume => "push-consume",
             Mode::ProduceAndConsume => "produce-and-consume",
+            Mode::Named(name) => name,
         }
     }
 }
@@ -231,6 +234,9 @@ pub struct Report {
     /// consumers (Go): deliveries whose tag or keys differ from what the producers set (tag
     /// `--tag`, keys `["<prefix>-key-<i>"]`)
     pub property_mismatches: Vec<String>,
+    /// every other field (the message-type modes of `sdk/MESSAGE_TYPES.md`)
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What happened to one driver run.
