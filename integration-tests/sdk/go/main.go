@@ -1,10 +1,14 @@
 // End-to-end driver for the official RocketMQ Go SDK (github.com/apache/rocketmq-clients/golang/v5,
 // version pinned in go.mod).
 //
-// Usage: rmq-sdk-go {produce|simple-consume|push-consume} --endpoint HOST:PORT --topic T
+// Usage: rmq-sdk-go MODE --endpoint HOST:PORT --topic T
 //
 //	[--group G] [--count N] [--prefix P] [--tag TAG] [--timeout-secs S]
 //	[--tls] [--progress] [--fail-every K] [--pause-ms M] [--threads T]
+//
+// MODE is produce, simple-consume or push-consume (this file), or one of the FIFO, delay,
+// recall and transaction modes of integration-tests/sdk/MESSAGE_TYPES.md (types.go, with
+// their own options).
 //
 // Options fall back to RMQ_E2E_<NAME> environment variables. Prints exactly one line
 // "RESULT <json>" on stdout (the fields of integration-tests/src/sdk.rs `Report`, plus
@@ -46,6 +50,15 @@ type args struct {
 	count, failEvery, pauseMs, threads        int
 	timeout                                   time.Duration
 	tls, progress                             bool
+	typeArgs                                  // options of the modes in types.go
+}
+
+// modes maps each mode to its function: ok (the mode's goal was met) and the RESULT fields.
+var modes = map[string]func(args) (bool, map[string]any){
+	"produce": produce, "simple-consume": simpleConsume, "push-consume": pushConsume,
+	"fifo-produce": fifoProduce, "fifo-consume": fifoConsume,
+	"delay-produce": delayProduce, "timed-consume": timedConsume, "recall": recall,
+	"tx-produce": txProduce, "tx-check": txCheck,
 }
 
 func env(name, def string) string {
@@ -66,12 +79,10 @@ func envInt(name string, def int) int {
 func parseArgs() (args, error) {
 	var a args
 	if len(os.Args) < 2 {
-		return a, errors.New("usage: rmq-sdk-go {produce|simple-consume|push-consume} --endpoint HOST:PORT --topic T ...")
+		return a, errors.New("usage: rmq-sdk-go MODE --endpoint HOST:PORT --topic T ...")
 	}
 	a.mode = os.Args[1]
-	switch a.mode {
-	case "produce", "simple-consume", "push-consume":
-	default:
+	if _, known := modes[a.mode]; !known {
 		return a, fmt.Errorf("unknown mode %q", a.mode)
 	}
 	fs := flag.NewFlagSet(a.mode, flag.ContinueOnError)
@@ -84,9 +95,10 @@ func parseArgs() (args, error) {
 	secs := fs.Float64("timeout-secs", float64(envInt("TIMEOUT_SECS", 60)), "budget of the main loop")
 	fs.BoolVar(&a.tls, "tls", false, "use TLS (the SDK's default); plaintext otherwise")
 	fs.BoolVar(&a.progress, "progress", false, "consumers: print PROGRESS received=K on stdout")
-	fs.IntVar(&a.failEvery, "fail-every", 0, "push-consume: fail the first delivery of every K-th message")
+	fs.IntVar(&a.failEvery, "fail-every", 0, "push-consume, fifo-consume: fail the first delivery of every K-th message")
 	fs.IntVar(&a.pauseMs, "pause-ms", 0, "consumers: sleep this long per accepted message")
 	fs.IntVar(&a.threads, "threads", 0, "push-consume: consumption threads (0: the SDK's default)")
+	a.typeArgs.register(fs)
 	if err := fs.Parse(os.Args[2:]); err != nil {
 		return a, err
 	}
@@ -97,7 +109,7 @@ func parseArgs() (args, error) {
 		return a, errors.New("--endpoint and --topic are required")
 	}
 	a.timeout = time.Duration(*secs * float64(time.Second))
-	return a, nil
+	return a, a.typeArgs.check(a.mode, a.count)
 }
 
 func (a args) config(group string) *rmq.Config {
@@ -424,9 +436,7 @@ func main() {
 	}
 	rmq.EnableSsl = a.tls
 	obs.install()
-	run := map[string]func(args) (bool, map[string]any){
-		"produce": produce, "simple-consume": simpleConsume, "push-consume": pushConsume,
-	}[a.mode]
+	run := modes[a.mode]
 	ok, r := func() (ok bool, r map[string]any) {
 		defer func() {
 			if p := recover(); p != nil {

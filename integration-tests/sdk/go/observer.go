@@ -8,7 +8,10 @@ package main
 //     ChangeInvisibleDuration answer per message id;
 //   - MessageView does not expose whether its body digest matched: the observer checks each
 //     received message's digest with the SDK's own rule;
-//   - which transport (TLS or plaintext) was used: the observer reads the peer's auth info.
+//   - which transport (TLS or plaintext) was used: the observer reads the peer's auth info;
+//   - MessageView has no message type: the observer notes each received message's type;
+//   - a transaction checker's answer is sent by the SDK, which only logs a failure: the
+//     observer records every EndTransaction answer.
 
 import (
 	"context"
@@ -33,13 +36,22 @@ type observer struct {
 	ackErrors    []string       // non-OK ack entries and failed Ack RPCs (possibly retried later)
 	changeOK     map[string]int // message id -> OK ChangeInvisibleDuration answers
 	changeFailed int
-	transports   map[string]int // "tls" / "plaintext" -> unary calls
-	delivered    int            // messages seen on ReceiveMessage streams
-	corrupted    []string       // ids whose body digest does not match (the SDK's comparison)
-	digestCase   []string       // ... of which only the letter case of the hex differs
+	transports   map[string]int    // "tls" / "plaintext" -> unary calls
+	delivered    int               // messages seen on ReceiveMessage streams
+	corrupted    []string          // ids whose body digest does not match (the SDK's comparison)
+	digestCase   []string          // ... of which only the letter case of the hex differs
+	msgTypes     map[string]string // message id -> message type of its deliveries (FIFO, DELAY, ...)
+	endOK        map[string]string // message id -> resolution of an EndTransaction answered OK
+	endFailed    []endFailure      // EndTransaction calls that failed or were answered non-OK
 }
 
-var obs = &observer{ackOK: map[string]int{}, changeOK: map[string]int{}, transports: map[string]int{}}
+// endFailure is an EndTransaction call that failed or was answered non-OK.
+type endFailure struct {
+	id, resolution, reason string
+}
+
+var obs = &observer{ackOK: map[string]int{}, changeOK: map[string]int{}, transports: map[string]int{},
+	msgTypes: map[string]string{}, endOK: map[string]string{}}
 
 // install makes every connection the SDK opens from now on carry the observer's interceptors.
 func (o *observer) install() {
@@ -90,6 +102,18 @@ func (o *observer) unary(ctx context.Context, method string, req, reply any, cc 
 			o.changeOK[q.GetMessageId()]++
 		} else {
 			o.changeFailed++
+		}
+	case *v2.EndTransactionResponse:
+		q, _ := req.(*v2.EndTransactionRequest)
+		id, resolution := q.GetMessageId(), q.GetResolution().String()
+		switch {
+		case err != nil:
+			o.endFailed = append(o.endFailed, endFailure{id, resolution, "rpc error: " + err.Error()})
+		case r.GetStatus().GetCode() != v2.Code_OK:
+			o.endFailed = append(o.endFailed, endFailure{id, resolution,
+				fmt.Sprintf("%v %s", r.GetStatus().GetCode(), r.GetStatus().GetMessage())})
+		default:
+			o.endOK[id] = resolution
 		}
 	}
 	return err
@@ -144,8 +168,9 @@ func (o *observer) noteMessage(m *v2.Message) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.delivered++
+	id := m.GetSystemProperties().GetMessageId()
+	o.msgTypes[id] = m.GetSystemProperties().GetMessageType().String()
 	if d.GetChecksum() != want {
-		id := m.GetSystemProperties().GetMessageId()
 		o.corrupted = append(o.corrupted, id)
 		if strings.EqualFold(d.GetChecksum(), want) {
 			o.digestCase = append(o.digestCase, id)
@@ -157,6 +182,25 @@ func (o *observer) acked(id string) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.ackOK[id] > 0
+}
+
+// messageType of a received message as the server sent it ("" if not seen).
+func (o *observer) messageType(id string) string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.msgTypes[id]
+}
+
+// endTransactions: the ids whose EndTransaction was answered OK (id -> resolution), and the
+// failed EndTransaction calls.
+func (o *observer) endTransactions() (map[string]string, []endFailure) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	ok := map[string]string{}
+	for id, res := range o.endOK {
+		ok[id] = res
+	}
+	return ok, append([]endFailure{}, o.endFailed...)
 }
 
 // allAcked: every id has an OK ack answer.
