@@ -42,7 +42,64 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub producer: ProducerConfig,
     pub consumer: ConsumerConfig,
+    pub timer: TimerConfig,
+    pub transaction: TransactionConfig,
     pub log: LogConfig,
+}
+
+/// Delay/timer messages (Apache `timerPrecisionMs`, `timerMaxDelaySec` is `limits.maxDelayTime`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TimerConfig {
+    /// A scheduled message is delivered within this after its time (never before it).
+    #[serde(with = "humantime_serde")]
+    pub timer_precision: Duration,
+    /// Width of one on-disk time bucket of the timer index; the next bucket is held in memory.
+    #[serde(with = "humantime_serde")]
+    pub timer_bucket: Duration,
+}
+
+impl Default for TimerConfig {
+    fn default() -> Self {
+        Self { timer_precision: Duration::from_millis(100), timer_bucket: Duration::from_secs(60) }
+    }
+}
+
+/// What happens to a half message after its last orphan check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckMaxAction {
+    /// Rolled back (Apache's default outcome).
+    Discard,
+    /// Moved to `rmq_sys_trans_check_max` for an operator (Apache `TRANS_CHECK_MAX_TIME_TOPIC`).
+    Keep,
+}
+
+/// Transactional messages (Apache `transactionTimeOut`, `transactionCheckInterval`,
+/// `transactionCheckMax`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TransactionConfig {
+    /// First orphan check this long after the half message, unless its producer set
+    /// `orphaned_transaction_recovery_duration`.
+    #[serde(with = "humantime_serde")]
+    pub transaction_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub transaction_check_interval: Duration,
+    /// Checks before giving up on a transaction.
+    pub transaction_check_max: u32,
+    pub transaction_check_max_action: CheckMaxAction,
+}
+
+impl Default for TransactionConfig {
+    fn default() -> Self {
+        Self {
+            transaction_timeout: Duration::from_secs(6),
+            transaction_check_interval: Duration::from_secs(30),
+            transaction_check_max: 15,
+            transaction_check_max_action: CheckMaxAction::Discard,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -213,7 +270,7 @@ impl Default for LimitsConfig {
             max_user_property_size: 16 * 1024,
             user_property_max_num: 128,
             max_message_group_size: 64,
-            max_delay_time: Duration::from_secs(24 * 3600),
+            max_delay_time: Duration::from_secs(40 * 24 * 3600),
             max_batch_messages: 1024,
         }
     }
@@ -441,6 +498,19 @@ impl Config {
         }
         if c.progress_flush_interval.is_zero() {
             return invalid("consumer.progressFlushInterval", "must be greater than 0");
+        }
+        let t = &self.timer;
+        if t.timer_precision < Duration::from_millis(1) || t.timer_precision > Duration::from_secs(10) {
+            return invalid("timer.timerPrecision", "must be between 1ms and 10s");
+        }
+        if t.timer_bucket < t.timer_precision || t.timer_bucket > Duration::from_secs(24 * 3600) {
+            return invalid("timer.timerBucket", "must be between timer.timerPrecision and 24h");
+        }
+        if self.limits.max_delay_time > Duration::from_secs(100 * 365 * 24 * 3600) {
+            return invalid("limits.maxDelayTime", "must not exceed 100 years");
+        }
+        if self.transaction.transaction_check_interval < Duration::from_millis(100) {
+            return invalid("transaction.transactionCheckInterval", "must be at least 100ms");
         }
         if self.producer.max_attempts < 1 {
             return invalid("producer.maxAttempts", "must be at least 1");

@@ -14,12 +14,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
-use crate::broker::Broker;
+use crate::broker::{Broker, Stores};
+use crate::clock::SystemClock;
 use crate::config::{Config, FlushDiskType};
 use crate::grpc::MessagingServiceImpl;
 use crate::metadata::MetadataStore;
 use crate::metadata::sqlite::SqliteMetadataStore;
-use crate::storage::{CommitLog, FlushMode, MessageLog, StorageConfig};
+use crate::storage::{BucketFiles, CommitLog, FlushMode, MessageLog, StorageConfig};
 use crate::tls;
 
 /// Addresses the servers actually bound (ports may be 0 in the config).
@@ -66,7 +67,12 @@ pub async fn run(
             .await
             .with_context(|| "cannot open the metadata store (metadata.url)")?,
     );
-    let broker = Broker::start(config.clone(), log.clone(), meta.clone()).await.context("cannot start the broker")?;
+    let timer_index =
+        BucketFiles::open(&config.storage.data_dir.join("timer"), config.timer.timer_bucket.as_millis() as i64)
+            .context("cannot open the timer index")?;
+    let stores = Stores { log: log.clone(), meta: meta.clone(), timers: Arc::new(timer_index) };
+    let broker =
+        Broker::start(config.clone(), stores, Arc::new(SystemClock)).await.context("cannot start the broker")?;
 
     let bind = &config.server.bind_address;
     let grpc_listener =
@@ -111,6 +117,14 @@ pub async fn run(
         let b = broker.clone();
         tokio::spawn(async move { b.run_progress_flusher().await })
     };
+    let timers = {
+        let b = broker.clone();
+        tokio::spawn(async move { b.run_timers().await })
+    };
+    let checker = {
+        let b = broker.clone();
+        tokio::spawn(async move { b.run_transaction_checker().await })
+    };
 
     ready.store(true, Ordering::SeqCst);
     tracing::info!(grpc = %addrs.grpc, http = %addrs.http, tls = ?config.server.tls.mode, "rmq-gateway is ready");
@@ -133,6 +147,8 @@ pub async fn run(
     }
     let _ = acceptor.await;
     let _ = flusher.await;
+    let _ = timers.await;
+    let _ = checker.await;
     if let Err(e) = broker.shutdown().await {
         tracing::error!(error = %e, "final flush of consumer progress failed");
     }

@@ -80,6 +80,7 @@ fn http_status(e: &BrokerError) -> StatusCode {
         | BrokerError::IllegalDeliveryTime(_)
         | BrokerError::IllegalPollingTime(_)
         | BrokerError::InvalidReceiptHandle(_)
+        | BrokerError::InvalidTransactionId(_)
         | BrokerError::MessageTypeConflict(_)
         | BrokerError::MessageCorrupted(_)
         | BrokerError::BodyEmpty

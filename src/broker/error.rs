@@ -31,6 +31,8 @@ pub enum BrokerError {
     #[error("{0}")]
     InvalidReceiptHandle(String),
     #[error("{0}")]
+    InvalidTransactionId(String),
+    #[error("{0}")]
     MessageTypeConflict(String),
     #[error("{0}")]
     MessageCorrupted(String),

@@ -62,6 +62,9 @@ impl MessageType {
 
 const TYPE_MASK: u32 = 0x7;
 const FLAG_GZIP: u32 = 0x8;
+/// The record is a reference to a message stored once elsewhere (a fired timer, a committed
+/// transaction): its body is empty; `REF_*` properties say where the message is.
+pub(crate) const FLAG_REF: u32 = 0x10;
 
 /// Message types accepted by a topic type, for routes.
 pub fn accepted_types(topic: TopicType) -> &'static [MessageType] {
@@ -92,6 +95,11 @@ pub struct OutgoingMessage {
     pub body: Bytes,
     /// The body is gzip-compressed (delivered as is, with the same flag).
     pub gzip: bool,
+    /// Transactional: how long before the first orphan check (the producer's
+    /// `orphaned_transaction_recovery_duration`).
+    pub orphaned_transaction_recovery: Option<std::time::Duration>,
+    /// Priority (PRIORITY topics): higher first.
+    pub priority: Option<i32>,
 }
 
 impl OutgoingMessage {
@@ -134,10 +142,68 @@ impl OutgoingMessage {
         if let Some(tc) = &self.trace_context {
             p.push(keys::TRACE_CONTEXT, tc.as_str());
         }
+        if let Some(d) = self.orphaned_transaction_recovery {
+            p.push(keys::CHECK_IMMUNITY_TIME, d.as_secs().to_string());
+        }
         for (k, v) in &self.user_properties {
             p.push(k.as_str(), v.as_str());
         }
         p
+    }
+}
+
+/// The record written to a topic's queue when a message stored once elsewhere becomes
+/// deliverable there: no body, the properties filters and lookups need, and where the message
+/// is. [`dereference`] turns what a consumer reads back into the message.
+pub(crate) fn reference(
+    original: &StoredMessage,
+    topic: Arc<str>,
+    queue_id: u32,
+    at: (&str, u32, u64),
+) -> crate::storage::AppendMessage {
+    let mut properties = Properties::with_capacity(6);
+    for key in [keys::UNIQ_KEY, keys::TAGS, keys::KEYS] {
+        if let Some(v) = original.properties.get(key) {
+            properties.push(key, v);
+        }
+    }
+    properties.push(keys::REF_TOPIC, at.0);
+    properties.push(keys::REF_QUEUE_ID, at.1.to_string());
+    properties.push(keys::REF_OFFSET, at.2.to_string());
+    crate::storage::AppendMessage {
+        topic,
+        queue_id,
+        born_timestamp_ms: original.born_timestamp_ms,
+        flags: (original.flags & !FLAG_REF) | FLAG_REF,
+        tag_hash: original.tag_hash,
+        properties,
+        body: Bytes::new(),
+    }
+}
+
+/// Where a reference record points, or `None` for an ordinary record.
+pub(crate) fn referenced(m: &StoredMessage) -> Option<(String, u32, u64)> {
+    if m.flags & FLAG_REF == 0 {
+        return None;
+    }
+    let p = &m.properties;
+    Some((
+        p.get(keys::REF_TOPIC)?.to_string(),
+        p.get(keys::REF_QUEUE_ID)?.parse().ok()?,
+        p.get(keys::REF_OFFSET)?.parse().ok()?,
+    ))
+}
+
+/// The message a reference record stands for, at the reference's place (topic, queue,
+/// offset, store time) with the original's properties and body.
+pub(crate) fn dereference(reference: StoredMessage, original: StoredMessage) -> StoredMessage {
+    StoredMessage {
+        born_timestamp_ms: original.born_timestamp_ms,
+        flags: original.flags & !FLAG_REF,
+        tag_hash: original.tag_hash,
+        properties: original.properties,
+        body: original.body,
+        ..reference
     }
 }
 
@@ -188,6 +254,12 @@ fn is_system_key(k: &str) -> bool {
             | keys::RECONSUME_TIME
             | keys::DLQ_ORIGIN_TOPIC
             | keys::DLQ_ORIGIN_MESSAGE_ID
+            | keys::REAL_TOPIC
+            | keys::CHECK_IMMUNITY_TIME
+            | keys::CHECK_AT
+            | keys::REF_TOPIC
+            | keys::REF_QUEUE_ID
+            | keys::REF_OFFSET
     )
 }
 

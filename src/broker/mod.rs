@@ -1,9 +1,11 @@
 //! The broker domain: topics and routes, sending, POP-style receiving with invisibility,
-//! acks and redelivery, consumer progress and client sessions.
+//! acks and redelivery, orderly (FIFO) groups, delay/timer and transactional messages,
+//! consumer progress and client sessions.
 //!
 //! [`Broker`] is the one entry point of the protocol (`grpc/`) and admin (`admin/`) layers. It
 //! sees storage and metadata only through [`MessageLog`] and [`MetadataStore`]; it never imports
-//! tonic, axum or sqlx, and proto types never reach it.
+//! tonic, axum or sqlx, and proto types never reach it. Time comes from an injected
+//! [`Clock`], so timers and checks are tested without sleeping.
 
 pub mod consumer;
 pub mod error;
@@ -12,6 +14,8 @@ pub mod message;
 mod pop;
 pub mod receipt;
 mod relay;
+mod timer;
+mod transaction;
 pub mod validate;
 
 #[cfg(test)]
@@ -29,10 +33,12 @@ pub use error::{BrokerError, BrokerResult};
 pub use message::{DeliveredMessage, MessageType, OutgoingMessage};
 pub use pop::{Filter, ReceiveRequest};
 pub use relay::{ClientCommand, ClientReply, VerifyOutcome};
+pub use transaction::{Resolution, ResolutionSource};
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::metadata::{GroupRecord, MetadataStore, TopicRecord, TopicType};
-use crate::storage::{AppendMessage, MessageLog};
+use crate::storage::{AppendMessage, MessageLog, TimerIndex};
 use consumer::QueueState;
 use receipt::ReceiptCodec;
 
@@ -63,7 +69,18 @@ pub struct SendReceipt {
     pub message_id: String,
     pub transaction_id: String,
     pub queue_id: u32,
+    /// Queue offset; for a scheduled message its offset in the timer queue, for a half
+    /// message its offset in the half queue (as Apache reports them).
     pub offset: u64,
+    /// Scheduled messages: the handle RecallMessage takes.
+    pub recall_handle: Option<String>,
+}
+
+/// What the broker stores into.
+pub struct Stores {
+    pub log: Arc<dyn MessageLog>,
+    pub meta: Arc<dyn MetadataStore>,
+    pub timers: Arc<dyn TimerIndex>,
 }
 
 /// The kind of a connected client.
@@ -99,6 +116,8 @@ pub struct ClientInfo {
 struct ClientSession {
     kind: ClientKind,
     group: Option<String>,
+    /// Producers: the topics they publish to (orphan transaction checks go to them).
+    topics: Vec<String>,
     last_seen: Instant,
     /// Cancelled when the client says goodbye: ends its long polls at once.
     gone: CancellationToken,
@@ -106,7 +125,7 @@ struct ClientSession {
 
 impl ClientSession {
     fn new(kind: ClientKind, group: Option<String>) -> Self {
-        ClientSession { kind, group, last_seen: Instant::now(), gone: CancellationToken::new() }
+        ClientSession { kind, group, topics: Vec::new(), last_seen: Instant::now(), gone: CancellationToken::new() }
     }
 }
 
@@ -114,8 +133,11 @@ type QueueKey = (Arc<str>, Arc<str>, u32);
 
 pub(crate) struct Inner {
     config: Arc<Config>,
+    clock: Arc<dyn Clock>,
     log: Arc<dyn MessageLog>,
     meta: Arc<dyn MetadataStore>,
+    timers: timer::Timers,
+    transactions: transaction::Transactions,
     topics: RwLock<HashMap<String, Arc<TopicEntry>>>,
     groups: RwLock<HashMap<String, GroupRecord>>,
     states: Mutex<HashMap<QueueKey, Arc<Mutex<QueueState>>>>,
@@ -145,18 +167,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Broker {
-    /// Loads topics, groups, progress and the receipt secret, and creates configured topics.
-    pub async fn start(
-        config: Arc<Config>,
-        log: Arc<dyn MessageLog>,
-        meta: Arc<dyn MetadataStore>,
-    ) -> BrokerResult<Broker> {
+    /// Loads topics, groups, progress, open transactions, the timer index and the receipt
+    /// secret, and creates configured topics. The background work ([`Broker::run_timers`],
+    /// [`Broker::run_transaction_checker`], [`Broker::run_progress_flusher`]) is the caller's
+    /// to spawn.
+    pub async fn start(config: Arc<Config>, stores: Stores, clock: Arc<dyn Clock>) -> BrokerResult<Broker> {
+        let Stores { log, meta, timers } = stores;
         let candidate: [u8; 32] = rand::random();
         let secret = meta.secret("receipt-handle-hmac", &candidate).await?;
         let inner = Arc::new(Inner {
+            timers: timer::Timers::open(timers, clock.now_ms())?,
+            transactions: transaction::Transactions::default(),
             receipts: ReceiptCodec::new(&secret),
             // Serials only need to differ from every serial issued before a restart.
-            serial: AtomicU64::new((now_ms() as u64) << 20),
+            serial: AtomicU64::new((clock.now_ms() as u64) << 20),
             topics: RwLock::new(HashMap::new()),
             groups: RwLock::new(HashMap::new()),
             states: Mutex::new(HashMap::new()),
@@ -166,6 +190,7 @@ impl Broker {
             journal_saved: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
             config,
+            clock,
             log,
             meta,
         });
@@ -191,11 +216,18 @@ impl Broker {
             broker.put_group(&spec.name, spec.consume_message_orderly, spec.retry_max_times).await?;
         }
         broker.restore_progress().await?;
+        broker.recover_timers()?;
+        broker.recover_transactions()?;
         Ok(broker)
     }
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Now, by the broker's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.inner.clock.now_ms()
     }
 
     /// Stops long polls and background work; flushes consumer progress.
@@ -264,7 +296,8 @@ impl Broker {
         let topic_type = match kind {
             MessageType::Normal => TopicType::Normal,
             MessageType::Fifo => TopicType::Fifo,
-            MessageType::Delay | MessageType::Transaction => return Err(Self::unsupported_type(kind)),
+            MessageType::Delay => TopicType::Delay,
+            MessageType::Transaction => TopicType::Transaction,
         };
         let record = self.create_topic(name, topics.default_topic_queue_nums, topic_type).await?;
         tracing::info!(
@@ -274,14 +307,6 @@ impl Broker {
             "auto-created topic"
         );
         self.cached_topic(name).ok_or_else(|| BrokerError::TopicNotFound(name.to_string()))
-    }
-
-    fn unsupported_type(kind: MessageType) -> BrokerError {
-        BrokerError::Unsupported(match kind {
-            MessageType::Delay => "delay/timer messages are not supported by this gateway version yet".into(),
-            MessageType::Transaction => "transactional messages are not supported by this gateway version yet".into(),
-            MessageType::Normal | MessageType::Fifo => format!("{} messages are supported", kind.as_str()),
-        })
     }
 
     /// The route of a topic. Never creates it: with autoCreateTopicEnable an unknown topic
@@ -393,28 +418,40 @@ impl Broker {
                 m.topic
             )));
         }
-        let now = now_ms();
+        let now = self.now_ms();
         for m in &messages {
             validate::validate_message(m, limits, now)?;
         }
-        let topic = self.send_topic(&topic_name, first.message_type()).await?;
+        let kind = first.message_type();
+        let topic = self.send_topic(&topic_name, kind).await?;
         for m in &messages {
-            let kind = m.message_type();
-            if !kind.accepted_by(topic.record.topic_type) {
+            let k = m.message_type();
+            if !k.accepted_by(topic.record.topic_type) {
                 return Err(BrokerError::MessageTypeConflict(format!(
                     "topic `{topic_name}` accepts {} messages, but this message is {}",
                     topic.record.topic_type.as_str(),
-                    kind.as_str()
+                    k.as_str()
                 )));
             }
-            match kind {
-                MessageType::Normal | MessageType::Fifo => {}
-                MessageType::Delay | MessageType::Transaction => return Err(Self::unsupported_type(kind)),
+            if k != kind {
+                return Err(BrokerError::MessageTypeConflict(format!(
+                    "all messages of one request must have the same type, found {} and {}",
+                    kind.as_str(),
+                    k.as_str()
+                )));
             }
         }
-        let queue_id = self.pick_queue(&topic, &messages);
+        let group = first.message_group.as_deref();
+        if let Some(m) = messages.iter().find(|m| m.message_group.as_deref() != group) {
+            return Err(BrokerError::MessageCorrupted(format!(
+                "all FIFO messages of one request must have the same message group, found `{}` and `{}`",
+                group.unwrap_or_default(),
+                m.message_group.as_deref().unwrap_or_default()
+            )));
+        }
+        let queue_id = self.pick_queue(&topic, group);
         let topic_arc: Arc<str> = Arc::from(topic_name.as_str());
-        let appends = messages
+        let appends: Vec<AppendMessage> = messages
             .iter()
             .map(|m| AppendMessage {
                 topic: topic_arc.clone(),
@@ -426,37 +463,64 @@ impl Broker {
                 body: m.body.clone(),
             })
             .collect();
+        let ids: Vec<String> = messages.iter().map(|m| m.message_id.clone()).collect();
+        let receipt = |id: &String, queue_id: u32, offset: u64, recall_handle: Option<String>| SendReceipt {
+            message_id: id.clone(),
+            transaction_id: id.clone(),
+            queue_id,
+            offset,
+            recall_handle,
+        };
+        if kind == MessageType::Transaction {
+            let offsets = self.prepare(&topic_name, appends, &ids).await?;
+            return Ok(ids.iter().zip(offsets).map(|(id, o)| receipt(id, 0, o, None)).collect());
+        }
+        // Due later: scheduled (a time in the past is delivered at once, like Apache).
+        let due: Vec<i64> = messages.iter().filter_map(|m| m.delivery_timestamp_ms).collect();
+        if due.len() == messages.len() && due.iter().any(|&d| d > now) {
+            let scheduled = self.schedule(&topic_name, appends, &due, &ids).await?;
+            return Ok(ids.iter().zip(scheduled).map(|(id, (o, h))| receipt(id, 0, o, Some(h))).collect());
+        }
         let results = self.inner.log.append(appends).await?;
         topic.arrivals.notify_waiters();
-        Ok(messages
-            .into_iter()
-            .zip(results)
-            .map(|(m, r)| SendReceipt {
-                transaction_id: m.message_id.clone(),
-                message_id: m.message_id,
-                queue_id,
-                offset: r.queue_offset,
-            })
-            .collect())
+        Ok(ids.iter().zip(results).map(|(id, r)| receipt(id, queue_id, r.queue_offset, None)).collect())
     }
 
     /// FIFO messages go to `hash(message_group) mod queues` (never the client's choice, since
-    /// SDKs hash groups differently); others round-robin. A batch lands in one queue.
-    fn pick_queue(&self, topic: &TopicEntry, messages: &[OutgoingMessage]) -> u32 {
+    /// SDKs hash groups differently); others round-robin.
+    fn pick_queue(&self, topic: &TopicEntry, message_group: Option<&str>) -> u32 {
         let n = topic.record.queue_nums.max(1);
-        match messages.iter().find_map(|m| m.message_group.as_deref()) {
+        match message_group {
             Some(group) => crc32c::crc32c(group.as_bytes()) % n,
             None => topic.round_robin.fetch_add(1, Ordering::Relaxed) % n,
         }
     }
-
-    /// Records (or refreshes) a client from its Settings.
-    pub fn register_client(&self, client_id: &str, kind: ClientKind, group: Option<String>) {
+    /// Records (or refreshes) a client from its Settings: its kind, consumer group, and the
+    /// topics a producer publishes to.
+    pub fn register_client(&self, client_id: &str, kind: ClientKind, group: Option<String>, topics: Vec<String>) {
         let mut clients = lock(&self.inner.clients);
         let session = clients.entry(client_id.to_string()).or_insert_with(|| ClientSession::new(kind, None));
         session.kind = kind;
         session.group = group;
+        session.topics = topics;
         session.last_seen = Instant::now();
+    }
+
+    /// A live producer of `topic` with a Telemetry stream here, to check an orphan with
+    /// (a different one each time when there are several).
+    fn transaction_checker(&self, topic: &str) -> Option<String> {
+        let candidates: Vec<String> = lock(&self.inner.clients)
+            .iter()
+            .filter(|(_, s)| s.kind == ClientKind::Producer && s.last_seen.elapsed() < CLIENT_EXPIRY)
+            .filter(|(_, s)| s.topics.iter().any(|t| t == topic))
+            .map(|(id, _)| id.clone())
+            .filter(|id| self.client_connected(id))
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let i = self.next_serial() as usize % candidates.len();
+        candidates.into_iter().nth(i)
     }
 
     /// Marks a client alive and returns the token cancelled when it terminates (a receive

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::consumer::{Due, HandleProblem, Inflight, QueueState};
+use super::consumer::{Due, HandleProblem, Inflight, QueueState, group_key};
 use super::error::{BrokerError, BrokerResult};
 use super::journal::{AckRecord, Delivery, DeliveryRecord, JOURNAL_TOPIC, JournalRecord};
 use super::message::DeliveredMessage;
 use super::receipt::Receipt;
-use super::{Broker, TopicEntry, lock, now_ms, validate};
+use super::{Broker, TopicEntry, lock, validate};
 use crate::config::ConsumeFromWhere;
 use crate::metadata::{GroupRecord, ProgressRecord, TopicType};
 use crate::storage::{AppendMessage, StorageError, StoredMessage, record::keys};
@@ -31,6 +31,9 @@ const RENEW_MAX_MS: i64 = 3 * 3600 * 1000;
 const RELEASE_DELAY_MS: i64 = 1000;
 /// Retry delay when moving a message to the dead-letter queue failed.
 const DEAD_LETTER_RETRY_MS: i64 = 30_000;
+/// Orderly groups: most messages per queue passed over while their message group is busy
+/// (beyond it the scan pauses until groups drain).
+const MAX_WAITING: usize = 10_000;
 /// Long polls re-check at least this often (deliveries whose invisibility ends are not
 /// announced by an append).
 const RECHECK: Duration = Duration::from_millis(500);
@@ -100,19 +103,22 @@ pub(super) type AttemptKey = (String, String, String, String);
 const MAX_REMEMBERED_ATTEMPTS: usize = 16 * 1024;
 
 impl Broker {
-    fn next_serial(&self) -> u64 {
+    pub(super) fn next_serial(&self) -> u64 {
         self.inner.serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The state of `group` on a queue, created at the configured start position if new.
-    fn queue_state(&self, group: &str, topic: &str, queue_id: u32) -> Arc<Mutex<QueueState>> {
+    pub(super) fn queue_state(&self, group: &str, topic: &str, queue_id: u32) -> Arc<Mutex<QueueState>> {
         let mut states = lock(&self.inner.states);
         let key = (Arc::from(group), Arc::from(topic), queue_id);
         states
             .entry(key)
             .or_insert_with(|| {
                 let range = self.inner.log.queue_range(topic, queue_id);
+                let system = group.starts_with(validate::SYSTEM_PREFIX);
                 let floor = match self.inner.config.consumer.consume_from_where {
+                    // The gateway's own groups (transaction resolutions) see everything.
+                    _ if system => range.start,
                     ConsumeFromWhere::FirstOffset => range.start,
                     // Like Apache with initPopOffsetByCheckMsgInMem: a young queue is read from 0.
                     ConsumeFromWhere::LastOffset if range.start == 0 => 0,
@@ -243,13 +249,13 @@ impl Broker {
             auto_renew_client,
             deliveries,
         };
-        if let Err(e) = self.inner.log.append(vec![record.to_append(now_ms())]).await {
+        if let Err(e) = self.inner.log.append(vec![record.to_append(self.now_ms())]).await {
             tracing::warn!(group, topic = topic.record.name, error = %e, "journaling deliveries failed; after a crash they may be delivered again early");
         }
     }
 
     fn remember_attempt(&self, key: AttemptKey, messages: &[DeliveredMessage], invisible: Duration) {
-        let now = now_ms();
+        let now = self.now_ms();
         let mut cache = lock(&self.inner.attempts);
         if cache.len() >= MAX_REMEMBERED_ATTEMPTS {
             cache.retain(|_, c| c.expires_ms > now);
@@ -265,7 +271,7 @@ impl Broker {
     /// same receipt handles.
     fn replay_attempt(&self, key: &AttemptKey, req: &ReceiveRequest, invisible: Duration) -> Vec<DeliveredMessage> {
         let Some(cached) = lock(&self.inner.attempts).remove(key) else { return Vec::new() };
-        let now = now_ms();
+        let now = self.now_ms();
         if cached.expires_ms <= now {
             return Vec::new();
         }
@@ -338,11 +344,11 @@ impl Broker {
         let mut st = lock(&state);
         let range = log.queue_range(name, queue_id);
         st.trim_to(range.start);
-        let now = now_ms();
+        let now = self.now_ms();
         let alive = |c: &str| self.client_alive(c);
-        if group.fifo && st.has_invisible(now, &alive, RENEW_MAX_MS) {
-            // Orderly groups see the next messages of a queue only after the previous ones.
-            return Ok(());
+        let orderly = group.fifo;
+        if orderly {
+            self.resolve_group_keys(name, queue_id, &mut st)?;
         }
         let max_attempts = (group.retry_max_times + 1).max(1) as u32;
         let auto_renew_client: Option<Arc<str>> = req.auto_renew.then(|| Arc::from(req.client_id.as_str()));
@@ -364,26 +370,21 @@ impl Broker {
                     serial,
                     auto_renew_client: auto_renew_client.clone(),
                     first_delivery_ms: now,
+                    group_key: Some(group_key(m.properties.get(keys::SHARDING_KEY))),
                 },
             );
             *bytes += m.body.len();
             out.push(DeliveredMessage::from_stored(m, handle, attempt));
         };
 
+        // 1. Deliveries whose invisibility ended: again, or to the DLQ once attempts are used up.
+        //    For orderly groups each is the head of its message group (only heads are in flight).
         for due in st.take_due(now, max - out.len(), max_attempts, &alive, RENEW_MAX_MS) {
             let (offset, attempt, to_dlq) = match due {
                 Due::Redeliver { offset, attempt } => (offset, attempt, false),
                 Due::DeadLetter { offset, attempt } => (offset, attempt, true),
             };
-            let found = match log.read(name, queue_id, offset, 1, usize::MAX) {
-                Ok(batch) => batch.into_iter().find(|m| m.queue_offset == offset),
-                Err(e @ StorageError::Corrupted { .. }) => {
-                    skip_damaged(&group.name, name, queue_id, offset, &e);
-                    None
-                }
-                Err(e) => return Err(e.into()),
-            };
-            match found {
+            match self.read_one(&group.name, name, queue_id, offset)? {
                 None => st.complete(offset),
                 Some(m) if to_dlq => {
                     if let Some(e) = st.inflight.get_mut(&offset) {
@@ -396,7 +397,31 @@ impl Broker {
                 Some(m) => deliver(&mut st, m, attempt, out, bytes),
             }
         }
-        while out.len() < max && *bytes < MAX_RECEIVE_BYTES && st.next < range.end {
+        // Orderly groups: a message group with a delivery in flight gets nothing more until it
+        // is acked or dead-lettered; other groups of the queue go on (no head-of-line blocking).
+        let mut busy = if orderly { st.busy_groups() } else { HashSet::new() };
+
+        // 2. Orderly groups: messages passed over earlier whose group is free now, oldest first.
+        if orderly {
+            let waiting: Vec<(u64, u64)> = st.waiting.iter().map(|(&o, &g)| (o, g)).collect();
+            for (offset, key) in waiting {
+                if out.len() >= max || *bytes >= MAX_RECEIVE_BYTES {
+                    return Ok(());
+                }
+                if busy.contains(&key) {
+                    continue;
+                }
+                busy.insert(key);
+                st.waiting.remove(&offset);
+                match self.read_one(&group.name, name, queue_id, offset)? {
+                    Some(m) if req.filter.matches(&m) => deliver(&mut st, m, 1, out, bytes),
+                    _ => st.complete(offset),
+                }
+            }
+        }
+
+        // 3. New messages from `next` on.
+        'scan: while out.len() < max && *bytes < MAX_RECEIVE_BYTES && st.next < range.end {
             let batch = match log.read(name, queue_id, st.next, max - out.len(), MAX_RECEIVE_BYTES - *bytes) {
                 Ok(batch) => batch,
                 Err(e @ StorageError::Corrupted { .. }) => {
@@ -414,17 +439,69 @@ impl Broker {
             };
             for m in batch {
                 let offset = m.queue_offset;
-                if st.is_acked(offset) || st.inflight.contains_key(&offset) {
+                if st.is_acked(offset) || st.inflight.contains_key(&offset) || st.waiting.contains_key(&offset) {
                     continue;
                 }
-                if req.filter.matches(&m) {
-                    deliver(&mut st, m, 1, out, bytes);
-                } else {
+                if !req.filter.matches(&m) {
                     // Like Apache: a message the filter rejects is acknowledged for this group.
                     st.complete(offset);
+                    continue;
                 }
+                let Some(m) = self.resolve(m)? else {
+                    st.complete(offset);
+                    continue;
+                };
+                if orderly {
+                    let key = group_key(m.properties.get(keys::SHARDING_KEY));
+                    if !busy.insert(key) {
+                        if st.waiting.len() >= MAX_WAITING {
+                            // Bounded memory: stop here; the scan resumes once groups drain.
+                            st.next = offset;
+                            break 'scan;
+                        }
+                        st.waiting.insert(offset, key);
+                        continue;
+                    }
+                }
+                deliver(&mut st, m, 1, out, bytes);
             }
             st.next = st.next.max(last + 1);
+        }
+        Ok(())
+    }
+
+    /// One message of a queue (references resolved), or `None` if retention deleted it or it
+    /// is damaged (logged; the caller moves past it).
+    fn read_one(&self, group: &str, topic: &str, queue_id: u32, offset: u64) -> BrokerResult<Option<StoredMessage>> {
+        match self.inner.log.read(topic, queue_id, offset, 1, usize::MAX) {
+            Ok(batch) => match batch.into_iter().find(|m| m.queue_offset == offset) {
+                Some(m) => self.resolve(m),
+                None => Ok(None),
+            },
+            Err(e @ StorageError::Corrupted { .. }) => {
+                skip_damaged(group, topic, queue_id, offset, &e);
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Orderly groups need the message group of every delivery in flight; deliveries restored
+    /// after a restart do not know it yet: read it from the log.
+    fn resolve_group_keys(&self, topic: &str, queue_id: u32, st: &mut QueueState) -> BrokerResult<()> {
+        let unknown: Vec<u64> = st.inflight.iter().filter(|(_, e)| e.group_key.is_none()).map(|(&o, _)| o).collect();
+        for offset in unknown {
+            let key = match self.inner.log.read(topic, queue_id, offset, 1, usize::MAX) {
+                Ok(batch) => batch
+                    .into_iter()
+                    .find(|m| m.queue_offset == offset)
+                    .map_or(0, |m| group_key(m.properties.get(keys::SHARDING_KEY))),
+                Err(StorageError::Corrupted { .. }) => 0,
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(e) = st.inflight.get_mut(&offset) {
+                e.group_key = Some(key);
+            }
         }
         Ok(())
     }
@@ -451,11 +528,14 @@ impl Broker {
             properties,
             body: m.body.clone(),
         };
-        self.inner.log.append(vec![append]).await?;
-        dlq.arrivals.notify_waiters();
-        lock(&self.queue_state(group, topic, queue_id)).complete(m.queue_offset);
+        // The copy and the ack in one all-or-nothing append: never both lost, never one twice.
         let record = AckRecord { group: group.to_string(), topic: topic.to_string(), queue_id, offset: m.queue_offset };
-        self.inner.log.append(vec![record.to_append(now_ms())]).await?;
+        self.inner.log.append(vec![append, record.to_append(self.now_ms())]).await?;
+        lock(&self.queue_state(group, topic, queue_id)).complete(m.queue_offset);
+        dlq.arrivals.notify_waiters();
+        if let Some(t) = self.cached_topic(topic) {
+            self.group_moved_on(group, &t);
+        }
         tracing::info!(group, topic, queue_id, offset = m.queue_offset, "moved message to {dlq_name}");
         Ok(())
     }
@@ -474,22 +554,16 @@ impl Broker {
         let r = self.decode_receipt(group, &topic, handle)?;
         let name = topic.record.name.as_str();
         let state = self.queue_state(group, name, r.queue_id);
-        let checked = lock(&state).verify(&r, now_ms());
+        let checked = lock(&state).verify(&r, self.now_ms());
         match checked {
             Ok(()) => {}
             // Already handled (e.g. a retry of this call after a lost response).
             Err(HandleProblem::AlreadyAcked) => return Ok(()),
-            Err(p) => return Err(Self::handle_problem(p, &r)),
+            Err(p) => return Err(self.handle_problem(p, &r)),
         }
-        let m = self
-            .inner
-            .log
-            .read(name, r.queue_id, r.offset, 1, usize::MAX)?
-            .into_iter()
-            .find(|m| m.queue_offset == r.offset)
-            .ok_or_else(|| {
-                BrokerError::InvalidReceiptHandle("the message no longer exists (retention deleted it)".into())
-            })?;
+        let m = self.read_one(group, name, r.queue_id, r.offset)?.ok_or_else(|| {
+            BrokerError::InvalidReceiptHandle("the message no longer exists (retention deleted it)".into())
+        })?;
         self.dead_letter(group, name, r.queue_id, m).await
     }
 
@@ -508,14 +582,14 @@ impl Broker {
         Ok(r)
     }
 
-    fn handle_problem(p: HandleProblem, r: &Receipt) -> BrokerError {
+    fn handle_problem(&self, p: HandleProblem, r: &Receipt) -> BrokerError {
         BrokerError::InvalidReceiptHandle(match p {
             HandleProblem::Stale => {
                 "receipt handle is stale: the message was delivered again after it was issued".into()
             }
             HandleProblem::Expired => format!(
                 "receipt handle expired {} ms ago; the message will be delivered again",
-                now_ms().saturating_sub(r.deadline_ms)
+                self.now_ms().saturating_sub(r.deadline_ms)
             ),
             HandleProblem::AlreadyAcked => "the message was already acknowledged".into(),
         })
@@ -528,8 +602,8 @@ impl Broker {
         self.touch_client(client_id);
         let r = self.decode_receipt(group, &topic, handle)?;
         let state = self.queue_state(group, &topic.record.name, r.queue_id);
-        let result = lock(&state).ack(&r, now_ms());
-        result.map_err(|p| Self::handle_problem(p, &r))?;
+        let result = lock(&state).ack(&r, self.now_ms());
+        result.map_err(|p| self.handle_problem(p, &r))?;
         // Durable before the client hears OK (also for repeated acks, so a client that retries
         // an ack whose journal write failed gets it journaled).
         let record = AckRecord {
@@ -538,8 +612,18 @@ impl Broker {
             queue_id: r.queue_id,
             offset: r.offset,
         };
-        self.inner.log.append(vec![record.to_append(now_ms())]).await?;
+        self.inner.log.append(vec![record.to_append(self.now_ms())]).await?;
+        self.group_moved_on(group, &topic);
         Ok(())
+    }
+
+    /// An orderly group's message group may have its next message ready now: wake its long
+    /// polls instead of letting them wait for the periodic re-check.
+    fn group_moved_on(&self, group: &str, topic: &TopicEntry) {
+        let orderly = self.inner.groups.read().unwrap_or_else(|e| e.into_inner()).get(group).is_some_and(|g| g.fifo);
+        if orderly {
+            topic.arrivals.notify_waiters();
+        }
     }
 
     /// Makes a delivery visible again after `delay` (a nack with backoff, or an extension),
@@ -565,11 +649,11 @@ impl Broker {
         self.touch_client(client_id);
         let r = self.decode_receipt(group, &topic, handle)?;
         let state = self.queue_state(group, &topic.record.name, r.queue_id);
-        let now = now_ms();
+        let now = self.now_ms();
         let visible_at = now + delay.as_millis() as i64;
         let serial = self.next_serial();
         let changed = lock(&state).change_invisible(&r, now, visible_at, serial);
-        let entry = changed.map_err(|p| Self::handle_problem(p, &r))?;
+        let entry = changed.map_err(|p| self.handle_problem(p, &r))?;
         let new = Receipt { serial: entry.serial, deadline_ms: entry.visible_at_ms, ..r };
         let handle = self.inner.receipts.encode(&new, group, &topic.record.name);
         self.journal_deliveries(group, &topic, None, std::iter::once(handle.as_str())).await;
@@ -578,7 +662,7 @@ impl Broker {
 
     pub(super) fn release_client_deliveries(&self, client_id: &str) {
         let states: Vec<_> = lock(&self.inner.states).values().cloned().collect();
-        let at = now_ms() + RELEASE_DELAY_MS;
+        let at = self.now_ms() + RELEASE_DELAY_MS;
         for s in states {
             lock(&s).release_client(client_id, at);
         }
@@ -617,6 +701,7 @@ impl Broker {
                                 serial: x.serial,
                                 auto_renew_client: client.clone(),
                                 first_delivery_ms: m.born_timestamp_ms,
+                                group_key: None,
                             };
                             lock(&self.queue_state(&d.group, &d.topic, x.queue_id)).restore_delivery(x.offset, entry);
                         }
@@ -626,6 +711,11 @@ impl Broker {
                 replayed += 1;
             }
             next = last + 1;
+        }
+        // Scan again from each floor: orderly groups find the messages that were waiting for
+        // their message group (acked and in-flight offsets are skipped).
+        for state in lock(&self.inner.states).values() {
+            lock(state).rescan();
         }
         self.inner.journal_saved.store(journal_offset, std::sync::atomic::Ordering::Relaxed);
         if replayed > 0 {

@@ -1,8 +1,8 @@
 //! Server-initiated commands to connected clients and the replies they answer with, matched
 //! by nonce: a client's thread stack trace, and "consume this message directly" (what
 //! RocketMQ's dashboard offers per consumer). The protocol layer attaches one command channel
-//! per client Telemetry stream; the admin API asks through [`Broker`]. Transaction checks will
-//! travel the same way.
+//! per client Telemetry stream; the admin API asks through [`Broker`]. Orphan transaction
+//! checks travel the same way, without a reply (the producer answers with EndTransaction).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -22,8 +22,18 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// A command for one client, written to its Telemetry stream.
 #[derive(Debug, Clone)]
 pub enum ClientCommand {
-    PrintThreadStackTrace { nonce: String },
-    VerifyMessage { nonce: String, message: Box<DeliveredMessage> },
+    PrintThreadStackTrace {
+        nonce: String,
+    },
+    VerifyMessage {
+        nonce: String,
+        message: Box<DeliveredMessage>,
+    },
+    /// "What became of this transaction?" (answered by an EndTransaction call).
+    RecoverOrphanedTransaction {
+        message: Box<DeliveredMessage>,
+        transaction_id: String,
+    },
 }
 
 /// A client's answer to a [`ClientCommand`].
@@ -100,6 +110,15 @@ impl Broker {
                 let _ = w.send(reply);
             }
             None => tracing::debug!(nonce = reply.nonce(), "reply to no pending command (late or unknown)"),
+        }
+    }
+
+    /// Writes a command that expects no reply; false if the client has no stream here.
+    pub(super) async fn send_client_command(&self, client_id: &str, command: ClientCommand) -> bool {
+        let tx = lock(&self.inner.relay.channels).get(client_id).map(|(_, tx)| tx.clone());
+        match tx {
+            Some(tx) => tx.send(command).await.is_ok(),
+            None => false,
         }
     }
 

@@ -55,6 +55,8 @@ impl MessageLog for DamagedAt {
         self.inner.find_by_key(topic, key, max)
     }
 
+    fn hold_retention(&self, _holder: &'static str, _position: Option<u64>) {}
+
     async fn close(&self) -> StorageResult<()> {
         Ok(())
     }
@@ -70,9 +72,34 @@ fn test_config() -> Arc<Config> {
     Arc::new(config)
 }
 
+/// Stores that outlive broker restarts, and the clock the tests move.
+struct Harness {
+    log: Arc<dyn MessageLog>,
+    meta: Arc<dyn MetadataStore>,
+    timer_dir: tempfile::TempDir,
+    clock: Arc<crate::clock::ManualClock>,
+}
+
+impl Harness {
+    async fn new(log: Arc<dyn MessageLog>) -> Harness {
+        Harness {
+            log,
+            meta: Arc::new(SqliteMetadataStore::in_memory().await.unwrap()),
+            timer_dir: tempfile::tempdir().unwrap(),
+            clock: crate::clock::ManualClock::new(1_700_000_000_000),
+        }
+    }
+
+    /// A broker on these stores (again after a "crash": the previous one is just dropped).
+    async fn start(&self) -> Broker {
+        let timers = crate::storage::BucketFiles::open(self.timer_dir.path(), 1000).unwrap();
+        let stores = Stores { log: self.log.clone(), meta: self.meta.clone(), timers: Arc::new(timers) };
+        Broker::start(test_config(), stores, self.clock.clone()).await.unwrap()
+    }
+}
+
 async fn broker_with(log: Arc<dyn MessageLog>) -> Broker {
-    let meta = Arc::new(SqliteMetadataStore::in_memory().await.unwrap());
-    Broker::start(test_config(), log, meta).await.unwrap()
+    Harness::new(log).await.start().await
 }
 
 fn message(id: &str) -> OutgoingMessage {
@@ -167,9 +194,8 @@ async fn a_terminated_client_has_its_long_polls_ended() {
 #[tokio::test]
 async fn deliveries_in_flight_survive_a_restart() {
     for snapshot in [false, true] {
-        let log: Arc<dyn MessageLog> = Arc::new(MemoryLog::new());
-        let meta: Arc<dyn MetadataStore> = Arc::new(SqliteMetadataStore::in_memory().await.unwrap());
-        let broker = Broker::start(test_config(), log.clone(), meta.clone()).await.unwrap();
+        let h = Harness::new(Arc::new(MemoryLog::new())).await;
+        let broker = h.start().await;
         for id in ["m0", "m1", "m2"] {
             broker.send(vec![message(id)]).await.unwrap();
         }
@@ -188,17 +214,210 @@ async fn deliveries_in_flight_survive_a_restart() {
         }
         drop(broker);
 
-        let broker = Broker::start(test_config(), log.clone(), meta.clone()).await.unwrap();
+        let broker = h.start().await;
         assert!(
             broker.receive(receive_request()).await.unwrap().is_empty(),
             "snapshot={snapshot}: all still invisible"
         );
         broker.ack("c", "G", "T", &got[1].receipt_handle).await.expect("the pre-restart handle acks");
-        tokio::time::sleep(Duration::from_millis(350)).await;
+        h.clock.advance(350);
         let again = broker.receive(receive_request()).await.unwrap();
         assert_eq!(again.len(), 1, "snapshot={snapshot}: only m2 comes back, after its deadline");
         assert_eq!((again[0].message_id.as_str(), again[0].delivery_attempt), ("m2", 2));
         assert!(broker.ack("c", "G", "T", &m2).await.is_err(), "the handle before the redelivery is stale");
         broker.ack("c", "G", "T", &again[0].receipt_handle).await.unwrap();
     }
+}
+
+fn fifo_message(id: &str, group: &str) -> OutgoingMessage {
+    OutgoingMessage { message_group: Some(group.into()), ..message(id) }
+}
+
+fn ids(got: &[DeliveredMessage]) -> Vec<&str> {
+    got.iter().map(|m| m.message_id.as_str()).collect()
+}
+
+/// Orderly groups: one message per message group in flight, the others of the queue go on;
+/// a group waits for its head through redelivery and a broker restart.
+#[tokio::test]
+async fn orderly_groups_lock_message_groups_not_queues() {
+    let h = Harness::new(Arc::new(MemoryLog::new())).await;
+    let broker = h.start().await;
+    broker.put_group("G", true, Some(3)).await.unwrap();
+    // One queue: both message groups share it.
+    for (id, g) in [("a0", "A"), ("b0", "B"), ("a1", "A"), ("b1", "B"), ("a2", "A")] {
+        broker.send(vec![fifo_message(id, g)]).await.unwrap();
+    }
+    let got = broker.receive(receive_request()).await.unwrap();
+    assert_eq!(ids(&got), vec!["a0", "b0"], "one head per group");
+    assert!(broker.receive(receive_request()).await.unwrap().is_empty(), "both groups busy");
+    // B moves on while A's head is still in flight (no head-of-line blocking).
+    broker.ack("c", "G", "T", &got[1].receipt_handle).await.unwrap();
+    let b1 = broker.receive(receive_request()).await.unwrap();
+    assert_eq!(ids(&b1), vec!["b1"]);
+    // A's head fails (nack with a short backoff): it comes back first, attempt 2, before a1.
+    broker.change_invisible_duration("c", "G", "T", &got[0].receipt_handle, Duration::from_millis(100)).await.unwrap();
+    assert!(broker.receive(receive_request()).await.unwrap().is_empty());
+    h.clock.advance(100);
+    let again = broker.receive(receive_request()).await.unwrap();
+    assert_eq!((ids(&again), again[0].delivery_attempt), (vec!["a0"], 2));
+
+    // Crash with a0 (attempt 2) and b1 in flight: after the restart the groups stay locked.
+    drop(broker);
+    let broker = h.start().await;
+    assert!(broker.receive(receive_request()).await.unwrap().is_empty(), "a0 and b1 still in flight");
+    broker.ack("c", "G", "T", &again[0].receipt_handle).await.expect("the handle from before the crash acks");
+    let next = broker.receive(receive_request()).await.unwrap();
+    assert_eq!(ids(&next), vec!["a1"], "A's next message, in order");
+    // b1's invisibility (30 s from its delivery, 100 ms before a1's) ends: redelivered with
+    // attempt 2, while a1 is still invisible.
+    h.clock.advance(29_900);
+    let b1_again = broker.receive(receive_request()).await.unwrap();
+    assert_eq!(ids(&b1_again), vec!["b1"]);
+    assert_eq!(b1_again[0].delivery_attempt, 2);
+}
+
+/// After the last attempt an orderly group's head goes to the DLQ and its group moves on.
+#[tokio::test]
+async fn an_exhausted_fifo_head_is_dead_lettered_and_its_group_moves_on() {
+    let h = Harness::new(Arc::new(MemoryLog::new())).await;
+    let broker = h.start().await;
+    broker.put_group("G", true, Some(1)).await.unwrap();
+    for id in ["x0", "x1"] {
+        broker.send(vec![fifo_message(id, "X")]).await.unwrap();
+    }
+    for attempt in 1..=2 {
+        let got = broker.receive(receive_request()).await.unwrap();
+        assert_eq!((ids(&got), got[0].delivery_attempt), (vec!["x0"], attempt));
+        h.clock.advance(30_000);
+    }
+    // This receive moves x0 to the DLQ (and wakes long polls); the next one gets x1.
+    assert!(broker.receive(receive_request()).await.unwrap().is_empty());
+    let got = broker.receive(receive_request()).await.unwrap();
+    assert_eq!(ids(&got), vec!["x1"], "x0 went to the DLQ after 2 attempts");
+    let mut dlq = receive_request();
+    dlq.topic = "%DLQ%G".into();
+    dlq.group = "ops".into();
+    assert_eq!(ids(&broker.receive(dlq).await.unwrap()), vec!["x0"]);
+}
+
+fn delayed(id: &str, at: i64) -> OutgoingMessage {
+    OutgoingMessage { delivery_timestamp_ms: Some(at), ..message(id) }
+}
+
+/// Timers fire at their time, never before, survive a crash before and after firing without
+/// firing twice, and a recalled message never fires.
+#[tokio::test]
+async fn scheduled_messages_fire_on_time_once_and_survive_restarts() {
+    let h = Harness::new(Arc::new(MemoryLog::new())).await;
+    let broker = h.start().await;
+    let now = h.clock.now_ms();
+    let r = broker.send(vec![delayed("d5", now + 5_000)]).await.unwrap();
+    broker.send(vec![delayed("d9", now + 9_000)]).await.unwrap();
+    let recall = broker.send(vec![delayed("gone", now + 7_000)]).await.unwrap();
+    broker.send(vec![delayed("past", now - 1_000)]).await.unwrap();
+    assert!(r[0].recall_handle.is_some());
+    assert_eq!(ids(&broker.receive(receive_request()).await.unwrap()), vec!["past"], "due in the past: at once");
+    broker.index_timers().unwrap();
+    h.clock.advance(4_999);
+    assert_eq!(broker.fire_due_timers().await.unwrap(), 0, "not a millisecond early");
+    h.clock.advance(1);
+    assert_eq!(broker.fire_due_timers().await.unwrap(), 1);
+    let got = broker.receive(receive_request()).await.unwrap();
+    assert_eq!(ids(&got), vec!["d5"]);
+    assert_eq!((got[0].message_type, got[0].delivery_timestamp_ms), (MessageType::Delay, Some(now + 5_000)));
+    assert_eq!(got[0].body, Bytes::from("d5"), "the body comes from the one stored copy");
+    let handle = recall[0].recall_handle.clone().unwrap();
+    assert_eq!(broker.recall("T", &handle).await.unwrap(), "gone");
+
+    // Crash (no checkpoint written): d5 must not fire again, d9 must still fire, the recall
+    // holds.
+    drop(broker);
+    let broker = h.start().await;
+    h.clock.advance(10_000);
+    assert_eq!(broker.fire_due_timers().await.unwrap(), 1);
+    assert_eq!(ids(&broker.receive(receive_request()).await.unwrap()), vec!["d9"]);
+    // A clean restart with a checkpoint: nothing left.
+    broker.checkpoint_timers().unwrap();
+    drop(broker);
+    let broker = h.start().await;
+    h.clock.advance(100_000);
+    assert_eq!(broker.fire_due_timers().await.unwrap(), 0);
+    assert!(broker.recall("T", &handle).await.is_err(), "due time passed");
+}
+
+#[tokio::test]
+async fn delivery_times_beyond_the_limit_are_refused_without_overflow() {
+    let broker = broker_with(Arc::new(MemoryLog::new())).await;
+    for at in [i64::MAX, broker.now_ms() + 41 * 24 * 3600 * 1000] {
+        let e = broker.send(vec![delayed("far", at)]).await.unwrap_err();
+        assert!(matches!(e, BrokerError::IllegalDeliveryTime(_)), "{e}");
+    }
+    let fine = broker.now_ms() + 39 * 24 * 3600 * 1000;
+    assert!(broker.send(vec![delayed("ok", fine)]).await.is_ok());
+}
+
+fn transactional(id: &str) -> OutgoingMessage {
+    OutgoingMessage { transactional: true, ..message(id) }
+}
+
+/// Half messages stay invisible until committed; rollbacks discard; orphans are checked with
+/// a connected producer of the topic on schedule, again after a crash, and given up after the
+/// last check.
+#[tokio::test]
+async fn transactions_commit_roll_back_and_get_checked_on_schedule() {
+    let h = Harness::new(Arc::new(MemoryLog::new())).await;
+    let broker = h.start().await;
+    for id in ["commit", "rollback", "orphan"] {
+        broker.send(vec![transactional(id)]).await.unwrap();
+    }
+    assert!(broker.receive(receive_request()).await.unwrap().is_empty(), "nothing before the commit");
+    broker.end_transaction("T", "commit", Resolution::Commit, ResolutionSource::Client).await.unwrap();
+    broker.end_transaction("T", "commit", Resolution::Commit, ResolutionSource::Client).await.expect("a retry is fine");
+    broker.end_transaction("T", "rollback", Resolution::Rollback, ResolutionSource::Client).await.unwrap();
+    assert!(broker.end_transaction("T", "rollback", Resolution::Commit, ResolutionSource::Client).await.is_err());
+    let got = broker.receive(receive_request()).await.unwrap();
+    assert_eq!((ids(&got), got[0].message_type), (vec!["commit"], MessageType::Transaction));
+    broker.ack("c", "G", "T", &got[0].receipt_handle).await.unwrap();
+
+    // The orphan: checked through a connected producer of T after 6 s, then every 30 s.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    broker.register_client("p1", ClientKind::Producer, None, vec!["T".into()]);
+    broker.attach_client_channel("p1", tx);
+    h.clock.advance(5_999);
+    broker.check_transactions().await.unwrap();
+    assert!(rx.try_recv().is_err(), "not before the transaction timeout");
+    h.clock.advance(1);
+    broker.check_transactions().await.unwrap();
+    match rx.try_recv() {
+        Ok(ClientCommand::RecoverOrphanedTransaction { transaction_id, message }) => {
+            assert_eq!((transaction_id.as_str(), &*message.topic), ("orphan", "T"));
+        }
+        other => panic!("expected a check, got {other:?}"),
+    }
+    h.clock.advance(29_999);
+    broker.check_transactions().await.unwrap();
+    assert!(rx.try_recv().is_err(), "the next check waits for the interval");
+
+    // Crash: the orphan is open again and its overdue check goes out at once.
+    drop(broker);
+    let broker = h.start().await;
+    assert_eq!(broker.open_transactions(), 1);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    broker.register_client("p2", ClientKind::Producer, None, vec!["T".into()]);
+    broker.attach_client_channel("p2", tx);
+    broker.check_transactions().await.unwrap();
+    assert!(matches!(rx.try_recv(), Ok(ClientCommand::RecoverOrphanedTransaction { .. })));
+    // 15 checks, then it is given up (discarded by default).
+    for _ in 0..15 {
+        h.clock.advance(30_000);
+        broker.check_transactions().await.unwrap();
+    }
+    assert_eq!(broker.open_transactions(), 0);
+    assert!(broker.receive(receive_request()).await.unwrap().is_empty());
+    // Resolutions survive a crash too: nothing reopens, the commit is not delivered again.
+    drop(broker);
+    let broker = h.start().await;
+    assert_eq!(broker.open_transactions(), 0);
+    assert!(broker.receive(receive_request()).await.unwrap().is_empty());
 }

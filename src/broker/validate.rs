@@ -86,6 +86,9 @@ fn has_control(s: &str) -> bool {
     s.chars().any(char::is_control)
 }
 
+/// Names of the gateway's own topics and groups start with this; clients cannot use them.
+pub const SYSTEM_PREFIX: &str = "rmq_sys_";
+
 /// Validates a topic a client names (not the internal retry/DLQ topics).
 pub fn validate_topic(name: &str) -> BrokerResult<()> {
     let err = |m: String| Err(BrokerError::IllegalTopic(m));
@@ -98,7 +101,7 @@ pub fn validate_topic(name: &str) -> BrokerResult<()> {
     if !valid_name_chars(name) {
         return err(format!("topic `{name}` contains characters outside [%|a-zA-Z0-9_-]"));
     }
-    if SYSTEM_TOPICS.contains(&name) || name.starts_with("rmq_sys_") {
+    if SYSTEM_TOPICS.contains(&name) || name.starts_with(SYSTEM_PREFIX) {
         return err(format!("topic `{name}` is a system topic and cannot be accessed"));
     }
     Ok(())
@@ -115,7 +118,7 @@ pub fn validate_group(name: &str) -> BrokerResult<()> {
     if !valid_name_chars(name) {
         return err(format!("consumer group `{name}` contains characters outside [%|a-zA-Z0-9_-]"));
     }
-    if name.starts_with("CID_RMQ_SYS_") {
+    if name.starts_with("CID_RMQ_SYS_") || name.starts_with(SYSTEM_PREFIX) {
         return err(format!("consumer group `{name}` is a system group and cannot be used"));
     }
     Ok(())
@@ -188,13 +191,21 @@ pub fn validate_message(m: &OutgoingMessage, limits: &LimitsConfig, now_ms: i64)
         ));
     }
     if let Some(at) = m.delivery_timestamp_ms {
-        let max = limits.max_delay_time.as_millis() as i64;
-        if at - now_ms > max {
+        // Saturating: a timestamp near i64::MAX must be refused, not overflow (Apache #5376).
+        let max = i64::try_from(limits.max_delay_time.as_millis()).unwrap_or(i64::MAX);
+        let ahead = at.saturating_sub(now_ms);
+        if ahead > max {
             return Err(BrokerError::IllegalDeliveryTime(format!(
-                "delivery time is {} ms ahead, the limit is {max} ms (limits.maxDelayTime)",
-                at - now_ms
+                "delivery time is {} ahead, the limit is {} (limits.maxDelayTime)",
+                humantime::format_duration(std::time::Duration::from_millis(ahead as u64)),
+                humantime::format_duration(limits.max_delay_time)
             )));
         }
+    }
+    if m.transactional && (m.delivery_timestamp_ms.is_some() || m.message_group.is_some()) {
+        return Err(BrokerError::MessageTypeConflict(
+            "a transactional message cannot also have a delivery timestamp or a message group".into(),
+        ));
     }
     if let Some(group) = &m.message_group {
         if group.trim().is_empty() {

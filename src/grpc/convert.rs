@@ -71,6 +71,8 @@ pub fn outgoing(m: proto::Message, header_namespace: &str) -> BrokerResult<Outgo
         user_properties,
         body: m.body,
         gzip: sp.body_encoding == proto::Encoding::Gzip as i32,
+        orphaned_transaction_recovery: sp.orphaned_transaction_recovery_duration.as_ref().and_then(duration),
+        priority: sp.priority,
     })
 }
 

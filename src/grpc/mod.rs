@@ -14,7 +14,9 @@ use std::time::Duration;
 use futures::Stream;
 use tonic::{Request, Response, Status as GrpcStatus, Streaming};
 
-use crate::broker::{Broker, BrokerError, ClientKind, Filter, MessageType, ReceiveRequest};
+use crate::broker::{
+    Broker, BrokerError, ClientKind, Filter, MessageType, ReceiveRequest, Resolution, ResolutionSource,
+};
 use crate::proto::messaging_service_server::{MessagingService, MessagingServiceServer};
 use crate::proto::{self, Code};
 use convert::resource_name;
@@ -238,7 +240,7 @@ impl MessagingService for MessagingServiceImpl {
                         message_id: r.message_id,
                         transaction_id: r.transaction_id,
                         offset: r.offset as i64,
-                        recall_handle: String::new(),
+                        recall_handle: r.recall_handle.unwrap_or_default(),
                     })
                     .collect(),
             },
@@ -442,9 +444,31 @@ impl MessagingService for MessagingServiceImpl {
 
     async fn end_transaction(
         &self,
-        _request: Request<proto::EndTransactionRequest>,
+        request: Request<proto::EndTransactionRequest>,
     ) -> Result<Response<proto::EndTransactionResponse>, GrpcStatus> {
-        Err(unimplemented("EndTransaction"))
+        let ctx = Context::of(&request);
+        let req = request.into_inner();
+        if let Err(s) = ctx.require_client_id() {
+            return Ok(Response::new(proto::EndTransactionResponse { status: Some(s) }));
+        }
+        let topic = resource_name(req.topic.as_ref(), &ctx.namespace);
+        let resolution = match proto::TransactionResolution::try_from(req.resolution) {
+            Ok(proto::TransactionResolution::Commit) => Resolution::Commit,
+            Ok(proto::TransactionResolution::Rollback) => Resolution::Rollback,
+            Ok(proto::TransactionResolution::Unspecified) | Err(_) => Resolution::Unknown,
+        };
+        let source = match proto::TransactionSource::try_from(req.source) {
+            Ok(proto::TransactionSource::SourceServerCheck) => ResolutionSource::ServerCheck,
+            Ok(proto::TransactionSource::SourceClient | proto::TransactionSource::SourceUnspecified) | Err(_) => {
+                ResolutionSource::Client
+            }
+        };
+        self.broker.touch_client(&ctx.client_id);
+        let s = match self.broker.end_transaction(&topic, &req.transaction_id, resolution, source).await {
+            Ok(()) => ok(),
+            Err(e) => from_error(&e),
+        };
+        Ok(Response::new(proto::EndTransactionResponse { status: Some(s) }))
     }
 
     type TelemetryStream = BoxStream<proto::TelemetryCommand>;
@@ -503,9 +527,19 @@ impl MessagingService for MessagingServiceImpl {
 
     async fn recall_message(
         &self,
-        _request: Request<proto::RecallMessageRequest>,
+        request: Request<proto::RecallMessageRequest>,
     ) -> Result<Response<proto::RecallMessageResponse>, GrpcStatus> {
-        Err(unimplemented("RecallMessage"))
+        let ctx = Context::of(&request);
+        let req = request.into_inner();
+        if let Err(s) = ctx.require_client_id() {
+            return Ok(Response::new(proto::RecallMessageResponse { status: Some(s), message_id: String::new() }));
+        }
+        let topic = resource_name(req.topic.as_ref(), &ctx.namespace);
+        let reply = match self.broker.recall(&topic, &req.recall_handle).await {
+            Ok(message_id) => proto::RecallMessageResponse { status: Some(ok()), message_id },
+            Err(e) => proto::RecallMessageResponse { status: Some(from_error(&e)), message_id: String::new() },
+        };
+        Ok(Response::new(reply))
     }
 
     async fn sync_lite_subscription(

@@ -28,6 +28,7 @@ pub fn code_of(e: &BrokerError) -> Code {
         BrokerError::IllegalDeliveryTime(_) => Code::IllegalDeliveryTime,
         BrokerError::IllegalPollingTime(_) => Code::IllegalPollingTime,
         BrokerError::InvalidReceiptHandle(_) => Code::InvalidReceiptHandle,
+        BrokerError::InvalidTransactionId(_) => Code::InvalidTransactionId,
         BrokerError::MessageTypeConflict(_) => Code::MessagePropertyConflictWithType,
         BrokerError::MessageCorrupted(_) => Code::MessageCorrupted,
         BrokerError::BodyEmpty => Code::MessageBodyEmpty,

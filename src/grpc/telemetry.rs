@@ -55,6 +55,18 @@ fn outbound(cmd: ClientCommand, store_host: &str) -> proto::TelemetryCommand {
             nonce,
             message: Some(delivered(*message, store_host)),
         }),
+        ClientCommand::RecoverOrphanedTransaction { message, transaction_id } => {
+            let mut message = delivered(*message, store_host);
+            // A check carries the message as sent: no receipt handle, no delivery attempt.
+            if let Some(sp) = message.system_properties.as_mut() {
+                sp.receipt_handle = None;
+                sp.delivery_attempt = None;
+            }
+            Command::RecoverOrphanedTransactionCommand(proto::RecoverOrphanedTransactionCommand {
+                message: Some(message),
+                transaction_id,
+            })
+        }
     };
     proto::TelemetryCommand { status: None, command: Some(c) }
 }
@@ -180,10 +192,13 @@ async fn settings_reply(
     let config = broker.config();
     match s.pub_sub.as_mut() {
         Some(PubSub::Publishing(p)) => {
+            let mut topics = Vec::with_capacity(p.topics.len());
             for t in &p.topics {
-                validate::validate_topic(&resource_name(Some(t), &ctx.namespace))?;
+                let name = resource_name(Some(t), &ctx.namespace);
+                validate::validate_topic(&name)?;
+                topics.push(name);
             }
-            broker.register_client(&ctx.client_id, ClientKind::Producer, None);
+            broker.register_client(&ctx.client_id, ClientKind::Producer, None, topics);
             p.max_body_size = config.limits.max_message_size.min(i32::MAX as usize) as i32;
             p.validate_message_type = true;
             let pc = &config.producer;
@@ -225,7 +240,7 @@ async fn settings_reply(
             }
             let policy = broker.group_policy(&group).await?;
             let kind = s.client_type.map(client_kind).unwrap_or(ClientKind::Other);
-            broker.register_client(&ctx.client_id, kind, Some(group));
+            broker.register_client(&ctx.client_id, kind, Some(group), Vec::new());
             sub.fifo = Some(policy.fifo);
             sub.receive_batch_size = Some(policy.receive_batch_size);
             sub.long_polling_timeout = Some(proto_duration(policy.long_polling_timeout));

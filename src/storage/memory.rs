@@ -115,6 +115,8 @@ impl MessageLog for MemoryLog {
         Ok(found.split_off(skip))
     }
 
+    fn hold_retention(&self, _holder: &'static str, _position: Option<u64>) {}
+
     async fn close(&self) -> StorageResult<()> {
         Ok(())
     }

@@ -24,6 +24,7 @@ pub mod bench;
 pub mod local;
 pub mod memory;
 pub mod record;
+pub mod timer_index;
 
 use std::sync::Arc;
 
@@ -32,6 +33,7 @@ use bytes::Bytes;
 
 pub use local::{CommitLog, StorageConfig, StorageStats};
 pub use record::Properties;
+pub use timer_index::{BucketFiles, TimerEntry, TimerIndex};
 
 /// When an append is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +141,10 @@ pub trait MessageLog: Send + Sync + 'static {
 
     /// Messages of `topic` with `key` among their `KEYS`, newest last, at most `max`.
     fn find_by_key(&self, topic: &str, key: &str, max: usize) -> StorageResult<Vec<StoredMessage>>;
+
+    /// Keeps retention from deleting log data at or above `position` on behalf of `holder`
+    /// (`None` lifts the hold), e.g. scheduled messages that have not fired yet.
+    fn hold_retention(&self, holder: &'static str, position: Option<u64>);
 
     /// Flushes everything, writes a checkpoint and stops background work.
     async fn close(&self) -> StorageResult<()>;

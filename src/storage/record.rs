@@ -19,6 +19,16 @@ pub mod keys {
     pub const DLQ_ORIGIN_MESSAGE_ID: &str = "DLQ_ORIGIN_MESSAGE_ID";
     pub const BODY_ENCODING: &str = "BODY_ENCODING";
     pub const MSG_TYPE: &str = "MSG_TYPE";
+    /// The topic a scheduled or half message will be delivered to.
+    pub const REAL_TOPIC: &str = "REAL_TOPIC";
+    /// Seconds before a half message's first orphan check, as its producer asked.
+    pub const CHECK_IMMUNITY_TIME: &str = "CHECK_IMMUNITY_TIME_IN_SECONDS";
+    /// When a half message's first orphan check is due (epoch ms, the broker's clock).
+    pub const CHECK_AT: &str = "__CHECK_AT";
+    /// A reference record: the message lives at (topic, queue, offset) and was stored once.
+    pub const REF_TOPIC: &str = "__REF_TOPIC";
+    pub const REF_QUEUE_ID: &str = "__REF_QID";
+    pub const REF_OFFSET: &str = "__REF_OFFSET";
 }
 
 /// Error decoding a property block.

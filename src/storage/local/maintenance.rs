@@ -120,7 +120,8 @@ pub fn retention(shared: &Shared) {
     let mut deleted = 0usize;
     loop {
         let checkpointed = shared.checkpoint.lock().unwrap_or_else(|e| e.into_inner()).log_position;
-        let limit = shared.retention_limit.load(Ordering::Acquire);
+        let held = shared.retention_holds.lock().unwrap_or_else(|e| e.into_inner()).values().min().copied();
+        let limit = shared.retention_limit.load(Ordering::Acquire).min(held.unwrap_or(u64::MAX));
         let Some(oldest) = shared.oldest_sealed_segment() else {
             break;
         };

@@ -80,6 +80,8 @@ pub(crate) struct Shared {
     synced: AtomicU64,
     /// Retention never deletes a segment ending above this (tiering hook).
     retention_limit: AtomicU64,
+    /// Holds of other components (e.g. scheduled messages not fired yet), by holder.
+    retention_holds: Mutex<std::collections::HashMap<&'static str, u64>>,
     /// The last checkpoint written.
     checkpoint: Mutex<Checkpoint>,
     /// Set by the syncer after a failed fsync: the epoch the writer must roll back to.
@@ -309,6 +311,7 @@ impl CommitLog {
             written: AtomicU64::new(rec.end),
             synced: AtomicU64::new(rec.end),
             retention_limit: AtomicU64::new(u64::MAX),
+            retention_holds: Mutex::new(std::collections::HashMap::new()),
             checkpoint: Mutex::new(rec.checkpoint),
             rollback: Mutex::new(None),
             rollback_generation: Mutex::new(0),
@@ -526,6 +529,14 @@ impl MessageLog for CommitLog {
         Ok(self.shared.candidates(message_key_hash(topic, key), max, |m| {
             &*m.topic == topic && m.properties.get(keys::KEYS).is_some_and(|ks| ks.split(' ').any(|k| k == key))
         }))
+    }
+
+    fn hold_retention(&self, holder: &'static str, position: Option<u64>) {
+        let mut holds = self.shared.retention_holds.lock().unwrap_or_else(|e| e.into_inner());
+        match position {
+            Some(p) => holds.insert(holder, p),
+            None => holds.remove(holder),
+        };
     }
 
     async fn close(&self) -> StorageResult<()> {
