@@ -1,25 +1,21 @@
 'use strict';
 // End-to-end driver for the official RocketMQ Node.js SDK (rocketmq-client-nodejs 1.0.8).
 //
-// Usage: node e2e.js {produce|simple-consume|push-consume} --endpoint HOST:PORT --topic T
-//          [--group G] [--count N] [--prefix P] [--tag TAG] [--timeout-secs S]
+// Usage: node e2e.js MODE --endpoint HOST:PORT --topic T
+//          [--group G] [--count N] [--prefix P] [--tag TAG] [--timeout-secs S] [MODE OPTIONS]
+// MODE: produce, simple-consume, push-consume (below), or one of the FIFO, delay, recall and
+// transaction modes of sdk/MESSAGE_TYPES.md (message_types.js, with their options).
 // Options fall back to RMQ_E2E_<NAME> environment variables. Prints exactly one line
 // "RESULT <json>" on stdout (SDK logs go to stderr); exit code 0 means the goal was met.
 //
-// The SDK is loaded from $RMQ_E2E_NODE_DIR (default: sdk/.work/node), installed by setup.sh.
-// Its PushConsumer always logs to ~/logs/rocketmq/, so HOME is redirected to $RMQ_E2E_HOME.
+// The SDK is loaded from $RMQ_E2E_NODE_DIR (default: sdk/.work/node), installed by setup.sh;
+// HOME is redirected to $RMQ_E2E_HOME (common.js).
 
-const path = require('node:path');
-const fs = require('node:fs');
-const { createRequire } = require('node:module');
+const { sdk, sdkVersion, describe, withTimeout, shutdownBounded, clientOptions } = require('./common');
+const { MODES, modeArgs } = require('./message_types');
 const { Tally } = require('./tally');
 
-process.env.HOME = process.env.RMQ_E2E_HOME || path.join(__dirname, '..', '.work', 'home');
-fs.mkdirSync(process.env.HOME, { recursive: true });
-
-const sdkDir = process.env.RMQ_E2E_NODE_DIR || path.join(__dirname, '..', '.work', 'node');
-const { Producer, SimpleConsumer, PushConsumer, ConsumeResult, FilterExpression } =
-  createRequire(path.join(sdkDir, 'package.json'))('rocketmq-client-nodejs');
+const { Producer, SimpleConsumer, PushConsumer, ConsumeResult, FilterExpression } = sdk;
 
 const INVISIBLE_MS = 30000;
 const AWAIT_MS = 10000;
@@ -28,10 +24,10 @@ const BATCH = 16;
 function parseArgs(argv) {
   const env = (name, dflt) => process.env[`RMQ_E2E_${name}`] ?? dflt;
   const [ mode, ...rest ] = argv;
-  if (![ 'produce', 'simple-consume', 'push-consume' ].includes(mode)) {
+  if (![ 'produce', 'simple-consume', 'push-consume', ...Object.keys(MODES) ].includes(mode)) {
     throw new Error(`unknown mode ${JSON.stringify(mode)}`);
   }
-  const opts = {};
+  const opts = {}; // a repeated option: the last one wins
   for (let i = 0; i < rest.length; i += 2) {
     if (!rest[i].startsWith('--') || rest[i + 1] === undefined) throw new Error(`bad argument ${rest[i]}`);
     opts[rest[i].slice(2)] = rest[i + 1];
@@ -46,39 +42,9 @@ function parseArgs(argv) {
     tag: opts.tag ?? env('TAG', 'e2e'),
     timeoutMs: 1000 * Number(opts['timeout-secs'] ?? env('TIMEOUT_SECS', '60')),
   };
+  Object.assign(args, modeArgs(opts, args.count));
   if (!args.endpoint || !args.topic) throw new Error('--endpoint and --topic are required');
   return args;
-}
-
-// The SDK's default logger writes files under ~/logs; log to stderr instead.
-const logger = {
-  info: (...a) => console.error('[sdk INFO]', ...a),
-  warn: (...a) => console.error('[sdk WARN]', ...a),
-  error: (...a) => console.error('[sdk ERROR]', ...a),
-  debug: () => {},
-};
-
-const describe = err => (err && err.stack ? String(err.message || err) : String(err));
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  const limit = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms}ms`)), ms);
-  });
-  return Promise.race([ promise, limit ]).finally(() => clearTimeout(timer));
-}
-
-async function shutdownBounded(client, ms = 15000) {
-  try {
-    await withTimeout(client.shutdown(), ms, 'shutdown()');
-    return null;
-  } catch (err) {
-    return describe(err);
-  }
-}
-
-function clientOptions(args) {
-  return { endpoints: args.endpoint, namespace: '', logger };
 }
 
 async function produce(args) {
@@ -197,7 +163,7 @@ async function main() {
     console.error(`e2e.js: ${err.message}`);
     process.exit(2);
   }
-  const run = { produce, 'simple-consume': simpleConsume, 'push-consume': pushConsume }[args.mode];
+  const run = { produce, 'simple-consume': simpleConsume, 'push-consume': pushConsume, ...MODES }[args.mode];
   let ok;
   let report;
   try {
@@ -205,8 +171,9 @@ async function main() {
   } catch (err) {
     [ ok, report ] = [ false, { errors: [ `unhandled: ${describe(err)}` ] } ];
   }
-  const head = { sdk: 'node', mode: args.mode, ok, topic: args.topic, group: args.group,
+  const head = { sdk: 'node', sdk_version: sdkVersion, mode: args.mode, ok, topic: args.topic, group: args.group,
     count: args.count, elapsed_ms: Date.now() - started };
+  // process.exit: also how tx-produce --resolution orphan leaves (no shutdown, transactions open).
   process.stdout.write(`RESULT ${JSON.stringify({ ...head, ...report })}\n`, () => process.exit(ok ? 0 : 1));
 }
 

@@ -1,7 +1,9 @@
 """End-to-end driver for the official RocketMQ Python SDK (rocketmq-python-client 5.1.2).
 
-Usage: e2e.py {produce|simple-consume|push-consume} --endpoint HOST:PORT --topic T
-              [--group G] [--count N] [--prefix P] [--tag TAG] [--timeout-secs S]
+Usage: e2e.py MODE --endpoint HOST:PORT --topic T
+              [--group G] [--count N] [--prefix P] [--tag TAG] [--timeout-secs S] [MODE OPTIONS]
+MODE: produce, simple-consume, push-consume (below), or one of the FIFO, delay, recall and
+transaction modes of sdk/MESSAGE_TYPES.md (message_types.py, with their options).
 
 Options fall back to RMQ_E2E_<NAME> environment variables. Prints exactly one line
 "RESULT <json>" on stdout; exit code 0 means the mode's goal was met.
@@ -11,8 +13,10 @@ $RMQ_E2E_HOME (default: sdk/.work/home) *before* the SDK is imported.
 """
 
 import argparse
+import importlib.metadata
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -22,10 +26,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 os.environ["HOME"] = os.environ.get("RMQ_E2E_HOME") or os.path.join(HERE, "..", ".work", "home")
 os.makedirs(os.environ["HOME"], exist_ok=True)
 
-from rocketmq import (ClientConfiguration, ConsumeResult, Credentials,  # noqa: E402
-                      FilterExpression, Message, MessageListener, Producer,
-                      PushConsumer, SimpleConsumer)
+from rocketmq import (ConsumeResult, FilterExpression, Message,  # noqa: E402
+                      MessageListener, Producer, PushConsumer, SimpleConsumer)
 
+import message_types  # noqa: E402
+from common import config, shutdown_bounded  # noqa: E402
 from tally import Tally  # noqa: E402
 
 INVISIBLE_SECS = 30
@@ -36,7 +41,7 @@ BATCH = 16
 def parse_args():
     env = lambda name, default=None: os.environ.get(f"RMQ_E2E_{name}", default)  # noqa: E731
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("mode", choices=["produce", "simple-consume", "push-consume"])
+    p.add_argument("mode", choices=["produce", "simple-consume", "push-consume", *message_types.MODES])
     p.add_argument("--endpoint", default=env("ENDPOINT"))
     p.add_argument("--topic", default=env("TOPIC"))
     p.add_argument("--group", default=env("GROUP", "python-e2e-group"))
@@ -44,32 +49,19 @@ def parse_args():
     p.add_argument("--prefix", default=env("PREFIX", "python"))
     p.add_argument("--tag", default=env("TAG", "e2e"))
     p.add_argument("--timeout-secs", type=float, default=float(env("TIMEOUT_SECS", "60")))
-    args = p.parse_args()
+    message_types.add_arguments(p)
+    # argparse takes "-5000,1000" for an option: glue values that start with "-<digit>" to their
+    # option ("--delays-ms=-5000,1000"). A repeated option: the last one wins.
+    argv, glued = sys.argv[1:], []
+    for arg in argv:
+        if glued and glued[-1].startswith("--") and "=" not in glued[-1] and re.match(r"-\d", arg):
+            glued[-1] += "=" + arg
+        else:
+            glued.append(arg)
+    args = p.parse_args(glued)
     if not args.endpoint or not args.topic:
         p.error("--endpoint and --topic are required")
     return args
-
-
-def config(args):
-    return ClientConfiguration(args.endpoint, Credentials())
-
-
-def shutdown_bounded(client, limit=15.0):
-    """Calls client.shutdown() on a helper thread; returns an error string or None."""
-    outcome = {}
-
-    def run():
-        try:
-            client.shutdown()
-        except Exception as e:  # report, never raise
-            outcome["error"] = f"{type(e).__name__}: {e}"
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(limit)
-    if t.is_alive():
-        return f"shutdown did not finish within {limit}s"
-    return outcome.get("error")
 
 
 def produce(args):
@@ -182,16 +174,20 @@ def push_consume(args):
 def main():
     args = parse_args()
     started = time.monotonic()
-    run = {"produce": produce, "simple-consume": simple_consume, "push-consume": push_consume}[args.mode]
+    modes = {"produce": produce, "simple-consume": simple_consume, "push-consume": push_consume,
+             **message_types.MODES}
+    run = modes[args.mode]
     try:
         ok, report = run(args)
     except Exception as e:  # a crash is a result too
         ok, report = False, {"errors": [f"unhandled: {type(e).__name__}: {e}"]}
-    head = {"sdk": "python", "mode": args.mode, "ok": ok, "topic": args.topic,
+    head = {"sdk": "python", "sdk_version": importlib.metadata.version("rocketmq-python-client"),
+            "mode": args.mode, "ok": ok, "topic": args.topic,
             "group": args.group, "count": args.count,
             "elapsed_ms": int((time.monotonic() - started) * 1000)}
     print("RESULT " + json.dumps({**head, **report}), flush=True)
-    # SDK threads are not all daemons; do not let them keep the process alive.
+    # SDK threads are not all daemons; do not let them keep the process alive. This is also
+    # how tx-produce --resolution orphan leaves: no clean shutdown, transactions left open.
     os._exit(0 if ok else 1)
 
 
