@@ -338,6 +338,7 @@ impl MessagingService for MessagingServiceImpl {
             deadline_remaining: ctx.deadline,
             attempt_id: req.attempt_id.clone(),
         };
+        tracing::trace!(?receive, "receive");
         let stream: Self::ReceiveMessageStream = match self.broker.receive(receive).await {
             Ok(messages) if messages.is_empty() => done(status(Code::MessageNotFound, "no new message")),
             Ok(messages) => {
