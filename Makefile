@@ -43,6 +43,8 @@ BENCH_DURATION ?= 10s
 BENCH_ARGS ?=
 ## Storage benchmark knobs, e.g. BENCH_STORAGE_ARGS=--quick (a one-minute smoke run).
 BENCH_STORAGE_ARGS ?=
+## Timer benchmark knobs, e.g. BENCH_TIMER_ARGS='--scheduled 1000000'.
+BENCH_TIMER_ARGS ?=
 BENCH_BIN = $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/release/rmq-gateway
 bench:
 	$(CARGO) build --release --locked --features nats-bench --bin rmq-gateway
@@ -51,6 +53,7 @@ bench:
 	bash integration-tests/reference/apache.sh resolve
 	$(BENCH_BIN) bench compare --duration $(BENCH_DURATION) $(BENCH_ARGS)
 	$(BENCH_BIN) bench storage $(BENCH_STORAGE_ARGS)
+	$(BENCH_BIN) bench timers $(BENCH_TIMER_ARGS)
 
 clean:
 	$(CARGO) clean

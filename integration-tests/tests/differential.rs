@@ -51,10 +51,22 @@ const ALLOWED: &[(&str, &str, &str, &str)] = &[
         "Apache's proxy throws a NullPointerException (no TopicConfig) on receive from a missing topic",
     ),
     (
-        "bad.end_transaction.empty",
-        "ILLEGAL_TOPIC",
-        "grpc-error:Unimplemented",
-        "transactional messages are not supported (refused as UNSUPPORTED at send), so EndTransaction is UNIMPLEMENTED",
+        "bad.send.delay_40_days.*",
+        "*",
+        "*",
+        "limits.maxDelayTime defaults to 40 days here; Apache's proxy refuses delays over 1 day (maxDelayTimeMills) and its broker over 3 days (timerMaxDelaySec). 41 days is refused by both (bad.send.delay_41_days)",
+    ),
+    (
+        "bad.end_transaction.unknown_id",
+        "INTERNAL_SERVER_ERROR*",
+        "INVALID_TRANSACTION_ID*",
+        "an EndTransaction for a transaction that is not open: Apache answers INTERNAL_SERVER_ERROR (cannot found transaction data), we the specific code",
+    ),
+    (
+        "bad.recall.garbage_handle",
+        "INTERNAL_SERVER_ERROR*",
+        "BAD_REQUEST*",
+        "Apache's recall-handle decoder throws (DecoderException) and answers INTERNAL_SERVER_ERROR",
     ),
     (
         "bad.receive.batch_size_0_with_a_message",
@@ -277,7 +289,8 @@ has_status!(
     proto::ForwardMessageToDeadLetterQueueResponse,
     proto::EndTransactionResponse,
     proto::HeartbeatResponse,
-    proto::NotifyClientTerminationResponse
+    proto::NotifyClientTerminationResponse,
+    proto::RecallMessageResponse
 );
 
 /// An RPC's outcome: the answer's status code name (or `grpc-error:<code>`), and the answer.
@@ -594,7 +607,10 @@ async fn case_bad_input(t: &mut Target, o: &mut Obs) {
     far.topic = resource(T_DELAY);
     sp_mut(&mut far).message_id = "DIFFBAD16".into();
     sp_mut(&mut far).delivery_timestamp = Some(prost_types::Timestamp { seconds: now_secs() + 40 * 86400, nanos: 0 });
-    send(t, o, &format!("{k}.send.delay_40_days"), vec![far]).await;
+    send(t, o, &format!("{k}.send.delay_40_days"), vec![far.clone()]).await;
+    sp_mut(&mut far).message_id = "DIFFBAD19".into();
+    sp_mut(&mut far).delivery_timestamp = Some(prost_types::Timestamp { seconds: now_secs() + 41 * 86400, nanos: 0 });
+    send(t, o, &format!("{k}.send.delay_41_days"), vec![far]).await;
     let mut wrong_type = message(T_BAD, "DIFFBAD17", b"x");
     sp_mut(&mut wrong_type).message_type = proto::MessageType::Fifo as i32;
     send(t, o, &format!("{k}.send.type_fifo_without_group"), vec![wrong_type]).await;
@@ -668,6 +684,24 @@ async fn case_bad_input(t: &mut Target, o: &mut Obs) {
     // Other RPCs with bad or empty input.
     let e = t.c.end_transaction(req(proto::EndTransactionRequest::default())).await;
     o.insert(format!("{k}.end_transaction.empty"), answer(e).0);
+    let e =
+        t.c.end_transaction(req(proto::EndTransactionRequest {
+            topic: resource(T_TX),
+            message_id: "DIFFNOSUCHTX".into(),
+            transaction_id: "DIFFNOSUCHTX".into(),
+            resolution: proto::TransactionResolution::Commit as i32,
+            source: proto::TransactionSource::SourceClient as i32,
+            trace_context: String::new(),
+        }))
+        .await;
+    o.insert(format!("{k}.end_transaction.unknown_id"), answer(e).0);
+    let r =
+        t.c.recall_message(req(proto::RecallMessageRequest {
+            topic: resource(T_DELAY),
+            recall_handle: "not-a-handle".into(),
+        }))
+        .await;
+    o.insert(format!("{k}.recall.garbage_handle"), answer(r).0);
     let h =
         t.c.heartbeat(req_as(
             &cid(G_BAD),

@@ -12,7 +12,7 @@
 //! - `compare`: everything above in one run, plus Apache RocketMQ 5 (started from its Maven
 //!   Central jars by `integration-tests/reference/apache.sh`), with ratios and target checks.
 //!
-//! Other benchmarks (the storage benchmark) hang off [`BenchCommand`] as further variants.
+//! Other benchmarks (the storage and timer benchmarks) hang off [`BenchCommand`] as further variants.
 
 pub mod apache;
 pub mod compare;
@@ -23,6 +23,7 @@ pub mod nats;
 pub mod noop;
 pub mod procs;
 pub mod report;
+pub mod timers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +49,9 @@ pub enum BenchCommand {
     /// The commit log alone: append throughput (SYNC/ASYNC) against the disk's raw
     /// write+fsync ceiling, and the cost of a large backlog.
     Storage(crate::storage::bench::StorageBenchArgs),
+    /// Delay/timer messages: lateness of a burst due in one second, and the memory and disk
+    /// 10 million scheduled messages take.
+    Timers(timers::TimerBenchArgs),
 }
 
 /// Load shape shared by every load generator.
@@ -132,6 +136,7 @@ pub fn run(command: BenchCommand) -> ExitCode {
             BenchCommand::NoopServer(args) => noop::main(args).await,
             BenchCommand::Compare(args) => compare::main(args).await,
             BenchCommand::Storage(args) => crate::storage::bench::run(args).await,
+            BenchCommand::Timers(args) => timers::run(args).await,
         }
     });
     match result {
