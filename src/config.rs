@@ -236,7 +236,7 @@ pub struct TopicSpec {
     pub name: String,
     #[serde(default)]
     pub queue_nums: Option<u32>,
-    /// NORMAL, FIFO, DELAY, TRANSACTION or MIXED.
+    /// NORMAL, FIFO, DELAY, TRANSACTION, PRIORITY or MIXED.
     #[serde(default = "default_message_type")]
     pub message_type: String,
 }

@@ -126,7 +126,7 @@ async fn put_topic(State(s): State<AdminState>, Path(name): Path<String>, Json(b
     let kind = body.message_type.as_deref().unwrap_or("NORMAL");
     let Some(topic_type) = TopicType::parse(kind) else {
         return error(BrokerError::BadRequest(format!(
-            "unknown messageType `{kind}` (NORMAL, FIFO, DELAY, TRANSACTION or MIXED)"
+            "unknown messageType `{kind}` (NORMAL, FIFO, DELAY, TRANSACTION, PRIORITY or MIXED)"
         )));
     };
     let queue_nums = body.queue_nums.unwrap_or(s.broker.config().topics.default_topic_queue_nums);

@@ -58,6 +58,10 @@ pub(crate) struct QueueState {
     /// message group was in flight, with their group key. In memory only: after a restart
     /// `next` starts at `floor` again and the scan finds them.
     pub waiting: BTreeMap<u64, u64>,
+    /// Priority topics: undelivered messages below `next` that compete by priority, with
+    /// their priority and when a receive first saw them. In memory only, rebuilt by the scan
+    /// after a restart.
+    pub ranked: BTreeMap<u64, (i32, i64)>,
     /// Changed since the last progress flush.
     pub dirty: bool,
 }
@@ -127,6 +131,7 @@ impl QueueState {
     pub fn rescan(&mut self) {
         self.next = self.floor;
         self.waiting.clear();
+        self.ranked.clear();
     }
 
     /// Deliveries whose invisibility ended, lowest offsets first, at most `max`.
@@ -168,6 +173,7 @@ impl QueueState {
         }
         self.inflight.remove(&offset);
         self.waiting.remove(&offset);
+        self.ranked.remove(&offset);
         self.acked.insert(offset);
         if offset >= self.next {
             self.next = offset + 1;
@@ -184,6 +190,7 @@ impl QueueState {
             self.inflight = self.inflight.split_off(&start);
             self.acked = self.acked.split_off(&start);
             self.waiting = self.waiting.split_off(&start);
+            self.ranked = self.ranked.split_off(&start);
             self.dirty = true;
             self.advance_floor();
         }

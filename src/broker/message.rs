@@ -16,6 +16,7 @@ pub enum MessageType {
     Fifo,
     Delay,
     Transaction,
+    Priority,
 }
 
 impl MessageType {
@@ -25,6 +26,7 @@ impl MessageType {
             MessageType::Fifo => "FIFO",
             MessageType::Delay => "DELAY",
             MessageType::Transaction => "TRANSACTION",
+            MessageType::Priority => "PRIORITY",
         }
     }
 
@@ -37,6 +39,7 @@ impl MessageType {
                 | (MessageType::Fifo, TopicType::Fifo)
                 | (MessageType::Delay, TopicType::Delay)
                 | (MessageType::Transaction, TopicType::Transaction)
+                | (MessageType::Priority, TopicType::Priority)
         )
     }
 
@@ -47,6 +50,7 @@ impl MessageType {
             MessageType::Fifo => 2,
             MessageType::Delay => 3,
             MessageType::Transaction => 4,
+            MessageType::Priority => 5,
         }
     }
 
@@ -55,6 +59,7 @@ impl MessageType {
             2 => MessageType::Fifo,
             3 => MessageType::Delay,
             4 => MessageType::Transaction,
+            5 => MessageType::Priority,
             _ => MessageType::Normal,
         }
     }
@@ -73,6 +78,7 @@ pub fn accepted_types(topic: TopicType) -> &'static [MessageType] {
         TopicType::Fifo => &[MessageType::Fifo],
         TopicType::Delay => &[MessageType::Delay],
         TopicType::Transaction => &[MessageType::Transaction],
+        TopicType::Priority => &[MessageType::Priority],
         TopicType::Mixed => &[MessageType::Normal, MessageType::Fifo, MessageType::Delay, MessageType::Transaction],
     }
 }
@@ -103,7 +109,8 @@ pub struct OutgoingMessage {
 }
 
 impl OutgoingMessage {
-    /// The type RocketMQ derives from the properties (transaction > delay > fifo > normal).
+    /// The type RocketMQ derives from the properties (transaction > delay > fifo > priority >
+    /// normal).
     pub fn message_type(&self) -> MessageType {
         if self.transactional {
             MessageType::Transaction
@@ -111,6 +118,8 @@ impl OutgoingMessage {
             MessageType::Delay
         } else if self.message_group.is_some() {
             MessageType::Fifo
+        } else if self.priority.is_some() {
+            MessageType::Priority
         } else {
             MessageType::Normal
         }
@@ -141,6 +150,9 @@ impl OutgoingMessage {
         }
         if let Some(tc) = &self.trace_context {
             p.push(keys::TRACE_CONTEXT, tc.as_str());
+        }
+        if let Some(priority) = self.priority {
+            p.push(keys::PRIORITY, priority.to_string());
         }
         if let Some(d) = self.orphaned_transaction_recovery {
             p.push(keys::CHECK_IMMUNITY_TIME, d.as_secs().to_string());
@@ -236,6 +248,8 @@ pub struct DeliveredMessage {
     pub gzip: bool,
     pub receipt_handle: String,
     pub delivery_attempt: u32,
+    /// Priority messages: the priority they were sent with.
+    pub priority: Option<i32>,
     /// Original topic and message id, for messages read from a dead-letter queue.
     pub dead_letter: Option<(String, String)>,
 }
@@ -257,6 +271,7 @@ fn is_system_key(k: &str) -> bool {
             | keys::REAL_TOPIC
             | keys::CHECK_IMMUNITY_TIME
             | keys::CHECK_AT
+            | keys::PRIORITY
             | keys::REF_TOPIC
             | keys::REF_QUEUE_ID
             | keys::REF_OFFSET
@@ -293,6 +308,7 @@ impl DeliveredMessage {
             body: m.body,
             receipt_handle,
             delivery_attempt,
+            priority: p.get(keys::PRIORITY).and_then(|v| v.parse().ok()),
             dead_letter,
         }
     }

@@ -199,7 +199,7 @@ impl Broker {
             validate::validate_topic(&spec.name)?;
             let topic_type = TopicType::parse(&spec.message_type).ok_or_else(|| {
                 BrokerError::BadRequest(format!(
-                    "topic `{}`: unknown messageType `{}` (NORMAL, FIFO, DELAY, TRANSACTION or MIXED)",
+                    "topic `{}`: unknown messageType `{}` (NORMAL, FIFO, DELAY, TRANSACTION, PRIORITY or MIXED)",
                     spec.name, spec.message_type
                 ))
             })?;
@@ -298,6 +298,7 @@ impl Broker {
             MessageType::Fifo => TopicType::Fifo,
             MessageType::Delay => TopicType::Delay,
             MessageType::Transaction => TopicType::Transaction,
+            MessageType::Priority => TopicType::Priority,
         };
         let record = self.create_topic(name, topics.default_topic_queue_nums, topic_type).await?;
         tracing::info!(

@@ -34,6 +34,10 @@ const DEAD_LETTER_RETRY_MS: i64 = 30_000;
 /// Orderly groups: most messages per queue passed over while their message group is busy
 /// (beyond it the scan pauses until groups drain).
 const MAX_WAITING: usize = 10_000;
+/// Priority topics: new messages per queue that compete by priority (beyond them, queue order).
+const PRIORITY_WINDOW: usize = 1024;
+/// Priority topics: a waiting message gains one priority level per this much waiting.
+const PRIORITY_AGING_MS: i64 = 1000;
 /// Long polls re-check at least this often (deliveries whose invisibility ends are not
 /// announced by an append).
 const RECHECK: Duration = Duration::from_millis(500);
@@ -376,6 +380,10 @@ impl Broker {
             *bytes += m.body.len();
             out.push(DeliveredMessage::from_stored(m, handle, attempt));
         };
+        if topic.record.topic_type == TopicType::Priority && !orderly {
+            let limits = (max, max_attempts, now);
+            return self.pop_by_priority(&group.name, name, queue_id, &mut st, req, limits, &deliver, out, bytes, dead);
+        }
 
         // 1. Deliveries whose invisibility ended: again, or to the DLQ once attempts are used up.
         //    For orderly groups each is the head of its message group (only heads are in flight).
@@ -466,6 +474,98 @@ impl Broker {
                 deliver(&mut st, m, 1, out, bytes);
             }
             st.next = st.next.max(last + 1);
+        }
+        Ok(())
+    }
+
+    /// A queue of a PRIORITY topic: the deliveries due again and the next
+    /// [`PRIORITY_WINDOW`] new messages compete; the highest effective priority goes first
+    /// (a message's priority plus one level per [`PRIORITY_AGING_MS`] it has been waiting, so
+    /// the lowest is never starved; ties in offset order). A retry keeps its message's priority
+    /// instead of jumping the queue or falling behind it.
+    #[allow(clippy::too_many_arguments)]
+    fn pop_by_priority(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+        st: &mut QueueState,
+        req: &ReceiveRequest,
+        (max, max_attempts, now): (usize, u32, i64),
+        deliver: &impl Fn(&mut QueueState, StoredMessage, u32, &mut Vec<DeliveredMessage>, &mut usize),
+        out: &mut Vec<DeliveredMessage>,
+        bytes: &mut usize,
+        dead: &mut Vec<(u32, StoredMessage)>,
+    ) -> BrokerResult<()> {
+        let alive = |c: &str| self.client_alive(c);
+        let priority_of =
+            |m: &StoredMessage| m.properties.get(keys::PRIORITY).and_then(|p| p.parse().ok()).unwrap_or(0);
+        let score =
+            |priority: i32, waiting_since: i64| i64::from(priority) + (now - waiting_since).max(0) / PRIORITY_AGING_MS;
+        // (score, offset, Some(attempt and message) for a retry)
+        let mut candidates: Vec<(i64, u64, Option<(u32, StoredMessage)>)> = Vec::new();
+        for due in st.take_due(now, PRIORITY_WINDOW, max_attempts, &alive, RENEW_MAX_MS) {
+            let (offset, attempt, to_dlq) = match due {
+                Due::Redeliver { offset, attempt } => (offset, attempt, false),
+                Due::DeadLetter { offset, attempt } => (offset, attempt, true),
+            };
+            let since = st.inflight.get(&offset).map_or(now, |e| e.visible_at_ms);
+            match self.read_one(group, topic, queue_id, offset)? {
+                None => st.complete(offset),
+                Some(m) if to_dlq => {
+                    if let Some(e) = st.inflight.get_mut(&offset) {
+                        e.visible_at_ms = now + DEAD_LETTER_RETRY_MS;
+                        e.auto_renew_client = None;
+                    }
+                    dead.push((queue_id, m));
+                }
+                Some(m) if !req.filter.matches(&m) => st.complete(offset),
+                Some(m) => candidates.push((score(priority_of(&m), since), offset, Some((attempt, m)))),
+            }
+        }
+        let range = self.inner.log.queue_range(topic, queue_id);
+        while st.ranked.len() < PRIORITY_WINDOW && st.next < range.end {
+            let batch = match self.inner.log.read(topic, queue_id, st.next, PRIORITY_WINDOW, MAX_RECEIVE_BYTES) {
+                Ok(batch) => batch,
+                Err(e @ StorageError::Corrupted { .. }) => {
+                    let offset = st.next;
+                    skip_damaged(group, topic, queue_id, offset, &e);
+                    st.complete(offset);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let Some(last) = batch.last().map(|m| m.queue_offset) else { break };
+            for m in batch {
+                let offset = m.queue_offset;
+                if st.is_acked(offset) || st.inflight.contains_key(&offset) {
+                    continue;
+                }
+                if req.filter.matches(&m) {
+                    // Waiting since now by the broker's clock (the first pop that saw it).
+                    st.ranked.insert(offset, (priority_of(&m), now));
+                } else {
+                    st.complete(offset);
+                }
+            }
+            st.next = st.next.max(last + 1);
+        }
+        candidates.extend(st.ranked.iter().map(|(&offset, &(p, stored))| (score(p, stored), offset, None)));
+        candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (_, offset, retry) in candidates {
+            if out.len() >= max || *bytes >= MAX_RECEIVE_BYTES {
+                break;
+            }
+            match retry {
+                Some((attempt, m)) => deliver(st, m, attempt, out, bytes),
+                None => {
+                    st.ranked.remove(&offset);
+                    match self.read_one(group, topic, queue_id, offset)? {
+                        Some(m) => deliver(st, m, 1, out, bytes),
+                        None => st.complete(offset),
+                    }
+                }
+            }
         }
         Ok(())
     }

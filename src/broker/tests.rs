@@ -421,3 +421,47 @@ async fn transactions_commit_roll_back_and_get_checked_on_schedule() {
     assert_eq!(broker.open_transactions(), 0);
     assert!(broker.receive(receive_request()).await.unwrap().is_empty());
 }
+
+fn prioritized(id: &str, priority: i32) -> OutgoingMessage {
+    OutgoingMessage { topic: "P".into(), priority: Some(priority), ..message(id) }
+}
+
+/// Priority topics: higher first within a queue, retries keep their priority, and a waiting
+/// low-priority message ages past newer high-priority ones (no starvation).
+#[tokio::test]
+async fn priority_messages_go_first_without_starving_the_rest() {
+    let h = Harness::new(Arc::new(MemoryLog::new())).await;
+    let broker = h.start().await;
+    broker.create_topic("P", 1, TopicType::Priority).await.unwrap();
+    for (id, p) in [("low1", 0), ("low2", 0), ("high1", 9), ("mid", 5), ("high2", 9)] {
+        broker.send(vec![prioritized(id, p)]).await.unwrap();
+    }
+    let mut req = receive_request();
+    req.topic = "P".into();
+    req.batch_size = 2;
+    let first = broker.receive(req.clone()).await.unwrap();
+    assert_eq!(ids(&first), vec!["high1", "high2"]);
+    assert_eq!(first[0].priority, Some(9));
+    assert_eq!(first[0].message_type, MessageType::Priority);
+    // high1 fails: its retry competes with priority 9, ahead of mid and the lows.
+    broker
+        .change_invisible_duration("c", "G", "P", &first[0].receipt_handle, Duration::from_millis(100))
+        .await
+        .unwrap();
+    h.clock.advance(100);
+    let next = broker.receive(req.clone()).await.unwrap();
+    assert_eq!(ids(&next), vec!["high1", "mid"]);
+    assert_eq!(next[0].delivery_attempt, 2);
+    // The lows have waited 12 s: older than any new priority-9 message's lead.
+    h.clock.advance(12_000);
+    broker.send(vec![prioritized("high3", 9)]).await.unwrap();
+    req.batch_size = 1;
+    assert_eq!(ids(&broker.receive(req.clone()).await.unwrap()), vec!["low1"]);
+    let e = broker.send(vec![prioritized("negative", -1)]).await.unwrap_err();
+    assert!(matches!(e, BrokerError::BadRequest(_)), "{e}");
+    let e = broker.send(vec![message("plain")]).await;
+    assert!(e.is_ok(), "another topic");
+    let mut normal_on_priority = message("n");
+    normal_on_priority.topic = "P".into();
+    assert!(matches!(broker.send(vec![normal_on_priority]).await, Err(BrokerError::MessageTypeConflict(_))));
+}

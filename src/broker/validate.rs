@@ -202,10 +202,16 @@ pub fn validate_message(m: &OutgoingMessage, limits: &LimitsConfig, now_ms: i64)
             )));
         }
     }
-    if m.transactional && (m.delivery_timestamp_ms.is_some() || m.message_group.is_some()) {
+    if m.transactional && (m.delivery_timestamp_ms.is_some() || m.message_group.is_some() || m.priority.is_some()) {
         return Err(BrokerError::MessageTypeConflict(
-            "a transactional message cannot also have a delivery timestamp or a message group".into(),
+            "a transactional message cannot also have a delivery timestamp, a message group or a priority".into(),
         ));
+    }
+    if m.priority.is_some_and(|p| p < 0) {
+        return Err(BrokerError::BadRequest(format!(
+            "priority {} is negative; priorities are 0 (lowest) and up",
+            m.priority.unwrap_or_default()
+        )));
     }
     if let Some(group) = &m.message_group {
         if group.trim().is_empty() {

@@ -82,6 +82,7 @@ pub fn message_type(t: MessageType) -> proto::MessageType {
         MessageType::Fifo => proto::MessageType::Fifo,
         MessageType::Delay => proto::MessageType::Delay,
         MessageType::Transaction => proto::MessageType::Transaction,
+        MessageType::Priority => proto::MessageType::Priority,
     }
 }
 
@@ -125,7 +126,7 @@ pub fn delivered(m: DeliveredMessage, store_host: &str) -> proto::Message {
         orphaned_transaction_recovery_duration: None,
         dead_letter_queue: m.dead_letter.map(|(topic, message_id)| proto::DeadLetterQueue { topic, message_id }),
         lite_topic: None,
-        priority: None,
+        priority: m.priority,
     };
     proto::Message { topic: Some(resource(&m.topic)), user_properties, system_properties: Some(sp), body: m.body }
 }

@@ -244,12 +244,24 @@ async fn settings_reply(
             sub.fifo = Some(policy.fifo);
             sub.receive_batch_size = Some(policy.receive_batch_size);
             sub.long_polling_timeout = Some(proto_duration(policy.long_polling_timeout));
-            s.backoff_policy = Some(proto::RetryPolicy {
-                max_attempts: policy.max_attempts,
-                strategy: Some(proto::retry_policy::Strategy::CustomizedBackoff(proto::CustomizedBackoff {
+            let node = s.user_agent.as_ref().is_some_and(|ua| ua.language == proto::Language::NodeJs as i32);
+            let strategy = if node {
+                // The Node.js SDK (1.0.x) ignores a customized backoff and then gives a failed
+                // FIFO message no retry at all (straight to the DLQ): it gets the same delays as
+                // an exponential policy (first delay, doubling, capped at the last).
+                let first = policy.retry_backoff.first().copied().unwrap_or(Duration::from_secs(1));
+                let last = policy.retry_backoff.last().copied().unwrap_or(first);
+                proto::retry_policy::Strategy::ExponentialBackoff(proto::ExponentialBackoff {
+                    initial: Some(proto_duration(first)),
+                    max: Some(proto_duration(last)),
+                    multiplier: 2.0,
+                })
+            } else {
+                proto::retry_policy::Strategy::CustomizedBackoff(proto::CustomizedBackoff {
                     next: policy.retry_backoff.into_iter().map(proto_duration).collect(),
-                })),
-            });
+                })
+            };
+            s.backoff_policy = Some(proto::RetryPolicy { max_attempts: policy.max_attempts, strategy: Some(strategy) });
         }
         None => {
             return Err(BrokerError::BadRequest("settings carry neither publishing nor subscription".into()));

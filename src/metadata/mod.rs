@@ -16,6 +16,8 @@ pub enum TopicType {
     Fifo,
     Delay,
     Transaction,
+    /// Priority messages (RIP-80): higher priority delivered first within a queue.
+    Priority,
     /// Accepts every type.
     Mixed,
 }
@@ -27,6 +29,7 @@ impl TopicType {
             TopicType::Fifo => "FIFO",
             TopicType::Delay => "DELAY",
             TopicType::Transaction => "TRANSACTION",
+            TopicType::Priority => "PRIORITY",
             TopicType::Mixed => "MIXED",
         }
     }
@@ -38,6 +41,7 @@ impl TopicType {
             "FIFO" => Some(TopicType::Fifo),
             "DELAY" => Some(TopicType::Delay),
             "TRANSACTION" => Some(TopicType::Transaction),
+            "PRIORITY" => Some(TopicType::Priority),
             "MIXED" => Some(TopicType::Mixed),
             _ => None,
         }

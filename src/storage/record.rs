@@ -23,6 +23,8 @@ pub mod keys {
     pub const REAL_TOPIC: &str = "REAL_TOPIC";
     /// Seconds before a half message's first orphan check, as its producer asked.
     pub const CHECK_IMMUNITY_TIME: &str = "CHECK_IMMUNITY_TIME_IN_SECONDS";
+    /// Priority of a priority message (RIP-80).
+    pub const PRIORITY: &str = "__PRIORITY";
     /// When a half message's first orphan check is due (epoch ms, the broker's clock).
     pub const CHECK_AT: &str = "__CHECK_AT";
     /// A reference record: the message lives at (topic, queue, offset) and was stored once.
