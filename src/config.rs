@@ -61,7 +61,7 @@ pub struct TimerConfig {
 
 impl Default for TimerConfig {
     fn default() -> Self {
-        Self { timer_precision: Duration::from_millis(100), timer_bucket: Duration::from_secs(60) }
+        Self { timer_precision: Duration::from_millis(100), timer_bucket: Duration::from_secs(600) }
     }
 }
 

@@ -5,11 +5,13 @@
 //! Layout: one append-only file per bucket of `bucket_ms` (default one minute) under
 //! `<dataDir>/timer/`, named by the bucket number. An entry is `due_ms i64, offset u64,
 //! log_position u64, kind u32, crc32c u32` (little endian; the CRC covers the first 28 bytes),
-//! so a torn or damaged tail is dropped on read. Entries are written without fsync; the
-//! broker's [`TimerIndex::checkpoint`] fsyncs every bucket written since the last one and then
-//! stores the broker's checkpoint blob (tmp file + rename), and after a crash the broker
-//! re-indexes what its log holds past that checkpoint (entries may then appear twice: readers
-//! deduplicate).
+//! so a torn or damaged tail is dropped on read. Entries are buffered in memory per bucket and
+//! written out at the next checkpoint (or when the buffer passes [`MAX_BUFFERED`]): messages
+//! scheduled at random times then cost one append per touched bucket per checkpoint, not one
+//! file write each. Reads see buffered entries too. The broker's [`TimerIndex::checkpoint`]
+//! writes the buffer, fsyncs every bucket written since the last one and then stores the
+//! broker's checkpoint blob (tmp file + rename); after a crash the broker re-indexes what its
+//! log holds past that checkpoint (entries may then appear twice: readers deduplicate).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -55,7 +57,9 @@ const KIND_CANCEL: u32 = 2;
 const SUFFIX: &str = ".tmr";
 const CHECKPOINT: &str = "checkpoint";
 /// Most bucket files kept open for appending.
-const MAX_OPEN: usize = 64;
+const MAX_OPEN: usize = 256;
+/// Buffered entry bytes that trigger a write-out before the next checkpoint.
+const MAX_BUFFERED: usize = 8 << 20;
 
 /// [`TimerIndex`] in bucket files under one directory.
 pub struct BucketFiles {
@@ -67,6 +71,9 @@ pub struct BucketFiles {
 #[derive(Default)]
 struct FilesState {
     open: HashMap<i64, File>,
+    /// Encoded entries not written to their files yet, by bucket.
+    buffer: HashMap<i64, Vec<u8>>,
+    buffered: usize,
     /// Written since the last checkpoint (to fsync).
     dirty: HashSet<i64>,
 }
@@ -91,6 +98,53 @@ impl BucketFiles {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FilesState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl BucketFiles {
+    /// Appends the buffered entries to their bucket files (no fsync).
+    fn write_out(&self, st: &mut FilesState) -> StorageResult<()> {
+        let buffer = std::mem::take(&mut st.buffer);
+        st.buffered = 0;
+        let mut failed = None;
+        for (bucket, bytes) in buffer {
+            if failed.is_some() {
+                st.buffered += bytes.len();
+                st.buffer.insert(bucket, bytes);
+                continue;
+            }
+            if let Err(e) = self.append_to(st, bucket, &bytes) {
+                st.buffered += bytes.len();
+                st.buffer.insert(bucket, bytes);
+                failed = Some(e);
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    fn append_to(&self, st: &mut FilesState, bucket: i64, bytes: &[u8]) -> StorageResult<()> {
+        if !st.open.contains_key(&bucket) {
+            if st.open.len() >= MAX_OPEN {
+                st.open.clear();
+            }
+            let path = self.path(bucket);
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| io(format!("opening {}", path.display()), e))?;
+            // A torn entry at the end (crash mid-write) would misalign what follows: cut it.
+            let len = file.metadata().map_err(|e| io(format!("reading {}", path.display()), e))?.len();
+            if len % ENTRY_LEN as u64 != 0 {
+                file.set_len(len - len % ENTRY_LEN as u64)
+                    .map_err(|e| io(format!("truncating {}", path.display()), e))?;
+            }
+            st.open.insert(bucket, file);
+        }
+        let file = st.open.get_mut(&bucket).ok_or_else(|| io("timer bucket", ErrorKind::NotFound.into()))?;
+        file.write_all(bytes).map_err(|e| io(format!("writing timer bucket {bucket}"), e))?;
+        st.dirty.insert(bucket);
+        Ok(())
     }
 }
 
@@ -129,33 +183,13 @@ impl TimerIndex for BucketFiles {
     }
 
     fn add(&self, entries: &[TimerEntry]) -> StorageResult<()> {
-        let mut by_bucket: HashMap<i64, Vec<u8>> = HashMap::new();
-        for e in entries {
-            encode(e, by_bucket.entry(e.due_ms.div_euclid(self.bucket_ms)).or_default());
-        }
         let mut st = self.lock();
-        for (bucket, bytes) in by_bucket {
-            if !st.open.contains_key(&bucket) {
-                if st.open.len() >= MAX_OPEN {
-                    st.open.clear();
-                }
-                let path = self.path(bucket);
-                let file = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(|e| io(format!("opening {}", path.display()), e))?;
-                // A torn entry at the end (crash mid-write) would misalign what follows: cut it.
-                let len = file.metadata().map_err(|e| io(format!("reading {}", path.display()), e))?.len();
-                if len % ENTRY_LEN as u64 != 0 {
-                    file.set_len(len - len % ENTRY_LEN as u64)
-                        .map_err(|e| io(format!("truncating {}", path.display()), e))?;
-                }
-                st.open.insert(bucket, file);
-            }
-            let file = st.open.get_mut(&bucket).ok_or_else(|| io("timer bucket", ErrorKind::NotFound.into()))?;
-            file.write_all(&bytes).map_err(|e| io(format!("writing timer bucket {bucket}"), e))?;
-            st.dirty.insert(bucket);
+        for e in entries {
+            encode(e, st.buffer.entry(e.due_ms.div_euclid(self.bucket_ms)).or_default());
+        }
+        st.buffered += entries.len() * ENTRY_LEN;
+        if st.buffered >= MAX_BUFFERED {
+            self.write_out(&mut st)?;
         }
         Ok(())
     }
@@ -164,10 +198,17 @@ impl TimerIndex for BucketFiles {
         let path = self.path(bucket);
         let mut bytes = Vec::new();
         match File::open(&path) {
-            Ok(mut f) => f.read_to_end(&mut bytes).map_err(|e| io(format!("reading {}", path.display()), e))?,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Ok(mut f) => {
+                f.read_to_end(&mut bytes).map_err(|e| io(format!("reading {}", path.display()), e))?;
+                // A torn entry at the end: ignore it (the next write-out cuts it).
+                bytes.truncate(bytes.len() - bytes.len() % ENTRY_LEN);
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(io(format!("opening {}", path.display()), e)),
         };
+        if let Some(buffered) = self.lock().buffer.get(&bucket) {
+            bytes.extend_from_slice(buffered);
+        }
         let mut out = Vec::with_capacity(bytes.len() / ENTRY_LEN);
         let mut damaged = 0usize;
         for chunk in bytes.chunks_exact(ENTRY_LEN) {
@@ -199,6 +240,9 @@ impl TimerIndex for BucketFiles {
         let mut st = self.lock();
         st.open.remove(&bucket);
         st.dirty.remove(&bucket);
+        if let Some(b) = st.buffer.remove(&bucket) {
+            st.buffered -= b.len();
+        }
         match fs::remove_file(self.path(bucket)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
@@ -207,7 +251,11 @@ impl TimerIndex for BucketFiles {
     }
 
     fn checkpoint(&self, blob: &[u8]) -> StorageResult<()> {
-        let dirty: Vec<i64> = std::mem::take(&mut self.lock().dirty).into_iter().collect();
+        let dirty: Vec<i64> = {
+            let mut st = self.lock();
+            self.write_out(&mut st)?;
+            std::mem::take(&mut st.dirty).into_iter().collect()
+        };
         for bucket in &dirty {
             let path = self.path(*bucket);
             let synced = File::open(&path).and_then(|f| f.sync_data());
@@ -265,10 +313,23 @@ mod tests {
     }
 
     #[test]
+    fn buffered_entries_are_read_and_written_at_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = BucketFiles::open(dir.path(), 1000).unwrap();
+        idx.add(&[entry(10, 1)]).unwrap();
+        assert_eq!(idx.bucket(0).unwrap(), vec![entry(10, 1)], "visible before it is written");
+        assert!(idx.buckets().unwrap().is_empty(), "no file yet");
+        idx.checkpoint(b"").unwrap();
+        assert_eq!(idx.buckets().unwrap(), vec![0]);
+        assert_eq!(idx.bucket(0).unwrap(), vec![entry(10, 1)], "read once, from the file");
+    }
+
+    #[test]
     fn torn_tails_and_damaged_entries_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let idx = BucketFiles::open(dir.path(), 1000).unwrap();
         idx.add(&[entry(10, 1), entry(20, 2)]).unwrap();
+        idx.checkpoint(b"").unwrap();
         drop(idx);
         let path = dir.path().join(format!("{:012}{SUFFIX}", 0));
         let mut bytes = fs::read(&path).unwrap();
@@ -279,6 +340,7 @@ mod tests {
         assert_eq!(idx.bucket(0).unwrap(), vec![entry(10, 1)]);
         // Appending after a torn tail realigns the file; entries after a damaged one still read.
         idx.add(&[entry(30, 3)]).unwrap();
+        idx.checkpoint(b"").unwrap();
         assert_eq!(fs::metadata(&path).unwrap().len() % ENTRY_LEN as u64, 0);
         assert_eq!(idx.bucket(0).unwrap(), vec![entry(10, 1), entry(30, 3)]);
     }
