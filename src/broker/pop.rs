@@ -34,6 +34,9 @@ const DEAD_LETTER_RETRY_MS: i64 = 30_000;
 /// Orderly groups: most messages per queue passed over while their message group is busy
 /// (beyond it the scan pauses until groups drain).
 const MAX_WAITING: usize = 10_000;
+/// Priority topics: one message competing for delivery: (score, offset, the attempt and the
+/// message when it is a retry).
+type Candidate = (i64, u64, Option<(u32, StoredMessage)>);
 /// Priority topics: new messages per queue that compete by priority (beyond them, queue order).
 const PRIORITY_WINDOW: usize = 1024;
 /// Priority topics: a waiting message gains one priority level per this much waiting.
@@ -502,8 +505,7 @@ impl Broker {
             |m: &StoredMessage| m.properties.get(keys::PRIORITY).and_then(|p| p.parse().ok()).unwrap_or(0);
         let score =
             |priority: i32, waiting_since: i64| i64::from(priority) + (now - waiting_since).max(0) / PRIORITY_AGING_MS;
-        // (score, offset, Some(attempt and message) for a retry)
-        let mut candidates: Vec<(i64, u64, Option<(u32, StoredMessage)>)> = Vec::new();
+        let mut candidates: Vec<Candidate> = Vec::new();
         for due in st.take_due(now, PRIORITY_WINDOW, max_attempts, &alive, RENEW_MAX_MS) {
             let (offset, attempt, to_dlq) = match due {
                 Due::Redeliver { offset, attempt } => (offset, attempt, false),

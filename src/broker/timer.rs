@@ -192,11 +192,6 @@ impl Wheel {
     pub fn near_len(&self) -> usize {
         self.near.len()
     }
-
-    /// When the next loaded entry is due.
-    pub fn next_due(&self) -> Option<i64> {
-        self.near.first_key_value().map(|(k, _)| k.0)
-    }
 }
 
 /// Checkpoint of the timer index: how far both timer queues are indexed, the watermark, the
@@ -661,10 +656,12 @@ impl Broker {
         Ok(())
     }
 
-    /// Scheduled messages in memory and the time the next one is due (admin, tests).
-    pub fn timer_stats(&self) -> (usize, Option<i64>) {
+    /// Scheduled messages held in memory, and how many stored ones are not indexed yet
+    /// (admin, benchmarks).
+    pub fn timer_stats(&self) -> (usize, u64) {
+        let end = self.inner.log.queue_range(TIMER_TOPIC, SCHEDULED).end;
         let st = lock(&self.timers().state);
-        (st.wheel.near_len(), st.wheel.next_due())
+        (st.wheel.near_len(), end.saturating_sub(st.scheduled_next))
     }
 
     /// Runs the timers until shutdown: indexes new scheduled messages, fires due ones every
