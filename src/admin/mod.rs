@@ -12,8 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{Broker, BrokerError, ClientInfo, ClientKind, VerifyOutcome};
-use crate::metadata::{GroupRecord, TopicRecord, TopicType};
+use crate::broker::{Broker, BrokerError, ClientInfo, ClientKind, GroupInfo, TopicInfo, TopicKind, VerifyOutcome};
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -52,8 +51,8 @@ struct TopicView {
     message_type: &'static str,
 }
 
-impl From<TopicRecord> for TopicView {
-    fn from(t: TopicRecord) -> Self {
+impl From<TopicInfo> for TopicView {
+    fn from(t: TopicInfo) -> Self {
         TopicView { name: t.name, queue_nums: t.queue_nums, message_type: t.topic_type.as_str() }
     }
 }
@@ -124,7 +123,7 @@ async fn put_topic(State(s): State<AdminState>, Path(name): Path<String>, Json(b
         return error(e);
     }
     let kind = body.message_type.as_deref().unwrap_or("NORMAL");
-    let Some(topic_type) = TopicType::parse(kind) else {
+    let Some(topic_type) = TopicKind::parse(kind) else {
         return error(BrokerError::BadRequest(format!(
             "unknown messageType `{kind}` (NORMAL, FIFO, DELAY, TRANSACTION, PRIORITY or MIXED)"
         )));
@@ -211,8 +210,8 @@ struct GroupView {
     retry_max_times: i32,
 }
 
-impl From<GroupRecord> for GroupView {
-    fn from(g: GroupRecord) -> Self {
+impl From<GroupInfo> for GroupView {
+    fn from(g: GroupInfo) -> Self {
         GroupView { name: g.name, consume_message_orderly: g.fifo, retry_max_times: g.retry_max_times }
     }
 }

@@ -432,7 +432,7 @@ fn prioritized(id: &str, priority: i32) -> OutgoingMessage {
 async fn priority_messages_go_first_without_starving_the_rest() {
     let h = Harness::new(Arc::new(MemoryLog::new())).await;
     let broker = h.start().await;
-    broker.create_topic("P", 1, TopicType::Priority).await.unwrap();
+    broker.create_topic("P", 1, TopicKind::Priority).await.unwrap();
     for (id, p) in [("low1", 0), ("low2", 0), ("high1", 9), ("mid", 5), ("high2", 9)] {
         broker.send(vec![prioritized(id, p)]).await.unwrap();
     }
