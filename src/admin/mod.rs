@@ -94,7 +94,11 @@ fn http_status(e: &BrokerError) -> StatusCode {
         BrokerError::Forbidden(_) => StatusCode::FORBIDDEN,
         BrokerError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
         BrokerError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-        BrokerError::Storage(_) | BrokerError::Metadata(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        BrokerError::StorageUnavailable(_)
+        | BrokerError::StorageFull(_)
+        | BrokerError::TooLargeToStore { .. }
+        | BrokerError::DataCorrupted(_)
+        | BrokerError::MetadataUnavailable(_) => StatusCode::INTERNAL_SERVER_ERROR,
         BrokerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
