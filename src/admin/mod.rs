@@ -132,8 +132,7 @@ async fn put_topic(State(s): State<AdminState>, Path(name): Path<String>, Json(b
             "unknown messageType `{kind}` (NORMAL, FIFO, DELAY, TRANSACTION, PRIORITY or MIXED)"
         )));
     };
-    let queue_nums = body.queue_nums.unwrap_or(s.broker.config().topics.default_topic_queue_nums);
-    match s.broker.create_topic(&name, queue_nums, topic_type).await {
+    match s.broker.create_topic(&name, body.queue_nums, topic_type).await {
         Ok(t) => (StatusCode::OK, Json(TopicView::from(t))).into_response(),
         Err(e) => error(e),
     }

@@ -15,6 +15,7 @@ pub mod message;
 mod pop;
 pub mod receipt;
 mod relay;
+pub mod settings;
 mod timer;
 mod transaction;
 pub mod validate;
@@ -35,10 +36,10 @@ pub use error::{BrokerError, BrokerResult};
 pub use message::{DeliveredMessage, MessageType, OutgoingMessage};
 pub use pop::{Filter, ReceiveRequest};
 pub use relay::{ClientCommand, ClientReply, VerifyOutcome};
+pub use settings::BrokerSettings;
 pub use transaction::{Resolution, ResolutionSource};
 
 use crate::clock::Clock;
-use crate::config::Config;
 use crate::metadata::{GroupRecord, MetadataStore, TopicRecord};
 use crate::storage::{AppendMessage, MessageLog, TimerIndex};
 use consumer::QueueState;
@@ -134,7 +135,8 @@ impl ClientSession {
 type QueueKey = (Arc<str>, Arc<str>, u32);
 
 pub(crate) struct Inner {
-    config: Arc<Config>,
+    /// The broker's settings.
+    config: BrokerSettings,
     clock: Arc<dyn Clock>,
     log: Arc<dyn MessageLog>,
     meta: Arc<dyn MetadataStore>,
@@ -173,7 +175,7 @@ impl Broker {
     /// secret, and creates configured topics. The background work ([`Broker::run_timers`],
     /// [`Broker::run_transaction_checker`], [`Broker::run_progress_flusher`]) is the caller's
     /// to spawn.
-    pub async fn start(config: Arc<Config>, stores: Stores, clock: Arc<dyn Clock>) -> BrokerResult<Broker> {
+    pub async fn start(config: BrokerSettings, stores: Stores, clock: Arc<dyn Clock>) -> BrokerResult<Broker> {
         let Stores { log, meta, timers } = stores;
         let candidate: [u8; 32] = rand::random();
         let secret = meta.secret("receipt-handle-hmac", &candidate).await?;
@@ -205,8 +207,7 @@ impl Broker {
                     spec.name, spec.message_type
                 ))
             })?;
-            let queue_nums = spec.queue_nums.unwrap_or(broker.inner.config.topics.default_topic_queue_nums);
-            broker.create_topic(&spec.name, queue_nums, topic_type).await?;
+            broker.create_topic(&spec.name, spec.queue_nums, topic_type).await?;
         }
         for t in broker.inner.meta.list_topics().await? {
             broker.cache_topic(t.into());
@@ -221,10 +222,6 @@ impl Broker {
         broker.recover_timers()?;
         broker.recover_transactions()?;
         Ok(broker)
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.inner.config
     }
 
     /// Now, by the broker's clock.
@@ -253,8 +250,15 @@ impl Broker {
         self.inner.topics.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
     }
 
-    /// Creates a topic (or returns the existing one unchanged).
-    pub async fn create_topic(&self, name: &str, queue_nums: u32, topic_type: TopicKind) -> BrokerResult<TopicInfo> {
+    /// Creates a topic (or returns the existing one unchanged), with `topics.defaultTopicQueueNums`
+    /// queues unless `queue_nums` says otherwise.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        queue_nums: Option<u32>,
+        topic_type: TopicKind,
+    ) -> BrokerResult<TopicInfo> {
+        let queue_nums = queue_nums.unwrap_or(self.inner.config.topics.default_topic_queue_nums);
         if !(1..=1024).contains(&queue_nums) {
             return Err(BrokerError::BadRequest(format!("queue count {queue_nums} is outside 1..=1024")));
         }
@@ -302,7 +306,7 @@ impl Broker {
             MessageType::Transaction => TopicKind::Transaction,
             MessageType::Priority => TopicKind::Priority,
         };
-        let record = self.create_topic(name, topics.default_topic_queue_nums, topic_type).await?;
+        let record = self.create_topic(name, None, topic_type).await?;
         tracing::info!(
             topic = name,
             queue_nums = record.queue_nums,
@@ -382,7 +386,7 @@ impl Broker {
         Ok(GroupPolicy {
             fifo: g.fifo,
             max_attempts: g.retry_max_times + 1,
-            retry_backoff: c.retry_backoff().unwrap_or_default(),
+            retry_backoff: c.retry_backoff.clone(),
             receive_batch_size: c.receive_batch_size,
             long_polling_timeout: c.max_long_polling_timeout,
         })

@@ -12,8 +12,8 @@ use super::error::{BrokerError, BrokerResult};
 use super::journal::{AckRecord, Delivery, DeliveryRecord, JOURNAL_TOPIC, JournalRecord};
 use super::message::DeliveredMessage;
 use super::receipt::Receipt;
+use super::settings::ConsumeFromWhere;
 use super::{Broker, TopicEntry, TopicKind, lock, validate};
-use crate::config::ConsumeFromWhere;
 use crate::metadata::{GroupRecord, ProgressRecord};
 use crate::storage::{AppendMessage, StorageError, StoredMessage, record::keys};
 
@@ -612,7 +612,7 @@ impl Broker {
         let dlq = match self.cached_topic(&dlq_name) {
             Some(t) => t,
             None => {
-                self.create_topic(&dlq_name, 1, TopicKind::Mixed).await?;
+                self.create_topic(&dlq_name, Some(1), TopicKind::Mixed).await?;
                 self.cached_topic(&dlq_name).ok_or_else(|| BrokerError::TopicNotFound(dlq_name.clone()))?
             }
         };
