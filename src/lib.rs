@@ -1,10 +1,13 @@
 //! rmq-gateway: a RocketMQ 5.x gRPC gateway with its own storage.
 //!
 //! Layers (see `../shared/DESIGN.md` and README "Architecture"):
-//! - [`grpc`] and [`admin`] are protocol edges; they call the [`broker`] domain only.
+//! - [`grpc`] and [`admin`] are protocol edges; they call the [`broker`] domain only and use
+//!   its types (no metadata or storage types).
 //! - [`broker`] sees storage and metadata only through the [`storage::MessageLog`] and
-//!   [`metadata::MetadataStore`] traits.
-//! - [`server`] is the only place that names concrete backends.
+//!   [`metadata::MetadataStore`] traits, and is configured by [`broker::BrokerSettings`], not
+//!   by [`config`].
+//! - [`server`] is the only place that names concrete backends, and builds the broker's and
+//!   the gRPC service's settings from the [`config::Config`].
 
 pub mod storage;
 

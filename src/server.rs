@@ -2,7 +2,8 @@
 //! HTTP server, runs background tasks, and shuts everything down in order on SIGINT/SIGTERM:
 //! readiness off → stop accepting and end long polls → drain RPCs → flush consumer progress →
 //! close the message log → close the metadata store. The only module that names concrete
-//! storage and metadata backends.
+//! storage and metadata backends, and the one that turns the configuration into the broker's
+//! and the gRPC service's settings.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,10 +15,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
-use crate::broker::{Broker, Stores};
+use crate::broker::settings::{
+    CheckMaxAction, ConsumeFromWhere, ConsumerSettings, GroupSpec, LimitSettings, TimerSettings, TopicSettings,
+    TopicSpec, TransactionSettings,
+};
+use crate::broker::{Broker, BrokerSettings, Stores};
 use crate::clock::SystemClock;
-use crate::config::{Config, FlushDiskType};
-use crate::grpc::MessagingServiceImpl;
+use crate::config::{self, Config, FlushDiskType};
+use crate::grpc::{GrpcSettings, MessagingServiceImpl, ProducerBackoff};
 use crate::metadata::MetadataStore;
 use crate::metadata::sqlite::SqliteMetadataStore;
 use crate::storage::{BucketFiles, CommitLog, FlushMode, MessageLog, StorageConfig};
@@ -48,6 +53,91 @@ fn open_message_log(config: &Config) -> anyhow::Result<Arc<dyn MessageLog>> {
     Ok(log)
 }
 
+impl From<&Config> for BrokerSettings {
+    fn from(config: &Config) -> Self {
+        let (t, l, c) = (&config.topics, &config.limits, &config.consumer);
+        BrokerSettings {
+            topics: TopicSettings {
+                auto_create_topic_enable: t.auto_create_topic_enable,
+                default_topic_queue_nums: t.default_topic_queue_nums,
+                create: t
+                    .create
+                    .iter()
+                    .map(|s| TopicSpec {
+                        name: s.name.clone(),
+                        queue_nums: s.queue_nums,
+                        message_type: s.message_type.clone(),
+                    })
+                    .collect(),
+            },
+            limits: LimitSettings {
+                max_message_size: l.max_message_size,
+                max_user_property_size: l.max_user_property_size,
+                user_property_max_num: l.user_property_max_num,
+                max_message_group_size: l.max_message_group_size,
+                max_delay_time: l.max_delay_time,
+                max_batch_messages: l.max_batch_messages,
+            },
+            consumer: ConsumerSettings {
+                consume_from_where: match c.consume_from_where {
+                    config::ConsumeFromWhere::LastOffset => ConsumeFromWhere::LastOffset,
+                    config::ConsumeFromWhere::FirstOffset => ConsumeFromWhere::FirstOffset,
+                },
+                retry_max_times: c.retry_max_times,
+                default_invisible_time: c.default_invisible_time,
+                min_invisible_time: c.min_invisible_time,
+                max_invisible_time: c.max_invisible_time,
+                min_long_polling_timeout: c.min_long_polling_timeout,
+                max_long_polling_timeout: c.max_long_polling_timeout,
+                long_polling_reserve: c.long_polling_reserve,
+                receive_batch_size: c.receive_batch_size,
+                // Checked by `Config::validate`.
+                retry_backoff: c.retry_backoff().unwrap_or_default(),
+                progress_flush_interval: c.progress_flush_interval,
+                auto_create_subscription_group: c.auto_create_subscription_group,
+                groups: c
+                    .groups
+                    .iter()
+                    .map(|g| GroupSpec {
+                        name: g.name.clone(),
+                        consume_message_orderly: g.consume_message_orderly,
+                        retry_max_times: g.retry_max_times,
+                    })
+                    .collect(),
+            },
+            timer: TimerSettings { timer_precision: config.timer.timer_precision },
+            transaction: TransactionSettings {
+                transaction_timeout: config.transaction.transaction_timeout,
+                transaction_check_interval: config.transaction.transaction_check_interval,
+                transaction_check_max: config.transaction.transaction_check_max,
+                transaction_check_max_action: match config.transaction.transaction_check_max_action {
+                    config::CheckMaxAction::Discard => CheckMaxAction::Discard,
+                    config::CheckMaxAction::Keep => CheckMaxAction::Keep,
+                },
+            },
+        }
+    }
+}
+
+impl From<&Config> for GrpcSettings {
+    fn from(config: &Config) -> Self {
+        let (s, p) = (&config.server, &config.producer);
+        GrpcSettings {
+            grpc_server_port: s.grpc_server_port,
+            advertised_address: s.advertised_address.clone(),
+            broker_name: s.broker_name.clone(),
+            grpc_max_inbound_message_size: s.grpc_max_inbound_message_size,
+            max_body_size: config.limits.max_message_size,
+            producer: ProducerBackoff {
+                max_attempts: p.max_attempts,
+                backoff_initial: p.backoff_initial,
+                backoff_max: p.backoff_max,
+                backoff_multiplier: p.backoff_multiplier,
+            },
+        }
+    }
+}
+
 /// Runs the gateway until `shutdown` is cancelled. `on_ready` receives the bound addresses.
 pub async fn run(
     config: Config,
@@ -71,8 +161,9 @@ pub async fn run(
         BucketFiles::open(&config.storage.data_dir.join("timer"), config.timer.timer_bucket.as_millis() as i64)
             .context("cannot open the timer index")?;
     let stores = Stores { log: log.clone(), meta: meta.clone(), timers: Arc::new(timer_index) };
-    let broker =
-        Broker::start(config.clone(), stores, Arc::new(SystemClock)).await.context("cannot start the broker")?;
+    let broker = Broker::start(BrokerSettings::from(&*config), stores, Arc::new(SystemClock))
+        .await
+        .context("cannot start the broker")?;
 
     let bind = &config.server.bind_address;
     let grpc_listener =
@@ -92,7 +183,7 @@ pub async fn run(
         tokio::spawn(tls::accept_loop(grpc_listener, tls_config, config.server.tls.mode, conn_tx, accept_stop.clone()));
 
     let grpc_stop = CancellationToken::new();
-    let service = MessagingServiceImpl::new(broker.clone());
+    let service = MessagingServiceImpl::new(broker.clone(), GrpcSettings::from(&*config));
     let grpc = {
         let stop = grpc_stop.clone();
         tokio::spawn(
@@ -186,4 +277,39 @@ pub fn cancel_on_signals(token: CancellationToken) {
         let _ = ctrl_c.await;
         token.cancel();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn settings_carry_the_configuration() {
+        let mut config = Config::default();
+        config.consumer.consume_from_where = config::ConsumeFromWhere::FirstOffset;
+        config.consumer.retry_backoff = "1s 2m".into();
+        config.transaction.transaction_check_max_action = config::CheckMaxAction::Keep;
+        config.topics.create.push(config::TopicSpec {
+            name: "T".into(),
+            queue_nums: None,
+            message_type: "FIFO".into(),
+        });
+        config.limits.max_message_size = 1000;
+        config.server.broker_name = "b1".into();
+
+        let b = BrokerSettings::from(&config);
+        assert_eq!(b.consumer.consume_from_where, ConsumeFromWhere::FirstOffset);
+        assert_eq!(b.consumer.retry_backoff, vec![Duration::from_secs(1), Duration::from_secs(120)]);
+        assert_eq!(b.transaction.transaction_check_max_action, CheckMaxAction::Keep);
+        assert_eq!(b.topics.create[0].message_type, "FIFO");
+        assert_eq!(b.limits.max_message_size, 1000);
+        assert_eq!(b.timer.timer_precision, config.timer.timer_precision);
+
+        let g = GrpcSettings::from(&config);
+        assert_eq!(g.max_body_size, 1000);
+        assert_eq!(g.broker_name, "b1");
+        assert_eq!(g.producer.max_attempts, config.producer.max_attempts);
+    }
 }

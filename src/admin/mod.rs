@@ -12,8 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{Broker, BrokerError, ClientInfo, ClientKind, VerifyOutcome};
-use crate::metadata::{GroupRecord, TopicRecord, TopicType};
+use crate::broker::{Broker, BrokerError, ClientInfo, ClientKind, GroupInfo, TopicInfo, TopicKind, VerifyOutcome};
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -52,8 +51,8 @@ struct TopicView {
     message_type: &'static str,
 }
 
-impl From<TopicRecord> for TopicView {
-    fn from(t: TopicRecord) -> Self {
+impl From<TopicInfo> for TopicView {
+    fn from(t: TopicInfo) -> Self {
         TopicView { name: t.name, queue_nums: t.queue_nums, message_type: t.topic_type.as_str() }
     }
 }
@@ -95,7 +94,11 @@ fn http_status(e: &BrokerError) -> StatusCode {
         BrokerError::Forbidden(_) => StatusCode::FORBIDDEN,
         BrokerError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
         BrokerError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-        BrokerError::Storage(_) | BrokerError::Metadata(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        BrokerError::StorageUnavailable(_)
+        | BrokerError::StorageFull(_)
+        | BrokerError::TooLargeToStore { .. }
+        | BrokerError::DataCorrupted(_)
+        | BrokerError::MetadataUnavailable(_) => StatusCode::INTERNAL_SERVER_ERROR,
         BrokerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
@@ -124,13 +127,12 @@ async fn put_topic(State(s): State<AdminState>, Path(name): Path<String>, Json(b
         return error(e);
     }
     let kind = body.message_type.as_deref().unwrap_or("NORMAL");
-    let Some(topic_type) = TopicType::parse(kind) else {
+    let Some(topic_type) = TopicKind::parse(kind) else {
         return error(BrokerError::BadRequest(format!(
             "unknown messageType `{kind}` (NORMAL, FIFO, DELAY, TRANSACTION, PRIORITY or MIXED)"
         )));
     };
-    let queue_nums = body.queue_nums.unwrap_or(s.broker.config().topics.default_topic_queue_nums);
-    match s.broker.create_topic(&name, queue_nums, topic_type).await {
+    match s.broker.create_topic(&name, body.queue_nums, topic_type).await {
         Ok(t) => (StatusCode::OK, Json(TopicView::from(t))).into_response(),
         Err(e) => error(e),
     }
@@ -211,8 +213,8 @@ struct GroupView {
     retry_max_times: i32,
 }
 
-impl From<GroupRecord> for GroupView {
-    fn from(g: GroupRecord) -> Self {
+impl From<GroupInfo> for GroupView {
+    fn from(g: GroupInfo) -> Self {
         GroupView { name: g.name, consume_message_orderly: g.fifo, retry_max_times: g.retry_max_times }
     }
 }

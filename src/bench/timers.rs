@@ -20,7 +20,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::broker::{Broker, Filter, OutgoingMessage, ReceiveRequest, Stores};
+use crate::broker::{Broker, BrokerSettings, Filter, OutgoingMessage, ReceiveRequest, Stores};
 use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::metadata::sqlite::SqliteMetadataStore;
@@ -134,7 +134,8 @@ async fn start(dir: &Path) -> anyhow::Result<(Broker, Arc<dyn MessageLog>)> {
     let meta = Arc::new(SqliteMetadataStore::open(&format!("sqlite://{}", dir.join("meta.db").display())).await?);
     let bucket = config.timer.timer_bucket.as_millis() as i64;
     let timers = Arc::new(BucketFiles::open(&dir.join("timer"), bucket)?);
-    let broker = Broker::start(config, Stores { log: log.clone(), meta, timers }, Arc::new(SystemClock)).await?;
+    let settings = BrokerSettings::from(&*config);
+    let broker = Broker::start(settings, Stores { log: log.clone(), meta, timers }, Arc::new(SystemClock)).await?;
     Ok((broker, log))
 }
 

@@ -1,5 +1,7 @@
 //! Domain errors of the broker. Every variant says what was wrong and, for limits, what the
 //! limit is; `grpc/status.rs` maps each one to its RocketMQ code with an exhaustive match.
+//! Failures of the message log and the metadata store become the broker's own kinds here
+//! (what a client or operator needs to know), so callers never inspect storage errors.
 
 use crate::metadata::MetadataError;
 use crate::storage::StorageError;
@@ -68,12 +70,69 @@ pub enum BrokerError {
     /// A client did not answer a relayed command in time.
     #[error("{0}")]
     ClientTimeout(String),
-    #[error("message store error: {0}")]
-    Storage(#[from] StorageError),
-    #[error("metadata store error: {0}")]
-    Metadata(#[from] MetadataError),
+    /// The message log could not do a read or write (an I/O error, or it is closing): a
+    /// message it was writing is not stored.
+    #[error("{0}")]
+    StorageUnavailable(String),
+    /// The disk holding the message log is full: nothing more can be stored until space is
+    /// freed.
+    #[error("{0}")]
+    StorageFull(String),
+    /// A record does not fit in a commit-log segment.
+    #[error("message store error: record of {size} bytes does not fit in a segment of {segment_size} bytes")]
+    TooLargeToStore { size: u64, segment_size: u64 },
+    /// Stored data (a log record, an index checkpoint, metadata) is damaged.
+    #[error("{0}")]
+    DataCorrupted(String),
+    /// The metadata store could not be reached or failed a query.
+    #[error("{0}")]
+    MetadataUnavailable(String),
     #[error("the gateway is shutting down")]
     ShuttingDown,
 }
 
+impl From<StorageError> for BrokerError {
+    fn from(e: StorageError) -> Self {
+        let text = format!("message store error: {e}");
+        match e {
+            StorageError::Io { .. } | StorageError::ShuttingDown => BrokerError::StorageUnavailable(text),
+            StorageError::DiskFull(_) => BrokerError::StorageFull(text),
+            StorageError::Corrupted { .. } => BrokerError::DataCorrupted(text),
+            StorageError::RecordTooLarge { size, segment_size } => BrokerError::TooLargeToStore { size, segment_size },
+        }
+    }
+}
+
+impl From<MetadataError> for BrokerError {
+    fn from(e: MetadataError) -> Self {
+        let text = format!("metadata store error: {e}");
+        match e {
+            MetadataError::Unavailable(_) | MetadataError::Query(_) => BrokerError::MetadataUnavailable(text),
+            MetadataError::Invalid(_) => BrokerError::DataCorrupted(text),
+        }
+    }
+}
+
 pub type BrokerResult<T> = Result<T, BrokerError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_become_broker_kinds_with_their_text() {
+        let e = BrokerError::from(StorageError::DiskFull("segment 3".into()));
+        assert!(matches!(e, BrokerError::StorageFull(_)));
+        assert_eq!(e.to_string(), "message store error: disk is full: segment 3");
+        let e = BrokerError::from(StorageError::RecordTooLarge { size: 9, segment_size: 8 });
+        assert!(matches!(e, BrokerError::TooLargeToStore { size: 9, segment_size: 8 }));
+        assert_eq!(e.to_string(), "message store error: record of 9 bytes does not fit in a segment of 8 bytes");
+        assert!(matches!(BrokerError::from(StorageError::ShuttingDown), BrokerError::StorageUnavailable(_)));
+        let e = BrokerError::from(StorageError::Corrupted { position: 1, reason: "crc".into() });
+        assert!(matches!(e, BrokerError::DataCorrupted(_)));
+        let e = BrokerError::from(MetadataError::Query("locked".into()));
+        assert!(matches!(e, BrokerError::MetadataUnavailable(_)));
+        assert_eq!(e.to_string(), "metadata store error: metadata store query failed: locked");
+        assert!(matches!(BrokerError::from(MetadataError::Invalid("x".into())), BrokerError::DataCorrupted(_)));
+    }
+}

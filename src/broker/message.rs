@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::metadata::TopicType;
+use super::TopicKind;
 use crate::storage::{Properties, StoredMessage, record::keys};
 
 /// The type of one message, as RocketMQ derives it from its properties.
@@ -31,15 +31,15 @@ impl MessageType {
     }
 
     /// Whether a topic of type `topic` accepts this message type.
-    pub fn accepted_by(self, topic: TopicType) -> bool {
+    pub fn accepted_by(self, topic: TopicKind) -> bool {
         matches!(
             (self, topic),
-            (_, TopicType::Mixed)
-                | (MessageType::Normal, TopicType::Normal)
-                | (MessageType::Fifo, TopicType::Fifo)
-                | (MessageType::Delay, TopicType::Delay)
-                | (MessageType::Transaction, TopicType::Transaction)
-                | (MessageType::Priority, TopicType::Priority)
+            (_, TopicKind::Mixed)
+                | (MessageType::Normal, TopicKind::Normal)
+                | (MessageType::Fifo, TopicKind::Fifo)
+                | (MessageType::Delay, TopicKind::Delay)
+                | (MessageType::Transaction, TopicKind::Transaction)
+                | (MessageType::Priority, TopicKind::Priority)
         )
     }
 
@@ -72,14 +72,14 @@ const FLAG_GZIP: u32 = 0x8;
 pub(crate) const FLAG_REF: u32 = 0x10;
 
 /// Message types accepted by a topic type, for routes.
-pub fn accepted_types(topic: TopicType) -> &'static [MessageType] {
+pub fn accepted_types(topic: TopicKind) -> &'static [MessageType] {
     match topic {
-        TopicType::Normal => &[MessageType::Normal],
-        TopicType::Fifo => &[MessageType::Fifo],
-        TopicType::Delay => &[MessageType::Delay],
-        TopicType::Transaction => &[MessageType::Transaction],
-        TopicType::Priority => &[MessageType::Priority],
-        TopicType::Mixed => &[MessageType::Normal, MessageType::Fifo, MessageType::Delay, MessageType::Transaction],
+        TopicKind::Normal => &[MessageType::Normal],
+        TopicKind::Fifo => &[MessageType::Fifo],
+        TopicKind::Delay => &[MessageType::Delay],
+        TopicKind::Transaction => &[MessageType::Transaction],
+        TopicKind::Priority => &[MessageType::Priority],
+        TopicKind::Mixed => &[MessageType::Normal, MessageType::Fifo, MessageType::Delay, MessageType::Transaction],
     }
 }
 
@@ -328,8 +328,8 @@ mod tests {
         assert_eq!(m.message_type(), MessageType::Delay);
         m.transactional = true;
         assert_eq!(m.message_type(), MessageType::Transaction);
-        assert!(MessageType::Fifo.accepted_by(TopicType::Mixed));
-        assert!(!MessageType::Fifo.accepted_by(TopicType::Normal));
+        assert!(MessageType::Fifo.accepted_by(TopicKind::Mixed));
+        assert!(!MessageType::Fifo.accepted_by(TopicKind::Normal));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! tonic, axum or sqlx, and proto types never reach it. Time comes from an injected
 //! [`Clock`], so timers and checks are tested without sleeping.
 
+mod catalog;
 pub mod consumer;
 pub mod error;
 mod journal;
@@ -14,6 +15,7 @@ pub mod message;
 mod pop;
 pub mod receipt;
 mod relay;
+pub mod settings;
 mod timer;
 mod transaction;
 pub mod validate;
@@ -29,15 +31,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+pub use catalog::{GroupInfo, TopicInfo, TopicKind};
 pub use error::{BrokerError, BrokerResult};
 pub use message::{DeliveredMessage, MessageType, OutgoingMessage};
 pub use pop::{Filter, ReceiveRequest};
 pub use relay::{ClientCommand, ClientReply, VerifyOutcome};
+pub use settings::BrokerSettings;
 pub use transaction::{Resolution, ResolutionSource};
 
 use crate::clock::Clock;
-use crate::config::Config;
-use crate::metadata::{GroupRecord, MetadataStore, TopicRecord, TopicType};
+use crate::metadata::{GroupRecord, MetadataStore, TopicRecord};
 use crate::storage::{AppendMessage, MessageLog, TimerIndex};
 use consumer::QueueState;
 use receipt::ReceiptCodec;
@@ -47,7 +50,7 @@ const CLIENT_EXPIRY: Duration = Duration::from_secs(120);
 
 /// A topic as the broker knows it.
 pub struct TopicEntry {
-    pub record: TopicRecord,
+    pub record: TopicInfo,
     /// Woken after every append to the topic (long polling).
     arrivals: Notify,
     round_robin: AtomicU32,
@@ -132,7 +135,8 @@ impl ClientSession {
 type QueueKey = (Arc<str>, Arc<str>, u32);
 
 pub(crate) struct Inner {
-    config: Arc<Config>,
+    /// The broker's settings.
+    config: BrokerSettings,
     clock: Arc<dyn Clock>,
     log: Arc<dyn MessageLog>,
     meta: Arc<dyn MetadataStore>,
@@ -171,7 +175,7 @@ impl Broker {
     /// secret, and creates configured topics. The background work ([`Broker::run_timers`],
     /// [`Broker::run_transaction_checker`], [`Broker::run_progress_flusher`]) is the caller's
     /// to spawn.
-    pub async fn start(config: Arc<Config>, stores: Stores, clock: Arc<dyn Clock>) -> BrokerResult<Broker> {
+    pub async fn start(config: BrokerSettings, stores: Stores, clock: Arc<dyn Clock>) -> BrokerResult<Broker> {
         let Stores { log, meta, timers } = stores;
         let candidate: [u8; 32] = rand::random();
         let secret = meta.secret("receipt-handle-hmac", &candidate).await?;
@@ -197,17 +201,16 @@ impl Broker {
         let broker = Broker { inner };
         for spec in &broker.inner.config.topics.create {
             validate::validate_topic(&spec.name)?;
-            let topic_type = TopicType::parse(&spec.message_type).ok_or_else(|| {
+            let topic_type = TopicKind::parse(&spec.message_type).ok_or_else(|| {
                 BrokerError::BadRequest(format!(
                     "topic `{}`: unknown messageType `{}` (NORMAL, FIFO, DELAY, TRANSACTION, PRIORITY or MIXED)",
                     spec.name, spec.message_type
                 ))
             })?;
-            let queue_nums = spec.queue_nums.unwrap_or(broker.inner.config.topics.default_topic_queue_nums);
-            broker.create_topic(&spec.name, queue_nums, topic_type).await?;
+            broker.create_topic(&spec.name, spec.queue_nums, topic_type).await?;
         }
         for t in broker.inner.meta.list_topics().await? {
-            broker.cache_topic(t);
+            broker.cache_topic(t.into());
         }
         for g in broker.inner.meta.list_groups().await? {
             broker.inner.groups.write().unwrap_or_else(|e| e.into_inner()).insert(g.name.clone(), g);
@@ -219,10 +222,6 @@ impl Broker {
         broker.recover_timers()?;
         broker.recover_transactions()?;
         Ok(broker)
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.inner.config
     }
 
     /// Now, by the broker's clock.
@@ -241,7 +240,7 @@ impl Broker {
         self.inner.shutdown.clone()
     }
 
-    fn cache_topic(&self, record: TopicRecord) -> Arc<TopicEntry> {
+    fn cache_topic(&self, record: TopicInfo) -> Arc<TopicEntry> {
         let entry = Arc::new(TopicEntry { record, arrivals: Notify::new(), round_robin: AtomicU32::new(0) });
         let mut topics = self.inner.topics.write().unwrap_or_else(|e| e.into_inner());
         topics.entry(entry.record.name.clone()).or_insert(entry).clone()
@@ -251,18 +250,25 @@ impl Broker {
         self.inner.topics.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
     }
 
-    /// Creates a topic (or returns the existing one unchanged).
-    pub async fn create_topic(&self, name: &str, queue_nums: u32, topic_type: TopicType) -> BrokerResult<TopicRecord> {
+    /// Creates a topic (or returns the existing one unchanged), with `topics.defaultTopicQueueNums`
+    /// queues unless `queue_nums` says otherwise.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        queue_nums: Option<u32>,
+        topic_type: TopicKind,
+    ) -> BrokerResult<TopicInfo> {
+        let queue_nums = queue_nums.unwrap_or(self.inner.config.topics.default_topic_queue_nums);
         if !(1..=1024).contains(&queue_nums) {
             return Err(BrokerError::BadRequest(format!("queue count {queue_nums} is outside 1..=1024")));
         }
-        let record =
-            self.inner.meta.create_topic(&TopicRecord { name: name.to_string(), queue_nums, topic_type }).await?;
-        Ok(self.cache_topic(record).record.clone())
+        let record = TopicRecord { name: name.to_string(), queue_nums, topic_type: topic_type.into() };
+        let record = self.inner.meta.create_topic(&record).await?;
+        Ok(self.cache_topic(record.into()).record.clone())
     }
 
-    pub fn list_topics(&self) -> Vec<TopicRecord> {
-        let mut v: Vec<TopicRecord> =
+    pub fn list_topics(&self) -> Vec<TopicInfo> {
+        let mut v: Vec<TopicInfo> =
             self.inner.topics.read().unwrap_or_else(|e| e.into_inner()).values().map(|t| t.record.clone()).collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
@@ -274,7 +280,7 @@ impl Broker {
         if let Some(t) = self.cached_topic(name) {
             return Ok(Some(t));
         }
-        Ok(self.inner.meta.topic(name).await?.map(|record| self.cache_topic(record)))
+        Ok(self.inner.meta.topic(name).await?.map(|record| self.cache_topic(record.into())))
     }
 
     /// A topic a client names; it must exist (consumers never create topics).
@@ -294,13 +300,13 @@ impl Broker {
             return Err(BrokerError::TopicNotFound(name.to_string()));
         }
         let topic_type = match kind {
-            MessageType::Normal => TopicType::Normal,
-            MessageType::Fifo => TopicType::Fifo,
-            MessageType::Delay => TopicType::Delay,
-            MessageType::Transaction => TopicType::Transaction,
-            MessageType::Priority => TopicType::Priority,
+            MessageType::Normal => TopicKind::Normal,
+            MessageType::Fifo => TopicKind::Fifo,
+            MessageType::Delay => TopicKind::Delay,
+            MessageType::Transaction => TopicKind::Transaction,
+            MessageType::Priority => TopicKind::Priority,
         };
-        let record = self.create_topic(name, topics.default_topic_queue_nums, topic_type).await?;
+        let record = self.create_topic(name, None, topic_type).await?;
         tracing::info!(
             topic = name,
             queue_nums = record.queue_nums,
@@ -322,7 +328,7 @@ impl Broker {
             None if self.inner.config.topics.auto_create_topic_enable => Ok(Route {
                 topic: topic.to_string(),
                 queue_nums: self.inner.config.topics.default_topic_queue_nums,
-                accepts: message::accepted_types(TopicType::Mixed),
+                accepts: message::accepted_types(TopicKind::Mixed),
             }),
             None => Err(BrokerError::TopicNotFound(topic.to_string())),
         }
@@ -351,7 +357,7 @@ impl Broker {
     /// Creates a consumer group or changes its configuration (orderly consumption, retries);
     /// `retry_max_times` absent keeps the current value (the default for a new group).
     /// Takes effect for the next receive; consumers see it in Settings when they next sync.
-    pub async fn put_group(&self, name: &str, fifo: bool, retry_max_times: Option<i32>) -> BrokerResult<GroupRecord> {
+    pub async fn put_group(&self, name: &str, fifo: bool, retry_max_times: Option<i32>) -> BrokerResult<GroupInfo> {
         validate::validate_group(name)?;
         if retry_max_times.is_some_and(|r| r < 0) {
             return Err(BrokerError::BadRequest(format!("group `{name}`: retryMaxTimes must not be negative")));
@@ -363,13 +369,13 @@ impl Broker {
         let record = GroupRecord { name: name.to_string(), fifo, retry_max_times };
         self.inner.meta.put_group(&record).await?;
         self.inner.groups.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), record.clone());
-        Ok(record)
+        Ok(record.into())
     }
 
     /// Every known consumer group, by name.
-    pub fn list_groups(&self) -> Vec<GroupRecord> {
-        let mut v: Vec<GroupRecord> =
-            self.inner.groups.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+    pub fn list_groups(&self) -> Vec<GroupInfo> {
+        let mut v: Vec<GroupInfo> =
+            self.inner.groups.read().unwrap_or_else(|e| e.into_inner()).values().cloned().map(Into::into).collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
@@ -380,7 +386,7 @@ impl Broker {
         Ok(GroupPolicy {
             fifo: g.fifo,
             max_attempts: g.retry_max_times + 1,
-            retry_backoff: c.retry_backoff().unwrap_or_default(),
+            retry_backoff: c.retry_backoff.clone(),
             receive_batch_size: c.receive_batch_size,
             long_polling_timeout: c.max_long_polling_timeout,
         })

@@ -12,9 +12,9 @@ use super::error::{BrokerError, BrokerResult};
 use super::journal::{AckRecord, Delivery, DeliveryRecord, JOURNAL_TOPIC, JournalRecord};
 use super::message::DeliveredMessage;
 use super::receipt::Receipt;
-use super::{Broker, TopicEntry, lock, validate};
-use crate::config::ConsumeFromWhere;
-use crate::metadata::{GroupRecord, ProgressRecord, TopicType};
+use super::settings::ConsumeFromWhere;
+use super::{Broker, TopicEntry, TopicKind, lock, validate};
+use crate::metadata::{GroupRecord, ProgressRecord};
 use crate::storage::{AppendMessage, StorageError, StoredMessage, record::keys};
 
 /// A record failed its checks on read: it is never served; the group moves past it.
@@ -383,7 +383,7 @@ impl Broker {
             *bytes += m.body.len();
             out.push(DeliveredMessage::from_stored(m, handle, attempt));
         };
-        if topic.record.topic_type == TopicType::Priority && !orderly {
+        if topic.record.topic_type == TopicKind::Priority && !orderly {
             let limits = (max, max_attempts, now);
             return self.pop_by_priority(&group.name, name, queue_id, &mut st, req, limits, &deliver, out, bytes, dead);
         }
@@ -614,7 +614,7 @@ impl Broker {
         let dlq = match self.cached_topic(&dlq_name) {
             Some(t) => t,
             None => {
-                self.create_topic(&dlq_name, 1, TopicType::Mixed).await?;
+                self.create_topic(&dlq_name, Some(1), TopicKind::Mixed).await?;
                 self.cached_topic(&dlq_name).ok_or_else(|| BrokerError::TopicNotFound(dlq_name.clone()))?
             }
         };

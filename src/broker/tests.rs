@@ -6,6 +6,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use super::settings::{
+    CheckMaxAction, ConsumeFromWhere, ConsumerSettings, LimitSettings, TimerSettings, TopicSettings,
+    TransactionSettings,
+};
 use super::*;
 use crate::metadata::sqlite::SqliteMetadataStore;
 use crate::storage::memory::MemoryLog;
@@ -62,14 +66,45 @@ impl MessageLog for DamagedAt {
     }
 }
 
-fn test_config() -> Arc<Config> {
-    let mut config = Config::default();
-    config.topics.auto_create_topic_enable = true;
-    config.topics.default_topic_queue_nums = 1;
-    // Receives return at once when nothing is there.
-    config.consumer.min_long_polling_timeout = Duration::ZERO;
-    config.consumer.min_invisible_time = Duration::from_millis(100);
-    Arc::new(config)
+/// The configuration defaults (`config/gateway.yaml`), except where noted.
+fn test_settings() -> BrokerSettings {
+    let secs = Duration::from_secs;
+    BrokerSettings {
+        topics: TopicSettings { auto_create_topic_enable: true, default_topic_queue_nums: 1, create: Vec::new() },
+        limits: LimitSettings {
+            max_message_size: 4 * 1024 * 1024,
+            max_user_property_size: 16 * 1024,
+            user_property_max_num: 128,
+            max_message_group_size: 64,
+            max_delay_time: secs(40 * 24 * 3600),
+            max_batch_messages: 1024,
+        },
+        consumer: ConsumerSettings {
+            consume_from_where: ConsumeFromWhere::LastOffset,
+            retry_max_times: 16,
+            default_invisible_time: secs(60),
+            min_invisible_time: Duration::from_millis(100),
+            max_invisible_time: secs(12 * 3600),
+            // Receives return at once when nothing is there.
+            min_long_polling_timeout: Duration::ZERO,
+            max_long_polling_timeout: secs(20),
+            long_polling_reserve: Duration::from_millis(800),
+            receive_batch_size: 32,
+            retry_backoff: [1, 5, 10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800, 3600, 7200]
+                .map(secs)
+                .to_vec(),
+            progress_flush_interval: Duration::from_millis(200),
+            auto_create_subscription_group: true,
+            groups: Vec::new(),
+        },
+        timer: TimerSettings { timer_precision: Duration::from_millis(100) },
+        transaction: TransactionSettings {
+            transaction_timeout: secs(6),
+            transaction_check_interval: secs(30),
+            transaction_check_max: 15,
+            transaction_check_max_action: CheckMaxAction::Discard,
+        },
+    }
 }
 
 /// Stores that outlive broker restarts, and the clock the tests move.
@@ -94,7 +129,7 @@ impl Harness {
     async fn start(&self) -> Broker {
         let timers = crate::storage::BucketFiles::open(self.timer_dir.path(), 1000).unwrap();
         let stores = Stores { log: self.log.clone(), meta: self.meta.clone(), timers: Arc::new(timers) };
-        Broker::start(test_config(), stores, self.clock.clone()).await.unwrap()
+        Broker::start(test_settings(), stores, self.clock.clone()).await.unwrap()
     }
 }
 
@@ -432,7 +467,7 @@ fn prioritized(id: &str, priority: i32) -> OutgoingMessage {
 async fn priority_messages_go_first_without_starving_the_rest() {
     let h = Harness::new(Arc::new(MemoryLog::new())).await;
     let broker = h.start().await;
-    broker.create_topic("P", 1, TopicType::Priority).await.unwrap();
+    broker.create_topic("P", Some(1), TopicKind::Priority).await.unwrap();
     for (id, p) in [("low1", 0), ("low2", 0), ("high1", 9), ("mid", 5), ("high2", 9)] {
         broker.send(vec![prioritized(id, p)]).await.unwrap();
     }

@@ -359,10 +359,7 @@ impl Timers {
     pub fn open(index: Arc<dyn TimerIndex>, now_ms: i64) -> BrokerResult<Timers> {
         let checkpoint = match index.load_checkpoint()? {
             Some(bytes) => Checkpoint::decode(&bytes).ok_or_else(|| {
-                BrokerError::Storage(crate::storage::StorageError::Corrupted {
-                    position: 0,
-                    reason: "the timer index checkpoint is damaged".into(),
-                })
+                BrokerError::DataCorrupted("message store error: the timer index checkpoint is damaged".into())
             })?,
             None => Checkpoint { fired: (i64::MIN, 0), ..Default::default() },
         };

@@ -22,8 +22,8 @@ use super::error::{BrokerError, BrokerResult};
 use super::journal::AckRecord;
 use super::message::{self, DeliveredMessage};
 use super::relay::ClientCommand;
+use super::settings::CheckMaxAction;
 use super::{Broker, lock};
-use crate::config::CheckMaxAction;
 use crate::storage::AppendMessage;
 use crate::storage::record::keys;
 
@@ -314,7 +314,7 @@ impl Broker {
     async fn keep_half(&self, o: &Open) -> BrokerResult<()> {
         let half = self.read_half(o.offset)?;
         if self.cached_topic(CHECK_MAX_TOPIC).is_none() {
-            self.create_topic(CHECK_MAX_TOPIC, 1, crate::metadata::TopicType::Mixed).await?;
+            self.create_topic(CHECK_MAX_TOPIC, Some(1), super::TopicKind::Mixed).await?;
         }
         let at = (HALF_TOPIC, 0, o.offset);
         let kept = message::reference(&half, Arc::from(CHECK_MAX_TOPIC), 0, at);

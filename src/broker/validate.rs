@@ -4,7 +4,7 @@
 
 use super::error::{BrokerError, BrokerResult};
 use super::message::OutgoingMessage;
-use crate::config::LimitsConfig;
+use super::settings::LimitSettings;
 
 pub const MAX_TOPIC_LEN: usize = 127;
 pub const MAX_GROUP_LEN: usize = 120;
@@ -125,7 +125,7 @@ pub fn validate_group(name: &str) -> BrokerResult<()> {
 }
 
 /// Checks one message against the limits, in the order the Apache proxy does.
-pub fn validate_message(m: &OutgoingMessage, limits: &LimitsConfig, now_ms: i64) -> BrokerResult<()> {
+pub fn validate_message(m: &OutgoingMessage, limits: &LimitSettings, now_ms: i64) -> BrokerResult<()> {
     if m.body.is_empty() {
         return Err(BrokerError::BodyEmpty);
     }

@@ -9,6 +9,7 @@ mod telemetry;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
@@ -74,19 +75,47 @@ fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     })
 }
 
+/// What the gRPC service is configured with, besides the broker's own settings.
+#[derive(Debug, Clone)]
+pub struct GrpcSettings {
+    /// The gRPC port, advertised when the connection's own address is unknown.
+    pub grpc_server_port: u16,
+    /// Host (and optional port) advertised in routes. Empty: the address the client reached.
+    pub advertised_address: String,
+    /// Name of the (single) broker in routes.
+    pub broker_name: String,
+    /// Largest gRPC request accepted (bytes).
+    pub grpc_max_inbound_message_size: usize,
+    /// `max_body_size` sent to producers in Settings (the broker's `limits.maxMessageSize`).
+    pub max_body_size: usize,
+    /// Retry policy sent to producers in Settings.
+    pub producer: ProducerBackoff,
+}
+
+/// Exponential backoff of producer send retries.
+#[derive(Debug, Clone)]
+pub struct ProducerBackoff {
+    /// Send attempts.
+    pub max_attempts: i32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub backoff_multiplier: f32,
+}
+
 /// The MessagingService implementation.
 #[derive(Clone)]
 pub struct MessagingServiceImpl {
     broker: Broker,
+    settings: Arc<GrpcSettings>,
 }
 
 impl MessagingServiceImpl {
-    pub fn new(broker: Broker) -> Self {
-        Self { broker }
+    pub fn new(broker: Broker, settings: GrpcSettings) -> Self {
+        Self { broker, settings: Arc::new(settings) }
     }
 
     pub fn into_server(self) -> MessagingServiceServer<Self> {
-        let max = self.broker.config().server.grpc_max_inbound_message_size;
+        let max = self.settings.grpc_max_inbound_message_size;
         MessagingServiceServer::new(self).max_decoding_message_size(max).max_encoding_message_size(usize::MAX)
     }
 
@@ -95,7 +124,7 @@ impl MessagingServiceImpl {
     /// address the client says it dialled is not echoed: behind a port forward or a proxy
     /// it names something else.
     fn endpoints(&self, ctx: &Context) -> proto::Endpoints {
-        let server = &self.broker.config().server;
+        let server = &*self.settings;
         let port = i32::from(server.grpc_server_port);
         let (host, port) = if !server.advertised_address.is_empty() {
             match server.advertised_address.rsplit_once(':') {
@@ -129,7 +158,7 @@ impl MessagingServiceImpl {
             id,
             permission: proto::Permission::ReadWrite as i32,
             broker: Some(proto::Broker {
-                name: self.broker.config().server.broker_name.clone(),
+                name: self.settings.broker_name.clone(),
                 id: 0,
                 endpoints: Some(endpoints.clone()),
             }),
@@ -479,7 +508,7 @@ impl MessagingService for MessagingServiceImpl {
         request: Request<Streaming<proto::TelemetryCommand>>,
     ) -> Result<Response<Self::TelemetryStream>, GrpcStatus> {
         let ctx = Context::of(&request);
-        let stream = telemetry::serve(self.broker.clone(), ctx, request.into_inner());
+        let stream = telemetry::serve(self.broker.clone(), self.settings.clone(), ctx, request.into_inner());
         Ok(Response::new(stream))
     }
 

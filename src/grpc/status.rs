@@ -3,7 +3,6 @@
 
 use crate::broker::BrokerError;
 use crate::proto::{Code, Status};
-use crate::storage::StorageError;
 
 pub fn ok() -> Status {
     status(Code::Ok, "OK")
@@ -44,17 +43,14 @@ pub fn code_of(e: &BrokerError) -> Code {
         BrokerError::MessageNotFound(_) => Code::MessageNotFound,
         BrokerError::ClientNotConnected(_) => Code::NotFound,
         BrokerError::ClientTimeout(_) => Code::ProxyTimeout,
-        BrokerError::Storage(s) => match s {
-            // The write or fsync did not happen: the message is not stored. Clients retry
-            // INTERNAL_SERVER_ERROR sends on another endpoint.
-            StorageError::Io { .. } => Code::InternalServerError,
-            StorageError::DiskFull(_) => Code::InternalServerError,
-            StorageError::Corrupted { .. } => Code::InternalServerError,
-            // The record cannot fit a segment: the request itself is too big.
-            StorageError::RecordTooLarge { .. } => Code::MessageBodyTooLarge,
-            StorageError::ShuttingDown => Code::InternalServerError,
-        },
-        BrokerError::Metadata(_) => Code::InternalServerError,
+        // The write or fsync did not happen: the message is not stored. Clients retry
+        // INTERNAL_SERVER_ERROR sends on another endpoint.
+        BrokerError::StorageUnavailable(_) => Code::InternalServerError,
+        BrokerError::StorageFull(_) => Code::InternalServerError,
+        // The record cannot fit a segment: the request itself is too big.
+        BrokerError::TooLargeToStore { .. } => Code::MessageBodyTooLarge,
+        BrokerError::DataCorrupted(_) => Code::InternalServerError,
+        BrokerError::MetadataUnavailable(_) => Code::InternalServerError,
         BrokerError::ShuttingDown => Code::InternalServerError,
     }
 }
@@ -77,7 +73,8 @@ mod tests {
             (BrokerError::IllegalPropertyKey("x".into()), Code::IllegalMessagePropertyKey),
             (BrokerError::PropertiesTooLarge("x".into()), Code::MessagePropertiesTooLarge),
             (BrokerError::IllegalInvisibleTime("x".into()), Code::IllegalInvisibleTime),
-            (BrokerError::Storage(StorageError::DiskFull("x".into())), Code::InternalServerError),
+            (BrokerError::StorageFull("x".into()), Code::InternalServerError),
+            (BrokerError::TooLargeToStore { size: 9, segment_size: 8 }, Code::MessageBodyTooLarge),
         ];
         for (e, code) in cases {
             assert_eq!(from_error(&e).code, code as i32, "{e}");

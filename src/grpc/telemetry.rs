@@ -4,6 +4,7 @@
 //! fails the stream on Settings it cannot accept, writes the broker's server-initiated
 //! commands (stack trace, verify message) to the client and hands its replies back.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -12,7 +13,7 @@ use tonic::{Status as GrpcStatus, Streaming};
 
 use super::convert::{delivered, proto_duration, resource_name};
 use super::status::{code_of, ok, status};
-use super::{BoxStream, Context, client_kind};
+use super::{BoxStream, Context, GrpcSettings, client_kind};
 use crate::broker::{Broker, BrokerError, ClientCommand, ClientKind, ClientReply, Filter, VerifyOutcome, validate};
 use crate::proto::{self, Code, settings::PubSub, telemetry_command::Command};
 
@@ -73,6 +74,7 @@ fn outbound(cmd: ClientCommand, store_host: &str) -> proto::TelemetryCommand {
 
 pub(super) fn serve(
     broker: Broker,
+    config: Arc<GrpcSettings>,
     ctx: Context,
     mut inbound: Streaming<proto::TelemetryCommand>,
 ) -> BoxStream<proto::TelemetryCommand> {
@@ -91,7 +93,7 @@ pub(super) fn serve(
                 msg = inbound.message() => match msg {
                     Ok(Some(cmd)) => {
                         broker.touch_client(&ctx.client_id);
-                        match handle(&broker, &ctx, cmd, &tx).await {
+                        match handle(&broker, &config, &ctx, cmd, &tx).await {
                             Ok(None) => {}
                             Ok(Some(reply)) => {
                                 if tx.send(Ok(reply)).await.is_err() {
@@ -127,6 +129,7 @@ pub(super) fn serve(
 
 async fn handle(
     broker: &Broker,
+    config: &GrpcSettings,
     ctx: &Context,
     cmd: proto::TelemetryCommand,
     tx: &Outbound,
@@ -134,7 +137,8 @@ async fn handle(
     let client_status = cmd.status.unwrap_or_else(ok);
     match cmd.command {
         Some(Command::Settings(settings)) => {
-            let merged = settings_reply(broker, ctx, settings.clone()).await.map_err(|e| settings_refused(&e))?;
+            let merged =
+                settings_reply(broker, config, ctx, settings.clone()).await.map_err(|e| settings_refused(&e))?;
             let reply = command(ok(), Some(Command::Settings(merged)));
             if wants_settings_repeat(ctx, &settings) {
                 let (tx, again) = (tx.clone(), reply.clone());
@@ -186,10 +190,10 @@ async fn handle(
 /// The client's settings merged with the server's (what the Apache proxy replies).
 async fn settings_reply(
     broker: &Broker,
+    config: &GrpcSettings,
     ctx: &Context,
     mut s: proto::Settings,
 ) -> Result<proto::Settings, BrokerError> {
-    let config = broker.config();
     match s.pub_sub.as_mut() {
         Some(PubSub::Publishing(p)) => {
             let mut topics = Vec::with_capacity(p.topics.len());
@@ -199,7 +203,7 @@ async fn settings_reply(
                 topics.push(name);
             }
             broker.register_client(&ctx.client_id, ClientKind::Producer, None, topics);
-            p.max_body_size = config.limits.max_message_size.min(i32::MAX as usize) as i32;
+            p.max_body_size = config.max_body_size.min(i32::MAX as usize) as i32;
             p.validate_message_type = true;
             let pc = &config.producer;
             s.backoff_policy = Some(proto::RetryPolicy {

@@ -1,0 +1,122 @@
+//! What the broker is configured with: [`BrokerSettings`], plain values the broker reads while
+//! it runs. `server.rs` builds them from the gateway configuration; the broker never sees the
+//! configuration file's types. Field names follow the configuration keys they come from.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    pub topics: TopicSettings,
+    pub limits: LimitSettings,
+    pub consumer: ConsumerSettings,
+    pub timer: TimerSettings,
+    pub transaction: TransactionSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct TopicSettings {
+    /// Create unknown topics on a producer's first send (`autoCreateTopicEnable`).
+    pub auto_create_topic_enable: bool,
+    /// Queue count of auto-created topics, and of created topics that do not give one.
+    pub default_topic_queue_nums: u32,
+    /// Topics created at start if missing.
+    pub create: Vec<TopicSpec>,
+}
+
+/// A topic to create at start.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    pub name: String,
+    /// `default_topic_queue_nums` when absent.
+    pub queue_nums: Option<u32>,
+    /// NORMAL, FIFO, DELAY, TRANSACTION or MIXED (see [`super::TopicKind::parse`]).
+    pub message_type: String,
+}
+
+/// Limits a message must keep to.
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    /// Largest message body (bytes); exactly this size passes.
+    pub max_message_size: usize,
+    /// Σ UTF-8 bytes of user property keys + values + tag + keys.
+    pub max_user_property_size: usize,
+    /// Most user properties per message.
+    pub user_property_max_num: usize,
+    /// Message group must be shorter than this (bytes).
+    pub max_message_group_size: usize,
+    /// Furthest delivery time a delay message may ask for.
+    pub max_delay_time: Duration,
+    /// Most messages in one send.
+    pub max_batch_messages: usize,
+}
+
+/// Where a consumer group starts on a queue it has never consumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumeFromWhere {
+    /// At the queue tail, except on queues never trimmed by retention, which are read from
+    /// offset 0 (as Apache RocketMQ does while a young queue is in memory).
+    LastOffset,
+    /// At the oldest retained message.
+    FirstOffset,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    pub consume_from_where: ConsumeFromWhere,
+    /// Retries before the DLQ of groups that do not set their own.
+    pub retry_max_times: i32,
+    /// Invisible time for auto-renewed (PushConsumer) receives.
+    pub default_invisible_time: Duration,
+    pub min_invisible_time: Duration,
+    pub max_invisible_time: Duration,
+    pub min_long_polling_timeout: Duration,
+    pub max_long_polling_timeout: Duration,
+    /// Time kept back from the client's deadline so a long poll answers before it expires.
+    pub long_polling_reserve: Duration,
+    /// Most messages returned by one receive; also sent to consumers in Settings.
+    pub receive_batch_size: i32,
+    /// Retry delays sent to consumers, one per attempt.
+    pub retry_backoff: Vec<Duration>,
+    /// How often consumed progress is written to the metadata store.
+    pub progress_flush_interval: Duration,
+    /// Create an unknown consumer group on first use; otherwise it is not found.
+    pub auto_create_subscription_group: bool,
+    /// Consumer groups created or updated at start.
+    pub groups: Vec<GroupSpec>,
+}
+
+/// A consumer group to create or update at start.
+#[derive(Debug, Clone)]
+pub struct GroupSpec {
+    pub name: String,
+    /// Orderly (FIFO) consumption.
+    pub consume_message_orderly: bool,
+    /// `retry_max_times` of [`ConsumerSettings`] when absent.
+    pub retry_max_times: Option<i32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TimerSettings {
+    /// A scheduled message is delivered within this after its time (never before it).
+    pub timer_precision: Duration,
+}
+
+/// What happens to a half message after its last orphan check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckMaxAction {
+    /// Rolled back.
+    Discard,
+    /// Moved to `rmq_sys_trans_check_max` for an operator.
+    Keep,
+}
+
+#[derive(Debug, Clone)]
+pub struct TransactionSettings {
+    /// First orphan check this long after the half message, unless its producer asked for
+    /// another time.
+    pub transaction_timeout: Duration,
+    pub transaction_check_interval: Duration,
+    /// Checks before giving up on a transaction.
+    pub transaction_check_max: u32,
+    pub transaction_check_max_action: CheckMaxAction,
+}
