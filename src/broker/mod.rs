@@ -136,7 +136,7 @@ type QueueKey = (Arc<str>, Arc<str>, u32);
 
 pub(crate) struct Inner {
     /// The broker's settings.
-    config: BrokerSettings,
+    settings: BrokerSettings,
     clock: Arc<dyn Clock>,
     log: Arc<dyn MessageLog>,
     meta: Arc<dyn MetadataStore>,
@@ -175,7 +175,7 @@ impl Broker {
     /// secret, and creates configured topics. The background work ([`Broker::run_timers`],
     /// [`Broker::run_transaction_checker`], [`Broker::run_progress_flusher`]) is the caller's
     /// to spawn.
-    pub async fn start(config: BrokerSettings, stores: Stores, clock: Arc<dyn Clock>) -> BrokerResult<Broker> {
+    pub async fn start(settings: BrokerSettings, stores: Stores, clock: Arc<dyn Clock>) -> BrokerResult<Broker> {
         let Stores { log, meta, timers } = stores;
         let candidate: [u8; 32] = rand::random();
         let secret = meta.secret("receipt-handle-hmac", &candidate).await?;
@@ -193,13 +193,13 @@ impl Broker {
             relay: relay::Relay::default(),
             journal_saved: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
-            config,
+            settings,
             clock,
             log,
             meta,
         });
         let broker = Broker { inner };
-        for spec in &broker.inner.config.topics.create {
+        for spec in &broker.inner.settings.topics.create {
             validate::validate_topic(&spec.name)?;
             let topic_type = TopicKind::parse(&spec.message_type).ok_or_else(|| {
                 BrokerError::BadRequest(format!(
@@ -215,7 +215,7 @@ impl Broker {
         for g in broker.inner.meta.list_groups().await? {
             broker.inner.groups.write().unwrap_or_else(|e| e.into_inner()).insert(g.name.clone(), g);
         }
-        for spec in &broker.inner.config.consumer.groups {
+        for spec in &broker.inner.settings.consumer.groups {
             broker.put_group(&spec.name, spec.consume_message_orderly, spec.retry_max_times).await?;
         }
         broker.restore_progress().await?;
@@ -258,7 +258,7 @@ impl Broker {
         queue_nums: Option<u32>,
         topic_type: TopicKind,
     ) -> BrokerResult<TopicInfo> {
-        let queue_nums = queue_nums.unwrap_or(self.inner.config.topics.default_topic_queue_nums);
+        let queue_nums = queue_nums.unwrap_or(self.inner.settings.topics.default_topic_queue_nums);
         if !(1..=1024).contains(&queue_nums) {
             return Err(BrokerError::BadRequest(format!("queue count {queue_nums} is outside 1..=1024")));
         }
@@ -295,7 +295,7 @@ impl Broker {
         if let Some(t) = self.existing_topic(name).await? {
             return Ok(t);
         }
-        let topics = &self.inner.config.topics;
+        let topics = &self.inner.settings.topics;
         if !topics.auto_create_topic_enable {
             return Err(BrokerError::TopicNotFound(name.to_string()));
         }
@@ -325,9 +325,9 @@ impl Broker {
                 queue_nums: t.record.queue_nums,
                 accepts: message::accepted_types(t.record.topic_type),
             }),
-            None if self.inner.config.topics.auto_create_topic_enable => Ok(Route {
+            None if self.inner.settings.topics.auto_create_topic_enable => Ok(Route {
                 topic: topic.to_string(),
-                queue_nums: self.inner.config.topics.default_topic_queue_nums,
+                queue_nums: self.inner.settings.topics.default_topic_queue_nums,
                 accepts: message::accepted_types(TopicKind::Mixed),
             }),
             None => Err(BrokerError::TopicNotFound(topic.to_string())),
@@ -341,13 +341,13 @@ impl Broker {
         if let Some(g) = self.inner.groups.read().unwrap_or_else(|e| e.into_inner()).get(name) {
             return Ok(g.clone());
         }
-        if !self.inner.config.consumer.auto_create_subscription_group {
+        if !self.inner.settings.consumer.auto_create_subscription_group {
             return Err(BrokerError::GroupNotFound(name.to_string()));
         }
         let record = GroupRecord {
             name: name.to_string(),
             fifo: false,
-            retry_max_times: self.inner.config.consumer.retry_max_times,
+            retry_max_times: self.inner.settings.consumer.retry_max_times,
         };
         let stored = self.inner.meta.create_group(&record).await?;
         self.inner.groups.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), stored.clone());
@@ -365,7 +365,7 @@ impl Broker {
         let current = self.inner.groups.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned();
         let retry_max_times = retry_max_times
             .or(current.map(|g| g.retry_max_times))
-            .unwrap_or(self.inner.config.consumer.retry_max_times);
+            .unwrap_or(self.inner.settings.consumer.retry_max_times);
         let record = GroupRecord { name: name.to_string(), fifo, retry_max_times };
         self.inner.meta.put_group(&record).await?;
         self.inner.groups.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), record.clone());
@@ -382,7 +382,7 @@ impl Broker {
 
     pub async fn group_policy(&self, group: &str) -> BrokerResult<GroupPolicy> {
         let g = self.group(group).await?;
-        let c = &self.inner.config.consumer;
+        let c = &self.inner.settings.consumer;
         Ok(GroupPolicy {
             fifo: g.fifo,
             max_attempts: g.retry_max_times + 1,
@@ -406,7 +406,7 @@ impl Broker {
 
     /// Validates and stores messages; one receipt per message, in order.
     pub async fn send(&self, messages: Vec<OutgoingMessage>) -> BrokerResult<Vec<SendReceipt>> {
-        let limits = &self.inner.config.limits;
+        let limits = &self.inner.settings.limits;
         let Some(first) = messages.first() else {
             return Err(BrokerError::MessageCorrupted("no message to send".into()));
         };

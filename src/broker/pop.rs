@@ -123,7 +123,7 @@ impl Broker {
             .or_insert_with(|| {
                 let range = self.inner.log.queue_range(topic, queue_id);
                 let system = group.starts_with(validate::SYSTEM_PREFIX);
-                let floor = match self.inner.config.consumer.consume_from_where {
+                let floor = match self.inner.settings.consumer.consume_from_where {
                     // The gateway's own groups (transaction resolutions) see everything.
                     _ if system => range.start,
                     ConsumeFromWhere::FirstOffset => range.start,
@@ -139,7 +139,7 @@ impl Broker {
 
     /// How long this receive may wait for messages.
     fn polling_time(&self, req: &ReceiveRequest) -> Duration {
-        let c = &self.inner.config.consumer;
+        let c = &self.inner.settings.consumer;
         let asked = req
             .long_polling_timeout
             .unwrap_or(c.max_long_polling_timeout)
@@ -152,7 +152,7 @@ impl Broker {
 
     /// Receives up to `batch_size` messages, waiting up to the polling time for some to arrive.
     pub async fn receive(&self, req: ReceiveRequest) -> BrokerResult<Vec<DeliveredMessage>> {
-        let c = &self.inner.config.consumer;
+        let c = &self.inner.settings.consumer;
         validate::validate_group(&req.group)?;
         let invisible = if req.auto_renew {
             c.default_invisible_time
@@ -739,7 +739,7 @@ impl Broker {
         delay: Duration,
     ) -> BrokerResult<String> {
         validate::validate_group(group)?;
-        let max = self.inner.config.consumer.max_invisible_time;
+        let max = self.inner.settings.consumer.max_invisible_time;
         if delay > max {
             return Err(BrokerError::IllegalInvisibleTime(format!(
                 "invisible duration {} exceeds the limit of {}",
@@ -869,7 +869,7 @@ impl Broker {
 
     /// Flushes progress every `consumer.progressFlushInterval` until shutdown.
     pub async fn run_progress_flusher(&self) {
-        let mut tick = tokio::time::interval(self.inner.config.consumer.progress_flush_interval);
+        let mut tick = tokio::time::interval(self.inner.settings.consumer.progress_flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown = self.inner.shutdown.clone();
         loop {

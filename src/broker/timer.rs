@@ -533,7 +533,7 @@ impl Broker {
     /// and the fired mark in one append. Returns how many fired.
     pub(super) async fn fire_due_timers(&self) -> BrokerResult<usize> {
         let now = self.now_ms();
-        let precision = self.inner.config.timer.timer_precision.as_millis() as i64;
+        let precision = self.inner.settings.timer.timer_precision.as_millis() as i64;
         let mut total = 0;
         loop {
             let (due, last) = {
@@ -664,7 +664,7 @@ impl Broker {
     /// Runs the timers until shutdown: indexes new scheduled messages, fires due ones every
     /// `timer.timerPrecision / 2`, checkpoints the index every second.
     pub async fn run_timers(&self) {
-        let tick = (self.inner.config.timer.timer_precision / 2).max(Duration::from_millis(1));
+        let tick = (self.inner.settings.timer.timer_precision / 2).max(Duration::from_millis(1));
         let shutdown = self.inner.shutdown.clone();
         let mut last_checkpoint = tokio::time::Instant::now();
         loop {

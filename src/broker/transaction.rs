@@ -110,7 +110,7 @@ impl Broker {
     }
 
     fn first_check_delay_ms(&self, a: &AppendMessage) -> i64 {
-        let t = &self.inner.config.transaction;
+        let t = &self.inner.settings.transaction;
         let asked = a.properties.get(keys::CHECK_IMMUNITY_TIME).and_then(|s| s.parse::<u64>().ok());
         match asked {
             // Like the Apache proxy: at most an hour.
@@ -247,7 +247,7 @@ impl Broker {
     /// Sends the orphan checks that are due; gives up on transactions checked too often.
     pub(super) async fn check_transactions(&self) -> BrokerResult<()> {
         let now = self.now_ms();
-        let t = &self.inner.config.transaction;
+        let t = &self.inner.settings.transaction;
         let due: Vec<(String, Open)> = {
             let mut open = lock(&self.transactions().open);
             let mut due = Vec::new();
@@ -290,7 +290,7 @@ impl Broker {
         if lock(&self.transactions().open).remove(id).is_none() {
             return Ok(());
         }
-        let action = self.inner.config.transaction.transaction_check_max_action;
+        let action = self.inner.settings.transaction.transaction_check_max_action;
         let result = match action {
             CheckMaxAction::Discard => self.resolve_half(o, Resolution::Rollback).await,
             CheckMaxAction::Keep => self.keep_half(o).await,
