@@ -17,3 +17,4 @@ pub mod gateway_process;
 pub mod in_process;
 pub mod scenario;
 pub mod sdk;
+pub mod types;

@@ -46,6 +46,10 @@ import org.apache.rocketmq.client.apis.producer.SendReceipt;
  *     [--progress]             print "PROGRESS received=K" on stdout whenever K grows
  * </pre>
  *
+ * <p>The message-type modes (fifo-produce, fifo-consume, delay-produce, timed-consume, recall,
+ * tx-produce, tx-check) are in {@link MessageTypes}; their arguments and RESULT fields are those
+ * of {@code sdk/MESSAGE_TYPES.md}.
+ *
  * <p>Prints exactly one line {@code RESULT <json>} on stdout (fields as the Python/Node drivers;
  * plus {@code sdk_version}, {@code attempts}, {@code failed_on_purpose}); exit 0 when the mode's
  * goal was met. The SDK log goes to {@code $RMQ_E2E_HOME/logs} ({@code rocketmq.log.root}).
@@ -64,15 +68,15 @@ public final class E2e {
     private final Map<String, String> opts;
     private final String mode;
     private final String endpoint;
-    private final String topic;
-    private final String group;
-    private final int count;
-    private final String prefix;
-    private final String tag;
-    private final long deadlineNanos;
+    final String topic;
+    final String group;
+    final int count;
+    final String prefix;
+    final String tag;
+    final long deadlineNanos;
     private final boolean progress;
     private final long pauseMs;
-    private final ClientServiceProvider provider;
+    final ClientServiceProvider provider;
     private final List<String> errors = Collections.synchronizedList(new ArrayList<>());
 
     private E2e(String mode, Map<String, String> opts) {
@@ -91,7 +95,7 @@ public final class E2e {
         this.provider = ClientServiceProvider.loadService();
     }
 
-    private String opt(String name, String dflt) {
+    String opt(String name, String dflt) {
         String v = opts.get(name);
         if (v == null) {
             v = System.getenv("RMQ_E2E_" + name.toUpperCase().replace('-', '_'));
@@ -107,11 +111,11 @@ public final class E2e {
         return v;
     }
 
-    private boolean timeLeft() {
+    boolean timeLeft() {
         return System.nanoTime() < deadlineNanos;
     }
 
-    private ClientConfiguration config() {
+    ClientConfiguration config() {
         return ClientConfiguration.newBuilder()
             .setEndpoints(endpoint)
             .enableSsl(opts.containsKey("tls"))
@@ -119,13 +123,13 @@ public final class E2e {
             .build();
     }
 
-    private void error(String what) {
+    void error(String what) {
         if (errors.size() < 20) {
             errors.add(what);
         }
     }
 
-    private static String describe(Throwable e) {
+    static String describe(Throwable e) {
         Throwable t = e;
         while ((t instanceof java.util.concurrent.ExecutionException
             || t instanceof java.util.concurrent.CompletionException
@@ -334,7 +338,7 @@ public final class E2e {
         }
     }
 
-    private static String body(MessageView mv) {
+    static String body(MessageView mv) {
         ByteBuffer b = mv.getBody().duplicate();
         byte[] bytes = new byte[b.remaining()];
         b.get(bytes);
@@ -506,7 +510,7 @@ public final class E2e {
     // ------------------------------------------------------------------------------------ misc
 
     /** Closes on a helper thread; an error string, or null. */
-    private static String closeBounded(AutoCloseable client, int limitSecs) {
+    static String closeBounded(AutoCloseable client, int limitSecs) {
         String[] outcome = new String[1];
         Thread t = new Thread(() -> {
             try {
@@ -585,9 +589,31 @@ public final class E2e {
                 case "push-consume":
                     report = driver.pushConsume();
                     break;
+                case "fifo-produce":
+                    report = new MessageTypes(driver).fifoProduce();
+                    break;
+                case "fifo-consume":
+                    report = new MessageTypes(driver).fifoConsume();
+                    break;
+                case "delay-produce":
+                    report = new MessageTypes(driver).delayProduce();
+                    break;
+                case "timed-consume":
+                    report = new MessageTypes(driver).timedConsume();
+                    break;
+                case "recall":
+                    report = new MessageTypes(driver).recall();
+                    break;
+                case "tx-produce":
+                    report = new MessageTypes(driver).txProduce();
+                    break;
+                case "tx-check":
+                    report = new MessageTypes(driver).txCheck();
+                    break;
                 default:
                     throw new IllegalArgumentException("unknown mode " + Json.quote(mode)
-                        + " (produce | simple-consume | push-consume)");
+                        + " (produce | simple-consume | push-consume | fifo-produce | fifo-consume"
+                        + " | delay-produce | timed-consume | recall | tx-produce | tx-check)");
             }
             ok = Boolean.TRUE.equals(report.remove("ok"));
             report.put("errors", new ArrayList<>(driver.errors));
