@@ -221,6 +221,7 @@ pub struct Report {
     pub unacked: Vec<String>,
     /// PushConsumer with `--fail-every` (Java): ids the listener failed on purpose, with the
     /// attempt it failed, and the attempt at which each of them then succeeded
+    #[serde(deserialize_with = "map_or_count")]
     pub failed_on_purpose: std::collections::BTreeMap<String, i64>,
     pub succeeded_after_failure: std::collections::BTreeMap<String, i64>,
     /// `produce-and-consume` (Spring): the ids the producer got, in send order (`ids` are
@@ -237,6 +238,22 @@ pub struct Report {
     /// every other field (the message-type modes of `sdk/MESSAGE_TYPES.md`)
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `failed_on_purpose` is a map (id → attempt) in `push-consume` but a count in the
+/// message-type mode `fifo-consume` (whose scenarios read the RESULT line themselves): a count
+/// reads as an empty map.
+fn map_or_count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::collections::BTreeMap<String, i64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum MapOrCount {
+        Map(std::collections::BTreeMap<String, i64>),
+        Count(serde::de::IgnoredAny),
+    }
+    Ok(match MapOrCount::deserialize(d)? {
+        MapOrCount::Map(m) => m,
+        MapOrCount::Count(_) => Default::default(),
+    })
 }
 
 /// What happened to one driver run.

@@ -1132,8 +1132,15 @@ pub fn delay_across_restart(test: &'static str, sdk: Sdk, how: Stop) {
     let far: BTreeSet<&String> =
         deliver_at.iter().filter(|&(_, &at)| at > now_ms() + 3_600_000).map(|(id, _)| id).collect();
     let mut problems = Vec::new();
-    if !consumed.ok() || received.len() != 3 {
-        problems.push(format!("received {} of the 3 due messages", received.len()));
+    // The consumer's `ok` is not required: a receive in flight when the gateway went away
+    // fails (an SDK error the driver reports, e.g. Go's "Unavailable ... EOF"), and the SDK
+    // goes on receiving after the restart. What counts is what arrived.
+    if received.len() != 3 {
+        problems.push(format!(
+            "received {} of the 3 due messages (consumer errors: {:?})",
+            received.len(),
+            consumed.strings("errors")
+        ));
     }
     if received.iter().any(|id| far.contains(id)) {
         problems.push("the far-future message arrived".into());

@@ -90,3 +90,7 @@ types_tests!(java, Sdk::Java);
 fn java_507_recall_unsupported() {
     integration_tests::types::recall("java507_recall", integration_tests::sdk::Sdk::Java507);
 }
+
+types_tests!(go, Sdk::Go);
+types_tests!(python, Sdk::Python);
+types_tests!(node, Sdk::Node);
