@@ -49,7 +49,8 @@ pub fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("reference").join("apache.sh")
 }
 
-fn run(args: &[&str]) -> Result<String> {
+/// Runs `apache.sh` with `args`; its stdout, or an error with both outputs.
+pub fn run(args: &[&str]) -> Result<String> {
     let out = Command::new("bash")
         .arg(script())
         .args(args)

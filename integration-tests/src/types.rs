@@ -17,11 +17,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde_json::Value;
 
 use crate::apache::TopicType;
@@ -144,27 +143,9 @@ static APACHE: OnceLock<Result<Mutex<ApacheRun>, String>> = OnceLock::new();
 /// The run dir of the Apache this process started (stopped and removed at exit).
 static OWNED_APACHE_DIR: OnceLock<PathBuf> = OnceLock::new();
 
-fn apache_sh(args: &[&str]) -> Result<String> {
-    let out = Command::new("bash")
-        .arg(crate::apache::script())
-        .args(args)
-        .output()
-        .with_context(|| format!("running apache.sh {}", args.join(" ")))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        bail!(
-            "apache.sh {} failed ({}):\n{stdout}\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(stdout)
-}
-
 extern "C" fn stop_owned_apache() {
     if let Some(dir) = OWNED_APACHE_DIR.get() {
-        let _ = apache_sh(&["stop", &dir.to_string_lossy()]);
+        let _ = crate::apache::run(&["stop", &dir.to_string_lossy()]);
         if std::env::var("RMQ_APACHE_KEEP").is_ok_and(|v| v == "1") {
             eprintln!("apache: run dir kept: {}", dir.display());
         } else {
@@ -190,7 +171,7 @@ impl ApacheRun {
             run.read_env()?;
             return Ok(run);
         }
-        apache_sh(&["resolve"])?;
+        crate::apache::run(&["resolve"])?;
         let dir = tempfile::Builder::new().prefix("rmq-types-apache-").tempdir()?.keep();
         let _ = OWNED_APACHE_DIR.set(dir.clone());
         // SAFETY: registers a plain function with no arguments to run at process exit.
@@ -228,7 +209,7 @@ impl ApacheRun {
         for kv in APACHE_BROKER_CONF {
             args.extend(["--broker-conf", kv]);
         }
-        apache_sh(&args)?;
+        crate::apache::run(&args)?;
         self.read_env()
     }
 
@@ -244,7 +225,7 @@ impl ApacheRun {
         args.extend(commands.iter().map(String::as_str));
         let deadline = Instant::now() + secs(60);
         loop {
-            match apache_sh(&args) {
+            match crate::apache::run(&args) {
                 Ok(_) => return Ok(()),
                 Err(e) if Instant::now() < deadline && format!("{e:#}").contains("no master registered") => {
                     std::thread::sleep(Duration::from_secs(1));
@@ -260,7 +241,7 @@ impl ApacheRun {
         let dir = self.dir.to_string_lossy().into_owned();
         match how {
             Stop::Graceful => {
-                apache_sh(&["stop", &dir])?;
+                crate::apache::run(&["stop", &dir])?;
             }
             Stop::Kill => {
                 let pids: Vec<i32> =

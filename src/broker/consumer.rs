@@ -71,7 +71,15 @@ pub(crate) enum Due {
     /// Deliver again with this attempt number.
     Redeliver { offset: u64, attempt: u32 },
     /// Attempts exhausted: move to the dead-letter queue, then ack.
-    DeadLetter { offset: u64, attempt: u32 },
+    DeadLetter { offset: u64 },
+}
+
+impl Due {
+    pub fn offset(&self) -> u64 {
+        match *self {
+            Due::Redeliver { offset, .. } | Due::DeadLetter { offset } => offset,
+        }
+    }
 }
 
 impl QueueState {
@@ -149,7 +157,7 @@ impl QueueState {
             .take(max)
             .map(|(&offset, e)| {
                 if e.attempt >= max_attempts {
-                    Due::DeadLetter { offset, attempt: e.attempt }
+                    Due::DeadLetter { offset }
                 } else {
                     Due::Redeliver { offset, attempt: e.attempt + 1 }
                 }
@@ -437,10 +445,7 @@ mod tests {
         q.deliver(1, entry(10, 3, 2));
         q.deliver(2, entry(50, 1, 3));
         let due = q.take_due(20, 10, 3, &never_alive, i64::MAX);
-        assert!(matches!(
-            due[..],
-            [Due::Redeliver { offset: 0, attempt: 2 }, Due::DeadLetter { offset: 1, attempt: 3 }]
-        ));
+        assert!(matches!(due[..], [Due::Redeliver { offset: 0, attempt: 2 }, Due::DeadLetter { offset: 1 }]));
         assert!(q.inflight.contains_key(&2));
     }
 

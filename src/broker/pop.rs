@@ -391,21 +391,8 @@ impl Broker {
         // 1. Deliveries whose invisibility ended: again, or to the DLQ once attempts are used up.
         //    For orderly groups each is the head of its message group (only heads are in flight).
         for due in st.take_due(now, max - out.len(), max_attempts, &alive, RENEW_MAX_MS) {
-            let (offset, attempt, to_dlq) = match due {
-                Due::Redeliver { offset, attempt } => (offset, attempt, false),
-                Due::DeadLetter { offset, attempt } => (offset, attempt, true),
-            };
-            match self.read_one(&group.name, name, queue_id, offset)? {
-                None => st.complete(offset),
-                Some(m) if to_dlq => {
-                    if let Some(e) = st.inflight.get_mut(&offset) {
-                        e.visible_at_ms = now + DEAD_LETTER_RETRY_MS;
-                        e.auto_renew_client = None;
-                    }
-                    dead.push((queue_id, m));
-                }
-                Some(m) if !req.filter.matches(&m) => st.complete(offset),
-                Some(m) => deliver(&mut st, m, attempt, out, bytes),
+            if let Some((attempt, m)) = self.due_message(&group.name, name, queue_id, &mut st, due, req, now, dead)? {
+                deliver(&mut st, m, attempt, out, bytes);
             }
         }
         // Orderly groups: a message group with a delivery in flight gets nothing more until it
@@ -507,22 +494,10 @@ impl Broker {
             |priority: i32, waiting_since: i64| i64::from(priority) + (now - waiting_since).max(0) / PRIORITY_AGING_MS;
         let mut candidates: Vec<Candidate> = Vec::new();
         for due in st.take_due(now, PRIORITY_WINDOW, max_attempts, &alive, RENEW_MAX_MS) {
-            let (offset, attempt, to_dlq) = match due {
-                Due::Redeliver { offset, attempt } => (offset, attempt, false),
-                Due::DeadLetter { offset, attempt } => (offset, attempt, true),
-            };
+            let offset = due.offset();
             let since = st.inflight.get(&offset).map_or(now, |e| e.visible_at_ms);
-            match self.read_one(group, topic, queue_id, offset)? {
-                None => st.complete(offset),
-                Some(m) if to_dlq => {
-                    if let Some(e) = st.inflight.get_mut(&offset) {
-                        e.visible_at_ms = now + DEAD_LETTER_RETRY_MS;
-                        e.auto_renew_client = None;
-                    }
-                    dead.push((queue_id, m));
-                }
-                Some(m) if !req.filter.matches(&m) => st.complete(offset),
-                Some(m) => candidates.push((score(priority_of(&m), since), offset, Some((attempt, m)))),
+            if let Some((attempt, m)) = self.due_message(group, topic, queue_id, st, due, req, now, dead)? {
+                candidates.push((score(priority_of(&m), since), offset, Some((attempt, m))));
             }
         }
         let range = self.inner.log.queue_range(topic, queue_id);
@@ -570,6 +545,37 @@ impl Broker {
             }
         }
         Ok(())
+    }
+
+    /// A delivery whose invisibility ended: the message to deliver again with its next attempt,
+    /// or `None` when there is nothing to deliver — it is gone or filtered out (completed), or its
+    /// attempts are used up (queued in `dead` for the DLQ; invisible meanwhile).
+    #[allow(clippy::too_many_arguments)]
+    fn due_message(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+        st: &mut QueueState,
+        due: Due,
+        req: &ReceiveRequest,
+        now: i64,
+        dead: &mut Vec<(u32, StoredMessage)>,
+    ) -> BrokerResult<Option<(u32, StoredMessage)>> {
+        let offset = due.offset();
+        match (self.read_one(group, topic, queue_id, offset)?, due) {
+            (None, _) => st.complete(offset),
+            (Some(m), Due::DeadLetter { .. }) => {
+                if let Some(e) = st.inflight.get_mut(&offset) {
+                    e.visible_at_ms = now + DEAD_LETTER_RETRY_MS;
+                    e.auto_renew_client = None;
+                }
+                dead.push((queue_id, m));
+            }
+            (Some(m), Due::Redeliver { .. }) if !req.filter.matches(&m) => st.complete(offset),
+            (Some(m), Due::Redeliver { attempt, .. }) => return Ok(Some((attempt, m))),
+        }
+        Ok(None)
     }
 
     /// One message of a queue (references resolved), or `None` if retention deleted it or it
@@ -869,15 +875,26 @@ impl Broker {
 
     /// Flushes progress every `consumer.progressFlushInterval` until shutdown.
     pub async fn run_progress_flusher(&self) {
-        let mut tick = tokio::time::interval(self.inner.settings.consumer.progress_flush_interval);
+        let every = self.inner.settings.consumer.progress_flush_interval;
+        self.every(every, "flushing consumer progress", || self.flush_progress()).await;
+    }
+
+    /// Runs `work` every `period` until shutdown; a failure is logged and retried next time.
+    pub(super) async fn every<F: std::future::Future<Output = BrokerResult<()>>>(
+        &self,
+        period: Duration,
+        what: &str,
+        work: impl Fn() -> F,
+    ) {
+        let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown = self.inner.shutdown.clone();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {
-                    if let Err(e) = self.flush_progress().await {
-                        tracing::warn!(error = %e, "flushing consumer progress failed; will retry");
+                    if let Err(e) = work().await {
+                        tracing::warn!(error = %e, "{what} failed; will retry");
                     }
                 }
             }

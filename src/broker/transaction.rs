@@ -331,18 +331,7 @@ impl Broker {
 
     /// Checks orphans every second until shutdown.
     pub async fn run_transaction_checker(&self) {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let shutdown = self.inner.shutdown.clone();
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {
-                    if let Err(e) = self.check_transactions().await {
-                        tracing::warn!(error = %e, "checking orphan transactions failed; will retry");
-                    }
-                }
-            }
-        }
+        let second = std::time::Duration::from_secs(1);
+        self.every(second, "checking orphan transactions", || self.check_transactions()).await;
     }
 }
