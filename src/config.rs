@@ -351,13 +351,17 @@ pub struct ConsumerConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GroupSpec {
     pub name: String,
-    /// Orderly (FIFO) consumption: a queue hands out its next message only after the previous
-    /// one is acked; consumers are told `fifo = true` in Settings.
+    /// Orderly (FIFO) consumption: a message group's next message is handed out only after the
+    /// previous one is acked or dead-lettered; consumers are told `fifo = true` in Settings.
     #[serde(default)]
     pub consume_message_orderly: bool,
     /// Retries before the DLQ; `consumer.retryMaxTimes` when absent.
     #[serde(default)]
     pub retry_max_times: Option<i32>,
+    /// The group's retry delays (`"1s 5s 30s"`), sent to its consumers; `consumer.retryBackoff`
+    /// when absent.
+    #[serde(default)]
+    pub retry_backoff: Option<String>,
 }
 
 impl Default for ConsumerConfig {

@@ -102,6 +102,7 @@ impl From<&Config> for BrokerSettings {
                         name: g.name.clone(),
                         consume_message_orderly: g.consume_message_orderly,
                         retry_max_times: g.retry_max_times,
+                        retry_backoff: g.retry_backoff.clone(),
                     })
                     .collect(),
             },

@@ -211,21 +211,31 @@ struct GroupView {
     name: String,
     consume_message_orderly: bool,
     retry_max_times: i32,
+    /// The group's own retry delays; absent: the gateway's `consumer.retryBackoff`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_backoff: Option<String>,
 }
 
 impl From<GroupInfo> for GroupView {
     fn from(g: GroupInfo) -> Self {
-        GroupView { name: g.name, consume_message_orderly: g.fifo, retry_max_times: g.retry_max_times }
+        GroupView {
+            name: g.name,
+            consume_message_orderly: g.fifo,
+            retry_max_times: g.retry_max_times,
+            retry_backoff: g.retry_backoff,
+        }
     }
 }
 
-/// Body of `PUT /api/v1/groups/{name}` (Apache `updateSubGroup -o … -r …`).
+/// Body of `PUT /api/v1/groups/{name}` (Apache `updateSubGroup -o … -r …`; `retryBackoff`:
+/// the group's retry delays, e.g. `"1s 5s 30s"`, `""` back to the gateway default).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct PutGroup {
     #[serde(default)]
     consume_message_orderly: bool,
     retry_max_times: Option<i32>,
+    retry_backoff: Option<String>,
 }
 
 async fn list_groups(State(s): State<AdminState>) -> Json<Vec<GroupView>> {
@@ -240,7 +250,8 @@ async fn get_group(State(s): State<AdminState>, Path(name): Path<String>) -> Res
 }
 
 async fn put_group(State(s): State<AdminState>, Path(name): Path<String>, Json(body): Json<PutGroup>) -> Response {
-    match s.broker.put_group(&name, body.consume_message_orderly, body.retry_max_times).await {
+    let retry = (body.retry_max_times, body.retry_backoff.as_deref());
+    match s.broker.put_group(&name, body.consume_message_orderly, retry).await {
         Ok(g) => Json(GroupView::from(g)).into_response(),
         Err(e) => error(e),
     }

@@ -60,6 +60,9 @@ pub struct GroupInfo {
     pub fifo: bool,
     /// Retries before the DLQ (RocketMQ `retryMaxTimes`).
     pub retry_max_times: i32,
+    /// The group's own retry delays (one per attempt); `None`: the gateway's
+    /// `consumer.retryBackoff`.
+    pub retry_backoff: Option<String>,
 }
 
 impl From<TopicType> for TopicKind {
@@ -96,7 +99,7 @@ impl From<TopicRecord> for TopicInfo {
 
 impl From<GroupRecord> for GroupInfo {
     fn from(g: GroupRecord) -> Self {
-        GroupInfo { name: g.name, fifo: g.fifo, retry_max_times: g.retry_max_times }
+        GroupInfo { name: g.name, fifo: g.fifo, retry_max_times: g.retry_max_times, retry_backoff: g.retry_backoff }
     }
 }
 

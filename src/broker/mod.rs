@@ -45,6 +45,18 @@ use crate::storage::{AppendMessage, MessageLog, TimerIndex};
 use consumer::QueueState;
 use receipt::ReceiptCodec;
 
+/// Parses retry delays: durations separated by spaces (`"1s 5s 10s 30s"`), at least one.
+fn parse_backoff(text: &str) -> Result<Vec<Duration>, String> {
+    let delays = text
+        .split_whitespace()
+        .map(|d| humantime::parse_duration(d).map_err(|e| format!("`{d}`: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if delays.is_empty() {
+        return Err("needs at least one delay".into());
+    }
+    Ok(delays)
+}
+
 /// How long a client counts as alive after its last request (Apache `channelExpiredTimeout`).
 const CLIENT_EXPIRY: Duration = Duration::from_secs(120);
 
@@ -216,7 +228,8 @@ impl Broker {
             broker.inner.groups.write().unwrap_or_else(|e| e.into_inner()).insert(g.name.clone(), g);
         }
         for spec in &broker.inner.settings.consumer.groups {
-            broker.put_group(&spec.name, spec.consume_message_orderly, spec.retry_max_times).await?;
+            let retry = (spec.retry_max_times, spec.retry_backoff.as_deref());
+            broker.put_group(&spec.name, spec.consume_message_orderly, retry).await?;
         }
         broker.restore_progress().await?;
         broker.recover_timers()?;
@@ -348,25 +361,40 @@ impl Broker {
             name: name.to_string(),
             fifo: false,
             retry_max_times: self.inner.settings.consumer.retry_max_times,
+            retry_backoff: None,
         };
         let stored = self.inner.meta.create_group(&record).await?;
         self.inner.groups.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), stored.clone());
         Ok(stored)
     }
 
-    /// Creates a consumer group or changes its configuration (orderly consumption, retries);
-    /// `retry_max_times` absent keeps the current value (the default for a new group).
-    /// Takes effect for the next receive; consumers see it in Settings when they next sync.
-    pub async fn put_group(&self, name: &str, fifo: bool, retry_max_times: Option<i32>) -> BrokerResult<GroupInfo> {
+    /// Creates a consumer group or changes its configuration: orderly consumption, and the
+    /// retry policy (`retryMaxTimes`; retry delays, `""` for the gateway default). An absent
+    /// retry setting keeps the current value (the default for a new group). Takes effect for
+    /// the next receive; consumers see it in Settings when they next sync.
+    pub async fn put_group(
+        &self,
+        name: &str,
+        fifo: bool,
+        (retry_max_times, retry_backoff): (Option<i32>, Option<&str>),
+    ) -> BrokerResult<GroupInfo> {
         validate::validate_group(name)?;
         if retry_max_times.is_some_and(|r| r < 0) {
             return Err(BrokerError::BadRequest(format!("group `{name}`: retryMaxTimes must not be negative")));
         }
+        if let Some(b) = retry_backoff.filter(|b| !b.trim().is_empty()) {
+            parse_backoff(b).map_err(|e| BrokerError::BadRequest(format!("group `{name}`: retryBackoff {e}")))?;
+        }
         let current = self.inner.groups.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned();
+        let retry_backoff = match retry_backoff {
+            Some(b) if b.trim().is_empty() => None,
+            Some(b) => Some(b.trim().to_string()),
+            None => current.as_ref().and_then(|g| g.retry_backoff.clone()),
+        };
         let retry_max_times = retry_max_times
             .or(current.map(|g| g.retry_max_times))
             .unwrap_or(self.inner.settings.consumer.retry_max_times);
-        let record = GroupRecord { name: name.to_string(), fifo, retry_max_times };
+        let record = GroupRecord { name: name.to_string(), fifo, retry_max_times, retry_backoff };
         self.inner.meta.put_group(&record).await?;
         self.inner.groups.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), record.clone());
         Ok(record.into())
@@ -383,10 +411,14 @@ impl Broker {
     pub async fn group_policy(&self, group: &str) -> BrokerResult<GroupPolicy> {
         let g = self.group(group).await?;
         let c = &self.inner.settings.consumer;
+        let retry_backoff = match g.retry_backoff.as_deref().map(parse_backoff) {
+            Some(Ok(own)) => own,
+            Some(Err(_)) | None => c.retry_backoff.clone(),
+        };
         Ok(GroupPolicy {
             fifo: g.fifo,
             max_attempts: g.retry_max_times + 1,
-            retry_backoff: c.retry_backoff.clone(),
+            retry_backoff,
             receive_batch_size: c.receive_batch_size,
             long_polling_timeout: c.max_long_polling_timeout,
         })

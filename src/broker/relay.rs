@@ -113,13 +113,11 @@ impl Broker {
         }
     }
 
-    /// Writes a command that expects no reply; false if the client has no stream here.
-    pub(super) async fn send_client_command(&self, client_id: &str, command: ClientCommand) -> bool {
+    /// Queues a command that expects no reply, without waiting: false if the client has no
+    /// stream here or its stream is backed up (a stuck client must not hold up the caller).
+    pub(super) fn send_client_command(&self, client_id: &str, command: ClientCommand) -> bool {
         let tx = lock(&self.inner.relay.channels).get(client_id).map(|(_, tx)| tx.clone());
-        match tx {
-            Some(tx) => tx.send(command).await.is_ok(),
-            None => false,
-        }
+        tx.is_some_and(|tx| tx.try_send(command).is_ok())
     }
 
     async fn relay(&self, client_id: &str, make: impl FnOnce(String) -> ClientCommand) -> BrokerResult<ClientReply> {

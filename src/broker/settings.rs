@@ -93,6 +93,8 @@ pub struct GroupSpec {
     pub consume_message_orderly: bool,
     /// `retry_max_times` of [`ConsumerSettings`] when absent.
     pub retry_max_times: Option<i32>,
+    /// Retry delays of this group (`"1s 5s 30s"`); the consumer default when absent.
+    pub retry_backoff: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -278,7 +278,7 @@ fn ids(got: &[DeliveredMessage]) -> Vec<&str> {
 async fn orderly_groups_lock_message_groups_not_queues() {
     let h = Harness::new(Arc::new(MemoryLog::new())).await;
     let broker = h.start().await;
-    broker.put_group("G", true, Some(3)).await.unwrap();
+    broker.put_group("G", true, (Some(3), None)).await.unwrap();
     // One queue: both message groups share it.
     for (id, g) in [("a0", "A"), ("b0", "B"), ("a1", "A"), ("b1", "B"), ("a2", "A")] {
         broker.send(vec![fifo_message(id, g)]).await.unwrap();
@@ -317,7 +317,7 @@ async fn orderly_groups_lock_message_groups_not_queues() {
 async fn an_exhausted_fifo_head_is_dead_lettered_and_its_group_moves_on() {
     let h = Harness::new(Arc::new(MemoryLog::new())).await;
     let broker = h.start().await;
-    broker.put_group("G", true, Some(1)).await.unwrap();
+    broker.put_group("G", true, (Some(1), None)).await.unwrap();
     for id in ["x0", "x1"] {
         broker.send(vec![fifo_message(id, "X")]).await.unwrap();
     }
@@ -499,4 +499,20 @@ async fn priority_messages_go_first_without_starving_the_rest() {
     let mut normal_on_priority = message("n");
     normal_on_priority.topic = "P".into();
     assert!(matches!(broker.send(vec![normal_on_priority]).await, Err(BrokerError::MessageTypeConflict(_))));
+}
+
+#[tokio::test]
+async fn a_group_has_its_own_retry_policy() {
+    let broker = broker_with(Arc::new(MemoryLog::new())).await;
+    broker.put_group("G", true, (Some(2), Some("2s 4s"))).await.unwrap();
+    let p = broker.group_policy("G").await.unwrap();
+    assert_eq!((p.fifo, p.max_attempts), (true, 3));
+    assert_eq!(p.retry_backoff, vec![Duration::from_secs(2), Duration::from_secs(4)]);
+    // Absent keeps it; "" returns to the gateway default.
+    broker.put_group("G", true, (None, None)).await.unwrap();
+    assert_eq!(broker.group_policy("G").await.unwrap().retry_backoff.len(), 2);
+    broker.put_group("G", true, (None, Some(""))).await.unwrap();
+    assert_eq!(broker.group_policy("G").await.unwrap().retry_backoff.len(), 18);
+    let bad = broker.put_group("G", true, (None, Some("soon"))).await.unwrap_err();
+    assert!(matches!(bad, BrokerError::BadRequest(_)), "{bad}");
 }

@@ -278,7 +278,7 @@ impl Broker {
             message.topic = Arc::from(o.topic.as_str());
             let command =
                 ClientCommand::RecoverOrphanedTransaction { message: Box::new(message), transaction_id: id.clone() };
-            if self.send_client_command(&client, command).await {
+            if self.send_client_command(&client, command) {
                 self.transactions().checks_sent.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(transaction_id = id, client, check = o.checks, "orphan check sent");
             }

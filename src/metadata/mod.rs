@@ -62,6 +62,8 @@ pub struct GroupRecord {
     pub fifo: bool,
     /// Retries before the DLQ (RocketMQ `retryMaxTimes`).
     pub retry_max_times: i32,
+    /// The group's own retry delays (space-separated durations); `None`: the gateway default.
+    pub retry_backoff: Option<String>,
 }
 
 /// Consumed progress of one group on one queue: everything below `ack_floor` is done, plus

@@ -58,12 +58,14 @@ impl SqliteMetadataStore {
         Ok(Self { pool })
     }
 
-    /// Runs an `INSERT INTO consumer_groups (name, fifo, retry_max_times, created_at)` statement.
+    /// Runs an `INSERT INTO consumer_groups (name, fifo, retry_max_times, retry_backoff,
+    /// created_at)` statement.
     async fn insert_group(&self, group: &GroupRecord, sql: &'static str) -> MetadataResult<()> {
         sqlx::query(sql)
             .bind(&group.name)
             .bind(group.fifo as i64)
             .bind(group.retry_max_times as i64)
+            .bind(group.retry_backoff.as_deref())
             .bind(now_ms())
             .execute(&self.pool)
             .await
@@ -88,6 +90,7 @@ fn group_from_row(row: &sqlx::sqlite::SqliteRow) -> MetadataResult<GroupRecord> 
         name: row.try_get("name").map_err(query_err)?,
         fifo: row.try_get::<i64, _>("fifo").map_err(query_err)? != 0,
         retry_max_times: row.try_get::<i64, _>("retry_max_times").map_err(query_err)? as i32,
+        retry_backoff: row.try_get("retry_backoff").map_err(query_err)?,
     })
 }
 
@@ -133,8 +136,8 @@ impl MetadataStore for SqliteMetadataStore {
     async fn create_group(&self, group: &GroupRecord) -> MetadataResult<GroupRecord> {
         self.insert_group(
             group,
-            "INSERT INTO consumer_groups (name, fifo, retry_max_times, created_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO consumer_groups (name, fifo, retry_max_times, retry_backoff, created_at) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
         )
         .await?;
         self.group(&group.name)
@@ -145,14 +148,15 @@ impl MetadataStore for SqliteMetadataStore {
     async fn put_group(&self, group: &GroupRecord) -> MetadataResult<()> {
         self.insert_group(
             group,
-            "INSERT INTO consumer_groups (name, fifo, retry_max_times, created_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (name) DO UPDATE SET fifo = excluded.fifo, retry_max_times = excluded.retry_max_times",
+            "INSERT INTO consumer_groups (name, fifo, retry_max_times, retry_backoff, created_at) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET fifo = excluded.fifo, \
+             retry_max_times = excluded.retry_max_times, retry_backoff = excluded.retry_backoff",
         )
         .await
     }
 
     async fn group(&self, name: &str) -> MetadataResult<Option<GroupRecord>> {
-        let row = sqlx::query("SELECT name, fifo, retry_max_times FROM consumer_groups WHERE name = ?")
+        let row = sqlx::query("SELECT name, fifo, retry_max_times, retry_backoff FROM consumer_groups WHERE name = ?")
             .bind(name)
             .fetch_optional(&self.pool)
             .await
@@ -161,7 +165,7 @@ impl MetadataStore for SqliteMetadataStore {
     }
 
     async fn list_groups(&self) -> MetadataResult<Vec<GroupRecord>> {
-        let rows = sqlx::query("SELECT name, fifo, retry_max_times FROM consumer_groups ORDER BY name")
+        let rows = sqlx::query("SELECT name, fifo, retry_max_times, retry_backoff FROM consumer_groups ORDER BY name")
             .fetch_all(&self.pool)
             .await
             .map_err(query_err)?;
@@ -258,11 +262,11 @@ mod tests {
         assert!(store.delete_topic("t1").await.unwrap());
         assert!(store.topic("t1").await.unwrap().is_none());
 
-        let g = GroupRecord { name: "g".into(), fifo: true, retry_max_times: 3 };
+        let g = GroupRecord { name: "g".into(), fifo: true, retry_max_times: 3, retry_backoff: None };
         assert_eq!(store.create_group(&g).await.unwrap(), g);
         assert_eq!(store.group("g").await.unwrap(), Some(g.clone()));
         // create keeps what exists; put replaces it.
-        let changed = GroupRecord { fifo: false, retry_max_times: 5, ..g.clone() };
+        let changed = GroupRecord { fifo: false, retry_max_times: 5, retry_backoff: Some("1s 2s".into()), ..g.clone() };
         assert_eq!(store.create_group(&changed).await.unwrap(), g);
         store.put_group(&changed).await.unwrap();
         assert_eq!(store.list_groups().await.unwrap(), vec![changed]);
