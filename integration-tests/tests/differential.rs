@@ -1340,11 +1340,13 @@ fn apache_and_gateway_answer_alike() {
                 name: G_FIFO.into(),
                 consume_message_orderly: true,
                 retry_max_times: None,
+                retry_backoff: None,
             });
             c.consumer.groups.push(GroupSpec {
                 name: G_DLQ.into(),
                 consume_message_orderly: false,
                 retry_max_times: Some(DLQ_MAX_RETRY),
+                retry_backoff: None,
             });
         })
         .await;

@@ -262,8 +262,11 @@ async fn bad_input_gets_rocketmq_codes() {
         .into_inner();
     assert_eq!(code(&r.status), Code::ClientIdRequired as i32);
 
+    // An empty EndTransaction names no topic (Apache answers the same).
+    let e = c.end_transaction(req(proto::EndTransactionRequest::default())).await.unwrap().into_inner();
+    assert_eq!(code(&e.status), Code::IllegalTopic as i32);
     // Unimplemented RPCs say so with the gRPC status.
-    let e = c.end_transaction(req(proto::EndTransactionRequest::default())).await.unwrap_err();
+    let e = c.pull_message(req(proto::PullMessageRequest::default())).await.map(|_| ()).unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unimplemented);
     g.stop().await;
 }
@@ -413,32 +416,90 @@ async fn exhausted_messages_go_to_the_dead_letter_queue() {
     g.stop().await;
 }
 
+/// Delay, transactional and priority messages over the raw protocol: the fields each one
+/// carries on the wire (recall handle, delivery timestamp, message type, priority) and that a
+/// scheduled message waits for its time and a half message for its commit. (FIFO, delay and
+/// transactions through the official SDKs: `types_e2e`.)
 #[tokio::test]
-async fn delay_and_transaction_messages_are_refused_as_unsupported() {
+async fn delay_transaction_and_priority_messages_over_the_protocol() {
     let g = Gateway::start(|c| {
-        c.topics.create.push(rmq_gateway::config::TopicSpec {
-            name: "TopicMixed".into(),
-            queue_nums: Some(2),
-            message_type: "MIXED".into(),
-        })
+        for (name, kind) in [("TopicMixed", "MIXED"), ("TopicPrio", "PRIORITY")] {
+            c.topics.create.push(rmq_gateway::config::TopicSpec {
+                name: name.into(),
+                queue_nums: Some(1),
+                message_type: kind.into(),
+            });
+        }
     })
     .await;
     let mut c = g.client().await;
-    let mut delay = message("TopicMixed", "DL1", b"x");
-    let in_a_minute = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 + 60;
-    delay.system_properties.as_mut().unwrap().delivery_timestamp =
-        Some(prost_types::Timestamp { seconds: in_a_minute, nanos: 0 });
+    fn sp(m: &mut proto::Message) -> &mut proto::SystemProperties {
+        m.system_properties.as_mut().unwrap()
+    }
+
+    // Delay: due in 1.5 s; nothing before, then the message with its delivery timestamp.
+    let due_ms = client::now_secs() * 1000 + 1500;
+    let mut delay = message("TopicMixed", "DL1", b"later");
+    sp(&mut delay).delivery_timestamp =
+        Some(prost_types::Timestamp { seconds: due_ms / 1000, nanos: ((due_ms % 1000) * 1_000_000) as i32 });
     let r = send(&mut c, vec![delay]).await;
-    assert_eq!(code(&r.status), Code::Unsupported as i32, "{:?}", r.status);
-    assert_eq!(r.entries.len(), 1);
-    let mut tx = message("TopicMixed", "TX1", b"x");
-    tx.system_properties.as_mut().unwrap().message_type = proto::MessageType::Transaction as i32;
-    assert_eq!(code(&send(&mut c, vec![tx]).await.status), Code::Unsupported as i32);
-    // NORMAL and FIFO messages are accepted on a MIXED topic.
-    let mut fifo = message("TopicMixed", "F1", b"x");
-    fifo.system_properties.as_mut().unwrap().message_group = Some("g1".into());
-    assert_eq!(code(&send(&mut c, vec![fifo]).await.status), Code::Ok as i32);
-    assert_eq!(code(&send(&mut c, vec![message("TopicMixed", "N1", b"x")]).await.status), Code::Ok as i32);
+    assert_eq!(code(&r.status), Code::Ok as i32, "{:?}", r.status);
+    assert!(!r.entries[0].recall_handle.is_empty(), "a scheduled message has a recall handle");
+    // The long poll (at least consumer.minLongPollingTimeout, 5 s) ends when the timer fires.
+    let got = receive(&mut c, "TopicMixed", "GroupTypes", Some(Duration::from_secs(30))).await;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    assert!(now_ms >= due_ms, "received {} ms before its time", due_ms - now_ms);
+    assert_eq!(got.messages.len(), 1, "{:?}", got.status);
+    let p = got.messages[0].system_properties.as_ref().unwrap();
+    assert_eq!((p.message_id.as_str(), p.message_type), ("DL1", proto::MessageType::Delay as i32));
+    assert_eq!(p.delivery_timestamp.as_ref().map(|t| t.seconds), Some(due_ms / 1000));
+    assert_eq!(got.messages[0].body, b"later".to_vec());
+
+    // Transaction: invisible until EndTransaction COMMIT, which a retry may repeat.
+    let mut tx = message("TopicMixed", "TX1", b"half");
+    sp(&mut tx).message_type = proto::MessageType::Transaction as i32;
+    let r = send(&mut c, vec![tx]).await;
+    assert_eq!(code(&r.status), Code::Ok as i32, "{:?}", r.status);
+    let transaction_id = r.entries[0].transaction_id.clone();
+    let none = receive(&mut c, "TopicMixed", "GroupTypes", Some(Duration::from_secs(30))).await;
+    assert!(none.messages.is_empty(), "a half message is invisible (a 5 s long poll got nothing)");
+    for _ in 0..2 {
+        let end = c
+            .end_transaction(req(proto::EndTransactionRequest {
+                topic: resource("TopicMixed"),
+                message_id: "TX1".into(),
+                transaction_id: transaction_id.clone(),
+                resolution: proto::TransactionResolution::Commit as i32,
+                source: proto::TransactionSource::SourceClient as i32,
+                trace_context: String::new(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(code(&end.status), Code::Ok as i32, "{:?}", end.status);
+    }
+    let got = receive(&mut c, "TopicMixed", "GroupTypes", Some(Duration::from_secs(30))).await;
+    assert_eq!(got.messages.len(), 1);
+    let p = got.messages[0].system_properties.as_ref().unwrap();
+    assert_eq!((p.message_id.as_str(), p.message_type), ("TX1", proto::MessageType::Transaction as i32));
+
+    // Priority: the highest first, with its priority on delivery.
+    for (id, priority) in [("P1", 1), ("P9", 9), ("P5", 5)] {
+        let mut m = message("TopicPrio", id, b"p");
+        sp(&mut m).priority = Some(priority);
+        sp(&mut m).message_type = proto::MessageType::Priority as i32;
+        assert_eq!(code(&send(&mut c, vec![m]).await.status), Code::Ok as i32);
+    }
+    let got = receive(&mut c, "TopicPrio", "GroupTypes", Some(Duration::from_secs(30))).await;
+    let order: Vec<(String, Option<i32>)> = got
+        .messages
+        .iter()
+        .map(|m| m.system_properties.as_ref().map(|p| (p.message_id.clone(), p.priority)).unwrap())
+        .collect();
+    assert_eq!(order, vec![("P9".into(), Some(9)), ("P5".into(), Some(5)), ("P1".into(), Some(1))]);
+    // A NORMAL message on a PRIORITY topic is a type conflict, as Apache answers.
+    let plain = send(&mut c, vec![message("TopicPrio", "N1", b"x")]).await;
+    assert_eq!(code(&plain.status), Code::MessagePropertyConflictWithType as i32);
     g.stop().await;
 }
 
@@ -678,6 +739,7 @@ async fn consumer_groups_are_configured_through_config_and_the_admin_api() {
             name: "OrderlyFromConfig".into(),
             consume_message_orderly: true,
             retry_max_times: Some(2),
+            retry_backoff: None,
         });
     })
     .await;
@@ -701,13 +763,14 @@ async fn consumer_groups_are_configured_through_config_and_the_admin_api() {
         g.addrs.http,
         "PUT",
         "/api/v1/groups/Later",
-        Some(r#"{"consumeMessageOrderly":true,"retryMaxTimes":5}"#),
+        Some(r#"{"consumeMessageOrderly":true,"retryMaxTimes":5,"retryBackoff":"2s 4s"}"#),
     )
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(assignment(&mut c, "TopicG", "Later").await.assignments.len(), 8);
     let (_, body) = client::http(g.addrs.http, "GET", "/api/v1/groups/Later", None).await;
     assert!(body.contains(r#""consumeMessageOrderly":true"#) && body.contains(r#""retryMaxTimes":5"#), "{body}");
+    assert!(body.contains(r#""retryBackoff":"2s 4s""#), "{body}");
     let (status, _) = client::http(g.addrs.http, "PUT", "/api/v1/groups/bad%20group", Some("{}")).await;
     assert_eq!(status, 400);
     g.stop().await;
