@@ -1,5 +1,5 @@
-//! Scenarios for FIFO, delay/timer, recall and transactional messages, run through the SDK
-//! drivers' message-type modes (`sdk/MESSAGE_TYPES.md`). Every scenario takes the [`Sdk`] whose
+//! Scenarios for FIFO, delay/timer, recall, transactional and priority messages, run through
+//! the SDK drivers' message-type modes (`sdk/MESSAGE_TYPES.md`). Every scenario takes the [`Sdk`] whose
 //! driver it runs, so another SDK joins with one line in `tests/types_e2e.rs`; each prints one
 //! figures line per run on stderr (`[types] target sdk scenario: ...`) and fails with the drivers'
 //! output and the broker's log tail.
@@ -12,7 +12,7 @@
 //! `--broker-conf` settings, see [`APACHE_BROKER_CONF`]). Tests on Apache take turns (they
 //! share it, and the restart scenarios restart it). What Apache cannot do the same way:
 //! its topics always have 8 queues, it refuses delays beyond 1 day (proxy `maxDelayTimeMills`),
-//! and its timer has 1 s slots.
+//! its timer has 1 s slots, and it has no PRIORITY topics (the priority scenario is skipped).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -110,8 +110,13 @@ fn secs(s: u64) -> Duration {
 
 /// One figures line on the real stderr (not captured by the test harness).
 fn figures(ctx: &TypesCtx, scenario: &str, text: &str) {
+    figures_line(ctx.target, ctx.sdk, scenario, text);
+}
+
+/// [`figures`] for a scenario that did not start a broker (skipped on its target).
+fn figures_line(target: Target, sdk: Sdk, scenario: &str, text: &str) {
     let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "[types] {:<7} {:<6} {:<24} {text}", ctx.target.name(), ctx.sdk.name(), scenario);
+    let _ = writeln!(err, "[types] {:<7} {:<6} {:<24} {text}", target.name(), sdk.name(), scenario);
 }
 
 /// Nearest-rank percentile of sorted values (0 if empty).
@@ -405,13 +410,25 @@ impl TypesCtx {
 
     /// A fresh topic of `kind` with `queues` queues (Apache: always 8).
     pub fn topic(&self, kind: TopicType, queues: u32) -> String {
-        let name = unique("topic", self.test);
         let kind_name = match kind {
             TopicType::Normal => "NORMAL",
             TopicType::Fifo => "FIFO",
             TopicType::Delay => "DELAY",
             TopicType::Transaction => "TRANSACTION",
         };
+        self.create_topic(kind_name, queues)
+    }
+
+    /// A fresh PRIORITY topic (RIP-80) with `queues` queues; gateway only (Apache 5.5.0 has no
+    /// such type: a scenario using it must not run there).
+    pub fn priority_topic(&self, queues: u32) -> String {
+        assert!(matches!(self.broker, Broker::Gateway(_)), "{}: PRIORITY topics are gateway-only", self.test);
+        self.create_topic("PRIORITY", queues)
+    }
+
+    /// A fresh topic whose message type is `kind_name` (as the admin API and apache.sh spell it).
+    fn create_topic(&self, kind_name: &str, queues: u32) -> String {
+        let name = unique("topic", self.test);
         match &self.broker {
             Broker::Gateway(ctx) => {
                 let body = format!(r#"{{"messageType":"{kind_name}","queueNums":{queues}}}"#);
@@ -1147,5 +1164,76 @@ pub fn delay_across_restart(test: &'static str, sdk: Sdk, how: Stop) {
     if due_after.is_empty() {
         problems.push(format!("the restart took {} ms: no message was due after it", away.as_millis()));
     }
+    ctx.check(&problems, &[&produced, &consumed]);
+}
+
+/// g) Priority messages (RIP-80), gateway only (Apache 5.5.0 has no PRIORITY topics: skipped
+/// with a figures line). 3 messages at each of the priorities 0, 5 and 9 are sent, lowest
+/// first, to a PRIORITY topic of 1 queue before any consumer exists; a SimpleConsumer then
+/// receives them (up to 16 per receive, so the first receive can take all 9). They must arrive
+/// highest priority first — the 9s, then the 5s, then the 0s — each priority in send order,
+/// and with the priority they were sent with wherever the SDK shows one. (All 9 start waiting
+/// at the first receive, so aging does not reorder them.) An SDK release without a priority
+/// API reports `priority_supported: false` and the scenario stops there.
+pub fn priority(test: &'static str, sdk: Sdk) {
+    let target = Target::from_env();
+    if target == Target::Apache {
+        figures_line(target, sdk, "priority", "skipped: Apache RocketMQ 5.5.0 has no PRIORITY topics");
+        return;
+    }
+    let Some(ctx) = TypesCtx::start(test, sdk) else {
+        return;
+    };
+    let (per_level, levels) = (3, [0, 5, 9]);
+    let n = per_level * levels.len();
+    let topic = ctx.priority_topic(1);
+    let group = ctx.group(false, None);
+    let arg = levels.map(|p: i64| p.to_string()).join(",");
+    let produced = ctx.run("priority-produce", &topic, "", "pr", per_level, secs(30), &["--priorities", &arg]);
+    if produced.flag("priority_supported") == Some(false) {
+        figures(&ctx, "priority", "priority not supported by this SDK release (nothing sent)");
+        if !produced.ok() {
+            ctx.fail("priority_supported=false must come with ok=true", &[&produced]);
+        }
+        return;
+    }
+    let sent = check_sent(&ctx, &produced, n);
+    let sent_priority = produced.nums("priority");
+    // Highest priority first; the sort is stable, so each priority keeps its send order.
+    let mut expected = sent.clone();
+    expected.sort_by_key(|id| std::cmp::Reverse(sent_priority.get(id).copied()));
+    let consumed = ctx.run("timed-consume", &topic, &group, "pr", n, secs(30), &[]);
+
+    let ids = consumed.strings("ids");
+    let bodies = consumed.texts("bodies");
+    // "{priority}.{j}" of each message, from its body `pr|{priority}|{j}`
+    let label = |ids: &[String]| -> String {
+        let of =
+            |id: &String| bodies.get(id).map(|b| b.split_once('|').map_or(b.as_str(), |(_, r)| r).replace('|', "."));
+        ids.iter().map(|id| of(id).unwrap_or_else(|| format!("?{id}"))).collect::<Vec<_>>().join(" ")
+    };
+    let mut problems = Vec::new();
+    if !consumed.ok() || ids != expected {
+        problems.push(format!("received in the order [{}], expected [{}]", label(&ids), label(&expected)));
+    }
+    let shown = consumed.nums("priority");
+    let mismatched: Vec<_> = shown.iter().filter(|&(id, p)| sent_priority.get(id) != Some(p)).collect();
+    for (id, p) in &mismatched {
+        problems.push(format!("{id} delivered with priority {p}, sent with {:?}", sent_priority.get(*id)));
+    }
+    // receipts recorded at the same ms came in one receive
+    let receives = consumed.nums("received_at").values().collect::<BTreeSet<_>>().len();
+    figures(
+        &ctx,
+        "priority",
+        &format!(
+            "sent {n} ({per_level} each at {arg}) before any consumer; received {}/{n} in {receives} receive(s), \
+             order [{}]; priority shown on {}/{n}, {} differ from the sent one",
+            ids.len(),
+            label(&ids),
+            shown.len(),
+            mismatched.len()
+        ),
+    );
     ctx.check(&problems, &[&produced, &consumed]);
 }

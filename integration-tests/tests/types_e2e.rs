@@ -1,4 +1,4 @@
-//! FIFO, delay/timer, recall and transactional messages with the official SDKs, through their
+//! FIFO, delay/timer, recall, transactional and priority messages with the official SDKs, through their
 //! drivers' message-type modes (`sdk/MESSAGE_TYPES.md`), against the real `rmq-gateway` binary,
 //! or against Apache RocketMQ 5.5.0 with `RMQ_TYPES_TARGET=apache` (the scenarios and their
 //! checks are in `integration_tests::types`). Each test prints a `[types]` figures line on stderr.
@@ -89,6 +89,13 @@ types_tests!(java, Sdk::Java);
 #[test]
 fn java_507_recall_unsupported() {
     integration_tests::types::recall("java507_recall", integration_tests::sdk::Sdk::Java507);
+}
+
+/// Priority messages (RIP-80): the highest priority is received first. Java only (the other
+/// drivers have no `priority-produce` yet); skipped on Apache, which has no PRIORITY topics.
+#[test]
+fn java_priority_messages_go_first() {
+    integration_tests::types::priority("java_priority", integration_tests::sdk::Sdk::Java);
 }
 
 types_tests!(go, Sdk::Go);

@@ -610,10 +610,13 @@ public final class E2e {
                 case "tx-check":
                     report = new MessageTypes(driver).txCheck();
                     break;
+                case "priority-produce":
+                    report = new MessageTypes(driver).priorityProduce();
+                    break;
                 default:
                     throw new IllegalArgumentException("unknown mode " + Json.quote(mode)
                         + " (produce | simple-consume | push-consume | fifo-produce | fifo-consume"
-                        + " | delay-produce | timed-consume | recall | tx-produce | tx-check)");
+                        + " | delay-produce | timed-consume | recall | tx-produce | tx-check | priority-produce)");
             }
             ok = Boolean.TRUE.equals(report.remove("ok"));
             report.put("errors", new ArrayList<>(driver.errors));

@@ -4,11 +4,13 @@ import java.lang.reflect.Method;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.Collections;
 import java.util.Comparator;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Optional;
 import java.util.Set;
 import java.util.TreeMap;
 import java.util.TreeSet;
@@ -21,6 +23,7 @@ import org.apache.rocketmq.client.apis.consumer.PushConsumer;
 import org.apache.rocketmq.client.apis.consumer.PushConsumerBuilder;
 import org.apache.rocketmq.client.apis.consumer.SimpleConsumer;
 import org.apache.rocketmq.client.apis.message.Message;
+import org.apache.rocketmq.client.apis.message.MessageBuilder;
 import org.apache.rocketmq.client.apis.message.MessageView;
 import org.apache.rocketmq.client.apis.producer.Producer;
 import org.apache.rocketmq.client.apis.producer.ProducerBuilder;
@@ -31,11 +34,11 @@ import org.apache.rocketmq.client.apis.producer.TransactionResolution;
 
 /**
  * The message-type modes of {@code sdk/MESSAGE_TYPES.md} (FIFO, delay/timer, recall,
- * transactions) for rocketmq-client-java. Each method returns the mode's RESULT fields plus
+ * transactions, priority) for rocketmq-client-java. Each method returns the mode's RESULT fields plus
  * {@code ok}; {@link E2e#main} adds the common ones and prints the line.
  *
  * <p>The same source builds against 5.2.0 and 5.0.7: what 5.0.7 lacks (recall, the FIFO consume
- * accelerator) is looked up by reflection. Times are epoch milliseconds; intervals that are
+ * accelerator, message priority) is looked up by reflection. Times are epoch milliseconds; intervals that are
  * compared with each other (FIFO overlaps and order) use {@link System#nanoTime}.
  */
 final class MessageTypes {
@@ -46,6 +49,10 @@ final class MessageTypes {
     private static final long ACK_GRACE_MS = 2000;
     /** tx-check: how long it keeps running after the last expected check (its EndTransactions). */
     private static final long CHECK_GRACE_MS = 3000;
+    /** {@code MessageBuilder.setPriority(int)} (5.2.0), or null where the SDK has none (5.0.7). */
+    private static final Method SET_PRIORITY = method(MessageBuilder.class, "setPriority", int.class);
+    /** {@code MessageView.getPriority()} (5.2.0), or null where the SDK has none (5.0.7). */
+    private static final Method GET_PRIORITY = method(MessageView.class, "getPriority");
 
     private final E2e d;
 
@@ -75,6 +82,28 @@ final class MessageTypes {
             return (String) SendReceipt.class.getMethod("getRecallHandle").invoke(receipt);
         } catch (ReflectiveOperationException e) {
             return null;
+        }
+    }
+
+    /** A public method of {@code type}, or null if this SDK release lacks it. */
+    private static Method method(Class<?> type, String name, Class<?>... params) {
+        try {
+            return type.getMethod(name, params);
+        } catch (NoSuchMethodException e) {
+            return null;
+        }
+    }
+
+    /** The priority the SDK shows on a received message, if this release has the API and it is set. */
+    @SuppressWarnings("unchecked")
+    private static Optional<Integer> priority(MessageView mv) {
+        if (GET_PRIORITY == null) {
+            return Optional.empty();
+        }
+        try {
+            return (Optional<Integer>) GET_PRIORITY.invoke(mv);
+        } catch (ReflectiveOperationException e) {
+            return Optional.empty();
         }
     }
 
@@ -388,6 +417,7 @@ final class MessageTypes {
         Map<String, Long> receivedAt = new LinkedHashMap<>();
         Map<String, String> bodies = new LinkedHashMap<>();
         Map<String, Long> deliveryTimestamp = new LinkedHashMap<>();
+        Map<String, Integer> priorities = new LinkedHashMap<>();
         Set<String> duplicates = new TreeSet<>();
         int received = 0;
         int receiveErrors = 0;
@@ -426,6 +456,7 @@ final class MessageTypes {
                 if (receivedAt.putIfAbsent(id, at) == null) {
                     bodies.put(id, E2e.body(mv));
                     mv.getDeliveryTimestamp().ifPresent(ts -> deliveryTimestamp.put(id, ts));
+                    priority(mv).ifPresent(p -> priorities.put(id, p));
                 } else {
                     duplicates.add(id);
                 }
@@ -442,12 +473,69 @@ final class MessageTypes {
         r.put("bodies", bodies);
         r.put("delivery_timestamp", deliveryTimestamp);
         // No message_type: the Java SDK's MessageView does not expose the type it decoded.
+        r.put("priority", priorities);
         r.put("duplicates", new ArrayList<>(duplicates));
         r.put("receive_errors", receiveErrors);
         if (consumer != null) {
             r.put("shutdown_error", E2e.closeBounded(consumer, 15));
         }
         r.put("ok", receivedAt.size() >= expect);
+        return r;
+    }
+
+    // -------------------------------------------------------------------------- priority-produce
+
+    /**
+     * For each priority p of --priorities (default 0,5,9), lowest first (so the lowest are the
+     * oldest), and j = 0..count-1 one message with priority p: one synchronous send after the
+     * other. An SDK release without a priority API (5.0.7) reports {@code priority_supported:
+     * false} and sends nothing.
+     */
+    Map<String, Object> priorityProduce() throws Exception {
+        Map<String, Object> r = new LinkedHashMap<>();
+        if (SET_PRIORITY == null) {
+            r.put("priority_supported", false);
+            r.put("sent", 0);
+            r.put("ok", true);
+            return r;
+        }
+        r.put("priority_supported", true);
+        int[] levels = Arrays.stream(d.opt("priorities", "0,5,9").split(","))
+            .mapToInt(s -> Integer.parseInt(s.trim()))
+            .sorted()
+            .toArray();
+        List<String> ids = new ArrayList<>();
+        Map<String, Integer> sentPriority = new LinkedHashMap<>();
+        r.put("ids", ids);
+        r.put("priority", sentPriority);
+        Producer producer;
+        try {
+            producer = producer(null);
+        } catch (Exception e) {
+            d.error("startup: " + E2e.describe(e));
+            r.put("sent", 0);
+            return r;
+        }
+        for (int p : levels) {
+            for (int j = 0; j < d.count && d.timeLeft(); j++) {
+                MessageBuilder b = d.provider.newMessageBuilder()
+                    .setTopic(d.topic)
+                    .setTag(d.tag)
+                    .setKeys(d.prefix + "-key-" + p + "-" + j)
+                    .setBody((d.prefix + "|" + p + "|" + j).getBytes(StandardCharsets.UTF_8));
+                try {
+                    SET_PRIORITY.invoke(b, p);
+                    String id = producer.send(b.build()).getMessageId().toString();
+                    ids.add(id);
+                    sentPriority.put(id, p);
+                } catch (Exception e) {
+                    d.error("send priority " + p + " #" + j + ": " + E2e.describe(e));
+                }
+            }
+        }
+        r.put("sent", ids.size());
+        r.put("shutdown_error", E2e.closeBounded(producer, 15));
+        r.put("ok", ids.size() == levels.length * d.count);
         return r;
     }
 
