@@ -47,7 +47,7 @@ import org.apache.rocketmq.client.apis.producer.SendReceipt;
  * </pre>
  *
  * <p>The message-type modes (fifo-produce, fifo-consume, delay-produce, timed-consume, recall,
- * tx-produce, tx-check) are in {@link MessageTypes}; their arguments and RESULT fields are those
+ * tx-produce, tx-check, priority-produce) are in {@link MessageTypes}; their arguments and RESULT fields are those
  * of {@code sdk/MESSAGE_TYPES.md}.
  *
  * <p>Prints exactly one line {@code RESULT <json>} on stdout (fields as the Python/Node drivers;
