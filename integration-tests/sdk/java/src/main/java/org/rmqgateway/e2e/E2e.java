@@ -78,6 +78,8 @@ public final class E2e {
     private final long pauseMs;
     final ClientServiceProvider provider;
     private final List<String> errors = Collections.synchronizedList(new ArrayList<>());
+    /** Acks sent again because the gateway was unreachable (restarting). */
+    private int ackRetries = 0;
 
     private E2e(String mode, Map<String, String> opts) {
         this.mode = mode;
@@ -126,6 +128,27 @@ public final class E2e {
     void error(String what) {
         if (errors.size() < 20) {
             errors.add(what);
+        }
+    }
+
+    /**
+     * Acks, retrying while the gateway is unreachable (a restart in the middle of a run): an
+     * application keeps its receipt handle and acks again, and the handle still holds after the
+     * restart. Other failures, and a gateway still away after about 10 s, are thrown.
+     */
+    void ackRetrying(SimpleConsumer consumer, MessageView mv) throws Exception {
+        for (int attempt = 1; ; attempt++) {
+            try {
+                consumer.ack(mv);
+                return;
+            } catch (Exception e) {
+                boolean unreachable = describe(e).contains("UNAVAILABLE");
+                if (!unreachable || attempt >= 20 || !timeLeft()) {
+                    throw e;
+                }
+                ackRetries++;
+                Thread.sleep(500);
+            }
         }
     }
 
@@ -419,7 +442,7 @@ public final class E2e {
                             changedInvisible++;
                         }
                     }
-                    consumer.ack(mv);
+                    ackRetrying(consumer, mv);
                     acked++;
                     ackedIds.add(mv.getMessageId().toString());
                 } catch (Exception e) {
@@ -435,6 +458,7 @@ public final class E2e {
         r.put("unacked", unacked);
         r.put("acked", acked);
         r.put("ack_failed", ackFailed);
+        r.put("ack_retries", ackRetries);
         r.put("receive_calls", receiveCalls);
         r.put("receive_errors", receiveErrors);
         r.put("changed_invisible", changedInvisible);
