@@ -410,9 +410,12 @@ impl Broker {
                     continue;
                 }
                 busy.insert(key);
-                st.waiting.remove(&offset);
+                // Read before leaving `waiting`: a failed read must not drop the offset.
                 match self.read_one(&group.name, name, queue_id, offset)? {
-                    Some(m) if req.filter.matches(&m) => deliver(&mut st, m, 1, out, bytes),
+                    Some(m) if req.filter.matches(&m) => {
+                        st.waiting.remove(&offset);
+                        deliver(&mut st, m, 1, out, bytes);
+                    }
                     _ => st.complete(offset),
                 }
             }
@@ -535,13 +538,13 @@ impl Broker {
             }
             match retry {
                 Some((attempt, m)) => deliver(st, m, attempt, out, bytes),
-                None => {
-                    st.ranked.remove(&offset);
-                    match self.read_one(group, topic, queue_id, offset)? {
-                        Some(m) => deliver(st, m, 1, out, bytes),
-                        None => st.complete(offset),
+                None => match self.read_one(group, topic, queue_id, offset)? {
+                    Some(m) => {
+                        st.ranked.remove(&offset);
+                        deliver(st, m, 1, out, bytes);
                     }
-                }
+                    None => st.complete(offset),
+                },
             }
         }
         Ok(())
