@@ -516,3 +516,24 @@ async fn a_group_has_its_own_retry_policy() {
     let bad = broker.put_group("G", true, (None, Some("soon"))).await.unwrap_err();
     assert!(matches!(bad, BrokerError::BadRequest(_)), "{bad}");
 }
+
+/// A damaged timer checkpoint does not stop the gateway: the timer queues are re-indexed from
+/// the log and what already fired (per the fired marks) does not fire again.
+#[tokio::test]
+async fn a_damaged_timer_checkpoint_is_rebuilt_from_the_log() {
+    let h = Harness::new(Arc::new(MemoryLog::new())).await;
+    let broker = h.start().await;
+    let now = h.clock.now_ms();
+    broker.send(vec![delayed("first", now + 1_000)]).await.unwrap();
+    broker.send(vec![delayed("second", now + 5_000)]).await.unwrap();
+    broker.index_timers().unwrap();
+    h.clock.advance(1_000);
+    assert_eq!(broker.fire_due_timers().await.unwrap(), 1);
+    broker.checkpoint_timers().unwrap();
+    drop(broker);
+    std::fs::write(h.timer_dir.path().join("checkpoint"), b"garbage").unwrap();
+    let broker = h.start().await;
+    h.clock.advance(10_000);
+    assert_eq!(broker.fire_due_timers().await.unwrap(), 1, "only the second fires");
+    assert_eq!(ids(&broker.receive(receive_request()).await.unwrap()), vec!["first", "second"]);
+}

@@ -358,9 +358,18 @@ impl Timers {
     /// Loads the checkpoint; [`Broker::recover_timers`] then re-indexes what lies past it.
     pub fn open(index: Arc<dyn TimerIndex>, now_ms: i64) -> BrokerResult<Timers> {
         let checkpoint = match index.load_checkpoint()? {
-            Some(bytes) => Checkpoint::decode(&bytes).ok_or_else(|| {
-                BrokerError::DataCorrupted("message store error: the timer index checkpoint is damaged".into())
-            })?,
+            Some(bytes) => match Checkpoint::decode(&bytes) {
+                Some(c) => c,
+                None => {
+                    // Re-index both timer queues from their start: the fired marks in the log
+                    // say what already fired (where retention kept them; beyond that a
+                    // scheduled message may fire again: at-least-once, never lost).
+                    tracing::error!(
+                        "the timer index checkpoint is damaged; re-indexing scheduled messages from the log"
+                    );
+                    Checkpoint { fired: (i64::MIN, 0), ..Default::default() }
+                }
+            },
             None => Checkpoint { fired: (i64::MIN, 0), ..Default::default() },
         };
         let bucket_ms = index.bucket_ms();
