@@ -186,7 +186,7 @@ pub(crate) fn reference(
         topic,
         queue_id,
         born_timestamp_ms: original.born_timestamp_ms,
-        flags: (original.flags & !FLAG_REF) | FLAG_REF,
+        flags: original.flags | FLAG_REF,
         tag_hash: original.tag_hash,
         properties,
         body: Bytes::new(),

@@ -14,7 +14,7 @@
 //! then the message is discarded or kept in `rmq_sys_trans_check_max` as configured. Checks
 //! that fell due while the gateway was down happen right after it starts.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -65,9 +65,9 @@ struct Open {
 #[derive(Default)]
 pub(crate) struct Transactions {
     open: std::sync::Mutex<HashMap<String, Open>>,
-    /// transaction id → resolution, for retried EndTransaction calls (bounded).
-    resolved: std::sync::Mutex<BTreeMap<u64, (String, Resolution)>>,
-    resolved_seq: AtomicU64,
+    /// transaction id → resolution, for retried EndTransaction calls (bounded: the oldest ids
+    /// are forgotten first).
+    resolved: std::sync::Mutex<(HashMap<String, Resolution>, VecDeque<String>)>,
     /// Orphan checks sent, and transactions given up after the last check.
     pub checks_sent: AtomicU64,
     pub given_up: AtomicU64,
@@ -137,11 +137,7 @@ impl Broker {
         }
         let taken = lock(&self.transactions().open).remove(transaction_id);
         let Some(open) = taken else {
-            let previous = lock(&self.transactions().resolved)
-                .values()
-                .rev()
-                .find(|(id, _)| id == transaction_id)
-                .map(|(_, r)| *r);
+            let previous = lock(&self.transactions().resolved).0.get(transaction_id).copied();
             return match previous {
                 Some(r) if r == resolution => Ok(()),
                 Some(r) => Err(BrokerError::BadRequest(format!(
@@ -173,11 +169,15 @@ impl Broker {
     }
 
     fn remember_resolution(&self, transaction_id: &str, resolution: Resolution) {
-        let seq = self.transactions().resolved_seq.fetch_add(1, Ordering::Relaxed);
-        let mut resolved = lock(&self.transactions().resolved);
-        resolved.insert(seq, (transaction_id.to_string(), resolution));
-        while resolved.len() > REMEMBERED {
-            resolved.pop_first();
+        let mut guard = lock(&self.transactions().resolved);
+        let (by_id, order) = &mut *guard;
+        if by_id.insert(transaction_id.to_string(), resolution).is_none() {
+            order.push_back(transaction_id.to_string());
+        }
+        while order.len() > REMEMBERED {
+            if let Some(oldest) = order.pop_front() {
+                by_id.remove(&oldest);
+            }
         }
     }
 
