@@ -3,7 +3,13 @@
 //! Deliveries whose deadline passed are delivered again with `attempt + 1`; after
 //! `max_attempts` they are handed back for the dead-letter queue.
 //!
-//! Durable form ([`QueueState::encode`]): `floor` plus the acked offsets above it and the
+//! Bounded whatever consumers do: acked offsets above the floor are kept as *ranges*, so a
+//! message retried for hours while millions after it are acked costs one in-flight entry and
+//! two ranges, not a set entry per later ack. Memory per queue is proportional to the messages
+//! in flight (and, for orderly groups, the bounded `waiting` set), never to the lag behind the
+//! oldest of them; scans jump over acked ranges instead of re-reading them.
+//!
+//! Durable form ([`QueueState::encode`]): `floor` plus the acked ranges above it and the
 //! deliveries in flight (deadline, attempt, serial, auto-renewing client), so after a restart an
 //! invisible message stays invisible until its deadline, its attempt count continues and the
 //! handle its consumer holds still acks. Deliveries made after the last snapshot come back from
@@ -11,6 +17,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+
+use rangemap::RangeSet;
 
 use super::receipt::Receipt;
 
@@ -53,7 +61,8 @@ pub(crate) struct QueueState {
     pub floor: u64,
     pub next: u64,
     pub inflight: BTreeMap<u64, Inflight>,
-    pub acked: BTreeSet<u64>,
+    /// Acked offsets above `floor`, as ranges (adjacent acks merge).
+    pub acked: RangeSet<u64>,
     /// Orderly groups: offsets below `next` passed over because an earlier message of their
     /// message group was in flight, with their group key. In memory only: after a restart
     /// `next` starts at `floor` again and the scan finds them.
@@ -91,16 +100,29 @@ impl QueueState {
     pub fn restore(floor: u64, stored: &[u8]) -> Self {
         let mut s = Self::new(floor);
         match stored.split_first() {
-            // The current form starts with 0x00; the acked-only form never does (its first
-            // varint is a delta of at least 1).
+            // The forms with deliveries start with 0x00: then RANGES_MARK (acked ranges, the
+            // current form) or a count (acked offsets one by one); the oldest acked-only form
+            // never starts with 0x00 (its first varint is a delta of at least 1).
             Some((0, rest)) => {
+                let (form, rest) = match rest.strip_prefix(RANGES_MARK) {
+                    Some(rest) => (1, rest),
+                    None => (0, rest),
+                };
                 let mut r = Reader(rest);
                 let n = r.varint().unwrap_or(0);
                 let mut prev = floor;
                 for _ in 0..n {
                     let Some(delta) = r.varint() else { break };
                     prev = prev.saturating_add(delta);
-                    s.acked.insert(prev);
+                    let len = if form == 0 { Some(1) } else { r.varint() };
+                    let end = prev.saturating_add(len.unwrap_or(0));
+                    if end <= prev {
+                        break;
+                    }
+                    s.acked.insert(prev..end);
+                    if form == 1 {
+                        prev = end;
+                    }
                 }
                 let n = r.varint().unwrap_or(0);
                 for _ in 0..n {
@@ -108,7 +130,11 @@ impl QueueState {
                     s.restore_delivery(offset, entry);
                 }
             }
-            _ => s.acked = decode_offsets(floor, stored),
+            _ => {
+                for o in decode_offsets(floor, stored).into_iter().filter(|&o| o < u64::MAX) {
+                    s.acked.insert(o..o + 1);
+                }
+            }
         }
         s.dirty = false;
         s.advance_floor();
@@ -140,6 +166,20 @@ impl QueueState {
         self.next = self.floor;
         self.waiting.clear();
         self.ranked.clear();
+    }
+
+    /// The first offset at or after `offset` that is not acked (scans jump over acked ranges
+    /// instead of reading them).
+    pub fn skip_acked(&self, offset: u64) -> u64 {
+        if offset < self.floor {
+            return self.floor;
+        }
+        self.acked.get(&offset).map_or(offset, |r| r.end)
+    }
+
+    /// Acked ranges kept above the floor (the size of this state's ack bookkeeping).
+    pub fn acked_ranges(&self) -> usize {
+        self.acked.len()
     }
 
     /// Deliveries whose invisibility ended, lowest offsets first, at most `max`.
@@ -182,7 +222,7 @@ impl QueueState {
         self.inflight.remove(&offset);
         self.waiting.remove(&offset);
         self.ranked.remove(&offset);
-        self.acked.insert(offset);
+        self.acked.insert(offset..offset + 1);
         if offset >= self.next {
             self.next = offset + 1;
         }
@@ -196,7 +236,7 @@ impl QueueState {
             self.floor = start;
             self.next = self.next.max(start);
             self.inflight = self.inflight.split_off(&start);
-            self.acked = self.acked.split_off(&start);
+            self.acked.remove(0..start); // start > floor >= 0: never empty
             self.waiting = self.waiting.split_off(&start);
             self.ranked = self.ranked.split_off(&start);
             self.dirty = true;
@@ -205,8 +245,9 @@ impl QueueState {
     }
 
     fn advance_floor(&mut self) {
-        while self.acked.remove(&self.floor) {
-            self.floor += 1;
+        if let Some(r) = self.acked.get(&self.floor).cloned() {
+            self.floor = r.end;
+            self.acked.remove(r);
         }
         self.next = self.next.max(self.floor);
     }
@@ -297,15 +338,23 @@ impl QueueState {
         }
     }
 
-    /// The durable form: `0x00`, the acked offsets above `floor` (count, then ascending
-    /// deltas) and the deliveries in flight (count, then offset − floor, serial, attempt,
-    /// deadline, first delivery, auto-renewing client), all varints.
+    /// The durable form: `0x00`, [`RANGES_MARK`], the acked ranges above `floor` (count, then per range the gap
+    /// since the previous range's end and the length) and the deliveries in flight (count, then
+    /// offset − floor, serial, attempt, deadline, first delivery, auto-renewing client), all
+    /// varints. Its size follows the in-flight messages, not the lag behind the oldest one.
     pub fn encode(&self) -> Vec<u8> {
-        let acked = encode_offsets(self.floor, &self.acked);
-        let mut out = Vec::with_capacity(1 + 10 + acked.len() + self.inflight.len() * 24);
+        let ranges: Vec<_> = self.acked.overlapping(self.floor..u64::MAX).collect();
+        let mut out = Vec::with_capacity(3 + 10 + ranges.len() * 4 + self.inflight.len() * 24);
         out.push(0);
-        put_varint(&mut out, self.acked.range(self.floor..).count() as u64);
-        out.extend_from_slice(&acked);
+        out.extend_from_slice(RANGES_MARK);
+        put_varint(&mut out, ranges.len() as u64);
+        let mut prev = self.floor;
+        for r in ranges {
+            let start = r.start.max(self.floor);
+            put_varint(&mut out, start - prev);
+            put_varint(&mut out, r.end - start);
+            prev = r.end;
+        }
         let inflight = self.inflight.range(self.floor..);
         put_varint(&mut out, inflight.clone().count() as u64);
         for (&offset, e) in inflight {
@@ -321,6 +370,10 @@ impl QueueState {
         out
     }
 }
+
+/// Marks the acked-ranges form after its leading 0x00: a non-canonical varint 0, which the
+/// form with acked offsets one by one (0x00, then a canonical count) never starts with.
+const RANGES_MARK: &[u8] = &[0x80, 0x00];
 
 /// Reads varints and in-flight entries of [`QueueState::encode`]; `None` once malformed.
 struct Reader<'a>(&'a [u8]);
@@ -364,7 +417,8 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-/// Offsets above `floor` as ascending varint deltas.
+/// Offsets above `floor` as ascending varint deltas (the oldest stored form).
+#[cfg(test)]
 fn encode_offsets(floor: u64, offsets: &BTreeSet<u64>) -> Vec<u8> {
     let mut out = Vec::with_capacity(offsets.len() * 2);
     let mut prev = floor;
@@ -521,6 +575,36 @@ mod tests {
         }
     }
 
+    /// One message held (retried for hours, or invisible for 12 h) while a million later ones
+    /// are acked: the state stays one range and the snapshot a few bytes.
+    #[test]
+    fn a_held_message_does_not_keep_later_acks() {
+        let mut q = QueueState::new(0);
+        q.deliver(0, entry(i64::MAX, 5, 1));
+        for o in 1..1_000_000 {
+            q.complete(o);
+        }
+        assert_eq!((q.floor, q.acked_ranges()), (0, 1));
+        assert!(q.encode().len() < 32);
+        assert_eq!(q.skip_acked(1), 1_000_000, "a scan jumps over the acked range");
+        assert!(q.ack(&receipt(0, 1, i64::MAX), 0).is_ok());
+        assert_eq!((q.floor, q.acked_ranges()), (1_000_000, 0));
+    }
+
+    #[test]
+    fn every_stored_form_reads() {
+        // The oldest form may start with 0x01 (floor + 1 acked); the ranges form starts 0x00 0x80 0x00.
+        let legacy: BTreeSet<u64> = [11, 12, 15].into();
+        let old = QueueState::restore(10, &encode_offsets(10, &legacy));
+        assert_eq!(old.acked.iter().cloned().collect::<Vec<_>>(), vec![11..13, 15..16]);
+        let mut q = QueueState::new(10);
+        for o in [11, 12, 15] {
+            q.complete(o);
+        }
+        assert_eq!(&q.encode()[..3], &[0, 0x80, 0]);
+        assert_eq!(QueueState::restore(10, &q.encode()).acked, old.acked);
+    }
+
     #[test]
     fn trim_skips_deleted_offsets() {
         let mut q = QueueState::new(0);
@@ -534,13 +618,37 @@ mod tests {
         #[test]
         fn progress_round_trips(floor in 0u64..1_000_000, acked in proptest::collection::btree_set(0u64..5_000_000, 0..200)) {
             let mut q = QueueState::new(floor);
-            q.acked = acked.range(floor + 1..).copied().collect();
+            let above: BTreeSet<u64> = acked.range(floor + 1..).copied().collect();
+            for &o in &above {
+                q.complete(o);
+            }
             let restored = QueueState::restore(q.floor, &q.encode());
             prop_assert_eq!(restored.floor, q.floor);
             prop_assert_eq!(&restored.acked, &q.acked);
-            // The acked-only form written by earlier versions still reads.
-            let old = QueueState::restore(q.floor, &encode_offsets(q.floor, &q.acked));
-            prop_assert_eq!(old.acked, q.acked);
+            // The forms written by earlier versions still read: acked offsets one by one, with
+            // a 0x00 marker, or alone.
+            let old = QueueState::restore(q.floor, &encode_offsets(q.floor, &above));
+            prop_assert_eq!(&old.acked, &q.acked);
+            let mut marked = vec![0u8];
+            put_varint(&mut marked, above.len() as u64);
+            marked.extend(encode_offsets(q.floor, &above));
+            marked.push(0);
+            let old = QueueState::restore(q.floor, &marked);
+            prop_assert_eq!(&old.acked, &q.acked);
+        }
+
+        /// Whatever order acks come in, the state holds one range per gap run, and the floor
+        /// ends where the first unacked offset is.
+        #[test]
+        fn acks_collapse_into_ranges(order in Just((0u64..300).collect::<Vec<_>>()).prop_shuffle(), held in 0u64..300) {
+            let mut q = QueueState::new(0);
+            for &o in order.iter().filter(|&&o| o != held) {
+                q.complete(o);
+            }
+            prop_assert_eq!(q.floor, held);
+            prop_assert!(q.acked_ranges() <= 1);
+            prop_assert_eq!(q.skip_acked(held + 1), 300);
+            prop_assert!(q.encode().len() < 16, "snapshot stays small: {} bytes", q.encode().len());
         }
 
         #[test]

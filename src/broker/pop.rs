@@ -380,6 +380,17 @@ impl Broker {
                     group_key: Some(group_key(m.properties.get(keys::SHARDING_KEY))),
                 },
             );
+            tracing::debug!(
+                group = group.name,
+                topic = name,
+                queue_id,
+                offset = m.queue_offset,
+                attempt,
+                serial,
+                message_group = m.properties.get(keys::SHARDING_KEY),
+                client_id = req.client_id,
+                "handing out"
+            );
             *bytes += m.body.len();
             out.push(DeliveredMessage::from_stored(m, handle, attempt));
         };
@@ -423,6 +434,11 @@ impl Broker {
 
         // 3. New messages from `next` on.
         'scan: while out.len() < max && *bytes < MAX_RECEIVE_BYTES && st.next < range.end {
+            // Acked ranges (after a restart, or past a long-held message) are not read again.
+            st.next = st.skip_acked(st.next);
+            if st.next >= range.end {
+                break;
+            }
             let batch = match log.read(name, queue_id, st.next, max - out.len(), MAX_RECEIVE_BYTES - *bytes) {
                 Ok(batch) => batch,
                 Err(e @ StorageError::Corrupted { .. }) => {
@@ -505,6 +521,10 @@ impl Broker {
         }
         let range = self.inner.log.queue_range(topic, queue_id);
         while st.ranked.len() < PRIORITY_WINDOW && st.next < range.end {
+            st.next = st.skip_acked(st.next);
+            if st.next >= range.end {
+                break;
+            }
             let batch = match self.inner.log.read(topic, queue_id, st.next, PRIORITY_WINDOW, MAX_RECEIVE_BYTES) {
                 Ok(batch) => batch,
                 Err(e @ StorageError::Corrupted { .. }) => {
@@ -714,6 +734,7 @@ impl Broker {
         let r = self.decode_receipt(group, &topic, handle)?;
         let state = self.queue_state(group, &topic.record.name, r.queue_id);
         let result = lock(&state).ack(&r, self.now_ms());
+        tracing::debug!(group, topic = topic.record.name, queue_id = r.queue_id, offset = r.offset, serial = r.serial, client_id, ?result, "ack");
         result.map_err(|p| self.handle_problem(p, &r))?;
         // Durable before the client hears OK (also for repeated acks, so a client that retries
         // an ack whose journal write failed gets it journaled).
