@@ -266,6 +266,9 @@ fn is_system_key(k: &str) -> bool {
             | keys::BORN_HOST
             | keys::TRACE_CONTEXT
             | keys::RECONSUME_TIME
+            | keys::RETRY_TOPIC
+            | keys::ORIGIN_MESSAGE_ID
+            | keys::MAX_RECONSUME_TIMES
             | keys::DLQ_ORIGIN_TOPIC
             | keys::DLQ_ORIGIN_MESSAGE_ID
             | keys::REAL_TOPIC

@@ -34,6 +34,9 @@ const DEAD_LETTER_RETRY_MS: i64 = 30_000;
 /// Orderly groups: most messages per queue passed over while their message group is busy
 /// (beyond it the scan pauses until groups drain).
 const MAX_WAITING: usize = 10_000;
+/// A message whose attempts are used up, for the dead-letter queue: (queue id, (message,
+/// deliveries made)).
+type DeadLetter = (u32, (StoredMessage, u32));
 /// Priority topics: one message competing for delivery: (score, offset, the attempt and the
 /// message when it is a retry).
 type Candidate = (i64, u64, Option<(u32, StoredMessage)>);
@@ -324,7 +327,7 @@ impl Broker {
             self.pop_queue(topic, group, req, queue_id, max, invisible, &mut out, &mut bytes, &mut dead)?;
         }
         for (queue_id, message) in dead {
-            let offset = message.queue_offset;
+            let offset = message.0.queue_offset;
             if let Err(e) = self.dead_letter(&group.name, &topic.record.name, queue_id, message).await {
                 tracing::warn!(group = group.name, topic = topic.record.name, queue_id, offset, error = %e, "dead-letter move failed; will retry");
             }
@@ -343,7 +346,7 @@ impl Broker {
         invisible: Duration,
         out: &mut Vec<DeliveredMessage>,
         bytes: &mut usize,
-        dead: &mut Vec<(u32, StoredMessage)>,
+        dead: &mut Vec<DeadLetter>,
     ) -> BrokerResult<()> {
         let log = &self.inner.log;
         let name = topic.record.name.as_str();
@@ -504,7 +507,7 @@ impl Broker {
         deliver: &impl Fn(&mut QueueState, StoredMessage, u32, &mut Vec<DeliveredMessage>, &mut usize),
         out: &mut Vec<DeliveredMessage>,
         bytes: &mut usize,
-        dead: &mut Vec<(u32, StoredMessage)>,
+        dead: &mut Vec<DeadLetter>,
     ) -> BrokerResult<()> {
         let alive = |c: &str| self.client_alive(c);
         let priority_of =
@@ -583,17 +586,19 @@ impl Broker {
         due: Due,
         req: &ReceiveRequest,
         now: i64,
-        dead: &mut Vec<(u32, StoredMessage)>,
+        dead: &mut Vec<DeadLetter>,
     ) -> BrokerResult<Option<(u32, StoredMessage)>> {
         let offset = due.offset();
         match (self.read_one(group, topic, queue_id, offset)?, due) {
             (None, _) => st.complete(offset),
             (Some(m), Due::DeadLetter { .. }) => {
+                let mut attempts = 0;
                 if let Some(e) = st.inflight.get_mut(&offset) {
                     e.visible_at_ms = now + DEAD_LETTER_RETRY_MS;
                     e.auto_renew_client = None;
+                    attempts = e.attempt;
                 }
-                dead.push((queue_id, m));
+                dead.push((queue_id, (m, attempts)));
             }
             (Some(m), Due::Redeliver { .. }) if !req.filter.matches(&m) => st.complete(offset),
             (Some(m), Due::Redeliver { attempt, .. }) => return Ok(Some((attempt, m))),
@@ -637,8 +642,18 @@ impl Broker {
         Ok(())
     }
 
-    /// Moves a message whose attempts are exhausted to `%DLQ%{group}`, then acks it.
-    async fn dead_letter(&self, group: &str, topic: &str, queue_id: u32, m: StoredMessage) -> BrokerResult<()> {
+    /// Moves a message whose attempts are exhausted (`attempts` deliveries made) to
+    /// `%DLQ%{group}`, then acks it. The copy keeps the message id, body and properties and
+    /// gets Apache's: `DLQ_ORIGIN_TOPIC`/`RETRY_TOPIC` (the topic it came from),
+    /// `DLQ_ORIGIN_MESSAGE_ID`/`ORIGIN_MESSAGE_ID`, `RECONSUME_TIME` (deliveries made) and
+    /// `MAX_RECONSUME_TIMES` (the group's limit).
+    async fn dead_letter(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+        (m, attempts): (StoredMessage, u32),
+    ) -> BrokerResult<()> {
         let dlq_name = format!("%DLQ%{group}");
         let dlq = match self.cached_topic(&dlq_name) {
             Some(t) => t,
@@ -647,9 +662,27 @@ impl Broker {
                 self.cached_topic(&dlq_name).ok_or_else(|| BrokerError::TopicNotFound(dlq_name.clone()))?
             }
         };
+        let max = self.inner.groups.read().unwrap_or_else(|e| e.into_inner()).get(group).map(|g| g.retry_max_times);
+        let id = m.properties.get(keys::UNIQ_KEY).unwrap_or_default().to_string();
         let mut properties = m.properties.clone();
+        for key in [
+            keys::DLQ_ORIGIN_TOPIC,
+            keys::DLQ_ORIGIN_MESSAGE_ID,
+            keys::RETRY_TOPIC,
+            keys::ORIGIN_MESSAGE_ID,
+            keys::RECONSUME_TIME,
+            keys::MAX_RECONSUME_TIMES,
+        ] {
+            properties.remove(key);
+        }
         properties.push(keys::DLQ_ORIGIN_TOPIC, topic);
-        properties.push(keys::DLQ_ORIGIN_MESSAGE_ID, m.properties.get(keys::UNIQ_KEY).unwrap_or_default());
+        properties.push(keys::DLQ_ORIGIN_MESSAGE_ID, &id);
+        properties.push(keys::RETRY_TOPIC, topic);
+        properties.push(keys::ORIGIN_MESSAGE_ID, &id);
+        properties.push(keys::RECONSUME_TIME, &attempts.to_string());
+        if let Some(max) = max {
+            properties.push(keys::MAX_RECONSUME_TIMES, &max.to_string());
+        }
         let append = AppendMessage {
             topic: Arc::from(dlq_name.as_str()),
             queue_id: 0,
@@ -695,7 +728,7 @@ impl Broker {
         let m = self.read_one(group, name, r.queue_id, r.offset)?.ok_or_else(|| {
             BrokerError::InvalidReceiptHandle("the message no longer exists (retention deleted it)".into())
         })?;
-        self.dead_letter(group, name, r.queue_id, m).await
+        self.dead_letter(group, name, r.queue_id, (m, r.attempt)).await
     }
 
     fn decode_receipt(&self, group: &str, topic: &TopicEntry, handle: &str) -> BrokerResult<Receipt> {

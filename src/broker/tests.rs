@@ -334,6 +334,16 @@ async fn an_exhausted_fifo_head_is_dead_lettered_and_its_group_moves_on() {
     dlq.topic = "%DLQ%G".into();
     dlq.group = "ops".into();
     assert_eq!(ids(&broker.receive(dlq).await.unwrap()), vec!["x0"]);
+    // The copy carries Apache's dead-letter properties.
+    let copy = h.log.read("%DLQ%G", 0, 0, 1, usize::MAX).unwrap().remove(0);
+    let p = |k: &str| copy.properties.get(k).map(str::to_string);
+    assert_eq!(p("DLQ_ORIGIN_TOPIC").as_deref(), Some("T"));
+    assert_eq!(p("RETRY_TOPIC").as_deref(), Some("T"));
+    assert_eq!(p("DLQ_ORIGIN_MESSAGE_ID").as_deref(), Some("x0"));
+    assert_eq!(p("ORIGIN_MESSAGE_ID").as_deref(), Some("x0"));
+    assert_eq!(p("RECONSUME_TIME").as_deref(), Some("2"), "delivered twice");
+    assert_eq!(p("MAX_RECONSUME_TIMES").as_deref(), Some("1"));
+    assert_eq!(p("UNIQ_KEY").as_deref(), Some("x0"), "the message id is kept");
 }
 
 fn delayed(id: &str, at: i64) -> OutgoingMessage {

@@ -15,6 +15,12 @@ pub mod keys {
     pub const TRACE_CONTEXT: &str = "TRACE_CONTEXT";
     pub const TIMER_DELIVER_MS: &str = "TIMER_DELIVER_MS";
     pub const RECONSUME_TIME: &str = "RECONSUME_TIME";
+    /// Dead-letter copies: the topic the message was consumed from (Apache `RETRY_TOPIC`).
+    pub const RETRY_TOPIC: &str = "RETRY_TOPIC";
+    /// Dead-letter copies: the id of the message they copy (Apache `ORIGIN_MESSAGE_ID`).
+    pub const ORIGIN_MESSAGE_ID: &str = "ORIGIN_MESSAGE_ID";
+    /// Dead-letter copies: the most delivery attempts the group allowed.
+    pub const MAX_RECONSUME_TIMES: &str = "MAX_RECONSUME_TIMES";
     pub const DLQ_ORIGIN_TOPIC: &str = "DLQ_ORIGIN_TOPIC";
     pub const DLQ_ORIGIN_MESSAGE_ID: &str = "DLQ_ORIGIN_MESSAGE_ID";
     pub const BODY_ENCODING: &str = "BODY_ENCODING";
@@ -53,6 +59,11 @@ impl Properties {
 
     pub fn push(&mut self, key: impl Into<String>, value: impl Into<String>) {
         self.0.push((key.into(), value.into()));
+    }
+
+    /// Removes every value stored under `key`.
+    pub fn remove(&mut self, key: &str) {
+        self.0.retain(|(k, _)| k != key);
     }
 
     /// The first value stored under `key`.
