@@ -398,12 +398,10 @@ impl Default for LogConfig {
 }
 
 impl ConsumerConfig {
-    /// The retry delays of `retryBackoff`.
-    pub fn retry_backoff(&self) -> Result<Vec<Duration>, String> {
-        self.retry_backoff
-            .split_whitespace()
-            .map(|d| humantime::parse_duration(d).map_err(|e| format!("`{d}`: {e}")))
-            .collect()
+    /// The retry policy of `retryBackoff`: delays (`"1s 5s 30s"`) or
+    /// `"exponential <initial> <multiplier> <max>"`.
+    pub fn retry_backoff(&self) -> Result<crate::broker::settings::Backoff, String> {
+        crate::broker::settings::Backoff::parse(&self.retry_backoff)
     }
 }
 
@@ -495,10 +493,8 @@ impl Config {
         if c.retry_max_times < 0 {
             return invalid("consumer.retryMaxTimes", "must not be negative");
         }
-        match self.consumer.retry_backoff() {
-            Ok(v) if v.is_empty() => return invalid("consumer.retryBackoff", "needs at least one delay"),
-            Ok(_) => {}
-            Err(e) => return invalid("consumer.retryBackoff", e),
+        if let Err(e) = self.consumer.retry_backoff() {
+            return invalid("consumer.retryBackoff", e);
         }
         if c.progress_flush_interval.is_zero() {
             return invalid("consumer.progressFlushInterval", "must be greater than 0");

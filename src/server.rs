@@ -302,7 +302,10 @@ mod tests {
 
         let b = BrokerSettings::from(&config);
         assert_eq!(b.consumer.consume_from_where, ConsumeFromWhere::FirstOffset);
-        assert_eq!(b.consumer.retry_backoff, vec![Duration::from_secs(1), Duration::from_secs(120)]);
+        assert_eq!(
+            b.consumer.retry_backoff,
+            crate::broker::Backoff::Customized(vec![Duration::from_secs(1), Duration::from_secs(120)])
+        );
         assert_eq!(b.transaction.transaction_check_max_action, CheckMaxAction::Keep);
         assert_eq!(b.topics.create[0].message_type, "FIFO");
         assert_eq!(b.limits.max_message_size, 1000);

@@ -36,7 +36,7 @@ pub use error::{BrokerError, BrokerResult};
 pub use message::{DeliveredMessage, MessageType, OutgoingMessage};
 pub use pop::{Filter, ReceiveRequest};
 pub use relay::{ClientCommand, ClientReply, VerifyOutcome};
-pub use settings::BrokerSettings;
+pub use settings::{Backoff, BrokerSettings};
 pub use transaction::{Resolution, ResolutionSource};
 
 use crate::clock::Clock;
@@ -44,18 +44,6 @@ use crate::metadata::{GroupRecord, MetadataStore, TopicRecord};
 use crate::storage::{AppendMessage, MessageLog, TimerIndex};
 use consumer::QueueState;
 use receipt::ReceiptCodec;
-
-/// Parses retry delays: durations separated by spaces (`"1s 5s 10s 30s"`), at least one.
-fn parse_backoff(text: &str) -> Result<Vec<Duration>, String> {
-    let delays = text
-        .split_whitespace()
-        .map(|d| humantime::parse_duration(d).map_err(|e| format!("`{d}`: {e}")))
-        .collect::<Result<Vec<_>, _>>()?;
-    if delays.is_empty() {
-        return Err("needs at least one delay".into());
-    }
-    Ok(delays)
-}
 
 /// How long a client counts as alive after its last request (Apache `channelExpiredTimeout`).
 const CLIENT_EXPIRY: Duration = Duration::from_secs(120);
@@ -112,7 +100,7 @@ pub enum ClientKind {
 pub struct GroupPolicy {
     pub fifo: bool,
     pub max_attempts: i32,
-    pub retry_backoff: Vec<Duration>,
+    pub retry_backoff: settings::Backoff,
     pub receive_batch_size: i32,
     pub long_polling_timeout: Duration,
 }
@@ -383,7 +371,8 @@ impl Broker {
             return Err(BrokerError::BadRequest(format!("group `{name}`: retryMaxTimes must not be negative")));
         }
         if let Some(b) = retry_backoff.filter(|b| !b.trim().is_empty()) {
-            parse_backoff(b).map_err(|e| BrokerError::BadRequest(format!("group `{name}`: retryBackoff {e}")))?;
+            settings::Backoff::parse(b)
+                .map_err(|e| BrokerError::BadRequest(format!("group `{name}`: retryBackoff {e}")))?;
         }
         let current = self.inner.groups.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned();
         let retry_backoff = match retry_backoff {
@@ -411,7 +400,7 @@ impl Broker {
     pub async fn group_policy(&self, group: &str) -> BrokerResult<GroupPolicy> {
         let g = self.group(group).await?;
         let c = &self.inner.settings.consumer;
-        let retry_backoff = match g.retry_backoff.as_deref().map(parse_backoff) {
+        let retry_backoff = match g.retry_backoff.as_deref().map(settings::Backoff::parse) {
             Some(Ok(own)) => own,
             Some(Err(_)) | None => c.retry_backoff.clone(),
         };

@@ -767,7 +767,16 @@ impl Broker {
         let r = self.decode_receipt(group, &topic, handle)?;
         let state = self.queue_state(group, &topic.record.name, r.queue_id);
         let result = lock(&state).ack(&r, self.now_ms());
-        tracing::debug!(group, topic = topic.record.name, queue_id = r.queue_id, offset = r.offset, serial = r.serial, client_id, ?result, "ack");
+        tracing::debug!(
+            group,
+            topic = topic.record.name,
+            queue_id = r.queue_id,
+            offset = r.offset,
+            serial = r.serial,
+            client_id,
+            ?result,
+            "ack"
+        );
         result.map_err(|p| self.handle_problem(p, &r))?;
         // Durable before the client hears OK (also for repeated acks, so a client that retries
         // an ack whose journal write failed gets it journaled).

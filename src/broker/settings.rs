@@ -75,14 +75,72 @@ pub struct ConsumerSettings {
     pub long_polling_reserve: Duration,
     /// Most messages returned by one receive; also sent to consumers in Settings.
     pub receive_batch_size: i32,
-    /// Retry delays sent to consumers, one per attempt.
-    pub retry_backoff: Vec<Duration>,
+    /// Retry delays sent to consumers (groups without their own).
+    pub retry_backoff: Backoff,
     /// How often consumed progress is written to the metadata store.
     pub progress_flush_interval: Duration,
     /// Create an unknown consumer group on first use; otherwise it is not found.
     pub auto_create_subscription_group: bool,
     /// Consumer groups created or updated at start.
     pub groups: Vec<GroupSpec>,
+}
+
+/// How long a consumer waits before the next delivery of a message it failed (a group's retry
+/// policy, sent to its consumers in Settings; the SDKs nack with it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Backoff {
+    /// One delay per attempt; the last one repeats (`"1s 5s 30s"`).
+    Customized(Vec<Duration>),
+    /// `initial × multiplier^(attempt − 1)`, capped at `max` (`"exponential 1s 2 1m"`).
+    Exponential { initial: Duration, multiplier: f64, max: Duration },
+}
+
+impl Backoff {
+    /// Parses `"1s 5s 30s"` (customized) or `"exponential <initial> <multiplier> <max>"`.
+    pub fn parse(text: &str) -> Result<Backoff, String> {
+        let duration = |d: &str| humantime::parse_duration(d).map_err(|e| format!("`{d}`: {e}"));
+        let words: Vec<&str> = text.split_whitespace().collect();
+        match words.as_slice() {
+            [] => Err("needs at least one delay".into()),
+            ["exponential", initial, multiplier, max] => {
+                let (initial, max) = (duration(initial)?, duration(max)?);
+                let multiplier: f64 = multiplier
+                    .parse()
+                    .ok()
+                    .filter(|m: &f64| m.is_finite() && *m >= 1.0)
+                    .ok_or_else(|| format!("multiplier `{multiplier}` must be a number >= 1"))?;
+                if initial.is_zero() || max < initial {
+                    return Err(format!("needs 0 < initial ({initial:?}) <= max ({max:?})"));
+                }
+                Ok(Backoff::Exponential { initial, multiplier, max })
+            }
+            ["exponential", ..] => {
+                Err("exponential takes <initial> <multiplier> <max>, e.g. `exponential 1s 2 1m`".into())
+            }
+            delays => Ok(Backoff::Customized(delays.iter().map(|d| duration(d)).collect::<Result<_, _>>()?)),
+        }
+    }
+
+    /// The wait after the failed delivery `attempt` (1-based), as the SDKs compute it.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let attempt = attempt.max(1);
+        match self {
+            Backoff::Customized(next) => {
+                let i = (attempt as usize).min(next.len()).saturating_sub(1);
+                next.get(i).copied().unwrap_or_default()
+            }
+            Backoff::Exponential { initial, multiplier, max } => {
+                let factor = multiplier.powi(attempt.saturating_sub(1).min(64) as i32);
+                Duration::from_secs_f64((initial.as_secs_f64() * factor).min(max.as_secs_f64()))
+            }
+        }
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::Customized(vec![Duration::from_secs(1)])
+    }
 }
 
 /// A consumer group to create or update at start.
@@ -93,7 +151,7 @@ pub struct GroupSpec {
     pub consume_message_orderly: bool,
     /// `retry_max_times` of [`ConsumerSettings`] when absent.
     pub retry_max_times: Option<i32>,
-    /// Retry delays of this group (`"1s 5s 30s"`); the consumer default when absent.
+    /// Retry delays of this group ([`Backoff::parse`]); the consumer default when absent.
     pub retry_backoff: Option<String>,
 }
 

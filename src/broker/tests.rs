@@ -90,9 +90,11 @@ fn test_settings() -> BrokerSettings {
             max_long_polling_timeout: secs(20),
             long_polling_reserve: Duration::from_millis(800),
             receive_batch_size: 32,
-            retry_backoff: [1, 5, 10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800, 3600, 7200]
-                .map(secs)
-                .to_vec(),
+            retry_backoff: Backoff::Customized(
+                [1, 5, 10, 30, 60, 120, 180, 240, 300, 360, 420, 480, 540, 600, 1200, 1800, 3600, 7200]
+                    .map(secs)
+                    .to_vec(),
+            ),
             progress_flush_interval: Duration::from_millis(200),
             auto_create_subscription_group: true,
             groups: Vec::new(),
@@ -513,18 +515,25 @@ async fn priority_messages_go_first_without_starving_the_rest() {
 
 #[tokio::test]
 async fn a_group_has_its_own_retry_policy() {
+    let secs = Duration::from_secs;
     let broker = broker_with(Arc::new(MemoryLog::new())).await;
     broker.put_group("G", true, (Some(2), Some("2s 4s"))).await.unwrap();
     let p = broker.group_policy("G").await.unwrap();
     assert_eq!((p.fifo, p.max_attempts), (true, 3));
-    assert_eq!(p.retry_backoff, vec![Duration::from_secs(2), Duration::from_secs(4)]);
+    assert_eq!(p.retry_backoff, Backoff::Customized(vec![secs(2), secs(4)]));
+    assert_eq!([1, 2, 3, 9].map(|a| p.retry_backoff.delay(a)), [secs(2), secs(4), secs(4), secs(4)]);
     // Absent keeps it; "" returns to the gateway default.
     broker.put_group("G", true, (None, None)).await.unwrap();
-    assert_eq!(broker.group_policy("G").await.unwrap().retry_backoff.len(), 2);
+    assert_eq!(broker.group_policy("G").await.unwrap().retry_backoff, p.retry_backoff);
     broker.put_group("G", true, (None, Some(""))).await.unwrap();
-    assert_eq!(broker.group_policy("G").await.unwrap().retry_backoff.len(), 18);
-    let bad = broker.put_group("G", true, (None, Some("soon"))).await.unwrap_err();
-    assert!(matches!(bad, BrokerError::BadRequest(_)), "{bad}");
+    assert_eq!(broker.group_policy("G").await.unwrap().retry_backoff.delay(18), secs(7200));
+    broker.put_group("G", false, (None, Some("exponential 1s 2 5s"))).await.unwrap();
+    let exp = broker.group_policy("G").await.unwrap().retry_backoff;
+    assert_eq!([1, 2, 3, 4, 40].map(|a| exp.delay(a)), [secs(1), secs(2), secs(4), secs(5), secs(5)]);
+    for bad in ["soon", "exponential 1s", "exponential 1s 0.5 5s", "exponential 5s 2 1s", "exponential 0s 2 1s"] {
+        let e = broker.put_group("G", true, (None, Some(bad))).await.unwrap_err();
+        assert!(matches!(e, BrokerError::BadRequest(_)), "{bad}: {e}");
+    }
 }
 
 /// A damaged timer checkpoint does not stop the gateway: the timer queues are re-indexed from

@@ -14,7 +14,9 @@ use tonic::{Status as GrpcStatus, Streaming};
 use super::convert::{delivered, proto_duration, resource_name};
 use super::status::{code_of, ok, status};
 use super::{BoxStream, Context, GrpcSettings, client_kind};
-use crate::broker::{Broker, BrokerError, ClientCommand, ClientKind, ClientReply, Filter, VerifyOutcome, validate};
+use crate::broker::{
+    Backoff, Broker, BrokerError, ClientCommand, ClientKind, ClientReply, Filter, VerifyOutcome, validate,
+};
 use crate::proto::{self, Code, settings::PubSub, telemetry_command::Command};
 
 type Outbound = mpsc::Sender<Result<proto::TelemetryCommand, GrpcStatus>>;
@@ -249,21 +251,27 @@ async fn settings_reply(
             sub.receive_batch_size = Some(policy.receive_batch_size);
             sub.long_polling_timeout = Some(proto_duration(policy.long_polling_timeout));
             let node = s.user_agent.as_ref().is_some_and(|ua| ua.language == proto::Language::NodeJs as i32);
-            let strategy = if node {
+            let exponential = |initial, max, multiplier: f64| {
+                proto::retry_policy::Strategy::ExponentialBackoff(proto::ExponentialBackoff {
+                    initial: Some(proto_duration(initial)),
+                    max: Some(proto_duration(max)),
+                    multiplier: multiplier as f32,
+                })
+            };
+            let strategy = match policy.retry_backoff {
+                Backoff::Exponential { initial, multiplier, max } => exponential(initial, max, multiplier),
                 // The Node.js SDK (1.0.x) ignores a customized backoff and then gives a failed
                 // FIFO message no retry at all (straight to the DLQ): it gets the same delays as
                 // an exponential policy (first delay, doubling, capped at the last).
-                let first = policy.retry_backoff.first().copied().unwrap_or(Duration::from_secs(1));
-                let last = policy.retry_backoff.last().copied().unwrap_or(first);
-                proto::retry_policy::Strategy::ExponentialBackoff(proto::ExponentialBackoff {
-                    initial: Some(proto_duration(first)),
-                    max: Some(proto_duration(last)),
-                    multiplier: 2.0,
-                })
-            } else {
-                proto::retry_policy::Strategy::CustomizedBackoff(proto::CustomizedBackoff {
-                    next: policy.retry_backoff.into_iter().map(proto_duration).collect(),
-                })
+                Backoff::Customized(next) if node => {
+                    let first = next.first().copied().unwrap_or(Duration::from_secs(1));
+                    exponential(first, next.last().copied().unwrap_or(first), 2.0)
+                }
+                Backoff::Customized(next) => {
+                    proto::retry_policy::Strategy::CustomizedBackoff(proto::CustomizedBackoff {
+                        next: next.into_iter().map(proto_duration).collect(),
+                    })
+                }
             };
             s.backoff_policy = Some(proto::RetryPolicy { max_attempts: policy.max_attempts, strategy: Some(strategy) });
         }
