@@ -679,9 +679,9 @@ impl Broker {
         properties.push(keys::DLQ_ORIGIN_MESSAGE_ID, &id);
         properties.push(keys::RETRY_TOPIC, topic);
         properties.push(keys::ORIGIN_MESSAGE_ID, &id);
-        properties.push(keys::RECONSUME_TIME, &attempts.to_string());
+        properties.push(keys::RECONSUME_TIME, attempts.to_string());
         if let Some(max) = max {
-            properties.push(keys::MAX_RECONSUME_TIMES, &max.to_string());
+            properties.push(keys::MAX_RECONSUME_TIMES, max.to_string());
         }
         let append = AppendMessage {
             topic: Arc::from(dlq_name.as_str()),
