@@ -154,3 +154,141 @@ async fn sigkill_under_send_load_loses_no_acknowledged_message() -> anyhow::Resu
     gateway.stop(Stop::Graceful)?;
     Ok(())
 }
+
+/// Receives from `topic` for `group` (invisible `invisible`, polling ≤ 1 s): every message of
+/// one receive call.
+async fn receive_once(
+    c: &mut MessagingServiceClient<Channel>,
+    topic: &str,
+    group: &str,
+    invisible: Duration,
+) -> anyhow::Result<Vec<proto::Message>> {
+    let r = client::receive_request(topic, group, Some(invisible), Duration::from_secs(1));
+    let mut stream = c.receive_message(request(r)).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(frame) = stream.message().await? {
+        if let Some(proto::receive_message_response::Content::Message(m)) = frame.content {
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
+fn sp(m: &proto::Message) -> &proto::SystemProperties {
+    m.system_properties.as_ref().expect("system properties")
+}
+
+fn handle(m: &proto::Message) -> String {
+    sp(m).receipt_handle.clone().expect("receipt handle")
+}
+
+/// A consumer in the middle of retries when the gateway is SIGKILLed: after the restart an
+/// invisible message is not delivered before its deadline (nacked ones with their backoff,
+/// held ones with their invisible time), its attempt count continues, the handle its consumer
+/// got before the kill still acks, and an acked message never comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_the_middle_of_retries_keeps_deadlines_attempts_and_handles() -> anyhow::Result<()> {
+    const T: &str = "RetryKillTopic";
+    const G: &str = "RetryKillGroup";
+    let dir = tempfile::tempdir()?;
+    let mut gateway = Gateway::start(dir.path())?;
+    let mut c = connect(&gateway.endpoint()).await?;
+    for i in 0..6 {
+        let m = client::message(T, &format!("R{i}"), format!("retry-{i}"));
+        let r = c.send_message(request(proto::SendMessageRequest { messages: vec![m] })).await?.into_inner();
+        assert_eq!(r.status.map(|s| s.code), Some(Code::Ok as i32));
+    }
+    // Attempt 1 of all six, nacked with a 1 s backoff (what a PushConsumer does on FAILURE).
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        got.extend(receive_once(&mut c, T, G, Duration::from_secs(10)).await?);
+    }
+    for m in &got {
+        assert_eq!(sp(m).delivery_attempt, Some(1));
+        let nack = proto::ChangeInvisibleDurationRequest {
+            group: client::resource(G),
+            topic: client::resource(T),
+            receipt_handle: handle(m),
+            invisible_duration: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+            message_id: sp(m).message_id.clone(),
+            lite_topic: None,
+            suspend: None,
+        };
+        let r = c.change_invisible_duration(request(nack)).await?.into_inner();
+        assert_eq!(r.status.as_ref().map(|s| s.code), Some(Code::Ok as i32), "{:?}", r.status);
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Attempt 2: two are acked, two held 10 s, two nacked again with a 20 s backoff.
+    // Deadlines are set after this instant (10 s for the held ones, 20 s for the nacked ones).
+    let before_second = std::time::Instant::now();
+    let mut second = Vec::new();
+    while second.len() < 6 {
+        second.extend(receive_once(&mut c, T, G, Duration::from_secs(10)).await?);
+    }
+    let received_at = std::time::Instant::now();
+    second.sort_by_key(|m| sp(m).message_id.clone());
+    assert!(second.iter().all(|m| sp(m).delivery_attempt == Some(2)), "the nacked messages come back as attempt 2");
+    for m in &second[..2] {
+        let ack = proto::AckMessageRequest {
+            group: client::resource(G),
+            topic: client::resource(T),
+            entries: vec![proto::AckMessageEntry {
+                message_id: sp(m).message_id.clone(),
+                receipt_handle: handle(m),
+                lite_topic: None,
+            }],
+        };
+        let r = c.ack_message(request(ack)).await?.into_inner();
+        assert_eq!(r.status.map(|s| s.code), Some(Code::Ok as i32));
+    }
+    for m in &second[4..] {
+        let nack = proto::ChangeInvisibleDurationRequest {
+            group: client::resource(G),
+            topic: client::resource(T),
+            receipt_handle: handle(m),
+            invisible_duration: Some(prost_types::Duration { seconds: 20, nanos: 0 }),
+            message_id: sp(m).message_id.clone(),
+            lite_topic: None,
+            suspend: None,
+        };
+        let r = c.change_invisible_duration(request(nack)).await?.into_inner();
+        assert_eq!(r.status.map(|s| s.code), Some(Code::Ok as i32));
+    }
+    drop(c);
+    gateway.stop(Stop::Kill)?;
+    gateway.restart()?;
+    let away = received_at.elapsed();
+    let mut c = connect(&gateway.endpoint()).await?;
+
+    // The holder of R2 acks it with the handle it got before the kill.
+    let held = &second[2];
+    let ack = proto::AckMessageRequest {
+        group: client::resource(G),
+        topic: client::resource(T),
+        entries: vec![proto::AckMessageEntry {
+            message_id: sp(held).message_id.clone(),
+            receipt_handle: handle(held),
+            lite_topic: None,
+        }],
+    };
+    let r = c.ack_message(request(ack)).await?.into_inner();
+    assert_eq!(r.status.as_ref().map(|s| s.code), Some(Code::Ok as i32), "pre-kill handle: {:?}", r.status);
+
+    // Nothing before the deadlines (10 s for R3, 20 s for R4/R5, from the second receive).
+    let mut back: BTreeMap<String, (i32, Duration)> = BTreeMap::new();
+    while received_at.elapsed() < Duration::from_secs(45) && back.len() < 3 {
+        for m in receive_once(&mut c, T, G, Duration::from_secs(30)).await? {
+            let at = before_second.elapsed();
+            let id = sp(&m).message_id.clone();
+            let attempt = sp(&m).delivery_attempt.unwrap_or(0);
+            let due = if id == "R3" { Duration::from_secs(10) } else { Duration::from_secs(20) };
+            assert!(!["R0", "R1", "R2"].contains(&id.as_str()), "acked {id} delivered again after the kill");
+            assert!(at >= due, "{id} delivered {at:?} after its receive, before its deadline {due:?}");
+            assert_eq!(attempt, 3, "{id}: the attempt count continues across the kill");
+            assert!(back.insert(id.clone(), (attempt, at)).is_none(), "{id} delivered twice");
+        }
+    }
+    eprintln!("[retries] sigkill mid-retry: away {away:?}; redelivered after the kill: {back:?}");
+    assert_eq!(back.keys().cloned().collect::<Vec<_>>(), ["R3", "R4", "R5"], "the unacked messages come back");
+    Ok(())
+}
