@@ -13,6 +13,7 @@
 
 pub mod apache;
 pub mod client;
+pub mod consumption;
 pub mod gateway_process;
 pub mod in_process;
 pub mod scenario;

@@ -381,7 +381,8 @@ impl TypesCtx {
         }
     }
 
-    fn endpoint(&self) -> String {
+    /// The broker's gRPC endpoint (`host:port`).
+    pub fn endpoint(&self) -> String {
         match &self.broker {
             Broker::Gateway(ctx) => ctx.gateway.endpoint(),
             Broker::Apache { apache, .. } => apache.endpoint(),
@@ -443,14 +444,21 @@ impl TypesCtx {
 
     /// A fresh consumer group, orderly (`fifo`) or not, with `max_retry` retries if given.
     pub fn group(&self, fifo: bool, max_retry: Option<i32>) -> String {
+        self.group_with_backoff(fifo, max_retry, None)
+    }
+
+    /// [`TypesCtx::group`] with the group's own retry delays (`retryBackoff`; gateway only).
+    pub fn group_with_backoff(&self, fifo: bool, max_retry: Option<i32>, backoff: Option<&str>) -> String {
         let name = unique("group", self.test);
         match &self.broker {
             Broker::Gateway(ctx) => {
                 let retry = max_retry.map(|n| format!(r#","retryMaxTimes":{n}"#)).unwrap_or_default();
-                let body = format!(r#"{{"consumeMessageOrderly":{fifo}{retry}}}"#);
+                let backoff = backoff.map(|b| format!(r#","retryBackoff":"{b}""#)).unwrap_or_default();
+                let body = format!(r#"{{"consumeMessageOrderly":{fifo}{retry}{backoff}}}"#);
                 self.admin_put(ctx, &format!("/api/v1/groups/{name}"), &body);
             }
             Broker::Apache { apache, .. } => {
+                assert!(backoff.is_none(), "{}: retry delays are set on the gateway only", self.test);
                 let mut spec = format!("group {name}");
                 if fifo {
                     spec.push_str(" --fifo");

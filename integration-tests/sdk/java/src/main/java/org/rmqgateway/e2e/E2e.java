@@ -637,10 +637,14 @@ public final class E2e {
                 case "priority-produce":
                     report = new MessageTypes(driver).priorityProduce();
                     break;
+                case "retry-run":
+                    report = new Consumption(driver).retryRun();
+                    break;
                 default:
                     throw new IllegalArgumentException("unknown mode " + Json.quote(mode)
                         + " (produce | simple-consume | push-consume | fifo-produce | fifo-consume"
-                        + " | delay-produce | timed-consume | recall | tx-produce | tx-check | priority-produce)");
+                        + " | delay-produce | timed-consume | recall | tx-produce | tx-check | priority-produce"
+                        + " | retry-run)");
             }
             ok = Boolean.TRUE.equals(report.remove("ok"));
             report.put("errors", new ArrayList<>(driver.errors));
