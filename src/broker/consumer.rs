@@ -201,15 +201,17 @@ impl QueueState {
     }
 
     /// Records a delivery of `offset`.
+    ///
+    /// Neither this nor [`QueueState::complete`] moves `next`: only the scan does, once it has
+    /// looked at every offset below. An ack or nack of a later offset arriving before the scan
+    /// (after a restart `next` is back at the floor) must not make it jump over messages it
+    /// never saw: those would be delivered to no one until the next restart.
     pub fn deliver(&mut self, offset: u64, entry: Inflight) {
         self.inflight.insert(offset, entry);
-        if offset >= self.next {
-            self.next = offset + 1;
-        }
         self.dirty = true;
     }
 
-    /// Marks `offset` done without a delivery (filtered out, gone, or dead-lettered).
+    /// Marks `offset` done without a delivery (acked, filtered out, gone, or dead-lettered).
     pub fn complete(&mut self, offset: u64) {
         if offset < self.floor {
             return;
@@ -218,9 +220,6 @@ impl QueueState {
         self.waiting.remove(&offset);
         self.ranked.remove(&offset);
         self.acked.insert(offset..offset + 1);
-        if offset >= self.next {
-            self.next = offset + 1;
-        }
         self.dirty = true;
         self.advance_floor();
     }

@@ -450,6 +450,7 @@ impl Broker {
                     let offset = st.next;
                     skip_damaged(&group.name, name, queue_id, offset, &e);
                     st.complete(offset);
+                    st.next = offset + 1;
                     continue;
                 }
                 Err(e) => return Err(e.into()),
@@ -534,6 +535,7 @@ impl Broker {
                     let offset = st.next;
                     skip_damaged(group, topic, queue_id, offset, &e);
                     st.complete(offset);
+                    st.next = offset + 1;
                     continue;
                 }
                 Err(e) => return Err(e.into()),

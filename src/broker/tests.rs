@@ -556,3 +556,57 @@ async fn a_damaged_timer_checkpoint_is_rebuilt_from_the_log() {
     assert_eq!(broker.fire_due_timers().await.unwrap(), 1, "only the second fires");
     assert_eq!(ids(&broker.receive(receive_request()).await.unwrap()), vec!["first", "second"]);
 }
+
+/// Receipt handles by message id, as a consumer keeps them.
+fn keep(held: &mut HashMap<String, String>, got: Vec<DeliveredMessage>) -> Vec<String> {
+    got.into_iter()
+        .map(|m| {
+            held.insert(m.message_id.clone(), m.receipt_handle.clone());
+            m.message_id
+        })
+        .collect()
+}
+
+/// The run of `go::fifo_order_across_sigterm` that lost a message, replayed: four message
+/// groups round-robin on one queue, their heads moving on at different times, a restart
+/// (graceful, or a crash) while every group's head is held; after it a consumer acks (or
+/// nacks) a later head *before any receive scanned the queue again* — that used to move the
+/// scan past D's second message, which then was never delivered (until the next restart). Now
+/// each group resumes at its next message.
+#[tokio::test]
+async fn an_orderly_group_resumes_at_its_next_message_after_a_restart() {
+    for snapshot in [true, false] {
+        let h = Harness::new(Arc::new(MemoryLog::new())).await;
+        let broker = h.start().await;
+        broker.create_topic("T", Some(1), TopicKind::Fifo).await.unwrap();
+        broker.put_group("G", true, (Some(3), None)).await.unwrap();
+        for seq in 0..6 {
+            for g in ["A", "B", "C", "D"] {
+                broker.send(vec![fifo_message(&format!("{g}{seq}"), g)]).await.unwrap();
+            }
+        }
+        let mut held = HashMap::new();
+        assert_eq!(keep(&mut held, broker.receive(receive_request()).await.unwrap()), ["A0", "B0", "C0", "D0"]);
+        for (done, next) in [("A0", "A1"), ("B0", "B1"), ("A1", "A2"), ("C0", "C1"), ("B1", "B2")] {
+            broker.ack("c", "G", "T", &held[done]).await.unwrap();
+            assert_eq!(keep(&mut held, broker.receive(receive_request()).await.unwrap()), [next], "after {done}");
+        }
+        if snapshot {
+            broker.shutdown().await.unwrap();
+        }
+        drop(broker);
+        let broker = h.start().await;
+        // B2 fails and comes back later (a nack), A2 is acked: both before any receive.
+        let b2 = broker.change_invisible_duration("c", "G", "T", &held["B2"], Duration::from_secs(5)).await.unwrap();
+        broker.ack("c", "G", "T", &held["A2"]).await.unwrap();
+        assert_eq!(keep(&mut held, broker.receive(receive_request()).await.unwrap()), ["A3"]);
+        broker.ack("c", "G", "T", &b2).await.unwrap();
+        assert_eq!(keep(&mut held, broker.receive(receive_request()).await.unwrap()), ["B3"]);
+        for (done, next) in [("D0", "D1"), ("C1", "C2"), ("D1", "D2")] {
+            let handle = held[done].clone();
+            broker.ack("c", "G", "T", &handle).await.expect("a handle from before the restart acks");
+            let got = keep(&mut held, broker.receive(receive_request()).await.unwrap());
+            assert_eq!(got, [next], "snapshot={snapshot}: after {done}");
+        }
+    }
+}
