@@ -310,6 +310,18 @@ pub enum ConsumeFromWhere {
     FirstOffset,
 }
 
+/// How a consumer group's clients share its messages (Apache `MessageModel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum MessageModel {
+    /// The group's clients share the messages: each is consumed by one of them.
+    #[default]
+    #[serde(rename = "CLUSTERING")]
+    Clustering,
+    /// Every client of the group gets every message, with its own progress.
+    #[serde(rename = "BROADCASTING")]
+    Broadcasting,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ConsumerConfig {
@@ -339,6 +351,10 @@ pub struct ConsumerConfig {
     /// How often consumed progress is written to the metadata store.
     #[serde(with = "humantime_serde")]
     pub progress_flush_interval: Duration,
+    /// Broadcast groups: a client's own progress is dropped once it has not received for this
+    /// long (a client that comes back later starts again per consumeFromWhere).
+    #[serde(with = "humantime_serde")]
+    pub broadcast_retire_after: Duration,
     /// Create an unknown consumer group on first use with the defaults above (Apache
     /// `autoCreateSubscriptionGroup`); off: such a group gets CONSUMER_GROUP_NOT_FOUND.
     pub auto_create_subscription_group: bool,
@@ -362,6 +378,9 @@ pub struct GroupSpec {
     /// when absent.
     #[serde(default)]
     pub retry_backoff: Option<String>,
+    /// CLUSTERING (default) or BROADCASTING.
+    #[serde(default)]
+    pub message_model: MessageModel,
 }
 
 impl Default for ConsumerConfig {
@@ -378,6 +397,7 @@ impl Default for ConsumerConfig {
             receive_batch_size: 32,
             retry_backoff: "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h".into(),
             progress_flush_interval: Duration::from_millis(200),
+            broadcast_retire_after: Duration::from_secs(24 * 3600),
             auto_create_subscription_group: true,
             groups: Vec::new(),
         }

@@ -94,6 +94,7 @@ impl From<&Config> for BrokerSettings {
                 // Checked by `Config::validate`.
                 retry_backoff: c.retry_backoff().unwrap_or_default(),
                 progress_flush_interval: c.progress_flush_interval,
+                broadcast_retire_after: c.broadcast_retire_after,
                 auto_create_subscription_group: c.auto_create_subscription_group,
                 groups: c
                     .groups
@@ -103,6 +104,7 @@ impl From<&Config> for BrokerSettings {
                         consume_message_orderly: g.consume_message_orderly,
                         retry_max_times: g.retry_max_times,
                         retry_backoff: g.retry_backoff.clone(),
+                        broadcast: g.message_model == crate::config::MessageModel::Broadcasting,
                     })
                     .collect(),
             },

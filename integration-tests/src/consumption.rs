@@ -1,5 +1,6 @@
 //! Consumption scenarios run through the official SDKs' drivers (issue #9): retries with the
-//! group's backoff ending in the dead-letter queue after exactly the allowed attempts.
+//! group's backoff ending in the dead-letter queue after exactly the allowed attempts, and
+//! broadcast groups.
 //!
 //! The driver contract is `sdk/MESSAGE_TYPES.md` § "Consumption (retries)". Timing is
 //! reported (measured delay per retry against the configured one) and only checked with a
@@ -159,5 +160,44 @@ pub fn retries_end_in_the_dead_letter_queue(test: &'static str, sdk: Sdk, backof
     );
     if !problems.is_empty() {
         ctx.fail(&format!("{} problem(s):\n  {}", problems.len(), problems.join("\n  ")), &[&run]);
+    }
+}
+
+/// Broadcast consumption: a BROADCASTING group, 20 messages, three SimpleConsumer clients of
+/// the group (three processes, three client ids), each of which must receive every message
+/// exactly once (and acks it); a CLUSTERING group would have split them.
+pub fn broadcast_to_three_clients(test: &'static str, sdk: Sdk) {
+    let Some(ctx) = TypesCtx::start(test, sdk) else {
+        return;
+    };
+    let n = 20;
+    let topic = ctx.topic(TopicType::Normal, 2);
+    let group = ctx.broadcast_group();
+    let produced = ctx.run("produce", &topic, "", "bc", n, Duration::from_secs(60), &[]);
+    let sent: std::collections::BTreeSet<String> = produced.strings("ids").into_iter().collect();
+    if !produced.ok() || sent.len() != n {
+        ctx.fail(&format!("sent {} of {n}", sent.len()), &[&produced]);
+    }
+    let clients: Vec<_> =
+        (0..3).map(|_| ctx.spawn("simple-consume", &topic, &group, "bc", n, Duration::from_secs(60), &[])).collect();
+    let results: Vec<_> = clients.into_iter().map(|c| ctx.finish(c)).collect();
+    let mut problems = Vec::new();
+    let mut figures = Vec::new();
+    for (i, r) in results.iter().enumerate() {
+        let got: Vec<String> = r.strings("ids");
+        let distinct: std::collections::BTreeSet<String> = got.iter().cloned().collect();
+        figures.push(format!("client {i}: {} received, {} distinct", got.len(), distinct.len()));
+        if !r.ok() || distinct != sent {
+            let missing: Vec<_> = sent.difference(&distinct).collect();
+            problems.push(format!("client {i}: ok={} missing {missing:?}", r.ok()));
+        }
+        if !r.strings("duplicates").is_empty() {
+            problems.push(format!("client {i}: duplicates {:?}", r.strings("duplicates")));
+        }
+    }
+    let _ = writeln!(std::io::stderr().lock(), "[broadcast] {:<6} {n} messages: {}", sdk.name(), figures.join("; "));
+    if !problems.is_empty() {
+        let drivers: Vec<&crate::types::Driver> = results.iter().collect();
+        ctx.fail(&format!("{} problem(s):\n  {}", problems.len(), problems.join("\n  ")), &drivers);
     }
 }

@@ -472,6 +472,16 @@ impl TypesCtx {
         name
     }
 
+    /// A fresh BROADCASTING consumer group (gateway only).
+    pub fn broadcast_group(&self) -> String {
+        let Broker::Gateway(ctx) = &self.broker else {
+            panic!("{}: broadcast groups are configured on the gateway only", self.test);
+        };
+        let name = unique("group", self.test);
+        self.admin_put(ctx, &format!("/api/v1/groups/{name}"), r#"{"messageModel":"BROADCASTING"}"#);
+        name
+    }
+
     fn admin_put(&self, ctx: &Ctx, path: &str, body: &str) {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ctx.gateway.http_port));
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

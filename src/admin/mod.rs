@@ -214,6 +214,8 @@ struct GroupView {
     /// The group's own retry delays; absent: the gateway's `consumer.retryBackoff`.
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_backoff: Option<String>,
+    /// `CLUSTERING` or `BROADCASTING`.
+    message_model: &'static str,
 }
 
 impl From<GroupInfo> for GroupView {
@@ -223,12 +225,14 @@ impl From<GroupInfo> for GroupView {
             consume_message_orderly: g.fifo,
             retry_max_times: g.retry_max_times,
             retry_backoff: g.retry_backoff,
+            message_model: if g.broadcast { "BROADCASTING" } else { "CLUSTERING" },
         }
     }
 }
 
 /// Body of `PUT /api/v1/groups/{name}` (Apache `updateSubGroup -o … -r …`; `retryBackoff`:
-/// the group's retry delays, e.g. `"1s 5s 30s"`, `""` back to the gateway default).
+/// the group's retry delays, e.g. `"1s 5s 30s"`, `""` back to the gateway default;
+/// `messageModel`: `CLUSTERING` or `BROADCASTING`, absent keeps the current one).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct PutGroup {
@@ -236,6 +240,7 @@ struct PutGroup {
     consume_message_orderly: bool,
     retry_max_times: Option<i32>,
     retry_backoff: Option<String>,
+    message_model: Option<String>,
 }
 
 async fn list_groups(State(s): State<AdminState>) -> Json<Vec<GroupView>> {
@@ -251,7 +256,17 @@ async fn get_group(State(s): State<AdminState>, Path(name): Path<String>) -> Res
 
 async fn put_group(State(s): State<AdminState>, Path(name): Path<String>, Json(body): Json<PutGroup>) -> Response {
     let retry = (body.retry_max_times, body.retry_backoff.as_deref());
-    match s.broker.put_group(&name, body.consume_message_orderly, retry).await {
+    let broadcast = match body.message_model.as_deref().map(str::to_ascii_uppercase).as_deref() {
+        None => None,
+        Some("CLUSTERING") => Some(false),
+        Some("BROADCASTING") => Some(true),
+        Some(other) => {
+            return error(BrokerError::BadRequest(format!(
+                "messageModel `{other}`: expected CLUSTERING or BROADCASTING"
+            )));
+        }
+    };
+    match s.broker.put_group(&name, body.consume_message_orderly, retry, broadcast).await {
         Ok(g) => Json(GroupView::from(g)).into_response(),
         Err(e) => error(e),
     }

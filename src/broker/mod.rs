@@ -148,6 +148,8 @@ pub(crate) struct Inner {
     clients: Mutex<HashMap<String, ClientSession>>,
     /// Recent receives by attempt id, for retries after a lost response.
     attempts: Mutex<HashMap<pop::AttemptKey, pop::CachedReceive>>,
+    /// Broadcast groups: when each client's own consumer (`group@@client`) last received.
+    broadcast_seen: Mutex<HashMap<String, i64>>,
     /// Command channels to connected clients and replies awaited.
     relay: relay::Relay,
     receipts: ReceiptCodec,
@@ -190,6 +192,7 @@ impl Broker {
             states: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
             attempts: Mutex::new(HashMap::new()),
+            broadcast_seen: Mutex::new(HashMap::new()),
             relay: relay::Relay::default(),
             journal_saved: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
@@ -217,7 +220,7 @@ impl Broker {
         }
         for spec in &broker.inner.settings.consumer.groups {
             let retry = (spec.retry_max_times, spec.retry_backoff.as_deref());
-            broker.put_group(&spec.name, spec.consume_message_orderly, retry).await?;
+            broker.put_group(&spec.name, spec.consume_message_orderly, retry, Some(spec.broadcast)).await?;
         }
         broker.restore_progress().await?;
         broker.recover_timers()?;
@@ -350,21 +353,24 @@ impl Broker {
             fifo: false,
             retry_max_times: self.inner.settings.consumer.retry_max_times,
             retry_backoff: None,
+            broadcast: false,
         };
         let stored = self.inner.meta.create_group(&record).await?;
         self.inner.groups.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), stored.clone());
         Ok(stored)
     }
 
-    /// Creates a consumer group or changes its configuration: orderly consumption, and the
-    /// retry policy (`retryMaxTimes`; retry delays, `""` for the gateway default). An absent
-    /// retry setting keeps the current value (the default for a new group). Takes effect for
-    /// the next receive; consumers see it in Settings when they next sync.
+    /// Creates a consumer group or changes its configuration: orderly consumption, the retry
+    /// policy (`retryMaxTimes`; retry delays, `""` for the gateway default) and the message
+    /// model (`broadcast`). An absent setting keeps the current value (the default for a new
+    /// group). Takes effect for the next receive; consumers see it in Settings when they next
+    /// sync.
     pub async fn put_group(
         &self,
         name: &str,
         fifo: bool,
         (retry_max_times, retry_backoff): (Option<i32>, Option<&str>),
+        broadcast: Option<bool>,
     ) -> BrokerResult<GroupInfo> {
         validate::validate_group(name)?;
         if retry_max_times.is_some_and(|r| r < 0) {
@@ -380,10 +386,11 @@ impl Broker {
             Some(b) => Some(b.trim().to_string()),
             None => current.as_ref().and_then(|g| g.retry_backoff.clone()),
         };
+        let broadcast = broadcast.or(current.as_ref().map(|g| g.broadcast)).unwrap_or(false);
         let retry_max_times = retry_max_times
             .or(current.map(|g| g.retry_max_times))
             .unwrap_or(self.inner.settings.consumer.retry_max_times);
-        let record = GroupRecord { name: name.to_string(), fifo, retry_max_times, retry_backoff };
+        let record = GroupRecord { name: name.to_string(), fifo, retry_max_times, retry_backoff, broadcast };
         self.inner.meta.put_group(&record).await?;
         self.inner.groups.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), record.clone());
         Ok(record.into())

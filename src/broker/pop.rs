@@ -44,6 +44,15 @@ type Candidate = (i64, u64, Option<(u32, StoredMessage)>);
 const PRIORITY_WINDOW: usize = 1024;
 /// Priority topics: a waiting message gains one priority level per this much waiting.
 const PRIORITY_AGING_MS: i64 = 1000;
+/// Separates a broadcast group's name from a client id in the name of that client's own
+/// consumer (`group@@client`): group names cannot contain `@`.
+const BROADCAST_SEP: &str = "@@";
+
+/// The configured group a consumer name belongs to (itself, or a broadcast group's).
+pub(super) fn base_group(consumer: &str) -> &str {
+    consumer.split_once(BROADCAST_SEP).map_or(consumer, |(group, _)| group)
+}
+
 /// Long polls re-check at least this often (deliveries whose invisibility ends are not
 /// announced by an append).
 const RECHECK: Duration = Duration::from_millis(500);
@@ -113,6 +122,14 @@ pub(super) type AttemptKey = (String, String, String, String);
 const MAX_REMEMBERED_ATTEMPTS: usize = 16 * 1024;
 
 impl Broker {
+    /// The name progress, receipts and the journal use for `group` as seen by `client_id`:
+    /// the group itself, or for a BROADCASTING group the client's own consumer of it.
+    pub(super) fn consumer_key(&self, group: &str, client_id: &str) -> String {
+        let broadcast =
+            self.inner.groups.read().unwrap_or_else(|e| e.into_inner()).get(group).is_some_and(|g| g.broadcast);
+        if broadcast { format!("{group}{BROADCAST_SEP}{client_id}") } else { group.to_string() }
+    }
+
     pub(super) fn next_serial(&self) -> u64 {
         self.inner.serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
@@ -174,7 +191,12 @@ impl Broker {
             d
         };
         let topic = self.client_topic(&req.topic).await?;
-        let group = self.group(&req.group).await?;
+        let mut group = self.group(&req.group).await?;
+        if group.broadcast {
+            // Every client of a broadcast group consumes on its own.
+            group.name = self.consumer_key(&group.name, &req.client_id);
+            lock(&self.inner.broadcast_seen).insert(group.name.clone(), self.now_ms());
+        }
         let gone = self.client_gone_token(&req.client_id);
         let max = match req.batch_size {
             0 => c.receive_batch_size as usize,
@@ -184,7 +206,7 @@ impl Broker {
             .attempt_id
             .as_ref()
             .filter(|a| !a.is_empty())
-            .map(|a| (req.client_id.clone(), req.group.clone(), topic.record.name.clone(), a.clone()));
+            .map(|a| (req.client_id.clone(), group.name.clone(), topic.record.name.clone(), a.clone()));
         if let Some(key) = &attempt {
             let again = self.replay_attempt(key, &req, invisible);
             if !again.is_empty() {
@@ -656,7 +678,7 @@ impl Broker {
         queue_id: u32,
         (m, attempts): (StoredMessage, u32),
     ) -> BrokerResult<()> {
-        let dlq_name = format!("%DLQ%{group}");
+        let dlq_name = format!("%DLQ%{}", base_group(group));
         let dlq = match self.cached_topic(&dlq_name) {
             Some(t) => t,
             None => {
@@ -664,7 +686,13 @@ impl Broker {
                 self.cached_topic(&dlq_name).ok_or_else(|| BrokerError::TopicNotFound(dlq_name.clone()))?
             }
         };
-        let max = self.inner.groups.read().unwrap_or_else(|e| e.into_inner()).get(group).map(|g| g.retry_max_times);
+        let max = self
+            .inner
+            .groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(base_group(group))
+            .map(|g| g.retry_max_times);
         let id = m.properties.get(keys::UNIQ_KEY).unwrap_or_default().to_string();
         let mut properties = m.properties.clone();
         for key in [
@@ -717,6 +745,7 @@ impl Broker {
         validate::validate_group(group)?;
         let topic = self.client_topic(topic).await?;
         self.touch_client(client_id);
+        let group = &self.consumer_key(group, client_id);
         let r = self.decode_receipt(group, &topic, handle)?;
         let name = topic.record.name.as_str();
         let state = self.queue_state(group, name, r.queue_id);
@@ -766,6 +795,7 @@ impl Broker {
         validate::validate_group(group)?;
         let topic = self.client_topic(topic).await?;
         self.touch_client(client_id);
+        let group = &self.consumer_key(group, client_id);
         let r = self.decode_receipt(group, &topic, handle)?;
         let state = self.queue_state(group, &topic.record.name, r.queue_id);
         let result = lock(&state).ack(&r, self.now_ms());
@@ -796,7 +826,8 @@ impl Broker {
     /// An orderly group's message group may have its next message ready now: wake its long
     /// polls instead of letting them wait for the periodic re-check.
     fn group_moved_on(&self, group: &str, topic: &TopicEntry) {
-        let orderly = self.inner.groups.read().unwrap_or_else(|e| e.into_inner()).get(group).is_some_and(|g| g.fifo);
+        let orderly =
+            self.inner.groups.read().unwrap_or_else(|e| e.into_inner()).get(base_group(group)).is_some_and(|g| g.fifo);
         if orderly {
             topic.arrivals.notify_waiters();
         }
@@ -823,6 +854,7 @@ impl Broker {
         }
         let topic = self.client_topic(topic).await?;
         self.touch_client(client_id);
+        let group = &self.consumer_key(group, client_id);
         let r = self.decode_receipt(group, &topic, handle)?;
         let state = self.queue_state(group, &topic.record.name, r.queue_id);
         let now = self.now_ms();
@@ -893,6 +925,15 @@ impl Broker {
         for state in lock(&self.inner.states).values() {
             lock(state).rescan();
         }
+        // Broadcast clients' own consumers count as seen now (retired if they never come back).
+        let now = self.now_ms();
+        let mut seen = lock(&self.inner.broadcast_seen);
+        for (group, _, _) in lock(&self.inner.states).keys() {
+            if group.contains(BROADCAST_SEP) {
+                seen.entry(group.to_string()).or_insert(now);
+            }
+        }
+        drop(seen);
         self.inner.journal_saved.store(journal_offset, std::sync::atomic::Ordering::Relaxed);
         if replayed > 0 {
             tracing::info!(
@@ -941,10 +982,40 @@ impl Broker {
         Ok(())
     }
 
-    /// Flushes progress every `consumer.progressFlushInterval` until shutdown.
+    /// Flushes progress every `consumer.progressFlushInterval`, and retires the progress of
+    /// departed broadcast clients, until shutdown.
     pub async fn run_progress_flusher(&self) {
-        let every = self.inner.settings.consumer.progress_flush_interval;
-        self.every(every, "flushing consumer progress", || self.flush_progress()).await;
+        let c = &self.inner.settings.consumer;
+        let retire_check = (c.broadcast_retire_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        tokio::join!(
+            self.every(c.progress_flush_interval, "flushing consumer progress", || self.flush_progress()),
+            self.every(retire_check, "retiring departed broadcast clients", || self.retire_broadcast_consumers()),
+        );
+    }
+
+    /// Broadcast groups: forgets the own progress (in memory and in the metadata store) of
+    /// every client that has not received for `consumer.broadcastRetireAfter`. A client that
+    /// comes back later starts again per `consumeFromWhere`.
+    pub(super) async fn retire_broadcast_consumers(&self) -> BrokerResult<()> {
+        let cutoff = self.now_ms() - self.inner.settings.consumer.broadcast_retire_after.as_millis() as i64;
+        let retired: Vec<(String, i64)> = {
+            let mut seen = lock(&self.inner.broadcast_seen);
+            let old: Vec<(String, i64)> =
+                seen.iter().filter(|&(_, &t)| t < cutoff).map(|(k, &t)| (k.clone(), t)).collect();
+            for (key, _) in &old {
+                seen.remove(key);
+            }
+            old
+        };
+        for (key, last) in retired {
+            lock(&self.inner.states).retain(|(group, _, _), _| **group != *key);
+            if let Err(e) = self.inner.meta.delete_progress(&key).await {
+                lock(&self.inner.broadcast_seen).entry(key).or_insert(last);
+                return Err(e.into());
+            }
+            tracing::info!(consumer = key, "retired the progress of a broadcast client that stopped receiving");
+        }
+        Ok(())
     }
 
     /// Runs `work` every `period` until shutdown; a failure is logged and retried next time.

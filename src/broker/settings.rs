@@ -79,6 +79,8 @@ pub struct ConsumerSettings {
     pub retry_backoff: Backoff,
     /// How often consumed progress is written to the metadata store.
     pub progress_flush_interval: Duration,
+    /// Broadcast groups: a client's progress is dropped after it has not received for this long.
+    pub broadcast_retire_after: Duration,
     /// Create an unknown consumer group on first use; otherwise it is not found.
     pub auto_create_subscription_group: bool,
     /// Consumer groups created or updated at start.
@@ -153,6 +155,8 @@ pub struct GroupSpec {
     pub retry_max_times: Option<i32>,
     /// Retry delays of this group ([`Backoff::parse`]); the consumer default when absent.
     pub retry_backoff: Option<String>,
+    /// BROADCASTING: every consumer client gets every message.
+    pub broadcast: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -96,6 +96,7 @@ fn test_settings() -> BrokerSettings {
                     .to_vec(),
             ),
             progress_flush_interval: Duration::from_millis(200),
+            broadcast_retire_after: Duration::from_secs(3600),
             auto_create_subscription_group: true,
             groups: Vec::new(),
         },
@@ -280,7 +281,7 @@ fn ids(got: &[DeliveredMessage]) -> Vec<&str> {
 async fn orderly_groups_lock_message_groups_not_queues() {
     let h = Harness::new(Arc::new(MemoryLog::new())).await;
     let broker = h.start().await;
-    broker.put_group("G", true, (Some(3), None)).await.unwrap();
+    broker.put_group("G", true, (Some(3), None), None).await.unwrap();
     // One queue: both message groups share it.
     for (id, g) in [("a0", "A"), ("b0", "B"), ("a1", "A"), ("b1", "B"), ("a2", "A")] {
         broker.send(vec![fifo_message(id, g)]).await.unwrap();
@@ -319,7 +320,7 @@ async fn orderly_groups_lock_message_groups_not_queues() {
 async fn an_exhausted_fifo_head_is_dead_lettered_and_its_group_moves_on() {
     let h = Harness::new(Arc::new(MemoryLog::new())).await;
     let broker = h.start().await;
-    broker.put_group("G", true, (Some(1), None)).await.unwrap();
+    broker.put_group("G", true, (Some(1), None), None).await.unwrap();
     for id in ["x0", "x1"] {
         broker.send(vec![fifo_message(id, "X")]).await.unwrap();
     }
@@ -517,21 +518,21 @@ async fn priority_messages_go_first_without_starving_the_rest() {
 async fn a_group_has_its_own_retry_policy() {
     let secs = Duration::from_secs;
     let broker = broker_with(Arc::new(MemoryLog::new())).await;
-    broker.put_group("G", true, (Some(2), Some("2s 4s"))).await.unwrap();
+    broker.put_group("G", true, (Some(2), Some("2s 4s")), None).await.unwrap();
     let p = broker.group_policy("G").await.unwrap();
     assert_eq!((p.fifo, p.max_attempts), (true, 3));
     assert_eq!(p.retry_backoff, Backoff::Customized(vec![secs(2), secs(4)]));
     assert_eq!([1, 2, 3, 9].map(|a| p.retry_backoff.delay(a)), [secs(2), secs(4), secs(4), secs(4)]);
     // Absent keeps it; "" returns to the gateway default.
-    broker.put_group("G", true, (None, None)).await.unwrap();
+    broker.put_group("G", true, (None, None), None).await.unwrap();
     assert_eq!(broker.group_policy("G").await.unwrap().retry_backoff, p.retry_backoff);
-    broker.put_group("G", true, (None, Some(""))).await.unwrap();
+    broker.put_group("G", true, (None, Some("")), None).await.unwrap();
     assert_eq!(broker.group_policy("G").await.unwrap().retry_backoff.delay(18), secs(7200));
-    broker.put_group("G", false, (None, Some("exponential 1s 2 5s"))).await.unwrap();
+    broker.put_group("G", false, (None, Some("exponential 1s 2 5s")), None).await.unwrap();
     let exp = broker.group_policy("G").await.unwrap().retry_backoff;
     assert_eq!([1, 2, 3, 4, 40].map(|a| exp.delay(a)), [secs(1), secs(2), secs(4), secs(5), secs(5)]);
     for bad in ["soon", "exponential 1s", "exponential 1s 0.5 5s", "exponential 5s 2 1s", "exponential 0s 2 1s"] {
-        let e = broker.put_group("G", true, (None, Some(bad))).await.unwrap_err();
+        let e = broker.put_group("G", true, (None, Some(bad)), None).await.unwrap_err();
         assert!(matches!(e, BrokerError::BadRequest(_)), "{bad}: {e}");
     }
 }
@@ -579,7 +580,7 @@ async fn an_orderly_group_resumes_at_its_next_message_after_a_restart() {
         let h = Harness::new(Arc::new(MemoryLog::new())).await;
         let broker = h.start().await;
         broker.create_topic("T", Some(1), TopicKind::Fifo).await.unwrap();
-        broker.put_group("G", true, (Some(3), None)).await.unwrap();
+        broker.put_group("G", true, (Some(3), None), None).await.unwrap();
         for seq in 0..6 {
             for g in ["A", "B", "C", "D"] {
                 broker.send(vec![fifo_message(&format!("{g}{seq}"), g)]).await.unwrap();
@@ -609,4 +610,51 @@ async fn an_orderly_group_resumes_at_its_next_message_after_a_restart() {
             assert_eq!(got, [next], "snapshot={snapshot}: after {done}");
         }
     }
+}
+
+/// BROADCASTING groups: every client gets every message with its own progress (acks, retries
+/// and restarts independent of the others); a client's handle is its own; a client gone for
+/// `broadcastRetireAfter` has its progress dropped.
+#[tokio::test]
+async fn broadcast_groups_give_every_client_every_message() {
+    let h = Harness::new(Arc::new(MemoryLog::new())).await;
+    let broker = h.start().await;
+    broker.put_group("B", false, (None, None), Some(true)).await.unwrap();
+    assert!(broker.list_groups()[0].broadcast);
+    for id in ["m0", "m1", "m2"] {
+        broker.send(vec![message(id)]).await.unwrap();
+    }
+    let receive = |client: &str| {
+        let mut r = receive_request();
+        r.group = "B".into();
+        r.client_id = client.into();
+        r
+    };
+    let mut got = HashMap::new();
+    for c in ["c1", "c2", "c3"] {
+        let mine = broker.receive(receive(c)).await.unwrap();
+        assert_eq!(ids(&mine), ["m0", "m1", "m2"], "{c} gets every message");
+        got.insert(c, mine);
+    }
+    // c1 acks everything; c2's handle is not c1's to ack.
+    assert!(broker.ack("c2", "B", "T", &got["c1"][0].receipt_handle).await.is_err(), "another client's handle");
+    for m in &got["c1"] {
+        broker.ack("c1", "B", "T", &m.receipt_handle).await.unwrap();
+    }
+    broker.ack("c2", "B", "T", &got["c2"][0].receipt_handle).await.unwrap();
+    broker.flush_progress().await.unwrap();
+    drop(broker);
+    let broker = h.start().await;
+    h.clock.advance(31_000);
+    assert!(broker.receive(receive("c1")).await.unwrap().is_empty(), "c1 is done, across the restart");
+    let again = broker.receive(receive("c2")).await.unwrap();
+    assert_eq!((ids(&again), again[0].delivery_attempt), (vec!["m1", "m2"], 2), "c2 retries its own");
+    // c3 stops receiving: after broadcastRetireAfter (1 h here) its progress is dropped.
+    h.clock.advance(3_600_000);
+    broker.receive(receive("c1")).await.unwrap();
+    broker.retire_broadcast_consumers().await.unwrap();
+    let (rows, _) = h.meta.load_progress().await.unwrap();
+    assert!(rows.iter().all(|p| !p.group.ends_with("@@c3")), "c3's progress is gone");
+    assert!(rows.iter().any(|p| p.group.ends_with("@@c1")), "c1 (still receiving) keeps its own");
+    assert_eq!(ids(&broker.receive(receive("c3")).await.unwrap()), ["m0", "m1", "m2"], "a returning c3 starts over");
 }

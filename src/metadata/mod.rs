@@ -64,6 +64,8 @@ pub struct GroupRecord {
     pub retry_max_times: i32,
     /// The group's own retry delays (space-separated durations); `None`: the gateway default.
     pub retry_backoff: Option<String>,
+    /// BROADCASTING: every consumer client gets every message (its own progress).
+    pub broadcast: bool,
 }
 
 /// Consumed progress of one group on one queue: everything below `ack_floor` is done, plus
@@ -110,6 +112,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn load_progress(&self) -> MetadataResult<(Vec<ProgressRecord>, u64)>;
     /// Upserts a batch of progress records and the journal offset they cover, atomically.
     async fn save_progress(&self, batch: &[ProgressRecord], journal_offset: u64) -> MetadataResult<()>;
+    /// Forgets the progress of a consumer (`group` as stored in progress records) on every
+    /// topic and queue; returns the rows removed.
+    async fn delete_progress(&self, group: &str) -> MetadataResult<u64>;
 
     /// Returns the secret stored under `name`, storing `candidate` first if there is none.
     async fn secret(&self, name: &str, candidate: &[u8]) -> MetadataResult<Vec<u8>>;
