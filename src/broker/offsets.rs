@@ -24,7 +24,11 @@
 //! [`Broker::reset_gate`], which every ack holds across its check and its journal write), so
 //! a replay after a crash applies acks and the reset in the order they took effect, and the
 //! next progress snapshot carries the new floor and the watermark. A restart bumps the serial
-//! counter past every watermark, so new deliveries are never mistaken for pre-reset ones.
+//! counter past every watermark, so new deliveries are never mistaken for pre-reset ones. Two
+//! races are left, both at-least-once: a message being moved to the dead-letter queue as the
+//! reset happens stays there (it is not delivered again), and a delivery made just after a
+//! reset whose journal record lands before the reset's is forgotten by a crash (delivered again
+//! early).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
