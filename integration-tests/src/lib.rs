@@ -10,12 +10,14 @@
 //!   with a hard timeout and parse their `RESULT {json}` line.
 //! - [`scenario`]: one gateway + temp dir per test, driver runs within a time budget, the
 //!   checks a consumer's report must pass, and the scenarios several SDKs' tests share.
+//! - [`offsets`]: offset resets seen by running SDK consumers (and across a gateway crash).
 
 pub mod apache;
 pub mod client;
 pub mod consumption;
 pub mod gateway_process;
 pub mod in_process;
+pub mod offsets;
 pub mod scenario;
 pub mod sdk;
 pub mod types;

@@ -266,7 +266,7 @@ async fn bad_input_gets_rocketmq_codes() {
     let e = c.end_transaction(req(proto::EndTransactionRequest::default())).await.unwrap().into_inner();
     assert_eq!(code(&e.status), Code::IllegalTopic as i32);
     // Unimplemented RPCs say so with the gRPC status.
-    let e = c.pull_message(req(proto::PullMessageRequest::default())).await.map(|_| ()).unwrap_err();
+    let e = c.sync_lite_subscription(req(proto::SyncLiteSubscriptionRequest::default())).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unimplemented);
     g.stop().await;
 }
@@ -781,5 +781,371 @@ async fn consumer_groups_are_configured_through_config_and_the_admin_api() {
     send(&mut c, vec![message("TopicG", "G1", b"x")]).await;
     let r = receive(&mut c, "TopicG", "NoSuchGroup", Some(Duration::from_secs(30))).await;
     assert_eq!(r.status.code, Code::ConsumerGroupNotFound as i32, "{:?}", r.status);
+    g.stop().await;
+}
+
+// ------------------------------------------------------------------ pull consumers and offsets
+
+/// What one PullMessage stream carried, in order.
+struct Pulled {
+    status: proto::Status,
+    messages: Vec<proto::Message>,
+    next_offset: Option<i64>,
+}
+
+fn pull_request(
+    topic: &str,
+    group: &str,
+    queue: i32,
+    offset: i64,
+    tags: &str,
+    poll_ms: i32,
+) -> proto::PullMessageRequest {
+    proto::PullMessageRequest {
+        group: resource(group),
+        message_queue: Some(proto::MessageQueue { topic: resource(topic), id: queue, ..Default::default() }),
+        offset,
+        batch_size: 32,
+        filter_expression: Some(proto::FilterExpression {
+            r#type: proto::FilterType::Tag as i32,
+            expression: tags.into(),
+        }),
+        long_polling_timeout: Some(prost_types::Duration {
+            seconds: i64::from(poll_ms / 1000),
+            nanos: (poll_ms % 1000) * 1_000_000,
+        }),
+    }
+}
+
+/// Pulls, checking the stream's shape: one status first, then messages, then at most one
+/// next_offset, last.
+async fn pull(c: &mut MessagingServiceClient<Channel>, r: proto::PullMessageRequest) -> Pulled {
+    let mut request = req(r);
+    request.set_timeout(Duration::from_secs(30));
+    let mut stream = c.pull_message(request).await.unwrap().into_inner();
+    let (mut status, mut messages, mut next_offset) = (None, Vec::new(), None);
+    while let Some(frame) = stream.message().await.unwrap() {
+        assert!(next_offset.is_none(), "next_offset is the last frame");
+        match frame.content.expect("every frame has content") {
+            proto::pull_message_response::Content::Status(s) => {
+                assert!(status.is_none(), "one status, first");
+                status = Some(s);
+            }
+            proto::pull_message_response::Content::Message(m) => {
+                assert!(status.is_some(), "the status comes before the messages");
+                messages.push(m);
+            }
+            proto::pull_message_response::Content::NextOffset(o) => next_offset = Some(o),
+        }
+    }
+    Pulled { status: status.expect("a status"), messages, next_offset }
+}
+
+fn offsets_of(p: &Pulled) -> Vec<i64> {
+    p.messages.iter().map(|m| m.system_properties.as_ref().and_then(|s| s.queue_offset).unwrap_or(-1)).collect()
+}
+
+fn mq(topic: &str, queue: i32) -> Option<proto::MessageQueue> {
+    Some(proto::MessageQueue { topic: resource(topic), id: queue, ..Default::default() })
+}
+
+fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+async fn query_offset(
+    c: &mut MessagingServiceClient<Channel>,
+    topic: &str,
+    queue: i32,
+    policy: proto::QueryOffsetPolicy,
+    at: Option<i64>,
+) -> proto::QueryOffsetResponse {
+    let r = proto::QueryOffsetRequest {
+        message_queue: mq(topic, queue),
+        query_offset_policy: policy as i32,
+        timestamp: at.map(timestamp),
+    };
+    c.query_offset(req(r)).await.unwrap().into_inner()
+}
+
+async fn get_offset(
+    c: &mut MessagingServiceClient<Channel>,
+    topic: &str,
+    group: &str,
+    queue: i32,
+) -> proto::GetOffsetResponse {
+    let r = proto::GetOffsetRequest { group: resource(group), message_queue: mq(topic, queue) };
+    c.get_offset(req(r)).await.unwrap().into_inner()
+}
+
+async fn update_offset(
+    c: &mut MessagingServiceClient<Channel>,
+    topic: &str,
+    group: &str,
+    queue: i32,
+    offset: i64,
+) -> proto::UpdateOffsetResponse {
+    let r = proto::UpdateOffsetRequest { group: resource(group), message_queue: mq(topic, queue), offset };
+    c.update_offset(req(r)).await.unwrap().into_inner()
+}
+
+/// No official SDK release has a pull consumer (rocketmq-client-java 5.2.0 and the Go SDK
+/// 5.1.4 do not call these RPCs), so they are tested here: PullMessage from the beginning, with
+/// a tag filter, at the end (long poll, woken by a matching send), out of range; UpdateOffset,
+/// GetOffset and QueryOffset with their error codes; the committed offset is the group's POP
+/// offset too.
+#[tokio::test]
+async fn pull_consumer_rpcs() {
+    let g = Gateway::start(|c| c.consumer.min_long_polling_timeout = Duration::ZERO).await;
+    let mut c = g.client().await;
+    let (status, body) =
+        client::http(g.addrs.http, "PUT", "/api/v1/topics/TopicP", Some(r#"{"queueNums":1,"messageType":"NORMAL"}"#))
+            .await;
+    assert_eq!(status, 200, "{body}");
+    for (i, tag) in ["TagA", "TagB", "TagA"].iter().enumerate() {
+        let r = send(&mut c, vec![client::tagged_message("TopicP", &format!("P{i}"), tag, vec![b'p'; 3])]).await;
+        assert_eq!(code(&r.status), Code::Ok as i32, "{:?}", r.status);
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let middle = now_ms();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    send(&mut c, vec![client::tagged_message("TopicP", "P3", "TagC", b"late".to_vec())]).await;
+
+    // From the beginning: everything, no receipt handles, next_offset after the last.
+    let all = pull(&mut c, pull_request("TopicP", "GroupP", 0, 0, "*", 0)).await;
+    assert_eq!(all.status.code, Code::Ok as i32, "{:?}", all.status);
+    assert_eq!((offsets_of(&all), all.next_offset), (vec![0, 1, 2, 3], Some(4)));
+    for m in &all.messages {
+        let sp = m.system_properties.as_ref().unwrap();
+        assert_eq!(sp.receipt_handle, None, "pulled messages are not acked");
+        assert_eq!((sp.queue_id, sp.delivery_attempt), (0, Some(1)));
+    }
+    let mut two = pull_request("TopicP", "GroupP", 0, 1, "*", 0);
+    two.batch_size = 2;
+    let two = pull(&mut c, two).await;
+    assert_eq!((offsets_of(&two), two.next_offset), (vec![1, 2], Some(3)));
+    // A tag filter; next_offset skips what it rejected.
+    let b = pull(&mut c, pull_request("TopicP", "GroupP", 0, 0, "TagB", 0)).await;
+    assert_eq!((b.status.code, offsets_of(&b), b.next_offset), (Code::Ok as i32, vec![1], Some(4)));
+    let none = pull(&mut c, pull_request("TopicP", "GroupP", 0, 2, "TagB", 0)).await;
+    assert_eq!((none.status.code, none.messages.len(), none.next_offset), (Code::MessageNotFound as i32, 0, Some(4)));
+    // Out of range: ILLEGAL_OFFSET with the nearest valid offset.
+    for (offset, nearest) in [(-3, 0), (5, 4), (i64::MAX, 4)] {
+        let p = pull(&mut c, pull_request("TopicP", "GroupP", 0, offset, "*", 0)).await;
+        assert_eq!((p.status.code, p.next_offset), (Code::IllegalOffset as i32, Some(nearest)), "offset {offset}");
+    }
+    // Bad requests: only a status.
+    let cases: [(proto::PullMessageRequest, Code); 5] = [
+        (pull_request("TopicP", "GroupP", 1, 0, "*", 0), Code::BadRequest),
+        (pull_request("TopicP", "GroupP", -1, 0, "*", 0), Code::BadRequest),
+        (pull_request("NoTopic", "GroupP", 0, 0, "*", 0), Code::TopicNotFound),
+        (pull_request("TopicP", "bad group!", 0, 0, "*", 0), Code::IllegalConsumerGroup),
+        (
+            proto::PullMessageRequest { batch_size: -1, ..pull_request("TopicP", "GroupP", 0, 0, "*", 0) },
+            Code::BadRequest,
+        ),
+    ];
+    for (r, want) in cases {
+        let p = pull(&mut c, r).await;
+        assert_eq!((p.status.code, p.next_offset), (want as i32, None), "{:?}", p.status);
+    }
+    let p = pull(
+        &mut c,
+        proto::PullMessageRequest { message_queue: None, ..pull_request("TopicP", "GroupP", 0, 0, "*", 0) },
+    )
+    .await;
+    assert_eq!(p.status.code, Code::BadRequest as i32);
+    let mut e =
+        c.pull_message(Request::new(pull_request("TopicP", "GroupP", 0, 0, "*", 0))).await.unwrap().into_inner();
+    let first = e.message().await.unwrap().unwrap();
+    assert!(
+        matches!(first.content, Some(proto::pull_message_response::Content::Status(s)) if s.code == Code::ClientIdRequired as i32)
+    );
+
+    // At the end: a long poll that a send the filter rejects does not end, a matching one does.
+    let mut other = g.client().await;
+    let started = std::time::Instant::now();
+    let waiting =
+        tokio::spawn(async move { pull(&mut other, pull_request("TopicP", "GroupP", 0, 4, "TagB", 15_000)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send(&mut c, vec![client::tagged_message("TopicP", "P4", "TagA", b"x".to_vec())]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "a message the filter rejects does not answer the pull");
+    send(&mut c, vec![client::tagged_message("TopicP", "P5", "TagB", b"y".to_vec())]).await;
+    let woken = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("the send wakes the pull").unwrap();
+    eprintln!(
+        "[protocol] pull long poll answered {} ms after it started (send at ~600 ms)",
+        started.elapsed().as_millis()
+    );
+    assert_eq!((woken.status.code, offsets_of(&woken), woken.next_offset), (Code::Ok as i32, vec![5], Some(6)));
+
+    // QueryOffset.
+    use proto::QueryOffsetPolicy::{Beginning, End, Timestamp};
+    let q = |r: proto::QueryOffsetResponse| (r.status.map(|s| s.code).unwrap_or(-1), r.offset);
+    let ok = Code::Ok as i32;
+    assert_eq!(q(query_offset(&mut c, "TopicP", 0, Beginning, None).await), (ok, 0));
+    assert_eq!(q(query_offset(&mut c, "TopicP", 0, End, None).await), (ok, 6));
+    assert_eq!(q(query_offset(&mut c, "TopicP", 0, Timestamp, Some(middle)).await), (ok, 3));
+    assert_eq!(q(query_offset(&mut c, "TopicP", 0, Timestamp, Some(0)).await), (ok, 0));
+    assert_eq!(q(query_offset(&mut c, "TopicP", 0, Timestamp, Some(now_ms() + 3_600_000)).await), (ok, 6));
+    assert_eq!(q(query_offset(&mut c, "TopicP", 0, Timestamp, None).await).0, Code::BadRequest as i32);
+    assert_eq!(q(query_offset(&mut c, "TopicP", 3, End, None).await).0, Code::BadRequest as i32);
+    assert_eq!(q(query_offset(&mut c, "NoTopic", 0, End, None).await).0, Code::TopicNotFound as i32);
+    let bad_policy =
+        proto::QueryOffsetRequest { message_queue: mq("TopicP", 0), query_offset_policy: 7, timestamp: None };
+    let r = c.query_offset(req(bad_policy)).await.unwrap().into_inner();
+    assert_eq!(q(r).0, Code::BadRequest as i32);
+
+    // GetOffset / UpdateOffset: nothing committed yet (pulls commit nothing), then 2.
+    let got = get_offset(&mut c, "TopicP", "GroupP", 0).await;
+    assert_eq!(code(&got.status), Code::OffsetNotFound as i32, "{:?}", got.status);
+    assert_eq!(code(&update_offset(&mut c, "TopicP", "GroupP", 0, 2).await.status), ok);
+    let got = get_offset(&mut c, "TopicP", "GroupP", 0).await;
+    assert_eq!((code(&got.status), got.offset), (ok, 2));
+    for (topic, queue, offset, want) in [
+        ("TopicP", 0, -1, Code::IllegalOffset),
+        ("TopicP", 0, 7, Code::IllegalOffset),
+        ("TopicP", 9, 0, Code::BadRequest),
+        ("NoTopic", 0, 0, Code::TopicNotFound),
+    ] {
+        let r = update_offset(&mut c, topic, "GroupP", queue, offset).await;
+        assert_eq!(code(&r.status), want as i32, "{topic} {queue} {offset}: {:?}", r.status);
+    }
+    assert_eq!(code(&get_offset(&mut c, "TopicP", "GroupP", 9).await.status), Code::BadRequest as i32);
+    assert_eq!(code(&get_offset(&mut c, "TopicP", "bad group!", 0).await.status), Code::IllegalConsumerGroup as i32);
+
+    // One offset per group and queue: the group's POP consumers go on from the committed one.
+    let r = receive(&mut c, "TopicP", "GroupP", Some(Duration::from_secs(30))).await;
+    let popped: Vec<i64> =
+        r.messages.iter().map(|m| m.system_properties.as_ref().unwrap().queue_offset.unwrap()).collect();
+    assert_eq!(popped, vec![2, 3, 4, 5]);
+    for m in &r.messages {
+        assert_eq!(code(&ack(&mut c, "TopicP", "GroupP", m).await.status), ok);
+    }
+    let got = get_offset(&mut c, "TopicP", "GroupP", 0).await;
+    assert_eq!((code(&got.status), got.offset), (ok, 6));
+    let (status, body) = client::http(g.addrs.http, "GET", "/api/v1/groups/GroupP/offsets?topic=TopicP", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""consumerOffset":6"#) && body.contains(r#""lag":0"#), "{body}");
+    g.stop().await;
+}
+
+/// `POST /api/v1/groups/{g}/reset-offset` and `GET /api/v1/groups/{g}/offsets`: by time, to
+/// the earliest and latest message, to given offsets; the answer per queue; a receive waiting
+/// in a long poll gets the messages at once; 404 and 400 for what is unknown or malformed.
+#[tokio::test]
+async fn reset_offset_admin_api() {
+    let g = Gateway::start(|_| {}).await;
+    let http = g.addrs.http;
+    let mut c = g.client().await;
+    let (status, body) =
+        client::http(http, "PUT", "/api/v1/topics/TopicO", Some(r#"{"queueNums":1,"messageType":"NORMAL"}"#)).await;
+    assert_eq!(status, 200, "{body}");
+    for i in 0..4 {
+        send(&mut c, vec![message("TopicO", &format!("O{i}"), b"old")]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let middle = now_ms();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    for i in 4..6 {
+        send(&mut c, vec![message("TopicO", &format!("O{i}"), b"new")]).await;
+    }
+    let mut seen = 0;
+    while seen < 6 {
+        let r = receive(&mut c, "TopicO", "GroupO", Some(Duration::from_secs(30))).await;
+        for m in &r.messages {
+            assert_eq!(code(&ack(&mut c, "TopicO", "GroupO", m).await.status), Code::Ok as i32);
+        }
+        seen += r.messages.len();
+    }
+    let (status, body) = client::http(http, "GET", "/api/v1/groups/GroupO/offsets", None).await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["topics"][0]["topic"], "TopicO", "{body}");
+    assert_eq!(
+        (v["topics"][0]["queues"][0]["consumerOffset"].as_i64(), v["topics"][0]["lag"].as_i64()),
+        (Some(6), Some(0))
+    );
+
+    // A consumer waiting in a long poll; the reset by time wakes it with the two newer messages.
+    let mut other = g.client().await;
+    let waiting = tokio::spawn(async move {
+        let mut r = client::receive_request("TopicO", "GroupO", Some(Duration::from_secs(30)), Duration::from_secs(15));
+        r.batch_size = 32;
+        let mut request = req(r);
+        request.set_timeout(Duration::from_secs(30));
+        let mut stream = other.receive_message(request).await.unwrap().into_inner();
+        let mut ids = Vec::new();
+        while let Some(frame) = stream.message().await.unwrap() {
+            if let Some(proto::receive_message_response::Content::Message(m)) = frame.content {
+                ids.push(m.system_properties.unwrap().message_id);
+            }
+        }
+        ids
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let path = "/api/v1/groups/GroupO/reset-offset";
+    let body = format!(r#"{{"topic":"TopicO","timestamp":{middle}}}"#);
+    let started = std::time::Instant::now();
+    let (status, answer) = client::http(http, "POST", path, Some(&body)).await;
+    assert_eq!(status, 200, "{answer}");
+    let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let q0 = &v["queues"][0];
+    assert_eq!(
+        (q0["queueId"].as_i64(), q0["previousOffset"].as_i64(), q0["offset"].as_i64(), q0["maxOffset"].as_i64()),
+        (Some(0), Some(6), Some(4), Some(6)),
+        "{answer}"
+    );
+    let ids =
+        tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("the reset wakes the receive").unwrap();
+    eprintln!(
+        "[protocol] a waiting receive got the reset's messages {} ms after the reset",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(ids, vec!["O4", "O5"]);
+
+    let reset = |body: &'static str| async move {
+        let (status, answer) = client::http(http, "POST", path, Some(body)).await;
+        let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+        (status, v["queues"][0]["offset"].as_i64(), answer)
+    };
+    let (status, offset, answer) = reset(r#"{"topic":"TopicO","timestamp":"earliest"}"#).await;
+    assert_eq!((status, offset), (200, Some(0)), "{answer}");
+    assert_eq!(reset(r#"{"topic":"TopicO","timestamp":"latest"}"#).await.1, Some(6));
+    assert_eq!(reset(r#"{"topic":"TopicO","offsets":{"0":5}}"#).await.1, Some(5));
+    assert_eq!(reset(r#"{"topic":"TopicO","timestamp":"2001-01-01T00:00:00Z"}"#).await.1, Some(0));
+    let r = receive(&mut c, "TopicO", "GroupO", Some(Duration::from_secs(30))).await;
+    assert_eq!(r.messages.len(), 6, "everything again after the reset to 2001");
+
+    for (body, want) in [
+        (r#"{"topic":"TopicO","timestamp":"yesterday"}"#, 400),
+        (r#"{"topic":"TopicO","timestamp":-5}"#, 400),
+        (r#"{"topic":"TopicO"}"#, 400),
+        (r#"{"topic":"TopicO","timestamp":1,"offsets":{"0":1}}"#, 400),
+        (r#"{"topic":"TopicO","offsets":{"7":1}}"#, 400),
+        (r#"{"topic":"TopicO","offsets":{"zero":1}}"#, 400),
+        (r#"{"topic":"TopicO","offsets":{"0":99}}"#, 400),
+        (r#"{"topic":"TopicO","timestamp":1,"extra":true}"#, 400),
+        (r#"not json"#, 400),
+        (r#"{"topic":"NoTopic","timestamp":"earliest"}"#, 404),
+    ] {
+        let (status, _, answer) = reset(body).await;
+        assert_eq!(status, want, "{body}: {answer}");
+        assert!(answer.contains("error"), "{body}: {answer}");
+    }
+    let (status, _) =
+        client::http(http, "POST", "/api/v1/groups/NoGroup/reset-offset", Some(r#"{"topic":"TopicO","timestamp":0}"#))
+            .await;
+    assert_eq!(status, 404);
+    let (status, _) = client::http(http, "GET", "/api/v1/groups/NoGroup/offsets", None).await;
+    assert_eq!(status, 404);
+    let (status, _) = client::http(http, "GET", "/api/v1/groups/GroupO/offsets?topic=NoTopic", None).await;
+    assert_eq!(status, 404);
+    let (status, _) = client::http(http, "GET", "/api/v1/groups/GroupO/offsets?queue=1", None).await;
+    assert_eq!(status, 400);
     g.stop().await;
 }

@@ -1,18 +1,22 @@
-//! The HTTP side (axum): `/healthz`, `/readyz`, and the admin API: topics, consumer groups,
-//! connected clients, and commands relayed to a client (thread stack trace, consume a message
-//! directly). Calls the broker only.
+//! The HTTP side (axum): `/healthz`, `/readyz`, and the admin API: topics, consumer groups
+//! (with their offsets per queue, and offset resets), connected clients, and commands relayed
+//! to a client (thread stack trace, consume a message directly). Calls the broker only.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{Broker, BrokerError, ClientInfo, ClientKind, GroupInfo, TopicInfo, TopicKind, VerifyOutcome};
+use crate::broker::{
+    Broker, BrokerError, ClientInfo, ClientKind, GroupInfo, OffsetChange, QueueProgress, ResetTarget, TopicInfo,
+    TopicKind, TopicProgress, VerifyOutcome,
+};
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -29,6 +33,8 @@ pub fn router(state: AdminState) -> axum::Router {
         .route("/api/v1/topics/{name}", get(get_topic).put(put_topic))
         .route("/api/v1/groups", get(list_groups))
         .route("/api/v1/groups/{name}", get(get_group).put(put_group))
+        .route("/api/v1/groups/{name}/offsets", get(group_offsets))
+        .route("/api/v1/groups/{name}/reset-offset", post(reset_offset))
         .route("/api/v1/clients", get(list_clients))
         .route("/api/v1/clients/{client_id}/stack-trace", post(client_stack_trace))
         .route("/api/v1/clients/{client_id}/verify-message", post(verify_message))
@@ -84,11 +90,13 @@ fn http_status(e: &BrokerError) -> StatusCode {
         | BrokerError::MessageCorrupted(_)
         | BrokerError::BodyEmpty
         | BrokerError::UnrecognizedClientType(_)
+        | BrokerError::IllegalOffset(_)
         | BrokerError::BadRequest(_) => StatusCode::BAD_REQUEST,
         BrokerError::BodyTooLarge { .. } | BrokerError::PropertiesTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         BrokerError::TopicNotFound(_)
         | BrokerError::GroupNotFound(_)
         | BrokerError::MessageNotFound(_)
+        | BrokerError::OffsetNotFound(_)
         | BrokerError::ClientNotConnected(_) => StatusCode::NOT_FOUND,
         BrokerError::ClientTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         BrokerError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -155,6 +163,7 @@ impl From<ClientInfo> for ClientView {
             ClientKind::Producer => "PRODUCER",
             ClientKind::PushConsumer => "PUSH_CONSUMER",
             ClientKind::SimpleConsumer => "SIMPLE_CONSUMER",
+            ClientKind::PullConsumer => "PULL_CONSUMER",
             ClientKind::Other => "UNKNOWN",
         };
         ClientView {
@@ -268,6 +277,183 @@ async fn put_group(State(s): State<AdminState>, Path(name): Path<String>, Json(b
     };
     match s.broker.put_group(&name, body.consume_message_orderly, retry, broadcast).await {
         Ok(g) => Json(GroupView::from(g)).into_response(),
+        Err(e) => error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OffsetsQuery {
+    topic: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct QueueProgressView {
+    queue_id: u32,
+    min_offset: u64,
+    max_offset: u64,
+    /// Everything below is consumed; absent when the group has no offset on this queue.
+    consumer_offset: Option<u64>,
+    /// Messages at or above the consumer offset (`maxOffset - consumerOffset`).
+    lag: Option<u64>,
+    in_flight: usize,
+    acked_above: usize,
+}
+
+impl From<QueueProgress> for QueueProgressView {
+    fn from(q: QueueProgress) -> Self {
+        QueueProgressView {
+            queue_id: q.queue_id,
+            min_offset: q.min_offset,
+            max_offset: q.max_offset,
+            consumer_offset: q.consumer_offset,
+            lag: q.lag(),
+            in_flight: q.in_flight,
+            acked_above: q.acked_above,
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TopicProgressView {
+    topic: String,
+    /// Sum of the queues' lag.
+    lag: u64,
+    queues: Vec<QueueProgressView>,
+}
+
+impl From<TopicProgress> for TopicProgressView {
+    fn from(t: TopicProgress) -> Self {
+        let lag = t.queues.iter().filter_map(QueueProgress::lag).sum();
+        TopicProgressView { topic: t.topic, lag, queues: t.queues.into_iter().map(Into::into).collect() }
+    }
+}
+
+/// `GET /api/v1/groups/{name}/offsets[?topic=T]`: the group's offset, the queue's bounds and the
+/// lag per queue, for `topic` or every topic the group has progress on (Apache
+/// `mqadmin consumerProgress`).
+async fn group_offsets(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+    query: Result<Query<OffsetsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return error(BrokerError::BadRequest("the only query parameter is `topic`".into()));
+    };
+    match s.broker.group_offsets(&name, query.topic.as_deref()).await {
+        Ok(topics) => Json(serde_json::json!({
+            "group": name,
+            "topics": topics.into_iter().map(TopicProgressView::from).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(e) => error(e),
+    }
+}
+
+/// Where `POST /api/v1/groups/{name}/reset-offset` moves the group: `timestamp` (epoch ms, an
+/// RFC 3339 time, `"earliest"`, or `"latest"`/`"now"`) or `offsets` (queue id → offset).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ResetOffset {
+    topic: String,
+    timestamp: Option<TimeSpec>,
+    offsets: Option<std::collections::BTreeMap<String, u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TimeSpec {
+    Millis(i64),
+    Text(String),
+}
+
+impl ResetOffset {
+    fn target(&self) -> Result<ResetTarget, BrokerError> {
+        match (&self.timestamp, &self.offsets) {
+            (Some(TimeSpec::Millis(ms)), None) => Ok(ResetTarget::Timestamp(*ms)),
+            (Some(TimeSpec::Text(t)), None) => match t.trim() {
+                "earliest" => Ok(ResetTarget::Earliest),
+                "latest" | "now" => Ok(ResetTarget::Latest),
+                t => match t.parse::<i64>() {
+                    Ok(ms) => Ok(ResetTarget::Timestamp(ms)),
+                    Err(_) => humantime::parse_rfc3339_weak(t)
+                        .ok()
+                        .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| ResetTarget::Timestamp(d.as_millis().min(i64::MAX as u128) as i64))
+                        .ok_or_else(|| {
+                            BrokerError::BadRequest(format!(
+                                "timestamp `{t}` is none of: epoch milliseconds, an RFC 3339 time \
+                                 (2024-05-01T12:00:00Z), earliest, latest, now"
+                            ))
+                        }),
+                },
+            },
+            (None, Some(offsets)) => offsets
+                .iter()
+                .map(|(q, &o)| {
+                    q.parse::<u32>()
+                        .map(|q| (q, o))
+                        .map_err(|_| BrokerError::BadRequest(format!("offsets: `{q}` is not a queue id")))
+                })
+                .collect::<Result<_, _>>()
+                .map(ResetTarget::Offsets),
+            (Some(_), Some(_)) | (None, None) => {
+                Err(BrokerError::BadRequest("give either `timestamp` or `offsets` (one of them)".into()))
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OffsetChangeView {
+    queue_id: u32,
+    /// The group's offset before the reset (absent: it had none on this queue).
+    previous_offset: Option<u64>,
+    offset: u64,
+    min_offset: u64,
+    max_offset: u64,
+}
+
+impl From<OffsetChange> for OffsetChangeView {
+    fn from(c: OffsetChange) -> Self {
+        OffsetChangeView {
+            queue_id: c.queue_id,
+            previous_offset: c.previous,
+            offset: c.offset,
+            min_offset: c.min_offset,
+            max_offset: c.max_offset,
+        }
+    }
+}
+
+/// `POST /api/v1/groups/{name}/reset-offset` (Apache `mqadmin resetOffsetByTime`, forced):
+/// moves the group's offset on every queue of `topic` (or the queues `offsets` names); running
+/// consumers get the messages from there at once. Answers the new offset per queue.
+async fn reset_offset(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+    body: Result<Json<ResetOffset>, JsonRejection>,
+) -> Response {
+    let body = match body {
+        Ok(Json(b)) => b,
+        Err(rejection) => {
+            return error(BrokerError::BadRequest(format!("bad reset-offset body: {}", rejection.body_text())));
+        }
+    };
+    let target = match body.target() {
+        Ok(t) => t,
+        Err(e) => return error(e),
+    };
+    match s.broker.reset_offsets(&name, &body.topic, target).await {
+        Ok(changes) => Json(serde_json::json!({
+            "group": name,
+            "topic": body.topic,
+            "queues": changes.into_iter().map(OffsetChangeView::from).collect::<Vec<_>>(),
+        }))
+        .into_response(),
         Err(e) => error(e),
     }
 }

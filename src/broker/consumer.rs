@@ -14,6 +14,9 @@
 //! invisible message stays invisible until its deadline, its attempt count continues and the
 //! handle its consumer holds still acks. Deliveries made after the last snapshot come back from
 //! the consumer journal; one whose journal record was lost is delivered again (at-least-once).
+//!
+//! An offset reset ([`QueueState::reset_to`], `broker/offsets.rs`) moves `floor` and forgets
+//! everything above it; handles issued before it (serial below `reset_serial`) no longer act.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -54,6 +57,8 @@ pub(crate) enum HandleProblem {
     Expired,
     /// The message was already acknowledged.
     AlreadyAcked,
+    /// The group's offset was reset after this handle was issued.
+    Reset,
 }
 
 #[derive(Debug, Default)]
@@ -73,6 +78,9 @@ pub(crate) struct QueueState {
     pub ranked: BTreeMap<u64, (i32, i64)>,
     /// Changed since the last progress flush.
     pub dirty: bool,
+    /// Serial watermark of the last offset reset: deliveries with a lower serial were made
+    /// before it and their handles no longer ack or change anything (0: never reset).
+    pub reset_serial: u64,
 }
 
 /// What [`QueueState::take_due`] found.
@@ -125,9 +133,17 @@ impl QueueState {
                     }
                 }
                 let n = r.varint().unwrap_or(0);
+                let mut whole = true;
                 for _ in 0..n {
-                    let Some((offset, entry)) = r.inflight(floor) else { break };
+                    let Some((offset, entry)) = r.inflight(floor) else {
+                        whole = false;
+                        break;
+                    };
                     s.restore_delivery(offset, entry);
+                }
+                // Written only after a reset (absent in older snapshots).
+                if whole && let Some(watermark) = r.varint() {
+                    s.reset_serial = watermark;
                 }
             }
             _ => {
@@ -144,7 +160,10 @@ impl QueueState {
     /// Re-instates a delivery known from the journal or a snapshot, unless the message was
     /// acked since or a later delivery (higher serial) is already known.
     pub fn restore_delivery(&mut self, offset: u64, entry: Inflight) {
-        if self.is_acked(offset) || self.inflight.get(&offset).is_some_and(|e| e.serial >= entry.serial) {
+        if self.is_acked(offset)
+            || entry.serial < self.reset_serial
+            || self.inflight.get(&offset).is_some_and(|e| e.serial >= entry.serial)
+        {
             return;
         }
         self.deliver(offset, entry);
@@ -224,6 +243,20 @@ impl QueueState {
         self.advance_floor();
     }
 
+    /// Moves the group to `offset` (an offset reset): everything below it is done, nothing at
+    /// or above it is, nothing is in flight; deliveries with a serial below `serial_watermark`
+    /// were made before the reset and their handles no longer act.
+    pub fn reset_to(&mut self, offset: u64, serial_watermark: u64) {
+        self.floor = offset;
+        self.next = offset;
+        self.inflight.clear();
+        self.acked.clear();
+        self.waiting.clear();
+        self.ranked.clear();
+        self.reset_serial = self.reset_serial.max(serial_watermark);
+        self.dirty = true;
+    }
+
     /// Skips offsets that retention deleted.
     pub fn trim_to(&mut self, start: u64) {
         if self.floor < start {
@@ -254,6 +287,9 @@ impl QueueState {
     pub fn verify(&self, r: &Receipt, now_ms: i64) -> Result<(), HandleProblem> {
         if self.is_acked(r.offset) {
             return Err(HandleProblem::AlreadyAcked);
+        }
+        if r.serial < self.reset_serial {
+            return Err(HandleProblem::Reset);
         }
         match self.inflight.get(&r.offset) {
             Some(e) if e.serial == r.serial => Ok(()),
@@ -332,10 +368,12 @@ impl QueueState {
         }
     }
 
-    /// The durable form: `0x00`, [`RANGES_MARK`], the acked ranges above `floor` (count, then per range the gap
-    /// since the previous range's end and the length) and the deliveries in flight (count, then
-    /// offset − floor, serial, attempt, deadline, first delivery, auto-renewing client), all
-    /// varints. Its size follows the in-flight messages, not the lag behind the oldest one.
+    /// The durable form: `0x00`, [`RANGES_MARK`], the acked ranges above `floor` (count, then
+    /// per range the gap since the previous range's end and the length), the deliveries in
+    /// flight (count, then offset − floor, serial, attempt, deadline, first delivery,
+    /// auto-renewing client) and, once the group was reset on this queue, the reset's serial
+    /// watermark; all varints. Its size follows the in-flight messages, not the lag behind the
+    /// oldest one.
     pub fn encode(&self) -> Vec<u8> {
         let ranges: Vec<_> = self.acked.overlapping(self.floor..u64::MAX).collect();
         let mut out = Vec::with_capacity(3 + 10 + ranges.len() * 4 + self.inflight.len() * 24);
@@ -360,6 +398,9 @@ impl QueueState {
             let client = e.auto_renew_client.as_deref().unwrap_or("");
             put_varint(&mut out, client.len() as u64);
             out.extend_from_slice(client.as_bytes());
+        }
+        if self.reset_serial > 0 {
+            put_varint(&mut out, self.reset_serial);
         }
         out
     }
@@ -560,6 +601,33 @@ mod tests {
         assert_eq!(r.inflight[&10].serial, 77);
         r.restore_delivery(12, entry(1, 1, 99));
         assert!(!r.inflight.contains_key(&12));
+    }
+
+    #[test]
+    fn a_reset_forgets_what_lies_above_and_refuses_older_handles() {
+        let mut q = QueueState::new(0);
+        for o in 0..6 {
+            q.deliver(o, entry(100, 1, o + 10));
+        }
+        assert!(q.ack(&receipt(4, 14, 100), 0).is_ok());
+        q.reset_to(2, 20);
+        assert_eq!((q.floor, q.next), (2, 2));
+        assert!(q.inflight.is_empty() && q.acked.is_empty());
+        assert_eq!(q.ack(&receipt(0, 10, 100), 0), Ok(()), "below the new offset: already done");
+        assert_eq!(q.ack(&receipt(3, 13, 100), 0), Err(HandleProblem::Reset));
+        assert!(!q.is_acked(3), "a pre-reset handle changes nothing");
+        assert_eq!(q.change_invisible(&receipt(5, 15, 100), 0, 500, 30).unwrap_err(), HandleProblem::Reset);
+        // A delivery journaled before the reset but replayed after it is ignored.
+        q.restore_delivery(3, entry(100, 1, 19));
+        assert!(q.inflight.is_empty());
+        // Deliveries after the reset work as usual, and the watermark survives a snapshot.
+        q.deliver(2, entry(100, 1, 21));
+        let r = QueueState::restore(q.floor, &q.encode());
+        assert_eq!((r.floor, r.reset_serial, r.inflight[&2].serial), (2, 20, 21));
+        let mut r = r;
+        assert_eq!(r.ack(&receipt(3, 13, 100), 0), Err(HandleProblem::Reset));
+        assert_eq!(r.ack(&receipt(2, 21, 100), 0), Ok(()));
+        assert_eq!(r.floor, 3);
     }
 
     #[test]

@@ -61,6 +61,12 @@ pub enum BrokerError {
     Unsupported(String),
     #[error("{0}")]
     TooManyRequests(String),
+    /// An offset outside a queue (ILLEGAL_OFFSET).
+    #[error("{0}")]
+    IllegalOffset(String),
+    /// A group has no offset on a queue (OFFSET_NOT_FOUND).
+    #[error("{0}")]
+    OffsetNotFound(String),
     /// No message with that id (admin lookups).
     #[error("{0}")]
     MessageNotFound(String),

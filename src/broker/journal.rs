@@ -4,7 +4,9 @@
 //! (deadline, attempt, serial) before the messages are sent. Progress snapshots in the metadata
 //! store record the journal offset they cover; at start the journal is replayed from there, so
 //! a crash loses no acknowledged ack and no delivery in flight, and the SQL store sees one
-//! batched write per flush interval.
+//! batched write per flush interval. An offset reset (admin reset, a pull consumer's
+//! UpdateOffset) is journaled the same way, so a restart replays it in order with the acks and
+//! deliveries around it.
 
 use std::sync::Arc;
 
@@ -16,18 +18,22 @@ use crate::storage::{AppendMessage, Properties, StoredMessage};
 pub(crate) const JOURNAL_TOPIC: &str = "rmq_sys_pop_journal";
 const KIND_ACK: u8 = 1;
 const KIND_DELIVERIES: u8 = 2;
+const KIND_RESET: u8 = 3;
 const GROUP: &str = "G";
 const TOPIC: &str = "T";
 /// The client whose deliveries are renewed while it lives (PushConsumer auto-renew).
 const CLIENT: &str = "C";
 /// queue id, offset, serial, attempt, deadline.
 const DELIVERY_LEN: usize = 4 + 8 + 8 + 4 + 8;
+/// queue id, offset, serial watermark.
+const RESET_LEN: usize = 4 + 8 + 8;
 
 /// What one journal record says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum JournalRecord {
     Ack(AckRecord),
     Deliveries(DeliveryRecord),
+    Reset(ResetRecord),
 }
 
 /// The deliveries of one receive (one group, one topic); the record's born timestamp is when
@@ -67,6 +73,7 @@ impl JournalRecord {
         match m.body.first() {
             Some(&KIND_ACK) => AckRecord::decode(m).map(JournalRecord::Ack),
             Some(&KIND_DELIVERIES) => DeliveryRecord::decode(m).map(JournalRecord::Deliveries),
+            Some(&KIND_RESET) => ResetRecord::decode(m).map(JournalRecord::Reset),
             _ => None,
         }
     }
@@ -155,6 +162,64 @@ impl AckRecord {
     }
 }
 
+/// A group's progress on some queues of a topic was moved to a new offset: everything below
+/// it is done, nothing above it is; deliveries with a serial below the watermark were made
+/// before the reset and no longer count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ResetRecord {
+    pub group: String,
+    pub topic: String,
+    pub queues: Vec<QueueReset>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QueueReset {
+    pub queue_id: u32,
+    pub offset: u64,
+    /// Serials below this were issued before the reset.
+    pub serial_watermark: u64,
+}
+
+impl ResetRecord {
+    pub fn to_append(&self, now_ms: i64) -> AppendMessage {
+        let mut properties = Properties::with_capacity(2);
+        properties.push(GROUP, self.group.as_str());
+        properties.push(TOPIC, self.topic.as_str());
+        let mut body = BytesMut::with_capacity(1 + 4 + self.queues.len() * RESET_LEN);
+        body.put_u8(KIND_RESET);
+        body.put_u32_le(self.queues.len() as u32);
+        for q in &self.queues {
+            body.put_u32_le(q.queue_id);
+            body.put_u64_le(q.offset);
+            body.put_u64_le(q.serial_watermark);
+        }
+        journal_append(properties, body.freeze(), now_ms)
+    }
+
+    fn decode(m: &StoredMessage) -> Option<ResetRecord> {
+        let mut body: Bytes = m.body.clone();
+        if body.remaining() < 5 || body.get_u8() != KIND_RESET {
+            return None;
+        }
+        let n = body.get_u32_le() as usize;
+        if body.remaining() != n.checked_mul(RESET_LEN)? {
+            return None;
+        }
+        let queues = (0..n)
+            .map(|_| QueueReset {
+                queue_id: body.get_u32_le(),
+                offset: body.get_u64_le(),
+                serial_watermark: body.get_u64_le(),
+            })
+            .collect();
+        Some(ResetRecord {
+            group: m.properties.get(GROUP)?.to_string(),
+            topic: m.properties.get(TOPIC)?.to_string(),
+            queues,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +255,18 @@ mod tests {
         assert_eq!(JournalRecord::decode(&stored(d.to_append(5))), Some(JournalRecord::Deliveries(d.clone())));
         let mut truncated = stored(d.to_append(5));
         truncated.body.truncate(20);
+        assert_eq!(JournalRecord::decode(&truncated), None);
+        let r = ResetRecord {
+            group: "g".into(),
+            topic: "t".into(),
+            queues: vec![
+                QueueReset { queue_id: 0, offset: 12, serial_watermark: 99 },
+                QueueReset { queue_id: 3, offset: 0, serial_watermark: 100 },
+            ],
+        };
+        assert_eq!(JournalRecord::decode(&stored(r.to_append(5))), Some(JournalRecord::Reset(r.clone())));
+        let mut truncated = stored(r.to_append(5));
+        truncated.body.truncate(9);
         assert_eq!(JournalRecord::decode(&truncated), None);
     }
 }

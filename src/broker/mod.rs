@@ -1,6 +1,6 @@
 //! The broker domain: topics and routes, sending, POP-style receiving with invisibility,
 //! acks and redelivery, orderly (FIFO) groups, delay/timer and transactional messages,
-//! consumer progress and client sessions.
+//! consumer progress and offsets (resets, pull consumers) and client sessions.
 //!
 //! [`Broker`] is the one entry point of the protocol (`grpc/`) and admin (`admin/`) layers. It
 //! sees storage and metadata only through [`MessageLog`] and [`MetadataStore`]; it never imports
@@ -12,6 +12,7 @@ pub mod consumer;
 pub mod error;
 mod journal;
 pub mod message;
+mod offsets;
 mod pop;
 pub mod receipt;
 mod relay;
@@ -34,6 +35,9 @@ use tokio_util::sync::CancellationToken;
 pub use catalog::{GroupInfo, TopicInfo, TopicKind};
 pub use error::{BrokerError, BrokerResult};
 pub use message::{DeliveredMessage, MessageType, OutgoingMessage};
+pub use offsets::{
+    OffsetChange, OffsetPolicy, PullRequest, PullResult, PullStatus, QueueProgress, ResetTarget, TopicProgress,
+};
 pub use pop::{Filter, ReceiveRequest};
 pub use relay::{ClientCommand, ClientReply, VerifyOutcome};
 pub use settings::{Backoff, BrokerSettings};
@@ -92,6 +96,7 @@ pub enum ClientKind {
     Producer,
     PushConsumer,
     SimpleConsumer,
+    PullConsumer,
     Other,
 }
 
@@ -156,6 +161,8 @@ pub(crate) struct Inner {
     serial: AtomicU64,
     /// Journal offset covered by the last saved progress snapshot.
     journal_saved: AtomicU64,
+    /// Orders offset resets after the acks under way (`offsets.rs`).
+    reset_gates: offsets::ResetGates,
     shutdown: CancellationToken,
 }
 
@@ -195,6 +202,7 @@ impl Broker {
             broadcast_seen: Mutex::new(HashMap::new()),
             relay: relay::Relay::default(),
             journal_saved: AtomicU64::new(0),
+            reset_gates: offsets::ResetGates::default(),
             shutdown: CancellationToken::new(),
             settings,
             clock,
@@ -223,6 +231,7 @@ impl Broker {
             broker.put_group(&spec.name, spec.consume_message_orderly, retry, Some(spec.broadcast)).await?;
         }
         broker.restore_progress().await?;
+        broker.serials_past_resets();
         broker.recover_timers()?;
         broker.recover_transactions()?;
         Ok(broker)

@@ -80,7 +80,7 @@ impl Filter {
         Ok(Filter::Tags(tags))
     }
 
-    fn matches(&self, m: &StoredMessage) -> bool {
+    pub(crate) fn matches(&self, m: &StoredMessage) -> bool {
         match self {
             Filter::All => true,
             Filter::Tags(tags) => m.properties.get(keys::TAGS).is_some_and(|t| tags.contains(t)),
@@ -159,15 +159,7 @@ impl Broker {
 
     /// How long this receive may wait for messages.
     fn polling_time(&self, req: &ReceiveRequest) -> Duration {
-        let c = &self.inner.settings.consumer;
-        let asked = req
-            .long_polling_timeout
-            .unwrap_or(c.max_long_polling_timeout)
-            .clamp(c.min_long_polling_timeout, c.max_long_polling_timeout);
-        match req.deadline_remaining {
-            Some(left) => asked.min(left.saturating_sub(c.long_polling_reserve)),
-            None => asked,
-        }
+        self.long_polling_time(req.long_polling_timeout, req.deadline_remaining)
     }
 
     /// Receives up to `batch_size` messages, waiting up to the polling time for some to arrive.
@@ -787,6 +779,9 @@ impl Broker {
                 self.now_ms().saturating_sub(r.deadline_ms)
             ),
             HandleProblem::AlreadyAcked => "the message was already acknowledged".into(),
+            HandleProblem::Reset => "receipt handle predates a reset of the group's offset: it no longer \
+                                     acknowledges or changes the message, which is delivered again"
+                .into(),
         })
     }
 
@@ -798,6 +793,8 @@ impl Broker {
         let group = &self.consumer_key(group, client_id);
         let r = self.decode_receipt(group, &topic, handle)?;
         let state = self.queue_state(group, &topic.record.name, r.queue_id);
+        // An offset reset waits for acks under way, so their journal records precede its own.
+        let _journal_order = self.reset_gate(group, &topic.record.name).read().await;
         let result = lock(&state).ack(&r, self.now_ms());
         tracing::debug!(
             group,
@@ -899,6 +896,12 @@ impl Broker {
                 match JournalRecord::decode(m) {
                     Some(JournalRecord::Ack(a)) => {
                         lock(&self.queue_state(&a.group, &a.topic, a.queue_id)).complete(a.offset);
+                    }
+                    Some(JournalRecord::Reset(r)) => {
+                        for q in &r.queues {
+                            lock(&self.queue_state(&r.group, &r.topic, q.queue_id))
+                                .reset_to(q.offset, q.serial_watermark);
+                        }
                     }
                     Some(JournalRecord::Deliveries(d)) => {
                         let client: Option<Arc<str>> = d.auto_renew_client.as_deref().map(Arc::from);

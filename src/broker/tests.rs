@@ -111,15 +111,15 @@ fn test_settings() -> BrokerSettings {
 }
 
 /// Stores that outlive broker restarts, and the clock the tests move.
-struct Harness {
+pub(super) struct Harness {
     log: Arc<dyn MessageLog>,
     meta: Arc<dyn MetadataStore>,
     timer_dir: tempfile::TempDir,
-    clock: Arc<crate::clock::ManualClock>,
+    pub(super) clock: Arc<crate::clock::ManualClock>,
 }
 
 impl Harness {
-    async fn new(log: Arc<dyn MessageLog>) -> Harness {
+    pub(super) async fn new(log: Arc<dyn MessageLog>) -> Harness {
         Harness {
             log,
             meta: Arc::new(SqliteMetadataStore::in_memory().await.unwrap()),
@@ -129,7 +129,7 @@ impl Harness {
     }
 
     /// A broker on these stores (again after a "crash": the previous one is just dropped).
-    async fn start(&self) -> Broker {
+    pub(super) async fn start(&self) -> Broker {
         let timers = crate::storage::BucketFiles::open(self.timer_dir.path(), 1000).unwrap();
         let stores = Stores { log: self.log.clone(), meta: self.meta.clone(), timers: Arc::new(timers) };
         Broker::start(test_settings(), stores, self.clock.clone()).await.unwrap()
@@ -140,7 +140,7 @@ async fn broker_with(log: Arc<dyn MessageLog>) -> Broker {
     Harness::new(log).await.start().await
 }
 
-fn message(id: &str) -> OutgoingMessage {
+pub(super) fn message(id: &str) -> OutgoingMessage {
     OutgoingMessage {
         topic: "T".into(),
         message_id: id.into(),
@@ -150,7 +150,7 @@ fn message(id: &str) -> OutgoingMessage {
     }
 }
 
-fn receive_request() -> ReceiveRequest {
+pub(super) fn receive_request() -> ReceiveRequest {
     ReceiveRequest {
         client_id: "c".into(),
         group: "G".into(),
@@ -657,4 +657,7 @@ async fn broadcast_groups_give_every_client_every_message() {
     assert!(rows.iter().all(|p| !p.group.ends_with("@@c3")), "c3's progress is gone");
     assert!(rows.iter().any(|p| p.group.ends_with("@@c1")), "c1 (still receiving) keeps its own");
     assert_eq!(ids(&broker.receive(receive("c3")).await.unwrap()), ["m0", "m1", "m2"], "a returning c3 starts over");
+    // A reset of the group resets every client's own progress.
+    broker.reset_offsets("B", "T", ResetTarget::Earliest).await.unwrap();
+    assert_eq!(ids(&broker.receive(receive("c1")).await.unwrap()), ["m0", "m1", "m2"], "c1 again after the reset");
 }

@@ -4,6 +4,7 @@
 //! unimplemented RPCs and broken streams.
 
 mod convert;
+mod pull;
 pub mod status;
 mod telemetry;
 
@@ -176,6 +177,7 @@ fn client_kind(t: i32) -> ClientKind {
         Ok(proto::ClientType::Producer) => ClientKind::Producer,
         Ok(proto::ClientType::PushConsumer) => ClientKind::PushConsumer,
         Ok(proto::ClientType::SimpleConsumer) => ClientKind::SimpleConsumer,
+        Ok(proto::ClientType::PullConsumer) => ClientKind::PullConsumer,
         Ok(_) | Err(_) => ClientKind::Other,
     }
 }
@@ -446,30 +448,30 @@ impl MessagingService for MessagingServiceImpl {
 
     async fn pull_message(
         &self,
-        _request: Request<proto::PullMessageRequest>,
+        request: Request<proto::PullMessageRequest>,
     ) -> Result<Response<Self::PullMessageStream>, GrpcStatus> {
-        Err(unimplemented("PullMessage"))
+        self.pull(request).await
     }
 
     async fn update_offset(
         &self,
-        _request: Request<proto::UpdateOffsetRequest>,
+        request: Request<proto::UpdateOffsetRequest>,
     ) -> Result<Response<proto::UpdateOffsetResponse>, GrpcStatus> {
-        Err(unimplemented("UpdateOffset"))
+        self.update_offset_rpc(request).await
     }
 
     async fn get_offset(
         &self,
-        _request: Request<proto::GetOffsetRequest>,
+        request: Request<proto::GetOffsetRequest>,
     ) -> Result<Response<proto::GetOffsetResponse>, GrpcStatus> {
-        Err(unimplemented("GetOffset"))
+        self.get_offset_rpc(request).await
     }
 
     async fn query_offset(
         &self,
-        _request: Request<proto::QueryOffsetRequest>,
+        request: Request<proto::QueryOffsetRequest>,
     ) -> Result<Response<proto::QueryOffsetResponse>, GrpcStatus> {
-        Err(unimplemented("QueryOffset"))
+        self.query_offset_rpc(request).await
     }
 
     async fn end_transaction(

@@ -41,6 +41,8 @@ pub fn code_of(e: &BrokerError) -> Code {
         BrokerError::Unsupported(_) => Code::Unsupported,
         BrokerError::TooManyRequests(_) => Code::TooManyRequests,
         BrokerError::MessageNotFound(_) => Code::MessageNotFound,
+        BrokerError::IllegalOffset(_) => Code::IllegalOffset,
+        BrokerError::OffsetNotFound(_) => Code::OffsetNotFound,
         BrokerError::ClientNotConnected(_) => Code::NotFound,
         BrokerError::ClientTimeout(_) => Code::ProxyTimeout,
         // The write or fsync did not happen: the message is not stored. Clients retry
@@ -75,6 +77,8 @@ mod tests {
             (BrokerError::IllegalInvisibleTime("x".into()), Code::IllegalInvisibleTime),
             (BrokerError::StorageFull("x".into()), Code::InternalServerError),
             (BrokerError::TooLargeToStore { size: 9, segment_size: 8 }, Code::MessageBodyTooLarge),
+            (BrokerError::IllegalOffset("x".into()), Code::IllegalOffset),
+            (BrokerError::OffsetNotFound("x".into()), Code::OffsetNotFound),
         ];
         for (e, code) in cases {
             assert_eq!(from_error(&e).code, code as i32, "{e}");

@@ -8,7 +8,7 @@
 //
 // MODE is produce, simple-consume or push-consume (this file), or one of the FIFO, delay,
 // recall and transaction modes of integration-tests/sdk/MESSAGE_TYPES.md (types.go, with
-// their own options).
+// their own options), or an offset-reset mode of the same file (reset.go).
 //
 // Options fall back to RMQ_E2E_<NAME> environment variables. Prints exactly one line
 // "RESULT <json>" on stdout (the fields of integration-tests/src/sdk.rs `Report`, plus
@@ -61,6 +61,7 @@ var modes = map[string]func(args) (bool, map[string]any){
 	"delay-produce": delayProduce, "timed-consume": timedConsume, "recall": recall,
 	"tx-produce": txProduce, "tx-check": txCheck,
 	"retry-run": retryRun,
+	"reset-simple-consume": resetSimpleConsume, "reset-push-consume": resetPushConsume,
 }
 
 func env(name, def string) string {

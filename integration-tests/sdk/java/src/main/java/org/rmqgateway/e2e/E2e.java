@@ -47,8 +47,9 @@ import org.apache.rocketmq.client.apis.producer.SendReceipt;
  * </pre>
  *
  * <p>The message-type modes (fifo-produce, fifo-consume, delay-produce, timed-consume, recall,
- * tx-produce, tx-check, priority-produce) are in {@link MessageTypes}; their arguments and RESULT fields are those
- * of {@code sdk/MESSAGE_TYPES.md}.
+ * tx-produce, tx-check, priority-produce) are in {@link MessageTypes}, the offset-reset ones
+ * (reset-simple-consume, reset-push-consume) in {@link OffsetReset}; their arguments and RESULT
+ * fields are those of {@code sdk/MESSAGE_TYPES.md}.
  *
  * <p>Prints exactly one line {@code RESULT <json>} on stdout (fields as the Python/Node drivers;
  * plus {@code sdk_version}, {@code attempts}, {@code failed_on_purpose}); exit 0 when the mode's
@@ -640,11 +641,17 @@ public final class E2e {
                 case "retry-run":
                     report = new Consumption(driver).retryRun();
                     break;
+                case "reset-simple-consume":
+                    report = new OffsetReset(driver).simpleConsume();
+                    break;
+                case "reset-push-consume":
+                    report = new OffsetReset(driver).pushConsume();
+                    break;
                 default:
                     throw new IllegalArgumentException("unknown mode " + Json.quote(mode)
                         + " (produce | simple-consume | push-consume | fifo-produce | fifo-consume"
                         + " | delay-produce | timed-consume | recall | tx-produce | tx-check | priority-produce"
-                        + " | retry-run)");
+                        + " | retry-run | reset-simple-consume | reset-push-consume)");
             }
             ok = Boolean.TRUE.equals(report.remove("ok"));
             report.put("errors", new ArrayList<>(driver.errors));
