@@ -740,6 +740,7 @@ async fn consumer_groups_are_configured_through_config_and_the_admin_api() {
             consume_message_orderly: true,
             retry_max_times: Some(2),
             retry_backoff: None,
+            message_model: Default::default(),
         });
     })
     .await;
