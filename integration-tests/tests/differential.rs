@@ -1341,12 +1341,14 @@ fn apache_and_gateway_answer_alike() {
                 consume_message_orderly: true,
                 retry_max_times: None,
                 retry_backoff: None,
+                message_model: Default::default(),
             });
             c.consumer.groups.push(GroupSpec {
                 name: G_DLQ.into(),
                 consume_message_orderly: false,
                 retry_max_times: Some(DLQ_MAX_RETRY),
                 retry_backoff: None,
+                message_model: Default::default(),
             });
         })
         .await;
