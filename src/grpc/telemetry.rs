@@ -224,14 +224,18 @@ async fn settings_reply(
                         Ok(proto::FilterType::Tag | proto::FilterType::Unspecified) => {
                             Filter::tags(&e.expression)?;
                         }
-                        // Refused here, at start-up, rather than on every receive forever.
+                        // Refused here, at start-up (the SDKs fail their start with it),
+                        // rather than on every receive.
                         Ok(proto::FilterType::Sql) => {
-                            return Err(BrokerError::Unsupported(format!(
-                                "SQL92 filter expressions are not supported by this gateway version yet \
-                                 (subscription to `{}`: {})",
-                                resource_name(entry.topic.as_ref(), &ctx.namespace),
-                                e.expression
-                            )));
+                            Filter::sql(&e.expression).map_err(|err| match err {
+                                BrokerError::IllegalFilterExpression(m) => {
+                                    BrokerError::IllegalFilterExpression(format!(
+                                        "subscription to `{}`: {m}",
+                                        resource_name(entry.topic.as_ref(), &ctx.namespace)
+                                    ))
+                                }
+                                other => other,
+                            })?;
                         }
                         Err(_) => {
                             return Err(BrokerError::IllegalFilterExpression(format!(
