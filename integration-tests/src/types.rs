@@ -131,9 +131,14 @@ fn percentile(sorted: &[i64], p: usize) -> i64 {
 // ------------------------------------------------------------------------------------ Apache
 
 /// `--broker-conf` settings of the Apache the scenarios use: transaction checks 3 s after the
-/// half message and every 5 s (defaults: 6 s, 30 s), recall enabled (off by default).
-pub const APACHE_BROKER_CONF: [&str; 3] =
-    ["transactionCheckInterval=5000", "transactionTimeOut=3000", "recallMessageEnable=true"];
+/// half message and every 5 s (defaults: 6 s, 30 s), recall enabled (off by default), SQL92
+/// filters enabled (off by default; the `filters` scenarios need them).
+pub const APACHE_BROKER_CONF: [&str; 4] = [
+    "transactionCheckInterval=5000",
+    "transactionTimeOut=3000",
+    "recallMessageEnable=true",
+    "enablePropertyFilter=true",
+];
 
 /// An Apache NameServer + Proxy (with its broker) run by `reference/apache.sh` in `dir`.
 struct ApacheRun {
@@ -374,7 +379,8 @@ impl TypesCtx {
         Some(TypesCtx { test, sdk, target, deadline: Instant::now() + TEST_BUDGET, broker })
     }
 
-    fn path(&self) -> &Path {
+    /// The temp dir of this scenario (drivers' output, input files).
+    pub fn path(&self) -> &Path {
         match &self.broker {
             Broker::Gateway(ctx) => ctx.path(),
             Broker::Apache { dir, .. } => dir.as_ref().map(|d| d.path()).unwrap(),

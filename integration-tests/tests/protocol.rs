@@ -655,11 +655,18 @@ async fn settings_that_cannot_be_accepted_fail_the_stream_with_the_reason() {
         assert_eq!(e.code(), want, "{e:?}");
         assert!(e.message().contains(says), "{:?} should say {says}", e.message());
     }
-    // Valid TAG and SQL92 subscriptions are answered with settings.
-    for (kind, expression) in [(proto::FilterType::Tag, "a||b"), (proto::FilterType::Sql, "a > 1 OR TAGS IS NULL")] {
-        let (_tx, mut stream) = telemetry(&mut c, subscription("GroupS", "TopicS", kind, expression)).await;
+    // Valid TAG and SQL92 subscriptions are answered with settings; so is a SimpleConsumer's
+    // bad SQL92 expression (its receives say what is wrong).
+    let mut simple = subscription("GroupS", "TopicS", proto::FilterType::Sql, "a >");
+    simple.client_type = Some(proto::ClientType::SimpleConsumer as i32);
+    for settings in [
+        subscription("GroupS", "TopicS", proto::FilterType::Tag, "a||b"),
+        subscription("GroupS", "TopicS", proto::FilterType::Sql, "a > 1 OR TAGS IS NULL"),
+        simple,
+    ] {
+        let (_tx, mut stream) = telemetry(&mut c, settings.clone()).await;
         let reply = stream.message().await.unwrap().unwrap();
-        assert_eq!(code(&reply.status), Code::Ok as i32, "{expression}");
+        assert_eq!(code(&reply.status), Code::Ok as i32, "{settings:?}");
     }
     g.stop().await;
 }

@@ -8,7 +8,7 @@
 //
 // MODE is produce, simple-consume or push-consume (this file), or one of the FIFO, delay,
 // recall and transaction modes of integration-tests/sdk/MESSAGE_TYPES.md (types.go, with
-// their own options).
+// their own options), or its SQL92 filter modes (filters.go).
 //
 // Options fall back to RMQ_E2E_<NAME> environment variables. Prints exactly one line
 // "RESULT <json>" on stdout (the fields of integration-tests/src/sdk.rs `Report`, plus
@@ -51,6 +51,7 @@ type args struct {
 	timeout                                   time.Duration
 	tls, progress                             bool
 	typeArgs                                  // options of the modes in types.go
+	filterArgs                                // options of the modes in filters.go
 }
 
 // modes maps each mode to its function: ok (the mode's goal was met) and the RESULT fields.
@@ -59,6 +60,7 @@ var modes = map[string]func(args) (bool, map[string]any){
 	"fifo-produce": fifoProduce, "fifo-consume": fifoConsume,
 	"delay-produce": delayProduce, "timed-consume": timedConsume, "recall": recall,
 	"tx-produce": txProduce, "tx-check": txCheck,
+	"filter-produce": filterProduce, "filter-consume": filterConsume,
 }
 
 func env(name, def string) string {
@@ -99,6 +101,7 @@ func parseArgs() (args, error) {
 	fs.IntVar(&a.pauseMs, "pause-ms", 0, "consumers: sleep this long per accepted message")
 	fs.IntVar(&a.threads, "threads", 0, "push-consume: consumption threads (0: the SDK's default)")
 	a.typeArgs.register(fs)
+	a.filterArgs.register(fs)
 	if err := fs.Parse(os.Args[2:]); err != nil {
 		return a, err
 	}
