@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::apache::TopicType;
-use crate::scenario::unique;
 use crate::sdk::Sdk;
 use crate::types::{Target, TypesCtx};
 
@@ -293,16 +292,18 @@ pub fn sql92_matrix(test: &'static str, sdk: Sdk) {
         ctx.fail(&format!("the producer sent {} of {} messages", producer.num("sent"), data.len()), &[&producer]);
     }
 
+    // One consumer group per expression (Apache needs them created).
+    let names: Vec<&str> = cases.iter().map(|c| c.name).chain(REFUSED.iter().map(|r| r.0)).collect();
+    let mut groups = ctx.plain_groups(&names).into_iter();
     let mut filters = String::new();
     let mut want: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-    for case in &cases {
+    for (case, group) in cases.iter().zip(groups.by_ref()) {
         let expect = expected(case, &data);
-        let group = unique("group", case.name);
         filters.push_str(&format!("{}\t{group}\tstart\t{}\t{}\n", case.name, expect.len(), case.expression));
         want.insert(case.name, expect);
     }
-    for (name, how, expression, _) in REFUSED {
-        filters.push_str(&format!("{name}\t{}\t{how}\t-1\t{expression}\n", unique("group", name)));
+    for ((name, how, expression, _), group) in REFUSED.iter().zip(groups) {
+        filters.push_str(&format!("{name}\t{group}\t{how}\t-1\t{expression}\n"));
     }
     let filters_file = dir.join("filters.tsv");
     std::fs::write(&filters_file, filters).unwrap();

@@ -470,6 +470,24 @@ impl TypesCtx {
         name
     }
 
+    /// `names.len()` fresh non-orderly consumer groups with the default retries, named after
+    /// `names` (on Apache in one admin call).
+    pub fn plain_groups(&self, names: &[&str]) -> Vec<String> {
+        let groups: Vec<String> = names.iter().map(|n| unique("group", n)).collect();
+        match &self.broker {
+            Broker::Gateway(ctx) => {
+                for g in &groups {
+                    self.admin_put(ctx, &format!("/api/v1/groups/{g}"), r#"{"consumeMessageOrderly":false}"#);
+                }
+            }
+            Broker::Apache { apache, .. } => {
+                let specs: Vec<String> = groups.iter().map(|g| format!("group {g}")).collect();
+                apache.admin(&specs).unwrap_or_else(|e| panic!("{}: creating groups: {e:#}", self.test));
+            }
+        }
+        groups
+    }
+
     fn admin_put(&self, ctx: &Ctx, path: &str, body: &str) {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ctx.gateway.http_port));
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
