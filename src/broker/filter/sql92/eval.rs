@@ -19,6 +19,7 @@ impl Lookup for Properties {
     }
 }
 
+#[cfg(test)]
 impl Lookup for std::collections::HashMap<String, String> {
     fn property(&self, name: &str) -> Option<&str> {
         self.get(name).map(String::as_str)

@@ -44,8 +44,9 @@
 //! * Two properties compared with `>`-like operators are both read as doubles (or fail);
 //!   with `=` they compare as strings. A string literal cannot be used with `>`-like
 //!   operators (refused when parsed).
-//! * `a = TRUE` is TRUE when `a` is `true` in any case, FALSE otherwise; `TRUE = a` fails
-//!   (Apache casts the wrong way round). A property alone as a condition (`WHERE a`) is FALSE
+//! * `a = TRUE` is TRUE when `a` is `true` in any case, FALSE for any other value (so
+//!   `a = FALSE` matches `'no'`), unknown when `a` is missing; `TRUE = a` fails (Apache casts
+//!   the wrong way round). A property alone as a condition (`WHERE a`) is FALSE
 //!   when set (its value is a string, not a boolean) and unknown when missing.
 //! * `IN` lists hold strings only and compare exactly; `IN` needs a property on its left.
 //! * Refused when parsed, as Apache refuses them: `= NULL` (use `IS NULL`), string or
