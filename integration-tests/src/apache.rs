@@ -89,6 +89,9 @@ impl Apache {
             &pid,
             "--timeout",
             "150",
+            // SQL92 filters, off by default in Apache's broker.
+            "--broker-conf",
+            "enablePropertyFilter=true",
         ])?;
         let startup = t0.elapsed();
         // ENDPOINT 127.0.0.1:P NAMESRV 127.0.0.1:N

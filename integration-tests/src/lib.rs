@@ -2,6 +2,7 @@
 //!
 //! - [`apache`]: Apache RocketMQ 5 itself on loopback (reference/apache.sh), for differential tests.
 //! - [`client`]: raw gRPC request helpers for protocol-level tests.
+//! - [`filters`]: SQL92 filter scenarios through the SDK drivers, checked against an oracle.
 //! - [`in_process`]: the gateway in the test process (`server::run` on a tokio task) with a
 //!   `Config` tweak, on free loopback ports and a temp dir.
 //! - [`gateway_process`]: run the real `rmq-gateway` binary as a child process
@@ -15,6 +16,7 @@
 pub mod apache;
 pub mod client;
 pub mod consumption;
+pub mod filters;
 pub mod gateway_process;
 pub mod in_process;
 pub mod offsets;

@@ -131,9 +131,14 @@ fn percentile(sorted: &[i64], p: usize) -> i64 {
 // ------------------------------------------------------------------------------------ Apache
 
 /// `--broker-conf` settings of the Apache the scenarios use: transaction checks 3 s after the
-/// half message and every 5 s (defaults: 6 s, 30 s), recall enabled (off by default).
-pub const APACHE_BROKER_CONF: [&str; 3] =
-    ["transactionCheckInterval=5000", "transactionTimeOut=3000", "recallMessageEnable=true"];
+/// half message and every 5 s (defaults: 6 s, 30 s), recall enabled (off by default), SQL92
+/// filters enabled (off by default; the `filters` scenarios need them).
+pub const APACHE_BROKER_CONF: [&str; 4] = [
+    "transactionCheckInterval=5000",
+    "transactionTimeOut=3000",
+    "recallMessageEnable=true",
+    "enablePropertyFilter=true",
+];
 
 /// An Apache NameServer + Proxy (with its broker) run by `reference/apache.sh` in `dir`.
 struct ApacheRun {
@@ -374,7 +379,8 @@ impl TypesCtx {
         Some(TypesCtx { test, sdk, target, deadline: Instant::now() + TEST_BUDGET, broker })
     }
 
-    fn path(&self) -> &Path {
+    /// The temp dir of this scenario (drivers' output, input files).
+    pub fn path(&self) -> &Path {
         match &self.broker {
             Broker::Gateway(ctx) => ctx.path(),
             Broker::Apache { dir, .. } => dir.as_ref().map(|d| d.path()).unwrap(),
@@ -480,6 +486,24 @@ impl TypesCtx {
         let name = unique("group", self.test);
         self.admin_put(ctx, &format!("/api/v1/groups/{name}"), r#"{"messageModel":"BROADCASTING"}"#);
         name
+    }
+
+    /// `names.len()` fresh non-orderly consumer groups with the default retries, named after
+    /// `names` (on Apache in one admin call).
+    pub fn plain_groups(&self, names: &[&str]) -> Vec<String> {
+        let groups: Vec<String> = names.iter().map(|n| unique("group", n)).collect();
+        match &self.broker {
+            Broker::Gateway(ctx) => {
+                for g in &groups {
+                    self.admin_put(ctx, &format!("/api/v1/groups/{g}"), r#"{"consumeMessageOrderly":false}"#);
+                }
+            }
+            Broker::Apache { apache, .. } => {
+                let specs: Vec<String> = groups.iter().map(|g| format!("group {g}")).collect();
+                apache.admin(&specs).unwrap_or_else(|e| panic!("{}: creating groups: {e:#}", self.test));
+            }
+        }
+        groups
     }
 
     fn admin_put(&self, ctx: &Ctx, path: &str, body: &str) {

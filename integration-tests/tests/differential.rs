@@ -74,8 +74,12 @@ const ALLOWED: &[(&str, &str, &str, &str)] = &[
         "OK [status,message,delivery_timestamp]",
         "batch_size 0 (the proto3 default) means the configured receiveBatchSize here; Apache returns nothing",
     ),
-    ("bad.receive.sql92_filter", "*", "UNSUPPORTED*", "SQL92 filters are not implemented yet and are refused"),
-    ("settings.simple_consumer_sql92.*", "*", "*", "SQL92 subscriptions are refused in Settings until SQL92 exists"),
+    (
+        "bad.receive.sql92_filter_invalid",
+        "INTERNAL_SERVER_ERROR*",
+        "ILLEGAL_FILTER_EXPRESSION*",
+        "a SQL92 expression that does not parse: Apache's broker answers SUBSCRIPTION_PARSE_FAILED, which its proxy passes on as INTERNAL_SERVER_ERROR without the reason; we answer the specific code with the position",
+    ),
     (
         "settings.*.subscription.lite_subscription_quota",
         "Some(*)",
@@ -663,6 +667,12 @@ async fn case_bad_input(t: &mut Target, o: &mut Obs) {
             let mut r = receive_request(T_RECV, G_BAD, Some(Duration::from_secs(30)), Duration::from_secs(1));
             r.filter_expression =
                 Some(proto::FilterExpression { r#type: proto::FilterType::Sql as i32, expression: "a > 1".into() });
+            r
+        }),
+        ("sql92_filter_invalid", {
+            let mut r = receive_request(T_RECV, G_BAD, Some(Duration::from_secs(30)), Duration::from_secs(1));
+            r.filter_expression =
+                Some(proto::FilterExpression { r#type: proto::FilterType::Sql as i32, expression: "a >".into() });
             r
         }),
         ("batch_size_0_with_a_message", {

@@ -641,7 +641,12 @@ async fn settings_that_cannot_be_accepted_fail_the_stream_with_the_reason() {
             tonic::Code::InvalidArgument,
             "ILLEGAL_FILTER_EXPRESSION",
         ),
-        (subscription("GroupS", "TopicS", proto::FilterType::Sql, "a > 1"), tonic::Code::Unimplemented, "SQL92"),
+        (
+            subscription("GroupS", "TopicS", proto::FilterType::Sql, "a > 'x'"),
+            tonic::Code::InvalidArgument,
+            "ILLEGAL_FILTER_EXPRESSION (40010): subscription to `TopicS`: invalid SQL92 filter expression \"a > 'x'\": \
+             at column 5: `'x'` cannot be compared with >",
+        ),
     ];
     for (settings, want, says) in cases {
         let (_tx, mut stream) = telemetry(&mut c, settings).await;
@@ -650,10 +655,63 @@ async fn settings_that_cannot_be_accepted_fail_the_stream_with_the_reason() {
         assert_eq!(e.code(), want, "{e:?}");
         assert!(e.message().contains(says), "{:?} should say {says}", e.message());
     }
-    // A valid TAG subscription is answered with settings.
-    let (_tx, mut stream) = telemetry(&mut c, subscription("GroupS", "TopicS", proto::FilterType::Tag, "a||b")).await;
-    let reply = stream.message().await.unwrap().unwrap();
-    assert_eq!(code(&reply.status), Code::Ok as i32);
+    // Valid TAG and SQL92 subscriptions are answered with settings; so is a SimpleConsumer's
+    // bad SQL92 expression (its receives say what is wrong).
+    let mut simple = subscription("GroupS", "TopicS", proto::FilterType::Sql, "a >");
+    simple.client_type = Some(proto::ClientType::SimpleConsumer as i32);
+    for settings in [
+        subscription("GroupS", "TopicS", proto::FilterType::Tag, "a||b"),
+        subscription("GroupS", "TopicS", proto::FilterType::Sql, "a > 1 OR TAGS IS NULL"),
+        simple,
+    ] {
+        let (_tx, mut stream) = telemetry(&mut c, settings.clone()).await;
+        let reply = stream.message().await.unwrap().unwrap();
+        assert_eq!(code(&reply.status), Code::Ok as i32, "{settings:?}");
+    }
+    g.stop().await;
+}
+
+/// ReceiveMessage with a SQL92 filter gets the matching messages only (the others are
+/// acknowledged for the group); a bad expression gets ILLEGAL_FILTER_EXPRESSION saying where.
+#[tokio::test]
+async fn sql92_filters_on_receive() {
+    let g = Gateway::start(|_| {}).await;
+    let mut c = g.client().await;
+    let sql = |expression: &str| {
+        let expression = expression.to_string();
+        move |r: &mut proto::ReceiveMessageRequest| {
+            r.filter_expression = Some(proto::FilterExpression { r#type: proto::FilterType::Sql as i32, expression });
+        }
+    };
+    let mut msgs = Vec::new();
+    for (i, price) in ["5", "50", "500", "x"].iter().enumerate() {
+        let mut m = message("TopicSql", &format!("sql-{i}"), format!("body-{i}").as_bytes());
+        m.user_properties.insert("price".into(), price.to_string());
+        msgs.push(m);
+    }
+    msgs.push(message("TopicSql", "sql-none", b"no price"));
+    assert_eq!(code(&send(&mut c, msgs).await.status), Code::Ok as i32);
+    let invisible = Some(Duration::from_secs(30));
+    let got = receive_with(&mut c, "TopicSql", "GroupSql", invisible, sql("price BETWEEN 10 AND 1000")).await;
+    assert_eq!(got.status.code, Code::Ok as i32, "{:?}", got.status);
+    let mut bodies: Vec<_> = got.messages.iter().map(|m| String::from_utf8_lossy(&m.body).to_string()).collect();
+    bodies.sort();
+    assert_eq!(bodies, vec!["body-1", "body-2"]);
+    // A missing property: IS NULL matches, a comparison does not.
+    let got = receive_with(&mut c, "TopicSql", "GroupSqlNull", invisible, sql("price IS NULL")).await;
+    assert_eq!(got.messages.iter().map(|m| m.body.to_vec()).collect::<Vec<_>>(), vec![b"no price".to_vec()]);
+
+    for (expression, says) in [
+        ("price > ", "at column 9: expected a value, a property or `(`, found the end of the expression"),
+        ("price = 1 AND (tag = 'a' OR)", "at column 28: expected a value, a property or `(`, found `)`"),
+        ("price IN (1, 2)", "at column 11: expected a string in single quotes after `(`"),
+        ("", "at column 1: the expression is empty"),
+    ] {
+        let got = receive_with(&mut c, "TopicSql", "GroupSqlBad", invisible, sql(expression)).await;
+        assert_eq!(got.status.code, Code::IllegalFilterExpression as i32, "{expression}: {:?}", got.status);
+        assert!(got.status.message.contains(says), "{expression}: {:?} should say {says}", got.status.message);
+        assert!(got.messages.is_empty());
+    }
     g.stop().await;
 }
 

@@ -10,6 +10,7 @@
 mod catalog;
 pub mod consumer;
 pub mod error;
+pub mod filter;
 mod journal;
 pub mod message;
 mod offsets;
@@ -34,11 +35,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use catalog::{GroupInfo, TopicInfo, TopicKind};
 pub use error::{BrokerError, BrokerResult};
+pub use filter::Filter;
 pub use message::{DeliveredMessage, MessageType, OutgoingMessage};
 pub use offsets::{
     OffsetChange, OffsetPolicy, PullRequest, PullResult, PullStatus, QueueProgress, ResetTarget, TopicProgress,
 };
-pub use pop::{Filter, ReceiveRequest};
+pub use pop::ReceiveRequest;
 pub use relay::{ClientCommand, ClientReply, VerifyOutcome};
 pub use settings::{Backoff, BrokerSettings};
 pub use transaction::{Resolution, ResolutionSource};

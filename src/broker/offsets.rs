@@ -38,9 +38,9 @@ use tokio::time::Instant;
 
 use super::consumer::QueueState;
 use super::error::{BrokerError, BrokerResult};
+use super::filter::Filter;
 use super::journal::{QueueReset, ResetRecord};
 use super::message::DeliveredMessage;
-use super::pop::Filter;
 use super::{Broker, TopicEntry, lock, validate};
 use crate::storage::{QueueRange, StorageError};
 
@@ -586,10 +586,7 @@ impl Broker {
                 }
                 cursor = m.queue_offset + 1;
                 scanned += 1;
-                if !filter.matches(&m) {
-                    continue;
-                }
-                if let Some(m) = self.resolve(m)? {
+                if let Some(m) = self.admit(m, filter)? {
                     bytes += m.body.len();
                     messages.push(DeliveredMessage::from_stored(m, String::new(), 1));
                 }

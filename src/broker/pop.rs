@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::consumer::{Due, HandleProblem, Inflight, QueueState, group_key};
 use super::error::{BrokerError, BrokerResult};
+use super::filter::Filter;
 use super::journal::{AckRecord, Delivery, DeliveryRecord, JOURNAL_TOPIC, JournalRecord};
 use super::message::DeliveredMessage;
 use super::receipt::Receipt;
@@ -56,37 +57,6 @@ pub(super) fn base_group(consumer: &str) -> &str {
 /// Long polls re-check at least this often (deliveries whose invisibility ends are not
 /// announced by an append).
 const RECHECK: Duration = Duration::from_millis(500);
-
-/// Which messages a consumer wants.
-#[derive(Debug, Clone)]
-pub enum Filter {
-    All,
-    /// Tags joined by `||` in the expression.
-    Tags(HashSet<String>),
-}
-
-impl Filter {
-    /// Parses a TAG expression: `*` or empty means all, otherwise tags split on `||`.
-    pub fn tags(expression: &str) -> BrokerResult<Filter> {
-        let e = expression.trim();
-        if e.is_empty() || e == "*" {
-            return Ok(Filter::All);
-        }
-        let tags: HashSet<String> =
-            e.split("||").map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect();
-        if tags.is_empty() {
-            return Err(BrokerError::IllegalFilterExpression(format!("tag expression `{e}` names no tag")));
-        }
-        Ok(Filter::Tags(tags))
-    }
-
-    pub(crate) fn matches(&self, m: &StoredMessage) -> bool {
-        match self {
-            Filter::All => true,
-            Filter::Tags(tags) => m.properties.get(keys::TAGS).is_some_and(|t| tags.contains(t)),
-        }
-    }
-}
 
 /// A ReceiveMessage call in domain terms.
 #[derive(Debug, Clone)]
@@ -477,12 +447,8 @@ impl Broker {
                 if st.is_acked(offset) || st.inflight.contains_key(&offset) || st.waiting.contains_key(&offset) {
                     continue;
                 }
-                if !req.filter.matches(&m) {
-                    // Like Apache: a message the filter rejects is acknowledged for this group.
-                    st.complete(offset);
-                    continue;
-                }
-                let Some(m) = self.resolve(m)? else {
+                // Like Apache: a message the filter rejects is acknowledged for this group.
+                let Some(m) = self.admit(m, &req.filter)? else {
                     st.complete(offset);
                     continue;
                 };

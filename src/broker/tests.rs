@@ -661,3 +661,45 @@ async fn broadcast_groups_give_every_client_every_message() {
     broker.reset_offsets("B", "T", ResetTarget::Earliest).await.unwrap();
     assert_eq!(ids(&broker.receive(receive("c1")).await.unwrap()), ["m0", "m1", "m2"], "c1 again after the reset");
 }
+
+/// SQL92 filters see all of a message's properties, also for fired timers and committed
+/// transactions (delivered through reference records that carry only the tag and keys);
+/// what they reject is acknowledged for the group, other groups still get everything.
+#[tokio::test]
+async fn sql_filters_see_the_properties_of_fired_timers_and_commits_too() {
+    let h = Harness::new(Arc::new(MemoryLog::new())).await;
+    let broker = h.start().await;
+    broker.create_topic("T", Some(1), TopicKind::Mixed).await.unwrap();
+    let with = |mut m: OutgoingMessage, n: &str| {
+        m.user_properties = vec![("n".into(), n.into())];
+        m.tag = Some("t".into());
+        m
+    };
+    let now = h.clock.now_ms();
+    for m in [
+        with(message("plain5"), "5"),
+        with(message("plain1"), "1"),
+        with(delayed("timer7", now + 1_000), "7"),
+        with(delayed("timer2", now + 1_000), "2"),
+        with(transactional("tx9"), "9"),
+        with(transactional("tx0"), "0"),
+    ] {
+        broker.send(vec![m]).await.unwrap();
+    }
+    for tx in ["tx9", "tx0"] {
+        broker.end_transaction("T", tx, Resolution::Commit, ResolutionSource::Client).await.unwrap();
+    }
+    broker.index_timers().unwrap();
+    h.clock.advance(1_000);
+    assert_eq!(broker.fire_due_timers().await.unwrap(), 2);
+    let mut req = receive_request();
+    req.filter = Filter::sql("n > 3 AND TAGS = 't'").unwrap();
+    let mut got: Vec<String> = broker.receive(req.clone()).await.unwrap().into_iter().map(|m| m.message_id).collect();
+    got.sort();
+    assert_eq!(got, vec!["plain5", "timer7", "tx9"]);
+    assert!(broker.receive(req).await.unwrap().is_empty(), "the rest was acknowledged for the group");
+    let mut all = receive_request();
+    all.group = "G2".into();
+    assert_eq!(broker.receive(all).await.unwrap().len(), 6);
+    assert!(matches!(Filter::sql("n >"), Err(BrokerError::IllegalFilterExpression(m)) if m.contains("at column 4")));
+}

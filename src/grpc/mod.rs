@@ -16,9 +16,7 @@ use std::time::Duration;
 use futures::Stream;
 use tonic::{Request, Response, Status as GrpcStatus, Streaming};
 
-use crate::broker::{
-    Broker, BrokerError, ClientKind, Filter, MessageType, ReceiveRequest, Resolution, ResolutionSource,
-};
+use crate::broker::{Broker, BrokerError, ClientKind, MessageType, ReceiveRequest, Resolution, ResolutionSource};
 use crate::proto::messaging_service_server::{MessagingService, MessagingServiceServer};
 use crate::proto::{self, Code};
 use convert::resource_name;
@@ -336,17 +334,7 @@ impl MessagingService for MessagingServiceImpl {
         }
         let topic = resource_name(req.message_queue.as_ref().and_then(|q| q.topic.as_ref()), &ctx.namespace);
         let group = resource_name(req.group.as_ref(), &ctx.namespace);
-        let filter = match req.filter_expression.as_ref() {
-            None => Ok(Filter::All),
-            Some(f) => match proto::FilterType::try_from(f.r#type) {
-                Ok(proto::FilterType::Tag) | Ok(proto::FilterType::Unspecified) => Filter::tags(&f.expression),
-                Ok(proto::FilterType::Sql) => Err(BrokerError::Unsupported(
-                    "SQL92 filter expressions are not supported by this gateway version yet".into(),
-                )),
-                Err(_) => Err(BrokerError::IllegalFilterExpression(format!("unknown filter type {}", f.r#type))),
-            },
-        };
-        let filter = match filter {
+        let filter = match pull::filter_of(req.filter_expression.as_ref()) {
             Ok(f) => f,
             Err(e) => return Ok(Response::new(done(from_error(&e)))),
         };

@@ -22,9 +22,7 @@ pub(super) fn filter_of(f: Option<&proto::FilterExpression>) -> Result<Filter, B
     let Some(f) = f else { return Ok(Filter::All) };
     match proto::FilterType::try_from(f.r#type) {
         Ok(proto::FilterType::Tag) | Ok(proto::FilterType::Unspecified) => Filter::tags(&f.expression),
-        Ok(proto::FilterType::Sql) => Err(BrokerError::Unsupported(
-            "SQL92 filter expressions are not supported by this gateway version yet".into(),
-        )),
+        Ok(proto::FilterType::Sql) => Filter::sql(&f.expression),
         Err(_) => Err(BrokerError::IllegalFilterExpression(format!("unknown filter type {}", f.r#type))),
     }
 }

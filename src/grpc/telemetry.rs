@@ -219,6 +219,7 @@ async fn settings_reply(
         }
         Some(PubSub::Subscription(sub)) => {
             let group = resource_name(sub.group.as_ref(), &ctx.namespace);
+            let simple = s.client_type == Some(proto::ClientType::SimpleConsumer as i32);
             for entry in &sub.subscriptions {
                 validate::validate_topic(&resource_name(entry.topic.as_ref(), &ctx.namespace))?;
                 if let Some(e) = entry.expression.as_ref() {
@@ -226,14 +227,28 @@ async fn settings_reply(
                         Ok(proto::FilterType::Tag | proto::FilterType::Unspecified) => {
                             Filter::tags(&e.expression)?;
                         }
-                        // Refused here, at start-up, rather than on every receive forever.
+                        // A bad expression fails a push consumer's start-up (its receives run
+                        // in the background, where an error is only logged). A SimpleConsumer
+                        // meets it on every receive instead, as ILLEGAL_FILTER_EXPRESSION with
+                        // the position: the Java SDK's start-up failure would not show the
+                        // reason (it retries and ends with "Stream is already completed"), and
+                        // Apache does not check SQL92 expressions in Settings at all.
                         Ok(proto::FilterType::Sql) => {
-                            return Err(BrokerError::Unsupported(format!(
-                                "SQL92 filter expressions are not supported by this gateway version yet \
-                                 (subscription to `{}`: {})",
-                                resource_name(entry.topic.as_ref(), &ctx.namespace),
-                                e.expression
-                            )));
+                            if let Err(err) = Filter::sql(&e.expression) {
+                                let topic = resource_name(entry.topic.as_ref(), &ctx.namespace);
+                                if simple {
+                                    tracing::info!(client_id = ctx.client_id, topic, error = %err, "SimpleConsumer subscribed with a bad SQL92 expression; its receives will be refused");
+                                } else {
+                                    return Err(match err {
+                                        BrokerError::IllegalFilterExpression(m) => {
+                                            BrokerError::IllegalFilterExpression(format!(
+                                                "subscription to `{topic}`: {m}"
+                                            ))
+                                        }
+                                        other => other,
+                                    });
+                                }
+                            }
                         }
                         Err(_) => {
                             return Err(BrokerError::IllegalFilterExpression(format!(

@@ -8,7 +8,8 @@
 //
 // MODE is produce, simple-consume or push-consume (this file), or one of the FIFO, delay,
 // recall and transaction modes of integration-tests/sdk/MESSAGE_TYPES.md (types.go, with
-// their own options), or an offset-reset mode of the same file (reset.go).
+// their own options), an offset-reset mode (reset.go), an SQL92 filter mode (filters.go) or
+// a consumption mode (consumption.go).
 //
 // Options fall back to RMQ_E2E_<NAME> environment variables. Prints exactly one line
 // "RESULT <json>" on stdout (the fields of integration-tests/src/sdk.rs `Report`, plus
@@ -52,6 +53,7 @@ type args struct {
 	tls, progress                             bool
 	typeArgs                                  // options of the modes in types.go
 	consumeArgs                               // options of the modes in consumption.go
+	filterArgs                                // options of the modes in filters.go
 }
 
 // modes maps each mode to its function: ok (the mode's goal was met) and the RESULT fields.
@@ -62,6 +64,7 @@ var modes = map[string]func(args) (bool, map[string]any){
 	"tx-produce": txProduce, "tx-check": txCheck,
 	"retry-run": retryRun,
 	"reset-simple-consume": resetSimpleConsume, "reset-push-consume": resetPushConsume,
+	"filter-produce": filterProduce, "filter-consume": filterConsume,
 }
 
 func env(name, def string) string {
@@ -103,6 +106,7 @@ func parseArgs() (args, error) {
 	fs.IntVar(&a.threads, "threads", 0, "push-consume: consumption threads (0: the SDK's default)")
 	a.typeArgs.register(fs)
 	a.consumeArgs.register(fs)
+	a.filterArgs.register(fs)
 	if err := fs.Parse(os.Args[2:]); err != nil {
 		return a, err
 	}

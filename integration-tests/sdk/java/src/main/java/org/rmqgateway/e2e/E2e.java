@@ -48,8 +48,9 @@ import org.apache.rocketmq.client.apis.producer.SendReceipt;
  *
  * <p>The message-type modes (fifo-produce, fifo-consume, delay-produce, timed-consume, recall,
  * tx-produce, tx-check, priority-produce) are in {@link MessageTypes}, the offset-reset ones
- * (reset-simple-consume, reset-push-consume) in {@link OffsetReset}; their arguments and RESULT
- * fields are those of {@code sdk/MESSAGE_TYPES.md}.
+ * (reset-simple-consume, reset-push-consume) in {@link OffsetReset}, the SQL92 filter modes
+ * (filter-produce, filter-consume) in {@link Filters}, retry-run in {@link Consumption}; their
+ * arguments and RESULT fields are those of {@code sdk/MESSAGE_TYPES.md}.
  *
  * <p>Prints exactly one line {@code RESULT <json>} on stdout (fields as the Python/Node drivers;
  * plus {@code sdk_version}, {@code attempts}, {@code failed_on_purpose}); exit 0 when the mode's
@@ -647,11 +648,17 @@ public final class E2e {
                 case "reset-push-consume":
                     report = new OffsetReset(driver).pushConsume();
                     break;
+                case "filter-produce":
+                    report = new Filters(driver).produce();
+                    break;
+                case "filter-consume":
+                    report = new Filters(driver).consume();
+                    break;
                 default:
                     throw new IllegalArgumentException("unknown mode " + Json.quote(mode)
                         + " (produce | simple-consume | push-consume | fifo-produce | fifo-consume"
                         + " | delay-produce | timed-consume | recall | tx-produce | tx-check | priority-produce"
-                        + " | retry-run | reset-simple-consume | reset-push-consume)");
+                        + " | retry-run | reset-simple-consume | reset-push-consume | filter-produce | filter-consume)");
             }
             ok = Boolean.TRUE.equals(report.remove("ok"));
             report.put("errors", new ArrayList<>(driver.errors));
