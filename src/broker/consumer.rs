@@ -337,6 +337,21 @@ impl QueueState {
         Ok(entry)
     }
 
+    /// After a restart: auto-renewed deliveries are no longer renewed; each stays invisible
+    /// until `visible_at_ms` at least (one invisible period from the restart), then comes back.
+    /// Whether the client got them is unknown — a stop may cut a receive's response after the
+    /// delivery was journaled (the Go SDK even drops every call of a connection on which one
+    /// call failed) — and a delivery the client never saw must not be renewed on its behalf for
+    /// hours. Apache's proxy likewise loses its renewals when it restarts.
+    pub fn end_renewals(&mut self, visible_at_ms: i64) {
+        for e in self.inflight.values_mut() {
+            if e.auto_renew_client.take().is_some() {
+                e.visible_at_ms = e.visible_at_ms.max(visible_at_ms);
+                self.dirty = true;
+            }
+        }
+    }
+
     /// Makes the auto-renewed deliveries of a departed client visible at `visible_at_ms`.
     pub fn release_client(&mut self, client: &str, visible_at_ms: i64) {
         for e in self.inflight.values_mut() {

@@ -891,8 +891,11 @@ impl Broker {
         }
         // Scan again from each floor: orderly groups find the messages that were waiting for
         // their message group (acked and in-flight offsets are skipped).
+        let renewals_end = self.now_ms() + self.inner.settings.consumer.default_invisible_time.as_millis() as i64;
         for state in lock(&self.inner.states).values() {
-            lock(state).rescan();
+            let mut st = lock(state);
+            st.rescan();
+            st.end_renewals(renewals_end);
         }
         // Broadcast clients' own consumers count as seen now (retired if they never come back).
         let now = self.now_ms();

@@ -703,3 +703,33 @@ async fn sql_filters_see_the_properties_of_fired_timers_and_commits_too() {
     assert_eq!(broker.receive(all).await.unwrap().len(), 6);
     assert!(matches!(Filter::sql("n >"), Err(BrokerError::IllegalFilterExpression(m)) if m.contains("at column 4")));
 }
+
+/// A PushConsumer's auto-renewed delivery across a restart: the client reconnects (alive), but
+/// the gateway cannot know whether the receive's response reached it before the stop, so the
+/// renewal ends: the message comes back one invisible period (60 s here) after the restart,
+/// not after the 3 h renewal cap.
+#[tokio::test]
+async fn a_restart_ends_server_side_renewals() {
+    for snapshot in [false, true] {
+        let h = Harness::new(Arc::new(MemoryLog::new())).await;
+        let broker = h.start().await;
+        broker.send(vec![message("m0")]).await.unwrap();
+        let mut push = receive_request();
+        push.auto_renew = true;
+        push.invisible_duration = None;
+        assert_eq!(ids(&broker.receive(push.clone()).await.unwrap()), ["m0"]);
+        h.clock.advance(120_000);
+        assert!(broker.receive(push.clone()).await.unwrap().is_empty(), "renewed while the client lives");
+        if snapshot {
+            broker.shutdown().await.unwrap();
+        }
+        drop(broker);
+        let broker = h.start().await;
+        broker.heartbeat("c", ClientKind::PushConsumer, Some("G")).await.unwrap();
+        h.clock.advance(59_000);
+        assert!(broker.receive(push.clone()).await.unwrap().is_empty(), "snapshot={snapshot}: not before 60 s");
+        h.clock.advance(1_000);
+        let again = broker.receive(push).await.unwrap();
+        assert_eq!((ids(&again), again[0].delivery_attempt), (vec!["m0"], 2), "snapshot={snapshot}");
+    }
+}
