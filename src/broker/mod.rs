@@ -12,6 +12,7 @@ pub mod consumer;
 pub mod error;
 mod journal;
 pub mod message;
+pub mod namespace;
 mod pop;
 pub mod receipt;
 mod relay;

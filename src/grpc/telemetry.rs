@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status as GrpcStatus, Streaming};
 
-use super::convert::{delivered, proto_duration, resource_name};
+use super::convert::{delivered, proto_duration};
 use super::status::{code_of, ok, status};
 use super::{BoxStream, Context, GrpcSettings, client_kind};
 use crate::broker::{
@@ -200,7 +200,7 @@ async fn settings_reply(
         Some(PubSub::Publishing(p)) => {
             let mut topics = Vec::with_capacity(p.topics.len());
             for t in &p.topics {
-                let name = resource_name(Some(t), &ctx.namespace);
+                let name = ctx.topic(Some(t))?;
                 validate::validate_topic(&name)?;
                 topics.push(name);
             }
@@ -218,9 +218,10 @@ async fn settings_reply(
             });
         }
         Some(PubSub::Subscription(sub)) => {
-            let group = resource_name(sub.group.as_ref(), &ctx.namespace);
+            let group = ctx.group(sub.group.as_ref())?;
             for entry in &sub.subscriptions {
-                validate::validate_topic(&resource_name(entry.topic.as_ref(), &ctx.namespace))?;
+                let topic = ctx.topic(entry.topic.as_ref())?;
+                validate::validate_topic(&topic)?;
                 if let Some(e) = entry.expression.as_ref() {
                     match proto::FilterType::try_from(e.r#type) {
                         Ok(proto::FilterType::Tag | proto::FilterType::Unspecified) => {
@@ -231,8 +232,7 @@ async fn settings_reply(
                             return Err(BrokerError::Unsupported(format!(
                                 "SQL92 filter expressions are not supported by this gateway version yet \
                                  (subscription to `{}`: {})",
-                                resource_name(entry.topic.as_ref(), &ctx.namespace),
-                                e.expression
+                                topic, e.expression
                             )));
                         }
                         Err(_) => {
