@@ -8,6 +8,7 @@
 //!   (free loopback ports, temp data dir, `/readyz`, SIGTERM/SIGKILL, restart).
 //! - [`sdk`]: run the official-SDK driver programs under `integration-tests/sdk/`
 //!   with a hard timeout and parse their `RESULT {json}` line.
+//! - [`namespaces`]: namespace isolation through the SDK drivers (`--namespace`).
 //! - [`scenario`]: one gateway + temp dir per test, driver runs within a time budget, the
 //!   checks a consumer's report must pass, and the scenarios several SDKs' tests share.
 
@@ -16,6 +17,7 @@ pub mod client;
 pub mod consumption;
 pub mod gateway_process;
 pub mod in_process;
+pub mod namespaces;
 pub mod scenario;
 pub mod sdk;
 pub mod types;
