@@ -1049,3 +1049,69 @@ async fn namespaced_dead_letter_queue() {
     }
     g.stop().await;
 }
+
+/// The orphaned-transaction check of a namespaced topic goes to a producer of that namespace
+/// (not to one of the same topic name in another), with the topic as that producer names it;
+/// its answer with the same names commits the message.
+#[tokio::test]
+async fn orphaned_transaction_check_in_a_namespace() {
+    use proto::telemetry_command::Command;
+    let g = Gateway::start(|c| {
+        c.transaction.transaction_timeout = Duration::from_millis(500);
+        c.transaction.transaction_check_interval = Duration::from_millis(200);
+    })
+    .await;
+    let mut c = g.client().await;
+    // Two producers of topic TX: one in B (registered first), one in A.
+    let mut streams = Vec::new();
+    for (ns, client_id) in [("B", "producer-b@1"), ("A", "producer-a@1")] {
+        let settings = proto::Settings {
+            client_type: Some(proto::ClientType::Producer as i32),
+            pub_sub: Some(proto::settings::PubSub::Publishing(proto::Publishing {
+                topics: vec![ns_resource(ns, "TX").unwrap()],
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(proto::TelemetryCommand { status: None, command: Some(Command::Settings(settings)) }).await.unwrap();
+        let mut r = req_ns(tokio_stream::wrappers::ReceiverStream::new(rx), ns);
+        r.metadata_mut().insert("x-mq-client-id", client_id.parse().unwrap());
+        let mut stream = c.telemetry(r).await.unwrap().into_inner();
+        assert_eq!(code(&stream.message().await.unwrap().unwrap().status), Code::Ok as i32);
+        streams.push((tx, stream));
+    }
+    let mut half = ns_message("A", "TX", "TXA1", b"half");
+    half.system_properties.as_mut().unwrap().message_type = proto::MessageType::Transaction as i32;
+    let sent = c.send_message(req_ns(proto::SendMessageRequest { messages: vec![half] }, "A")).await.unwrap();
+    let sent = sent.into_inner();
+    assert_eq!(code(&sent.status), Code::Ok as i32, "{:?}", sent.status);
+    let transaction_id = sent.entries[0].transaction_id.clone();
+
+    let (_, a_stream) = &mut streams[1];
+    let cmd = tokio::time::timeout(Duration::from_secs(20), a_stream.message()).await.expect("checked in time");
+    let cmd = cmd.unwrap().unwrap();
+    let Some(Command::RecoverOrphanedTransactionCommand(check)) = cmd.command else { panic!("{cmd:?}") };
+    let m = check.message.unwrap();
+    assert_eq!(m.topic, ns_resource("A", "TX"), "the check names the topic as the producer does");
+    assert_eq!(check.transaction_id, transaction_id);
+    // The producer of B was not asked.
+    let (_, b_stream) = &mut streams[0];
+    let nothing = tokio::time::timeout(Duration::from_millis(500), b_stream.message()).await;
+    assert!(nothing.is_err(), "producer B got {nothing:?}");
+
+    let end = proto::EndTransactionRequest {
+        topic: m.topic.clone(),
+        message_id: "TXA1".into(),
+        transaction_id,
+        resolution: proto::TransactionResolution::Commit as i32,
+        source: proto::TransactionSource::SourceServerCheck as i32,
+        trace_context: String::new(),
+    };
+    let end = c.end_transaction(req_ns(end, "A")).await.unwrap().into_inner();
+    assert_eq!(code(&end.status), Code::Ok as i32, "{:?}", end.status);
+    let got = ns_receive(&mut c, ("A", "A"), "TX", "G").await;
+    assert_eq!(bodies(&got), ["half"], "{:?}", got.status);
+    drop(streams);
+    g.stop().await;
+}
