@@ -9,6 +9,7 @@
 //!   (free loopback ports, temp data dir, `/readyz`, SIGTERM/SIGKILL, restart).
 //! - [`sdk`]: run the official-SDK driver programs under `integration-tests/sdk/`
 //!   with a hard timeout and parse their `RESULT {json}` line.
+//! - [`namespaces`]: namespace isolation through the SDK drivers (`--namespace`).
 //! - [`scenario`]: one gateway + temp dir per test, driver runs within a time budget, the
 //!   checks a consumer's report must pass, and the scenarios several SDKs' tests share.
 //! - [`offsets`]: offset resets seen by running SDK consumers (and across a gateway crash).
@@ -19,6 +20,7 @@ pub mod consumption;
 pub mod filters;
 pub mod gateway_process;
 pub mod in_process;
+pub mod namespaces;
 pub mod offsets;
 pub mod scenario;
 pub mod sdk;

@@ -506,6 +506,14 @@ impl TypesCtx {
         groups
     }
 
+    /// One admin API call on the gateway (not on Apache): HTTP status and body.
+    pub fn admin(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let Broker::Gateway(ctx) = &self.broker else { panic!("{}: the admin API is the gateway's", self.test) };
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ctx.gateway.http_port));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(crate::client::http(addr, method, path, body))
+    }
+
     fn admin_put(&self, ctx: &Ctx, path: &str, body: &str) {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ctx.gateway.http_port));
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -1208,3 +1208,335 @@ async fn reset_offset_admin_api() {
     assert_eq!(status, 400);
     g.stop().await;
 }
+
+// ------------------------------------------------------------------------------- namespaces
+
+/// A resource in namespace `ns` ("" for none).
+fn ns_resource(ns: &str, name: &str) -> Option<proto::Resource> {
+    Some(proto::Resource { resource_namespace: ns.into(), name: name.into() })
+}
+
+/// A request with the `x-mq-namespace` header (if `header` is not empty).
+fn req_ns<T>(msg: T, header: &str) -> Request<T> {
+    let mut r = req(msg);
+    if !header.is_empty() {
+        r.metadata_mut().insert("x-mq-namespace", header.parse().unwrap());
+    }
+    r
+}
+
+/// A message for topic `name` in namespace `ns` (resource field).
+fn ns_message(ns: &str, topic: &str, id: &str, body: &[u8]) -> proto::Message {
+    let mut m = message(topic, id, body);
+    m.topic = ns_resource(ns, topic);
+    m
+}
+
+async fn ns_send(c: &mut MessagingServiceClient<Channel>, header: &str, m: proto::Message) -> proto::Status {
+    let r = c.send_message(req_ns(proto::SendMessageRequest { messages: vec![m] }, header)).await.unwrap();
+    r.into_inner().status.unwrap()
+}
+
+/// Receives (1 s long poll) with the topic and group in namespace `ns`, plus the `header`.
+async fn ns_receive(
+    c: &mut MessagingServiceClient<Channel>,
+    (ns, header): (&str, &str),
+    topic: &str,
+    group: &str,
+) -> Received {
+    let mut r = client::receive_request(topic, group, Some(Duration::from_secs(30)), Duration::from_secs(1));
+    r.group = ns_resource(ns, group);
+    r.message_queue.as_mut().unwrap().topic = ns_resource(ns, topic);
+    let mut request = req_ns(r, header);
+    request.set_timeout(Duration::from_secs(10));
+    let mut stream = c.receive_message(request).await.unwrap().into_inner();
+    let (mut status, mut messages) = (None, Vec::new());
+    while let Some(frame) = stream.message().await.unwrap() {
+        match frame.content.expect("every frame has content") {
+            proto::receive_message_response::Content::Status(s) => status = Some(s),
+            proto::receive_message_response::Content::Message(m) => messages.push(m),
+            proto::receive_message_response::Content::DeliveryTimestamp(_) => {}
+        }
+    }
+    Received { status: status.expect("stream has a status"), messages }
+}
+
+fn bodies(r: &Received) -> Vec<String> {
+    let mut v: Vec<String> = r.messages.iter().map(|m| String::from_utf8_lossy(&m.body).into_owned()).collect();
+    v.sort();
+    v
+}
+
+/// Settings of a subscription in namespace `ns`.
+fn ns_subscription(ns: &str, group: &str, topic: &str) -> proto::Settings {
+    let mut s = subscription(group, topic, proto::FilterType::Tag, "*");
+    if let Some(proto::settings::PubSub::Subscription(sub)) = s.pub_sub.as_mut() {
+        sub.group = ns_resource(ns, group);
+        sub.subscriptions[0].topic = ns_resource(ns, topic);
+    }
+    s
+}
+
+/// The Settings reply of a subscription: (fifo, max attempts).
+async fn ns_settings(c: &mut MessagingServiceClient<Channel>, ns: &str, group: &str, topic: &str) -> (bool, i32) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let settings = proto::telemetry_command::Command::Settings(ns_subscription(ns, group, topic));
+    tx.send(proto::TelemetryCommand { status: None, command: Some(settings) }).await.unwrap();
+    let mut stream =
+        c.telemetry(req_ns(tokio_stream::wrappers::ReceiverStream::new(rx), ns)).await.unwrap().into_inner();
+    let reply = stream.message().await.unwrap().unwrap();
+    let Some(proto::telemetry_command::Command::Settings(s)) = reply.command else { panic!("no settings: {reply:?}") };
+    let Some(proto::settings::PubSub::Subscription(sub)) = s.pub_sub else { panic!("no subscription") };
+    // The subscription comes back as the client sent it (namespace included).
+    assert_eq!(sub.group, ns_resource(ns, group));
+    (sub.fifo.unwrap_or_default(), s.backoff_policy.unwrap().max_attempts)
+}
+
+/// The same topic and group names in namespaces A, B and none are three separate topics and
+/// groups: routes, sends, receives, acks and group configuration never cross.
+#[tokio::test]
+async fn namespaces_isolate_topics_and_groups() {
+    let g = Gateway::start(|_| {}).await;
+    let mut c = g.client().await;
+    for (ns, n) in [("A", 3), ("B", 2), ("", 1)] {
+        for i in 0..n {
+            let body = format!("{}-{i}", if ns.is_empty() { "none" } else { ns });
+            let s = ns_send(&mut c, ns, ns_message(ns, "Orders", &format!("{ns}ID{i}"), body.as_bytes())).await;
+            assert_eq!(s.code, Code::Ok as i32, "{s:?}");
+        }
+    }
+    // Routes echo the namespace.
+    let r = c
+        .query_route(req_ns(proto::QueryRouteRequest { topic: ns_resource("A", "Orders"), endpoints: None }, "A"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r.status), Code::Ok as i32);
+    assert!(r.message_queues.iter().all(|q| q.topic == ns_resource("A", "Orders")), "{:?}", r.message_queues[0]);
+
+    // Each namespace's consumer of group `Billing` gets exactly its namespace's messages.
+    let want = [("A", vec!["A-0", "A-1", "A-2"]), ("B", vec!["B-0", "B-1"]), ("", vec!["none-0"])];
+    let mut held = Vec::new();
+    for (ns, want) in &want {
+        let got = ns_receive(&mut c, (ns, ns), "Orders", "Billing").await;
+        assert_eq!(bodies(&got), *want, "namespace {ns:?}: {:?}", got.status);
+        for m in &got.messages {
+            assert_eq!(m.topic, ns_resource(ns, "Orders"), "a delivered message names its topic as the client does");
+        }
+        held.push(got);
+    }
+    // An ack with another namespace's names is refused; with its own it is accepted.
+    let a0 = &held[0].messages[0];
+    let handle = a0.system_properties.as_ref().unwrap().receipt_handle.clone().unwrap();
+    let ack_in = |ns: &str| proto::AckMessageRequest {
+        group: ns_resource(ns, "Billing"),
+        topic: ns_resource(ns, "Orders"),
+        entries: vec![proto::AckMessageEntry {
+            message_id: a0.system_properties.as_ref().unwrap().message_id.clone(),
+            receipt_handle: handle.clone(),
+            lite_topic: None,
+        }],
+    };
+    let wrong = c.ack_message(req_ns(ack_in("B"), "B")).await.unwrap().into_inner();
+    assert_ne!(code(&wrong.status), Code::Ok as i32, "B acked A's message: {:?}", wrong.status);
+    let right = c.ack_message(req_ns(ack_in("A"), "A")).await.unwrap().into_inner();
+    assert_eq!(code(&right.status), Code::Ok as i32, "{:?}", right.status);
+
+    // The admin API shows them as `ns%name`, filters by namespace, and configures a group of
+    // one namespace without touching the same name elsewhere.
+    let (status, body) = client::http(g.addrs.http, "GET", "/api/v1/topics?namespace=A", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""name":"A%Orders","namespace":"A""#), "{body}");
+    assert!(!body.contains("B%Orders") && !body.contains(r#""name":"Orders""#), "{body}");
+    let (_, body) = client::http(g.addrs.http, "GET", "/api/v1/topics?namespace=", None).await;
+    assert!(body.contains(r#""name":"Orders","namespace":"""#) && !body.contains("%Orders"), "{body}");
+    let (_, body) = client::http(g.addrs.http, "GET", "/api/v1/topics/B%25Orders", None).await;
+    assert!(body.contains(r#""namespace":"B""#), "{body}");
+    let put = r#"{"consumeMessageOrderly":true,"retryMaxTimes":7}"#;
+    let (status, body) = client::http(g.addrs.http, "PUT", "/api/v1/groups/Billing?namespace=A", Some(put)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""name":"A%Billing","namespace":"A""#), "{body}");
+    let assigned = |r: proto::QueryAssignmentResponse| r.assignments.len();
+    for (ns, queues, settings) in [("A", 8, (true, 8)), ("B", 1, (false, 17)), ("", 1, (false, 17))] {
+        let request = proto::QueryAssignmentRequest {
+            topic: ns_resource(ns, "Orders"),
+            group: ns_resource(ns, "Billing"),
+            endpoints: None,
+        };
+        let r = c.query_assignment(req_ns(request, ns)).await.unwrap().into_inner();
+        assert_eq!(code(&r.status), Code::Ok as i32);
+        assert!(r.assignments.iter().all(|a| a.message_queue.as_ref().unwrap().topic == ns_resource(ns, "Orders")));
+        assert_eq!(assigned(r), queues, "namespace {ns:?}: orderly only in A");
+        assert_eq!(ns_settings(&mut c, ns, "Billing", "Orders").await, settings, "namespace {ns:?}");
+    }
+    let (_, body) = client::http(g.addrs.http, "GET", "/api/v1/groups?namespace=B", None).await;
+    assert!(body.contains(r#""name":"B%Billing","namespace":"B","consumeMessageOrderly":false"#), "{body}");
+    // Topic creation in a namespace through the admin API; bad names are 400s.
+    let (status, body) =
+        client::http(g.addrs.http, "PUT", "/api/v1/topics/Fifo?namespace=A", Some(r#"{"messageType":"FIFO"}"#)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""name":"A%Fifo","namespace":"A""#), "{body}");
+    for bad in ["/api/v1/topics/x%25y%25z", "/api/v1/topics/%25x", "/api/v1/topics/t?namespace=a%20b"] {
+        let (status, body) = client::http(g.addrs.http, "PUT", bad, Some("{}")).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    g.stop().await;
+}
+
+/// Where the namespace comes from: the resource field, else the header (Node sends most
+/// resources without namespace); both set and different, a bad namespace, or a `%` in a name
+/// are refused with their codes.
+#[tokio::test]
+async fn namespace_from_the_resource_or_the_header() {
+    let g = Gateway::start(|_| {}).await;
+    let mut c = g.client().await;
+    // Header only (Node), resource only (Rust), both: all the same topic A%T.
+    assert_eq!(ns_send(&mut c, "A", ns_message("", "T", "H1", b"header-only")).await.code, Code::Ok as i32);
+    assert_eq!(ns_send(&mut c, "", ns_message("A", "T", "R1", b"resource-only")).await.code, Code::Ok as i32);
+    assert_eq!(ns_send(&mut c, "A", ns_message("A", "T", "B1", b"both")).await.code, Code::Ok as i32);
+    let got = ns_receive(&mut c, ("", "A"), "T", "G").await;
+    assert_eq!(bodies(&got), ["both", "header-only", "resource-only"], "{:?}", got.status);
+    // Delivered messages carry the namespace even if the request had it in the header only.
+    assert!(got.messages.iter().all(|m| m.topic == ns_resource("A", "T")));
+    let none = ns_receive(&mut c, ("", ""), "T", "G").await;
+    assert_eq!(none.status.code, Code::TopicNotFound as i32, "no topic T outside the namespace: {:?}", none.status);
+
+    // Conflicts and bad namespaces: BAD_REQUEST; `%` in a name: ILLEGAL_TOPIC/ILLEGAL_CONSUMER_GROUP.
+    let s = ns_send(&mut c, "B", ns_message("A", "T", "X1", b"x")).await;
+    assert_eq!(s.code, Code::BadRequest as i32, "{s:?}");
+    assert!(s.message.contains("x-mq-namespace"), "{s:?}");
+    let s = ns_send(&mut c, "", ns_message("a b", "T", "X2", b"x")).await;
+    assert_eq!(s.code, Code::BadRequest as i32, "{s:?}");
+    assert!(s.message.contains("namespace"), "{s:?}");
+    // A client without namespace cannot reach A's topic by spelling it.
+    let s = ns_send(&mut c, "", ns_message("", "A%T", "X3", b"x")).await;
+    assert_eq!(s.code, Code::IllegalTopic as i32, "{s:?}");
+    let r = ns_receive(&mut c, ("", ""), "A%T", "G").await;
+    assert_eq!(r.status.code, Code::IllegalTopic as i32, "{:?}", r.status);
+    let r = ns_receive(&mut c, ("A", "B"), "T", "G").await;
+    assert_eq!(r.status.code, Code::BadRequest as i32, "{:?}", r.status);
+    let mut bad_group = client::receive_request("T", "A%G", None, Duration::from_secs(1));
+    bad_group.message_queue.as_mut().unwrap().topic = ns_resource("A", "T");
+    let r = c.receive_message(req(bad_group)).await.unwrap().into_inner().message().await.unwrap().unwrap();
+    let Some(proto::receive_message_response::Content::Status(s)) = r.content else { panic!("{r:?}") };
+    assert_eq!(s.code, Code::IllegalConsumerGroup as i32, "{s:?}");
+    let route = c
+        .query_route(req_ns(proto::QueryRouteRequest { topic: ns_resource("A", "T"), endpoints: None }, "B"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&route.status), Code::BadRequest as i32);
+    // Settings with a conflict fail the stream with the reason.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let settings = proto::telemetry_command::Command::Settings(ns_subscription("A", "G", "T"));
+    tx.send(proto::TelemetryCommand { status: None, command: Some(settings) }).await.unwrap();
+    let mut stream =
+        c.telemetry(req_ns(tokio_stream::wrappers::ReceiverStream::new(rx), "B")).await.unwrap().into_inner();
+    let e = stream.message().await.expect_err("the stream fails");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("BAD_REQUEST") && e.message().contains("x-mq-namespace"), "{e:?}");
+    g.stop().await;
+}
+
+/// A namespaced group's dead letters go to `%DLQ%ns%group`, which a client of the namespace
+/// reads as `%DLQ%group` (with the origin topic as it knows it) and nobody else can read.
+#[tokio::test]
+async fn namespaced_dead_letter_queue() {
+    let g = Gateway::start(|_| {}).await;
+    let mut c = g.client().await;
+    assert_eq!(ns_send(&mut c, "A", ns_message("A", "TD", "D1", b"poison")).await.code, Code::Ok as i32);
+    let r = ns_receive(&mut c, ("A", "A"), "TD", "GD").await;
+    assert_eq!(r.messages.len(), 1, "{:?}", r.status);
+    let sp = r.messages[0].system_properties.as_ref().unwrap();
+    let forward = proto::ForwardMessageToDeadLetterQueueRequest {
+        group: ns_resource("A", "GD"),
+        topic: ns_resource("A", "TD"),
+        receipt_handle: sp.receipt_handle.clone().unwrap(),
+        message_id: sp.message_id.clone(),
+        delivery_attempt: 1,
+        max_delivery_attempts: 2,
+        lite_topic: None,
+    };
+    let f = c.forward_message_to_dead_letter_queue(req_ns(forward, "A")).await.unwrap().into_inner();
+    assert_eq!(code(&f.status), Code::Ok as i32, "{:?}", f.status);
+    let (_, body) = client::http(g.addrs.http, "GET", "/api/v1/topics?namespace=A", None).await;
+    assert!(body.contains(r#""name":"%DLQ%A%GD","namespace":"A""#), "{body}");
+
+    let dlq = ns_receive(&mut c, ("A", "A"), "%DLQ%GD", "DlqReader").await;
+    assert_eq!(dlq.messages.len(), 1, "{:?}", dlq.status);
+    let m = &dlq.messages[0];
+    assert_eq!(m.topic, ns_resource("A", "%DLQ%GD"));
+    let origin = m.system_properties.as_ref().unwrap().dead_letter_queue.as_ref().expect("dead_letter_queue");
+    assert_eq!((origin.topic.as_str(), origin.message_id.as_str()), ("TD", "D1"));
+    for (ns, header) in [("", ""), ("B", "B")] {
+        let r = ns_receive(&mut c, (ns, header), "%DLQ%GD", "DlqReader").await;
+        assert_eq!(r.status.code, Code::TopicNotFound as i32, "namespace {ns:?}: {:?}", r.status);
+    }
+    g.stop().await;
+}
+
+/// The orphaned-transaction check of a namespaced topic goes to a producer of that namespace
+/// (not to one of the same topic name in another), with the topic as that producer names it;
+/// its answer with the same names commits the message.
+#[tokio::test]
+async fn orphaned_transaction_check_in_a_namespace() {
+    use proto::telemetry_command::Command;
+    let g = Gateway::start(|c| {
+        c.transaction.transaction_timeout = Duration::from_millis(500);
+        c.transaction.transaction_check_interval = Duration::from_millis(200);
+    })
+    .await;
+    let mut c = g.client().await;
+    // Two producers of topic TX: one in B (registered first), one in A.
+    let mut streams = Vec::new();
+    for (ns, client_id) in [("B", "producer-b@1"), ("A", "producer-a@1")] {
+        let settings = proto::Settings {
+            client_type: Some(proto::ClientType::Producer as i32),
+            pub_sub: Some(proto::settings::PubSub::Publishing(proto::Publishing {
+                topics: vec![ns_resource(ns, "TX").unwrap()],
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(proto::TelemetryCommand { status: None, command: Some(Command::Settings(settings)) }).await.unwrap();
+        let mut r = req_ns(tokio_stream::wrappers::ReceiverStream::new(rx), ns);
+        r.metadata_mut().insert("x-mq-client-id", client_id.parse().unwrap());
+        let mut stream = c.telemetry(r).await.unwrap().into_inner();
+        assert_eq!(code(&stream.message().await.unwrap().unwrap().status), Code::Ok as i32);
+        streams.push((tx, stream));
+    }
+    let mut half = ns_message("A", "TX", "TXA1", b"half");
+    half.system_properties.as_mut().unwrap().message_type = proto::MessageType::Transaction as i32;
+    let sent = c.send_message(req_ns(proto::SendMessageRequest { messages: vec![half] }, "A")).await.unwrap();
+    let sent = sent.into_inner();
+    assert_eq!(code(&sent.status), Code::Ok as i32, "{:?}", sent.status);
+    let transaction_id = sent.entries[0].transaction_id.clone();
+
+    let (_, a_stream) = &mut streams[1];
+    let cmd = tokio::time::timeout(Duration::from_secs(20), a_stream.message()).await.expect("checked in time");
+    let cmd = cmd.unwrap().unwrap();
+    let Some(Command::RecoverOrphanedTransactionCommand(check)) = cmd.command else { panic!("{cmd:?}") };
+    let m = check.message.unwrap();
+    assert_eq!(m.topic, ns_resource("A", "TX"), "the check names the topic as the producer does");
+    assert_eq!(check.transaction_id, transaction_id);
+    // The producer of B was not asked.
+    let (_, b_stream) = &mut streams[0];
+    let nothing = tokio::time::timeout(Duration::from_millis(500), b_stream.message()).await;
+    assert!(nothing.is_err(), "producer B got {nothing:?}");
+
+    let end = proto::EndTransactionRequest {
+        topic: m.topic.clone(),
+        message_id: "TXA1".into(),
+        transaction_id,
+        resolution: proto::TransactionResolution::Commit as i32,
+        source: proto::TransactionSource::SourceServerCheck as i32,
+        trace_context: String::new(),
+    };
+    let end = c.end_transaction(req_ns(end, "A")).await.unwrap().into_inner();
+    assert_eq!(code(&end.status), Code::Ok as i32, "{:?}", end.status);
+    let got = ns_receive(&mut c, ("A", "A"), "TX", "G").await;
+    assert_eq!(bodies(&got), ["half"], "{:?}", got.status);
+    drop(streams);
+    g.stop().await;
+}

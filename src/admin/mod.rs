@@ -1,6 +1,8 @@
 //! The HTTP side (axum): `/healthz`, `/readyz`, and the admin API: topics, consumer groups
 //! (with their offsets per queue, and offset resets), connected clients, and commands relayed
-//! to a client (thread stack trace, consume a message directly). Calls the broker only.
+//! to a client (thread stack trace, consume a message directly). Calls the broker only. Topics
+//! and groups are named as the broker stores them (`ns%name` in a namespace, `%25` in a URL
+//! path), or by `?namespace=ns` and the plain name.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
+use crate::broker::namespace::{self, NameKind};
 use crate::broker::{
     Broker, BrokerError, ClientInfo, ClientKind, GroupInfo, OffsetChange, QueueProgress, ResetTarget, TopicInfo,
     TopicKind, TopicProgress, VerifyOutcome,
@@ -52,14 +55,18 @@ async fn readyz(State(s): State<AdminState>) -> Response {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct TopicView {
+    /// As the broker stores it: `ns%name` in a namespace.
     name: String,
+    /// "" outside any namespace.
+    namespace: String,
     queue_nums: u32,
     message_type: &'static str,
 }
 
 impl From<TopicInfo> for TopicView {
     fn from(t: TopicInfo) -> Self {
-        TopicView { name: t.name, queue_nums: t.queue_nums, message_type: t.topic_type.as_str() }
+        let namespace = namespace::split(&t.name).namespace.to_string();
+        TopicView { name: t.name, namespace, queue_nums: t.queue_nums, message_type: t.topic_type.as_str() }
     }
 }
 
@@ -119,18 +126,67 @@ fn serde_json_error(message: &str) -> std::collections::BTreeMap<&'static str, S
     std::collections::BTreeMap::from([("error", message.to_string())])
 }
 
-async fn list_topics(State(s): State<AdminState>) -> Json<Vec<TopicView>> {
-    Json(s.broker.list_topics().into_iter().map(TopicView::from).collect())
+/// `?namespace=ns`: lists only that namespace's topics or groups (`?namespace=`: those
+/// outside any namespace), and names the plain `{name}` of a path in it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InNamespace {
+    namespace: Option<String>,
 }
 
-async fn get_topic(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+impl InNamespace {
+    fn given(&self) -> Option<&str> {
+        self.namespace.as_deref().map(str::trim)
+    }
+
+    /// The broker-side name of the path's `name`.
+    fn name(&self, name: String, kind: NameKind) -> Result<String, BrokerError> {
+        match self.given() {
+            None | Some("") => Ok(name),
+            Some(ns) => namespace::wrap(ns, &name, kind),
+        }
+    }
+
+    /// A filter for broker-side names (refuses a malformed namespace).
+    fn filter(&self) -> Result<impl Fn(&str) -> bool + '_, BrokerError> {
+        if let Some(ns) = self.given().filter(|ns| !ns.is_empty()) {
+            namespace::validate_namespace(ns)?;
+        }
+        Ok(move |name: &str| self.given().is_none_or(|ns| namespace::split(name).namespace == ns))
+    }
+}
+
+async fn list_topics(State(s): State<AdminState>, Query(q): Query<InNamespace>) -> Response {
+    match q.filter() {
+        Ok(keep) => {
+            let topics = s.broker.list_topics().into_iter().filter(|t| keep(&t.name)).map(TopicView::from);
+            Json(topics.collect::<Vec<_>>()).into_response()
+        }
+        Err(e) => error(e),
+    }
+}
+
+async fn get_topic(State(s): State<AdminState>, Path(name): Path<String>, Query(q): Query<InNamespace>) -> Response {
+    let name = match q.name(name, NameKind::Topic) {
+        Ok(name) => name,
+        Err(e) => return error(e),
+    };
     match s.broker.list_topics().into_iter().find(|t| t.name == name) {
         Some(t) => Json(TopicView::from(t)).into_response(),
         None => error(BrokerError::TopicNotFound(name)),
     }
 }
 
-async fn put_topic(State(s): State<AdminState>, Path(name): Path<String>, Json(body): Json<CreateTopic>) -> Response {
+async fn put_topic(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+    Query(q): Query<InNamespace>,
+    Json(body): Json<CreateTopic>,
+) -> Response {
+    let name = match q.name(name, NameKind::Topic) {
+        Ok(name) => name,
+        Err(e) => return error(e),
+    };
     if let Err(e) = crate::broker::validate::validate_topic(&name) {
         return error(e);
     }
@@ -217,7 +273,10 @@ async fn verify_message(
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct GroupView {
+    /// As the broker stores it: `ns%name` in a namespace.
     name: String,
+    /// "" outside any namespace.
+    namespace: String,
     consume_message_orderly: bool,
     retry_max_times: i32,
     /// The group's own retry delays; absent: the gateway's `consumer.retryBackoff`.
@@ -230,6 +289,7 @@ struct GroupView {
 impl From<GroupInfo> for GroupView {
     fn from(g: GroupInfo) -> Self {
         GroupView {
+            namespace: namespace::split(&g.name).namespace.to_string(),
             name: g.name,
             consume_message_orderly: g.fifo,
             retry_max_times: g.retry_max_times,
@@ -252,18 +312,37 @@ struct PutGroup {
     message_model: Option<String>,
 }
 
-async fn list_groups(State(s): State<AdminState>) -> Json<Vec<GroupView>> {
-    Json(s.broker.list_groups().into_iter().map(GroupView::from).collect())
+async fn list_groups(State(s): State<AdminState>, Query(q): Query<InNamespace>) -> Response {
+    match q.filter() {
+        Ok(keep) => {
+            let groups = s.broker.list_groups().into_iter().filter(|g| keep(&g.name)).map(GroupView::from);
+            Json(groups.collect::<Vec<_>>()).into_response()
+        }
+        Err(e) => error(e),
+    }
 }
 
-async fn get_group(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+async fn get_group(State(s): State<AdminState>, Path(name): Path<String>, Query(q): Query<InNamespace>) -> Response {
+    let name = match q.name(name, NameKind::Group) {
+        Ok(name) => name,
+        Err(e) => return error(e),
+    };
     match s.broker.list_groups().into_iter().find(|g| g.name == name) {
         Some(g) => Json(GroupView::from(g)).into_response(),
         None => error(BrokerError::GroupNotFound(name)),
     }
 }
 
-async fn put_group(State(s): State<AdminState>, Path(name): Path<String>, Json(body): Json<PutGroup>) -> Response {
+async fn put_group(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+    Query(q): Query<InNamespace>,
+    Json(body): Json<PutGroup>,
+) -> Response {
+    let name = match q.name(name, NameKind::Group) {
+        Ok(name) => name,
+        Err(e) => return error(e),
+    };
     let retry = (body.retry_max_times, body.retry_backoff.as_deref());
     let broadcast = match body.message_model.as_deref().map(str::to_ascii_uppercase).as_deref() {
         None => None,

@@ -13,6 +13,7 @@ pub mod error;
 pub mod filter;
 mod journal;
 pub mod message;
+pub mod namespace;
 mod offsets;
 mod pop;
 pub mod receipt;

@@ -1,9 +1,11 @@
 //! Validation of names and messages, with Apache RocketMQ 5's limits and codes (topic ≤ 127
 //! chars of `[%|a-zA-Z0-9_-]`, group ≤ 120, body ≤ maxMessageSize, ≤ 128 user properties and
-//! ≤ 16 KiB of properties, reserved property keys, message group < 64 bytes, …).
+//! ≤ 16 KiB of properties, reserved property keys, message group < 64 bytes, …); a `%` in a
+//! name only as `namespace%name` ([`super::namespace`]).
 
 use super::error::{BrokerError, BrokerResult};
 use super::message::OutgoingMessage;
+use super::namespace::{self, NameKind};
 use super::settings::LimitSettings;
 
 pub const MAX_TOPIC_LEN: usize = 127;
@@ -101,10 +103,20 @@ pub fn validate_topic(name: &str) -> BrokerResult<()> {
     if !valid_name_chars(name) {
         return err(format!("topic `{name}` contains characters outside [%|a-zA-Z0-9_-]"));
     }
-    if SYSTEM_TOPICS.contains(&name) || name.starts_with(SYSTEM_PREFIX) {
+    if is_system_topic(name) {
         return err(format!("topic `{name}` is a system topic and cannot be accessed"));
     }
-    Ok(())
+    namespace::check_shape(name, NameKind::Topic)
+}
+
+/// RocketMQ's system topics and the gateway's own (`rmq_sys_*`).
+pub fn is_system_topic(name: &str) -> bool {
+    SYSTEM_TOPICS.contains(&name) || name.starts_with(SYSTEM_PREFIX)
+}
+
+/// RocketMQ's system groups (`CID_RMQ_SYS_*`) and the gateway's own (`rmq_sys_*`).
+pub fn is_system_group(name: &str) -> bool {
+    name.starts_with("CID_RMQ_SYS_") || name.starts_with(SYSTEM_PREFIX)
 }
 
 pub fn validate_group(name: &str) -> BrokerResult<()> {
@@ -118,10 +130,10 @@ pub fn validate_group(name: &str) -> BrokerResult<()> {
     if !valid_name_chars(name) {
         return err(format!("consumer group `{name}` contains characters outside [%|a-zA-Z0-9_-]"));
     }
-    if name.starts_with("CID_RMQ_SYS_") || name.starts_with(SYSTEM_PREFIX) {
+    if is_system_group(name) {
         return err(format!("consumer group `{name}` is a system group and cannot be used"));
     }
-    Ok(())
+    namespace::check_shape(name, NameKind::Group)
 }
 
 /// Checks one message against the limits, in the order the Apache proxy does.
@@ -244,6 +256,12 @@ mod tests {
         assert!(validate_topic(&"x".repeat(127)).is_ok());
         assert!(matches!(validate_topic("TBW102"), Err(BrokerError::IllegalTopic(_))));
         assert!(matches!(validate_topic("rmq_sys_x"), Err(BrokerError::IllegalTopic(_))));
+        // a `%` only separates a namespace from a name (after a %DLQ%/%RETRY% prefix)
+        assert!(validate_topic("ns%t").is_ok());
+        assert!(validate_topic("%DLQ%ns%g").is_ok());
+        for bad in ["%t", "a%b%c", "ns%", "%DLQ%a%b%c"] {
+            assert!(matches!(validate_topic(bad), Err(BrokerError::IllegalTopic(_))), "{bad}");
+        }
     }
 
     #[test]
@@ -251,5 +269,7 @@ mod tests {
         assert!(validate_group("GID_test").is_ok());
         assert!(matches!(validate_group(&"g".repeat(121)), Err(BrokerError::IllegalConsumerGroup(_))));
         assert!(matches!(validate_group("CID_RMQ_SYS_x"), Err(BrokerError::IllegalConsumerGroup(_))));
+        assert!(validate_group("ns%g").is_ok());
+        assert!(matches!(validate_group("%DLQ%g"), Err(BrokerError::IllegalConsumerGroup(_))));
     }
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use md5::{Digest as _, Md5};
 
+use super::namespace;
+use crate::broker::namespace::NameKind;
 use crate::broker::{BrokerError, BrokerResult, DeliveredMessage, MessageType, OutgoingMessage};
 use crate::proto;
 
@@ -34,17 +36,9 @@ pub fn proto_duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
-/// The effective name of a resource: `namespace%name` when a namespace is given (in the
-/// resource, or else in the `x-mq-namespace` header), as RocketMQ wraps names on disk.
-pub fn resource_name(r: Option<&proto::Resource>, header_namespace: &str) -> String {
-    let Some(r) = r else { return String::new() };
-    let ns = if r.resource_namespace.is_empty() { header_namespace } else { r.resource_namespace.as_str() };
-    if ns.is_empty() { r.name.clone() } else { format!("{ns}%{}", r.name) }
-}
-
 /// Converts one message of a SendMessage request.
 pub fn outgoing(m: proto::Message, header_namespace: &str) -> BrokerResult<OutgoingMessage> {
-    let topic = resource_name(m.topic.as_ref(), header_namespace);
+    let topic = namespace::internal_name(m.topic.as_ref(), header_namespace, NameKind::Topic)?;
     let Some(sp) = m.system_properties else {
         return Err(BrokerError::MessageCorrupted("message has no system_properties".into()));
     };
@@ -86,14 +80,9 @@ pub fn message_type(t: MessageType) -> proto::MessageType {
     }
 }
 
-/// Splits `ns%name` back into a resource (the inverse of [`resource_name`]).
+/// The resource a client sees for a broker-side name ([`namespace::resource`]).
 pub fn resource(name: &str) -> proto::Resource {
-    match name.split_once('%') {
-        Some((ns, n)) if !ns.is_empty() && !n.is_empty() => {
-            proto::Resource { resource_namespace: ns.to_string(), name: n.to_string() }
-        }
-        _ => proto::Resource { resource_namespace: String::new(), name: name.to_string() },
-    }
+    namespace::resource(name)
 }
 
 /// Upper-case hex MD5 of the body, as the Apache proxy sends it (Node needs it; Python checks it).
@@ -124,7 +113,9 @@ pub fn delivered(m: DeliveredMessage, store_host: &str) -> proto::Message {
         message_group: m.message_group,
         trace_context: m.trace_context,
         orphaned_transaction_recovery_duration: None,
-        dead_letter_queue: m.dead_letter.map(|(topic, message_id)| proto::DeadLetterQueue { topic, message_id }),
+        dead_letter_queue: m
+            .dead_letter
+            .map(|(topic, message_id)| proto::DeadLetterQueue { topic: namespace::client_name(&topic), message_id }),
         lite_topic: None,
         priority: m.priority,
     };
@@ -143,13 +134,16 @@ mod tests {
     }
 
     #[test]
-    fn names_with_namespaces() {
-        let r = proto::Resource { resource_namespace: String::new(), name: "t".into() };
-        assert_eq!(resource_name(Some(&r), ""), "t");
-        assert_eq!(resource_name(Some(&r), "ns"), "ns%t");
-        let r2 = proto::Resource { resource_namespace: "a".into(), name: "t".into() };
-        assert_eq!(resource_name(Some(&r2), "ns"), "a%t");
-        assert_eq!(resource("a%t"), r2);
+    fn namespaced_messages() {
+        let mut m = proto::Message {
+            topic: Some(proto::Resource { resource_namespace: String::new(), name: "t".into() }),
+            system_properties: Some(proto::SystemProperties { message_id: "id".into(), ..Default::default() }),
+            ..Default::default()
+        };
+        assert_eq!(outgoing(m.clone(), "ns").unwrap().topic, "ns%t");
+        assert_eq!(outgoing(m.clone(), "").unwrap().topic, "t");
+        m.topic = Some(proto::Resource { resource_namespace: "a".into(), name: "t".into() });
+        assert!(matches!(outgoing(m, "b"), Err(BrokerError::BadRequest(_))));
     }
 
     #[test]

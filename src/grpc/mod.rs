@@ -4,6 +4,7 @@
 //! unimplemented RPCs and broken streams.
 
 mod convert;
+mod namespace;
 mod pull;
 pub mod status;
 mod telemetry;
@@ -19,7 +20,6 @@ use tonic::{Request, Response, Status as GrpcStatus, Streaming};
 use crate::broker::{Broker, BrokerError, ClientKind, MessageType, ReceiveRequest, Resolution, ResolutionSource};
 use crate::proto::messaging_service_server::{MessagingService, MessagingServiceServer};
 use crate::proto::{self, Code};
-use convert::resource_name;
 use status::{from_error, ok, status};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, GrpcStatus>> + Send + 'static>>;
@@ -195,8 +195,11 @@ impl MessagingService for MessagingServiceImpl {
         if let Err(s) = ctx.require_client_id() {
             return Ok(Response::new(proto::QueryRouteResponse { status: Some(s), message_queues: vec![] }));
         }
-        let topic = resource_name(req.topic.as_ref(), &ctx.namespace);
-        let reply = match self.broker.route(&topic).await {
+        let route = match ctx.topic(req.topic.as_ref()) {
+            Ok(topic) => self.broker.route(&topic).await,
+            Err(e) => Err(e),
+        };
+        let reply = match route {
             Ok(route) => {
                 let endpoints = self.endpoints(&ctx);
                 let queues = (0..route.queue_nums as i32)
@@ -218,8 +221,10 @@ impl MessagingService for MessagingServiceImpl {
         if let Err(s) = ctx.require_client_id() {
             return Ok(Response::new(proto::HeartbeatResponse { status: Some(s) }));
         }
-        let group = req.group.as_ref().map(|g| resource_name(Some(g), &ctx.namespace));
-        let result = self.broker.heartbeat(&ctx.client_id, client_kind(req.client_type), group.as_deref()).await;
+        let result = match req.group.as_ref().map(|g| ctx.group(Some(g))).transpose() {
+            Ok(group) => self.broker.heartbeat(&ctx.client_id, client_kind(req.client_type), group.as_deref()).await,
+            Err(e) => Err(e),
+        };
         let s = match result {
             Ok(()) => ok(),
             Err(e) => from_error(&e),
@@ -290,10 +295,12 @@ impl MessagingService for MessagingServiceImpl {
         if let Err(s) = ctx.require_client_id() {
             return Ok(Response::new(proto::QueryAssignmentResponse { status: Some(s), assignments: vec![] }));
         }
-        let topic = resource_name(req.topic.as_ref(), &ctx.namespace);
-        let group = resource_name(req.group.as_ref(), &ctx.namespace);
         self.broker.touch_client(&ctx.client_id);
-        let reply = match self.broker.assignment(&topic, &group).await {
+        let assignment = match ctx.topic_and_group(req.topic.as_ref(), req.group.as_ref()) {
+            Ok((topic, group)) => self.broker.assignment(&topic, &group).await,
+            Err(e) => Err(e),
+        };
+        let reply = match assignment {
             Ok((route, fifo)) => {
                 let endpoints = self.endpoints(&ctx);
                 // Like Apache: orderly groups get one assignment per queue; others one per
@@ -332,8 +339,11 @@ impl MessagingService for MessagingServiceImpl {
         if let Err(s) = ctx.require_client_id() {
             return Ok(Response::new(done(s)));
         }
-        let topic = resource_name(req.message_queue.as_ref().and_then(|q| q.topic.as_ref()), &ctx.namespace);
-        let group = resource_name(req.group.as_ref(), &ctx.namespace);
+        let names = ctx.topic_and_group(req.message_queue.as_ref().and_then(|q| q.topic.as_ref()), req.group.as_ref());
+        let (topic, group) = match names {
+            Ok(names) => names,
+            Err(e) => return Ok(Response::new(done(from_error(&e)))),
+        };
         let filter = match pull::filter_of(req.filter_expression.as_ref()) {
             Ok(f) => f,
             Err(e) => return Ok(Response::new(done(from_error(&e)))),
@@ -395,8 +405,14 @@ impl MessagingService for MessagingServiceImpl {
                 entries: vec![],
             }));
         }
-        let topic = resource_name(req.topic.as_ref(), &ctx.namespace);
-        let group = resource_name(req.group.as_ref(), &ctx.namespace);
+        let (topic, group) = match ctx.topic_and_group(req.topic.as_ref(), req.group.as_ref()) {
+            Ok(names) => names,
+            Err(e) => {
+                let s = from_error(&e);
+                let entries = req.entries.iter().map(|e| result(&s, e)).collect();
+                return Ok(Response::new(proto::AckMessageResponse { status: Some(s), entries }));
+            }
+        };
         let mut entries = Vec::with_capacity(req.entries.len());
         for e in &req.entries {
             let s = match self.broker.ack(&ctx.client_id, &group, &topic, &e.receipt_handle).await {
@@ -423,9 +439,13 @@ impl MessagingService for MessagingServiceImpl {
         if let Err(s) = ctx.require_client_id() {
             return Ok(Response::new(proto::ForwardMessageToDeadLetterQueueResponse { status: Some(s) }));
         }
-        let topic = resource_name(req.topic.as_ref(), &ctx.namespace);
-        let group = resource_name(req.group.as_ref(), &ctx.namespace);
-        let s = match self.broker.forward_to_dead_letter(&ctx.client_id, &group, &topic, &req.receipt_handle).await {
+        let forwarded = match ctx.topic_and_group(req.topic.as_ref(), req.group.as_ref()) {
+            Ok((topic, group)) => {
+                self.broker.forward_to_dead_letter(&ctx.client_id, &group, &topic, &req.receipt_handle).await
+            }
+            Err(e) => Err(e),
+        };
+        let s = match forwarded {
             Ok(()) => ok(),
             Err(e) => from_error(&e),
         };
@@ -471,7 +491,10 @@ impl MessagingService for MessagingServiceImpl {
         if let Err(s) = ctx.require_client_id() {
             return Ok(Response::new(proto::EndTransactionResponse { status: Some(s) }));
         }
-        let topic = resource_name(req.topic.as_ref(), &ctx.namespace);
+        let topic = match ctx.topic(req.topic.as_ref()) {
+            Ok(topic) => topic,
+            Err(e) => return Ok(Response::new(proto::EndTransactionResponse { status: Some(from_error(&e)) })),
+        };
         let resolution = match proto::TransactionResolution::try_from(req.resolution) {
             Ok(proto::TransactionResolution::Commit) => Resolution::Commit,
             Ok(proto::TransactionResolution::Rollback) => Resolution::Rollback,
@@ -532,8 +555,10 @@ impl MessagingService for MessagingServiceImpl {
         let Some(delay) = req.invisible_duration.as_ref().map_or(Some(Duration::ZERO), convert::duration) else {
             return Ok(Response::new(failed(status(Code::IllegalInvisibleTime, "invisible duration is negative"))));
         };
-        let topic = resource_name(req.topic.as_ref(), &ctx.namespace);
-        let group = resource_name(req.group.as_ref(), &ctx.namespace);
+        let (topic, group) = match ctx.topic_and_group(req.topic.as_ref(), req.group.as_ref()) {
+            Ok(names) => names,
+            Err(e) => return Ok(Response::new(failed(from_error(&e)))),
+        };
         let reply = match self
             .broker
             .change_invisible_duration(&ctx.client_id, &group, &topic, &req.receipt_handle, delay)
@@ -554,8 +579,11 @@ impl MessagingService for MessagingServiceImpl {
         if let Err(s) = ctx.require_client_id() {
             return Ok(Response::new(proto::RecallMessageResponse { status: Some(s), message_id: String::new() }));
         }
-        let topic = resource_name(req.topic.as_ref(), &ctx.namespace);
-        let reply = match self.broker.recall(&topic, &req.recall_handle).await {
+        let recalled = match ctx.topic(req.topic.as_ref()) {
+            Ok(topic) => self.broker.recall(&topic, &req.recall_handle).await,
+            Err(e) => Err(e),
+        };
+        let reply = match recalled {
             Ok(message_id) => proto::RecallMessageResponse { status: Some(ok()), message_id },
             Err(e) => proto::RecallMessageResponse { status: Some(from_error(&e)), message_id: String::new() },
         };

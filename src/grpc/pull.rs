@@ -11,7 +11,7 @@
 
 use tonic::{Request, Response, Status as GrpcStatus};
 
-use super::convert::{self, resource_name};
+use super::convert;
 use super::status::{from_error, ok, status};
 use super::{BoxStream, Context, MessagingServiceImpl};
 use crate::broker::{BrokerError, Filter, OffsetPolicy, PullRequest, PullStatus};
@@ -51,15 +51,18 @@ impl MessagingServiceImpl {
             return Ok(Response::new(failed(s)));
         }
         let mq = req.message_queue.as_ref();
-        let parsed = filter_of(req.filter_expression.as_ref()).and_then(|f| Ok((f, queue_id(mq)?)));
-        let (filter, queue_id) = match parsed {
+        let parsed = filter_of(req.filter_expression.as_ref()).and_then(|f| {
+            let (topic, group) = ctx.topic_and_group(mq.and_then(|q| q.topic.as_ref()), req.group.as_ref())?;
+            Ok((f, queue_id(mq)?, topic, group))
+        });
+        let (filter, queue_id, topic, group) = match parsed {
             Ok(p) => p,
             Err(e) => return Ok(Response::new(failed(from_error(&e)))),
         };
         let pull = PullRequest {
             client_id: ctx.client_id.clone(),
-            group: resource_name(req.group.as_ref(), &ctx.namespace),
-            topic: resource_name(mq.and_then(|q| q.topic.as_ref()), &ctx.namespace),
+            group,
+            topic,
             queue_id,
             offset: req.offset,
             batch_size: req.batch_size,
@@ -103,10 +106,9 @@ impl MessagingServiceImpl {
             return Ok(Response::new(proto::UpdateOffsetResponse { status: Some(s) }));
         }
         let mq = req.message_queue.as_ref();
-        let topic = resource_name(mq.and_then(|q| q.topic.as_ref()), &ctx.namespace);
-        let group = resource_name(req.group.as_ref(), &ctx.namespace);
-        let result = match queue_id(mq) {
-            Ok(q) => self.broker.update_offset(&ctx.client_id, &group, &topic, q, req.offset).await,
+        let names = ctx.topic_and_group(mq.and_then(|q| q.topic.as_ref()), req.group.as_ref());
+        let result = match names.and_then(|n| Ok((n, queue_id(mq)?))) {
+            Ok(((topic, group), q)) => self.broker.update_offset(&ctx.client_id, &group, &topic, q, req.offset).await,
             Err(e) => Err(e),
         };
         let s = match result {
@@ -126,10 +128,9 @@ impl MessagingServiceImpl {
             return Ok(Response::new(proto::GetOffsetResponse { status: Some(s), offset: 0 }));
         }
         let mq = req.message_queue.as_ref();
-        let topic = resource_name(mq.and_then(|q| q.topic.as_ref()), &ctx.namespace);
-        let group = resource_name(req.group.as_ref(), &ctx.namespace);
-        let result = match queue_id(mq) {
-            Ok(q) => self.broker.get_offset(&ctx.client_id, &group, &topic, q).await,
+        let names = ctx.topic_and_group(mq.and_then(|q| q.topic.as_ref()), req.group.as_ref());
+        let result = match names.and_then(|n| Ok((n, queue_id(mq)?))) {
+            Ok(((topic, group), q)) => self.broker.get_offset(&ctx.client_id, &group, &topic, q).await,
             Err(e) => Err(e),
         };
         let reply = match result {
@@ -149,7 +150,7 @@ impl MessagingServiceImpl {
             return Ok(Response::new(proto::QueryOffsetResponse { status: Some(s), offset: 0 }));
         }
         let mq = req.message_queue.as_ref();
-        let topic = resource_name(mq.and_then(|q| q.topic.as_ref()), &ctx.namespace);
+        let topic = ctx.topic(mq.and_then(|q| q.topic.as_ref()));
         let policy = match proto::QueryOffsetPolicy::try_from(req.query_offset_policy) {
             Ok(proto::QueryOffsetPolicy::Beginning) => Ok(OffsetPolicy::Beginning),
             Ok(proto::QueryOffsetPolicy::End) => Ok(OffsetPolicy::End),
@@ -165,9 +166,9 @@ impl MessagingServiceImpl {
                 Err(BrokerError::BadRequest(format!("unrecognized query_offset_policy {}", req.query_offset_policy)))
             }
         };
-        let result = match (policy, queue_id(mq)) {
-            (Ok(p), Ok(q)) => self.broker.query_offset(&topic, q, p).await,
-            (Err(e), _) | (_, Err(e)) => Err(e),
+        let result = match (topic, policy, queue_id(mq)) {
+            (Ok(topic), Ok(p), Ok(q)) => self.broker.query_offset(&topic, q, p).await,
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
         };
         self.broker.touch_client(&ctx.client_id);
         let reply = match result {

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status as GrpcStatus, Streaming};
 
-use super::convert::{delivered, proto_duration, resource_name};
+use super::convert::{delivered, proto_duration};
 use super::status::{code_of, ok, status};
 use super::{BoxStream, Context, GrpcSettings, client_kind};
 use crate::broker::{
@@ -200,7 +200,7 @@ async fn settings_reply(
         Some(PubSub::Publishing(p)) => {
             let mut topics = Vec::with_capacity(p.topics.len());
             for t in &p.topics {
-                let name = resource_name(Some(t), &ctx.namespace);
+                let name = ctx.topic(Some(t))?;
                 validate::validate_topic(&name)?;
                 topics.push(name);
             }
@@ -218,10 +218,11 @@ async fn settings_reply(
             });
         }
         Some(PubSub::Subscription(sub)) => {
-            let group = resource_name(sub.group.as_ref(), &ctx.namespace);
+            let group = ctx.group(sub.group.as_ref())?;
             let simple = s.client_type == Some(proto::ClientType::SimpleConsumer as i32);
             for entry in &sub.subscriptions {
-                validate::validate_topic(&resource_name(entry.topic.as_ref(), &ctx.namespace))?;
+                let topic = ctx.topic(entry.topic.as_ref())?;
+                validate::validate_topic(&topic)?;
                 if let Some(e) = entry.expression.as_ref() {
                     match proto::FilterType::try_from(e.r#type) {
                         Ok(proto::FilterType::Tag | proto::FilterType::Unspecified) => {
@@ -235,7 +236,6 @@ async fn settings_reply(
                         // Apache does not check SQL92 expressions in Settings at all.
                         Ok(proto::FilterType::Sql) => {
                             if let Err(err) = Filter::sql(&e.expression) {
-                                let topic = resource_name(entry.topic.as_ref(), &ctx.namespace);
                                 if simple {
                                     tracing::info!(client_id = ctx.client_id, topic, error = %err, "SimpleConsumer subscribed with a bad SQL92 expression; its receives will be refused");
                                 } else {

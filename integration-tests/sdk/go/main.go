@@ -5,6 +5,7 @@
 //
 //	[--group G] [--count N] [--prefix P] [--tag TAG] [--timeout-secs S]
 //	[--tls] [--progress] [--fail-every K] [--pause-ms M] [--threads T]
+//	[--namespace NS] (every client in namespace NS: rmq.Config.NameSpace)
 //
 // MODE is produce, simple-consume or push-consume (this file), or one of the FIFO, delay,
 // recall and transaction modes of integration-tests/sdk/MESSAGE_TYPES.md (types.go, with
@@ -48,6 +49,7 @@ const (
 
 type args struct {
 	mode, endpoint, topic, group, prefix, tag string
+	namespace                                 string
 	count, failEvery, pauseMs, threads        int
 	timeout                                   time.Duration
 	tls, progress                             bool
@@ -100,6 +102,7 @@ func parseArgs() (args, error) {
 	fs.StringVar(&a.tag, "tag", env("TAG", "e2e"), "tag (sent, and the consumers' filter)")
 	secs := fs.Float64("timeout-secs", float64(envInt("TIMEOUT_SECS", 60)), "budget of the main loop")
 	fs.BoolVar(&a.tls, "tls", false, "use TLS (the SDK's default); plaintext otherwise")
+	fs.StringVar(&a.namespace, "namespace", env("NAMESPACE", ""), "namespace of every client (rmq.Config.NameSpace)")
 	fs.BoolVar(&a.progress, "progress", false, "consumers: print PROGRESS received=K on stdout")
 	fs.IntVar(&a.failEvery, "fail-every", 0, "push-consume, fifo-consume: fail the first delivery of every K-th message")
 	fs.IntVar(&a.pauseMs, "pause-ms", 0, "consumers: sleep this long per accepted message")
@@ -122,7 +125,10 @@ func parseArgs() (args, error) {
 
 func (a args) config(group string) *rmq.Config {
 	// Up to v5.1.3 a nil Credentials panics (and Config validates it as required).
-	return &rmq.Config{Endpoint: a.endpoint, ConsumerGroup: group, Credentials: &credentials.SessionCredentials{}}
+	return &rmq.Config{
+		Endpoint: a.endpoint, NameSpace: a.namespace, ConsumerGroup: group,
+		Credentials: &credentials.SessionCredentials{},
+	}
 }
 
 func (a args) noteProgress(n int) {

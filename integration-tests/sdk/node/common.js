@@ -51,8 +51,9 @@ async function shutdownBounded(client, ms = 15000) {
   }
 }
 
+// `--namespace NS`: every client in namespace NS (sent in the x-mq-namespace header).
 function clientOptions(args) {
-  return { endpoints: args.endpoint, namespace: '', logger };
+  return { endpoints: args.endpoint, namespace: args.namespace || '', logger };
 }
 
 module.exports = { sdk, sdkVersion, proto, describe, sleep, nowMs, withTimeout, shutdownBounded,

@@ -41,6 +41,7 @@ function parseArgs(argv) {
     prefix: opts.prefix ?? env('PREFIX', 'node'),
     tag: opts.tag ?? env('TAG', 'e2e'),
     timeoutMs: 1000 * Number(opts['timeout-secs'] ?? env('TIMEOUT_SECS', '60')),
+    namespace: opts.namespace ?? env('NAMESPACE', ''),
   };
   Object.assign(args, modeArgs(opts, args.count));
   if (!args.endpoint || !args.topic) throw new Error('--endpoint and --topic are required');

@@ -10,7 +10,8 @@ from rocketmq import ClientConfiguration, Credentials
 
 
 def config(args):
-    return ClientConfiguration(args.endpoint, Credentials())
+    # `--namespace NS`: every client in namespace NS (resource_namespace and x-mq-namespace)
+    return ClientConfiguration(args.endpoint, Credentials(), namespace=getattr(args, "namespace", ""))
 
 
 def now_ms():

@@ -49,6 +49,7 @@ def parse_args():
     p.add_argument("--prefix", default=env("PREFIX", "python"))
     p.add_argument("--tag", default=env("TAG", "e2e"))
     p.add_argument("--timeout-secs", type=float, default=float(env("TIMEOUT_SECS", "60")))
+    p.add_argument("--namespace", default=env("NAMESPACE", ""), help="namespace of every client")
     message_types.add_arguments(p)
     # argparse takes "-5000,1000" for an option: glue values that start with "-<digit>" to their
     # option ("--delays-ms=-5000,1000"). A repeated option: the last one wins.

@@ -36,6 +36,7 @@ import org.apache.rocketmq.client.apis.producer.SendReceipt;
  * E2e {produce|simple-consume|push-consume} --endpoint HOST:PORT --topic T [--group G]
  *     [--count N] [--prefix P] [--tag TAG] [--timeout-secs S]
  *     [--tls]                  TLS (the SDK's default); without it enableSsl(false), plaintext h2c
+ *     [--namespace NS]         every client in namespace NS (ClientConfiguration.setNamespace)
  *     [--batch burst|wire]     produce: how the last third is sent (see below; default burst)
  *     [--threads T]            push-consume: consumption threads (default 4)
  *     [--fail-every K]         push-consume: the listener returns FAILURE on the first delivery
@@ -124,6 +125,7 @@ public final class E2e {
             .setEndpoints(endpoint)
             .enableSsl(opts.containsKey("tls"))
             .setRequestTimeout(Duration.ofSeconds(5))
+            .setNamespace(opt("namespace", ""))
             .build();
     }
 
