@@ -1,6 +1,6 @@
 //! The HTTP side (axum): `/healthz`, `/readyz`, and the admin API: topics, consumer groups,
-//! connected clients, and commands relayed to a client (thread stack trace, consume a message
-//! directly). Calls the broker only.
+//! connected clients, commands relayed to a client (thread stack trace, consume a message
+//! directly), and what the gateway holds in memory (`/api/v1/stats`). Calls the broker only.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
-use crate::broker::{Broker, BrokerError, ClientInfo, ClientKind, GroupInfo, TopicInfo, TopicKind, VerifyOutcome};
+use crate::broker::{
+    Broker, BrokerError, BrokerStats, ClientInfo, ClientKind, GroupInfo, TopicInfo, TopicKind, VerifyOutcome,
+};
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -30,6 +32,7 @@ pub fn router(state: AdminState) -> axum::Router {
         .route("/api/v1/groups", get(list_groups))
         .route("/api/v1/groups/{name}", get(get_group).put(put_group))
         .route("/api/v1/clients", get(list_clients))
+        .route("/api/v1/stats", get(stats))
         .route("/api/v1/clients/{client_id}/stack-trace", post(client_stack_trace))
         .route("/api/v1/clients/{client_id}/verify-message", post(verify_message))
         .with_state(state)
@@ -88,6 +91,7 @@ fn http_status(e: &BrokerError) -> StatusCode {
         BrokerError::BodyTooLarge { .. } | BrokerError::PropertiesTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         BrokerError::TopicNotFound(_)
         | BrokerError::GroupNotFound(_)
+        | BrokerError::GroupLimitReached(_)
         | BrokerError::MessageNotFound(_)
         | BrokerError::ClientNotConnected(_) => StatusCode::NOT_FOUND,
         BrokerError::ClientTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -214,6 +218,8 @@ struct GroupView {
     /// The group's own retry delays; absent: the gateway's `consumer.retryBackoff`.
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_backoff: Option<String>,
+    /// Created on first use by a client (counts against `consumer.maxAutoCreatedGroups`).
+    auto_created: bool,
 }
 
 impl From<GroupInfo> for GroupView {
@@ -223,6 +229,7 @@ impl From<GroupInfo> for GroupView {
             consume_message_orderly: g.fifo,
             retry_max_times: g.retry_max_times,
             retry_backoff: g.retry_backoff,
+            auto_created: g.auto_created,
         }
     }
 }
@@ -255,4 +262,46 @@ async fn put_group(State(s): State<AdminState>, Path(name): Path<String>, Json(b
         Ok(g) => Json(GroupView::from(g)).into_response(),
         Err(e) => error(e),
     }
+}
+
+/// `GET /api/v1/stats`: what the gateway holds per client, group and queue, and its send
+/// backpressure (field meanings in the README, "Limits and backpressure").
+fn stats_json(s: &BrokerStats) -> serde_json::Value {
+    let (c, q, a) = (&s.sessions, &s.states, &s.admission);
+    serde_json::json!({
+        "clients": {
+            "sessions": c.clients,
+            "expired": c.expired,
+            "relayChannels": c.relay_channels,
+            "rememberedReceives": c.remembered_receives,
+        },
+        "groups": {
+            "total": s.groups,
+            "autoCreated": s.auto_created_groups,
+            "retired": s.groups_retired,
+        },
+        "queueStates": {
+            "live": q.live,
+            "idle": q.idle,
+            "inflight": q.inflight,
+            "ackedAboveFloor": q.acked_above_floor,
+            "maxAckedAboveFloor": q.max_acked_above_floor,
+            "dirty": q.dirty,
+            "renewingClients": q.renewing_clients,
+        },
+        "sends": {
+            "inflightBytes": a.inflight_bytes,
+            "peakInflightBytes": a.peak_inflight_bytes,
+            "waitingBytes": a.waiting_bytes,
+            "connections": a.connections,
+            "maxInflightBytes": a.max_inflight_bytes,
+            "maxInflightBytesPerConnection": a.max_inflight_bytes_per_connection,
+            "waited": a.waited,
+            "refused": a.refused,
+        },
+    })
+}
+
+async fn stats(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    Json(stats_json(&s.broker.stats()))
 }

@@ -63,6 +63,8 @@ pub struct GroupInfo {
     /// The group's own retry delays (one per attempt); `None`: the gateway's
     /// `consumer.retryBackoff`.
     pub retry_backoff: Option<String>,
+    /// Created on first use by a client (counts against `consumer.maxAutoCreatedGroups`).
+    pub auto_created: bool,
 }
 
 impl From<TopicType> for TopicKind {
@@ -99,7 +101,13 @@ impl From<TopicRecord> for TopicInfo {
 
 impl From<GroupRecord> for GroupInfo {
     fn from(g: GroupRecord) -> Self {
-        GroupInfo { name: g.name, fifo: g.fifo, retry_max_times: g.retry_max_times, retry_backoff: g.retry_backoff }
+        GroupInfo {
+            name: g.name,
+            fifo: g.fifo,
+            retry_max_times: g.retry_max_times,
+            retry_backoff: g.retry_backoff,
+            auto_created: g.auto_created,
+        }
     }
 }
 

@@ -97,6 +97,17 @@ impl Broker {
         }
     }
 
+    /// A departed client: its command channel goes (its stream, if still open, then gets no
+    /// more commands; a client that is in fact alive reattaches when it reopens the stream).
+    pub(super) fn drop_client_channel(&self, client_id: &str) {
+        lock(&self.inner.relay.channels).remove(client_id);
+    }
+
+    /// Command channels attached.
+    pub(super) fn client_channel_count(&self) -> usize {
+        lock(&self.inner.relay.channels).len()
+    }
+
     /// Whether a client has a Telemetry stream open.
     pub fn client_connected(&self, client_id: &str) -> bool {
         lock(&self.inner.relay.channels).contains_key(client_id)

@@ -64,6 +64,8 @@ pub struct GroupRecord {
     pub retry_max_times: i32,
     /// The group's own retry delays (space-separated durations); `None`: the gateway default.
     pub retry_backoff: Option<String>,
+    /// Created on first use by a client (not by configuration or the admin API).
+    pub auto_created: bool,
 }
 
 /// Consumed progress of one group on one queue: everything below `ack_floor` is done, plus
@@ -101,8 +103,10 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Creates the group if absent; returns the stored record.
     async fn create_group(&self, group: &GroupRecord) -> MetadataResult<GroupRecord>;
-    /// Creates the group or replaces its configuration.
+    /// Creates the group or replaces its configuration (`auto_created` included).
     async fn put_group(&self, group: &GroupRecord) -> MetadataResult<()>;
+    /// Deletes the group if it is still auto-created; returns whether it was deleted.
+    async fn retire_group(&self, name: &str) -> MetadataResult<bool>;
     async fn group(&self, name: &str) -> MetadataResult<Option<GroupRecord>>;
     async fn list_groups(&self) -> MetadataResult<Vec<GroupRecord>>;
 

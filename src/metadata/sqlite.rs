@@ -59,13 +59,14 @@ impl SqliteMetadataStore {
     }
 
     /// Runs an `INSERT INTO consumer_groups (name, fifo, retry_max_times, retry_backoff,
-    /// created_at)` statement.
+    /// auto_created, created_at)` statement.
     async fn insert_group(&self, group: &GroupRecord, sql: &'static str) -> MetadataResult<()> {
         sqlx::query(sql)
             .bind(&group.name)
             .bind(group.fifo as i64)
             .bind(group.retry_max_times as i64)
             .bind(group.retry_backoff.as_deref())
+            .bind(group.auto_created as i64)
             .bind(now_ms())
             .execute(&self.pool)
             .await
@@ -91,6 +92,7 @@ fn group_from_row(row: &sqlx::sqlite::SqliteRow) -> MetadataResult<GroupRecord> 
         fifo: row.try_get::<i64, _>("fifo").map_err(query_err)? != 0,
         retry_max_times: row.try_get::<i64, _>("retry_max_times").map_err(query_err)? as i32,
         retry_backoff: row.try_get("retry_backoff").map_err(query_err)?,
+        auto_created: row.try_get::<i64, _>("auto_created").map_err(query_err)? != 0,
     })
 }
 
@@ -136,8 +138,8 @@ impl MetadataStore for SqliteMetadataStore {
     async fn create_group(&self, group: &GroupRecord) -> MetadataResult<GroupRecord> {
         self.insert_group(
             group,
-            "INSERT INTO consumer_groups (name, fifo, retry_max_times, retry_backoff, created_at) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO consumer_groups (name, fifo, retry_max_times, retry_backoff, auto_created, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
         )
         .await?;
         self.group(&group.name)
@@ -148,27 +150,41 @@ impl MetadataStore for SqliteMetadataStore {
     async fn put_group(&self, group: &GroupRecord) -> MetadataResult<()> {
         self.insert_group(
             group,
-            "INSERT INTO consumer_groups (name, fifo, retry_max_times, retry_backoff, created_at) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET fifo = excluded.fifo, \
-             retry_max_times = excluded.retry_max_times, retry_backoff = excluded.retry_backoff",
+            "INSERT INTO consumer_groups (name, fifo, retry_max_times, retry_backoff, auto_created, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET fifo = excluded.fifo, \
+             retry_max_times = excluded.retry_max_times, retry_backoff = excluded.retry_backoff, \
+             auto_created = excluded.auto_created",
         )
         .await
     }
 
-    async fn group(&self, name: &str) -> MetadataResult<Option<GroupRecord>> {
-        let row = sqlx::query("SELECT name, fifo, retry_max_times, retry_backoff FROM consumer_groups WHERE name = ?")
+    async fn retire_group(&self, name: &str) -> MetadataResult<bool> {
+        let done = sqlx::query("DELETE FROM consumer_groups WHERE name = ? AND auto_created = 1")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .execute(&self.pool)
             .await
             .map_err(query_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn group(&self, name: &str) -> MetadataResult<Option<GroupRecord>> {
+        let row = sqlx::query(
+            "SELECT name, fifo, retry_max_times, retry_backoff, auto_created FROM consumer_groups WHERE name = ?",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_err)?;
         row.as_ref().map(group_from_row).transpose()
     }
 
     async fn list_groups(&self) -> MetadataResult<Vec<GroupRecord>> {
-        let rows = sqlx::query("SELECT name, fifo, retry_max_times, retry_backoff FROM consumer_groups ORDER BY name")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_err)?;
+        let rows = sqlx::query(
+            "SELECT name, fifo, retry_max_times, retry_backoff, auto_created FROM consumer_groups ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err)?;
         rows.iter().map(group_from_row).collect()
     }
 
@@ -262,13 +278,20 @@ mod tests {
         assert!(store.delete_topic("t1").await.unwrap());
         assert!(store.topic("t1").await.unwrap().is_none());
 
-        let g = GroupRecord { name: "g".into(), fifo: true, retry_max_times: 3, retry_backoff: None };
+        let g =
+            GroupRecord { name: "g".into(), fifo: true, retry_max_times: 3, retry_backoff: None, auto_created: false };
         assert_eq!(store.create_group(&g).await.unwrap(), g);
         assert_eq!(store.group("g").await.unwrap(), Some(g.clone()));
         // create keeps what exists; put replaces it.
         let changed = GroupRecord { fifo: false, retry_max_times: 5, retry_backoff: Some("1s 2s".into()), ..g.clone() };
         assert_eq!(store.create_group(&changed).await.unwrap(), g);
         store.put_group(&changed).await.unwrap();
+        assert_eq!(store.list_groups().await.unwrap(), vec![changed.clone()]);
+        // Only an auto-created group is retired.
+        assert!(!store.retire_group("g").await.unwrap());
+        let auto = GroupRecord { name: "a".into(), auto_created: true, ..changed.clone() };
+        assert_eq!(store.create_group(&auto).await.unwrap(), auto);
+        assert!(store.retire_group("a").await.unwrap());
         assert_eq!(store.list_groups().await.unwrap(), vec![changed]);
 
         let p = ProgressRecord {
