@@ -62,11 +62,13 @@ bench:
 SOAK_PRODUCE_SECS ?= 120
 SOAK_CLIENTS ?= 30000
 SOAK_FLOOD_SECS ?= 10
+SOAK_HOLD_SECS ?= 20
 bench-soak:
 	$(CARGO) build --release --locked --features nats-bench --bin rmq-gateway
 	rm -f bench-results/soak.json
 	RMQ_GATEWAY_BIN=$(BENCH_BIN) SOAK_RESULTS=$(CURDIR)/bench-results/soak.json \
 	  SOAK_PRODUCE_SECS=$(SOAK_PRODUCE_SECS) SOAK_CLIENTS=$(SOAK_CLIENTS) SOAK_FLOOD_SECS=$(SOAK_FLOOD_SECS) \
+	  SOAK_HOLD_SECS=$(SOAK_HOLD_SECS) \
 	  $(CARGO) test --locked -p integration-tests --test soak -- --nocapture --test-threads=1
 
 clean:

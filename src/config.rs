@@ -699,6 +699,10 @@ mod tests {
         assert!(load_str("", &[("RMQ_GATEWAY_CONFIG", "x"), ("RMQ_GATEWAY_BIN", "y")]).is_ok());
         let e = load_str("", &[("RMQ_GATEWAY_SERVER__NOPE", "1")]).unwrap_err().to_string();
         assert!(e.contains("RMQ_GATEWAY_SERVER__NOPE") && e.contains("NOPE"), "{e}");
+        let e = load_str("limits:\n  maxInflightBytes: 0\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("limits.maxInflightBytes"), "{e}");
+        let e = load_str("server:\n  channelExpiredTimeout: 10ms\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("server.channelExpiredTimeout"), "{e}");
         let e = load_str("storage:\n  fileReservedTime: soon\n", &[]).unwrap_err().to_string();
         assert!(e.contains("fileReservedTime") || e.contains("soon"), "{e}");
     }

@@ -329,6 +329,9 @@ mod tests {
         assert_eq!(b.topics.create[0].message_type, "FIFO");
         assert_eq!(b.limits.max_message_size, 1000);
         assert_eq!(b.timer.timer_precision, config.timer.timer_precision);
+        assert_eq!(b.clients.channel_expired_timeout, Duration::from_secs(120));
+        assert_eq!(b.limits.max_inflight_bytes, config.limits.max_inflight_bytes);
+        assert_eq!(b.consumer.max_auto_created_groups, config.consumer.max_auto_created_groups);
 
         let g = GrpcSettings::from(&config);
         assert_eq!(g.max_body_size, 1000);

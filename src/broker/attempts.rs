@@ -66,6 +66,11 @@ impl AttemptCache {
         }
     }
 
+    /// Gives back memory once the cache is mostly empty after a peak.
+    pub fn shrink(&mut self) {
+        super::shrink_if_sparse(&mut self.by_client);
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

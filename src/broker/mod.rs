@@ -219,6 +219,14 @@ fn lock<L: Lock + ?Sized>(m: &L) -> L::Guard<'_> {
     m.acquire()
 }
 
+/// Gives back a map's memory after a peak (maps never shrink on their own): once it is at most
+/// a quarter full, down to twice what it holds.
+fn shrink_if_sparse<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() * 4 < map.capacity() {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
 impl Broker {
     /// Loads topics, groups, progress, open transactions, the timer index and the receipt
     /// secret, and creates configured topics. The background work ([`Broker::run_timers`],

@@ -97,10 +97,14 @@ impl Broker {
         }
     }
 
-    /// A departed client: its command channel goes (its stream, if still open, then gets no
-    /// more commands; a client that is in fact alive reattaches when it reopens the stream).
+    /// A departed client: its command channel goes (a Telemetry stream still open attaches a
+    /// new one, so commands reach a client that was only quiet).
     pub(super) fn drop_client_channel(&self, client_id: &str) {
         lock(&self.inner.relay.channels).remove(client_id);
+    }
+
+    pub(super) fn shrink_client_channels(&self) {
+        super::shrink_if_sparse(&mut lock(&self.inner.relay.channels));
     }
 
     /// Command channels attached.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-use super::{Broker, ClientInfo, ClientKind, lock, validate};
+use super::{Broker, ClientInfo, ClientKind, lock, shrink_if_sparse, validate};
 
 /// One client as the gateway knows it.
 pub(super) struct ClientSession {
@@ -260,6 +260,16 @@ impl Broker {
         expired.len()
     }
 
+    /// Maps keyed by client grow with a crowd of clients and keep their size after it left:
+    /// shrink them once they are mostly empty.
+    fn shrink_client_maps(&self) {
+        shrink_if_sparse(&mut lock(&self.inner.sessions.clients));
+        self.shrink_client_channels();
+        self.shrink_renewals();
+        lock(&self.inner.attempts).shrink();
+        shrink_if_sparse(&mut lock(&self.inner.auto_groups));
+    }
+
     pub fn session_stats(&self) -> SessionStats {
         SessionStats {
             clients: lock(&self.inner.sessions.clients).len(),
@@ -286,6 +296,7 @@ impl Broker {
                 _ = tick.tick() => {}
             }
             self.expire_clients();
+            self.shrink_client_maps();
             if last_prune.elapsed() >= prune_every {
                 last_prune = tokio::time::Instant::now();
                 let pruned = self.prune_idle_states();

@@ -214,6 +214,10 @@ impl Broker {
         }
     }
 
+    pub(super) fn shrink_renewals(&self) {
+        super::shrink_if_sparse(&mut lock(&self.inner.states.renewals));
+    }
+
     /// Whether `group` has a state on some queue (a position worth keeping).
     pub(super) fn group_has_state(&self, group: &str) -> bool {
         lock(&self.inner.states.table).groups.contains(group)

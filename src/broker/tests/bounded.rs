@@ -247,3 +247,14 @@ async fn sends_beyond_the_in_flight_bound_wait_then_get_too_many_requests() {
     assert_eq!((s.inflight_bytes, s.waiting_bytes, s.connections), (0, 0, 0));
     assert!(s.peak_inflight_bytes <= 3_000, "{s:?}");
 }
+
+#[test]
+fn maps_give_memory_back_after_a_crowd_left() {
+    let mut m: HashMap<u32, u32> = (0..10_000).map(|i| (i, i)).collect();
+    let peak = m.capacity();
+    shrink_if_sparse(&mut m);
+    assert_eq!(m.capacity(), peak, "full: kept");
+    m.retain(|&k, _| k < 100);
+    shrink_if_sparse(&mut m);
+    assert!(m.capacity() < peak / 10 && m.len() == 100, "{} of {peak}", m.capacity());
+}
