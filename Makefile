@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export RUST_BACKTRACE ?= 0
 
-.PHONY: all build run test test-unit test-e2e sdk-setup lint fmt bench clean
+.PHONY: all build run test test-unit test-e2e sdk-setup lint fmt bench bench-soak clean
 
 all: build
 
@@ -54,6 +54,22 @@ bench:
 	$(BENCH_BIN) bench compare --duration $(BENCH_DURATION) $(BENCH_ARGS)
 	$(BENCH_BIN) bench storage $(BENCH_STORAGE_ARGS)
 	$(BENCH_BIN) bench timers $(BENCH_TIMER_ARGS)
+	$(MAKE) bench-soak
+
+## Soak (integration-tests/tests/soak.rs) against the release gateway, longer than in `make test`:
+## short-lived clients that vanish without a goodbye, a consumer that never acks a tenth, a
+## producer flood beyond the in-flight bounds; figures to bench-results/soak.json (and stderr).
+SOAK_PRODUCE_SECS ?= 120
+SOAK_CLIENTS ?= 30000
+SOAK_FLOOD_SECS ?= 10
+SOAK_HOLD_SECS ?= 20
+bench-soak:
+	$(CARGO) build --release --locked --features nats-bench --bin rmq-gateway
+	rm -f bench-results/soak.json
+	RMQ_GATEWAY_BIN=$(BENCH_BIN) SOAK_RESULTS=$(CURDIR)/bench-results/soak.json \
+	  SOAK_PRODUCE_SECS=$(SOAK_PRODUCE_SECS) SOAK_CLIENTS=$(SOAK_CLIENTS) SOAK_FLOOD_SECS=$(SOAK_FLOOD_SECS) \
+	  SOAK_HOLD_SECS=$(SOAK_HOLD_SECS) \
+	  $(CARGO) test --locked -p integration-tests --test soak -- --nocapture --test-threads=1
 
 clean:
 	$(CARGO) clean

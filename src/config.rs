@@ -121,6 +121,16 @@ pub struct ServerConfig {
     /// How long graceful shutdown waits for in-flight RPCs.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// A client not seen (no request, heartbeat or Telemetry message) for this long is
+    /// forgotten: its long polls end, its auto-renewed messages are released and its state is
+    /// dropped (Apache `channelExpiredTimeout`).
+    #[serde(with = "humantime_serde")]
+    pub channel_expired_timeout: Duration,
+    /// Most gRPC connections open at once; beyond it new connections wait in the listen
+    /// backlog until one closes.
+    pub max_connections: usize,
+    /// Most concurrent HTTP/2 streams (RPCs) per connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for ServerConfig {
@@ -134,6 +144,9 @@ impl Default for ServerConfig {
             tls: TlsConfig::default(),
             grpc_max_inbound_message_size: 130 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),
+            channel_expired_timeout: Duration::from_secs(120),
+            max_connections: 10_000,
+            max_concurrent_streams: 512,
         }
     }
 }
@@ -261,6 +274,15 @@ pub struct LimitsConfig {
     pub max_delay_time: Duration,
     /// Most messages in one SendMessage request.
     pub max_batch_messages: usize,
+    /// Most bytes of sends on their way to the commit log, gateway-wide; beyond it a send
+    /// waits up to `inflightWaitTime`, then gets TOO_MANY_REQUESTS.
+    pub max_inflight_bytes: usize,
+    /// The same bound per client connection.
+    pub max_inflight_bytes_per_connection: usize,
+    /// How long a send over a bound waits for room before TOO_MANY_REQUESTS (Apache
+    /// `waitTimeMillsInSendQueue`).
+    #[serde(with = "humantime_serde")]
+    pub inflight_wait_time: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -272,6 +294,9 @@ impl Default for LimitsConfig {
             max_message_group_size: 64,
             max_delay_time: Duration::from_secs(40 * 24 * 3600),
             max_batch_messages: 1024,
+            max_inflight_bytes: 256 * 1024 * 1024,
+            max_inflight_bytes_per_connection: 64 * 1024 * 1024,
+            inflight_wait_time: Duration::from_millis(200),
         }
     }
 }
@@ -358,6 +383,13 @@ pub struct ConsumerConfig {
     /// Create an unknown consumer group on first use with the defaults above (Apache
     /// `autoCreateSubscriptionGroup`); off: such a group gets CONSUMER_GROUP_NOT_FOUND.
     pub auto_create_subscription_group: bool,
+    /// Most auto-created consumer groups; beyond it an unknown group gets
+    /// CONSUMER_GROUP_NOT_FOUND. Groups created explicitly (`groups`, admin API) do not count.
+    pub max_auto_created_groups: usize,
+    /// A consumer group's state on a queue with nothing in flight, unused this long, is
+    /// dropped from memory (its position is kept).
+    #[serde(with = "humantime_serde")]
+    pub queue_state_idle_time: Duration,
     /// Consumer groups created or updated at start (Apache `updateSubGroup`).
     pub groups: Vec<GroupSpec>,
 }
@@ -399,6 +431,8 @@ impl Default for ConsumerConfig {
             progress_flush_interval: Duration::from_millis(200),
             broadcast_retire_after: Duration::from_secs(24 * 3600),
             auto_create_subscription_group: true,
+            max_auto_created_groups: 10_000,
+            queue_state_idle_time: Duration::from_secs(120),
             groups: Vec::new(),
         }
     }
@@ -499,6 +533,27 @@ impl Config {
         }
         if self.limits.max_batch_messages == 0 {
             return invalid("limits.maxBatchMessages", "must be greater than 0");
+        }
+        if self.limits.max_inflight_bytes == 0 {
+            return invalid("limits.maxInflightBytes", "must be greater than 0");
+        }
+        if self.limits.max_inflight_bytes_per_connection == 0 {
+            return invalid("limits.maxInflightBytesPerConnection", "must be greater than 0");
+        }
+        if self.limits.inflight_wait_time > Duration::from_secs(60) {
+            return invalid("limits.inflightWaitTime", "must not exceed 60s");
+        }
+        if self.server.channel_expired_timeout < Duration::from_secs(1) {
+            return invalid("server.channelExpiredTimeout", "must be at least 1s");
+        }
+        if self.server.max_connections == 0 {
+            return invalid("server.maxConnections", "must be greater than 0");
+        }
+        if self.server.max_concurrent_streams == 0 {
+            return invalid("server.maxConcurrentStreams", "must be greater than 0");
+        }
+        if self.consumer.queue_state_idle_time < Duration::from_secs(1) {
+            return invalid("consumer.queueStateIdleTime", "must be at least 1s");
         }
         let c = &self.consumer;
         if c.min_invisible_time > c.max_invisible_time {
@@ -660,6 +715,10 @@ mod tests {
         assert!(load_str("", &[("RMQ_GATEWAY_CONFIG", "x"), ("RMQ_GATEWAY_BIN", "y")]).is_ok());
         let e = load_str("", &[("RMQ_GATEWAY_SERVER__NOPE", "1")]).unwrap_err().to_string();
         assert!(e.contains("RMQ_GATEWAY_SERVER__NOPE") && e.contains("NOPE"), "{e}");
+        let e = load_str("limits:\n  maxInflightBytes: 0\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("limits.maxInflightBytes"), "{e}");
+        let e = load_str("server:\n  channelExpiredTimeout: 10ms\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("server.channelExpiredTimeout"), "{e}");
         let e = load_str("storage:\n  fileReservedTime: soon\n", &[]).unwrap_err().to_string();
         assert!(e.contains("fileReservedTime") || e.contains("soon"), "{e}");
     }

@@ -1,9 +1,10 @@
 //! Wiring: opens the stores, starts the broker, the gRPC server (h2c + TLS on one port) and the
-//! HTTP server, runs background tasks, and shuts everything down in order on SIGINT/SIGTERM:
-//! readiness off → stop accepting and end long polls → drain RPCs → flush consumer progress →
-//! close the message log → close the metadata store. The only module that names concrete
-//! storage and metadata backends, and the one that turns the configuration into the broker's
-//! and the gRPC service's settings.
+//! HTTP server, runs background tasks (progress flusher, timers, transaction checker, and
+//! housekeeping: session expiry, idle-state pruning, group retirement), and shuts everything
+//! down in order on SIGINT/SIGTERM: readiness off → stop accepting and end long polls → drain
+//! RPCs → flush consumer progress → close the message log → close the metadata store. The only
+//! module that names concrete storage and metadata backends, and the one that turns the
+//! configuration into the broker's and the gRPC service's settings.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
 use crate::broker::settings::{
-    CheckMaxAction, ConsumeFromWhere, ConsumerSettings, GroupSpec, LimitSettings, TimerSettings, TopicSettings,
-    TopicSpec, TransactionSettings,
+    CheckMaxAction, ClientSettings, ConsumeFromWhere, ConsumerSettings, GroupSpec, LimitSettings, TimerSettings,
+    TopicSettings, TopicSpec, TransactionSettings,
 };
 use crate::broker::{Broker, BrokerSettings, Stores};
 use crate::clock::SystemClock;
@@ -77,6 +78,9 @@ impl From<&Config> for BrokerSettings {
                 max_message_group_size: l.max_message_group_size,
                 max_delay_time: l.max_delay_time,
                 max_batch_messages: l.max_batch_messages,
+                max_inflight_bytes: l.max_inflight_bytes,
+                max_inflight_bytes_per_connection: l.max_inflight_bytes_per_connection,
+                inflight_wait_time: l.inflight_wait_time,
             },
             consumer: ConsumerSettings {
                 consume_from_where: match c.consume_from_where {
@@ -96,6 +100,8 @@ impl From<&Config> for BrokerSettings {
                 progress_flush_interval: c.progress_flush_interval,
                 broadcast_retire_after: c.broadcast_retire_after,
                 auto_create_subscription_group: c.auto_create_subscription_group,
+                max_auto_created_groups: c.max_auto_created_groups,
+                queue_state_idle_time: c.queue_state_idle_time,
                 groups: c
                     .groups
                     .iter()
@@ -118,6 +124,7 @@ impl From<&Config> for BrokerSettings {
                     config::CheckMaxAction::Keep => CheckMaxAction::Keep,
                 },
             },
+            clients: ClientSettings { channel_expired_timeout: config.server.channel_expired_timeout },
         }
     }
 }
@@ -182,8 +189,14 @@ pub async fn run(
     let tls_config = tls::server_config(&config.server.tls)?;
     let accept_stop = CancellationToken::new();
     let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(128);
-    let acceptor =
-        tokio::spawn(tls::accept_loop(grpc_listener, tls_config, config.server.tls.mode, conn_tx, accept_stop.clone()));
+    let acceptor = tokio::spawn(tls::accept_loop(
+        grpc_listener,
+        tls_config,
+        config.server.tls.mode,
+        config.server.max_connections,
+        conn_tx,
+        accept_stop.clone(),
+    ));
 
     let grpc_stop = CancellationToken::new();
     let service = MessagingServiceImpl::new(broker.clone(), GrpcSettings::from(&*config));
@@ -192,6 +205,10 @@ pub async fn run(
         tokio::spawn(
             tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(std::time::Duration::from_secs(60)))
+                // Bounds per connection: RPCs at once, and streams a client may open and reset
+                // at once (the HTTP/2 "rapid reset" flood).
+                .max_concurrent_streams(config.server.max_concurrent_streams)
+                .http2_max_pending_accept_reset_streams(Some(256))
                 .add_service(service.into_server())
                 .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move { stop.cancelled().await }),
         )
@@ -219,6 +236,10 @@ pub async fn run(
         let b = broker.clone();
         tokio::spawn(async move { b.run_transaction_checker().await })
     };
+    let housekeeping = {
+        let b = broker.clone();
+        tokio::spawn(async move { b.run_housekeeping().await })
+    };
 
     ready.store(true, Ordering::SeqCst);
     tracing::info!(grpc = %addrs.grpc, http = %addrs.http, tls = ?config.server.tls.mode, "rmq-gateway is ready");
@@ -243,6 +264,7 @@ pub async fn run(
     let _ = flusher.await;
     let _ = timers.await;
     let _ = checker.await;
+    let _ = housekeeping.await;
     if let Err(e) = broker.shutdown().await {
         tracing::error!(error = %e, "final flush of consumer progress failed");
     }
@@ -312,6 +334,9 @@ mod tests {
         assert_eq!(b.topics.create[0].message_type, "FIFO");
         assert_eq!(b.limits.max_message_size, 1000);
         assert_eq!(b.timer.timer_precision, config.timer.timer_precision);
+        assert_eq!(b.clients.channel_expired_timeout, Duration::from_secs(120));
+        assert_eq!(b.limits.max_inflight_bytes, config.limits.max_inflight_bytes);
+        assert_eq!(b.consumer.max_auto_created_groups, config.consumer.max_auto_created_groups);
 
         let g = GrpcSettings::from(&config);
         assert_eq!(g.max_body_size, 1000);

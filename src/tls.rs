@@ -1,7 +1,8 @@
 //! TLS and plaintext h2c on the same gRPC port: the first byte of a connection decides (a TLS
 //! record starts with 0x16, an HTTP/2 preface with `P`). The certificate comes from
 //! `server.tls.certPath`/`keyPath`, or is generated self-signed at start (the Java SDK uses TLS
-//! by default and trusts any certificate).
+//! by default and trusts any certificate). At most `server.maxConnections` connections are
+//! open at once: beyond it the accept loop waits (new connections stay in the listen backlog).
 
 use std::io;
 use std::pin::Pin;
@@ -14,7 +15,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpConnectInfo};
@@ -38,6 +39,52 @@ impl Connected for MaybeTlsStream {
             MaybeTlsStream::Plain(s) => s.connect_info(),
             MaybeTlsStream::Tls(s) => s.get_ref().0.connect_info(),
         }
+    }
+}
+
+/// An accepted connection holding one of the `server.maxConnections` slots until it closes.
+pub struct GrpcConnection {
+    stream: MaybeTlsStream,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connected for GrpcConnection {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for GrpcConnection {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for GrpcConnection {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
     }
 }
 
@@ -121,16 +168,36 @@ pub fn server_config(tls: &TlsConfig) -> anyhow::Result<Option<Arc<ServerConfig>
     Ok(Some(Arc::new(config)))
 }
 
-/// Accepts connections and hands each, once classified, to the gRPC server.
+/// Accepts connections (at most `max_connections` open at once) and hands each, once
+/// classified, to the gRPC server.
 pub async fn accept_loop(
     listener: TcpListener,
     tls: Option<Arc<ServerConfig>>,
     mode: TlsMode,
-    incoming: mpsc::Sender<io::Result<MaybeTlsStream>>,
+    max_connections: usize,
+    incoming: mpsc::Sender<io::Result<GrpcConnection>>,
     shutdown: CancellationToken,
 ) {
     let acceptor = tls.map(TlsAcceptor::from);
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut warned = false;
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if !warned {
+                    tracing::warn!(max_connections, "server.maxConnections connections are open; new ones wait");
+                    warned = true;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => return,
+                    },
+                }
+            }
+        };
         let (socket, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -149,7 +216,7 @@ pub async fn accept_loop(
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, classify(socket, acceptor, mode)).await {
                 Ok(Ok(Some(stream))) => {
-                    let _ = incoming.send(Ok(stream)).await;
+                    let _ = incoming.send(Ok(GrpcConnection { stream, _slot: slot })).await;
                 }
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection dropped during TLS detection"),

@@ -1,6 +1,8 @@
 //! The `rmq-gateway` binary as a child process: start on free loopback ports with a data
 //! dir, wait for `GET /readyz` = 200, stop with SIGTERM (graceful) or SIGKILL (crash),
 //! and start again on the same data dir. The child is killed when the handle is dropped.
+//! Tests may add configuration overrides (`RMQ_GATEWAY_<SECTION>__<KEY>` variables) and read
+//! the child's pid (e.g. for its resident memory).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -71,12 +73,19 @@ pub struct Gateway {
     pub http_port: u16,
     child: Option<Child>,
     starts: u32,
+    /// Configuration overrides passed as environment variables.
+    overrides: Vec<(String, String)>,
 }
 
 impl Gateway {
     /// Starts a gateway whose config, data and logs live under `dir`.
     /// Retries with new ports if the chosen ones were taken in the meantime.
     pub fn start(dir: &Path) -> Result<Gateway> {
+        Gateway::start_with(dir, &[])
+    }
+
+    /// [`Gateway::start`] with configuration overrides: `("RMQ_GATEWAY_SECTION__KEY", value)`.
+    pub fn start_with(dir: &Path, overrides: &[(&str, &str)]) -> Result<Gateway> {
         let binary = gateway_binary()?;
         let mut last_error = None;
         for _ in 0..3 {
@@ -87,6 +96,7 @@ impl Gateway {
                 http_port: free_port()?,
                 child: None,
                 starts: 0,
+                overrides: overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             };
             match gateway.spawn_and_wait_ready() {
                 Ok(()) => return Ok(gateway),
@@ -99,6 +109,24 @@ impl Gateway {
     /// The gRPC access point for the SDKs, `127.0.0.1:<port>` (no scheme).
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// The running child's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The running child's resident memory in bytes (`VmRSS` of `/proc/<pid>/status`).
+    pub fn rss_bytes(&self) -> Result<u64> {
+        let pid = self.pid().ok_or_else(|| anyhow!("gateway is not running"))?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| anyhow!("no VmRSS line in /proc/{pid}/status"))?;
+        Ok(kib * 1024)
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -179,6 +207,9 @@ impl Gateway {
             if key.to_string_lossy().starts_with("RMQ_GATEWAY_") {
                 command.env_remove(&key);
             }
+        }
+        for (key, value) in &self.overrides {
+            command.env(key, value);
         }
         let child = command
             .arg("serve")

@@ -1,8 +1,9 @@
 //! The HTTP side (axum): `/healthz`, `/readyz`, and the admin API: topics, consumer groups
-//! (with their offsets per queue, and offset resets), connected clients, and commands relayed
-//! to a client (thread stack trace, consume a message directly). Calls the broker only. Topics
-//! and groups are named as the broker stores them (`ns%name` in a namespace, `%25` in a URL
-//! path), or by `?namespace=ns` and the plain name.
+//! (with their offsets per queue, and offset resets), connected clients, commands relayed to a
+//! client (thread stack trace, consume a message directly), and what the gateway holds in
+//! memory (`/api/v1/stats`). Calls the broker only. Topics and groups are named as the broker
+//! stores them (`ns%name` in a namespace, `%25` in a URL path), or by `?namespace=ns` and the
+//! plain name.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::namespace::{self, NameKind};
 use crate::broker::{
-    Broker, BrokerError, ClientInfo, ClientKind, GroupInfo, OffsetChange, QueueProgress, ResetTarget, TopicInfo,
-    TopicKind, TopicProgress, VerifyOutcome,
+    Broker, BrokerError, BrokerStats, ClientInfo, ClientKind, GroupInfo, OffsetChange, QueueProgress, ResetTarget,
+    TopicInfo, TopicKind, TopicProgress, VerifyOutcome,
 };
 
 #[derive(Clone)]
@@ -39,6 +40,7 @@ pub fn router(state: AdminState) -> axum::Router {
         .route("/api/v1/groups/{name}/offsets", get(group_offsets))
         .route("/api/v1/groups/{name}/reset-offset", post(reset_offset))
         .route("/api/v1/clients", get(list_clients))
+        .route("/api/v1/stats", get(stats))
         .route("/api/v1/clients/{client_id}/stack-trace", post(client_stack_trace))
         .route("/api/v1/clients/{client_id}/verify-message", post(verify_message))
         .with_state(state)
@@ -102,6 +104,7 @@ fn http_status(e: &BrokerError) -> StatusCode {
         BrokerError::BodyTooLarge { .. } | BrokerError::PropertiesTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         BrokerError::TopicNotFound(_)
         | BrokerError::GroupNotFound(_)
+        | BrokerError::GroupLimitReached(_)
         | BrokerError::MessageNotFound(_)
         | BrokerError::OffsetNotFound(_)
         | BrokerError::ClientNotConnected(_) => StatusCode::NOT_FOUND,
@@ -284,6 +287,8 @@ struct GroupView {
     retry_backoff: Option<String>,
     /// `CLUSTERING` or `BROADCASTING`.
     message_model: &'static str,
+    /// Created on first use by a client (counts against `consumer.maxAutoCreatedGroups`).
+    auto_created: bool,
 }
 
 impl From<GroupInfo> for GroupView {
@@ -295,6 +300,7 @@ impl From<GroupInfo> for GroupView {
             retry_max_times: g.retry_max_times,
             retry_backoff: g.retry_backoff,
             message_model: if g.broadcast { "BROADCASTING" } else { "CLUSTERING" },
+            auto_created: g.auto_created,
         }
     }
 }
@@ -535,4 +541,46 @@ async fn reset_offset(
         .into_response(),
         Err(e) => error(e),
     }
+}
+
+/// `GET /api/v1/stats`: what the gateway holds per client, group and queue, and its send
+/// backpressure (field meanings in the README, "Limits and backpressure").
+fn stats_json(s: &BrokerStats) -> serde_json::Value {
+    let (c, q, a) = (&s.sessions, &s.states, &s.admission);
+    serde_json::json!({
+        "clients": {
+            "sessions": c.clients,
+            "expired": c.expired,
+            "relayChannels": c.relay_channels,
+            "rememberedReceives": c.remembered_receives,
+        },
+        "groups": {
+            "total": s.groups,
+            "autoCreated": s.auto_created_groups,
+            "retired": s.groups_retired,
+        },
+        "queueStates": {
+            "live": q.live,
+            "idle": q.idle,
+            "inflight": q.inflight,
+            "ackedAboveFloor": q.acked_above_floor,
+            "maxAckedAboveFloor": q.max_acked_above_floor,
+            "dirty": q.dirty,
+            "renewingClients": q.renewing_clients,
+        },
+        "sends": {
+            "inflightBytes": a.inflight_bytes,
+            "peakInflightBytes": a.peak_inflight_bytes,
+            "waitingBytes": a.waiting_bytes,
+            "connections": a.connections,
+            "maxInflightBytes": a.max_inflight_bytes,
+            "maxInflightBytesPerConnection": a.max_inflight_bytes_per_connection,
+            "waited": a.waited,
+            "refused": a.refused,
+        },
+    })
+}
+
+async fn stats(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    Json(stats_json(&s.broker.stats()))
 }

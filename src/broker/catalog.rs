@@ -65,6 +65,8 @@ pub struct GroupInfo {
     pub retry_backoff: Option<String>,
     /// BROADCASTING (every consumer client gets every message) rather than CLUSTERING.
     pub broadcast: bool,
+    /// Created on first use by a client (counts against `consumer.maxAutoCreatedGroups`).
+    pub auto_created: bool,
 }
 
 impl From<TopicType> for TopicKind {
@@ -107,6 +109,7 @@ impl From<GroupRecord> for GroupInfo {
             retry_max_times: g.retry_max_times,
             retry_backoff: g.retry_backoff,
             broadcast: g.broadcast,
+            auto_created: g.auto_created,
         }
     }
 }

@@ -279,6 +279,17 @@ impl QueueState {
         self.next = self.next.max(self.floor);
     }
 
+    /// Nothing in flight, acked above the floor, waiting or ranked: the floor is all there is
+    /// (such a state may leave memory and come back from its floor).
+    pub fn is_settled(&self) -> bool {
+        // A reset's watermark must stay: it refuses handles issued before the reset.
+        self.inflight.is_empty()
+            && self.acked.is_empty()
+            && self.waiting.is_empty()
+            && self.ranked.is_empty()
+            && self.reset_serial == 0
+    }
+
     pub fn is_acked(&self, offset: u64) -> bool {
         offset < self.floor || self.acked.contains(&offset)
     }

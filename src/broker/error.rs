@@ -51,6 +51,9 @@ pub enum BrokerError {
     TopicNotFound(String),
     #[error("consumer group `{0}` does not exist")]
     GroupNotFound(String),
+    /// An unknown group was not auto-created: `consumer.maxAutoCreatedGroups` reached.
+    #[error("{0}")]
+    GroupLimitReached(String),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]

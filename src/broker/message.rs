@@ -130,6 +130,20 @@ impl OutgoingMessage {
     }
 
     /// System and user properties as stored.
+    /// About the bytes this message takes on its way to the log (body, properties and the
+    /// record's fixed part), for the in-flight bounds.
+    pub(crate) fn approx_size(&self) -> usize {
+        const RECORD_OVERHEAD: usize = 128;
+        let properties: usize = self.user_properties.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>()
+            + self.keys.iter().map(|k| k.len() + 1).sum::<usize>()
+            + self.tag.as_ref().map_or(0, String::len)
+            + self.message_group.as_ref().map_or(0, String::len)
+            + self.trace_context.as_ref().map_or(0, String::len)
+            + self.message_id.len()
+            + self.born_host.len();
+        self.body.len() + properties + self.topic.len() + RECORD_OVERHEAD
+    }
+
     pub(crate) fn stored_properties(&self) -> Properties {
         let mut p = Properties::with_capacity(self.user_properties.len() + 6);
         p.push(keys::UNIQ_KEY, self.message_id.as_str());

@@ -7,6 +7,8 @@
 //! tonic, axum or sqlx, and proto types never reach it. Time comes from an injected
 //! [`Clock`], so timers and checks are tested without sleeping.
 
+mod admission;
+mod attempts;
 mod catalog;
 pub mod consumer;
 pub mod error;
@@ -18,7 +20,9 @@ mod offsets;
 mod pop;
 pub mod receipt;
 mod relay;
+mod sessions;
 pub mod settings;
+mod states;
 mod timer;
 mod transaction;
 pub mod validate;
@@ -29,10 +33,14 @@ mod tests;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+pub use admission::AdmissionStats;
+pub use sessions::SessionStats;
+pub use states::StateStats;
 
 pub use catalog::{GroupInfo, TopicInfo, TopicKind};
 pub use error::{BrokerError, BrokerResult};
@@ -49,11 +57,7 @@ pub use transaction::{Resolution, ResolutionSource};
 use crate::clock::Clock;
 use crate::metadata::{GroupRecord, MetadataStore, TopicRecord};
 use crate::storage::{AppendMessage, MessageLog, TimerIndex};
-use consumer::QueueState;
 use receipt::ReceiptCodec;
-
-/// How long a client counts as alive after its last request (Apache `channelExpiredTimeout`).
-const CLIENT_EXPIRY: Duration = Duration::from_secs(120);
 
 /// A topic as the broker knows it.
 pub struct TopicEntry {
@@ -124,22 +128,19 @@ pub struct ClientInfo {
     pub connected: bool,
 }
 
-struct ClientSession {
-    kind: ClientKind,
-    group: Option<String>,
-    /// Producers: the topics they publish to (orphan transaction checks go to them).
-    topics: Vec<String>,
-    last_seen: Instant,
-    /// Cancelled when the client says goodbye: ends its long polls at once.
-    gone: CancellationToken,
+/// Counts of what the gateway holds in memory per client, group and queue, and of its send
+/// backpressure (admin API `GET /api/v1/stats`).
+#[derive(Debug, Clone)]
+pub struct BrokerStats {
+    pub sessions: SessionStats,
+    pub states: StateStats,
+    pub admission: AdmissionStats,
+    pub groups: usize,
+    pub auto_created_groups: usize,
+    pub groups_retired: u64,
 }
 
-impl ClientSession {
-    fn new(kind: ClientKind, group: Option<String>) -> Self {
-        ClientSession { kind, group, topics: Vec::new(), last_seen: Instant::now(), gone: CancellationToken::new() }
-    }
-}
-
+/// (group, topic, queue id).
 type QueueKey = (Arc<str>, Arc<str>, u32);
 
 pub(crate) struct Inner {
@@ -152,10 +153,15 @@ pub(crate) struct Inner {
     transactions: transaction::Transactions,
     topics: RwLock<HashMap<String, Arc<TopicEntry>>>,
     groups: RwLock<HashMap<String, GroupRecord>>,
-    states: Mutex<HashMap<QueueKey, Arc<Mutex<QueueState>>>>,
-    clients: Mutex<HashMap<String, ClientSession>>,
+    /// Auto-created groups and when each was last used (broker clock).
+    auto_groups: Mutex<HashMap<String, i64>>,
+    groups_retired: AtomicU64,
+    states: states::States,
+    sessions: sessions::Sessions,
     /// Recent receives by attempt id, for retries after a lost response.
-    attempts: Mutex<HashMap<pop::AttemptKey, pop::CachedReceive>>,
+    attempts: Mutex<attempts::AttemptCache>,
+    /// Bounds on the bytes of sends in flight to the log.
+    admission: admission::Admission,
     /// Broadcast groups: when each client's own consumer (`group@@client`) last received.
     broadcast_seen: Mutex<HashMap<String, i64>>,
     /// Command channels to connected clients and replies awaited.
@@ -177,9 +183,48 @@ pub struct Broker {
 
 pub use crate::clock::now_ms;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Nothing panics while holding these locks except on a bug; keep serving if one did.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// Something [`lock`] can lock: a mutex, or a consumer state (whose guard records changes
+/// for the next progress flush).
+pub(crate) trait Lock {
+    type Guard<'a>
+    where
+        Self: 'a;
+    fn acquire(&self) -> Self::Guard<'_>;
+}
+
+impl<T> Lock for Mutex<T> {
+    type Guard<'a>
+        = MutexGuard<'a, T>
+    where
+        T: 'a;
+
+    fn acquire(&self) -> MutexGuard<'_, T> {
+        // Nothing panics while holding these locks except on a bug; keep serving if one did.
+        self.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<L: Lock + ?Sized> Lock for Arc<L> {
+    type Guard<'a>
+        = L::Guard<'a>
+    where
+        Self: 'a;
+
+    fn acquire(&self) -> L::Guard<'_> {
+        (**self).acquire()
+    }
+}
+
+fn lock<L: Lock + ?Sized>(m: &L) -> L::Guard<'_> {
+    m.acquire()
+}
+
+/// Gives back a map's memory after a peak (maps never shrink on their own): once it is at most
+/// a quarter full, down to twice what it holds.
+fn shrink_if_sparse<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() * 4 < map.capacity() {
+        map.shrink_to(map.len() * 2);
+    }
 }
 
 impl Broker {
@@ -199,9 +244,16 @@ impl Broker {
             serial: AtomicU64::new((clock.now_ms() as u64) << 20),
             topics: RwLock::new(HashMap::new()),
             groups: RwLock::new(HashMap::new()),
-            states: Mutex::new(HashMap::new()),
-            clients: Mutex::new(HashMap::new()),
-            attempts: Mutex::new(HashMap::new()),
+            auto_groups: Mutex::new(HashMap::new()),
+            groups_retired: AtomicU64::new(0),
+            states: states::States::default(),
+            sessions: sessions::Sessions::default(),
+            attempts: Mutex::new(attempts::AttemptCache::default()),
+            admission: admission::Admission::new(
+                settings.limits.max_inflight_bytes,
+                settings.limits.max_inflight_bytes_per_connection,
+                settings.limits.inflight_wait_time,
+            ),
             broadcast_seen: Mutex::new(HashMap::new()),
             relay: relay::Relay::default(),
             journal_saved: AtomicU64::new(0),
@@ -226,7 +278,11 @@ impl Broker {
         for t in broker.inner.meta.list_topics().await? {
             broker.cache_topic(t.into());
         }
+        let now = broker.now_ms();
         for g in broker.inner.meta.list_groups().await? {
+            if g.auto_created {
+                lock(&broker.inner.auto_groups).insert(g.name.clone(), now);
+            }
             broker.inner.groups.write().unwrap_or_else(|e| e.into_inner()).insert(g.name.clone(), g);
         }
         for spec in &broker.inner.settings.consumer.groups {
@@ -351,25 +407,87 @@ impl Broker {
     }
 
     /// A consumer group, created on first use with the configured defaults unless
-    /// `consumer.autoCreateSubscriptionGroup` is off.
+    /// `consumer.autoCreateSubscriptionGroup` is off or `consumer.maxAutoCreatedGroups` are
+    /// there already.
     async fn group(&self, name: &str) -> BrokerResult<GroupRecord> {
         validate::validate_group(name)?;
-        if let Some(g) = self.inner.groups.read().unwrap_or_else(|e| e.into_inner()).get(name) {
-            return Ok(g.clone());
+        let found = self.inner.groups.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned();
+        if let Some(g) = found {
+            if g.auto_created
+                && let Some(used) = lock(&self.inner.auto_groups).get_mut(name)
+            {
+                *used = self.now_ms();
+            }
+            return Ok(g);
         }
-        if !self.inner.settings.consumer.auto_create_subscription_group {
+        let c = &self.inner.settings.consumer;
+        if !c.auto_create_subscription_group {
             return Err(BrokerError::GroupNotFound(name.to_string()));
+        }
+        {
+            // Reserved before the (slow) store write so concurrent first uses cannot overshoot.
+            let mut auto = lock(&self.inner.auto_groups);
+            if !auto.contains_key(name) && auto.len() >= c.max_auto_created_groups {
+                return Err(BrokerError::GroupLimitReached(format!(
+                    "consumer group `{name}` does not exist and was not created: the gateway holds {} \
+                     auto-created groups, the limit (consumer.maxAutoCreatedGroups); create it explicitly \
+                     (consumer.groups or PUT /api/v1/groups/{name}) or raise the limit",
+                    auto.len()
+                )));
+            }
+            auto.insert(name.to_string(), self.now_ms());
         }
         let record = GroupRecord {
             name: name.to_string(),
             fifo: false,
-            retry_max_times: self.inner.settings.consumer.retry_max_times,
+            retry_max_times: c.retry_max_times,
             retry_backoff: None,
             broadcast: false,
+            auto_created: true,
         };
-        let stored = self.inner.meta.create_group(&record).await?;
+        let stored = match self.inner.meta.create_group(&record).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                lock(&self.inner.auto_groups).remove(name);
+                return Err(e.into());
+            }
+        };
+        if !stored.auto_created {
+            // Created explicitly meanwhile.
+            lock(&self.inner.auto_groups).remove(name);
+        }
         self.inner.groups.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), stored.clone());
         Ok(stored)
+    }
+
+    /// Retires auto-created groups unused for `server.channelExpiredTimeout` that no client
+    /// session names and that never had a state on any queue (so no position is lost: a
+    /// group that ever received keeps its record). Such groups come from clients that
+    /// announced a group and went away; one that comes back is created again.
+    async fn retire_idle_groups(&self) -> BrokerResult<()> {
+        let now = self.now_ms();
+        let expiry = self.inner.settings.clients.channel_expired_timeout.as_millis() as i64;
+        let idle: Vec<String> = lock(&self.inner.auto_groups)
+            .iter()
+            .filter(|(_, used)| now - **used >= expiry)
+            .map(|(name, _)| name.clone())
+            .collect();
+        if idle.is_empty() {
+            return Ok(());
+        }
+        let in_use = self.groups_in_use();
+        for name in idle {
+            if in_use.contains(&name) || self.group_has_state(&name) {
+                continue;
+            }
+            if self.inner.meta.retire_group(&name).await? {
+                self.inner.groups.write().unwrap_or_else(|e| e.into_inner()).remove(&name);
+                self.inner.groups_retired.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(group = name, "retired an unused auto-created consumer group");
+            }
+            lock(&self.inner.auto_groups).remove(&name);
+        }
+        Ok(())
     }
 
     /// Creates a consumer group or changes its configuration: orderly consumption, the retry
@@ -402,9 +520,17 @@ impl Broker {
         let retry_max_times = retry_max_times
             .or(current.map(|g| g.retry_max_times))
             .unwrap_or(self.inner.settings.consumer.retry_max_times);
-        let record = GroupRecord { name: name.to_string(), fifo, retry_max_times, retry_backoff, broadcast };
+        let record = GroupRecord {
+            name: name.to_string(),
+            fifo,
+            retry_max_times,
+            retry_backoff,
+            broadcast,
+            auto_created: false,
+        };
         self.inner.meta.put_group(&record).await?;
         self.inner.groups.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), record.clone());
+        lock(&self.inner.auto_groups).remove(name);
         Ok(record.into())
     }
 
@@ -444,8 +570,20 @@ impl Broker {
         Ok((route, g.fifo))
     }
 
-    /// Validates and stores messages; one receipt per message, in order.
+    /// Validates and stores messages; one receipt per message, in order. Only the gateway-wide
+    /// in-flight bound applies (see [`Broker::send_from`]).
     pub async fn send(&self, messages: Vec<OutgoingMessage>) -> BrokerResult<Vec<SendReceipt>> {
+        self.send_from(None, messages).await
+    }
+
+    /// [`Broker::send`] for a client connection (any key that tells connections apart): the
+    /// bytes it has in flight to the log are bounded as well as the gateway's. Over a bound
+    /// the send waits a little for room, then fails with TOO_MANY_REQUESTS.
+    pub async fn send_from(
+        &self,
+        connection: Option<&str>,
+        messages: Vec<OutgoingMessage>,
+    ) -> BrokerResult<Vec<SendReceipt>> {
         let limits = &self.inner.settings.limits;
         let Some(first) = messages.first() else {
             return Err(BrokerError::MessageCorrupted("no message to send".into()));
@@ -496,6 +634,8 @@ impl Broker {
                 m.message_group.as_deref().unwrap_or_default()
             )));
         }
+        let bytes = messages.iter().map(OutgoingMessage::approx_size).sum();
+        let _room = self.inner.admission.admit(connection, bytes).await?;
         let queue_id = self.pick_queue(&topic, group);
         let topic_arc: Arc<str> = Arc::from(topic_name.as_str());
         let appends: Vec<AppendMessage> = messages
@@ -542,98 +682,16 @@ impl Broker {
             None => topic.round_robin.fetch_add(1, Ordering::Relaxed) % n,
         }
     }
-    /// Records (or refreshes) a client from its Settings: its kind, consumer group, and the
-    /// topics a producer publishes to.
-    pub fn register_client(&self, client_id: &str, kind: ClientKind, group: Option<String>, topics: Vec<String>) {
-        let mut clients = lock(&self.inner.clients);
-        let session = clients.entry(client_id.to_string()).or_insert_with(|| ClientSession::new(kind, None));
-        session.kind = kind;
-        session.group = group;
-        session.topics = topics;
-        session.last_seen = Instant::now();
-    }
 
-    /// A live producer of `topic` with a Telemetry stream here, to check an orphan with
-    /// (a different one each time when there are several).
-    fn transaction_checker(&self, topic: &str) -> Option<String> {
-        let candidates: Vec<String> = lock(&self.inner.clients)
-            .iter()
-            .filter(|(_, s)| s.kind == ClientKind::Producer && s.last_seen.elapsed() < CLIENT_EXPIRY)
-            .filter(|(_, s)| s.topics.iter().any(|t| t == topic))
-            .map(|(id, _)| id.clone())
-            .filter(|id| self.client_connected(id))
-            .collect();
-        if candidates.is_empty() {
-            return None;
+    /// What the gateway holds in memory and its send backpressure (admin API).
+    pub fn stats(&self) -> BrokerStats {
+        BrokerStats {
+            sessions: self.session_stats(),
+            states: self.state_stats(),
+            admission: self.inner.admission.stats(),
+            groups: self.inner.groups.read().unwrap_or_else(|e| e.into_inner()).len(),
+            auto_created_groups: lock(&self.inner.auto_groups).len(),
+            groups_retired: self.inner.groups_retired.load(Ordering::Relaxed),
         }
-        let i = self.next_serial() as usize % candidates.len();
-        candidates.into_iter().nth(i)
-    }
-
-    /// Marks a client alive and returns the token cancelled when it terminates (a receive
-    /// may come before any heartbeat: the session is created then).
-    pub(crate) fn client_gone_token(&self, client_id: &str) -> CancellationToken {
-        let mut clients = lock(&self.inner.clients);
-        let session =
-            clients.entry(client_id.to_string()).or_insert_with(|| ClientSession::new(ClientKind::Other, None));
-        session.last_seen = Instant::now();
-        session.gone.clone()
-    }
-
-    /// Marks a client alive (every consumer RPC and heartbeat).
-    pub fn touch_client(&self, client_id: &str) {
-        if let Some(s) = lock(&self.inner.clients).get_mut(client_id) {
-            s.last_seen = Instant::now();
-        }
-    }
-
-    pub async fn heartbeat(&self, client_id: &str, kind: ClientKind, group: Option<&str>) -> BrokerResult<()> {
-        if let Some(g) = group.filter(|g| !g.is_empty()) {
-            validate::validate_group(g)?;
-        }
-        let mut clients = lock(&self.inner.clients);
-        let session =
-            clients.entry(client_id.to_string()).or_insert_with(|| ClientSession::new(kind, group.map(str::to_string)));
-        session.last_seen = Instant::now();
-        if session.kind == ClientKind::Other {
-            session.kind = kind;
-        }
-        Ok(())
-    }
-
-    /// Clients seen within the expiry time, by id.
-    pub fn clients(&self) -> Vec<ClientInfo> {
-        let mut out: Vec<ClientInfo> = lock(&self.inner.clients)
-            .iter()
-            .filter(|(_, s)| s.last_seen.elapsed() < CLIENT_EXPIRY)
-            .map(|(id, s)| ClientInfo {
-                client_id: id.clone(),
-                kind: s.kind,
-                group: s.group.clone(),
-                last_seen_ms_ago: s.last_seen.elapsed().as_millis() as u64,
-                connected: false,
-            })
-            .collect();
-        for c in &mut out {
-            c.connected = self.client_connected(&c.client_id);
-        }
-        out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
-        out
-    }
-
-    pub(crate) fn client_alive(&self, client_id: &str) -> bool {
-        lock(&self.inner.clients).get(client_id).is_some_and(|s| s.last_seen.elapsed() < CLIENT_EXPIRY)
-    }
-
-    /// A client shut down: forget it, end its long polls (so nothing is handed to a client
-    /// that is gone, and its shutdown does not wait for them) and let its auto-renewed
-    /// messages be delivered again soon.
-    pub fn client_terminated(&self, client_id: &str) {
-        let session = lock(&self.inner.clients).remove(client_id);
-        if let Some(s) = session {
-            s.gone.cancel();
-            tracing::debug!(client_id, kind = ?s.kind, group = ?s.group, "client terminated");
-        }
-        self.release_client_deliveries(client_id);
     }
 }

@@ -36,11 +36,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::consumer::QueueState;
 use super::error::{BrokerError, BrokerResult};
 use super::filter::Filter;
 use super::journal::{QueueReset, ResetRecord};
 use super::message::DeliveredMessage;
+use super::states::StateCell;
 use super::{Broker, TopicEntry, lock, validate};
 use crate::storage::{QueueRange, StorageError};
 
@@ -208,14 +208,15 @@ impl Broker {
     /// After the progress is restored: the serial counter moves past every reset watermark
     /// (serials start from the clock, which may have gone back).
     pub(super) fn serials_past_resets(&self) {
-        let states: Vec<_> = lock(&self.inner.states).values().cloned().collect();
-        let highest = states.iter().map(|s| lock(s).reset_serial).max().unwrap_or(0);
+        let highest = self.live_states().iter().map(|s| lock(s).reset_serial).max().unwrap_or(0);
         self.inner.serial.fetch_max(highest.saturating_add(1), std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The state of a group on a queue, if it has one (never creates it).
-    fn existing_state(&self, group: &str, topic: &str, queue_id: u32) -> Option<Arc<std::sync::Mutex<QueueState>>> {
-        lock(&self.inner.states).get(&(Arc::from(group), Arc::from(topic), queue_id)).cloned()
+    /// The state of a group on a queue, if it has one (never creates it; a pruned one comes
+    /// back from its floor).
+    fn existing_state(&self, group: &str, topic: &str, queue_id: u32) -> Option<Arc<StateCell>> {
+        let key = (Arc::from(group), Arc::from(topic), queue_id);
+        self.inner.states.has(&key).then(|| self.queue_state(group, topic, queue_id))
     }
 
     /// Whether the consumer group exists (never creates it).
@@ -324,9 +325,14 @@ impl Broker {
             self.inner.groups.read().unwrap_or_else(|e| e.into_inner()).get(group).is_some_and(|g| g.broadcast);
         let consumers: Vec<String> = if broadcast {
             let prefix = format!("{group}@@");
-            let keys = lock(&self.inner.states);
-            let mut v: Vec<String> =
-                keys.keys().filter(|k| k.0.starts_with(&prefix) && &*k.1 == name).map(|k| k.0.to_string()).collect();
+            let mut v: Vec<String> = self
+                .inner
+                .states
+                .keys_on(name)
+                .into_iter()
+                .filter(|k| k.0.starts_with(&prefix))
+                .map(|k| k.0.to_string())
+                .collect();
             v.sort();
             v.dedup();
             v
@@ -396,8 +402,7 @@ impl Broker {
         let topics: Vec<Arc<TopicEntry>> = match topic {
             Some(t) => vec![self.client_topic(t).await?],
             None => {
-                let mut names: Vec<Arc<str>> =
-                    lock(&self.inner.states).keys().filter(|k| &*k.0 == group).map(|k| k.1.clone()).collect();
+                let mut names: Vec<Arc<str>> = self.inner.states.keys_of(group).into_iter().map(|k| k.1).collect();
                 names.sort();
                 names.dedup();
                 names.iter().filter_map(|n| self.cached_topic(n)).collect()
@@ -513,7 +518,7 @@ impl Broker {
             0 => most,
             n => (n as usize).min(most),
         };
-        let gone = self.client_gone_token(&req.client_id);
+        let gone = self.client_receiving(&req.client_id);
         let deadline = Instant::now() + self.long_polling_time(req.long_polling_timeout, req.deadline_remaining);
         let shutdown = self.inner.shutdown.clone();
         let mut offset = req.offset;

@@ -2,20 +2,20 @@
 //! batched persistence of consumer progress.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::attempts::{AttemptKey, CachedReceive};
 use super::consumer::{Due, HandleProblem, Inflight, QueueState, group_key};
 use super::error::{BrokerError, BrokerResult};
 use super::filter::Filter;
 use super::journal::{AckRecord, Delivery, DeliveryRecord, JOURNAL_TOPIC, JournalRecord};
 use super::message::DeliveredMessage;
 use super::receipt::Receipt;
-use super::settings::ConsumeFromWhere;
 use super::{Broker, TopicEntry, TopicKind, lock, validate};
-use crate::metadata::{GroupRecord, ProgressRecord};
+use crate::metadata::GroupRecord;
 use crate::storage::{AppendMessage, StorageError, StoredMessage, record::keys};
 
 /// A record failed its checks on read: it is never served; the group moves past it.
@@ -27,9 +27,6 @@ fn skip_damaged(group: &str, topic: &str, queue_id: u32, offset: u64, e: &Storag
 const MAX_RECEIVE_BYTES: usize = 8 * 1024 * 1024;
 /// Longest time auto-renewal keeps a message invisible (Apache `renewMaxTimeMillis`).
 const RENEW_MAX_MS: i64 = 3 * 3600 * 1000;
-/// A departed client's auto-renewed messages become visible after this (Apache
-/// `invisibleTimeMillisWhenClear`).
-const RELEASE_DELAY_MS: i64 = 1000;
 /// Retry delay when moving a message to the dead-letter queue failed.
 const DEAD_LETTER_RETRY_MS: i64 = 30_000;
 /// Orderly groups: most messages per queue passed over while their message group is busy
@@ -79,18 +76,6 @@ pub struct ReceiveRequest {
     pub attempt_id: Option<String>,
 }
 
-/// A receive's messages, kept for a retry with the same `attempt_id`.
-pub(super) struct CachedReceive {
-    expires_ms: i64,
-    messages: Vec<DeliveredMessage>,
-}
-
-/// (client id, group, topic, attempt id).
-pub(super) type AttemptKey = (String, String, String, String);
-
-/// Most receives remembered for `attempt_id` retries; beyond it new ones are not remembered.
-const MAX_REMEMBERED_ATTEMPTS: usize = 16 * 1024;
-
 impl Broker {
     /// The name progress, receipts and the journal use for `group` as seen by `client_id`:
     /// the group itself, or for a BROADCASTING group the client's own consumer of it.
@@ -102,29 +87,6 @@ impl Broker {
 
     pub(super) fn next_serial(&self) -> u64 {
         self.inner.serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// The state of `group` on a queue, created at the configured start position if new.
-    pub(super) fn queue_state(&self, group: &str, topic: &str, queue_id: u32) -> Arc<Mutex<QueueState>> {
-        let mut states = lock(&self.inner.states);
-        let key = (Arc::from(group), Arc::from(topic), queue_id);
-        states
-            .entry(key)
-            .or_insert_with(|| {
-                let range = self.inner.log.queue_range(topic, queue_id);
-                let system = group.starts_with(validate::SYSTEM_PREFIX);
-                let floor = match self.inner.settings.consumer.consume_from_where {
-                    // The gateway's own groups (transaction resolutions) see everything.
-                    _ if system => range.start,
-                    ConsumeFromWhere::FirstOffset => range.start,
-                    // Like Apache with initPopOffsetByCheckMsgInMem: a young queue is read from 0.
-                    ConsumeFromWhere::LastOffset if range.start == 0 => 0,
-                    ConsumeFromWhere::LastOffset => range.end,
-                };
-                tracing::debug!(group, topic, queue_id, floor, "consumer group starts on queue");
-                Arc::new(Mutex::new(QueueState::new(floor)))
-            })
-            .clone()
     }
 
     /// How long this receive may wait for messages.
@@ -159,7 +121,7 @@ impl Broker {
             group.name = self.consumer_key(&group.name, &req.client_id);
             lock(&self.inner.broadcast_seen).insert(group.name.clone(), self.now_ms());
         }
-        let gone = self.client_gone_token(&req.client_id);
+        let gone = self.client_receiving(&req.client_id);
         let max = match req.batch_size {
             0 => c.receive_batch_size as usize,
             n => n.min(c.receive_batch_size as usize),
@@ -179,6 +141,9 @@ impl Broker {
                     "receive retried: same messages again"
                 );
                 self.remember_attempt(key.clone(), &again, invisible);
+                if req.auto_renew {
+                    self.renewing_for(&gone, &req.group, &key.2, again.iter().map(|m| m.queue_id));
+                }
                 return Ok(again);
             }
         }
@@ -190,6 +155,9 @@ impl Broker {
             notified.as_mut().enable();
             let got = self.pop(&topic, &group, &req, max, invisible).await?;
             if !got.is_empty() {
+                if req.auto_renew {
+                    self.renewing_for(&gone, &group.name, &topic.record.name, got.iter().map(|m| m.queue_id));
+                }
                 let auto_renew_client = req.auto_renew.then(|| req.client_id.clone());
                 self.journal_deliveries(
                     &group.name,
@@ -250,21 +218,15 @@ impl Broker {
 
     fn remember_attempt(&self, key: AttemptKey, messages: &[DeliveredMessage], invisible: Duration) {
         let now = self.now_ms();
-        let mut cache = lock(&self.inner.attempts);
-        if cache.len() >= MAX_REMEMBERED_ATTEMPTS {
-            cache.retain(|_, c| c.expires_ms > now);
-        }
-        if cache.len() < MAX_REMEMBERED_ATTEMPTS {
-            let expires_ms = now + invisible.as_millis() as i64;
-            cache.insert(key, CachedReceive { expires_ms, messages: messages.to_vec() });
-        }
+        let expires_ms = now + invisible.as_millis() as i64;
+        lock(&self.inner.attempts).insert(key, CachedReceive { expires_ms, messages: messages.to_vec() }, now);
     }
 
     /// The messages of an earlier receive with the same attempt id that are still held for
     /// this consumer (not acked, not delivered to anyone else since), taken back under the
     /// same receipt handles.
     fn replay_attempt(&self, key: &AttemptKey, req: &ReceiveRequest, invisible: Duration) -> Vec<DeliveredMessage> {
-        let Some(cached) = lock(&self.inner.attempts).remove(key) else { return Vec::new() };
+        let Some(cached) = lock(&self.inner.attempts).take(key) else { return Vec::new() };
         let now = self.now_ms();
         if cached.expires_ms <= now {
             return Vec::new();
@@ -831,26 +793,12 @@ impl Broker {
         Ok(handle)
     }
 
-    pub(super) fn release_client_deliveries(&self, client_id: &str) {
-        let states: Vec<_> = lock(&self.inner.states).values().cloned().collect();
-        let at = self.now_ms() + RELEASE_DELAY_MS;
-        for s in states {
-            lock(&s).release_client(client_id, at);
-        }
-    }
-
     /// Loads the last progress snapshot, then replays the acks journaled after it.
     pub(super) async fn restore_progress(&self) -> BrokerResult<()> {
         let (records, journal_offset) = self.inner.meta.load_progress().await?;
-        {
-            let mut states = lock(&self.inner.states);
-            for p in records {
-                let state = QueueState::restore(p.ack_floor, &p.acked_above);
-                states.insert(
-                    (Arc::from(p.group.as_str()), Arc::from(p.topic.as_str()), p.queue_id),
-                    Arc::new(Mutex::new(state)),
-                );
-            }
+        for p in records {
+            let state = QueueState::restore(p.ack_floor, &p.acked_above);
+            self.restore_queue_state((Arc::from(p.group.as_str()), Arc::from(p.topic.as_str()), p.queue_id), state);
         }
         let range = self.inner.log.queue_range(JOURNAL_TOPIC, 0);
         let mut next = journal_offset.max(range.start);
@@ -871,6 +819,9 @@ impl Broker {
                     }
                     Some(JournalRecord::Deliveries(d)) => {
                         let client: Option<Arc<str>> = d.auto_renew_client.as_deref().map(Arc::from);
+                        if let Some(c) = &client {
+                            self.note_renewals(c, &d.group, &d.topic, d.deliveries.iter().map(|x| x.queue_id));
+                        }
                         for x in d.deliveries {
                             let entry = Inflight {
                                 visible_at_ms: x.visible_at_ms,
@@ -892,15 +843,15 @@ impl Broker {
         // Scan again from each floor: orderly groups find the messages that were waiting for
         // their message group (acked and in-flight offsets are skipped).
         let renewals_end = self.now_ms() + self.inner.settings.consumer.default_invisible_time.as_millis() as i64;
-        for state in lock(&self.inner.states).values() {
-            let mut st = lock(state);
+        for state in self.live_states() {
+            let mut st = lock(&state);
             st.rescan();
             st.end_renewals(renewals_end);
         }
         // Broadcast clients' own consumers count as seen now (retired if they never come back).
         let now = self.now_ms();
         let mut seen = lock(&self.inner.broadcast_seen);
-        for (group, _, _) in lock(&self.inner.states).keys() {
+        for group in self.inner.states.groups() {
             if group.contains(BROADCAST_SEP) {
                 seen.entry(group.to_string()).or_insert(now);
             }
@@ -914,43 +865,6 @@ impl Broker {
                 "replayed journaled acks and deliveries newer than the last progress snapshot"
             );
         }
-        Ok(())
-    }
-
-    /// Writes the progress of every changed queue state in one batch.
-    pub async fn flush_progress(&self) -> BrokerResult<()> {
-        // Read before the snapshot: every ack journaled below this offset was applied in memory
-        // before its journal write finished, so the snapshot includes it.
-        let journal_end = self.inner.log.queue_range(JOURNAL_TOPIC, 0).end;
-        let states: Vec<_> = lock(&self.inner.states).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let mut batch = Vec::new();
-        for ((group, topic, queue_id), state) in &states {
-            let mut st = lock(state);
-            if st.dirty {
-                st.dirty = false;
-                batch.push(ProgressRecord {
-                    group: group.to_string(),
-                    topic: topic.to_string(),
-                    queue_id: *queue_id,
-                    ack_floor: st.floor,
-                    acked_above: st.encode(),
-                });
-            }
-        }
-        let saved = self.inner.journal_saved.load(std::sync::atomic::Ordering::Relaxed);
-        if batch.is_empty() && journal_end <= saved {
-            return Ok(());
-        }
-        if let Err(e) = self.inner.meta.save_progress(&batch, journal_end).await {
-            // Mark them dirty again so the next flush retries.
-            for ((group, topic, queue_id), state) in &states {
-                if batch.iter().any(|p| p.group == **group && p.topic == **topic && p.queue_id == *queue_id) {
-                    lock(state).dirty = true;
-                }
-            }
-            return Err(e.into());
-        }
-        self.inner.journal_saved.fetch_max(journal_end, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -980,7 +894,7 @@ impl Broker {
             old
         };
         for (key, last) in retired {
-            lock(&self.inner.states).retain(|(group, _, _), _| **group != *key);
+            self.inner.states.forget_group(&key);
             if let Err(e) = self.inner.meta.delete_progress(&key).await {
                 lock(&self.inner.broadcast_seen).entry(key).or_insert(last);
                 return Err(e.into());

@@ -97,6 +97,21 @@ impl Broker {
         }
     }
 
+    /// A departed client: its command channel goes (a Telemetry stream still open attaches a
+    /// new one, so commands reach a client that was only quiet).
+    pub(super) fn drop_client_channel(&self, client_id: &str) {
+        lock(&self.inner.relay.channels).remove(client_id);
+    }
+
+    pub(super) fn shrink_client_channels(&self) {
+        super::shrink_if_sparse(&mut lock(&self.inner.relay.channels));
+    }
+
+    /// Command channels attached.
+    pub(super) fn client_channel_count(&self) -> usize {
+        lock(&self.inner.relay.channels).len()
+    }
+
     /// Whether a client has a Telemetry stream open.
     pub fn client_connected(&self, client_id: &str) -> bool {
         lock(&self.inner.relay.channels).contains_key(client_id)

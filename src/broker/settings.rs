@@ -11,6 +11,15 @@ pub struct BrokerSettings {
     pub consumer: ConsumerSettings,
     pub timer: TimerSettings,
     pub transaction: TransactionSettings,
+    pub clients: ClientSettings,
+}
+
+/// Client sessions.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// A client not seen for this long is forgotten, as if it had said goodbye (Apache
+    /// `channelExpiredTimeout`).
+    pub channel_expired_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +57,12 @@ pub struct LimitSettings {
     pub max_delay_time: Duration,
     /// Most messages in one send.
     pub max_batch_messages: usize,
+    /// Most bytes of sends on their way to the message log, gateway-wide.
+    pub max_inflight_bytes: usize,
+    /// Most bytes of sends on their way to the message log per client connection.
+    pub max_inflight_bytes_per_connection: usize,
+    /// How long a send over a bound waits for room before it is refused.
+    pub inflight_wait_time: Duration,
 }
 
 /// Where a consumer group starts on a queue it has never consumed.
@@ -83,6 +98,11 @@ pub struct ConsumerSettings {
     pub broadcast_retire_after: Duration,
     /// Create an unknown consumer group on first use; otherwise it is not found.
     pub auto_create_subscription_group: bool,
+    /// Most auto-created groups at once (explicitly created ones do not count).
+    pub max_auto_created_groups: usize,
+    /// A group's state on a queue with nothing in flight, unused this long, leaves memory (its
+    /// position is kept in a compact map).
+    pub queue_state_idle_time: Duration,
     /// Consumer groups created or updated at start.
     pub groups: Vec<GroupSpec>,
 }

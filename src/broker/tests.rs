@@ -1,5 +1,7 @@
 //! Broker tests on an in-memory log and SQLite metadata.
 
+mod bounded;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,6 +80,9 @@ fn test_settings() -> BrokerSettings {
             max_message_group_size: 64,
             max_delay_time: secs(40 * 24 * 3600),
             max_batch_messages: 1024,
+            max_inflight_bytes: 256 * 1024 * 1024,
+            max_inflight_bytes_per_connection: 64 * 1024 * 1024,
+            inflight_wait_time: Duration::from_millis(200),
         },
         consumer: ConsumerSettings {
             consume_from_where: ConsumeFromWhere::LastOffset,
@@ -98,6 +103,8 @@ fn test_settings() -> BrokerSettings {
             progress_flush_interval: Duration::from_millis(200),
             broadcast_retire_after: Duration::from_secs(3600),
             auto_create_subscription_group: true,
+            max_auto_created_groups: 10_000,
+            queue_state_idle_time: secs(120),
             groups: Vec::new(),
         },
         timer: TimerSettings { timer_precision: Duration::from_millis(100) },
@@ -107,6 +114,7 @@ fn test_settings() -> BrokerSettings {
             transaction_check_max: 15,
             transaction_check_max_action: CheckMaxAction::Discard,
         },
+        clients: super::settings::ClientSettings { channel_expired_timeout: secs(120) },
     }
 }
 
@@ -130,9 +138,14 @@ impl Harness {
 
     /// A broker on these stores (again after a "crash": the previous one is just dropped).
     pub(super) async fn start(&self) -> Broker {
+        self.start_with(test_settings()).await
+    }
+
+    /// [`Harness::start`] with other settings.
+    pub(super) async fn start_with(&self, settings: BrokerSettings) -> Broker {
         let timers = crate::storage::BucketFiles::open(self.timer_dir.path(), 1000).unwrap();
         let stores = Stores { log: self.log.clone(), meta: self.meta.clone(), timers: Arc::new(timers) };
-        Broker::start(test_settings(), stores, self.clock.clone()).await.unwrap()
+        Broker::start(settings, stores, self.clock.clone()).await.unwrap()
     }
 }
 

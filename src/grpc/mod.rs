@@ -32,6 +32,8 @@ struct Context {
     /// Time left before the client's deadline (`grpc-timeout`).
     deadline: Option<Duration>,
     local_addr: Option<SocketAddr>,
+    /// The client's end of the connection (tells connections apart for the in-flight bounds).
+    remote_addr: Option<SocketAddr>,
 }
 
 impl Context {
@@ -44,6 +46,7 @@ impl Context {
             language: get("x-mq-language"),
             deadline: md.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout),
             local_addr: req.local_addr(),
+            remote_addr: req.remote_addr(),
         }
     }
 
@@ -261,7 +264,11 @@ impl MessagingService for MessagingServiceImpl {
         let messages: Result<Vec<_>, BrokerError> =
             req.messages.into_iter().map(|m| convert::outgoing(m, &ctx.namespace)).collect();
         let result = match messages {
-            Ok(messages) => self.broker.send(messages).await,
+            Ok(messages) => {
+                // Without a peer address (not over TCP), each client id counts as a connection.
+                let connection = ctx.remote_addr.map_or_else(|| format!("client:{}", ctx.client_id), |a| a.to_string());
+                self.broker.send_from(Some(&connection), messages).await
+            }
             Err(e) => Err(e),
         };
         let reply = match result {

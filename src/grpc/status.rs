@@ -35,6 +35,9 @@ pub fn code_of(e: &BrokerError) -> Code {
         BrokerError::PropertiesTooLarge(_) => Code::MessagePropertiesTooLarge,
         BrokerError::TopicNotFound(_) => Code::TopicNotFound,
         BrokerError::GroupNotFound(_) => Code::ConsumerGroupNotFound,
+        // The group does not exist and will not be created (as with autoCreateSubscriptionGroup
+        // off): not a throttle, which clients would retry at once.
+        BrokerError::GroupLimitReached(_) => Code::ConsumerGroupNotFound,
         BrokerError::Forbidden(_) => Code::Forbidden,
         BrokerError::UnrecognizedClientType(_) => Code::UnrecognizedClientType,
         BrokerError::BadRequest(_) => Code::BadRequest,
@@ -79,6 +82,8 @@ mod tests {
             (BrokerError::TooLargeToStore { size: 9, segment_size: 8 }, Code::MessageBodyTooLarge),
             (BrokerError::IllegalOffset("x".into()), Code::IllegalOffset),
             (BrokerError::OffsetNotFound("x".into()), Code::OffsetNotFound),
+            (BrokerError::TooManyRequests("x".into()), Code::TooManyRequests),
+            (BrokerError::GroupLimitReached("x".into()), Code::ConsumerGroupNotFound),
         ];
         for (e, code) in cases {
             assert_eq!(from_error(&e).code, code as i32, "{e}");

@@ -87,7 +87,10 @@ pub(super) fn serve(
             return;
         }
         let (cmd_tx, mut commands) = mpsc::channel(16);
-        let attachment = broker.attach_client_channel(&ctx.client_id, cmd_tx);
+        let mut attachment = broker.attach_client_channel(&ctx.client_id, cmd_tx);
+        // The command channel went away while this stream is open: a newer stream of this client
+        // took over (this one then carries no more commands), or the client's session expired.
+        let mut superseded = false;
         let store_host = ctx.local_addr.map(|a| a.to_string()).unwrap_or_default();
         let shutdown = broker.shutdown_token();
         loop {
@@ -115,11 +118,20 @@ pub(super) fn serve(
                         break;
                     }
                 },
-                Some(cmd) = commands.recv() => {
-                    if tx.send(Ok(outbound(cmd, &store_host))).await.is_err() {
-                        break;
+                cmd = commands.recv(), if !superseded => match cmd {
+                    Some(cmd) => {
+                        if tx.send(Ok(outbound(cmd, &store_host))).await.is_err() {
+                            break;
+                        }
                     }
-                }
+                    None if broker.client_connected(&ctx.client_id) => superseded = true,
+                    None => {
+                        // Expired while the stream stayed open: commands can reach it again.
+                        let (cmd_tx, rx) = mpsc::channel(16);
+                        commands = rx;
+                        attachment = broker.attach_client_channel(&ctx.client_id, cmd_tx);
+                    }
+                },
                 _ = shutdown.cancelled() => break,
                 _ = tx.closed() => break,
             }

@@ -66,6 +66,8 @@ pub struct GroupRecord {
     pub retry_backoff: Option<String>,
     /// BROADCASTING: every consumer client gets every message (its own progress).
     pub broadcast: bool,
+    /// Created on first use by a client (not by configuration or the admin API).
+    pub auto_created: bool,
 }
 
 /// Consumed progress of one group on one queue: everything below `ack_floor` is done, plus
@@ -103,8 +105,10 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Creates the group if absent; returns the stored record.
     async fn create_group(&self, group: &GroupRecord) -> MetadataResult<GroupRecord>;
-    /// Creates the group or replaces its configuration.
+    /// Creates the group or replaces its configuration (`auto_created` included).
     async fn put_group(&self, group: &GroupRecord) -> MetadataResult<()>;
+    /// Deletes the group if it is still auto-created; returns whether it was deleted.
+    async fn retire_group(&self, name: &str) -> MetadataResult<bool>;
     async fn group(&self, name: &str) -> MetadataResult<Option<GroupRecord>>;
     async fn list_groups(&self) -> MetadataResult<Vec<GroupRecord>>;
 

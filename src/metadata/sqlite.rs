@@ -59,7 +59,7 @@ impl SqliteMetadataStore {
     }
 
     /// Runs an `INSERT INTO consumer_groups (name, fifo, retry_max_times, retry_backoff,
-    /// broadcast, created_at)` statement.
+    /// broadcast, auto_created, created_at)` statement.
     async fn insert_group(&self, group: &GroupRecord, sql: &'static str) -> MetadataResult<()> {
         sqlx::query(sql)
             .bind(&group.name)
@@ -67,6 +67,7 @@ impl SqliteMetadataStore {
             .bind(group.retry_max_times as i64)
             .bind(group.retry_backoff.as_deref())
             .bind(group.broadcast as i64)
+            .bind(group.auto_created as i64)
             .bind(now_ms())
             .execute(&self.pool)
             .await
@@ -93,6 +94,7 @@ fn group_from_row(row: &sqlx::sqlite::SqliteRow) -> MetadataResult<GroupRecord> 
         retry_max_times: row.try_get::<i64, _>("retry_max_times").map_err(query_err)? as i32,
         retry_backoff: row.try_get("retry_backoff").map_err(query_err)?,
         broadcast: row.try_get::<i64, _>("broadcast").map_err(query_err)? != 0,
+        auto_created: row.try_get::<i64, _>("auto_created").map_err(query_err)? != 0,
     })
 }
 
@@ -138,8 +140,8 @@ impl MetadataStore for SqliteMetadataStore {
     async fn create_group(&self, group: &GroupRecord) -> MetadataResult<GroupRecord> {
         self.insert_group(
             group,
-            "INSERT INTO consumer_groups (name, fifo, retry_max_times, retry_backoff, broadcast, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO consumer_groups (name, fifo, retry_max_times, retry_backoff, broadcast, auto_created, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
         )
         .await?;
         self.group(&group.name)
@@ -150,17 +152,26 @@ impl MetadataStore for SqliteMetadataStore {
     async fn put_group(&self, group: &GroupRecord) -> MetadataResult<()> {
         self.insert_group(
             group,
-            "INSERT INTO consumer_groups (name, fifo, retry_max_times, retry_backoff, broadcast, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET fifo = excluded.fifo, \
+            "INSERT INTO consumer_groups (name, fifo, retry_max_times, retry_backoff, broadcast, auto_created, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET fifo = excluded.fifo, \
              retry_max_times = excluded.retry_max_times, retry_backoff = excluded.retry_backoff, \
-             broadcast = excluded.broadcast",
+             broadcast = excluded.broadcast, auto_created = excluded.auto_created",
         )
         .await
     }
 
+    async fn retire_group(&self, name: &str) -> MetadataResult<bool> {
+        let done = sqlx::query("DELETE FROM consumer_groups WHERE name = ? AND auto_created = 1")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn group(&self, name: &str) -> MetadataResult<Option<GroupRecord>> {
         let row = sqlx::query(
-            "SELECT name, fifo, retry_max_times, retry_backoff, broadcast FROM consumer_groups WHERE name = ?",
+            "SELECT name, fifo, retry_max_times, retry_backoff, broadcast, auto_created FROM consumer_groups WHERE name = ?",
         )
         .bind(name)
         .fetch_optional(&self.pool)
@@ -171,7 +182,7 @@ impl MetadataStore for SqliteMetadataStore {
 
     async fn list_groups(&self) -> MetadataResult<Vec<GroupRecord>> {
         let rows = sqlx::query(
-            "SELECT name, fifo, retry_max_times, retry_backoff, broadcast FROM consumer_groups ORDER BY name",
+            "SELECT name, fifo, retry_max_times, retry_backoff, broadcast, auto_created FROM consumer_groups ORDER BY name",
         )
         .fetch_all(&self.pool)
         .await
@@ -278,7 +289,14 @@ mod tests {
         assert!(store.delete_topic("t1").await.unwrap());
         assert!(store.topic("t1").await.unwrap().is_none());
 
-        let g = GroupRecord { name: "g".into(), fifo: true, retry_max_times: 3, retry_backoff: None, broadcast: false };
+        let g = GroupRecord {
+            name: "g".into(),
+            fifo: true,
+            retry_max_times: 3,
+            retry_backoff: None,
+            broadcast: false,
+            auto_created: false,
+        };
         assert_eq!(store.create_group(&g).await.unwrap(), g);
         assert_eq!(store.group("g").await.unwrap(), Some(g.clone()));
         // create keeps what exists; put replaces it.
@@ -291,6 +309,12 @@ mod tests {
         };
         assert_eq!(store.create_group(&changed).await.unwrap(), g);
         store.put_group(&changed).await.unwrap();
+        assert_eq!(store.list_groups().await.unwrap(), vec![changed.clone()]);
+        // Only an auto-created group is retired.
+        assert!(!store.retire_group("g").await.unwrap());
+        let auto = GroupRecord { name: "a".into(), auto_created: true, ..changed.clone() };
+        assert_eq!(store.create_group(&auto).await.unwrap(), auto);
+        assert!(store.retire_group("a").await.unwrap());
         assert_eq!(store.list_groups().await.unwrap(), vec![changed]);
 
         let p = ProgressRecord {

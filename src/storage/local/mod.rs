@@ -322,6 +322,9 @@ impl CommitLog {
             lock: Mutex::new(Some(rec.lock)),
             config,
         });
+        // Unbounded here (a blocking bounded send would stall an async worker); what is queued is
+        // bounded above: the broker caps the bytes of sends in flight (`limits.maxInflightBytes`),
+        // and its other appends (acks, journal records) are small and one per RPC in progress.
         let (tx, rx) = mpsc::channel();
         let (sync_tx, sync_rx) = mpsc::channel();
         let writer = Writer::new(shared.clone(), rx, sync_tx, rec.end, active, writer_queues);
