@@ -51,6 +51,8 @@ pub(super) fn base_group(consumer: &str) -> &str {
     consumer.split_once(BROADCAST_SEP).map_or(consumer, |(group, _)| group)
 }
 
+/// Most index entries one receive passes over for a tag filter before it reads records again.
+const TAG_SKIP_MAX: usize = 64 * 1024;
 /// Long polls re-check at least this often (deliveries whose invisibility ends are not
 /// announced by an append).
 const RECHECK: Duration = Duration::from_millis(500);
@@ -382,11 +384,20 @@ impl Broker {
         }
 
         // 3. New messages from `next` on.
+        let wanted_tags = req.filter.tag_hashes();
         'scan: while out.len() < max && *bytes < MAX_RECEIVE_BYTES && st.next < range.end {
             // Acked ranges (after a restart, or past a long-held message) are not read again.
             st.next = st.skip_acked(st.next);
             if st.next >= range.end {
                 break;
+            }
+            // A tag filter passes over what it rejects from the queue index alone: those
+            // messages are acknowledged for the group without reading their records.
+            if let Some(wanted) = &wanted_tags {
+                st.next = self.skip_unwanted_tags(name, queue_id, &mut st, wanted, range.end);
+                if st.next >= range.end {
+                    break;
+                }
             }
             let batch = match log.read(name, queue_id, st.next, max - out.len(), MAX_RECEIVE_BYTES - *bytes) {
                 Ok(batch) => batch,
@@ -431,6 +442,34 @@ impl Broker {
             st.next = st.next.max(last + 1);
         }
         Ok(())
+    }
+
+    /// From `st.next` on, completes (for the group) the messages whose tag hash `wanted` does
+    /// not hold, as read from the queue index — no record read — up to the first one it may
+    /// hold (checked in full by the caller: hashes can collide) or [`TAG_SKIP_MAX`] entries;
+    /// returns where the scan goes on. In-flight or waiting offsets are left alone.
+    fn skip_unwanted_tags(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        st: &mut QueueState,
+        wanted: &HashSet<u64>,
+        end: u64,
+    ) -> u64 {
+        let from = st.next;
+        // An index the log cannot answer from is left to the record read (which handles damage).
+        let Ok(entries) = self.inner.log.tag_hashes(topic, queue_id, from, TAG_SKIP_MAX) else { return from };
+        let mut next = from;
+        for (offset, hash) in entries {
+            if offset != next || offset >= end || wanted.contains(&hash) {
+                break;
+            }
+            if !st.is_acked(offset) && !st.inflight.contains_key(&offset) && !st.waiting.contains_key(&offset) {
+                st.complete(offset);
+            }
+            next = offset + 1;
+        }
+        next
     }
 
     /// A queue of a PRIORITY topic: the deliveries due again and the next

@@ -746,3 +746,77 @@ async fn a_restart_ends_server_side_renewals() {
         assert_eq!((ids(&again), again[0].delivery_attempt), (vec!["m0"], 2), "snapshot={snapshot}");
     }
 }
+
+/// A log that records where each record read started.
+struct ReadsRecorded {
+    inner: MemoryLog,
+    reads: std::sync::Mutex<Vec<(String, u64)>>,
+}
+
+#[async_trait]
+impl MessageLog for ReadsRecorded {
+    async fn append(&self, messages: Vec<AppendMessage>) -> StorageResult<Vec<AppendResult>> {
+        self.inner.append(messages).await
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max: usize,
+        bytes: usize,
+    ) -> StorageResult<Vec<StoredMessage>> {
+        self.reads.lock().unwrap().push((topic.to_string(), offset));
+        self.inner.read(topic, queue_id, offset, max, bytes)
+    }
+
+    /// Like an index: answers without a record read.
+    fn tag_hashes(&self, topic: &str, queue_id: u32, offset: u64, max: usize) -> StorageResult<Vec<(u64, u64)>> {
+        let batch = self.inner.read(topic, queue_id, offset, max, usize::MAX)?;
+        Ok(batch.into_iter().map(|m| (m.queue_offset, m.tag_hash)).collect())
+    }
+
+    fn queue_range(&self, topic: &str, queue_id: u32) -> QueueRange {
+        self.inner.queue_range(topic, queue_id)
+    }
+
+    fn find_by_message_id(&self, id: &str) -> StorageResult<Vec<StoredMessage>> {
+        self.inner.find_by_message_id(id)
+    }
+
+    fn find_by_key(&self, topic: &str, key: &str, max: usize) -> StorageResult<Vec<StoredMessage>> {
+        self.inner.find_by_key(topic, key, max)
+    }
+
+    fn hold_retention(&self, _holder: &'static str, _position: Option<u64>) {}
+
+    async fn close(&self) -> StorageResult<()> {
+        Ok(())
+    }
+}
+
+/// A tag filter passes over the messages it rejects from the index: 1000 messages tagged B,
+/// then one tagged A; a consumer of A gets it with its first record read starting at A's
+/// offset, and the B run is acknowledged for its group (the floor moves past it at A's ack).
+#[tokio::test]
+async fn a_tag_filter_skips_rejected_messages_without_reading_them() {
+    let log = Arc::new(ReadsRecorded { inner: MemoryLog::new(), reads: Default::default() });
+    let h = Harness::new(log.clone()).await;
+    let broker = h.start().await;
+    broker.create_topic("T", Some(1), TopicKind::Normal).await.unwrap();
+    for i in 0..1000 {
+        broker.send(vec![OutgoingMessage { tag: Some("B".into()), ..message(&format!("b{i}")) }]).await.unwrap();
+    }
+    broker.send(vec![OutgoingMessage { tag: Some("A".into()), ..message("a") }]).await.unwrap();
+    log.reads.lock().unwrap().clear();
+    let mut req = receive_request();
+    req.filter = Filter::tags("A").unwrap();
+    let got = broker.receive(req).await.unwrap();
+    assert_eq!(ids(&got), ["a"]);
+    let reads: Vec<u64> = log.reads.lock().unwrap().iter().filter(|(t, _)| t == "T").map(|&(_, o)| o).collect();
+    assert_eq!(reads, [1000], "no record of the skipped run was read");
+    broker.ack("c", "G", "T", &got[0].receipt_handle).await.unwrap();
+    let progress = broker.group_offsets("G", Some("T")).await.unwrap();
+    assert_eq!(progress[0].queues[0].consumer_offset, Some(1001));
+}

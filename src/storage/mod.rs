@@ -133,6 +133,15 @@ pub trait MessageLog: Send + Sync + 'static {
         max_bytes: usize,
     ) -> StorageResult<Vec<StoredMessage>>;
 
+    /// The tag hashes of up to `max` consecutive messages of a queue from `offset` on, as
+    /// `(offset, tag hash)`, answered from the queue index where the log has one (no record is
+    /// read): a tag filter skips what it rejects without reading bodies. Stops early at an
+    /// index entry that fails its checks. The default reads the records.
+    fn tag_hashes(&self, topic: &str, queue_id: u32, offset: u64, max: usize) -> StorageResult<Vec<(u64, u64)>> {
+        let batch = self.read(topic, queue_id, offset, max, usize::MAX)?;
+        Ok(batch.into_iter().map(|m| (m.queue_offset, m.tag_hash)).collect())
+    }
+
     /// The readable offset range of a queue (`0..0` for a queue never written).
     fn queue_range(&self, topic: &str, queue_id: u32) -> QueueRange;
 

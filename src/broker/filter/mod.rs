@@ -52,6 +52,15 @@ impl Filter {
         })
     }
 
+    /// A tag filter's accepted tag hashes (as the queue index stores them): a message whose
+    /// hash is not among them is rejected without reading it. `None` for other filters.
+    pub(super) fn tag_hashes(&self) -> Option<HashSet<u64>> {
+        match self {
+            Filter::Tags(tags) => Some(tags.iter().map(|t| super::message::tag_hash(Some(t))).collect()),
+            Filter::All | Filter::Sql(_) => None,
+        }
+    }
+
     /// Whether the consumer wants `m` (for a SQL filter, `m` must not be a reference record:
     /// see [`Broker::admit`]).
     pub(super) fn matches(&self, m: &StoredMessage) -> bool {

@@ -512,6 +512,27 @@ impl MessageLog for CommitLog {
         Ok(out)
     }
 
+    fn tag_hashes(&self, topic: &str, queue_id: u32, offset: u64, max: usize) -> StorageResult<Vec<(u64, u64)>> {
+        let Some(q) = self.shared.queue(topic, queue_id) else {
+            return Ok(Vec::new());
+        };
+        let end = q.end();
+        let mut offset = offset.max(q.start());
+        let mut out = Vec::new();
+        let mut file: Option<Arc<queue_index::IndexFile>> = None;
+        while offset < end && out.len() < max {
+            if !file.as_ref().is_some_and(|f| q_file_covers(f, offset)) {
+                file = q.file_for(offset);
+            }
+            // A missing file (retention) or a bad entry ends the answer: the caller reads
+            // records from there and deals with it.
+            let Some(entry) = file.as_ref().and_then(|f| f.entry(offset)) else { break };
+            out.push((offset, entry.tag_hash));
+            offset += 1;
+        }
+        Ok(out)
+    }
+
     fn queue_range(&self, topic: &str, queue_id: u32) -> QueueRange {
         match self.shared.queue(topic, queue_id) {
             Some(q) => {

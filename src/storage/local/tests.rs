@@ -621,3 +621,20 @@ async fn disk_full_on_a_real_small_filesystem() {
         assert_eq!(m.body, body_for(0, i as u64, 4000));
     }
 }
+
+/// Tag hashes come from the queue index, consecutive from the asked offset (clamped to the
+/// queue's start), at most `max`, nothing past the end.
+#[tokio::test]
+async fn tag_hashes_come_from_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = CommitLog::open(test_config(dir.path())).unwrap();
+    let batch: Vec<AppendMessage> = (0..6u64)
+        .map(|i| AppendMessage { tag_hash: 1000 + i, ..message("t", 0, body_for(0, i, 10), &format!("id-{i}"), "") })
+        .collect();
+    log.append(batch).await.unwrap();
+    assert_eq!(log.tag_hashes("t", 0, 2, 3).unwrap(), vec![(2, 1002), (3, 1003), (4, 1004)]);
+    assert_eq!(log.tag_hashes("t", 0, 4, 100).unwrap(), vec![(4, 1004), (5, 1005)]);
+    assert!(log.tag_hashes("t", 0, 6, 100).unwrap().is_empty());
+    assert!(log.tag_hashes("nope", 0, 0, 100).unwrap().is_empty());
+    log.close().await.unwrap();
+}
