@@ -66,6 +66,25 @@ pub fn receive_request(
     }
 }
 
+/// Settings of a consumer (`kind`) of `group` subscribed to `topic` with the tag filter `*`.
+pub fn subscription_settings(kind: proto::ClientType, group: &str, topic: &str) -> proto::Settings {
+    proto::Settings {
+        client_type: Some(kind as i32),
+        pub_sub: Some(proto::settings::PubSub::Subscription(proto::Subscription {
+            group: resource(group),
+            subscriptions: vec![proto::SubscriptionEntry {
+                topic: resource(topic),
+                expression: Some(proto::FilterExpression {
+                    r#type: proto::FilterType::Tag as i32,
+                    expression: "*".into(),
+                }),
+            }],
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn now_secs() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)

@@ -924,22 +924,10 @@ fn producer_settings(port: u16, topics: &[&str]) -> proto::Settings {
 
 fn consumer_settings(port: u16, group: &str, topic: &str) -> proto::Settings {
     proto::Settings {
-        client_type: Some(proto::ClientType::SimpleConsumer as i32),
         access_point: endpoints("127.0.0.1", port),
         request_timeout: Some(prost_types::Duration { seconds: 3, nanos: 0 }),
         user_agent: ua(),
-        pub_sub: Some(proto::settings::PubSub::Subscription(proto::Subscription {
-            group: resource(group),
-            subscriptions: vec![proto::SubscriptionEntry {
-                topic: resource(topic),
-                expression: Some(proto::FilterExpression {
-                    r#type: proto::FilterType::Tag as i32,
-                    expression: "*".into(),
-                }),
-            }],
-            ..Default::default()
-        })),
-        ..Default::default()
+        ..integration_tests::client::subscription_settings(proto::ClientType::SimpleConsumer, group, topic)
     }
 }
 

@@ -4,26 +4,12 @@
 
 use std::time::Duration;
 
-use integration_tests::client::{self, request, resource};
+use integration_tests::client::{self, request};
 use integration_tests::in_process::Gateway;
 use rmq_gateway::proto::{self, Code, telemetry_command::Command};
 
 fn subscription(group: &str, topic: &str) -> proto::Settings {
-    proto::Settings {
-        client_type: Some(proto::ClientType::PushConsumer as i32),
-        pub_sub: Some(proto::settings::PubSub::Subscription(proto::Subscription {
-            group: resource(group),
-            subscriptions: vec![proto::SubscriptionEntry {
-                topic: resource(topic),
-                expression: Some(proto::FilterExpression {
-                    r#type: proto::FilterType::Tag as i32,
-                    expression: "*".into(),
-                }),
-            }],
-            ..Default::default()
-        })),
-        ..Default::default()
-    }
+    client::subscription_settings(proto::ClientType::PushConsumer, group, topic)
 }
 
 #[tokio::test]

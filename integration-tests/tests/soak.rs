@@ -313,21 +313,7 @@ async fn subscribe(
     tonic::Streaming<proto::TelemetryCommand>,
     Result<(), tonic::Status>,
 )> {
-    let settings = proto::Settings {
-        client_type: Some(kind as i32),
-        pub_sub: Some(proto::settings::PubSub::Subscription(proto::Subscription {
-            group: resource(group),
-            subscriptions: vec![proto::SubscriptionEntry {
-                topic: resource(TOPIC),
-                expression: Some(proto::FilterExpression {
-                    r#type: proto::FilterType::Tag as i32,
-                    expression: "*".into(),
-                }),
-            }],
-            ..Default::default()
-        })),
-        ..Default::default()
-    };
+    let settings = client::subscription_settings(kind, group, TOPIC);
     open_telemetry(c, client_id, settings).await
 }
 
