@@ -1,6 +1,7 @@
-//! The broker domain: topics and routes, sending, POP-style receiving with invisibility,
-//! acks and redelivery, orderly (FIFO) groups, delay/timer and transactional messages,
-//! consumer progress and offsets (resets, pull consumers) and client sessions.
+//! The broker domain: topics and routes (namespaced names), sending with backpressure,
+//! POP-style receiving with invisibility, TAG and SQL92 filters, acks and redelivery, orderly
+//! (FIFO) and broadcast groups, delay/timer and transactional messages, consumer progress and
+//! offsets (resets, pull consumers) and client sessions.
 //!
 //! [`Broker`] is the one entry point of the protocol (`grpc/`) and admin (`admin/`) layers. It
 //! sees storage and metadata only through [`MessageLog`] and [`MetadataStore`]; it never imports
