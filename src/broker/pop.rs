@@ -144,7 +144,7 @@ impl Broker {
                 );
                 self.remember_attempt(key.clone(), &again, invisible);
                 if req.auto_renew {
-                    self.renewing_for(&gone, &req.group, &key.2, again.iter().map(|m| m.queue_id));
+                    self.renewing_for(&gone, &key.1, &key.2, again.iter().map(|m| m.queue_id));
                 }
                 return Ok(again);
             }
