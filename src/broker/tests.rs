@@ -1,5 +1,24 @@
 //! Broker tests on an in-memory log and SQLite metadata.
 
+/// The `MessageLog` methods a test log wrapper passes straight to its `inner` log.
+macro_rules! delegate_to_inner {
+    () => {
+        fn queue_range(&self, topic: &str, queue_id: u32) -> QueueRange {
+            self.inner.queue_range(topic, queue_id)
+        }
+
+        fn find_by_message_id(&self, id: &str) -> StorageResult<Vec<StoredMessage>> {
+            self.inner.find_by_message_id(id)
+        }
+
+        fn find_by_key(&self, topic: &str, key: &str, max: usize) -> StorageResult<Vec<StoredMessage>> {
+            self.inner.find_by_key(topic, key, max)
+        }
+
+        fn hold_retention(&self, _holder: &'static str, _position: Option<u64>) {}
+    };
+}
+
 mod bounded;
 
 use std::sync::Arc;
@@ -49,19 +68,7 @@ impl MessageLog for DamagedAt {
         Ok(batch)
     }
 
-    fn queue_range(&self, topic: &str, queue_id: u32) -> QueueRange {
-        self.inner.queue_range(topic, queue_id)
-    }
-
-    fn find_by_message_id(&self, id: &str) -> StorageResult<Vec<StoredMessage>> {
-        self.inner.find_by_message_id(id)
-    }
-
-    fn find_by_key(&self, topic: &str, key: &str, max: usize) -> StorageResult<Vec<StoredMessage>> {
-        self.inner.find_by_key(topic, key, max)
-    }
-
-    fn hold_retention(&self, _holder: &'static str, _position: Option<u64>) {}
+    delegate_to_inner!();
 
     async fn close(&self) -> StorageResult<()> {
         Ok(())
@@ -777,19 +784,7 @@ impl MessageLog for ReadsRecorded {
         Ok(batch.into_iter().map(|m| (m.queue_offset, m.tag_hash)).collect())
     }
 
-    fn queue_range(&self, topic: &str, queue_id: u32) -> QueueRange {
-        self.inner.queue_range(topic, queue_id)
-    }
-
-    fn find_by_message_id(&self, id: &str) -> StorageResult<Vec<StoredMessage>> {
-        self.inner.find_by_message_id(id)
-    }
-
-    fn find_by_key(&self, topic: &str, key: &str, max: usize) -> StorageResult<Vec<StoredMessage>> {
-        self.inner.find_by_key(topic, key, max)
-    }
-
-    fn hold_retention(&self, _holder: &'static str, _position: Option<u64>) {}
+    delegate_to_inner!();
 
     async fn close(&self) -> StorageResult<()> {
         Ok(())

@@ -180,19 +180,7 @@ impl MessageLog for GatedLog {
         self.inner.read(topic, queue_id, offset, max, bytes)
     }
 
-    fn queue_range(&self, topic: &str, queue_id: u32) -> QueueRange {
-        self.inner.queue_range(topic, queue_id)
-    }
-
-    fn find_by_message_id(&self, id: &str) -> StorageResult<Vec<StoredMessage>> {
-        self.inner.find_by_message_id(id)
-    }
-
-    fn find_by_key(&self, topic: &str, key: &str, max: usize) -> StorageResult<Vec<StoredMessage>> {
-        self.inner.find_by_key(topic, key, max)
-    }
-
-    fn hold_retention(&self, _holder: &'static str, _position: Option<u64>) {}
+    delegate_to_inner!();
 
     async fn close(&self) -> StorageResult<()> {
         Ok(())
