@@ -53,6 +53,8 @@ pub(super) fn base_group(consumer: &str) -> &str {
 
 /// Most index entries one receive passes over for a tag filter before it reads records again.
 const TAG_SKIP_MAX: usize = 64 * 1024;
+/// Index entries asked for at a time while passing over rejected messages.
+const TAG_SKIP_CHUNK: usize = 256;
 /// Long polls re-check at least this often (deliveries whose invisibility ends are not
 /// announced by an append).
 const RECHECK: Duration = Duration::from_millis(500);
@@ -457,17 +459,25 @@ impl Broker {
         end: u64,
     ) -> u64 {
         let from = st.next;
-        // An index the log cannot answer from is left to the record read (which handles damage).
-        let Ok(entries) = self.inner.log.tag_hashes(topic, queue_id, from, TAG_SKIP_MAX) else { return from };
         let mut next = from;
-        for (offset, hash) in entries {
-            if offset != next || offset >= end || wanted.contains(&hash) {
-                break;
+        // In chunks: when the first entries are wanted (the common case for a filter that
+        // accepts most messages) only a chunk of the index is looked at, not TAG_SKIP_MAX.
+        while next < end && next - from < TAG_SKIP_MAX as u64 {
+            // An index the log cannot answer from is left to the record read (which handles damage).
+            let Ok(entries) = self.inner.log.tag_hashes(topic, queue_id, next, TAG_SKIP_CHUNK) else { break };
+            let chunk_start = next;
+            for (offset, hash) in entries {
+                if offset != next || offset >= end || wanted.contains(&hash) {
+                    return next;
+                }
+                if !st.is_acked(offset) && !st.inflight.contains_key(&offset) && !st.waiting.contains_key(&offset) {
+                    st.complete(offset);
+                }
+                next = offset + 1;
             }
-            if !st.is_acked(offset) && !st.inflight.contains_key(&offset) && !st.waiting.contains_key(&offset) {
-                st.complete(offset);
+            if next - chunk_start < TAG_SKIP_CHUNK as u64 {
+                break; // the index ended (or could not answer) within the chunk
             }
-            next = offset + 1;
         }
         next
     }
