@@ -1,5 +1,5 @@
-//! Control data: topics, consumer groups, consumed progress and cluster secrets, behind the
-//! [`MetadataStore`] trait. SQLite ([`sqlite::SqliteMetadataStore`]) is the embedded default;
+//! Control data: topics, consumer groups, consumed progress, cluster secrets and the manifest
+//! of log segments tiered to the object store, behind the [`MetadataStore`] trait. SQLite ([`sqlite::SqliteMetadataStore`]) is the embedded default;
 //! PostgreSQL comes with the cluster work and must pass the same conformance tests.
 //!
 //! Progress is written in batches ([`MetadataStore::save_progress`]), never once per message.
@@ -82,6 +82,40 @@ pub struct ProgressRecord {
     pub acked_above: Vec<u8>,
 }
 
+/// One sealed log segment kept in the object store: a row of the tiering manifest. The row is
+/// the truth: an object without a row is an orphan (a crash between upload and record) and is
+/// removed; a row is written only after its object is complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentRecord {
+    /// The message log the segment belongs to (one per gateway node; `""` for a single node).
+    pub log_id: String,
+    /// Log position of the segment's first byte.
+    pub base: u64,
+    /// Bytes of log data in the object (the segment's used length).
+    pub size: u64,
+    /// The object's key in the bucket.
+    pub object_key: String,
+    /// Size of the whole object (log data, then the index slices).
+    pub object_size: u64,
+    /// Store timestamps of the segment's first and last record.
+    pub first_store_ms: i64,
+    pub last_store_ms: i64,
+    pub uploaded_at_ms: i64,
+    /// The queues with messages in the segment, ordered by (topic, queue id).
+    pub queues: Vec<SegmentQueue>,
+}
+
+/// The messages one queue has in a tiered segment: offsets `[first_offset, end_offset)`, whose
+/// queue-index entries lie contiguously in the object from byte `index_pos` on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentQueue {
+    pub topic: String,
+    pub queue_id: u32,
+    pub first_offset: u64,
+    pub end_offset: u64,
+    pub index_pos: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
     #[error("metadata store unavailable: {0}")]
@@ -119,6 +153,14 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Forgets the progress of a consumer (`group` as stored in progress records) on every
     /// topic and queue; returns the rows removed.
     async fn delete_progress(&self, group: &str) -> MetadataResult<u64>;
+
+    /// Records a tiered segment (after its object is complete). Idempotent: recording the same
+    /// `(log_id, base)` again replaces the row and its queues atomically.
+    async fn put_segment(&self, segment: &SegmentRecord) -> MetadataResult<()>;
+    /// The tiered segments of a log, ordered by `base`.
+    async fn list_segments(&self, log_id: &str) -> MetadataResult<Vec<SegmentRecord>>;
+    /// Removes a segment's row (and its queues); returns whether it existed.
+    async fn delete_segment(&self, log_id: &str, base: u64) -> MetadataResult<bool>;
 
     /// Returns the secret stored under `name`, storing `candidate` first if there is none.
     async fn secret(&self, name: &str, candidate: &[u8]) -> MetadataResult<Vec<u8>>;

@@ -10,7 +10,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use crate::clock::now_ms;
 
-use super::{GroupRecord, MetadataError, MetadataResult, MetadataStore, ProgressRecord, TopicRecord, TopicType};
+use super::{
+    GroupRecord, MetadataError, MetadataResult, MetadataStore, ProgressRecord, SegmentQueue, SegmentRecord,
+    TopicRecord, TopicType,
+};
 
 pub struct SqliteMetadataStore {
     pool: SqlitePool,
@@ -253,6 +256,120 @@ impl MetadataStore for SqliteMetadataStore {
         Ok(done.rows_affected())
     }
 
+    async fn put_segment(&self, seg: &SegmentRecord) -> MetadataResult<()> {
+        let mut tx = self.pool.begin().await.map_err(query_err)?;
+        sqlx::query(
+            "INSERT INTO tiered_segments (log_id, base, size, object_key, object_size, first_store_ms, last_store_ms, uploaded_at_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (log_id, base) DO UPDATE SET size = excluded.size, \
+             object_key = excluded.object_key, object_size = excluded.object_size, first_store_ms = excluded.first_store_ms, \
+             last_store_ms = excluded.last_store_ms, uploaded_at_ms = excluded.uploaded_at_ms",
+        )
+        .bind(&seg.log_id)
+        .bind(seg.base as i64)
+        .bind(seg.size as i64)
+        .bind(&seg.object_key)
+        .bind(seg.object_size as i64)
+        .bind(seg.first_store_ms)
+        .bind(seg.last_store_ms)
+        .bind(seg.uploaded_at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err)?;
+        sqlx::query("DELETE FROM tiered_segment_queues WHERE log_id = ? AND base = ?")
+            .bind(&seg.log_id)
+            .bind(seg.base as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err)?;
+        for q in &seg.queues {
+            sqlx::query(
+                "INSERT INTO tiered_segment_queues (log_id, base, topic, queue_id, first_offset, end_offset, index_pos) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&seg.log_id)
+            .bind(seg.base as i64)
+            .bind(&q.topic)
+            .bind(q.queue_id as i64)
+            .bind(q.first_offset as i64)
+            .bind(q.end_offset as i64)
+            .bind(q.index_pos as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err)?;
+        }
+        tx.commit().await.map_err(query_err)
+    }
+
+    async fn list_segments(&self, log_id: &str) -> MetadataResult<Vec<SegmentRecord>> {
+        let rows = sqlx::query(
+            "SELECT base, size, object_key, object_size, first_store_ms, last_store_ms, uploaded_at_ms \
+             FROM tiered_segments WHERE log_id = ? ORDER BY base",
+        )
+        .bind(log_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err)?;
+        let mut segments = rows
+            .iter()
+            .map(|row| {
+                Ok(SegmentRecord {
+                    log_id: log_id.to_owned(),
+                    base: row.try_get::<i64, _>("base").map_err(query_err)? as u64,
+                    size: row.try_get::<i64, _>("size").map_err(query_err)? as u64,
+                    object_key: row.try_get("object_key").map_err(query_err)?,
+                    object_size: row.try_get::<i64, _>("object_size").map_err(query_err)? as u64,
+                    first_store_ms: row.try_get("first_store_ms").map_err(query_err)?,
+                    last_store_ms: row.try_get("last_store_ms").map_err(query_err)?,
+                    uploaded_at_ms: row.try_get("uploaded_at_ms").map_err(query_err)?,
+                    queues: Vec::new(),
+                })
+            })
+            .collect::<MetadataResult<Vec<_>>>()?;
+        let rows = sqlx::query(
+            "SELECT base, topic, queue_id, first_offset, end_offset, index_pos FROM tiered_segment_queues \
+             WHERE log_id = ? ORDER BY base, topic, queue_id",
+        )
+        .bind(log_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err)?;
+        for row in &rows {
+            let base = row.try_get::<i64, _>("base").map_err(query_err)? as u64;
+            let queue = SegmentQueue {
+                topic: row.try_get("topic").map_err(query_err)?,
+                queue_id: row.try_get::<i64, _>("queue_id").map_err(query_err)? as u32,
+                first_offset: row.try_get::<i64, _>("first_offset").map_err(query_err)? as u64,
+                end_offset: row.try_get::<i64, _>("end_offset").map_err(query_err)? as u64,
+                index_pos: row.try_get::<i64, _>("index_pos").map_err(query_err)? as u64,
+            };
+            match segments.binary_search_by_key(&base, |s| s.base) {
+                Ok(i) => segments[i].queues.push(queue),
+                Err(_) => {
+                    return Err(MetadataError::Invalid(format!("segment queue row without a segment at base {base}")));
+                }
+            }
+        }
+        Ok(segments)
+    }
+
+    async fn delete_segment(&self, log_id: &str, base: u64) -> MetadataResult<bool> {
+        let mut tx = self.pool.begin().await.map_err(query_err)?;
+        sqlx::query("DELETE FROM tiered_segment_queues WHERE log_id = ? AND base = ?")
+            .bind(log_id)
+            .bind(base as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err)?;
+        let done = sqlx::query("DELETE FROM tiered_segments WHERE log_id = ? AND base = ?")
+            .bind(log_id)
+            .bind(base as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err)?;
+        tx.commit().await.map_err(query_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn secret(&self, name: &str, candidate: &[u8]) -> MetadataResult<Vec<u8>> {
         sqlx::query("INSERT INTO secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING")
             .bind(name)
@@ -337,6 +454,42 @@ mod tests {
         let s2 = store.secret("receipt", b"xyz").await.unwrap();
         assert_eq!(s1, b"abc");
         assert_eq!(s2, b"abc");
+    }
+
+    #[tokio::test]
+    async fn the_segment_manifest_is_idempotent_and_per_log() {
+        let store = SqliteMetadataStore::in_memory().await.unwrap();
+        let q = |topic: &str, queue_id, first_offset, end_offset, index_pos| SegmentQueue {
+            topic: topic.into(),
+            queue_id,
+            first_offset,
+            end_offset,
+            index_pos,
+        };
+        let seg = |base: u64, queues| SegmentRecord {
+            log_id: "n1".into(),
+            base,
+            size: 1000,
+            object_key: format!("ab/n1/{base:020}"),
+            object_size: 1064,
+            first_store_ms: 5,
+            last_store_ms: 9,
+            uploaded_at_ms: 10,
+            queues,
+        };
+        let s2 = seg(2048, vec![q("a", 0, 7, 9, 1000)]);
+        let s1 = seg(0, vec![q("a", 0, 0, 7, 1000), q("b", 3, 0, 1, 1224)]);
+        store.put_segment(&s2).await.unwrap();
+        store.put_segment(&s1).await.unwrap();
+        assert_eq!(store.list_segments("n1").await.unwrap(), vec![s1.clone(), s2.clone()]);
+        assert_eq!(store.list_segments("n2").await.unwrap(), vec![]);
+        // Recording again replaces the row and its queues.
+        let s1b = SegmentRecord { queues: vec![q("c", 1, 4, 6, 1000)], ..s1.clone() };
+        store.put_segment(&s1b).await.unwrap();
+        assert_eq!(store.list_segments("n1").await.unwrap(), vec![s1b, s2.clone()]);
+        assert!(store.delete_segment("n1", 0).await.unwrap());
+        assert!(!store.delete_segment("n1", 0).await.unwrap());
+        assert_eq!(store.list_segments("n1").await.unwrap(), vec![s2]);
     }
 
     #[tokio::test]
