@@ -204,6 +204,58 @@ pub struct StorageSection {
     pub file_reserved_time: Duration,
     /// Disk usage (percent) above which the oldest segments are deleted early.
     pub disk_max_used_space_ratio: u8,
+    /// Offload of sealed segments to an object store, and cold reads from it.
+    pub tiering: TieringConfig,
+}
+
+/// `storage.tiering`: sealed segments go to an object store; reads below the local log start
+/// are served from it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TieringConfig {
+    /// Off: segments stay local and local retention deletes them.
+    pub enabled: bool,
+    pub object_store: ObjectStoreConfig,
+}
+
+/// `storage.tiering.objectStore`: where tiered segments are kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ObjectStoreConfig {
+    /// `dir` (a local directory; no service needed) or `s3` (AWS S3 or an S3-compatible server).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `dir`: the directory. Empty: `<dataDir>/objects`.
+    pub dir: PathBuf,
+    /// Key prefix inside the bucket (or directory).
+    pub prefix: String,
+    /// `s3`: the bucket.
+    pub bucket: String,
+    /// `s3`: the region. Empty: from the AWS environment / profile (`us-east-1` if none).
+    pub region: String,
+    /// `s3`: an endpoint URL for S3-compatible servers. Empty: AWS's.
+    pub endpoint: String,
+    /// `s3`: path-style addressing (`endpoint/bucket/key`), as most S3-compatible servers need.
+    pub path_style: bool,
+    /// `s3`: static credentials. Empty: the AWS credential chain (environment, profile, IMDS…).
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl Default for ObjectStoreConfig {
+    fn default() -> Self {
+        Self {
+            kind: "dir".into(),
+            dir: PathBuf::new(),
+            prefix: String::new(),
+            bucket: String::new(),
+            region: String::new(),
+            endpoint: String::new(),
+            path_style: false,
+            access_key: String::new(),
+            secret_key: String::new(),
+        }
+    }
 }
 
 impl Default for StorageSection {
@@ -215,6 +267,7 @@ impl Default for StorageSection {
             mapped_file_size_commit_log: 1024 * 1024 * 1024,
             file_reserved_time: Duration::from_secs(72 * 3600),
             disk_max_used_space_ratio: 75,
+            tiering: TieringConfig::default(),
         }
     }
 }

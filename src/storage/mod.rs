@@ -23,6 +23,7 @@
 pub mod bench;
 pub mod local;
 pub mod memory;
+pub mod object;
 pub mod record;
 pub mod timer_index;
 
