@@ -104,7 +104,10 @@ impl From<StorageError> for BrokerError {
     fn from(e: StorageError) -> Self {
         let text = format!("message store error: {e}");
         match e {
-            StorageError::Io { .. } | StorageError::ShuttingDown => BrokerError::StorageUnavailable(text),
+            StorageError::Io { .. }
+            | StorageError::ShuttingDown
+            | StorageError::RemoteNotCached { .. }
+            | StorageError::Remote(_) => BrokerError::StorageUnavailable(text),
             StorageError::DiskFull(_) => BrokerError::StorageFull(text),
             StorageError::Corrupted { .. } => BrokerError::DataCorrupted(text),
             StorageError::RecordTooLarge { size, segment_size } => BrokerError::TooLargeToStore { size, segment_size },
