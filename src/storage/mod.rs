@@ -174,6 +174,11 @@ pub trait MessageLog: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Figures of the remote tier, if the log has one.
+    fn tiering_stats(&self) -> Option<tiered::TieringStats> {
+        None
+    }
+
     /// Flushes everything, writes a checkpoint and stops background work.
     async fn close(&self) -> StorageResult<()>;
 }

@@ -604,6 +604,10 @@ impl MessageLog for TieredLog {
         self.inner.local.hold_retention(holder, position);
     }
 
+    fn tiering_stats(&self) -> Option<TieringStats> {
+        Some(self.inner.stats())
+    }
+
     async fn fetch_remote(&self, topic: &str, queue_id: u32, offset: u64, _max_bytes: usize) -> StorageResult<()> {
         self.inner.fetch(topic, queue_id, offset).await
     }
