@@ -14,8 +14,9 @@
 //! - **Remote retention**: segments whose last record is older than the remote reserved time
 //!   and which local retention already dropped lose their manifest row, then their object.
 //! - **Cold reads**: `read` below the local start looks records up in a bounded read-ahead
-//!   cache (`cache.rs`) of object ranges: a queue's index chunk (one GET), then one range GET
-//!   of up to `read_ahead_bytes` from the first record wanted. `read` is synchronous (the
+//!   cache (`cache.rs`) of object ranges: a queue's index chunk (one GET of up to 4096
+//!   entries), then the aligned `read_ahead_bytes` block of the object holding the record
+//!   (one range GET, shared by every queue with records in it). `read` is synchronous (the
 //!   broker calls it under its locks): on a miss it starts the fetch in the background and
 //!   fails with [`StorageError::RemoteNotCached`]; callers await
 //!   [`MessageLog::fetch_remote`] outside their locks and read again. Records from the object
@@ -214,8 +215,9 @@ pub(crate) struct Inner {
     cache: Mutex<ReadCache>,
     /// Background fetches running, by (topic, queue, offset), so a busy reader starts one.
     fetching: Mutex<HashSet<(Arc<str>, u32, u64)>>,
-    /// Fetches of one queue run one at a time (striped by queue), so a background fetch and
-    /// a caller awaiting the same data make one GET: the second finds it cached.
+    /// Fetches from one segment run one at a time (locks striped by segment), so concurrent
+    /// fetches of the same data (a background fetch and a caller awaiting it, or queues
+    /// sharing a block) make one GET: the later ones find it cached.
     fetch_locks: Vec<tokio::sync::Mutex<()>>,
     counters: Counters,
     runtime: Option<tokio::runtime::Handle>,
@@ -383,8 +385,6 @@ impl Inner {
     /// Fetches what a read of `offset` needs into the cache: the index chunk, then one range
     /// of up to `read_ahead_bytes` from the record on.
     async fn fetch(&self, topic: &str, queue_id: u32, offset: u64) -> StorageResult<()> {
-        let stripe = (crc32c::crc32c(topic.as_bytes()) as usize ^ queue_id as usize) % FETCH_STRIPES;
-        let _serial = self.fetch_locks[stripe].lock().await;
         let topic: Arc<str> = Arc::from(topic);
         let (first, slice, rec) = {
             let m = self.manifest_read();
@@ -392,6 +392,8 @@ impl Inner {
             let Some(rec) = m.segments.get(&s.base).cloned() else { return Ok(()) };
             (first, s, rec)
         };
+        let stripe = (rec.base / 4096) as usize % FETCH_STRIPES;
+        let _serial = self.fetch_locks[stripe].lock().await;
         let offset = offset.max(first);
         let entry = match self.cached_entry(&topic, queue_id, first, &slice, offset) {
             Some(e) => e,
@@ -422,12 +424,16 @@ impl Inner {
         if self.cache().data(rec.base, at, size as usize).is_some() {
             return Ok(());
         }
-        let end = (at + (self.settings.read_ahead_bytes as u64).max(u64::from(size))).min(rec.size);
-        let bytes = self.get(&rec.object_key, at..end).await?;
-        if (bytes.len() as u64) < u64::from(size) {
+        // Ranges are aligned blocks of the object, so the queues of a segment share them (no
+        // overlapping GETs); a record crossing a block end extends its block.
+        let ahead = self.settings.read_ahead_bytes.max(1) as u64;
+        let start = at / ahead * ahead;
+        let end = (start + ahead).max(at + u64::from(size)).min(rec.size);
+        let bytes = self.get(&rec.object_key, start..end).await?;
+        if (bytes.len() as u64) < at + u64::from(size) - start {
             return Err(StorageError::Remote(format!("short data read from `{}`", rec.object_key)));
         }
-        self.cache().insert_data(rec.base, at, bytes);
+        self.cache().insert_data(rec.base, start, bytes);
         Ok(())
     }
 
