@@ -815,6 +815,24 @@ mod tests {
     }
 
     #[test]
+    fn tiering_keys_load_and_are_checked() {
+        let c = load_str(
+            "storage:\n  tiering:\n    enabled: true\n    logId: node-1\n    fileReservedTime: 30d\n",
+            &[("RMQ_GATEWAY_STORAGE__TIERING__READ_AHEAD_BYTES", "1048576")],
+        )
+        .unwrap();
+        assert_eq!(c.storage.tiering.log_id, "node-1");
+        assert_eq!(c.storage.tiering.file_reserved_time, Duration::from_secs(30 * 86400));
+        assert_eq!(c.storage.tiering.read_ahead_bytes, 1 << 20);
+        let e = load_str("storage:\n  tiering:\n    enabled: true\n    readAheadBytes: 10\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("storage.tiering.readAheadBytes"), "{e}");
+        let e = load_str("storage:\n  tiering:\n    enabled: true\n    logId: a/b\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("storage.tiering.logId"), "{e}");
+        // Off, nothing is checked.
+        assert!(load_str("storage:\n  tiering:\n    readAheadBytes: 10\n", &[]).is_ok());
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = load_str("server:\n  grpcServerPrt: 1\n", &[]).unwrap_err().to_string();
         assert!(e.contains("grpcServerPrt"), "{e}");

@@ -67,17 +67,17 @@ fn open_object_store(config: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
     let o = &config.storage.tiering.object_store;
     match o.kind.as_str() {
         "dir" => {
-            let dir = if o.dir.as_os_str().is_empty() { config.storage.data_dir.join("objects") } else { o.dir.clone() };
-            let store = DirStore::open(&dir).with_context(|| {
-                format!("cannot open storage.tiering.objectStore.dir `{}`", dir.display())
-            })?;
+            let dir =
+                if o.dir.as_os_str().is_empty() { config.storage.data_dir.join("objects") } else { o.dir.clone() };
+            let store = DirStore::open(&dir)
+                .with_context(|| format!("cannot open storage.tiering.objectStore.dir `{}`", dir.display()))?;
             Ok(Arc::new(store))
         }
         // TODO(integrator): `s3` goes through `storage::object::open(cfg, data_dir)` (S3Store)
         // once that branch is merged.
-        other => anyhow::bail!(
-            "storage.tiering.objectStore.type `{other}` is not available in this build (supported: dir)"
-        ),
+        other => {
+            anyhow::bail!("storage.tiering.objectStore.type `{other}` is not available in this build (supported: dir)")
+        }
     }
 }
 

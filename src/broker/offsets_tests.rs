@@ -315,7 +315,14 @@ impl MessageLog for ColdLog {
         self.inner.append(messages).await
     }
 
-    fn read(&self, topic: &str, queue_id: u32, offset: u64, max: usize, bytes: usize) -> StorageResult<Vec<StoredMessage>> {
+    fn read(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max: usize,
+        bytes: usize,
+    ) -> StorageResult<Vec<StoredMessage>> {
         if topic.starts_with("rmq_sys_") {
             return self.inner.read(topic, queue_id, offset, max, bytes);
         }

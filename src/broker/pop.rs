@@ -281,7 +281,9 @@ impl Broker {
                 let queue_id = (start.wrapping_add(i)) % n;
                 match self.pop_queue(topic, group, req, queue_id, max, invisible, &mut out, &mut bytes, &mut dead) {
                     Ok(()) => {}
-                    Err(BrokerError::RemoteNotCached { topic, queue_id, offset }) => fetch.push((topic, queue_id, offset)),
+                    Err(BrokerError::RemoteNotCached { topic, queue_id, offset }) => {
+                        fetch.push((topic, queue_id, offset))
+                    }
                     Err(e) => return Err(e),
                 }
             }
@@ -869,10 +871,11 @@ impl Broker {
         let mut next = journal_offset.max(range.start);
         let mut replayed = 0u64;
         while next < range.end {
-            let batch = self.with_remote_fetch(REMOTE_FETCH_ROUNDS, || {
-                Ok(self.inner.log.read(JOURNAL_TOPIC, 0, next, 1024, 4 * 1024 * 1024)?)
-            })
-            .await?;
+            let batch = self
+                .with_remote_fetch(REMOTE_FETCH_ROUNDS, || {
+                    Ok(self.inner.log.read(JOURNAL_TOPIC, 0, next, 1024, 4 * 1024 * 1024)?)
+                })
+                .await?;
             let Some(last) = batch.last().map(|m| m.queue_offset) else { break };
             for m in &batch {
                 match JournalRecord::decode(m) {

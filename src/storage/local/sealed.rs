@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-use super::format::{Frame, FrameError, IndexEntry, decode_frame, decode_properties};
 use super::CommitLog;
+use super::format::{Frame, FrameError, IndexEntry, decode_frame, decode_properties};
 use crate::storage::{StorageError, StorageResult, StoredMessage};
 
 /// A segment the writer has rolled past, whose records are all published.
@@ -144,7 +144,8 @@ impl CommitLog {
                 Ok(Frame::Message { header, topic, len, .. }) => {
                     let topic = std::str::from_utf8(&topic)
                         .map_err(|_| StorageError::Corrupted { position: pos, reason: "topic is not utf-8".into() })?;
-                    let topic = self.shared.queue(topic, header.queue_id).map_or_else(|| topic.into(), |q| q.topic.clone());
+                    let topic =
+                        self.shared.queue(topic, header.queue_id).map_or_else(|| topic.into(), |q| q.topic.clone());
                     records.push(ScannedRecord {
                         topic,
                         queue_id: header.queue_id,
@@ -165,4 +166,3 @@ impl CommitLog {
         Ok(Some(SegmentScan { base: seg.base, data: all.slice(..used), records }))
     }
 }
-

@@ -496,7 +496,11 @@ impl Inner {
                 return miss(out);
             };
             let Some((position, size, _, _)) = decode_index_entry(&entry) else {
-                return corrupted_or_partial(out, rec.base, format!("tiered index entry of {topic}/{queue_id} offset {offset} is corrupt"));
+                return corrupted_or_partial(
+                    out,
+                    rec.base,
+                    format!("tiered index entry of {topic}/{queue_id} offset {offset} is corrupt"),
+                );
             };
             let Some(at) = position.checked_sub(rec.base) else {
                 return corrupted_or_partial(out, position, "tiered index entry points below its segment".into());

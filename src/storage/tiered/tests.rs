@@ -2,8 +2,8 @@
 //! injects transient failures and counts requests) and the SQLite manifest.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -135,8 +135,26 @@ async fn read_all(log: &TieredLog, topic: &str, queue_id: u32, from: u64) -> Vec
 
 fn same(a: &StoredMessage, b: &StoredMessage) {
     assert_eq!(
-        (&a.topic, a.queue_id, a.queue_offset, a.log_position, a.store_timestamp_ms, a.born_timestamp_ms, a.flags, a.tag_hash),
-        (&b.topic, b.queue_id, b.queue_offset, b.log_position, b.store_timestamp_ms, b.born_timestamp_ms, b.flags, b.tag_hash)
+        (
+            &a.topic,
+            a.queue_id,
+            a.queue_offset,
+            a.log_position,
+            a.store_timestamp_ms,
+            a.born_timestamp_ms,
+            a.flags,
+            a.tag_hash
+        ),
+        (
+            &b.topic,
+            b.queue_id,
+            b.queue_offset,
+            b.log_position,
+            b.store_timestamp_ms,
+            b.born_timestamp_ms,
+            b.flags,
+            b.tag_hash
+        )
     );
     assert_eq!(a.body, b.body);
     assert_eq!(a.properties.get("UNIQ_KEY"), b.properties.get("UNIQ_KEY"));

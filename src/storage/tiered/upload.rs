@@ -23,7 +23,11 @@ pub fn object_key(prefix: &str, log_id: &str, base: u64) -> String {
     let log = if log_id.is_empty() { "local" } else { log_id };
     let hash = crc32c::crc32c(format!("{log}/{base}").as_bytes()) & 0xff;
     let prefix = prefix.trim_end_matches('/');
-    if prefix.is_empty() { format!("{hash:02x}/{log}/{base:020}.seg") } else { format!("{prefix}/{hash:02x}/{log}/{base:020}.seg") }
+    if prefix.is_empty() {
+        format!("{hash:02x}/{log}/{base:020}.seg")
+    } else {
+        format!("{prefix}/{hash:02x}/{log}/{base:020}.seg")
+    }
 }
 
 /// Whether `key` is an object of log `log_id` under `prefix` (as [`object_key`] makes them),
@@ -45,11 +49,7 @@ fn parse_object_key(prefix: &str, log_id: &str, key: &str) -> Option<u64> {
 /// The object of a scanned segment (data, then one index slice per queue) and its manifest
 /// row. A queue whose offsets are not contiguous within the segment is an error (the index
 /// slice could not address them).
-pub fn build_object(
-    prefix: &str,
-    log_id: &str,
-    scan: &SegmentScan,
-) -> Result<(Vec<Bytes>, SegmentRecord), String> {
+pub fn build_object(prefix: &str, log_id: &str, scan: &SegmentScan) -> Result<(Vec<Bytes>, SegmentRecord), String> {
     let mut by_queue: std::collections::BTreeMap<(Arc<str>, u32), Vec<usize>> = std::collections::BTreeMap::new();
     for (i, r) in scan.records.iter().enumerate() {
         by_queue.entry((r.topic.clone(), r.queue_id)).or_default().push(i);
@@ -199,7 +199,13 @@ async fn upload_one(inner: &Arc<Inner>, base: u64) -> Result<(), String> {
     })?;
     inner.meta.put_segment(&record).await.map_err(|e| format!("recording the segment in the manifest: {e}"))?;
     let size = record.object_size;
-    tracing::info!(segment = base, key = record.object_key, bytes = size, queues = record.queues.len(), "segment tiered");
+    tracing::info!(
+        segment = base,
+        key = record.object_key,
+        bytes = size,
+        queues = record.queues.len(),
+        "segment tiered"
+    );
     inner.manifest_write().insert(record);
     inner.counters.uploaded_segments.fetch_add(1, Ordering::Relaxed);
     inner.counters.uploaded_bytes.fetch_add(size, Ordering::Relaxed);
