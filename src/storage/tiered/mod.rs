@@ -565,7 +565,22 @@ impl MessageLog for TieredLog {
         {
             return Ok(batch);
         }
-        self.inner.local.read(topic, queue_id, offset, max_messages, max_bytes)
+        let mut batch = self.inner.local.read(topic, queue_id, offset, max_messages, max_bytes)?;
+        // Local retention may drop segments while the local read runs; the local log then
+        // skips what it dropped (clamps to its new start, or leaves a gap in the batch). What
+        // was skipped is in the object store: cut the batch at the first gap, and when it
+        // starts past `offset`, read the skipped offsets from the object store first.
+        let first = batch.first().map(|m| m.queue_offset);
+        let dense = batch.iter().zip(first.unwrap_or(0)..).take_while(|(m, o)| m.queue_offset == *o).count();
+        batch.truncate(dense);
+        if let Some(first) = first
+            && first > offset
+            && let Some(remote) =
+                self.inner.read_remote(topic, queue_id, offset, first, max_messages, max_bytes)?
+        {
+            return Ok(remote);
+        }
+        Ok(batch)
     }
 
     fn tag_hashes(&self, topic: &str, queue_id: u32, offset: u64, max: usize) -> StorageResult<Vec<(u64, u64)>> {
