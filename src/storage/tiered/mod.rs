@@ -575,8 +575,7 @@ impl MessageLog for TieredLog {
         batch.truncate(dense);
         if let Some(first) = first
             && first > offset
-            && let Some(remote) =
-                self.inner.read_remote(topic, queue_id, offset, first, max_messages, max_bytes)?
+            && let Some(remote) = self.inner.read_remote(topic, queue_id, offset, first, max_messages, max_bytes)?
         {
             return Ok(remote);
         }
