@@ -23,6 +23,7 @@ pub mod nats;
 pub mod noop;
 pub mod procs;
 pub mod report;
+pub mod tiering;
 pub mod timers;
 
 use std::path::PathBuf;
@@ -52,6 +53,9 @@ pub enum BenchCommand {
     /// Delay/timer messages: lateness of a burst due in one second, and the memory and disk
     /// 10 million scheduled messages take.
     Timers(timers::TimerBenchArgs),
+    /// Tiered storage: upload MB/s, cold-read MB/s and GETs per GB read back from an object
+    /// store (a local directory).
+    Tiering(tiering::TieringBenchArgs),
 }
 
 /// Load shape shared by every load generator.
@@ -137,6 +141,7 @@ pub fn run(command: BenchCommand) -> ExitCode {
             BenchCommand::Compare(args) => compare::main(args).await,
             BenchCommand::Storage(args) => crate::storage::bench::run(args).await,
             BenchCommand::Timers(args) => timers::run(args).await,
+            BenchCommand::Tiering(args) => tiering::run(args).await,
         }
     });
     match result {

@@ -219,6 +219,8 @@ pub(crate) struct Inner {
     /// fetches of the same data (a background fetch and a caller awaiting it, or queues
     /// sharing a block) make one GET: the later ones find it cached.
     fetch_locks: Vec<tokio::sync::Mutex<()>>,
+    /// One upload pass at a time (the task's, or `upload_now`'s).
+    upload_lock: tokio::sync::Mutex<()>,
     counters: Counters,
     runtime: Option<tokio::runtime::Handle>,
 }
@@ -274,6 +276,7 @@ impl TieredLog {
             manifest: RwLock::new(manifest),
             fetching: Mutex::new(HashSet::new()),
             fetch_locks: (0..FETCH_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            upload_lock: tokio::sync::Mutex::new(()),
             counters: Counters::default(),
             runtime: tokio::runtime::Handle::try_current().ok(),
         });
@@ -392,7 +395,7 @@ impl Inner {
             let Some(rec) = m.segments.get(&s.base).cloned() else { return Ok(()) };
             (first, s, rec)
         };
-        let stripe = (rec.base / 4096) as usize % FETCH_STRIPES;
+        let stripe = crc32c::crc32c(&rec.base.to_le_bytes()) as usize % FETCH_STRIPES;
         let _serial = self.fetch_locks[stripe].lock().await;
         let offset = offset.max(first);
         let entry = match self.cached_entry(&topic, queue_id, first, &slice, offset) {
@@ -425,10 +428,18 @@ impl Inner {
             return Ok(());
         }
         // Ranges are aligned blocks of the object, so the queues of a segment share them (no
-        // overlapping GETs); a record crossing a block end extends its block.
+        // overlapping GETs). A record crossing a block end gets only what is not cached of it:
+        // from its own start if its first block is cached, up to its end if its last block is.
         let ahead = self.settings.read_ahead_bytes.max(1) as u64;
-        let start = at / ahead * ahead;
-        let end = (start + ahead).max(at + u64::from(size)).min(rec.size);
+        let record_end = at + u64::from(size);
+        let (aligned, last_block) = (at / ahead * ahead, record_end / ahead * ahead);
+        let cached = |block: u64| self.cache().data(rec.base, block, 1).is_some();
+        let start = if cached(aligned) { at } else { aligned };
+        let end = if last_block > aligned && cached(last_block) {
+            record_end
+        } else {
+            last_block.saturating_add(ahead).min(rec.size)
+        };
         let bytes = self.get(&rec.object_key, start..end).await?;
         if (bytes.len() as u64) < at + u64::from(size) - start {
             return Err(StorageError::Remote(format!("short data read from `{}`", rec.object_key)));

@@ -141,6 +141,10 @@ fn refresh_waiting(inner: &Inner) -> Vec<(u64, u64)> {
 /// Uploads every sealed segment not in the manifest, in log order, retrying failures until
 /// they succeed or `stop` is cancelled.
 pub(super) async fn upload_pending(inner: &Arc<Inner>, stop: &CancellationToken) {
+    let _one_pass = tokio::select! {
+        guard = inner.upload_lock.lock() => guard,
+        _ = stop.cancelled() => return,
+    };
     let mut last_warn: Option<Instant> = None;
     loop {
         let pending = refresh_waiting(inner);
