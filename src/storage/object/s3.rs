@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
@@ -110,12 +109,8 @@ impl S3Store {
         // hyper 1 + rustls with ring, built by hand (the SDK's default client would pull aws-lc).
         let http =
             aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
-        let region = RegionProviderChain::first_try((!cfg.region.is_empty()).then(|| Region::new(cfg.region.clone())))
-            .or_default_provider()
-            .or_else(Region::from_static("us-east-1"));
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http)
-            .region(region)
             .retry_config(RetryConfig::standard().with_max_attempts(opts.max_attempts))
             .timeout_config(
                 TimeoutConfig::builder()
@@ -123,6 +118,11 @@ impl S3Store {
                     .operation_attempt_timeout(opts.request_timeout)
                     .build(),
             );
+        // Region from the config, else the loader's default chain (environment, profile, IMDS;
+        // built with the HTTP client above), else us-east-1 (below).
+        if !cfg.region.is_empty() {
+            loader = loader.region(Region::new(cfg.region.clone()));
+        }
         if !cfg.access_key.is_empty() {
             loader = loader.credentials_provider(Credentials::new(
                 cfg.access_key.clone(),
@@ -133,13 +133,14 @@ impl S3Store {
             ));
         }
         let shared = loader.load().await;
-        let mut s3 = aws_sdk_s3::config::Builder::from(&shared).force_path_style(cfg.path_style);
+        let region = shared.region().cloned().unwrap_or_else(|| Region::from_static("us-east-1"));
+        let mut s3 = aws_sdk_s3::config::Builder::from(&shared).region(region.clone()).force_path_style(cfg.path_style);
         if !cfg.endpoint.is_empty() {
             s3 = s3.endpoint_url(cfg.endpoint.clone());
         }
         let client = Client::from_conf(s3.build());
         let prefix = normalise_prefix(&cfg.prefix);
-        let region_name = shared.region().map(|r| r.to_string()).unwrap_or_default();
+        let region_name = region.to_string();
         let described = if cfg.endpoint.is_empty() {
             format!("s3://{}/{prefix} (region {region_name})", cfg.bucket)
         } else {
@@ -271,12 +272,14 @@ impl S3Store {
         result
     }
 
-    /// Aborts a failed multipart upload so that no parts are left behind (a few tries: the
-    /// failure that got us here may still be going on). A bucket lifecycle rule
+    /// Aborts a failed multipart upload so that no parts are left behind (several tries over a
+    /// few seconds: the failure that got us here may still be going on). A bucket lifecycle rule
     /// (AbortIncompleteMultipartUpload) cleans up whatever an abort that never got through leaves.
     async fn abort(&self, full: &str, upload_id: &str, cause: &ObjectError) {
+        // 200 ms, 400 ms, … 3.2 s apart: about 6 s in all, past a brief outage.
+        const TRIES: u32 = 5;
         let mut delay = Duration::from_millis(200);
-        for attempt in 1..=3 {
+        for attempt in 1..=TRIES {
             let sent =
                 self.client.abort_multipart_upload().bucket(&self.bucket).key(full).upload_id(upload_id).send().await;
             match sent {
@@ -286,7 +289,7 @@ impl S3Store {
                     if let ObjectError::NotFound(_) = err {
                         return;
                     }
-                    if attempt == 3 {
+                    if attempt == TRIES {
                         tracing::warn!(key = full, upload_id, %cause, error = %err, "could not abort a failed multipart upload");
                         return;
                     }
