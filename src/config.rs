@@ -239,7 +239,14 @@ pub struct ObjectStoreConfig {
     pub path_style: bool,
     /// `s3`: static credentials. Empty: the AWS credential chain (environment, profile, IMDS…).
     pub access_key: String,
+    /// Printed (`check-config`, `Debug`) as `<redacted>`.
+    #[serde(serialize_with = "redacted")]
     pub secret_key: String,
+}
+
+/// Serializes a secret as `<redacted>` (empty stays empty, so "not set" remains visible).
+fn redacted<S: serde::Serializer>(secret: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if secret.is_empty() { "" } else { "<redacted>" })
 }
 
 impl std::fmt::Debug for ObjectStoreConfig {
@@ -810,6 +817,15 @@ mod tests {
     }
 
     #[test]
+    fn production_object_store_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.yaml");
+        let c = Config::load(Some(&path), Vec::new()).unwrap();
+        let store = &c.storage.tiering.object_store;
+        assert_eq!((store.kind.as_str(), store.path_style), ("s3", false));
+        assert!(store.access_key.is_empty() && store.secret_key.is_empty());
+    }
+
+    #[test]
     fn yaml_and_env_override() {
         let c = load_str(
             "server:\n  grpcServerPort: 9000\nstorage:\n  flushDiskType: ASYNC_FLUSH\n  fileReservedTime: 1h\n",
@@ -866,5 +882,13 @@ mod tests {
         assert!(c.storage.tiering.object_store.path_style);
         let debug = format!("{:?}", c.storage.tiering.object_store);
         assert!(!debug.contains("hush") && debug.contains("<redacted>"), "{debug}");
+        let printed = serde_norway::to_string(&c).unwrap();
+        assert!(!printed.contains("hush") && printed.contains("<redacted>"), "{printed}");
+        let c = load_str(
+            &t("      type: s3\n      bucket: b-1\n      accessKey: a\n"),
+            &[("RMQ_GATEWAY_STORAGE__TIERING__OBJECT_STORE__SECRET_KEY", "from-env")],
+        )
+        .unwrap();
+        assert_eq!(c.storage.tiering.object_store.secret_key, "from-env");
     }
 }
