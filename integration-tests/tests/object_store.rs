@@ -247,7 +247,13 @@ async fn s3_multipart_cut_in_the_middle_leaves_nothing() {
     proxy.trip_after(7 * MIB, Fault::Refuse, Duration::from_secs(1));
     let put = bounded("interrupted put", store.put("seg/cut", vec![Bytes::from(data.clone())])).await;
     assert!(matches!(put, Err(ObjectError::Transient(_))), "{put:?}");
-    assert_eq!(proxy.fault(), Fault::Pass);
+    // The store's abort outlasts the outage; wait for the proxy anyway before looking.
+    bounded("outage end", async {
+        while proxy.fault() != Fault::Pass {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
 
     assert!(matches!(read(&store, "seg/cut", 0..1).await, Err(ObjectError::NotFound(_))));
     assert!(store.list("seg/").await.unwrap().is_empty());
@@ -258,4 +264,79 @@ async fn s3_multipart_cut_in_the_middle_leaves_nothing() {
     // The same put, uninterrupted, goes through.
     store.put("seg/cut", vec![Bytes::from(data.clone())]).await.unwrap();
     assert!(read(&store, "seg/cut", 0..16 * MIB).await.unwrap() == data[..]);
+}
+
+/// `put` retried with backoff on `Transient`, as the tiering tasks do.
+async fn put_retrying(store: &dyn ObjectStore, key: &str, data: Bytes) -> u32 {
+    let mut delay = Duration::from_millis(100);
+    let mut transient = 0;
+    loop {
+        match store.put(key, vec![data.clone()]).await {
+            Ok(()) => return transient,
+            Err(ObjectError::Transient(_)) => transient += 1,
+            Err(e) => panic!("put {key}: {e}"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_outages_under_load_lose_nothing() {
+    let test = "s3_outages_under_load_lose_nothing";
+    let Some(server) = S3Server::start_or_skip(test, Kind::Moto) else { return };
+    let proxy = Arc::new(FaultProxy::start(server.addr()).await.unwrap());
+    let store: Arc<dyn ObjectStore> = Arc::new(
+        S3Store::connect_with(&server.store_config_via(&proxy.endpoint(), ""), fault_options()).await.unwrap(),
+    );
+
+    // 8 writers, 48 objects (two of them multipart-sized), while the server goes away three
+    // ways in turn.
+    let objects: Vec<(String, Bytes)> = (0..48u8)
+        .map(|i| {
+            let len = if i % 24 == 5 { 7 * MIB + 3 } else { 64 * 1024 + i as u64 };
+            (format!("load/{i:03}"), Bytes::from(pattern(i, len)))
+        })
+        .collect();
+    let chaos = {
+        let proxy = Arc::clone(&proxy);
+        tokio::spawn(async move {
+            for fault in [Fault::Refuse, Fault::Stall, Fault::SlowDown] {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                proxy.set(fault);
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                proxy.set(Fault::Pass);
+            }
+        })
+    };
+    let writes: Vec<_> = objects
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, (key, data))| {
+            let store = Arc::clone(&store);
+            async move {
+                bounded(&format!("retrying put {key}"), async {
+                    // Spread the writes over the outages.
+                    tokio::time::sleep(Duration::from_millis(120 * i as u64)).await;
+                    put_retrying(&*store, &key, data).await
+                })
+                .await
+            }
+        })
+        .collect();
+    let transient: u32 = run_bounded(writes, 8).await.into_iter().sum();
+    chaos.await.unwrap();
+    proxy.set(Fault::Pass);
+    eprintln!("{test}: {transient} transient failures retried");
+
+    let listed: Vec<_> = store.list("load/").await.unwrap().into_iter().map(|o| (o.key, o.size)).collect();
+    let expected: Vec<_> = objects.iter().map(|(k, d)| (k.clone(), d.len() as u64)).collect();
+    assert_eq!(listed, expected);
+    for (key, data) in &objects {
+        assert!(read(&*store, key, 0..data.len() as u64).await.unwrap() == data, "{key} differs");
+    }
+    let direct = S3Store::connect_with(&server.store_config(""), test_options()).await.unwrap();
+    let uploads = direct.client().list_multipart_uploads().bucket(server.bucket()).send().await.unwrap();
+    assert!(uploads.uploads().is_empty(), "unfinished uploads left: {:?}", uploads.uploads());
 }
