@@ -285,9 +285,8 @@ impl ObjectStoreConfig {
                         format!("`{b}` is not a valid bucket name (3-63 of a-z 0-9 . -)"),
                     ));
                 }
-                if !self.endpoint.is_empty()
-                    && !(self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://"))
-                {
+                let http = self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://");
+                if !self.endpoint.is_empty() && !http {
                     return Err((
                         "storage.tiering.objectStore.endpoint",
                         format!("`{}` must be an http:// or https:// URL", self.endpoint),

@@ -59,15 +59,15 @@ impl Shared {
     fn forwarded(&self, n: usize) {
         let total = self.upstream_bytes.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
         let Ok(mut trip) = self.trip.lock() else { return };
-        if trip.as_ref().is_some_and(|t| total >= t.at_bytes) {
-            if let Some(t) = trip.take() {
-                self.mode.send_replace(t.fault);
-                let mode = self.mode.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(t.lasting).await;
-                    mode.send_replace(Fault::Pass);
-                });
-            }
+        if trip.as_ref().is_some_and(|t| total >= t.at_bytes)
+            && let Some(t) = trip.take()
+        {
+            self.mode.send_replace(t.fault);
+            let mode = self.mode.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(t.lasting).await;
+                mode.send_replace(Fault::Pass);
+            });
         }
     }
 }

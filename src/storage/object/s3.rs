@@ -76,6 +76,10 @@ pub struct S3Store {
     described: String,
 }
 
+fn is_http_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
 /// Normalised key prefix: no leading `/`, a trailing `/` unless empty.
 fn normalise_prefix(prefix: &str) -> String {
     let p = prefix.trim_matches('/');
@@ -98,7 +102,7 @@ impl S3Store {
         if cfg.access_key.is_empty() != cfg.secret_key.is_empty() {
             return bad("accessKey and secretKey must be set together".into());
         }
-        if !cfg.endpoint.is_empty() && !(cfg.endpoint.starts_with("http://") || cfg.endpoint.starts_with("https://")) {
+        if !cfg.endpoint.is_empty() && !is_http_url(&cfg.endpoint) {
             return bad(format!("endpoint `{}` must start with http:// or https://", cfg.endpoint));
         }
         if opts.upload_concurrency == 0 || opts.max_attempts == 0 || opts.min_throughput == 0 {
