@@ -58,6 +58,8 @@ install_s3s_fs() {
   echo "$S3S_VERSION" > "$S3S_ROOT.stamp"
 }
 
+need_curl() { command -v curl >/dev/null || die "curl not found on PATH (apt-get install curl)"; }
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -82,6 +84,7 @@ cmd_start() {
     esac
   done
   [[ -n "$run" ]] || die "RUN_DIR missing"
+  need_curl
   mkdir -p "$run"; run="$(cd "$run" && pwd)"
   [[ -n "$port" ]] || port="$(free_port)"
   local endpoint="http://127.0.0.1:$port" pid
