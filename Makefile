@@ -45,6 +45,9 @@ BENCH_ARGS ?=
 BENCH_STORAGE_ARGS ?=
 ## Timer benchmark knobs, e.g. BENCH_TIMER_ARGS='--scheduled 1000000'.
 BENCH_TIMER_ARGS ?=
+## S3 benchmark knobs, e.g. BENCH_S3_ARGS='--object-size 64MiB --concurrency 16' or
+## '--endpoint http://127.0.0.1:9000 --bucket b' (default: an s3s-fs started by the bench, on disk).
+BENCH_S3_ARGS ?=
 BENCH_BIN = $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/release/rmq-gateway
 bench:
 	$(CARGO) build --release --locked --features nats-bench --bin rmq-gateway
@@ -54,6 +57,8 @@ bench:
 	$(BENCH_BIN) bench compare --duration $(BENCH_DURATION) $(BENCH_ARGS)
 	$(BENCH_BIN) bench storage $(BENCH_STORAGE_ARGS)
 	$(BENCH_BIN) bench timers $(BENCH_TIMER_ARGS)
+	bash integration-tests/services/s3.sh install s3s-fs
+	$(BENCH_BIN) bench s3 $(BENCH_S3_ARGS)
 	$(BENCH_BIN) bench tiering $(BENCH_TIERING_ARGS)
 	$(MAKE) bench-soak
 

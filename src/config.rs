@@ -257,8 +257,8 @@ impl Default for TieringConfig {
     }
 }
 
-/// `storage.tiering.objectStore`: where tiered segments are kept.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `storage.tiering.objectStore`: where tiered segments are kept. Its `Debug` hides the secret key.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ObjectStoreConfig {
     /// `dir` (a local directory; no service needed) or `s3` (AWS S3 or an S3-compatible server).
@@ -278,7 +278,79 @@ pub struct ObjectStoreConfig {
     pub path_style: bool,
     /// `s3`: static credentials. Empty: the AWS credential chain (environment, profile, IMDS…).
     pub access_key: String,
+    /// Printed (`check-config`, `Debug`) as `<redacted>`.
+    #[serde(serialize_with = "redacted")]
     pub secret_key: String,
+}
+
+/// Serializes a secret as `<redacted>` (empty stays empty, so "not set" remains visible).
+fn redacted<S: serde::Serializer>(secret: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if secret.is_empty() { "" } else { "<redacted>" })
+}
+
+impl std::fmt::Debug for ObjectStoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectStoreConfig")
+            .field("kind", &self.kind)
+            .field("dir", &self.dir)
+            .field("prefix", &self.prefix)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("path_style", &self.path_style)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &if self.secret_key.is_empty() { "" } else { "<redacted>" })
+            .finish()
+    }
+}
+
+impl ObjectStoreConfig {
+    /// Checks the keys of `storage.tiering.objectStore`: the failing key and why.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        match self.kind.as_str() {
+            "dir" => {}
+            "s3" => {
+                let b = &self.bucket;
+                if b.is_empty() {
+                    return Err(("storage.tiering.objectStore.bucket", "is required for type s3".into()));
+                }
+                let name_ok = (3..=63).contains(&b.len())
+                    && b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+                    && b.starts_with(|c: char| c.is_ascii_alphanumeric())
+                    && b.ends_with(|c: char| c.is_ascii_alphanumeric());
+                if !name_ok {
+                    return Err((
+                        "storage.tiering.objectStore.bucket",
+                        format!("`{b}` is not a valid bucket name (3-63 of a-z 0-9 . -)"),
+                    ));
+                }
+                let http = self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://");
+                if !self.endpoint.is_empty() && !http {
+                    return Err((
+                        "storage.tiering.objectStore.endpoint",
+                        format!("`{}` must be an http:// or https:// URL", self.endpoint),
+                    ));
+                }
+                if self.access_key.is_empty() != self.secret_key.is_empty() {
+                    return Err((
+                        "storage.tiering.objectStore.secretKey",
+                        "accessKey and secretKey must be set together (or both left empty for the AWS credential chain)"
+                            .into(),
+                    ));
+                }
+            }
+            other => {
+                return Err(("storage.tiering.objectStore.type", format!("`{other}` is not one of dir, s3")));
+            }
+        }
+        if self.prefix.contains("..") || self.prefix.contains('\\') {
+            return Err((
+                "storage.tiering.objectStore.prefix",
+                format!("`{}` must not contain `..` or `\\`", self.prefix),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for ObjectStoreConfig {
@@ -614,6 +686,9 @@ impl Config {
         if self.storage.flush_interval_commit_log.is_zero() {
             return invalid("storage.flushIntervalCommitLog", "must be greater than 0");
         }
+        if let Err((key, reason)) = self.storage.tiering.object_store.check() {
+            return invalid(key, reason);
+        }
         let t = &self.storage.tiering;
         if t.enabled {
             if t.log_id.is_empty() || !t.log_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
@@ -798,6 +873,15 @@ mod tests {
     }
 
     #[test]
+    fn production_object_store_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.yaml");
+        let c = Config::load(Some(&path), Vec::new()).unwrap();
+        let store = &c.storage.tiering.object_store;
+        assert_eq!((store.kind.as_str(), store.path_style), ("s3", false));
+        assert!(store.access_key.is_empty() && store.secret_key.is_empty());
+    }
+
+    #[test]
     fn yaml_and_env_override() {
         let c = load_str(
             "server:\n  grpcServerPort: 9000\nstorage:\n  flushDiskType: ASYNC_FLUSH\n  fileReservedTime: 1h\n",
@@ -849,5 +933,36 @@ mod tests {
         assert!(e.contains("server.channelExpiredTimeout"), "{e}");
         let e = load_str("storage:\n  fileReservedTime: soon\n", &[]).unwrap_err().to_string();
         assert!(e.contains("fileReservedTime") || e.contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn object_store_keys_are_checked() {
+        let t = |body: &str| format!("storage:\n  tiering:\n    objectStore:\n{body}");
+        let e = load_str(&t("      type: gcs\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("storage.tiering.objectStore.type") && e.contains("gcs"), "{e}");
+        let e = load_str(&t("      type: s3\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("storage.tiering.objectStore.bucket"), "{e}");
+        let e = load_str(&t("      type: s3\n      bucket: Bad_Name\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("storage.tiering.objectStore.bucket"), "{e}");
+        let e = load_str(&t("      type: s3\n      bucket: b-1\n      endpoint: localhost:9000\n"), &[]).unwrap_err();
+        assert!(e.to_string().contains("storage.tiering.objectStore.endpoint"), "{e}");
+        let e = load_str(&t("      type: s3\n      bucket: b-1\n      accessKey: a\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("secretKey"), "{e}");
+        let c = load_str(
+            &t("      type: s3\n      bucket: b-1\n      endpoint: http://127.0.0.1:9000\n      pathStyle: true\n      accessKey: a\n      secretKey: hush\n"),
+            &[],
+        )
+        .unwrap();
+        assert!(c.storage.tiering.object_store.path_style);
+        let debug = format!("{:?}", c.storage.tiering.object_store);
+        assert!(!debug.contains("hush") && debug.contains("<redacted>"), "{debug}");
+        let printed = serde_norway::to_string(&c).unwrap();
+        assert!(!printed.contains("hush") && printed.contains("<redacted>"), "{printed}");
+        let c = load_str(
+            &t("      type: s3\n      bucket: b-1\n      accessKey: a\n"),
+            &[("RMQ_GATEWAY_STORAGE__TIERING__OBJECT_STORE__SECRET_KEY", "from-env")],
+        )
+        .unwrap();
+        assert_eq!(c.storage.tiering.object_store.secret_key, "from-env");
     }
 }

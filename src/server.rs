@@ -26,8 +26,6 @@ use crate::config::{self, Config, FlushDiskType};
 use crate::grpc::{GrpcSettings, MessagingServiceImpl, ProducerBackoff};
 use crate::metadata::MetadataStore;
 use crate::metadata::sqlite::SqliteMetadataStore;
-use crate::storage::object::ObjectStore;
-use crate::storage::object::dir::DirStore;
 use crate::storage::tiered::{TieredLog, TieringSettings};
 use crate::storage::{BucketFiles, CommitLog, FlushMode, MessageLog, StorageConfig};
 use crate::tls;
@@ -62,25 +60,6 @@ fn open_message_log(config: &Config) -> anyhow::Result<Arc<CommitLog>> {
     Ok(log)
 }
 
-/// The object store of `storage.tiering.objectStore`.
-fn open_object_store(config: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
-    let o = &config.storage.tiering.object_store;
-    match o.kind.as_str() {
-        "dir" => {
-            let dir =
-                if o.dir.as_os_str().is_empty() { config.storage.data_dir.join("objects") } else { o.dir.clone() };
-            let store = DirStore::open(&dir)
-                .with_context(|| format!("cannot open storage.tiering.objectStore.dir `{}`", dir.display()))?;
-            Ok(Arc::new(store))
-        }
-        // TODO(integrator): `s3` goes through `storage::object::open(cfg, data_dir)` (S3Store)
-        // once that branch is merged.
-        other => {
-            anyhow::bail!("storage.tiering.objectStore.type `{other}` is not available in this build (supported: dir)")
-        }
-    }
-}
-
 /// Puts the remote tier over the commit log when `storage.tiering.enabled`.
 async fn open_tiered(
     config: &Config,
@@ -91,10 +70,13 @@ async fn open_tiered(
     if !t.enabled {
         return Ok(local);
     }
-    let store = open_object_store(config)?;
+    let store = crate::storage::object::open(&t.object_store, &config.storage.data_dir)
+        .await
+        .context("cannot open storage.tiering.objectStore")?;
     let settings = TieringSettings {
         log_id: t.log_id.clone(),
-        prefix: t.object_store.prefix.trim_matches('/').to_string(),
+        // The object store puts `objectStore.prefix` in front of every key itself.
+        prefix: String::new(),
         remote_reserved_time: t.file_reserved_time,
         upload_interval: t.upload_interval,
         retry_max_backoff: t.retry_max_backoff,

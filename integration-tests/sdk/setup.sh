@@ -10,14 +10,16 @@
 #   .work/spring-target/rmq-e2e-spring.jar  Spring Boot 3.5.7 app with rocketmq-v5-client-spring-boot-starter
 #                      2.3.1 (pinned by spring/pom.xml), Maven local repository .work/m2
 #   .work/apache/lib   Apache RocketMQ 5.5.0 jars (pinned by ../reference/pom.xml): the reference server
+#   .work/s3-venv      moto[server] (pinned by ../services/s3-requirements.txt): the S3-compatible server of
+#                      the object-store tests (../services/s3.sh; s3s-fs for `make bench` is installed there)
 # Idempotent: a step is skipped when its lock file has not changed since the last successful run.
 # Needs only cargo, python3 (>= 3.9, with venv), node/npm (>= 18), JDK 17 + Maven, Go >= 1.25. No sudo, nothing global.
-# Env: SDK_BUILD_JOBS (cargo -j, default 2), SDK_ONLY="python node rust java go spring apache" (subset to install).
+# Env: SDK_BUILD_JOBS (cargo -j, default 2), SDK_ONLY="python node rust java go spring apache s3" (subset to install).
 set -euo pipefail
 
 SDK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 WORK="$SDK_DIR/.work"
-ONLY="${SDK_ONLY:-python node rust java go spring apache}"
+ONLY="${SDK_ONLY:-python node rust java go spring apache s3}"
 mkdir -p "$WORK"
 
 log() { printf '[sdk-setup] %s\n' "$*" >&2; }
@@ -28,6 +30,7 @@ wants() { [[ " $ONLY " == *" $1 "* ]]; }
 checksum() { cat "$@" | sha256sum | cut -d' ' -f1; }
 up_to_date() { local name=$1; shift; [[ -f "$WORK/$name.stamp" && "$(cat "$WORK/$name.stamp")" == "$(checksum "$@")" ]]; }
 stamp() { local name=$1; shift; checksum "$@" > "$WORK/$name.stamp"; }
+s3_step() { bash "$SDK_DIR/../services/s3.sh" install moto; }
 timed() { local t0=$SECONDS; "$@"; log "${1%_step}: took $((SECONDS - t0))s"; }
 
 python_step() {
@@ -135,4 +138,5 @@ wants java && timed java_step
 wants go && timed go_step
 wants spring && timed spring_step
 wants apache && timed apache_step
+wants s3 && timed s3_step
 log "done: SDKs installed under $WORK"

@@ -13,15 +13,20 @@
 //! - [`scenario`]: one gateway + temp dir per test, driver runs within a time budget, the
 //!   checks a consumer's report must pass, and the scenarios several SDKs' tests share.
 //! - [`offsets`]: offset resets seen by running SDK consumers (and across a gateway crash).
+//! - [`s3`]: a throwaway S3-compatible server (moto or s3s-fs, `services/s3.sh`).
+//! - [`fault_proxy`]: a TCP proxy in front of a server that can refuse, stall or answer 503
+//!   SlowDown on demand (outage tests).
 
 pub mod apache;
 pub mod client;
 pub mod consumption;
+pub mod fault_proxy;
 pub mod filters;
 pub mod gateway_process;
 pub mod in_process;
 pub mod namespaces;
 pub mod offsets;
+pub mod s3;
 pub mod scenario;
 pub mod sdk;
 pub mod types;

@@ -12,7 +12,7 @@
 //! - `compare`: everything above in one run, plus Apache RocketMQ 5 (started from its Maven
 //!   Central jars by `integration-tests/reference/apache.sh`), with ratios and target checks.
 //!
-//! Other benchmarks (the storage and timer benchmarks) hang off [`BenchCommand`] as further variants.
+//! Other benchmarks (the storage, timer and S3 benchmarks) hang off [`BenchCommand`] as further variants.
 
 pub mod apache;
 pub mod compare;
@@ -23,6 +23,7 @@ pub mod nats;
 pub mod noop;
 pub mod procs;
 pub mod report;
+pub mod s3;
 pub mod tiering;
 pub mod timers;
 
@@ -53,6 +54,9 @@ pub enum BenchCommand {
     /// Delay/timer messages: lateness of a burst due in one second, and the memory and disk
     /// 10 million scheduled messages take.
     Timers(timers::TimerBenchArgs),
+    /// An S3-compatible server's raw PUT and ranged-GET throughput with the SDK client, and the
+    /// same reads through the gateway's S3 object store (s3s-fs started here unless --endpoint).
+    S3(s3::S3BenchArgs),
     /// Tiered storage: upload MB/s, cold-read MB/s and GETs per GB read back from an object
     /// store (a local directory).
     Tiering(tiering::TieringBenchArgs),
@@ -141,6 +145,7 @@ pub fn run(command: BenchCommand) -> ExitCode {
             BenchCommand::Compare(args) => compare::main(args).await,
             BenchCommand::Storage(args) => crate::storage::bench::run(args).await,
             BenchCommand::Timers(args) => timers::run(args).await,
+            BenchCommand::S3(args) => s3::run(args).await,
             BenchCommand::Tiering(args) => tiering::run(args).await,
         }
     });

@@ -17,11 +17,16 @@
 //! This module must not import protocol (tonic/prost), HTTP-server or SQL crates.
 
 pub mod dir;
+pub mod s3;
 
 use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+
+use crate::config::ObjectStoreConfig;
 
 /// One object of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,4 +65,22 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn list(&self, prefix: &str) -> ObjectResult<Vec<ObjectMeta>>;
     /// Where the objects go, for logs and readiness (`s3://bucket/prefix`, `file:///dir`).
     fn describe(&self) -> String;
+}
+
+/// The object store `cfg` names: `dir` (`cfg.dir`, default `<data_dir>/objects`, with `cfg.prefix`
+/// as a subdirectory) or `s3`. Bad configuration is [`ObjectError::Permanent`] with the key at
+/// fault; nothing is sent to an S3 server here.
+pub async fn open(cfg: &ObjectStoreConfig, data_dir: &Path) -> ObjectResult<Arc<dyn ObjectStore>> {
+    match cfg.kind.as_str() {
+        "dir" => {
+            let root = if cfg.dir.as_os_str().is_empty() { data_dir.join("objects") } else { cfg.dir.clone() };
+            let prefix = cfg.prefix.trim_matches('/');
+            let root = if prefix.is_empty() { root } else { root.join(prefix) };
+            Ok(Arc::new(dir::DirStore::open(root)?))
+        }
+        "s3" => Ok(Arc::new(s3::S3Store::connect(cfg).await?)),
+        other => Err(ObjectError::Permanent(format!(
+            "storage.tiering.objectStore.type: `{other}` is not an object store type (dir or s3)"
+        ))),
+    }
 }
