@@ -272,11 +272,49 @@ impl Default for StorageSection {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct MetadataConfig {
-    /// `sqlite://PATH`. Empty: `sqlite://<dataDir>/meta.db`.
+    /// `sqlite://PATH` or `postgres://USER:PASSWORD@HOST:PORT/DB[?sslmode=require]`
+    /// (`postgresql://` too). Empty: `sqlite://<dataDir>/meta.db`.
     pub url: String,
+    /// PostgreSQL: connections in the pool.
+    pub max_connections: u32,
+    /// PostgreSQL: bound on opening the store at start (first connection and migrations).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// PostgreSQL: how long a query waits for a pooled connection before it fails (and is retried
+    /// later by the progress flusher).
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// PostgreSQL: server-side bound on one statement; `0s`: none.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        let d = crate::metadata::StoreOptions::default();
+        Self {
+            url: String::new(),
+            max_connections: d.max_connections,
+            connect_timeout: d.connect_timeout,
+            acquire_timeout: d.acquire_timeout,
+            statement_timeout: d.statement_timeout,
+        }
+    }
+}
+
+impl MetadataConfig {
+    /// The pool and timeout settings handed to the store.
+    pub fn store_options(&self) -> crate::metadata::StoreOptions {
+        crate::metadata::StoreOptions {
+            max_connections: self.max_connections,
+            connect_timeout: self.connect_timeout,
+            acquire_timeout: self.acquire_timeout,
+            statement_timeout: self.statement_timeout,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -575,8 +613,23 @@ impl Config {
         if self.storage.flush_interval_commit_log.is_zero() {
             return invalid("storage.flushIntervalCommitLog", "must be greater than 0");
         }
-        if !self.metadata.url.is_empty() && !self.metadata.url.starts_with("sqlite:") {
-            return invalid("metadata.url", "only sqlite:// URLs are supported in this version");
+        if !self.metadata.url.is_empty() && crate::metadata::StoreKind::of_url(&self.metadata.url).is_none() {
+            return invalid(
+                "metadata.url",
+                format!(
+                    "`{}`: expected sqlite://PATH, postgres://… or postgresql://…",
+                    crate::metadata::redact_url(&self.metadata.url)
+                ),
+            );
+        }
+        if !(1..=1000).contains(&self.metadata.max_connections) {
+            return invalid("metadata.maxConnections", "must be between 1 and 1000");
+        }
+        if self.metadata.connect_timeout.is_zero() {
+            return invalid("metadata.connectTimeout", "must be greater than 0");
+        }
+        if self.metadata.acquire_timeout.is_zero() {
+            return invalid("metadata.acquireTimeout", "must be greater than 0");
         }
         if self.topics.default_topic_queue_nums == 0 || self.topics.default_topic_queue_nums > 1024 {
             return invalid("topics.defaultTopicQueueNums", "must be between 1 and 1024");

@@ -12,6 +12,7 @@
 //! - [`namespaces`]: namespace isolation through the SDK drivers (`--namespace`).
 //! - [`scenario`]: one gateway + temp dir per test, driver runs within a time budget, the
 //!   checks a consumer's report must pass, and the scenarios several SDKs' tests share.
+//! - [`postgres`]: a throwaway PostgreSQL (services/postgres.sh) on loopback, with outages.
 //! - [`offsets`]: offset resets seen by running SDK consumers (and across a gateway crash).
 
 pub mod apache;
@@ -22,6 +23,7 @@ pub mod gateway_process;
 pub mod in_process;
 pub mod namespaces;
 pub mod offsets;
+pub mod postgres;
 pub mod scenario;
 pub mod sdk;
 pub mod types;
