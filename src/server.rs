@@ -162,9 +162,10 @@ pub async fn run(
             .context("commit-log recovery panicked")??
     };
     let meta_url = config.metadata_url();
-    let meta: Arc<dyn MetadataStore> = metadata::open(&meta_url, &config.metadata.store_options())
-        .await
-        .with_context(|| format!("cannot open the metadata store `{}` (metadata.url)", metadata::redact_url(&meta_url)))?;
+    let meta: Arc<dyn MetadataStore> =
+        metadata::open(&meta_url, &config.metadata.store_options()).await.with_context(|| {
+            format!("cannot open the metadata store `{}` (metadata.url)", metadata::redact_url(&meta_url))
+        })?;
     tracing::info!(url = %metadata::redact_url(&meta_url), "metadata store open");
     let timer_index =
         BucketFiles::open(&config.storage.data_dir.join("timer"), config.timer.timer_bucket.as_millis() as i64)

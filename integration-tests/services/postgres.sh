@@ -5,6 +5,7 @@
 #   integration-tests/services/postgres.sh stop  "$PGTMP"     # stops and removes the cluster
 #   integration-tests/services/postgres.sh halt  "$PGTMP"     # stops, keeps the data (outage tests)
 #   integration-tests/services/postgres.sh resume "$PGTMP"    # starts again, same port and data
+#   integration-tests/services/postgres.sh createdb "$PGTMP" NAME   # another empty database
 #
 # Installs the Debian `postgresql` package (apt-get) only when initdb/pg_ctl are missing. Run as
 # root, it runs the server as the system user $PG_RUN_AS (default `rmqpg`, created if missing):
@@ -90,6 +91,10 @@ case "$cmd" in
     dir=${2:?usage: postgres.sh resume DIR}
     server_start "$dir" "$(cat "$dir/port")" "$(stat -c %U "$dir")"
     ;;
+  createdb)
+    dir=${2:?usage: postgres.sh createdb DIR NAME}
+    "$BIN/createdb" -h 127.0.0.1 -p "$(cat "$dir/port")" -U postgres "${3:?usage: postgres.sh createdb DIR NAME}" >&2
+    ;;
   *)
-    echo "usage: $0 start | stop DIR | halt DIR | resume DIR" >&2; exit 2 ;;
+    echo "usage: $0 start | stop DIR | halt DIR | resume DIR | createdb DIR NAME" >&2; exit 2 ;;
 esac

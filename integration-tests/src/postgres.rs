@@ -76,6 +76,12 @@ impl Postgres {
         &self.url
     }
 
+    /// Creates another empty database `name` in the cluster; returns its URL.
+    pub fn create_database(&self, name: &str) -> Result<String> {
+        run(&["createdb", &self.dir.to_string_lossy(), name])?;
+        Ok(format!("postgres://postgres@127.0.0.1:{}/{name}", self.port))
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

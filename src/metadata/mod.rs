@@ -7,6 +7,8 @@
 //! Progress is written in batches ([`MetadataStore::save_progress`]), never once per message.
 //! This module must not import protocol or HTTP crates.
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod postgres;
 pub mod sqlite;
 
@@ -257,7 +259,10 @@ mod tests {
         assert_eq!(StoreKind::of_url("postgres://u@h/db"), Some(StoreKind::Postgres));
         assert_eq!(StoreKind::of_url("postgresql://u@h/db"), Some(StoreKind::Postgres));
         assert_eq!(StoreKind::of_url("mysql://u@h/db"), None);
-        assert_eq!(redact_url("postgres://u:pw@h:5432/db?sslmode=require"), "postgres://u:***@h:5432/db?sslmode=require");
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db?sslmode=require"),
+            "postgres://u:***@h:5432/db?sslmode=require"
+        );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
         assert_eq!(redact_url("sqlite:///x/meta.db"), "sqlite:///x/meta.db");

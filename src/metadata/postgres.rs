@@ -183,8 +183,11 @@ impl MetadataStore for PostgresMetadataStore {
     }
 
     async fn delete_topic(&self, name: &str) -> MetadataResult<bool> {
-        let done =
-            sqlx::query("DELETE FROM topics WHERE name = $1").bind(name).execute(&self.pool).await.map_err(query_err)?;
+        let done = sqlx::query("DELETE FROM topics WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err)?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -236,9 +239,9 @@ impl MetadataStore for PostgresMetadataStore {
             "SELECT name, fifo, retry_max_times, retry_backoff, broadcast, auto_created FROM consumer_groups \
              ORDER BY name COLLATE \"C\"",
         )
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_err)?;
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err)?;
         rows.iter().map(group_from_row).collect()
     }
 
