@@ -1,7 +1,12 @@
-//! The gateway with its metadata in a real PostgreSQL (services/postgres.sh): PostgreSQL is
-//! stopped for a few seconds and started again while producers and a consumer run. No send,
-//! receive or ack may fail, `/readyz` stays 200 and reports the degradation (then its end), every
-//! message is consumed, and after a gateway crash (SIGKILL) nothing acknowledged comes back.
+//! The gateway with its metadata in a real PostgreSQL (services/postgres.sh).
+//!
+//! - The official SDKs' main scenarios (Java, Go: send, SimpleConsumer, each message exactly
+//!   once; Java across a graceful gateway restart) through the shared scenario harness
+//!   ([`Metadata::Postgres`]; `RMQ_E2E_METADATA=postgres` runs any SDK test file that way).
+//! - PostgreSQL is stopped for a few seconds and started again while producers and a consumer
+//!   run (raw gRPC). No send, receive or ack may fail, `/readyz` stays 200 and reports the
+//!   degradation (then its end), every message is consumed, and after a gateway crash (SIGKILL)
+//!   nothing acknowledged comes back.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -12,10 +17,36 @@ use std::time::{Duration, Instant};
 use integration_tests::client;
 use integration_tests::gateway_process::{Gateway, Stop, gateway_binary};
 use integration_tests::postgres::Postgres;
-use integration_tests::scenario::shout;
+use integration_tests::scenario::{Metadata, produce_then_consume_on, restart_between_send_and_consume_on, shout};
+use integration_tests::sdk::{Mode, Sdk};
 use rmq_gateway::proto::messaging_service_client::MessagingServiceClient;
 use rmq_gateway::proto::{self, Code};
 use tonic::transport::Channel;
+
+/// The Java SDK's main scenario (sync + async + burst sends, SimpleConsumer) on PostgreSQL.
+#[test]
+fn java_producer_and_simple_consumer_on_postgres() {
+    produce_then_consume_on(
+        "java_pg",
+        Metadata::Postgres,
+        Sdk::Java,
+        &["--batch", "burst"],
+        Sdk::Java,
+        Mode::SimpleConsume,
+    );
+}
+
+/// Acked progress kept in PostgreSQL across a graceful restart: nothing acked comes back.
+#[test]
+fn java_graceful_restart_between_send_and_consume_on_postgres() {
+    restart_between_send_and_consume_on("java_pg_restart", Metadata::Postgres, Stop::Graceful, Sdk::Java, Sdk::Java);
+}
+
+/// The Go SDK's main scenario on PostgreSQL.
+#[test]
+fn go_producer_and_simple_consumer_on_postgres() {
+    produce_then_consume_on("go_pg", Metadata::Postgres, Sdk::Go, &[], Sdk::Go, Mode::SimpleConsume);
+}
 
 const TOPIC: &str = "PgOutageTopic";
 const GROUP: &str = "PgOutageGroup";
