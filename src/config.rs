@@ -794,6 +794,38 @@ mod tests {
     }
 
     #[test]
+    fn production_example_parses_with_postgres() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.yaml");
+        let c = Config::load(Some(&path), Vec::new()).unwrap();
+        assert!(c.metadata_url().starts_with("postgres://"));
+        assert!(!c.topics.auto_create_topic_enable);
+    }
+
+    #[test]
+    fn metadata_url_picks_the_store_and_pool_keys_are_checked() {
+        for url in ["sqlite:///tmp/m.db", "postgres://u:p@h:5432/db?sslmode=require", "postgresql://h/db"] {
+            let c = load_str(&format!("metadata:\n  url: \"{url}\"\n"), &[]).unwrap();
+            assert_eq!(c.metadata_url(), url);
+        }
+        let c = load_str(
+            "metadata:\n  maxConnections: 3\n  connectTimeout: 2s\n  acquireTimeout: 500ms\n  statementTimeout: 0s\n",
+            &[("RMQ_GATEWAY_METADATA__URL", "postgres://h/db")],
+        )
+        .unwrap();
+        let o = c.metadata.store_options();
+        assert_eq!(
+            (o.max_connections, o.connect_timeout, o.acquire_timeout, o.statement_timeout),
+            (3, Duration::from_secs(2), Duration::from_millis(500), Duration::ZERO)
+        );
+        let e = load_str("metadata:\n  url: \"mysql://u:hunter2@h/db\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("metadata.url") && e.contains("postgres://") && !e.contains("hunter2"), "{e}");
+        let e = load_str("metadata:\n  maxConnections: 0\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("metadata.maxConnections"), "{e}");
+        let e = load_str("metadata:\n  acquireTimeout: 0s\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("metadata.acquireTimeout"), "{e}");
+    }
+
+    #[test]
     fn yaml_and_env_override() {
         let c = load_str(
             "server:\n  grpcServerPort: 9000\nstorage:\n  flushDiskType: ASYNC_FLUSH\n  fileReservedTime: 1h\n",
