@@ -12,12 +12,13 @@
 //! - `compare`: everything above in one run, plus Apache RocketMQ 5 (started from its Maven
 //!   Central jars by `integration-tests/reference/apache.sh`), with ratios and target checks.
 //!
-//! Other benchmarks (the storage and timer benchmarks) hang off [`BenchCommand`] as further variants.
+//! Other benchmarks (the storage, timer and metadata benchmarks) hang off [`BenchCommand`] as further variants.
 
 pub mod apache;
 pub mod compare;
 pub mod grpc;
 pub mod load;
+pub mod metadata;
 #[cfg(feature = "nats-bench")]
 pub mod nats;
 pub mod noop;
@@ -52,6 +53,9 @@ pub enum BenchCommand {
     /// Delay/timer messages: lateness of a burst due in one second, and the memory and disk
     /// 10 million scheduled messages take.
     Timers(timers::TimerBenchArgs),
+    /// The metadata store: progress transactions per second (one `save_progress` per flush)
+    /// with several writers, on SQLite or PostgreSQL.
+    Metadata(metadata::MetadataBenchArgs),
 }
 
 /// Load shape shared by every load generator.
@@ -137,6 +141,7 @@ pub fn run(command: BenchCommand) -> ExitCode {
             BenchCommand::Compare(args) => compare::main(args).await,
             BenchCommand::Storage(args) => crate::storage::bench::run(args).await,
             BenchCommand::Timers(args) => timers::run(args).await,
+            BenchCommand::Metadata(args) => metadata::run(args).await,
         }
     });
     match result {

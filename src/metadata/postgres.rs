@@ -277,7 +277,9 @@ impl MetadataStore for PostgresMetadataStore {
         for p in batch {
             latest.insert((p.group.as_str(), p.topic.as_str(), p.queue_id), p);
         }
-        let rows: Vec<&ProgressRecord> = latest.into_values().collect();
+        let mut rows: Vec<&ProgressRecord> = latest.into_values().collect();
+        // Rows locked in key order: two writers of overlapping batches cannot deadlock.
+        rows.sort_unstable_by(|a, b| (&a.group, &a.topic, a.queue_id).cmp(&(&b.group, &b.topic, b.queue_id)));
         let journal_offset = to_i64("journal offset", journal_offset)?;
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(query_err)?;
