@@ -73,18 +73,38 @@ impl PostgresMetadataStore {
             .test_before_acquire(true)
             .idle_timeout(Duration::from_secs(300))
             .connect_lazy_with(connect);
+        // A database that is not up yet (e.g. started with the gateway) is waited for, up to
+        // the connect timeout; any other failure ends the open at once.
+        let mut last_error = String::from("no answer");
         let setup = async {
-            sqlx::migrate!("./migrations/postgres")
-                .run(&pool)
-                .await
-                .map_err(|e| MetadataError::Unavailable(format!("migrations failed on `{shown}`: {e}")))
+            loop {
+                match sqlx::migrate!("./migrations/postgres").run(&pool).await {
+                    Ok(()) => return Ok(()),
+                    Err(sqlx::migrate::MigrateError::Execute(sqlx::Error::Io(e))) => {
+                        last_error = e.to_string();
+                        tracing::warn!(url = %shown, error = %e, "metadata store not reachable yet; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(sqlx::migrate::MigrateError::Execute(sqlx::Error::PoolTimedOut)) => {
+                        last_error = "pool timed out while connecting".into();
+                        tracing::warn!(url = %shown, "metadata store not reachable yet (pool timed out); retrying");
+                    }
+                    Err(e) => {
+                        return Err(MetadataError::Unavailable(format!(
+                            "migrations failed on `{shown}`: {}",
+                            redact_err(&e, url)
+                        )));
+                    }
+                }
+            }
         };
         match tokio::time::timeout(options.connect_timeout, setup).await {
             Ok(result) => result?,
             Err(_) => {
                 return Err(MetadataError::Unavailable(format!(
-                    "cannot reach `{shown}` within {:?} (metadata.connectTimeout)",
-                    options.connect_timeout
+                    "cannot reach `{shown}` within {:?} (metadata.connectTimeout): {}",
+                    options.connect_timeout,
+                    redact_err(&last_error, url)
                 )));
             }
         }
