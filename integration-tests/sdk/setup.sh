@@ -10,14 +10,17 @@
 #   .work/spring-target/rmq-e2e-spring.jar  Spring Boot 3.5.7 app with rocketmq-v5-client-spring-boot-starter
 #                      2.3.1 (pinned by spring/pom.xml), Maven local repository .work/m2
 #   .work/apache/lib   Apache RocketMQ 5.5.0 jars (pinned by ../reference/pom.xml): the reference server
+#   postgres           the Debian `postgresql` package, for the throwaway test clusters of
+#                      ../services/postgres.sh: installed with apt-get (as root) only when initdb/pg_ctl are missing
 # Idempotent: a step is skipped when its lock file has not changed since the last successful run.
-# Needs only cargo, python3 (>= 3.9, with venv), node/npm (>= 18), JDK 17 + Maven, Go >= 1.25. No sudo, nothing global.
-# Env: SDK_BUILD_JOBS (cargo -j, default 2), SDK_ONLY="python node rust java go spring apache" (subset to install).
+# Needs only cargo, python3 (>= 3.9, with venv), node/npm (>= 18), JDK 17 + Maven, Go >= 1.25. No sudo; nothing
+# global except the postgres step's apt package when it is missing.
+# Env: SDK_BUILD_JOBS (cargo -j, default 2), SDK_ONLY="python node rust java go spring apache postgres" (subset to install).
 set -euo pipefail
 
 SDK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 WORK="$SDK_DIR/.work"
-ONLY="${SDK_ONLY:-python node rust java go spring apache}"
+ONLY="${SDK_ONLY:-python node rust java go spring apache postgres}"
 mkdir -p "$WORK"
 
 log() { printf '[sdk-setup] %s\n' "$*" >&2; }
@@ -123,6 +126,10 @@ spring_step() {
   stamp spring "${sources[@]}"
 }
 
+postgres_step() {
+  bash "$SDK_DIR/../services/postgres.sh" install
+}
+
 apache_step() {
   need java "JDK 17"
   bash "$SDK_DIR/../reference/apache.sh" resolve
@@ -135,4 +142,5 @@ wants java && timed java_step
 wants go && timed go_step
 wants spring && timed spring_step
 wants apache && timed apache_step
+wants postgres && timed postgres_step
 log "done: SDKs installed under $WORK"

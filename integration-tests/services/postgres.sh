@@ -6,6 +6,7 @@
 #   integration-tests/services/postgres.sh halt  "$PGTMP"     # stops, keeps the data (outage tests)
 #   integration-tests/services/postgres.sh resume "$PGTMP"    # starts again, same port and data
 #   integration-tests/services/postgres.sh createdb "$PGTMP" NAME   # another empty database
+#   integration-tests/services/postgres.sh install                  # only install if missing
 #
 # Installs the Debian `postgresql` package (apt-get) only when initdb/pg_ctl are missing. Run as
 # root, it runs the server as the system user $PG_RUN_AS (default `rmqpg`, created if missing):
@@ -24,12 +25,23 @@ find_bin() {
   return 1
 }
 
+install_postgres() {
+  if [ "$(id -u)" != 0 ]; then echo "postgres.sh: initdb/pg_ctl missing and not root: apt-get install postgresql" >&2; return 1; fi
+  # Tests start clusters in parallel: one installs, the others wait for it.
+  exec 9>/tmp/rmq-postgres-install.lock
+  flock -w 600 9 || { echo "postgres.sh: another install holds the lock" >&2; return 1; }
+  if ! find_bin >/dev/null; then
+    echo "postgres.sh: installing postgresql (apt-get)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2
+  fi
+  flock -u 9
+  exec 9>&-
+}
+
 BIN=$(find_bin || true)
 if [ -z "$BIN" ]; then
-  echo "postgres.sh: installing postgresql (apt-get)" >&2
-  if [ "$(id -u)" != 0 ]; then echo "postgres.sh: initdb/pg_ctl missing and not root: apt-get install postgresql" >&2; exit 1; fi
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2
+  install_postgres || exit 1
   BIN=$(find_bin) || { echo "postgres.sh: no initdb/pg_ctl after installing postgresql" >&2; exit 1; }
 fi
 
@@ -91,10 +103,13 @@ case "$cmd" in
     dir=${2:?usage: postgres.sh resume DIR}
     server_start "$dir" "$(cat "$dir/port")" "$(stat -c %U "$dir")"
     ;;
+  install)   # only makes sure the binaries are there (make test's setup)
+    echo "postgres.sh: using $BIN" >&2
+    ;;
   createdb)
     dir=${2:?usage: postgres.sh createdb DIR NAME}
     "$BIN/createdb" -h 127.0.0.1 -p "$(cat "$dir/port")" -U postgres "${3:?usage: postgres.sh createdb DIR NAME}" >&2
     ;;
   *)
-    echo "usage: $0 start | stop DIR | halt DIR | resume DIR | createdb DIR NAME" >&2; exit 2 ;;
+    echo "usage: $0 start | stop DIR | halt DIR | resume DIR | createdb DIR NAME | install" >&2; exit 2 ;;
 esac
