@@ -105,6 +105,10 @@ impl Ctx {
         let dir = tempfile::Builder::new().prefix(&format!("rmq-e2e-{test}-")).tempdir().unwrap();
         let overrides: Vec<(&str, &str)> = postgres.iter().map(|pg| ("RMQ_GATEWAY_METADATA__URL", pg.url())).collect();
         let gateway = Gateway::start_with(dir.path(), &overrides).unwrap_or_else(|e| panic!("{test}: {e:#}"));
+        if postgres.is_some() {
+            let log = gateway.log_tail(200);
+            assert!(log.contains("metadata store open url=postgres://"), "{test}: not on PostgreSQL:\n{log}");
+        }
         Some(Ctx { test, deadline: Instant::now() + SCENARIO_BUDGET, gateway, postgres, dir: Some(dir) })
     }
 
