@@ -54,6 +54,7 @@ bench:
 	$(BENCH_BIN) bench compare --duration $(BENCH_DURATION) $(BENCH_ARGS)
 	$(BENCH_BIN) bench storage $(BENCH_STORAGE_ARGS)
 	$(BENCH_BIN) bench timers $(BENCH_TIMER_ARGS)
+	$(BENCH_BIN) bench tiering $(BENCH_TIERING_ARGS)
 	$(MAKE) bench-metadata
 	$(MAKE) bench-soak
 

@@ -210,12 +210,51 @@ pub struct StorageSection {
 
 /// `storage.tiering`: sealed segments go to an object store; reads below the local log start
 /// are served from it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct TieringConfig {
     /// Off: segments stay local and local retention deletes them.
     pub enabled: bool,
     pub object_store: ObjectStoreConfig,
+    /// Names this node's log in the manifest and in object keys (one per gateway node).
+    pub log_id: String,
+    /// Remote retention: objects whose newest message is older than this are deleted (with
+    /// their manifest rows) once the local copy is gone too.
+    #[serde(with = "humantime_serde")]
+    pub file_reserved_time: Duration,
+    /// How often the uploader looks for newly sealed segments.
+    #[serde(with = "humantime_serde")]
+    pub upload_interval: Duration,
+    /// Longest wait between retries of a failed upload (backoff doubles from 200 ms up to it).
+    #[serde(with = "humantime_serde")]
+    pub retry_max_backoff: Duration,
+    /// Memory bound of the cold-read cache (bytes).
+    pub read_cache_bytes: usize,
+    /// Bytes one cold-read GET fetches from the first message wanted on.
+    pub read_ahead_bytes: usize,
+    /// Objects without a manifest row are deleted once older than this.
+    #[serde(with = "humantime_serde")]
+    pub orphan_grace_period: Duration,
+    /// How often remote retention and the orphan sweep run.
+    #[serde(with = "humantime_serde")]
+    pub remote_retention_interval: Duration,
+}
+
+impl Default for TieringConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            object_store: ObjectStoreConfig::default(),
+            log_id: "local".into(),
+            file_reserved_time: Duration::from_secs(72 * 3600),
+            upload_interval: Duration::from_secs(5),
+            retry_max_backoff: Duration::from_secs(30),
+            read_cache_bytes: 64 << 20,
+            read_ahead_bytes: 4 << 20,
+            orphan_grace_period: Duration::from_secs(3600),
+            remote_retention_interval: Duration::from_secs(60),
+        }
+    }
 }
 
 /// `storage.tiering.objectStore`: where tiered segments are kept.
@@ -613,6 +652,24 @@ impl Config {
         if self.storage.flush_interval_commit_log.is_zero() {
             return invalid("storage.flushIntervalCommitLog", "must be greater than 0");
         }
+        let t = &self.storage.tiering;
+        if t.enabled {
+            if t.log_id.is_empty() || !t.log_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return invalid("storage.tiering.logId", "must be non-empty letters, digits, '-' or '_'");
+            }
+            if t.read_ahead_bytes < 64 * 1024 {
+                return invalid("storage.tiering.readAheadBytes", "must be at least 64 KiB");
+            }
+            if t.read_cache_bytes < t.read_ahead_bytes {
+                return invalid("storage.tiering.readCacheBytes", "must be at least readAheadBytes");
+            }
+            if t.upload_interval.is_zero() || t.remote_retention_interval.is_zero() || t.retry_max_backoff.is_zero() {
+                return invalid(
+                    "storage.tiering",
+                    "uploadInterval, remoteRetentionInterval and retryMaxBackoff must be greater than 0",
+                );
+            }
+        }
         if !self.metadata.url.is_empty() && crate::metadata::StoreKind::of_url(&self.metadata.url).is_none() {
             return invalid(
                 "metadata.url",
@@ -840,6 +897,24 @@ mod tests {
         assert_eq!(c.storage.flush_disk_type, FlushDiskType::AsyncFlush);
         assert_eq!(c.storage.file_reserved_time, Duration::from_secs(3600));
         assert!(c.topics.auto_create_topic_enable);
+    }
+
+    #[test]
+    fn tiering_keys_load_and_are_checked() {
+        let c = load_str(
+            "storage:\n  tiering:\n    enabled: true\n    logId: node-1\n    fileReservedTime: 30d\n",
+            &[("RMQ_GATEWAY_STORAGE__TIERING__READ_AHEAD_BYTES", "1048576")],
+        )
+        .unwrap();
+        assert_eq!(c.storage.tiering.log_id, "node-1");
+        assert_eq!(c.storage.tiering.file_reserved_time, Duration::from_secs(30 * 86400));
+        assert_eq!(c.storage.tiering.read_ahead_bytes, 1 << 20);
+        let e = load_str("storage:\n  tiering:\n    enabled: true\n    readAheadBytes: 10\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("storage.tiering.readAheadBytes"), "{e}");
+        let e = load_str("storage:\n  tiering:\n    enabled: true\n    logId: a/b\n", &[]).unwrap_err();
+        assert!(e.to_string().contains("storage.tiering.logId"), "{e}");
+        // Off, nothing is checked.
+        assert!(load_str("storage:\n  tiering:\n    readAheadBytes: 10\n", &[]).is_ok());
     }
 
     #[test]

@@ -25,6 +25,9 @@ use crate::clock::SystemClock;
 use crate::config::{self, Config, FlushDiskType};
 use crate::grpc::{GrpcSettings, MessagingServiceImpl, ProducerBackoff};
 use crate::metadata::{self, MetadataStore};
+use crate::storage::object::ObjectStore;
+use crate::storage::object::dir::DirStore;
+use crate::storage::tiered::{TieredLog, TieringSettings};
 use crate::storage::{BucketFiles, CommitLog, FlushMode, MessageLog, StorageConfig};
 use crate::tls;
 
@@ -36,7 +39,7 @@ pub struct BoundAddrs {
 }
 
 /// Opens the commit log under `<dataDir>/store` (recovery runs here).
-fn open_message_log(config: &Config) -> anyhow::Result<Arc<dyn MessageLog>> {
+fn open_message_log(config: &Config) -> anyhow::Result<Arc<CommitLog>> {
     let s = &config.storage;
     std::fs::create_dir_all(&s.data_dir)
         .with_context(|| format!("cannot create storage.dataDir `{}`", s.data_dir.display()))?;
@@ -50,6 +53,57 @@ fn open_message_log(config: &Config) -> anyhow::Result<Arc<dyn MessageLog>> {
     store.disk_max_used_ratio = f64::from(s.disk_max_used_space_ratio) / 100.0;
     let log = CommitLog::open(store)
         .with_context(|| format!("cannot open the commit log in `{}`", s.data_dir.join("store").display()))?;
+    if s.tiering.enabled {
+        // Nothing is known to be uploaded until the tiered log has read the manifest: local
+        // retention must not drop anything meanwhile.
+        log.set_retention_limit(Some(log.log_start()));
+    }
+    Ok(log)
+}
+
+/// The object store of `storage.tiering.objectStore`.
+fn open_object_store(config: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    let o = &config.storage.tiering.object_store;
+    match o.kind.as_str() {
+        "dir" => {
+            let dir =
+                if o.dir.as_os_str().is_empty() { config.storage.data_dir.join("objects") } else { o.dir.clone() };
+            let store = DirStore::open(&dir)
+                .with_context(|| format!("cannot open storage.tiering.objectStore.dir `{}`", dir.display()))?;
+            Ok(Arc::new(store))
+        }
+        // TODO(integrator): `s3` goes through `storage::object::open(cfg, data_dir)` (S3Store)
+        // once that branch is merged.
+        other => {
+            anyhow::bail!("storage.tiering.objectStore.type `{other}` is not available in this build (supported: dir)")
+        }
+    }
+}
+
+/// Puts the remote tier over the commit log when `storage.tiering.enabled`.
+async fn open_tiered(
+    config: &Config,
+    local: Arc<CommitLog>,
+    meta: Arc<dyn MetadataStore>,
+) -> anyhow::Result<Arc<dyn MessageLog>> {
+    let t = &config.storage.tiering;
+    if !t.enabled {
+        return Ok(local);
+    }
+    let store = open_object_store(config)?;
+    let settings = TieringSettings {
+        log_id: t.log_id.clone(),
+        prefix: t.object_store.prefix.trim_matches('/').to_string(),
+        remote_reserved_time: t.file_reserved_time,
+        upload_interval: t.upload_interval,
+        retry_max_backoff: t.retry_max_backoff,
+        read_cache_bytes: t.read_cache_bytes,
+        read_ahead_bytes: t.read_ahead_bytes,
+        orphan_grace: t.orphan_grace_period,
+        remote_retention_interval: t.remote_retention_interval,
+        ..TieringSettings::default()
+    };
+    let log = TieredLog::open(local, store, meta, settings).await.context("cannot start tiered storage")?;
     Ok(log)
 }
 
@@ -167,6 +221,7 @@ pub async fn run(
             format!("cannot open the metadata store `{}` (metadata.url)", metadata::redact_url(&meta_url))
         })?;
     tracing::info!(url = %metadata::redact_url(&meta_url), "metadata store open");
+    let log = open_tiered(&config, log, meta.clone()).await?;
     let timer_index =
         BucketFiles::open(&config.storage.data_dir.join("timer"), config.timer.timer_bucket.as_millis() as i64)
             .context("cannot open the timer index")?;

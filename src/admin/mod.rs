@@ -133,7 +133,7 @@ fn http_status(e: &BrokerError) -> StatusCode {
         | BrokerError::TooLargeToStore { .. }
         | BrokerError::DataCorrupted(_)
         | BrokerError::MetadataUnavailable(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        BrokerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        BrokerError::ShuttingDown | BrokerError::RemoteNotCached { .. } => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -594,6 +594,21 @@ fn stats_json(s: &BrokerStats) -> serde_json::Value {
             "waited": a.waited,
             "refused": a.refused,
         },
+        "tiering": s.tiering.as_ref().map(|t| serde_json::json!({
+            "objectStore": t.object_store,
+            "waitingSegments": t.waiting_segments,
+            "waitingBytes": t.waiting_bytes,
+            "remoteSegments": t.remote_segments,
+            "remoteBytes": t.remote_bytes,
+            "uploadedSegments": t.uploaded_segments,
+            "uploadedBytes": t.uploaded_bytes,
+            "uploadFailures": t.upload_failures,
+            "orphansRemoved": t.orphans_removed,
+            "remoteSegmentsExpired": t.remote_segments_expired,
+            "coldGets": t.cold_gets,
+            "coldGetBytes": t.cold_get_bytes,
+            "cacheBytes": t.cache_bytes,
+        })),
     })
 }
 

@@ -24,6 +24,7 @@ pub mod nats;
 pub mod noop;
 pub mod procs;
 pub mod report;
+pub mod tiering;
 pub mod timers;
 
 use std::path::PathBuf;
@@ -56,6 +57,9 @@ pub enum BenchCommand {
     /// The metadata store: progress transactions per second (one `save_progress` per flush)
     /// with several writers, on SQLite or PostgreSQL.
     Metadata(metadata::MetadataBenchArgs),
+    /// Tiered storage: upload MB/s, cold-read MB/s and GETs per GB read back from an object
+    /// store (a local directory).
+    Tiering(tiering::TieringBenchArgs),
 }
 
 /// Load shape shared by every load generator.
@@ -142,6 +146,7 @@ pub fn run(command: BenchCommand) -> ExitCode {
             BenchCommand::Storage(args) => crate::storage::bench::run(args).await,
             BenchCommand::Timers(args) => timers::run(args).await,
             BenchCommand::Metadata(args) => metadata::run(args).await,
+            BenchCommand::Tiering(args) => tiering::run(args).await,
         }
     });
     match result {

@@ -98,13 +98,23 @@ pub enum BrokerError {
     MetadataUnavailable(String),
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// The data lies in the object store and is being fetched: the broker awaits
+    /// `MessageLog::fetch_remote` (outside its locks) and tries again; a client seeing it
+    /// retries.
+    #[error("{topic}/{queue_id} offset {offset} is being fetched from the object store; retry")]
+    RemoteNotCached { topic: String, queue_id: u32, offset: u64 },
 }
 
 impl From<StorageError> for BrokerError {
     fn from(e: StorageError) -> Self {
         let text = format!("message store error: {e}");
         match e {
-            StorageError::Io { .. } | StorageError::ShuttingDown => BrokerError::StorageUnavailable(text),
+            StorageError::Io { .. } | StorageError::ShuttingDown | StorageError::Remote(_) => {
+                BrokerError::StorageUnavailable(text)
+            }
+            StorageError::RemoteNotCached { topic, queue_id, offset } => {
+                BrokerError::RemoteNotCached { topic, queue_id, offset }
+            }
             StorageError::DiskFull(_) => BrokerError::StorageFull(text),
             StorageError::Corrupted { .. } => BrokerError::DataCorrupted(text),
             StorageError::RecordTooLarge { size, segment_size } => BrokerError::TooLargeToStore { size, segment_size },

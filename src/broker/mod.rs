@@ -141,6 +141,8 @@ pub struct BrokerStats {
     pub groups: usize,
     pub auto_created_groups: usize,
     pub groups_retired: u64,
+    /// The remote tier of the message log, if it has one.
+    pub tiering: Option<crate::storage::tiered::TieringStats>,
 }
 
 /// (group, topic, queue id).
@@ -187,6 +189,13 @@ pub struct Broker {
 }
 
 pub use crate::clock::now_ms;
+
+/// Fetches a receive or pull awaits from the object store before it answers with what it has.
+pub(super) const REMOTE_FETCH_ROUNDS: usize = 4;
+/// Fetches a start-up scan (timers, transactions) may await: it reads on from where it is.
+const STARTUP_FETCH_ROUNDS: usize = 100_000;
+/// Bytes asked for per fetch (the log reads ahead by its own setting).
+pub(super) const REMOTE_FETCH_BYTES: usize = 8 << 20;
 
 /// Something [`lock`] can lock: a mutex, or a consumer state (whose guard records changes
 /// for the next progress flush).
@@ -295,16 +304,37 @@ impl Broker {
             let retry = (spec.retry_max_times, spec.retry_backoff.as_deref());
             broker.put_group(&spec.name, spec.consume_message_orderly, retry, Some(spec.broadcast)).await?;
         }
+        // Start-up scans may start in tiered (object-store) data: fetched as they go.
         broker.restore_progress().await?;
         broker.serials_past_resets();
-        broker.recover_timers()?;
-        broker.recover_transactions()?;
+        broker.with_remote_fetch(STARTUP_FETCH_ROUNDS, || broker.recover_timers()).await?;
+        broker.with_remote_fetch(STARTUP_FETCH_ROUNDS, || broker.recover_transactions()).await?;
         Ok(broker)
     }
 
     /// Now, by the broker's clock.
     pub fn now_ms(&self) -> i64 {
         self.inner.clock.now_ms()
+    }
+
+    /// Runs `f` (which reads the log, possibly under locks) again while it fails only because
+    /// data lies in the object store and is not cached yet, awaiting that fetch in between,
+    /// outside every lock; at most `rounds` fetches.
+    pub(super) async fn with_remote_fetch<T>(
+        &self,
+        rounds: usize,
+        mut f: impl FnMut() -> BrokerResult<T>,
+    ) -> BrokerResult<T> {
+        let mut round = 0;
+        loop {
+            match f() {
+                Err(BrokerError::RemoteNotCached { topic, queue_id, offset }) if round < rounds => {
+                    round += 1;
+                    self.inner.log.fetch_remote(&topic, queue_id, offset, REMOTE_FETCH_BYTES).await?;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Stops long polls and background work; flushes consumer progress.
@@ -698,6 +728,7 @@ impl Broker {
             groups: self.inner.groups.read().unwrap_or_else(|e| e.into_inner()).len(),
             auto_created_groups: lock(&self.inner.auto_groups).len(),
             groups_retired: self.inner.groups_retired.load(Ordering::Relaxed),
+            tiering: self.inner.log.tiering_stats(),
         }
     }
 }

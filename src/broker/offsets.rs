@@ -41,7 +41,7 @@ use super::filter::Filter;
 use super::journal::{QueueReset, ResetRecord};
 use super::message::DeliveredMessage;
 use super::states::StateCell;
-use super::{Broker, TopicEntry, lock, validate};
+use super::{Broker, REMOTE_FETCH_ROUNDS, TopicEntry, lock, validate};
 use crate::storage::{QueueRange, StorageError};
 
 /// Independent reset gates; a group and topic always map to the same one.
@@ -526,7 +526,11 @@ impl Broker {
             let notified = topic.arrivals.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (result, caught_up) = self.pull_once(&req.group, &topic, queue_id, offset, max, &req.filter)?;
+            let (result, caught_up) = self
+                .with_remote_fetch(REMOTE_FETCH_ROUNDS, || {
+                    self.pull_once(&req.group, &topic, queue_id, offset, max, &req.filter)
+                })
+                .await?;
             let now = Instant::now();
             if !caught_up || now >= deadline {
                 return Ok(result);
@@ -580,6 +584,9 @@ impl Broker {
                     scanned += 1;
                     continue;
                 }
+                // Cold data not fetched yet: answer with what was read (the caller awaits the
+                // fetch when that is nothing).
+                Err(StorageError::RemoteNotCached { .. }) if !messages.is_empty() => break,
                 Err(e) => return Err(e.into()),
             };
             if batch.is_empty() {

@@ -9,6 +9,7 @@ use super::*;
 use crate::broker::tests::{Harness, message, receive_request};
 use crate::broker::{Broker, BrokerError, DeliveredMessage, TopicKind};
 use crate::storage::memory::MemoryLog;
+use crate::storage::{AppendMessage, AppendResult, MessageLog, StorageResult, StoredMessage};
 
 /// Store times come from the system clock (the in-memory log stamps them): a pause makes the
 /// messages before and after a point in time distinct.
@@ -297,4 +298,100 @@ async fn pull_and_committed_offsets() {
     }
     assert!(matches!(broker.update_offset("puller", "G", "T", 3, 0).await, Err(BrokerError::BadRequest(_))));
     assert!(matches!(broker.get_offset("puller", "G", "Nope", 0).await, Err(BrokerError::TopicNotFound(_))));
+}
+
+/// A log whose user-topic records are "in the object store": a read of an offset not fetched
+/// yet fails with `RemoteNotCached` (a cold read's cache miss); `fetch_remote` brings two
+/// offsets from there into the "cache".
+struct ColdLog {
+    inner: MemoryLog,
+    cached: std::sync::Mutex<BTreeSet<(String, u32, u64)>>,
+    fetches: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl MessageLog for ColdLog {
+    async fn append(&self, messages: Vec<AppendMessage>) -> StorageResult<Vec<AppendResult>> {
+        self.inner.append(messages).await
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max: usize,
+        bytes: usize,
+    ) -> StorageResult<Vec<StoredMessage>> {
+        if topic.starts_with("rmq_sys_") {
+            return self.inner.read(topic, queue_id, offset, max, bytes);
+        }
+        let mut batch = self.inner.read(topic, queue_id, offset, max, bytes)?;
+        let cached = self.cached.lock().unwrap();
+        let warm = batch.iter().take_while(|m| cached.contains(&(topic.to_string(), queue_id, m.queue_offset))).count();
+        if warm == 0 && !batch.is_empty() {
+            return Err(StorageError::RemoteNotCached { topic: topic.into(), queue_id, offset: batch[0].queue_offset });
+        }
+        batch.truncate(warm);
+        Ok(batch)
+    }
+
+    fn queue_range(&self, topic: &str, queue_id: u32) -> QueueRange {
+        self.inner.queue_range(topic, queue_id)
+    }
+
+    fn find_by_message_id(&self, id: &str) -> StorageResult<Vec<StoredMessage>> {
+        self.inner.find_by_message_id(id)
+    }
+
+    fn find_by_key(&self, topic: &str, key: &str, max: usize) -> StorageResult<Vec<StoredMessage>> {
+        self.inner.find_by_key(topic, key, max)
+    }
+
+    fn hold_retention(&self, _holder: &'static str, _position: Option<u64>) {}
+
+    async fn fetch_remote(&self, topic: &str, queue_id: u32, offset: u64, _max_bytes: usize) -> StorageResult<()> {
+        self.fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut cached = self.cached.lock().unwrap();
+        for o in offset..offset + 2 {
+            cached.insert((topic.to_string(), queue_id, o));
+        }
+        Ok(())
+    }
+
+    async fn close(&self) -> StorageResult<()> {
+        Ok(())
+    }
+}
+
+/// Receives and pulls that meet data still in the object store await its fetch (outside the
+/// broker's locks) and deliver it, in order, instead of failing or coming back empty.
+#[tokio::test]
+async fn receives_and_pulls_await_cold_data_from_the_object_store() {
+    let cold = Arc::new(ColdLog {
+        inner: MemoryLog::new(),
+        cached: std::sync::Mutex::new(BTreeSet::new()),
+        fetches: std::sync::atomic::AtomicU64::new(0),
+    });
+    let h = Harness::new(cold.clone()).await;
+    let broker = h.start().await;
+    let names: Vec<String> = (0..7).map(|i| format!("m{i}")).collect();
+    let sent = send_all(&broker, &names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(sent.iter().all(|(_, q, _)| *q == 0));
+
+    let pulled = broker.pull(pull_request(0, Filter::All, Duration::ZERO)).await.unwrap();
+    assert_eq!(pulled.status, PullStatus::Found);
+    assert_eq!(pulled.messages.iter().map(|m| m.queue_offset).collect::<Vec<_>>(), [0, 1]);
+    cold.cached.lock().unwrap().clear();
+
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        let batch = broker.receive(receive_request()).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        got.extend(batch.into_iter().map(|m| m.message_id));
+    }
+    assert_eq!(got, names);
+    assert!(cold.fetches.load(std::sync::atomic::Ordering::Relaxed) >= 4);
 }

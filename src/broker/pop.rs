@@ -14,7 +14,7 @@ use super::filter::Filter;
 use super::journal::{AckRecord, Delivery, DeliveryRecord, JOURNAL_TOPIC, JournalRecord};
 use super::message::DeliveredMessage;
 use super::receipt::Receipt;
-use super::{Broker, TopicEntry, TopicKind, lock, validate};
+use super::{Broker, REMOTE_FETCH_ROUNDS, TopicEntry, TopicKind, lock, validate};
 use crate::metadata::GroupRecord;
 use crate::storage::{AppendMessage, StorageError, StoredMessage, record::keys};
 
@@ -269,12 +269,30 @@ impl Broker {
         let mut out = Vec::new();
         let mut dead = Vec::new();
         let mut bytes = 0usize;
-        for i in 0..n {
-            if out.len() >= max || bytes >= MAX_RECEIVE_BYTES {
+        // Cold data: a queue whose next messages are in the object store and not cached yet
+        // ends its pass; when the whole pass found nothing, the fetches are awaited here,
+        // outside every lock, and the pass runs again.
+        for round in 0..=REMOTE_FETCH_ROUNDS {
+            let mut fetch = Vec::new();
+            for i in 0..n {
+                if out.len() >= max || bytes >= MAX_RECEIVE_BYTES {
+                    break;
+                }
+                let queue_id = (start.wrapping_add(i)) % n;
+                match self.pop_queue(topic, group, req, queue_id, max, invisible, &mut out, &mut bytes, &mut dead) {
+                    Ok(()) => {}
+                    Err(BrokerError::RemoteNotCached { topic, queue_id, offset }) => {
+                        fetch.push((topic, queue_id, offset))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if !out.is_empty() || fetch.is_empty() || round == REMOTE_FETCH_ROUNDS {
                 break;
             }
-            let queue_id = (start.wrapping_add(i)) % n;
-            self.pop_queue(topic, group, req, queue_id, max, invisible, &mut out, &mut bytes, &mut dead)?;
+            for (t, q, offset) in fetch {
+                self.inner.log.fetch_remote(&t, q, offset, MAX_RECEIVE_BYTES).await?;
+            }
         }
         for (queue_id, message) in dead {
             let offset = message.0.queue_offset;
@@ -853,7 +871,11 @@ impl Broker {
         let mut next = journal_offset.max(range.start);
         let mut replayed = 0u64;
         while next < range.end {
-            let batch = self.inner.log.read(JOURNAL_TOPIC, 0, next, 1024, 4 * 1024 * 1024)?;
+            let batch = self
+                .with_remote_fetch(REMOTE_FETCH_ROUNDS, || {
+                    Ok(self.inner.log.read(JOURNAL_TOPIC, 0, next, 1024, 4 * 1024 * 1024)?)
+                })
+                .await?;
             let Some(last) = batch.last().map(|m| m.queue_offset) else { break };
             for m in &batch {
                 match JournalRecord::decode(m) {

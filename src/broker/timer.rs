@@ -476,10 +476,19 @@ impl Broker {
         let log = &self.inner.log;
         let mut fired_offsets = HashSet::new();
         let mut entries = Vec::new();
-        // Control records first: recovery must know what fired before re-indexing.
+        // Control records first: recovery must know what fired before re-indexing. A failed
+        // read (e.g. tiered data not fetched yet: the caller fetches and calls again) rescans
+        // the control records from where this call started, so no fired mark is missed.
         let end = log.queue_range(TIMER_TOPIC, CONTROL).end;
+        let control_start = st.control_next;
         while st.control_next < end {
-            let batch = log.read(TIMER_TOPIC, CONTROL, st.control_next, 1024, 8 << 20)?;
+            let batch = match log.read(TIMER_TOPIC, CONTROL, st.control_next, 1024, 8 << 20) {
+                Ok(batch) => batch,
+                Err(e) => {
+                    st.control_next = control_start;
+                    return Err(e.into());
+                }
+            };
             let Some(last) = batch.last().map(|m| m.queue_offset) else { break };
             for m in &batch {
                 match Control::decode(m) {
@@ -497,8 +506,16 @@ impl Broker {
             st.control_next = last + 1;
         }
         let end = log.queue_range(TIMER_TOPIC, SCHEDULED).end;
+        // A failed read keeps what was indexed before it (the scan goes on from there).
+        let mut failed = None;
         while st.scheduled_next < end {
-            let batch = log.read(TIMER_TOPIC, SCHEDULED, st.scheduled_next, 1024, 8 << 20)?;
+            let batch = match log.read(TIMER_TOPIC, SCHEDULED, st.scheduled_next, 1024, 8 << 20) {
+                Ok(batch) => batch,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
             let Some(last) = batch.last().map(|m| m.queue_offset) else { break };
             for m in &batch {
                 if fired_offsets.contains(&m.queue_offset) {
@@ -514,7 +531,10 @@ impl Broker {
             timers.index.add(&entries)?;
             st.changed = true;
         }
-        Ok(entries.len())
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(entries.len()),
+        }
     }
 
     pub(super) fn index_timers(&self) -> BrokerResult<usize> {

@@ -57,6 +57,8 @@ pub fn code_of(e: &BrokerError) -> Code {
         BrokerError::DataCorrupted(_) => Code::InternalServerError,
         BrokerError::MetadataUnavailable(_) => Code::InternalServerError,
         BrokerError::ShuttingDown => Code::InternalServerError,
+        // Cold data on its way from the object store: worth retrying soon.
+        BrokerError::RemoteNotCached { .. } => Code::InternalServerError,
     }
 }
 

@@ -25,6 +25,7 @@ pub mod local;
 pub mod memory;
 pub mod object;
 pub mod record;
+pub mod tiered;
 pub mod timer_index;
 
 use std::sync::Arc;
@@ -107,6 +108,14 @@ pub enum StorageError {
     RecordTooLarge { size: u64, segment_size: u64 },
     #[error("the message log is shutting down")]
     ShuttingDown,
+    /// The data asked for lies in the object store and is not in the read cache yet: await
+    /// [`MessageLog::fetch_remote`] (outside any lock) and read again. A fetch has already
+    /// been started in the background, so a caller that cannot wait may simply retry later.
+    #[error("{topic}/{queue_id} offset {offset} is in the object store and being fetched; retry")]
+    RemoteNotCached { topic: String, queue_id: u32, offset: u64 },
+    /// The object store failed a cold read (outage, throttling): retry later.
+    #[error("object store read failed: {0}")]
+    Remote(String),
 }
 
 pub type StorageResult<T> = Result<T, StorageError>;
@@ -155,6 +164,20 @@ pub trait MessageLog: Send + Sync + 'static {
     /// Keeps retention from deleting log data at or above `position` on behalf of `holder`
     /// (`None` lifts the hold), e.g. scheduled messages that have not fired yet.
     fn hold_retention(&self, holder: &'static str, position: Option<u64>);
+
+    /// Brings the data of `topic`/`queue_id` from `offset` on (roughly `max_bytes` of it)
+    /// from the object store into the read cache, after `read` failed with
+    /// [`StorageError::RemoteNotCached`]. Call it without holding locks, then read again.
+    /// Logs without a remote tier have nothing to fetch.
+    async fn fetch_remote(&self, topic: &str, queue_id: u32, offset: u64, max_bytes: usize) -> StorageResult<()> {
+        let _ = (topic, queue_id, offset, max_bytes);
+        Ok(())
+    }
+
+    /// Figures of the remote tier, if the log has one.
+    fn tiering_stats(&self) -> Option<tiered::TieringStats> {
+        None
+    }
 
     /// Flushes everything, writes a checkpoint and stops background work.
     async fn close(&self) -> StorageResult<()>;

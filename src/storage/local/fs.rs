@@ -41,6 +41,10 @@ pub fn replicate_error(e: &StorageError) -> StorageError {
             StorageError::RecordTooLarge { size: *size, segment_size: *segment_size }
         }
         StorageError::ShuttingDown => StorageError::ShuttingDown,
+        StorageError::RemoteNotCached { topic, queue_id, offset } => {
+            StorageError::RemoteNotCached { topic: topic.clone(), queue_id: *queue_id, offset: *offset }
+        }
+        StorageError::Remote(m) => StorageError::Remote(m.clone()),
     }
 }
 

@@ -29,6 +29,7 @@ mod key_index;
 mod maintenance;
 mod queue_index;
 mod recovery;
+mod sealed;
 mod segment;
 mod writer;
 
@@ -47,6 +48,7 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 pub use config::StorageConfig;
+pub use sealed::{INDEX_ENTRY_LEN, ScannedRecord, SealedSegmentInfo, SegmentScan, decode_index_entry, decode_message};
 
 use self::checkpoint::Checkpoint;
 use self::format::{Frame, decode_frame, decode_properties, message_id_hash, message_key_hash};

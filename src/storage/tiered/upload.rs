@@ -1,0 +1,303 @@
+//! The tiering task: uploads sealed segments (object first, manifest row second), raises the
+//! local retention limit past what is uploaded, sweeps orphan objects and applies remote
+//! retention. Failures of the object store or the manifest are retried with capped
+//! exponential backoff and jitter, forever; they are never fatal.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::Rng as _;
+use tokio_util::sync::CancellationToken;
+
+use super::Inner;
+use crate::clock::now_ms;
+use crate::metadata::{SegmentQueue, SegmentRecord};
+use crate::storage::local::{INDEX_ENTRY_LEN, SegmentScan};
+use crate::storage::object::ObjectError;
+
+/// The object key of a segment: `<prefix>/<2 hex>/<log_id>/<base:020>.seg`.
+pub fn object_key(prefix: &str, log_id: &str, base: u64) -> String {
+    let log = if log_id.is_empty() { "local" } else { log_id };
+    let hash = crc32c::crc32c(format!("{log}/{base}").as_bytes()) & 0xff;
+    let prefix = prefix.trim_end_matches('/');
+    if prefix.is_empty() {
+        format!("{hash:02x}/{log}/{base:020}.seg")
+    } else {
+        format!("{prefix}/{hash:02x}/{log}/{base:020}.seg")
+    }
+}
+
+/// Whether `key` is an object of log `log_id` under `prefix` (as [`object_key`] makes them),
+/// and its base.
+fn parse_object_key(prefix: &str, log_id: &str, key: &str) -> Option<u64> {
+    let log = if log_id.is_empty() { "local" } else { log_id };
+    let prefix = prefix.trim_end_matches('/');
+    let rest = if prefix.is_empty() { key } else { key.strip_prefix(prefix)?.strip_prefix('/')? };
+    let (hash, rest) = rest.split_once('/')?;
+    let (l, name) = rest.split_once('/')?;
+    let digits = name.strip_suffix(".seg")?;
+    if hash.len() != 2 || l != log || digits.len() != 20 {
+        return None;
+    }
+    let base = digits.parse().ok()?;
+    (object_key(prefix, log_id, base) == key).then_some(base)
+}
+
+/// The object of a scanned segment (data, then one index slice per queue) and its manifest
+/// row. A queue whose offsets are not contiguous within the segment is an error (the index
+/// slice could not address them).
+pub fn build_object(prefix: &str, log_id: &str, scan: &SegmentScan) -> Result<(Vec<Bytes>, SegmentRecord), String> {
+    let mut by_queue: std::collections::BTreeMap<(Arc<str>, u32), Vec<usize>> = std::collections::BTreeMap::new();
+    for (i, r) in scan.records.iter().enumerate() {
+        by_queue.entry((r.topic.clone(), r.queue_id)).or_default().push(i);
+    }
+    let used = scan.used();
+    let mut index = Vec::with_capacity(scan.records.len() * INDEX_ENTRY_LEN);
+    let mut queues = Vec::with_capacity(by_queue.len());
+    for ((topic, queue_id), idx) in by_queue {
+        let first = scan.records[idx[0]].queue_offset;
+        for (n, &i) in idx.iter().enumerate() {
+            let r = &scan.records[i];
+            if r.queue_offset != first + n as u64 {
+                return Err(format!(
+                    "segment {}: {topic}/{queue_id} offsets are not contiguous ({} where {} was expected)",
+                    scan.base,
+                    r.queue_offset,
+                    first + n as u64
+                ));
+            }
+        }
+        let index_pos = used + index.len() as u64;
+        for &i in &idx {
+            index.extend_from_slice(&scan.records[i].index_entry());
+        }
+        queues.push(SegmentQueue {
+            topic: topic.to_string(),
+            queue_id,
+            first_offset: first,
+            end_offset: first + idx.len() as u64,
+            index_pos,
+        });
+    }
+    let object_size = used + index.len() as u64;
+    let key = object_key(prefix, log_id, scan.base);
+    let record = SegmentRecord {
+        log_id: log_id.to_string(),
+        base: scan.base,
+        size: used,
+        object_key: key,
+        object_size,
+        first_store_ms: scan.records.first().map_or(0, |r| r.store_timestamp_ms),
+        last_store_ms: scan.records.iter().map(|r| r.store_timestamp_ms).max().unwrap_or(0),
+        uploaded_at_ms: now_ms(),
+        queues,
+    };
+    Ok((vec![scan.data.clone(), Bytes::from(index)], record))
+}
+
+/// Capped exponential backoff with jitter: attempt 0 waits about `min`, doubling up to `max`.
+fn backoff(inner: &Inner, attempt: u32) -> Duration {
+    let min = inner.settings.retry_min_backoff.max(Duration::from_millis(1));
+    let max = inner.settings.retry_max_backoff.max(min);
+    let exp = min.saturating_mul(1u32 << attempt.min(16)).min(max);
+    // Full jitter in [exp/2, exp].
+    let half = exp / 2;
+    half + Duration::from_millis(rand::rng().random_range(0..=half.as_millis().max(1) as u64))
+}
+
+pub(super) async fn run(inner: Arc<Inner>, stop: CancellationToken) {
+    sweep_orphans(&inner).await;
+    let mut next_retention = Instant::now() + inner.settings.remote_retention_interval;
+    while !stop.is_cancelled() {
+        upload_pending(&inner, &stop).await;
+        if Instant::now() >= next_retention {
+            remote_retention(&inner, &stop).await;
+            sweep_orphans(&inner).await;
+            next_retention = Instant::now() + inner.settings.remote_retention_interval;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(inner.settings.upload_interval) => {}
+        }
+    }
+}
+
+/// Counts what waits for upload and tells the local log how far retention may go.
+fn refresh_waiting(inner: &Inner) -> Vec<(u64, u64)> {
+    let sealed = inner.local.sealed_segments();
+    let pending: Vec<(u64, u64)> = {
+        let m = inner.manifest_read();
+        sealed.iter().filter(|s| !m.segments.contains_key(&s.base)).map(|s| (s.base, s.file_size)).collect()
+    };
+    inner.counters.waiting_segments.store(pending.len() as u64, Ordering::Relaxed);
+    inner.counters.waiting_bytes.store(pending.iter().map(|p| p.1).sum(), Ordering::Relaxed);
+    inner.update_retention_limit();
+    pending
+}
+
+/// Uploads every sealed segment not in the manifest, in log order, retrying failures until
+/// they succeed or `stop` is cancelled.
+pub(super) async fn upload_pending(inner: &Arc<Inner>, stop: &CancellationToken) {
+    let _one_pass = tokio::select! {
+        guard = inner.upload_lock.lock() => guard,
+        _ = stop.cancelled() => return,
+    };
+    let mut last_warn: Option<Instant> = None;
+    loop {
+        let pending = refresh_waiting(inner);
+        let Some(&(base, _)) = pending.first() else { return };
+        let mut attempt = 0u32;
+        loop {
+            match upload_one(inner, base).await {
+                Ok(()) => break,
+                Err(reason) => {
+                    inner.counters.upload_failures.fetch_add(1, Ordering::Relaxed);
+                    let waiting_segments = inner.counters.waiting_segments.load(Ordering::Relaxed);
+                    let waiting_bytes = inner.counters.waiting_bytes.load(Ordering::Relaxed);
+                    if last_warn.is_none_or(|t| t.elapsed() >= inner.settings.warn_interval) {
+                        tracing::warn!(
+                            segment = base,
+                            waiting_segments,
+                            waiting_bytes,
+                            error = reason,
+                            store = inner.store.describe(),
+                            "uploading a sealed segment failed; retrying with backoff. Segments waiting for upload stay on local disk"
+                        );
+                        last_warn = Some(Instant::now());
+                    } else {
+                        tracing::debug!(segment = base, error = reason, "upload retry");
+                    }
+                    let wait = backoff(inner, attempt);
+                    attempt = attempt.saturating_add(1);
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    // Refresh the counts (more may be sealed meanwhile).
+                    refresh_waiting(inner);
+                }
+            }
+        }
+    }
+}
+
+/// One segment: build the object, `put` it, then record it. Idempotent: a retry after a
+/// crash puts the same bytes under the same key and upserts the same row.
+async fn upload_one(inner: &Arc<Inner>, base: u64) -> Result<(), String> {
+    let local = inner.local.clone();
+    let scan = tokio::task::spawn_blocking(move || local.scan_sealed_segment(base))
+        .await
+        .map_err(|e| format!("segment scan task failed: {e}"))?
+        .map_err(|e| format!("scanning segment {base}: {e}"))?;
+    let Some(scan) = scan else {
+        // Gone locally meanwhile (e.g. it was never held back): nothing to upload.
+        return Ok(());
+    };
+    let (parts, record) = build_object(&inner.settings.prefix, &inner.settings.log_id, &scan)?;
+    inner.store.put(&record.object_key, parts).await.map_err(|e| match e {
+        ObjectError::Transient(m) => format!("object store unavailable: {m}"),
+        ObjectError::Permanent(m) | ObjectError::NotFound(m) => format!("object store refused the upload: {m}"),
+    })?;
+    inner.meta.put_segment(&record).await.map_err(|e| format!("recording the segment in the manifest: {e}"))?;
+    let size = record.object_size;
+    tracing::info!(
+        segment = base,
+        key = record.object_key,
+        bytes = size,
+        queues = record.queues.len(),
+        "segment tiered"
+    );
+    inner.manifest_write().insert(record);
+    inner.counters.uploaded_segments.fetch_add(1, Ordering::Relaxed);
+    inner.counters.uploaded_bytes.fetch_add(size, Ordering::Relaxed);
+    inner.update_retention_limit();
+    Ok(())
+}
+
+/// Deletes objects of this log that have no manifest row and are older than the grace period.
+pub(super) async fn sweep_orphans(inner: &Arc<Inner>) {
+    let prefix = inner.settings.prefix.trim_end_matches('/');
+    let list_prefix = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
+    let objects = match inner.store.list(&list_prefix).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing objects for the orphan sweep failed; will retry");
+            return;
+        }
+    };
+    let known: HashSet<String> = inner.manifest_read().segments.values().map(|r| r.object_key.clone()).collect();
+    let cutoff = now_ms() - inner.settings.orphan_grace.as_millis() as i64;
+    for o in objects {
+        if parse_object_key(prefix, &inner.settings.log_id, &o.key).is_none() || known.contains(&o.key) {
+            continue;
+        }
+        if o.modified_ms > cutoff {
+            continue;
+        }
+        // Re-check: an upload may have recorded it since the listing.
+        if inner.manifest_read().segments.values().any(|r| r.object_key == o.key) {
+            continue;
+        }
+        match inner.store.delete(&o.key).await {
+            Ok(()) => {
+                inner.counters.orphans_removed.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(key = o.key, bytes = o.size, "deleted orphan object (no manifest row)");
+            }
+            Err(e) => tracing::warn!(key = o.key, error = %e, "deleting an orphan object failed; will retry"),
+        }
+    }
+}
+
+/// Deletes segments whose last record is older than the remote reserved time and which are
+/// no longer stored locally: manifest row first, then the object (a crash in between leaves
+/// an orphan for the sweep).
+pub(super) async fn remote_retention(inner: &Arc<Inner>, stop: &CancellationToken) {
+    let cutoff = now_ms() - inner.settings.remote_reserved_time.as_millis() as i64;
+    let local_start = inner.local.log_start();
+    let expired: Vec<Arc<SegmentRecord>> = inner
+        .manifest_read()
+        .segments
+        .values()
+        .take_while(|r| r.last_store_ms < cutoff && r.base + r.size <= local_start)
+        .cloned()
+        .collect();
+    for rec in expired {
+        if stop.is_cancelled() {
+            return;
+        }
+        match inner.meta.delete_segment(&rec.log_id, rec.base).await {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(segment = rec.base, error = %e, "remote retention: removing the manifest row failed; will retry");
+                return;
+            }
+        }
+        inner.manifest_write().remove(rec.base);
+        inner.cache().forget_segment(rec.base);
+        inner.counters.remote_segments_expired.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = inner.store.delete(&rec.object_key).await {
+            tracing::warn!(key = rec.object_key, error = %e, "remote retention: deleting the object failed; the orphan sweep will");
+        } else {
+            tracing::info!(segment = rec.base, key = rec.object_key, "remote retention deleted a tiered segment");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_hashed_and_parse_back() {
+        let k = object_key("tier", "node-1", 1 << 20);
+        assert!(k.starts_with("tier/") && k.ends_with("/node-1/00000000000001048576.seg"), "{k}");
+        assert_eq!(parse_object_key("tier", "node-1", &k), Some(1 << 20));
+        assert_eq!(parse_object_key("tier", "node-2", &k), None);
+        assert_eq!(parse_object_key("", "", &object_key("", "", 0)), Some(0));
+        assert!(object_key("", "", 0).ends_with("/local/00000000000000000000.seg"));
+        assert_eq!(parse_object_key("tier", "node-1", "tier/zz/node-1/00000000000001048576.seg"), None);
+    }
+}
