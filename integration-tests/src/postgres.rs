@@ -40,9 +40,18 @@ fn run(args: &[&str]) -> Result<String> {
 }
 
 impl Postgres {
-    /// Starts a fresh cluster with an empty database `app`.
+    /// Starts a fresh cluster with an empty database `app` (three tries: the free port the
+    /// script picked may be taken by another test meanwhile).
     pub fn start() -> Result<Postgres> {
-        let out = run(&["start"])?;
+        let mut tries = 0;
+        let out = loop {
+            tries += 1;
+            match run(&["start"]) {
+                Ok(out) => break out,
+                Err(e) if tries >= 3 => return Err(e),
+                Err(e) => eprintln!("services/postgres.sh start failed, trying again: {e:#}"),
+            }
+        };
         // `export PGTMP=/tmp/pg.x PGPORT=123 DATABASE_URL=postgres://…`
         let field = |name: &str| {
             out.split_whitespace()
