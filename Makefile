@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export RUST_BACKTRACE ?= 0
 
-.PHONY: all build run test test-unit test-e2e sdk-setup lint fmt bench bench-soak clean
+.PHONY: all build run test test-unit test-e2e sdk-setup lint fmt bench bench-soak bench-metadata clean
 
 all: build
 
@@ -60,7 +60,21 @@ bench:
 	bash integration-tests/services/s3.sh install s3s-fs
 	$(BENCH_BIN) bench s3 $(BENCH_S3_ARGS)
 	$(BENCH_BIN) bench tiering $(BENCH_TIERING_ARGS)
+	$(MAKE) bench-metadata
 	$(MAKE) bench-soak
+
+## Metadata store: progress transactions/s on a throwaway PostgreSQL (services/postgres.sh,
+## loopback, fsync off like the test cluster) and on SQLite in bench-results/; knobs e.g.
+## BENCH_METADATA_ARGS='--duration 30s --writers 8 --batches 1,500'.
+BENCH_METADATA_ARGS ?=
+bench-metadata:
+	$(CARGO) build --release --locked --features nats-bench --bin rmq-gateway
+	@set -e; eval "$$(bash integration-tests/services/postgres.sh start)"; \
+	  trap 'bash integration-tests/services/postgres.sh stop "$$PGTMP"' EXIT; \
+	  $(BENCH_BIN) bench metadata --url "$$DATABASE_URL" --name metadata-postgres $(BENCH_METADATA_ARGS)
+	rm -f bench-results/metadata-bench.db*
+	$(BENCH_BIN) bench metadata --url sqlite://$(CURDIR)/bench-results/metadata-bench.db --name metadata-sqlite $(BENCH_METADATA_ARGS)
+	rm -f bench-results/metadata-bench.db*
 
 ## Soak (integration-tests/tests/soak.rs) against the release gateway, longer than in `make test`:
 ## short-lived clients that vanish without a goodbye, a consumer that never acks a tenth, a

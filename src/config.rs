@@ -383,11 +383,49 @@ impl Default for StorageSection {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct MetadataConfig {
-    /// `sqlite://PATH`. Empty: `sqlite://<dataDir>/meta.db`.
+    /// `sqlite://PATH` or `postgres://USER:PASSWORD@HOST:PORT/DB[?sslmode=require]`
+    /// (`postgresql://` too). Empty: `sqlite://<dataDir>/meta.db`.
     pub url: String,
+    /// PostgreSQL: connections in the pool.
+    pub max_connections: u32,
+    /// PostgreSQL: bound on opening the store at start (first connection and migrations).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// PostgreSQL: how long a query waits for a pooled connection before it fails (and is retried
+    /// later by the progress flusher).
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// PostgreSQL: server-side bound on one statement; `0s`: none.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        let d = crate::metadata::StoreOptions::default();
+        Self {
+            url: String::new(),
+            max_connections: d.max_connections,
+            connect_timeout: d.connect_timeout,
+            acquire_timeout: d.acquire_timeout,
+            statement_timeout: d.statement_timeout,
+        }
+    }
+}
+
+impl MetadataConfig {
+    /// The pool and timeout settings handed to the store.
+    pub fn store_options(&self) -> crate::metadata::StoreOptions {
+        crate::metadata::StoreOptions {
+            max_connections: self.max_connections,
+            connect_timeout: self.connect_timeout,
+            acquire_timeout: self.acquire_timeout,
+            statement_timeout: self.statement_timeout,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -707,8 +745,23 @@ impl Config {
                 );
             }
         }
-        if !self.metadata.url.is_empty() && !self.metadata.url.starts_with("sqlite:") {
-            return invalid("metadata.url", "only sqlite:// URLs are supported in this version");
+        if !self.metadata.url.is_empty() && crate::metadata::StoreKind::of_url(&self.metadata.url).is_none() {
+            return invalid(
+                "metadata.url",
+                format!(
+                    "`{}`: expected sqlite://PATH, postgres://… or postgresql://…",
+                    crate::metadata::redact_url(&self.metadata.url)
+                ),
+            );
+        }
+        if !(1..=1000).contains(&self.metadata.max_connections) {
+            return invalid("metadata.maxConnections", "must be between 1 and 1000");
+        }
+        if self.metadata.connect_timeout.is_zero() {
+            return invalid("metadata.connectTimeout", "must be greater than 0");
+        }
+        if self.metadata.acquire_timeout.is_zero() {
+            return invalid("metadata.acquireTimeout", "must be greater than 0");
         }
         if self.topics.default_topic_queue_nums == 0 || self.topics.default_topic_queue_nums > 1024 {
             return invalid("topics.defaultTopicQueueNums", "must be between 1 and 1024");
@@ -879,6 +932,39 @@ mod tests {
         let store = &c.storage.tiering.object_store;
         assert_eq!((store.kind.as_str(), store.path_style), ("s3", false));
         assert!(store.access_key.is_empty() && store.secret_key.is_empty());
+        assert!(c.metadata_url().starts_with("postgres://"));
+    }
+
+    #[test]
+    fn production_example_parses_with_postgres() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.yaml");
+        let c = Config::load(Some(&path), Vec::new()).unwrap();
+        assert!(c.metadata_url().starts_with("postgres://"));
+        assert!(!c.topics.auto_create_topic_enable);
+    }
+
+    #[test]
+    fn metadata_url_picks_the_store_and_pool_keys_are_checked() {
+        for url in ["sqlite:///tmp/m.db", "postgres://u:p@h:5432/db?sslmode=require", "postgresql://h/db"] {
+            let c = load_str(&format!("metadata:\n  url: \"{url}\"\n"), &[]).unwrap();
+            assert_eq!(c.metadata_url(), url);
+        }
+        let c = load_str(
+            "metadata:\n  maxConnections: 3\n  connectTimeout: 2s\n  acquireTimeout: 500ms\n  statementTimeout: 0s\n",
+            &[("RMQ_GATEWAY_METADATA__URL", "postgres://h/db")],
+        )
+        .unwrap();
+        let o = c.metadata.store_options();
+        assert_eq!(
+            (o.max_connections, o.connect_timeout, o.acquire_timeout, o.statement_timeout),
+            (3, Duration::from_secs(2), Duration::from_millis(500), Duration::ZERO)
+        );
+        let e = load_str("metadata:\n  url: \"mysql://u:hunter2@h/db\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("metadata.url") && e.contains("postgres://") && !e.contains("hunter2"), "{e}");
+        let e = load_str("metadata:\n  maxConnections: 0\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("metadata.maxConnections"), "{e}");
+        let e = load_str("metadata:\n  acquireTimeout: 0s\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("metadata.acquireTimeout"), "{e}");
     }
 
     #[test]

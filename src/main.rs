@@ -57,16 +57,20 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Bench { command } => rmq_gateway::bench::run(*command),
         Command::CheckConfig { config } => match load(config.as_deref()) {
-            Ok(c) => match serde_norway::to_string(&c) {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
+            Ok(mut c) => {
+                // The effective configuration, without the database password.
+                c.metadata.url = rmq_gateway::metadata::redact_url(&c.metadata.url);
+                match serde_norway::to_string(&c) {
+                    Ok(text) => {
+                        print!("{text}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("rmq-gateway: {e}");
+                        ExitCode::FAILURE
+                    }
                 }
-                Err(e) => {
-                    eprintln!("rmq-gateway: {e}");
-                    ExitCode::FAILURE
-                }
-            },
+            }
             Err(code) => code,
         },
         Command::Serve { config } => {

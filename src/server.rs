@@ -24,8 +24,7 @@ use crate::broker::{Broker, BrokerSettings, Stores};
 use crate::clock::SystemClock;
 use crate::config::{self, Config, FlushDiskType};
 use crate::grpc::{GrpcSettings, MessagingServiceImpl, ProducerBackoff};
-use crate::metadata::MetadataStore;
-use crate::metadata::sqlite::SqliteMetadataStore;
+use crate::metadata::{self, MetadataStore};
 use crate::storage::tiered::{TieredLog, TieringSettings};
 use crate::storage::{BucketFiles, CommitLog, FlushMode, MessageLog, StorageConfig};
 use crate::tls;
@@ -198,11 +197,12 @@ pub async fn run(
             .await
             .context("commit-log recovery panicked")??
     };
-    let meta: Arc<dyn MetadataStore> = Arc::new(
-        SqliteMetadataStore::open(&config.metadata_url())
-            .await
-            .with_context(|| "cannot open the metadata store (metadata.url)")?,
-    );
+    let meta_url = config.metadata_url();
+    let meta: Arc<dyn MetadataStore> =
+        metadata::open(&meta_url, &config.metadata.store_options()).await.with_context(|| {
+            format!("cannot open the metadata store `{}` (metadata.url)", metadata::redact_url(&meta_url))
+        })?;
+    tracing::info!(url = %metadata::redact_url(&meta_url), "metadata store open");
     let log = open_tiered(&config, log, meta.clone()).await?;
     let timer_index =
         BucketFiles::open(&config.storage.data_dir.join("timer"), config.timer.timer_bucket.as_millis() as i64)

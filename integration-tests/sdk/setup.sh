@@ -12,14 +12,17 @@
 #   .work/apache/lib   Apache RocketMQ 5.5.0 jars (pinned by ../reference/pom.xml): the reference server
 #   .work/s3-venv      moto[server] (pinned by ../services/s3-requirements.txt): the S3-compatible server of
 #                      the object-store tests (../services/s3.sh; s3s-fs for `make bench` is installed there)
+#   postgres           the Debian `postgresql` package, for the throwaway test clusters of
+#                      ../services/postgres.sh: installed with apt-get (as root) only when initdb/pg_ctl are missing
 # Idempotent: a step is skipped when its lock file has not changed since the last successful run.
-# Needs only cargo, python3 (>= 3.9, with venv), node/npm (>= 18), JDK 17 + Maven, Go >= 1.25. No sudo, nothing global.
-# Env: SDK_BUILD_JOBS (cargo -j, default 2), SDK_ONLY="python node rust java go spring apache s3" (subset to install).
+# Needs only cargo, python3 (>= 3.9, with venv), node/npm (>= 18), JDK 17 + Maven, Go >= 1.25. No sudo; nothing
+# global except the postgres step's apt package when it is missing.
+# Env: SDK_BUILD_JOBS (cargo -j, default 2), SDK_ONLY="python node rust java go spring apache s3 postgres" (subset to install).
 set -euo pipefail
 
 SDK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 WORK="$SDK_DIR/.work"
-ONLY="${SDK_ONLY:-python node rust java go spring apache s3}"
+ONLY="${SDK_ONLY:-python node rust java go spring apache s3 postgres}"
 mkdir -p "$WORK"
 
 log() { printf '[sdk-setup] %s\n' "$*" >&2; }
@@ -126,6 +129,10 @@ spring_step() {
   stamp spring "${sources[@]}"
 }
 
+postgres_step() {
+  bash "$SDK_DIR/../services/postgres.sh" install
+}
+
 apache_step() {
   need java "JDK 17"
   bash "$SDK_DIR/../reference/apache.sh" resolve
@@ -139,4 +146,5 @@ wants go && timed go_step
 wants spring && timed spring_step
 wants apache && timed apache_step
 wants s3 && timed s3_step
+wants postgres && timed postgres_step
 log "done: SDKs installed under $WORK"

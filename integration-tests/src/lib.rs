@@ -12,6 +12,7 @@
 //! - [`namespaces`]: namespace isolation through the SDK drivers (`--namespace`).
 //! - [`scenario`]: one gateway + temp dir per test, driver runs within a time budget, the
 //!   checks a consumer's report must pass, and the scenarios several SDKs' tests share.
+//! - [`postgres`]: a throwaway PostgreSQL (services/postgres.sh) on loopback, with outages.
 //! - [`offsets`]: offset resets seen by running SDK consumers (and across a gateway crash).
 //! - [`s3`]: a throwaway S3-compatible server (moto or s3s-fs, `services/s3.sh`).
 //! - [`fault_proxy`]: a TCP proxy in front of a server that can refuse, stall or answer 503
@@ -27,6 +28,7 @@ pub mod in_process;
 pub mod namespaces;
 pub mod offsets;
 pub mod s3;
+pub mod postgres;
 pub mod scenario;
 pub mod sdk;
 pub mod types;

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::gateway_process::{Gateway, Stop, gateway_binary};
+use crate::postgres::Postgres;
 use crate::sdk::{self, Mode, Outcome, Report, Run, Running, Sdk};
 
 /// A driver's budget for its main loop (sending, or receiving until all N arrived).
@@ -44,18 +45,46 @@ pub fn unique(kind: &str, test: &str) -> String {
     format!("e2e_{kind}_{test}_{}_{nanos}", std::process::id())
 }
 
-/// One test's gateway and temp dir. Field order matters: the gateway is killed before the
-/// directory is removed. The directory is kept (and its path printed) if the test fails.
+/// Where a scenario's gateway keeps its metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metadata {
+    /// The default: `sqlite://<dataDir>/meta.db`.
+    Sqlite,
+    /// A throwaway PostgreSQL started for the scenario (`services/postgres.sh`).
+    Postgres,
+}
+
+impl Metadata {
+    /// `RMQ_E2E_METADATA=postgres` runs every [`Ctx::start`] scenario on PostgreSQL; anything
+    /// else (or unset) on SQLite.
+    pub fn from_env() -> Metadata {
+        match std::env::var("RMQ_E2E_METADATA") {
+            Ok(v) if v.eq_ignore_ascii_case("postgres") || v.eq_ignore_ascii_case("postgresql") => Metadata::Postgres,
+            _ => Metadata::Sqlite,
+        }
+    }
+}
+
+/// One test's gateway, its PostgreSQL (if any) and temp dir. Field order matters: the gateway
+/// is killed before its database and the directory are removed. The directory is kept (and
+/// its path printed) if the test fails.
 pub struct Ctx {
     pub test: &'static str,
     pub deadline: Instant,
     pub gateway: Gateway,
+    pub postgres: Option<Postgres>,
     dir: Option<tempfile::TempDir>,
 }
 
 impl Ctx {
-    /// Starts a gateway, or returns `None` (skip) if a prerequisite is missing.
+    /// Starts a gateway with its metadata where `RMQ_E2E_METADATA` says ([`Metadata::from_env`]),
+    /// or returns `None` (skip) if a prerequisite is missing.
     pub fn start(test: &'static str, sdks: &[Sdk]) -> Option<Ctx> {
+        Ctx::start_on(test, sdks, Metadata::from_env())
+    }
+
+    /// [`Ctx::start`] with the metadata in `metadata`.
+    pub fn start_on(test: &'static str, sdks: &[Sdk], metadata: Metadata) -> Option<Ctx> {
         let mut missing: Vec<String> = sdks.iter().filter_map(|s| s.missing()).collect();
         missing.dedup();
         if let Err(e) = gateway_binary() {
@@ -69,9 +98,18 @@ impl Ctx {
             shout(&text);
             return None;
         }
+        let postgres = match metadata {
+            Metadata::Sqlite => None,
+            Metadata::Postgres => Some(Postgres::start_or_skip(test)?),
+        };
         let dir = tempfile::Builder::new().prefix(&format!("rmq-e2e-{test}-")).tempdir().unwrap();
-        let gateway = Gateway::start(dir.path()).unwrap_or_else(|e| panic!("{test}: {e:#}"));
-        Some(Ctx { test, deadline: Instant::now() + SCENARIO_BUDGET, gateway, dir: Some(dir) })
+        let overrides: Vec<(&str, &str)> = postgres.iter().map(|pg| ("RMQ_GATEWAY_METADATA__URL", pg.url())).collect();
+        let gateway = Gateway::start_with(dir.path(), &overrides).unwrap_or_else(|e| panic!("{test}: {e:#}"));
+        if postgres.is_some() {
+            let log = gateway.log_tail(200);
+            assert!(log.contains("metadata store open url=postgres://"), "{test}: not on PostgreSQL:\n{log}");
+        }
+        Some(Ctx { test, deadline: Instant::now() + SCENARIO_BUDGET, gateway, postgres, dir: Some(dir) })
     }
 
     pub fn path(&self) -> &Path {
@@ -428,7 +466,19 @@ pub fn note_shutdown(test: &str, report: &Report) {
 /// `producer` (with driver arguments `producer_extra`) sends N messages on a fresh topic;
 /// `consumer` consumes them in `mode` on a fresh group, each exactly once.
 pub fn produce_then_consume(test: &'static str, producer: Sdk, producer_extra: &[&str], consumer: Sdk, mode: Mode) {
-    let Some(ctx) = Ctx::start(test, &[producer, consumer]) else {
+    produce_then_consume_on(test, Metadata::from_env(), producer, producer_extra, consumer, mode)
+}
+
+/// [`produce_then_consume`] on a gateway with its metadata in `metadata`.
+pub fn produce_then_consume_on(
+    test: &'static str,
+    metadata: Metadata,
+    producer: Sdk,
+    producer_extra: &[&str],
+    consumer: Sdk,
+    mode: Mode,
+) {
+    let Some(ctx) = Ctx::start_on(test, &[producer, consumer], metadata) else {
         return;
     };
     let (topic, group) = ctx.topic_and_group();
@@ -441,7 +491,18 @@ pub fn produce_then_consume(test: &'static str, producer: Sdk, producer_extra: &
 /// all of `b`. After SIGTERM, no message of the acked batch `a` may come back; after
 /// SIGKILL such redeliveries are reported (at-least-once) but allowed.
 pub fn restart_between_send_and_consume(test: &'static str, how: Stop, producer: Sdk, consumer: Sdk) {
-    let Some(mut ctx) = Ctx::start(test, &[producer, consumer]) else {
+    restart_between_send_and_consume_on(test, Metadata::from_env(), how, producer, consumer)
+}
+
+/// [`restart_between_send_and_consume`] on a gateway with its metadata in `metadata`.
+pub fn restart_between_send_and_consume_on(
+    test: &'static str,
+    metadata: Metadata,
+    how: Stop,
+    producer: Sdk,
+    consumer: Sdk,
+) {
+    let Some(mut ctx) = Ctx::start_on(test, &[producer, consumer], metadata) else {
         return;
     };
     let (topic, group) = ctx.topic_and_group();

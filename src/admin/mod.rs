@@ -46,9 +46,25 @@ pub fn router(state: AdminState) -> axum::Router {
         .with_state(state)
 }
 
+/// 200 `ready` while serving. With the metadata store failing the gateway still serves sends,
+/// receives and acks (progress waits in memory and in the log's consumer journal), so it stays
+/// ready — taking every replica out of the Service because their shared database blinked would
+/// turn a metadata outage into a full one — and says so in the body:
+/// `ready; metadata: degraded (<error>) for 12s, N progress records waiting`.
 async fn readyz(State(s): State<AdminState>) -> Response {
     if s.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready").into_response()
+        let health = s.broker.metadata_health();
+        match health.degraded {
+            None => (StatusCode::OK, "ready").into_response(),
+            Some(d) => {
+                let secs = (s.broker.now_ms() - d.since_ms).max(0) / 1000;
+                let body = format!(
+                    "ready; metadata: degraded ({}) for {secs}s, {} progress records waiting",
+                    d.error, health.waiting
+                );
+                (StatusCode::OK, body).into_response()
+            }
+        }
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
     }
@@ -597,5 +613,17 @@ fn stats_json(s: &BrokerStats) -> serde_json::Value {
 }
 
 async fn stats(State(s): State<AdminState>) -> Json<serde_json::Value> {
-    Json(stats_json(&s.broker.stats()))
+    let mut json = stats_json(&s.broker.stats());
+    let health = s.broker.metadata_health();
+    json["metadata"] = match health.degraded {
+        None => serde_json::json!({ "status": "ok", "progressWaiting": health.waiting }),
+        Some(d) => serde_json::json!({
+            "status": "degraded",
+            "error": d.error,
+            "degradedForMs": (s.broker.now_ms() - d.since_ms).max(0),
+            "failures": d.failures,
+            "progressWaiting": health.waiting,
+        }),
+    };
+    Json(json)
 }

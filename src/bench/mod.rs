@@ -12,12 +12,14 @@
 //! - `compare`: everything above in one run, plus Apache RocketMQ 5 (started from its Maven
 //!   Central jars by `integration-tests/reference/apache.sh`), with ratios and target checks.
 //!
-//! Other benchmarks (the storage, timer and S3 benchmarks) hang off [`BenchCommand`] as further variants.
+//! Other benchmarks (the storage, timer, S3, tiering and metadata benchmarks) hang off [`BenchCommand`] as
+//! further variants.
 
 pub mod apache;
 pub mod compare;
 pub mod grpc;
 pub mod load;
+pub mod metadata;
 #[cfg(feature = "nats-bench")]
 pub mod nats;
 pub mod noop;
@@ -57,6 +59,9 @@ pub enum BenchCommand {
     /// An S3-compatible server's raw PUT and ranged-GET throughput with the SDK client, and the
     /// same reads through the gateway's S3 object store (s3s-fs started here unless --endpoint).
     S3(s3::S3BenchArgs),
+    /// The metadata store: progress transactions per second (one `save_progress` per flush)
+    /// with several writers, on SQLite or PostgreSQL.
+    Metadata(metadata::MetadataBenchArgs),
     /// Tiered storage: upload MB/s, cold-read MB/s and GETs per GB read back from an object
     /// store (a local directory).
     Tiering(tiering::TieringBenchArgs),
@@ -146,6 +151,7 @@ pub fn run(command: BenchCommand) -> ExitCode {
             BenchCommand::Storage(args) => crate::storage::bench::run(args).await,
             BenchCommand::Timers(args) => timers::run(args).await,
             BenchCommand::S3(args) => s3::run(args).await,
+            BenchCommand::Metadata(args) => metadata::run(args).await,
             BenchCommand::Tiering(args) => tiering::run(args).await,
         }
     });

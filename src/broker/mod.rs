@@ -16,6 +16,7 @@ pub mod error;
 pub mod filter;
 mod journal;
 pub mod message;
+mod meta_health;
 pub mod namespace;
 mod offsets;
 mod pop;
@@ -40,6 +41,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use admission::AdmissionStats;
+pub use meta_health::{MetadataDegraded, MetadataHealth};
 pub use sessions::SessionStats;
 pub use states::StateStats;
 
@@ -175,6 +177,8 @@ pub(crate) struct Inner {
     journal_saved: AtomicU64,
     /// Orders offset resets after the acks under way (`offsets.rs`).
     reset_gates: offsets::ResetGates,
+    /// Whether progress writes to the metadata store are failing (`meta_health.rs`).
+    meta_health: meta_health::HealthCell,
     shutdown: CancellationToken,
 }
 
@@ -268,6 +272,7 @@ impl Broker {
             relay: relay::Relay::default(),
             journal_saved: AtomicU64::new(0),
             reset_gates: offsets::ResetGates::default(),
+            meta_health: meta_health::HealthCell::default(),
             shutdown: CancellationToken::new(),
             settings,
             clock,

@@ -945,7 +945,7 @@ impl Broker {
         let c = &self.inner.settings.consumer;
         let retire_check = (c.broadcast_retire_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
         tokio::join!(
-            self.every(c.progress_flush_interval, "flushing consumer progress", || self.flush_progress()),
+            self.flush_progress_with_backoff(c.progress_flush_interval),
             self.every(retire_check, "retiring departed broadcast clients", || self.retire_broadcast_consumers()),
         );
     }
@@ -973,6 +973,30 @@ impl Broker {
             tracing::info!(consumer = key, "retired the progress of a broadcast client that stopped receiving");
         }
         Ok(())
+    }
+
+    /// Flushes progress every `period` until shutdown. While the metadata store fails, the
+    /// progress stays dirty and the wait doubles up to `meta_health::MAX_RETRY_DELAY`; the
+    /// degradation is recorded for `/readyz` (see `meta_health.rs`).
+    async fn flush_progress_with_backoff(&self, period: Duration) {
+        let shutdown = self.inner.shutdown.clone();
+        let mut delay = period;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            match self.flush_progress().await {
+                Ok(()) => {
+                    self.metadata_succeeded();
+                    delay = period;
+                }
+                Err(e) => {
+                    self.metadata_failed(&e.to_string());
+                    delay = super::meta_health::next_delay(delay, period);
+                }
+            }
+        }
     }
 
     /// Runs `work` every `period` until shutdown; a failure is logged and retried next time.

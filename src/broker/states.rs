@@ -290,6 +290,11 @@ impl Broker {
         pruned
     }
 
+    /// Consumer states whose progress waits for the next flush.
+    pub(super) fn progress_waiting(&self) -> usize {
+        lock(&self.inner.states.dirty).len()
+    }
+
     /// Writes the progress of the states changed since the last flush, in one batch.
     pub async fn flush_progress(&self) -> BrokerResult<()> {
         // Read before the snapshot: every ack journaled below this offset was applied in memory

@@ -20,6 +20,7 @@ macro_rules! delegate_to_inner {
 }
 
 mod bounded;
+mod meta_outage;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,11 +1,19 @@
 //! Control data: topics, consumer groups, consumed progress, cluster secrets and the manifest
-//! of log segments tiered to the object store, behind the [`MetadataStore`] trait. SQLite ([`sqlite::SqliteMetadataStore`]) is the embedded default;
-//! PostgreSQL comes with the cluster work and must pass the same conformance tests.
+//! of log segments tiered to the object store, behind the [`MetadataStore`] trait. SQLite
+//! ([`sqlite::SqliteMetadataStore`]) is the embedded default, PostgreSQL
+//! ([`postgres::PostgresMetadataStore`]) the production store; [`open`] picks one by URL scheme.
+//! Both pass the same [`conformance`] suite.
 //!
 //! Progress is written in batches ([`MetadataStore::save_progress`]), never once per message.
 //! This module must not import protocol or HTTP crates.
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+pub mod postgres;
 pub mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -166,4 +174,97 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn secret(&self, name: &str, candidate: &[u8]) -> MetadataResult<Vec<u8>>;
 
     async fn close(&self);
+}
+
+/// Pool and timeout settings of a networked store (`metadata.*` in the configuration).
+/// SQLite ignores them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Connections in the pool.
+    pub max_connections: u32,
+    /// Bound on opening the store at start: first connection and migrations.
+    pub connect_timeout: Duration,
+    /// How long a query waits for a pooled connection (and its connect) before failing.
+    pub acquire_timeout: Duration,
+    /// Server-side bound on one statement (`statement_timeout`); zero: none.
+    pub statement_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 8,
+            connect_timeout: Duration::from_secs(30),
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The kind of store a metadata URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+impl StoreKind {
+    /// `sqlite:…` → SQLite, `postgres://…`/`postgresql://…` → PostgreSQL, anything else `None`.
+    pub fn of_url(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(StoreKind::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(StoreKind::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// Opens the store `url` names, running its migrations.
+pub async fn open(url: &str, options: &StoreOptions) -> MetadataResult<Arc<dyn MetadataStore>> {
+    match StoreKind::of_url(url) {
+        Some(StoreKind::Sqlite) => Ok(Arc::new(sqlite::SqliteMetadataStore::open(url).await?)),
+        Some(StoreKind::Postgres) => Ok(Arc::new(postgres::PostgresMetadataStore::open(url, options).await?)),
+        None => Err(MetadataError::Unavailable(format!(
+            "unsupported metadata url `{}`: expected sqlite://, postgres:// or postgresql://",
+            redact_url(url)
+        ))),
+    }
+}
+
+/// `url` with the password of its user info replaced by `***` (for logs and errors).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_pick_the_store_and_hide_passwords() {
+        assert_eq!(StoreKind::of_url("sqlite:///tmp/m.db"), Some(StoreKind::Sqlite));
+        assert_eq!(StoreKind::of_url("postgres://u@h/db"), Some(StoreKind::Postgres));
+        assert_eq!(StoreKind::of_url("postgresql://u@h/db"), Some(StoreKind::Postgres));
+        assert_eq!(StoreKind::of_url("mysql://u@h/db"), None);
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db?sslmode=require"),
+            "postgres://u:***@h:5432/db?sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+        assert_eq!(redact_url("sqlite:///x/meta.db"), "sqlite:///x/meta.db");
+    }
 }

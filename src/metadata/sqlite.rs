@@ -392,119 +392,35 @@ impl MetadataStore for SqliteMetadataStore {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::metadata::conformance;
 
-    #[tokio::test]
-    async fn topics_groups_progress_and_secrets() {
-        let store = SqliteMetadataStore::in_memory().await.unwrap();
-        let t = TopicRecord { name: "t1".into(), queue_nums: 4, topic_type: TopicType::Fifo };
-        assert_eq!(store.create_topic(&t).await.unwrap(), t);
-        // Creating again keeps the original.
-        let again = TopicRecord { queue_nums: 8, ..t.clone() };
-        assert_eq!(store.create_topic(&again).await.unwrap(), t);
-        assert_eq!(store.list_topics().await.unwrap(), vec![t.clone()]);
-        assert!(store.delete_topic("t1").await.unwrap());
-        assert!(store.topic("t1").await.unwrap().is_none());
-
-        let g = GroupRecord {
-            name: "g".into(),
-            fifo: true,
-            retry_max_times: 3,
-            retry_backoff: None,
-            broadcast: false,
-            auto_created: false,
-        };
-        assert_eq!(store.create_group(&g).await.unwrap(), g);
-        assert_eq!(store.group("g").await.unwrap(), Some(g.clone()));
-        // create keeps what exists; put replaces it.
-        let changed = GroupRecord {
-            fifo: false,
-            retry_max_times: 5,
-            retry_backoff: Some("1s 2s".into()),
-            broadcast: true,
-            ..g.clone()
-        };
-        assert_eq!(store.create_group(&changed).await.unwrap(), g);
-        store.put_group(&changed).await.unwrap();
-        assert_eq!(store.list_groups().await.unwrap(), vec![changed.clone()]);
-        // Only an auto-created group is retired.
-        assert!(!store.retire_group("g").await.unwrap());
-        let auto = GroupRecord { name: "a".into(), auto_created: true, ..changed.clone() };
-        assert_eq!(store.create_group(&auto).await.unwrap(), auto);
-        assert!(store.retire_group("a").await.unwrap());
-        assert_eq!(store.list_groups().await.unwrap(), vec![changed]);
-
-        let p = ProgressRecord {
-            group: "g".into(),
-            topic: "t".into(),
-            queue_id: 2,
-            ack_floor: 10,
-            acked_above: vec![1, 2],
-        };
-        assert_eq!(store.load_progress().await.unwrap(), (vec![], 0));
-        store.save_progress(std::slice::from_ref(&p), 7).await.unwrap();
-        let p2 = ProgressRecord { ack_floor: 12, acked_above: vec![], ..p.clone() };
-        store.save_progress(std::slice::from_ref(&p2), 9).await.unwrap();
-        assert_eq!(store.load_progress().await.unwrap(), (vec![p2.clone()], 9));
-        // The journal checkpoint never moves backwards.
-        store.save_progress(&[], 3).await.unwrap();
-        assert_eq!(store.load_progress().await.unwrap(), (vec![p2], 9));
-
-        let s1 = store.secret("receipt", b"abc").await.unwrap();
-        let s2 = store.secret("receipt", b"xyz").await.unwrap();
-        assert_eq!(s1, b"abc");
-        assert_eq!(s2, b"abc");
+    async fn fresh(_check: &'static str) -> MetadataResult<Arc<dyn MetadataStore>> {
+        Ok(Arc::new(SqliteMetadataStore::in_memory().await?))
     }
 
     #[tokio::test]
-    async fn the_segment_manifest_is_idempotent_and_per_log() {
-        let store = SqliteMetadataStore::in_memory().await.unwrap();
-        let q = |topic: &str, queue_id, first_offset, end_offset, index_pos| SegmentQueue {
-            topic: topic.into(),
-            queue_id,
-            first_offset,
-            end_offset,
-            index_pos,
-        };
-        let seg = |base: u64, queues| SegmentRecord {
-            log_id: "n1".into(),
-            base,
-            size: 1000,
-            object_key: format!("ab/n1/{base:020}"),
-            object_size: 1064,
-            first_store_ms: 5,
-            last_store_ms: 9,
-            uploaded_at_ms: 10,
-            queues,
-        };
-        let s2 = seg(2048, vec![q("a", 0, 7, 9, 1000)]);
-        let s1 = seg(0, vec![q("a", 0, 0, 7, 1000), q("b", 3, 0, 1, 1224)]);
-        store.put_segment(&s2).await.unwrap();
-        store.put_segment(&s1).await.unwrap();
-        assert_eq!(store.list_segments("n1").await.unwrap(), vec![s1.clone(), s2.clone()]);
-        assert_eq!(store.list_segments("n2").await.unwrap(), vec![]);
-        // Recording again replaces the row and its queues.
-        let s1b = SegmentRecord { queues: vec![q("c", 1, 4, 6, 1000)], ..s1.clone() };
-        store.put_segment(&s1b).await.unwrap();
-        assert_eq!(store.list_segments("n1").await.unwrap(), vec![s1b, s2.clone()]);
-        assert!(store.delete_segment("n1", 0).await.unwrap());
-        assert!(!store.delete_segment("n1", 0).await.unwrap());
-        assert_eq!(store.list_segments("n1").await.unwrap(), vec![s2]);
+    async fn passes_the_conformance_suite_in_memory() {
+        conformance::run_all(fresh).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn passes_the_conformance_suite_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("meta.db").display());
+        conformance::concurrent_creation(&SqliteMetadataStore::open(&url).await.unwrap()).await.unwrap();
     }
 
     #[tokio::test]
     async fn survives_reopen_on_disk() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("meta.db").display());
-        {
-            let store = SqliteMetadataStore::open(&url).await.unwrap();
-            store
-                .create_topic(&TopicRecord { name: "x".into(), queue_nums: 2, topic_type: TopicType::Normal })
-                .await
-                .unwrap();
-            store.close().await;
-        }
-        let store = SqliteMetadataStore::open(&url).await.unwrap();
-        assert_eq!(store.topic("x").await.unwrap().map(|t| t.queue_nums), Some(2));
+        conformance::reopen_keeps_data(|| async {
+            Ok(Arc::new(SqliteMetadataStore::open(&url).await?) as Arc<dyn MetadataStore>)
+        })
+        .await
+        .unwrap();
     }
 }

@@ -1,0 +1,508 @@
+//! [`MetadataStore`] on PostgreSQL through sqlx (`postgres://user:pass@host:port/db`): the
+//! production store, shared by gateway nodes. Migrations live in `migrations/postgres/` and are
+//! embedded in the binary; TLS (`sslmode=require`/`verify-full`) is rustls on ring.
+//!
+//! Batches are a few statements whatever their size: progress and segment queues are written
+//! with `UNNEST` over arrays. Errors never carry the URL's password ([`redact_url`]).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+
+use crate::clock::now_ms;
+
+use super::{
+    GroupRecord, MetadataError, MetadataResult, MetadataStore, ProgressRecord, SegmentQueue, SegmentRecord,
+    StoreOptions, TopicRecord, TopicType, redact_url,
+};
+
+/// Rows per `UNNEST` statement of a progress batch (bounds one statement's arrays).
+const PROGRESS_CHUNK: usize = 5000;
+
+pub struct PostgresMetadataStore {
+    pool: PgPool,
+}
+
+fn query_err(e: sqlx::Error) -> MetadataError {
+    match e {
+        sqlx::Error::Database(db) => MetadataError::Query(db.to_string()),
+        // Connection-level failures: the server is away or the pool is exhausted.
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => MetadataError::Unavailable(e.to_string()),
+        // sqlx::Error is non-exhaustive: decoding, configuration and row errors.
+        other => MetadataError::Query(other.to_string()),
+    }
+}
+
+fn to_i64(what: &str, v: u64) -> MetadataResult<i64> {
+    i64::try_from(v).map_err(|_| MetadataError::Invalid(format!("{what} {v} exceeds the BIGINT range")))
+}
+
+fn to_u64(what: &str, v: i64) -> MetadataResult<u64> {
+    u64::try_from(v).map_err(|_| MetadataError::Invalid(format!("stored {what} {v} is negative")))
+}
+
+fn to_u32(what: &str, v: i64) -> MetadataResult<u32> {
+    u32::try_from(v).map_err(|_| MetadataError::Invalid(format!("stored {what} {v} is out of range")))
+}
+
+impl PostgresMetadataStore {
+    /// Connects to `url` (`postgres://` or `postgresql://`) and runs the migrations. The first
+    /// connection and the migrations must finish within `options.connect_timeout`.
+    pub async fn open(url: &str, options: &StoreOptions) -> MetadataResult<Self> {
+        let shown = redact_url(url);
+        let mut connect = PgConnectOptions::from_str(url)
+            .map_err(|e| MetadataError::Unavailable(format!("bad postgres url `{shown}`: {}", redact_err(&e, url))))?
+            .application_name("rmq-gateway");
+        if !options.statement_timeout.is_zero() {
+            let ms = options.statement_timeout.as_millis().to_string();
+            connect = connect.options([("statement_timeout", ms.as_str())]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .min_connections(0)
+            .acquire_timeout(options.acquire_timeout)
+            // A connection broken by a server restart is noticed before it is handed out.
+            .test_before_acquire(true)
+            .idle_timeout(Duration::from_secs(300))
+            .connect_lazy_with(connect);
+        // A database that is not up yet (e.g. started with the gateway) is waited for, up to
+        // the connect timeout; any other failure ends the open at once.
+        let mut last_error = String::from("no answer");
+        let setup = async {
+            loop {
+                match sqlx::migrate!("./migrations/postgres").run(&pool).await {
+                    Ok(()) => return Ok(()),
+                    Err(sqlx::migrate::MigrateError::Execute(sqlx::Error::Io(e))) => {
+                        last_error = e.to_string();
+                        tracing::warn!(url = %shown, error = %e, "metadata store not reachable yet; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(sqlx::migrate::MigrateError::Execute(sqlx::Error::PoolTimedOut)) => {
+                        last_error = "pool timed out while connecting".into();
+                        tracing::warn!(url = %shown, "metadata store not reachable yet (pool timed out); retrying");
+                    }
+                    Err(e) => {
+                        return Err(MetadataError::Unavailable(format!(
+                            "migrations failed on `{shown}`: {}",
+                            redact_err(&e, url)
+                        )));
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(options.connect_timeout, setup).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(MetadataError::Unavailable(format!(
+                    "cannot reach `{shown}` within {:?} (metadata.connectTimeout): {}",
+                    options.connect_timeout,
+                    redact_err(&last_error, url)
+                )));
+            }
+        }
+        Ok(Self { pool })
+    }
+
+    /// Runs an `INSERT INTO consumer_groups … VALUES ($1..$7)` statement.
+    async fn insert_group(&self, group: &GroupRecord, sql: &'static str) -> MetadataResult<()> {
+        sqlx::query(sql)
+            .bind(&group.name)
+            .bind(group.fifo)
+            .bind(group.retry_max_times)
+            .bind(group.retry_backoff.as_deref())
+            .bind(group.broadcast)
+            .bind(group.auto_created)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await
+            .map_err(query_err)?;
+        Ok(())
+    }
+}
+
+/// An error message with the URL's password (if it appears) masked.
+fn redact_err(e: &dyn std::fmt::Display, url: &str) -> String {
+    let text = e.to_string();
+    match url_password(url) {
+        Some(pw) if !pw.is_empty() => text.replace(pw, "***"),
+        _ => text,
+    }
+}
+
+fn url_password(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let userinfo = authority.rsplit_once('@')?.0;
+    Some(userinfo.split_once(':')?.1)
+}
+
+fn topic_from_row(row: &PgRow) -> MetadataResult<TopicRecord> {
+    let name: String = row.try_get("name").map_err(query_err)?;
+    let queue_nums: i64 = row.try_get("queue_nums").map_err(query_err)?;
+    let kind: String = row.try_get("topic_type").map_err(query_err)?;
+    let topic_type = TopicType::parse(&kind)
+        .ok_or_else(|| MetadataError::Invalid(format!("topic `{name}` has unknown type `{kind}`")))?;
+    let queue_nums = u32::try_from(queue_nums)
+        .map_err(|_| MetadataError::Invalid(format!("topic `{name}` has {queue_nums} queues")))?;
+    Ok(TopicRecord { name, queue_nums, topic_type })
+}
+
+fn group_from_row(row: &PgRow) -> MetadataResult<GroupRecord> {
+    Ok(GroupRecord {
+        name: row.try_get("name").map_err(query_err)?,
+        fifo: row.try_get("fifo").map_err(query_err)?,
+        retry_max_times: row.try_get("retry_max_times").map_err(query_err)?,
+        retry_backoff: row.try_get("retry_backoff").map_err(query_err)?,
+        broadcast: row.try_get("broadcast").map_err(query_err)?,
+        auto_created: row.try_get("auto_created").map_err(query_err)?,
+    })
+}
+
+#[async_trait]
+impl MetadataStore for PostgresMetadataStore {
+    async fn create_topic(&self, topic: &TopicRecord) -> MetadataResult<TopicRecord> {
+        sqlx::query(
+            "INSERT INTO topics (name, queue_nums, topic_type, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&topic.name)
+        .bind(i64::from(topic.queue_nums))
+        .bind(topic.topic_type.as_str())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(query_err)?;
+        self.topic(&topic.name)
+            .await?
+            .ok_or_else(|| MetadataError::Query(format!("topic `{}` vanished after insert", topic.name)))
+    }
+
+    async fn topic(&self, name: &str) -> MetadataResult<Option<TopicRecord>> {
+        let row = sqlx::query("SELECT name, queue_nums, topic_type FROM topics WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_err)?;
+        row.as_ref().map(topic_from_row).transpose()
+    }
+
+    async fn list_topics(&self) -> MetadataResult<Vec<TopicRecord>> {
+        let rows = sqlx::query("SELECT name, queue_nums, topic_type FROM topics ORDER BY name COLLATE \"C\"")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err)?;
+        rows.iter().map(topic_from_row).collect()
+    }
+
+    async fn delete_topic(&self, name: &str) -> MetadataResult<bool> {
+        let done = sqlx::query("DELETE FROM topics WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn create_group(&self, group: &GroupRecord) -> MetadataResult<GroupRecord> {
+        self.insert_group(
+            group,
+            "INSERT INTO consumer_groups (name, fifo, retry_max_times, retry_backoff, broadcast, auto_created, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING",
+        )
+        .await?;
+        self.group(&group.name)
+            .await?
+            .ok_or_else(|| MetadataError::Query(format!("group `{}` vanished after insert", group.name)))
+    }
+
+    async fn put_group(&self, group: &GroupRecord) -> MetadataResult<()> {
+        self.insert_group(
+            group,
+            "INSERT INTO consumer_groups (name, fifo, retry_max_times, retry_backoff, broadcast, auto_created, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO UPDATE SET fifo = excluded.fifo, \
+             retry_max_times = excluded.retry_max_times, retry_backoff = excluded.retry_backoff, \
+             broadcast = excluded.broadcast, auto_created = excluded.auto_created",
+        )
+        .await
+    }
+
+    async fn retire_group(&self, name: &str) -> MetadataResult<bool> {
+        let done = sqlx::query("DELETE FROM consumer_groups WHERE name = $1 AND auto_created")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn group(&self, name: &str) -> MetadataResult<Option<GroupRecord>> {
+        let row = sqlx::query(
+            "SELECT name, fifo, retry_max_times, retry_backoff, broadcast, auto_created FROM consumer_groups WHERE name = $1",
+        )
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_err)?;
+        row.as_ref().map(group_from_row).transpose()
+    }
+
+    async fn list_groups(&self) -> MetadataResult<Vec<GroupRecord>> {
+        let rows = sqlx::query(
+            "SELECT name, fifo, retry_max_times, retry_backoff, broadcast, auto_created FROM consumer_groups \
+             ORDER BY name COLLATE \"C\"",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err)?;
+        rows.iter().map(group_from_row).collect()
+    }
+
+    async fn load_progress(&self) -> MetadataResult<(Vec<ProgressRecord>, u64)> {
+        let journal_offset: Option<i64> =
+            sqlx::query_scalar("SELECT journal_offset FROM journal_checkpoint WHERE id = 0")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(query_err)?;
+        let rows = sqlx::query("SELECT group_name, topic, queue_id, ack_floor, acked_above FROM consumer_progress")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err)?;
+        let records = rows
+            .iter()
+            .map(|row| {
+                Ok(ProgressRecord {
+                    group: row.try_get("group_name").map_err(query_err)?,
+                    topic: row.try_get("topic").map_err(query_err)?,
+                    queue_id: to_u32("queue id", row.try_get("queue_id").map_err(query_err)?)?,
+                    ack_floor: to_u64("ack floor", row.try_get("ack_floor").map_err(query_err)?)?,
+                    acked_above: row.try_get("acked_above").map_err(query_err)?,
+                })
+            })
+            .collect::<MetadataResult<Vec<_>>>()?;
+        Ok((records, journal_offset.unwrap_or(0).max(0) as u64))
+    }
+
+    async fn save_progress(&self, batch: &[ProgressRecord], journal_offset: u64) -> MetadataResult<()> {
+        // ON CONFLICT cannot touch one row twice in a statement: the last record of a key wins.
+        let mut latest: std::collections::HashMap<(&str, &str, u32), &ProgressRecord> =
+            std::collections::HashMap::with_capacity(batch.len());
+        for p in batch {
+            latest.insert((p.group.as_str(), p.topic.as_str(), p.queue_id), p);
+        }
+        let mut rows: Vec<&ProgressRecord> = latest.into_values().collect();
+        // Rows locked in key order: two writers of overlapping batches cannot deadlock.
+        rows.sort_unstable_by(|a, b| (&a.group, &a.topic, a.queue_id).cmp(&(&b.group, &b.topic, b.queue_id)));
+        let journal_offset = to_i64("journal offset", journal_offset)?;
+        let now = now_ms();
+        let mut tx = self.pool.begin().await.map_err(query_err)?;
+        for chunk in rows.chunks(PROGRESS_CHUNK) {
+            let mut groups = Vec::with_capacity(chunk.len());
+            let mut topics = Vec::with_capacity(chunk.len());
+            let mut queues = Vec::with_capacity(chunk.len());
+            let mut floors = Vec::with_capacity(chunk.len());
+            let mut above = Vec::with_capacity(chunk.len());
+            for p in chunk {
+                groups.push(p.group.as_str());
+                topics.push(p.topic.as_str());
+                queues.push(i64::from(p.queue_id));
+                floors.push(to_i64("ack floor", p.ack_floor)?);
+                above.push(p.acked_above.as_slice());
+            }
+            sqlx::query(
+                "INSERT INTO consumer_progress (group_name, topic, queue_id, ack_floor, acked_above, updated_at) \
+                 SELECT g, t, q, f, a, $6 FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bytea[]) \
+                 AS u(g, t, q, f, a) \
+                 ON CONFLICT (group_name, topic, queue_id) DO UPDATE SET ack_floor = excluded.ack_floor, \
+                 acked_above = excluded.acked_above, updated_at = excluded.updated_at",
+            )
+            .bind(&groups)
+            .bind(&topics)
+            .bind(&queues)
+            .bind(&floors)
+            .bind(&above)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err)?;
+        }
+        sqlx::query(
+            "INSERT INTO journal_checkpoint (id, journal_offset) VALUES (0, $1) \
+             ON CONFLICT (id) DO UPDATE SET journal_offset = GREATEST(journal_checkpoint.journal_offset, excluded.journal_offset)",
+        )
+        .bind(journal_offset)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err)?;
+        tx.commit().await.map_err(query_err)
+    }
+
+    async fn delete_progress(&self, group: &str) -> MetadataResult<u64> {
+        let done = sqlx::query("DELETE FROM consumer_progress WHERE group_name = $1")
+            .bind(group)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn put_segment(&self, seg: &SegmentRecord) -> MetadataResult<()> {
+        let base = to_i64("segment base", seg.base)?;
+        let mut topics = Vec::with_capacity(seg.queues.len());
+        let mut queue_ids = Vec::with_capacity(seg.queues.len());
+        let mut firsts = Vec::with_capacity(seg.queues.len());
+        let mut ends = Vec::with_capacity(seg.queues.len());
+        let mut index_pos = Vec::with_capacity(seg.queues.len());
+        for q in &seg.queues {
+            topics.push(q.topic.as_str());
+            queue_ids.push(i64::from(q.queue_id));
+            firsts.push(to_i64("first offset", q.first_offset)?);
+            ends.push(to_i64("end offset", q.end_offset)?);
+            index_pos.push(to_i64("index position", q.index_pos)?);
+        }
+        let mut tx = self.pool.begin().await.map_err(query_err)?;
+        sqlx::query(
+            "INSERT INTO tiered_segments (log_id, base, size, object_key, object_size, first_store_ms, last_store_ms, uploaded_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (log_id, base) DO UPDATE SET size = excluded.size, \
+             object_key = excluded.object_key, object_size = excluded.object_size, first_store_ms = excluded.first_store_ms, \
+             last_store_ms = excluded.last_store_ms, uploaded_at_ms = excluded.uploaded_at_ms",
+        )
+        .bind(&seg.log_id)
+        .bind(base)
+        .bind(to_i64("segment size", seg.size)?)
+        .bind(&seg.object_key)
+        .bind(to_i64("object size", seg.object_size)?)
+        .bind(seg.first_store_ms)
+        .bind(seg.last_store_ms)
+        .bind(seg.uploaded_at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err)?;
+        sqlx::query("DELETE FROM tiered_segment_queues WHERE log_id = $1 AND base = $2")
+            .bind(&seg.log_id)
+            .bind(base)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err)?;
+        if !seg.queues.is_empty() {
+            sqlx::query(
+                "INSERT INTO tiered_segment_queues (log_id, base, topic, queue_id, first_offset, end_offset, index_pos) \
+                 SELECT $1, $2, t, q, f, e, i FROM UNNEST($3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[]) \
+                 AS u(t, q, f, e, i)",
+            )
+            .bind(&seg.log_id)
+            .bind(base)
+            .bind(&topics)
+            .bind(&queue_ids)
+            .bind(&firsts)
+            .bind(&ends)
+            .bind(&index_pos)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err)?;
+        }
+        tx.commit().await.map_err(query_err)
+    }
+
+    async fn list_segments(&self, log_id: &str) -> MetadataResult<Vec<SegmentRecord>> {
+        let rows = sqlx::query(
+            "SELECT base, size, object_key, object_size, first_store_ms, last_store_ms, uploaded_at_ms \
+             FROM tiered_segments WHERE log_id = $1 ORDER BY base",
+        )
+        .bind(log_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err)?;
+        let mut segments = rows
+            .iter()
+            .map(|row| {
+                Ok(SegmentRecord {
+                    log_id: log_id.to_owned(),
+                    base: to_u64("segment base", row.try_get("base").map_err(query_err)?)?,
+                    size: to_u64("segment size", row.try_get("size").map_err(query_err)?)?,
+                    object_key: row.try_get("object_key").map_err(query_err)?,
+                    object_size: to_u64("object size", row.try_get("object_size").map_err(query_err)?)?,
+                    first_store_ms: row.try_get("first_store_ms").map_err(query_err)?,
+                    last_store_ms: row.try_get("last_store_ms").map_err(query_err)?,
+                    uploaded_at_ms: row.try_get("uploaded_at_ms").map_err(query_err)?,
+                    queues: Vec::new(),
+                })
+            })
+            .collect::<MetadataResult<Vec<_>>>()?;
+        // Ordered by the text's bytes, as SQLite's BINARY collation does.
+        let rows = sqlx::query(
+            "SELECT base, topic, queue_id, first_offset, end_offset, index_pos FROM tiered_segment_queues \
+             WHERE log_id = $1 ORDER BY base, topic COLLATE \"C\", queue_id",
+        )
+        .bind(log_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err)?;
+        for row in &rows {
+            let base = to_u64("segment base", row.try_get("base").map_err(query_err)?)?;
+            let queue = SegmentQueue {
+                topic: row.try_get("topic").map_err(query_err)?,
+                queue_id: to_u32("queue id", row.try_get("queue_id").map_err(query_err)?)?,
+                first_offset: to_u64("first offset", row.try_get("first_offset").map_err(query_err)?)?,
+                end_offset: to_u64("end offset", row.try_get("end_offset").map_err(query_err)?)?,
+                index_pos: to_u64("index position", row.try_get("index_pos").map_err(query_err)?)?,
+            };
+            match segments.binary_search_by_key(&base, |s| s.base) {
+                Ok(i) => segments[i].queues.push(queue),
+                Err(_) => {
+                    return Err(MetadataError::Invalid(format!("segment queue row without a segment at base {base}")));
+                }
+            }
+        }
+        Ok(segments)
+    }
+
+    async fn delete_segment(&self, log_id: &str, base: u64) -> MetadataResult<bool> {
+        // The queues go with the row (ON DELETE CASCADE).
+        let done = sqlx::query("DELETE FROM tiered_segments WHERE log_id = $1 AND base = $2")
+            .bind(log_id)
+            .bind(to_i64("segment base", base)?)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn secret(&self, name: &str, candidate: &[u8]) -> MetadataResult<Vec<u8>> {
+        sqlx::query("INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(candidate)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err)?;
+        let row = sqlx::query("SELECT value FROM secrets WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_err)?;
+        row.try_get("value").map_err(query_err)
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_password_of_a_url() {
+        assert_eq!(url_password("postgres://u:s3cr%40t@h:5432/db?sslmode=require"), Some("s3cr%40t"));
+        assert_eq!(url_password("postgres://u@h/db"), None);
+        assert_eq!(url_password("postgres://h/db"), None);
+    }
+}
