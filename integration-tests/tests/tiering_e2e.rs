@@ -5,8 +5,8 @@
 //! intact (body checksums), with far fewer GETs than messages. Then remote retention (restart
 //! with a short remote `fileReservedTime`) deletes every object and its manifest row.
 //!
-//! The scenario runs on a directory and on a real S3-compatible server (moto, started by the
-//! test). A third test puts a fault-injecting proxy between the gateway and moto and makes S3
+//! The scenario runs on a directory, on a real S3-compatible server (moto, started by the
+//! test), and on S3 with the metadata (the manifest with it) in a real PostgreSQL. A third test puts a fault-injecting proxy between the gateway and moto and makes S3
 //! unavailable (refused, then black-holed, then answering 503 SlowDown) under load: sends keep
 //! succeeding, the waiting segments stay on local disk, uploads catch up once S3 is back, and
 //! every message is read back from S3 afterwards.
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use integration_tests::client;
 use integration_tests::fault_proxy::{Fault, FaultProxy};
 use integration_tests::gateway_process::{Gateway, Stop};
+use integration_tests::postgres::Postgres;
 use integration_tests::s3::{Kind, S3Server};
 use rmq_gateway::config::ObjectStoreConfig;
 use rmq_gateway::proto::messaging_service_client::MessagingServiceClient;
@@ -244,9 +245,17 @@ async fn read_back_from_zero(g: &Gateway, acked: &BTreeMap<String, i64>) -> anyh
 }
 
 /// Upload, local drop, read-back from zero, then remote retention, on `target`.
-async fn tier_read_back_and_expire(target: Target) -> anyhow::Result<()> {
+/// `extra`: more configuration overrides (e.g. the metadata store).
+async fn tier_read_back_and_expire(target: Target, extra: &[(&str, &str)]) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut g = start(dir.path(), &target, &[])?;
+    let mut g = start(dir.path(), &target, extra)?;
+    if extra.iter().any(|(k, v)| *k == "RMQ_GATEWAY_METADATA__URL" && v.starts_with("postgres://")) {
+        let log = g.log_tail(200);
+        assert!(
+            log.lines().any(|l| l.contains("metadata store open") && l.contains("postgres://")),
+            "the gateway did not open PostgreSQL:\n{log}"
+        );
+    }
     create_topic_and_group(&g).await?;
     let acked = produce(&g.endpoint(), 0..MESSAGES).await?;
     assert_eq!(acked.len(), MESSAGES);
@@ -261,14 +270,12 @@ async fn tier_read_back_and_expire(target: Target) -> anyhow::Result<()> {
 
     // Remote retention: a short remote fileReservedTime removes objects and rows.
     g.stop(Stop::Graceful)?;
-    let g = start(
-        dir.path(),
-        &target,
-        &[
-            ("RMQ_GATEWAY_STORAGE__TIERING__FILE_RESERVED_TIME", "1s"),
-            ("RMQ_GATEWAY_STORAGE__TIERING__REMOTE_RETENTION_INTERVAL", "1s"),
-        ],
-    )?;
+    let mut overrides = vec![
+        ("RMQ_GATEWAY_STORAGE__TIERING__FILE_RESERVED_TIME", "1s"),
+        ("RMQ_GATEWAY_STORAGE__TIERING__REMOTE_RETENTION_INTERVAL", "1s"),
+    ];
+    overrides.extend_from_slice(extra);
+    let g = start(dir.path(), &target, &overrides)?;
     let s = wait_for(&g, "remote retention", |s, _| s["tiering"]["remoteSegments"] == 0).await;
     assert!(s["tiering"]["remoteSegmentsExpired"].as_u64().unwrap_or(0) >= remote_segments);
     let left = match &target {
@@ -285,13 +292,22 @@ async fn tier_read_back_and_expire(target: Target) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_a_directory_a_group_reset_to_zero_reads_everything_back_then_remote_retention_deletes_it()
 -> anyhow::Result<()> {
-    tier_read_back_and_expire(Target::Dir).await
+    tier_read_back_and_expire(Target::Dir, &[]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_s3_a_group_reset_to_zero_reads_everything_back_then_remote_retention_deletes_it() -> anyhow::Result<()> {
     let Some(s3) = S3Server::start_or_skip("tiering_e2e::on_s3", Kind::Moto) else { return Ok(()) };
-    tier_read_back_and_expire(Target::S3(s3.store_config(""))).await
+    tier_read_back_and_expire(Target::S3(s3.store_config("")), &[]).await
+}
+
+/// The production shape: metadata (and so the tiering manifest) in PostgreSQL, segments in S3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_s3_with_metadata_in_postgres_a_group_reset_to_zero_reads_everything_back() -> anyhow::Result<()> {
+    let Some(s3) = S3Server::start_or_skip("tiering_e2e::on_s3_with_postgres", Kind::Moto) else { return Ok(()) };
+    let Some(pg) = Postgres::start_or_skip("tiering_e2e::on_s3_with_postgres") else { return Ok(()) };
+    let url = pg.create_database("tiering")?;
+    tier_read_back_and_expire(Target::S3(s3.store_config("")), &[("RMQ_GATEWAY_METADATA__URL", &url)]).await
 }
 
 /// S3 away under load: refused, then black-holed, then throttled with 503 SlowDown.
