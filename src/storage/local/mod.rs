@@ -51,7 +51,7 @@ pub use config::StorageConfig;
 pub use sealed::{INDEX_ENTRY_LEN, ScannedRecord, SealedSegmentInfo, SegmentScan, decode_index_entry, decode_message};
 
 use self::checkpoint::Checkpoint;
-use self::format::{Frame, decode_frame, decode_properties, message_id_hash, message_key_hash};
+use self::format::{Frame, decode_frame, message_id_hash, message_key_hash};
 use self::fs::{DirLock, Faults};
 use self::key_index::KeyIndex;
 use self::maintenance::MaintenanceState;
@@ -195,18 +195,7 @@ impl Shared {
                     Some(q) if &*q.topic == topic && q.queue_id == header.queue_id => q.topic.clone(),
                     _ => self.queue(topic, header.queue_id).map_or_else(|| topic.into(), |q| q.topic.clone()),
                 };
-                Ok(StoredMessage {
-                    topic,
-                    queue_id: header.queue_id,
-                    queue_offset: header.queue_offset,
-                    log_position: position,
-                    store_timestamp_ms: header.store_timestamp_ms,
-                    born_timestamp_ms: header.born_timestamp_ms,
-                    flags: header.flags,
-                    tag_hash: header.tag_hash,
-                    properties: decode_properties(properties).map_err(|e| e.to_string())?,
-                    body,
-                })
+                sealed::stored_message(&header, topic, position, properties, body)
             }
             Frame::EndOfSegment => Err("end-of-segment marker where a message was expected".into()),
         }

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use super::CommitLog;
-use super::format::{Frame, FrameError, IndexEntry, decode_frame, decode_properties};
+use super::format::{Frame, FrameError, IndexEntry, RecordHeader, decode_frame, decode_properties};
 use crate::storage::{StorageError, StorageResult, StoredMessage};
 
 /// A segment the writer has rolled past, whose records are all published.
@@ -80,21 +80,32 @@ pub fn decode_message(buf: &Bytes, position: u64) -> Result<StoredMessage, Strin
     match decode_frame(buf, position).map_err(|e| e.to_string())? {
         Frame::Message { header, topic, properties, body, .. } => {
             let topic = std::str::from_utf8(&topic).map_err(|_| "topic is not utf-8".to_string())?;
-            Ok(StoredMessage {
-                topic: topic.into(),
-                queue_id: header.queue_id,
-                queue_offset: header.queue_offset,
-                log_position: position,
-                store_timestamp_ms: header.store_timestamp_ms,
-                born_timestamp_ms: header.born_timestamp_ms,
-                flags: header.flags,
-                tag_hash: header.tag_hash,
-                properties: decode_properties(properties).map_err(|e| e.to_string())?,
-                body,
-            })
+            stored_message(&header, topic.into(), position, properties, body)
         }
         Frame::EndOfSegment => Err("end-of-segment marker where a message was expected".into()),
     }
+}
+
+/// The [`StoredMessage`] of a decoded record (its properties decoded here).
+pub(super) fn stored_message(
+    header: &RecordHeader,
+    topic: Arc<str>,
+    position: u64,
+    properties: Bytes,
+    body: Bytes,
+) -> Result<StoredMessage, String> {
+    Ok(StoredMessage {
+        topic,
+        queue_id: header.queue_id,
+        queue_offset: header.queue_offset,
+        log_position: position,
+        store_timestamp_ms: header.store_timestamp_ms,
+        born_timestamp_ms: header.born_timestamp_ms,
+        flags: header.flags,
+        tag_hash: header.tag_hash,
+        properties: decode_properties(properties).map_err(|e| e.to_string())?,
+        body,
+    })
 }
 
 impl CommitLog {
