@@ -48,6 +48,11 @@ BENCH_TIMER_ARGS ?=
 ## S3 benchmark knobs, e.g. BENCH_S3_ARGS='--object-size 64MiB --concurrency 16' or
 ## '--endpoint http://127.0.0.1:9000 --bucket b' (default: an s3s-fs started by the bench, on disk).
 BENCH_S3_ARGS ?=
+## Tiering benchmark knobs: cold reads from an s3s-fs it starts (or '--endpoint URL --bucket B',
+## or '--store dir') beside that server's raw ranged GETs, and Sync appends on a tiered log with a
+## backlog of 100 million 100-byte messages vs an empty one, e.g.
+## BENCH_TIERING_ARGS='--backlog-messages 10000000' (smaller backlog) or '--backlog-messages 0'.
+BENCH_TIERING_ARGS ?=
 BENCH_BIN = $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/release/rmq-gateway
 bench:
 	$(CARGO) build --release --locked --features nats-bench --bin rmq-gateway

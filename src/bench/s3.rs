@@ -246,17 +246,19 @@ pub async fn store_get_throughput(
     Ok(Throughput::of(bytes, started.elapsed(), results.into_iter().map(|r| r.1).collect()))
 }
 
-/// An s3s-fs started by `s3.sh start s3s-fs`, stopped on drop.
-struct LocalServer {
+/// An s3s-fs started by `s3.sh start s3s-fs`, stopped (and its directory removed) on drop.
+/// The tiering benchmark starts its server with this too.
+pub(crate) struct LocalServer {
     script: PathBuf,
     run_dir: PathBuf,
-    endpoint: String,
-    bucket: String,
-    key: String,
+    pub(crate) endpoint: String,
+    pub(crate) bucket: String,
+    /// Access key and secret key alike.
+    pub(crate) key: String,
 }
 
 impl LocalServer {
-    fn start(script: &Path, run_dir: &Path) -> anyhow::Result<LocalServer> {
+    pub(crate) fn start(script: &Path, run_dir: &Path) -> anyhow::Result<LocalServer> {
         anyhow::ensure!(
             script.is_file(),
             "{} not found (run from the repository root, pass --s3-script, or give --endpoint)",
@@ -264,7 +266,7 @@ impl LocalServer {
         );
         let _ = std::fs::remove_dir_all(run_dir);
         std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-        eprintln!("bench s3: starting s3s-fs under {} (first run installs it: about 2 minutes)", run_dir.display());
+        eprintln!("bench: starting s3s-fs under {} (first run installs it: about 2 minutes)", run_dir.display());
         let out = Command::new("bash")
             .arg(script)
             .args(["start", "s3s-fs"])

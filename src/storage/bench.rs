@@ -271,7 +271,7 @@ async fn open(dir: &Path, flush: FlushMode) -> anyhow::Result<Arc<CommitLog>> {
     Ok(tokio::task::spawn_blocking(move || CommitLog::open(config)).await??)
 }
 
-fn bench_message(queue_id: u32, task: usize, seq: u64, body: &Bytes) -> AppendMessage {
+pub(crate) fn bench_message(queue_id: u32, task: usize, seq: u64, body: &Bytes) -> AppendMessage {
     let mut properties = Properties::with_capacity(1);
     // Unique like a producer's message id, so the key index does its real work.
     properties.push(keys::UNIQ_KEY, format!("AC110001{task:08X}{seq:016X}"));
@@ -288,7 +288,7 @@ fn bench_message(queue_id: u32, task: usize, seq: u64, body: &Bytes) -> AppendMe
 
 /// What one timed run measured.
 #[derive(Debug, Default)]
-struct Measurement {
+pub(crate) struct Measurement {
     seconds: f64,
     disk_bytes: u64,
     fsyncs: u64,
@@ -298,7 +298,7 @@ struct Measurement {
 }
 
 impl Measurement {
-    fn add(&mut self, other: Measurement) {
+    pub(crate) fn add(&mut self, other: Measurement) {
         self.seconds += other.seconds;
         self.disk_bytes += other.disk_bytes;
         self.fsyncs += other.fsyncs;
@@ -306,7 +306,7 @@ impl Measurement {
         self.latencies_us.extend(other.latencies_us);
     }
 
-    fn result(mut self, mode: &str, size: usize, concurrency: usize) -> CaseResult {
+    pub(crate) fn result(mut self, mode: &str, size: usize, concurrency: usize) -> CaseResult {
         self.latencies_us.sort_unstable();
         let lat = &self.latencies_us;
         let pct = |p: f64| -> f64 {
@@ -352,16 +352,27 @@ async fn measure_appends(
     size: usize,
     duration: Duration,
 ) -> anyhow::Result<Measurement> {
+    measure_appends_with(log, args.concurrency, args.queues, size, duration).await
+}
+
+/// [`measure_appends`] with explicit knobs (the tiering bench's backlog case reuses it).
+pub(crate) async fn measure_appends_with(
+    log: &Arc<CommitLog>,
+    concurrency: usize,
+    queues: u32,
+    size: usize,
+    duration: Duration,
+) -> anyhow::Result<Measurement> {
     let warmup = (duration / 10).min(Duration::from_secs(1));
     let start = Instant::now();
     let window_start = start + warmup;
     let deadline = window_start + duration;
     let body = Bytes::from(vec![b'x'; size]);
-    let mut tasks = Vec::with_capacity(args.concurrency);
-    for task in 0..args.concurrency {
+    let mut tasks = Vec::with_capacity(concurrency);
+    for task in 0..concurrency {
         let log = log.clone();
         let body = body.clone();
-        let queue_id = task as u32 % args.queues;
+        let queue_id = task as u32 % queues.max(1);
         tasks.push(tokio::spawn(async move {
             let mut latencies_us: Vec<u32> = Vec::new();
             let mut seq = 0u64;
@@ -637,7 +648,7 @@ fn markdown(r: &BenchReport) -> String {
 }
 
 /// Lets the device finish the previous case's write-back and discards before the next one.
-async fn settle() {
+pub(crate) async fn settle() {
     // SAFETY: `sync(2)` takes no arguments and cannot fail.
     let _ = tokio::task::spawn_blocking(|| unsafe { libc::sync() }).await;
     tokio::time::sleep(Duration::from_millis(500)).await;

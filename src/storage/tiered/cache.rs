@@ -63,17 +63,36 @@ impl ReadCache {
     }
 
     /// `len` bytes at object offset `at` of the segment with base `base`, if one cached range
-    /// holds all of them.
+    /// holds all of them, or two adjacent ones (a record crossing a read-ahead block end; the
+    /// bytes are then copied together).
     pub fn data(&mut self, base: u64, at: u64, len: usize) -> Option<Bytes> {
         let tick = self.next_tick();
         let ((_, start), slot) = self.data.range_mut((base, 0)..=(base, at)).next_back()?;
-        let from = usize::try_from(at - *start).ok()?;
+        let start = *start;
+        let from = usize::try_from(at - start).ok()?;
         let to = from.checked_add(len)?;
-        if to > slot.bytes.len() {
+        if to <= slot.bytes.len() {
+            slot.tick = tick;
+            return Some(slot.bytes.slice(from..to));
+        }
+        if from >= slot.bytes.len() {
             return None;
         }
-        slot.tick = tick;
-        Some(slot.bytes.slice(from..to))
+        let head = slot.bytes.slice(from..);
+        let slot_end = start + slot.bytes.len() as u64;
+        let next = self.data.get_mut(&(base, slot_end))?;
+        let rest = to - from - head.len();
+        if rest > next.bytes.len() {
+            return None;
+        }
+        next.tick = tick;
+        let mut out = Vec::with_capacity(len);
+        out.extend_from_slice(&head);
+        out.extend_from_slice(&next.bytes[..rest]);
+        if let Some(first) = self.data.get_mut(&(base, start)) {
+            first.tick = tick;
+        }
+        Some(Bytes::from(out))
     }
 
     pub fn insert_data(&mut self, base: u64, at: u64, bytes: Bytes) {
@@ -135,6 +154,17 @@ mod tests {
         assert!(c.data(100, 20, 41).is_none());
         assert!(c.data(100, 5, 2).is_none());
         assert!(c.data(200, 10, 1).is_none());
+    }
+
+    #[test]
+    fn data_lookup_joins_two_adjacent_ranges() {
+        let mut c = ReadCache::new(1 << 20);
+        c.insert_data(100, 0, Bytes::from(vec![1u8; 10]));
+        c.insert_data(100, 10, Bytes::from(vec![2u8; 10]));
+        c.insert_data(100, 30, Bytes::from(vec![3u8; 10]));
+        assert_eq!(c.data(100, 8, 4).as_deref(), Some(&[1u8, 1, 2, 2][..]));
+        assert!(c.data(100, 8, 13).is_none(), "past the second range");
+        assert!(c.data(100, 18, 14).is_none(), "a gap between the ranges");
     }
 
     #[test]

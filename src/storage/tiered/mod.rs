@@ -215,6 +215,8 @@ pub(crate) struct Inner {
     cache: Mutex<ReadCache>,
     /// Background fetches running, by (topic, queue, offset), so a busy reader starts one.
     fetching: Mutex<HashSet<(Arc<str>, u32, u64)>>,
+    /// Read-ahead GETs running, by (segment base, block start).
+    prefetching: Mutex<HashSet<(u64, u64)>>,
     /// Fetches from one segment run one at a time (locks striped by segment), so concurrent
     /// fetches of the same data (a background fetch and a caller awaiting it, or queues
     /// sharing a block) make one GET: the later ones find it cached.
@@ -275,6 +277,7 @@ impl TieredLog {
             settings,
             manifest: RwLock::new(manifest),
             fetching: Mutex::new(HashSet::new()),
+            prefetching: Mutex::new(HashSet::new()),
             fetch_locks: (0..FETCH_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             upload_lock: tokio::sync::Mutex::new(()),
             counters: Counters::default(),
@@ -448,6 +451,36 @@ impl Inner {
         Ok(())
     }
 
+    /// Read-ahead: while a reader consumes the block of `rec` holding `at`, fetches the next
+    /// block in the background (one GET per block at a time), so sequential cold reads do not
+    /// wait for a GET at every block. Takes the segment's fetch lock and checks the cache
+    /// again first, so a reader's own fetch of that block waits for it and finds it cached.
+    fn prefetch_next_block(self: &Arc<Self>, rec: &Arc<SegmentRecord>, at: u64) {
+        let Some(rt) = &self.runtime else { return };
+        let ahead = self.settings.read_ahead_bytes.max(1) as u64;
+        let next = (at / ahead + 1) * ahead;
+        if next >= rec.size || self.cache().data(rec.base, next, 1).is_some() {
+            return;
+        }
+        if !self.prefetching.lock().unwrap_or_else(|e| e.into_inner()).insert((rec.base, next)) {
+            return;
+        }
+        let inner = self.clone();
+        let rec = rec.clone();
+        rt.spawn(async move {
+            let stripe = crc32c::crc32c(&rec.base.to_le_bytes()) as usize % FETCH_STRIPES;
+            let serial = inner.fetch_locks[stripe].lock().await;
+            if inner.cache().data(rec.base, next, 1).is_none() {
+                match inner.get(&rec.object_key, next..(next + ahead).min(rec.size)).await {
+                    Ok(bytes) => inner.cache().insert_data(rec.base, next, bytes),
+                    Err(e) => tracing::debug!(object = rec.object_key, error = %e, "cold read-ahead failed"),
+                }
+            }
+            drop(serial);
+            inner.prefetching.lock().unwrap_or_else(|e| e.into_inner()).remove(&(rec.base, next));
+        });
+    }
+
     /// Starts a background fetch for a read that missed the cache (one per offset at a time).
     fn fetch_in_background(self: &Arc<Self>, topic: &str, queue_id: u32, offset: u64) {
         let Some(rt) = &self.runtime else { return };
@@ -480,6 +513,8 @@ impl Inner {
         let mut out: Vec<StoredMessage> = Vec::new();
         let mut bytes = 0usize;
         let mut offset = offset;
+        // The block last checked for read-ahead, so it is checked once per block per read.
+        let mut checked_block: Option<(u64, u64)> = None;
         while out.len() < max_messages && offset < local_start {
             let found = {
                 let m = self.manifest_read();
@@ -519,6 +554,11 @@ impl Inner {
             let Some(data) = self.cache().data(rec.base, at, size as usize) else {
                 return miss(out);
             };
+            let block = at / self.settings.read_ahead_bytes.max(1) as u64;
+            if checked_block != Some((rec.base, block)) {
+                checked_block = Some((rec.base, block));
+                self.prefetch_next_block(&rec, at);
+            }
             let m = match decode_message(&data, position) {
                 Ok(m) if m.queue_id == queue_id && m.queue_offset == offset && &*m.topic == topic => m,
                 Ok(m) => {
