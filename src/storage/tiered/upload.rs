@@ -219,6 +219,9 @@ async fn upload_one(inner: &Arc<Inner>, base: u64) -> Result<(), String> {
 
 /// Deletes objects of this log that have no manifest row and are older than the grace period.
 pub(super) async fn sweep_orphans(inner: &Arc<Inner>) {
+    // Never beside an upload pass: an object put but not yet recorded looks like an orphan, and
+    // with a short grace period it would be deleted just before its row is written.
+    let _no_upload = inner.upload_lock.lock().await;
     let prefix = inner.settings.prefix.trim_end_matches('/');
     let list_prefix = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
     let objects = match inner.store.list(&list_prefix).await {
