@@ -29,7 +29,7 @@ use serde::Serialize;
 use super::s3::{LocalServer, Throughput, raw_get_throughput};
 use crate::config::ObjectStoreConfig;
 use crate::metadata::sqlite::SqliteMetadataStore;
-use crate::storage::bench::{CaseResult, Measurement, bench_message, measure_appends_with, settle};
+use crate::storage::bench::{CaseResult, Measurement, measure_appends_with, settle};
 use crate::storage::object::ObjectStore;
 use crate::storage::object::dir::DirStore;
 use crate::storage::object::s3::{S3Options, S3Store};
@@ -378,35 +378,7 @@ async fn backlog_case(args: &TieringBenchArgs, local: Option<&LocalServer>) -> a
     let (tiered, log) = open_tiered(args, local, "backlog").await?;
     // Fill with multi-message appends (a producer's batch send), as the storage bench does;
     // the uploader runs meanwhile.
-    let fill_tasks = 16u64;
-    let per_call = 256u64;
-    let body = Bytes::from(vec![b'b'; 100]);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for task in 0..fill_tasks {
-        let log = log.clone();
-        let body = body.clone();
-        let queues = args.queues;
-        tasks.push(tokio::spawn(async move {
-            let mine = total / fill_tasks + u64::from(task < total % fill_tasks);
-            let mut seq = 0u64;
-            while seq < mine {
-                let n = per_call.min(mine - seq);
-                let batch = (0..n)
-                    .map(|i| {
-                        bench_message(((seq + i) % u64::from(queues)) as u32, 1000 + task as usize, seq + i, &body)
-                    })
-                    .collect();
-                log.append(batch).await?;
-                seq += n;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    let fill_seconds = started.elapsed().as_secs_f64();
+    let fill_seconds = crate::storage::bench::fill_backlog(&log, total, args.queues).await?;
     let log_bytes = log.stats().published_position;
     let at_start = tiered.stats();
     println!(

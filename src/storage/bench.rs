@@ -456,35 +456,7 @@ async fn backlog_case(args: &StorageBenchArgs) -> anyhow::Result<BacklogResult> 
     let total = args.backlog_messages;
     let log = open(&dir, FlushMode::Sync).await?;
     // Fill with multi-message appends (a producer's batch send) to get there quickly.
-    let fill_tasks = 16u64;
-    let per_call = 256u64;
-    let started = Instant::now();
-    let body = Bytes::from(vec![b'b'; 100]);
-    let mut tasks = Vec::new();
-    for task in 0..fill_tasks {
-        let log = log.clone();
-        let body = body.clone();
-        let queues = args.queues;
-        tasks.push(tokio::spawn(async move {
-            let mine = total / fill_tasks + u64::from(task < total % fill_tasks);
-            let mut seq = 0u64;
-            while seq < mine {
-                let n = per_call.min(mine - seq);
-                let batch = (0..n)
-                    .map(|i| {
-                        bench_message(((seq + i) % u64::from(queues)) as u32, 1000 + task as usize, seq + i, &body)
-                    })
-                    .collect();
-                log.append(batch).await?;
-                seq += n;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    let fill_seconds = started.elapsed().as_secs_f64();
+    let fill_seconds = fill_backlog(&log, total, args.queues).await?;
     let log_bytes = log.stats().published_position;
     let rss_after_fill = rss();
     println!(
@@ -703,6 +675,40 @@ fn machine(dir: &Path) -> Machine {
         kernel,
         filesystem,
     }
+}
+
+/// Fills `log` with `total` 100-byte messages over `queues` queues, in multi-message appends
+/// (a producer's batch send) from 16 tasks, to get there quickly; returns the seconds it took.
+pub(crate) async fn fill_backlog(log: &Arc<CommitLog>, total: u64, queues: u32) -> anyhow::Result<f64> {
+    let fill_tasks = 16u64;
+    let per_call = 256u64;
+    let started = Instant::now();
+    let body = Bytes::from(vec![b'b'; 100]);
+    let mut tasks = Vec::new();
+    for task in 0..fill_tasks {
+        let log = log.clone();
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            let mine = total / fill_tasks + u64::from(task < total % fill_tasks);
+            let mut seq = 0u64;
+            while seq < mine {
+                let n = per_call.min(mine - seq);
+                let batch = (0..n)
+                    .map(|i| {
+                        bench_message(((seq + i) % u64::from(queues)) as u32, 1000 + task as usize, seq + i, &body)
+                    })
+                    .collect();
+                log.append(batch).await?;
+                seq += n;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let fill_seconds = started.elapsed().as_secs_f64();
+    Ok(fill_seconds)
 }
 
 #[cfg(test)]
