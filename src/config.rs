@@ -45,6 +45,55 @@ pub struct Config {
     pub timer: TimerConfig,
     pub transaction: TransactionConfig,
     pub log: LogConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// `cluster`: several gateways sharing one PostgreSQL (`metadata.url`) and one bucket
+/// (`storage.tiering`) as one cluster. Queues are spread over `shards` shards; each shard is
+/// owned by one node at a time through a lease (with a fencing epoch) in PostgreSQL, and its
+/// data continues from the object store and the manifest when it changes owner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Off: one gateway on its own (every queue is local).
+    pub enabled: bool,
+    /// Unique per node: names its rows and its node-local log (journal, timers, half
+    /// messages). Empty: the host name.
+    pub node_id: String,
+    /// `host:port` other nodes reach this node's gRPC port at (forwarding). Empty:
+    /// `server.advertisedAddress` with `server.grpcServerPort`.
+    pub peer_address: String,
+    /// Shards the queues of every topic are spread over. Fixed for the life of the cluster
+    /// (every node must use the same number).
+    pub shards: u32,
+    /// A shard whose owner has not renewed its lease for this long is taken over.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often a node renews its leases, heartbeats and looks at the membership.
+    #[serde(with = "humantime_serde")]
+    pub renew_interval: Duration,
+    /// Unsealed data of a shard reaches the object store at least this often (what a node
+    /// killed with its disk loses at most, for topics with local durability).
+    #[serde(with = "humantime_serde")]
+    pub tail_upload_interval: Duration,
+    /// Bound of one request forwarded to another node.
+    #[serde(with = "humantime_serde")]
+    pub forward_timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            node_id: String::new(),
+            peer_address: String::new(),
+            shards: 12,
+            lease_ttl: Duration::from_secs(10),
+            renew_interval: Duration::from_secs(2),
+            tail_upload_interval: Duration::from_secs(1),
+            forward_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Delay/timer messages (Apache `timerPrecisionMs`, `timerMaxDelaySec` is `limits.maxDelayTime`).
@@ -420,6 +469,7 @@ impl MetadataConfig {
     /// The pool and timeout settings handed to the store.
     pub fn store_options(&self) -> crate::metadata::StoreOptions {
         crate::metadata::StoreOptions {
+            node_id: String::new(),
             max_connections: self.max_connections,
             connect_timeout: self.connect_timeout,
             acquire_timeout: self.acquire_timeout,
@@ -454,6 +504,15 @@ pub struct TopicSpec {
     /// NORMAL, FIFO, DELAY, TRANSACTION, PRIORITY or MIXED.
     #[serde(default = "default_message_type")]
     pub message_type: String,
+    /// When a send is acknowledged: `local` (after the local flush, `storage.flushDiskType`)
+    /// or `s3` (after the data is also in the object store: survives the loss of the node's
+    /// disk; needs `storage.tiering`).
+    #[serde(default = "default_durability")]
+    pub durability: String,
+}
+
+fn default_durability() -> String {
+    "local".into()
 }
 
 fn default_message_type() -> String {
@@ -743,6 +802,39 @@ impl Config {
                     "storage.tiering",
                     "uploadInterval, remoteRetentionInterval and retryMaxBackoff must be greater than 0",
                 );
+            }
+        }
+        for t in &self.topics.create {
+            match crate::metadata::Durability::parse(&t.durability) {
+                None => return invalid("topics.create[].durability", format!("`{}`: expected local or s3", t.durability)),
+                Some(crate::metadata::Durability::ObjectStore) if !self.storage.tiering.enabled => {
+                    return invalid(
+                        "topics.create[].durability",
+                        format!("topic `{}`: durability s3 needs storage.tiering.enabled", t.name),
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+        let c = &self.cluster;
+        if c.enabled {
+            if crate::metadata::StoreKind::of_url(&self.metadata.url) != Some(crate::metadata::StoreKind::Postgres) {
+                return invalid("metadata.url", "cluster.enabled needs a postgres:// metadata store shared by every node");
+            }
+            if !self.storage.tiering.enabled {
+                return invalid("storage.tiering.enabled", "cluster.enabled needs tiering on a bucket shared by every node");
+            }
+            if !(1..=1024).contains(&c.shards) {
+                return invalid("cluster.shards", "must be between 1 and 1024");
+            }
+            if !c.node_id.is_empty() && !c.node_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return invalid("cluster.nodeId", "must be letters, digits, '-' or '_'");
+            }
+            if c.renew_interval.is_zero() || c.lease_ttl < c.renew_interval * 3 {
+                return invalid("cluster.leaseTtl", "must be at least 3 × cluster.renewInterval (and that above 0)");
+            }
+            if c.tail_upload_interval.is_zero() || c.forward_timeout.is_zero() {
+                return invalid("cluster", "tailUploadInterval and forwardTimeout must be greater than 0");
             }
         }
         if !self.metadata.url.is_empty() && crate::metadata::StoreKind::of_url(&self.metadata.url).is_none() {

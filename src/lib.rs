@@ -20,6 +20,7 @@ pub mod admin;
 pub mod bench;
 pub mod broker;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod grpc;
 pub mod metadata;

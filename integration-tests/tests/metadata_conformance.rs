@@ -12,6 +12,7 @@ use rmq_gateway::metadata::{self, MetadataResult, MetadataStore, StoreOptions, T
 
 fn options() -> StoreOptions {
     StoreOptions {
+        node_id: String::new(),
         max_connections: 4,
         connect_timeout: Duration::from_secs(20),
         acquire_timeout: Duration::from_secs(3),

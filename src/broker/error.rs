@@ -103,6 +103,10 @@ pub enum BrokerError {
     /// retries.
     #[error("{topic}/{queue_id} offset {offset} is being fetched from the object store; retry")]
     RemoteNotCached { topic: String, queue_id: u32, offset: u64 },
+    /// Cluster: the queue is not served by this node (it belongs to another node, or is
+    /// changing owner): the client retries, on another endpoint or after a fresh route.
+    #[error("{0}")]
+    NotOwner(String),
 }
 
 impl From<StorageError> for BrokerError {
@@ -118,6 +122,7 @@ impl From<StorageError> for BrokerError {
             StorageError::DiskFull(_) => BrokerError::StorageFull(text),
             StorageError::Corrupted { .. } => BrokerError::DataCorrupted(text),
             StorageError::RecordTooLarge { size, segment_size } => BrokerError::TooLargeToStore { size, segment_size },
+            StorageError::NotOwner { .. } | StorageError::Fenced(_) => BrokerError::NotOwner(text),
         }
     }
 }
@@ -128,6 +133,7 @@ impl From<MetadataError> for BrokerError {
         match e {
             MetadataError::Unavailable(_) | MetadataError::Query(_) => BrokerError::MetadataUnavailable(text),
             MetadataError::Invalid(_) => BrokerError::DataCorrupted(text),
+            MetadataError::Fenced(_) => BrokerError::NotOwner(text),
         }
     }
 }

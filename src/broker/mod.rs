@@ -93,6 +93,23 @@ pub struct SendReceipt {
     pub recall_handle: Option<String>,
 }
 
+/// Which queues this node serves. In a cluster each queue belongs to one node at a time; the
+/// broker sends to, pops from and records progress of only the queues it owns. A single
+/// gateway owns every queue ([`AllQueues`]).
+pub trait QueueOwnership: Send + Sync + 'static {
+    fn owns(&self, topic: &str, queue_id: u32) -> bool;
+}
+
+/// A single gateway: every queue is local.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AllQueues;
+
+impl QueueOwnership for AllQueues {
+    fn owns(&self, _topic: &str, _queue_id: u32) -> bool {
+        true
+    }
+}
+
 /// What the broker stores into.
 pub struct Stores {
     pub log: Arc<dyn MessageLog>,
@@ -370,7 +387,8 @@ impl Broker {
         if !(1..=1024).contains(&queue_nums) {
             return Err(BrokerError::BadRequest(format!("queue count {queue_nums} is outside 1..=1024")));
         }
-        let record = TopicRecord { name: name.to_string(), queue_nums, topic_type: topic_type.into() };
+        let record =
+            TopicRecord { name: name.to_string(), queue_nums, topic_type: topic_type.into(), durability: Default::default() };
         let record = self.inner.meta.create_topic(&record).await?;
         Ok(self.cache_topic(record.into()).record.clone())
     }

@@ -59,6 +59,8 @@ pub fn code_of(e: &BrokerError) -> Code {
         BrokerError::ShuttingDown => Code::InternalServerError,
         // Cold data on its way from the object store: worth retrying soon.
         BrokerError::RemoteNotCached { .. } => Code::InternalServerError,
+        // Cluster: the queue is served elsewhere or changing owner; clients retry elsewhere.
+        BrokerError::NotOwner(_) => Code::HaNotAvailable,
     }
 }
 

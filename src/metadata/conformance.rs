@@ -248,22 +248,22 @@ pub async fn segment_manifest(store: &dyn MetadataStore) -> MetadataResult<()> {
     // Queues come back ordered by (topic bytes, queue id), whatever the order given.
     let s1 = seg(0, vec![q("a", 1, 0, 2, 1100), q("B", 3, 0, 1, 1224), q("a", 0, 0, 7, 1000)]);
     let s1_ordered = seg(0, vec![q("B", 3, 0, 1, 1224), q("a", 0, 0, 7, 1000), q("a", 1, 0, 2, 1100)]);
-    store.put_segment(&s2).await?;
-    store.put_segment(&s1).await?;
+    store.put_segment(&s2, None).await?;
+    store.put_segment(&s1, None).await?;
     assert_eq!(store.list_segments("n1").await?, vec![s1_ordered.clone(), s2.clone()]);
     assert_eq!(store.list_segments("n2").await?, vec![]);
     // The same base in another log is another segment.
     let other_log = SegmentRecord { log_id: "n2".into(), ..s2.clone() };
-    store.put_segment(&other_log).await?;
+    store.put_segment(&other_log, None).await?;
     assert_eq!(store.list_segments("n2").await?, vec![other_log]);
     // Recording again replaces the row and its queues.
     let s1b = SegmentRecord { queues: vec![q("c", 1, 4, 6, 1000)], size: 999, ..s1.clone() };
-    store.put_segment(&s1b).await?;
-    store.put_segment(&s1b).await?;
+    store.put_segment(&s1b, None).await?;
+    store.put_segment(&s1b, None).await?;
     assert_eq!(store.list_segments("n1").await?, vec![s1b.clone(), s2.clone()]);
     // A segment without queues.
     let empty = seg(4096, vec![]);
-    store.put_segment(&empty).await?;
+    store.put_segment(&empty, None).await?;
     assert_eq!(store.list_segments("n1").await?, vec![s1b, s2.clone(), empty.clone()]);
     assert!(store.delete_segment("n1", 0).await?);
     assert!(!store.delete_segment("n1", 0).await?);
@@ -271,7 +271,7 @@ pub async fn segment_manifest(store: &dyn MetadataStore) -> MetadataResult<()> {
     // Deleting a row takes its queues: recording the base again starts from none.
     assert!(store.delete_segment("n1", 2048).await?);
     let s2_again = seg(2048, vec![q("z", 9, 1, 2, 3)]);
-    store.put_segment(&s2_again).await?;
+    store.put_segment(&s2_again, None).await?;
     assert_eq!(store.list_segments("n1").await?[0], s2_again);
     Ok(())
 }
@@ -325,7 +325,7 @@ where
         store.create_topic(&t).await?;
         store.create_group(&g).await?;
         store.save_progress(std::slice::from_ref(&p), 77).await?;
-        store.put_segment(&s).await?;
+        store.put_segment(&s, None).await?;
         store.secret("k", b"v").await?;
         store.close().await;
     }

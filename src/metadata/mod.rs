@@ -61,6 +61,47 @@ pub struct TopicRecord {
     pub name: String,
     pub queue_nums: u32,
     pub topic_type: TopicType,
+    /// When a send to this topic is acknowledged.
+    pub durability: Durability,
+}
+
+/// When a send is acknowledged (a per-topic option).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Durability {
+    /// After the local flush (`storage.flushDiskType`): the data survives a process crash
+    /// and, once uploaded, the loss of the node.
+    #[default]
+    Local,
+    /// After the data is also in the object store and recorded in the manifest: survives the
+    /// loss of the node's disk.
+    ObjectStore,
+}
+
+impl Durability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Local => "local",
+            Durability::ObjectStore => "s3",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "local" => Some(Durability::Local),
+            "s3" | "object_store" | "objectstore" => Some(Durability::ObjectStore),
+            _ => None,
+        }
+    }
+}
+
+/// The writer of a manifest row in a cluster: the node and the epoch of its lease on the
+/// shard whose log (`SegmentRecord::log_id`) the row belongs to. A row is recorded only if
+/// that lease is still this node's with this epoch ([`MetadataError::Fenced`] otherwise), so
+/// a node that lost a shard can no longer add to it, however slow or partitioned it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub node_id: String,
+    pub epoch: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +173,9 @@ pub enum MetadataError {
     Query(String),
     #[error("stored metadata is invalid: {0}")]
     Invalid(String),
+    /// A fenced write from a node that no longer holds the lease it names.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 pub type MetadataResult<T> = Result<T, MetadataError>;
@@ -164,7 +208,12 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Records a tiered segment (after its object is complete). Idempotent: recording the same
     /// `(log_id, base)` again replaces the row and its queues atomically.
-    async fn put_segment(&self, segment: &SegmentRecord) -> MetadataResult<()>;
+    ///
+    /// With a `fence` (cluster mode), the row is recorded only if the lease of the shard
+    /// named by `segment.log_id` is held by `fence.node_id` with `fence.epoch`, checked in the
+    /// same transaction; else [`MetadataError::Fenced`] and nothing is written. Stores that do
+    /// not run clusters (SQLite) refuse every fenced write.
+    async fn put_segment(&self, segment: &SegmentRecord, fence: Option<&Fence>) -> MetadataResult<()>;
     /// The tiered segments of a log, ordered by `base`.
     async fn list_segments(&self, log_id: &str) -> MetadataResult<Vec<SegmentRecord>>;
     /// Removes a segment's row (and its queues); returns whether it existed.
@@ -180,6 +229,10 @@ pub trait MetadataStore: Send + Sync + 'static {
 /// SQLite ignores them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
+    /// Names this node's row of per-node data (the journal offset of `load_progress` /
+    /// `save_progress`): the nodes of a cluster share one store and differ here. Empty: the
+    /// single-node row.
+    pub node_id: String,
     /// Connections in the pool.
     pub max_connections: u32,
     /// Bound on opening the store at start: first connection and migrations.
@@ -193,6 +246,7 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
+            node_id: String::new(),
             max_connections: 8,
             connect_timeout: Duration::from_secs(30),
             acquire_timeout: Duration::from_secs(5),

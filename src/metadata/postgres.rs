@@ -14,7 +14,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 
 use crate::clock::now_ms;
 
-use super::{
+use super::{Durability, Fence, 
     GroupRecord, MetadataError, MetadataResult, MetadataStore, ProgressRecord, SegmentQueue, SegmentRecord,
     StoreOptions, TopicRecord, TopicType, redact_url,
 };
@@ -152,7 +152,7 @@ fn topic_from_row(row: &PgRow) -> MetadataResult<TopicRecord> {
         .ok_or_else(|| MetadataError::Invalid(format!("topic `{name}` has unknown type `{kind}`")))?;
     let queue_nums = u32::try_from(queue_nums)
         .map_err(|_| MetadataError::Invalid(format!("topic `{name}` has {queue_nums} queues")))?;
-    Ok(TopicRecord { name, queue_nums, topic_type })
+    Ok(TopicRecord { name, queue_nums, topic_type, durability: Durability::Local })
 }
 
 fn group_from_row(row: &PgRow) -> MetadataResult<GroupRecord> {
@@ -353,7 +353,7 @@ impl MetadataStore for PostgresMetadataStore {
         Ok(done.rows_affected())
     }
 
-    async fn put_segment(&self, seg: &SegmentRecord) -> MetadataResult<()> {
+    async fn put_segment(&self, seg: &SegmentRecord, fence: Option<&Fence>) -> MetadataResult<()> {
         let base = to_i64("segment base", seg.base)?;
         let mut topics = Vec::with_capacity(seg.queues.len());
         let mut queue_ids = Vec::with_capacity(seg.queues.len());

@@ -10,7 +10,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use crate::clock::now_ms;
 
-use super::{
+use super::{Durability, Fence, 
     GroupRecord, MetadataError, MetadataResult, MetadataStore, ProgressRecord, SegmentQueue, SegmentRecord,
     TopicRecord, TopicType,
 };
@@ -87,7 +87,7 @@ fn topic_from_row(row: &sqlx::sqlite::SqliteRow) -> MetadataResult<TopicRecord> 
         .ok_or_else(|| MetadataError::Invalid(format!("topic `{name}` has unknown type `{kind}`")))?;
     let queue_nums = u32::try_from(queue_nums)
         .map_err(|_| MetadataError::Invalid(format!("topic `{name}` has {queue_nums} queues")))?;
-    Ok(TopicRecord { name, queue_nums, topic_type })
+    Ok(TopicRecord { name, queue_nums, topic_type, durability: Durability::Local })
 }
 
 fn group_from_row(row: &sqlx::sqlite::SqliteRow) -> MetadataResult<GroupRecord> {
@@ -256,7 +256,13 @@ impl MetadataStore for SqliteMetadataStore {
         Ok(done.rows_affected())
     }
 
-    async fn put_segment(&self, seg: &SegmentRecord) -> MetadataResult<()> {
+    async fn put_segment(&self, seg: &SegmentRecord, fence: Option<&Fence>) -> MetadataResult<()> {
+        if let Some(f) = fence {
+            return Err(MetadataError::Fenced(format!(
+                "node `{}` epoch {}: SQLite does not run clusters (cluster mode needs PostgreSQL)",
+                f.node_id, f.epoch
+            )));
+        }
         let mut tx = self.pool.begin().await.map_err(query_err)?;
         sqlx::query(
             "INSERT INTO tiered_segments (log_id, base, size, object_key, object_size, first_store_ms, last_store_ms, uploaded_at_ms) \

@@ -116,6 +116,14 @@ pub enum StorageError {
     /// The object store failed a cold read (outage, throttling): retry later.
     #[error("object store read failed: {0}")]
     Remote(String),
+    /// Cluster: the queue's shard is not open on this node (owned by another node, or
+    /// changing owner). Nothing was written.
+    #[error("{topic}/{queue_id} is not served by this node")]
+    NotOwner { topic: String, queue_id: u32 },
+    /// Cluster: this node lost the lease of the shard (another node may own it now); the
+    /// write was refused.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 pub type StorageResult<T> = Result<T, StorageError>;
@@ -172,6 +180,16 @@ pub trait MessageLog: Send + Sync + 'static {
     async fn fetch_remote(&self, topic: &str, queue_id: u32, offset: u64, max_bytes: usize) -> StorageResult<()> {
         let _ = (topic, queue_id, offset, max_bytes);
         Ok(())
+    }
+
+    /// Resolves once the records at `results` (as returned by `append`) are in the object
+    /// store and recorded in the manifest: what a topic with `s3` durability waits for
+    /// before acknowledging. Logs without a remote tier fail with `StorageError::Remote`.
+    async fn persist_remote(&self, results: &[AppendResult]) -> StorageResult<()> {
+        if results.is_empty() {
+            return Ok(());
+        }
+        Err(StorageError::Remote("this message log has no object store (storage.tiering is off)".into()))
     }
 
     /// Figures of the remote tier, if the log has one.

@@ -72,9 +72,9 @@ impl MetadataStore for FlakyMeta {
         self.check()?;
         self.inner.delete_progress(group).await
     }
-    async fn put_segment(&self, segment: &SegmentRecord) -> MetadataResult<()> {
+    async fn put_segment(&self, segment: &SegmentRecord, fence: Option<&Fence>) -> MetadataResult<()> {
         self.check()?;
-        self.inner.put_segment(segment).await
+        self.inner.put_segment(segment, fence).await
     }
     async fn list_segments(&self, log_id: &str) -> MetadataResult<Vec<SegmentRecord>> {
         self.check()?;

@@ -201,7 +201,7 @@ async fn upload_one(inner: &Arc<Inner>, base: u64) -> Result<(), String> {
         ObjectError::Transient(m) => format!("object store unavailable: {m}"),
         ObjectError::Permanent(m) | ObjectError::NotFound(m) => format!("object store refused the upload: {m}"),
     })?;
-    inner.meta.put_segment(&record).await.map_err(|e| format!("recording the segment in the manifest: {e}"))?;
+    inner.meta.put_segment(&record, None).await.map_err(|e| format!("recording the segment in the manifest: {e}"))?;
     let size = record.object_size;
     tracing::info!(
         segment = base,
