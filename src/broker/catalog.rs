@@ -50,6 +50,8 @@ pub struct TopicInfo {
     pub name: String,
     pub queue_nums: u32,
     pub topic_type: TopicKind,
+    /// When a send is acknowledged (local flush, or also in the object store).
+    pub durability: crate::metadata::Durability,
 }
 
 /// A consumer group's configuration.
@@ -97,7 +99,7 @@ impl From<TopicKind> for TopicType {
 
 impl From<TopicRecord> for TopicInfo {
     fn from(r: TopicRecord) -> Self {
-        TopicInfo { name: r.name, queue_nums: r.queue_nums, topic_type: r.topic_type.into() }
+        TopicInfo { name: r.name, queue_nums: r.queue_nums, topic_type: r.topic_type.into(), durability: r.durability }
     }
 }
 
