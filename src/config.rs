@@ -806,7 +806,9 @@ impl Config {
         }
         for t in &self.topics.create {
             match crate::metadata::Durability::parse(&t.durability) {
-                None => return invalid("topics.create[].durability", format!("`{}`: expected local or s3", t.durability)),
+                None => {
+                    return invalid("topics.create[].durability", format!("`{}`: expected local or s3", t.durability));
+                }
                 Some(crate::metadata::Durability::ObjectStore) if !self.storage.tiering.enabled => {
                     return invalid(
                         "topics.create[].durability",
@@ -819,15 +821,22 @@ impl Config {
         let c = &self.cluster;
         if c.enabled {
             if crate::metadata::StoreKind::of_url(&self.metadata.url) != Some(crate::metadata::StoreKind::Postgres) {
-                return invalid("metadata.url", "cluster.enabled needs a postgres:// metadata store shared by every node");
+                return invalid(
+                    "metadata.url",
+                    "cluster.enabled needs a postgres:// metadata store shared by every node",
+                );
             }
             if !self.storage.tiering.enabled {
-                return invalid("storage.tiering.enabled", "cluster.enabled needs tiering on a bucket shared by every node");
+                return invalid(
+                    "storage.tiering.enabled",
+                    "cluster.enabled needs tiering on a bucket shared by every node",
+                );
             }
             if !(1..=1024).contains(&c.shards) {
                 return invalid("cluster.shards", "must be between 1 and 1024");
             }
-            if !c.node_id.is_empty() && !c.node_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            if !c.node_id.is_empty() && !c.node_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
                 return invalid("cluster.nodeId", "must be letters, digits, '-' or '_'");
             }
             if c.renew_interval.is_zero() || c.lease_ttl < c.renew_interval * 3 {

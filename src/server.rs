@@ -357,6 +357,7 @@ mod tests {
             name: "T".into(),
             queue_nums: None,
             message_type: "FIFO".into(),
+            durability: "local".into(),
         });
         config.limits.max_message_size = 1000;
         config.server.broker_name = "b1".into();

@@ -387,8 +387,12 @@ impl Broker {
         if !(1..=1024).contains(&queue_nums) {
             return Err(BrokerError::BadRequest(format!("queue count {queue_nums} is outside 1..=1024")));
         }
-        let record =
-            TopicRecord { name: name.to_string(), queue_nums, topic_type: topic_type.into(), durability: Default::default() };
+        let record = TopicRecord {
+            name: name.to_string(),
+            queue_nums,
+            topic_type: topic_type.into(),
+            durability: Default::default(),
+        };
         let record = self.inner.meta.create_topic(&record).await?;
         Ok(self.cache_topic(record.into()).record.clone())
     }

@@ -14,9 +14,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 
 use crate::clock::now_ms;
 
-use super::{Durability, Fence, 
-    GroupRecord, MetadataError, MetadataResult, MetadataStore, ProgressRecord, SegmentQueue, SegmentRecord,
-    StoreOptions, TopicRecord, TopicType, redact_url,
+use super::{
+    Durability, Fence, GroupRecord, MetadataError, MetadataResult, MetadataStore, ProgressRecord, SegmentQueue,
+    SegmentRecord, StoreOptions, TopicRecord, TopicType, redact_url,
 };
 
 /// Rows per `UNNEST` statement of a progress batch (bounds one statement's arrays).

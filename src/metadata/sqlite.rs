@@ -10,9 +10,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use crate::clock::now_ms;
 
-use super::{Durability, Fence, 
-    GroupRecord, MetadataError, MetadataResult, MetadataStore, ProgressRecord, SegmentQueue, SegmentRecord,
-    TopicRecord, TopicType,
+use super::{
+    Durability, Fence, GroupRecord, MetadataError, MetadataResult, MetadataStore, ProgressRecord, SegmentQueue,
+    SegmentRecord, TopicRecord, TopicType,
 };
 
 pub struct SqliteMetadataStore {

@@ -45,7 +45,9 @@ pub fn replicate_error(e: &StorageError) -> StorageError {
             StorageError::RemoteNotCached { topic: topic.clone(), queue_id: *queue_id, offset: *offset }
         }
         StorageError::Remote(m) => StorageError::Remote(m.clone()),
-        StorageError::NotOwner { topic, queue_id } => StorageError::NotOwner { topic: topic.clone(), queue_id: *queue_id },
+        StorageError::NotOwner { topic, queue_id } => {
+            StorageError::NotOwner { topic: topic.clone(), queue_id: *queue_id }
+        }
         StorageError::Fenced(m) => StorageError::Fenced(m.clone()),
     }
 }
