@@ -33,7 +33,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use local::{CommitLog, StorageConfig, StorageStats};
+pub use local::{CommitLog, ResumePoint, ResumeQueue, StorageConfig, StorageStats};
 pub use record::Properties;
 pub use timer_index::{BucketFiles, TimerEntry, TimerIndex};
 
