@@ -48,6 +48,8 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 pub use config::{ResumePoint, ResumeQueue, StorageConfig};
+/// Writes a small file atomically and durably (temp file, fsync, rename, fsync of the dir).
+pub use fs::write_file_atomically;
 pub use sealed::{INDEX_ENTRY_LEN, ScannedRecord, SealedSegmentInfo, SegmentScan, decode_index_entry, decode_message};
 
 use self::checkpoint::Checkpoint;
