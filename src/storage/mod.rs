@@ -16,7 +16,8 @@
 //!
 //! Implementations: [`CommitLog`] (durable, file-based; `local/`, see `docs/storage.md`) and
 //! [`memory::MemoryLog`] (tests). [`bench`](mod@bench) is the storage benchmark behind
-//! `rmq-gateway bench storage`.
+//! `rmq-gateway bench storage`. [`sharded::ShardedLog`] is the log of a cluster node (home
+//! log plus the shards it owns).
 //!
 //! This module must not import protocol (tonic/prost), HTTP or SQL crates.
 
@@ -25,6 +26,7 @@ pub mod local;
 pub mod memory;
 pub mod object;
 pub mod record;
+pub mod sharded;
 pub mod tiered;
 pub mod timer_index;
 
@@ -33,7 +35,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use local::{CommitLog, StorageConfig, StorageStats};
+pub use local::{CommitLog, ResumePoint, ResumeQueue, StorageConfig, StorageStats};
 pub use record::Properties;
 pub use timer_index::{BucketFiles, TimerEntry, TimerIndex};
 

@@ -44,6 +44,27 @@ pub struct StorageConfig {
     /// Largest span of log one in-memory key-index table may cover; bounds the log replayed
     /// after a crash to rebuild it. Default: 256 MiB.
     pub key_index_max_log_span: u64,
+    /// Where a log opened in an empty directory starts (cluster take-over of a shard whose
+    /// older data is in the object store). Ignored when the directory holds a log.
+    /// Default: `None` (position 0, every queue at offset 0).
+    pub resume: Option<ResumePoint>,
+}
+
+/// The start of a log continuing another one: its first segment begins at `position`, and
+/// each listed queue's first offset is its `next_offset` (offsets below it are not local).
+/// Queues not listed start at 0.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResumePoint {
+    pub position: u64,
+    pub queues: Vec<ResumeQueue>,
+}
+
+/// One queue of a [`ResumePoint`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeQueue {
+    pub topic: String,
+    pub queue_id: u32,
+    pub next_offset: u64,
 }
 
 impl StorageConfig {
@@ -100,6 +121,7 @@ impl Default for StorageConfig {
             max_batch_bytes: 8 << 20,
             key_index_memtable_entries: 262_144,
             key_index_max_log_span: 256 << 20,
+            resume: None,
         }
     }
 }

@@ -215,6 +215,12 @@ impl QueueIndex {
         Ok(())
     }
 
+    /// Creates the index file that will hold `offset` (a queue resumed at `offset`: the file
+    /// keeps the queue's start across restarts before any record is written).
+    pub fn ensure_file(&self, offset: u64) -> io::Result<()> {
+        self.file_for_write(offset).map(|_| ())
+    }
+
     fn file_for_write(&self, offset: u64) -> io::Result<Arc<IndexFile>> {
         if let Some(f) = self.file_for(offset) {
             return Ok(f);

@@ -52,7 +52,17 @@ pub fn recover(config: &StorageConfig) -> StorageResult<Recovered> {
     let checkpoint = Checkpoint::load(dir).map_err(|e| io_error("reading the checkpoint", e))?;
 
     let mut segments = load_segments(&log_dir)?;
-    let log_start = segments.first().map_or_else(|| checkpoint.map_or(0, |c| c.log_position), |s| s.base);
+    let resume = match &config.resume {
+        Some(r) if segments.is_empty() && checkpoint.is_none() && dir_is_empty(&index_dir)? => Some(r),
+        _ => None,
+    };
+    let log_start = match resume {
+        Some(r) => r.position,
+        None => segments.first().map_or_else(|| checkpoint.map_or(0, |c| c.log_position), |s| s.base),
+    };
+    if let Some(r) = resume {
+        start_resumed_queues(config, &index_dir, r)?;
+    }
     let mut durable = checkpoint.map_or(log_start, |c| c.log_position);
     if durable < log_start {
         tracing::warn!(
@@ -152,6 +162,34 @@ fn finish(
         "commit log recovered"
     );
     Ok(Recovered { lock, segments, queues, keys, log_start, end, checkpoint })
+}
+
+/// Whether a directory has no entries.
+fn dir_is_empty(dir: &Path) -> StorageResult<bool> {
+    let mut entries = fs::read_dir(dir).map_err(|e| io_error(format!("listing {}", dir.display()), e))?;
+    Ok(entries.next().is_none())
+}
+
+/// A log resumed in an empty directory: every listed queue gets its first index file at its
+/// resume offset (empty, so the queue starts and ends there, also after a restart).
+fn start_resumed_queues(config: &StorageConfig, index_dir: &Path, r: &super::config::ResumePoint) -> StorageResult<()> {
+    for q in &r.queues {
+        create_queue(
+            index_dir,
+            q.topic.as_str().into(),
+            q.queue_id,
+            config.queue_index_entries_per_file,
+            q.next_offset,
+        )
+        .and_then(|index| {
+            index.ensure_file(q.next_offset)?;
+            index.sync()
+        })
+        .map_err(|e| io_error(format!("starting the index of {}/{} at {}", q.topic, q.queue_id, q.next_offset), e))?;
+    }
+    fsync_dir(index_dir).map_err(|e| io_error("syncing the index directory", e))?;
+    tracing::info!(position = r.position, queues = r.queues.len(), "commit log resumed from a manifest");
+    Ok(())
 }
 
 /// Whether there is data after `end` in this segment (looks at the next 1 MiB only: a

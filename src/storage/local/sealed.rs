@@ -1,6 +1,7 @@
-//! Sealed segments as seen by tiering: which segments are complete (the writer rolled past
-//! them and their records are published), their bytes as one zero-copy [`Bytes`] slice of the
-//! mapping, and a scan of their records (the data the index slices of an uploaded object are
+//! Segments as seen by tiering: which segments are complete (the writer rolled past them and
+//! their records are published), the bytes of a segment or of a published range of one (a
+//! chunk of the active segment) as one zero-copy [`Bytes`] slice of the mapping, and a scan of
+//! their records (the data the index slices of an uploaded object are
 //! built from). Also the record decoder the cold-read path uses on bytes fetched back from
 //! the object store, so remote records are checked exactly like local ones.
 
@@ -135,6 +136,27 @@ impl CommitLog {
             .collect()
     }
 
+    /// Records below this position are readable (and acknowledged): what a tail upload may
+    /// take from the active segment.
+    pub fn published_position(&self) -> u64 {
+        self.shared.published.load(Ordering::Acquire)
+    }
+
+    /// The segment holding `position`: `(base, end, sealed)`, where `sealed` means the writer
+    /// rolled past it and all its records are published. `None` when no segment on disk holds
+    /// `position` (below the log start, or at the end of the last segment).
+    pub fn segment_span(&self, position: u64) -> Option<(u64, u64, bool)> {
+        let published = self.shared.published.load(Ordering::Acquire);
+        let segs = self.shared.segments.read().unwrap_or_else(|e| e.into_inner());
+        let i = segs.partition_point(|s| s.base <= position).checked_sub(1)?;
+        let s = segs.get(i)?;
+        if !s.contains(position) {
+            return None;
+        }
+        let sealed = i + 1 < segs.len() && s.end() <= published;
+        Some((s.base, s.end(), sealed))
+    }
+
     /// Reads a sealed segment: its used bytes and its records. `Ok(None)` when the segment is
     /// not (or no longer) on disk or not sealed. A record that fails its checks is an error
     /// (such a segment is not uploaded: the data would be served damaged).
@@ -142,12 +164,22 @@ impl CommitLog {
         if !self.sealed_segments().iter().any(|s| s.base == base) {
             return Ok(None);
         }
-        let Some(seg) = self.shared.segment_for(base) else { return Ok(None) };
-        let all = seg.tail_from(seg.base);
-        let mut pos = seg.base;
+        self.scan_range(base, u64::MAX)
+    }
+
+    /// Reads the published records of one segment from `from` (a record boundary: a segment
+    /// base or the end of an earlier scan) up to `to` (clamped to the published position and
+    /// to the segment end; records crossing it are left out), stopping at the end-of-segment
+    /// marker: the unit of a chunk upload. `Ok(None)` when no segment holds `from`. The scan's
+    /// `base` is `from`. A record that fails its checks is an error.
+    pub fn scan_range(&self, from: u64, to: u64) -> StorageResult<Option<SegmentScan>> {
+        let Some(seg) = self.shared.segment_for(from) else { return Ok(None) };
+        let limit = to.min(self.shared.published.load(Ordering::Acquire)).min(seg.end());
+        let all = seg.tail_from(from);
+        let mut pos = from;
         let mut records = Vec::new();
-        loop {
-            let at = (pos - seg.base) as usize;
+        while pos < limit {
+            let at = (pos - from) as usize;
             if at >= all.len() {
                 break;
             }
@@ -157,6 +189,9 @@ impl CommitLog {
                         .map_err(|_| StorageError::Corrupted { position: pos, reason: "topic is not utf-8".into() })?;
                     let topic =
                         self.shared.queue(topic, header.queue_id).map_or_else(|| topic.into(), |q| q.topic.clone());
+                    if pos + len as u64 > limit {
+                        break;
+                    }
                     records.push(ScannedRecord {
                         topic,
                         queue_id: header.queue_id,
@@ -173,7 +208,7 @@ impl CommitLog {
                 Err(e) => return Err(StorageError::Corrupted { position: pos, reason: e.to_string() }),
             }
         }
-        let used = (pos - seg.base) as usize;
-        Ok(Some(SegmentScan { base: seg.base, data: all.slice(..used), records }))
+        let used = (pos - from) as usize;
+        Ok(Some(SegmentScan { base: from, data: all.slice(..used), records }))
     }
 }

@@ -638,3 +638,35 @@ async fn tag_hashes_come_from_the_index() {
     assert!(log.tag_hashes("nope", 0, 0, 100).unwrap().is_empty());
     log.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn resume_point_starts_the_log_and_queues_there_and_survives_a_restart() {
+    use crate::storage::{ResumePoint, ResumeQueue};
+    let dir = tempfile::tempdir().unwrap();
+    let resume = ResumePoint {
+        position: 5 * 64 * 1024,
+        queues: vec![
+            ResumeQueue { topic: "A".into(), queue_id: 0, next_offset: 70 },
+            ResumeQueue { topic: "B".into(), queue_id: 3, next_offset: 2000 },
+        ],
+    };
+    let config = StorageConfig { resume: Some(resume.clone()), ..test_config(dir.path()) };
+    let log = CommitLog::open(config.clone()).unwrap();
+    assert_eq!(log.log_start(), resume.position);
+    assert_eq!(log.queue_range("A", 0), QueueRange { start: 70, end: 70 });
+    assert_eq!(log.queue_range("B", 3), QueueRange { start: 2000, end: 2000 });
+    let r = log.append(vec![message("A", 0, "a", "id-a", "")]).await.unwrap();
+    assert_eq!((r[0].queue_offset, r[0].log_position), (70, resume.position));
+    let r = log.append(vec![message("C", 1, "c", "id-c", "")]).await.unwrap();
+    assert_eq!(r[0].queue_offset, 0);
+    assert_eq!(log.read("A", 0, 0, 10, 1 << 20).unwrap()[0].queue_offset, 70);
+    log.close().await.unwrap();
+    drop(log);
+    // Reopened (resume ignored: the directory holds a log): B still starts at 2000.
+    let log = CommitLog::open(config).unwrap();
+    assert_eq!(log.queue_range("A", 0), QueueRange { start: 70, end: 71 });
+    assert_eq!(log.queue_range("B", 3), QueueRange { start: 2000, end: 2000 });
+    let r = log.append(vec![message("B", 3, "b", "id-b", "")]).await.unwrap();
+    assert_eq!(r[0].queue_offset, 2000);
+    log.close().await.unwrap();
+}

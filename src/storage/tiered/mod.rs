@@ -1,12 +1,20 @@
 //! Tiered storage: [`TieredLog`], a [`MessageLog`] over the local [`CommitLog`] that offloads
 //! sealed segments to an [`ObjectStore`] and serves reads below the local log start from it.
 //!
-//! - **Upload** (`upload.rs`): each sealed segment, in log order, becomes one object (the
-//!   segment's used bytes, then one queue-index slice per queue; layout below), is `put`, and
-//!   only then recorded in the manifest (`MetadataStore::put_segment`): the manifest row is
-//!   the truth. The local retention limit then moves past it, so local retention
-//!   (`fileReservedTime` / disk ratio) may drop the local copy; a segment not uploaded is never
-//!   dropped. Object-store failures are retried with capped exponential backoff and jitter,
+//! - **Upload** (`upload.rs`): the log goes up in log order as *ranges* `[covered, X)` of one
+//!   segment: X is the end of a sealed segment, or (tail uploads, `tail_upload_interval`) the
+//!   published end of the active segment. Each range becomes one object (its bytes, then one
+//!   queue-index slice per queue; layout below), is `put`, and only then recorded in the
+//!   manifest (`MetadataStore::put_segment`, fenced with `TieringSettings::fence`): the
+//!   manifest row (base = range start, size = range length) is the truth. A sealed segment
+//!   whose whole used range is covered may then be dropped by local retention
+//!   (`fileReservedTime` / disk ratio); one not covered is never dropped.
+//! - **Remote durability** ([`MessageLog::persist_remote`]): a waiter resolves once the
+//!   uploaded range covers its records; it asks for a tail upload, and concurrent waiters
+//!   share one (group commit).
+//! - **Fencing**: a manifest write refused with `MetadataError::Fenced` (another node owns the
+//!   log now) fences the log for good: appends fail with `StorageError::Fenced`, uploads stop,
+//!   waiters fail. Object-store failures are retried with capped exponential backoff and jitter,
 //!   forever; a rate-limited warning says how many segments and bytes wait.
 //! - **Orphans**: objects of this log without a manifest row (a crash between `put` and the
 //!   row, or between a remote-retention row delete and the object delete) older than a grace
@@ -22,8 +30,8 @@
 //!   [`MessageLog::fetch_remote`] outside their locks and read again. Records from the object
 //!   store are checked (length, CRC, position) exactly like local ones.
 //!
-//! Object layout: for a segment with base `B` and used size `S`, bytes `[0, S)` are the
-//! segment's (log position `p` at object offset `p - B`), followed by, for each
+//! Object layout: for a range with start `B` and length `S`, bytes `[0, S)` are the
+//! log's (log position `p` at object offset `p - B`), followed by, for each
 //! `SegmentQueue { first_offset, end_offset, index_pos }`, the 32-byte queue-index entries of
 //! those offsets at `[index_pos, index_pos + 32 * (end_offset - first_offset))`. Key:
 //! `<prefix>/<2 hex of a hash of (log_id, base)>/<log_id>/<base:020>.seg`.
@@ -53,7 +61,7 @@ use super::object::{ObjectError, ObjectStore};
 use super::{
     AppendMessage, AppendResult, CommitLog, MessageLog, QueueRange, StorageError, StorageResult, StoredMessage,
 };
-use crate::metadata::{MetadataStore, SegmentRecord};
+use crate::metadata::{Fence, MetadataStore, SegmentRecord};
 
 /// Index entries fetched per GET of a queue's index slice (128 KiB).
 const INDEX_CHUNK_ENTRIES: u64 = 4096;
@@ -85,6 +93,11 @@ pub struct TieringSettings {
     pub orphan_grace: Duration,
     /// How often remote retention and the orphan sweep run.
     pub remote_retention_interval: Duration,
+    /// Cluster: upload the published tail of the active segment at least this often (as
+    /// chunks). `None`: only sealed segments go up (the single-node behaviour).
+    pub tail_upload_interval: Option<Duration>,
+    /// Cluster: the lease every manifest write names (`None`: unfenced writes).
+    pub fence: Option<Fence>,
 }
 
 impl Default for TieringSettings {
@@ -101,6 +114,8 @@ impl Default for TieringSettings {
             read_ahead_bytes: 4 << 20,
             orphan_grace: Duration::from_secs(3600),
             remote_retention_interval: Duration::from_secs(60),
+            tail_upload_interval: None,
+            fence: None,
         }
     }
 }
@@ -223,6 +238,13 @@ pub(crate) struct Inner {
     fetch_locks: Vec<tokio::sync::Mutex<()>>,
     /// One upload pass at a time (the task's, or `upload_now`'s).
     upload_lock: tokio::sync::Mutex<()>,
+    /// Everything of the local log below this position is in the manifest (never goes down).
+    /// Waiters of `persist_remote` watch it.
+    covered: tokio::sync::watch::Sender<u64>,
+    /// A manifest write was fenced: this node lost the log for good.
+    fenced: std::sync::atomic::AtomicBool,
+    /// A `persist_remote` waiter wants a tail upload (coalesced: one pending pass at most).
+    tail_request: tokio::sync::Notify,
     counters: Counters,
     runtime: Option<tokio::runtime::Handle>,
 }
@@ -266,9 +288,21 @@ impl TieredLog {
             .await
             .map_err(|e| StorageError::Remote(format!("loading the tiering manifest: {e}")))?;
         let mut manifest = Manifest::default();
+        let mut remote_end = 0;
         for r in rows {
+            remote_end = remote_end.max(r.base + r.size);
             manifest.insert(r);
         }
+        let published = local.published_position();
+        if remote_end > published {
+            tracing::warn!(
+                log_id = settings.log_id,
+                remote_end,
+                local_end = published,
+                "the manifest reaches past the local log (a lost local tail?); uploads resume past the manifest end"
+            );
+        }
+        let covered = remote_end.max(local.log_start());
         let inner = Arc::new(Inner {
             cache: Mutex::new(ReadCache::new(settings.read_cache_bytes)),
             local,
@@ -280,6 +314,9 @@ impl TieredLog {
             prefetching: Mutex::new(HashSet::new()),
             fetch_locks: (0..FETCH_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             upload_lock: tokio::sync::Mutex::new(()),
+            covered: tokio::sync::watch::Sender::new(covered),
+            fenced: std::sync::atomic::AtomicBool::new(false),
+            tail_request: tokio::sync::Notify::new(),
             counters: Counters::default(),
             runtime: tokio::runtime::Handle::try_current().ok(),
         });
@@ -303,10 +340,46 @@ impl TieredLog {
         self.inner.stats()
     }
 
-    /// Runs one upload pass now and waits for it (tests, benchmarks): every sealed segment is
-    /// uploaded unless `stop` is cancelled first.
+    /// Runs one upload pass now and waits for it (tests, benchmarks): every sealed segment
+    /// (and the published tail when `tail_upload_interval` is set) is uploaded unless `stop`
+    /// is cancelled first.
     pub async fn upload_now(&self) {
-        upload::upload_pending(&self.inner, &self.stop).await;
+        let tail = self.inner.settings.tail_upload_interval.is_some();
+        upload::upload_pending(&self.inner, &self.stop, tail).await;
+    }
+
+    /// Uploads everything published so far, the tail of the active segment included (the
+    /// hand-over of a shard). Fails if the log is fenced or closing before it is all up.
+    pub async fn upload_all(&self) -> StorageResult<()> {
+        let target = self.inner.local.published_position();
+        upload::upload_pending(&self.inner, &self.stop, true).await;
+        self.check_covered(target)
+    }
+
+    fn check_covered(&self, target: u64) -> StorageResult<()> {
+        if self.inner.is_fenced() {
+            return Err(self.inner.fenced_error());
+        }
+        if self.inner.covered_to() < target {
+            return Err(StorageError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Everything of the local log below this position is in the manifest.
+    pub fn covered_position(&self) -> u64 {
+        self.inner.covered_to()
+    }
+
+    /// Whether a manifest write was fenced (another node owns the log now).
+    pub fn is_fenced(&self) -> bool {
+        self.inner.is_fenced()
+    }
+
+    /// Stops uploads at once (an upload in flight is abandoned; its object becomes an
+    /// orphan) and closes the local log: the lease of the log was lost.
+    pub async fn abandon(&self) -> StorageResult<()> {
+        self.close().await
     }
 
     /// Runs remote retention and the orphan sweep now.
@@ -322,6 +395,27 @@ impl TieredLog {
 }
 
 impl Inner {
+    fn covered_to(&self) -> u64 {
+        *self.covered.borrow()
+    }
+
+    fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Acquire)
+    }
+
+    fn fenced_error(&self) -> StorageError {
+        StorageError::Fenced(format!(
+            "log {} was taken over by another node (lease {:?} is no longer ours)",
+            self.settings.log_id, self.settings.fence
+        ))
+    }
+
+    /// Marks the log fenced and wakes every waiter.
+    fn set_fenced(&self) {
+        self.fenced.store(true, Ordering::Release);
+        self.covered.send_modify(|_| {});
+    }
+
     fn manifest_read(&self) -> std::sync::RwLockReadGuard<'_, Manifest> {
         self.manifest.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -358,19 +452,9 @@ impl Inner {
     }
 
     /// Local retention may drop a segment only if it and every segment before it are in the
-    /// manifest: the limit is the base of the first sealed segment not uploaded (or the end of
-    /// the last sealed one).
+    /// manifest: segments ending at or below the covered position.
     fn update_retention_limit(&self) {
-        let sealed = self.local.sealed_segments();
-        let manifest = self.manifest_read();
-        let limit = sealed
-            .iter()
-            .find(|s| !manifest.segments.contains_key(&s.base))
-            .map(|s| s.base)
-            .or_else(|| sealed.last().map(|s| s.base + s.file_size))
-            .unwrap_or_else(|| self.local.log_start());
-        drop(manifest);
-        self.local.set_retention_limit(Some(limit));
+        self.local.set_retention_limit(Some(self.covered_to()));
     }
 
     async fn get(&self, key: &str, range: std::ops::Range<u64>) -> StorageResult<Bytes> {
@@ -597,6 +681,9 @@ fn corrupted_or_partial(
 #[async_trait]
 impl MessageLog for TieredLog {
     async fn append(&self, messages: Vec<AppendMessage>) -> StorageResult<Vec<AppendResult>> {
+        if self.inner.is_fenced() {
+            return Err(self.inner.fenced_error());
+        }
         self.inner.local.append(messages).await
     }
 
@@ -685,6 +772,31 @@ impl MessageLog for TieredLog {
 
     async fn fetch_remote(&self, topic: &str, queue_id: u32, offset: u64, _max_bytes: usize) -> StorageResult<()> {
         self.inner.fetch(topic, queue_id, offset).await
+    }
+
+    async fn persist_remote(&self, results: &[AppendResult]) -> StorageResult<()> {
+        let Some(last) = results.iter().map(|r| r.log_position).max() else { return Ok(()) };
+        let mut covered = self.inner.covered.subscribe();
+        loop {
+            // Chunks end at record boundaries: covering a record's position covers it all.
+            if *covered.borrow_and_update() > last {
+                return Ok(());
+            }
+            if self.inner.is_fenced() {
+                return Err(self.inner.fenced_error());
+            }
+            if self.stop.is_cancelled() {
+                return Err(StorageError::ShuttingDown);
+            }
+            // One stored permit at most: every waiter arriving meanwhile shares the next pass.
+            self.inner.tail_request.notify_one();
+            tokio::select! {
+                _ = covered.changed() => {}
+                _ = self.stop.cancelled() => {}
+                // A pass that raced the request may have ended short of `last`: ask again.
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
     }
 
     async fn close(&self) -> StorageResult<()> {

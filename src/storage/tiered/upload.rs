@@ -1,7 +1,9 @@
-//! The tiering task: uploads sealed segments (object first, manifest row second), raises the
-//! local retention limit past what is uploaded, sweeps orphan objects and applies remote
-//! retention. Failures of the object store or the manifest are retried with capped
-//! exponential backoff and jitter, forever; they are never fatal.
+//! The tiering task: uploads the log in ranges (sealed segments, and chunks of the active
+//! segment's published tail when tail uploads are on or a `persist_remote` waiter asks; object
+//! first, manifest row second), raises the local retention limit past what is covered, sweeps
+//! orphan objects and applies remote retention. Failures of the object store or the manifest
+//! are retried with capped exponential backoff and jitter, forever; they are never fatal,
+//! except a fenced manifest write, which stops the task for good (another node owns the log).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Inner;
 use crate::clock::now_ms;
-use crate::metadata::{SegmentQueue, SegmentRecord};
+use crate::metadata::{MetadataError, SegmentQueue, SegmentRecord};
 use crate::storage::local::{INDEX_ENTRY_LEN, SegmentScan};
 use crate::storage::object::ObjectError;
 
@@ -46,9 +48,9 @@ fn parse_object_key(prefix: &str, log_id: &str, key: &str) -> Option<u64> {
     (object_key(prefix, log_id, base) == key).then_some(base)
 }
 
-/// The object of a scanned segment (data, then one index slice per queue) and its manifest
-/// row. A queue whose offsets are not contiguous within the segment is an error (the index
-/// slice could not address them).
+/// The object of a scanned range (data, then one index slice per queue) and its manifest row.
+/// A queue whose offsets are not contiguous within the range is an error (the index slice
+/// could not address them).
 pub fn build_object(prefix: &str, log_id: &str, scan: &SegmentScan) -> Result<(Vec<Bytes>, SegmentRecord), String> {
     let mut by_queue: std::collections::BTreeMap<(Arc<str>, u32), Vec<usize>> = std::collections::BTreeMap::new();
     for (i, r) in scan.records.iter().enumerate() {
@@ -111,49 +113,90 @@ fn backoff(inner: &Inner, attempt: u32) -> Duration {
 pub(super) async fn run(inner: Arc<Inner>, stop: CancellationToken) {
     sweep_orphans(&inner).await;
     let mut next_retention = Instant::now() + inner.settings.remote_retention_interval;
-    while !stop.is_cancelled() {
-        upload_pending(&inner, &stop).await;
+    let tail = inner.settings.tail_upload_interval;
+    let period = tail.map_or(inner.settings.upload_interval, |t| t.min(inner.settings.upload_interval));
+    let mut tail_requested = false;
+    while !stop.is_cancelled() && !inner.is_fenced() {
+        // A stop abandons a pass in flight (an object put but not recorded is an orphan).
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = upload_pending(&inner, &stop, tail.is_some() || tail_requested) => {}
+        }
+        if inner.is_fenced() {
+            break;
+        }
         if Instant::now() >= next_retention {
             remote_retention(&inner, &stop).await;
             sweep_orphans(&inner).await;
             next_retention = Instant::now() + inner.settings.remote_retention_interval;
         }
+        tail_requested = false;
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(inner.settings.upload_interval) => {}
+            _ = tokio::time::sleep(period) => {}
+            _ = inner.tail_request.notified() => tail_requested = true,
         }
     }
 }
 
 /// Counts what waits for upload and tells the local log how far retention may go.
-fn refresh_waiting(inner: &Inner) -> Vec<(u64, u64)> {
-    let sealed = inner.local.sealed_segments();
-    let pending: Vec<(u64, u64)> = {
-        let m = inner.manifest_read();
-        sealed.iter().filter(|s| !m.segments.contains_key(&s.base)).map(|s| (s.base, s.file_size)).collect()
-    };
-    inner.counters.waiting_segments.store(pending.len() as u64, Ordering::Relaxed);
-    inner.counters.waiting_bytes.store(pending.iter().map(|p| p.1).sum(), Ordering::Relaxed);
+fn refresh_waiting(inner: &Inner) {
+    let covered = inner.covered_to();
+    let (mut segments, mut bytes) = (0u64, 0u64);
+    for s in inner.local.sealed_segments() {
+        let end = s.base + s.file_size;
+        if end > covered {
+            segments += 1;
+            bytes += end - s.base.max(covered);
+        }
+    }
+    inner.counters.waiting_segments.store(segments, Ordering::Relaxed);
+    inner.counters.waiting_bytes.store(bytes, Ordering::Relaxed);
     inner.update_retention_limit();
-    pending
 }
 
-/// Uploads every sealed segment not in the manifest, in log order, retrying failures until
-/// they succeed or `stop` is cancelled.
-pub(super) async fn upload_pending(inner: &Arc<Inner>, stop: &CancellationToken) {
+/// Why an upload step failed.
+enum UploadError {
+    /// Retry with backoff.
+    Retry(String),
+    /// The manifest refused the row: another node owns the log.
+    Fenced(String),
+}
+
+/// Uploads everything due, in log order: every sealed segment not covered yet and, with
+/// `tail`, the published tail of the active segment. Retries failures until they succeed or
+/// `stop` is cancelled; a fenced manifest write ends the pass (and the log's uploads).
+pub(super) async fn upload_pending(inner: &Arc<Inner>, stop: &CancellationToken, tail: bool) {
     let _one_pass = tokio::select! {
         guard = inner.upload_lock.lock() => guard,
         _ = stop.cancelled() => return,
     };
     let mut last_warn: Option<Instant> = None;
     loop {
-        let pending = refresh_waiting(inner);
-        let Some(&(base, _)) = pending.first() else { return };
+        refresh_waiting(inner);
+        if inner.is_fenced() {
+            return;
+        }
         let mut attempt = 0u32;
         loop {
-            match upload_one(inner, base).await {
-                Ok(()) => break,
-                Err(reason) => {
+            let base = inner.covered_to();
+            match upload_next(inner, tail).await {
+                Ok(true) => break,
+                Ok(false) => {
+                    refresh_waiting(inner);
+                    return;
+                }
+                Err(UploadError::Fenced(reason)) => {
+                    tracing::error!(
+                        log_id = inner.settings.log_id,
+                        fence = ?inner.settings.fence,
+                        error = reason,
+                        "manifest write fenced: another node owns this log now; uploads and appends stop"
+                    );
+                    inner.set_fenced();
+                    return;
+                }
+                Err(UploadError::Retry(reason)) => {
                     inner.counters.upload_failures.fetch_add(1, Ordering::Relaxed);
                     let waiting_segments = inner.counters.waiting_segments.load(Ordering::Relaxed);
                     let waiting_bytes = inner.counters.waiting_bytes.load(Ordering::Relaxed);
@@ -184,37 +227,72 @@ pub(super) async fn upload_pending(inner: &Arc<Inner>, stop: &CancellationToken)
     }
 }
 
-/// One segment: build the object, `put` it, then record it. Idempotent: a retry after a
-/// crash puts the same bytes under the same key and upserts the same row.
-async fn upload_one(inner: &Arc<Inner>, base: u64) -> Result<(), String> {
-    let local = inner.local.clone();
-    let scan = tokio::task::spawn_blocking(move || local.scan_sealed_segment(base))
+/// The next range to upload, from the covered position on: the rest of a sealed segment, or
+/// (with `tail`) the published records of the active one. Sealed segments with nothing left
+/// (only the end-of-segment marker) are passed over, moving the covered position to their end.
+fn next_range(inner: &Inner, tail: bool) -> Result<Option<SegmentScan>, String> {
+    loop {
+        let from = inner.covered_to().max(inner.local.log_start());
+        let Some((_, end, sealed)) = inner.local.segment_span(from) else { return Ok(None) };
+        if !sealed && !tail {
+            return Ok(None);
+        }
+        let scan = inner.local.scan_range(from, end).map_err(|e| format!("scanning the log at {from}: {e}"))?;
+        match scan {
+            None => return Ok(None),
+            Some(scan) if scan.records.is_empty() => {
+                if !sealed {
+                    return Ok(None);
+                }
+                inner.covered.send_if_modified(|c| {
+                    let moved = *c < end;
+                    *c = (*c).max(end);
+                    moved
+                });
+            }
+            Some(scan) => return Ok(Some(scan)),
+        }
+    }
+}
+
+/// One range: build the object, `put` it, then record it (fenced when the log has a fence).
+/// `Ok(false)`: nothing is due. Idempotent: a retry after a crash puts the same bytes under
+/// the same key and upserts the same row.
+async fn upload_next(inner: &Arc<Inner>, tail: bool) -> Result<bool, UploadError> {
+    let i = inner.clone();
+    let scan = tokio::task::spawn_blocking(move || next_range(&i, tail))
         .await
-        .map_err(|e| format!("segment scan task failed: {e}"))?
-        .map_err(|e| format!("scanning segment {base}: {e}"))?;
-    let Some(scan) = scan else {
-        // Gone locally meanwhile (e.g. it was never held back): nothing to upload.
-        return Ok(());
-    };
-    let (parts, record) = build_object(&inner.settings.prefix, &inner.settings.log_id, &scan)?;
-    inner.store.put(&record.object_key, parts).await.map_err(|e| match e {
-        ObjectError::Transient(m) => format!("object store unavailable: {m}"),
-        ObjectError::Permanent(m) | ObjectError::NotFound(m) => format!("object store refused the upload: {m}"),
+        .map_err(|e| UploadError::Retry(format!("segment scan task failed: {e}")))?
+        .map_err(UploadError::Retry)?;
+    let Some(scan) = scan else { return Ok(false) };
+    let base = scan.base;
+    let end = base + scan.used();
+    let (parts, record) =
+        build_object(&inner.settings.prefix, &inner.settings.log_id, &scan).map_err(UploadError::Retry)?;
+    inner.store.put(&record.object_key, parts).await.map_err(|e| {
+        UploadError::Retry(match e {
+            ObjectError::Transient(m) => format!("object store unavailable: {m}"),
+            ObjectError::Permanent(m) | ObjectError::NotFound(m) => format!("object store refused the upload: {m}"),
+        })
     })?;
-    inner.meta.put_segment(&record, None).await.map_err(|e| format!("recording the segment in the manifest: {e}"))?;
+    inner.meta.put_segment(&record, inner.settings.fence.as_ref()).await.map_err(|e| match e {
+        MetadataError::Fenced(m) => UploadError::Fenced(m),
+        e @ (MetadataError::Unavailable(_) | MetadataError::Query(_) | MetadataError::Invalid(_)) => {
+            UploadError::Retry(format!("recording the segment in the manifest: {e}"))
+        }
+    })?;
     let size = record.object_size;
-    tracing::info!(
-        segment = base,
-        key = record.object_key,
-        bytes = size,
-        queues = record.queues.len(),
-        "segment tiered"
-    );
+    tracing::debug!(base, key = record.object_key, bytes = size, queues = record.queues.len(), "log range tiered");
     inner.manifest_write().insert(record);
+    inner.covered.send_if_modified(|c| {
+        let moved = *c < end;
+        *c = (*c).max(end);
+        moved
+    });
     inner.counters.uploaded_segments.fetch_add(1, Ordering::Relaxed);
     inner.counters.uploaded_bytes.fetch_add(size, Ordering::Relaxed);
     inner.update_retention_limit();
-    Ok(())
+    Ok(true)
 }
 
 /// Deletes objects of this log that have no manifest row and are older than the grace period.
