@@ -9,7 +9,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use super::{
-    GroupRecord, MetadataResult, MetadataStore, ProgressRecord, SegmentQueue, SegmentRecord, TopicRecord, TopicType,
+    Durability, GroupRecord, MetadataResult, MetadataStore, ProgressRecord, SegmentQueue, SegmentRecord, TopicRecord,
+    TopicType,
 };
 
 /// The checks, by name, in the order [`run_all`] runs them.
@@ -77,9 +78,15 @@ fn sorted(mut v: Vec<ProgressRecord>) -> Vec<ProgressRecord> {
 /// Create keeps the first record, lists are ordered by name (byte order), delete says whether
 /// something was deleted.
 pub async fn topics(store: &dyn MetadataStore) -> MetadataResult<()> {
-    let t = TopicRecord { name: "t1".into(), queue_nums: 4, topic_type: TopicType::Fifo };
+    let t = TopicRecord {
+        name: "t1".into(),
+        queue_nums: 4,
+        topic_type: TopicType::Fifo,
+        durability: Durability::ObjectStore,
+    };
     assert_eq!(store.create_topic(&t).await?, t);
-    let again = TopicRecord { queue_nums: 8, topic_type: TopicType::Normal, ..t.clone() };
+    let again =
+        TopicRecord { queue_nums: 8, topic_type: TopicType::Normal, durability: Durability::Local, ..t.clone() };
     assert_eq!(store.create_topic(&again).await?, t, "creating again keeps the original");
     assert_eq!(store.topic("t1").await?, Some(t.clone()));
     assert_eq!(store.topic("nope").await?, None);
@@ -87,7 +94,12 @@ pub async fn topics(store: &dyn MetadataStore) -> MetadataResult<()> {
     for (name, kind) in
         [("B", TopicType::Delay), ("a", TopicType::Transaction), ("Z_", TopicType::Priority), ("m%n", TopicType::Mixed)]
     {
-        let rec = TopicRecord { name: name.into(), queue_nums: u32::MAX >> 1, topic_type: kind };
+        let rec = TopicRecord {
+            name: name.into(),
+            queue_nums: u32::MAX >> 1,
+            topic_type: kind,
+            durability: Durability::Local,
+        };
         store.create_topic(&rec).await?;
         all.push(rec);
     }
@@ -279,8 +291,14 @@ pub async fn segment_manifest(store: &dyn MetadataStore) -> MetadataResult<()> {
 /// Concurrent creation of the same topic, group or secret yields one record, the same for every
 /// caller.
 pub async fn concurrent_creation(store: &dyn MetadataStore) -> MetadataResult<()> {
-    let topics: Vec<TopicRecord> =
-        (1..=16).map(|i| TopicRecord { name: "race".into(), queue_nums: i, topic_type: TopicType::Normal }).collect();
+    let topics: Vec<TopicRecord> = (1..=16)
+        .map(|i| TopicRecord {
+            name: "race".into(),
+            queue_nums: i,
+            topic_type: TopicType::Normal,
+            durability: Durability::Local,
+        })
+        .collect();
     let created = futures::future::join_all(topics.iter().map(|t| store.create_topic(t))).await;
     let created = created.into_iter().collect::<MetadataResult<Vec<_>>>()?;
     assert!(created.iter().all(|t| *t == created[0]), "every creator sees the one record: {created:?}");
@@ -299,6 +317,24 @@ pub async fn concurrent_creation(store: &dyn MetadataStore) -> MetadataResult<()
     Ok(())
 }
 
+/// Two stores on one database with different `StoreOptions::node_id`s (`a` and `b`, both
+/// fresh): each keeps its own journal offset, the progress rows are shared.
+pub async fn per_node_journal_offsets(a: &dyn MetadataStore, b: &dyn MetadataStore) -> MetadataResult<()> {
+    let pa = progress_record("g", "t", 0, 5, vec![]);
+    a.save_progress(std::slice::from_ref(&pa), 40).await?;
+    assert_eq!(b.load_progress().await?, (vec![pa.clone()], 0), "b sees a's progress, not a's journal offset");
+    let pb = progress_record("g", "t", 1, 7, vec![1]);
+    b.save_progress(std::slice::from_ref(&pb), 3).await?;
+    let (all, offset) = a.load_progress().await?;
+    assert_eq!((sorted(all), offset), (sorted(vec![pa.clone(), pb.clone()]), 40));
+    let (all, offset) = b.load_progress().await?;
+    assert_eq!((sorted(all), offset), (sorted(vec![pa, pb]), 3));
+    // Still monotonic per node.
+    b.save_progress(&[], 2).await?;
+    assert_eq!(b.load_progress().await?.1, 3);
+    Ok(())
+}
+
 /// What was written is there after closing and opening the store again (`open` opens the same
 /// database each time).
 pub async fn reopen_keeps_data<F, Fut>(open: F) -> MetadataResult<()>
@@ -306,7 +342,8 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = MetadataResult<Arc<dyn MetadataStore>>>,
 {
-    let t = TopicRecord { name: "x".into(), queue_nums: 2, topic_type: TopicType::Normal };
+    let t =
+        TopicRecord { name: "x".into(), queue_nums: 2, topic_type: TopicType::Normal, durability: Durability::Local };
     let g = GroupRecord { auto_created: true, ..group("g") };
     let p = progress_record("g", "x", 1, 42, vec![9, 9]);
     let s = SegmentRecord {

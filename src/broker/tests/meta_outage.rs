@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicBool;
 
 use super::*;
-use crate::metadata::{GroupRecord, MetadataError, MetadataResult, ProgressRecord, SegmentRecord, TopicRecord};
+use crate::metadata::{Fence, GroupRecord, MetadataError, MetadataResult, ProgressRecord, SegmentRecord, TopicRecord};
 
 /// SQLite that answers "unavailable" to everything while `down` is set.
 struct FlakyMeta {
