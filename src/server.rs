@@ -103,6 +103,8 @@ impl From<&Config> for BrokerSettings {
                         name: s.name.clone(),
                         queue_nums: s.queue_nums,
                         message_type: s.message_type.clone(),
+                        // Validated with the configuration.
+                        durability: crate::metadata::Durability::parse(&s.durability).unwrap_or_default(),
                     })
                     .collect(),
             },
@@ -255,7 +257,7 @@ pub async fn run(
     let http_stop = CancellationToken::new();
     let http = {
         let stop = http_stop.clone();
-        let app = admin::router(AdminState { broker: broker.clone(), ready: ready.clone() });
+        let app = admin::router(AdminState { broker: broker.clone(), ready: ready.clone(), cluster: None });
         tokio::spawn(async move {
             axum::serve(http_listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
         })
@@ -357,7 +359,7 @@ mod tests {
             name: "T".into(),
             queue_nums: None,
             message_type: "FIFO".into(),
-            durability: "local".into(),
+            durability: "s3".into(),
         });
         config.limits.max_message_size = 1000;
         config.server.broker_name = "b1".into();
@@ -370,6 +372,7 @@ mod tests {
         );
         assert_eq!(b.transaction.transaction_check_max_action, CheckMaxAction::Keep);
         assert_eq!(b.topics.create[0].message_type, "FIFO");
+        assert_eq!(b.topics.create[0].durability, crate::metadata::Durability::ObjectStore);
         assert_eq!(b.limits.max_message_size, 1000);
         assert_eq!(b.timer.timer_precision, config.timer.timer_precision);
         assert_eq!(b.clients.channel_expired_timeout, Duration::from_secs(120));

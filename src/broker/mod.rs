@@ -58,6 +58,7 @@ pub use settings::{Backoff, BrokerSettings};
 pub use transaction::{Resolution, ResolutionSource};
 
 use crate::clock::Clock;
+pub use crate::metadata::Durability;
 use crate::metadata::{GroupRecord, MetadataStore, TopicRecord};
 use crate::storage::{AppendMessage, MessageLog, TimerIndex};
 use receipt::ReceiptCodec;
@@ -318,7 +319,7 @@ impl Broker {
                     spec.name, spec.message_type
                 ))
             })?;
-            broker.create_topic(&spec.name, spec.queue_nums, topic_type).await?;
+            broker.create_topic_with(&spec.name, spec.queue_nums, topic_type, spec.durability).await?;
         }
         for t in broker.inner.meta.list_topics().await? {
             broker.cache_topic(t.into());
@@ -412,16 +413,22 @@ impl Broker {
         queue_nums: Option<u32>,
         topic_type: TopicKind,
     ) -> BrokerResult<TopicInfo> {
+        self.create_topic_with(name, queue_nums, topic_type, Durability::Local).await
+    }
+
+    /// [`Broker::create_topic`] with the topic's durability (when its sends are acknowledged).
+    pub async fn create_topic_with(
+        &self,
+        name: &str,
+        queue_nums: Option<u32>,
+        topic_type: TopicKind,
+        durability: Durability,
+    ) -> BrokerResult<TopicInfo> {
         let queue_nums = queue_nums.unwrap_or(self.inner.settings.topics.default_topic_queue_nums);
         if !(1..=1024).contains(&queue_nums) {
             return Err(BrokerError::BadRequest(format!("queue count {queue_nums} is outside 1..=1024")));
         }
-        let record = TopicRecord {
-            name: name.to_string(),
-            queue_nums,
-            topic_type: topic_type.into(),
-            durability: Default::default(),
-        };
+        let record = TopicRecord { name: name.to_string(), queue_nums, topic_type: topic_type.into(), durability };
         let record = self.inner.meta.create_topic(&record).await?;
         Ok(self.cache_topic(record.into()).record.clone())
     }
