@@ -54,6 +54,7 @@ pub use offsets::{
 };
 pub use pop::ReceiveRequest;
 pub use relay::{ClientCommand, ClientReply, VerifyOutcome};
+pub use transaction::OrphanCheckRelay;
 pub use settings::{Backoff, BrokerSettings};
 pub use transaction::{Resolution, ResolutionSource};
 
