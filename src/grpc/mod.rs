@@ -8,6 +8,8 @@
 
 mod convert;
 pub mod forward;
+#[cfg(test)]
+mod forward_tests;
 mod namespace;
 pub mod peer;
 mod pull;
