@@ -24,6 +24,7 @@ const SHARDS: u32 = 4;
 
 struct Node {
     broker: Broker,
+    service: MessagingServiceImpl,
     addr: String,
     /// Headers of every request this node received.
     seen: Arc<Mutex<Vec<MetadataMap>>>,
@@ -70,6 +71,7 @@ async fn start(listener: tokio::net::TcpListener, view: Arc<ClusterView>) -> Nod
     let (broker, dir) = broker().await;
     let service = MessagingServiceImpl::new(broker.clone(), settings()).with_cluster(view, Duration::from_secs(5));
     let peer = service.peer_server();
+    let kept = service.clone();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = seen.clone();
     let intercepted = InterceptedService::new(service.into_server(), move |req: tonic::Request<()>| {
@@ -85,7 +87,7 @@ async fn start(listener: tokio::net::TcpListener, view: Arc<ClusterView>) -> Nod
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), token.cancelled_owned())
             .await
     });
-    Node { broker, addr, seen, stop, _dir: dir }
+    Node { broker, service: kept, addr, seen, stop, _dir: dir }
 }
 
 /// `a` and `b`; `b` owns (and has open) every shard.
@@ -113,7 +115,10 @@ fn request<T>(message: T) -> tonic::Request<T> {
     let md = req.metadata_mut();
     md.insert("x-mq-client-id", "client-1".parse().unwrap());
     md.insert("x-mq-language", "JAVA".parse().unwrap());
-    md.insert("authorization", "MQv2-HMAC-SHA1 Credential=ak, SignedHeaders=x-mq-date-time, Signature=00".parse().unwrap());
+    md.insert(
+        "authorization",
+        "MQv2-HMAC-SHA1 Credential=ak, SignedHeaders=x-mq-date-time, Signature=00".parse().unwrap(),
+    );
     req
 }
 
@@ -267,4 +272,58 @@ async fn a_forwarded_request_is_not_forwarded_again() {
         .into_inner();
     assert_eq!(code(&sent.status), Code::HaNotAvailable as i32, "{sent:?}");
     a.stop.cancel();
+}
+
+#[tokio::test]
+async fn orphan_checks_reach_a_producer_connected_to_another_node() {
+    use crate::broker::{ClientCommand, ClientKind, DeliveredMessage, OrphanCheckRelay};
+    let (a, b) = cluster().await;
+    // A producer of T connected to `b` only.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    b.broker.register_client("p1", ClientKind::Producer, None, vec!["T".into()]);
+    b.broker.attach_client_channel("p1", tx);
+
+    // `a` holds an orphan and has no producer of T: the check goes through `b`.
+    let forwarder = a.service.cluster.clone().unwrap();
+    let relay = super::peer::PeerRelay::new(forwarder);
+    let message = DeliveredMessage {
+        topic: Arc::from("T"),
+        queue_id: 0,
+        queue_offset: 0,
+        message_id: "TX9".into(),
+        tag: None,
+        keys: vec![],
+        message_group: None,
+        delivery_timestamp_ms: None,
+        message_type: crate::broker::MessageType::Transaction,
+        born_timestamp_ms: 1,
+        born_host: String::new(),
+        store_timestamp_ms: 1,
+        trace_context: None,
+        user_properties: vec![],
+        body: bytes::Bytes::from_static(b"x"),
+        gzip: false,
+        receipt_handle: String::new(),
+        delivery_attempt: 1,
+        priority: None,
+        dead_letter: None,
+    };
+    relay.relay_orphan_check(
+        "T",
+        ClientCommand::RecoverOrphanedTransaction { message: Box::new(message), transaction_id: "TX9".into() },
+    );
+    let cmd = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    let ClientCommand::Relayed { payload } = cmd else { panic!("expected a relayed command, got {cmd:?}") };
+    let out = super::telemetry::outbound(ClientCommand::Relayed { payload }, "", Some("b")).unwrap();
+    match out.command {
+        Some(proto::telemetry_command::Command::RecoverOrphanedTransactionCommand(c)) => {
+            assert_eq!(c.transaction_id, "a/TX9", "the producer's answer goes back to `a`");
+            assert_eq!(c.message.unwrap().system_properties.unwrap().message_id, "TX9");
+        }
+        other => panic!("expected an orphan check, got {other:?}"),
+    }
+    // No producer of another topic anywhere: not delivered.
+    assert!(!relay.relay("U", bytes::Bytes::from_static(b"")).await);
+    a.stop.cancel();
+    b.stop.cancel();
 }
