@@ -212,6 +212,12 @@ impl Forwarder {
         Ok(MessagingServiceClient::new(self.channel(&node.peer)?).max_decoding_message_size(usize::MAX))
     }
 
+    /// `bound`, or the client's own deadline (`grpc-timeout`) when that is sooner.
+    fn within_client_deadline(md: &MetadataMap, bound: Duration) -> Duration {
+        let client = md.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(super::parse_grpc_timeout);
+        client.map_or(bound, |d| d.min(bound))
+    }
+
     /// The request to send on: the client's headers (client id, namespace, language,
     /// authorization …) plus [`FORWARDED_BY`], with a deadline of `bound`.
     pub fn outgoing<T>(&self, md: &MetadataMap, message: T, bound: Duration) -> Request<T> {
@@ -244,12 +250,13 @@ impl Forwarder {
         F: FnOnce(MessagingServiceClient<Channel>, Request<T>) -> Fut,
         Fut: Future<Output = Result<Response<R>, GrpcStatus>>,
     {
+        let bound = Self::within_client_deadline(md, self.timeout);
         let client = self.client(node)?;
-        let req = self.outgoing(md, message, self.timeout);
-        match tokio::time::timeout(self.timeout, call(client, req)).await {
+        let req = self.outgoing(md, message, bound);
+        match tokio::time::timeout(bound, call(client, req)).await {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
             Ok(Err(status)) => Err(Self::failed(node, status.message())),
-            Err(_) => Err(Self::failed(node, format!("no answer within {}", humantime::format_duration(self.timeout)))),
+            Err(_) => Err(Self::failed(node, format!("no answer within {}", humantime::format_duration(bound)))),
         }
     }
 
@@ -270,7 +277,7 @@ impl Forwarder {
         F: FnOnce(MessagingServiceClient<Channel>, Request<T>) -> Fut,
         Fut: Future<Output = Result<Response<Streaming<R>>, GrpcStatus>>,
     {
-        let bound = self.timeout + long_poll;
+        let bound = Self::within_client_deadline(md, self.timeout + long_poll);
         let client = self.client(node)?;
         let req = self.outgoing(md, message, bound);
         let started = tokio::time::Instant::now();
@@ -404,6 +411,9 @@ mod tests {
         md.insert("authorization", MetadataValue::from_static("MQv2-HMAC-SHA1 Credential=ak"));
         md.insert("grpc-encoding", MetadataValue::from_static("gzip"));
         md.insert(FORWARDED_BY, MetadataValue::from_static("spoofed"));
+        md.insert("grpc-timeout", MetadataValue::from_static("1500m"));
+        assert_eq!(Forwarder::within_client_deadline(&md, Duration::from_secs(3)), Duration::from_millis(1500));
+        assert_eq!(Forwarder::within_client_deadline(&md, Duration::from_secs(1)), Duration::from_secs(1));
         let req = f.outgoing(&md, (), Duration::from_secs(3));
         let got = req.metadata();
         assert_eq!(got.get("x-mq-client-id").unwrap(), "cid");

@@ -720,7 +720,7 @@ impl MessagingService for MessagingServiceImpl {
                     Err(err) => from_error(&err),
                 },
                 Target::Remote(node) => forwarded.unwrap_or_else(|| {
-                    status(Code::InternalServerError, &format!("node `{}` gave no result for this entry", node.node_id))
+                    status(Code::InternalServerError, format!("node `{}` gave no result for this entry", node.node_id))
                 }),
                 Target::Refuse(why) => from_error(&not_owner(why)),
             };
