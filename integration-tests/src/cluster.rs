@@ -21,6 +21,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use rmq_gateway::proto::messaging_service_client::MessagingServiceClient;
+use rmq_gateway::proto::{self, Code};
+use tonic::transport::Channel;
+
+use crate::client::{request, resource};
 use crate::fault_proxy::{Fault, FaultProxy};
 use crate::gateway_process::{Gateway, Stop, Stopped, free_port};
 use crate::postgres::Postgres;
@@ -346,6 +351,12 @@ impl Cluster {
         }
     }
 
+    /// Every message stored in `topic`, read queue by queue with PullMessage from offset 0 at
+    /// each queue's owner as QueryRoute on `endpoint` names it (see [`read_stored`]).
+    pub fn read_stored(&self, endpoint: &str, topic: &str) -> Result<Vec<Stored>> {
+        self.rt.block_on(read_stored(endpoint, topic))
+    }
+
     /// Log tails of every node, for failure messages.
     pub fn logs(&self, lines: usize) -> String {
         self.nodes
@@ -354,6 +365,116 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// One stored message: its queue, offset, message id and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub queue: i32,
+    pub offset: i64,
+    pub id: String,
+    pub body: Vec<u8>,
+}
+
+async fn connect(endpoint: &str) -> Result<MessagingServiceClient<Channel>> {
+    let channel = Channel::from_shared(format!("http://{endpoint}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {endpoint}"))?;
+    Ok(MessagingServiceClient::new(channel).max_decoding_message_size(usize::MAX))
+}
+
+/// Reads every message of `topic` as stored: QueryRoute on `endpoint`, then for each queue
+/// PullMessage (batches of 32, from offset 0 to its end offset, or until a pull returns nothing) at the address the
+/// route gives for that queue. What a queue holds is then exactly what its owner serves.
+pub async fn read_stored(endpoint: &str, topic: &str) -> Result<Vec<Stored>> {
+    let mut client = connect(endpoint).await?;
+    let host_port = endpoint.rsplit_once(':').ok_or_else(|| anyhow!("`{endpoint}` is not host:port"))?;
+    let endpoints = proto::Endpoints {
+        scheme: proto::AddressScheme::IPv4 as i32,
+        addresses: vec![proto::Address { host: host_port.0.to_string(), port: host_port.1.parse()? }],
+    };
+    let route = client
+        .query_route(request(proto::QueryRouteRequest { topic: resource(topic), endpoints: Some(endpoints) }))
+        .await?
+        .into_inner();
+    match route.status.as_ref() {
+        Some(s) if s.code == Code::Ok as i32 => {}
+        other => bail!("QueryRoute {topic}: {other:?}"),
+    }
+    let mut queues: Vec<(i32, String)> = route
+        .message_queues
+        .iter()
+        .map(|q| {
+            let addr = q
+                .broker
+                .as_ref()
+                .and_then(|b| b.endpoints.as_ref())
+                .and_then(|e| e.addresses.first())
+                .map(|a| format!("{}:{}", a.host, a.port))
+                .unwrap_or_else(|| endpoint.to_string());
+            (q.id, addr)
+        })
+        .collect();
+    queues.sort();
+    queues.dedup_by_key(|q| q.0);
+    let group = format!("audit-{}", std::process::id());
+    let mut out = Vec::new();
+    for (queue, addr) in queues {
+        let mut c = connect(&addr).await?;
+        let mq = Some(proto::MessageQueue { topic: resource(topic), id: queue, ..Default::default() });
+        let end = c
+            .query_offset(request(proto::QueryOffsetRequest {
+                message_queue: mq.clone(),
+                query_offset_policy: proto::QueryOffsetPolicy::End as i32,
+                timestamp: None,
+            }))
+            .await
+            .with_context(|| format!("end offset of {topic}/{queue} at {addr}"))?
+            .into_inner();
+        match end.status.as_ref() {
+            Some(s) if s.code == Code::Ok as i32 => {}
+            other => bail!("QueryOffset {topic}/{queue} at {addr}: {other:?}"),
+        }
+        let mut offset = 0i64;
+        while offset < end.offset {
+            let r = proto::PullMessageRequest {
+                group: resource(&group),
+                message_queue: mq.clone(),
+                offset,
+                batch_size: 32,
+                filter_expression: Some(proto::FilterExpression {
+                    r#type: proto::FilterType::Tag as i32,
+                    expression: "*".into(),
+                }),
+                long_polling_timeout: Some(prost_types::Duration { seconds: 0, nanos: 0 }),
+            };
+            let mut req = request(r);
+            req.set_timeout(Duration::from_secs(30));
+            let mut stream = c.pull_message(req).await.with_context(|| format!("pull {topic}/{queue} at {addr}"))?.into_inner();
+            let mut next = None;
+            let mut got = 0;
+            while let Some(frame) = stream.message().await? {
+                match frame.content {
+                    Some(proto::pull_message_response::Content::Message(m)) => {
+                        let sp = m.system_properties.unwrap_or_default();
+                        let at = sp.queue_offset.unwrap_or(-1);
+                        next = Some(next.unwrap_or(0).max(at + 1));
+                        out.push(Stored { queue, offset: at, id: sp.message_id, body: m.body.to_vec() });
+                        got += 1;
+                    }
+                    Some(proto::pull_message_response::Content::NextOffset(n)) => next = Some(next.unwrap_or(0).max(n)),
+                    Some(proto::pull_message_response::Content::Status(_)) | None => {}
+                }
+            }
+            match next {
+                Some(n) if got > 0 && n > offset => offset = n,
+                _ => break,
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// `GET /api/v1/cluster` on `127.0.0.1:<http_port>`: the shard table.

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use integration_tests::cluster::{Cluster, ClusterOpts, TopicDef};
+use integration_tests::cluster::{Cluster, ClusterOpts, Stored, TopicDef};
 use integration_tests::gateway_process::gateway_binary;
 use integration_tests::scenario::{shout, unique};
 use integration_tests::sdk::{self, Mode, Outcome, Report, Run, Running, Sdk};
@@ -137,8 +137,10 @@ fn acked(r: &Report) -> BTreeSet<String> {
     r.ids.iter().filter(|id| !id.is_empty()).cloned().collect()
 }
 
-/// One delivery of `drain-consume`.
+/// One delivery of `drain-consume` (the SDK's queue is the one it asked, not where the
+/// message is stored: the stored positions come from [`Cluster::read_stored`]).
 #[derive(Debug, Clone)]
+#[allow(dead_code)]
 struct Delivery {
     id: String,
     index: i64,
@@ -161,39 +163,48 @@ fn deliveries(r: &Report) -> Vec<Delivery> {
         .collect()
 }
 
-/// What the consumed data says.
+/// What the consumed and the stored data say.
 #[derive(Debug, Default)]
 struct Audit {
-    /// acknowledged ids never received
+    /// acknowledged ids the SDK consumer never received
     lost: Vec<String>,
     /// deliveries beyond the first of a message id (redeliveries)
     redelivered: usize,
-    /// body indexes stored under more than one message id (a send stored twice)
+    /// stored: body indexes stored under more than one offset (a send stored twice)
     stored_twice: usize,
-    /// `queue: offset -> two different message ids` (two writers)
+    /// stored: acknowledged ids in no queue
+    not_stored: Vec<String>,
+    /// stored: `queue: offset -> two messages` (two writers)
     offset_conflicts: Vec<String>,
-    /// `queue: offsets a..b missing` (a gap: data lost or written past)
+    /// stored: `queue: offsets a..b missing` (a gap: data lost or written past)
     gaps: Vec<String>,
     queues: usize,
+    stored: usize,
 }
 
 impl Audit {
-    fn of(acked: &BTreeSet<String>, ds: &[Delivery]) -> Audit {
+    fn of(acked: &BTreeSet<String>, ds: &[Delivery], stored: Option<&[Stored]>, prefix: &str) -> Audit {
         let mut a = Audit::default();
         let received: BTreeSet<&str> = ds.iter().map(|d| d.id.as_str()).collect();
         a.lost = acked.iter().filter(|id| !received.contains(id.as_str())).cloned().collect();
         a.redelivered = ds.len() - received.len();
-        let mut ids_of_index: BTreeMap<i64, BTreeSet<&str>> = BTreeMap::new();
-        let mut at: BTreeMap<i64, BTreeMap<i64, BTreeSet<&str>>> = BTreeMap::new();
-        for d in ds {
-            ids_of_index.entry(d.index).or_default().insert(&d.id);
-            at.entry(d.queue).or_default().entry(d.offset).or_default().insert(&d.id);
+        let Some(stored) = stored else { return a };
+        a.stored = stored.len();
+        let ids: BTreeSet<&str> = stored.iter().map(|m| m.id.as_str()).collect();
+        a.not_stored = acked.iter().filter(|id| !ids.contains(id.as_str())).cloned().collect();
+        let mut offsets_of_body: BTreeMap<&[u8], usize> = BTreeMap::new();
+        let mut at: BTreeMap<i32, BTreeMap<i64, Vec<&str>>> = BTreeMap::new();
+        for m in stored {
+            if m.body.starts_with(prefix.as_bytes()) {
+                *offsets_of_body.entry(&m.body).or_default() += 1;
+            }
+            at.entry(m.queue).or_default().entry(m.offset).or_default().push(&m.id);
         }
-        a.stored_twice = ids_of_index.values().filter(|ids| ids.len() > 1).count();
+        a.stored_twice = offsets_of_body.values().filter(|&&n| n > 1).count();
         a.queues = at.len();
         for (queue, offsets) in &at {
             for (offset, ids) in offsets {
-                if ids.len() > 1 {
+                if ids.len() > 1 || *offset < 0 {
                     a.offset_conflicts.push(format!("queue {queue} offset {offset}: {ids:?}"));
                 }
             }
@@ -212,20 +223,24 @@ impl Audit {
 
     fn print(&self, test: &str, acked: usize) {
         eprintln!(
-            "{test}: {acked} acknowledged, {} lost, {} redeliveries, {} sends stored twice, {} queues, \
-             {} offset conflicts, {} gaps",
+            "{test}: {acked} acknowledged, {} not received, {} redeliveries; stored: {} messages in {} queues, \
+             {} acknowledged not stored, {} sends stored twice, {} offset conflicts, {} gaps",
             self.lost.len(),
             self.redelivered,
-            self.stored_twice,
+            self.stored,
             self.queues,
+            self.not_stored.len(),
+            self.stored_twice,
             self.offset_conflicts.len(),
             self.gaps.len()
         );
     }
 }
 
-/// Consumes the topic from the start and checks that every acknowledged id is there; with
-/// `offsets`, also that every queue's offsets are dense and hold one message each.
+/// Consumes the topic with the Java SDK (fresh group) and checks that every acknowledged id
+/// is received; with `offsets`, also reads what every queue stores (PullMessage at each queue's
+/// owner) and checks that each queue's offsets are dense, each holds one message, and every
+/// acknowledged id is stored: one writer per queue, nothing acknowledged lost.
 fn consume_and_audit(
     c: &Cluster,
     test: &str,
@@ -239,23 +254,25 @@ fn consume_and_audit(
     let outcome = drain(c, endpoint, topic, prefix, producer.count);
     let r = report(c, &outcome);
     let ds = deliveries(r);
-    let audit = Audit::of(&ids, &ds);
+    let stored = offsets.then(|| {
+        c.read_stored(endpoint, topic).unwrap_or_else(|e| fail(c, &outcome, &format!("{test}: reading the queues: {e:#}")))
+    });
+    let audit = Audit::of(&ids, &ds, stored.as_deref(), &format!("{prefix}-"));
     audit.print(test, ids.len());
     if !audit.lost.is_empty() {
         let first: Vec<&String> = audit.lost.iter().take(10).collect();
-        fail(c, &outcome, &format!("{test}: {} acknowledged messages lost, e.g. {first:?}", audit.lost.len()));
+        fail(c, &outcome, &format!("{test}: {} acknowledged messages not received, e.g. {first:?}", audit.lost.len()));
     }
-    if offsets {
-        if ds.iter().any(|d| d.queue < 0 || d.offset < 0) {
-            fail(c, &outcome, &format!("{test}: the SDK did not tell the queue and offset of a delivery"));
-        }
-        if !audit.offset_conflicts.is_empty() || !audit.gaps.is_empty() {
-            fail(
-                c,
-                &outcome,
-                &format!("{test}: two writers? conflicts {:?}, gaps {:?}", audit.offset_conflicts, audit.gaps),
-            );
-        }
+    if offsets && (!audit.not_stored.is_empty() || !audit.offset_conflicts.is_empty() || !audit.gaps.is_empty()) {
+        let first: Vec<&String> = audit.not_stored.iter().take(10).collect();
+        fail(
+            c,
+            &outcome,
+            &format!(
+                "{test}: two writers or lost data? acknowledged not stored {first:?}, conflicts {:?}, gaps {:?}",
+                audit.offset_conflicts, audit.gaps
+            ),
+        );
     }
     audit
 }
