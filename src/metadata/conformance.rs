@@ -77,7 +77,8 @@ fn sorted(mut v: Vec<ProgressRecord>) -> Vec<ProgressRecord> {
 /// Create keeps the first record, lists are ordered by name (byte order), delete says whether
 /// something was deleted.
 pub async fn topics(store: &dyn MetadataStore) -> MetadataResult<()> {
-    let t = TopicRecord { name: "t1".into(), queue_nums: 4, topic_type: TopicType::Fifo, durability: Default::default() };
+    let t =
+        TopicRecord { name: "t1".into(), queue_nums: 4, topic_type: TopicType::Fifo, durability: Default::default() };
     assert_eq!(store.create_topic(&t).await?, t);
     let again = TopicRecord { queue_nums: 8, topic_type: TopicType::Normal, ..t.clone() };
     assert_eq!(store.create_topic(&again).await?, t, "creating again keeps the original");
@@ -87,7 +88,12 @@ pub async fn topics(store: &dyn MetadataStore) -> MetadataResult<()> {
     for (name, kind) in
         [("B", TopicType::Delay), ("a", TopicType::Transaction), ("Z_", TopicType::Priority), ("m%n", TopicType::Mixed)]
     {
-        let rec = TopicRecord { name: name.into(), queue_nums: u32::MAX >> 1, topic_type: kind, durability: Default::default() };
+        let rec = TopicRecord {
+            name: name.into(),
+            queue_nums: u32::MAX >> 1,
+            topic_type: kind,
+            durability: Default::default(),
+        };
         store.create_topic(&rec).await?;
         all.push(rec);
     }
@@ -279,8 +285,14 @@ pub async fn segment_manifest(store: &dyn MetadataStore) -> MetadataResult<()> {
 /// Concurrent creation of the same topic, group or secret yields one record, the same for every
 /// caller.
 pub async fn concurrent_creation(store: &dyn MetadataStore) -> MetadataResult<()> {
-    let topics: Vec<TopicRecord> =
-        (1..=16).map(|i| TopicRecord { name: "race".into(), queue_nums: i, topic_type: TopicType::Normal, durability: Default::default() }).collect();
+    let topics: Vec<TopicRecord> = (1..=16)
+        .map(|i| TopicRecord {
+            name: "race".into(),
+            queue_nums: i,
+            topic_type: TopicType::Normal,
+            durability: Default::default(),
+        })
+        .collect();
     let created = futures::future::join_all(topics.iter().map(|t| store.create_topic(t))).await;
     let created = created.into_iter().collect::<MetadataResult<Vec<_>>>()?;
     assert!(created.iter().all(|t| *t == created[0]), "every creator sees the one record: {created:?}");
@@ -306,7 +318,8 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = MetadataResult<Arc<dyn MetadataStore>>>,
 {
-    let t = TopicRecord { name: "x".into(), queue_nums: 2, topic_type: TopicType::Normal, durability: Default::default() };
+    let t =
+        TopicRecord { name: "x".into(), queue_nums: 2, topic_type: TopicType::Normal, durability: Default::default() };
     let g = GroupRecord { auto_created: true, ..group("g") };
     let p = progress_record("g", "x", 1, 42, vec![9, 9]);
     let s = SegmentRecord {
