@@ -452,7 +452,8 @@ pub async fn read_stored(endpoint: &str, topic: &str) -> Result<Vec<Stored>> {
             };
             let mut req = request(r);
             req.set_timeout(Duration::from_secs(30));
-            let mut stream = c.pull_message(req).await.with_context(|| format!("pull {topic}/{queue} at {addr}"))?.into_inner();
+            let mut stream =
+                c.pull_message(req).await.with_context(|| format!("pull {topic}/{queue} at {addr}"))?.into_inner();
             let mut next = None;
             let mut got = 0;
             while let Some(frame) = stream.message().await? {

@@ -255,7 +255,8 @@ fn consume_and_audit(
     let r = report(c, &outcome);
     let ds = deliveries(r);
     let stored = offsets.then(|| {
-        c.read_stored(endpoint, topic).unwrap_or_else(|e| fail(c, &outcome, &format!("{test}: reading the queues: {e:#}")))
+        c.read_stored(endpoint, topic)
+            .unwrap_or_else(|e| fail(c, &outcome, &format!("{test}: reading the queues: {e:#}")))
     });
     let audit = Audit::of(&ids, &ds, stored.as_deref(), &format!("{prefix}-"));
     audit.print(test, ids.len());
@@ -359,13 +360,18 @@ fn cluster_sigkill_failover_with_s3_durability() {
     let killed_at = now_ms();
     c.kill9(victim).unwrap_or_else(|e| panic!("{test}: kill: {e:#}"));
     c.wipe_data_dir(victim).unwrap_or_else(|e| panic!("{test}: wipe: {e:#}"));
-    let moved = c.wait_owned_by_others(victim, FAILOVER_LIMIT).unwrap_or_else(|e| panic!("{test}: {e:#}\n{}", c.logs(40)));
-    eprintln!("{test}: node n{victim} owned shards {before:?}; all owned by others {:.1} s after SIGKILL", moved.as_secs_f64());
+    let moved =
+        c.wait_owned_by_others(victim, FAILOVER_LIMIT).unwrap_or_else(|e| panic!("{test}: {e:#}\n{}", c.logs(40)));
+    eprintln!(
+        "{test}: node n{victim} owned shards {before:?}; all owned by others {:.1} s after SIGKILL",
+        moved.as_secs_f64()
+    );
     let (outcome, r) = finish_load(&c, running);
     let timeline = sends(&r);
     // Sends to the dead node's queues fail or stall until its shards moved: the last send
     // begun after the kill that failed or took over a second marks when sending was whole again.
-    let disturbed: Vec<&Send> = timeline.iter().filter(|s| s.start >= killed_at - 1000 && (!s.ok || s.end - s.start > 1000)).collect();
+    let disturbed: Vec<&Send> =
+        timeline.iter().filter(|s| s.start >= killed_at - 1000 && (!s.ok || s.end - s.start > 1000)).collect();
     let recovered_ms = disturbed.iter().map(|s| s.end - killed_at).max().unwrap_or(0);
     eprintln!(
         "{test}: sends whole again {:.1} s after SIGKILL ({} sends disturbed, {} failed of {})",
@@ -395,7 +401,8 @@ fn cluster_partitioned_node_stops_writing() {
     wait_progress(&mut running, (RATE * 5) as usize, Duration::from_secs(40));
     c.cut_db(victim);
     let cut_at = Instant::now();
-    let moved = c.wait_owned_by_others(victim, FAILOVER_LIMIT).unwrap_or_else(|e| panic!("{test}: {e:#}\n{}", c.logs(40)));
+    let moved =
+        c.wait_owned_by_others(victim, FAILOVER_LIMIT).unwrap_or_else(|e| panic!("{test}: {e:#}\n{}", c.logs(40)));
     eprintln!("{test}: n{victim} cut from PostgreSQL; its shards owned by others after {:.1} s", moved.as_secs_f64());
     // Keep the partition while the load goes on (the cut node still takes requests).
     std::thread::sleep(Duration::from_secs(8).saturating_sub(cut_at.elapsed()));
@@ -422,12 +429,20 @@ fn cluster_rolling_restart_loses_no_send() {
         let stopped = c.terminate(i).unwrap_or_else(|e| panic!("{test}: SIGTERM n{i}: {e:#}\n{}", c.logs(40)));
         c.restart(i).unwrap_or_else(|e| panic!("{test}: restart n{i}: {e:#}"));
         let ready = c.wait_ready(i).unwrap_or_else(|e| panic!("{test}: n{i} ready: {e:#}"));
-        eprintln!("{test}: n{i} stopped in {:.1} s, ready again {:.1} s later", stopped.took.as_secs_f64(), ready.as_secs_f64());
+        eprintln!(
+            "{test}: n{i} stopped in {:.1} s, ready again {:.1} s later",
+            stopped.took.as_secs_f64(),
+            ready.as_secs_f64()
+        );
     }
     let (outcome, r) = finish_load(&c, running);
     if r.failed > 0 || r.sent != n {
         let failures = r.extra.get("failures").cloned().unwrap_or_default();
-        fail(&c, &outcome, &format!("{test}: {} of {n} sends failed during the rolling restart: {failures}", n - r.sent));
+        fail(
+            &c,
+            &outcome,
+            &format!("{test}: {} of {n} sends failed during the rolling restart: {failures}", n - r.sent),
+        );
     }
     consume_and_audit(&c, test, &c.lb_endpoint(), &topic, "rr", &r, true);
 }
