@@ -455,3 +455,55 @@ async fn three_members_spread_fail_over_and_hand_over() {
     .await
     .expect("took longer than 150 s");
 }
+
+#[tokio::test]
+async fn a_crashed_member_is_replaced_and_the_shard_count_is_checked() {
+    let Some(pg) = Postgres::start_or_skip("a_crashed_member_is_replaced_and_the_shard_count_is_checked") else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let settings =
+            MembershipSettings { lease_ttl: Duration::from_secs(2), renew_interval: Duration::from_millis(400) };
+        let pg_store = open(pg.url(), "").await;
+        let rec: Recorder = Arc::default();
+        let (a, b) = tokio::join!(member(&pg_store, "a", &rec, settings), member(&pg_store, "b", &rec, settings));
+        let mut members = [a, b];
+        wait_for("an even spread", Duration::from_secs(30), || {
+            let by = held_by(&rec);
+            by.get("a") == Some(&6) && by.get("b") == Some(&6)
+        })
+        .await;
+        let status = serde_json::to_value(members[0].handle.as_ref().unwrap().status()).unwrap();
+        assert_eq!(status["nodeId"], "a");
+        assert_eq!(status["shards"].as_array().unwrap().len(), 12);
+        assert_eq!(status["shards"][3]["logId"], "shard-0003");
+        assert_eq!(status["localShards"].as_array().unwrap().len(), 6);
+
+        // A node configured with another shard count is refused.
+        let view = ClusterView::new(NodeInfo { node_id: "x".into(), advertised: "x:1".into(), peer: "x:2".into() }, 8);
+        let handler = Arc::new(RecordingHandler { node: "x".into(), view: view.clone(), rec: Arc::default() });
+        let err = Membership::start(pg_store.clone(), view, handler, settings).await.err().expect("8 shards refused");
+        assert!(err.to_string().contains("12 shards"), "{err:#}");
+
+        // b crashes (its tasks are dropped; nothing is handed over or released): a takes
+        // everything once b's leases expire.
+        members[1].handle.take().unwrap().abort();
+        // The process is gone, and with it whatever it held.
+        rec.lock().unwrap().holders.retain(|_, (n, _)| n != "b");
+        let took =
+            wait_for("a holds everything", Duration::from_secs(30), || held_by(&rec).get("a") == Some(&12)).await;
+        println!(
+            "crash: a holds all 12 shards {took:?} after b stopped (lease TTL {:?}, renew {:?})",
+            settings.lease_ttl, settings.renew_interval
+        );
+        let leases = pg_store.leases().await.unwrap();
+        assert!(leases.iter().all(|l| l.owner.as_deref() == Some("a")), "{leases:?}");
+        // Every shard b had went up an epoch.
+        assert!(leases.iter().all(|l| l.epoch >= 1));
+        members[0].handle.take().unwrap().leave().await.unwrap();
+        let r = rec.lock().unwrap();
+        assert!(r.violations.is_empty(), "{:#?}", r.violations);
+    })
+    .await
+    .expect("took longer than 120 s");
+}

@@ -24,6 +24,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{ClusterView, NodeInfo, ShardHandler, ShardId, shard_log_id};
 use crate::metadata::{ClusterStore, LeaseRecord, NodeRecord};
@@ -149,6 +150,8 @@ struct Shared {
     /// Signalled when a slot goes away (leave waits for none).
     slot_gone: Notify,
     stop: CancellationToken,
+    /// The acquisitions and hand-overs under way (leave waits for them).
+    actions: TaskTracker,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -196,6 +199,7 @@ impl Membership {
             wake: Notify::new(),
             slot_gone: Notify::new(),
             stop: CancellationToken::new(),
+            actions: TaskTracker::new(),
         });
         let main = tokio::spawn(run_loop(shared.clone()));
         let guard = tokio::spawn(watchdog(shared.clone()));
@@ -251,6 +255,11 @@ impl MembershipHandle {
         s.stop.cancel();
         for t in self.tasks.drain(..) {
             let _ = t.await;
+        }
+        // The last lease releases of the hand-overs.
+        s.actions.close();
+        if tokio::time::timeout_at(bound.max(Instant::now() + s.settings.lease_ttl), s.actions.wait()).await.is_err() {
+            tracing::warn!("leave: lease releases still under way; those leases will expire");
         }
         let store = s.store.clone();
         let node_id = s.me.node_id.clone();
@@ -494,13 +503,14 @@ async fn round(s: &Arc<Shared>) -> anyhow::Result<()> {
         match slot {
             None if mine && (!lease.live || owned_here || lease.owner.is_none()) => {
                 lock(&s.slots).insert(shard, Slot { phase: Phase::Pending, epoch: 0, deadline: Instant::now() });
-                tokio::spawn(acquire(s.clone(), shard));
+                s.actions.spawn(acquire(s.clone(), shard));
             }
             // A lease of ours this node does not use (e.g. a restart under the same id):
             // free it for its target.
             None if !mine && owned_here && lease.live => {
-                let (s, epoch) = (s.clone(), lease.epoch);
-                tokio::spawn(async move {
+                let (s2, epoch) = (s.clone(), lease.epoch);
+                s.actions.spawn(async move {
+                    let s = s2;
                     if let Err(e) = s.store.release(shard, &s.me.node_id, epoch).await {
                         tracing::warn!(shard, error = %e, "releasing an unused lease failed");
                     }
@@ -510,7 +520,7 @@ async fn round(s: &Arc<Shared>) -> anyhow::Result<()> {
                 if let Some(cur) = lock(&s.slots).get_mut(&shard).filter(|c| c.epoch == slot.epoch) {
                     cur.phase = Phase::Releasing;
                 }
-                tokio::spawn(release(s.clone(), shard, slot.epoch));
+                s.actions.spawn(release(s.clone(), shard, slot.epoch));
             }
             _ => {}
         }
@@ -555,10 +565,10 @@ async fn acquire(s: Arc<Shared>, shard: ShardId) {
         }
         Err(e) => {
             tracing::warn!(shard, epoch, error = %format!("{e:#}"), "opening the shard failed; releasing its lease");
-            if remove_slot(&s, shard, epoch) {
-                if let Err(e) = s.store.release(shard, &s.me.node_id, epoch).await {
-                    tracing::warn!(shard, error = %e, "releasing the lease failed; it will expire");
-                }
+            if remove_slot(&s, shard, epoch)
+                && let Err(e) = s.store.release(shard, &s.me.node_id, epoch).await
+            {
+                tracing::warn!(shard, error = %e, "releasing the lease failed; it will expire");
             }
         }
     }
