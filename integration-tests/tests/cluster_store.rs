@@ -186,6 +186,9 @@ struct Record {
     holders: HashMap<ShardId, (String, i64)>,
     last_epoch: HashMap<ShardId, i64>,
     violations: Vec<String>,
+    /// When each shard was last released, and the longest release → next acquisition gap.
+    released_at: HashMap<ShardId, Instant>,
+    longest_gap: Duration,
 }
 
 type Recorder = Arc<Mutex<Record>>;
@@ -209,6 +212,9 @@ impl ShardHandler for RecordingHandler {
             if let Some(last) = r.last_epoch.get(&shard).copied().filter(|last| epoch <= *last) {
                 r.violations.push(format!("shard {shard}: epoch {epoch} after {last}"));
             }
+            if let Some(at) = r.released_at.remove(&shard) {
+                r.longest_gap = r.longest_gap.max(at.elapsed());
+            }
             r.holders.insert(shard, (self.node.clone(), epoch));
             r.last_epoch.insert(shard, epoch);
             r.events.push(Event::Acquire { node: self.node.clone(), shard });
@@ -228,6 +234,7 @@ impl ShardHandler for RecordingHandler {
             r.violations.push(format!("{} released shard {shard} it did not hold", self.node));
         }
         r.events.push(Event::Release { node: self.node.clone(), shard });
+        r.released_at.insert(shard, Instant::now());
         Ok(())
     }
 
@@ -411,9 +418,14 @@ async fn three_members_spread_fail_over_and_hand_over() {
         // b leaves gracefully: a gets everything, each release before a's acquisition.
         let left_at = Instant::now();
         let mark = rec.lock().unwrap().events.len();
+        rec.lock().unwrap().longest_gap = Duration::ZERO;
         members[1].handle.take().unwrap().leave().await.unwrap();
         wait_for("a holds everything", Duration::from_secs(30), || held_by(&rec).get("a") == Some(&12)).await;
-        println!("hand-over: b left, a holds all 12 shards {:?} later", left_at.elapsed());
+        println!(
+            "hand-over: b left, a holds all 12 shards {:?} later; longest gap between b's release and a's acquisition of a shard: {:?}",
+            left_at.elapsed(),
+            rec.lock().unwrap().longest_gap
+        );
         {
             let r = rec.lock().unwrap();
             let after = &r.events[mark..];

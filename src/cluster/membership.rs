@@ -145,6 +145,9 @@ struct Shared {
     slots: Mutex<HashMap<ShardId, Slot>>,
     observed: Mutex<Observed>,
     leaving: std::sync::atomic::AtomicBool,
+    /// When `leave` began: shards are handed over one renew interval later, once every node
+    /// has seen this one leaving and waits for them.
+    leaving_at: Mutex<Option<Instant>>,
     /// Wakes the loop for a round now (leave).
     wake: Notify,
     /// Signalled when a slot goes away (leave waits for none).
@@ -196,6 +199,7 @@ impl Membership {
             slots: Mutex::new(HashMap::new()),
             observed: Mutex::new(Observed::default()),
             leaving: std::sync::atomic::AtomicBool::new(false),
+            leaving_at: Mutex::new(None),
             wake: Notify::new(),
             slot_gone: Notify::new(),
             stop: CancellationToken::new(),
@@ -233,11 +237,13 @@ impl MembershipHandle {
         StatusSource(self.shared.clone())
     }
 
-    /// Leaves the cluster gracefully: marks the node leaving (it gets no shards), hands every
+    /// Leaves the cluster gracefully: marks the node leaving (it gets no shards; the others
+    /// see it and look for their new shards more often), one renew interval later hands every
     /// shard over (`handler.release`, then the lease), removes the node's row and stops.
     /// Bounded by three lease TTLs; what is not handed over by then expires.
     pub async fn leave(mut self) -> anyhow::Result<()> {
         let s = self.shared.clone();
+        *lock(&s.leaving_at) = Some(Instant::now());
         s.leaving.store(true, std::sync::atomic::Ordering::SeqCst);
         s.wake.notify_one();
         let bound = Instant::now() + s.settings.lease_ttl * 3;
@@ -423,9 +429,15 @@ async fn run_loop(s: Arc<Shared>) {
             _ = s.wake.notified() => {}
         }
         match round(&s).await {
-            Ok(()) => {
+            Ok(waiting) => {
                 failures = 0;
-                delay = s.settings.renew_interval;
+                // A shard assigned here is still with its previous owner: look again soon,
+                // to take it as soon as it is handed over.
+                delay = if waiting {
+                    (s.settings.renew_interval / 4).max(Duration::from_millis(20))
+                } else {
+                    s.settings.renew_interval
+                };
                 lock(&s.observed).last_error = None;
             }
             Err(e) => {
@@ -453,9 +465,12 @@ async fn bounded<T>(
     }
 }
 
-async fn round(s: &Arc<Shared>) -> anyhow::Result<()> {
+/// One round; returns whether a shard assigned here is still held by another node (a
+/// hand-over under way).
+async fn round(s: &Arc<Shared>) -> anyhow::Result<bool> {
     let ttl = s.settings.lease_ttl;
     let leaving = s.leaving.load(std::sync::atomic::Ordering::SeqCst);
+    let hand_over_all = leaving && lock(&s.leaving_at).is_some_and(|at| at.elapsed() >= s.settings.renew_interval);
     // 1. Renew what is held (opening and releasing included).
     let held: Vec<(ShardId, i64)> =
         lock(&s.slots).iter().filter(|(_, slot)| slot.phase != Phase::Pending).map(|(k, v)| (*k, v.epoch)).collect();
@@ -494,12 +509,14 @@ async fn round(s: &Arc<Shared>) -> anyhow::Result<()> {
     let target: Vec<Option<String>> =
         assign(s.view.shard_count(), &candidates).into_iter().map(|t| t.map(|i| candidates[i].to_string())).collect();
     // 4. Act: acquire what is ours and free, hand over what is wanted elsewhere.
+    let mut waiting = false;
     for lease in &leases {
         let shard = lease.shard;
         let Some(want) = target.get(shard as usize) else { continue };
         let mine = !leaving && want.as_deref() == Some(s.me.node_id.as_str());
         let slot = lock(&s.slots).get(&shard).copied();
         let owned_here = lease.owner.as_deref() == Some(s.me.node_id.as_str());
+        waiting |= mine && slot.is_none() && lease.live && !owned_here;
         match slot {
             None if mine && (!lease.live || owned_here || lease.owner.is_none()) => {
                 lock(&s.slots).insert(shard, Slot { phase: Phase::Pending, epoch: 0, deadline: Instant::now() });
@@ -516,7 +533,7 @@ async fn round(s: &Arc<Shared>) -> anyhow::Result<()> {
                     }
                 });
             }
-            Some(slot) if slot.phase == Phase::Held && !mine && (leaving || want.is_some()) => {
+            Some(slot) if slot.phase == Phase::Held && !mine && (hand_over_all || (!leaving && want.is_some())) => {
                 if let Some(cur) = lock(&s.slots).get_mut(&shard).filter(|c| c.epoch == slot.epoch) {
                     cur.phase = Phase::Releasing;
                 }
@@ -528,7 +545,7 @@ async fn round(s: &Arc<Shared>) -> anyhow::Result<()> {
     lock(&s.observed).nodes = nodes;
     lock(&s.observed).leases = leases;
     lock(&s.observed).target = target;
-    Ok(())
+    Ok(waiting)
 }
 
 async fn acquire(s: Arc<Shared>, shard: ShardId) {
