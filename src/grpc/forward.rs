@@ -135,6 +135,23 @@ pub fn receive_target(view: &ClusterView, topic: &str, queue_nums: u32, queue_id
     }
 }
 
+/// Every node owning a queue of the topic (this one included when it does), each once.
+pub fn topic_owners(view: &ClusterView, topic: &str, queue_nums: u32) -> Vec<Arc<NodeInfo>> {
+    let mut owners: Vec<Arc<NodeInfo>> = Vec::new();
+    for q in 0..queue_nums {
+        if let Some(node) = view.owner_of(topic, q)
+            && !owners.iter().any(|o| o.node_id == node.node_id)
+        {
+            owners.push(node);
+        }
+    }
+    owners
+}
+
+/// Header of a receive forwarded as part of another node's sweep over the owners: answer
+/// without long-polling.
+pub const RECEIVE_NO_WAIT: &str = "x-rmq-receive-no-wait";
+
 /// A request about state one node holds (a half message, a scheduled message).
 pub fn node_target(view: &ClusterView, node_id: &str) -> Target {
     if node_id == view.local_node().node_id {

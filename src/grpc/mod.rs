@@ -366,6 +366,80 @@ impl MessagingServiceImpl {
 }
 
 impl MessagingServiceImpl {
+    /// The frames of a receive that found messages: OK, the messages, the delivery time.
+    fn delivery_frames(
+        &self,
+        ctx: &Context,
+        messages: Vec<crate::broker::DeliveredMessage>,
+    ) -> Vec<Result<proto::ReceiveMessageResponse, GrpcStatus>> {
+        use proto::receive_message_response::Content;
+        let frame = |c: Content| Ok(proto::ReceiveMessageResponse { content: Some(c) });
+        let store_host = self.store_host(ctx);
+        let mut frames = Vec::with_capacity(messages.len() + 2);
+        frames.push(frame(Content::Status(ok())));
+        frames.extend(messages.into_iter().map(|m| frame(Content::Message(convert::delivered(m, &store_host)))));
+        frames.push(frame(Content::DeliveryTimestamp(convert::now_timestamp())));
+        frames
+    }
+
+    /// Cluster mode, a client's receive: before long-polling the node it was routed to, asks
+    /// every node owning queues of the topic, without waiting, for messages (here directly,
+    /// the others through a forwarded receive marked not to wait), starting at a rotating
+    /// node. A client behind one address then gets messages from whichever node has them at
+    /// once, instead of waiting out a long poll on a node whose queues are empty. `None`:
+    /// nothing anywhere (or a single owner); the caller long-polls as usual.
+    async fn sweep_owners(
+        &self,
+        fwd: &Arc<Forwarder>,
+        md: &MetadataMap,
+        req: &proto::ReceiveMessageRequest,
+        receive: &ReceiveRequest,
+        ctx: &Context,
+    ) -> Option<Vec<Result<proto::ReceiveMessageResponse, GrpcStatus>>> {
+        use futures::StreamExt as _;
+        use proto::receive_message_response::Content;
+        let queue_nums = self.queue_nums(&receive.topic).await?;
+        let owners = forward::topic_owners(fwd.view(), &receive.topic, queue_nums);
+        if owners.len() < 2 {
+            return None;
+        }
+        let local = fwd.view().local_node().node_id.clone();
+        let start = fwd.pick();
+        for i in 0..owners.len() {
+            let node = &owners[(start + i) % owners.len()];
+            if node.node_id == local {
+                let quick = ReceiveRequest { deadline_remaining: Some(Duration::ZERO), ..receive.clone() };
+                match self.broker.receive(quick).await {
+                    Ok(messages) if !messages.is_empty() => return Some(self.delivery_frames(ctx, messages)),
+                    Ok(_) | Err(_) => continue,
+                }
+            }
+            let mut quick_md = md.clone();
+            quick_md.insert(forward::RECEIVE_NO_WAIT, tonic::metadata::MetadataValue::from_static("1"));
+            // Any queue of that node's (the one asked for may be another node's).
+            let mut quick = req.clone();
+            if let Some(q) = quick.message_queue.as_mut() {
+                q.id = -1;
+            }
+            let Ok(stream) =
+                fwd.server_stream(node, &quick_md, quick, Duration::ZERO, |mut c, r| async move {
+                    c.receive_message(r).await
+                })
+                .await
+            else {
+                continue;
+            };
+            let frames: Vec<_> = stream.collect().await;
+            let found = frames.iter().any(|f| matches!(f, Ok(r) if matches!(r.content, Some(Content::Message(_)))));
+            if found {
+                return Some(frames);
+            }
+        }
+        None
+    }
+}
+
+impl MessagingServiceImpl {
     /// Cluster mode: where a request about one queue (`message_queue`) is served; `None`
     /// (served here) for a single gateway or a request the local handler refuses anyway.
     fn queue_request_target<T>(
@@ -585,17 +659,6 @@ impl MessagingService for MessagingServiceImpl {
             Err(e) => return Ok(Response::new(done(from_error(&e)))),
         };
         let queue_id = req.message_queue.as_ref().map_or(-1, |q| q.id);
-        match self.receive_target(&md, &topic, queue_id).await {
-            None | Some((_, Target::Local)) => {}
-            Some((fwd, Target::Remote(node))) => {
-                let long_poll = req.long_polling_timeout.as_ref().and_then(convert::duration).unwrap_or_default();
-                let forwarded = fwd
-                    .server_stream(&node, &md, req, long_poll, |mut c, r| async move { c.receive_message(r).await })
-                    .await;
-                return Ok(Response::new(forwarded.unwrap_or_else(|e| done(from_error(&e)))));
-            }
-            Some((_, Target::Refuse(why))) => return Ok(Response::new(done(from_error(&not_owner(why))))),
-        }
         let filter = match pull::filter_of(req.filter_expression.as_ref()) {
             Ok(f) => f,
             Err(e) => return Ok(Response::new(done(from_error(&e)))),
@@ -607,10 +670,10 @@ impl MessagingService for MessagingServiceImpl {
             Some(Some(d)) => Some(d),
             None => None,
         };
-        let receive = ReceiveRequest {
+        let mut receive = ReceiveRequest {
             client_id: ctx.client_id.clone(),
             group,
-            topic,
+            topic: topic.clone(),
             filter,
             batch_size: req.batch_size.max(0) as usize,
             invisible_duration,
@@ -619,18 +682,32 @@ impl MessagingService for MessagingServiceImpl {
             deadline_remaining: ctx.deadline,
             attempt_id: req.attempt_id.clone(),
         };
+        if md.get(forward::RECEIVE_NO_WAIT).is_some() {
+            // One node's part of another node's sweep: answer at once.
+            receive.deadline_remaining = Some(Duration::ZERO);
+        }
+        let target = self.receive_target(&md, &topic, queue_id).await;
+        if let Some((fwd, _)) = &target
+            && forward::forwarded_by(&md).is_none()
+            && let Some(frames) = self.sweep_owners(fwd, &md, &req, &receive, &ctx).await
+        {
+            return Ok(Response::new(Box::pin(futures::stream::iter(frames))));
+        }
+        match target {
+            None | Some((_, Target::Local)) => {}
+            Some((fwd, Target::Remote(node))) => {
+                let long_poll = req.long_polling_timeout.as_ref().and_then(convert::duration).unwrap_or_default();
+                let forwarded = fwd
+                    .server_stream(&node, &md, req, long_poll, |mut c, r| async move { c.receive_message(r).await })
+                    .await;
+                return Ok(Response::new(forwarded.unwrap_or_else(|e| done(from_error(&e)))));
+            }
+            Some((_, Target::Refuse(why))) => return Ok(Response::new(done(from_error(&not_owner(why))))),
+        }
         tracing::trace!(?receive, "receive");
         let stream: Self::ReceiveMessageStream = match self.broker.receive(receive).await {
             Ok(messages) if messages.is_empty() => done(status(Code::MessageNotFound, "no new message")),
-            Ok(messages) => {
-                let store_host = self.store_host(&ctx);
-                let mut frames = Vec::with_capacity(messages.len() + 2);
-                frames.push(frame(Content::Status(ok())));
-                frames
-                    .extend(messages.into_iter().map(|m| frame(Content::Message(convert::delivered(m, &store_host)))));
-                frames.push(frame(Content::DeliveryTimestamp(convert::now_timestamp())));
-                Box::pin(futures::stream::iter(frames))
-            }
+            Ok(messages) => Box::pin(futures::stream::iter(self.delivery_frames(&ctx, messages))),
             Err(e) => done(from_error(&e)),
         };
         Ok(Response::new(stream))
