@@ -850,6 +850,12 @@ impl Config {
                     "cluster.enabled needs tiering on a bucket shared by every node",
                 );
             }
+            if self.server.tls.mode == TlsMode::Enforcing {
+                return invalid(
+                    "server.tls.mode",
+                    "cluster.enabled needs `disabled` or `permissive`: nodes forward requests to each other's gRPC port in plaintext",
+                );
+            }
             if !(1..=1024).contains(&c.shards) {
                 return invalid("cluster.shards", "must be between 1 and 1024");
             }
@@ -1138,6 +1144,17 @@ mod tests {
         assert!(e.contains("server.channelExpiredTimeout"), "{e}");
         let e = load_str("storage:\n  fileReservedTime: soon\n", &[]).unwrap_err().to_string();
         assert!(e.contains("fileReservedTime") || e.contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn cluster_refuses_tls_only() {
+        let mut c = Config::default();
+        c.cluster.enabled = true;
+        c.metadata.url = "postgres://u@127.0.0.1/db".into();
+        c.storage.tiering.enabled = true;
+        c.server.tls.mode = TlsMode::Enforcing;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("server.tls.mode") && e.contains("plaintext"), "{e}");
     }
 
     #[test]

@@ -164,6 +164,22 @@ async fn requests_are_forwarded_to_the_owner() {
         assert_eq!((broker.name.as_str(), format!("{}:{}", ep.host, ep.port)), ("b", b.addr.clone()));
     }
 
+    // Push consumers get one assignment per owner, at the owner.
+    let assignment = c
+        .query_assignment(request(proto::QueryAssignmentRequest {
+            topic: topic(),
+            group: Some(proto::Resource { resource_namespace: String::new(), name: "G".into() }),
+            endpoints: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&assignment.status), Code::Ok as i32, "{assignment:?}");
+    assert_eq!(assignment.assignments.len(), 1, "{assignment:?}");
+    let mq = assignment.assignments[0].message_queue.as_ref().unwrap();
+    assert!(mq.id >= 0);
+    assert_eq!(mq.broker.as_ref().unwrap().name, "b");
+
     // A send through `a` is stored by `b`, with the client's headers.
     let sent = c
         .send_message(request(proto::SendMessageRequest { messages: vec![message("M1", proto::MessageType::Normal)] }))
