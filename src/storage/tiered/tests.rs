@@ -406,7 +406,10 @@ async fn a_fenced_manifest_write_fences_the_log() {
     struct Refusing(SqliteMetadataStore);
     #[async_trait]
     impl MetadataStore for Refusing {
-        async fn create_topic(&self, t: &crate::metadata::TopicRecord) -> crate::metadata::MetadataResult<crate::metadata::TopicRecord> {
+        async fn create_topic(
+            &self,
+            t: &crate::metadata::TopicRecord,
+        ) -> crate::metadata::MetadataResult<crate::metadata::TopicRecord> {
             self.0.create_topic(t).await
         }
         async fn topic(&self, n: &str) -> crate::metadata::MetadataResult<Option<crate::metadata::TopicRecord>> {
@@ -418,7 +421,10 @@ async fn a_fenced_manifest_write_fences_the_log() {
         async fn delete_topic(&self, n: &str) -> crate::metadata::MetadataResult<bool> {
             self.0.delete_topic(n).await
         }
-        async fn create_group(&self, g: &crate::metadata::GroupRecord) -> crate::metadata::MetadataResult<crate::metadata::GroupRecord> {
+        async fn create_group(
+            &self,
+            g: &crate::metadata::GroupRecord,
+        ) -> crate::metadata::MetadataResult<crate::metadata::GroupRecord> {
             self.0.create_group(g).await
         }
         async fn put_group(&self, g: &crate::metadata::GroupRecord) -> crate::metadata::MetadataResult<()> {
@@ -436,7 +442,11 @@ async fn a_fenced_manifest_write_fences_the_log() {
         async fn load_progress(&self) -> crate::metadata::MetadataResult<(Vec<crate::metadata::ProgressRecord>, u64)> {
             self.0.load_progress().await
         }
-        async fn save_progress(&self, b: &[crate::metadata::ProgressRecord], o: u64) -> crate::metadata::MetadataResult<()> {
+        async fn save_progress(
+            &self,
+            b: &[crate::metadata::ProgressRecord],
+            o: u64,
+        ) -> crate::metadata::MetadataResult<()> {
             self.0.save_progress(b, o).await
         }
         async fn delete_progress(&self, g: &str) -> crate::metadata::MetadataResult<u64> {
@@ -462,17 +472,18 @@ async fn a_fenced_manifest_write_fences_the_log() {
     let meta = Arc::new(Refusing(SqliteMetadataStore::in_memory().await.unwrap()));
     let settings = TieringSettings { fence: Some(Fence { node_id: "a".into(), epoch: 1 }), ..settings() };
     let log = TieredLog::open(s.log.clone(), s.store.clone(), meta, settings).await.unwrap();
-    let r = log.append(vec![AppendMessage {
-        topic: Arc::from("T0"),
-        queue_id: 0,
-        born_timestamp_ms: 5,
-        flags: 0,
-        tag_hash: 0,
-        properties: Properties::default(),
-        body: Bytes::from_static(b"x"),
-    }])
-    .await
-    .unwrap();
+    let r = log
+        .append(vec![AppendMessage {
+            topic: Arc::from("T0"),
+            queue_id: 0,
+            born_timestamp_ms: 5,
+            flags: 0,
+            tag_hash: 0,
+            properties: Properties::default(),
+            body: Bytes::from_static(b"x"),
+        }])
+        .await
+        .unwrap();
     assert!(matches!(log.persist_remote(&r).await, Err(StorageError::Fenced(_))));
     assert!(log.is_fenced());
     assert!(matches!(log.append(Vec::new()).await, Err(StorageError::Fenced(_))));
