@@ -359,10 +359,10 @@ impl ShardedLog {
     }
 
     async fn close_open(&self, shard: ShardId, open: &Arc<OpenShard>, graceful: bool) -> StorageResult<()> {
-        open.accepting.store(false, Ordering::Release);
+        open.accepting.store(false, Ordering::SeqCst);
         let mut uploaded = Ok(());
         if graceful {
-            while open.inflight.load(Ordering::Acquire) > 0 {
+            while open.inflight.load(Ordering::SeqCst) > 0 {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             uploaded = open.log.upload_all().await;
@@ -385,10 +385,11 @@ impl ShardedLog {
         if !open.accepting.load(Ordering::Acquire) {
             return Err(refuse(&messages));
         }
-        open.inflight.fetch_add(1, Ordering::AcqRel);
+        // SeqCst with the hand-over's store of `accepting` and load of `inflight`: either it
+        // sees this append in flight and waits for it, or this append sees it and refuses.
+        open.inflight.fetch_add(1, Ordering::SeqCst);
         let _inflight = Inflight(&open);
-        // A hand-over that started meanwhile waits for this append, or it was refused here.
-        if !open.accepting.load(Ordering::Acquire) {
+        if !open.accepting.load(Ordering::SeqCst) {
             return Err(refuse(&messages));
         }
         let mut results = open.log.append(messages).await?;
