@@ -19,7 +19,8 @@
 //! - **Positions**: a shard log's positions carry `shard + 1` in their top 12 bits (home log
 //!   positions are left as they are), so `hold_retention` and `persist_remote` route by them.
 //! - Appends and reads of a queue whose shard is not open here fail with
-//!   [`StorageError::NotOwner`]; `queue_range` of such a queue is empty.
+//!   [`StorageError::NotOwner`]; `queue_range` of such a queue is empty. Appends also fail so
+//!   once the shard's local lease deadline ([`ShardedLog::set_lease_deadline`]) has passed.
 //!
 //! This module must not import protocol (tonic/prost), HTTP or SQL crates.
 
@@ -107,6 +108,14 @@ struct OpenShard {
     epoch: i64,
     accepting: AtomicBool,
     inflight: AtomicU64,
+    /// Appends are refused from this instant on (the local lease deadline), if set.
+    deadline: Mutex<Option<std::time::Instant>>,
+}
+
+impl OpenShard {
+    fn past_deadline(&self) -> bool {
+        self.deadline.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|d| std::time::Instant::now() >= d)
+    }
 }
 
 /// Counts an append in flight on a shard while alive.
@@ -328,7 +337,13 @@ impl ShardedLog {
             manifest_rows = rows.len(),
             "shard opened"
         );
-        let open = Arc::new(OpenShard { log, epoch, accepting: AtomicBool::new(true), inflight: AtomicU64::new(0) });
+        let open = Arc::new(OpenShard {
+            log,
+            epoch,
+            accepting: AtomicBool::new(true),
+            inflight: AtomicU64::new(0),
+            deadline: Mutex::new(None),
+        });
         self.shards.write().unwrap_or_else(|e| e.into_inner()).insert(shard, open);
         Ok(())
     }
@@ -338,6 +353,17 @@ impl ShardedLog {
         tokio::task::spawn_blocking(move || CommitLog::open(config))
             .await
             .map_err(|e| io("opening a shard log", std::io::Error::other(e.to_string())))?
+    }
+
+    /// Appends to the shard are refused (`NotOwner`) from `deadline` on, until it is moved:
+    /// the membership loop sets it to the local lease deadline at every renewal, so a node
+    /// whose renewals stop stops writing before any other node may take the shard, even if
+    /// `abandon_shard` comes late. `None`: no deadline. An append already past the check
+    /// completes.
+    pub fn set_lease_deadline(&self, shard: ShardId, deadline: Option<std::time::Instant>) {
+        if let Some(open) = self.shard(shard) {
+            *open.deadline.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
+        }
     }
 
     /// Graceful hand-over: refuses new appends (`NotOwner`), waits for the appends in flight,
@@ -382,7 +408,7 @@ impl ShardedLog {
         let refuse =
             |m: &[AppendMessage]| m.first().map_or_else(|| not_owner("", 0), |m| not_owner(&m.topic, m.queue_id));
         let Some(open) = self.shard(shard) else { return Err(refuse(&messages)) };
-        if !open.accepting.load(Ordering::Acquire) {
+        if !open.accepting.load(Ordering::Acquire) || open.past_deadline() {
             return Err(refuse(&messages));
         }
         // SeqCst with the hand-over's store of `accepting` and load of `inflight`: either it

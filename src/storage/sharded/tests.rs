@@ -389,3 +389,20 @@ async fn a_batch_over_several_logs_is_split_and_joined_in_order() {
     assert_eq!(a.queue_range("rmq_sys_x", 0).end, 5);
     a.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn appends_stop_at_the_local_lease_deadline() {
+    let c = Cluster::new().await;
+    let (shard, q) = (0, queue_in(0));
+    let a = c.node("a");
+    c.meta.lease(shard, "a", 1);
+    a.open_shard(shard, 1).await.unwrap();
+    a.set_lease_deadline(shard, Some(std::time::Instant::now() + Duration::from_secs(3600)));
+    send(&a, "T", q, 0, 1).await;
+    a.set_lease_deadline(shard, Some(std::time::Instant::now()));
+    assert!(matches!(a.append(vec![msg("T", q, 1)]).await, Err(StorageError::NotOwner { .. })));
+    assert_eq!(a.read("T", q, 0, 10, usize::MAX).unwrap().len(), 1, "reads go on");
+    a.set_lease_deadline(shard, None);
+    send(&a, "T", q, 1, 1).await;
+    a.close().await.unwrap();
+}
