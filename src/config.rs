@@ -81,6 +81,24 @@ pub struct ClusterConfig {
     pub forward_timeout: Duration,
 }
 
+impl ClusterConfig {
+    /// `nodeId`, else the host name (`HOSTNAME`, `/proc/sys/kernel/hostname`) reduced to
+    /// letters, digits, '-' and '_'.
+    pub fn resolved_node_id(&self) -> String {
+        if !self.node_id.is_empty() {
+            return self.node_id.clone();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.trim().is_empty())
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .unwrap_or_default();
+        let id: String =
+            host.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        if id.is_empty() { "node".into() } else { id }
+    }
+}
+
 impl Default for ClusterConfig {
     fn default() -> Self {
         Self {

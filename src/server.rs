@@ -22,9 +22,12 @@ use crate::broker::settings::{
 };
 use crate::broker::{Broker, BrokerSettings, Stores};
 use crate::clock::SystemClock;
+use crate::cluster::membership::{Membership, MembershipSettings};
+use crate::cluster::{self, ClusterView, NodeInfo, ShardHandler, ShardId};
 use crate::config::{self, Config, FlushDiskType};
 use crate::grpc::{GrpcSettings, MessagingServiceImpl, ProducerBackoff};
 use crate::metadata::{self, MetadataStore};
+use crate::storage::sharded::{ShardSettings, ShardedLog};
 use crate::storage::tiered::{TieredLog, TieringSettings};
 use crate::storage::{BucketFiles, CommitLog, FlushMode, MessageLog, StorageConfig};
 use crate::tls;
@@ -36,12 +39,10 @@ pub struct BoundAddrs {
     pub http: SocketAddr,
 }
 
-/// Opens the commit log under `<dataDir>/store` (recovery runs here).
-fn open_message_log(config: &Config) -> anyhow::Result<Arc<CommitLog>> {
+/// The commit-log settings of `storage.*`, for a log in `dir`.
+fn storage_config(config: &Config, dir: std::path::PathBuf) -> StorageConfig {
     let s = &config.storage;
-    std::fs::create_dir_all(&s.data_dir)
-        .with_context(|| format!("cannot create storage.dataDir `{}`", s.data_dir.display()))?;
-    let mut store = StorageConfig::new(s.data_dir.join("store"));
+    let mut store = StorageConfig::new(dir);
     store.segment_size = s.mapped_file_size_commit_log;
     store.flush = match s.flush_disk_type {
         FlushDiskType::SyncFlush => FlushMode::Sync,
@@ -49,6 +50,33 @@ fn open_message_log(config: &Config) -> anyhow::Result<Arc<CommitLog>> {
     };
     store.file_reserved_time = s.file_reserved_time;
     store.disk_max_used_ratio = f64::from(s.disk_max_used_space_ratio) / 100.0;
+    store
+}
+
+/// The tiering settings of `storage.tiering.*` (the log id is the caller's).
+fn tiering_settings(config: &Config, log_id: String) -> TieringSettings {
+    let t = &config.storage.tiering;
+    TieringSettings {
+        log_id,
+        // The object store puts `objectStore.prefix` in front of every key itself.
+        prefix: String::new(),
+        remote_reserved_time: t.file_reserved_time,
+        upload_interval: t.upload_interval,
+        retry_max_backoff: t.retry_max_backoff,
+        read_cache_bytes: t.read_cache_bytes,
+        read_ahead_bytes: t.read_ahead_bytes,
+        orphan_grace: t.orphan_grace_period,
+        remote_retention_interval: t.remote_retention_interval,
+        ..TieringSettings::default()
+    }
+}
+
+/// Opens the commit log under `<dataDir>/store` (recovery runs here).
+fn open_message_log(config: &Config) -> anyhow::Result<Arc<CommitLog>> {
+    let s = &config.storage;
+    std::fs::create_dir_all(&s.data_dir)
+        .with_context(|| format!("cannot create storage.dataDir `{}`", s.data_dir.display()))?;
+    let store = storage_config(config, s.data_dir.join("store"));
     let log = CommitLog::open(store)
         .with_context(|| format!("cannot open the commit log in `{}`", s.data_dir.join("store").display()))?;
     if s.tiering.enabled {
@@ -72,21 +100,115 @@ async fn open_tiered(
     let store = crate::storage::object::open(&t.object_store, &config.storage.data_dir)
         .await
         .context("cannot open storage.tiering.objectStore")?;
-    let settings = TieringSettings {
-        log_id: t.log_id.clone(),
-        // The object store puts `objectStore.prefix` in front of every key itself.
-        prefix: String::new(),
-        remote_reserved_time: t.file_reserved_time,
-        upload_interval: t.upload_interval,
-        retry_max_backoff: t.retry_max_backoff,
-        read_cache_bytes: t.read_cache_bytes,
-        read_ahead_bytes: t.read_ahead_bytes,
-        orphan_grace: t.orphan_grace_period,
-        remote_retention_interval: t.remote_retention_interval,
-        ..TieringSettings::default()
-    };
+    let settings = tiering_settings(config, t.log_id.clone());
     let log = TieredLog::open(local, store, meta, settings).await.context("cannot start tiered storage")?;
     Ok(log)
+}
+
+/// This node in a cluster: its id, the address clients are given for its queues and the one
+/// other nodes forward to.
+fn cluster_node(config: &Config) -> NodeInfo {
+    let c = &config.cluster;
+    let port = config.server.grpc_server_port;
+    let with_port = |a: &str| {
+        if a.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+            a.to_string()
+        } else {
+            format!("{a}:{port}")
+        }
+    };
+    let node_id = c.resolved_node_id();
+    let host = if config.server.advertised_address.is_empty() {
+        node_id.clone()
+    } else {
+        config.server.advertised_address.clone()
+    };
+    let advertised = with_port(&host);
+    let peer = if c.peer_address.is_empty() { advertised.clone() } else { with_port(&c.peer_address) };
+    NodeInfo { node_id, advertised, peer }
+}
+
+/// Cluster mode's message log: the node's home log (`<dataDir>/store`, log id
+/// `node-<nodeId>`: POP journal, timers, half messages) and the shards it owns
+/// (`<dataDir>/shards`), opened and closed by the membership.
+async fn open_cluster_log(
+    config: &Config,
+    node_id: &str,
+    local: Arc<CommitLog>,
+    meta: Arc<dyn MetadataStore>,
+) -> anyhow::Result<Arc<ShardedLog>> {
+    let t = &config.storage.tiering;
+    let store = crate::storage::object::open(&t.object_store, &config.storage.data_dir)
+        .await
+        .context("cannot open storage.tiering.objectStore")?;
+    let home = TieredLog::open(local, store.clone(), meta.clone(), tiering_settings(config, format!("node-{node_id}")))
+        .await
+        .context("cannot start tiered storage")?;
+    let mut tiering = tiering_settings(config, String::new());
+    tiering.tail_upload_interval = Some(config.cluster.tail_upload_interval);
+    let settings = ShardSettings {
+        shards: config.cluster.shards,
+        dir: config.storage.data_dir.join("shards"),
+        storage: storage_config(config, config.storage.data_dir.join("shards")),
+        tiering,
+        node_id: node_id.to_string(),
+    };
+    Ok(ShardedLog::new(home, store, meta, settings))
+}
+
+/// Moves shards in and out of this node for the membership: the shard's log, the consumer
+/// progress of its queues, and the view the broker and the gRPC layer route by.
+struct NodeShards {
+    log: Arc<ShardedLog>,
+    broker: Broker,
+    view: Arc<ClusterView>,
+}
+
+/// Whether a queue is one of `shard`'s (system topics never are).
+fn queues_of(shard: ShardId, shards: u32) -> impl Fn(&str, u32) -> bool + Sync {
+    move |topic: &str, queue_id: u32| {
+        !topic.starts_with(cluster::SYSTEM_TOPIC_PREFIX) && cluster::shard_of(topic, queue_id, shards) == shard
+    }
+}
+
+#[async_trait::async_trait]
+impl ShardHandler for NodeShards {
+    async fn acquire(&self, shard: ShardId, epoch: i64) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        self.log.open_shard(shard, epoch).await.with_context(|| format!("opening shard {shard}"))?;
+        match self.broker.adopt_queues(&queues_of(shard, self.view.shard_count())).await {
+            Ok(states) => {
+                self.view.set_local(shard, true);
+                tracing::info!(shard, epoch, states, took = ?started.elapsed(), "shard acquired");
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.log.abandon_shard(shard).await;
+                Err(anyhow::anyhow!("loading the consumer progress of shard {shard}: {e}"))
+            }
+        }
+    }
+
+    async fn release(&self, shard: ShardId) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        // Requests for its queues go to the next owner (or wait for one) from now on.
+        self.view.set_local(shard, false);
+        let closed = self.log.close_shard(shard).await;
+        let saved = self.broker.release_queues(&queues_of(shard, self.view.shard_count())).await;
+        closed.with_context(|| format!("handing shard {shard} over"))?;
+        saved.map_err(|e| anyhow::anyhow!("saving the consumer progress of shard {shard}: {e}"))?;
+        tracing::info!(shard, took = ?started.elapsed(), "shard handed over");
+        Ok(())
+    }
+
+    async fn lost(&self, shard: ShardId) {
+        self.view.set_local(shard, false);
+        if let Err(e) = self.log.abandon_shard(shard).await {
+            tracing::warn!(shard, error = %e, "closing a lost shard failed");
+        }
+        self.broker.forget_queues(&queues_of(shard, self.view.shard_count()));
+        tracing::warn!(shard, "shard lease lost: stopped writing to it");
+    }
 }
 
 impl From<&Config> for BrokerSettings {
@@ -103,6 +225,8 @@ impl From<&Config> for BrokerSettings {
                         name: s.name.clone(),
                         queue_nums: s.queue_nums,
                         message_type: s.message_type.clone(),
+                        // Validated with the configuration.
+                        durability: crate::metadata::Durability::parse(&s.durability).unwrap_or_default(),
                     })
                     .collect(),
             },
@@ -198,12 +322,22 @@ pub async fn run(
             .context("commit-log recovery panicked")??
     };
     let meta_url = config.metadata_url();
-    let meta: Arc<dyn MetadataStore> =
-        metadata::open(&meta_url, &config.metadata.store_options()).await.with_context(|| {
-            format!("cannot open the metadata store `{}` (metadata.url)", metadata::redact_url(&meta_url))
-        })?;
+    let node = config.cluster.enabled.then(|| cluster_node(&config));
+    let mut options = config.metadata.store_options();
+    if let Some(n) = &node {
+        options.node_id = n.node_id.clone();
+    }
+    let (meta, cluster_store) = metadata::open_with_cluster(&meta_url, &options).await.with_context(|| {
+        format!("cannot open the metadata store `{}` (metadata.url)", metadata::redact_url(&meta_url))
+    })?;
     tracing::info!(url = %metadata::redact_url(&meta_url), "metadata store open");
-    let log = open_tiered(&config, log, meta.clone()).await?;
+    let (log, sharded): (Arc<dyn MessageLog>, Option<Arc<ShardedLog>>) = match &node {
+        Some(n) => {
+            let sharded = open_cluster_log(&config, &n.node_id, log, meta.clone()).await?;
+            (sharded.clone(), Some(sharded))
+        }
+        None => (open_tiered(&config, log, meta.clone()).await?, None),
+    };
     let timer_index =
         BucketFiles::open(&config.storage.data_dir.join("timer"), config.timer.timer_bucket.as_millis() as i64)
             .context("cannot open the timer index")?;
@@ -211,6 +345,13 @@ pub async fn run(
     let broker = Broker::start(BrokerSettings::from(&*config), stores, Arc::new(SystemClock))
         .await
         .context("cannot start the broker")?;
+    // Cluster: the broker serves only the shards this node holds; none until the membership
+    // hands them over.
+    let view = node.clone().map(|n| {
+        let view = ClusterView::new(n, config.cluster.shards);
+        broker.set_ownership(view.clone());
+        view
+    });
 
     let bind = &config.server.bind_address;
     let grpc_listener =
@@ -251,11 +392,35 @@ pub async fn run(
         )
     };
 
+    // Cluster: join; shards come over from the next renew on.
+    let membership = match (&view, &sharded, &cluster_store) {
+        (Some(view), Some(sharded), Some(store)) => {
+            let handler = Arc::new(NodeShards { log: sharded.clone(), broker: broker.clone(), view: view.clone() });
+            let m = Membership::start(store.clone(), view.clone(), handler, MembershipSettings::from(&config.cluster))
+                .await
+                .context("cannot join the cluster")?;
+            tracing::info!(
+                node = view.local_node().node_id,
+                advertised = view.local_node().advertised,
+                peer = view.local_node().peer,
+                shards = config.cluster.shards,
+                "joined the cluster"
+            );
+            Some(m)
+        }
+        (None, _, _) => None,
+        _ => anyhow::bail!("cluster.enabled needs a metadata store that can run a cluster (postgres://)"),
+    };
+
     let ready = Arc::new(AtomicBool::new(false));
     let http_stop = CancellationToken::new();
     let http = {
         let stop = http_stop.clone();
-        let app = admin::router(AdminState { broker: broker.clone(), ready: ready.clone() });
+        let app = admin::router(AdminState {
+            broker: broker.clone(),
+            ready: ready.clone(),
+            cluster: membership.as_ref().map(|m| m.status_source()),
+        });
         tokio::spawn(async move {
             axum::serve(http_listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
         })
@@ -285,6 +450,16 @@ pub async fn run(
     shutdown.cancelled().await;
     tracing::info!("shutting down");
     ready.store(false, Ordering::SeqCst);
+    if let Some(m) = membership {
+        // Hand every shard over while still serving (requests for them are forwarded to their
+        // new owners), then give the other nodes a renew interval to see it.
+        let started = std::time::Instant::now();
+        match m.leave().await {
+            Ok(()) => tracing::info!(took = ?started.elapsed(), "left the cluster; shards handed over"),
+            Err(e) => tracing::warn!(error = %e, "leaving the cluster failed; this node's leases will expire"),
+        }
+        tokio::time::sleep(config.cluster.renew_interval).await;
+    }
     accept_stop.cancel();
     // Ends long polls and telemetry streams so the gRPC server can drain.
     let broker_stop = broker.shutdown_token();
@@ -357,7 +532,7 @@ mod tests {
             name: "T".into(),
             queue_nums: None,
             message_type: "FIFO".into(),
-            durability: "local".into(),
+            durability: "s3".into(),
         });
         config.limits.max_message_size = 1000;
         config.server.broker_name = "b1".into();
@@ -370,6 +545,7 @@ mod tests {
         );
         assert_eq!(b.transaction.transaction_check_max_action, CheckMaxAction::Keep);
         assert_eq!(b.topics.create[0].message_type, "FIFO");
+        assert_eq!(b.topics.create[0].durability, crate::metadata::Durability::ObjectStore);
         assert_eq!(b.limits.max_message_size, 1000);
         assert_eq!(b.timer.timer_precision, config.timer.timer_precision);
         assert_eq!(b.clients.channel_expired_timeout, Duration::from_secs(120));

@@ -68,7 +68,12 @@ async fn postgres_store_comes_back_after_a_server_restart() {
     let Some(mut pg) = Postgres::start_or_skip("postgres_store_comes_back_after_a_server_restart") else { return };
     tokio::time::timeout(Duration::from_secs(120), async {
         let store = open(pg.url()).await.unwrap();
-        let t = TopicRecord { name: "t".into(), queue_nums: 1, topic_type: TopicType::Normal };
+        let t = TopicRecord {
+            name: "t".into(),
+            queue_nums: 1,
+            topic_type: TopicType::Normal,
+            durability: metadata::Durability::Local,
+        };
         store.create_topic(&t).await.unwrap();
         pg.stop().unwrap();
         // Away: a clear error (connection-level, so the caller may retry), no hang beyond the

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::broker::namespace::{self, NameKind};
 use crate::broker::{
-    Broker, BrokerError, BrokerStats, ClientInfo, ClientKind, GroupInfo, OffsetChange, QueueProgress, ResetTarget,
-    TopicInfo, TopicKind, TopicProgress, VerifyOutcome,
+    Broker, BrokerError, BrokerStats, ClientInfo, ClientKind, Durability, GroupInfo, OffsetChange, QueueProgress,
+    ResetTarget, TopicInfo, TopicKind, TopicProgress, VerifyOutcome,
 };
 
 #[derive(Clone)]
@@ -27,6 +27,8 @@ pub struct AdminState {
     pub broker: Broker,
     /// False until start-up finished and again once shutdown began.
     pub ready: Arc<AtomicBool>,
+    /// The cluster membership (`GET /api/v1/cluster`); `None` outside cluster mode.
+    pub cluster: Option<crate::cluster::membership::StatusSource>,
 }
 
 pub fn router(state: AdminState) -> axum::Router {
@@ -41,6 +43,7 @@ pub fn router(state: AdminState) -> axum::Router {
         .route("/api/v1/groups/{name}/reset-offset", post(reset_offset))
         .route("/api/v1/clients", get(list_clients))
         .route("/api/v1/stats", get(stats))
+        .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/clients/{client_id}/stack-trace", post(client_stack_trace))
         .route("/api/v1/clients/{client_id}/verify-message", post(verify_message))
         .with_state(state)
@@ -70,6 +73,17 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     }
 }
 
+/// The cluster as this node sees it: live nodes, every shard's owner, epoch and target, and
+/// the shards open here. 404 outside cluster mode.
+async fn cluster(State(s): State<AdminState>) -> Response {
+    match &s.cluster {
+        Some(source) => Json(source.status()).into_response(),
+        None => {
+            (StatusCode::NOT_FOUND, Json(serde_json_error("cluster mode is off (cluster.enabled)"))).into_response()
+        }
+    }
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct TopicView {
@@ -79,12 +93,20 @@ struct TopicView {
     namespace: String,
     queue_nums: u32,
     message_type: &'static str,
+    /// `local` or `s3`: when a send to it is acknowledged.
+    durability: &'static str,
 }
 
 impl From<TopicInfo> for TopicView {
     fn from(t: TopicInfo) -> Self {
         let namespace = namespace::split(&t.name).namespace.to_string();
-        TopicView { name: t.name, namespace, queue_nums: t.queue_nums, message_type: t.topic_type.as_str() }
+        TopicView {
+            name: t.name,
+            namespace,
+            queue_nums: t.queue_nums,
+            message_type: t.topic_type.as_str(),
+            durability: t.durability.as_str(),
+        }
     }
 }
 
@@ -93,6 +115,8 @@ impl From<TopicInfo> for TopicView {
 struct CreateTopic {
     queue_nums: Option<u32>,
     message_type: Option<String>,
+    /// `local` (default) or `s3`.
+    durability: Option<String>,
 }
 
 /// HTTP status of a broker error (exhaustive, like the gRPC mapping).
@@ -216,7 +240,14 @@ async fn put_topic(
             "unknown messageType `{kind}` (NORMAL, FIFO, DELAY, TRANSACTION, PRIORITY or MIXED)"
         )));
     };
-    match s.broker.create_topic(&name, body.queue_nums, topic_type).await {
+    let durability = match body.durability.as_deref() {
+        None => Durability::Local,
+        Some(d) => match Durability::parse(d) {
+            Some(d) => d,
+            None => return error(BrokerError::BadRequest(format!("unknown durability `{d}` (local or s3)"))),
+        },
+    };
+    match s.broker.create_topic_with(&name, body.queue_nums, topic_type, durability).await {
         Ok(t) => (StatusCode::OK, Json(TopicView::from(t))).into_response(),
         Err(e) => error(e),
     }

@@ -2,7 +2,7 @@
 //! [`TopicInfo`], [`GroupInfo`]), and their mapping to and from the metadata store's records,
 //! so that `grpc/` and `admin/` never see metadata types.
 
-use crate::metadata::{GroupRecord, TopicRecord, TopicType};
+use crate::metadata::{Durability, GroupRecord, TopicRecord, TopicType};
 
 /// The message type a topic accepts (RocketMQ topic attribute `message.type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,6 +50,8 @@ pub struct TopicInfo {
     pub name: String,
     pub queue_nums: u32,
     pub topic_type: TopicKind,
+    /// When a send to it is acknowledged.
+    pub durability: Durability,
 }
 
 /// A consumer group's configuration.
@@ -97,7 +99,7 @@ impl From<TopicKind> for TopicType {
 
 impl From<TopicRecord> for TopicInfo {
     fn from(r: TopicRecord) -> Self {
-        TopicInfo { name: r.name, queue_nums: r.queue_nums, topic_type: r.topic_type.into() }
+        TopicInfo { name: r.name, queue_nums: r.queue_nums, topic_type: r.topic_type.into(), durability: r.durability }
     }
 }
 

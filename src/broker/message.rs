@@ -207,6 +207,20 @@ pub(crate) fn reference(
     }
 }
 
+/// A full copy of a message stored elsewhere, written to a topic's queue (what a reference
+/// resolves to, stored as is).
+pub(crate) fn copy(original: &StoredMessage, topic: Arc<str>, queue_id: u32) -> crate::storage::AppendMessage {
+    crate::storage::AppendMessage {
+        topic,
+        queue_id,
+        born_timestamp_ms: original.born_timestamp_ms,
+        flags: original.flags & !FLAG_REF,
+        tag_hash: original.tag_hash,
+        properties: original.properties.clone(),
+        body: original.body.clone(),
+    }
+}
+
 /// Where a reference record points, or `None` for an ordinary record.
 pub(crate) fn referenced(m: &StoredMessage) -> Option<(String, u32, u64)> {
     if m.flags & FLAG_REF == 0 {

@@ -58,6 +58,7 @@ pub use settings::{Backoff, BrokerSettings};
 pub use transaction::{Resolution, ResolutionSource};
 
 use crate::clock::Clock;
+pub use crate::metadata::Durability;
 use crate::metadata::{GroupRecord, MetadataStore, TopicRecord};
 use crate::storage::{AppendMessage, MessageLog, TimerIndex};
 use receipt::ReceiptCodec;
@@ -108,6 +109,11 @@ impl QueueOwnership for AllQueues {
     fn owns(&self, _topic: &str, _queue_id: u32) -> bool {
         true
     }
+}
+
+/// The queue of `queue_nums` a FIFO message group goes to.
+pub fn fifo_queue(queue_nums: u32, message_group: &str) -> u32 {
+    crc32c::crc32c(message_group.as_bytes()) % queue_nums.max(1)
 }
 
 /// What the broker stores into.
@@ -196,6 +202,12 @@ pub(crate) struct Inner {
     reset_gates: offsets::ResetGates,
     /// Whether progress writes to the metadata store are failing (`meta_health.rs`).
     meta_health: meta_health::HealthCell,
+    /// Which queues this node serves ([`AllQueues`] unless clustered).
+    ownership: RwLock<Arc<dyn QueueOwnership>>,
+    /// Clustered: messages that become deliverable later (fired timers, committed
+    /// transactions) are copied into their queue instead of referenced, since the queue may
+    /// move to a node that cannot read this node's own log.
+    clustered: std::sync::atomic::AtomicBool,
     shutdown: CancellationToken,
 }
 
@@ -290,6 +302,8 @@ impl Broker {
             journal_saved: AtomicU64::new(0),
             reset_gates: offsets::ResetGates::default(),
             meta_health: meta_health::HealthCell::default(),
+            ownership: RwLock::new(Arc::new(AllQueues)),
+            clustered: std::sync::atomic::AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             settings,
             clock,
@@ -305,7 +319,7 @@ impl Broker {
                     spec.name, spec.message_type
                 ))
             })?;
-            broker.create_topic(&spec.name, spec.queue_nums, topic_type).await?;
+            broker.create_topic_with(&spec.name, spec.queue_nums, topic_type, spec.durability).await?;
         }
         for t in broker.inner.meta.list_topics().await? {
             broker.cache_topic(t.into());
@@ -327,6 +341,22 @@ impl Broker {
         broker.with_remote_fetch(STARTUP_FETCH_ROUNDS, || broker.recover_timers()).await?;
         broker.with_remote_fetch(STARTUP_FETCH_ROUNDS, || broker.recover_transactions()).await?;
         Ok(broker)
+    }
+
+    /// Serves only the queues `ownership` says are this node's (cluster mode). Set once, right
+    /// after start, before any request.
+    pub fn set_ownership(&self, ownership: Arc<dyn QueueOwnership>) {
+        *self.inner.ownership.write().unwrap_or_else(|e| e.into_inner()) = ownership;
+        self.inner.clustered.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether this node serves the queue.
+    pub fn owns(&self, topic: &str, queue_id: u32) -> bool {
+        self.inner.ownership.read().unwrap_or_else(|e| e.into_inner()).owns(topic, queue_id)
+    }
+
+    fn clustered(&self) -> bool {
+        self.inner.clustered.load(Ordering::Relaxed)
     }
 
     /// Now, by the broker's clock.
@@ -383,16 +413,22 @@ impl Broker {
         queue_nums: Option<u32>,
         topic_type: TopicKind,
     ) -> BrokerResult<TopicInfo> {
+        self.create_topic_with(name, queue_nums, topic_type, Durability::Local).await
+    }
+
+    /// [`Broker::create_topic`] with the topic's durability (when its sends are acknowledged).
+    pub async fn create_topic_with(
+        &self,
+        name: &str,
+        queue_nums: Option<u32>,
+        topic_type: TopicKind,
+        durability: Durability,
+    ) -> BrokerResult<TopicInfo> {
         let queue_nums = queue_nums.unwrap_or(self.inner.settings.topics.default_topic_queue_nums);
         if !(1..=1024).contains(&queue_nums) {
             return Err(BrokerError::BadRequest(format!("queue count {queue_nums} is outside 1..=1024")));
         }
-        let record = TopicRecord {
-            name: name.to_string(),
-            queue_nums,
-            topic_type: topic_type.into(),
-            durability: Default::default(),
-        };
+        let record = TopicRecord { name: name.to_string(), queue_nums, topic_type: topic_type.into(), durability };
         let record = self.inner.meta.create_topic(&record).await?;
         Ok(self.cache_topic(record.into()).record.clone())
     }
@@ -694,7 +730,7 @@ impl Broker {
         }
         let bytes = messages.iter().map(OutgoingMessage::approx_size).sum();
         let _room = self.inner.admission.admit(connection, bytes).await?;
-        let queue_id = self.pick_queue(&topic, group);
+        let queue_id = self.pick_queue(&topic, group)?;
         let topic_arc: Arc<str> = Arc::from(topic_name.as_str());
         let appends: Vec<AppendMessage> = messages
             .iter()
@@ -728,16 +764,37 @@ impl Broker {
         }
         let results = self.inner.log.append(appends).await?;
         topic.arrivals.notify_waiters();
+        if topic.record.durability == crate::metadata::Durability::ObjectStore {
+            // Acknowledged only once in the object store (survives the loss of this disk).
+            self.inner.log.persist_remote(&results).await?;
+        }
         Ok(ids.iter().zip(results).map(|(id, r)| receipt(id, queue_id, r.queue_offset, None)).collect())
     }
 
-    /// FIFO messages go to `hash(message_group) mod queues` (never the client's choice, since
-    /// SDKs hash groups differently); others round-robin.
-    fn pick_queue(&self, topic: &TopicEntry, message_group: Option<&str>) -> u32 {
+    /// FIFO messages go to [`fifo_queue`] (never the client's choice, since SDKs hash groups
+    /// differently); others round-robin over the queues this node serves. A queue served
+    /// elsewhere is [`BrokerError::NotOwner`] (the gRPC layer forwards before it gets here).
+    fn pick_queue(&self, topic: &TopicEntry, message_group: Option<&str>) -> BrokerResult<u32> {
         let n = topic.record.queue_nums.max(1);
+        let name = &topic.record.name;
         match message_group {
-            Some(group) => crc32c::crc32c(group.as_bytes()) % n,
-            None => topic.round_robin.fetch_add(1, Ordering::Relaxed) % n,
+            Some(group) => {
+                let q = fifo_queue(n, group);
+                if self.owns(name, q) {
+                    Ok(q)
+                } else {
+                    Err(BrokerError::NotOwner(format!("queue {q} of topic `{name}` is served by another node")))
+                }
+            }
+            None => {
+                for _ in 0..n {
+                    let q = topic.round_robin.fetch_add(1, Ordering::Relaxed) % n;
+                    if self.owns(name, q) {
+                        return Ok(q);
+                    }
+                }
+                Err(BrokerError::NotOwner(format!("no queue of topic `{name}` is served by this node")))
+            }
         }
     }
 

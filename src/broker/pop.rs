@@ -279,6 +279,9 @@ impl Broker {
                     break;
                 }
                 let queue_id = (start.wrapping_add(i)) % n;
+                if !self.owns(&topic.record.name, queue_id) {
+                    continue;
+                }
                 match self.pop_queue(topic, group, req, queue_id, max, invisible, &mut out, &mut bytes, &mut dead) {
                     Ok(()) => {}
                     Err(BrokerError::RemoteNotCached { topic, queue_id, offset }) => {

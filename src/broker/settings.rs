@@ -40,6 +40,8 @@ pub struct TopicSpec {
     pub queue_nums: Option<u32>,
     /// NORMAL, FIFO, DELAY, TRANSACTION or MIXED (see [`super::TopicKind::parse`]).
     pub message_type: String,
+    /// When a send to it is acknowledged.
+    pub durability: crate::metadata::Durability,
 }
 
 /// Limits a message must keep to.

@@ -309,6 +309,12 @@ impl Broker {
         for cell in &cells {
             // Before reading: a change after this read queues the state again.
             cell.queued.store(false, Ordering::Release);
+            // A queue served by another node: its owner writes its progress (this state is
+            // stale, e.g. replayed from the journal after the queue moved; it is dropped or
+            // reloaded when the queue comes back).
+            if !self.owns(&cell.key.1, cell.key.2) {
+                continue;
+            }
             let mut st = lock(&**cell);
             if st.dirty {
                 st.dirty = false;
@@ -338,6 +344,68 @@ impl Broker {
         }
         self.inner.journal_saved.fetch_max(journal_end, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Cluster: queues matching `adopted` became this node's. Every state of them held here
+    /// is stale (the previous owner moved on): drop them and load the stored progress. Deliveries
+    /// the previous owner had in flight become deliverable again (at least once).
+    pub async fn adopt_queues(&self, adopted: &(dyn Fn(&str, u32) -> bool + Sync)) -> BrokerResult<usize> {
+        let (records, _) = self.inner.meta.load_progress().await?;
+        self.drop_states(adopted);
+        let mut n = 0;
+        for p in records {
+            if !adopted(&p.topic, p.queue_id) {
+                continue;
+            }
+            let mut state = QueueState::restore(p.ack_floor, &p.acked_above);
+            // Orderly groups find the messages waiting for their message group again.
+            state.rescan();
+            self.restore_queue_state((Arc::from(p.group.as_str()), Arc::from(p.topic.as_str()), p.queue_id), state);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Cluster: queues matching `released` are handed to another node: write their progress
+    /// now (changed or not: the new owner loads exactly this), then forget them.
+    pub async fn release_queues(&self, released: &(dyn Fn(&str, u32) -> bool + Sync)) -> BrokerResult<usize> {
+        let cells: Vec<Arc<StateCell>> = {
+            let table = lock(&self.inner.states.table);
+            table.live.iter().filter(|(k, _)| released(&k.1, k.2)).map(|(_, c)| c.clone()).collect()
+        };
+        let mut batch = Vec::with_capacity(cells.len());
+        for cell in &cells {
+            let mut st = lock(&**cell);
+            st.dirty = false;
+            let (group, topic, queue_id) = &cell.key;
+            batch.push(ProgressRecord {
+                group: group.to_string(),
+                topic: topic.to_string(),
+                queue_id: *queue_id,
+                ack_floor: st.floor,
+                acked_above: st.encode(),
+            });
+        }
+        let saved = self.inner.journal_saved.load(Ordering::Relaxed);
+        if !batch.is_empty() {
+            self.inner.meta.save_progress(&batch, saved).await?;
+        }
+        self.drop_states(released);
+        Ok(batch.len())
+    }
+
+    /// Cluster: queues matching `lost` were taken by another node without a hand-over (this
+    /// node's lease ran out): forget their states without writing them (the new owner's
+    /// progress is the truth now).
+    pub fn forget_queues(&self, lost: &(dyn Fn(&str, u32) -> bool + Sync)) {
+        self.drop_states(lost);
+    }
+
+    /// Forgets the live and idle states of the matching queues.
+    fn drop_states(&self, which: &(dyn Fn(&str, u32) -> bool + Sync)) {
+        let mut table = lock(&self.inner.states.table);
+        table.live.retain(|k, _| !which(&k.1, k.2));
+        table.idle.retain(|k, _| !which(&k.1, k.2));
     }
 
     /// Counts for the admin API (a scan of the live states: on request only).

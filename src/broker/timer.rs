@@ -625,13 +625,30 @@ impl Broker {
                     }
                 },
             };
-            let queue_id = self.pick_queue(&topic, None);
+            let queue_id = self.pick_queue(&topic, None)?;
             let at = (TIMER_TOPIC, SCHEDULED, offset);
-            appends.push(message::reference(&m, Arc::from(real.as_str()), queue_id, at));
+            appends.push(self.deliverable(&m, Arc::from(real.as_str()), queue_id, at));
         }
         appends.push(Control::Fired { last, offsets: fired }.to_append(now));
         self.inner.log.append(appends).await?;
         Ok(topics.into_values().collect())
+    }
+
+    /// The record that makes `original` (stored once at `at` in this node's own log)
+    /// deliverable on a queue: a reference to it, or in a cluster a full copy (the queue may
+    /// move to a node that cannot read this node's log).
+    pub(super) fn deliverable(
+        &self,
+        original: &StoredMessage,
+        topic: Arc<str>,
+        queue_id: u32,
+        at: (&str, u32, u64),
+    ) -> crate::storage::AppendMessage {
+        if self.clustered() {
+            message::copy(original, topic, queue_id)
+        } else {
+            message::reference(original, topic, queue_id, at)
+        }
     }
 
     /// The message a record stands for: itself, or for a reference record the message stored

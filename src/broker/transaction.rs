@@ -189,9 +189,9 @@ impl Broker {
         if resolution == Resolution::Commit {
             let half = self.read_half(open.offset)?;
             let topic = self.client_topic(&open.topic).await?;
-            let queue_id = self.pick_queue(&topic, None);
+            let queue_id = self.pick_queue(&topic, None)?;
             let at = (HALF_TOPIC, 0, open.offset);
-            appends.push(message::reference(&half, Arc::from(open.topic.as_str()), queue_id, at));
+            appends.push(self.deliverable(&half, Arc::from(open.topic.as_str()), queue_id, at));
             woken = Some(topic);
         }
         let record = AckRecord { group: TX_GROUP.into(), topic: HALF_TOPIC.into(), queue_id: 0, offset: open.offset };

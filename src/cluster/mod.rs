@@ -18,6 +18,8 @@
 //! The node-local system queues (POP journal, timers, half messages) stay in the node's own
 //! log (`rmq_sys_*` topics), not in shards.
 
+pub mod membership;
+
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 

@@ -9,7 +9,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use super::{
-    GroupRecord, MetadataResult, MetadataStore, ProgressRecord, SegmentQueue, SegmentRecord, TopicRecord, TopicType,
+    Durability, GroupRecord, MetadataResult, MetadataStore, ProgressRecord, SegmentQueue, SegmentRecord, TopicRecord,
+    TopicType,
 };
 
 /// The checks, by name, in the order [`run_all`] runs them.
@@ -77,10 +78,15 @@ fn sorted(mut v: Vec<ProgressRecord>) -> Vec<ProgressRecord> {
 /// Create keeps the first record, lists are ordered by name (byte order), delete says whether
 /// something was deleted.
 pub async fn topics(store: &dyn MetadataStore) -> MetadataResult<()> {
-    let t =
-        TopicRecord { name: "t1".into(), queue_nums: 4, topic_type: TopicType::Fifo, durability: Default::default() };
+    let t = TopicRecord {
+        name: "t1".into(),
+        queue_nums: 4,
+        topic_type: TopicType::Fifo,
+        durability: Durability::ObjectStore,
+    };
     assert_eq!(store.create_topic(&t).await?, t);
-    let again = TopicRecord { queue_nums: 8, topic_type: TopicType::Normal, ..t.clone() };
+    let again =
+        TopicRecord { queue_nums: 8, topic_type: TopicType::Normal, durability: Durability::Local, ..t.clone() };
     assert_eq!(store.create_topic(&again).await?, t, "creating again keeps the original");
     assert_eq!(store.topic("t1").await?, Some(t.clone()));
     assert_eq!(store.topic("nope").await?, None);
@@ -92,7 +98,7 @@ pub async fn topics(store: &dyn MetadataStore) -> MetadataResult<()> {
             name: name.into(),
             queue_nums: u32::MAX >> 1,
             topic_type: kind,
-            durability: Default::default(),
+            durability: Durability::Local,
         };
         store.create_topic(&rec).await?;
         all.push(rec);
@@ -290,7 +296,7 @@ pub async fn concurrent_creation(store: &dyn MetadataStore) -> MetadataResult<()
             name: "race".into(),
             queue_nums: i,
             topic_type: TopicType::Normal,
-            durability: Default::default(),
+            durability: Durability::Local,
         })
         .collect();
     let created = futures::future::join_all(topics.iter().map(|t| store.create_topic(t))).await;
@@ -311,6 +317,24 @@ pub async fn concurrent_creation(store: &dyn MetadataStore) -> MetadataResult<()
     Ok(())
 }
 
+/// Two stores on one database with different `StoreOptions::node_id`s (`a` and `b`, both
+/// fresh): each keeps its own journal offset, the progress rows are shared.
+pub async fn per_node_journal_offsets(a: &dyn MetadataStore, b: &dyn MetadataStore) -> MetadataResult<()> {
+    let pa = progress_record("g", "t", 0, 5, vec![]);
+    a.save_progress(std::slice::from_ref(&pa), 40).await?;
+    assert_eq!(b.load_progress().await?, (vec![pa.clone()], 0), "b sees a's progress, not a's journal offset");
+    let pb = progress_record("g", "t", 1, 7, vec![1]);
+    b.save_progress(std::slice::from_ref(&pb), 3).await?;
+    let (all, offset) = a.load_progress().await?;
+    assert_eq!((sorted(all), offset), (sorted(vec![pa.clone(), pb.clone()]), 40));
+    let (all, offset) = b.load_progress().await?;
+    assert_eq!((sorted(all), offset), (sorted(vec![pa, pb]), 3));
+    // Still monotonic per node.
+    b.save_progress(&[], 2).await?;
+    assert_eq!(b.load_progress().await?.1, 3);
+    Ok(())
+}
+
 /// What was written is there after closing and opening the store again (`open` opens the same
 /// database each time).
 pub async fn reopen_keeps_data<F, Fut>(open: F) -> MetadataResult<()>
@@ -319,7 +343,7 @@ where
     Fut: Future<Output = MetadataResult<Arc<dyn MetadataStore>>>,
 {
     let t =
-        TopicRecord { name: "x".into(), queue_nums: 2, topic_type: TopicType::Normal, durability: Default::default() };
+        TopicRecord { name: "x".into(), queue_nums: 2, topic_type: TopicType::Normal, durability: Durability::Local };
     let g = GroupRecord { auto_created: true, ..group("g") };
     let p = progress_record("g", "x", 1, 42, vec![9, 9]);
     let s = SegmentRecord {

@@ -7,6 +7,7 @@
 //! Progress is written in batches ([`MetadataStore::save_progress`]), never once per message.
 //! This module must not import protocol or HTTP crates.
 
+pub mod cluster;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod postgres;
@@ -16,6 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+
+pub use cluster::{ClusterStore, LeaseRecord, NodeRecord};
 
 /// The message type a topic accepts (RocketMQ topic attribute `message.type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -198,9 +201,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn group(&self, name: &str) -> MetadataResult<Option<GroupRecord>>;
     async fn list_groups(&self) -> MetadataResult<Vec<GroupRecord>>;
 
-    /// All stored progress (read once at start), and the consumer-journal offset it covers.
+    /// All stored progress (read once at start), and the consumer-journal offset it covers
+    /// (this node's: [`StoreOptions::node_id`]; progress rows are shared by every node).
     async fn load_progress(&self) -> MetadataResult<(Vec<ProgressRecord>, u64)>;
-    /// Upserts a batch of progress records and the journal offset they cover, atomically.
+    /// Upserts a batch of progress records and the journal offset they cover (this node's),
+    /// atomically.
     async fn save_progress(&self, batch: &[ProgressRecord], journal_offset: u64) -> MetadataResult<()>;
     /// Forgets the progress of a consumer (`group` as stored in progress records) on every
     /// topic and queue; returns the rows removed.
@@ -278,13 +283,35 @@ impl StoreKind {
 /// Opens the store `url` names, running its migrations.
 pub async fn open(url: &str, options: &StoreOptions) -> MetadataResult<Arc<dyn MetadataStore>> {
     match StoreKind::of_url(url) {
-        Some(StoreKind::Sqlite) => Ok(Arc::new(sqlite::SqliteMetadataStore::open(url).await?)),
+        Some(StoreKind::Sqlite) => {
+            Ok(Arc::new(sqlite::SqliteMetadataStore::open(url).await?.with_node_id(&options.node_id)))
+        }
         Some(StoreKind::Postgres) => Ok(Arc::new(postgres::PostgresMetadataStore::open(url, options).await?)),
-        None => Err(MetadataError::Unavailable(format!(
-            "unsupported metadata url `{}`: expected sqlite://, postgres:// or postgresql://",
-            redact_url(url)
-        ))),
+        None => Err(unsupported_url(url)),
     }
+}
+
+/// [`open`], plus the same store as a [`ClusterStore`] when it can run a cluster
+/// (PostgreSQL; `None` for SQLite).
+pub async fn open_with_cluster(
+    url: &str,
+    options: &StoreOptions,
+) -> MetadataResult<(Arc<dyn MetadataStore>, Option<Arc<dyn ClusterStore>>)> {
+    match StoreKind::of_url(url) {
+        Some(StoreKind::Postgres) => {
+            let store = Arc::new(postgres::PostgresMetadataStore::open(url, options).await?);
+            Ok((store.clone(), Some(store)))
+        }
+        Some(StoreKind::Sqlite) => Ok((open(url, options).await?, None)),
+        None => Err(unsupported_url(url)),
+    }
+}
+
+fn unsupported_url(url: &str) -> MetadataError {
+    MetadataError::Unavailable(format!(
+        "unsupported metadata url `{}`: expected sqlite://, postgres:// or postgresql://",
+        redact_url(url)
+    ))
 }
 
 /// `url` with the password of its user info replaced by `***` (for logs and errors).

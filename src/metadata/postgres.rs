@@ -14,16 +14,20 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 
 use crate::clock::now_ms;
 
+use super::cluster::{ClusterStore, LeaseRecord, NodeRecord};
 use super::{
     Durability, Fence, GroupRecord, MetadataError, MetadataResult, MetadataStore, ProgressRecord, SegmentQueue,
     SegmentRecord, StoreOptions, TopicRecord, TopicType, redact_url,
 };
+use crate::cluster::parse_shard_log_id;
 
 /// Rows per `UNNEST` statement of a progress batch (bounds one statement's arrays).
 const PROGRESS_CHUNK: usize = 5000;
 
 pub struct PostgresMetadataStore {
     pool: PgPool,
+    /// Keys this node's journal offset ([`StoreOptions::node_id`]).
+    node_id: String,
 }
 
 fn query_err(e: sqlx::Error) -> MetadataError {
@@ -108,7 +112,7 @@ impl PostgresMetadataStore {
                 )));
             }
         }
-        Ok(Self { pool })
+        Ok(Self { pool, node_id: options.node_id.clone() })
     }
 
     /// Runs an `INSERT INTO consumer_groups … VALUES ($1..$7)` statement.
@@ -152,7 +156,10 @@ fn topic_from_row(row: &PgRow) -> MetadataResult<TopicRecord> {
         .ok_or_else(|| MetadataError::Invalid(format!("topic `{name}` has unknown type `{kind}`")))?;
     let queue_nums = u32::try_from(queue_nums)
         .map_err(|_| MetadataError::Invalid(format!("topic `{name}` has {queue_nums} queues")))?;
-    Ok(TopicRecord { name, queue_nums, topic_type, durability: Durability::Local })
+    let durability: String = row.try_get("durability").map_err(query_err)?;
+    let durability = Durability::parse(&durability)
+        .ok_or_else(|| MetadataError::Invalid(format!("topic `{name}` has unknown durability `{durability}`")))?;
+    Ok(TopicRecord { name, queue_nums, topic_type, durability })
 }
 
 fn group_from_row(row: &PgRow) -> MetadataResult<GroupRecord> {
@@ -166,17 +173,215 @@ fn group_from_row(row: &PgRow) -> MetadataResult<GroupRecord> {
     })
 }
 
+/// Locks the lease row of the shard `log_id` names (`FOR SHARE`: an acquisition, which
+/// updates the row, waits for this transaction) and checks that `fence` still holds it.
+async fn check_fence(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    log_id: &str,
+    fence: &Fence,
+) -> MetadataResult<()> {
+    let shard = parse_shard_log_id(log_id)
+        .and_then(|s| i32::try_from(s).ok())
+        .ok_or_else(|| MetadataError::Invalid(format!("a fenced manifest write names `{log_id}`, not a shard log")))?;
+    let row = sqlx::query("SELECT owner, epoch FROM shard_leases WHERE shard = $1 FOR SHARE")
+        .bind(shard)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(query_err)?;
+    let Some(row) = row else {
+        return Err(MetadataError::Fenced(format!("no lease row for shard {shard} (`{log_id}`)")));
+    };
+    let owner: Option<String> = row.try_get("owner").map_err(query_err)?;
+    let epoch: i64 = row.try_get("epoch").map_err(query_err)?;
+    if owner.as_deref() == Some(fence.node_id.as_str()) && epoch == fence.epoch {
+        return Ok(());
+    }
+    Err(MetadataError::Fenced(format!(
+        "node `{}` epoch {} no longer holds `{log_id}` (lease: owner {}, epoch {epoch}); manifest row not written",
+        fence.node_id,
+        fence.epoch,
+        owner.as_deref().map_or_else(|| "none".to_string(), |o| format!("`{o}`")),
+    )))
+}
+
+fn ttl_ms(ttl: Duration) -> MetadataResult<i64> {
+    i64::try_from(ttl.as_millis()).map_err(|_| MetadataError::Invalid(format!("lease ttl {ttl:?} is too long")))
+}
+
+fn shard_i32(shard: u32) -> MetadataResult<i32> {
+    i32::try_from(shard).map_err(|_| MetadataError::Invalid(format!("shard {shard} exceeds the INTEGER range")))
+}
+
+fn node_from_row(row: &PgRow) -> MetadataResult<NodeRecord> {
+    Ok(NodeRecord {
+        node_id: row.try_get("node_id").map_err(query_err)?,
+        advertised: row.try_get("advertised").map_err(query_err)?,
+        peer: row.try_get("peer").map_err(query_err)?,
+        leaving: row.try_get("leaving").map_err(query_err)?,
+    })
+}
+
+#[async_trait]
+impl ClusterStore for PostgresMetadataStore {
+    async fn ensure_shards(&self, shards: u32) -> MetadataResult<()> {
+        if shards == 0 {
+            return Err(MetadataError::Invalid("a cluster needs at least one shard".into()));
+        }
+        let wanted = shard_i32(shards)?;
+        let mut tx = self.pool.begin().await.map_err(query_err)?;
+        sqlx::query("INSERT INTO cluster_settings (id, shards) VALUES (0, $1) ON CONFLICT (id) DO NOTHING")
+            .bind(wanted)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err)?;
+        let stored: i32 = sqlx::query_scalar("SELECT shards FROM cluster_settings WHERE id = 0")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(query_err)?;
+        if stored != wanted {
+            return Err(MetadataError::Invalid(format!(
+                "the cluster in this metadata store has {stored} shards, this node is configured with {wanted} \
+                 (cluster.shards must be the same on every node and never change)"
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO shard_leases (shard, owner, epoch, expires_at) \
+             SELECT s, NULL, 0, NULL FROM generate_series(0, $1 - 1) AS s ON CONFLICT (shard) DO NOTHING",
+        )
+        .bind(wanted)
+        .execute(&mut *tx)
+        .await
+        .map_err(query_err)?;
+        tx.commit().await.map_err(query_err)
+    }
+
+    async fn heartbeat(&self, node: &NodeRecord) -> MetadataResult<()> {
+        sqlx::query(
+            "INSERT INTO cluster_nodes (node_id, advertised, peer, leaving, heartbeat_at) VALUES ($1, $2, $3, $4, now()) \
+             ON CONFLICT (node_id) DO UPDATE SET advertised = excluded.advertised, peer = excluded.peer, \
+             leaving = excluded.leaving, heartbeat_at = excluded.heartbeat_at",
+        )
+        .bind(&node.node_id)
+        .bind(&node.advertised)
+        .bind(&node.peer)
+        .bind(node.leaving)
+        .execute(&self.pool)
+        .await
+        .map_err(query_err)?;
+        Ok(())
+    }
+
+    async fn live_nodes(&self, ttl: Duration) -> MetadataResult<Vec<NodeRecord>> {
+        let rows = sqlx::query(
+            "SELECT node_id, advertised, peer, leaving FROM cluster_nodes \
+             WHERE heartbeat_at > now() - $1 * interval '1 millisecond' ORDER BY node_id COLLATE \"C\"",
+        )
+        .bind(ttl_ms(ttl)?)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err)?;
+        rows.iter().map(node_from_row).collect()
+    }
+
+    async fn remove_node(&self, node_id: &str) -> MetadataResult<bool> {
+        let done = sqlx::query("DELETE FROM cluster_nodes WHERE node_id = $1")
+            .bind(node_id)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn leases(&self) -> MetadataResult<Vec<LeaseRecord>> {
+        let rows = sqlx::query(
+            "SELECT shard, owner, epoch, \
+             (owner IS NOT NULL AND expires_at > now()) AS live, \
+             COALESCE(FLOOR(EXTRACT(EPOCH FROM (expires_at - now())) * 1000)::BIGINT, 0) AS remaining_ms \
+             FROM shard_leases ORDER BY shard",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err)?;
+        rows.iter()
+            .map(|row| {
+                let shard: i32 = row.try_get("shard").map_err(query_err)?;
+                Ok(LeaseRecord {
+                    shard: u32::try_from(shard)
+                        .map_err(|_| MetadataError::Invalid(format!("stored shard {shard} is negative")))?,
+                    owner: row.try_get("owner").map_err(query_err)?,
+                    epoch: row.try_get("epoch").map_err(query_err)?,
+                    live: row.try_get("live").map_err(query_err)?,
+                    remaining_ms: row.try_get("remaining_ms").map_err(query_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn acquire(&self, shard: u32, node_id: &str, ttl: Duration) -> MetadataResult<Option<i64>> {
+        let epoch: Option<i64> = sqlx::query_scalar(
+            "UPDATE shard_leases SET owner = $2, epoch = epoch + 1, expires_at = now() + $3 * interval '1 millisecond' \
+             WHERE shard = $1 AND (owner IS NULL OR owner = $2 OR expires_at IS NULL OR expires_at <= now()) \
+             RETURNING epoch",
+        )
+        .bind(shard_i32(shard)?)
+        .bind(node_id)
+        .bind(ttl_ms(ttl)?)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(query_err)?;
+        Ok(epoch)
+    }
+
+    async fn renew(&self, node_id: &str, held: &[(u32, i64)], ttl: Duration) -> MetadataResult<Vec<u32>> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let shards = held.iter().map(|(s, _)| shard_i32(*s)).collect::<MetadataResult<Vec<_>>>()?;
+        let epochs: Vec<i64> = held.iter().map(|(_, e)| *e).collect();
+        let renewed: Vec<i32> = sqlx::query_scalar(
+            "UPDATE shard_leases AS l SET expires_at = now() + $2 * interval '1 millisecond' \
+             FROM UNNEST($3::integer[], $4::bigint[]) AS h(shard, epoch) \
+             WHERE l.shard = h.shard AND l.epoch = h.epoch AND l.owner = $1 AND l.expires_at > now() \
+             RETURNING l.shard",
+        )
+        .bind(node_id)
+        .bind(ttl_ms(ttl)?)
+        .bind(&shards)
+        .bind(&epochs)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err)?;
+        let mut renewed: Vec<u32> = renewed.into_iter().filter_map(|s| u32::try_from(s).ok()).collect();
+        renewed.sort_unstable();
+        Ok(renewed)
+    }
+
+    async fn release(&self, shard: u32, node_id: &str, epoch: i64) -> MetadataResult<bool> {
+        let done = sqlx::query(
+            "UPDATE shard_leases SET owner = NULL, expires_at = NULL WHERE shard = $1 AND owner = $2 AND epoch = $3",
+        )
+        .bind(shard_i32(shard)?)
+        .bind(node_id)
+        .bind(epoch)
+        .execute(&self.pool)
+        .await
+        .map_err(query_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
 #[async_trait]
 impl MetadataStore for PostgresMetadataStore {
     async fn create_topic(&self, topic: &TopicRecord) -> MetadataResult<TopicRecord> {
         sqlx::query(
-            "INSERT INTO topics (name, queue_nums, topic_type, created_at) VALUES ($1, $2, $3, $4) \
+            "INSERT INTO topics (name, queue_nums, topic_type, created_at, durability) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(&topic.name)
         .bind(i64::from(topic.queue_nums))
         .bind(topic.topic_type.as_str())
         .bind(now_ms())
+        .bind(topic.durability.as_str())
         .execute(&self.pool)
         .await
         .map_err(query_err)?;
@@ -186,7 +391,7 @@ impl MetadataStore for PostgresMetadataStore {
     }
 
     async fn topic(&self, name: &str) -> MetadataResult<Option<TopicRecord>> {
-        let row = sqlx::query("SELECT name, queue_nums, topic_type FROM topics WHERE name = $1")
+        let row = sqlx::query("SELECT name, queue_nums, topic_type, durability FROM topics WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.pool)
             .await
@@ -195,10 +400,11 @@ impl MetadataStore for PostgresMetadataStore {
     }
 
     async fn list_topics(&self) -> MetadataResult<Vec<TopicRecord>> {
-        let rows = sqlx::query("SELECT name, queue_nums, topic_type FROM topics ORDER BY name COLLATE \"C\"")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_err)?;
+        let rows =
+            sqlx::query("SELECT name, queue_nums, topic_type, durability FROM topics ORDER BY name COLLATE \"C\"")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_err)?;
         rows.iter().map(topic_from_row).collect()
     }
 
@@ -267,7 +473,8 @@ impl MetadataStore for PostgresMetadataStore {
 
     async fn load_progress(&self) -> MetadataResult<(Vec<ProgressRecord>, u64)> {
         let journal_offset: Option<i64> =
-            sqlx::query_scalar("SELECT journal_offset FROM journal_checkpoint WHERE id = 0")
+            sqlx::query_scalar("SELECT journal_offset FROM journal_offsets WHERE node_id = $1")
+                .bind(&self.node_id)
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(query_err)?;
@@ -334,9 +541,10 @@ impl MetadataStore for PostgresMetadataStore {
             .map_err(query_err)?;
         }
         sqlx::query(
-            "INSERT INTO journal_checkpoint (id, journal_offset) VALUES (0, $1) \
-             ON CONFLICT (id) DO UPDATE SET journal_offset = GREATEST(journal_checkpoint.journal_offset, excluded.journal_offset)",
+            "INSERT INTO journal_offsets (node_id, journal_offset) VALUES ($1, $2) \
+             ON CONFLICT (node_id) DO UPDATE SET journal_offset = GREATEST(journal_offsets.journal_offset, excluded.journal_offset)",
         )
+        .bind(&self.node_id)
         .bind(journal_offset)
         .execute(&mut *tx)
         .await
@@ -368,6 +576,9 @@ impl MetadataStore for PostgresMetadataStore {
             index_pos.push(to_i64("index position", q.index_pos)?);
         }
         let mut tx = self.pool.begin().await.map_err(query_err)?;
+        if let Some(fence) = fence {
+            check_fence(&mut tx, &seg.log_id, fence).await?;
+        }
         sqlx::query(
             "INSERT INTO tiered_segments (log_id, base, size, object_key, object_size, first_store_ms, last_store_ms, uploaded_at_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (log_id, base) DO UPDATE SET size = excluded.size, \

@@ -17,6 +17,8 @@ use super::{
 
 pub struct SqliteMetadataStore {
     pool: SqlitePool,
+    /// Keys the journal offset of `load_progress`/`save_progress` (`""`: the single node).
+    node_id: String,
 }
 
 fn query_err(e: sqlx::Error) -> MetadataError {
@@ -41,7 +43,7 @@ impl SqliteMetadataStore {
             .run(&pool)
             .await
             .map_err(|e| MetadataError::Unavailable(format!("migrations failed on `{url}`: {e}")))?;
-        Ok(Self { pool })
+        Ok(Self { pool, node_id: String::new() })
     }
 
     /// A private in-memory database (tests).
@@ -58,7 +60,13 @@ impl SqliteMetadataStore {
             .run(&pool)
             .await
             .map_err(|e| MetadataError::Unavailable(e.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self { pool, node_id: String::new() })
+    }
+
+    /// The same store keeping the journal offset of node `node_id` (`StoreOptions::node_id`).
+    pub fn with_node_id(mut self, node_id: &str) -> Self {
+        self.node_id = node_id.to_owned();
+        self
     }
 
     /// Runs an `INSERT INTO consumer_groups (name, fifo, retry_max_times, retry_backoff,
@@ -87,7 +95,10 @@ fn topic_from_row(row: &sqlx::sqlite::SqliteRow) -> MetadataResult<TopicRecord> 
         .ok_or_else(|| MetadataError::Invalid(format!("topic `{name}` has unknown type `{kind}`")))?;
     let queue_nums = u32::try_from(queue_nums)
         .map_err(|_| MetadataError::Invalid(format!("topic `{name}` has {queue_nums} queues")))?;
-    Ok(TopicRecord { name, queue_nums, topic_type, durability: Durability::Local })
+    let durability: String = row.try_get("durability").map_err(query_err)?;
+    let durability = Durability::parse(&durability)
+        .ok_or_else(|| MetadataError::Invalid(format!("topic `{name}` has unknown durability `{durability}`")))?;
+    Ok(TopicRecord { name, queue_nums, topic_type, durability })
 }
 
 fn group_from_row(row: &sqlx::sqlite::SqliteRow) -> MetadataResult<GroupRecord> {
@@ -104,21 +115,25 @@ fn group_from_row(row: &sqlx::sqlite::SqliteRow) -> MetadataResult<GroupRecord> 
 #[async_trait]
 impl MetadataStore for SqliteMetadataStore {
     async fn create_topic(&self, topic: &TopicRecord) -> MetadataResult<TopicRecord> {
-        sqlx::query("INSERT INTO topics (name, queue_nums, topic_type, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO NOTHING")
-            .bind(&topic.name)
-            .bind(topic.queue_nums as i64)
-            .bind(topic.topic_type.as_str())
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await
-            .map_err(query_err)?;
+        sqlx::query(
+            "INSERT INTO topics (name, queue_nums, topic_type, created_at, durability) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&topic.name)
+        .bind(topic.queue_nums as i64)
+        .bind(topic.topic_type.as_str())
+        .bind(now_ms())
+        .bind(topic.durability.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(query_err)?;
         self.topic(&topic.name)
             .await?
             .ok_or_else(|| MetadataError::Query(format!("topic `{}` vanished after insert", topic.name)))
     }
 
     async fn topic(&self, name: &str) -> MetadataResult<Option<TopicRecord>> {
-        let row = sqlx::query("SELECT name, queue_nums, topic_type FROM topics WHERE name = ?")
+        let row = sqlx::query("SELECT name, queue_nums, topic_type, durability FROM topics WHERE name = ?")
             .bind(name)
             .fetch_optional(&self.pool)
             .await
@@ -127,7 +142,7 @@ impl MetadataStore for SqliteMetadataStore {
     }
 
     async fn list_topics(&self) -> MetadataResult<Vec<TopicRecord>> {
-        let rows = sqlx::query("SELECT name, queue_nums, topic_type FROM topics ORDER BY name")
+        let rows = sqlx::query("SELECT name, queue_nums, topic_type, durability FROM topics ORDER BY name")
             .fetch_all(&self.pool)
             .await
             .map_err(query_err)?;
@@ -195,7 +210,8 @@ impl MetadataStore for SqliteMetadataStore {
 
     async fn load_progress(&self) -> MetadataResult<(Vec<ProgressRecord>, u64)> {
         let journal_offset: Option<i64> =
-            sqlx::query_scalar("SELECT journal_offset FROM journal_checkpoint WHERE id = 0")
+            sqlx::query_scalar("SELECT journal_offset FROM journal_offsets WHERE node_id = ?")
+                .bind(&self.node_id)
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(query_err)?;
@@ -237,9 +253,10 @@ impl MetadataStore for SqliteMetadataStore {
             .map_err(query_err)?;
         }
         sqlx::query(
-            "INSERT INTO journal_checkpoint (id, journal_offset) VALUES (0, ?) \
-             ON CONFLICT (id) DO UPDATE SET journal_offset = MAX(journal_offset, excluded.journal_offset)",
+            "INSERT INTO journal_offsets (node_id, journal_offset) VALUES (?, ?) \
+             ON CONFLICT (node_id) DO UPDATE SET journal_offset = MAX(journal_offset, excluded.journal_offset)",
         )
+        .bind(&self.node_id)
         .bind(journal_offset as i64)
         .execute(&mut *tx)
         .await
@@ -417,6 +434,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("meta.db").display());
         conformance::concurrent_creation(&SqliteMetadataStore::open(&url).await.unwrap()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn keeps_a_journal_offset_per_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("meta.db").display());
+        let a = SqliteMetadataStore::open(&url).await.unwrap().with_node_id("a");
+        let b = SqliteMetadataStore::open(&url).await.unwrap().with_node_id("b");
+        conformance::per_node_journal_offsets(&a, &b).await.unwrap();
+        // The single node's row is another one again.
+        let single = SqliteMetadataStore::open(&url).await.unwrap();
+        assert_eq!(single.load_progress().await.unwrap().1, 0);
     }
 
     #[tokio::test]
