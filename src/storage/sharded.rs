@@ -135,8 +135,8 @@ pub struct ShardedLog {
     meta: Arc<dyn MetadataStore>,
     settings: ShardSettings,
     shards: RwLock<HashMap<ShardId, Arc<OpenShard>>>,
-    /// Opening and closing shards, one at a time.
-    transitions: tokio::sync::Mutex<()>,
+    /// Opening and closing a shard, one at a time per shard.
+    transitions: Mutex<HashMap<ShardId, Arc<tokio::sync::Mutex<()>>>>,
     /// Which log each retention holder holds.
     holds: Mutex<HashMap<&'static str, Target>>,
 }
@@ -195,9 +195,13 @@ impl ShardedLog {
             meta,
             settings,
             shards: RwLock::new(HashMap::new()),
-            transitions: tokio::sync::Mutex::new(()),
+            transitions: Mutex::new(HashMap::new()),
             holds: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn transition(&self, shard: ShardId) -> Arc<tokio::sync::Mutex<()>> {
+        self.transitions.lock().unwrap_or_else(|e| e.into_inner()).entry(shard).or_default().clone()
     }
 
     fn shard_dir(&self, shard: ShardId) -> PathBuf {
@@ -261,7 +265,7 @@ impl ShardedLog {
                 ),
             });
         }
-        let _one = self.transitions.lock().await;
+        let _one = self.transition(shard).lock_owned().await;
         if let Some(open) = self.shard(shard) {
             if open.epoch == epoch {
                 return Ok(());
@@ -371,7 +375,7 @@ impl ShardedLog {
     /// the tail is up. An error (fenced, closing) means the tail may not all be in the object
     /// store; the log is closed anyway.
     pub async fn close_shard(&self, shard: ShardId) -> StorageResult<()> {
-        let _one = self.transitions.lock().await;
+        let _one = self.transition(shard).lock_owned().await;
         let Some(open) = self.shard(shard) else { return Ok(()) };
         self.close_open(shard, &open, true).await
     }
@@ -379,8 +383,10 @@ impl ShardedLog {
     /// The lease was lost: refuses appends at once, stops uploads, closes the shard's log.
     pub async fn abandon_shard(&self, shard: ShardId) -> StorageResult<()> {
         let Some(open) = self.shard(shard) else { return Ok(()) };
-        open.accepting.store(false, Ordering::Release);
-        let _one = self.transitions.lock().await;
+        open.accepting.store(false, Ordering::SeqCst);
+        // At once, even if an open or hand-over of the shard holds the transition lock.
+        open.log.halt();
+        let _one = self.transition(shard).lock_owned().await;
         self.close_open(shard, &open, false).await
     }
 

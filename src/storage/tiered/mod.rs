@@ -377,6 +377,13 @@ impl TieredLog {
     }
 
     /// Stops uploads at once (an upload in flight is abandoned; its object becomes an
+    /// orphan); `persist_remote` waiters fail. The log stays open for reads and appends
+    /// until `close`.
+    pub fn halt(&self) {
+        self.stop.cancel();
+    }
+
+    /// Stops uploads at once (an upload in flight is abandoned; its object becomes an
     /// orphan) and closes the local log: the lease of the log was lost.
     pub async fn abandon(&self) -> StorageResult<()> {
         self.close().await
