@@ -205,7 +205,8 @@ impl Manifest {
     fn range(&self, topic: &str, queue_id: u32) -> Option<(u64, u64)> {
         let s = self.slices(topic, queue_id)?;
         let first = *s.keys().next()?;
-        let end = s.values().map(|q| q.end_offset).max()?;
+        // Slices follow log order, so the last one ends highest (no scan of every chunk).
+        let end = s.values().next_back()?.end_offset;
         Some((first, end))
     }
 
