@@ -53,6 +53,10 @@ BENCH_S3_ARGS ?=
 ## backlog of 100 million 100-byte messages vs an empty one, e.g.
 ## BENCH_TIERING_ARGS='--backlog-messages 10000000' (smaller backlog) or '--backlog-messages 0'.
 BENCH_TIERING_ARGS ?=
+## Cluster benchmark knobs: 1, 2 and 3 gateways as one cluster on PostgreSQL + s3s-fs started by
+## the bench, through a TCP load balancer and following the routes, e.g.
+## BENCH_CLUSTER_ARGS='--nodes 1,3 --duration 20s --flush async'.
+BENCH_CLUSTER_ARGS ?=
 BENCH_BIN = $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/release/rmq-gateway
 bench:
 	$(CARGO) build --release --locked --features nats-bench --bin rmq-gateway
@@ -65,6 +69,7 @@ bench:
 	bash integration-tests/services/s3.sh install s3s-fs
 	$(BENCH_BIN) bench s3 $(BENCH_S3_ARGS)
 	$(BENCH_BIN) bench tiering $(BENCH_TIERING_ARGS)
+	$(BENCH_BIN) bench cluster $(BENCH_CLUSTER_ARGS)
 	$(MAKE) bench-metadata
 	$(MAKE) bench-soak
 

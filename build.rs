@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "apis/apache/rocketmq/v2/definition.proto",
         "apis/apache/rocketmq/v2/service.proto",
         "apis/apache/rocketmq/v2/admin.proto",
+        "apis/rmq/gateway/cluster/v1/peer.proto",
     ];
     let fds = protox::compile(files, ["apis"])?;
     tonic_prost_build::configure()

@@ -377,7 +377,16 @@ pub async fn run(
     ));
 
     let grpc_stop = CancellationToken::new();
-    let service = MessagingServiceImpl::new(broker.clone(), GrpcSettings::from(&*config));
+    let mut service = MessagingServiceImpl::new(broker.clone(), GrpcSettings::from(&*config));
+    // Cluster: requests for other nodes' queues are forwarded, and the peer service (orphan
+    // transaction checks relayed between nodes) is served on the same port.
+    let peer = match &view {
+        Some(view) => {
+            service = service.with_cluster(view.clone(), config.cluster.forward_timeout);
+            Some(service.peer_server())
+        }
+        None => None,
+    };
     let grpc = {
         let stop = grpc_stop.clone();
         tokio::spawn(
@@ -388,6 +397,7 @@ pub async fn run(
                 .max_concurrent_streams(config.server.max_concurrent_streams)
                 .http2_max_pending_accept_reset_streams(Some(256))
                 .add_service(service.into_server())
+                .add_optional_service(peer)
                 .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move { stop.cancelled().await }),
         )
     };

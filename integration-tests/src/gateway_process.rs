@@ -75,6 +75,8 @@ pub struct Gateway {
     starts: u32,
     /// Configuration overrides passed as environment variables.
     overrides: Vec<(String, String)>,
+    /// YAML lines appended under the config's `topics:` section (e.g. a `create:` list).
+    topics_yaml: String,
 }
 
 impl Gateway {
@@ -97,6 +99,7 @@ impl Gateway {
                 child: None,
                 starts: 0,
                 overrides: overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                topics_yaml: String::new(),
             };
             match gateway.spawn_and_wait_ready() {
                 Ok(()) => return Ok(gateway),
@@ -104,6 +107,48 @@ impl Gateway {
             }
         }
         Err(last_error.unwrap_or_else(|| anyhow!("gateway did not start")))
+    }
+
+    /// Starts a gateway on the given ports (a cluster node's ports must be known before it
+    /// starts: its peers and the load balancer name them), with `topics_yaml` appended under
+    /// `topics:` (two-space indented lines, e.g. `  create:\n  - name: t\n    durability: s3\n`).
+    /// No retry: the caller picks new ports if these were taken.
+    pub fn start_on(
+        dir: &Path,
+        grpc_port: u16,
+        http_port: u16,
+        overrides: &[(String, String)],
+        topics_yaml: &str,
+    ) -> Result<Gateway> {
+        let mut gateway = Gateway {
+            binary: gateway_binary()?,
+            dir: dir.to_path_buf(),
+            grpc_port,
+            http_port,
+            child: None,
+            starts: 0,
+            overrides: overrides.to_vec(),
+            topics_yaml: topics_yaml.to_string(),
+        };
+        gateway.spawn_and_wait_ready()?;
+        Ok(gateway)
+    }
+
+    /// True while the child process runs (not stopped, not exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Removes the data dir (the gateway must be stopped): a node that lost its disk.
+    pub fn wipe_data_dir(&mut self) -> Result<()> {
+        if self.is_running() {
+            bail!("gateway is still running");
+        }
+        match std::fs::remove_dir_all(self.data_dir()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(anyhow!("removing {}: {e}", self.data_dir().display())),
+        }
     }
 
     /// The gRPC access point for the SDKs, `127.0.0.1:<port>` (no scheme).
@@ -247,10 +292,11 @@ impl Gateway {
         format!(
             "server:\n  bindAddress: 127.0.0.1\n  grpcServerPort: {}\n  httpServerPort: {}\n\
              storage:\n  dataDir: {}\n  flushDiskType: SYNC_FLUSH\n\
-             topics:\n  autoCreateTopicEnable: true\n",
+             topics:\n  autoCreateTopicEnable: true\n{}",
             self.grpc_port,
             self.http_port,
-            self.data_dir().display()
+            self.data_dir().display(),
+            self.topics_yaml
         )
     }
 

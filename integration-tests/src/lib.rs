@@ -1,6 +1,8 @@
 //! Shared helpers for the end-to-end tests.
 //!
 //! - [`apache`]: Apache RocketMQ 5 itself on loopback (reference/apache.sh), for differential tests.
+//! - [`cluster`]: several gateways as one cluster (one PostgreSQL, one S3 server, a fault proxy
+//!   per node in front of PostgreSQL, a round-robin TCP load balancer), with per-node faults.
 //! - [`client`]: raw gRPC request helpers for protocol-level tests.
 //! - [`filters`]: SQL92 filter scenarios through the SDK drivers, checked against an oracle.
 //! - [`in_process`]: the gateway in the test process (`server::run` on a tokio task) with a
@@ -20,6 +22,7 @@
 
 pub mod apache;
 pub mod client;
+pub mod cluster;
 pub mod consumption;
 pub mod fault_proxy;
 pub mod filters;

@@ -186,6 +186,9 @@ struct Record {
     holders: HashMap<ShardId, (String, i64)>,
     last_epoch: HashMap<ShardId, i64>,
     violations: Vec<String>,
+    /// When each shard was last released, and the longest release → next acquisition gap.
+    released_at: HashMap<ShardId, Instant>,
+    longest_gap: Duration,
 }
 
 type Recorder = Arc<Mutex<Record>>;
@@ -209,6 +212,9 @@ impl ShardHandler for RecordingHandler {
             if let Some(last) = r.last_epoch.get(&shard).copied().filter(|last| epoch <= *last) {
                 r.violations.push(format!("shard {shard}: epoch {epoch} after {last}"));
             }
+            if let Some(at) = r.released_at.remove(&shard) {
+                r.longest_gap = r.longest_gap.max(at.elapsed());
+            }
             r.holders.insert(shard, (self.node.clone(), epoch));
             r.last_epoch.insert(shard, epoch);
             r.events.push(Event::Acquire { node: self.node.clone(), shard });
@@ -228,6 +234,7 @@ impl ShardHandler for RecordingHandler {
             r.violations.push(format!("{} released shard {shard} it did not hold", self.node));
         }
         r.events.push(Event::Release { node: self.node.clone(), shard });
+        r.released_at.insert(shard, Instant::now());
         Ok(())
     }
 
@@ -411,9 +418,14 @@ async fn three_members_spread_fail_over_and_hand_over() {
         // b leaves gracefully: a gets everything, each release before a's acquisition.
         let left_at = Instant::now();
         let mark = rec.lock().unwrap().events.len();
+        rec.lock().unwrap().longest_gap = Duration::ZERO;
         members[1].handle.take().unwrap().leave().await.unwrap();
         wait_for("a holds everything", Duration::from_secs(30), || held_by(&rec).get("a") == Some(&12)).await;
-        println!("hand-over: b left, a holds all 12 shards {:?} later", left_at.elapsed());
+        println!(
+            "hand-over: b left, a holds all 12 shards {:?} later; longest gap between b's release and a's acquisition of a shard: {:?}",
+            left_at.elapsed(),
+            rec.lock().unwrap().longest_gap
+        );
         {
             let r = rec.lock().unwrap();
             let after = &r.events[mark..];
@@ -454,4 +466,56 @@ async fn three_members_spread_fail_over_and_hand_over() {
     })
     .await
     .expect("took longer than 150 s");
+}
+
+#[tokio::test]
+async fn a_crashed_member_is_replaced_and_the_shard_count_is_checked() {
+    let Some(pg) = Postgres::start_or_skip("a_crashed_member_is_replaced_and_the_shard_count_is_checked") else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let settings =
+            MembershipSettings { lease_ttl: Duration::from_secs(2), renew_interval: Duration::from_millis(400) };
+        let pg_store = open(pg.url(), "").await;
+        let rec: Recorder = Arc::default();
+        let (a, b) = tokio::join!(member(&pg_store, "a", &rec, settings), member(&pg_store, "b", &rec, settings));
+        let mut members = [a, b];
+        wait_for("an even spread", Duration::from_secs(30), || {
+            let by = held_by(&rec);
+            by.get("a") == Some(&6) && by.get("b") == Some(&6)
+        })
+        .await;
+        let status = serde_json::to_value(members[0].handle.as_ref().unwrap().status()).unwrap();
+        assert_eq!(status["nodeId"], "a");
+        assert_eq!(status["shards"].as_array().unwrap().len(), 12);
+        assert_eq!(status["shards"][3]["logId"], "shard-0003");
+        assert_eq!(status["localShards"].as_array().unwrap().len(), 6);
+
+        // A node configured with another shard count is refused.
+        let view = ClusterView::new(NodeInfo { node_id: "x".into(), advertised: "x:1".into(), peer: "x:2".into() }, 8);
+        let handler = Arc::new(RecordingHandler { node: "x".into(), view: view.clone(), rec: Arc::default() });
+        let err = Membership::start(pg_store.clone(), view, handler, settings).await.err().expect("8 shards refused");
+        assert!(err.to_string().contains("12 shards"), "{err:#}");
+
+        // b crashes (its tasks are dropped; nothing is handed over or released): a takes
+        // everything once b's leases expire.
+        members[1].handle.take().unwrap().abort();
+        // The process is gone, and with it whatever it held.
+        rec.lock().unwrap().holders.retain(|_, (n, _)| n != "b");
+        let took =
+            wait_for("a holds everything", Duration::from_secs(30), || held_by(&rec).get("a") == Some(&12)).await;
+        println!(
+            "crash: a holds all 12 shards {took:?} after b stopped (lease TTL {:?}, renew {:?})",
+            settings.lease_ttl, settings.renew_interval
+        );
+        let leases = pg_store.leases().await.unwrap();
+        assert!(leases.iter().all(|l| l.owner.as_deref() == Some("a")), "{leases:?}");
+        // Every shard b had went up an epoch.
+        assert!(leases.iter().all(|l| l.epoch >= 1));
+        members[0].handle.take().unwrap().leave().await.unwrap();
+        let r = rec.lock().unwrap();
+        assert!(r.violations.is_empty(), "{:#?}", r.violations);
+    })
+    .await
+    .expect("took longer than 120 s");
 }

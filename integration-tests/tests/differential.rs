@@ -1332,6 +1332,7 @@ fn apache_and_gateway_answer_alike() {
                     name: name.to_string(),
                     queue_nums: Some(8),
                     message_type: topic_type_name(kind).into(),
+                    durability: "local".into(),
                 });
             }
             c.consumer.groups.push(GroupSpec {

@@ -428,6 +428,7 @@ async fn delay_transaction_and_priority_messages_over_the_protocol() {
                 name: name.into(),
                 queue_nums: Some(1),
                 message_type: kind.into(),
+                durability: "local".into(),
             });
         }
     })

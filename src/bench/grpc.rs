@@ -529,3 +529,52 @@ pub async fn main(args: E2eArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The distinct addresses QueryRoute on `addr` gives for `topic`'s queues (a cluster: each
+/// queue's owner), in route order.
+pub async fn route_endpoints(addr: SocketAddr, topic: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut client = connect(addr).await?;
+    let id: MetadataValue<_> = client_id().parse()?;
+    let req = proto::QueryRouteRequest { topic: resource(topic), endpoints: Some(endpoints(addr)) };
+    let reply = client.query_route(request(req, &id)).await?.into_inner();
+    check(reply.status.as_ref(), "QueryRoute")?;
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for q in &reply.message_queues {
+        let Some(a) = q.broker.as_ref().and_then(|b| b.endpoints.as_ref()).and_then(|e| e.addresses.first()) else {
+            continue;
+        };
+        let port = u16::try_from(a.port).with_context(|| format!("route port {}", a.port))?;
+        let resolved = tokio::net::lookup_host((a.host.as_str(), port))
+            .await?
+            .next()
+            .with_context(|| format!("route address {}:{port} does not resolve", a.host))?;
+        if !out.contains(&resolved) {
+            out.push(resolved);
+        }
+    }
+    anyhow::ensure!(!out.is_empty(), "QueryRoute for {topic} named no address");
+    Ok(out)
+}
+
+/// Producers only, producer connection `p` on `addrs[p % addrs.len()]` (clients that follow
+/// a cluster's routes spread over the queues' owners); otherwise as [`run`].
+pub async fn run_spread(
+    label: &str,
+    args: &LoadArgs,
+    target: &Target,
+    addrs: &[SocketAddr],
+    server_pids: &[u32],
+) -> anyhow::Result<load::LoadOutcome> {
+    anyhow::ensure!(!addrs.is_empty(), "no address to send to");
+    let mut producers = Vec::new();
+    for p in 0..args.producers {
+        let t = Target { addr: addrs[p % addrs.len()], ..target.clone() };
+        let one = LoadArgs { producers: 1, consumers: 0, ..args.clone() };
+        let (ps, _) = clients(&one, &t).await?;
+        for (slot, mut producer) in ps.into_iter().enumerate() {
+            producer.id_prefix = format!("{:08X}{:04X}{:04X}", std::process::id(), p, slot);
+            producers.push(producer);
+        }
+    }
+    load::drive(label, args, producers, Vec::<GrpcConsumer>::new(), server_pids.to_vec()).await
+}

@@ -12,10 +12,11 @@
 //! - `compare`: everything above in one run, plus Apache RocketMQ 5 (started from its Maven
 //!   Central jars by `integration-tests/reference/apache.sh`), with ratios and target checks.
 //!
-//! Other benchmarks (the storage, timer, S3, tiering and metadata benchmarks) hang off [`BenchCommand`] as
+//! Other benchmarks (the storage, timer, S3, tiering, metadata and cluster benchmarks) hang off [`BenchCommand`] as
 //! further variants.
 
 pub mod apache;
+pub mod cluster;
 pub mod compare;
 pub mod grpc;
 pub mod load;
@@ -62,6 +63,9 @@ pub enum BenchCommand {
     /// The metadata store: progress transactions per second (one `save_progress` per flush)
     /// with several writers, on SQLite or PostgreSQL.
     Metadata(metadata::MetadataBenchArgs),
+    /// 1, 2 and 3 gateways as one cluster (PostgreSQL and s3s-fs started here): send
+    /// throughput and latency through a load balancer and following the routes, vs one node.
+    Cluster(cluster::ClusterBenchArgs),
     /// Tiered storage: upload MB/s, cold-read MB/s and GETs per GB read back from an object
     /// store (a local directory).
     Tiering(tiering::TieringBenchArgs),
@@ -153,6 +157,7 @@ pub fn run(command: BenchCommand) -> ExitCode {
             BenchCommand::S3(args) => s3::run(args).await,
             BenchCommand::Metadata(args) => metadata::run(args).await,
             BenchCommand::Tiering(args) => tiering::run(args).await,
+            BenchCommand::Cluster(args) => cluster::run(args).await,
         }
     });
     match result {

@@ -55,6 +55,7 @@ pub use offsets::{
 pub use pop::ReceiveRequest;
 pub use relay::{ClientCommand, ClientReply, VerifyOutcome};
 pub use settings::{Backoff, BrokerSettings};
+pub use transaction::OrphanCheckRelay;
 pub use transaction::{Resolution, ResolutionSource};
 
 use crate::clock::Clock;

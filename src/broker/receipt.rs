@@ -108,6 +108,19 @@ impl ReceiptCodec {
     }
 }
 
+/// The queue id a handle names, read without verifying it (no secret, group or topic needed):
+/// where to route a request carrying it. The node serving the queue verifies it.
+pub fn peek_queue_id(handle: &str) -> Option<u32> {
+    if handle.len() > 2 * ENCODED_LEN {
+        return None;
+    }
+    let raw = URL_SAFE_NO_PAD.decode(handle.trim()).ok()?;
+    if raw.len() != ENCODED_LEN || raw[0] != VERSION {
+        return None;
+    }
+    Some(u32::from_be_bytes([raw[1], raw[2], raw[3], raw[4]]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +134,7 @@ mod tests {
             let r = Receipt { queue_id, offset, serial, attempt, deadline_ms, node };
             let h = codec.encode(&r, &group, &topic);
             prop_assert_eq!(codec.decode(&h, &group, &topic), Ok(r));
+            prop_assert_eq!(peek_queue_id(&h), Some(queue_id));
             // Bound to its group and topic.
             let other_group = format!("{group}x");
             prop_assert_eq!(codec.decode(&h, &other_group, &topic), Err(ReceiptError::Signature));

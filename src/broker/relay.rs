@@ -34,6 +34,11 @@ pub enum ClientCommand {
         message: Box<DeliveredMessage>,
         transaction_id: String,
     },
+    /// A command another node of the cluster encoded for one of the clients connected here
+    /// (an orphan check of a half message that node holds): written to the stream as is.
+    Relayed {
+        payload: bytes::Bytes,
+    },
 }
 
 /// A client's answer to a [`ClientCommand`].

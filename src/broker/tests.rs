@@ -430,6 +430,40 @@ fn transactional(id: &str) -> OutgoingMessage {
     OutgoingMessage { transactional: true, ..message(id) }
 }
 
+/// Cluster: an orphan with no producer of its topic connected here goes to the relay (the
+/// other nodes); with one connected here, the relay is not used.
+#[tokio::test]
+async fn orphan_checks_without_a_local_producer_are_relayed() {
+    struct Recorded(std::sync::Mutex<Vec<(String, String)>>);
+    impl OrphanCheckRelay for Recorded {
+        fn relay_orphan_check(&self, topic: &str, command: ClientCommand) {
+            if let ClientCommand::RecoverOrphanedTransaction { transaction_id, .. } = command {
+                self.0.lock().unwrap().push((topic.to_string(), transaction_id));
+            }
+        }
+    }
+    let h = Harness::new(Arc::new(MemoryLog::new())).await;
+    let broker = h.start().await;
+    let relay = Arc::new(Recorded(std::sync::Mutex::new(Vec::new())));
+    broker.set_orphan_check_relay(relay.clone());
+    broker.send(vec![transactional("orphan")]).await.unwrap();
+    h.clock.advance(6_000);
+    broker.check_transactions().await.unwrap();
+    assert_eq!(*relay.0.lock().unwrap(), vec![("T".to_string(), "orphan".to_string())]);
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+    broker.register_client("p1", ClientKind::Producer, None, vec!["T".into()]);
+    broker.attach_client_channel("p1", tx);
+    h.clock.advance(30_000);
+    broker.check_transactions().await.unwrap();
+    assert!(matches!(rx.try_recv(), Ok(ClientCommand::RecoverOrphanedTransaction { .. })));
+    assert_eq!(relay.0.lock().unwrap().len(), 1, "a local producer is asked first");
+    // A check relayed from another node goes to the local producer as is.
+    assert!(broker.push_relayed_check("T", Bytes::from_static(b"encoded")));
+    assert!(matches!(rx.try_recv(), Ok(ClientCommand::Relayed { payload }) if payload == "encoded"));
+    assert!(!broker.push_relayed_check("U", Bytes::from_static(b"encoded")), "no producer of U here");
+}
+
 /// Half messages stay invisible until committed; rollbacks discard; orphans are checked with
 /// a connected producer of the topic on schedule, again after a crash, and given up after the
 /// last check.

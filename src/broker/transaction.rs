@@ -15,8 +15,8 @@
 //! that fell due while the gateway was down happen right after it starts.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use super::error::{BrokerError, BrokerResult};
 use super::journal::AckRecord;
@@ -61,9 +61,19 @@ struct Open {
     next_check_ms: i64,
 }
 
+/// Cluster: where an orphan check goes when no producer of the topic is connected to this
+/// node (the protocol layer asks the other nodes to push it on a producer connected there;
+/// the producer's EndTransaction then comes back to this node). Fire and forget.
+pub trait OrphanCheckRelay: Send + Sync + 'static {
+    /// `command` is a [`ClientCommand::RecoverOrphanedTransaction`] for a producer of `topic`.
+    fn relay_orphan_check(&self, topic: &str, command: ClientCommand);
+}
+
 /// Open transactions and recent resolutions.
 #[derive(Default)]
 pub(crate) struct Transactions {
+    /// Cluster: orphan checks without a local producer go there.
+    relay: OnceLock<Arc<dyn OrphanCheckRelay>>,
     open: std::sync::Mutex<HashMap<String, Open>>,
     /// transaction id → resolution, for retried EndTransaction calls (bounded: the oldest ids
     /// are forgotten first).
@@ -76,6 +86,25 @@ pub(crate) struct Transactions {
 impl Broker {
     fn transactions(&self) -> &Transactions {
         &self.inner.transactions
+    }
+
+    /// Cluster: orphan checks that find no producer of their topic connected here go to
+    /// `relay` (set once, at start; later calls are ignored).
+    pub fn set_orphan_check_relay(&self, relay: Arc<dyn OrphanCheckRelay>) {
+        let _ = self.transactions().relay.set(relay);
+    }
+
+    /// Cluster: another node asks to push an orphan check (already encoded by its protocol
+    /// layer) on a producer of `topic` connected here. False: none is connected here.
+    pub fn push_relayed_check(&self, topic: &str, payload: bytes::Bytes) -> bool {
+        let Some(client) = self.transaction_checker(topic) else {
+            return false;
+        };
+        let sent = self.send_client_command(&client, ClientCommand::Relayed { payload });
+        if sent {
+            tracing::debug!(topic, client, "orphan check relayed from another node sent");
+        }
+        sent
     }
 
     /// Stores half messages; the transaction ids are the message ids.
@@ -270,14 +299,31 @@ impl Broker {
                     continue;
                 }
             };
-            let Some(client) = self.transaction_checker(&o.topic) else {
-                tracing::debug!(transaction_id = id, topic = o.topic, "no connected producer to check an orphan with");
-                continue;
-            };
             let mut message = DeliveredMessage::from_stored(half, String::new(), 1);
             message.topic = Arc::from(o.topic.as_str());
             let command =
                 ClientCommand::RecoverOrphanedTransaction { message: Box::new(message), transaction_id: id.clone() };
+            let Some(client) = self.transaction_checker(&o.topic) else {
+                match self.transactions().relay.get() {
+                    Some(relay) => {
+                        relay.relay_orphan_check(&o.topic, command);
+                        self.transactions().checks_sent.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(
+                            transaction_id = id,
+                            topic = o.topic,
+                            "orphan check relayed to the other nodes"
+                        );
+                    }
+                    None => {
+                        tracing::debug!(
+                            transaction_id = id,
+                            topic = o.topic,
+                            "no connected producer to check an orphan with"
+                        )
+                    }
+                }
+                continue;
+            };
             if self.send_client_command(&client, command) {
                 self.transactions().checks_sent.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(transaction_id = id, client, check = o.checks, "orphan check sent");

@@ -24,6 +24,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{ClusterView, NodeInfo, ShardHandler, ShardId, shard_log_id};
 use crate::metadata::{ClusterStore, LeaseRecord, NodeRecord};
@@ -144,11 +145,16 @@ struct Shared {
     slots: Mutex<HashMap<ShardId, Slot>>,
     observed: Mutex<Observed>,
     leaving: std::sync::atomic::AtomicBool,
+    /// When `leave` began: shards are handed over one renew interval later, once every node
+    /// has seen this one leaving and waits for them.
+    leaving_at: Mutex<Option<Instant>>,
     /// Wakes the loop for a round now (leave).
     wake: Notify,
     /// Signalled when a slot goes away (leave waits for none).
     slot_gone: Notify,
     stop: CancellationToken,
+    /// The acquisitions and hand-overs under way (leave waits for them).
+    actions: TaskTracker,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -193,9 +199,11 @@ impl Membership {
             slots: Mutex::new(HashMap::new()),
             observed: Mutex::new(Observed::default()),
             leaving: std::sync::atomic::AtomicBool::new(false),
+            leaving_at: Mutex::new(None),
             wake: Notify::new(),
             slot_gone: Notify::new(),
             stop: CancellationToken::new(),
+            actions: TaskTracker::new(),
         });
         let main = tokio::spawn(run_loop(shared.clone()));
         let guard = tokio::spawn(watchdog(shared.clone()));
@@ -229,11 +237,13 @@ impl MembershipHandle {
         StatusSource(self.shared.clone())
     }
 
-    /// Leaves the cluster gracefully: marks the node leaving (it gets no shards), hands every
+    /// Leaves the cluster gracefully: marks the node leaving (it gets no shards; the others
+    /// see it and look for their new shards more often), one renew interval later hands every
     /// shard over (`handler.release`, then the lease), removes the node's row and stops.
     /// Bounded by three lease TTLs; what is not handed over by then expires.
     pub async fn leave(mut self) -> anyhow::Result<()> {
         let s = self.shared.clone();
+        *lock(&s.leaving_at) = Some(Instant::now());
         s.leaving.store(true, std::sync::atomic::Ordering::SeqCst);
         s.wake.notify_one();
         let bound = Instant::now() + s.settings.lease_ttl * 3;
@@ -251,6 +261,11 @@ impl MembershipHandle {
         s.stop.cancel();
         for t in self.tasks.drain(..) {
             let _ = t.await;
+        }
+        // The last lease releases of the hand-overs.
+        s.actions.close();
+        if tokio::time::timeout_at(bound.max(Instant::now() + s.settings.lease_ttl), s.actions.wait()).await.is_err() {
+            tracing::warn!("leave: lease releases still under way; those leases will expire");
         }
         let store = s.store.clone();
         let node_id = s.me.node_id.clone();
@@ -414,9 +429,15 @@ async fn run_loop(s: Arc<Shared>) {
             _ = s.wake.notified() => {}
         }
         match round(&s).await {
-            Ok(()) => {
+            Ok(waiting) => {
                 failures = 0;
-                delay = s.settings.renew_interval;
+                // A shard assigned here is still with its previous owner: look again soon,
+                // to take it as soon as it is handed over.
+                delay = if waiting {
+                    (s.settings.renew_interval / 4).max(Duration::from_millis(20))
+                } else {
+                    s.settings.renew_interval
+                };
                 lock(&s.observed).last_error = None;
             }
             Err(e) => {
@@ -444,9 +465,12 @@ async fn bounded<T>(
     }
 }
 
-async fn round(s: &Arc<Shared>) -> anyhow::Result<()> {
+/// One round; returns whether a shard assigned here is still held by another node (a
+/// hand-over under way).
+async fn round(s: &Arc<Shared>) -> anyhow::Result<bool> {
     let ttl = s.settings.lease_ttl;
     let leaving = s.leaving.load(std::sync::atomic::Ordering::SeqCst);
+    let hand_over_all = leaving && lock(&s.leaving_at).is_some_and(|at| at.elapsed() >= s.settings.renew_interval);
     // 1. Renew what is held (opening and releasing included).
     let held: Vec<(ShardId, i64)> =
         lock(&s.slots).iter().filter(|(_, slot)| slot.phase != Phase::Pending).map(|(k, v)| (*k, v.epoch)).collect();
@@ -485,32 +509,35 @@ async fn round(s: &Arc<Shared>) -> anyhow::Result<()> {
     let target: Vec<Option<String>> =
         assign(s.view.shard_count(), &candidates).into_iter().map(|t| t.map(|i| candidates[i].to_string())).collect();
     // 4. Act: acquire what is ours and free, hand over what is wanted elsewhere.
+    let mut waiting = false;
     for lease in &leases {
         let shard = lease.shard;
         let Some(want) = target.get(shard as usize) else { continue };
         let mine = !leaving && want.as_deref() == Some(s.me.node_id.as_str());
         let slot = lock(&s.slots).get(&shard).copied();
         let owned_here = lease.owner.as_deref() == Some(s.me.node_id.as_str());
+        waiting |= mine && slot.is_none() && lease.live && !owned_here;
         match slot {
             None if mine && (!lease.live || owned_here || lease.owner.is_none()) => {
                 lock(&s.slots).insert(shard, Slot { phase: Phase::Pending, epoch: 0, deadline: Instant::now() });
-                tokio::spawn(acquire(s.clone(), shard));
+                s.actions.spawn(acquire(s.clone(), shard));
             }
             // A lease of ours this node does not use (e.g. a restart under the same id):
             // free it for its target.
             None if !mine && owned_here && lease.live => {
-                let (s, epoch) = (s.clone(), lease.epoch);
-                tokio::spawn(async move {
+                let (s2, epoch) = (s.clone(), lease.epoch);
+                s.actions.spawn(async move {
+                    let s = s2;
                     if let Err(e) = s.store.release(shard, &s.me.node_id, epoch).await {
                         tracing::warn!(shard, error = %e, "releasing an unused lease failed");
                     }
                 });
             }
-            Some(slot) if slot.phase == Phase::Held && !mine && (leaving || want.is_some()) => {
+            Some(slot) if slot.phase == Phase::Held && !mine && (hand_over_all || (!leaving && want.is_some())) => {
                 if let Some(cur) = lock(&s.slots).get_mut(&shard).filter(|c| c.epoch == slot.epoch) {
                     cur.phase = Phase::Releasing;
                 }
-                tokio::spawn(release(s.clone(), shard, slot.epoch));
+                s.actions.spawn(release(s.clone(), shard, slot.epoch));
             }
             _ => {}
         }
@@ -518,7 +545,7 @@ async fn round(s: &Arc<Shared>) -> anyhow::Result<()> {
     lock(&s.observed).nodes = nodes;
     lock(&s.observed).leases = leases;
     lock(&s.observed).target = target;
-    Ok(())
+    Ok(waiting)
 }
 
 async fn acquire(s: Arc<Shared>, shard: ShardId) {
@@ -555,10 +582,10 @@ async fn acquire(s: Arc<Shared>, shard: ShardId) {
         }
         Err(e) => {
             tracing::warn!(shard, epoch, error = %format!("{e:#}"), "opening the shard failed; releasing its lease");
-            if remove_slot(&s, shard, epoch) {
-                if let Err(e) = s.store.release(shard, &s.me.node_id, epoch).await {
-                    tracing::warn!(shard, error = %e, "releasing the lease failed; it will expire");
-                }
+            if remove_slot(&s, shard, epoch)
+                && let Err(e) = s.store.release(shard, &s.me.node_id, epoch).await
+            {
+                tracing::warn!(shard, error = %e, "releasing the lease failed; it will expire");
             }
         }
     }

@@ -2,9 +2,16 @@
 //! proto ⇄ domain, calls the [`Broker`], and maps errors to RocketMQ status codes. Business
 //! errors travel in the response `Status` with gRPC OK; gRPC status codes are used only for
 //! unimplemented RPCs and broken streams.
+//!
+//! In a cluster ([`MessagingServiceImpl::with_cluster`]) routes name each queue's owner and
+//! requests for queues or state of another node are forwarded to it (`forward.rs`).
 
 mod convert;
+pub mod forward;
+#[cfg(test)]
+mod forward_tests;
 mod namespace;
+pub mod peer;
 mod pull;
 pub mod status;
 mod telemetry;
@@ -15,11 +22,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status as GrpcStatus, Streaming};
 
 use crate::broker::{Broker, BrokerError, ClientKind, MessageType, ReceiveRequest, Resolution, ResolutionSource};
+use crate::cluster::{ClusterView, NodeInfo};
 use crate::proto::messaging_service_server::{MessagingService, MessagingServiceServer};
 use crate::proto::{self, Code};
+use forward::{Forwarder, SendKind, Target};
 use status::{from_error, ok, status};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, GrpcStatus>> + Send + 'static>>;
@@ -109,11 +119,72 @@ pub struct ProducerBackoff {
 pub struct MessagingServiceImpl {
     broker: Broker,
     settings: Arc<GrpcSettings>,
+    /// Cluster mode: routes by ownership and forwards. `None`: a single gateway.
+    cluster: Option<Arc<Forwarder>>,
 }
 
 impl MessagingServiceImpl {
     pub fn new(broker: Broker, settings: GrpcSettings) -> Self {
-        Self { broker, settings: Arc::new(settings) }
+        Self { broker, settings: Arc::new(settings), cluster: None }
+    }
+
+    /// Cluster mode: routes name the owner of each queue as `view` sees it, requests for
+    /// another node's queues (or its transactions and scheduled messages) are forwarded to it
+    /// within `forward_timeout`, and the broker's orphan transaction checks reach producers
+    /// connected to other nodes (serve [`MessagingServiceImpl::peer_server`] beside it).
+    pub fn with_cluster(mut self, view: Arc<ClusterView>, forward_timeout: Duration) -> Self {
+        let forwarder = Arc::new(Forwarder::new(view, forward_timeout));
+        self.broker.set_orphan_check_relay(Arc::new(peer::PeerRelay::new(forwarder.clone())));
+        self.cluster = Some(forwarder);
+        self
+    }
+
+    /// The internal peer service (cluster mode), served on the same port.
+    pub fn peer_server(&self) -> peer::pb::peer_server::PeerServer<peer::PeerService> {
+        peer::PeerService::new(self.broker.clone()).into_server()
+    }
+
+    /// The request's headers, kept in cluster mode (to forward it).
+    fn headers<T>(&self, request: &Request<T>) -> MetadataMap {
+        if self.cluster.is_some() { request.metadata().clone() } else { MetadataMap::new() }
+    }
+
+    /// Cluster mode: where a request about queue `queue_id` of `topic` is served.
+    fn queue_target(&self, md: &MetadataMap, topic: &str, queue_id: Option<u32>) -> Option<(&Arc<Forwarder>, Target)> {
+        let fwd = self.cluster.as_ref()?;
+        let target = match queue_id {
+            Some(q) => forward::queue_target(fwd.view(), topic, q),
+            None => Target::Local,
+        };
+        Some((fwd, target.settle(forward::forwarded_by(md).as_deref())))
+    }
+
+    /// Queues of a topic (None: unknown here; the local broker answers with the error).
+    async fn queue_nums(&self, topic: &str) -> Option<u32> {
+        self.broker.route(topic).await.ok().map(|r| r.queue_nums)
+    }
+
+    /// Cluster mode: the id handed out for node-local state (transaction ids, recall
+    /// handles), tagged with this node's id.
+    fn tag_local(&self, id: String) -> String {
+        match &self.cluster {
+            Some(fwd) if !id.is_empty() => forward::tag(&fwd.view().local_node().node_id, &id),
+            Some(_) | None => id,
+        }
+    }
+
+    /// Cluster mode: where a tagged id's state lives, and the id the broker knows.
+    fn tagged_target<'a>(&self, md: &MetadataMap, tagged: &'a str) -> (Option<(&Arc<Forwarder>, Target)>, &'a str) {
+        let Some(fwd) = self.cluster.as_ref() else {
+            return (None, tagged);
+        };
+        match forward::untag(tagged) {
+            Some((node, id)) => {
+                let target = forward::node_target(fwd.view(), node).settle(forward::forwarded_by(md).as_deref());
+                (Some((fwd, target)), id)
+            }
+            None => (None, tagged),
+        }
     }
 
     pub fn into_server(self) -> MessagingServiceServer<Self> {
@@ -126,14 +197,30 @@ impl MessagingServiceImpl {
     /// address the client says it dialled is not echoed: behind a port forward or a proxy
     /// it names something else.
     fn endpoints(&self, ctx: &Context) -> proto::Endpoints {
+        self.endpoints_at(&self.settings.advertised_address, ctx)
+    }
+
+    /// The endpoints of a node of the cluster: its advertised address (this node's own
+    /// endpoints when it advertises none).
+    fn node_endpoints(&self, node: &NodeInfo, ctx: &Context) -> proto::Endpoints {
+        let local = self.cluster.as_ref().is_some_and(|f| f.view().local_node().node_id == node.node_id);
+        match (node.advertised.is_empty(), local) {
+            (false, _) => self.endpoints_at(&node.advertised, ctx),
+            (true, true) => self.endpoints(ctx),
+            (true, false) => self.endpoints_at(&node.peer, ctx),
+        }
+    }
+
+    /// Endpoints for `host[:port]` (empty: the address this connection arrived on).
+    fn endpoints_at(&self, advertised: &str, ctx: &Context) -> proto::Endpoints {
         let server = &*self.settings;
         let port = i32::from(server.grpc_server_port);
-        let (host, port) = if !server.advertised_address.is_empty() {
-            match server.advertised_address.rsplit_once(':') {
+        let (host, port) = if !advertised.is_empty() {
+            match advertised.rsplit_once(':') {
                 Some((h, p)) if p.parse::<u16>().is_ok() && !h.ends_with(':') => {
                     (h.trim_matches(['[', ']']).to_string(), p.parse::<i32>().unwrap_or(port))
                 }
-                _ => (server.advertised_address.trim_matches(['[', ']']).to_string(), port),
+                _ => (advertised.trim_matches(['[', ']']).to_string(), port),
             }
         } else if let Some(local) = ctx.local_addr {
             (local.ip().to_string(), i32::from(local.port()))
@@ -155,15 +242,22 @@ impl MessagingServiceImpl {
         accepts: &[MessageType],
         endpoints: &proto::Endpoints,
     ) -> proto::MessageQueue {
+        self.message_queue_of(topic, id, accepts, &self.settings.broker_name, endpoints)
+    }
+
+    fn message_queue_of(
+        &self,
+        topic: &str,
+        id: i32,
+        accepts: &[MessageType],
+        broker_name: &str,
+        endpoints: &proto::Endpoints,
+    ) -> proto::MessageQueue {
         proto::MessageQueue {
             topic: Some(convert::resource(topic)),
             id,
             permission: proto::Permission::ReadWrite as i32,
-            broker: Some(proto::Broker {
-                name: self.settings.broker_name.clone(),
-                id: 0,
-                endpoints: Some(endpoints.clone()),
-            }),
+            broker: Some(proto::Broker { name: broker_name.to_string(), id: 0, endpoints: Some(endpoints.clone()) }),
             accept_message_types: accepts.iter().map(|t| convert::message_type(*t) as i32).collect(),
         }
     }
@@ -171,6 +265,126 @@ impl MessagingServiceImpl {
     fn store_host(&self, ctx: &Context) -> String {
         ctx.local_addr.map(|a| a.to_string()).unwrap_or_default()
     }
+
+    /// The owner of each queue (this node when unknown): queues `0..n`, each with broker name
+    /// = the owner's node id and its advertised endpoints.
+    fn cluster_route(
+        &self,
+        view: &ClusterView,
+        ctx: &Context,
+        route: &crate::broker::Route,
+    ) -> Vec<proto::MessageQueue> {
+        (0..route.queue_nums)
+            .map(|q| {
+                let owner = view.owner_of(&route.topic, q).unwrap_or_else(|| view.local_node().clone());
+                let endpoints = self.node_endpoints(&owner, ctx);
+                self.message_queue_of(&route.topic, q as i32, route.accepts, &owner.node_id, &endpoints)
+            })
+            .collect()
+    }
+
+    /// Orderly groups: one assignment per queue, at its owner. Others: one per node owning a
+    /// queue of the topic (naming a queue it owns), so that push consumers poll every owner;
+    /// this node with "any queue" when no owner is known.
+    fn cluster_assignments(&self, ctx: &Context, route: &crate::broker::Route, fifo: bool) -> Vec<proto::Assignment> {
+        let Some(fwd) = &self.cluster else {
+            return Vec::new();
+        };
+        let view = fwd.view();
+        let assignment = |id: u32, owner: &NodeInfo| proto::Assignment {
+            message_queue: Some(self.message_queue_of(
+                &route.topic,
+                id as i32,
+                &[],
+                &owner.node_id,
+                &self.node_endpoints(owner, ctx),
+            )),
+        };
+        if fifo {
+            return (0..route.queue_nums)
+                .map(|q| assignment(q, &view.owner_of(&route.topic, q).unwrap_or_else(|| view.local_node().clone())))
+                .collect();
+        }
+        let mut owners: Vec<(u32, Arc<NodeInfo>)> = Vec::new();
+        for q in 0..route.queue_nums {
+            if let Some(owner) = view.owner_of(&route.topic, q)
+                && !owners.iter().any(|(_, o)| o.node_id == owner.node_id)
+            {
+                owners.push((q, owner));
+            }
+        }
+        if owners.is_empty() {
+            let local = view.local_node().clone();
+            let mq = self.message_queue_of(&route.topic, -1, &[], &local.node_id, &self.node_endpoints(&local, ctx));
+            return vec![proto::Assignment { message_queue: Some(mq) }];
+        }
+        owners.iter().map(|(q, owner)| assignment(*q, owner)).collect()
+    }
+
+    /// Cluster mode: where a SendMessage is served.
+    async fn send_target(
+        &self,
+        md: &MetadataMap,
+        ctx: &Context,
+        req: &proto::SendMessageRequest,
+    ) -> Option<(&Arc<Forwarder>, Target)> {
+        let fwd = self.cluster.as_ref()?;
+        let first = req.messages.first()?;
+        let topic = ctx.topic(first.topic.as_ref()).ok()?;
+        let queue_nums = self.queue_nums(&topic).await?;
+        let now = crate::broker::now_ms();
+        let node_local = req.messages.iter().any(|m| {
+            m.system_properties.as_ref().is_some_and(|sp| {
+                sp.message_type == proto::MessageType::Transaction as i32
+                    || sp.delivery_timestamp.as_ref().and_then(convert::timestamp_ms).is_some_and(|t| t > now)
+            })
+        });
+        let group =
+            first.system_properties.as_ref().and_then(|sp| sp.message_group.as_deref()).filter(|g| !g.is_empty());
+        let kind = match (node_local, group) {
+            (true, _) => SendKind::NodeLocal,
+            (false, Some(g)) => SendKind::Fifo(g),
+            (false, None) => SendKind::Plain,
+        };
+        let target = forward::send_target(fwd.view(), &topic, queue_nums, kind, fwd.pick());
+        Some((fwd, target.settle(forward::forwarded_by(md).as_deref())))
+    }
+
+    /// Cluster mode: where a ReceiveMessage is served.
+    async fn receive_target(&self, md: &MetadataMap, topic: &str, queue_id: i32) -> Option<(&Arc<Forwarder>, Target)> {
+        let fwd = self.cluster.as_ref()?;
+        let queue_nums = self.queue_nums(topic).await?;
+        let target = forward::receive_target(fwd.view(), topic, queue_nums, queue_id, fwd.pick());
+        Some((fwd, target.settle(forward::forwarded_by(md).as_deref())))
+    }
+
+    /// Cluster mode: where the queue named by a receipt handle is served (here when the
+    /// handle does not decode: the broker refuses it).
+    fn receipt_target(&self, md: &MetadataMap, topic: &str, handle: &str) -> Option<(&Arc<Forwarder>, Target)> {
+        self.queue_target(md, topic, crate::broker::receipt::peek_queue_id(handle))
+    }
+}
+
+impl MessagingServiceImpl {
+    /// Cluster mode: where a request about one queue (`message_queue`) is served; `None`
+    /// (served here) for a single gateway or a request the local handler refuses anyway.
+    fn queue_request_target<T>(
+        &self,
+        md: &MetadataMap,
+        request: &Request<T>,
+        mq: Option<&proto::MessageQueue>,
+    ) -> Option<(&Arc<Forwarder>, Target)> {
+        self.cluster.as_ref()?;
+        let mq = mq?;
+        let topic = Context::of(request).topic(mq.topic.as_ref()).ok()?;
+        let queue_id = u32::try_from(mq.id).ok()?;
+        self.queue_target(md, &topic, Some(queue_id))
+    }
+}
+
+/// The error a refused or failed forward is answered with.
+fn not_owner(why: String) -> BrokerError {
+    BrokerError::NotOwner(why)
 }
 
 fn client_kind(t: i32) -> ClientKind {
@@ -204,10 +418,15 @@ impl MessagingService for MessagingServiceImpl {
         };
         let reply = match route {
             Ok(route) => {
-                let endpoints = self.endpoints(&ctx);
-                let queues = (0..route.queue_nums as i32)
-                    .map(|id| self.message_queue(&route.topic, id, route.accepts, &endpoints))
-                    .collect();
+                let queues = match &self.cluster {
+                    Some(fwd) => self.cluster_route(fwd.view(), &ctx, &route),
+                    None => {
+                        let endpoints = self.endpoints(&ctx);
+                        (0..route.queue_nums as i32)
+                            .map(|id| self.message_queue(&route.topic, id, route.accepts, &endpoints))
+                            .collect()
+                    }
+                };
                 proto::QueryRouteResponse { status: Some(ok()), message_queues: queues }
             }
             Err(e) => proto::QueryRouteResponse { status: Some(from_error(&e)), message_queues: vec![] },
@@ -240,6 +459,7 @@ impl MessagingService for MessagingServiceImpl {
         request: Request<proto::SendMessageRequest>,
     ) -> Result<Response<proto::SendMessageResponse>, GrpcStatus> {
         let ctx = Context::of(&request);
+        let md = self.headers(&request);
         let req = request.into_inner();
         // Exactly one entry per message, even on failure (Python asserts it, Rust indexes [0]).
         let ids: Vec<String> = req
@@ -261,6 +481,14 @@ impl MessagingService for MessagingServiceImpl {
         if let Err(s) = ctx.require_client_id() {
             return Ok(Response::new(fail(s)));
         }
+        match self.send_target(&md, &ctx, &req).await {
+            None | Some((_, Target::Local)) => {}
+            Some((fwd, Target::Remote(node))) => {
+                let forwarded = fwd.unary(&node, &md, req, |mut c, r| async move { c.send_message(r).await }).await;
+                return Ok(Response::new(forwarded.unwrap_or_else(|e| fail(from_error(&e)))));
+            }
+            Some((_, Target::Refuse(why))) => return Ok(Response::new(fail(from_error(&not_owner(why))))),
+        }
         let messages: Result<Vec<_>, BrokerError> =
             req.messages.into_iter().map(|m| convert::outgoing(m, &ctx.namespace)).collect();
         let result = match messages {
@@ -279,9 +507,9 @@ impl MessagingService for MessagingServiceImpl {
                     .map(|r| proto::SendResultEntry {
                         status: Some(ok()),
                         message_id: r.message_id,
-                        transaction_id: r.transaction_id,
+                        transaction_id: self.tag_local(r.transaction_id),
                         offset: r.offset as i64,
-                        recall_handle: r.recall_handle.unwrap_or_default(),
+                        recall_handle: self.tag_local(r.recall_handle.unwrap_or_default()),
                     })
                     .collect(),
             },
@@ -308,6 +536,10 @@ impl MessagingService for MessagingServiceImpl {
             Err(e) => Err(e),
         };
         let reply = match assignment {
+            Ok((route, fifo)) if self.cluster.is_some() => {
+                let assignments = self.cluster_assignments(&ctx, &route, fifo);
+                proto::QueryAssignmentResponse { status: Some(ok()), assignments }
+            }
             Ok((route, fifo)) => {
                 let endpoints = self.endpoints(&ctx);
                 // Like Apache: orderly groups get one assignment per queue; others one per
@@ -335,6 +567,7 @@ impl MessagingService for MessagingServiceImpl {
     ) -> Result<Response<Self::ReceiveMessageStream>, GrpcStatus> {
         use proto::receive_message_response::Content;
         let ctx = Context::of(&request);
+        let md = self.headers(&request);
         let req = request.into_inner();
         let frame = |c: Content| Ok(proto::ReceiveMessageResponse { content: Some(c) });
         let done = |s: proto::Status| -> Self::ReceiveMessageStream {
@@ -351,6 +584,18 @@ impl MessagingService for MessagingServiceImpl {
             Ok(names) => names,
             Err(e) => return Ok(Response::new(done(from_error(&e)))),
         };
+        let queue_id = req.message_queue.as_ref().map_or(-1, |q| q.id);
+        match self.receive_target(&md, &topic, queue_id).await {
+            None | Some((_, Target::Local)) => {}
+            Some((fwd, Target::Remote(node))) => {
+                let long_poll = req.long_polling_timeout.as_ref().and_then(convert::duration).unwrap_or_default();
+                let forwarded = fwd
+                    .server_stream(&node, &md, req, long_poll, |mut c, r| async move { c.receive_message(r).await })
+                    .await;
+                return Ok(Response::new(forwarded.unwrap_or_else(|e| done(from_error(&e)))));
+            }
+            Some((_, Target::Refuse(why))) => return Ok(Response::new(done(from_error(&not_owner(why))))),
+        }
         let filter = match pull::filter_of(req.filter_expression.as_ref()) {
             Ok(f) => f,
             Err(e) => return Ok(Response::new(done(from_error(&e)))),
@@ -396,6 +641,7 @@ impl MessagingService for MessagingServiceImpl {
         request: Request<proto::AckMessageRequest>,
     ) -> Result<Response<proto::AckMessageResponse>, GrpcStatus> {
         let ctx = Context::of(&request);
+        let md = self.headers(&request);
         let req = request.into_inner();
         let result = |s: &proto::Status, e: &proto::AckMessageEntry| proto::AckMessageResultEntry {
             message_id: e.message_id.clone(),
@@ -420,11 +666,63 @@ impl MessagingService for MessagingServiceImpl {
                 return Ok(Response::new(proto::AckMessageResponse { status: Some(s), entries }));
             }
         };
+        // Cluster: entries of queues served elsewhere go to their owners, one request per
+        // owner; the results are merged back in order.
+        let targets: Vec<Target> = req
+            .entries
+            .iter()
+            .map(|e| self.receipt_target(&md, &topic, &e.receipt_handle).map_or(Target::Local, |(_, t)| t))
+            .collect();
+        let mut forwarded: Vec<Option<proto::Status>> = vec![None; req.entries.len()];
+        if let Some(fwd) = &self.cluster {
+            let mut by_node: Vec<(Arc<NodeInfo>, Vec<usize>)> = Vec::new();
+            for (i, t) in targets.iter().enumerate() {
+                if let Target::Remote(node) = t {
+                    match by_node.iter_mut().find(|(n, _)| n.node_id == node.node_id) {
+                        Some((_, idx)) => idx.push(i),
+                        None => by_node.push((node.clone(), vec![i])),
+                    }
+                }
+            }
+            let calls = by_node.into_iter().map(|(node, idx)| {
+                let part = proto::AckMessageRequest {
+                    group: req.group.clone(),
+                    topic: req.topic.clone(),
+                    entries: idx.iter().map(|&i| req.entries[i].clone()).collect(),
+                };
+                let md = &md;
+                async move {
+                    let r = fwd.unary(&node, md, part, |mut c, r| async move { c.ack_message(r).await }).await;
+                    (idx, r)
+                }
+            });
+            for (idx, r) in futures::future::join_all(calls).await {
+                match r {
+                    Ok(resp) => {
+                        for (k, i) in idx.into_iter().enumerate() {
+                            forwarded[i] =
+                                resp.entries.get(k).and_then(|e| e.status.clone()).or_else(|| resp.status.clone());
+                        }
+                    }
+                    Err(e) => {
+                        for i in idx {
+                            forwarded[i] = Some(from_error(&e));
+                        }
+                    }
+                }
+            }
+        }
         let mut entries = Vec::with_capacity(req.entries.len());
-        for e in &req.entries {
-            let s = match self.broker.ack(&ctx.client_id, &group, &topic, &e.receipt_handle).await {
-                Ok(()) => ok(),
-                Err(err) => from_error(&err),
+        for ((e, target), forwarded) in req.entries.iter().zip(targets).zip(forwarded) {
+            let s = match target {
+                Target::Local => match self.broker.ack(&ctx.client_id, &group, &topic, &e.receipt_handle).await {
+                    Ok(()) => ok(),
+                    Err(err) => from_error(&err),
+                },
+                Target::Remote(node) => forwarded.unwrap_or_else(|| {
+                    status(Code::InternalServerError, format!("node `{}` gave no result for this entry", node.node_id))
+                }),
+                Target::Refuse(why) => from_error(&not_owner(why)),
             };
             entries.push(result(&s, e));
         }
@@ -442,11 +740,33 @@ impl MessagingService for MessagingServiceImpl {
         request: Request<proto::ForwardMessageToDeadLetterQueueRequest>,
     ) -> Result<Response<proto::ForwardMessageToDeadLetterQueueResponse>, GrpcStatus> {
         let ctx = Context::of(&request);
+        let md = self.headers(&request);
         let req = request.into_inner();
         if let Err(s) = ctx.require_client_id() {
             return Ok(Response::new(proto::ForwardMessageToDeadLetterQueueResponse { status: Some(s) }));
         }
-        let forwarded = match ctx.topic_and_group(req.topic.as_ref(), req.group.as_ref()) {
+        let names = ctx.topic_and_group(req.topic.as_ref(), req.group.as_ref());
+        if let Ok((topic, _)) = &names {
+            match self.receipt_target(&md, topic, &req.receipt_handle) {
+                None | Some((_, Target::Local)) => {}
+                Some((fwd, Target::Remote(node))) => {
+                    let forwarded =
+                        fwd.unary(&node, &md, req, |mut c, r| async move {
+                            c.forward_message_to_dead_letter_queue(r).await
+                        })
+                        .await;
+                    let reply = forwarded.unwrap_or_else(|e| proto::ForwardMessageToDeadLetterQueueResponse {
+                        status: Some(from_error(&e)),
+                    });
+                    return Ok(Response::new(reply));
+                }
+                Some((_, Target::Refuse(why))) => {
+                    let s = from_error(&not_owner(why));
+                    return Ok(Response::new(proto::ForwardMessageToDeadLetterQueueResponse { status: Some(s) }));
+                }
+            }
+        }
+        let forwarded = match names {
             Ok((topic, group)) => {
                 self.broker.forward_to_dead_letter(&ctx.client_id, &group, &topic, &req.receipt_handle).await
             }
@@ -465,28 +785,77 @@ impl MessagingService for MessagingServiceImpl {
         &self,
         request: Request<proto::PullMessageRequest>,
     ) -> Result<Response<Self::PullMessageStream>, GrpcStatus> {
-        self.pull(request).await
+        use proto::pull_message_response::Content;
+        let md = self.headers(&request);
+        let failed = |e: BrokerError| -> Self::PullMessageStream {
+            let frame = proto::PullMessageResponse { content: Some(Content::Status(from_error(&e))) };
+            Box::pin(futures::stream::iter(vec![Ok(frame)]))
+        };
+        match self.queue_request_target(&md, &request, request.get_ref().message_queue.as_ref()) {
+            None | Some((_, Target::Local)) => self.pull(request).await,
+            Some((fwd, Target::Remote(node))) => {
+                let req = request.into_inner();
+                let long_poll = req.long_polling_timeout.as_ref().and_then(convert::duration).unwrap_or_default();
+                let forwarded = fwd
+                    .server_stream(&node, &md, req, long_poll, |mut c, r| async move { c.pull_message(r).await })
+                    .await;
+                Ok(Response::new(forwarded.unwrap_or_else(failed)))
+            }
+            Some((_, Target::Refuse(why))) => Ok(Response::new(failed(not_owner(why)))),
+        }
     }
 
     async fn update_offset(
         &self,
         request: Request<proto::UpdateOffsetRequest>,
     ) -> Result<Response<proto::UpdateOffsetResponse>, GrpcStatus> {
-        self.update_offset_rpc(request).await
+        let md = self.headers(&request);
+        let failed = |e: BrokerError| proto::UpdateOffsetResponse { status: Some(from_error(&e)) };
+        match self.queue_request_target(&md, &request, request.get_ref().message_queue.as_ref()) {
+            None | Some((_, Target::Local)) => self.update_offset_rpc(request).await,
+            Some((fwd, Target::Remote(node))) => {
+                let forwarded = fwd
+                    .unary(&node, &md, request.into_inner(), |mut c, r| async move { c.update_offset(r).await })
+                    .await;
+                Ok(Response::new(forwarded.unwrap_or_else(failed)))
+            }
+            Some((_, Target::Refuse(why))) => Ok(Response::new(failed(not_owner(why)))),
+        }
     }
 
     async fn get_offset(
         &self,
         request: Request<proto::GetOffsetRequest>,
     ) -> Result<Response<proto::GetOffsetResponse>, GrpcStatus> {
-        self.get_offset_rpc(request).await
+        let md = self.headers(&request);
+        let failed = |e: BrokerError| proto::GetOffsetResponse { status: Some(from_error(&e)), offset: 0 };
+        match self.queue_request_target(&md, &request, request.get_ref().message_queue.as_ref()) {
+            None | Some((_, Target::Local)) => self.get_offset_rpc(request).await,
+            Some((fwd, Target::Remote(node))) => {
+                let forwarded =
+                    fwd.unary(&node, &md, request.into_inner(), |mut c, r| async move { c.get_offset(r).await }).await;
+                Ok(Response::new(forwarded.unwrap_or_else(failed)))
+            }
+            Some((_, Target::Refuse(why))) => Ok(Response::new(failed(not_owner(why)))),
+        }
     }
 
     async fn query_offset(
         &self,
         request: Request<proto::QueryOffsetRequest>,
     ) -> Result<Response<proto::QueryOffsetResponse>, GrpcStatus> {
-        self.query_offset_rpc(request).await
+        let md = self.headers(&request);
+        let failed = |e: BrokerError| proto::QueryOffsetResponse { status: Some(from_error(&e)), offset: 0 };
+        match self.queue_request_target(&md, &request, request.get_ref().message_queue.as_ref()) {
+            None | Some((_, Target::Local)) => self.query_offset_rpc(request).await,
+            Some((fwd, Target::Remote(node))) => {
+                let forwarded = fwd
+                    .unary(&node, &md, request.into_inner(), |mut c, r| async move { c.query_offset(r).await })
+                    .await;
+                Ok(Response::new(forwarded.unwrap_or_else(failed)))
+            }
+            Some((_, Target::Refuse(why))) => Ok(Response::new(failed(not_owner(why)))),
+        }
     }
 
     async fn end_transaction(
@@ -494,9 +863,25 @@ impl MessagingService for MessagingServiceImpl {
         request: Request<proto::EndTransactionRequest>,
     ) -> Result<Response<proto::EndTransactionResponse>, GrpcStatus> {
         let ctx = Context::of(&request);
+        let md = self.headers(&request);
         let req = request.into_inner();
         if let Err(s) = ctx.require_client_id() {
             return Ok(Response::new(proto::EndTransactionResponse { status: Some(s) }));
+        }
+        // Cluster: the half message is held by the node named in the transaction id.
+        let (target, transaction_id) = self.tagged_target(&md, &req.transaction_id);
+        let transaction_id = transaction_id.to_string();
+        match target {
+            None | Some((_, Target::Local)) => {}
+            Some((fwd, Target::Remote(node))) => {
+                let forwarded = fwd.unary(&node, &md, req, |mut c, r| async move { c.end_transaction(r).await }).await;
+                let reply =
+                    forwarded.unwrap_or_else(|e| proto::EndTransactionResponse { status: Some(from_error(&e)) });
+                return Ok(Response::new(reply));
+            }
+            Some((_, Target::Refuse(why))) => {
+                return Ok(Response::new(proto::EndTransactionResponse { status: Some(from_error(&not_owner(why))) }));
+            }
         }
         let topic = match ctx.topic(req.topic.as_ref()) {
             Ok(topic) => topic,
@@ -514,7 +899,7 @@ impl MessagingService for MessagingServiceImpl {
             }
         };
         self.broker.touch_client(&ctx.client_id);
-        let s = match self.broker.end_transaction(&topic, &req.transaction_id, resolution, source).await {
+        let s = match self.broker.end_transaction(&topic, &transaction_id, resolution, source).await {
             Ok(()) => ok(),
             Err(e) => from_error(&e),
         };
@@ -528,7 +913,8 @@ impl MessagingService for MessagingServiceImpl {
         request: Request<Streaming<proto::TelemetryCommand>>,
     ) -> Result<Response<Self::TelemetryStream>, GrpcStatus> {
         let ctx = Context::of(&request);
-        let stream = telemetry::serve(self.broker.clone(), self.settings.clone(), ctx, request.into_inner());
+        let node = self.cluster.as_ref().map(|f| f.view().local_node().node_id.clone());
+        let stream = telemetry::serve(self.broker.clone(), self.settings.clone(), ctx, node, request.into_inner());
         Ok(Response::new(stream))
     }
 
@@ -549,6 +935,7 @@ impl MessagingService for MessagingServiceImpl {
         request: Request<proto::ChangeInvisibleDurationRequest>,
     ) -> Result<Response<proto::ChangeInvisibleDurationResponse>, GrpcStatus> {
         let ctx = Context::of(&request);
+        let md = self.headers(&request);
         let req = request.into_inner();
         // On failure the old handle is echoed: Python and Node replace their handle with the
         // response's even before looking at the status.
@@ -566,6 +953,16 @@ impl MessagingService for MessagingServiceImpl {
             Ok(names) => names,
             Err(e) => return Ok(Response::new(failed(from_error(&e)))),
         };
+        match self.receipt_target(&md, &topic, &req.receipt_handle) {
+            None | Some((_, Target::Local)) => {}
+            Some((fwd, Target::Remote(node))) => {
+                let forwarded = fwd
+                    .unary(&node, &md, req.clone(), |mut c, r| async move { c.change_invisible_duration(r).await })
+                    .await;
+                return Ok(Response::new(forwarded.unwrap_or_else(|e| failed(from_error(&e)))));
+            }
+            Some((_, Target::Refuse(why))) => return Ok(Response::new(failed(from_error(&not_owner(why))))),
+        }
         let reply = match self
             .broker
             .change_invisible_duration(&ctx.client_id, &group, &topic, &req.receipt_handle, delay)
@@ -582,12 +979,31 @@ impl MessagingService for MessagingServiceImpl {
         request: Request<proto::RecallMessageRequest>,
     ) -> Result<Response<proto::RecallMessageResponse>, GrpcStatus> {
         let ctx = Context::of(&request);
+        let md = self.headers(&request);
         let req = request.into_inner();
         if let Err(s) = ctx.require_client_id() {
             return Ok(Response::new(proto::RecallMessageResponse { status: Some(s), message_id: String::new() }));
         }
+        // Cluster: the scheduled message is held by the node named in the handle.
+        let (target, handle) = self.tagged_target(&md, &req.recall_handle);
+        let handle = handle.to_string();
+        match target {
+            None | Some((_, Target::Local)) => {}
+            Some((fwd, Target::Remote(node))) => {
+                let forwarded = fwd.unary(&node, &md, req, |mut c, r| async move { c.recall_message(r).await }).await;
+                let reply = forwarded.unwrap_or_else(|e| proto::RecallMessageResponse {
+                    status: Some(from_error(&e)),
+                    message_id: String::new(),
+                });
+                return Ok(Response::new(reply));
+            }
+            Some((_, Target::Refuse(why))) => {
+                let s = from_error(&not_owner(why));
+                return Ok(Response::new(proto::RecallMessageResponse { status: Some(s), message_id: String::new() }));
+            }
+        }
         let recalled = match ctx.topic(req.topic.as_ref()) {
-            Ok(topic) => self.broker.recall(&topic, &req.recall_handle).await,
+            Ok(topic) => self.broker.recall(&topic, &handle).await,
             Err(e) => Err(e),
         };
         let reply = match recalled {

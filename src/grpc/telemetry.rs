@@ -48,8 +48,10 @@ fn settings_refused(e: &BrokerError) -> GrpcStatus {
     }
 }
 
-/// What a server-initiated command looks like on the wire.
-fn outbound(cmd: ClientCommand, store_host: &str) -> proto::TelemetryCommand {
+/// What a server-initiated command looks like on the wire. In a cluster (`node`: this node's
+/// id) transaction ids carry the node holding the half message. `None`: a relayed command
+/// that does not decode (dropped).
+pub(super) fn outbound(cmd: ClientCommand, store_host: &str, node: Option<&str>) -> Option<proto::TelemetryCommand> {
     let c = match cmd {
         ClientCommand::PrintThreadStackTrace { nonce } => {
             Command::PrintThreadStackTraceCommand(proto::PrintThreadStackTraceCommand { nonce })
@@ -65,19 +67,34 @@ fn outbound(cmd: ClientCommand, store_host: &str) -> proto::TelemetryCommand {
                 sp.receipt_handle = None;
                 sp.delivery_attempt = None;
             }
+            let transaction_id = match node {
+                Some(node) => super::forward::tag(node, &transaction_id),
+                None => transaction_id,
+            };
             Command::RecoverOrphanedTransactionCommand(proto::RecoverOrphanedTransactionCommand {
                 message: Some(message),
                 transaction_id,
             })
         }
+        ClientCommand::Relayed { payload } => {
+            use prost::Message as _;
+            return match proto::TelemetryCommand::decode(payload) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "relayed command does not decode; dropped");
+                    None
+                }
+            };
+        }
     };
-    proto::TelemetryCommand { status: None, command: Some(c) }
+    Some(proto::TelemetryCommand { status: None, command: Some(c) })
 }
 
 pub(super) fn serve(
     broker: Broker,
     config: Arc<GrpcSettings>,
     ctx: Context,
+    node: Option<String>,
     mut inbound: Streaming<proto::TelemetryCommand>,
 ) -> BoxStream<proto::TelemetryCommand> {
     let (tx, rx) = mpsc::channel(16);
@@ -120,7 +137,8 @@ pub(super) fn serve(
                 },
                 cmd = commands.recv(), if !superseded => match cmd {
                     Some(cmd) => {
-                        if tx.send(Ok(outbound(cmd, &store_host))).await.is_err() {
+                        let Some(out) = outbound(cmd, &store_host, node.as_deref()) else { continue };
+                        if tx.send(Ok(out)).await.is_err() {
                             break;
                         }
                     }

@@ -449,6 +449,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_migration_keeps_the_journal_offset_and_makes_topics_local() {
+        // A database of the release before: migrations 0001..0005 only.
+        let old = tempfile::tempdir().unwrap();
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if name.as_str() < "0006" {
+                std::fs::copy(&path, old.path().join(&name)).unwrap();
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("meta.db").display());
+        let options = SqliteConnectOptions::from_str(&url).unwrap().create_if_missing(true);
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.unwrap();
+        sqlx::migrate::Migrator::new(old.path()).await.unwrap().run(&pool).await.unwrap();
+        sqlx::query("INSERT INTO journal_checkpoint (id, journal_offset) VALUES (0, 42)").execute(&pool).await.unwrap();
+        sqlx::query("INSERT INTO topics (name, queue_nums, topic_type, created_at) VALUES ('t', 2, 'FIFO', 0)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let store = SqliteMetadataStore::open(&url).await.unwrap();
+        assert_eq!(store.load_progress().await.unwrap().1, 42, "the single node's offset is kept");
+        assert_eq!(store.topic("t").await.unwrap().unwrap().durability, Durability::Local);
+        assert_eq!(store.with_node_id("n1").load_progress().await.unwrap().1, 0);
+    }
+
+    #[tokio::test]
     async fn survives_reopen_on_disk() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("meta.db").display());

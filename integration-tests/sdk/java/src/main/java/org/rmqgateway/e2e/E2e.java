@@ -51,7 +51,8 @@ import org.apache.rocketmq.client.apis.producer.SendReceipt;
  * tx-produce, tx-check, priority-produce) are in {@link MessageTypes}, the offset-reset ones
  * (reset-simple-consume, reset-push-consume) in {@link OffsetReset}, the SQL92 filter modes
  * (filter-produce, filter-consume) in {@link Filters}, retry-run in {@link Consumption}; their
- * arguments and RESULT fields are those of {@code sdk/MESSAGE_TYPES.md}.
+ * arguments and RESULT fields are those of {@code sdk/MESSAGE_TYPES.md}. The cluster test modes
+ * (load-produce, drain-consume) are in {@link ClusterLoad}.
  *
  * <p>Prints exactly one line {@code RESULT <json>} on stdout (fields as the Python/Node drivers;
  * plus {@code sdk_version}, {@code attempts}, {@code failed_on_purpose}); exit 0 when the mode's
@@ -114,6 +115,10 @@ public final class E2e {
             throw new IllegalArgumentException("--" + name + " is required");
         }
         return v;
+    }
+
+    boolean progressWanted() {
+        return progress;
     }
 
     boolean timeLeft() {
@@ -656,11 +661,18 @@ public final class E2e {
                 case "filter-consume":
                     report = new Filters(driver).consume();
                     break;
+                case "load-produce":
+                    report = new ClusterLoad(driver).loadProduce();
+                    break;
+                case "drain-consume":
+                    report = new ClusterLoad(driver).drainConsume();
+                    break;
                 default:
                     throw new IllegalArgumentException("unknown mode " + Json.quote(mode)
                         + " (produce | simple-consume | push-consume | fifo-produce | fifo-consume"
                         + " | delay-produce | timed-consume | recall | tx-produce | tx-check | priority-produce"
-                        + " | retry-run | reset-simple-consume | reset-push-consume | filter-produce | filter-consume)");
+                        + " | retry-run | reset-simple-consume | reset-push-consume | filter-produce | filter-consume"
+                        + " | load-produce | drain-consume)");
             }
             ok = Boolean.TRUE.equals(report.remove("ok"));
             report.put("errors", new ArrayList<>(driver.errors));

@@ -1,0 +1,125 @@
+//! The internal `rmq.gateway.cluster.v1.Peer` service nodes of one cluster call each other
+//! on (served on the client gRPC port), and the broker hook that uses it: an orphan
+//! transaction check of a half message held by a node with no producer of the topic
+//! connected is pushed by another node on a producer connected there
+//! ([`PeerRelay`] → `RelayCommand` → [`PeerService`]). The producer's EndTransaction carries
+//! the holder's node id in its transaction id and is forwarded back to the holder.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message as _;
+use tonic::{Request, Response, Status as GrpcStatus};
+
+use super::forward::Forwarder;
+use crate::broker::{Broker, ClientCommand, OrphanCheckRelay};
+
+/// Generated `rmq.gateway.cluster.v1` types (from `apis/rmq/gateway/cluster/v1/peer.proto`).
+#[allow(clippy::all)]
+pub mod pb {
+    tonic::include_proto!("rmq.gateway.cluster.v1");
+}
+
+use pb::peer_client::PeerClient;
+use pb::peer_server::{Peer, PeerServer};
+
+/// Serves `RelayCommand` with the local broker.
+#[derive(Clone)]
+pub struct PeerService {
+    broker: Broker,
+}
+
+impl PeerService {
+    pub fn new(broker: Broker) -> PeerService {
+        PeerService { broker }
+    }
+
+    pub fn into_server(self) -> PeerServer<PeerService> {
+        PeerServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn relay_command(
+        &self,
+        request: Request<pb::RelayCommandRequest>,
+    ) -> Result<Response<pb::RelayCommandResponse>, GrpcStatus> {
+        let req = request.into_inner();
+        // Refuse what a client's stream could not decode rather than break its stream.
+        if crate::proto::TelemetryCommand::decode(req.telemetry_command.as_ref()).is_err() {
+            return Err(GrpcStatus::invalid_argument("telemetry_command is not an encoded TelemetryCommand"));
+        }
+        let delivered = self.broker.push_relayed_check(&req.topic, req.telemetry_command);
+        tracing::debug!(topic = req.topic, from = req.from_node, delivered, "relayed command");
+        Ok(Response::new(pb::RelayCommandResponse { delivered }))
+    }
+}
+
+/// The broker's [`OrphanCheckRelay`] in a cluster: asks the other live nodes, one after the
+/// other, to push the check on a producer of the topic connected to them.
+#[derive(Clone)]
+pub struct PeerRelay {
+    forwarder: Arc<Forwarder>,
+}
+
+impl PeerRelay {
+    pub fn new(forwarder: Arc<Forwarder>) -> PeerRelay {
+        PeerRelay { forwarder }
+    }
+
+    /// Offers `payload` to the other nodes until one delivers it; false if none did.
+    pub async fn relay(&self, topic: &str, payload: Bytes) -> bool {
+        let view = self.forwarder.view();
+        let local = view.local_node().node_id.clone();
+        let mut nodes: Vec<_> = view.nodes().into_iter().filter(|n| n.node_id != local).collect();
+        if nodes.is_empty() {
+            return false;
+        }
+        let start = self.forwarder.pick() % nodes.len();
+        nodes.rotate_left(start);
+        for node in nodes {
+            let channel = match self.forwarder.channel(&node.peer) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(node = node.node_id, error = %e, "no channel to relay an orphan check");
+                    continue;
+                }
+            };
+            let mut req = Request::new(pb::RelayCommandRequest {
+                topic: topic.to_string(),
+                telemetry_command: payload.clone(),
+                from_node: local.clone(),
+            });
+            req.set_timeout(self.forwarder.timeout());
+            let mut client = PeerClient::new(channel);
+            match tokio::time::timeout(self.forwarder.timeout(), client.relay_command(req)).await {
+                Ok(Ok(resp)) if resp.get_ref().delivered => {
+                    tracing::debug!(node = node.node_id, topic, "orphan check relayed");
+                    return true;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(status)) => tracing::debug!(node = node.node_id, error = %status.message(), "relay refused"),
+                Err(_) => tracing::debug!(node = node.node_id, "relay timed out"),
+            }
+        }
+        false
+    }
+}
+
+impl OrphanCheckRelay for PeerRelay {
+    fn relay_orphan_check(&self, topic: &str, command: ClientCommand) {
+        let node = self.forwarder.view().local_node().node_id.clone();
+        let Some(encoded) = super::telemetry::outbound(command, "", Some(&node)) else {
+            return;
+        };
+        let payload = Bytes::from(encoded.encode_to_vec());
+        let relay = self.clone();
+        let topic = topic.to_string();
+        tokio::spawn(async move {
+            if !relay.relay(&topic, payload).await {
+                tracing::debug!(topic, "no node has a producer of the topic connected to check an orphan with");
+            }
+        });
+    }
+}
