@@ -19,7 +19,8 @@
 //! - **Positions**: a shard log's positions carry `shard + 1` in their top 12 bits (home log
 //!   positions are left as they are), so `hold_retention` and `persist_remote` route by them.
 //! - Appends and reads of a queue whose shard is not open here fail with
-//!   [`StorageError::NotOwner`]; `queue_range` of such a queue is empty.
+//!   [`StorageError::NotOwner`]; `queue_range` of such a queue is empty. Appends also fail so
+//!   once the shard's local lease deadline ([`ShardedLog::set_lease_deadline`]) has passed.
 //!
 //! This module must not import protocol (tonic/prost), HTTP or SQL crates.
 
@@ -107,6 +108,14 @@ struct OpenShard {
     epoch: i64,
     accepting: AtomicBool,
     inflight: AtomicU64,
+    /// Appends are refused from this instant on (the local lease deadline), if set.
+    deadline: Mutex<Option<std::time::Instant>>,
+}
+
+impl OpenShard {
+    fn past_deadline(&self) -> bool {
+        self.deadline.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|d| std::time::Instant::now() >= d)
+    }
 }
 
 /// Counts an append in flight on a shard while alive.
@@ -126,8 +135,8 @@ pub struct ShardedLog {
     meta: Arc<dyn MetadataStore>,
     settings: ShardSettings,
     shards: RwLock<HashMap<ShardId, Arc<OpenShard>>>,
-    /// Opening and closing shards, one at a time.
-    transitions: tokio::sync::Mutex<()>,
+    /// Opening and closing a shard, one at a time per shard.
+    transitions: Mutex<HashMap<ShardId, Arc<tokio::sync::Mutex<()>>>>,
     /// Which log each retention holder holds.
     holds: Mutex<HashMap<&'static str, Target>>,
 }
@@ -186,9 +195,13 @@ impl ShardedLog {
             meta,
             settings,
             shards: RwLock::new(HashMap::new()),
-            transitions: tokio::sync::Mutex::new(()),
+            transitions: Mutex::new(HashMap::new()),
             holds: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn transition(&self, shard: ShardId) -> Arc<tokio::sync::Mutex<()>> {
+        self.transitions.lock().unwrap_or_else(|e| e.into_inner()).entry(shard).or_default().clone()
     }
 
     fn shard_dir(&self, shard: ShardId) -> PathBuf {
@@ -252,7 +265,7 @@ impl ShardedLog {
                 ),
             });
         }
-        let _one = self.transitions.lock().await;
+        let _one = self.transition(shard).lock_owned().await;
         if let Some(open) = self.shard(shard) {
             if open.epoch == epoch {
                 return Ok(());
@@ -328,7 +341,13 @@ impl ShardedLog {
             manifest_rows = rows.len(),
             "shard opened"
         );
-        let open = Arc::new(OpenShard { log, epoch, accepting: AtomicBool::new(true), inflight: AtomicU64::new(0) });
+        let open = Arc::new(OpenShard {
+            log,
+            epoch,
+            accepting: AtomicBool::new(true),
+            inflight: AtomicU64::new(0),
+            deadline: Mutex::new(None),
+        });
         self.shards.write().unwrap_or_else(|e| e.into_inner()).insert(shard, open);
         Ok(())
     }
@@ -340,12 +359,23 @@ impl ShardedLog {
             .map_err(|e| io("opening a shard log", std::io::Error::other(e.to_string())))?
     }
 
+    /// Appends to the shard are refused (`NotOwner`) from `deadline` on, until it is moved:
+    /// the membership loop sets it to the local lease deadline at every renewal, so a node
+    /// whose renewals stop stops writing before any other node may take the shard, even if
+    /// `abandon_shard` comes late. `None`: no deadline. An append already past the check
+    /// completes.
+    pub fn set_lease_deadline(&self, shard: ShardId, deadline: Option<std::time::Instant>) {
+        if let Some(open) = self.shard(shard) {
+            *open.deadline.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
+        }
+    }
+
     /// Graceful hand-over: refuses new appends (`NotOwner`), waits for the appends in flight,
     /// uploads the whole tail (fenced), then closes the shard's log. Reads are served until
     /// the tail is up. An error (fenced, closing) means the tail may not all be in the object
     /// store; the log is closed anyway.
     pub async fn close_shard(&self, shard: ShardId) -> StorageResult<()> {
-        let _one = self.transitions.lock().await;
+        let _one = self.transition(shard).lock_owned().await;
         let Some(open) = self.shard(shard) else { return Ok(()) };
         self.close_open(shard, &open, true).await
     }
@@ -353,16 +383,18 @@ impl ShardedLog {
     /// The lease was lost: refuses appends at once, stops uploads, closes the shard's log.
     pub async fn abandon_shard(&self, shard: ShardId) -> StorageResult<()> {
         let Some(open) = self.shard(shard) else { return Ok(()) };
-        open.accepting.store(false, Ordering::Release);
-        let _one = self.transitions.lock().await;
+        open.accepting.store(false, Ordering::SeqCst);
+        // At once, even if an open or hand-over of the shard holds the transition lock.
+        open.log.halt();
+        let _one = self.transition(shard).lock_owned().await;
         self.close_open(shard, &open, false).await
     }
 
     async fn close_open(&self, shard: ShardId, open: &Arc<OpenShard>, graceful: bool) -> StorageResult<()> {
-        open.accepting.store(false, Ordering::Release);
+        open.accepting.store(false, Ordering::SeqCst);
         let mut uploaded = Ok(());
         if graceful {
-            while open.inflight.load(Ordering::Acquire) > 0 {
+            while open.inflight.load(Ordering::SeqCst) > 0 {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             uploaded = open.log.upload_all().await;
@@ -382,13 +414,14 @@ impl ShardedLog {
         let refuse =
             |m: &[AppendMessage]| m.first().map_or_else(|| not_owner("", 0), |m| not_owner(&m.topic, m.queue_id));
         let Some(open) = self.shard(shard) else { return Err(refuse(&messages)) };
-        if !open.accepting.load(Ordering::Acquire) {
+        if !open.accepting.load(Ordering::Acquire) || open.past_deadline() {
             return Err(refuse(&messages));
         }
-        open.inflight.fetch_add(1, Ordering::AcqRel);
+        // SeqCst with the hand-over's store of `accepting` and load of `inflight`: either it
+        // sees this append in flight and waits for it, or this append sees it and refuses.
+        open.inflight.fetch_add(1, Ordering::SeqCst);
         let _inflight = Inflight(&open);
-        // A hand-over that started meanwhile waits for this append, or it was refused here.
-        if !open.accepting.load(Ordering::Acquire) {
+        if !open.accepting.load(Ordering::SeqCst) {
             return Err(refuse(&messages));
         }
         let mut results = open.log.append(messages).await?;

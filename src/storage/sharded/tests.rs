@@ -317,3 +317,92 @@ async fn hand_over_uploads_the_tail_and_the_same_node_keeps_its_dir() {
     assert_eq!(read_all(&a, "T", q, 0).await.len(), 32);
     a.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acknowledged_during_a_hand_over_is_left_out_of_the_manifest() {
+    let c = Cluster::new().await;
+    let (shard, q) = (2, queue_in(2));
+    let log_id = cluster::shard_log_id(shard);
+    let a = c.node("a");
+    c.meta.lease(shard, "a", 1);
+    a.open_shard(shard, 1).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let a = a.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for n in 0..200u64 {
+                match a.append(vec![msg("T", q, t * 1000 + n)]).await {
+                    Ok(r) => acked.extend(r),
+                    Err(StorageError::NotOwner { .. }) => break,
+                    Err(e) => panic!("append failed: {e}"),
+                }
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    a.close_shard(shard).await.unwrap();
+    let rows = c.meta.list_segments(&log_id).await.unwrap();
+    let mut total = 0;
+    for t in tasks {
+        for r in t.await.unwrap() {
+            assert!(covers(&rows, split_position(r.log_position).1), "acknowledged {r:?} is not in the manifest");
+            total += 1;
+        }
+    }
+    // The next owner sees every acknowledged message.
+    c.meta.lease(shard, "b", 2);
+    let b = c.node("b");
+    b.open_shard(shard, 2).await.unwrap();
+    assert_eq!(b.queue_range("T", q), QueueRange { start: 0, end: total });
+    assert_eq!(read_all(&b, "T", q, 0).await.len() as u64, total);
+    b.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_batch_over_several_logs_is_split_and_joined_in_order() {
+    let c = Cluster::new().await;
+    let a = c.node("a");
+    for s in 0..SHARDS {
+        c.meta.lease(s, "a", 1);
+        a.open_shard(s, 1).await.unwrap();
+    }
+    let batch: Vec<AppendMessage> =
+        (0..12u32).map(|i| if i % 3 == 0 { msg("rmq_sys_x", 0, i.into()) } else { msg("T", i, i.into()) }).collect();
+    let targets: Vec<Option<ShardId>> = batch
+        .iter()
+        .map(|m| (!m.topic.starts_with("rmq_sys_")).then(|| cluster::shard_of(&m.topic, m.queue_id, SHARDS)))
+        .collect();
+    let results = a.append(batch).await.unwrap();
+    assert_eq!(results.len(), 12);
+    for (r, t) in results.iter().zip(&targets) {
+        assert_eq!(split_position(r.log_position).0, *t);
+    }
+    let found = a.find_by_message_id("T-4-4").unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].log_position, results[4].log_position);
+    // A part for a shard not open here fails the call; the other parts stay stored.
+    a.close_shard(cluster::shard_of("T", 1, SHARDS)).await.unwrap();
+    let err = a.append(vec![msg("rmq_sys_x", 0, 100), msg("T", 1, 100)]).await;
+    assert!(matches!(err, Err(StorageError::NotOwner { .. })));
+    assert_eq!(a.queue_range("rmq_sys_x", 0).end, 5);
+    a.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn appends_stop_at_the_local_lease_deadline() {
+    let c = Cluster::new().await;
+    let (shard, q) = (0, queue_in(0));
+    let a = c.node("a");
+    c.meta.lease(shard, "a", 1);
+    a.open_shard(shard, 1).await.unwrap();
+    a.set_lease_deadline(shard, Some(std::time::Instant::now() + Duration::from_secs(3600)));
+    send(&a, "T", q, 0, 1).await;
+    a.set_lease_deadline(shard, Some(std::time::Instant::now()));
+    assert!(matches!(a.append(vec![msg("T", q, 1)]).await, Err(StorageError::NotOwner { .. })));
+    assert_eq!(a.read("T", q, 0, 10, usize::MAX).unwrap().len(), 1, "reads go on");
+    a.set_lease_deadline(shard, None);
+    send(&a, "T", q, 1, 1).await;
+    a.close().await.unwrap();
+}

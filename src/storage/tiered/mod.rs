@@ -205,7 +205,8 @@ impl Manifest {
     fn range(&self, topic: &str, queue_id: u32) -> Option<(u64, u64)> {
         let s = self.slices(topic, queue_id)?;
         let first = *s.keys().next()?;
-        let end = s.values().map(|q| q.end_offset).max()?;
+        // Slices follow log order, so the last one ends highest (no scan of every chunk).
+        let end = s.values().next_back()?.end_offset;
         Some((first, end))
     }
 
@@ -374,6 +375,13 @@ impl TieredLog {
     /// Whether a manifest write was fenced (another node owns the log now).
     pub fn is_fenced(&self) -> bool {
         self.inner.is_fenced()
+    }
+
+    /// Stops uploads at once (an upload in flight is abandoned; its object becomes an
+    /// orphan); `persist_remote` waiters fail. The log stays open for reads and appends
+    /// until `close`.
+    pub fn halt(&self) {
+        self.stop.cancel();
     }
 
     /// Stops uploads at once (an upload in flight is abandoned; its object becomes an

@@ -337,3 +337,156 @@ async fn a_restart_keeps_the_manifest_and_uploads_nothing_twice() {
     assert_eq!(log.manifest().len(), s.log.sealed_segments().len());
     log.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_chunks_cover_the_active_segment_and_persist_remote_waits_for_them() {
+    let s = setup(1500).await;
+    let queues: Vec<(String, u32)> = (0..2).flat_map(|t| (0..QUEUES).map(move |q| (format!("T{t}"), q))).collect();
+    let settings = TieringSettings { tail_upload_interval: Some(Duration::from_millis(20)), ..settings() };
+    let log = tiered(&s, settings).await;
+    // The task uploads sealed segments and the published tail by itself.
+    let target = s.log.published_position();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while log.covered_position() < target {
+        assert!(std::time::Instant::now() < deadline, "tail not uploaded in time");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Concurrent waiters: each resolves only once its record is in the manifest.
+    let mut tasks = Vec::new();
+    for i in 0..16u32 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let m = AppendMessage {
+                topic: Arc::from("T0"),
+                queue_id: i % QUEUES,
+                born_timestamp_ms: 5,
+                flags: 0,
+                tag_hash: 0,
+                properties: Properties::default(),
+                body: Bytes::from(format!("late {i}")),
+            };
+            let r = log.append(vec![m]).await.unwrap();
+            log.persist_remote(&r).await.unwrap();
+            r[0].log_position
+        }));
+    }
+    let rows_for = |rows: &[SegmentRecord], p: u64| rows.iter().any(|r| r.base <= p && p < r.base + r.size);
+    for t in tasks {
+        let p = t.await.unwrap();
+        let rows = s.meta.list_segments("node-a").await.unwrap();
+        assert!(rows_for(&rows, p), "position {p} acknowledged before its row exists");
+    }
+    // Ranges are contiguous within a segment, and some start inside one (chunks).
+    let rows = s.meta.list_segments("node-a").await.unwrap();
+    assert!(rows.iter().any(|r| r.base % (64 * 1024) != 0), "no chunk of a segment was uploaded");
+    for r in &rows {
+        assert_eq!(r.object_key, object_key("tier", "node-a", r.base));
+    }
+    // Local retention drops the covered sealed segments; everything reads back the same.
+    let mut expected = Vec::new();
+    for (t, q) in &queues {
+        expected.push(read_all_local(&s.log, t, *q));
+    }
+    let sealed_before = s.log.sealed_segments().len();
+    assert!(sealed_before > 0);
+    drop_local(&s.log);
+    assert!(s.log.sealed_segments().len() < sealed_before, "covered segments not dropped");
+    for ((t, q), want) in queues.iter().zip(&expected) {
+        let got = read_all(&log, t, *q, 0).await;
+        assert_eq!(got.len(), want.len(), "{t}/{q}");
+        for (a, b) in got.iter().zip(want) {
+            same(a, b);
+        }
+    }
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_fenced_manifest_write_fences_the_log() {
+    struct Refusing(SqliteMetadataStore);
+    #[async_trait]
+    impl MetadataStore for Refusing {
+        async fn create_topic(
+            &self,
+            t: &crate::metadata::TopicRecord,
+        ) -> crate::metadata::MetadataResult<crate::metadata::TopicRecord> {
+            self.0.create_topic(t).await
+        }
+        async fn topic(&self, n: &str) -> crate::metadata::MetadataResult<Option<crate::metadata::TopicRecord>> {
+            self.0.topic(n).await
+        }
+        async fn list_topics(&self) -> crate::metadata::MetadataResult<Vec<crate::metadata::TopicRecord>> {
+            self.0.list_topics().await
+        }
+        async fn delete_topic(&self, n: &str) -> crate::metadata::MetadataResult<bool> {
+            self.0.delete_topic(n).await
+        }
+        async fn create_group(
+            &self,
+            g: &crate::metadata::GroupRecord,
+        ) -> crate::metadata::MetadataResult<crate::metadata::GroupRecord> {
+            self.0.create_group(g).await
+        }
+        async fn put_group(&self, g: &crate::metadata::GroupRecord) -> crate::metadata::MetadataResult<()> {
+            self.0.put_group(g).await
+        }
+        async fn retire_group(&self, n: &str) -> crate::metadata::MetadataResult<bool> {
+            self.0.retire_group(n).await
+        }
+        async fn group(&self, n: &str) -> crate::metadata::MetadataResult<Option<crate::metadata::GroupRecord>> {
+            self.0.group(n).await
+        }
+        async fn list_groups(&self) -> crate::metadata::MetadataResult<Vec<crate::metadata::GroupRecord>> {
+            self.0.list_groups().await
+        }
+        async fn load_progress(&self) -> crate::metadata::MetadataResult<(Vec<crate::metadata::ProgressRecord>, u64)> {
+            self.0.load_progress().await
+        }
+        async fn save_progress(
+            &self,
+            b: &[crate::metadata::ProgressRecord],
+            o: u64,
+        ) -> crate::metadata::MetadataResult<()> {
+            self.0.save_progress(b, o).await
+        }
+        async fn delete_progress(&self, g: &str) -> crate::metadata::MetadataResult<u64> {
+            self.0.delete_progress(g).await
+        }
+        async fn put_segment(&self, _: &SegmentRecord, fence: Option<&Fence>) -> crate::metadata::MetadataResult<()> {
+            Err(crate::metadata::MetadataError::Fenced(format!("{fence:?} is not the lease holder")))
+        }
+        async fn list_segments(&self, l: &str) -> crate::metadata::MetadataResult<Vec<SegmentRecord>> {
+            self.0.list_segments(l).await
+        }
+        async fn delete_segment(&self, l: &str, b: u64) -> crate::metadata::MetadataResult<bool> {
+            self.0.delete_segment(l, b).await
+        }
+        async fn secret(&self, n: &str, c: &[u8]) -> crate::metadata::MetadataResult<Vec<u8>> {
+            self.0.secret(n, c).await
+        }
+        async fn close(&self) {
+            self.0.close().await
+        }
+    }
+    let s = setup(10).await;
+    let meta = Arc::new(Refusing(SqliteMetadataStore::in_memory().await.unwrap()));
+    let settings = TieringSettings { fence: Some(Fence { node_id: "a".into(), epoch: 1 }), ..settings() };
+    let log = TieredLog::open(s.log.clone(), s.store.clone(), meta, settings).await.unwrap();
+    let r = log
+        .append(vec![AppendMessage {
+            topic: Arc::from("T0"),
+            queue_id: 0,
+            born_timestamp_ms: 5,
+            flags: 0,
+            tag_hash: 0,
+            properties: Properties::default(),
+            body: Bytes::from_static(b"x"),
+        }])
+        .await
+        .unwrap();
+    assert!(matches!(log.persist_remote(&r).await, Err(StorageError::Fenced(_))));
+    assert!(log.is_fenced());
+    assert!(matches!(log.append(Vec::new()).await, Err(StorageError::Fenced(_))));
+    assert!(matches!(log.upload_all().await, Err(StorageError::Fenced(_))));
+    log.close().await.unwrap();
+}

@@ -111,7 +111,12 @@ fn backoff(inner: &Inner, attempt: u32) -> Duration {
 }
 
 pub(super) async fn run(inner: Arc<Inner>, stop: CancellationToken) {
-    sweep_orphans(&inner).await;
+    // A fenced (cluster) log is opened on a take-over, when uploads and `persist_remote`
+    // waiters must not queue behind a listing of the whole bucket: its first sweep waits for
+    // the first remote-retention pass.
+    if inner.settings.fence.is_none() {
+        sweep_orphans(&inner).await;
+    }
     let mut next_retention = Instant::now() + inner.settings.remote_retention_interval;
     let tail = inner.settings.tail_upload_interval;
     let period = tail.map_or(inner.settings.upload_interval, |t| t.min(inner.settings.upload_interval));
@@ -163,8 +168,9 @@ enum UploadError {
     Fenced(String),
 }
 
-/// Uploads everything due, in log order: every sealed segment not covered yet and, with
-/// `tail`, the published tail of the active segment. Retries failures until they succeed or
+/// Uploads everything due, in log order, up to the published position at the start of the
+/// pass: every sealed segment not covered yet and, with `tail`, the published tail of the
+/// active segment. Retries failures until they succeed or
 /// `stop` is cancelled; a fenced manifest write ends the pass (and the log's uploads).
 pub(super) async fn upload_pending(inner: &Arc<Inner>, stop: &CancellationToken, tail: bool) {
     let _one_pass = tokio::select! {
@@ -172,6 +178,7 @@ pub(super) async fn upload_pending(inner: &Arc<Inner>, stop: &CancellationToken,
         _ = stop.cancelled() => return,
     };
     let mut last_warn: Option<Instant> = None;
+    let limit = inner.local.published_position();
     loop {
         refresh_waiting(inner);
         if inner.is_fenced() {
@@ -180,7 +187,7 @@ pub(super) async fn upload_pending(inner: &Arc<Inner>, stop: &CancellationToken,
         let mut attempt = 0u32;
         loop {
             let base = inner.covered_to();
-            match upload_next(inner, tail).await {
+            match upload_next(inner, tail, limit).await {
                 Ok(true) => break,
                 Ok(false) => {
                     refresh_waiting(inner);
@@ -230,13 +237,19 @@ pub(super) async fn upload_pending(inner: &Arc<Inner>, stop: &CancellationToken,
 /// The next range to upload, from the covered position on: the rest of a sealed segment, or
 /// (with `tail`) the published records of the active one. Sealed segments with nothing left
 /// (only the end-of-segment marker) are passed over, moving the covered position to their end.
-fn next_range(inner: &Inner, tail: bool) -> Result<Option<SegmentScan>, String> {
+/// Nothing at or above `limit` (the published position when the pass started) is taken, so a
+/// pass ends under a steady load.
+fn next_range(inner: &Inner, tail: bool, limit: u64) -> Result<Option<SegmentScan>, String> {
     loop {
         let from = inner.covered_to().max(inner.local.log_start());
+        if from >= limit {
+            return Ok(None);
+        }
         let Some((_, end, sealed)) = inner.local.segment_span(from) else { return Ok(None) };
         if !sealed && !tail {
             return Ok(None);
         }
+        let end = if sealed { end } else { end.min(limit) };
         let scan = inner.local.scan_range(from, end).map_err(|e| format!("scanning the log at {from}: {e}"))?;
         match scan {
             None => return Ok(None),
@@ -258,9 +271,9 @@ fn next_range(inner: &Inner, tail: bool) -> Result<Option<SegmentScan>, String> 
 /// One range: build the object, `put` it, then record it (fenced when the log has a fence).
 /// `Ok(false)`: nothing is due. Idempotent: a retry after a crash puts the same bytes under
 /// the same key and upserts the same row.
-async fn upload_next(inner: &Arc<Inner>, tail: bool) -> Result<bool, UploadError> {
+async fn upload_next(inner: &Arc<Inner>, tail: bool, limit: u64) -> Result<bool, UploadError> {
     let i = inner.clone();
-    let scan = tokio::task::spawn_blocking(move || next_range(&i, tail))
+    let scan = tokio::task::spawn_blocking(move || next_range(&i, tail, limit))
         .await
         .map_err(|e| UploadError::Retry(format!("segment scan task failed: {e}")))?
         .map_err(UploadError::Retry)?;
