@@ -117,9 +117,13 @@ fn now_ms() -> i64 {
 /// One send of `load-produce`: index, start and end (epoch ms), acknowledged.
 #[derive(Debug, Clone, Copy)]
 struct Send {
+    index: usize,
     start: i64,
     end: i64,
     ok: bool,
+    /// Where the receipt says the message was stored (-1: unknown).
+    queue: i64,
+    offset: i64,
 }
 
 fn sends(r: &Report) -> Vec<Send> {
@@ -127,7 +131,14 @@ fn sends(r: &Report) -> Vec<Send> {
     rows.iter()
         .filter_map(|row| {
             let a = row.as_array()?;
-            Some(Send { start: a.get(1)?.as_i64()?, end: a.get(2)?.as_i64()?, ok: a.get(3)?.as_i64()? == 1 })
+            Some(Send {
+                index: usize::try_from(a.first()?.as_i64()?).ok()?,
+                start: a.get(1)?.as_i64()?,
+                end: a.get(2)?.as_i64()?,
+                ok: a.get(3)?.as_i64()? == 1,
+                queue: a.get(4).and_then(|v| v.as_i64()).unwrap_or(-1),
+                offset: a.get(5).and_then(|v| v.as_i64()).unwrap_or(-1),
+            })
         })
         .collect()
 }
@@ -178,12 +189,21 @@ struct Audit {
     offset_conflicts: Vec<String>,
     /// stored: `queue: offsets a..b missing` (a gap: data lost or written past)
     gaps: Vec<String>,
+    /// acknowledged at (queue, offset) by its receipt, but another message is stored there:
+    /// two nodes wrote that offset (the acknowledged one lost)
+    overwritten: Vec<String>,
     queues: usize,
     stored: usize,
 }
 
 impl Audit {
-    fn of(acked: &BTreeSet<String>, ds: &[Delivery], stored: Option<&[Stored]>, prefix: &str) -> Audit {
+    fn of(
+        acked: &BTreeSet<String>,
+        positions: &BTreeMap<String, (i64, i64)>,
+        ds: &[Delivery],
+        stored: Option<&[Stored]>,
+        prefix: &str,
+    ) -> Audit {
         let mut a = Audit::default();
         let received: BTreeSet<&str> = ds.iter().map(|d| d.id.as_str()).collect();
         a.lost = acked.iter().filter(|id| !received.contains(id.as_str())).cloned().collect();
@@ -201,6 +221,15 @@ impl Audit {
             at.entry(m.queue).or_default().entry(m.offset).or_default().push(&m.id);
         }
         a.stored_twice = offsets_of_body.values().filter(|&&n| n > 1).count();
+        for (id, &(queue, offset)) in positions {
+            let Ok(q) = i32::try_from(queue) else { continue };
+            if let Some(there) = at.get(&q).and_then(|o| o.get(&offset))
+                && !there.contains(&id.as_str())
+            {
+                a.overwritten
+                    .push(format!("{id} acknowledged at queue {queue} offset {offset}, which holds {there:?}"));
+            }
+        }
         a.queues = at.len();
         for (queue, offsets) in &at {
             for (offset, ids) in offsets {
@@ -224,12 +253,14 @@ impl Audit {
     fn print(&self, test: &str, acked: usize) {
         eprintln!(
             "{test}: {acked} acknowledged, {} not received, {} redeliveries; stored: {} messages in {} queues, \
-             {} acknowledged not stored, {} sends stored twice, {} offset conflicts, {} gaps",
+             {} acknowledged not stored, {} overwritten by another writer, {} sends stored twice, {} offset \
+             conflicts, {} gaps",
             self.lost.len(),
             self.redelivered,
             self.stored,
             self.queues,
             self.not_stored.len(),
+            self.overwritten.len(),
             self.stored_twice,
             self.offset_conflicts.len(),
             self.gaps.len()
@@ -258,19 +289,33 @@ fn consume_and_audit(
         c.read_stored(endpoint, topic)
             .unwrap_or_else(|e| fail(c, &outcome, &format!("{test}: reading the queues: {e:#}")))
     });
-    let audit = Audit::of(&ids, &ds, stored.as_deref(), &format!("{prefix}-"));
+    let positions: BTreeMap<String, (i64, i64)> = sends(producer)
+        .iter()
+        .filter(|s| s.ok && s.queue >= 0 && s.offset >= 0)
+        .filter_map(|s| {
+            producer.ids.get(s.index).filter(|id| !id.is_empty()).map(|id| (id.clone(), (s.queue, s.offset)))
+        })
+        .collect();
+    let audit = Audit::of(&ids, &positions, &ds, stored.as_deref(), &format!("{prefix}-"));
     audit.print(test, ids.len());
     if !audit.lost.is_empty() {
         let first: Vec<&String> = audit.lost.iter().take(10).collect();
         fail(c, &outcome, &format!("{test}: {} acknowledged messages not received, e.g. {first:?}", audit.lost.len()));
     }
-    if offsets && (!audit.not_stored.is_empty() || !audit.offset_conflicts.is_empty() || !audit.gaps.is_empty()) {
+    if offsets
+        && (!audit.not_stored.is_empty()
+            || !audit.overwritten.is_empty()
+            || !audit.offset_conflicts.is_empty()
+            || !audit.gaps.is_empty())
+    {
         let first: Vec<&String> = audit.not_stored.iter().take(10).collect();
+        let overwritten: Vec<&String> = audit.overwritten.iter().take(10).collect();
         fail(
             c,
             &outcome,
             &format!(
-                "{test}: two writers or lost data? acknowledged not stored {first:?}, conflicts {:?}, gaps {:?}",
+                "{test}: two writers or lost data: acknowledged not stored {first:?}, overwritten {overwritten:?}, \
+                 conflicts {:?}, gaps {:?}",
                 audit.offset_conflicts, audit.gaps
             ),
         );
