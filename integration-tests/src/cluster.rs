@@ -486,7 +486,7 @@ pub fn cluster_state(http_port: u16) -> Result<Vec<ShardOwner>> {
 /// The shard table of a `GET /api/v1/cluster` body: `shards: [{shard, owner, epoch}]`, the
 /// owner a node id (or an object with `nodeId`), absent or null when the shard has none.
 pub fn parse_cluster_state(body: &str) -> Result<Vec<ShardOwner>> {
-    let v: serde_json::Value = serde_json::from_str(&body).with_context(|| format!("not JSON: {body}"))?;
+    let v: serde_json::Value = serde_json::from_str(body).with_context(|| format!("not JSON: {body}"))?;
     let shards = v.get("shards").and_then(|s| s.as_array()).ok_or_else(|| anyhow!("no `shards` array: {body}"))?;
     shards
         .iter()

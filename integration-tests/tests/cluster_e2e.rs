@@ -36,6 +36,8 @@ const RATE: u32 = 100;
 /// How long failover may take before the test fails (the issue's bound is 15 s; the test's
 /// leases are shorter than the default ones).
 const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
+/// The SDK consumer stops after this long without a new message.
+const DRAIN_IDLE_SECS: u32 = 25;
 /// Hard limit of one driver process.
 const DRIVER_LIMIT: Duration = Duration::from_secs(100);
 
@@ -90,7 +92,7 @@ fn load(c: &Cluster, endpoint: &str, topic: &str, prefix: &str, count: usize) ->
 /// A Java `drain-consume` of the topic with a fresh group, run to completion.
 fn drain(c: &Cluster, endpoint: &str, topic: &str, prefix: &str, count: usize) -> Outcome {
     let mut r = run(Sdk::Java, Mode::Named("drain-consume"), endpoint, topic, &unique("group", "drain"), prefix, count);
-    r.extra_args = vec!["--idle-secs".into(), "15".into()];
+    r.extra_args = vec!["--idle-secs".into(), DRAIN_IDLE_SECS.to_string()];
     sdk::spawn(&r, c.path()).and_then(Running::wait).unwrap_or_else(|e| panic!("drain-consume: {e:#}"))
 }
 
@@ -117,12 +119,16 @@ fn now_ms() -> i64 {
 /// One send of `load-produce`: index, start and end (epoch ms), acknowledged.
 #[derive(Debug, Clone, Copy)]
 struct Send {
+    #[allow(dead_code)]
     index: usize,
     start: i64,
     end: i64,
     ok: bool,
-    /// Where the receipt says the message was stored (-1: unknown).
+    /// The queue the SDK picked and the offset the gateway answered (-1: unknown). Not
+    /// checked: the answer names no queue, and a gateway may store a send in another one.
+    #[allow(dead_code)]
     queue: i64,
+    #[allow(dead_code)]
     offset: i64,
 }
 
@@ -189,21 +195,12 @@ struct Audit {
     offset_conflicts: Vec<String>,
     /// stored: `queue: offsets a..b missing` (a gap: data lost or written past)
     gaps: Vec<String>,
-    /// acknowledged at (queue, offset) by its receipt, but another message is stored there:
-    /// two nodes wrote that offset (the acknowledged one lost)
-    overwritten: Vec<String>,
     queues: usize,
     stored: usize,
 }
 
 impl Audit {
-    fn of(
-        acked: &BTreeSet<String>,
-        positions: &BTreeMap<String, (i64, i64)>,
-        ds: &[Delivery],
-        stored: Option<&[Stored]>,
-        prefix: &str,
-    ) -> Audit {
+    fn of(acked: &BTreeSet<String>, ds: &[Delivery], stored: Option<&[Stored]>, prefix: &str) -> Audit {
         let mut a = Audit::default();
         let received: BTreeSet<&str> = ds.iter().map(|d| d.id.as_str()).collect();
         a.lost = acked.iter().filter(|id| !received.contains(id.as_str())).cloned().collect();
@@ -221,15 +218,6 @@ impl Audit {
             at.entry(m.queue).or_default().entry(m.offset).or_default().push(&m.id);
         }
         a.stored_twice = offsets_of_body.values().filter(|&&n| n > 1).count();
-        for (id, &(queue, offset)) in positions {
-            let Ok(q) = i32::try_from(queue) else { continue };
-            if let Some(there) = at.get(&q).and_then(|o| o.get(&offset))
-                && !there.contains(&id.as_str())
-            {
-                a.overwritten
-                    .push(format!("{id} acknowledged at queue {queue} offset {offset}, which holds {there:?}"));
-            }
-        }
         a.queues = at.len();
         for (queue, offsets) in &at {
             for (offset, ids) in offsets {
@@ -253,14 +241,13 @@ impl Audit {
     fn print(&self, test: &str, acked: usize) {
         eprintln!(
             "{test}: {acked} acknowledged, {} not received, {} redeliveries; stored: {} messages in {} queues, \
-             {} acknowledged not stored, {} overwritten by another writer, {} sends stored twice, {} offset \
+             {} acknowledged not stored, {} sends stored twice, {} offset \
              conflicts, {} gaps",
             self.lost.len(),
             self.redelivered,
             self.stored,
             self.queues,
             self.not_stored.len(),
-            self.overwritten.len(),
             self.stored_twice,
             self.offset_conflicts.len(),
             self.gaps.len()
@@ -289,34 +276,29 @@ fn consume_and_audit(
         c.read_stored(endpoint, topic)
             .unwrap_or_else(|e| fail(c, &outcome, &format!("{test}: reading the queues: {e:#}")))
     });
-    let positions: BTreeMap<String, (i64, i64)> = sends(producer)
-        .iter()
-        .filter(|s| s.ok && s.queue >= 0 && s.offset >= 0)
-        .filter_map(|s| {
-            producer.ids.get(s.index).filter(|id| !id.is_empty()).map(|id| (id.clone(), (s.queue, s.offset)))
-        })
-        .collect();
-    let audit = Audit::of(&ids, &positions, &ds, stored.as_deref(), &format!("{prefix}-"));
+    let audit = Audit::of(&ids, &ds, stored.as_deref(), &format!("{prefix}-"));
     audit.print(test, ids.len());
-    if !audit.lost.is_empty() {
-        let first: Vec<&String> = audit.lost.iter().take(10).collect();
-        fail(c, &outcome, &format!("{test}: {} acknowledged messages not received, e.g. {first:?}", audit.lost.len()));
-    }
-    if offsets
-        && (!audit.not_stored.is_empty()
-            || !audit.overwritten.is_empty()
-            || !audit.offset_conflicts.is_empty()
-            || !audit.gaps.is_empty())
-    {
+    if offsets && (!audit.not_stored.is_empty() || !audit.offset_conflicts.is_empty() || !audit.gaps.is_empty()) {
         let first: Vec<&String> = audit.not_stored.iter().take(10).collect();
-        let overwritten: Vec<&String> = audit.overwritten.iter().take(10).collect();
         fail(
             c,
             &outcome,
             &format!(
-                "{test}: two writers or lost data: acknowledged not stored {first:?}, overwritten {overwritten:?}, \
-                 conflicts {:?}, gaps {:?}",
+                "{test}: two writers or lost data: acknowledged not stored {first:?}, conflicts {:?}, gaps {:?}",
                 audit.offset_conflicts, audit.gaps
+            ),
+        );
+    }
+    if !audit.lost.is_empty() {
+        let first: Vec<&String> = audit.lost.iter().take(10).collect();
+        fail(
+            c,
+            &outcome,
+            &format!(
+                "{test}: {} acknowledged messages not received by the SDK consumer within {DRAIN_IDLE_SECS} s of \
+                 quiet (stored: {}), e.g. {first:?}",
+                audit.lost.len(),
+                if offsets { "yes, every one" } else { "not checked" }
             ),
         );
     }
@@ -428,7 +410,7 @@ fn cluster_sigkill_failover_with_s3_durability() {
     if r.sent == 0 {
         fail(&c, &outcome, &format!("{test}: nothing was acknowledged"));
     }
-    consume_and_audit(&c, test, &c.lb_endpoint(), &topic, "k9", &r, false);
+    consume_and_audit(&c, test, &c.lb_endpoint(), &topic, "k9", &r, true);
 }
 
 /// c) Cut one gateway off from PostgreSQL under load: the others take its shards over; it
