@@ -480,8 +480,13 @@ pub async fn read_stored(endpoint: &str, topic: &str) -> Result<Vec<Stored>> {
 
 /// `GET /api/v1/cluster` on `127.0.0.1:<http_port>`: the shard table.
 pub fn cluster_state(http_port: u16) -> Result<Vec<ShardOwner>> {
-    let body = http_get(http_port, "/api/v1/cluster")?;
-    let v: serde_json::Value = serde_json::from_str(&body).with_context(|| format!("not JSON: {body}"))?;
+    parse_cluster_state(&http_get(http_port, "/api/v1/cluster")?)
+}
+
+/// The shard table of a `GET /api/v1/cluster` body: `shards: [{shard, owner, epoch}]`, the
+/// owner a node id (or an object with `nodeId`), absent or null when the shard has none.
+pub fn parse_cluster_state(body: &str) -> Result<Vec<ShardOwner>> {
+    let v: serde_json::Value = serde_json::from_str(body).with_context(|| format!("not JSON: {body}"))?;
     let shards = v.get("shards").and_then(|s| s.as_array()).ok_or_else(|| anyhow!("no `shards` array: {body}"))?;
     shards
         .iter()
@@ -646,6 +651,18 @@ mod tests {
         }
         assert!(seen.contains(&0) && seen.contains(&1), "{seen:?}");
         assert_eq!(lb.connections(), 6);
+    }
+
+    #[test]
+    fn cluster_state_is_read_leniently() {
+        let body = r#"{"nodes":[{"nodeId":"n0"}],"shards":[{"shard":0,"owner":"n0","epoch":3},
+            {"shard":1,"owner":null,"epoch":2},{"shard":2,"owner":{"nodeId":"n1"}},{"shard":3}]}"#;
+        let s = parse_cluster_state(body).unwrap();
+        assert_eq!(s[0], ShardOwner { shard: 0, owner: Some("n0".into()), epoch: Some(3) });
+        assert_eq!(s[1].owner, None);
+        assert_eq!(s[2].owner.as_deref(), Some("n1"));
+        assert_eq!(s[3], ShardOwner { shard: 3, owner: None, epoch: None });
+        assert!(parse_cluster_state("{}").is_err());
     }
 
     #[test]

@@ -29,7 +29,8 @@ import org.apache.rocketmq.client.apis.producer.SendReceipt;
  *     W (default 16) in flight; the SDK retries a failed send itself (A attempts, default the
  *     SDK's 3), nothing is retried on top. Prints "PROGRESS received=K" (K = acked so far) as it
  *     goes. RESULT: sent, failed, ids (index i: the acked message id, "" if that send failed),
- *     sends ([[i, start epoch ms, end epoch ms, ok 0/1] ...]), failures (first 50 errors).
+ *     sends ([[i, start epoch ms, end epoch ms, ok 0/1, queue id, queue offset] ...]: the
+ *     position the receipt names, -1 if unknown or failed), failures (first 50 errors).
  * drain-consume --count N [--idle-secs S] [--receive-batch B]
  *     a SimpleConsumer (tag --tag) receives and acks until it has seen N distinct bodies
  *     {@code <prefix>-<i>}, or nothing new came for S seconds (default 15), or the timeout.
@@ -118,11 +119,12 @@ final class ClusterLoad {
                         if (failures.size() < 50) {
                             failures.add("#" + index + " at " + ended + ": " + E2e.describe(e));
                         }
-                        sends[index] = new long[] {index, begun, ended, 0};
+                        sends[index] = new long[] {index, begun, ended, 0, -1, -1};
                     } else {
                         acked.incrementAndGet();
                         ids[index] = receipt.getMessageId().toString();
-                        sends[index] = new long[] {index, begun, ended, 1};
+                        long[] at = receiptPosition(receipt);
+                        sends[index] = new long[] {index, begun, ended, 1, at[0], at[1]};
                     }
                 }
                 window.release();
@@ -140,7 +142,7 @@ final class ClusterLoad {
         synchronized (sends) {
             for (long[] s : sends) {
                 if (s != null) {
-                    timeline.add(List.of(s[0], s[1], s[2], s[3]));
+                    timeline.add(List.of(s[0], s[1], s[2], s[3], s[4], s[5]));
                 }
             }
             r.put("sent", acked.get());
@@ -152,6 +154,25 @@ final class ClusterLoad {
         r.put("shutdown_error", E2e.closeBounded(producer, 15));
         r.put("ok", acked.get() == d.count);
         return r;
+    }
+
+    /** SendReceiptImpl.getMessageQueue().getQueueId() and getOffset() (internal): where the
+     * gateway says it stored the message; -1 where unknown. */
+    private static long[] receiptPosition(SendReceipt receipt) {
+        long queue = -1;
+        long offset = -1;
+        try {
+            Object mq = receipt.getClass().getMethod("getMessageQueue").invoke(receipt);
+            queue = ((Number) mq.getClass().getMethod("getQueueId").invoke(mq)).longValue();
+        } catch (ReflectiveOperationException | RuntimeException e) {
+            // unknown
+        }
+        try {
+            offset = ((Number) receipt.getClass().getMethod("getOffset").invoke(receipt)).longValue();
+        } catch (ReflectiveOperationException | RuntimeException e) {
+            // unknown
+        }
+        return new long[] {queue, offset};
     }
 
     /** MessageViewImpl.getMessageQueue().getQueueId() and getOffset() (internal), or -1. */
