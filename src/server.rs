@@ -291,6 +291,24 @@ impl From<&Config> for BrokerSettings {
 impl From<&Config> for GrpcSettings {
     fn from(config: &Config) -> Self {
         let (s, p) = (&config.server, &config.producer);
+        // A cluster node being restarted or handed over closes its connections: a producer
+        // needs a retry window longer than its channel's reconnect (about a second) to ride
+        // over it. Apache's 10 ms × 3 attempts is gone in 30 ms, so a cluster with the
+        // default producer retry policy hands out a wider one (set producer.* to override).
+        let cluster_default = config.cluster.enabled
+            && p.max_attempts == 3
+            && p.backoff_initial == std::time::Duration::from_millis(10)
+            && p.backoff_max == std::time::Duration::from_secs(1);
+        let p = &if cluster_default {
+            config::ProducerConfig {
+                max_attempts: 5,
+                backoff_initial: std::time::Duration::from_millis(200),
+                backoff_max: std::time::Duration::from_secs(2),
+                backoff_multiplier: 2.0,
+            }
+        } else {
+            p.clone()
+        };
         GrpcSettings {
             grpc_server_port: s.grpc_server_port,
             advertised_address: s.advertised_address.clone(),
@@ -471,8 +489,15 @@ pub async fn run(
         tokio::time::sleep(config.cluster.renew_interval).await;
     }
     accept_stop.cancel();
-    // Ends long polls and telemetry streams so the gRPC server can drain.
     let broker_stop = broker.shutdown_token();
+    if config.cluster.enabled {
+        // GOAWAY first, while the Telemetry streams still hold the connections open: clients
+        // move their new requests to a new connection (another node behind the load
+        // balancer) instead of losing them with a connection closed under them.
+        grpc_stop.cancel();
+        tokio::time::sleep(config.cluster.renew_interval.max(std::time::Duration::from_secs(1))).await;
+    }
+    // Ends long polls and telemetry streams so the gRPC server can drain.
     broker_stop.cancel();
     grpc_stop.cancel();
     let limit = config.server.shutdown_timeout;
