@@ -357,6 +357,11 @@ impl Cluster {
         self.rt.block_on(read_stored(endpoint, topic))
     }
 
+    /// Log lines of node `i` (all its starts) containing `needle`.
+    pub fn log_lines_with(&self, i: usize, needle: &str) -> Vec<String> {
+        self.nodes[i].gateway.log_lines_with(needle)
+    }
+
     /// Log tails of every node, for failure messages.
     pub fn logs(&self, lines: usize) -> String {
         self.nodes

@@ -234,6 +234,14 @@ impl Gateway {
         tail_file(&self.log_path(), lines)
     }
 
+    /// Lines of every log of this gateway (all its starts) containing `needle`.
+    pub fn log_lines_with(&self, needle: &str) -> Vec<String> {
+        (1..=self.starts)
+            .filter_map(|i| std::fs::read_to_string(self.dir.join(format!("gateway-{i}.log"))).ok())
+            .flat_map(|text| text.lines().filter(|l| l.contains(needle)).map(str::to_string).collect::<Vec<_>>())
+            .collect()
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.join(format!("gateway-{}.log", self.starts))
     }

@@ -290,6 +290,8 @@ impl ApacheRun {
 
 // --------------------------------------------------------------------------------- the context
 
+// One value per scenario run: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Broker {
     Gateway(Ctx),
     Apache { apache: MutexGuard<'static, ApacheRun>, dir: Option<tempfile::TempDir> },

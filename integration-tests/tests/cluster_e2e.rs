@@ -413,22 +413,22 @@ fn cluster_sigkill_failover_with_s3_durability() {
     consume_and_audit(&c, test, &c.lb_endpoint(), &topic, "k9", &r, true);
 }
 
-/// c) Cut one gateway off from PostgreSQL under load (a `durability: s3` topic; set
-/// `RMQ_E2E_CLUSTER_PARTITION_DURABILITY=local` for a local one): the others take its shards
-/// over; it must stop writing to them. After healing, the stored data shows one writer per
-/// queue and every acknowledged message.
+/// c) Cut one gateway off from PostgreSQL under load (a topic with the default `local`
+/// durability; `RMQ_E2E_CLUSTER_PARTITION_DURABILITY=s3` for an `s3` one): the others take its
+/// shards over; it must stop writing to them. After healing, the stored data shows one writer
+/// per queue and every acknowledged message.
 #[test]
 fn cluster_partitioned_node_stops_writing() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let test = "cluster_partition";
     let topic = unique("topic", test);
-    // `s3` (default): an ack waits for the fenced manifest write, so a node cut off from
-    // PostgreSQL cannot acknowledge what its successor will not see. `local`: acks after the
-    // local flush; what the cut node acknowledged after its last recorded upload is lost by
-    // design (bounded by the lease), and this test says so.
+    // `local` (default): acks after the local flush. What the cut node acknowledged after its
+    // last recorded upload is in no manifest; it publishes it again when it gets the shard
+    // back (the audit below finds every acknowledged message). `s3`: an ack waits for the
+    // fenced manifest write, so a cut node cannot acknowledge what its successor will not see.
     let durability = match std::env::var("RMQ_E2E_CLUSTER_PARTITION_DURABILITY").as_deref() {
-        Ok("local") => "local",
-        _ => "s3",
+        Ok("s3") => "s3",
+        _ => "local",
     };
     let opts =
         ClusterOpts { topics: vec![TopicDef { name: topic.clone(), queues: 8, durability }], ..ClusterOpts::default() };
@@ -450,6 +450,13 @@ fn cluster_partitioned_node_stops_writing() {
     eprintln!("{test}: healed; n{victim} back with every shard owned after {:.1} s", rejoined.as_secs_f64());
     let (_outcome, r) = finish_load(&c, running);
     eprintln!("{test}: {} of {n} sends acknowledged, {} failed", r.sent, r.failed);
+    // What the cut-off node acknowledged but could not upload (local durability) comes back
+    // when it gets its shards again.
+    let salvaged: Vec<String> = c.log_lines_with(victim, "published again");
+    eprintln!("{test}: n{victim} published again its unuploaded acknowledged messages of {} shards", salvaged.len());
+    for l in &salvaged {
+        eprintln!("{test}:   {}", l.split_whitespace().filter(|w| w.contains('=')).collect::<Vec<_>>().join(" "));
+    }
     consume_and_audit(&c, test, &c.lb_endpoint(), &topic, "pt", &r, true);
 }
 

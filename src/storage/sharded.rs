@@ -13,6 +13,11 @@
 //!   each queue continues at its manifest end offset, and older data is read from the object
 //!   store. (Starting at the *next* boundary keeps the new owner's object keys clear of a
 //!   previous owner's upload still in flight into the segment it was writing.)
+//! - **Salvage**: a directory of this node's from an earlier epoch (it lost the shard to a
+//!   crash or a partition, another node owned it since) may hold messages it acknowledged but
+//!   never uploaded. Before the directory is wiped, the records past what the manifest covers
+//!   of it are read and appended again to the resumed log (new offsets), so a `local`
+//!   durability topic loses nothing a node acknowledged as long as its disk comes back.
 //! - **Hand-over** ([`ShardedLog::close_shard`]): refuse new appends (`NotOwner`), wait for the
 //!   appends in flight, upload the whole tail, close. **Lease lost**
 //!   ([`ShardedLog::abandon_shard`]): refuse at once, stop uploads, close.
@@ -298,6 +303,14 @@ impl ShardedLog {
                 local = Some(log);
             }
         }
+        // A directory of ours from an earlier epoch that another node took over since: what
+        // this node acknowledged there but never brought to the object store (a crash or a
+        // partition before its tail upload) is published again below, not dropped.
+        let salvaged = if local.is_none() && previous.is_some() && dir.exists() {
+            self.salvage(shard, &dir, &rows).await
+        } else {
+            Vec::new()
+        };
         let local = match local {
             Some(l) => l,
             None => {
@@ -332,6 +345,23 @@ impl ShardedLog {
                 return Err(e);
             }
         };
+        if !salvaged.is_empty() {
+            let n = salvaged.len();
+            for batch in salvaged.chunks(256) {
+                if let Err(e) = log.append(batch.to_vec()).await {
+                    let _ = log.close().await;
+                    return Err(e);
+                }
+            }
+            tracing::warn!(
+                shard,
+                epoch,
+                previous_epoch = ?previous,
+                messages = n,
+                "published again the messages this node had acknowledged in an earlier epoch of the shard \
+                 but never uploaded (at new offsets; consumers may see some twice)"
+            );
+        }
         tracing::info!(
             shard,
             epoch,
@@ -350,6 +380,62 @@ impl ShardedLog {
         });
         self.shards.write().unwrap_or_else(|e| e.into_inner()).insert(shard, open);
         Ok(())
+    }
+
+    /// The messages of a stale local directory of `shard` (from an earlier epoch of this
+    /// node) that lie past what the manifest covers of it: acknowledged by this node, never
+    /// uploaded, unknown to the owners since. Best effort: a directory that cannot be read
+    /// yields what could be read, with a warning.
+    async fn salvage(&self, shard: ShardId, dir: &Path, rows: &[SegmentRecord]) -> Vec<AppendMessage> {
+        let log = match self.open_local(dir, None).await {
+            Ok(log) => log,
+            Err(e) => {
+                tracing::warn!(shard, error = %e, "cannot open the stale shard directory to salvage it");
+                return Vec::new();
+            }
+        };
+        let end = log.published_position();
+        let covered = rows.iter().filter(|r| r.base < end).map(|r| r.base + r.size).max().unwrap_or(0);
+        let mut out = Vec::new();
+        let mut pos = covered.max(log.log_start());
+        while pos < end {
+            let Some((_, seg_end, _)) = log.segment_span(pos) else { break };
+            match log.scan_range(pos, end) {
+                Ok(Some(scan)) => {
+                    for r in &scan.records {
+                        let at = (r.log_position - scan.base) as usize;
+                        match super::local::decode_message(&scan.data.slice(at..), r.log_position) {
+                            Ok(m) => out.push(AppendMessage {
+                                topic: m.topic,
+                                queue_id: m.queue_id,
+                                born_timestamp_ms: m.born_timestamp_ms,
+                                flags: m.flags,
+                                tag_hash: m.tag_hash,
+                                properties: m.properties,
+                                body: m.body,
+                            }),
+                            Err(e) => {
+                                tracing::warn!(shard, position = r.log_position, error = %e, "unreadable record in a stale shard directory skipped")
+                            }
+                        }
+                    }
+                    let next = scan.base + scan.data.len() as u64;
+                    pos = if next > pos { next } else { seg_end };
+                    if pos < seg_end && scan.records.is_empty() {
+                        pos = seg_end;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(shard, position = pos, error = %e, "salvaging a stale shard directory stopped early");
+                    break;
+                }
+            }
+        }
+        if let Err(e) = log.close().await {
+            tracing::warn!(shard, error = %e, "closing the stale shard directory failed");
+        }
+        out
     }
 
     async fn open_local(&self, dir: &Path, resume: Option<ResumePoint>) -> StorageResult<Arc<CommitLog>> {

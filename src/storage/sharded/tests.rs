@@ -406,3 +406,42 @@ async fn appends_stop_at_the_local_lease_deadline() {
     send(&a, "T", q, 1, 1).await;
     a.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_partitioned_owner_acknowledged_but_never_uploaded_is_published_again_when_it_gets_the_shard_back() {
+    let c = Cluster::new().await;
+    let (shard, q) = (1, queue_in(1));
+    let a = c.node("a");
+    c.meta.lease(shard, "a", 1);
+    a.open_shard(shard, 1).await.unwrap();
+    let sent = send(&a, "T", q, 0, 40).await;
+    a.persist_remote(&sent).await.unwrap();
+    // Acknowledged locally (local durability), never uploaded: a is cut off, then loses the lease.
+    send(&a, "T", q, 500, 5).await;
+    a.abandon_shard(shard).await.unwrap();
+
+    // b owns it meanwhile and hands it back gracefully.
+    c.meta.lease(shard, "b", 2);
+    let b = c.node("b");
+    b.open_shard(shard, 2).await.unwrap();
+    send(&b, "T", q, 1000, 3).await;
+    b.close_shard(shard).await.unwrap();
+
+    // a again, two epochs later: its directory is stale, its five messages come back once.
+    c.meta.lease(shard, "a", 3);
+    a.open_shard(shard, 3).await.unwrap();
+    let all = read_all(&a, "T", q, 0).await;
+    let bodies: Vec<String> = all.iter().map(body_of).collect();
+    assert_eq!(all.len(), 48, "40 uploaded by a, 3 by b, 5 salvaged");
+    for (i, m) in all.iter().enumerate() {
+        assert_eq!(m.queue_offset, i as u64);
+    }
+    for n in (0..40).chain(1000..1003).chain(500..505) {
+        let body = format!("body {n} ").repeat(40);
+        assert_eq!(bodies.iter().filter(|b| **b == body).count(), 1, "message {n} once");
+    }
+    // Salvaged ones come after b's, at new offsets.
+    assert_eq!(bodies[43], "body 500 ".repeat(40));
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
