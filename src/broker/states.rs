@@ -150,6 +150,18 @@ impl States {
     }
 }
 
+/// What is stored of one group's state on one queue.
+fn progress_record(key: &QueueKey, st: &QueueState) -> ProgressRecord {
+    let (group, topic, queue_id) = key;
+    ProgressRecord {
+        group: group.to_string(),
+        topic: topic.to_string(),
+        queue_id: *queue_id,
+        ack_floor: st.floor,
+        acked_above: st.encode(),
+    }
+}
+
 impl Broker {
     /// The state of `group` on a queue: the live one, else the pruned one brought back from its
     /// floor, else a new one at the configured start position.
@@ -318,14 +330,7 @@ impl Broker {
             let mut st = lock(&**cell);
             if st.dirty {
                 st.dirty = false;
-                let (group, topic, queue_id) = &cell.key;
-                batch.push(ProgressRecord {
-                    group: group.to_string(),
-                    topic: topic.to_string(),
-                    queue_id: *queue_id,
-                    ack_floor: st.floor,
-                    acked_above: st.encode(),
-                });
+                batch.push(progress_record(&cell.key, &st));
             }
         }
         let saved = self.inner.journal_saved.load(Ordering::Relaxed);
@@ -377,14 +382,7 @@ impl Broker {
         for cell in &cells {
             let mut st = lock(&**cell);
             st.dirty = false;
-            let (group, topic, queue_id) = &cell.key;
-            batch.push(ProgressRecord {
-                group: group.to_string(),
-                topic: topic.to_string(),
-                queue_id: *queue_id,
-                ack_floor: st.floor,
-                acked_above: st.encode(),
-            });
+            batch.push(progress_record(&cell.key, &st));
         }
         let saved = self.inner.journal_saved.load(Ordering::Relaxed);
         if !batch.is_empty() {
