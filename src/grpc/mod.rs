@@ -383,9 +383,9 @@ impl MessagingServiceImpl {
     }
 
     /// Cluster mode, a client's receive: before long-polling the node it was routed to, asks
-    /// every node owning queues of the topic, without waiting, for messages (here directly,
-    /// the others through a forwarded receive marked not to wait), starting at a rotating
-    /// node. A client behind one address then gets messages from whichever node has them at
+    /// every node owning queues of the topic, without waiting, for messages (here directly and
+    /// first, the others through a forwarded receive marked not to wait, from a rotating
+    /// start). A client behind one address then gets messages from whichever node has them at
     /// once, instead of waiting out a long poll on a node whose queues are empty. `None`:
     /// nothing anywhere (or a single owner); the caller long-polls as usual.
     async fn sweep_owners(
@@ -403,10 +403,13 @@ impl MessagingServiceImpl {
         if owners.len() < 2 {
             return None;
         }
+        // This node first (when it owns queues of the topic: no extra request while it has
+        // messages), then the others from a rotating start.
         let local = fwd.view().local_node().node_id.clone();
-        let start = fwd.pick();
-        for i in 0..owners.len() {
-            let node = &owners[(start + i) % owners.len()];
+        let (mut order, others): (Vec<_>, Vec<_>) = owners.into_iter().partition(|n| n.node_id == local);
+        let start = if others.is_empty() { 0 } else { fwd.pick() % others.len() };
+        order.extend(others[start..].iter().chain(&others[..start]).cloned());
+        for node in &order {
             if node.node_id == local {
                 let quick = ReceiveRequest { deadline_remaining: Some(Duration::ZERO), ..receive.clone() };
                 match self.broker.receive(quick).await {
