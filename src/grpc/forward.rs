@@ -75,7 +75,8 @@ pub enum SendKind<'a> {
     /// Any queue of the topic.
     Plain,
     /// Transactional or scheduled: kept in the accepting node's own log until it is committed
-    /// or due, so always served here.
+    /// or due, then copied into a queue of the topic that node owns, so accepted by a node
+    /// owning one (here when it does, like `Plain`).
     NodeLocal,
 }
 
@@ -114,14 +115,14 @@ fn some_owner(view: &ClusterView, topic: &str, queue_nums: u32, pick: usize) -> 
     if node.node_id == view.local_node().node_id { Target::Local } else { Target::Remote(node) }
 }
 
-/// SendMessage: FIFO to its group's queue's owner; transactional and scheduled here; others
-/// here when a queue of the topic is open here, else to some owner of one.
+/// SendMessage: FIFO to its group's queue's owner; others (transactional and scheduled ones
+/// included: they become deliverable in a queue of the node that accepted them) here when a
+/// queue of the topic is open here, else to some owner of one.
 pub fn send_target(view: &ClusterView, topic: &str, queue_nums: u32, kind: SendKind<'_>, pick: usize) -> Target {
     match kind {
-        SendKind::NodeLocal => Target::Local,
         SendKind::Fifo(group) => queue_target(view, topic, crate::broker::fifo_queue(queue_nums, group)),
-        SendKind::Plain if owns_any(view, topic, queue_nums) => Target::Local,
-        SendKind::Plain => some_owner(view, topic, queue_nums, pick),
+        SendKind::Plain | SendKind::NodeLocal if owns_any(view, topic, queue_nums) => Target::Local,
+        SendKind::Plain | SendKind::NodeLocal => some_owner(view, topic, queue_nums, pick),
     }
 }
 
@@ -375,8 +376,9 @@ mod tests {
         let picked: std::collections::BTreeSet<String> =
             (0..4).map(|p| remote(&send_target(&only, "T", 3, SendKind::Plain, p)).to_string()).collect();
         assert_eq!(picked.into_iter().collect::<Vec<_>>(), vec!["b", "c"]);
-        // Transactional and scheduled: always here.
-        assert_eq!(send_target(&only, "T", 3, SendKind::NodeLocal, 0), Target::Local);
+        // Transactional and scheduled: to a node owning a queue of the topic, like the others.
+        assert!(matches!(send_target(&only, "T", 3, SendKind::NodeLocal, 0), Target::Remote(_)));
+        assert_eq!(send_target(&v, "T", 3, SendKind::NodeLocal, 0), Target::Local);
         // A one-queue topic whose queue is elsewhere.
         let q0_shard = v.shard_of("T", 0);
         let expected = if q0_shard == 0 { Target::Local } else { queue_target(&v, "T", 0) };

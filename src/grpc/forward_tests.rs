@@ -235,7 +235,8 @@ async fn requests_are_forwarded_to_the_owner() {
     assert_eq!(acked.entries.len(), 1);
     assert_eq!(forwarded_to(&b).len(), 3, "send, receive and ack forwarded");
 
-    // Telemetry, heartbeats and node-local messages stay here.
+    // Telemetry and heartbeats stay here; a transactional message goes to a node owning a
+    // queue of its topic (its half message lives there until it is committed).
     let hb = c.heartbeat(request(proto::HeartbeatRequest { group: None, client_type: 1 })).await.unwrap().into_inner();
     assert_eq!(code(&hb.status), Code::Ok as i32);
     let tx = c
@@ -246,11 +247,10 @@ async fn requests_are_forwarded_to_the_owner() {
         .unwrap()
         .into_inner();
     assert_eq!(code(&tx.status), Code::Ok as i32, "{tx:?}");
-    assert_eq!(tx.entries[0].transaction_id, "a/TX1", "the half message stays where it was sent");
-    assert_eq!(forwarded_to(&b).len(), 3);
+    assert_eq!(tx.entries[0].transaction_id, "b/TX1", "the half message is held by an owner of the topic");
+    assert_eq!(forwarded_to(&b).len(), 4);
 
-    // EndTransaction through `b` reaches `a`, which holds the half message.
-    let mut cb = client(&b.addr).await;
+    // EndTransaction through `a` reaches `b`, which holds the half message.
     let end = proto::EndTransactionRequest {
         topic: topic(),
         message_id: "TX1".into(),
@@ -259,9 +259,9 @@ async fn requests_are_forwarded_to_the_owner() {
         source: proto::TransactionSource::SourceClient as i32,
         trace_context: String::new(),
     };
-    let ended = cb.end_transaction(request(end)).await.unwrap().into_inner();
+    let ended = c.end_transaction(request(end)).await.unwrap().into_inner();
     assert_eq!(code(&ended.status), Code::Ok as i32, "{ended:?}");
-    assert_eq!(a.broker.open_transactions(), 0);
+    assert_eq!(b.broker.open_transactions(), 0);
 
     a.stop.cancel();
     b.stop.cancel();
