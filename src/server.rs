@@ -177,6 +177,10 @@ impl ShardHandler for NodeShards {
         let started = std::time::Instant::now();
         self.log.open_shard(shard, epoch).await.with_context(|| format!("opening shard {shard}"))?;
         match self.broker.adopt_queues(&queues_of(shard, self.view.shard_count())).await {
+            // The lease may have been lost (and the shard abandoned) while this ran.
+            Ok(_) if !self.log.is_open(shard) => {
+                Err(anyhow::anyhow!("shard {shard} was closed while it was being opened (lease lost)"))
+            }
             Ok(states) => {
                 self.view.set_local(shard, true);
                 tracing::info!(shard, epoch, states, took = ?started.elapsed(), "shard acquired");
