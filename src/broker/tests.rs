@@ -415,6 +415,40 @@ async fn scheduled_messages_fire_on_time_once_and_survive_restarts() {
     assert!(broker.recall("T", &handle).await.is_err(), "due time passed");
 }
 
+/// Cluster: a message falling due while no queue of its topic is this node's does not fail
+/// the firing (which would hold up every later timer of the node); it is tried again and fires
+/// once, as a full copy, when a queue of its topic is here again.
+#[tokio::test]
+async fn a_due_message_without_a_local_queue_waits_and_holds_nothing_up() {
+    struct Switch(std::sync::atomic::AtomicBool);
+    impl QueueOwnership for Switch {
+        fn owns(&self, topic: &str, _queue_id: u32) -> bool {
+            topic != "T" || self.0.load(Ordering::SeqCst)
+        }
+    }
+    let h = Harness::new(Arc::new(MemoryLog::new())).await;
+    let broker = h.start().await;
+    let owned = Arc::new(Switch(std::sync::atomic::AtomicBool::new(true)));
+    broker.set_ownership(owned.clone());
+    let now = h.clock.now_ms();
+    broker.send(vec![delayed("d1", now + 1_000)]).await.unwrap();
+    broker.index_timers().unwrap();
+    owned.0.store(false, Ordering::SeqCst);
+    h.clock.advance(1_000);
+    assert_eq!(broker.fire_due_timers().await.unwrap(), 1, "handled (scheduled again), not an error");
+    owned.0.store(true, Ordering::SeqCst);
+    assert!(broker.receive(receive_request()).await.unwrap().is_empty(), "not delivered yet");
+    broker.index_timers().unwrap();
+    h.clock.advance(1_000);
+    assert_eq!(broker.fire_due_timers().await.unwrap(), 1);
+    let got = broker.receive(receive_request()).await.unwrap();
+    assert_eq!(ids(&got), vec!["d1"]);
+    assert_eq!(got[0].body, Bytes::from("d1"));
+    h.clock.advance(10_000);
+    broker.index_timers().unwrap();
+    assert_eq!(broker.fire_due_timers().await.unwrap(), 0, "fired once");
+}
+
 #[tokio::test]
 async fn delivery_times_beyond_the_limit_are_refused_without_overflow() {
     let broker = broker_with(Arc::new(MemoryLog::new())).await;

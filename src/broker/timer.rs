@@ -31,6 +31,8 @@ use crate::storage::{AppendMessage, Properties, StoredMessage, TimerEntry, Timer
 
 /// The system topic of scheduled messages (queue 0) and timer control records (queue 1).
 pub(crate) const TIMER_TOPIC: &str = "rmq_sys_timer";
+/// Cluster: a message due while no queue of its topic is this node's is tried again after this.
+const NOT_OWNER_RETRY_MS: i64 = 1000;
 const SCHEDULED: u32 = 0;
 const CONTROL: u32 = 1;
 const KIND_CANCEL: u8 = 1;
@@ -625,7 +627,26 @@ impl Broker {
                     }
                 },
             };
-            let queue_id = self.pick_queue(&topic, None)?;
+            let queue_id = match self.pick_queue(&topic, None) {
+                Ok(q) => q,
+                // Cluster: no queue of the topic is this node's any more (its shards moved).
+                // Scheduled again a moment later in the timer queue instead of failing the
+                // batch (which would hold up every later timer of this node).
+                Err(BrokerError::NotOwner(why)) => {
+                    let mut again = message::copy(&m, Arc::from(TIMER_TOPIC), SCHEDULED);
+                    again.properties.remove(keys::TIMER_DELIVER_MS);
+                    again.properties.push(keys::TIMER_DELIVER_MS, (now + NOT_OWNER_RETRY_MS).to_string());
+                    appends.push(again);
+                    tracing::debug!(
+                        topic = real,
+                        offset,
+                        why,
+                        "scheduled message due: no queue of its topic here; retried"
+                    );
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let at = (TIMER_TOPIC, SCHEDULED, offset);
             appends.push(self.deliverable(&m, Arc::from(real.as_str()), queue_id, at));
         }
