@@ -295,24 +295,6 @@ impl From<&Config> for BrokerSettings {
 impl From<&Config> for GrpcSettings {
     fn from(config: &Config) -> Self {
         let (s, p) = (&config.server, &config.producer);
-        // A cluster node being restarted or handed over closes its connections: a producer
-        // needs a retry window longer than its channel's reconnect (about a second) to ride
-        // over it. Apache's 10 ms × 3 attempts is gone in 30 ms, so a cluster with the
-        // default producer retry policy hands out a wider one (set producer.* to override).
-        let cluster_default = config.cluster.enabled
-            && p.max_attempts == 3
-            && p.backoff_initial == std::time::Duration::from_millis(10)
-            && p.backoff_max == std::time::Duration::from_secs(1);
-        let p = &if cluster_default {
-            config::ProducerConfig {
-                max_attempts: 5,
-                backoff_initial: std::time::Duration::from_millis(200),
-                backoff_max: std::time::Duration::from_secs(2),
-                backoff_multiplier: 2.0,
-            }
-        } else {
-            p.clone()
-        };
         GrpcSettings {
             grpc_server_port: s.grpc_server_port,
             advertised_address: s.advertised_address.clone(),

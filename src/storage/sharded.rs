@@ -15,8 +15,9 @@
 //!   previous owner's upload still in flight into the segment it was writing.)
 //! - **Salvage**: a directory of this node's from an earlier epoch (it lost the shard to a
 //!   crash or a partition, another node owned it since) may hold messages it acknowledged but
-//!   never uploaded. Before the directory is wiped, the records past what the manifest covers
-//!   of it are read and appended again to the resumed log (new offsets), so a `local`
+//!   never uploaded. The directory is moved aside (`shard-NNNN.stale`), the records past what
+//!   the manifest covers of it are appended again to the resumed log (new offsets), and only
+//!   then is it deleted (a salvage cut short by a crash resumes at the next open), so a `local`
 //!   durability topic loses nothing a node acknowledged as long as its disk comes back.
 //! - **Hand-over** ([`ShardedLog::close_shard`]): refuse new appends (`NotOwner`), wait for the
 //!   appends in flight, upload the whole tail, close. **Lease lost**
@@ -306,11 +307,18 @@ impl ShardedLog {
         // A directory of ours from an earlier epoch that another node took over since: what
         // this node acknowledged there but never brought to the object store (a crash or a
         // partition before its tail upload) is published again below, not dropped.
-        let salvaged = if local.is_none() && previous.is_some() && dir.exists() {
-            self.salvage(shard, &dir, &rows).await
-        } else {
-            Vec::new()
-        };
+        // The directory is moved aside first and deleted only once its messages are appended
+        // again (durably) to the new log; a salvage cut short by a crash resumes at the next
+        // open (some of its messages may then be published twice: at least once).
+        let stale = self.settings.dir.join(format!("shard-{shard:04}.stale"));
+        if local.is_none() && previous.is_some() && dir.exists() && !stale.exists() {
+            let (from, to) = (dir.clone(), stale.clone());
+            tokio::task::spawn_blocking(move || std::fs::rename(from, to))
+                .await
+                .map_err(|e| io("moving a stale shard directory", std::io::Error::other(e.to_string())))?
+                .map_err(|e| io(format!("moving {} aside", dir.display()), e))?;
+        }
+        let salvaged = if stale.exists() { self.salvage(shard, &stale, &rows).await } else { Vec::new() };
         let local = match local {
             Some(l) => l,
             None => {
@@ -361,6 +369,16 @@ impl ShardedLog {
                 "published again the messages this node had acknowledged in an earlier epoch of the shard \
                  but never uploaded (at new offsets; consumers may see some twice)"
             );
+        }
+        if stale.exists() {
+            let d = stale.clone();
+            match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(d)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(shard, dir = %stale.display(), error = %e, "cannot delete a salvaged shard directory")
+                }
+                Err(e) => tracing::warn!(shard, error = %e, "deleting a salvaged shard directory panicked"),
+            }
         }
         tracing::info!(
             shard,

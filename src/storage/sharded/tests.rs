@@ -409,6 +409,16 @@ async fn appends_stop_at_the_local_lease_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_partitioned_owner_acknowledged_but_never_uploaded_is_published_again_when_it_gets_the_shard_back() {
+    salvage_case(false).await;
+}
+
+/// The same, when a crash cut the salvage short after the directory was moved aside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_salvage_cut_short_by_a_crash_resumes_at_the_next_open() {
+    salvage_case(true).await;
+}
+
+async fn salvage_case(crashed_mid_salvage: bool) {
     let c = Cluster::new().await;
     let (shard, q) = (1, queue_in(1));
     let a = c.node("a");
@@ -427,6 +437,10 @@ async fn what_a_partitioned_owner_acknowledged_but_never_uploaded_is_published_a
     send(&b, "T", q, 1000, 3).await;
     b.close_shard(shard).await.unwrap();
 
+    let shards_dir = c.dir.path().join("a").join("shards");
+    if crashed_mid_salvage {
+        std::fs::rename(shards_dir.join("shard-0001"), shards_dir.join("shard-0001.stale")).unwrap();
+    }
     // a again, two epochs later: its directory is stale, its five messages come back once.
     c.meta.lease(shard, "a", 3);
     a.open_shard(shard, 3).await.unwrap();
@@ -440,8 +454,9 @@ async fn what_a_partitioned_owner_acknowledged_but_never_uploaded_is_published_a
         let body = format!("body {n} ").repeat(40);
         assert_eq!(bodies.iter().filter(|b| **b == body).count(), 1, "message {n} once");
     }
-    // Salvaged ones come after b's, at new offsets.
+    // Salvaged ones come after b's, at new offsets; the stale directory is gone.
     assert_eq!(bodies[43], "body 500 ".repeat(40));
+    assert!(!shards_dir.join("shard-0001.stale").exists());
     a.close().await.unwrap();
     b.close().await.unwrap();
 }
