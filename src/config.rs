@@ -46,6 +46,72 @@ pub struct Config {
     pub transaction: TransactionConfig,
     pub log: LogConfig,
     pub cluster: ClusterConfig,
+    pub metrics: MetricsConfig,
+    pub tracing: TracingConfig,
+}
+
+/// `metrics`: Prometheus `/metrics` on the HTTP port with RocketMQ's RIP-46 names, optionally
+/// pushed with OTLP too, and the SDKs' own OTLP metrics received on the gRPC port.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Off: no `/metrics`, nothing recorded.
+    pub enabled: bool,
+    /// OTLP metrics push endpoint (e.g. `http://collector:4317`). Empty: pull only.
+    pub otlp_endpoint: String,
+    /// How often metrics are pushed to `otlpEndpoint`.
+    #[serde(with = "humantime_serde")]
+    pub otlp_interval: Duration,
+    /// Receive the SDKs' own OTLP metrics (Settings.metric) and expose them on `/metrics`.
+    pub client_metrics: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            otlp_endpoint: String::new(),
+            otlp_interval: Duration::from_secs(30),
+            client_metrics: false,
+        }
+    }
+}
+
+/// `tracing`: OpenTelemetry spans of each message's life on the server (messaging semantic
+/// conventions), joined to the producer's trace and exported with OTLP.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// Off: no spans are made (messaging pays nothing).
+    pub enabled: bool,
+    /// OTLP endpoint: `http://host:4317` (gRPC) or `http://host:4318` (HTTP, `/v1/traces`).
+    pub endpoint: String,
+    /// `grpc` or `http` (OTLP/HTTP protobuf).
+    pub protocol: String,
+    /// Fraction of new traces sampled (0.0–1.0); a message whose producer sampled its trace
+    /// follows the producer's decision.
+    pub sample_ratio: f64,
+    /// `service.name` of the spans.
+    pub service_name: String,
+    /// Spans held for export; past it spans are dropped (and counted), never waited for.
+    pub max_queue_size: usize,
+    /// How long one export may take.
+    #[serde(with = "humantime_serde")]
+    pub export_timeout: Duration,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            endpoint: "http://127.0.0.1:4317".into(),
+            protocol: "grpc".into(),
+            sample_ratio: 1.0,
+            service_name: "rmq-gateway".into(),
+            max_queue_size: 8192,
+            export_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// `cluster`: several gateways sharing one PostgreSQL (`metadata.url`) and one bucket
@@ -722,11 +788,13 @@ impl Default for ConsumerConfig {
 pub struct LogConfig {
     /// tracing filter, e.g. `info` or `rmq_gateway=debug,info`. RUST_LOG wins when set.
     pub level: String,
+    /// `text` (human) or `json` (one JSON object per line).
+    pub format: String,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: "info".into() }
+        Self { level: "info".into(), format: "text".into() }
     }
 }
 
