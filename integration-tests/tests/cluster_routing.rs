@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use integration_tests::client::{message, request, resource};
+use integration_tests::client::{self, message, request, resource};
 use integration_tests::gateway_process::Gateway;
 use integration_tests::postgres::Postgres;
 use rmq_gateway::proto::messaging_service_client::MessagingServiceClient;
@@ -168,6 +168,190 @@ async fn one_node_serves_a_client_for_the_whole_cluster() -> anyhow::Result<()> 
         }
     }
     assert_eq!(received, sent, "every message sent through `a` received through `a`");
+    drop((a, b));
+    Ok(())
+}
+
+/// One single-queue MIXED topic per shard (of 4), so that some of them are certain to move
+/// when a second node joins.
+fn one_topic_per_shard() -> Vec<String> {
+    let mut topics: Vec<Option<String>> = vec![None; 4];
+    for i in 0.. {
+        let name = format!("Handed-{i}");
+        let shard = rmq_gateway::cluster::shard_of(&name, 0, 4) as usize;
+        if topics[shard].is_none() {
+            topics[shard] = Some(name);
+        }
+        if topics.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    topics.into_iter().flatten().collect()
+}
+
+/// Scheduled and half messages stay in the log of the node that accepted them. When their
+/// topic's only queue has moved to another node by the time they are due or committed, that
+/// node stores them (handed over through the peer service): every one is delivered, with its
+/// id and body, and none waits for its old node to own the queue again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn due_and_committed_messages_follow_their_topic_to_its_new_owner() -> anyhow::Result<()> {
+    let Some(pg) = Postgres::start_or_skip("cluster_routing_handover") else { return Ok(()) };
+    let (bucket, da, db) = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    let topics = one_topic_per_shard();
+    let yaml: String = topics
+        .iter()
+        .map(|t| format!("  - name: {t}\n    queueNums: 1\n    messageType: MIXED\n"))
+        .fold(String::from("  create:\n"), |acc, t| acc + &t);
+    let start_node = |dir: &Path, node: &str| -> anyhow::Result<Gateway> {
+        let bucket = bucket.path().display().to_string();
+        let grpc = integration_tests::gateway_process::free_port()?;
+        let overrides: Vec<(String, String)> = [
+            ("RMQ_GATEWAY_METADATA__URL", pg.url().to_string()),
+            ("RMQ_GATEWAY_SERVER__ADVERTISED_ADDRESS", "127.0.0.1".into()),
+            ("RMQ_GATEWAY_CLUSTER__ENABLED", "true".into()),
+            ("RMQ_GATEWAY_CLUSTER__NODE_ID", node.into()),
+            ("RMQ_GATEWAY_CLUSTER__PEER_ADDRESS", format!("127.0.0.1:{grpc}")),
+            ("RMQ_GATEWAY_CLUSTER__SHARDS", "4".into()),
+            ("RMQ_GATEWAY_CLUSTER__LEASE_TTL", "3s".into()),
+            ("RMQ_GATEWAY_CLUSTER__RENEW_INTERVAL", "500ms".into()),
+            ("RMQ_GATEWAY_STORAGE__TIERING__ENABLED", "true".into()),
+            ("RMQ_GATEWAY_STORAGE__TIERING__OBJECT_STORE__DIR", bucket),
+            ("RMQ_GATEWAY_CONSUMER__MIN_LONG_POLLING_TIMEOUT", "1s".into()),
+            ("RMQ_GATEWAY_LOG__LEVEL", "info".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let http = integration_tests::gateway_process::free_port()?;
+        Gateway::start_on(dir, grpc, http, &overrides, &yaml)
+    };
+    let a = start_node(da.path(), "node-a")?;
+    let mut c = connect(&a).await?;
+    let send = |c: &mut MessagingServiceClient<Channel>, m: proto::Message| {
+        let mut c = c.clone();
+        async move { c.send_message(request(proto::SendMessageRequest { messages: vec![m] })).await }
+    };
+
+    // Alone, node-a owns every shard: scheduled (due in 12 s) and half messages of each topic
+    // are accepted there.
+    let due_ms = client::now_secs() * 1000 + 12_000;
+    let mut expected = BTreeSet::new();
+    let mut halves = Vec::new();
+    let started = Instant::now();
+    for t in &topics {
+        for i in 0..5 {
+            let id = format!("{t}-D{i}");
+            let mut m = message(t, &id, id.clone());
+            let sp = m.system_properties.as_mut().expect("system properties");
+            sp.message_type = proto::MessageType::Delay as i32;
+            sp.delivery_timestamp = Some(prost_types::Timestamp { seconds: due_ms / 1000, nanos: 0 });
+            loop {
+                let r = send(&mut c, m.clone()).await?.into_inner();
+                if code(&r.status) == Code::Ok as i32 {
+                    break;
+                }
+                anyhow::ensure!(code(&r.status) == Code::HaNotAvailable as i32, "send {id}: {r:?}");
+                anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "node-a never served {t}: {r:?}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            expected.insert(id);
+            let id = format!("{t}-T{i}");
+            let mut m = message(t, &id, id.clone());
+            m.system_properties.as_mut().expect("system properties").message_type =
+                proto::MessageType::Transaction as i32;
+            let r = send(&mut c, m).await?.into_inner();
+            anyhow::ensure!(code(&r.status) == Code::Ok as i32, "half {id}: {r:?}");
+            halves.push((t.clone(), id.clone(), r.entries[0].transaction_id.clone()));
+            expected.insert(id);
+        }
+    }
+
+    // node-b joins and takes half of the shards: some topics' only queue is now on node-b.
+    let b = start_node(db.path(), "node-b")?;
+    let started = Instant::now();
+    let moved = loop {
+        let mut moved = Vec::new();
+        for t in &topics {
+            let r = c.query_route(request(proto::QueryRouteRequest { topic: resource(t), endpoints: None })).await?;
+            let owner = r.into_inner().message_queues.first().and_then(|q| q.broker.as_ref().map(|b| b.name.clone()));
+            if owner.as_deref() == Some("node-b") {
+                moved.push(t.clone());
+            }
+        }
+        if !moved.is_empty() && moved.len() < topics.len() {
+            break moved;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "no topic ever moved to node-b");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+
+    // Commits through node-a (which holds the half messages), before the timers are due.
+    for (t, id, transaction_id) in &halves {
+        let started = Instant::now();
+        loop {
+            let end = c
+                .end_transaction(request(proto::EndTransactionRequest {
+                    topic: resource(t),
+                    message_id: id.clone(),
+                    transaction_id: transaction_id.clone(),
+                    resolution: proto::TransactionResolution::Commit as i32,
+                    source: proto::TransactionSource::SourceClient as i32,
+                    trace_context: String::new(),
+                }))
+                .await?
+                .into_inner();
+            if code(&end.status) == Code::Ok as i32 {
+                break;
+            }
+            // A shard in hand-over right now: retried, as the SDKs do.
+            anyhow::ensure!(code(&end.status) == Code::HaNotAvailable as i32, "commit {id}: {end:?}");
+            anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "commit {id} never succeeded: {end:?}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    // Everything is delivered, through node-a (forwarded to node-b for the moved topics).
+    let mut received = BTreeSet::new();
+    let started = Instant::now();
+    while received.len() < expected.len() && started.elapsed() < Duration::from_secs(60) {
+        for t in &topics {
+            let req = integration_tests::client::receive_request(
+                t,
+                "HandedGroup",
+                Some(Duration::from_secs(30)),
+                Duration::from_secs(1),
+            );
+            let mut stream = c.receive_message(request(req)).await?.into_inner();
+            let mut acks = Vec::new();
+            while let Some(frame) = stream.message().await? {
+                if let Some(proto::receive_message_response::Content::Message(m)) = frame.content {
+                    let sp = m.system_properties.unwrap_or_default();
+                    assert_eq!(m.body, sp.message_id.as_bytes().to_vec(), "body of {}", sp.message_id);
+                    received.insert(sp.message_id.clone());
+                    acks.push(proto::AckMessageEntry {
+                        message_id: sp.message_id,
+                        receipt_handle: sp.receipt_handle.unwrap_or_default(),
+                        ..Default::default()
+                    });
+                }
+            }
+            if !acks.is_empty() {
+                let acked = c
+                    .ack_message(request(proto::AckMessageRequest {
+                        group: resource("HandedGroup"),
+                        topic: resource(t),
+                        entries: acks,
+                    }))
+                    .await?
+                    .into_inner();
+                assert_eq!(code(&acked.status), Code::Ok as i32, "ack: {acked:?}");
+            }
+        }
+    }
+    let missing: Vec<_> = expected.difference(&received).collect();
+    assert!(missing.is_empty(), "never delivered: {missing:?} (moved topics: {moved:?})\n{}", a.log_tail(40));
+    let handed = a.log_lines_with("handed over to a node serving the topic");
+    assert!(!handed.is_empty(), "node-a handed nothing over although {moved:?} moved to node-b");
     drop((a, b));
     Ok(())
 }

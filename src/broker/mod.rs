@@ -14,6 +14,7 @@ mod catalog;
 pub mod consumer;
 pub mod error;
 pub mod filter;
+mod handover;
 mod journal;
 pub mod message;
 mod meta_health;
@@ -48,6 +49,7 @@ pub use states::StateStats;
 pub use catalog::{GroupInfo, TopicInfo, TopicKind};
 pub use error::{BrokerError, BrokerResult};
 pub use filter::Filter;
+pub use handover::QueueHandOver;
 pub use message::{DeliveredMessage, MessageType, OutgoingMessage};
 pub use offsets::{
     OffsetChange, OffsetPolicy, PullRequest, PullResult, PullStatus, QueueProgress, ResetTarget, TopicProgress,
@@ -209,6 +211,8 @@ pub(crate) struct Inner {
     /// transactions) are copied into their queue instead of referenced, since the queue may
     /// move to a node that cannot read this node's own log.
     clustered: std::sync::atomic::AtomicBool,
+    /// Clustered: where messages due here for topics with no queue here go (`handover.rs`).
+    hand_over: std::sync::OnceLock<Arc<dyn QueueHandOver>>,
     shutdown: CancellationToken,
 }
 
@@ -305,6 +309,7 @@ impl Broker {
             meta_health: meta_health::HealthCell::default(),
             ownership: RwLock::new(Arc::new(AllQueues)),
             clustered: std::sync::atomic::AtomicBool::new(false),
+            hand_over: std::sync::OnceLock::new(),
             shutdown: CancellationToken::new(),
             settings,
             clock,

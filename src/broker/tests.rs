@@ -35,7 +35,7 @@ use super::settings::{
 use super::*;
 use crate::metadata::sqlite::SqliteMetadataStore;
 use crate::storage::memory::MemoryLog;
-use crate::storage::{AppendResult, QueueRange, StorageError, StorageResult, StoredMessage};
+use crate::storage::{AppendMessage, AppendResult, QueueRange, StorageError, StorageResult, StoredMessage};
 
 /// A log whose record at one offset of every queue fails its checks on read.
 struct DamagedAt {
@@ -462,6 +462,78 @@ async fn delivery_times_beyond_the_limit_are_refused_without_overflow() {
 
 fn transactional(id: &str) -> OutgoingMessage {
     OutgoingMessage { transactional: true, ..message(id) }
+}
+
+/// Cluster: a message due, or a transaction committed, on a node serving no queue of its topic
+/// is handed to a node serving one (here a second broker, which stores it like a send). The
+/// firing is recorded only once the hand-over succeeded: a failed one is tried again.
+#[tokio::test]
+async fn due_and_committed_messages_without_a_local_queue_are_handed_over() {
+    struct Switch(std::sync::atomic::AtomicBool);
+    impl QueueOwnership for Switch {
+        fn owns(&self, topic: &str, _queue_id: u32) -> bool {
+            (topic != "T" && topic != "X") || self.0.load(Ordering::SeqCst)
+        }
+    }
+    struct ToOther {
+        broker: Broker,
+        calls: std::sync::atomic::AtomicUsize,
+        down: std::sync::atomic::AtomicBool,
+    }
+    #[async_trait]
+    impl QueueHandOver for ToOther {
+        async fn hand_over(&self, topic: &str, queue_nums: u32, messages: Vec<AppendMessage>) -> BrokerResult<()> {
+            assert!(topic == "T" || topic == "X", "{topic}");
+            assert!(queue_nums >= 1);
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.down.load(Ordering::SeqCst) {
+                return Err(BrokerError::NotOwner("the owner is unreachable".into()));
+            }
+            self.broker.accept_handed_over(topic, messages).await.map(|_| ())
+        }
+    }
+    let h = Harness::new(Arc::new(MemoryLog::new())).await;
+    let broker = h.start().await;
+    let other = broker_with(Arc::new(MemoryLog::new())).await;
+    other.send(vec![message("seed")]).await.unwrap();
+    let tx = |id: &str| OutgoingMessage { topic: "X".into(), ..transactional(id) };
+    other.send(vec![tx("seed-x")]).await.unwrap();
+    let owned = Arc::new(Switch(std::sync::atomic::AtomicBool::new(true)));
+    broker.set_ownership(owned.clone());
+    let to_other = Arc::new(ToOther {
+        broker: other.clone(),
+        calls: Default::default(),
+        down: std::sync::atomic::AtomicBool::new(true),
+    });
+    broker.set_queue_hand_over(to_other.clone());
+    let now = h.clock.now_ms();
+    broker.send(vec![delayed("d1", now + 1_000)]).await.unwrap();
+    broker.send(vec![tx("tx1")]).await.unwrap();
+    broker.index_timers().unwrap();
+    owned.0.store(false, Ordering::SeqCst);
+
+    // The owner unreachable: the commit fails (the producer retries), the timer waits.
+    let e = broker.end_transaction("X", "tx1", Resolution::Commit, ResolutionSource::Client).await.unwrap_err();
+    assert!(matches!(e, BrokerError::NotOwner(_)), "{e}");
+    h.clock.advance(1_000);
+    assert_eq!(broker.fire_due_timers().await.unwrap(), 1, "handled (scheduled again), not an error");
+    assert_eq!(to_other.calls.load(Ordering::SeqCst), 2);
+
+    // Reachable again: both stored there, once, as full copies with their ids and bodies.
+    to_other.down.store(false, Ordering::SeqCst);
+    broker.end_transaction("X", "tx1", Resolution::Commit, ResolutionSource::Client).await.unwrap();
+    h.clock.advance(1_000);
+    broker.index_timers().unwrap();
+    assert_eq!(broker.fire_due_timers().await.unwrap(), 1);
+    h.clock.advance(10_000);
+    broker.index_timers().unwrap();
+    assert_eq!(broker.fire_due_timers().await.unwrap(), 0, "fired once");
+    let got = other.receive(receive_request()).await.unwrap();
+    assert_eq!(ids(&got), vec!["seed", "d1"]);
+    assert_eq!((got[1].body.clone(), got[1].message_type), (Bytes::from("d1"), MessageType::Delay));
+    let got = other.receive(ReceiveRequest { topic: "X".into(), ..receive_request() }).await.unwrap();
+    assert_eq!(ids(&got), vec!["tx1"], "the half message seed-x was never committed there");
+    assert_eq!((got[0].body.clone(), got[0].message_type), (Bytes::from("tx1"), MessageType::Transaction));
 }
 
 /// Cluster: an orphan with no producer of its topic connected here goes to the relay (the

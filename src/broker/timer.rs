@@ -2,7 +2,9 @@
 //! `rmq_sys_timer`, and indexed by due time in the on-disk [`TimerIndex`] (time buckets; only
 //! the buckets of the near future are held in memory by the [`Wheel`]). When it is due, the
 //! timer task appends a small reference record to a queue of its real topic, which consumers
-//! read as the message (see `message::reference`); the body is never copied.
+//! read as the message (see `message::reference`); the body is never copied. (In a cluster
+//! it appends a full copy, and hands the message to a node serving a queue of the topic when
+//! this node serves none: `handover.rs`.)
 //!
 //! Durability without a write per message to SQL or fsync of the index:
 //! - the scheduled message is durable in the log before the producer hears OK;
@@ -31,7 +33,8 @@ use crate::storage::{AppendMessage, Properties, StoredMessage, TimerEntry, Timer
 
 /// The system topic of scheduled messages (queue 0) and timer control records (queue 1).
 pub(crate) const TIMER_TOPIC: &str = "rmq_sys_timer";
-/// Cluster: a message due while no queue of its topic is this node's is tried again after this.
+/// Cluster: a message due while no queue of its topic is this node's, and that could not be
+/// handed over to a node owning one, is tried again after this.
 const NOT_OWNER_RETRY_MS: i64 = 1000;
 const SCHEDULED: u32 = 0;
 const CONTROL: u32 = 1;
@@ -46,6 +49,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// The key entries fire in.
 type Key = (i64, u64);
+/// A due message to hand over (cluster): as scheduled, and its copy for its topic.
+type Handed = (StoredMessage, AppendMessage);
 
 /// The near future of the timer index, in memory, and what has fired.
 #[derive(Debug)]
@@ -601,6 +606,8 @@ impl Broker {
         let mut appends = Vec::with_capacity(due.len() + 1);
         let mut fired = Vec::with_capacity(due.len());
         let mut topics: HashMap<String, Arc<super::TopicEntry>> = HashMap::new();
+        // Cluster: due messages of topics with no queue here, by topic.
+        let mut elsewhere: HashMap<String, (Arc<super::TopicEntry>, Vec<Handed>)> = HashMap::new();
         for &((_, offset), _) in due {
             fired.push(offset);
             let Some(m) = self
@@ -629,26 +636,31 @@ impl Broker {
             };
             let queue_id = match self.pick_queue(&topic, None) {
                 Ok(q) => q,
-                // Cluster: no queue of the topic is this node's any more (its shards moved).
-                // Scheduled again a moment later in the timer queue instead of failing the
-                // batch (which would hold up every later timer of this node).
-                Err(BrokerError::NotOwner(why)) => {
-                    let mut again = message::copy(&m, Arc::from(TIMER_TOPIC), SCHEDULED);
-                    again.properties.remove(keys::TIMER_DELIVER_MS);
-                    again.properties.push(keys::TIMER_DELIVER_MS, (now + NOT_OWNER_RETRY_MS).to_string());
-                    appends.push(again);
-                    tracing::debug!(
-                        topic = real,
-                        offset,
-                        why,
-                        "scheduled message due: no queue of its topic here; retried"
-                    );
+                // Cluster: no queue of the topic is this node's any more (its shards moved):
+                // handed over to a node owning one, below.
+                Err(BrokerError::NotOwner(_)) => {
+                    let copy = message::copy(&m, Arc::from(real.as_str()), 0);
+                    elsewhere.entry(real).or_insert_with(|| (topic, Vec::new())).1.push((m, copy));
                     continue;
                 }
                 Err(e) => return Err(e),
             };
             let at = (TIMER_TOPIC, SCHEDULED, offset);
             appends.push(self.deliverable(&m, Arc::from(real.as_str()), queue_id, at));
+        }
+        for (real, (topic, messages)) in elsewhere {
+            let (originals, copies): (Vec<_>, Vec<_>) = messages.into_iter().unzip();
+            if let Err(e) = self.hand_over(&topic, copies).await {
+                // Scheduled again a moment later instead of failing the batch (which would
+                // hold up every later timer of this node).
+                tracing::debug!(topic = real, error = %e, "due messages could not be handed over; retried");
+                for m in originals {
+                    let mut again = message::copy(&m, Arc::from(TIMER_TOPIC), SCHEDULED);
+                    again.properties.remove(keys::TIMER_DELIVER_MS);
+                    again.properties.push(keys::TIMER_DELIVER_MS, (now + NOT_OWNER_RETRY_MS).to_string());
+                    appends.push(again);
+                }
+            }
         }
         appends.push(Control::Fired { last, offsets: fired }.to_append(now));
         self.inner.log.append(appends).await?;

@@ -5,7 +5,9 @@
 //! resolutions are acks of the system group `rmq_sys_trans` on the half queue, so they ride
 //! the consumer journal and progress snapshots: no SQL write per message, nothing lost or
 //! committed twice after a SIGKILL. At start the half queue is scanned from that group's floor
-//! and every unresolved half message is open again.
+//! and every unresolved half message is open again. In a cluster, a commit on a node that no
+//! longer serves any queue of the topic stores the message on a node that does first
+//! (`handover.rs`).
 //!
 //! Orphans (no decision in time) are checked through a connected producer of the topic with
 //! `RecoverOrphanedTransactionCommand`: first after the producer's
@@ -218,10 +220,20 @@ impl Broker {
         if resolution == Resolution::Commit {
             let half = self.read_half(open.offset)?;
             let topic = self.client_topic(&open.topic).await?;
-            let queue_id = self.pick_queue(&topic, None)?;
-            let at = (HALF_TOPIC, 0, open.offset);
-            appends.push(self.deliverable(&half, Arc::from(open.topic.as_str()), queue_id, at));
-            woken = Some(topic);
+            match self.pick_queue(&topic, None) {
+                Ok(queue_id) => {
+                    let at = (HALF_TOPIC, 0, open.offset);
+                    appends.push(self.deliverable(&half, Arc::from(open.topic.as_str()), queue_id, at));
+                    woken = Some(topic);
+                }
+                // Cluster: the topic's queues are all served elsewhere now; the committed
+                // message is stored there before the resolution is recorded here.
+                Err(BrokerError::NotOwner(_)) => {
+                    let copy = message::copy(&half, Arc::from(open.topic.as_str()), 0);
+                    self.hand_over(&topic, vec![copy]).await?;
+                }
+                Err(e) => return Err(e),
+            }
         }
         let record = AckRecord { group: TX_GROUP.into(), topic: HALF_TOPIC.into(), queue_id: 0, offset: open.offset };
         appends.push(record.to_append(self.now_ms()));

@@ -135,6 +135,7 @@ impl MessagingServiceImpl {
     pub fn with_cluster(mut self, view: Arc<ClusterView>, forward_timeout: Duration) -> Self {
         let forwarder = Arc::new(Forwarder::new(view, forward_timeout));
         self.broker.set_orphan_check_relay(Arc::new(peer::PeerRelay::new(forwarder.clone())));
+        self.broker.set_queue_hand_over(Arc::new(peer::PeerHandOver::new(forwarder.clone())));
         self.cluster = Some(forwarder);
         self
     }

@@ -12,7 +12,8 @@ use prost::Message as _;
 use tonic::{Request, Response, Status as GrpcStatus};
 
 use super::forward::Forwarder;
-use crate::broker::{Broker, ClientCommand, OrphanCheckRelay};
+use crate::broker::{Broker, BrokerError, BrokerResult, ClientCommand, OrphanCheckRelay, QueueHandOver};
+use crate::storage::{AppendMessage, Properties};
 
 /// Generated `rmq.gateway.cluster.v1` types (from `apis/rmq/gateway/cluster/v1/peer.proto`).
 #[allow(clippy::all)]
@@ -53,6 +54,104 @@ impl Peer for PeerService {
         let delivered = self.broker.push_relayed_check(&req.topic, req.telemetry_command);
         tracing::debug!(topic = req.topic, from = req.from_node, delivered, "relayed command");
         Ok(Response::new(pb::RelayCommandResponse { delivered }))
+    }
+
+    async fn hand_over(
+        &self,
+        request: Request<pb::HandOverRequest>,
+    ) -> Result<Response<pb::HandOverResponse>, GrpcStatus> {
+        let req = request.into_inner();
+        let mut messages = Vec::with_capacity(req.messages.len());
+        for m in req.messages {
+            let properties = Properties::decode(m.properties)
+                .map_err(|e| GrpcStatus::invalid_argument(format!("handed-over message properties: {e}")))?;
+            messages.push(AppendMessage {
+                topic: std::sync::Arc::from(req.topic.as_str()),
+                queue_id: 0,
+                born_timestamp_ms: m.born_timestamp_ms,
+                flags: m.flags,
+                tag_hash: m.tag_hash,
+                properties,
+                body: m.body,
+            });
+        }
+        match self.broker.accept_handed_over(&req.topic, messages).await {
+            Ok(stored) => {
+                tracing::debug!(topic = req.topic, from = req.from_node, stored, "handed-over messages stored");
+                Ok(Response::new(pb::HandOverResponse { stored: u32::try_from(stored).unwrap_or(u32::MAX) }))
+            }
+            Err(e) => Err(GrpcStatus::unavailable(format!("{:?}: {e}", super::status::code_of(&e)))),
+        }
+    }
+}
+
+/// Longest wait for one node to store handed-over messages.
+const HAND_OVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The broker's [`QueueHandOver`] in a cluster: stores due messages on a node serving a queue of
+/// their topic, trying each such node once.
+#[derive(Clone)]
+pub struct PeerHandOver {
+    forwarder: Arc<Forwarder>,
+}
+
+impl PeerHandOver {
+    pub fn new(forwarder: Arc<Forwarder>) -> PeerHandOver {
+        PeerHandOver { forwarder }
+    }
+}
+
+#[tonic::async_trait]
+impl QueueHandOver for PeerHandOver {
+    async fn hand_over(&self, topic: &str, queue_nums: u32, messages: Vec<AppendMessage>) -> BrokerResult<()> {
+        let view = self.forwarder.view();
+        let local = view.local_node().node_id.clone();
+        let mut owners: Vec<_> =
+            super::forward::topic_owners(view, topic, queue_nums).into_iter().filter(|n| n.node_id != local).collect();
+        if owners.is_empty() {
+            return Err(BrokerError::NotOwner(format!("no node serves a queue of topic `{topic}`")));
+        }
+        let start = self.forwarder.pick() % owners.len();
+        owners.rotate_left(start);
+        let handed: Vec<pb::HandedMessage> = messages
+            .into_iter()
+            .map(|m| {
+                let mut properties = bytes::BytesMut::with_capacity(m.properties.encoded_len());
+                m.properties.encode(&mut properties);
+                pb::HandedMessage {
+                    born_timestamp_ms: m.born_timestamp_ms,
+                    flags: m.flags,
+                    tag_hash: m.tag_hash,
+                    properties: properties.freeze(),
+                    body: m.body,
+                }
+            })
+            .collect();
+        let mut last = String::new();
+        for node in owners {
+            let channel = match self.forwarder.channel(&node.peer) {
+                Ok(c) => c,
+                Err(e) => {
+                    last = format!("node `{}`: {e}", node.node_id);
+                    continue;
+                }
+            };
+            let mut req = Request::new(pb::HandOverRequest {
+                topic: topic.to_string(),
+                messages: handed.clone(),
+                from_node: local.clone(),
+            });
+            // Bounded tighter than a forwarded request: the timer task waits for it.
+            let bound = self.forwarder.timeout().min(HAND_OVER_TIMEOUT);
+            req.set_timeout(bound);
+            let mut client = PeerClient::new(channel);
+            match tokio::time::timeout(bound, client.hand_over(req)).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(status)) => last = format!("node `{}`: {}", node.node_id, status.message()),
+                Err(_) => last = format!("node `{}`: no answer in time", node.node_id),
+            }
+        }
+        Err(BrokerError::NotOwner(format!("handing messages of topic `{topic}` over failed ({last})")))
     }
 }
 
