@@ -15,6 +15,7 @@ pub mod consumer;
 pub mod error;
 pub mod filter;
 mod journal;
+pub mod lookup;
 pub mod message;
 mod meta_health;
 pub mod namespace;
@@ -48,6 +49,7 @@ pub use states::StateStats;
 pub use catalog::{GroupInfo, TopicInfo, TopicKind};
 pub use error::{BrokerError, BrokerResult};
 pub use filter::Filter;
+pub use lookup::{FoundMessage, GroupStatus, GroupSummary, MessageTrace, RecordRole, StoredAt, TimedEvent, TraceEvent};
 pub use message::{DeliveredMessage, MessageType, OutgoingMessage};
 pub use offsets::{
     OffsetChange, OffsetPolicy, PullRequest, PullResult, PullStatus, QueueProgress, ResetTarget, TopicProgress,
