@@ -516,7 +516,8 @@ impl Broker {
         Ok(MessageTrace { message, events, groups, journal_scanned: scanned, truncated })
     }
 
-    /// The relevant journal records stored from `since_ms` on, at most `cap` read.
+    /// The relevant journal records stored from `since_ms` on, with their store times (a DLQ
+    /// copy and its ack, appended together, keep their order), at most `cap` read.
     async fn scan_journal(
         &self,
         since_ms: i64,
@@ -551,7 +552,7 @@ impl Broker {
                 if let Some(record) = JournalRecord::decode(m)
                     && relevant(&record, positions, half)
                 {
-                    out.push((m.born_timestamp_ms, record));
+                    out.push((m.store_timestamp_ms, record));
                 }
             }
         }
