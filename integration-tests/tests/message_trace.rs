@@ -127,7 +127,11 @@ async fn retried_then_acked_message_has_its_whole_lifecycle() {
         .ack_message(request(proto::AckMessageRequest {
             group: resource(group),
             topic: resource(topic),
-            entries: vec![proto::AckMessageEntry { message_id: id.clone(), receipt_handle: handle(&second), lite_topic: None }],
+            entries: vec![proto::AckMessageEntry {
+                message_id: id.clone(),
+                receipt_handle: handle(&second),
+                lite_topic: None,
+            }],
         }))
         .await
         .expect("ack")

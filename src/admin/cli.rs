@@ -141,7 +141,14 @@ pub fn format_message(m: &Value) -> String {
     let mut out = String::new();
     let keys: Vec<String> = m["keys"].as_array().map(|a| a.iter().map(text).collect()).unwrap_or_default();
     let _ = writeln!(out, "Message   {}", text(&m["messageId"]));
-    let _ = writeln!(out, "Topic     {}   type {}   tag {}   keys {}", text(&m["topic"]), text(&m["type"]), text(&m["tag"]), if keys.is_empty() { "-".into() } else { keys.join(",") });
+    let _ = writeln!(
+        out,
+        "Topic     {}   type {}   tag {}   keys {}",
+        text(&m["topic"]),
+        text(&m["type"]),
+        text(&m["tag"]),
+        if keys.is_empty() { "-".into() } else { keys.join(",") }
+    );
     let _ = writeln!(out, "Born      {}   host {}", text(&m["bornTime"]), text(&m["bornHost"]));
     let body = &m["body"];
     let _ = writeln!(
@@ -197,14 +204,25 @@ pub fn format_trace(t: &Value) -> String {
                         Some("STORED" | "TIMER_FIRED" | "COMMITTED") => {
                             format!("{} queue {} offset {}", text(&e["topic"]), text(&e["queueId"]), text(&e["offset"]))
                         }
-                        Some("DELIVERED" | "INVISIBILITY_CHANGED") => format!("invisible until {}", text(&e["invisibleUntilIso"])),
+                        Some("DELIVERED" | "INVISIBILITY_CHANGED") => {
+                            format!("invisible until {}", text(&e["invisibleUntilIso"]))
+                        }
                         Some("DLQ") => format!("to {} offset {}", text(&e["dlqTopic"]), text(&e["offset"])),
-                        Some("ACKED") if e["deadLettered"] == Value::Bool(true) => "by the gateway, after the DLQ move".into(),
+                        Some("ACKED") if e["deadLettered"] == Value::Bool(true) => {
+                            "by the gateway, after the DLQ move".into()
+                        }
                         Some("OFFSET_RESET") => format!("to offset {}", text(&e["offset"])),
                         Some("SCHEDULED") => format!("due {}", text(&e["deliverAt"])),
                         _ => String::new(),
                     };
-                    vec![text(&e["timeIso"]), text(&e["type"]), text(&e["group"]), text(&e["client"]), text(&e["attempt"]), detail]
+                    vec![
+                        text(&e["timeIso"]),
+                        text(&e["type"]),
+                        text(&e["group"]),
+                        text(&e["client"]),
+                        text(&e["attempt"]),
+                        detail,
+                    ]
                 })
                 .collect()
         })
@@ -231,7 +249,11 @@ pub fn format_trace(t: &Value) -> String {
     out.push('\n');
     out.push_str(&table(&["GROUP", "STATUS", "DELIVERIES", "LAST ATTEMPT", "CONSUMER OFFSET", "DLQ"], &groups));
     if t["truncated"] == Value::Bool(true) {
-        let _ = writeln!(out, "\n(journal scan stopped after {} records: later events may be missing)", text(&t["journalScanned"]));
+        let _ = writeln!(
+            out,
+            "\n(journal scan stopped after {} records: later events may be missing)",
+            text(&t["journalScanned"])
+        );
     }
     out
 }

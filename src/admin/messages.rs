@@ -172,7 +172,9 @@ pub(super) struct KeyQuery {
 
 pub(super) async fn find_by_key(State(s): State<AdminState>, Query(q): Query<KeyQuery>) -> Response {
     let (Some(topic), Some(key)) = (q.topic.as_deref(), q.key.as_deref()) else {
-        return error(BrokerError::BadRequest("give ?topic=T&key=K (to find a message by id: /api/v1/messages/{id})".into()));
+        return error(BrokerError::BadRequest(
+            "give ?topic=T&key=K (to find a message by id: /api/v1/messages/{id})".into(),
+        ));
     };
     let topic = match q.namespace.as_deref().map(str::trim) {
         None | Some("") => topic.to_string(),

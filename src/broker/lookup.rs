@@ -108,20 +108,55 @@ pub struct FoundMessage {
 /// One step of a message's life.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TraceEvent {
-    Stored { topic: String, queue_id: u32, offset: u64 },
-    Scheduled { deliver_at_ms: Option<i64> },
+    Stored {
+        topic: String,
+        queue_id: u32,
+        offset: u64,
+    },
+    Scheduled {
+        deliver_at_ms: Option<i64>,
+    },
     Prepared,
-    TimerFired { topic: String, queue_id: u32, offset: u64 },
-    Committed { topic: String, queue_id: u32, offset: u64 },
+    TimerFired {
+        topic: String,
+        queue_id: u32,
+        offset: u64,
+    },
+    Committed {
+        topic: String,
+        queue_id: u32,
+        offset: u64,
+    },
     RolledBack,
-    Delivered { group: String, client: Option<String>, attempt: u32, invisible_until_ms: i64 },
+    Delivered {
+        group: String,
+        client: Option<String>,
+        attempt: u32,
+        invisible_until_ms: i64,
+    },
     /// ChangeInvisibleDuration on a delivery: a nack (the message comes back after the new
     /// deadline with the next attempt) or an extension.
-    InvisibilityChanged { group: String, client: Option<String>, attempt: u32, invisible_until_ms: i64 },
+    InvisibilityChanged {
+        group: String,
+        client: Option<String>,
+        attempt: u32,
+        invisible_until_ms: i64,
+    },
     /// `dead_lettered`: the gateway's own ack of a message it moved to the DLQ.
-    Acked { group: String, dead_lettered: bool },
-    OffsetReset { group: String, offset: u64 },
-    DeadLettered { group: String, dlq_topic: String, queue_id: u32, offset: u64 },
+    Acked {
+        group: String,
+        dead_lettered: bool,
+    },
+    OffsetReset {
+        group: String,
+        offset: u64,
+    },
+    DeadLettered {
+        group: String,
+        dlq_topic: String,
+        queue_id: u32,
+        offset: u64,
+    },
 }
 
 impl TraceEvent {
@@ -271,7 +306,10 @@ pub(crate) fn found_message(id: &str, records: &[(RecordRole, StoredMessage)]) -
         topic,
         message_type: MessageType::from_flags(content.flags),
         tag: p.get(keys::TAGS).map(str::to_string),
-        keys: p.get(keys::KEYS).map(|k| k.split(' ').filter(|k| !k.is_empty()).map(str::to_string).collect()).unwrap_or_default(),
+        keys: p
+            .get(keys::KEYS)
+            .map(|k| k.split(' ').filter(|k| !k.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default(),
         born_host: p.get(keys::BORN_HOST).map(str::to_string),
         born_timestamp_ms: content.born_timestamp_ms,
         deliver_at_ms: p.get(keys::TIMER_DELIVER_MS).and_then(|v| v.parse().ok()),
@@ -301,7 +339,9 @@ fn relevant(record: &JournalRecord, positions: &BTreeSet<(String, u32, u64)>, ha
             positions.contains(&(a.topic.clone(), a.queue_id, a.offset))
                 || (a.group == TX_GROUP && a.topic == HALF_TOPIC && Some(a.offset) == half)
         }
-        JournalRecord::Reset(r) => positions.iter().any(|(t, q, _)| *t == r.topic && r.queues.iter().any(|x| x.queue_id == *q)),
+        JournalRecord::Reset(r) => {
+            positions.iter().any(|(t, q, _)| *t == r.topic && r.queues.iter().any(|x| x.queue_id == *q))
+        }
     }
 }
 
@@ -384,7 +424,10 @@ pub(crate) fn assemble(
             JournalRecord::Ack(a) => {
                 seen.entry(a.group.clone()).or_insert((0, 0, false)).2 = true;
                 let dead_lettered = dlq.get(super::pop::base_group(&a.group)).is_some_and(|(_, t)| *t <= *time_ms);
-                events.push(TimedEvent { time_ms: *time_ms, event: TraceEvent::Acked { group: a.group.clone(), dead_lettered } });
+                events.push(TimedEvent {
+                    time_ms: *time_ms,
+                    event: TraceEvent::Acked { group: a.group.clone(), dead_lettered },
+                });
             }
             JournalRecord::Reset(r) => {
                 for q in &r.queues {
@@ -526,7 +569,8 @@ impl Broker {
         half: Option<u64>,
     ) -> BrokerResult<(Vec<(i64, JournalRecord)>, usize, bool)> {
         let end = self.inner.log.queue_range(JOURNAL_TOPIC, 0).end;
-        let mut next = self.with_remote_fetch(JOURNAL_FETCH_ROUNDS, || self.offset_at(JOURNAL_TOPIC, 0, since_ms)).await?;
+        let mut next =
+            self.with_remote_fetch(JOURNAL_FETCH_ROUNDS, || self.offset_at(JOURNAL_TOPIC, 0, since_ms)).await?;
         let (mut out, mut scanned, mut fetches) = (Vec::new(), 0usize, 0usize);
         while next < end && scanned < cap {
             let want = JOURNAL_BATCH.min(cap - scanned);
@@ -615,10 +659,7 @@ mod tests {
         let journal = vec![
             (110, delivery("G", 1, 1110, false)),
             // Not for this message: another offset.
-            (
-                111,
-                JournalRecord::Ack(AckRecord { group: "G".into(), topic: "T".into(), queue_id: 2, offset: 8 }),
-            ),
+            (111, JournalRecord::Ack(AckRecord { group: "G".into(), topic: "T".into(), queue_id: 2, offset: 8 })),
             (120, delivery("G", 1, 125, true)),
             (130, delivery("G", 2, 2130, false)),
             (140, ack("G")),
@@ -629,20 +670,16 @@ mod tests {
             .collect();
         let (events, groups) = assemble(&records, &journal, &BTreeMap::new(), 1000);
         assert_eq!(kinds(&events), ["STORED", "DELIVERED", "INVISIBILITY_CHANGED", "DELIVERED", "ACKED"]);
-        assert!(matches!(&events[3].event, TraceEvent::Delivered { attempt: 2, client: Some(c), .. } if c == "client-1"));
+        assert!(
+            matches!(&events[3].event, TraceEvent::Delivered { attempt: 2, client: Some(c), .. } if c == "client-1")
+        );
         assert_eq!(groups.len(), 1);
         assert_eq!((groups[0].status, groups[0].deliveries, groups[0].last_attempt), (GroupStatus::Consumed, 2, 2));
     }
 
     #[test]
     fn dead_lettered_and_in_flight_groups() {
-        let dlq = record(
-            "%DLQ%G",
-            0,
-            0,
-            300,
-            &[(keys::DLQ_ORIGIN_TOPIC, "T"), (keys::DLQ_ORIGIN_MESSAGE_ID, "ID1")],
-        );
+        let dlq = record("%DLQ%G", 0, 0, 300, &[(keys::DLQ_ORIGIN_TOPIC, "T"), (keys::DLQ_ORIGIN_MESSAGE_ID, "ID1")]);
         let records = classify(vec![dlq, record("T", 2, 7, 100, &[])]);
         assert_eq!(records.iter().map(|r| r.0).collect::<Vec<_>>(), [RecordRole::Message, RecordRole::DeadLetter]);
         let m = found_message("ID1", &records).unwrap();
@@ -657,7 +694,10 @@ mod tests {
         assert_eq!(kinds(&events), ["STORED", "DELIVERED", "DELIVERED", "DLQ", "ACKED", "DELIVERED"]);
         assert!(matches!(&events[4].event, TraceEvent::Acked { dead_lettered: true, .. }));
         let g = &groups[0];
-        assert_eq!((g.group.as_str(), g.status, g.dlq_topic.as_deref()), ("G", GroupStatus::DeadLettered, Some("%DLQ%G")));
+        assert_eq!(
+            (g.group.as_str(), g.status, g.dlq_topic.as_deref()),
+            ("G", GroupStatus::DeadLettered, Some("%DLQ%G"))
+        );
         assert_eq!((groups[1].group.as_str(), groups[1].status), ("H", GroupStatus::InFlight));
     }
 

@@ -130,7 +130,7 @@ impl States {
 
     /// Read-only (message trace lookup): a consumer's floor on a queue, whether `offset` is
     /// acked, and its delivery in flight (attempt, visible at); `None` without a state.
-    pub(super) fn progress_at(&self, key: &QueueKey, offset: u64) -> Option<(u64, bool, Option<(u32, i64)>)> {
+    pub(super) fn progress_at(&self, key: &QueueKey, offset: u64) -> Option<super::lookup::Progress> {
         let cell = {
             let table = lock(&self.table);
             match table.live.get(key) {
