@@ -111,8 +111,26 @@ fn group_json(g: &GroupSummary) -> Value {
     })
 }
 
+/// A transactional message's state from its events; `None` for other messages.
+fn transaction_state(t: &MessageTrace) -> Option<&'static str> {
+    let kinds: Vec<&str> = t.events.iter().map(|e| e.event.kind()).collect();
+    kinds.contains(&"PREPARED").then(|| {
+        if kinds.contains(&"COMMITTED") {
+            "COMMITTED"
+        } else if kinds.contains(&"ROLLED_BACK") {
+            "ROLLED_BACK"
+        } else if t.truncated {
+            // The resolution may lie past the scanned part of the journal.
+            "UNKNOWN"
+        } else {
+            "OPEN"
+        }
+    })
+}
+
 fn trace_json(t: &MessageTrace, body_cap: usize) -> Value {
     json!({
+        "transactionState": transaction_state(t),
         "message": message_json(&t.message, body_cap),
         "events": t.events.iter().map(event_json).collect::<Vec<_>>(),
         "groups": t.groups.iter().map(group_json).collect::<Vec<_>>(),

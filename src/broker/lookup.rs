@@ -331,12 +331,14 @@ pub(crate) fn found_message(id: &str, records: &[(RecordRole, StoredMessage)]) -
 
 /// Whether a journal record concerns the message (deliverable positions, half offset).
 fn relevant(record: &JournalRecord, positions: &BTreeSet<(String, u32, u64)>, half: Option<u64>) -> bool {
+    // Compared in place: this runs for every journal record scanned.
+    let at = |topic: &str, queue_id: u32, offset: u64| {
+        positions.iter().any(|(t, q, o)| *q == queue_id && *o == offset && t == topic)
+    };
     match record {
-        JournalRecord::Deliveries(d) => {
-            d.deliveries.iter().any(|x| positions.contains(&(d.topic.clone(), x.queue_id, x.offset)))
-        }
+        JournalRecord::Deliveries(d) => d.deliveries.iter().any(|x| at(&d.topic, x.queue_id, x.offset)),
         JournalRecord::Ack(a) => {
-            positions.contains(&(a.topic.clone(), a.queue_id, a.offset))
+            at(&a.topic, a.queue_id, a.offset)
                 || (a.group == TX_GROUP && a.topic == HALF_TOPIC && Some(a.offset) == half)
         }
         JournalRecord::Reset(r) => {
@@ -346,53 +348,50 @@ fn relevant(record: &JournalRecord, positions: &BTreeSet<(String, u32, u64)>, ha
 }
 
 /// Assembles the lifecycle of classified records from the relevant journal records (with
-/// their times, in journal order) and each group's current progress.
+/// their store times and log positions, in journal order) and each group's current progress.
 pub(crate) fn assemble(
     records: &[(RecordRole, StoredMessage)],
-    journal: &[(i64, JournalRecord)],
+    journal: &[(i64, u64, JournalRecord)],
     progress: &BTreeMap<String, Progress>,
     now_ms: i64,
 ) -> (Vec<TimedEvent>, Vec<GroupSummary>) {
-    let mut events = Vec::new();
+    // With log positions: same-millisecond events keep the log's order.
+    let mut events: Vec<(u64, TimedEvent)> = Vec::new();
     let positions: BTreeSet<(String, u32, u64)> = records
         .iter()
         .filter(|(r, _)| r.deliverable())
         .map(|(_, m)| (m.topic.to_string(), m.queue_id, m.queue_offset))
         .collect();
     let committed = records.iter().any(|(r, _)| *r == RecordRole::Committed);
-    let mut dlq: BTreeMap<String, (String, i64)> = BTreeMap::new();
+    let mut dlq: BTreeMap<String, (String, (i64, u64))> = BTreeMap::new();
     for (role, m) in records {
         let at = (m.topic.to_string(), m.queue_id, m.queue_offset);
         let event = match role {
             RecordRole::Message => TraceEvent::Stored { topic: at.0, queue_id: at.1, offset: at.2 },
             RecordRole::Scheduled => {
-                events.push(TimedEvent {
-                    time_ms: m.store_timestamp_ms,
-                    event: TraceEvent::Stored { topic: at.0, queue_id: at.1, offset: at.2 },
-                });
+                let event = TraceEvent::Stored { topic: at.0, queue_id: at.1, offset: at.2 };
+                events.push((m.log_position, TimedEvent { time_ms: m.store_timestamp_ms, event }));
                 let deliver_at_ms = m.properties.get(keys::TIMER_DELIVER_MS).and_then(|v| v.parse().ok());
                 TraceEvent::Scheduled { deliver_at_ms }
             }
             RecordRole::Prepared => {
-                events.push(TimedEvent {
-                    time_ms: m.store_timestamp_ms,
-                    event: TraceEvent::Stored { topic: at.0, queue_id: at.1, offset: at.2 },
-                });
+                let event = TraceEvent::Stored { topic: at.0, queue_id: at.1, offset: at.2 };
+                events.push((m.log_position, TimedEvent { time_ms: m.store_timestamp_ms, event }));
                 TraceEvent::Prepared
             }
             RecordRole::Fired => TraceEvent::TimerFired { topic: at.0, queue_id: at.1, offset: at.2 },
             RecordRole::Committed => TraceEvent::Committed { topic: at.0, queue_id: at.1, offset: at.2 },
             RecordRole::DeadLetter => {
                 let group = m.topic.strip_prefix(DLQ_PREFIX).unwrap_or(&m.topic).to_string();
-                dlq.insert(group.clone(), (m.topic.to_string(), m.store_timestamp_ms));
+                dlq.insert(group.clone(), (m.topic.to_string(), (m.store_timestamp_ms, m.log_position)));
                 TraceEvent::DeadLettered { group, dlq_topic: at.0, queue_id: at.1, offset: at.2 }
             }
         };
-        events.push(TimedEvent { time_ms: m.store_timestamp_ms, event });
+        events.push((m.log_position, TimedEvent { time_ms: m.store_timestamp_ms, event }));
     }
     // Per group: deliveries, last attempt, acked.
     let mut seen: BTreeMap<String, (u32, u32, bool)> = BTreeMap::new();
-    for (time_ms, record) in journal {
+    for (time_ms, position, record) in journal {
         match record {
             JournalRecord::Deliveries(d) => {
                 for x in &d.deliveries {
@@ -413,35 +412,33 @@ pub(crate) fn assemble(
                         TraceEvent::Delivered { group, client, attempt, invisible_until_ms }
                     };
                     entry.1 = entry.1.max(x.attempt);
-                    events.push(TimedEvent { time_ms: *time_ms, event });
+                    events.push((*position, TimedEvent { time_ms: *time_ms, event }));
                 }
             }
             JournalRecord::Ack(a) if a.group == TX_GROUP && a.topic == HALF_TOPIC => {
                 if !committed {
-                    events.push(TimedEvent { time_ms: *time_ms, event: TraceEvent::RolledBack });
+                    events.push((*position, TimedEvent { time_ms: *time_ms, event: TraceEvent::RolledBack }));
                 }
             }
             JournalRecord::Ack(a) => {
                 seen.entry(a.group.clone()).or_insert((0, 0, false)).2 = true;
-                let dead_lettered = dlq.get(super::pop::base_group(&a.group)).is_some_and(|(_, t)| *t <= *time_ms);
-                events.push(TimedEvent {
-                    time_ms: *time_ms,
-                    event: TraceEvent::Acked { group: a.group.clone(), dead_lettered },
-                });
+                let dead_lettered =
+                    dlq.get(super::pop::base_group(&a.group)).is_some_and(|(_, at)| *at <= (*time_ms, *position));
+                let event = TraceEvent::Acked { group: a.group.clone(), dead_lettered };
+                events.push((*position, TimedEvent { time_ms: *time_ms, event }));
             }
             JournalRecord::Reset(r) => {
                 for q in &r.queues {
                     if positions.iter().any(|(t, qid, _)| *t == r.topic && *qid == q.queue_id) {
-                        events.push(TimedEvent {
-                            time_ms: *time_ms,
-                            event: TraceEvent::OffsetReset { group: r.group.clone(), offset: q.offset },
-                        });
+                        let event = TraceEvent::OffsetReset { group: r.group.clone(), offset: q.offset };
+                        events.push((*position, TimedEvent { time_ms: *time_ms, event }));
                     }
                 }
             }
         }
     }
-    events.sort_by_key(|e| e.time_ms);
+    events.sort_by_key(|(position, e)| (e.time_ms, *position));
+    let events: Vec<TimedEvent> = events.into_iter().map(|(_, e)| e).collect();
     let offset = positions.iter().next().map(|p| p.2);
     let names: BTreeSet<&String> = seen.keys().chain(progress.keys()).chain(dlq.keys()).collect();
     let groups = names
@@ -567,7 +564,7 @@ impl Broker {
         cap: usize,
         positions: &BTreeSet<(String, u32, u64)>,
         half: Option<u64>,
-    ) -> BrokerResult<(Vec<(i64, JournalRecord)>, usize, bool)> {
+    ) -> BrokerResult<(Vec<(i64, u64, JournalRecord)>, usize, bool)> {
         let end = self.inner.log.queue_range(JOURNAL_TOPIC, 0).end;
         let mut next =
             self.with_remote_fetch(JOURNAL_FETCH_ROUNDS, || self.offset_at(JOURNAL_TOPIC, 0, since_ms)).await?;
@@ -596,7 +593,7 @@ impl Broker {
                 if let Some(record) = JournalRecord::decode(m)
                     && relevant(&record, positions, half)
                 {
-                    out.push((m.store_timestamp_ms, record));
+                    out.push((m.store_timestamp_ms, m.log_position, record));
                 }
             }
         }
@@ -657,16 +654,16 @@ mod tests {
         let m = found_message("ID1", &records).unwrap();
         assert_eq!((m.topic.as_str(), m.tag.as_deref(), m.keys.len()), ("T", Some("a"), 2));
         let journal = vec![
-            (110, delivery("G", 1, 1110, false)),
+            (110, 110, delivery("G", 1, 1110, false)),
             // Not for this message: another offset.
-            (111, JournalRecord::Ack(AckRecord { group: "G".into(), topic: "T".into(), queue_id: 2, offset: 8 })),
-            (120, delivery("G", 1, 125, true)),
-            (130, delivery("G", 2, 2130, false)),
-            (140, ack("G")),
+            (111, 111, JournalRecord::Ack(AckRecord { group: "G".into(), topic: "T".into(), queue_id: 2, offset: 8 })),
+            (120, 120, delivery("G", 1, 125, true)),
+            (130, 130, delivery("G", 2, 2130, false)),
+            (140, 140, ack("G")),
         ];
         let journal: Vec<_> = journal
             .into_iter()
-            .filter(|(_, r)| relevant(r, &BTreeSet::from([("T".to_string(), 2, 7)]), None))
+            .filter(|(_, _, r)| relevant(r, &BTreeSet::from([("T".to_string(), 2, 7)]), None))
             .collect();
         let (events, groups) = assemble(&records, &journal, &BTreeMap::new(), 1000);
         assert_eq!(kinds(&events), ["STORED", "DELIVERED", "INVISIBILITY_CHANGED", "DELIVERED", "ACKED"]);
@@ -685,10 +682,10 @@ mod tests {
         let m = found_message("ID1", &records).unwrap();
         assert_eq!(m.topic, "T");
         let journal = vec![
-            (110, delivery("G", 1, 150, false)),
-            (200, delivery("G", 2, 250, false)),
-            (300, ack("G")),
-            (310, delivery("H", 1, 5000, false)),
+            (110, 110, delivery("G", 1, 150, false)),
+            (200, 200, delivery("G", 2, 250, false)),
+            (300, 300, ack("G")),
+            (310, 310, delivery("H", 1, 5000, false)),
         ];
         let (events, groups) = assemble(&records, &journal, &BTreeMap::new(), 1000);
         assert_eq!(kinds(&events), ["STORED", "DELIVERED", "DELIVERED", "DLQ", "ACKED", "DELIVERED"]);
@@ -743,7 +740,7 @@ mod tests {
         let rollback =
             JournalRecord::Ack(AckRecord { group: TX_GROUP.into(), topic: HALF_TOPIC.into(), queue_id: 0, offset: 4 });
         assert!(relevant(&rollback, &BTreeSet::new(), Some(4)));
-        let (events, _) = assemble(&records, &[(200, rollback)], &BTreeMap::new(), 1000);
+        let (events, _) = assemble(&records, &[(200, 200, rollback)], &BTreeMap::new(), 1000);
         assert_eq!(kinds(&events), ["STORED", "PREPARED", "ROLLED_BACK"]);
     }
 
@@ -753,5 +750,66 @@ mod tests {
             assert!(matches!(validate_id(id), Err(BrokerError::IllegalMessageId(_))), "{id:?}");
         }
         assert!(validate_id("0A0B0C0D0E0F").is_ok());
+    }
+
+    /// Through a real broker (memory log): a delay message fired, received, nacked, received
+    /// again and acked; a rolled-back transaction; a message dead-lettered after its attempts.
+    #[tokio::test]
+    async fn through_the_broker() {
+        use crate::broker::tests::{Harness, message, receive_request};
+        use crate::broker::{OutgoingMessage, Resolution, ResolutionSource};
+        use crate::clock::Clock;
+        use crate::storage::memory::MemoryLog;
+        use std::time::Duration;
+
+        let h = Harness::new(Arc::new(MemoryLog::new())).await;
+        let broker = h.start().await;
+        broker.create_topic("T", None, crate::broker::TopicKind::Mixed).await.unwrap();
+        let now = h.clock.now_ms();
+        let delayed = OutgoingMessage { delivery_timestamp_ms: Some(now + 1_000), ..message("D1") };
+        broker.send(vec![delayed]).await.unwrap();
+        broker.index_timers().unwrap();
+        h.clock.advance(1_000);
+        assert_eq!(broker.fire_due_timers().await.unwrap(), 1);
+        let got = broker.receive(receive_request()).await.unwrap();
+        let handle =
+            broker.change_invisible_duration("c", "G", "T", &got[0].receipt_handle, Duration::ZERO).await.unwrap();
+        assert!(!handle.is_empty());
+        let again = broker.receive(receive_request()).await.unwrap();
+        assert_eq!(again[0].delivery_attempt, 2);
+        broker.ack("c", "G", "T", &again[0].receipt_handle).await.unwrap();
+        let t = broker.message_trace("D1", None).await.unwrap();
+        assert_eq!(
+            kinds(&t.events),
+            ["STORED", "SCHEDULED", "TIMER_FIRED", "DELIVERED", "INVISIBILITY_CHANGED", "DELIVERED", "ACKED"]
+        );
+        assert_eq!((t.message.topic.as_str(), t.message.message_type), ("T", MessageType::Delay));
+        assert_eq!(&t.message.body[..], b"D1");
+        assert!(matches!(&t.events[3].event, TraceEvent::Delivered { client: Some(c), attempt: 1, .. } if c == "c"));
+        assert_eq!(
+            t.groups.iter().map(|g| (g.group.as_str(), g.status)).collect::<Vec<_>>(),
+            [("G", GroupStatus::Consumed)]
+        );
+        assert!(!t.truncated);
+
+        broker.send(vec![OutgoingMessage { transactional: true, ..message("TX1") }]).await.unwrap();
+        broker.end_transaction("T", "TX1", Resolution::Rollback, ResolutionSource::Client).await.unwrap();
+        let t = broker.message_trace("TX1", None).await.unwrap();
+        assert_eq!(kinds(&t.events), ["STORED", "PREPARED", "ROLLED_BACK"]);
+
+        broker.put_group("G", false, (Some(0), None), None).await.unwrap();
+        broker.send(vec![message("X1")]).await.unwrap();
+        let got = broker.receive(receive_request()).await.unwrap();
+        assert_eq!(got.len(), 1);
+        h.clock.advance(60_000);
+        assert!(broker.receive(receive_request()).await.unwrap().is_empty(), "one attempt only");
+        let t = broker.message_trace("X1", Some(3)).await.unwrap();
+        assert!(t.truncated || kinds(&t.events).contains(&"DLQ"));
+        let t = broker.message_trace("X1", None).await.unwrap();
+        assert_eq!(kinds(&t.events), ["STORED", "DELIVERED", "DLQ", "ACKED"]);
+        assert_eq!(t.groups[0].dlq_topic.as_deref(), Some("%DLQ%G"));
+        assert!(t.message.stored.iter().any(|s| s.role == RecordRole::DeadLetter));
+        assert!(matches!(broker.find_message("nope"), Err(BrokerError::MessageNotFound(_))));
+        assert_eq!(broker.find_messages_by_key("T", "k", 10).unwrap().len(), 0);
     }
 }
