@@ -50,7 +50,6 @@ pub use states::StateStats;
 pub use catalog::{GroupInfo, TopicInfo, TopicKind};
 pub use error::{BrokerError, BrokerResult};
 pub use filter::Filter;
-pub use lookup::{FoundMessage, GroupStatus, GroupSummary, MessageTrace, RecordRole, StoredAt, TimedEvent, TraceEvent};
 pub use message::{DeliveredMessage, MessageType, OutgoingMessage};
 pub use offsets::{
     OffsetChange, OffsetPolicy, PullRequest, PullResult, PullStatus, QueueProgress, ResetTarget, TopicProgress,
@@ -60,6 +59,9 @@ pub use relay::{ClientCommand, ClientReply, VerifyOutcome};
 pub use settings::{Backoff, BrokerSettings};
 pub use transaction::OrphanCheckRelay;
 pub use transaction::{Resolution, ResolutionSource};
+
+// The message trace lookup.
+pub use lookup::{FoundMessage, GroupStatus, GroupSummary, MessageTrace, RecordRole, StoredAt, TimedEvent, TraceEvent};
 
 use crate::clock::Clock;
 pub use crate::metadata::Durability;
