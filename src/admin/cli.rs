@@ -1,8 +1,8 @@
 //! `rmq-gateway admin …`: a command-line client of the admin HTTP API. Today `admin message
 //! get|trace|find` (the message trace lookup); the subcommand tree leaves room for more
-//! (topics, groups). Talks plain HTTP/1.1 (hyper) to `--server` (default
-//! `http://127.0.0.1:8080`, or `RMQ_GATEWAY_ADMIN_URL`) and prints readable tables, or the
-//! API's JSON with `--json`.
+//! (topics, groups). Talks plain HTTP/1.1 (hyper) to `--server` (or `RMQ_GATEWAY_ADMIN_URL`;
+//! else the admin port of `--config`/`RMQ_GATEWAY_CONFIG`; else `http://127.0.0.1:8080`) and
+//! prints readable tables, or the API's JSON with `--json`.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -20,9 +20,13 @@ const MAX_RESPONSE_BYTES: usize = 64 << 20;
 
 #[derive(Debug, Args)]
 pub struct AdminArgs {
-    /// The gateway's admin HTTP address (`server.httpServerPort`).
-    #[arg(long, global = true, env = "RMQ_GATEWAY_ADMIN_URL", default_value = "http://127.0.0.1:8080")]
-    pub server: String,
+    /// The gateway's admin HTTP address. Default: from `--config` (`server.bindAddress`,
+    /// `server.httpServerPort`), else `http://127.0.0.1:8080`.
+    #[arg(long, global = true, env = "RMQ_GATEWAY_ADMIN_URL")]
+    pub server: Option<String>,
+    /// The gateway's configuration file, to find its admin port.
+    #[arg(short, long, global = true, env = "RMQ_GATEWAY_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
     /// Print the API's JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -281,9 +285,32 @@ pub fn format_find(list: &Value) -> String {
     table(&["MESSAGE ID", "TOPIC", "TAG", "QUEUE", "OFFSET", "STORE TIME"], &rows)
 }
 
+/// `--server`, else the admin address of `--config` (a wildcard bind address means this
+/// host), else the default port on this host.
+fn server_url(args: &AdminArgs) -> Result<String, String> {
+    if let Some(s) = &args.server {
+        return Ok(s.clone());
+    }
+    let Some(path) = &args.config else { return Ok("http://127.0.0.1:8080".into()) };
+    let c = crate::config::Config::load(Some(path), std::env::vars()).map_err(|e| e.to_string())?;
+    let host = match c.server.bind_address.as_str() {
+        "" | "0.0.0.0" | "::" | "[::]" => "127.0.0.1".to_string(),
+        h if h.contains(':') && !h.starts_with('[') => format!("[{h}]"),
+        h => h.to_string(),
+    };
+    Ok(format!("http://{host}:{}", c.server.http_server_port))
+}
+
 /// Runs an admin command; exit code 0 on success, 1 when the API refused, 2 when it could not
 /// be reached.
 pub fn run(args: AdminArgs) -> ExitCode {
+    let server = match server_url(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("rmq-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -310,7 +337,7 @@ pub fn run(args: AdminArgs) -> ExitCode {
             }
         },
     };
-    let answer = runtime.block_on(async { tokio::time::timeout(CALL_TIMEOUT, get(&args.server, &path)).await });
+    let answer = runtime.block_on(async { tokio::time::timeout(CALL_TIMEOUT, get(&server, &path)).await });
     let (status, body) = match answer {
         Ok(Ok(answer)) => answer,
         Ok(Err(e)) => {
@@ -318,7 +345,7 @@ pub fn run(args: AdminArgs) -> ExitCode {
             return ExitCode::from(2);
         }
         Err(_) => {
-            eprintln!("rmq-gateway: no answer from {} within {CALL_TIMEOUT:?}", args.server);
+            eprintln!("rmq-gateway: no answer from {server} within {CALL_TIMEOUT:?}");
             return ExitCode::from(2);
         }
     };
@@ -369,6 +396,22 @@ mod tests {
         assert!(s.lines().any(|l| l.contains("DELIVERED") && l.contains(" G ") && l.contains("c1")), "{s}");
         assert!(s.contains("to %DLQ%G offset 0"), "{s}");
         assert!(s.lines().any(|l| l.starts_with("G ") && l.contains("DLQ")), "{s}");
+    }
+
+    #[test]
+    fn server_from_flag_config_or_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gateway.yaml");
+        std::fs::write(&file, "server:\n  bindAddress: 0.0.0.0\n  httpServerPort: 9123\n").unwrap();
+        let args = |server: Option<&str>, config: Option<&std::path::Path>| AdminArgs {
+            server: server.map(str::to_string),
+            config: config.map(|p| p.to_path_buf()),
+            json: false,
+            command: AdminCommand::Message { command: MessageCommand::Get { id: "x".into() } },
+        };
+        assert_eq!(server_url(&args(Some("http://h:1"), Some(&file))).unwrap(), "http://h:1");
+        assert_eq!(server_url(&args(None, Some(&file))).unwrap(), "http://127.0.0.1:9123");
+        assert_eq!(server_url(&args(None, None)).unwrap(), "http://127.0.0.1:8080");
     }
 
     #[test]
