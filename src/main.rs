@@ -31,6 +31,8 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Talk to a running gateway's admin HTTP API (`admin message trace <id>`, …).
+    Admin(rmq_gateway::admin::cli::AdminArgs),
     /// Benchmarks (see `make bench`).
     Bench {
         #[command(subcommand)]
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Bench { command } => rmq_gateway::bench::run(*command),
+        Command::Admin(args) => rmq_gateway::admin::cli::run(args),
         Command::CheckConfig { config } => match load(config.as_deref()) {
             Ok(mut c) => {
                 // The effective configuration, without the database password.

@@ -1,7 +1,8 @@
 //! The HTTP side (axum): `/healthz`, `/readyz`, and the admin API: topics, consumer groups
 //! (with their offsets per queue, and offset resets), connected clients, commands relayed to a
 //! client (thread stack trace, consume a message directly), and what the gateway holds in
-//! memory (`/api/v1/stats`). Calls the broker only. Topics and groups are named as the broker
+//! memory (`/api/v1/stats`), and the message trace lookup (`messages.rs`). Calls the broker
+//! only. Topics and groups are named as the broker
 //! stores them (`ns%name` in a namespace, `%25` in a URL path), or by `?namespace=ns` and the
 //! plain name.
 
@@ -15,6 +16,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
+
+pub mod cli;
+mod messages;
 
 use crate::broker::namespace::{self, NameKind};
 use crate::broker::{
@@ -46,6 +50,9 @@ pub fn router(state: AdminState) -> axum::Router {
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/clients/{client_id}/stack-trace", post(client_stack_trace))
         .route("/api/v1/clients/{client_id}/verify-message", post(verify_message))
+        .route("/api/v1/messages", get(messages::find_by_key))
+        .route("/api/v1/messages/{id}", get(messages::get_message))
+        .route("/api/v1/messages/{id}/trace", get(messages::message_trace))
         .with_state(state)
 }
 

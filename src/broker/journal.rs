@@ -23,6 +23,10 @@ const GROUP: &str = "G";
 const TOPIC: &str = "T";
 /// The client whose deliveries are renewed while it lives (PushConsumer auto-renew).
 const CLIENT: &str = "C";
+/// The client the messages were delivered to (message trace lookup; absent in older records).
+const RECEIVER: &str = "R";
+/// Present when the record is a ChangeInvisibleDuration (a nack or an extension), not a receive.
+const INVISIBLE_CHANGE: &str = "X";
 /// queue id, offset, serial, attempt, deadline.
 const DELIVERY_LEN: usize = 4 + 8 + 8 + 4 + 8;
 /// queue id, offset, serial watermark.
@@ -43,6 +47,10 @@ pub(crate) struct DeliveryRecord {
     pub group: String,
     pub topic: String,
     pub auto_renew_client: Option<String>,
+    /// The client the messages went to (for the message trace lookup only).
+    pub receiver: Option<String>,
+    /// A ChangeInvisibleDuration of a delivery, not a receive.
+    pub invisible_change: bool,
     pub deliveries: Vec<Delivery>,
 }
 
@@ -81,11 +89,17 @@ impl JournalRecord {
 
 impl DeliveryRecord {
     pub fn to_append(&self, now_ms: i64) -> AppendMessage {
-        let mut properties = Properties::with_capacity(3);
+        let mut properties = Properties::with_capacity(5);
         properties.push(GROUP, self.group.as_str());
         properties.push(TOPIC, self.topic.as_str());
         if let Some(c) = &self.auto_renew_client {
             properties.push(CLIENT, c.as_str());
+        }
+        if let Some(c) = &self.receiver {
+            properties.push(RECEIVER, c.as_str());
+        }
+        if self.invisible_change {
+            properties.push(INVISIBLE_CHANGE, "1");
         }
         let mut body = BytesMut::with_capacity(1 + 4 + self.deliveries.len() * DELIVERY_LEN);
         body.put_u8(KIND_DELIVERIES);
@@ -122,6 +136,8 @@ impl DeliveryRecord {
             group: m.properties.get(GROUP)?.to_string(),
             topic: m.properties.get(TOPIC)?.to_string(),
             auto_renew_client: m.properties.get(CLIENT).map(str::to_string),
+            receiver: m.properties.get(RECEIVER).map(str::to_string),
+            invisible_change: m.properties.get(INVISIBLE_CHANGE).is_some(),
             deliveries,
         })
     }
@@ -247,6 +263,8 @@ mod tests {
             group: "g".into(),
             topic: "t".into(),
             auto_renew_client: Some("c@1".into()),
+            receiver: Some("c@1".into()),
+            invisible_change: true,
             deliveries: vec![
                 Delivery { queue_id: 1, offset: 7, serial: 11, attempt: 2, visible_at_ms: 99 },
                 Delivery { queue_id: 0, offset: 8, serial: 12, attempt: 1, visible_at_ms: 100 },

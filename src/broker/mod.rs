@@ -17,6 +17,8 @@ pub mod filter;
 mod handover;
 mod journal;
 pub mod message;
+// After `message` (not in order) to keep clear of a neighbouring change on main.
+pub mod lookup;
 mod meta_health;
 pub mod namespace;
 mod offsets;
@@ -59,6 +61,9 @@ pub use relay::{ClientCommand, ClientReply, VerifyOutcome};
 pub use settings::{Backoff, BrokerSettings};
 pub use transaction::OrphanCheckRelay;
 pub use transaction::{Resolution, ResolutionSource};
+
+// The message trace lookup.
+pub use lookup::{FoundMessage, GroupStatus, GroupSummary, MessageTrace, RecordRole, StoredAt, TimedEvent, TraceEvent};
 
 use crate::clock::Clock;
 pub use crate::metadata::Durability;

@@ -166,7 +166,7 @@ impl Broker {
                 self.journal_deliveries(
                     &group.name,
                     &topic,
-                    auto_renew_client,
+                    (auto_renew_client, Some(req.client_id.clone()), false),
                     got.iter().map(|m| m.receipt_handle.as_str()),
                 )
                 .await;
@@ -196,7 +196,7 @@ impl Broker {
         &self,
         group: &str,
         topic: &TopicEntry,
-        auto_renew_client: Option<String>,
+        (auto_renew_client, receiver, invisible_change): (Option<String>, Option<String>, bool),
         handles: impl Iterator<Item = &'a str>,
     ) {
         let deliveries: Vec<Delivery> = handles
@@ -213,6 +213,8 @@ impl Broker {
             group: group.to_string(),
             topic: topic.record.name.clone(),
             auto_renew_client,
+            receiver,
+            invisible_change,
             deliveries,
         };
         if let Err(e) = self.inner.log.append(vec![record.to_append(self.now_ms())]).await {
@@ -859,7 +861,8 @@ impl Broker {
         let entry = changed.map_err(|p| self.handle_problem(p, &r))?;
         let new = Receipt { serial: entry.serial, deadline_ms: entry.visible_at_ms, ..r };
         let handle = self.inner.receipts.encode(&new, group, &topic.record.name);
-        self.journal_deliveries(group, &topic, None, std::iter::once(handle.as_str())).await;
+        let by = (None, Some(client_id.to_string()), true);
+        self.journal_deliveries(group, &topic, by, std::iter::once(handle.as_str())).await;
         Ok(handle)
     }
 

@@ -128,6 +128,21 @@ impl States {
         table.live.keys().chain(table.idle.keys()).filter(|k| &*k.1 == topic).cloned().collect()
     }
 
+    /// Read-only (message trace lookup): a consumer's floor on a queue, whether `offset` is
+    /// acked, and its delivery in flight (attempt, visible at); `None` without a state.
+    pub(super) fn progress_at(&self, key: &QueueKey, offset: u64) -> Option<super::lookup::Progress> {
+        let cell = {
+            let table = lock(&self.table);
+            match table.live.get(key) {
+                Some(cell) => cell.clone(),
+                None => return table.idle.get(key).map(|&floor| (floor, offset < floor, None)),
+            }
+        };
+        let st = lock(&cell.state);
+        let inflight = st.inflight.get(&offset).map(|i| (i.attempt, i.visible_at_ms));
+        Some((st.floor, st.is_acked(offset), inflight))
+    }
+
     /// The keys of the states (live or pruned) of `group` on every topic.
     pub(super) fn keys_of(&self, group: &str) -> Vec<QueueKey> {
         let table = lock(&self.table);
