@@ -226,3 +226,23 @@ fn prometheus_scrapes_counts_and_lag_and_runs_the_dashboard_queries() {
     }
     assert!(problems.is_empty(), "dashboard queries:\n{}", problems.join("\n"));
 }
+
+/// `metrics.enabled: false`: no `/metrics` route (404), and the gateway serves as usual.
+#[test]
+fn metrics_off_has_no_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = match integration_tests::gateway_process::Gateway::start_with(
+        dir.path(),
+        &[("RMQ_GATEWAY_METRICS__ENABLED", "false")],
+    ) {
+        Ok(g) => g,
+        Err(e) if std::env::var("RMQ_E2E_REQUIRED").is_ok_and(|v| v == "1") => panic!("{e:#}"),
+        Err(e) => {
+            shout(&format!("SKIPPED metrics_off_has_no_route: {e:#}"));
+            return;
+        }
+    };
+    let err = http_get(gateway.http_port, "/metrics").unwrap_err();
+    assert!(err.contains("404"), "{err}");
+    assert!(http_get(gateway.http_port, "/readyz").is_ok());
+}
