@@ -25,3 +25,35 @@ impl Broker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::broker::tests::{Harness, message, receive_request};
+    use crate::observability::metrics::ConsumerGauge;
+    use crate::storage::memory::MemoryLog;
+
+    /// Lag counts what is not acked in order, ready what is not delivered, inflight what is
+    /// delivered and not acked.
+    #[tokio::test]
+    async fn consumer_gauges_follow_receives_and_acks() {
+        let broker = Harness::new(Arc::new(MemoryLog::new())).await.start().await;
+        for i in 0..5 {
+            broker.send(vec![message(&format!("m{i}"))]).await.unwrap();
+        }
+        let mut req = receive_request();
+        req.batch_size = 2;
+        let got = broker.receive(req).await.unwrap();
+        assert_eq!(got.len(), 2);
+        let gauge = |broker: &crate::broker::Broker| {
+            broker.metrics_gauges().consumers.into_iter().find(|c| c.topic == "T" && c.group == "G").unwrap()
+        };
+        let want = |lag, ready, inflight| ConsumerGauge { topic: "T".into(), group: "G".into(), lag, ready, inflight };
+        assert_eq!(gauge(&broker), want(5, 3, 2));
+        for m in &got {
+            broker.ack("c", "G", "T", &m.receipt_handle).await.unwrap();
+        }
+        assert_eq!(gauge(&broker), want(3, 3, 0));
+    }
+}
