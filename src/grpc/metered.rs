@@ -3,14 +3,16 @@
 //! the answer's `Status`, or `GRPC_<code>` when the call failed at the gRPC level), and per
 //! message `rocketmq_messages_in_total` / `rocketmq_throughput_in_total` (sends the answer
 //! says were stored) and `rocketmq_messages_out_total` / `rocketmq_throughput_out_total`
-//! (messages in Receive/Pull answers). With metrics off it only delegates.
+//! (messages in Receive/Pull answers). Cluster mode: messages are counted by the node the client
+//! called, not again by the owner a request was forwarded to. With metrics off it only
+//! delegates.
 
 use std::time::Instant;
 
 use futures::StreamExt;
 use tonic::{Request, Response, Status as GrpcStatus, Streaming};
 
-use super::{BoxStream, MessagingServiceImpl};
+use super::{BoxStream, MessagingServiceImpl, forward};
 use crate::observability::metrics::{self, Metrics};
 use crate::proto::messaging_service_server::{MessagingService, MessagingServiceServer};
 use crate::proto::{self, Code, MessageType};
@@ -98,13 +100,13 @@ fn unary<T>(
 }
 
 /// Wraps a Receive/Pull answer: the latency is recorded at its status frame, each message
-/// counts out for (topic, group).
+/// counts out for (topic, group) unless `count` is false (a part of another node's answer:
+/// counted there, where the client called).
 fn streamed<T: Send + 'static>(
     m: &'static Metrics,
     rpc: &'static str,
     started: Instant,
-    topic: String,
-    group: String,
+    (topic, group, count): (String, String, bool),
     result: Result<Response<BoxStream<T>>, GrpcStatus>,
     content: fn(&T) -> (Option<&proto::Status>, Option<&proto::Message>),
 ) -> Result<Response<BoxStream<T>>, GrpcStatus> {
@@ -114,7 +116,8 @@ fn streamed<T: Send + 'static>(
                 if let Ok(frame) = frame {
                     match content(frame) {
                         (Some(s), _) => m.rpc_latency(rpc, code_name(s.code), started.elapsed()),
-                        (None, Some(msg)) => m.messages_out(&topic, &group, 1, msg.body.len() as u64),
+                        (None, Some(msg)) if count => m.messages_out(&topic, &group, 1, msg.body.len() as u64),
+                        (None, Some(_)) => {}
                         (None, None) => {}
                     }
                 }
@@ -232,22 +235,22 @@ impl MessagingService for Metered {
             return self.inner.send_message(request).await;
         };
         let started = Instant::now();
-        // (topic, type, body bytes) per message, in request order (answers are in that order).
-        let sent: Vec<(String, &'static str, u64)> = request
-            .get_ref()
-            .messages
+        let forwarded = forward::forwarded_by(request.metadata()).is_some();
+        let msgs = &request.get_ref().messages;
+        // One topic per request (the broker refuses mixed ones); (type, body bytes) per
+        // message, in request order (the answer's entries are in that order).
+        let topic = resource_name(msgs.first().and_then(|msg| msg.topic.as_ref()));
+        let sent: Vec<(&'static str, u64)> = msgs
             .iter()
-            .map(|msg| {
-                let kind = msg.system_properties.as_ref().map_or(0, |s| s.message_type);
-                (resource_name(msg.topic.as_ref()), type_name(kind), msg.body.len() as u64)
-            })
+            .map(|msg| (type_name(msg.system_properties.as_ref().map_or(0, |s| s.message_type)), msg.body.len() as u64))
             .collect();
         let result = self.inner.send_message(request).await;
         unary(Some(m), "SendMessage", started, &result, |r| r.status.as_ref());
-        if let Ok(r) = &result {
-            for (entry, (topic, kind, bytes)) in r.get_ref().entries.iter().zip(&sent) {
+        // A send forwarded from another node was counted there (the node the client called).
+        if let (Ok(r), false) = (&result, forwarded) {
+            for (entry, (kind, bytes)) in r.get_ref().entries.iter().zip(&sent) {
                 if entry.status.as_ref().is_some_and(|s| s.code == Code::Ok as i32) {
-                    m.messages_in(topic, kind, 1, *bytes);
+                    m.messages_in(&topic, kind, 1, *bytes);
                 }
             }
         }
@@ -265,8 +268,9 @@ impl MessagingService for Metered {
         let req = request.get_ref();
         let topic = resource_name(req.message_queue.as_ref().and_then(|q| q.topic.as_ref()));
         let group = resource_name(req.group.as_ref());
+        let count = forward::forwarded_by(request.metadata()).is_none();
         let result = self.inner.receive_message(request).await;
-        streamed(m, "ReceiveMessage", started, topic, group, result, |f: &proto::ReceiveMessageResponse| {
+        streamed(m, "ReceiveMessage", started, (topic, group, count), result, |f: &proto::ReceiveMessageResponse| {
             use proto::receive_message_response::Content;
             match &f.content {
                 Some(Content::Status(s)) => (Some(s), None),
@@ -287,8 +291,9 @@ impl MessagingService for Metered {
         let req = request.get_ref();
         let topic = resource_name(req.message_queue.as_ref().and_then(|q| q.topic.as_ref()));
         let group = resource_name(req.group.as_ref());
+        let count = forward::forwarded_by(request.metadata()).is_none();
         let result = self.inner.pull_message(request).await;
-        streamed(m, "PullMessage", started, topic, group, result, |f: &proto::PullMessageResponse| {
+        streamed(m, "PullMessage", started, (topic, group, count), result, |f: &proto::PullMessageResponse| {
             use proto::pull_message_response::Content;
             match &f.content {
                 Some(Content::Status(s)) => (Some(s), None),
