@@ -295,30 +295,53 @@ impl Metrics {
         let ins = self.messages_in.snapshot();
         header(o, "rocketmq_messages_in_total", "counter", "Messages stored by sends.");
         for (t, k, n, _) in &ins {
-            let _ = writeln!(o, "rocketmq_messages_in_total{{topic=\"{}\",message_type=\"{}\"}} {n}", esc(t), esc(k));
+            let _ = writeln!(
+                o,
+                "rocketmq_messages_in_total{{topic=\"{}\",message_type=\"{}\",is_system=\"{}\"}} {n}",
+                esc(t),
+                esc(k),
+                sys(t)
+            );
         }
         header(o, "rocketmq_throughput_in_total", "counter", "Bytes (bodies) stored by sends.");
         for (t, k, _, b) in &ins {
-            let _ = writeln!(o, "rocketmq_throughput_in_total{{topic=\"{}\",message_type=\"{}\"}} {b}", esc(t), esc(k));
+            let _ = writeln!(
+                o,
+                "rocketmq_throughput_in_total{{topic=\"{}\",message_type=\"{}\",is_system=\"{}\"}} {b}",
+                esc(t),
+                esc(k),
+                sys(t)
+            );
         }
         let outs = self.messages_out.snapshot();
         header(o, "rocketmq_messages_out_total", "counter", "Messages delivered to consumer groups.");
         for (t, g, n, _) in &outs {
-            let _ =
-                writeln!(o, "rocketmq_messages_out_total{{topic=\"{}\",consumer_group=\"{}\"}} {n}", esc(t), esc(g));
+            let _ = writeln!(
+                o,
+                "rocketmq_messages_out_total{{topic=\"{}\",consumer_group=\"{}\",is_system=\"{}\"}} {n}",
+                esc(t),
+                esc(g),
+                sys(t)
+            );
         }
         header(o, "rocketmq_throughput_out_total", "counter", "Bytes (bodies) delivered to consumer groups.");
         for (t, g, _, b) in &outs {
-            let _ =
-                writeln!(o, "rocketmq_throughput_out_total{{topic=\"{}\",consumer_group=\"{}\"}} {b}", esc(t), esc(g));
+            let _ = writeln!(
+                o,
+                "rocketmq_throughput_out_total{{topic=\"{}\",consumer_group=\"{}\",is_system=\"{}\"}} {b}",
+                esc(t),
+                esc(g),
+                sys(t)
+            );
         }
         header(o, "rocketmq_send_to_dlq_messages_total", "counter", "Messages moved to a dead-letter queue.");
         for (t, g, n, _) in self.dlq.snapshot() {
             let _ = writeln!(
                 o,
-                "rocketmq_send_to_dlq_messages_total{{topic=\"{}\",consumer_group=\"{}\"}} {n}",
+                "rocketmq_send_to_dlq_messages_total{{topic=\"{}\",consumer_group=\"{}\",is_system=\"{}\"}} {n}",
                 esc(&t),
-                esc(&g)
+                esc(&g),
+                sys(&t)
             );
         }
 
@@ -413,7 +436,13 @@ impl Metrics {
             header(o, name, "gauge", help);
             for c in &rows {
                 let v = [c.lag, c.ready, c.inflight][pick];
-                let _ = writeln!(o, "{name}{{topic=\"{}\",consumer_group=\"{}\"}} {v}", esc(&c.topic), esc(&c.group));
+                let _ = writeln!(
+                    o,
+                    "{name}{{topic=\"{}\",consumer_group=\"{}\",is_system=\"{}\"}} {v}",
+                    esc(&c.topic),
+                    esc(&c.group),
+                    sys(&c.topic)
+                );
             }
         }
     }
@@ -472,6 +501,11 @@ fn header(o: &mut String, name: &str, kind: &str, help: &str) {
 fn simple(o: &mut String, name: &str, kind: &str, help: &str, v: u64) {
     header(o, name, kind, help);
     let _ = writeln!(o, "{name} {v}");
+}
+
+/// RIP-46's `is_system`: the gateway's own topics (`rmq_sys_*`) and Apache's `TBW102`.
+fn sys(topic: &str) -> &'static str {
+    if topic.starts_with("rmq_sys_") || topic == "TBW102" { "true" } else { "false" }
 }
 
 /// A label value escaped for the text format.
@@ -563,10 +597,17 @@ mod tests {
             ..Default::default()
         };
         let text = m.render(&g);
-        assert!(text.contains("rocketmq_messages_in_total{topic=\"t\",message_type=\"normal\"} 3"), "{text}");
-        assert!(text.contains("rocketmq_throughput_in_total{topic=\"t\",message_type=\"normal\"} 15"));
-        assert!(text.contains("rocketmq_messages_out_total{topic=\"t\",consumer_group=\"g\"} 1"));
-        assert!(text.contains("rocketmq_consumer_lag_messages{topic=\"t\",consumer_group=\"g\"} 2"));
+        assert!(
+            text.contains("rocketmq_messages_in_total{topic=\"t\",message_type=\"normal\",is_system=\"false\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rocketmq_throughput_in_total{topic=\"t\",message_type=\"normal\",is_system=\"false\"} 15")
+        );
+        assert!(text.contains("rocketmq_messages_out_total{topic=\"t\",consumer_group=\"g\",is_system=\"false\"} 1"));
+        assert!(
+            text.contains("rocketmq_consumer_lag_messages{topic=\"t\",consumer_group=\"g\",is_system=\"false\"} 2")
+        );
         assert!(text.contains(
             "rocketmq_rpc_latency_bucket{protocol_type=\"grpc\",request_code=\"SendMessage\",response_code=\"OK\",le=\"3\"} 1"
         ));
@@ -585,9 +626,18 @@ mod tests {
         m.messages_out("d", "g", 1, 1);
         m.messages_in("a", "normal", 1, 1);
         let text = m.render(&Gauges::default());
-        assert!(text.contains("rocketmq_messages_in_total{topic=\"a\",message_type=\"normal\"} 2"), "{text}");
-        assert!(text.contains("rocketmq_messages_in_total{topic=\"_other_\",message_type=\"_other_\"} 1"));
-        assert!(text.contains("rocketmq_messages_out_total{topic=\"_other_\",consumer_group=\"_other_\"} 1"));
+        assert!(
+            text.contains("rocketmq_messages_in_total{topic=\"a\",message_type=\"normal\",is_system=\"false\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "rocketmq_messages_in_total{topic=\"_other_\",message_type=\"_other_\",is_system=\"false\"} 1"
+            )
+        );
+        assert!(text.contains(
+            "rocketmq_messages_out_total{topic=\"_other_\",consumer_group=\"_other_\",is_system=\"false\"} 1"
+        ));
         assert!(!text.contains("topic=\"c\""));
         assert!(text.contains("rocketmq_gateway_metrics_folded_total 2"));
     }
