@@ -64,6 +64,9 @@ pub struct MetricsConfig {
     pub otlp_interval: Duration,
     /// Receive the SDKs' own OTLP metrics (Settings.metric) and expose them on `/metrics`.
     pub client_metrics: bool,
+    /// Cap on topic/group label pairs of the per-topic series; new pairs beyond it are
+    /// counted under `_other_` (bounded cardinality).
+    pub max_series: usize,
 }
 
 impl Default for MetricsConfig {
@@ -73,6 +76,7 @@ impl Default for MetricsConfig {
             otlp_endpoint: String::new(),
             otlp_interval: Duration::from_secs(30),
             client_metrics: false,
+            max_series: crate::observability::metrics::DEFAULT_MAX_SERIES,
         }
     }
 }
@@ -843,6 +847,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn invalid(key: &'static str, reason: impl Into<String>) -> Result<(), ConfigError> {
             Err(ConfigError::Invalid { key, reason: reason.into() })
+        }
+        if self.metrics.enabled && self.metrics.max_series == 0 {
+            return invalid("metrics.maxSeries", "must be at least 1");
         }
         if self.server.grpc_server_port == self.server.http_server_port && self.server.grpc_server_port != 0 {
             return invalid("server.httpServerPort", "must differ from server.grpcServerPort");

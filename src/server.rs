@@ -318,6 +318,9 @@ pub async fn run(
     on_ready: impl FnOnce(BoundAddrs) + Send,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    if config.metrics.enabled {
+        crate::observability::metrics::init(config.metrics.max_series, &config.storage.data_dir);
+    }
     // Recovery reads the log since the last checkpoint: blocking work.
     let log = {
         let config = config.clone();
@@ -400,7 +403,7 @@ pub async fn run(
                 // at once (the HTTP/2 "rapid reset" flood).
                 .max_concurrent_streams(config.server.max_concurrent_streams)
                 .http2_max_pending_accept_reset_streams(Some(256))
-                .add_service(service.into_server())
+                .add_service(service.into_metered_server())
                 .add_optional_service(peer)
                 .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move { stop.cancelled().await }),
         )

@@ -36,7 +36,11 @@ pub struct AdminState {
 }
 
 pub fn router(state: AdminState) -> axum::Router {
-    axum::Router::new()
+    let router = match crate::observability::metrics::global() {
+        Some(_) => axum::Router::new().route("/metrics", get(metrics)),
+        None => axum::Router::new(),
+    };
+    router
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/api/v1/topics", get(list_topics))
@@ -54,6 +58,21 @@ pub fn router(state: AdminState) -> axum::Router {
         .route("/api/v1/messages/{id}", get(messages::get_message))
         .route("/api/v1/messages/{id}/trace", get(messages::message_trace))
         .with_state(state)
+}
+
+/// Prometheus text exposition of the gateway's metrics (only routed when `metrics.enabled`).
+async fn metrics(State(s): State<AdminState>) -> Response {
+    let Some(m) = crate::observability::metrics::global() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let broker = s.broker.clone();
+    // Reads the data directory's sizes and /proc: off the async workers.
+    match tokio::task::spawn_blocking(move || m.render(&broker.metrics_gauges())).await {
+        Ok(body) => {
+            ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("metrics: {e}")).into_response(),
+    }
 }
 
 /// 200 `ready` while serving. With the metadata store failing the gateway still serves sends,

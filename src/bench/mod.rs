@@ -21,6 +21,7 @@ pub mod compare;
 pub mod grpc;
 pub mod load;
 pub mod metadata;
+pub mod metrics_plot;
 #[cfg(feature = "nats-bench")]
 pub mod nats;
 pub mod noop;
@@ -69,6 +70,8 @@ pub enum BenchCommand {
     /// Tiered storage: upload MB/s, cold-read MB/s and GETs per GB read back from an object
     /// store (a local directory).
     Tiering(tiering::TieringBenchArgs),
+    /// Scrapes a gateway's /metrics while a load runs and plots the main series (SVG).
+    MetricsPlot(metrics_plot::MetricsPlotArgs),
 }
 
 /// Load shape shared by every load generator.
@@ -158,6 +161,7 @@ pub fn run(command: BenchCommand) -> ExitCode {
             BenchCommand::Metadata(args) => metadata::run(args).await,
             BenchCommand::Tiering(args) => tiering::run(args).await,
             BenchCommand::Cluster(args) => cluster::run(args).await,
+            BenchCommand::MetricsPlot(args) => metrics_plot::run(args).await,
         }
     });
     match result {

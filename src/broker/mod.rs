@@ -21,6 +21,7 @@ pub mod message;
 pub mod lookup;
 mod meta_health;
 pub mod namespace;
+mod observe;
 mod offsets;
 mod pop;
 pub mod receipt;
@@ -771,6 +772,9 @@ impl Broker {
         let due: Vec<i64> = messages.iter().filter_map(|m| m.delivery_timestamp_ms).collect();
         if due.len() == messages.len() && due.iter().any(|&d| d > now) {
             let scheduled = self.schedule(&topic_name, appends, &due, &ids).await?;
+            if let Some(metrics) = crate::observability::metrics::global() {
+                metrics.timers_scheduled(scheduled.len() as u64);
+            }
             return Ok(ids.iter().zip(scheduled).map(|(id, (o, h))| receipt(id, 0, o, Some(h))).collect());
         }
         let results = self.inner.log.append(appends).await?;

@@ -722,6 +722,9 @@ impl Broker {
         if let Some(t) = self.cached_topic(topic) {
             self.group_moved_on(group, &t);
         }
+        if let Some(metrics) = crate::observability::metrics::global() {
+            metrics.dlq_move(topic, group);
+        }
         tracing::info!(group, topic, queue_id, offset = m.queue_offset, "moved message to {dlq_name}");
         Ok(())
     }

@@ -421,6 +421,44 @@ impl Broker {
         table.idle.retain(|k, _| !which(&k.1, k.2));
     }
 
+    /// Per (topic, group) lag, ready and inflight counts over the states held here (live and
+    /// pruned), for `/metrics` at scrape time.
+    pub(super) fn consumer_gauges(&self) -> Vec<crate::observability::metrics::ConsumerGauge> {
+        let (cells, idle) = {
+            let table = lock(&self.inner.states.table);
+            let cells: Vec<_> = table.live.iter().map(|(k, c)| (k.clone(), c.clone())).collect();
+            let idle: Vec<_> = table.idle.iter().map(|(k, f)| (k.clone(), *f)).collect();
+            (cells, idle)
+        };
+        let mut sums: HashMap<(Arc<str>, Arc<str>), crate::observability::metrics::ConsumerGauge> = HashMap::new();
+        let mut add = |key: &QueueKey, floor: u64, next: u64, inflight: u64| {
+            let range = self.inner.log.queue_range(&key.1, key.2);
+            let g = sums.entry((key.1.clone(), key.0.clone())).or_insert_with(|| {
+                crate::observability::metrics::ConsumerGauge {
+                    topic: key.1.to_string(),
+                    group: key.0.to_string(),
+                    ..Default::default()
+                }
+            });
+            g.lag += range.end.saturating_sub(floor.max(range.start));
+            g.ready += range.end.saturating_sub(next.max(range.start));
+            g.inflight += inflight;
+        };
+        for (key, cell) in &cells {
+            let (floor, next, inflight) = {
+                let st = lock(&cell.state);
+                (st.floor, st.next.max(st.floor), st.inflight.len() as u64)
+            };
+            add(key, floor, next, inflight);
+        }
+        for (key, floor) in &idle {
+            add(key, *floor, *floor, 0);
+        }
+        let mut out: Vec<_> = sums.into_values().collect();
+        out.sort_by(|a, b| (&a.topic, &a.group).cmp(&(&b.topic, &b.group)));
+        out
+    }
+
     /// Counts for the admin API (a scan of the live states: on request only).
     pub fn state_stats(&self) -> StateStats {
         let (cells, idle) = {

@@ -404,6 +404,11 @@ impl Broker {
         &self.inner.timers
     }
 
+    /// Timer entries held in memory and not fired yet (`/metrics`).
+    pub(super) fn timers_loaded(&self) -> u64 {
+        lock(&self.timers().state).wheel.near.len() as u64
+    }
+
     /// Stores messages due later in the timer queue; one `(offset, recall handle)` each.
     pub(super) async fn schedule(
         &self,
@@ -593,6 +598,9 @@ impl Broker {
                         t.arrivals.notify_waiters();
                     }
                     total += due.len();
+                    if let Some(metrics) = crate::observability::metrics::global() {
+                        metrics.timers_fired(due.len() as u64);
+                    }
                 }
                 Err(e) => {
                     lock(&self.timers().state).wheel.untake(&due);

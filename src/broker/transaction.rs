@@ -90,6 +90,17 @@ impl Broker {
         &self.inner.transactions
     }
 
+    /// Open transactions per topic and orphan checks sent (`/metrics`).
+    pub(super) fn transaction_gauges(&self) -> (Vec<(String, u64)>, u64) {
+        let mut per_topic: HashMap<String, u64> = HashMap::new();
+        for o in lock(&self.transactions().open).values() {
+            *per_topic.entry(o.topic.clone()).or_default() += 1;
+        }
+        let mut rows: Vec<_> = per_topic.into_iter().collect();
+        rows.sort();
+        (rows, self.transactions().checks_sent.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Cluster: orphan checks that find no producer of their topic connected here go to
     /// `relay` (set once, at start; later calls are ignored).
     pub fn set_orphan_check_relay(&self, relay: Arc<dyn OrphanCheckRelay>) {
@@ -136,6 +147,9 @@ impl Broker {
                 id.clone(),
                 Open { offset: r.queue_offset, topic: topic.to_string(), checks: 0, next_check_ms },
             );
+        }
+        if let Some(metrics) = crate::observability::metrics::global() {
+            metrics.transaction(topic, "half", results.len() as u64);
         }
         Ok(results.iter().map(|r| r.queue_offset).collect())
     }
@@ -189,6 +203,10 @@ impl Broker {
         match self.resolve_half(&open, resolution).await {
             Ok(()) => {
                 tracing::debug!(transaction_id, ?resolution, ?source, "transaction ended");
+                if let Some(metrics) = crate::observability::metrics::global() {
+                    let outcome = if resolution == Resolution::Commit { "commit" } else { "rollback" };
+                    metrics.transaction(topic, outcome, 1);
+                }
                 self.remember_resolution(transaction_id, resolution);
                 Ok(())
             }

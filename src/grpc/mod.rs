@@ -10,6 +10,7 @@ mod convert;
 pub mod forward;
 #[cfg(test)]
 mod forward_tests;
+pub mod metered;
 mod namespace;
 pub mod peer;
 mod pull;

@@ -540,6 +540,18 @@ fn fail_batch_with(b: SyncBatch, e: &StorageError) {
 }
 
 fn sync_segments(shared: &Shared, segments: &[Arc<Segment>]) -> StorageResult<()> {
+    let started = std::time::Instant::now();
+    let result = sync_segments_inner(shared, segments);
+    if result.is_ok()
+        && !segments.is_empty()
+        && let Some(metrics) = crate::observability::metrics::global()
+    {
+        metrics.flush_latency(started.elapsed());
+    }
+    result
+}
+
+fn sync_segments_inner(shared: &Shared, segments: &[Arc<Segment>]) -> StorageResult<()> {
     for seg in segments {
         if let Some(e) = shared.faults.sync_fault() {
             return Err(io_error(format!("fsyncing segment {}", seg.base), e));
