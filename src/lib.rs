@@ -24,5 +24,6 @@ pub mod cluster;
 pub mod config;
 pub mod grpc;
 pub mod metadata;
+pub mod observability;
 pub mod server;
 pub mod tls;

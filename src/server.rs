@@ -318,6 +318,10 @@ pub async fn run(
     on_ready: impl FnOnce(BoundAddrs) + Send,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    // Span export (tracing.enabled): set up here, never fatal (messaging works without it).
+    if let Err(e) = crate::observability::tracing::init(&config.tracing) {
+        tracing::warn!(error = %e, "OpenTelemetry span export is off");
+    }
     // Recovery reads the log since the last checkpoint: blocking work.
     let log = {
         let config = config.clone();
@@ -507,6 +511,7 @@ pub async fn run(
     meta.close().await;
     http_stop.cancel();
     let _ = http.await;
+    crate::observability::tracing::shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

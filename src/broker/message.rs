@@ -54,7 +54,7 @@ impl MessageType {
         }
     }
 
-    fn from_flags(flags: u32) -> Self {
+    pub(crate) fn from_flags(flags: u32) -> Self {
         match flags & TYPE_MASK {
             2 => MessageType::Fifo,
             3 => MessageType::Delay,

@@ -23,6 +23,7 @@ mod pop;
 pub mod receipt;
 mod relay;
 mod sessions;
+mod spans;
 pub mod settings;
 mod states;
 mod timer;
@@ -679,6 +680,27 @@ impl Broker {
         connection: Option<&str>,
         messages: Vec<OutgoingMessage>,
     ) -> BrokerResult<Vec<SendReceipt>> {
+        // Tracing: one `send` span per message (none when off), ended with its receipt.
+        let mut spans = spans::send_spans(&messages);
+        let result = self.send_traced(connection, messages, &spans).await;
+        match &result {
+            Ok(receipts) => {
+                for (span, r) in spans.iter_mut().zip(receipts) {
+                    span.set(crate::observability::tracing::attr::PARTITION, r.queue_id.to_string());
+                    span.set(crate::observability::tracing::attr::QUEUE_OFFSET, r.offset as i64);
+                }
+            }
+            Err(e) => spans.iter_mut().for_each(|s| s.fail(&spans::error_type(e), &e.to_string())),
+        }
+        result
+    }
+
+    async fn send_traced(
+        &self,
+        connection: Option<&str>,
+        messages: Vec<OutgoingMessage>,
+        spans: &[crate::observability::tracing::MessageSpan],
+    ) -> BrokerResult<Vec<SendReceipt>> {
         let limits = &self.inner.settings.limits;
         let Some(first) = messages.first() else {
             return Err(BrokerError::MessageCorrupted("no message to send".into()));
@@ -753,6 +775,8 @@ impl Broker {
             offset,
             recall_handle,
         };
+        // Tracing: the durable append, flush wait included (ended when this returns).
+        let _appending: Vec<_> = spans.iter().map(|s| s.child("append", &topic_name)).collect();
         if kind == MessageType::Transaction {
             let offsets = self.prepare(&topic_name, appends, &ids).await?;
             return Ok(ids.iter().zip(offsets).map(|(id, o)| receipt(id, 0, o, None)).collect());
