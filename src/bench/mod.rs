@@ -29,6 +29,7 @@ pub mod report;
 pub mod s3;
 pub mod tiering;
 pub mod timers;
+pub mod tracing_cost;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,6 +70,9 @@ pub enum BenchCommand {
     /// Tiered storage: upload MB/s, cold-read MB/s and GETs per GB read back from an object
     /// store (a local directory).
     Tiering(tiering::TieringBenchArgs),
+    /// The cost of tracing: the same load against a gateway with tracing off and with it on
+    /// (100 % sampled, exporting to a local OTLP receiver that discards).
+    Tracing(tracing_cost::TracingBenchArgs),
 }
 
 /// Load shape shared by every load generator.
@@ -158,6 +162,7 @@ pub fn run(command: BenchCommand) -> ExitCode {
             BenchCommand::Metadata(args) => metadata::run(args).await,
             BenchCommand::Tiering(args) => tiering::run(args).await,
             BenchCommand::Cluster(args) => cluster::run(args).await,
+            BenchCommand::Tracing(args) => tracing_cost::run(args).await,
         }
     });
     match result {
