@@ -63,8 +63,11 @@ impl Receiver {
                 .unwrap_or_default();
             for ss in rs.scope_spans {
                 for s in ss.spans {
-                    let attrs =
-                        s.attributes.iter().map(|a| (a.key.clone(), text(a.value.as_ref().and_then(|v| v.value.as_ref())))).collect();
+                    let attrs = s
+                        .attributes
+                        .iter()
+                        .map(|a| (a.key.clone(), text(a.value.as_ref().and_then(|v| v.value.as_ref()))))
+                        .collect();
                     all.push(Got {
                         service: service.clone(),
                         name: s.name,
@@ -155,8 +158,9 @@ fn required() -> bool {
 fn missing(need_agent: bool) -> Option<String> {
     let why = Sdk::Java.missing().or_else(|| {
         let agent = sdk::sdk_dir().join(".work").join(AGENT);
-        (need_agent && !agent.exists())
-            .then(|| format!("OpenTelemetry Java agent missing ({}); run integration-tests/sdk/setup.sh", agent.display()))
+        (need_agent && !agent.exists()).then(|| {
+            format!("OpenTelemetry Java agent missing ({}); run integration-tests/sdk/setup.sh", agent.display())
+        })
     });
     if let Some(why) = &why {
         assert!(!required(), "{why} (RMQ_E2E_REQUIRED=1)");
@@ -242,8 +246,10 @@ fn wait_for(r: &Receiver, what: &str, cond: impl Fn(&[Got]) -> bool) -> Vec<Got>
             return spans;
         }
         if Instant::now() > deadline {
-            let names: Vec<String> =
-                spans.iter().map(|s| format!("{}:{} trace={} parent={}", s.service, s.name, s.trace_id, s.parent)).collect();
+            let names: Vec<String> = spans
+                .iter()
+                .map(|s| format!("{}:{} trace={} parent={}", s.service, s.name, s.trace_id, s.parent))
+                .collect();
             panic!("timed out waiting for {what}; received: {names:?}");
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -277,10 +283,13 @@ fn java_agent_trace_continues_through_the_gateway() {
     let count = 6;
     let sent = produce_with_agent(dir.path(), &gateway.endpoint(), topic, count, otlp);
     assert!(sent.ok && sent.sent == count, "producer: {sent:?}");
-    let consumed = sdk::spawn(&run(Sdk::Java, Mode::SimpleConsume, &gateway.endpoint(), topic, group, count, "traced"), dir.path())
-        .unwrap()
-        .wait()
-        .unwrap();
+    let consumed = sdk::spawn(
+        &run(Sdk::Java, Mode::SimpleConsume, &gateway.endpoint(), topic, group, count, "traced"),
+        dir.path(),
+    )
+    .unwrap()
+    .wait()
+    .unwrap();
     let report = consumed.report().unwrap_or_else(|| panic!("consumer: {}", consumed.describe()));
     assert_eq!(report.acked, Some(count), "consumer: {}", consumed.describe());
 
@@ -331,7 +340,10 @@ fn java_agent_trace_continues_through_the_gateway() {
     }
     // The durable append is a child of the send span.
     for a in gateway_spans(&spans, &format!("append {topic}")) {
-        assert!(sends.iter().any(|s| s.span_id == a.parent && s.trace_id == a.trace_id), "append not under a send: {a:?}");
+        assert!(
+            sends.iter().any(|s| s.span_id == a.parent && s.trace_id == a.trace_id),
+            "append not under a send: {a:?}"
+        );
     }
     // Deliveries and acks are in the producer's trace, parented to the producer's span.
     for name in [format!("receive {topic}"), format!("ack {topic}")] {
@@ -366,14 +378,16 @@ fn collector_down_messaging_unaffected_and_lost_spans_counted() {
             ("RMQ_GATEWAY_TRACING__ENABLED", "true"),
             ("RMQ_GATEWAY_TRACING__ENDPOINT", endpoint.as_str()),
             ("RMQ_GATEWAY_TRACING__EXPORT_TIMEOUT", "2s"),
+            ("RMQ_GATEWAY_LOG__FORMAT", "json"),
         ],
     )
     .unwrap();
     let count = 20;
-    let produced = sdk::spawn(&run(Sdk::Java, Mode::Produce, &gateway.endpoint(), "DownTopic", "g", count, "down"), dir.path())
-        .unwrap()
-        .wait()
-        .unwrap();
+    let produced =
+        sdk::spawn(&run(Sdk::Java, Mode::Produce, &gateway.endpoint(), "DownTopic", "g", count, "down"), dir.path())
+            .unwrap()
+            .wait()
+            .unwrap();
     let report = produced.report().unwrap_or_else(|| panic!("producer: {}", produced.describe()));
     assert!(report.ok && report.sent == count && report.failed == 0, "producer: {}", produced.describe());
     let http: SocketAddr = format!("127.0.0.1:{}", gateway.http_port).parse().unwrap();
@@ -392,6 +406,12 @@ fn collector_down_messaging_unaffected_and_lost_spans_counted() {
         assert!(Instant::now() < deadline, "lost spans never counted: {body}");
         std::thread::sleep(Duration::from_millis(500));
     }
+    // log.format json: the failure is logged once, as one JSON object on one line.
+    let lines = gateway.log_lines_with("span export failed");
+    let line = lines.first().unwrap_or_else(|| panic!("no export failure logged:\n{}", gateway.log_tail(20)));
+    let json: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(json["level"], "WARN", "{line}");
+    assert!(json["spans"].as_u64().is_some(), "{line}");
 }
 
 #[test]
@@ -414,10 +434,11 @@ fn otlp_http_export() {
     )
     .unwrap();
     let count = 3;
-    let produced = sdk::spawn(&run(Sdk::Java, Mode::Produce, &gateway.endpoint(), "HttpTopic", "g", count, "h"), dir.path())
-        .unwrap()
-        .wait()
-        .unwrap();
+    let produced =
+        sdk::spawn(&run(Sdk::Java, Mode::Produce, &gateway.endpoint(), "HttpTopic", "g", count, "h"), dir.path())
+            .unwrap()
+            .wait()
+            .unwrap();
     assert!(produced.report().is_some_and(|r| r.ok && r.sent == count), "producer: {}", produced.describe());
     let spans = wait_for(&receiver, "send spans over OTLP/HTTP", |s| gateway_spans(s, "send HttpTopic").len() >= count);
     for s in gateway_spans(&spans, "send HttpTopic") {

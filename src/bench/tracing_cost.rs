@@ -48,13 +48,8 @@ impl TraceService for Discard {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let n: usize = request
-            .get_ref()
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum();
+        let n: usize =
+            request.get_ref().resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
         self.spans.fetch_add(n as u64, Ordering::Relaxed);
         Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
@@ -126,11 +121,7 @@ pub async fn run(args: TracingBenchArgs) -> anyhow::Result<()> {
             ratio("throughput on / off", Some(on.msgs_per_s), Some(off.msgs_per_s)),
             ratio("send p99 on / off", p99(&on), p99(&off)),
             ratio("end-to-end p99 on / off", e2e(&on), e2e(&off)),
-            ratio(
-                "server CPU µs/msg on / off",
-                on.server_cpu_us_per_msg,
-                off.server_cpu_us_per_msg,
-            ),
+            ratio("server CPU µs/msg on / off", on.server_cpu_us_per_msg, off.server_cpu_us_per_msg),
         ]
         .into_iter()
         .flatten(),

@@ -23,8 +23,8 @@ mod pop;
 pub mod receipt;
 mod relay;
 mod sessions;
-mod spans;
 pub mod settings;
+mod spans;
 mod states;
 mod timer;
 mod transaction;
@@ -431,7 +431,11 @@ impl Broker {
             return Err(BrokerError::BadRequest(format!("queue count {queue_nums} is outside 1..=1024")));
         }
         let record = TopicRecord { name: name.to_string(), queue_nums, topic_type: topic_type.into(), durability };
+        let known = self.cached_topic(name).is_some();
         let record = self.inner.meta.create_topic(&record).await?;
+        if !known {
+            tracing::info!(topic = name, queue_nums = record.queue_nums, "topic created (or loaded)");
+        }
         Ok(self.cache_topic(record.into()).record.clone())
     }
 
@@ -553,6 +557,9 @@ impl Broker {
             lock(&self.inner.auto_groups).remove(name);
         }
         self.inner.groups.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), stored.clone());
+        if stored.auto_created {
+            tracing::info!(group = name, retry_max_times = stored.retry_max_times, "auto-created consumer group");
+        }
         Ok(stored)
     }
 
@@ -626,6 +633,7 @@ impl Broker {
         };
         self.inner.meta.put_group(&record).await?;
         self.inner.groups.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), record.clone());
+        tracing::info!(group = name, fifo, retry_max_times, broadcast, "consumer group created or updated");
         lock(&self.inner.auto_groups).remove(name);
         Ok(record.into())
     }

@@ -723,7 +723,10 @@ impl Broker {
             &m,
             vec![
                 opentelemetry::KeyValue::new(crate::observability::tracing::attr::DLQ_TOPIC, dlq_name.clone()),
-                opentelemetry::KeyValue::new(crate::observability::tracing::attr::CONSUMER_GROUP, base_group(group).to_string()),
+                opentelemetry::KeyValue::new(
+                    crate::observability::tracing::attr::CONSUMER_GROUP,
+                    base_group(group).to_string(),
+                ),
                 opentelemetry::KeyValue::new(crate::observability::tracing::attr::ATTEMPT, i64::from(attempts)),
             ],
         );

@@ -649,7 +649,8 @@ impl Broker {
             };
             let at = (TIMER_TOPIC, SCHEDULED, offset);
             appends.push(self.deliverable(&m, Arc::from(real.as_str()), queue_id, at));
-            let queue = opentelemetry::KeyValue::new(crate::observability::tracing::attr::PARTITION, queue_id.to_string());
+            let queue =
+                opentelemetry::KeyValue::new(crate::observability::tracing::attr::PARTITION, queue_id.to_string());
             super::spans::stored_event("timer_fire", "send", &real, &m, vec![queue]).end();
         }
         appends.push(Control::Fired { last, offsets: fired }.to_append(now));

@@ -30,10 +30,8 @@ use opentelemetry::trace::{
     Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue, Value};
-use opentelemetry_sdk::trace::{
-    Sampler, SdkTracerProvider, Span, SpanData, SpanExporter as _, SpanProcessor, Tracer,
-};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, Span, SpanData, SpanExporter as _, SpanProcessor, Tracer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -80,8 +78,7 @@ static EXPORTER: OnceLock<Background> = OnceLock::new();
 static EXPORTED: AtomicU64 = AtomicU64::new(0);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static EXPORT_FAILED: AtomicU64 = AtomicU64::new(0);
-static RECENT_DELIVERIES: Mutex<Recent> =
-    Mutex::new(Recent { current: None, previous: None });
+static RECENT_DELIVERIES: Mutex<Recent> = Mutex::new(Recent { current: None, previous: None });
 
 /// Whether spans are made (one relaxed load; callers check it before building anything).
 #[inline]
@@ -174,8 +171,7 @@ fn build_exporter(cfg: &TracingConfig) -> Result<opentelemetry_otlp::SpanExporte
             .build(),
         "http" => {
             let base = cfg.endpoint.trim_end_matches('/');
-            let endpoint =
-                if base.ends_with("/v1/traces") { base.to_string() } else { format!("{base}/v1/traces") };
+            let endpoint = if base.ends_with("/v1/traces") { base.to_string() } else { format!("{base}/v1/traces") };
             opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
@@ -269,7 +265,12 @@ async fn export_loop(
     }
 }
 
-async fn export(exporter: &opentelemetry_otlp::SpanExporter, batch: Vec<SpanData>, timeout: Duration, warned: &mut bool) {
+async fn export(
+    exporter: &opentelemetry_otlp::SpanExporter,
+    batch: Vec<SpanData>,
+    timeout: Duration,
+    warned: &mut bool,
+) {
     let n = batch.len() as u64;
     match tokio::time::timeout(timeout, exporter.export(batch)).await {
         Ok(Ok(())) => {
