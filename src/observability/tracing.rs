@@ -590,6 +590,20 @@ mod tests {
     }
 
     #[test]
+    fn config_is_validated() {
+        let mut c = crate::config::Config::default();
+        assert!(c.validate().is_ok());
+        c.tracing.protocol = "udp".into();
+        assert!(c.validate().is_err());
+        c.tracing.protocol = "http".into();
+        c.tracing.sample_ratio = 1.5;
+        assert!(c.validate().is_err());
+        c.tracing.sample_ratio = 0.5;
+        c.log.format = "xml".into();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
     fn disabled_makes_no_span() {
         let m = MessageInfo { topic: "t", ..Default::default() };
         assert!(send(&m, 1).0.is_none());
