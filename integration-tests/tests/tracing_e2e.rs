@@ -11,6 +11,8 @@
 //! - With the collector down, sends still succeed and the gateway counts the lost spans
 //!   (`/api/v1/stats` → `tracing.exportFailed` / `dropped`).
 //! - OTLP/HTTP (`tracing.protocol: http`) delivers the spans too.
+//! - A message retried then dead-lettered: `receive` (attempts 1, 2), `nack`, `dlq` spans, all
+//!   in the trace of its `send` span.
 //!
 //! Needs `cargo build --bin rmq-gateway` and `integration-tests/sdk/setup.sh` (its `java` step:
 //! the driver and the agent in `sdk/.work/otel`). A missing prerequisite skips with a banner, or
@@ -444,5 +446,62 @@ fn otlp_http_export() {
     for s in gateway_spans(&spans, "send HttpTopic") {
         assert_eq!(s.attrs.get("messaging.system").map(String::as_str), Some("rocketmq"));
         assert_eq!(s.parent, "", "no producer context: a root span");
+    }
+}
+
+/// A message whose listener always fails (group retryMaxTimes 1): delivered twice (`receive`
+/// spans with attempts 1 and 2, a `nack` span for the failure), then moved to `%DLQ%group` (one
+/// `dlq` span). It came without a trace context, so the gateway's `send` span is the root and
+/// the context it stored with the message puts every later span in that trace.
+#[test]
+fn retried_then_dead_lettered_message_spans() {
+    if missing(false).is_some() {
+        return;
+    }
+    let rt = runtime();
+    let receiver = Receiver::default();
+    let otlp = rt.block_on(grpc_receiver(receiver.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("http://{otlp}");
+    let gateway = Gateway::start_with(
+        dir.path(),
+        &[("RMQ_GATEWAY_TRACING__ENABLED", "true"), ("RMQ_GATEWAY_TRACING__ENDPOINT", endpoint.as_str())],
+    )
+    .unwrap();
+    let http: SocketAddr = format!("127.0.0.1:{}", gateway.http_port).parse().unwrap();
+    let (topic, group) = ("RetryTopic", "RetryGroup");
+    let body = r#"{"consumeMessageOrderly":false,"retryMaxTimes":1,"retryBackoff":"1s"}"#;
+    let (status, text) =
+        rt.block_on(integration_tests::client::http(http, "PUT", &format!("/api/v1/groups/{group}"), Some(body)));
+    assert!((200..300).contains(&status), "PUT group: {status} {text}");
+    let mut r = run(Sdk::Java, Mode::Named("retry-run"), &gateway.endpoint(), topic, group, 2, "rt");
+    r.extra_args = ["--poison", "1", "--max-attempts", "2", "--linger-ms", "2000"].map(String::from).to_vec();
+    let out = sdk::spawn(&r, dir.path()).unwrap().wait().unwrap();
+    let result: serde_json::Value =
+        out.result_line.as_deref().and_then(|l| serde_json::from_str(l).ok()).unwrap_or_default();
+    assert_eq!(result["ok"], true, "retry-run: {}", out.describe());
+    let spans = wait_for(&receiver, "the dlq span", |s| !gateway_spans(s, &format!("dlq {topic}")).is_empty());
+    let dlq = gateway_spans(&spans, &format!("dlq {topic}"));
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    let dlq = dlq[0];
+    assert_eq!(dlq.attrs.get("messaging.rocketmq.dlq_topic").map(String::as_str), Some(&*format!("%DLQ%{group}")));
+    assert_eq!(dlq.attrs.get("messaging.consumer.group.name").map(String::as_str), Some(group));
+    let id = dlq.attrs.get("messaging.message.id").expect("dlq span names the message").clone();
+    let of_message = |name: &str| -> Vec<&Got> {
+        gateway_spans(&spans, name).into_iter().filter(|s| s.attrs.get("messaging.message.id") == Some(&id)).collect()
+    };
+    let sends = of_message(&format!("send {topic}"));
+    assert_eq!(sends.len(), 1);
+    let mut attempts: Vec<String> = of_message(&format!("receive {topic}"))
+        .iter()
+        .map(|s| s.attrs.get("messaging.rocketmq.attempt").cloned().unwrap_or_default())
+        .collect();
+    attempts.sort();
+    assert_eq!(attempts, ["1", "2"], "deliveries of the poison message");
+    let nacks = of_message(&format!("nack {topic}"));
+    assert!(!nacks.is_empty(), "no nack span for the failed delivery");
+    // One trace: the send span is the root (no producer context), the rest are in its trace.
+    for s in of_message(&format!("receive {topic}")).into_iter().chain(nacks).chain([dlq]) {
+        assert_eq!(s.trace_id, sends[0].trace_id, "{s:?}");
     }
 }

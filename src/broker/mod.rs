@@ -690,6 +690,8 @@ impl Broker {
     ) -> BrokerResult<Vec<SendReceipt>> {
         // Tracing: one `send` span per message (none when off), ended with its receipt.
         let mut spans = spans::send_spans(&messages);
+        let mut messages = messages;
+        spans::carry_context(&mut messages, &spans);
         let result = self.send_traced(connection, messages, &spans).await;
         match &result {
             Ok(receipts) => {

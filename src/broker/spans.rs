@@ -143,3 +143,14 @@ pub(super) fn settled(
         span.fail(&error_type(e), &e.to_string());
     }
 }
+
+/// A message that came without a trace context carries its `send` span's on (stored as
+/// `trace_context`), so its deliveries, acks, retries and DLQ move join that trace, and so do
+/// instrumented consumers.
+pub(super) fn carry_context(messages: &mut [OutgoingMessage], spans: &[MessageSpan]) {
+    for (m, span) in messages.iter_mut().zip(spans) {
+        if m.trace_context.is_none() && user(&m.user_properties, "traceparent").is_none() {
+            m.trace_context = span.traceparent();
+        }
+    }
+}

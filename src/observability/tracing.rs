@@ -416,6 +416,12 @@ impl MessageSpan {
         }
     }
 
+    /// This span as a W3C `traceparent` (None when not recording).
+    pub fn traceparent(&self) -> Option<String> {
+        let sc = self.context()?;
+        Some(format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8()))
+    }
+
     /// The context children of this span take.
     fn context(&self) -> Option<SpanContext> {
         self.0.as_ref().map(|s| s.span_context().clone())
