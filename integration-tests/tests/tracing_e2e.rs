@@ -12,7 +12,8 @@
 //!   (`/api/v1/stats` → `tracing.exportFailed` / `dropped`).
 //! - OTLP/HTTP (`tracing.protocol: http`) delivers the spans too.
 //! - A message retried then dead-lettered: `receive` (attempts 1, 2), `nack`, `dlq` spans, all
-//!   in the trace of its `send` span.
+//!   in the trace of its `send` span; a delay message's `timer_fire` and transactions'
+//!   `commit` / `rollback` spans likewise.
 //!
 //! Needs `cargo build --bin rmq-gateway` and `integration-tests/sdk/setup.sh` (its `java` step:
 //! the driver and the agent in `sdk/.work/otel`). A missing prerequisite skips with a banner, or
@@ -504,4 +505,55 @@ fn retried_then_dead_lettered_message_spans() {
     for s in of_message(&format!("receive {topic}")).into_iter().chain(nacks).chain([dlq]) {
         assert_eq!(s.trace_id, sends[0].trace_id, "{s:?}");
     }
+}
+
+/// A delay message's `timer_fire` span and a transaction's `commit` / `rollback` span are in
+/// the trace of the message's `send` span, naming the same message.
+#[test]
+fn timer_fire_and_transaction_spans() {
+    if missing(false).is_some() {
+        return;
+    }
+    let rt = runtime();
+    let receiver = Receiver::default();
+    let otlp = rt.block_on(grpc_receiver(receiver.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("http://{otlp}");
+    let gateway = Gateway::start_with(
+        dir.path(),
+        &[("RMQ_GATEWAY_TRACING__ENABLED", "true"), ("RMQ_GATEWAY_TRACING__ENDPOINT", endpoint.as_str())],
+    )
+    .unwrap();
+    let steps: [(&str, &str, &[&str]); 3] = [
+        ("delay-produce", "DelayTopic", &["--delays-ms", "1000"]),
+        ("tx-produce", "TxCommitTopic", &["--resolution", "commit"]),
+        ("tx-produce", "TxRollbackTopic", &["--resolution", "rollback"]),
+    ];
+    for (mode, topic, extra) in steps {
+        let mut r = run(Sdk::Java, Mode::Named(mode), &gateway.endpoint(), topic, "g", 1, "x");
+        r.extra_args = extra.iter().map(|s| s.to_string()).collect();
+        let out = sdk::spawn(&r, dir.path()).unwrap().wait().unwrap();
+        let result: serde_json::Value =
+            out.result_line.as_deref().and_then(|l| serde_json::from_str(l).ok()).unwrap_or_default();
+        assert_eq!(result["ok"], true, "{mode}: {}", out.describe());
+    }
+    let events = [("timer_fire", "DelayTopic"), ("commit", "TxCommitTopic"), ("rollback", "TxRollbackTopic")];
+    let spans = wait_for(&receiver, "timer_fire, commit and rollback spans", |s| {
+        events.iter().all(|(op, t)| !gateway_spans(s, &format!("{op} {t}")).is_empty())
+    });
+    for (op, topic) in events {
+        let event = gateway_spans(&spans, &format!("{op} {topic}"));
+        assert_eq!(event.len(), 1, "{op}: {event:?}");
+        let id = event[0].attrs.get("messaging.message.id").unwrap_or_else(|| panic!("{op} without message id"));
+        let send = gateway_spans(&spans, &format!("send {topic}"));
+        assert_eq!(send.len(), 1, "{op}: {send:?}");
+        assert_eq!(send[0].attrs.get("messaging.message.id"), Some(id), "{op}");
+        assert_eq!(event[0].trace_id, send[0].trace_id, "{op} not in the send span's trace");
+        assert_eq!(event[0].attrs.get("messaging.system").map(String::as_str), Some("rocketmq"));
+    }
+    let delay_type = gateway_spans(&spans, "send DelayTopic")[0].attrs.get("messaging.rocketmq.message.type").cloned();
+    assert_eq!(delay_type.as_deref(), Some("delay"));
+    assert!(
+        gateway_spans(&spans, "send DelayTopic")[0].attrs.contains_key("messaging.rocketmq.message.delivery_timestamp")
+    );
 }
