@@ -57,6 +57,10 @@ BENCH_TIERING_ARGS ?=
 ## the bench, through a TCP load balancer and following the routes, e.g.
 ## BENCH_CLUSTER_ARGS='--nodes 1,3 --duration 20s --flush async'.
 BENCH_CLUSTER_ARGS ?=
+## Tracing cost: the same load against a gateway with tracing off, then on (100 % sampled, OTLP/gRPC
+## to a receiver in the bench that discards); throughput and p99 ratios, e.g.
+## BENCH_TRACING_ARGS='--producers 8 --flush async'.
+BENCH_TRACING_ARGS ?=
 BENCH_BIN = $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)/release/rmq-gateway
 bench:
 	$(CARGO) build --release --locked --features nats-bench --bin rmq-gateway
@@ -70,6 +74,7 @@ bench:
 	$(BENCH_BIN) bench s3 $(BENCH_S3_ARGS)
 	$(BENCH_BIN) bench tiering $(BENCH_TIERING_ARGS)
 	$(BENCH_BIN) bench cluster $(BENCH_CLUSTER_ARGS)
+	$(BENCH_BIN) bench tracing --duration $(BENCH_DURATION) --consumers 2 $(BENCH_TRACING_ARGS)
 	$(MAKE) bench-metadata
 	$(MAKE) bench-soak
 

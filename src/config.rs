@@ -851,6 +851,21 @@ impl Config {
         if self.metrics.enabled && self.metrics.max_series == 0 {
             return invalid("metrics.maxSeries", "must be at least 1");
         }
+        if !matches!(self.tracing.protocol.as_str(), "grpc" | "http") {
+            return invalid("tracing.protocol", "must be `grpc` or `http`");
+        }
+        if !(0.0..=1.0).contains(&self.tracing.sample_ratio) {
+            return invalid("tracing.sampleRatio", "must be between 0.0 and 1.0");
+        }
+        if self.tracing.enabled && self.tracing.max_queue_size == 0 {
+            return invalid("tracing.maxQueueSize", "must be at least 1");
+        }
+        if self.tracing.enabled && !self.tracing.endpoint.starts_with("http://") {
+            return invalid("tracing.endpoint", "must be an http:// URL (plaintext; TLS through a local collector)");
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return invalid("log.format", "must be `text` or `json`");
+        }
         if self.server.grpc_server_port == self.server.http_server_port && self.server.grpc_server_port != 0 {
             return invalid("server.httpServerPort", "must differ from server.grpcServerPort");
         }

@@ -40,11 +40,17 @@ enum Command {
     },
 }
 
-fn init_logging(level: &str) {
+fn init_logging(log: &rmq_gateway::config::LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    if log.format == "json" {
+        // One JSON object per line: timestamp, level, fields (flattened), message.
+        fmt.json().flatten_event(true).with_current_span(false).with_span_list(false).init();
+    } else {
+        fmt.init();
+    }
 }
 
 fn load(config: Option<&std::path::Path>) -> Result<Config, ExitCode> {
@@ -81,7 +87,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            init_logging(&config.log.level);
+            init_logging(&config.log);
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {

@@ -321,6 +321,10 @@ pub async fn run(
     if config.metrics.enabled {
         crate::observability::metrics::init(config.metrics.max_series, &config.storage.data_dir);
     }
+    // Span export (tracing.enabled): set up here, never fatal (messaging works without it).
+    if let Err(e) = crate::observability::tracing::init(&config.tracing) {
+        tracing::warn!(error = %e, "OpenTelemetry span export is off");
+    }
     // Recovery reads the log since the last checkpoint: blocking work.
     let log = {
         let config = config.clone();
@@ -510,6 +514,7 @@ pub async fn run(
     meta.close().await;
     http_stop.cancel();
     let _ = http.await;
+    crate::observability::tracing::shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

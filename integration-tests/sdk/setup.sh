@@ -95,6 +95,23 @@ java_step() {
   stamp java "${sources[@]}"
 }
 
+# The OpenTelemetry Java agent (instruments rocketmq-client-java 5: a PRODUCER span per send and
+# `traceparent` in the message's properties), for tests/tracing_e2e.rs: .work/otel/opentelemetry-javaagent.jar
+OTEL_AGENT_VERSION=2.10.0
+otel_agent_step() {
+  local out="$WORK/otel"
+  if [[ -f "$out/opentelemetry-javaagent-$OTEL_AGENT_VERSION.jar" ]]; then
+    log "otel agent: up to date"; return
+  fi
+  need mvn "Maven >= 3.8"
+  mkdir -p "$out" "$WORK/m2"
+  log "otel agent: io.opentelemetry.javaagent:opentelemetry-javaagent:$OTEL_AGENT_VERSION from Maven Central"
+  mvn -B -q -Dstyle.color=never -Dmaven.repo.local="$WORK/m2" \
+    org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy \
+    -Dartifact="io.opentelemetry.javaagent:opentelemetry-javaagent:$OTEL_AGENT_VERSION" -DoutputDirectory="$out" >&2
+  [[ -f "$out/opentelemetry-javaagent-$OTEL_AGENT_VERSION.jar" ]] || die "otel agent missing after download"
+}
+
 go_step() {
   local dir="$SDK_DIR/go"
   local sources=("$dir/go.mod" "$dir/go.sum" "$dir"/*.go)
@@ -142,6 +159,7 @@ wants python && timed python_step
 wants node && timed node_step
 wants rust && timed rust_step
 wants java && timed java_step
+wants java && timed otel_agent_step
 wants go && timed go_step
 wants spring && timed spring_step
 wants apache && timed apache_step

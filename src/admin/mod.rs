@@ -683,5 +683,7 @@ async fn stats(State(s): State<AdminState>) -> Json<serde_json::Value> {
             "progressWaiting": health.waiting,
         }),
     };
+    // Span export counters (tracing.*): exported, dropped (queue full), exportFailed.
+    json["tracing"] = serde_json::to_value(crate::observability::tracing::stats()).unwrap_or_default();
     Json(json)
 }

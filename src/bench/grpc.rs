@@ -425,6 +425,17 @@ pub struct SpawnedGateway {
 /// Starts `rmq-gateway serve` on loopback with the given flush mode and a fresh data
 /// directory under `work_dir`; everything else stays at the defaults.
 pub fn spawn_gateway(bin: &Path, flush: Flush, work_dir: &Path, name: &str) -> anyhow::Result<SpawnedGateway> {
+    spawn_gateway_with(bin, flush, work_dir, name, &[])
+}
+
+/// [`spawn_gateway`] with more configuration (`RMQ_GATEWAY_*` variables).
+pub fn spawn_gateway_with(
+    bin: &Path,
+    flush: Flush,
+    work_dir: &Path,
+    name: &str,
+    extra_env: &[(&str, String)],
+) -> anyhow::Result<SpawnedGateway> {
     let data_dir = work_dir.join(name);
     let _ = std::fs::remove_dir_all(&data_dir);
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
@@ -447,6 +458,7 @@ pub fn spawn_gateway(bin: &Path, flush: Flush, work_dir: &Path, name: &str) -> a
         .env("RMQ_GATEWAY_STORAGE__DATA_DIR", &data_dir)
         .env("RMQ_GATEWAY_STORAGE__FLUSH_DISK_TYPE", flush.config_value())
         .env("RMQ_GATEWAY_TOPICS__AUTO_CREATE_TOPIC_ENABLE", "true");
+    cmd.envs(extra_env.iter().map(|(k, v)| (k, v)));
     let log = work_dir.join(format!("{name}.log"));
     let server = Server::spawn(name, cmd, &log)?;
     Ok(SpawnedGateway { server, grpc: SocketAddr::from(([127, 0, 0, 1], grpc_port)), data_dir })

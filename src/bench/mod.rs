@@ -30,6 +30,7 @@ pub mod report;
 pub mod s3;
 pub mod tiering;
 pub mod timers;
+pub mod tracing_cost;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,6 +73,9 @@ pub enum BenchCommand {
     Tiering(tiering::TieringBenchArgs),
     /// Scrapes a gateway's /metrics while a load runs and plots the main series (SVG).
     MetricsPlot(metrics_plot::MetricsPlotArgs),
+    /// The cost of tracing: the same load against a gateway with tracing off and with it on
+    /// (100 % sampled, exporting to a local OTLP receiver that discards).
+    Tracing(tracing_cost::TracingBenchArgs),
 }
 
 /// Load shape shared by every load generator.
@@ -162,6 +166,7 @@ pub fn run(command: BenchCommand) -> ExitCode {
             BenchCommand::Tiering(args) => tiering::run(args).await,
             BenchCommand::Cluster(args) => cluster::run(args).await,
             BenchCommand::MetricsPlot(args) => metrics_plot::run(args).await,
+            BenchCommand::Tracing(args) => tracing_cost::run(args).await,
         }
     });
     match result {

@@ -28,6 +28,7 @@ pub mod receipt;
 mod relay;
 mod sessions;
 pub mod settings;
+mod spans;
 mod states;
 mod timer;
 mod transaction;
@@ -441,7 +442,11 @@ impl Broker {
             return Err(BrokerError::BadRequest(format!("queue count {queue_nums} is outside 1..=1024")));
         }
         let record = TopicRecord { name: name.to_string(), queue_nums, topic_type: topic_type.into(), durability };
+        let known = self.cached_topic(name).is_some();
         let record = self.inner.meta.create_topic(&record).await?;
+        if !known {
+            tracing::info!(topic = name, queue_nums = record.queue_nums, "topic created (or loaded)");
+        }
         Ok(self.cache_topic(record.into()).record.clone())
     }
 
@@ -563,6 +568,9 @@ impl Broker {
             lock(&self.inner.auto_groups).remove(name);
         }
         self.inner.groups.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), stored.clone());
+        if stored.auto_created {
+            tracing::info!(group = name, retry_max_times = stored.retry_max_times, "auto-created consumer group");
+        }
         Ok(stored)
     }
 
@@ -636,6 +644,7 @@ impl Broker {
         };
         self.inner.meta.put_group(&record).await?;
         self.inner.groups.write().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), record.clone());
+        tracing::info!(group = name, fifo, retry_max_times, broadcast, "consumer group created or updated");
         lock(&self.inner.auto_groups).remove(name);
         Ok(record.into())
     }
@@ -689,6 +698,29 @@ impl Broker {
         &self,
         connection: Option<&str>,
         messages: Vec<OutgoingMessage>,
+    ) -> BrokerResult<Vec<SendReceipt>> {
+        // Tracing: one `send` span per message (none when off), ended with its receipt.
+        let mut spans = spans::send_spans(&messages);
+        let mut messages = messages;
+        spans::carry_context(&mut messages, &spans);
+        let result = self.send_traced(connection, messages, &spans).await;
+        match &result {
+            Ok(receipts) => {
+                for (span, r) in spans.iter_mut().zip(receipts) {
+                    span.set(crate::observability::tracing::attr::PARTITION, r.queue_id.to_string());
+                    span.set(crate::observability::tracing::attr::QUEUE_OFFSET, r.offset as i64);
+                }
+            }
+            Err(e) => spans.iter_mut().for_each(|s| s.fail(&spans::error_type(e), &e.to_string())),
+        }
+        result
+    }
+
+    async fn send_traced(
+        &self,
+        connection: Option<&str>,
+        messages: Vec<OutgoingMessage>,
+        spans: &[crate::observability::tracing::MessageSpan],
     ) -> BrokerResult<Vec<SendReceipt>> {
         let limits = &self.inner.settings.limits;
         let Some(first) = messages.first() else {
@@ -764,6 +796,8 @@ impl Broker {
             offset,
             recall_handle,
         };
+        // Tracing: the durable append, flush wait included (ended when this returns).
+        let _appending: Vec<_> = spans.iter().map(|s| s.child("append", &topic_name)).collect();
         if kind == MessageType::Transaction {
             let offsets = self.prepare(&topic_name, appends, &ids).await?;
             return Ok(ids.iter().zip(offsets).map(|(id, o)| receipt(id, 0, o, None)).collect());

@@ -14,6 +14,7 @@ use super::filter::Filter;
 use super::journal::{AckRecord, Delivery, DeliveryRecord, JOURNAL_TOPIC, JournalRecord};
 use super::message::DeliveredMessage;
 use super::receipt::Receipt;
+use super::spans;
 use super::{Broker, REMOTE_FETCH_ROUNDS, TopicEntry, TopicKind, lock, validate};
 use crate::metadata::GroupRecord;
 use crate::storage::{AppendMessage, StorageError, StoredMessage, record::keys};
@@ -162,6 +163,7 @@ impl Broker {
                 if req.auto_renew {
                     self.renewing_for(&gone, &group.name, &topic.record.name, got.iter().map(|m| m.queue_id));
                 }
+                spans::delivered(&got, &group.name, &req.client_id);
                 let auto_renew_client = req.auto_renew.then(|| req.client_id.clone());
                 self.journal_deliveries(
                     &group.name,
@@ -716,7 +718,26 @@ impl Broker {
         };
         // The copy and the ack in one all-or-nothing append: never both lost, never one twice.
         let record = AckRecord { group: group.to_string(), topic: topic.to_string(), queue_id, offset: m.queue_offset };
-        self.inner.log.append(vec![append, record.to_append(self.now_ms())]).await?;
+        let mut span = spans::stored_event(
+            "dlq",
+            "send",
+            topic,
+            &m,
+            vec![
+                opentelemetry::KeyValue::new(crate::observability::tracing::attr::DLQ_TOPIC, dlq_name.clone()),
+                opentelemetry::KeyValue::new(
+                    crate::observability::tracing::attr::CONSUMER_GROUP,
+                    base_group(group).to_string(),
+                ),
+                opentelemetry::KeyValue::new(crate::observability::tracing::attr::ATTEMPT, i64::from(attempts)),
+            ],
+        );
+        if let Err(e) = self.inner.log.append(vec![append, record.to_append(self.now_ms())]).await {
+            let e = BrokerError::from(e);
+            span.fail(&spans::error_type(&e), &e.to_string());
+            return Err(e);
+        }
+        drop(span);
         lock(&self.queue_state(group, topic, queue_id)).complete(m.queue_offset);
         dlq.arrivals.notify_waiters();
         if let Some(t) = self.cached_topic(topic) {
@@ -809,7 +830,10 @@ impl Broker {
             ?result,
             "ack"
         );
-        result.map_err(|p| self.handle_problem(p, &r))?;
+        let result = result.map_err(|p| self.handle_problem(p, &r));
+        let traced = result.as_ref().map(|_| ());
+        spans::settled("ack", group, &topic.record.name, client_id, r.queue_id, r.offset, None, traced);
+        result?;
         // Durable before the client hears OK (also for repeated acks, so a client that retries
         // an ack whose journal write failed gets it journaled).
         let record = AckRecord {
@@ -861,7 +885,10 @@ impl Broker {
         let visible_at = now + delay.as_millis() as i64;
         let serial = self.next_serial();
         let changed = lock(&state).change_invisible(&r, now, visible_at, serial);
-        let entry = changed.map_err(|p| self.handle_problem(p, &r))?;
+        let entry = changed.map_err(|p| self.handle_problem(p, &r));
+        let traced = entry.as_ref().map(|_| ());
+        spans::settled("nack", group, &topic.record.name, client_id, r.queue_id, r.offset, Some(delay), traced);
+        let entry = entry?;
         let new = Receipt { serial: entry.serial, deadline_ms: entry.visible_at_ms, ..r };
         let handle = self.inner.receipts.encode(&new, group, &topic.record.name);
         let by = (None, Some(client_id.to_string()), true);

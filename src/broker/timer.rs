@@ -655,6 +655,9 @@ impl Broker {
             };
             let at = (TIMER_TOPIC, SCHEDULED, offset);
             appends.push(self.deliverable(&m, Arc::from(real.as_str()), queue_id, at));
+            let queue =
+                opentelemetry::KeyValue::new(crate::observability::tracing::attr::PARTITION, queue_id.to_string());
+            super::spans::stored_event("timer_fire", "send", &real, &m, vec![queue]).end();
         }
         for (real, (topic, messages)) in elsewhere {
             let (originals, copies): (Vec<_>, Vec<_>) = messages.into_iter().unzip();

@@ -202,7 +202,11 @@ impl Broker {
         }
         match self.resolve_half(&open, resolution).await {
             Ok(()) => {
-                tracing::debug!(transaction_id, ?resolution, ?source, "transaction ended");
+                if source == ResolutionSource::ServerCheck {
+                    tracing::info!(transaction_id, topic, ?resolution, "transaction resolved by an orphan check");
+                } else {
+                    tracing::debug!(transaction_id, ?resolution, ?source, "transaction ended");
+                }
                 if let Some(metrics) = crate::observability::metrics::global() {
                     let outcome = if resolution == Resolution::Commit { "commit" } else { "rollback" };
                     metrics.transaction(topic, outcome, 1);
@@ -235,8 +239,16 @@ impl Broker {
     async fn resolve_half(&self, open: &Open, resolution: Resolution) -> BrokerResult<()> {
         let mut appends = Vec::with_capacity(2);
         let mut woken = None;
+        let mut span = crate::observability::tracing::MessageSpan::default();
+        if crate::observability::tracing::enabled()
+            && resolution == Resolution::Rollback
+            && let Ok(half) = self.read_half(open.offset)
+        {
+            span = super::spans::stored_event("rollback", "settle", &open.topic, &half, Vec::new());
+        }
         if resolution == Resolution::Commit {
             let half = self.read_half(open.offset)?;
+            span = super::spans::stored_event("commit", "send", &open.topic, &half, Vec::new());
             let topic = self.client_topic(&open.topic).await?;
             match self.pick_queue(&topic, None) {
                 Ok(queue_id) => {
@@ -255,7 +267,12 @@ impl Broker {
         }
         let record = AckRecord { group: TX_GROUP.into(), topic: HALF_TOPIC.into(), queue_id: 0, offset: open.offset };
         appends.push(record.to_append(self.now_ms()));
-        self.inner.log.append(appends).await?;
+        if let Err(e) = self.inner.log.append(appends).await {
+            let e = BrokerError::from(e);
+            span.fail(&super::spans::error_type(&e), &e.to_string());
+            return Err(e);
+        }
+        span.end();
         lock(&self.queue_state(TX_GROUP, HALF_TOPIC, 0)).complete(open.offset);
         if let Some(t) = woken {
             t.arrivals.notify_waiters();

@@ -45,6 +45,8 @@ struct Context {
     local_addr: Option<SocketAddr>,
     /// The client's end of the connection (tells connections apart for the in-flight bounds).
     remote_addr: Option<SocketAddr>,
+    /// `x-mq-request-id` (the Java SDK sends one per request), for logs.
+    request_id: String,
 }
 
 impl Context {
@@ -58,6 +60,7 @@ impl Context {
             deadline: md.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout),
             local_addr: req.local_addr(),
             remote_addr: req.remote_addr(),
+            request_id: get("x-mq-request-id"),
         }
     }
 
@@ -593,7 +596,7 @@ impl MessagingService for MessagingServiceImpl {
                     .collect(),
             },
             Err(e) => {
-                tracing::debug!(client_id = ctx.client_id, error = %e, "send refused");
+                tracing::debug!(client_id = ctx.client_id, request_id = ctx.request_id, error = %e, "send refused");
                 fail(from_error(&e))
             }
         };

@@ -1,4 +1,7 @@
 //! Cross-cutting observability the broker, storage and protocol layers call into: the metrics
-//! registry (`metrics`). Imports no tonic or axum; the layers above expose what it holds.
+//! registry ([`metrics`]) and OpenTelemetry spans of each message's life ([`tracing`]). Imports
+//! no tonic or axum types itself (the OTLP exporter crate brings its own tonic client); the
+//! layers above expose what it holds.
 
 pub mod metrics;
+pub mod tracing;

@@ -688,6 +688,16 @@ public final class E2e {
         head.putAll(report);
         System.out.println("RESULT " + Json.encode(head));
         System.out.flush();
+        // -Drmq.e2e.lingerMs=N: stay N ms before leaving (lets the OpenTelemetry Java agent of
+        // tests/tracing_e2e.rs export its last spans; halt skips its shutdown hook).
+        long linger = Long.getLong("rmq.e2e.lingerMs", 0L);
+        if (linger > 0) {
+            try {
+                Thread.sleep(linger);
+            } catch (InterruptedException ignored) {
+                Thread.currentThread().interrupt();
+            }
+        }
         // SDK threads are not all daemons, and its shutdown hooks may block: leave at once.
         Runtime.getRuntime().halt(ok ? 0 : 1);
     }
