@@ -61,11 +61,23 @@ pub struct ClusterOpts {
 
 impl Default for ClusterOpts {
     /// Short leases so that tests see failover within seconds: lease 4 s, renew 1 s.
+    /// `RMQ_E2E_CLUSTER_LEASES=<ttl>/<renew>` in milliseconds (e.g. `10000/2000`, the product's
+    /// defaults) overrides them, to measure take-over times with other leases.
     fn default() -> Self {
+        let (lease_ttl, renew_interval) = std::env::var("RMQ_E2E_CLUSTER_LEASES")
+            .ok()
+            .and_then(|v| {
+                let (ttl, renew) = v.split_once('/')?;
+                Some((
+                    Duration::from_millis(ttl.trim().parse().ok()?),
+                    Duration::from_millis(renew.trim().parse().ok()?),
+                ))
+            })
+            .unwrap_or((Duration::from_secs(4), Duration::from_secs(1)));
         ClusterOpts {
             shards: 12,
-            lease_ttl: Duration::from_secs(4),
-            renew_interval: Duration::from_secs(1),
+            lease_ttl,
+            renew_interval,
             tail_upload_interval: Duration::from_secs(1),
             s3: Kind::Moto,
             advertise_lb: false,
