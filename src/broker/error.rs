@@ -6,7 +6,7 @@
 use crate::metadata::MetadataError;
 use crate::storage::StorageError;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
     #[error("{0}")]
     IllegalTopic(String),

@@ -811,40 +811,75 @@ impl Broker {
 
     /// Acknowledges one delivery.
     pub async fn ack(&self, client_id: &str, group: &str, topic: &str, handle: &str) -> BrokerResult<()> {
+        self.ack_many(client_id, group, topic, &[handle]).await?.pop().unwrap_or(Ok(()))
+    }
+
+    /// Acknowledges the deliveries of one AckMessage request (one group, one topic): each
+    /// entry gets its own result, and the acks are journaled with one log append (one group
+    /// commit under SYNC_FLUSH, not one per entry). The outer error is the request's own
+    /// (bad group or topic).
+    pub async fn ack_many(
+        &self,
+        client_id: &str,
+        group: &str,
+        topic: &str,
+        handles: &[&str],
+    ) -> BrokerResult<Vec<BrokerResult<()>>> {
         validate::validate_group(group)?;
         let topic = self.client_topic(topic).await?;
         self.touch_client(client_id);
         let group = &self.consumer_key(group, client_id);
-        let r = self.decode_receipt(group, &topic, handle)?;
-        let state = self.queue_state(group, &topic.record.name, r.queue_id);
         // An offset reset waits for acks under way, so their journal records precede its own.
         let _journal_order = self.reset_gate(group, &topic.record.name).read().await;
-        let result = lock(&state).ack(&r, self.now_ms());
-        tracing::debug!(
-            group,
-            topic = topic.record.name,
-            queue_id = r.queue_id,
-            offset = r.offset,
-            serial = r.serial,
-            client_id,
-            ?result,
-            "ack"
-        );
-        let result = result.map_err(|p| self.handle_problem(p, &r));
-        let traced = result.as_ref().map(|_| ());
-        spans::settled("ack", group, &topic.record.name, client_id, r.queue_id, r.offset, None, traced);
-        result?;
-        // Durable before the client hears OK (also for repeated acks, so a client that retries
-        // an ack whose journal write failed gets it journaled).
-        let record = AckRecord {
-            group: group.to_string(),
-            topic: topic.record.name.clone(),
-            queue_id: r.queue_id,
-            offset: r.offset,
-        };
-        self.inner.log.append(vec![record.to_append(self.now_ms())]).await?;
-        self.group_moved_on(group, &topic);
-        Ok(())
+        let now = self.now_ms();
+        let mut results = Vec::with_capacity(handles.len());
+        let mut records = Vec::with_capacity(handles.len());
+        for handle in handles {
+            let r = match self.decode_receipt(group, &topic, handle) {
+                Ok(r) => r,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            let state = self.queue_state(group, &topic.record.name, r.queue_id);
+            let result = lock(&state).ack(&r, now);
+            tracing::debug!(
+                group,
+                topic = topic.record.name,
+                queue_id = r.queue_id,
+                offset = r.offset,
+                serial = r.serial,
+                client_id,
+                ?result,
+                "ack"
+            );
+            let result = result.map_err(|p| self.handle_problem(p, &r));
+            let traced = result.as_ref().map(|_| ());
+            spans::settled("ack", group, &topic.record.name, client_id, r.queue_id, r.offset, None, traced);
+            if result.is_ok() {
+                // Durable before the client hears OK (also for repeated acks, so a client that
+                // retries an ack whose journal write failed gets it journaled).
+                let record = AckRecord {
+                    group: group.to_string(),
+                    topic: topic.record.name.clone(),
+                    queue_id: r.queue_id,
+                    offset: r.offset,
+                };
+                records.push(record.to_append(now));
+            }
+            results.push(result);
+        }
+        if !records.is_empty() {
+            if let Err(e) = self.inner.log.append(records).await {
+                let e = BrokerError::from(e);
+                for r in results.iter_mut().filter(|r| r.is_ok()) {
+                    *r = Err(e.clone());
+                }
+            }
+            self.group_moved_on(group, &topic);
+        }
+        Ok(results)
     }
 
     /// An orderly group's message group may have its next message ready now: wake its long

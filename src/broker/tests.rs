@@ -956,3 +956,66 @@ async fn a_tag_filter_skips_rejected_messages_without_reading_them() {
     let progress = broker.group_offsets("G", Some("T")).await.unwrap();
     assert_eq!(progress[0].queues[0].consumer_offset, Some(1001));
 }
+
+/// A log that counts appends of journal records (`rmq_sys_pop_journal`).
+struct JournalCounting {
+    inner: MemoryLog,
+    journal_appends: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl MessageLog for JournalCounting {
+    async fn append(&self, messages: Vec<AppendMessage>) -> StorageResult<Vec<AppendResult>> {
+        if messages.iter().any(|m| &*m.topic == "rmq_sys_pop_journal") {
+            self.journal_appends.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.append(messages).await
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max: usize,
+        bytes: usize,
+    ) -> StorageResult<Vec<StoredMessage>> {
+        self.inner.read(topic, queue_id, offset, max, bytes)
+    }
+
+    async fn close(&self) -> StorageResult<()> {
+        Ok(())
+    }
+
+    delegate_to_inner!();
+}
+
+/// One AckMessage request of many entries is journaled with one log append (one group commit
+/// under SYNC_FLUSH), each entry keeps its own result, and the acks survive a restart.
+#[tokio::test]
+async fn an_ack_request_of_many_entries_is_one_journal_append() {
+    let log = Arc::new(JournalCounting { inner: MemoryLog::new(), journal_appends: Default::default() });
+    let h = Harness::new(log.clone()).await;
+    let broker = h.start().await;
+    let sent: Vec<OutgoingMessage> = (0..5).map(|i| message(&format!("m{i}"))).collect();
+    broker.send(sent).await.unwrap();
+    let got = broker.receive(receive_request()).await.unwrap();
+    assert_eq!(got.len(), 5);
+    let mut handles: Vec<&str> = got.iter().map(|m| m.receipt_handle.as_str()).collect();
+    handles.push("not a receipt handle");
+    handles.push(got[0].receipt_handle.as_str());
+    let before = log.journal_appends.load(Ordering::SeqCst);
+    let results = broker.ack_many("c", "G", "T", &handles).await.unwrap();
+    assert_eq!(log.journal_appends.load(Ordering::SeqCst) - before, 1, "one journal append for the request");
+    assert_eq!(results.len(), 7);
+    assert!(results[..5].iter().all(Result::is_ok), "{results:?}");
+    assert!(matches!(results[5], Err(BrokerError::InvalidReceiptHandle(_))), "{:?}", results[5]);
+    assert!(results[6].is_ok(), "a repeated ack is fine: {:?}", results[6]);
+    assert!(broker.ack_many("c", "bad group!", "T", &handles).await.is_err(), "a bad group fails the request");
+
+    // After a "crash": none of the five is delivered again.
+    drop(broker);
+    let broker = h.start().await;
+    h.clock.advance(60_000);
+    assert!(broker.receive(receive_request()).await.unwrap().is_empty(), "acks were journaled");
+}

@@ -797,13 +797,29 @@ impl MessagingService for MessagingServiceImpl {
                 }
             }
         }
+        // The local entries in one broker call: one journal append for the request.
+        let local: Vec<&str> = req
+            .entries
+            .iter()
+            .zip(&targets)
+            .filter(|(_, t)| matches!(t, Target::Local))
+            .map(|(e, _)| e.receipt_handle.as_str())
+            .collect();
+        let mut local_results = if local.is_empty() {
+            Vec::new()
+        } else {
+            match self.broker.ack_many(&ctx.client_id, &group, &topic, &local).await {
+                Ok(results) => results.into_iter().map(|r| r.map_or_else(|e| from_error(&e), |()| ok())).collect(),
+                Err(e) => vec![from_error(&e); local.len()],
+            }
+        }
+        .into_iter();
         let mut entries = Vec::with_capacity(req.entries.len());
         for ((e, target), forwarded) in req.entries.iter().zip(targets).zip(forwarded) {
             let s = match target {
-                Target::Local => match self.broker.ack(&ctx.client_id, &group, &topic, &e.receipt_handle).await {
-                    Ok(()) => ok(),
-                    Err(err) => from_error(&err),
-                },
+                Target::Local => local_results
+                    .next()
+                    .unwrap_or_else(|| status(Code::InternalServerError, "no result for this entry")),
                 Target::Remote(node) => forwarded.unwrap_or_else(|| {
                     status(Code::InternalServerError, format!("node `{}` gave no result for this entry", node.node_id))
                 }),
