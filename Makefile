@@ -6,8 +6,12 @@ export RUST_BACKTRACE ?= 0
 
 all: build
 
+# The test build carries the benchmark code too (its unit tests run); the product binary of
+# `make run` does not (feature `bench`).
+TEST_FEATURES = --features rmq-gateway/bench
+
 build:
-	$(CARGO) build --workspace --locked
+	$(CARGO) build --workspace --locked $(TEST_FEATURES)
 
 ## Run the gateway on its embedded defaults (SQLite + local log under ./data; no other service).
 run:
@@ -16,10 +20,10 @@ run:
 ## Unit, protocol and crash tests, the end-to-end tests with the official SDKs (Java, Go, Python,
 ## Node.js, Rust, Spring Boot) and the differential suite against Apache RocketMQ 5.
 test: build sdk-setup
-	RMQ_E2E_REQUIRED=1 $(CARGO) test --workspace --locked --no-fail-fast
+	RMQ_E2E_REQUIRED=1 $(CARGO) test --workspace --locked --no-fail-fast $(TEST_FEATURES)
 
 test-unit:
-	$(CARGO) test --locked --lib
+	$(CARGO) test --locked --lib $(TEST_FEATURES)
 
 ## Installs the official SDKs, the Spring Boot app and Apache RocketMQ's jars into
 ## integration-tests/sdk/.work (nothing global; SDK_ONLY="java go" for a subset).

@@ -17,6 +17,7 @@ pub mod proto {
     tonic::include_proto!("apache.rocketmq.v2");
 }
 pub mod admin;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod broker;
 pub mod clock;

@@ -33,7 +33,8 @@ enum Command {
     },
     /// Talk to a running gateway's admin HTTP API (`admin message trace <id>`, …).
     Admin(rmq_gateway::admin::cli::AdminArgs),
-    /// Benchmarks (see `make bench`).
+    /// Benchmarks (see `make bench`; built with the `bench` feature only).
+    #[cfg(feature = "bench")]
     Bench {
         #[command(subcommand)]
         command: Box<rmq_gateway::bench::BenchCommand>,
@@ -63,6 +64,7 @@ fn load(config: Option<&std::path::Path>) -> Result<Config, ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        #[cfg(feature = "bench")]
         Command::Bench { command } => rmq_gateway::bench::run(*command),
         Command::Admin(args) => rmq_gateway::admin::cli::run(args),
         Command::CheckConfig { config } => match load(config.as_deref()) {

@@ -21,6 +21,7 @@
 //!
 //! This module must not import protocol (tonic/prost), HTTP or SQL crates.
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod local;
 pub mod memory;
