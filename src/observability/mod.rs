@@ -3,5 +3,7 @@
 //! no tonic or axum types itself (the OTLP exporter crate brings its own tonic client); the
 //! layers above expose what it holds.
 
+pub mod client_metrics;
 pub mod metrics;
+pub mod otlp_metrics;
 pub mod tracing;
