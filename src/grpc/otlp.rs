@@ -80,7 +80,7 @@ pub async fn push_loop<F>(
             _ = stop.cancelled() => return,
         }
         let snap = snapshot.clone();
-        let Ok(Some(text)) = tokio::task::spawn_blocking(move || snap()).await else { continue };
+        let Ok(Some(text)) = tokio::task::spawn_blocking(snap).await else { continue };
         let req = crate::observability::otlp_metrics::from_exposition(&text, &service_name, start, unix_nanos());
         let result = async {
             if client.is_none() {
