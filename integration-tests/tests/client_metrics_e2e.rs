@@ -224,3 +224,35 @@ fn own_metrics_are_pushed_with_otlp() {
         shout("no push received");
     }
 }
+
+/// The push target is down: sends still succeed, the failures are counted on `/metrics`.
+#[test]
+fn push_to_a_dead_collector_leaves_messaging_alone() {
+    let dead = integration_tests::gateway_process::free_port().unwrap();
+    let endpoint = format!("http://127.0.0.1:{dead}");
+    let Some(ctx) = Ctx::start_configured(
+        "otlp-push-down",
+        &[Sdk::Java],
+        Metadata::from_env(),
+        &[("RMQ_GATEWAY_METRICS__OTLP_ENDPOINT", endpoint.as_str()), ("RMQ_GATEWAY_METRICS__OTLP_INTERVAL", "1s")],
+    ) else {
+        return;
+    };
+    let (topic, _) = ctx.topic_and_group();
+    let ids = ctx.produce(Sdk::Java, &topic, "d");
+    assert_eq!(ids.len(), count());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut failures = 0.0;
+    while Instant::now() < deadline && failures < 1.0 {
+        let text = http_get(ctx.gateway.http_port, "/metrics").unwrap_or_default();
+        failures = text
+            .lines()
+            .find_map(|l| l.strip_prefix("rocketmq_gateway_otlp_push_failures_total "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(failures >= 1.0, "no push failure counted; gateway log:\n{}", ctx.gateway.log_tail(30));
+    let warned = ctx.gateway.log_lines_with("OTLP metrics push failed");
+    assert_eq!(warned.len(), 1, "logged once: {warned:?}");
+}
