@@ -851,6 +851,14 @@ impl Config {
         if self.metrics.enabled && self.metrics.max_series == 0 {
             return invalid("metrics.maxSeries", "must be at least 1");
         }
+        if self.metrics.enabled && !self.metrics.otlp_endpoint.is_empty() {
+            if !self.metrics.otlp_endpoint.starts_with("http://") {
+                return invalid("metrics.otlpEndpoint", "must be an OTLP/gRPC URL `http://host:port` (plaintext)");
+            }
+            if self.metrics.otlp_interval < Duration::from_secs(1) {
+                return invalid("metrics.otlpInterval", "must be at least 1s");
+            }
+        }
         if !matches!(self.tracing.protocol.as_str(), "grpc" | "http") {
             return invalid("tracing.protocol", "must be `grpc` or `http`");
         }
@@ -1276,5 +1284,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.storage.tiering.object_store.secret_key, "from-env");
+    }
+
+    #[test]
+    fn otlp_metrics_push_is_checked() {
+        let mut c = Config::default();
+        c.metrics.otlp_endpoint = "collector:4317".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("metrics.otlpEndpoint"), "{e}");
+        c.metrics.otlp_endpoint = "http://collector:4317".into();
+        c.metrics.otlp_interval = Duration::from_millis(10);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("metrics.otlpInterval"), "{e}");
+        c.metrics.otlp_interval = Duration::from_secs(1);
+        assert!(c.validate().is_ok());
     }
 }

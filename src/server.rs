@@ -307,6 +307,7 @@ impl From<&Config> for GrpcSettings {
                 backoff_max: p.backoff_max,
                 backoff_multiplier: p.backoff_multiplier,
             },
+            client_metrics: config.metrics.enabled && config.metrics.client_metrics,
         }
     }
 }
@@ -398,6 +399,26 @@ pub async fn run(
         }
         None => None,
     };
+    // metrics.clientMetrics: the SDKs' OTLP metrics are received on this port.
+    let client_metrics = (config.metrics.enabled && config.metrics.client_metrics).then(|| {
+        crate::grpc::otlp::ClientMetricsReceiver::server(crate::observability::client_metrics::init(
+            config.metrics.max_series,
+        ))
+    });
+    // metrics.otlpEndpoint: our own metrics pushed every otlpInterval (never fatal).
+    let push_stop = CancellationToken::new();
+    if config.metrics.enabled && !config.metrics.otlp_endpoint.is_empty() {
+        crate::observability::otlp_metrics::PUSH_ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+        let b = broker.clone();
+        let snapshot = move || crate::observability::metrics::global().map(|m| m.render(&b.metrics_gauges()));
+        tokio::spawn(crate::grpc::otlp::push_loop(
+            config.metrics.otlp_endpoint.clone(),
+            config.metrics.otlp_interval,
+            config.tracing.service_name.clone(),
+            snapshot,
+            push_stop.clone(),
+        ));
+    }
     let grpc = {
         let stop = grpc_stop.clone();
         tokio::spawn(
@@ -409,6 +430,7 @@ pub async fn run(
                 .http2_max_pending_accept_reset_streams(Some(256))
                 .add_service(service.into_metered_server())
                 .add_optional_service(peer)
+                .add_optional_service(client_metrics)
                 .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move { stop.cancelled().await }),
         )
     };
@@ -482,6 +504,7 @@ pub async fn run(
         tokio::time::sleep(config.cluster.renew_interval).await;
     }
     accept_stop.cancel();
+    push_stop.cancel();
     let broker_stop = broker.shutdown_token();
     if config.cluster.enabled {
         // GOAWAY first, while the Telemetry streams still hold the connections open: clients

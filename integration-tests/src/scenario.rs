@@ -85,6 +85,16 @@ impl Ctx {
 
     /// [`Ctx::start`] with the metadata in `metadata`.
     pub fn start_on(test: &'static str, sdks: &[Sdk], metadata: Metadata) -> Option<Ctx> {
+        Ctx::start_configured(test, sdks, metadata, &[])
+    }
+
+    /// [`Ctx::start_on`] with configuration overrides (`RMQ_GATEWAY_SECTION__KEY`, value).
+    pub fn start_configured(
+        test: &'static str,
+        sdks: &[Sdk],
+        metadata: Metadata,
+        extra: &[(&str, &str)],
+    ) -> Option<Ctx> {
         let mut missing: Vec<String> = sdks.iter().filter_map(|s| s.missing()).collect();
         missing.dedup();
         if let Err(e) = gateway_binary() {
@@ -103,7 +113,9 @@ impl Ctx {
             Metadata::Postgres => Some(Postgres::start_or_skip(test)?),
         };
         let dir = tempfile::Builder::new().prefix(&format!("rmq-e2e-{test}-")).tempdir().unwrap();
-        let overrides: Vec<(&str, &str)> = postgres.iter().map(|pg| ("RMQ_GATEWAY_METADATA__URL", pg.url())).collect();
+        let mut overrides: Vec<(&str, &str)> =
+            postgres.iter().map(|pg| ("RMQ_GATEWAY_METADATA__URL", pg.url())).collect();
+        overrides.extend_from_slice(extra);
         let gateway = Gateway::start_with(dir.path(), &overrides).unwrap_or_else(|e| panic!("{test}: {e:#}"));
         if postgres.is_some() {
             let log = gateway.log_tail(200);

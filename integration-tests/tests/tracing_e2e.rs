@@ -404,6 +404,18 @@ fn collector_down_messaging_unaffected_and_lost_spans_counted() {
         if lost >= count as u64 {
             assert_eq!(t["enabled"], true);
             assert_eq!(t["exported"], 0);
+            // The same counters on /metrics (read at scrape time).
+            let (status, text) = rt.block_on(integration_tests::client::http(http, "GET", "/metrics", None));
+            assert_eq!(status, 200);
+            let value = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())
+                    .unwrap_or_else(|| panic!("{name} not on /metrics"))
+            };
+            assert_eq!(value("rocketmq_gateway_spans_exported_total"), 0);
+            let on_metrics =
+                value("rocketmq_gateway_spans_export_failed_total") + value("rocketmq_gateway_spans_dropped_total");
+            assert!(on_metrics >= count as u64, "{on_metrics} lost spans on /metrics");
             break;
         }
         assert!(Instant::now() < deadline, "lost spans never counted: {body}");

@@ -62,6 +62,7 @@ fn settings() -> GrpcSettings {
             backoff_max: Duration::from_secs(1),
             backoff_multiplier: 2.0,
         },
+        client_metrics: false,
     }
 }
 

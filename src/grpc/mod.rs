@@ -12,6 +12,7 @@ pub mod forward;
 mod forward_tests;
 pub mod metered;
 mod namespace;
+pub mod otlp;
 pub mod peer;
 mod pull;
 pub mod status;
@@ -106,6 +107,9 @@ pub struct GrpcSettings {
     pub max_body_size: usize,
     /// Retry policy sent to producers in Settings.
     pub producer: ProducerBackoff,
+    /// `metrics.clientMetrics`: Settings announce our gRPC endpoint as the SDKs' OTLP metrics
+    /// endpoint (`Settings.metric.on`).
+    pub client_metrics: bool,
 }
 
 /// Exponential backoff of producer send retries.
@@ -116,6 +120,29 @@ pub struct ProducerBackoff {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub backoff_multiplier: f32,
+}
+
+/// Endpoints for `host[:port]` (empty: the address this connection arrived on).
+fn endpoints_at(server: &GrpcSettings, advertised: &str, ctx: &Context) -> proto::Endpoints {
+    let port = i32::from(server.grpc_server_port);
+    let (host, port) = if !advertised.is_empty() {
+        match advertised.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() && !h.ends_with(':') => {
+                (h.trim_matches(['[', ']']).to_string(), p.parse::<i32>().unwrap_or(port))
+            }
+            _ => (advertised.trim_matches(['[', ']']).to_string(), port),
+        }
+    } else if let Some(local) = ctx.local_addr {
+        (local.ip().to_string(), i32::from(local.port()))
+    } else {
+        ("127.0.0.1".to_string(), port)
+    };
+    let scheme = match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => proto::AddressScheme::IPv4,
+        Ok(std::net::IpAddr::V6(_)) => proto::AddressScheme::IPv6,
+        Err(_) => proto::AddressScheme::DomainName,
+    };
+    proto::Endpoints { scheme: scheme as i32, addresses: vec![proto::Address { host, port }] }
 }
 
 /// The MessagingService implementation.
@@ -218,26 +245,7 @@ impl MessagingServiceImpl {
 
     /// Endpoints for `host[:port]` (empty: the address this connection arrived on).
     fn endpoints_at(&self, advertised: &str, ctx: &Context) -> proto::Endpoints {
-        let server = &*self.settings;
-        let port = i32::from(server.grpc_server_port);
-        let (host, port) = if !advertised.is_empty() {
-            match advertised.rsplit_once(':') {
-                Some((h, p)) if p.parse::<u16>().is_ok() && !h.ends_with(':') => {
-                    (h.trim_matches(['[', ']']).to_string(), p.parse::<i32>().unwrap_or(port))
-                }
-                _ => (advertised.trim_matches(['[', ']']).to_string(), port),
-            }
-        } else if let Some(local) = ctx.local_addr {
-            (local.ip().to_string(), i32::from(local.port()))
-        } else {
-            ("127.0.0.1".to_string(), port)
-        };
-        let scheme = match host.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(_)) => proto::AddressScheme::IPv4,
-            Ok(std::net::IpAddr::V6(_)) => proto::AddressScheme::IPv6,
-            Err(_) => proto::AddressScheme::DomainName,
-        };
-        proto::Endpoints { scheme: scheme as i32, addresses: vec![proto::Address { host, port }] }
+        endpoints_at(&self.settings, advertised, ctx)
     }
 
     fn message_queue(

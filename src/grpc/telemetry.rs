@@ -324,6 +324,9 @@ async fn settings_reply(
             return Err(BrokerError::BadRequest("settings carry neither publishing nor subscription".into()));
         }
     }
-    s.metric = Some(proto::Metric { on: false, endpoints: None });
+    // Client metrics on: the SDKs export their OTLP metrics to our own gRPC endpoint.
+    let on = config.client_metrics;
+    s.metric =
+        Some(proto::Metric { on, endpoints: on.then(|| super::endpoints_at(config, &config.advertised_address, ctx)) });
     Ok(s)
 }

@@ -413,6 +413,19 @@ impl Metrics {
             "New topic/group label pairs counted under _other_ (the series cap was reached).",
             self.budget.folded.load(Ordering::Relaxed),
         );
+        render_spans(o, &super::tracing::stats());
+        if super::otlp_metrics::PUSH_ENABLED.load(Ordering::Relaxed) {
+            simple(
+                o,
+                "rocketmq_gateway_otlp_push_failures_total",
+                "counter",
+                "Failed OTLP pushes of these metrics (metrics.otlpEndpoint).",
+                super::otlp_metrics::PUSH_FAILURES.load(Ordering::Relaxed),
+            );
+        }
+        if let Some(c) = super::client_metrics::global() {
+            c.render(o);
+        }
         render_process(o, self.started);
         out
     }
@@ -483,6 +496,28 @@ impl Metrics {
             );
         }
     }
+}
+
+/// The span exporter's counters (only when tracing is on), read at scrape time.
+fn render_spans(o: &mut String, s: &super::tracing::TracingStats) {
+    if !s.enabled {
+        return;
+    }
+    simple(o, "rocketmq_gateway_spans_exported_total", "counter", "Spans handed to the OTLP collector.", s.exported);
+    simple(
+        o,
+        "rocketmq_gateway_spans_dropped_total",
+        "counter",
+        "Spans dropped because the export queue was full.",
+        s.dropped,
+    );
+    simple(
+        o,
+        "rocketmq_gateway_spans_export_failed_total",
+        "counter",
+        "Spans lost because their export failed.",
+        s.export_failed,
+    );
 }
 
 /// The first `cap` rows, the rest summed under `_other_`.
@@ -640,6 +675,24 @@ mod tests {
         ));
         assert!(!text.contains("topic=\"c\""));
         assert!(text.contains("rocketmq_gateway_metrics_folded_total 2"));
+    }
+
+    #[test]
+    fn span_counters_only_when_tracing_is_on() {
+        let mut o = String::new();
+        let off =
+            crate::observability::tracing::TracingStats { enabled: false, exported: 1, dropped: 2, export_failed: 3 };
+        render_spans(&mut o, &off);
+        assert!(o.is_empty());
+        render_spans(&mut o, &crate::observability::tracing::TracingStats { enabled: true, ..off });
+        assert!(
+            o.contains(
+                "# TYPE rocketmq_gateway_spans_exported_total counter\nrocketmq_gateway_spans_exported_total 1\n"
+            ),
+            "{o}"
+        );
+        assert!(o.contains("rocketmq_gateway_spans_dropped_total 2\n"), "{o}");
+        assert!(o.contains("rocketmq_gateway_spans_export_failed_total 3\n"), "{o}");
     }
 
     #[test]
