@@ -13,6 +13,7 @@ use futures::StreamExt;
 use tonic::{Request, Response, Status as GrpcStatus, Streaming};
 
 use super::{BoxStream, MessagingServiceImpl, forward};
+use crate::broker::namespace::NameKind;
 use crate::observability::metrics::{self, Metrics};
 use crate::proto::messaging_service_server::{MessagingService, MessagingServiceServer};
 use crate::proto::{self, Code, MessageType};
@@ -74,13 +75,13 @@ fn type_name(t: i32) -> &'static str {
     }
 }
 
-/// A resource as the broker names it (`ns%name` in a namespace).
-fn resource_name(r: Option<&proto::Resource>) -> String {
-    match r {
-        Some(r) if !r.resource_namespace.is_empty() => format!("{}%{}", r.resource_namespace, r.name),
-        Some(r) => r.name.clone(),
-        None => String::new(),
-    }
+/// A resource as the broker names it (`ns%name` in a namespace, from its `resource_namespace`
+/// or the request's `x-mq-namespace` header, as the handlers resolve it), so that the
+/// per-message counters and the scrape-time gauges (keyed by broker-side names) agree. A
+/// request the handler will refuse keeps the plain name (its message count is zero anyway).
+fn resource_name(r: Option<&proto::Resource>, md: &tonic::metadata::MetadataMap, kind: NameKind) -> String {
+    let header = md.get("x-mq-namespace").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    super::namespace::internal_name(r, header, kind).unwrap_or_else(|_| r.map(|r| r.name.clone()).unwrap_or_default())
 }
 
 /// Records a unary call whose answer carries a `Status`.
@@ -239,7 +240,7 @@ impl MessagingService for Metered {
         let msgs = &request.get_ref().messages;
         // One topic per request (the broker refuses mixed ones); (type, body bytes) per
         // message, in request order (the answer's entries are in that order).
-        let topic = resource_name(msgs.first().and_then(|msg| msg.topic.as_ref()));
+        let topic = resource_name(msgs.first().and_then(|msg| msg.topic.as_ref()), request.metadata(), NameKind::Topic);
         let sent: Vec<(&'static str, u64)> = msgs
             .iter()
             .map(|msg| (type_name(msg.system_properties.as_ref().map_or(0, |s| s.message_type)), msg.body.len() as u64))
@@ -266,8 +267,9 @@ impl MessagingService for Metered {
         };
         let started = Instant::now();
         let req = request.get_ref();
-        let topic = resource_name(req.message_queue.as_ref().and_then(|q| q.topic.as_ref()));
-        let group = resource_name(req.group.as_ref());
+        let md = request.metadata();
+        let topic = resource_name(req.message_queue.as_ref().and_then(|q| q.topic.as_ref()), md, NameKind::Topic);
+        let group = resource_name(req.group.as_ref(), md, NameKind::Group);
         let count = forward::forwarded_by(request.metadata()).is_none();
         let result = self.inner.receive_message(request).await;
         streamed(m, "ReceiveMessage", started, (topic, group, count), result, |f: &proto::ReceiveMessageResponse| {
@@ -289,8 +291,9 @@ impl MessagingService for Metered {
         };
         let started = Instant::now();
         let req = request.get_ref();
-        let topic = resource_name(req.message_queue.as_ref().and_then(|q| q.topic.as_ref()));
-        let group = resource_name(req.group.as_ref());
+        let md = request.metadata();
+        let topic = resource_name(req.message_queue.as_ref().and_then(|q| q.topic.as_ref()), md, NameKind::Topic);
+        let group = resource_name(req.group.as_ref(), md, NameKind::Group);
         let count = forward::forwarded_by(request.metadata()).is_none();
         let result = self.inner.pull_message(request).await;
         streamed(m, "PullMessage", started, (topic, group, count), result, |f: &proto::PullMessageResponse| {
@@ -323,7 +326,14 @@ mod tests {
         assert_eq!(code_name(-7), "UNKNOWN_CODE");
         assert_eq!(type_name(MessageType::Fifo as i32), "fifo");
         assert_eq!(type_name(0), "normal");
+        let none = tonic::metadata::MetadataMap::new();
         let r = proto::Resource { resource_namespace: "ns".into(), name: "t".into() };
-        assert_eq!(resource_name(Some(&r)), "ns%t");
+        assert_eq!(resource_name(Some(&r), &none, NameKind::Topic), "ns%t");
+        // The namespace from the header, as the handlers resolve it (Node sends only that).
+        let mut header = tonic::metadata::MetadataMap::new();
+        header.insert("x-mq-namespace", "ns".parse().unwrap());
+        let plain = proto::Resource { resource_namespace: String::new(), name: "g".into() };
+        assert_eq!(resource_name(Some(&plain), &header, NameKind::Group), "ns%g");
+        assert_eq!(resource_name(Some(&plain), &none, NameKind::Group), "g");
     }
 }
