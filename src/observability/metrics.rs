@@ -465,9 +465,9 @@ impl Metrics {
             let labels = "storage_type=\"local\",storage_medium=\"disk\"";
             header(o, "rocketmq_storage_size", "gauge", "Bytes of the data directory.");
             let _ = writeln!(o, "rocketmq_storage_size{{{labels}}} {}", dir_size(dir));
-            if let Some((total, avail)) = disk_space(dir) {
+            // The ratio `storage.diskMaxUsedSpaceRatio` is enforced on.
+            if let Ok(ratio) = crate::storage::local::disk_used_ratio(dir) {
                 header(o, "rocketmq_storage_disk_ratio", "gauge", "Used share of the data directory's file system.");
-                let ratio = if total == 0 { 0.0 } else { 1.0 - avail as f64 / total as f64 };
                 let _ = writeln!(o, "rocketmq_storage_disk_ratio{{{labels}}} {ratio}");
             }
         }
@@ -565,19 +565,6 @@ fn dir_size(dir: &Path) -> u64 {
         }
     }
     total
-}
-
-/// (total, available) bytes of the file system holding `dir`.
-fn disk_space(dir: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is NUL-terminated and `st` a valid out-pointer for the call.
-    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
-    (rc == 0).then(|| {
-        let frsize = st.f_frsize as u64;
-        (st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize)
-    })
 }
 
 /// `process_*` from /proc/self (Linux; absent elsewhere).

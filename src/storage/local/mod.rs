@@ -49,7 +49,7 @@ use tokio::sync::oneshot;
 
 pub use config::{ResumePoint, ResumeQueue, StorageConfig};
 /// Writes a small file atomically and durably (temp file, fsync, rename, fsync of the dir).
-pub use fs::write_file_atomically;
+pub use fs::{disk_used_ratio, write_file_atomically};
 pub use sealed::{INDEX_ENTRY_LEN, ScannedRecord, SealedSegmentInfo, SegmentScan, decode_index_entry, decode_message};
 
 use self::checkpoint::Checkpoint;
