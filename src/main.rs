@@ -10,6 +10,11 @@ use tokio_util::sync::CancellationToken;
 use rmq_gateway::config::Config;
 use rmq_gateway::server;
 
+/// mimalloc instead of glibc malloc: per-thread free lists without the arena locking and
+/// consolidation glibc does on every message (see docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "rmq-gateway", version, about = "A RocketMQ 5.x gRPC gateway with its own storage")]
 struct Cli {
