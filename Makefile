@@ -41,10 +41,15 @@ fmt:
 ## End to end over gRPC: gateway SYNC_FLUSH and ASYNC_FLUSH vs the no-op tonic ceiling, NATS
 ## JetStream and Apache RocketMQ 5 (SYNC_FLUSH and ASYNC_FLUSH; jars resolved from Maven Central into
 ## integration-tests/sdk/.work, needs java 17 + mvn), all on loopback, started and stopped here.
+## The whole sequence runs twice (`--rounds`; the report tables every round's key figures and
+## their spread), then once more with 16 messages per request against the ceiling and NATS
+## (bench-results/batch16/).
 ## Knobs: BENCH_DURATION=60s (per run),
-## BENCH_ARGS='--message-size 4096 --batch 8 …' (see `rmq-gateway bench compare --help`).
+## BENCH_ARGS='--rounds 3 --message-size 4096 …' (see `rmq-gateway bench compare --help`),
+## BENCH_BATCH_ARGS for the batch run.
 BENCH_DURATION ?= 10s
 BENCH_ARGS ?=
+BENCH_BATCH_ARGS ?=
 ## Storage benchmark knobs, e.g. BENCH_STORAGE_ARGS=--quick (a one-minute smoke run).
 BENCH_STORAGE_ARGS ?=
 ## Timer benchmark knobs, e.g. BENCH_TIMER_ARGS='--scheduled 1000000'.
@@ -72,6 +77,8 @@ bench:
 	  { echo "installing nats-server (apt)"; apt-get update -qq && apt-get install -y -qq nats-server; }
 	bash integration-tests/reference/apache.sh resolve
 	$(BENCH_BIN) bench compare --duration $(BENCH_DURATION) $(BENCH_ARGS)
+	$(BENCH_BIN) bench compare --duration $(BENCH_DURATION) --batch 16 --paced 0.5 \
+	  --systems noop,gateway-async,gateway-sync,nats --out bench-results/batch16 $(BENCH_BATCH_ARGS)
 	$(BENCH_BIN) bench storage $(BENCH_STORAGE_ARGS)
 	$(BENCH_BIN) bench timers $(BENCH_TIMER_ARGS)
 	bash integration-tests/services/s3.sh install s3s-fs

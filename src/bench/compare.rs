@@ -28,7 +28,7 @@ use super::apache::{self, Apache};
 use super::grpc::{self, Flush, Target};
 use super::load::LoadOutcome;
 use super::procs::{self, Server, ServerUnderTest};
-use super::report::{Check, Ratio, Report, RunResult};
+use super::report::{Check, Ratio, Report, RunResult, Spread};
 use super::{LoadArgs, OutArgs};
 
 /// Systems `compare` knows.
@@ -72,6 +72,37 @@ const GW_ASYNC: &str = "gateway-async";
 const NATS: &str = "nats-jetstream";
 const AP_SYNC: &str = "apache-sync";
 const AP_ASYNC: &str = "apache-async";
+
+/// The key figures of every round, in round order: each ratio, and per run its throughput,
+/// its send p99 and (paced runs) its end-to-end p99. A quantity missing from a round (a system
+/// that failed there) is left out of the table rather than compared with a gap.
+fn across_rounds(reports: &[Report]) -> Vec<Spread> {
+    let Some(first) = reports.first() else { return Vec::new() };
+    let mut out = Vec::new();
+    let mut push = |name: String, values: Vec<Option<f64>>| {
+        if let Some(values) = values.into_iter().collect::<Option<Vec<f64>>>() {
+            out.push(Spread { name, values });
+        }
+    };
+    for ratio in &first.ratios {
+        let values = reports.iter().map(|r| r.ratios.iter().find(|x| x.name == ratio.name).map(|x| x.value)).collect();
+        push(ratio.name.clone(), values);
+    }
+    for run in &first.results {
+        let each = |f: &dyn Fn(&RunResult) -> Option<f64>| -> Vec<Option<f64>> {
+            reports.iter().map(|r| r.find(&run.system, &run.phase).and_then(f)).collect()
+        };
+        push(format!("{} {} msg/s", run.system, run.phase), each(&|r| Some(r.msgs_per_s)));
+        push(format!("{} {} send p99 ms", run.system, run.phase), each(&|r| r.send_latency.as_ref().map(|l| l.p99_ms)));
+        if run.target_rate.is_some() {
+            push(
+                format!("{} {} end-to-end p99 ms", run.system, run.phase),
+                each(&|r| r.e2e_latency.as_ref().map(|l| l.p99_ms)),
+            );
+        }
+    }
+    out
+}
 
 /// `rmq-gateway bench compare`.
 #[derive(Debug, Args)]
@@ -133,6 +164,11 @@ pub struct CompareArgs {
     /// At most this many tries per run; the least contended one is kept.
     #[arg(long, default_value_t = 3)]
     pub attempts: usize,
+    /// Rounds of the whole sequence (every system, every run), to see how far apart the
+    /// figures of clean runs on this machine are: the report's tables are the last round's,
+    /// and the key figures of every round are tabled with their spread.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
     /// Record a `perf` profile of the gateway during its `max` runs (needs `perf`).
     #[arg(long)]
     pub perf: bool,
@@ -283,7 +319,20 @@ impl Runner<'_> {
                     grpc::run(system, &a, &target, &pids).await
                 }
             };
-            self.paced(system, max_rate, run, storage).await?;
+            let profile = (self.args.perf && data_dir.is_some())
+                .then(|| pids.first().copied())
+                .flatten()
+                .and_then(|pid| Profile::start(pid, &self.args.out.out.join(format!("perf-{system}-paced.data"))));
+            let paced = self.paced(system, max_rate, run, storage).await;
+            if let Some(p) = profile
+                && let Some(txt) = p.finish()
+            {
+                self.report.notes.push(format!(
+                    "{system}'s paced runs ran under `perf record -F 499` (consumers included); flat profile: {}",
+                    txt.display()
+                ));
+            }
+            paced?;
             server.check_alive()?;
         }
         Ok(())
@@ -523,7 +572,8 @@ impl Runner<'_> {
         let mut checks = Vec::new();
         let ceiling = get(NOOP);
         let nats = get(NATS);
-        for (gw, need) in [(GW_ASYNC, 0.70), (GW_SYNC, 0.50)] {
+        // Issue #13's targets.
+        for (gw, need) in [(GW_ASYNC, 0.90), (GW_SYNC, 0.70)] {
             let Some(g) = get(gw) else { continue };
             if let Some(c) = ceiling.filter(|c| c.msgs_per_s > 0.0) {
                 let x = g.msgs_per_s / c.msgs_per_s;
@@ -537,14 +587,14 @@ impl Runner<'_> {
             if let Some(n) = nats.filter(|n| n.msgs_per_s > 0.0) {
                 let x = g.msgs_per_s / n.msgs_per_s;
                 ratios.push(Ratio { name: format!("{gw} / {NATS} (msg/s)"), value: x });
-                let at_1k = g.message_size == 1024;
+                // Judged only where the target is set: 16 or more messages per request.
                 checks.push(Check {
-                    target: format!("{gw} ahead of NATS JetStream in persisted-publish throughput at 1 KiB"),
+                    target: format!("{gw} level with or ahead of NATS JetStream (≥ 0.95×) at 16 messages per request"),
                     measured: format!(
-                        "{x:.2}× ({:.0} vs {:.0} msg/s, {} B)",
-                        g.msgs_per_s, n.msgs_per_s, g.message_size
+                        "{x:.2}× ({:.0} vs {:.0} msg/s, {} B, {} per request)",
+                        g.msgs_per_s, n.msgs_per_s, g.message_size, g.batch
                     ),
-                    met: at_1k.then_some(x > 1.0),
+                    met: (g.batch >= 16).then_some(x >= 0.95),
                 });
                 if let (Some(gl), Some(nl)) = (&g.send_latency, &n.send_latency) {
                     ratios.push(Ratio {
@@ -586,9 +636,9 @@ impl Runner<'_> {
                 let x = g.msgs_per_s / a.msgs_per_s;
                 ratios.push(Ratio { name: format!("{gw} / {ap} (msg/s, max)"), value: x });
                 checks.push(Check {
-                    target: format!("{gw} ahead of Apache RocketMQ ({ap}) in send throughput, same flush mode"),
+                    target: format!("{gw} ≥ 2× Apache RocketMQ ({ap}) in send throughput, same flush mode"),
                     measured: format!("{x:.2}× ({:.0} vs {:.0} msg/s)", g.msgs_per_s, a.msgs_per_s),
-                    met: Some(x > 1.0),
+                    met: Some(x >= 2.0),
                 });
             }
             if let (Some(gl), Some(al)) = (&g.send_latency, &a.send_latency) {
@@ -597,9 +647,9 @@ impl Runner<'_> {
                     value: gl.p99_ms / al.p99_ms,
                 });
                 checks.push(Check {
-                    target: format!("{gw} p99 send latency no worse than Apache RocketMQ ({ap}), max load"),
+                    target: format!("{gw} p99 send latency lower than Apache RocketMQ ({ap}), max load"),
                     measured: format!("{:.2} ms vs {:.2} ms", gl.p99_ms, al.p99_ms),
-                    met: Some(gl.p99_ms <= al.p99_ms),
+                    met: Some(gl.p99_ms < al.p99_ms),
                 });
             }
             let half = |s: &str| r.find(s, &paced_phase(0.5)).and_then(|x| x.e2e_latency.clone());
@@ -620,9 +670,12 @@ impl Runner<'_> {
             if let (Some(gs), Some(as_)) = (g.server, a.server)
                 && as_.rss_peak_bytes > 0
             {
-                ratios.push(Ratio {
-                    name: format!("{gw} / {ap} (server RSS peak, max; < 1: ours smaller)"),
-                    value: gs.rss_peak_bytes as f64 / as_.rss_peak_bytes as f64,
+                let x = gs.rss_peak_bytes as f64 / as_.rss_peak_bytes as f64;
+                ratios.push(Ratio { name: format!("{gw} / {ap} (server RSS peak, max; < 1: ours smaller)"), value: x });
+                checks.push(Check {
+                    target: format!("{gw} RSS peak under a tenth of Apache RocketMQ's ({ap}), max load"),
+                    measured: format!("{x:.3}× ({} vs {} MiB)", gs.rss_peak_bytes >> 20, as_.rss_peak_bytes >> 20),
+                    met: Some(x < 0.1),
                 });
                 if as_.rss_anon_end_bytes > 0 {
                     // Without the file pages both map (commit log, segments): heaps and buffers.
@@ -692,27 +745,39 @@ pub async fn main(args: CompareArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.paced.iter().all(|f| *f > 0.0 && *f <= 1.0), "--paced fractions must be in (0, 1]");
     std::fs::create_dir_all(&args.work_dir).with_context(|| format!("cannot create {}", args.work_dir.display()))?;
     std::fs::create_dir_all(&args.out.out)?;
-    let systems = args.systems.clone();
-    let mut runner = Runner { args: &args, report: Report::new(&args.work_dir), bin };
+    let rounds = args.rounds.max(1);
+    let mut reports = Vec::with_capacity(rounds);
     let mut failed = Vec::new();
-    for system in systems {
-        let result = match system {
-            System::Noop => runner.noop().await,
-            System::GatewaySync => runner.gateway(Flush::Sync).await,
-            System::GatewayAsync => runner.gateway(Flush::Async).await,
-            System::Nats => runner.nats().await,
-            System::ApacheSync => runner.apache(Flush::Sync).await,
-            System::ApacheAsync => runner.apache(Flush::Async).await,
-        };
-        if let Err(e) = result {
-            eprintln!("{}: FAILED: {e:#}", system.label());
-            runner.report.notes.push(format!("{} could not be measured: {e:#}", system.label()));
-            failed.push(system.label());
+    for round in 1..=rounds {
+        if rounds > 1 {
+            eprintln!("round {round} of {rounds}");
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut runner = Runner { args: &args, report: Report::new(&args.work_dir), bin: bin.clone() };
+        for system in args.systems.iter().copied() {
+            let result = match system {
+                System::Noop => runner.noop().await,
+                System::GatewaySync => runner.gateway(Flush::Sync).await,
+                System::GatewayAsync => runner.gateway(Flush::Async).await,
+                System::Nats => runner.nats().await,
+                System::ApacheSync => runner.apache(Flush::Sync).await,
+                System::ApacheAsync => runner.apache(Flush::Async).await,
+            };
+            if let Err(e) = result {
+                eprintln!("{}: FAILED: {e:#}", system.label());
+                runner.report.notes.push(format!("{} could not be measured: {e:#}", system.label()));
+                failed.push(format!("{} (round {round})", system.label()));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        runner.ratios_and_checks();
+        reports.push(runner.report);
     }
-    runner.ratios_and_checks();
-    let report = runner.report;
+    let spread = across_rounds(&reports);
+    let mut report = reports.pop().context("no round ran")?;
+    if rounds > 1 {
+        report.started_at = reports.first().map_or(report.started_at.clone(), |r| r.started_at.clone());
+        report.rounds = spread;
+    }
     println!("\n{}", report.markdown());
     let stamp = report.started_at.replace([':', '-'], "");
     let mut written = report.write(&args.out.out, "bench")?;
@@ -729,4 +794,33 @@ pub async fn main(args: CompareArgs) -> anyhow::Result<()> {
         failed.join(", ")
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::report::tests::result;
+
+    #[test]
+    fn rounds_are_tabled_per_quantity_and_gaps_left_out() {
+        let round = |rate: f64, paced: bool| {
+            let mut r = Report::new(Path::new("."));
+            let mut max = result(GW_ASYNC, None);
+            max.msgs_per_s = rate;
+            r.results.push(max);
+            if paced {
+                r.results.push(result(GW_ASYNC, Some(rate / 2.0)));
+            }
+            r.ratios.push(Ratio { name: "g / c".into(), value: rate / 1000.0 });
+            r
+        };
+        let spread = across_rounds(&[round(500.0, true), round(550.0, true), round(600.0, false)]);
+        let get = |n: &str| spread.iter().find(|s| s.name == n).map(|s| s.values.clone());
+        assert_eq!(get("g / c"), Some(vec![0.5, 0.55, 0.6]));
+        assert_eq!(get(&format!("{GW_ASYNC} max msg/s")), Some(vec![500.0, 550.0, 600.0]));
+        assert!(get(&format!("{GW_ASYNC} max send p99 ms")).is_some());
+        // The paced run is missing from round 3: not tabled rather than compared with a gap.
+        assert_eq!(get(&format!("{GW_ASYNC} paced-50% msg/s")), None);
+        assert!(across_rounds(&[]).is_empty());
+    }
 }

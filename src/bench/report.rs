@@ -219,6 +219,39 @@ pub struct Ratio {
     pub value: f64,
 }
 
+/// A figure as the round table prints it: ratios with two decimals, rates as integers.
+fn round_figure(v: f64) -> String {
+    if v.abs() < 100.0 { format!("{v:.2}") } else { format!("{v:.0}") }
+}
+
+/// One quantity measured in every round of `compare --rounds N`, in round order.
+#[derive(Debug, Clone, Serialize)]
+pub struct Spread {
+    pub name: String,
+    pub values: Vec<f64>,
+}
+
+impl Spread {
+    /// The middle value (the mean of the two middle ones for an even count).
+    pub fn median(&self) -> Option<f64> {
+        let mut v = self.values.clone();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        match n {
+            0 => None,
+            _ if n % 2 == 1 => Some(v[n / 2]),
+            _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+        }
+    }
+
+    /// (max − min) / min: how far apart the rounds are (0.1 = they agree within 10 %).
+    pub fn relative(&self) -> Option<f64> {
+        let min = self.values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = self.values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (self.values.len() > 1 && min > 0.0).then(|| (max - min) / min)
+    }
+}
+
 /// Everything one benchmark invocation produced.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -229,6 +262,9 @@ pub struct Report {
     pub results: Vec<RunResult>,
     pub ratios: Vec<Ratio>,
     pub checks: Vec<Check>,
+    /// Key figures of every round (`compare --rounds`); the tables above are the last round's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<Spread>,
     pub notes: Vec<String>,
 }
 
@@ -242,6 +278,7 @@ impl Report {
             results: Vec::new(),
             ratios: Vec::new(),
             checks: Vec::new(),
+            rounds: Vec::new(),
             notes: Vec::new(),
         }
     }
@@ -304,6 +341,17 @@ impl Report {
                     None => "n/a",
                 };
                 let _ = writeln!(s, "| {} | {} | {met} |", c.target, c.measured);
+            }
+        }
+        if let Some(n) = self.rounds.iter().map(|r| r.values.len()).max().filter(|n| *n > 1) {
+            let _ = writeln!(s, "\n## Across the {n} rounds (the tables above are the last round's)\n");
+            let heads: String = (1..=n).map(|i| format!(" round {i} |")).collect();
+            let _ = writeln!(s, "| Quantity |{heads} median | spread |\n|---|{}---:|---:|", "---:|".repeat(n));
+            for r in &self.rounds {
+                let cells: String = r.values.iter().map(|v| format!(" {} |", round_figure(*v))).collect();
+                let median = r.median().map_or("–".to_string(), round_figure);
+                let spread = r.relative().map_or("–".to_string(), |x| format!("{:.0} %", x * 100.0));
+                let _ = writeln!(s, "| {} |{cells} {median} | {spread} |", r.name);
             }
         }
         if !self.notes.is_empty() {
@@ -555,10 +603,10 @@ fn git_commit() -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn result(system: &str, rate: Option<f64>) -> RunResult {
+    pub(crate) fn result(system: &str, rate: Option<f64>) -> RunResult {
         let mut h = super::super::load::histogram().unwrap();
         for v in [100, 200, 300, 5000] {
             h.record(v).unwrap();
@@ -611,6 +659,23 @@ mod tests {
         assert!(!svg.contains("NaN"));
         let json: serde_json::Value = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(json["results"].as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn rounds_have_a_median_and_a_spread() {
+        let s = Spread { name: "x".into(), values: vec![0.80, 0.88, 0.84] };
+        assert_eq!(s.median(), Some(0.84));
+        assert!((s.relative().unwrap() - 0.10).abs() < 1e-9);
+        let even = Spread { name: "y".into(), values: vec![100.0, 300.0] };
+        assert_eq!(even.median(), Some(200.0));
+        assert!(Spread { name: "z".into(), values: vec![1.0] }.relative().is_none());
+        let mut r = Report::new(Path::new("."));
+        r.results = vec![result("a", None)];
+        r.rounds = vec![s, even];
+        let md = r.markdown();
+        assert!(md.contains("## Across the 3 rounds"), "{md}");
+        assert!(md.contains("| x | 0.80 | 0.88 | 0.84 | 0.84 | 10 % |"), "{md}");
+        assert!(md.contains("| y | 100 | 300 | 200 | 200 % |"), "{md}");
     }
 
     #[test]
