@@ -777,6 +777,13 @@ pub async fn main(args: CompareArgs) -> anyhow::Result<()> {
     if rounds > 1 {
         report.started_at = reports.first().map_or(report.started_at.clone(), |r| r.started_at.clone());
         report.rounds = spread;
+        // The earlier rounds' own notes (repeats for contention, JVM warm-ups, shortfalls).
+        let mut earlier = Vec::new();
+        for (i, r) in reports.iter().enumerate() {
+            earlier
+                .extend(r.notes.iter().filter(|n| !report.notes.contains(n)).map(|n| format!("round {}: {n}", i + 1)));
+        }
+        report.notes.splice(0..0, earlier);
     }
     println!("\n{}", report.markdown());
     let stamp = report.started_at.replace([':', '-'], "");
