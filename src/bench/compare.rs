@@ -271,6 +271,19 @@ impl Runner<'_> {
         self.report.results.push(r);
     }
 
+    /// With `--perf`, a profile of the server (gateways only: they have a data dir) into `file`.
+    fn start_profile(&self, data_dir: Option<&Path>, pids: &[u32], file: &str) -> Option<Profile> {
+        let pid = pids.first().copied().filter(|_| self.args.perf && data_dir.is_some())?;
+        Profile::start(pid, &self.args.out.out.join(file))
+    }
+
+    /// Stops `profile` and notes `what` ran under it, with its flat report.
+    fn finish_profile(&mut self, profile: Option<Profile>, what: &str) {
+        if let Some(txt) = profile.and_then(Profile::finish) {
+            self.report.notes.push(format!("{what}; flat profile: {}", txt.display()));
+        }
+    }
+
     /// `max` then the paced runs against a gRPC server; `full` says whether it can be consumed
     /// from. `topic` names the topic of a run (`max`, `paced3`); its group is `bench-<run>`.
     /// A `data_dir` is measured after `max` (and the server profiled under `--perf`).
@@ -290,19 +303,12 @@ impl Runner<'_> {
         let args = self.args.load(0, None);
         eprintln!("{system}: max (closed loop, {} in flight)", args.producers * args.concurrency);
         let pids = server.pids();
-        let profile = (self.args.perf && data_dir.is_some())
-            .then(|| pids.first().copied())
-            .flatten()
-            .and_then(|pid| Profile::start(pid, &self.args.out.out.join(format!("perf-{system}.data"))));
+        let profile = self.start_profile(data_dir, &pids, &format!("perf-{system}.data"));
         let max = self.best_of(&format!("{system} max"), |_| grpc::run(system, &args, &max_target, &pids)).await;
-        if let Some(p) = profile
-            && let Some(txt) = p.finish()
-        {
-            self.report.notes.push(format!(
-                "{system} max ran under `perf record -F 499` (its figures include that overhead); flat profile: {}",
-                txt.display()
-            ));
-        }
+        self.finish_profile(
+            profile,
+            &format!("{system} max ran under `perf record -F 499` (its figures include that overhead)"),
+        );
         server.check_alive()?;
         let max = max?;
         let mut r = RunResult::new(system, "max", &storage(), &args, &max);
@@ -319,19 +325,12 @@ impl Runner<'_> {
                     grpc::run(system, &a, &target, &pids).await
                 }
             };
-            let profile = (self.args.perf && data_dir.is_some())
-                .then(|| pids.first().copied())
-                .flatten()
-                .and_then(|pid| Profile::start(pid, &self.args.out.out.join(format!("perf-{system}-paced.data"))));
+            let profile = self.start_profile(data_dir, &pids, &format!("perf-{system}-paced.data"));
             let paced = self.paced(system, max_rate, run, storage).await;
-            if let Some(p) = profile
-                && let Some(txt) = p.finish()
-            {
-                self.report.notes.push(format!(
-                    "{system}'s paced runs ran under `perf record -F 499` (consumers included); flat profile: {}",
-                    txt.display()
-                ));
-            }
+            self.finish_profile(
+                profile,
+                &format!("{system}'s paced runs ran under `perf record -F 499` (consumers included)"),
+            );
             paced?;
             server.check_alive()?;
         }

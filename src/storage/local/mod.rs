@@ -48,8 +48,10 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 pub use config::{ResumePoint, ResumeQueue, StorageConfig};
+/// The used share of the file system holding a path (`diskMaxUsedSpaceRatio` is checked on it).
+pub use fs::disk_used_ratio;
 /// Writes a small file atomically and durably (temp file, fsync, rename, fsync of the dir).
-pub use fs::{disk_used_ratio, write_file_atomically};
+pub use fs::write_file_atomically;
 pub use sealed::{INDEX_ENTRY_LEN, ScannedRecord, SealedSegmentInfo, SegmentScan, decode_index_entry, decode_message};
 
 use self::checkpoint::Checkpoint;
