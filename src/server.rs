@@ -141,7 +141,36 @@ async fn open_cluster_log(
     let store = crate::storage::object::open(&t.object_store, &config.storage.data_dir)
         .await
         .context("cannot open storage.tiering.objectStore")?;
-    let home = TieredLog::open(local, store.clone(), meta.clone(), tiering_settings(config, format!("node-{node_id}")))
+    // A home log behind its manifest lost its disk (or its tail): it continues past the
+    // manifest, as a shard taken over does, so its offsets never repeat ones in the bucket
+    // (which the node reads back from there: its timers and transactions are not lost).
+    let home_id = cluster::home_log_id(node_id);
+    let rows = meta.list_segments(&home_id).await.with_context(|| format!("cannot list the manifest of {home_id}"))?;
+    let manifest_end = rows.iter().map(|r| r.base + r.size).max().unwrap_or(0);
+    let local = if local.published_position() < manifest_end {
+        tracing::warn!(
+            local_end = local.published_position(),
+            manifest_end,
+            "the home log is behind its manifest (a lost disk?); continuing past the manifest, older data from the bucket"
+        );
+        local.close().await.context("closing the home log")?;
+        let dir = config.storage.data_dir.join("store");
+        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot wipe `{}`", dir.display()))?;
+        let mut store_config = storage_config(config, dir.clone());
+        store_config.resume =
+            Some(crate::storage::sharded::resume_point(&rows, config.storage.mapped_file_size_commit_log, 2));
+        let log = CommitLog::open(store_config)
+            .with_context(|| format!("cannot open the commit log in `{}`", dir.display()))?;
+        log.set_retention_limit(Some(log.log_start()));
+        log
+    } else {
+        local
+    };
+    // The home log's tail reaches the bucket like a shard's: a node that dies leaves its
+    // scheduled and half messages there for the node that adopts them.
+    let mut home_tiering = tiering_settings(config, cluster::home_log_id(node_id));
+    home_tiering.tail_upload_interval = Some(config.cluster.tail_upload_interval);
+    let home = TieredLog::open(local, store.clone(), meta.clone(), home_tiering)
         .await
         .context("cannot start tiered storage")?;
     let mut tiering = tiering_settings(config, String::new());
@@ -162,6 +191,7 @@ struct NodeShards {
     log: Arc<ShardedLog>,
     broker: Broker,
     view: Arc<ClusterView>,
+    store: Arc<dyn metadata::ClusterStore>,
 }
 
 /// Whether a queue is one of `shard`'s (system topics never are).
@@ -212,6 +242,29 @@ impl ShardHandler for NodeShards {
         }
         self.broker.forget_queues(&queues_of(shard, self.view.shard_count()));
         tracing::warn!(shard, "shard lease lost: stopped writing to it");
+    }
+
+    async fn apply_home_cut(&self, cut: metadata::HomeCut) -> anyhow::Result<()> {
+        self.broker.apply_home_cut(cut).await.map_err(|e| anyhow::anyhow!("giving up adopted messages: {e}"))?;
+        Ok(())
+    }
+
+    async fn adopt_home(&self, node_id: &str, from: metadata::HomeCut) -> anyhow::Result<metadata::HomeCut> {
+        let started = std::time::Instant::now();
+        let (progress, journal_offset) = self.store.node_system_progress(node_id).await?;
+        let foreign =
+            self.log.open_foreign_home(node_id).await.with_context(|| format!("opening node {node_id}'s home log"))?;
+        let adopted = self.broker.adopt_home(node_id, foreign.log(), from, &progress, journal_offset).await;
+        foreign.close().await;
+        let adopted = adopted.map_err(|e| anyhow::anyhow!("adopting node {node_id}'s messages: {e}"))?;
+        tracing::info!(
+            node = node_id,
+            scheduled = adopted.scheduled,
+            half = adopted.half,
+            took = ?started.elapsed(),
+            "home log adopted"
+        );
+        Ok(adopted.cut)
     }
 }
 
@@ -438,7 +491,12 @@ pub async fn run(
     // Cluster: join; shards come over from the next renew on.
     let membership = match (&view, &sharded, &cluster_store) {
         (Some(view), Some(sharded), Some(store)) => {
-            let handler = Arc::new(NodeShards { log: sharded.clone(), broker: broker.clone(), view: view.clone() });
+            let handler = Arc::new(NodeShards {
+                log: sharded.clone(),
+                broker: broker.clone(),
+                view: view.clone(),
+                store: store.clone(),
+            });
             let m = Membership::start(store.clone(), view.clone(), handler, MembershipSettings::from(&config.cluster))
                 .await
                 .context("cannot join the cluster")?;

@@ -174,6 +174,151 @@ async fn one_node_serves_a_client_for_the_whole_cluster() -> anyhow::Result<()> 
 
 /// One single-queue MIXED topic per shard (of 4), so that some of them are certain to move
 /// when a second node joins.
+/// The `topics:` YAML creating `topics` (one queue each, MIXED) with `durability`.
+fn topics_yaml(topics: &[String], durability: &str) -> String {
+    topics
+        .iter()
+        .map(|t| format!("  - name: {t}\n    queueNums: 1\n    messageType: MIXED\n    durability: {durability}\n"))
+        .fold(String::from("  create:\n"), |acc, t| acc + &t)
+}
+
+/// A cluster node with 4 shards and short leases (3 s), on fresh ports.
+fn start_node(dir: &Path, node: &str, pg: &Postgres, bucket: &Path, topics_yaml: &str) -> anyhow::Result<Gateway> {
+    let grpc = integration_tests::gateway_process::free_port()?;
+    let overrides: Vec<(String, String)> = [
+        ("RMQ_GATEWAY_METADATA__URL", pg.url().to_string()),
+        ("RMQ_GATEWAY_SERVER__ADVERTISED_ADDRESS", "127.0.0.1".into()),
+        ("RMQ_GATEWAY_CLUSTER__ENABLED", "true".into()),
+        ("RMQ_GATEWAY_CLUSTER__NODE_ID", node.into()),
+        ("RMQ_GATEWAY_CLUSTER__PEER_ADDRESS", format!("127.0.0.1:{grpc}")),
+        ("RMQ_GATEWAY_CLUSTER__SHARDS", "4".into()),
+        ("RMQ_GATEWAY_CLUSTER__LEASE_TTL", "3s".into()),
+        ("RMQ_GATEWAY_CLUSTER__RENEW_INTERVAL", "500ms".into()),
+        ("RMQ_GATEWAY_STORAGE__TIERING__ENABLED", "true".into()),
+        ("RMQ_GATEWAY_STORAGE__TIERING__OBJECT_STORE__DIR", bucket.display().to_string()),
+        ("RMQ_GATEWAY_CONSUMER__MIN_LONG_POLLING_TIMEOUT", "1s".into()),
+        ("RMQ_GATEWAY_LOG__LEVEL", "info".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let http = integration_tests::gateway_process::free_port()?;
+    Gateway::start_on(dir, grpc, http, &overrides, topics_yaml)
+}
+
+/// A message of `topic` due at `due_ms` (whole seconds).
+fn delayed(topic: &str, id: &str, due_ms: i64) -> proto::Message {
+    let mut m = message(topic, id, id.to_string());
+    let sp = m.system_properties.as_mut().expect("system properties");
+    sp.message_type = proto::MessageType::Delay as i32;
+    sp.delivery_timestamp = Some(prost_types::Timestamp { seconds: due_ms / 1000, nanos: 0 });
+    m
+}
+
+/// A transactional (half) message of `topic`.
+fn half(topic: &str, id: &str) -> proto::Message {
+    let mut m = message(topic, id, id.to_string());
+    m.system_properties.as_mut().expect("system properties").message_type = proto::MessageType::Transaction as i32;
+    m
+}
+
+/// Sends one message; HA_NOT_AVAILABLE (no shard of the topic served yet, a hand-over) is
+/// retried for up to a minute, as the SDKs do.
+async fn send_retrying(
+    c: &mut MessagingServiceClient<Channel>,
+    m: proto::Message,
+) -> anyhow::Result<proto::SendMessageResponse> {
+    let started = Instant::now();
+    loop {
+        let r = c.send_message(request(proto::SendMessageRequest { messages: vec![m.clone()] })).await?.into_inner();
+        if code(&r.status) == Code::Ok as i32 {
+            return Ok(r);
+        }
+        anyhow::ensure!(code(&r.status) == Code::HaNotAvailable as i32, "send: {r:?}");
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "never accepted: {r:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Commits a transaction; HA_NOT_AVAILABLE is retried within `limit`, as the SDKs do.
+async fn commit_retrying(
+    c: &mut MessagingServiceClient<Channel>,
+    topic: &str,
+    id: &str,
+    transaction_id: &str,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let end = c
+            .end_transaction(request(proto::EndTransactionRequest {
+                topic: resource(topic),
+                message_id: id.to_string(),
+                transaction_id: transaction_id.to_string(),
+                resolution: proto::TransactionResolution::Commit as i32,
+                source: proto::TransactionSource::SourceClient as i32,
+                trace_context: String::new(),
+            }))
+            .await?
+            .into_inner();
+        if code(&end.status) == Code::Ok as i32 {
+            return Ok(());
+        }
+        anyhow::ensure!(code(&end.status) == Code::HaNotAvailable as i32, "commit {id}: {end:?}");
+        anyhow::ensure!(started.elapsed() < limit, "commit {id} never succeeded: {end:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Receives and acks (group `group`, every topic of `topics` in turn) until `done` says so
+/// for what was received (ids in order, repeats included) or `limit` passed.
+async fn receive_all(
+    c: &mut MessagingServiceClient<Channel>,
+    topics: &[String],
+    group: &str,
+    limit: Duration,
+    done: impl Fn(&[String]) -> bool,
+) -> anyhow::Result<Vec<String>> {
+    let mut received = Vec::new();
+    let started = Instant::now();
+    while !done(&received) && started.elapsed() < limit {
+        for t in topics {
+            let req = integration_tests::client::receive_request(
+                t,
+                group,
+                Some(Duration::from_secs(30)),
+                Duration::from_secs(1),
+            );
+            let mut stream = c.receive_message(request(req)).await?.into_inner();
+            let mut acks = Vec::new();
+            while let Some(frame) = stream.message().await? {
+                if let Some(proto::receive_message_response::Content::Message(m)) = frame.content {
+                    let sp = m.system_properties.unwrap_or_default();
+                    assert_eq!(m.body, sp.message_id.as_bytes().to_vec(), "body of {}", sp.message_id);
+                    received.push(sp.message_id.clone());
+                    acks.push(proto::AckMessageEntry {
+                        message_id: sp.message_id,
+                        receipt_handle: sp.receipt_handle.unwrap_or_default(),
+                        ..Default::default()
+                    });
+                }
+            }
+            if !acks.is_empty() {
+                let acked = c
+                    .ack_message(request(proto::AckMessageRequest {
+                        group: resource(group),
+                        topic: resource(t),
+                        entries: acks,
+                    }))
+                    .await?
+                    .into_inner();
+                anyhow::ensure!(code(&acked.status) == Code::Ok as i32, "ack: {acked:?}");
+            }
+        }
+    }
+    Ok(received)
+}
+
 fn one_topic_per_shard() -> Vec<String> {
     let mut topics: Vec<Option<String>> = vec![None; 4];
     for i in 0.. {
@@ -198,69 +343,23 @@ async fn due_and_committed_messages_follow_their_topic_to_its_new_owner() -> any
     let Some(pg) = Postgres::start_or_skip("cluster_routing_handover") else { return Ok(()) };
     let (bucket, da, db) = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
     let topics = one_topic_per_shard();
-    let yaml: String = topics
-        .iter()
-        .map(|t| format!("  - name: {t}\n    queueNums: 1\n    messageType: MIXED\n"))
-        .fold(String::from("  create:\n"), |acc, t| acc + &t);
-    let start_node = |dir: &Path, node: &str| -> anyhow::Result<Gateway> {
-        let bucket = bucket.path().display().to_string();
-        let grpc = integration_tests::gateway_process::free_port()?;
-        let overrides: Vec<(String, String)> = [
-            ("RMQ_GATEWAY_METADATA__URL", pg.url().to_string()),
-            ("RMQ_GATEWAY_SERVER__ADVERTISED_ADDRESS", "127.0.0.1".into()),
-            ("RMQ_GATEWAY_CLUSTER__ENABLED", "true".into()),
-            ("RMQ_GATEWAY_CLUSTER__NODE_ID", node.into()),
-            ("RMQ_GATEWAY_CLUSTER__PEER_ADDRESS", format!("127.0.0.1:{grpc}")),
-            ("RMQ_GATEWAY_CLUSTER__SHARDS", "4".into()),
-            ("RMQ_GATEWAY_CLUSTER__LEASE_TTL", "3s".into()),
-            ("RMQ_GATEWAY_CLUSTER__RENEW_INTERVAL", "500ms".into()),
-            ("RMQ_GATEWAY_STORAGE__TIERING__ENABLED", "true".into()),
-            ("RMQ_GATEWAY_STORAGE__TIERING__OBJECT_STORE__DIR", bucket),
-            ("RMQ_GATEWAY_CONSUMER__MIN_LONG_POLLING_TIMEOUT", "1s".into()),
-            ("RMQ_GATEWAY_LOG__LEVEL", "info".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        let http = integration_tests::gateway_process::free_port()?;
-        Gateway::start_on(dir, grpc, http, &overrides, &yaml)
-    };
+    let yaml = topics_yaml(&topics, "local");
+    let start_node = |dir: &Path, node: &str| start_node(dir, node, &pg, bucket.path(), &yaml);
     let a = start_node(da.path(), "node-a")?;
     let mut c = connect(&a).await?;
-    let send = |c: &mut MessagingServiceClient<Channel>, m: proto::Message| {
-        let mut c = c.clone();
-        async move { c.send_message(request(proto::SendMessageRequest { messages: vec![m] })).await }
-    };
 
     // Alone, node-a owns every shard: scheduled (due in 12 s) and half messages of each topic
     // are accepted there.
     let due_ms = client::now_secs() * 1000 + 12_000;
     let mut expected = BTreeSet::new();
     let mut halves = Vec::new();
-    let started = Instant::now();
     for t in &topics {
         for i in 0..5 {
             let id = format!("{t}-D{i}");
-            let mut m = message(t, &id, id.clone());
-            let sp = m.system_properties.as_mut().expect("system properties");
-            sp.message_type = proto::MessageType::Delay as i32;
-            sp.delivery_timestamp = Some(prost_types::Timestamp { seconds: due_ms / 1000, nanos: 0 });
-            loop {
-                let r = send(&mut c, m.clone()).await?.into_inner();
-                if code(&r.status) == Code::Ok as i32 {
-                    break;
-                }
-                anyhow::ensure!(code(&r.status) == Code::HaNotAvailable as i32, "send {id}: {r:?}");
-                anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "node-a never served {t}: {r:?}");
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
+            send_retrying(&mut c, delayed(t, &id, due_ms)).await?;
             expected.insert(id);
             let id = format!("{t}-T{i}");
-            let mut m = message(t, &id, id.clone());
-            m.system_properties.as_mut().expect("system properties").message_type =
-                proto::MessageType::Transaction as i32;
-            let r = send(&mut c, m).await?.into_inner();
-            anyhow::ensure!(code(&r.status) == Code::Ok as i32, "half {id}: {r:?}");
+            let r = send_retrying(&mut c, half(t, &id)).await?;
             halves.push((t.clone(), id.clone(), r.entries[0].transaction_id.clone()));
             expected.insert(id);
         }
@@ -287,71 +386,134 @@ async fn due_and_committed_messages_follow_their_topic_to_its_new_owner() -> any
 
     // Commits through node-a (which holds the half messages), before the timers are due.
     for (t, id, transaction_id) in &halves {
-        let started = Instant::now();
-        loop {
-            let end = c
-                .end_transaction(request(proto::EndTransactionRequest {
-                    topic: resource(t),
-                    message_id: id.clone(),
-                    transaction_id: transaction_id.clone(),
-                    resolution: proto::TransactionResolution::Commit as i32,
-                    source: proto::TransactionSource::SourceClient as i32,
-                    trace_context: String::new(),
-                }))
-                .await?
-                .into_inner();
-            if code(&end.status) == Code::Ok as i32 {
-                break;
-            }
-            // A shard in hand-over right now: retried, as the SDKs do.
-            anyhow::ensure!(code(&end.status) == Code::HaNotAvailable as i32, "commit {id}: {end:?}");
-            anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "commit {id} never succeeded: {end:?}");
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        commit_retrying(&mut c, t, id, transaction_id, Duration::from_secs(30)).await?;
     }
 
     // Everything is delivered, through node-a (forwarded to node-b for the moved topics).
-    let mut received = BTreeSet::new();
-    let started = Instant::now();
-    while received.len() < expected.len() && started.elapsed() < Duration::from_secs(60) {
-        for t in &topics {
-            let req = integration_tests::client::receive_request(
-                t,
-                "HandedGroup",
-                Some(Duration::from_secs(30)),
-                Duration::from_secs(1),
-            );
-            let mut stream = c.receive_message(request(req)).await?.into_inner();
-            let mut acks = Vec::new();
-            while let Some(frame) = stream.message().await? {
-                if let Some(proto::receive_message_response::Content::Message(m)) = frame.content {
-                    let sp = m.system_properties.unwrap_or_default();
-                    assert_eq!(m.body, sp.message_id.as_bytes().to_vec(), "body of {}", sp.message_id);
-                    received.insert(sp.message_id.clone());
-                    acks.push(proto::AckMessageEntry {
-                        message_id: sp.message_id,
-                        receipt_handle: sp.receipt_handle.unwrap_or_default(),
-                        ..Default::default()
-                    });
-                }
-            }
-            if !acks.is_empty() {
-                let acked = c
-                    .ack_message(request(proto::AckMessageRequest {
-                        group: resource("HandedGroup"),
-                        topic: resource(t),
-                        entries: acks,
-                    }))
-                    .await?
-                    .into_inner();
-                assert_eq!(code(&acked.status), Code::Ok as i32, "ack: {acked:?}");
-            }
-        }
-    }
+    let received: BTreeSet<String> =
+        receive_all(&mut c, &topics, "HandedGroup", Duration::from_secs(60), |got| got.len() >= expected.len())
+            .await?
+            .into_iter()
+            .collect();
     let missing: Vec<_> = expected.difference(&received).collect();
     assert!(missing.is_empty(), "never delivered: {missing:?} (moved topics: {moved:?})\n{}", a.log_tail(40));
     let handed = a.log_lines_with("handed over to a node serving the topic");
     assert!(!handed.is_empty(), "node-a handed nothing over although {moved:?} moved to node-b");
+    drop((a, b));
+    Ok(())
+}
+
+/// A node gone for good: its scheduled and half messages (acknowledged with `durability: s3`,
+/// so in the bucket) are adopted by the surviving node once the dead node's heartbeat is older
+/// than the lease TTL, although the dead node's data dir is deleted. They fire at their time
+/// and commit through the surviving node (the transaction ids name the dead node: they are
+/// routed to its adopter); a recalled one never fires. When the dead node comes back with its
+/// old disk it gives up what was adopted: nothing is delivered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_scheduled_and_half_messages_are_adopted() -> anyhow::Result<()> {
+    let Some(pg) = Postgres::start_or_skip("cluster_routing_adoption") else { return Ok(()) };
+    let (bucket, da, db, backup) =
+        (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    let topics = one_topic_per_shard();
+    let yaml = topics_yaml(&topics, "s3");
+    let mut a = start_node(da.path(), "node-a", &pg, bucket.path(), &yaml)?;
+    let mut c = connect(&a).await?;
+
+    // Alone, node-a owns every shard and takes every scheduled (due in 20 s) and half message.
+    let due_ms = client::now_secs() * 1000 + 20_000;
+    let mut expected = BTreeSet::new();
+    let mut halves = Vec::new();
+    let mut recalled = Vec::new();
+    for t in &topics {
+        for i in 0..3 {
+            let id = format!("{t}-D{i}");
+            send_retrying(&mut c, delayed(t, &id, due_ms)).await?;
+            expected.insert(id);
+            let id = format!("{t}-T{i}");
+            let r = send_retrying(&mut c, half(t, &id)).await?;
+            halves.push((t.clone(), id.clone(), r.entries[0].transaction_id.clone()));
+            expected.insert(id);
+        }
+        let id = format!("{t}-recalled");
+        let r = send_retrying(&mut c, delayed(t, &id, due_ms)).await?;
+        let handle = r.entries[0].recall_handle.clone();
+        let r = c
+            .recall_message(request(proto::RecallMessageRequest { topic: resource(t), recall_handle: handle }))
+            .await?
+            .into_inner();
+        anyhow::ensure!(code(&r.status) == Code::Ok as i32, "recall {id}: {r:?}");
+        recalled.push(id);
+    }
+
+    // node-b joins; then node-a dies with its disk (a copy is kept for its return).
+    let b = start_node(db.path(), "node-b", &pg, bucket.path(), &yaml)?;
+    let mut cb = connect(&b).await?;
+    let started = Instant::now();
+    while b.log_lines_with("home log entered").is_empty() {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "node-b never entered its home log\n{}",
+            b.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    a.stop(integration_tests::gateway_process::Stop::Kill)?;
+    let killed = Instant::now();
+    let status = std::process::Command::new("cp").arg("-a").arg(a.data_dir()).arg(backup.path()).status()?;
+    anyhow::ensure!(status.success(), "copying node-a's data dir");
+    a.wipe_data_dir()?;
+
+    // node-b adopts node-a's messages from the bucket.
+    while b.log_lines_with("home log adopted").is_empty() {
+        anyhow::ensure!(
+            killed.elapsed() < Duration::from_secs(60),
+            "node-b never adopted node-a's home log\n{}",
+            b.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let adopted_after = killed.elapsed();
+    let line = b.log_lines_with("home log adopted").join("\n");
+    println!("node-a's home log adopted by node-b {adopted_after:?} after the SIGKILL (lease TTL 3 s): {line}");
+    anyhow::ensure!(line.contains("scheduled=12") && line.contains("half=12"), "adopted: {line}");
+
+    // Commits through node-b: the ids name node-a; its adopter serves them.
+    for (t, id, transaction_id) in &halves {
+        anyhow::ensure!(transaction_id.starts_with("node-a/"), "{transaction_id}");
+        commit_retrying(&mut cb, t, id, transaction_id, Duration::from_secs(30)).await?;
+    }
+    let received =
+        receive_all(&mut cb, &topics, "AdoptedGroup", Duration::from_secs(60), |got| got.len() >= expected.len())
+            .await?;
+    let got: BTreeSet<String> = received.iter().cloned().collect();
+    let missing: Vec<_> = expected.difference(&got).collect();
+    anyhow::ensure!(missing.is_empty(), "never delivered: {missing:?}\n{}", b.log_tail(40));
+    anyhow::ensure!(received.len() == expected.len(), "delivered twice: {received:?}");
+    anyhow::ensure!(!recalled.iter().any(|r| got.contains(r)), "a recalled message was delivered: {received:?}");
+
+    // node-a comes back with its old disk: it gives the adopted messages up.
+    std::fs::remove_dir_all(a.data_dir()).ok();
+    let status =
+        std::process::Command::new("cp").arg("-a").arg(backup.path().join("data")).arg(a.data_dir()).status()?;
+    anyhow::ensure!(status.success(), "restoring node-a's data dir");
+    a.restart()?;
+    let started = Instant::now();
+    while a.log_lines_with("home log entered").len() < 2 {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "node-a never entered its home log again\n{}",
+            a.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let given_up = a.log_lines_with("left to them").join("\n");
+    anyhow::ensure!(
+        given_up.contains("scheduled=12") && given_up.contains("half=12"),
+        "node-a gave up: {given_up:?}\n{}",
+        a.log_tail(40)
+    );
+    let again = receive_all(&mut cb, &topics, "AdoptedGroup", Duration::from_secs(8), |_| false).await?;
+    anyhow::ensure!(again.is_empty(), "delivered again after node-a came back: {again:?}");
     drop((a, b));
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! Cluster membership on a real PostgreSQL (services/postgres.sh): the lease store (acquire,
 //! renew, expiry, take-over, release, epochs, the shard count check, heartbeats), fenced
 //! manifest writes refused for a stale epoch and for a non-owner, the per-node journal offset,
-//! and three `Membership` loops with a recording shard handler: an even spread, a node cut off
+//! the adoption protocol of a dead node's home log (claims, their expiry, cuts), the per-node
+//! progress of system groups, and three `Membership` loops with a recording shard handler: an even spread, a node cut off
 //! from the store losing its shards to the others, a graceful leave handing its shards over,
 //! and never two holders of a shard at once (checked from the recorded events and epochs).
 
@@ -16,8 +17,8 @@ use rmq_gateway::cluster::membership::{Membership, MembershipHandle, MembershipS
 use rmq_gateway::cluster::{ClusterView, NodeInfo, ShardHandler, ShardId, shard_log_id};
 use rmq_gateway::metadata::postgres::PostgresMetadataStore;
 use rmq_gateway::metadata::{
-    ClusterStore, Fence, LeaseRecord, MetadataError, MetadataResult, MetadataStore, NodeRecord, SegmentRecord,
-    StoreOptions, conformance,
+    ClusterStore, Fence, HomeCut, HomeEntry, HomeRecord, LeaseRecord, MetadataError, MetadataResult, MetadataStore,
+    NodeRecord, ProgressRecord, SegmentRecord, StoreOptions, conformance,
 };
 
 fn options(node_id: &str) -> StoreOptions {
@@ -171,6 +172,224 @@ async fn leases_epochs_and_fenced_manifest_writes() {
     .expect("took longer than 120 s");
 }
 
+fn home(node_id: &str, cut: HomeCut, adopted_by: Option<&str>, unapplied: bool, dirty: bool) -> HomeRecord {
+    HomeRecord {
+        node_id: node_id.into(),
+        cut,
+        adopted_by: adopted_by.map(Into::into),
+        unapplied,
+        dirty,
+        claimed_by: None,
+    }
+}
+
+fn entered(entry: HomeEntry) -> HomeRecord {
+    match entry {
+        HomeEntry::Entered(record) => record,
+        HomeEntry::Claimed(by) => panic!("entered expected, the home log is claimed by `{by}`"),
+    }
+}
+
+#[tokio::test]
+async fn home_log_adoption_protocol() {
+    let Some(pg) = Postgres::start_or_skip("home_log_adoption_protocol") else { return };
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let store = open(pg.url(), "").await;
+        let dead_after = Duration::from_secs(1);
+        let claim_ttl = Duration::from_secs(30);
+        let zero = HomeCut::default();
+
+        // n1 heartbeats and enters its home log: created, dirty.
+        store.heartbeat(&node("n1", false)).await.unwrap();
+        assert_eq!(store.claim_home("n1", "n2", dead_after, claim_ttl).await.unwrap(), None, "no home log yet");
+        let r = entered(store.enter_home("n1").await.unwrap());
+        assert_eq!(r, home("n1", zero, None, false, true));
+        assert_eq!(store.homes().await.unwrap(), vec![r.clone()]);
+
+        // Not claimed while n1's heartbeat is fresh; never by n1 itself.
+        assert_eq!(store.claim_home("n1", "n2", dead_after, claim_ttl).await.unwrap(), None, "n1 is alive");
+        assert_eq!(store.claim_home("n1", "n1", Duration::ZERO, claim_ttl).await.unwrap(), None, "its own");
+        assert_eq!(store.claim_home("nx", "n2", Duration::ZERO, claim_ttl).await.unwrap(), None, "no such home");
+
+        // n1 dies: n2 claims its home log.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let claimed = store.claim_home("n1", "n2", dead_after, claim_ttl).await.unwrap().expect("n1 is dead");
+        assert_eq!(claimed, HomeRecord { claimed_by: Some("n2".into()), ..home("n1", zero, None, false, true) });
+        // n1 comes back while n2 adopts: it must wait.
+        assert_eq!(store.enter_home("n1").await.unwrap(), HomeEntry::Claimed("n2".into()));
+        // A second adopter is refused while n2's claim is live; n2 may claim again (extends it).
+        assert_eq!(store.claim_home("n1", "n3", dead_after, claim_ttl).await.unwrap(), None, "claimed by n2");
+        assert_eq!(store.claim_home("n1", "n1", Duration::ZERO, claim_ttl).await.unwrap(), None, "its own");
+        assert!(store.claim_home("n1", "n2", dead_after, claim_ttl).await.unwrap().is_some(), "n2 again");
+        let homes = store.homes().await.unwrap();
+        assert_eq!(homes[0].claimed_by.as_deref(), Some("n2"));
+
+        // Only the claimer finishes the adoption.
+        let cut = HomeCut { scheduled: 5, half: 7 };
+        assert!(!store.finish_adoption("n1", "n3", cut).await.unwrap(), "n3 holds no claim");
+        assert!(store.finish_adoption("n1", "n2", cut).await.unwrap());
+        assert_eq!(store.homes().await.unwrap(), vec![home("n1", cut, Some("n2"), true, false)]);
+        assert!(!store.finish_adoption("n1", "n2", cut).await.unwrap(), "the claim is gone");
+        // Nothing new to adopt until n1 serves its home log again.
+        assert_eq!(store.claim_home("n1", "n3", dead_after, claim_ttl).await.unwrap(), None, "not dirty");
+
+        // n1 is back: it gets the cut to apply.
+        store.heartbeat(&node("n1", false)).await.unwrap();
+        let r = entered(store.enter_home("n1").await.unwrap());
+        assert_eq!(r, home("n1", cut, Some("n2"), true, true));
+        store.home_cut_applied("n1").await.unwrap();
+        assert_eq!(store.homes().await.unwrap(), vec![home("n1", cut, Some("n2"), false, true)]);
+
+        // A claim that expires (database clock): the adoption is not recorded.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let short = Duration::from_millis(400);
+        assert!(store.claim_home("n1", "n3", dead_after, short).await.unwrap().is_some());
+        assert_eq!(store.homes().await.unwrap()[0].claimed_by.as_deref(), Some("n3"));
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(store.homes().await.unwrap()[0].claimed_by, None, "expired");
+        assert!(!store.finish_adoption("n1", "n3", HomeCut { scheduled: 9, half: 9 }).await.unwrap());
+        assert_eq!(store.homes().await.unwrap(), vec![home("n1", cut, Some("n2"), false, true)], "nothing written");
+
+        // An expired claim does not stop another adopter; drop_claim drops only the own claim.
+        assert!(store.claim_home("n1", "n2", dead_after, claim_ttl).await.unwrap().is_some());
+        store.drop_claim("n1", "n3").await.unwrap();
+        assert_eq!(store.homes().await.unwrap()[0].claimed_by.as_deref(), Some("n2"), "not n3's claim");
+        store.drop_claim("n1", "n2").await.unwrap();
+        assert_eq!(store.homes().await.unwrap()[0].claimed_by, None);
+        assert!(!store.finish_adoption("n1", "n2", cut).await.unwrap(), "dropped");
+        assert_eq!(entered(store.enter_home("n1").await.unwrap()).claimed_by, None, "no claim left");
+
+        // n1 entering after a claim expired voids it: its holder cannot finish any more.
+        assert!(store.claim_home("n1", "n3", dead_after, short).await.unwrap().is_some());
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let r = entered(store.enter_home("n1").await.unwrap());
+        assert_eq!(r, home("n1", cut, Some("n2"), false, true));
+        assert!(!store.finish_adoption("n1", "n3", HomeCut { scheduled: 9, half: 9 }).await.unwrap());
+
+        // Cuts only grow; a home without a node row (never heartbeated, or removed) is dead.
+        assert!(store.claim_home("n1", "n3", dead_after, claim_ttl).await.unwrap().is_some());
+        assert!(store.finish_adoption("n1", "n3", HomeCut { scheduled: 3, half: 9 }).await.unwrap());
+        let big = Duration::from_secs(3600);
+        entered(store.enter_home("n4").await.unwrap());
+        let claimed = store.claim_home("n4", "n1", big, claim_ttl).await.unwrap().expect("no node row: dead");
+        assert_eq!(claimed.claimed_by.as_deref(), Some("n1"));
+        assert_eq!(
+            store.homes().await.unwrap(),
+            vec![
+                home("n1", HomeCut { scheduled: 5, half: 9 }, Some("n3"), true, false),
+                HomeRecord { claimed_by: Some("n1".into()), ..home("n4", zero, None, false, true) },
+            ]
+        );
+        // n1's claim on n4 stands against other adopters; n1 never claims its own home log.
+        store.heartbeat(&node("n4", false)).await.unwrap();
+        assert_eq!(store.claim_home("n4", "n2", big, claim_ttl).await.unwrap(), None, "claimed by n1");
+        assert_eq!(store.claim_home("n1", "n1", Duration::ZERO, claim_ttl).await.unwrap(), None);
+
+        // A node entering its home log while adopters race for it: every claim made after its
+        // entry fails (its heartbeat is fresh); one claim at most succeeds before it.
+        store.drop_claim("n4", "n1").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let racers: Vec<_> = (0..6)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move { store.claim_home("n4", &format!("a{i}"), dead_after, claim_ttl).await })
+            })
+            .collect();
+        store.heartbeat(&node("n4", false)).await.unwrap();
+        let entry = store.enter_home("n4").await.unwrap();
+        let mut won = Vec::new();
+        for r in racers {
+            won.extend(r.await.unwrap().unwrap().and_then(|r| r.claimed_by));
+        }
+        assert!(won.len() <= 1, "one claim at most: {won:?}");
+        match entry {
+            HomeEntry::Claimed(by) => assert_eq!(won, vec![by], "n4 saw the one claim"),
+            HomeEntry::Entered(_) => assert!(won.is_empty(), "n4 entered: no claim succeeded before"),
+        }
+        println!("n4 entering against 6 racing claims: {:?} won", won);
+        assert_eq!(store.claim_home("n4", "a9", dead_after, claim_ttl).await.unwrap(), None, "n4 is alive");
+    })
+    .await
+    .expect("took longer than 120 s");
+}
+
+fn progress(group: &str, topic: &str, queue_id: u32, ack_floor: u64) -> ProgressRecord {
+    ProgressRecord {
+        group: group.into(),
+        topic: topic.into(),
+        queue_id,
+        ack_floor,
+        acked_above: vec![ack_floor as u8, 1],
+    }
+}
+
+fn by_key(mut rows: Vec<ProgressRecord>) -> Vec<ProgressRecord> {
+    rows.sort_by(|a, b| (&a.group, &a.topic, a.queue_id).cmp(&(&b.group, &b.topic, b.queue_id)));
+    rows
+}
+
+/// `load_progress`, its rows by key.
+async fn loaded(store: &PostgresMetadataStore) -> (Vec<ProgressRecord>, u64) {
+    let (rows, offset) = store.load_progress().await.unwrap();
+    (by_key(rows), offset)
+}
+
+#[tokio::test]
+async fn system_progress_is_per_node() {
+    let Some(pg) = Postgres::start_or_skip("system_progress_is_per_node") else { return };
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let (n1, n2) = (open(pg.url(), "n1").await, open(pg.url(), "n2").await);
+        let sys = |floor| progress("rmq_sys_trans", "rmq_sys_trans_half", 0, floor);
+        let shared = progress("g", "t", 0, 3);
+
+        n1.save_progress(&[sys(10), shared.clone()], 40).await.unwrap();
+        n2.save_progress(&[sys(20)], 50).await.unwrap();
+        // Each node its own system row (without the suffix); the group's row is shared.
+        assert_eq!(loaded(&n1).await, (by_key(vec![shared.clone(), sys(10)]), 40));
+        assert_eq!(loaded(&n2).await, (by_key(vec![shared.clone(), sys(20)]), 50));
+        // The same key again, in one batch: the last record wins, under the node's name.
+        n1.save_progress(&[sys(11), sys(12)], 41).await.unwrap();
+        assert_eq!(loaded(&n1).await, (by_key(vec![shared.clone(), sys(12)]), 41));
+
+        // Another node reads a node's system progress (adopting its home log).
+        assert_eq!(n2.node_system_progress("n1").await.unwrap(), (vec![sys(12)], 41));
+        assert_eq!(n1.node_system_progress("n2").await.unwrap(), (vec![sys(20)], 50));
+        assert_eq!(n1.node_system_progress("n3").await.unwrap(), (vec![], 0));
+        // Node ids are not patterns: `n_` is not `n1`.
+        assert_eq!(n1.node_system_progress("n_").await.unwrap(), (vec![], 0));
+        assert_eq!(n1.node_system_progress("%").await.unwrap(), (vec![], 0));
+
+        // A single gateway (no node id) is unchanged: its system rows are unscoped and it sees
+        // every row as stored; the nodes skip its unscoped system rows.
+        let single = open(pg.url(), "").await;
+        single.save_progress(&[sys(5)], 1).await.unwrap();
+        let (rows, offset) = loaded(&single).await;
+        let groups: Vec<_> = rows.into_iter().map(|r| (r.group, r.ack_floor)).collect();
+        assert_eq!(
+            (groups, offset),
+            (
+                vec![
+                    ("g".to_string(), 3),
+                    ("rmq_sys_trans".to_string(), 5),
+                    ("rmq_sys_trans@n1".to_string(), 12),
+                    ("rmq_sys_trans@n2".to_string(), 20),
+                ],
+                1
+            )
+        );
+        assert_eq!(loaded(&n1).await, (by_key(vec![shared.clone(), sys(12)]), 41));
+        assert_eq!(n2.node_system_progress("n1").await.unwrap(), (vec![sys(12)], 41));
+
+        // Deleting a system group's progress deletes the node's own rows only.
+        assert_eq!(n1.delete_progress("rmq_sys_trans").await.unwrap(), 1);
+        assert_eq!(loaded(&n1).await, (vec![shared.clone()], 41));
+        assert_eq!(loaded(&n2).await, (by_key(vec![shared.clone(), sys(20)]), 50));
+        assert_eq!(single.load_progress().await.unwrap().0.len(), 3, "g, rmq_sys_trans, rmq_sys_trans@n2");
+    })
+    .await
+    .expect("took longer than 120 s");
+}
+
 /// What the handlers of every node did, in order.
 #[derive(Debug, Clone)]
 enum Event {
@@ -189,6 +408,8 @@ struct Record {
     /// When each shard was last released, and the longest release → next acquisition gap.
     released_at: HashMap<ShardId, Instant>,
     longest_gap: Duration,
+    /// Home logs adopted: (adopter, dead node).
+    adoptions: Vec<(String, String)>,
 }
 
 type Recorder = Arc<Mutex<Record>>;
@@ -246,6 +467,17 @@ impl ShardHandler for RecordingHandler {
         }
         r.events.push(Event::Lost { node: self.node.clone(), shard });
     }
+
+    /// No scheduled or half messages here: nothing to give up.
+    async fn apply_home_cut(&self, _cut: HomeCut) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Nothing to adopt: the cut stays.
+    async fn adopt_home(&self, node_id: &str, from: HomeCut) -> anyhow::Result<HomeCut> {
+        self.rec.lock().unwrap().adoptions.push((self.node.clone(), node_id.to_owned()));
+        Ok(from)
+    }
 }
 
 /// The store, or "unavailable" for everything while `cut` (a node cut off from PostgreSQL).
@@ -296,6 +528,40 @@ impl ClusterStore for Cuttable {
     async fn release(&self, shard: u32, node_id: &str, epoch: i64) -> MetadataResult<bool> {
         self.check()?;
         self.inner.release(shard, node_id, epoch).await
+    }
+    async fn enter_home(&self, node_id: &str) -> MetadataResult<HomeEntry> {
+        self.check()?;
+        self.inner.enter_home(node_id).await
+    }
+    async fn home_cut_applied(&self, node_id: &str) -> MetadataResult<()> {
+        self.check()?;
+        self.inner.home_cut_applied(node_id).await
+    }
+    async fn homes(&self) -> MetadataResult<Vec<HomeRecord>> {
+        self.check()?;
+        self.inner.homes().await
+    }
+    async fn claim_home(
+        &self,
+        node_id: &str,
+        adopter: &str,
+        dead_after: Duration,
+        claim_ttl: Duration,
+    ) -> MetadataResult<Option<HomeRecord>> {
+        self.check()?;
+        self.inner.claim_home(node_id, adopter, dead_after, claim_ttl).await
+    }
+    async fn finish_adoption(&self, node_id: &str, adopter: &str, cut: HomeCut) -> MetadataResult<bool> {
+        self.check()?;
+        self.inner.finish_adoption(node_id, adopter, cut).await
+    }
+    async fn drop_claim(&self, node_id: &str, adopter: &str) -> MetadataResult<()> {
+        self.check()?;
+        self.inner.drop_claim(node_id, adopter).await
+    }
+    async fn node_system_progress(&self, node_id: &str) -> MetadataResult<(Vec<ProgressRecord>, u64)> {
+        self.check()?;
+        self.inner.node_system_progress(node_id).await
     }
 }
 
@@ -451,7 +717,8 @@ async fn three_members_spread_fail_over_and_hand_over() {
             assert_eq!(released, 6, "b handed over its 6 shards");
         }
         let live = pg_store.live_nodes(Duration::from_secs(60)).await.unwrap();
-        assert!(live.iter().all(|n| n.node_id != "b"), "b's row is gone: {live:?}");
+        // b's row stays, marked leaving, until its heartbeat expires (its home log is adopted then).
+        assert!(live.iter().all(|n| n.node_id != "b" || n.leaving), "b is marked leaving: {live:?}");
         let leases = pg_store.leases().await.unwrap();
         assert!(leases.iter().all(|l| l.owner.as_deref() == Some("a") && l.live), "{leases:?}");
 
@@ -462,7 +729,7 @@ async fn three_members_spread_fail_over_and_hand_over() {
 
         let r = rec.lock().unwrap();
         assert!(r.violations.is_empty(), "two holders at once or epochs going back: {:#?}", r.violations);
-        println!("{} handler events, no shard ever had two holders", r.events.len());
+        println!("{} handler events, no shard ever had two holders; home logs adopted: {:?}", r.events.len(), r.adoptions);
     })
     .await
     .expect("took longer than 150 s");

@@ -9,6 +9,7 @@
 //! [`Clock`], so timers and checks are tested without sleeping.
 
 mod admission;
+mod adoption;
 mod attempts;
 mod catalog;
 pub mod consumer;
@@ -46,6 +47,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use admission::AdmissionStats;
+pub use adoption::Adopted;
 pub use meta_health::{MetadataDegraded, MetadataHealth};
 pub use sessions::SessionStats;
 pub use states::StateStats;
@@ -109,6 +111,14 @@ pub struct SendReceipt {
 /// gateway owns every queue ([`AllQueues`]).
 pub trait QueueOwnership: Send + Sync + 'static {
     fn owns(&self, topic: &str, queue_id: u32) -> bool;
+
+    /// Whether this node may serve its own system queues now: fire its timers, resolve and
+    /// check its transactions, take new scheduled and half messages. In a cluster, only while
+    /// its heartbeat is fresh and it has entered its home log (no other node may be adopting
+    /// it: `adoption.rs`). Always for a single gateway.
+    fn home_writable(&self) -> bool {
+        true
+    }
 }
 
 /// A single gateway: every queue is local.
@@ -366,6 +376,22 @@ impl Broker {
     /// Whether this node serves the queue.
     pub fn owns(&self, topic: &str, queue_id: u32) -> bool {
         self.inner.ownership.read().unwrap_or_else(|e| e.into_inner()).owns(topic, queue_id)
+    }
+
+    /// See [`QueueOwnership::home_writable`].
+    fn home_writable(&self) -> bool {
+        self.inner.ownership.read().unwrap_or_else(|e| e.into_inner()).home_writable()
+    }
+
+    /// Refuses work on this node's own system queues while it may not serve them.
+    fn require_home(&self, what: &str) -> BrokerResult<()> {
+        if self.home_writable() {
+            return Ok(());
+        }
+        Err(BrokerError::NotOwner(format!(
+            "this node cannot {what} right now: its home log is not confirmed in the cluster store \
+             (store unreachable, or another node is adopting it); retry"
+        )))
     }
 
     fn clustered(&self) -> bool {
@@ -799,13 +825,13 @@ impl Broker {
         // Tracing: the durable append, flush wait included (ended when this returns).
         let _appending: Vec<_> = spans.iter().map(|s| s.child("append", &topic_name)).collect();
         if kind == MessageType::Transaction {
-            let offsets = self.prepare(&topic_name, appends, &ids).await?;
+            let offsets = self.prepare(&topic, appends, &ids).await?;
             return Ok(ids.iter().zip(offsets).map(|(id, o)| receipt(id, 0, o, None)).collect());
         }
         // Due later: scheduled (a time in the past is delivered at once, like Apache).
         let due: Vec<i64> = messages.iter().filter_map(|m| m.delivery_timestamp_ms).collect();
         if due.len() == messages.len() && due.iter().any(|&d| d > now) {
-            let scheduled = self.schedule(&topic_name, appends, &due, &ids).await?;
+            let scheduled = self.schedule(&topic, appends, &due, &ids).await?;
             if let Some(metrics) = crate::observability::metrics::global() {
                 metrics.timers_scheduled(scheduled.len() as u64);
             }

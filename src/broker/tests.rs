@@ -1019,3 +1019,100 @@ async fn an_ack_request_of_many_entries_is_one_journal_append() {
     h.clock.advance(60_000);
     assert!(broker.receive(receive_request()).await.unwrap().is_empty(), "acks were journaled");
 }
+
+/// Cluster: a dead node's pending scheduled and half messages are adopted by another node from
+/// its log (what fired, was recalled or resolved stays behind); the adopter fires and resolves
+/// them, honours the dead node's recall handles, and adopting again takes nothing twice. When
+/// the dead node comes back it gives up what was adopted (nothing fires or commits twice) and
+/// keeps serving what lies past the cut.
+#[tokio::test]
+async fn a_dead_nodes_scheduled_and_half_messages_are_adopted_once() {
+    use crate::metadata::HomeCut;
+    let hx = Harness::new(Arc::new(MemoryLog::new())).await;
+    let x = hx.start().await;
+    x.create_topic("T", Some(1), TopicKind::Mixed).await.unwrap();
+    let now = hx.clock.now_ms();
+    x.send(vec![delayed("fired", now + 1_000)]).await.unwrap();
+    x.send(vec![delayed("d1", now + 5_000)]).await.unwrap();
+    x.send(vec![delayed("d2", now + 6_000)]).await.unwrap();
+    let gone = x.send(vec![delayed("gone", now + 7_000)]).await.unwrap();
+    let later = x.send(vec![delayed("later", now + 60_000)]).await.unwrap();
+    for id in ["t-open", "t-commit", "t-rollback"] {
+        x.send(vec![transactional(id)]).await.unwrap();
+    }
+    x.end_transaction("T", "t-commit", Resolution::Commit, ResolutionSource::Client).await.unwrap();
+    x.end_transaction("T", "t-rollback", Resolution::Rollback, ResolutionSource::Client).await.unwrap();
+    x.recall("T", gone[0].recall_handle.as_deref().unwrap()).await.unwrap();
+    x.index_timers().unwrap();
+    hx.clock.advance(1_000);
+    assert_eq!(x.fire_due_timers().await.unwrap(), 1);
+    let got = x.receive(receive_request()).await.unwrap();
+    assert_eq!(ids(&got), vec!["t-commit", "fired"]);
+    for m in &got {
+        x.ack("c", "G", "T", &m.receipt_handle).await.unwrap();
+    }
+    drop(x);
+
+    // Node A adopts X's log (as read from the bucket; here the same log).
+    let ha = Harness::new(Arc::new(MemoryLog::new())).await;
+    let a = ha.start().await;
+    a.create_topic("T", Some(1), TopicKind::Mixed).await.unwrap();
+    ha.clock.advance(1_000);
+    a.send(vec![message("a-own")]).await.unwrap();
+    assert_eq!(ids(&a.receive(receive_request()).await.unwrap()), vec!["a-own"]);
+    let adopted = a.adopt_home("x", &*hx.log, HomeCut::default(), &[], 0).await.unwrap();
+    assert_eq!((adopted.scheduled, adopted.half), (3, 1), "d1, d2, later; t-open");
+    assert_eq!(adopted.cut, HomeCut { scheduled: 5, half: 3 });
+    let again = a.adopt_home("x", &*hx.log, adopted.cut, &[], 0).await.unwrap();
+    assert_eq!((again.scheduled, again.half, again.cut), (0, 0, adopted.cut), "nothing twice");
+    assert_eq!(a.open_transactions(), 1);
+    // X's recall handle works on the adopter.
+    assert_eq!(a.recall("T", later[0].recall_handle.as_deref().unwrap()).await.unwrap(), "later");
+    ha.clock.advance(5_000);
+    assert_eq!(a.fire_due_timers().await.unwrap(), 2);
+    a.end_transaction("T", "t-open", Resolution::Commit, ResolutionSource::Client).await.unwrap();
+    let mut got = ids(&a.receive(receive_request()).await.unwrap()).into_iter().map(String::from).collect::<Vec<_>>();
+    got.sort();
+    assert_eq!(got, vec!["d1", "d2", "t-open"]);
+    ha.clock.advance(100_000);
+    assert_eq!(a.fire_due_timers().await.unwrap(), 0, "the recalled one stays recalled");
+
+    // X comes back with its disk: it gives up the adopted ones, keeps what came after.
+    let x = hx.start().await;
+    let now = hx.clock.now_ms();
+    x.send(vec![delayed("after-cut", now + 2_000)]).await.unwrap();
+    assert_eq!(x.apply_home_cut(adopted.cut).await.unwrap(), (3, 1));
+    assert_eq!(x.open_transactions(), 0);
+    hx.clock.advance(100_000);
+    assert_eq!(x.fire_due_timers().await.unwrap(), 1);
+    assert_eq!(ids(&x.receive(receive_request()).await.unwrap()), vec!["after-cut"]);
+    assert!(x.end_transaction("T", "t-open", Resolution::Commit, ResolutionSource::Client).await.is_err());
+    // And after a crash, still nothing of the adopted ones.
+    drop(x);
+    let x = hx.start().await;
+    assert_eq!(x.open_transactions(), 0);
+    hx.clock.advance(100_000);
+    let n = x.fire_due_timers().await.unwrap();
+    assert_eq!(n, 0, "{:?}", ids(&x.receive(receive_request()).await.unwrap()));
+}
+
+/// A recalled message whose due time has passed (the batch around it fired) stays recalled
+/// when a crash makes the node re-index its timer queues from the log.
+#[tokio::test]
+async fn a_recall_holds_after_its_due_time_and_a_crash() {
+    let h = Harness::new(Arc::new(MemoryLog::new())).await;
+    let broker = h.start().await;
+    let now = h.clock.now_ms();
+    let gone = broker.send(vec![delayed("gone", now + 2_000)]).await.unwrap();
+    broker.send(vec![delayed("kept", now + 3_000)]).await.unwrap();
+    broker.recall("T", gone[0].recall_handle.as_deref().unwrap()).await.unwrap();
+    h.clock.advance(5_000);
+    assert_eq!(broker.fire_due_timers().await.unwrap(), 1);
+    assert_eq!(ids(&broker.receive(receive_request()).await.unwrap()), vec!["kept"]);
+    drop(broker);
+    std::fs::remove_dir_all(h.timer_dir.path()).unwrap();
+    std::fs::create_dir_all(h.timer_dir.path()).unwrap();
+    let broker = h.start().await;
+    h.clock.advance(5_000);
+    assert_eq!(broker.fire_due_timers().await.unwrap(), 0, "neither fires again");
+}

@@ -399,9 +399,48 @@ impl Timers {
     }
 }
 
+/// The offsets of the scheduled queue of `log` that fired or were recalled, as its control
+/// queue records them (all of it that retention kept: a mark is always later in the log than
+/// the messages it names, so retention never keeps a message and drops its mark).
+pub(super) async fn settled_timer_offsets(log: &dyn crate::storage::MessageLog) -> BrokerResult<HashSet<u64>> {
+    let range = log.queue_range(TIMER_TOPIC, CONTROL);
+    let mut done = HashSet::new();
+    let mut next = range.start;
+    while next < range.end {
+        let batch = super::adoption::read_fetching(log, TIMER_TOPIC, CONTROL, next).await?;
+        let Some(last) = batch.last().map(|m| m.queue_offset) else { break };
+        for m in &batch {
+            match Control::decode(m) {
+                Some(Control::Cancel { offset, .. }) => {
+                    done.insert(offset);
+                }
+                Some(Control::Fired { offsets, .. }) => done.extend(offsets),
+                None => {}
+            }
+        }
+        next = last + 1;
+    }
+    Ok(done)
+}
+
+/// A scheduled message's due time, as stored.
+pub(super) fn due_of(m: &StoredMessage) -> i64 {
+    m.properties.get(keys::TIMER_DELIVER_MS).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// The record that recalls the scheduled message at `offset` of this node's timer queue.
+pub(super) fn cancel_record(offset: u64, due_ms: i64, now_ms: i64) -> AppendMessage {
+    Control::Cancel { offset, due_ms }.to_append(now_ms)
+}
+
 impl Broker {
     fn timers(&self) -> &Timers {
         &self.inner.timers
+    }
+
+    /// Wakes the timer task (new entries indexed).
+    pub(super) fn timers_wake(&self) {
+        self.timers().wake.notify_one();
     }
 
     /// Timer entries held in memory and not fired yet (`/metrics`).
@@ -412,11 +451,14 @@ impl Broker {
     /// Stores messages due later in the timer queue; one `(offset, recall handle)` each.
     pub(super) async fn schedule(
         &self,
-        topic: &str,
+        topic: &super::TopicEntry,
         appends: Vec<AppendMessage>,
         due: &[i64],
         ids: &[String],
     ) -> BrokerResult<Vec<(u64, String)>> {
+        self.require_home("take scheduled messages")?;
+        let topic_record = &topic.record;
+        let topic = topic_record.name.as_str();
         let appends = appends
             .into_iter()
             .map(|mut a| {
@@ -428,6 +470,11 @@ impl Broker {
             .collect();
         let results = self.inner.log.append(appends).await?;
         self.timers().wake.notify_one();
+        if topic_record.durability == crate::metadata::Durability::ObjectStore {
+            // Acknowledged only once this node's log has it in the object store: a node lost
+            // with its disk leaves it to the node that adopts its timers.
+            self.inner.log.persist_remote(&results).await?;
+        }
         Ok(results
             .iter()
             .zip(due.iter().zip(ids))
@@ -449,7 +496,8 @@ impl Broker {
         if handle_topic != topic {
             return Err(BrokerError::BadRequest(format!("recall handle is for topic `{handle_topic}`, not `{topic}`")));
         }
-        let stored = self
+        self.require_home("recall scheduled messages")?;
+        let mut stored = self
             .inner
             .log
             .read(TIMER_TOPIC, SCHEDULED, offset, 1, usize::MAX)?
@@ -457,10 +505,19 @@ impl Broker {
             .find(|m| m.queue_offset == offset)
             .filter(|m| m.properties.get(keys::UNIQ_KEY) == Some(id.as_str()));
         if stored.is_none() {
+            // Cluster: a message adopted from a dead node's log is at another offset here.
+            stored = self.inner.log.find_by_message_id(&id)?.into_iter().rev().find(|m| {
+                m.topic.as_ref() == TIMER_TOPIC
+                    && m.queue_id == SCHEDULED
+                    && m.properties.get(keys::REAL_TOPIC) == Some(topic)
+            });
+        }
+        let Some(stored) = stored else {
             return Err(BrokerError::MessageNotFound(format!(
                 "no scheduled message `{id}` for this recall handle (unknown, or removed by retention)"
             )));
-        }
+        };
+        let offset = stored.queue_offset;
         if due_ms <= self.now_ms() {
             return Err(BrokerError::BadRequest(format!(
                 "message `{id}` was due at {due_ms} and has been delivered; it can no longer be recalled"
@@ -468,9 +525,14 @@ impl Broker {
         }
         // Durable first, then applied by indexing the control record like any other (a crash
         // after the append still cancels at restart).
-        let control = Control::Cancel { offset, due_ms };
-        self.inner.log.append(vec![control.to_append(self.now_ms())]).await?;
+        let control = Control::Cancel { offset, due_ms: due_of(&stored).min(due_ms) };
+        let results = self.inner.log.append(vec![control.to_append(self.now_ms())]).await?;
         self.index_timers()?;
+        if t.record.durability == crate::metadata::Durability::ObjectStore {
+            // Answered once the recall is in the bucket: a node adopting this node's timers
+            // after its loss must not fire the message.
+            self.inner.log.persist_remote(&results).await?;
+        }
         if lock(&self.timers().state).wheel.is_cancelled(offset) {
             Ok(id)
         } else {
@@ -507,6 +569,10 @@ impl Broker {
                     Some(Control::Cancel { offset, due_ms }) => {
                         st.wheel.cancel(offset, due_ms);
                         entries.push(TimerEntry { due_ms, offset, log_position: 0, cancel: true });
+                        // A recalled message is never scheduled again, also when its due time
+                        // is behind the watermark (the wheel forgets such recalls, and fired
+                        // marks do not name recalled messages).
+                        fired_offsets.insert(offset);
                     }
                     Some(Control::Fired { last, offsets }) if recovering => {
                         st.wheel.fired = st.wheel.fired.max(last);
@@ -573,6 +639,10 @@ impl Broker {
     /// Fires what is due now: reads each message, appends its reference record to its topic
     /// and the fired mark in one append. Returns how many fired.
     pub(super) async fn fire_due_timers(&self) -> BrokerResult<usize> {
+        // Cluster: not while another node may be adopting this node's timers.
+        if !self.home_writable() {
+            return Ok(0);
+        }
         let now = self.now_ms();
         let precision = self.inner.settings.timer.timer_precision.as_millis() as i64;
         let mut total = 0;

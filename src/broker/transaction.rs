@@ -123,10 +123,13 @@ impl Broker {
     /// Stores half messages; the transaction ids are the message ids.
     pub(super) async fn prepare(
         &self,
-        topic: &str,
+        topic: &super::TopicEntry,
         appends: Vec<AppendMessage>,
         ids: &[String],
     ) -> BrokerResult<Vec<u64>> {
+        self.require_home("take transactional messages")?;
+        let topic_record = &topic.record;
+        let topic = topic_record.name.as_str();
         let now = self.now_ms();
         let first_checks: Vec<i64> = appends.iter().map(|a| now + self.first_check_delay_ms(a)).collect();
         let appends = appends
@@ -141,15 +144,22 @@ impl Broker {
             })
             .collect();
         let results = self.inner.log.append(appends).await?;
-        let mut open = lock(&self.transactions().open);
-        for ((r, id), next_check_ms) in results.iter().zip(ids).zip(first_checks) {
-            open.insert(
-                id.clone(),
-                Open { offset: r.queue_offset, topic: topic.to_string(), checks: 0, next_check_ms },
-            );
+        {
+            let mut open = lock(&self.transactions().open);
+            for ((r, id), next_check_ms) in results.iter().zip(ids).zip(first_checks) {
+                open.insert(
+                    id.clone(),
+                    Open { offset: r.queue_offset, topic: topic.to_string(), checks: 0, next_check_ms },
+                );
+            }
         }
         if let Some(metrics) = crate::observability::metrics::global() {
             metrics.transaction(topic, "half", results.len() as u64);
+        }
+        if topic_record.durability == crate::metadata::Durability::ObjectStore {
+            // Acknowledged only once this node's log has it in the object store: a node lost
+            // with its disk leaves it to the node that adopts its transactions.
+            self.inner.log.persist_remote(&results).await?;
         }
         Ok(results.iter().map(|r| r.queue_offset).collect())
     }
@@ -180,6 +190,7 @@ impl Broker {
         if resolution == Resolution::Unknown {
             return Ok(());
         }
+        self.require_home("end transactions")?;
         let taken = lock(&self.transactions().open).remove(transaction_id);
         let Some(open) = taken else {
             let previous = lock(&self.transactions().resolved).0.get(transaction_id).copied();
@@ -201,7 +212,7 @@ impl Broker {
             )));
         }
         match self.resolve_half(&open, resolution).await {
-            Ok(()) => {
+            Ok(persist) => {
                 if source == ResolutionSource::ServerCheck {
                     tracing::info!(transaction_id, topic, ?resolution, "transaction resolved by an orphan check");
                 } else {
@@ -212,6 +223,11 @@ impl Broker {
                     metrics.transaction(topic, outcome, 1);
                 }
                 self.remember_resolution(transaction_id, resolution);
+                if let Some(results) = persist {
+                    // `s3` durability: answered once the outcome is in the bucket (a retry
+                    // of a failed wait finds the resolution remembered).
+                    self.inner.log.persist_remote(&results).await?;
+                }
                 Ok(())
             }
             Err(e) => {
@@ -235,10 +251,20 @@ impl Broker {
     }
 
     /// Appends the outcome of a half message (with its reference record when committed, or
-    /// kept) and the resolution together, then records the resolution in memory.
-    async fn resolve_half(&self, open: &Open, resolution: Resolution) -> BrokerResult<()> {
+    /// kept) and the resolution together, then records the resolution in memory. Returns
+    /// where they landed when the topic has `s3` durability (the caller waits for the bucket
+    /// before acknowledging).
+    async fn resolve_half(
+        &self,
+        open: &Open,
+        resolution: Resolution,
+    ) -> BrokerResult<Option<Vec<crate::storage::AppendResult>>> {
         let mut appends = Vec::with_capacity(2);
         let mut woken = None;
+        let durable_remote = matches!(
+            self.existing_topic(&open.topic).await,
+            Ok(Some(t)) if t.record.durability == crate::metadata::Durability::ObjectStore
+        );
         let mut span = crate::observability::tracing::MessageSpan::default();
         if crate::observability::tracing::enabled()
             && resolution == Resolution::Rollback
@@ -267,17 +293,20 @@ impl Broker {
         }
         let record = AckRecord { group: TX_GROUP.into(), topic: HALF_TOPIC.into(), queue_id: 0, offset: open.offset };
         appends.push(record.to_append(self.now_ms()));
-        if let Err(e) = self.inner.log.append(appends).await {
-            let e = BrokerError::from(e);
-            span.fail(&super::spans::error_type(&e), &e.to_string());
-            return Err(e);
-        }
+        let results = match self.inner.log.append(appends).await {
+            Ok(results) => results,
+            Err(e) => {
+                let e = BrokerError::from(e);
+                span.fail(&super::spans::error_type(&e), &e.to_string());
+                return Err(e);
+            }
+        };
         span.end();
         lock(&self.queue_state(TX_GROUP, HALF_TOPIC, 0)).complete(open.offset);
         if let Some(t) = woken {
             t.arrivals.notify_waiters();
         }
-        Ok(())
+        Ok(durable_remote.then_some(results))
     }
 
     fn read_half(&self, offset: u64) -> BrokerResult<crate::storage::StoredMessage> {
@@ -322,6 +351,10 @@ impl Broker {
 
     /// Sends the orphan checks that are due; gives up on transactions checked too often.
     pub(super) async fn check_transactions(&self) -> BrokerResult<()> {
+        // Cluster: not while another node may be adopting this node's transactions.
+        if !self.home_writable() {
+            return Ok(());
+        }
         let now = self.now_ms();
         let t = &self.inner.settings.transaction;
         let due: Vec<(String, Open)> = {
@@ -385,7 +418,7 @@ impl Broker {
         }
         let action = self.inner.settings.transaction.transaction_check_max_action;
         let result = match action {
-            CheckMaxAction::Discard => self.resolve_half(o, Resolution::Rollback).await,
+            CheckMaxAction::Discard => self.resolve_half(o, Resolution::Rollback).await.map(|_| ()),
             CheckMaxAction::Keep => self.keep_half(o).await,
         };
         if let Err(e) = result {
@@ -415,6 +448,43 @@ impl Broker {
         self.inner.log.append(vec![kept, record.to_append(self.now_ms())]).await?;
         lock(&self.queue_state(TX_GROUP, HALF_TOPIC, 0)).complete(o.offset);
         Ok(())
+    }
+
+    /// Cluster: half messages adopted from a dead node's log, stored in this node's half queue
+    /// at `offset`, are open here: `(transaction id, offset, topic, next check)`.
+    pub(super) fn open_adopted(&self, adopted: Vec<(String, u64, String, i64)>) {
+        let mut open = lock(&self.transactions().open);
+        for (id, offset, topic, next_check_ms) in adopted {
+            open.insert(id, Open { offset, topic, checks: 0, next_check_ms });
+        }
+    }
+
+    /// Cluster: another node adopted this node's half messages below `below` (while this node
+    /// was gone); they are settled here without an outcome (an ack of the system group, like a
+    /// rollback: the adopter commits or rolls them back). Returns how many were open.
+    pub(super) async fn settle_adopted_halves(&self, below: u64) -> BrokerResult<usize> {
+        let adopted: Vec<(String, Open)> = {
+            let open = lock(&self.transactions().open);
+            open.iter().filter(|(_, o)| o.offset < below).map(|(id, o)| (id.clone(), o.clone())).collect()
+        };
+        let now = self.now_ms();
+        for chunk in adopted.chunks(512) {
+            let records = chunk
+                .iter()
+                .map(|(_, o)| {
+                    AckRecord { group: TX_GROUP.into(), topic: HALF_TOPIC.into(), queue_id: 0, offset: o.offset }
+                        .to_append(now)
+                })
+                .collect();
+            self.inner.log.append(records).await?;
+            let state = self.queue_state(TX_GROUP, HALF_TOPIC, 0);
+            let mut open = lock(&self.transactions().open);
+            for (id, o) in chunk {
+                open.remove(id);
+                lock(&state).complete(o.offset);
+            }
+        }
+        Ok(adopted.len())
     }
 
     /// Open transactions (admin, tests).

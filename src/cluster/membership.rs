@@ -10,6 +10,15 @@
 //! follows the hand-over). Handler calls run in tasks of their own: a slow hand-over never
 //! delays the renewals.
 //!
+//! The home log: after each heartbeat the node *enters* its home log in the store
+//! ([`ClusterStore::enter_home`]; first applying what other nodes adopted from it while it was
+//! gone) and may then serve it (fire timers, resolve transactions) until its heartbeat's send
+//! time plus the TTL minus the margin; a later heartbeat extends that, a lapse means entering
+//! again. A node whose heartbeat is older than the TTL is dead: a live node that has entered
+//! its own home log claims the dead node's ([`ClusterStore::claim_home`], exclusive, checked
+//! against the heartbeat with the row locked), adopts its pending scheduled and half messages
+//! (`handler.adopt_home`) and records the cut ([`ClusterStore::finish_adoption`]).
+//!
 //! A lease is valid here until the time its last successful renewal (or acquisition) was
 //! *sent*, plus the TTL, minus a margin (TTL/5): the store's own expiry is later, so this node
 //! stops (`handler.lost`) before any other node can take the shard. A watchdog enforces the
@@ -27,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{ClusterView, NodeInfo, ShardHandler, ShardId, shard_log_id};
-use crate::metadata::{ClusterStore, LeaseRecord, NodeRecord};
+use crate::metadata::{ClusterStore, HomeEntry, HomeRecord, LeaseRecord, NodeRecord};
 
 /// Timing of the leases (`cluster.leaseTtl`, `cluster.renewInterval`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +141,7 @@ struct Observed {
     nodes: Vec<NodeRecord>,
     leases: Vec<LeaseRecord>,
     target: Vec<Option<String>>,
+    homes: Vec<HomeRecord>,
     last_error: Option<String>,
     rounds: u64,
 }
@@ -155,6 +165,10 @@ struct Shared {
     stop: CancellationToken,
     /// The acquisitions and hand-overs under way (leave waits for them).
     actions: TaskTracker,
+    /// This node entered its home log and has not let it lapse since.
+    home_entered: std::sync::atomic::AtomicBool,
+    /// An adoption of another node's home log is under way here.
+    adopting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -204,6 +218,8 @@ impl Membership {
             slot_gone: Notify::new(),
             stop: CancellationToken::new(),
             actions: TaskTracker::new(),
+            home_entered: std::sync::atomic::AtomicBool::new(false),
+            adopting: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         });
         let main = tokio::spawn(run_loop(shared.clone()));
         let guard = tokio::spawn(watchdog(shared.clone()));
@@ -239,7 +255,9 @@ impl MembershipHandle {
 
     /// Leaves the cluster gracefully: marks the node leaving (it gets no shards; the others
     /// see it and look for their new shards more often), one renew interval later hands every
-    /// shard over (`handler.release`, then the lease), removes the node's row and stops.
+    /// shard over (`handler.release`, then the lease) and stops. Its row stays, marked
+    /// leaving, until its heartbeat expires: a node restarting within the lease TTL keeps its
+    /// home log; one gone for good has its scheduled and half messages adopted then.
     /// Bounded by three lease TTLs; what is not handed over by then expires.
     pub async fn leave(mut self) -> anyhow::Result<()> {
         let s = self.shared.clone();
@@ -267,11 +285,11 @@ impl MembershipHandle {
         if tokio::time::timeout_at(bound.max(Instant::now() + s.settings.lease_ttl), s.actions.wait()).await.is_err() {
             tracing::warn!("leave: lease releases still under way; those leases will expire");
         }
-        let store = s.store.clone();
-        let node_id = s.me.node_id.clone();
-        tokio::time::timeout(s.settings.lease_ttl, store.remove_node(&node_id))
+        s.view.set_home_until(None);
+        let me = NodeRecord { leaving: true, ..s.me.clone() };
+        tokio::time::timeout(s.settings.lease_ttl, s.store.heartbeat(&me))
             .await
-            .map_err(|_| anyhow::anyhow!("removing node `{node_id}` from the store timed out"))??;
+            .map_err(|_| anyhow::anyhow!("the last heartbeat of node `{}` timed out", me.node_id))??;
         Ok(())
     }
 
@@ -302,6 +320,10 @@ pub struct ClusterStatus {
     pub shards: Vec<ShardStatus>,
     /// Shards open for writing here (as the view has it).
     pub local_shards: Vec<ShardId>,
+    /// This node serves its home log (timers, transactions) now.
+    pub home_entered: bool,
+    /// Every node's home log as last read: what was adopted from it, by whom.
+    pub homes: Vec<HomeStatus>,
     /// The last store error of the loop, if its last round failed.
     pub last_error: Option<String>,
     pub rounds: u64,
@@ -314,6 +336,22 @@ pub struct NodeStatus {
     pub advertised: String,
     pub peer: String,
     pub leaving: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HomeStatus {
+    pub node_id: String,
+    pub log_id: String,
+    /// The node that last adopted its scheduled and half messages.
+    pub adopted_by: Option<String>,
+    /// Offsets of its timer and half queues below which they were adopted.
+    pub cut_scheduled: u64,
+    pub cut_half: u64,
+    /// The node has yet to give the adopted messages up (it has not been back since).
+    pub unapplied: bool,
+    /// A node adopting it right now.
+    pub claimed_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -364,6 +402,20 @@ fn status(s: &Shared) -> ClusterStatus {
             .collect(),
         shards,
         local_shards: s.view.local_shards(),
+        home_entered: s.view.home_writable(),
+        homes: obs
+            .homes
+            .iter()
+            .map(|h| HomeStatus {
+                node_id: h.node_id.clone(),
+                log_id: super::home_log_id(&h.node_id),
+                adopted_by: h.adopted_by.clone(),
+                cut_scheduled: h.cut.scheduled,
+                cut_half: h.cut.half,
+                unapplied: h.unapplied,
+                claimed_by: h.claimed_by.clone(),
+            })
+            .collect(),
         last_error: obs.last_error.clone(),
         rounds: obs.rounds,
     }
@@ -488,9 +540,11 @@ async fn round(s: &Arc<Shared>) -> anyhow::Result<bool> {
             }
         }
     }
-    // 2. Heartbeat, then read the membership.
+    // 2. Heartbeat (then the home log), then read the membership.
     let me = NodeRecord { leaving, ..s.me.clone() };
+    let sent = Instant::now();
     bounded(s, "heartbeat", s.store.heartbeat(&me)).await?;
+    keep_home(s, sent).await?;
     let nodes = bounded(s, "reading nodes", s.store.live_nodes(ttl)).await?;
     let leases = bounded(s, "reading leases", s.store.leases()).await?;
     let infos: Vec<NodeInfo> = nodes
@@ -542,10 +596,106 @@ async fn round(s: &Arc<Shared>) -> anyhow::Result<bool> {
             _ => {}
         }
     }
+    // 5. Home logs: who adopted whom (routing), and a dead node's to adopt.
+    let homes = bounded(s, "reading home logs", s.store.homes()).await?;
+    s.view.set_adopted(homes.iter().filter_map(|h| h.adopted_by.clone().map(|by| (h.node_id.clone(), by))).collect());
+    let dead = homes.iter().find(|h| {
+        h.dirty && h.claimed_by.is_none() && h.node_id != s.me.node_id && !nodes.iter().any(|n| n.node_id == h.node_id)
+    });
+    if let Some(dead) = dead
+        && !leaving
+        && s.view.home_writable()
+        && !s.adopting.swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        s.actions.spawn(adopt(s.clone(), dead.node_id.clone()));
+    }
     lock(&s.observed).nodes = nodes;
     lock(&s.observed).leases = leases;
     lock(&s.observed).target = target;
+    lock(&s.observed).homes = homes;
     Ok(waiting)
+}
+
+/// After a heartbeat sent at `sent`: extends this node's right to serve its home log, or
+/// enters the home log first (applying what other nodes adopted from it meanwhile).
+async fn keep_home(s: &Arc<Shared>, sent: Instant) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let until = (sent + s.settings.lease_ttl - s.settings.margin()).into_std();
+    if s.home_entered.load(SeqCst) && s.view.home_writable() {
+        s.view.set_home_until(Some(until));
+        return Ok(());
+    }
+    if s.home_entered.swap(false, SeqCst) {
+        tracing::warn!(
+            "the home log lapsed (no heartbeat in time): timers and transactions paused until it is entered again"
+        );
+    }
+    s.view.set_home_until(None);
+    match bounded(s, "entering the home log", s.store.enter_home(&s.me.node_id)).await? {
+        HomeEntry::Claimed(by) => {
+            tracing::info!(adopter = by, "another node is adopting this node's home log; waiting for it to finish");
+        }
+        HomeEntry::Entered(record) => {
+            if record.unapplied {
+                s.handler.apply_home_cut(record.cut).await?;
+                bounded(s, "recording the adoption as applied", s.store.home_cut_applied(&s.me.node_id)).await?;
+            }
+            s.view.set_home_until(Some(until));
+            s.home_entered.store(true, SeqCst);
+            tracing::info!(
+                adopted_by = ?record.adopted_by,
+                cut_scheduled = record.cut.scheduled,
+                cut_half = record.cut.half,
+                "home log entered: timers and transactions served here"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// How long a claim on a dead node's home log lasts: the adoption must finish within it.
+fn claim_ttl(settings: &MembershipSettings) -> Duration {
+    (settings.lease_ttl * 10).max(Duration::from_secs(60))
+}
+
+/// Claims, adopts and records the cut of `node_id`'s home log (dead by the store's clock).
+async fn adopt(s: Arc<Shared>, node_id: String) {
+    let me = s.me.node_id.clone();
+    let claimed = bounded(
+        &s,
+        "claiming a home log",
+        s.store.claim_home(&node_id, &me, s.settings.lease_ttl, claim_ttl(&s.settings)),
+    )
+    .await;
+    match claimed {
+        Ok(Some(record)) => {
+            tracing::info!(node = node_id, "node dead; adopting its pending scheduled and half messages");
+            match s.handler.adopt_home(&node_id, record.cut).await {
+                Ok(cut) => {
+                    match bounded(&s, "recording an adoption", s.store.finish_adoption(&node_id, &me, cut)).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!(
+                            node = node_id,
+                            "the claim on the home log expired before its adoption was recorded; it may be adopted again \
+                         (messages delivered twice)"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(node = node_id, error = %format!("{e:#}"), "recording an adoption failed")
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(node = node_id, error = %format!("{e:#}"), "adopting a home log failed; retried later");
+                    if let Err(e) = s.store.drop_claim(&node_id, &me).await {
+                        tracing::warn!(node = node_id, error = %e, "dropping the claim failed; it will expire");
+                    }
+                }
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(node = node_id, error = %format!("{e:#}"), "claiming a home log failed"),
+    }
+    s.adopting.store(false, std::sync::atomic::Ordering::SeqCst);
 }
 
 async fn acquire(s: Arc<Shared>, shard: ShardId) {

@@ -16,7 +16,11 @@
 //!   queues are local ([`crate::broker::QueueOwnership`]).
 //!
 //! The node-local system queues (POP journal, timers, half messages) stay in the node's own
-//! log (`rmq_sys_*` topics), not in shards.
+//! *home log* (`rmq_sys_*` topics, log id `node-<id>`), not in shards. A node serves its home
+//! log only while its heartbeat is fresh and it has *entered* it in the store; when it is dead
+//! for longer than the lease TTL another node adopts its pending scheduled and half messages
+//! from the object store (`membership.rs`, `broker::adoption`), and requests naming it (its
+//! transaction ids, recall handles) go to that adopter.
 
 pub mod membership;
 
@@ -42,6 +46,11 @@ pub fn shard_log_id(shard: ShardId) -> String {
     format!("shard-{shard:04}")
 }
 
+/// The `log_id` of a node's home log (its POP journal, timers and half messages).
+pub fn home_log_id(node_id: &str) -> String {
+    format!("node-{node_id}")
+}
+
 /// The shard a `log_id` names, if it is a shard log.
 pub fn parse_shard_log_id(log_id: &str) -> Option<ShardId> {
     log_id.strip_prefix("shard-")?.parse().ok()
@@ -65,6 +74,8 @@ struct ViewState {
     /// Shards open for writing on this node (lease held and the shard's log open).
     local: Vec<bool>,
     nodes: HashMap<String, Arc<NodeInfo>>,
+    /// Node → the node that last adopted its home log (as last read).
+    adopted: HashMap<String, String>,
 }
 
 /// Who owns what, as this node last saw it. Cheap to query (a read lock); updated by the
@@ -74,6 +85,8 @@ pub struct ClusterView {
     local: Arc<NodeInfo>,
     shards: u32,
     state: RwLock<ViewState>,
+    /// This node may serve its home log until then (`None`: not entered).
+    home_until: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl ClusterView {
@@ -89,7 +102,9 @@ impl ClusterView {
                 owners: vec![None; shards as usize],
                 local: vec![false; shards as usize],
                 nodes,
+                adopted: HashMap::new(),
             }),
+            home_until: std::sync::Mutex::new(None),
         })
     }
 
@@ -162,6 +177,35 @@ impl ClusterView {
         st.nodes = map;
     }
 
+    /// The node now holding what `node_id` held in its home log: itself while it is live, else
+    /// the live node that adopted it (following adoptions of adopters), else `None`.
+    pub fn home_holder(&self, node_id: &str) -> Option<Arc<NodeInfo>> {
+        let st = self.read();
+        let mut at = node_id;
+        for _ in 0..8 {
+            if let Some(n) = st.nodes.get(at) {
+                return Some(n.clone());
+            }
+            at = st.adopted.get(at)?;
+        }
+        None
+    }
+
+    /// Replaces who adopted whose home log (membership loop).
+    pub fn set_adopted(&self, adopted: HashMap<String, String>) {
+        self.write().adopted = adopted;
+    }
+
+    /// This node may serve its home log until `until` (`None`: not any more).
+    pub fn set_home_until(&self, until: Option<std::time::Instant>) {
+        *self.home_until.lock().unwrap_or_else(|e| e.into_inner()) = until;
+    }
+
+    /// Whether this node may serve its home log now.
+    pub fn home_writable(&self) -> bool {
+        self.home_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|d| std::time::Instant::now() < d)
+    }
+
     /// Marks `shard` open (or closed) for writing here, and its owner accordingly.
     pub fn set_local(&self, shard: ShardId, open: bool) {
         let mut st = self.write();
@@ -186,6 +230,10 @@ impl crate::broker::QueueOwnership for ClusterView {
     fn owns(&self, topic: &str, queue_id: u32) -> bool {
         self.is_local(topic, queue_id)
     }
+
+    fn home_writable(&self) -> bool {
+        ClusterView::home_writable(self)
+    }
 }
 
 /// What the membership loop asks the rest of the node to do when shards change hands.
@@ -202,6 +250,16 @@ pub trait ShardHandler: Send + Sync + 'static {
     /// The lease of `shard` was lost (not renewed in time, or taken): stop writing at once;
     /// nothing more of it may reach the manifest.
     async fn lost(&self, shard: ShardId);
+    /// Other nodes adopted this node's scheduled and half messages below `cut` while it was
+    /// gone: give those up before serving the home log again.
+    async fn apply_home_cut(&self, cut: crate::metadata::HomeCut) -> anyhow::Result<()>;
+    /// Adopt the pending scheduled and half messages of dead node `node_id`'s home log past
+    /// `from` (what earlier adoptions took), from the object store; returns the new cut.
+    async fn adopt_home(
+        &self,
+        node_id: &str,
+        from: crate::metadata::HomeCut,
+    ) -> anyhow::Result<crate::metadata::HomeCut>;
 }
 
 #[cfg(test)]

@@ -158,9 +158,13 @@ pub fn node_target(view: &ClusterView, node_id: &str) -> Target {
     if node_id == view.local_node().node_id {
         return Target::Local;
     }
-    match view.node(node_id) {
+    match view.home_holder(node_id) {
+        Some(node) if node.node_id == view.local_node().node_id => Target::Local,
         Some(node) => Target::Remote(node),
-        None => Target::Refuse(format!("node `{node_id}` that holds it is not a live member of the cluster")),
+        None => Target::Refuse(format!(
+            "node `{node_id}` that holds it is not a live member of the cluster, and no live node adopted its \
+             messages yet"
+        )),
     }
 }
 

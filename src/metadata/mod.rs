@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use cluster::{ClusterStore, LeaseRecord, NodeRecord};
+pub use cluster::{ClusterStore, HomeCut, HomeEntry, HomeRecord, LeaseRecord, NodeRecord};
 
 /// The message type a topic accepts (RocketMQ topic attribute `message.type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -202,7 +202,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn list_groups(&self) -> MetadataResult<Vec<GroupRecord>>;
 
     /// All stored progress (read once at start), and the consumer-journal offset it covers
-    /// (this node's: [`StoreOptions::node_id`]; progress rows are shared by every node).
+    /// (this node's: [`StoreOptions::node_id`]). Progress rows are shared by every node,
+    /// except those of the node-local system groups (`rmq_sys_*`, e.g. the transaction
+    /// resolutions on the node's own half queue), which each node of a cluster keeps apart.
     async fn load_progress(&self) -> MetadataResult<(Vec<ProgressRecord>, u64)>;
     /// Upserts a batch of progress records and the journal offset they cover (this node's),
     /// atomically.
@@ -234,9 +236,9 @@ pub trait MetadataStore: Send + Sync + 'static {
 /// SQLite ignores them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
-    /// Names this node's row of per-node data (the journal offset of `load_progress` /
-    /// `save_progress`): the nodes of a cluster share one store and differ here. Empty: the
-    /// single-node row.
+    /// Names this node's per-node data (the journal offset of `load_progress` /
+    /// `save_progress`, and the progress of its `rmq_sys_*` system groups): the nodes of a
+    /// cluster share one store and differ here. Empty: the single-node rows.
     pub node_id: String,
     /// Connections in the pool.
     pub max_connections: u32,

@@ -4,7 +4,13 @@
 //!
 //! Batches are a few statements whatever their size: progress and segment queues are written
 //! with `UNNEST` over arrays. Errors never carry the URL's password ([`redact_url`]).
+//!
+//! In cluster mode (a non-empty node id) progress rows are shared by the nodes, except those of
+//! the gateway's own groups (`rmq_sys_*`, e.g. the transaction resolutions on the half queue):
+//! each node has its own system queues in its own log, so their rows are stored per node, as
+//! `<group>@<node id>`.
 
+use std::borrow::Cow;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -14,7 +20,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 
 use crate::clock::now_ms;
 
-use super::cluster::{ClusterStore, LeaseRecord, NodeRecord};
+use super::cluster::{ClusterStore, HomeCut, HomeEntry, HomeRecord, LeaseRecord, NodeRecord};
 use super::{
     Durability, Fence, GroupRecord, MetadataError, MetadataResult, MetadataStore, ProgressRecord, SegmentQueue,
     SegmentRecord, StoreOptions, TopicRecord, TopicType, redact_url,
@@ -24,9 +30,27 @@ use crate::cluster::parse_shard_log_id;
 /// Rows per `UNNEST` statement of a progress batch (bounds one statement's arrays).
 const PROGRESS_CHUNK: usize = 5000;
 
+/// Groups of the gateway itself (`rmq_sys_*`); in cluster mode their progress is per node.
+const SYSTEM_GROUP_PREFIX: &str = "rmq_sys_";
+
+/// The suffix of `node_id`'s rows of system groups (`@<node id>`).
+fn system_group_suffix(node_id: &str) -> String {
+    format!("@{node_id}")
+}
+
+/// The columns of a [`HomeRecord`] ([`home_from_row`]); `claimed_by` only while the claim is
+/// live. A macro: statements are literals (`concat!`).
+macro_rules! home_columns {
+    () => {
+        "node_id, cut_scheduled, cut_half, adopted_by, unapplied, dirty, \
+         CASE WHEN claim_expires_at > now() THEN claimed_by END AS claimed_by"
+    };
+}
+
 pub struct PostgresMetadataStore {
     pool: PgPool,
-    /// Keys this node's journal offset ([`StoreOptions::node_id`]).
+    /// Keys this node's journal offset and, when not empty (cluster mode), its rows of system
+    /// groups' progress ([`StoreOptions::node_id`]).
     node_id: String,
 }
 
@@ -58,6 +82,16 @@ fn to_u32(what: &str, v: i64) -> MetadataResult<u32> {
 }
 
 impl PostgresMetadataStore {
+    /// The group name under which this node stores `group`'s progress: `<group>@<node id>` for
+    /// a system group in cluster mode, else `group`.
+    fn stored_group<'a>(&self, group: &'a str) -> Cow<'a, str> {
+        if !self.node_id.is_empty() && group.starts_with(SYSTEM_GROUP_PREFIX) {
+            Cow::Owned(format!("{group}{}", system_group_suffix(&self.node_id)))
+        } else {
+            Cow::Borrowed(group)
+        }
+    }
+
     /// Connects to `url` (`postgres://` or `postgresql://`) and runs the migrations. The first
     /// connection and the migrations must finish within `options.connect_timeout`.
     pub async fn open(url: &str, options: &StoreOptions) -> MetadataResult<Self> {
@@ -221,6 +255,39 @@ fn node_from_row(row: &PgRow) -> MetadataResult<NodeRecord> {
     })
 }
 
+/// A progress row whose `group_name` is `group`.
+fn progress_from_row(row: &PgRow, group: String) -> MetadataResult<ProgressRecord> {
+    Ok(ProgressRecord {
+        group,
+        topic: row.try_get("topic").map_err(query_err)?,
+        queue_id: to_u32("queue id", row.try_get("queue_id").map_err(query_err)?)?,
+        ack_floor: to_u64("ack floor", row.try_get("ack_floor").map_err(query_err)?)?,
+        acked_above: row.try_get("acked_above").map_err(query_err)?,
+    })
+}
+
+/// `group` of a system group's row of `node_id` without its `@<node id>` suffix.
+fn unscoped_group(group: &str, node_id: &str) -> MetadataResult<String> {
+    group
+        .strip_suffix(system_group_suffix(node_id).as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| MetadataError::Invalid(format!("progress row `{group}` is not node `{node_id}`'s")))
+}
+
+fn home_from_row(row: &PgRow) -> MetadataResult<HomeRecord> {
+    Ok(HomeRecord {
+        node_id: row.try_get("node_id").map_err(query_err)?,
+        cut: HomeCut {
+            scheduled: to_u64("scheduled cut", row.try_get("cut_scheduled").map_err(query_err)?)?,
+            half: to_u64("half cut", row.try_get("cut_half").map_err(query_err)?)?,
+        },
+        adopted_by: row.try_get("adopted_by").map_err(query_err)?,
+        unapplied: row.try_get("unapplied").map_err(query_err)?,
+        dirty: row.try_get("dirty").map_err(query_err)?,
+        claimed_by: row.try_get("claimed_by").map_err(query_err)?,
+    })
+}
+
 #[async_trait]
 impl ClusterStore for PostgresMetadataStore {
     async fn ensure_shards(&self, shards: u32) -> MetadataResult<()> {
@@ -368,6 +435,176 @@ impl ClusterStore for PostgresMetadataStore {
         .map_err(query_err)?;
         Ok(done.rows_affected() > 0)
     }
+
+    async fn enter_home(&self, node_id: &str) -> MetadataResult<HomeEntry> {
+        let mut tx = self.pool.begin().await.map_err(query_err)?;
+        sqlx::query("INSERT INTO home_logs (node_id) VALUES ($1) ON CONFLICT (node_id) DO NOTHING")
+            .bind(node_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err)?;
+        // Locked: a claim being made waits for this transaction, or this one for the claim.
+        let row = sqlx::query(
+            "SELECT CASE WHEN claim_expires_at > now() THEN claimed_by END AS claimed_by \
+             FROM home_logs WHERE node_id = $1 FOR UPDATE",
+        )
+        .bind(node_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(query_err)?;
+        let claimer: Option<String> = row.try_get("claimed_by").map_err(query_err)?;
+        if let Some(claimer) = claimer.filter(|c| c != node_id) {
+            tx.commit().await.map_err(query_err)?;
+            return Ok(HomeEntry::Claimed(claimer));
+        }
+        // An expired claim is void: cleared, so its holder can no longer finish the adoption.
+        let row = sqlx::query(concat!(
+            "UPDATE home_logs SET dirty = TRUE, claimed_by = NULL, claim_expires_at = NULL \
+             WHERE node_id = $1 RETURNING ",
+            home_columns!()
+        ))
+        .bind(node_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(query_err)?;
+        let record = home_from_row(&row)?;
+        tx.commit().await.map_err(query_err)?;
+        Ok(HomeEntry::Entered(record))
+    }
+
+    async fn home_cut_applied(&self, node_id: &str) -> MetadataResult<()> {
+        sqlx::query("UPDATE home_logs SET unapplied = FALSE WHERE node_id = $1")
+            .bind(node_id)
+            .execute(&self.pool)
+            .await
+            .map_err(query_err)?;
+        Ok(())
+    }
+
+    async fn homes(&self) -> MetadataResult<Vec<HomeRecord>> {
+        let rows = sqlx::query(concat!("SELECT ", home_columns!(), " FROM home_logs ORDER BY node_id COLLATE \"C\""))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_err)?;
+        rows.iter().map(home_from_row).collect()
+    }
+
+    async fn claim_home(
+        &self,
+        node_id: &str,
+        adopter: &str,
+        dead_after: Duration,
+        claim_ttl: Duration,
+    ) -> MetadataResult<Option<HomeRecord>> {
+        // A node never adopts its own home log.
+        if node_id == adopter {
+            return Ok(None);
+        }
+        let dead_after = ttl_ms(dead_after)?;
+        let claim_ttl = ttl_ms(claim_ttl)?;
+        let mut tx = self.pool.begin().await.map_err(query_err)?;
+        // The row is locked before the heartbeat is read: a node that heartbeats and then
+        // enters its home log either waits here for the claim (and sees it) or has its fresh
+        // heartbeat read below (and the claim fails).
+        let row = sqlx::query(
+            "SELECT dirty, (claimed_by IS NOT NULL AND claimed_by <> $2 AND claim_expires_at > now()) AS claimed \
+             FROM home_logs WHERE node_id = $1 FOR UPDATE",
+        )
+        .bind(node_id)
+        .bind(adopter)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(query_err)?;
+        let Some(row) = row else { return Ok(None) };
+        let dirty: bool = row.try_get("dirty").map_err(query_err)?;
+        let claimed: bool = row.try_get("claimed").map_err(query_err)?;
+        if !dirty || claimed {
+            return Ok(None);
+        }
+        let alive: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM cluster_nodes WHERE node_id = $1 \
+             AND heartbeat_at > now() - $2 * interval '1 millisecond')",
+        )
+        .bind(node_id)
+        .bind(dead_after)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(query_err)?;
+        if alive {
+            return Ok(None);
+        }
+        let row = sqlx::query(concat!(
+            "UPDATE home_logs SET claimed_by = $2, claim_expires_at = now() + $3 * interval '1 millisecond' \
+             WHERE node_id = $1 RETURNING ",
+            home_columns!()
+        ))
+        .bind(node_id)
+        .bind(adopter)
+        .bind(claim_ttl)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(query_err)?;
+        let record = home_from_row(&row)?;
+        tx.commit().await.map_err(query_err)?;
+        Ok(Some(record))
+    }
+
+    async fn finish_adoption(&self, node_id: &str, adopter: &str, cut: HomeCut) -> MetadataResult<bool> {
+        let done = sqlx::query(
+            "UPDATE home_logs SET cut_scheduled = GREATEST(cut_scheduled, $3), cut_half = GREATEST(cut_half, $4), \
+             adopted_by = $2, unapplied = TRUE, dirty = FALSE, claimed_by = NULL, claim_expires_at = NULL \
+             WHERE node_id = $1 AND claimed_by = $2 AND claim_expires_at > now()",
+        )
+        .bind(node_id)
+        .bind(adopter)
+        .bind(to_i64("scheduled cut", cut.scheduled)?)
+        .bind(to_i64("half cut", cut.half)?)
+        .execute(&self.pool)
+        .await
+        .map_err(query_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn drop_claim(&self, node_id: &str, adopter: &str) -> MetadataResult<()> {
+        sqlx::query(
+            "UPDATE home_logs SET claimed_by = NULL, claim_expires_at = NULL WHERE node_id = $1 AND claimed_by = $2",
+        )
+        .bind(node_id)
+        .bind(adopter)
+        .execute(&self.pool)
+        .await
+        .map_err(query_err)?;
+        Ok(())
+    }
+
+    async fn node_system_progress(&self, node_id: &str) -> MetadataResult<(Vec<ProgressRecord>, u64)> {
+        let suffix = system_group_suffix(node_id);
+        // Compared with left()/right(), not LIKE: the node id is not a pattern.
+        let rows = sqlx::query(
+            "SELECT group_name, topic, queue_id, ack_floor, acked_above FROM consumer_progress \
+             WHERE left(group_name, length($1)) = $1 AND right(group_name, length($2)) = $2 \
+             ORDER BY group_name COLLATE \"C\", topic COLLATE \"C\", queue_id",
+        )
+        .bind(SYSTEM_GROUP_PREFIX)
+        .bind(&suffix)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err)?;
+        let records = rows
+            .iter()
+            .map(|row| {
+                let group: String = row.try_get("group_name").map_err(query_err)?;
+                progress_from_row(row, unscoped_group(&group, node_id)?)
+            })
+            .collect::<MetadataResult<Vec<_>>>()?;
+        let journal_offset: Option<i64> =
+            sqlx::query_scalar("SELECT journal_offset FROM journal_offsets WHERE node_id = $1")
+                .bind(node_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(query_err)?;
+        Ok((records, to_u64("journal offset", journal_offset.unwrap_or(0))?))
+    }
 }
 
 #[async_trait]
@@ -471,6 +708,9 @@ impl MetadataStore for PostgresMetadataStore {
         rows.iter().map(group_from_row).collect()
     }
 
+    /// In cluster mode the rows of system groups (`rmq_sys_*`) are this node's only, stored as
+    /// `<group>@<node id>` and returned without the suffix; other nodes' (and unscoped) system
+    /// rows are left out.
     async fn load_progress(&self) -> MetadataResult<(Vec<ProgressRecord>, u64)> {
         let journal_offset: Option<i64> =
             sqlx::query_scalar("SELECT journal_offset FROM journal_offsets WHERE node_id = $1")
@@ -478,35 +718,45 @@ impl MetadataStore for PostgresMetadataStore {
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(query_err)?;
-        let rows = sqlx::query("SELECT group_name, topic, queue_id, ack_floor, acked_above FROM consumer_progress")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_err)?;
+        let suffix = system_group_suffix(&self.node_id);
+        // Compared with left()/right(), not LIKE: the node id is not a pattern.
+        let rows = sqlx::query(
+            "SELECT group_name, topic, queue_id, ack_floor, acked_above FROM consumer_progress \
+             WHERE $1 = '' OR left(group_name, length($2)) <> $2 OR right(group_name, length($3)) = $3",
+        )
+        .bind(&self.node_id)
+        .bind(SYSTEM_GROUP_PREFIX)
+        .bind(&suffix)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_err)?;
         let records = rows
             .iter()
             .map(|row| {
-                Ok(ProgressRecord {
-                    group: row.try_get("group_name").map_err(query_err)?,
-                    topic: row.try_get("topic").map_err(query_err)?,
-                    queue_id: to_u32("queue id", row.try_get("queue_id").map_err(query_err)?)?,
-                    ack_floor: to_u64("ack floor", row.try_get("ack_floor").map_err(query_err)?)?,
-                    acked_above: row.try_get("acked_above").map_err(query_err)?,
-                })
+                let group: String = row.try_get("group_name").map_err(query_err)?;
+                let group = if !self.node_id.is_empty() && group.starts_with(SYSTEM_GROUP_PREFIX) {
+                    unscoped_group(&group, &self.node_id)?
+                } else {
+                    group
+                };
+                progress_from_row(row, group)
             })
             .collect::<MetadataResult<Vec<_>>>()?;
         Ok((records, journal_offset.unwrap_or(0).max(0) as u64))
     }
 
+    /// In cluster mode the rows of system groups (`rmq_sys_*`) are stored as
+    /// `<group>@<node id>`: each node has its own system queues, in its own log.
     async fn save_progress(&self, batch: &[ProgressRecord], journal_offset: u64) -> MetadataResult<()> {
         // ON CONFLICT cannot touch one row twice in a statement: the last record of a key wins.
-        let mut latest: std::collections::HashMap<(&str, &str, u32), &ProgressRecord> =
+        let mut latest: std::collections::HashMap<(Cow<'_, str>, &str, u32), &ProgressRecord> =
             std::collections::HashMap::with_capacity(batch.len());
         for p in batch {
-            latest.insert((p.group.as_str(), p.topic.as_str(), p.queue_id), p);
+            latest.insert((self.stored_group(&p.group), p.topic.as_str(), p.queue_id), p);
         }
-        let mut rows: Vec<&ProgressRecord> = latest.into_values().collect();
+        let mut rows: Vec<((Cow<'_, str>, &str, u32), &ProgressRecord)> = latest.into_iter().collect();
         // Rows locked in key order: two writers of overlapping batches cannot deadlock.
-        rows.sort_unstable_by(|a, b| (&a.group, &a.topic, a.queue_id).cmp(&(&b.group, &b.topic, b.queue_id)));
+        rows.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
         let journal_offset = to_i64("journal offset", journal_offset)?;
         let now = now_ms();
         let mut tx = self.pool.begin().await.map_err(query_err)?;
@@ -516,8 +766,8 @@ impl MetadataStore for PostgresMetadataStore {
             let mut queues = Vec::with_capacity(chunk.len());
             let mut floors = Vec::with_capacity(chunk.len());
             let mut above = Vec::with_capacity(chunk.len());
-            for p in chunk {
-                groups.push(p.group.as_str());
+            for ((group, _, _), p) in chunk {
+                groups.push(&**group);
                 topics.push(p.topic.as_str());
                 queues.push(i64::from(p.queue_id));
                 floors.push(to_i64("ack floor", p.ack_floor)?);
@@ -552,9 +802,11 @@ impl MetadataStore for PostgresMetadataStore {
         tx.commit().await.map_err(query_err)
     }
 
+    /// A system group's rows are this node's only in cluster mode (see `save_progress`).
     async fn delete_progress(&self, group: &str) -> MetadataResult<u64> {
+        let stored = self.stored_group(group);
         let done = sqlx::query("DELETE FROM consumer_progress WHERE group_name = $1")
-            .bind(group)
+            .bind(&*stored)
             .execute(&self.pool)
             .await
             .map_err(query_err)?;

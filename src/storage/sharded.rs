@@ -102,6 +102,32 @@ pub struct ShardStats {
     pub tiering: TieringStats,
 }
 
+/// A dead node's home log, opened read-only from the object store
+/// ([`ShardedLog::open_foreign_home`]).
+pub struct ForeignHome {
+    log: Arc<TieredLog>,
+    dir: PathBuf,
+}
+
+impl ForeignHome {
+    pub fn log(&self) -> &dyn MessageLog {
+        &*self.log
+    }
+
+    /// Closes it and deletes its local directory.
+    pub async fn close(self) {
+        if let Err(e) = self.log.close().await {
+            tracing::warn!(error = %e, "closing an adopted home log failed");
+        }
+        let dir = self.dir.clone();
+        match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(dir = %self.dir.display(), error = %e, "cannot delete an adoption directory"),
+            Err(e) => tracing::warn!(error = %e, "deleting an adoption directory panicked"),
+        }
+    }
+}
+
 /// Where a queue's messages live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Target {
@@ -163,7 +189,7 @@ fn io(context: impl Into<String>, source: std::io::Error) -> StorageError {
 
 /// Where a log taking a shard over from the manifest starts: at the segment boundary after the
 /// manifest's end (0 for a shard never written), each queue at its manifest end offset.
-fn resume_point(rows: &[SegmentRecord], segment_size: u64, epoch: i64) -> ResumePoint {
+pub fn resume_point(rows: &[SegmentRecord], segment_size: u64, epoch: i64) -> ResumePoint {
     let end = rows.iter().map(|r| r.base + r.size).max().unwrap_or(0);
     let position =
         if rows.is_empty() && epoch <= 1 { 0 } else { (end / segment_size.max(1)).saturating_add(1) * segment_size };
@@ -454,6 +480,40 @@ impl ShardedLog {
             tracing::warn!(shard, error = %e, "closing the stale shard directory failed");
         }
         out
+    }
+
+    /// Opens dead node `node_id`'s home log from its manifest and the object store, to read
+    /// (adoption): an empty local log in `<dir>/adopt-<node>` that continues past the
+    /// manifest, so every read goes to the bucket. Nothing is appended to it.
+    pub async fn open_foreign_home(&self, node_id: &str) -> StorageResult<ForeignHome> {
+        let log_id = cluster::home_log_id(node_id);
+        let rows = self
+            .meta
+            .list_segments(&log_id)
+            .await
+            .map_err(|e| StorageError::Remote(format!("listing the manifest of {log_id}: {e}")))?;
+        let dir = self.settings.dir.join(format!("adopt-{node_id}"));
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            if d.exists() {
+                std::fs::remove_dir_all(&d)?;
+            }
+            std::fs::create_dir_all(&d)
+        })
+        .await
+        .map_err(|e| io("preparing an adoption directory", std::io::Error::other(e.to_string())))?
+        .map_err(|e| io(format!("preparing {}", dir.display()), e))?;
+        // Any epoch above 1: start past the manifest even when it is empty.
+        let local = self.open_local(&dir, Some(resume_point(&rows, self.settings.storage.segment_size, 2))).await?;
+        let tiering =
+            TieringSettings { log_id, fence: None, tail_upload_interval: None, ..self.settings.tiering.clone() };
+        match TieredLog::open(local.clone(), self.store.clone(), self.meta.clone(), tiering).await {
+            Ok(log) => Ok(ForeignHome { log, dir }),
+            Err(e) => {
+                let _ = local.close().await;
+                Err(e)
+            }
+        }
     }
 
     async fn open_local(&self, dir: &Path, resume: Option<ResumePoint>) -> StorageResult<Arc<CommitLog>> {
