@@ -218,6 +218,9 @@ pub(crate) struct Inner {
     serial: AtomicU64,
     /// Journal offset covered by the last saved progress snapshot.
     journal_saved: AtomicU64,
+    /// One progress flush at a time: a flush that returns has written every change made
+    /// before it was called (a concurrent flush may have taken it; it is waited for).
+    flush_lock: tokio::sync::Mutex<()>,
     /// Orders offset resets after the acks under way (`offsets.rs`).
     reset_gates: offsets::ResetGates,
     /// Whether progress writes to the metadata store are failing (`meta_health.rs`).
@@ -322,6 +325,7 @@ impl Broker {
             broadcast_seen: Mutex::new(HashMap::new()),
             relay: relay::Relay::default(),
             journal_saved: AtomicU64::new(0),
+            flush_lock: tokio::sync::Mutex::new(()),
             reset_gates: offsets::ResetGates::default(),
             meta_health: meta_health::HealthCell::default(),
             ownership: RwLock::new(Arc::new(AllQueues)),

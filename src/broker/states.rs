@@ -324,6 +324,7 @@ impl Broker {
 
     /// Writes the progress of the states changed since the last flush, in one batch.
     pub async fn flush_progress(&self) -> BrokerResult<()> {
+        let _one_at_a_time = self.inner.flush_lock.lock().await;
         // Read before the snapshot: every ack journaled below this offset was applied in memory
         // before its journal write finished, so the snapshot includes it.
         let journal_end = self.inner.log.queue_range(JOURNAL_TOPIC, 0).end;

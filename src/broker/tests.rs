@@ -1116,3 +1116,135 @@ async fn a_recall_holds_after_its_due_time_and_a_crash() {
     h.clock.advance(5_000);
     assert_eq!(broker.fire_due_timers().await.unwrap(), 0, "neither fires again");
 }
+
+/// A cluster node's log in miniature: system topics in the node's own `home` log, the rest in
+/// a log `shared` with the other nodes (as shard logs are, through the bucket).
+struct SplitLog {
+    home: MemoryLog,
+    shared: Arc<MemoryLog>,
+}
+
+impl SplitLog {
+    fn of(topic: &str) -> bool {
+        topic.starts_with("rmq_sys_")
+    }
+
+    fn log(&self, topic: &str) -> &MemoryLog {
+        if Self::of(topic) { &self.home } else { &self.shared }
+    }
+}
+
+#[async_trait]
+impl MessageLog for SplitLog {
+    async fn append(&self, messages: Vec<AppendMessage>) -> StorageResult<Vec<AppendResult>> {
+        let mut out = Vec::with_capacity(messages.len());
+        for m in messages {
+            let log = self.log(&m.topic);
+            out.extend(log.append(vec![m]).await?);
+        }
+        Ok(out)
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max: usize,
+        bytes: usize,
+    ) -> StorageResult<Vec<StoredMessage>> {
+        self.log(topic).read(topic, queue_id, offset, max, bytes)
+    }
+
+    fn queue_range(&self, topic: &str, queue_id: u32) -> QueueRange {
+        self.log(topic).queue_range(topic, queue_id)
+    }
+
+    fn find_by_message_id(&self, id: &str) -> StorageResult<Vec<StoredMessage>> {
+        let mut found = self.shared.find_by_message_id(id)?;
+        found.extend(self.home.find_by_message_id(id)?);
+        Ok(found)
+    }
+
+    fn find_by_key(&self, topic: &str, key: &str, max: usize) -> StorageResult<Vec<StoredMessage>> {
+        self.log(topic).find_by_key(topic, key, max)
+    }
+
+    fn hold_retention(&self, _holder: &'static str, _position: Option<u64>) {}
+
+    async fn close(&self) -> StorageResult<()> {
+        Ok(())
+    }
+}
+
+/// Cluster: a queue handed over gracefully keeps its orderly groups locked on the new owner:
+/// the message in flight is neither delivered again nor overtaken by the next of its group
+/// until it is acked (through the new owner) or its invisibility ends.
+#[tokio::test]
+async fn a_handed_over_queue_keeps_its_fifo_groups_locked() {
+    let shared = Arc::new(MemoryLog::new());
+    let h = Harness::new(Arc::new(SplitLog { home: MemoryLog::new(), shared: shared.clone() })).await;
+    let old = h.start().await;
+    old.put_group("G", true, (Some(3), None), None).await.unwrap();
+    for (id, g) in [("a0", "A"), ("a1", "A"), ("b0", "B")] {
+        old.send(vec![fifo_message(id, g)]).await.unwrap();
+    }
+    let got = old.receive(receive_request()).await.unwrap();
+    assert_eq!(ids(&got), vec!["a0", "b0"]);
+    old.ack("c", "G", "T", &got[1].receipt_handle).await.unwrap();
+    let t = |topic: &str, _q: u32| topic == "T";
+    old.release_queues(&t).await.unwrap();
+
+    // The new owner: its own home log (journal), the same shared queues and metadata.
+    let h2 = Harness {
+        log: Arc::new(SplitLog { home: MemoryLog::new(), shared }),
+        meta: h.meta.clone(),
+        timer_dir: tempfile::tempdir().unwrap(),
+        clock: h.clock.clone(),
+    };
+    let new = h2.start().await;
+    new.adopt_queues(&t).await.unwrap();
+    assert!(new.receive(receive_request()).await.unwrap().is_empty(), "a0 in flight: A stays locked");
+    new.ack("c", "G", "T", &got[0].receipt_handle).await.expect("the old owner's handle acks on the new one");
+    assert_eq!(ids(&new.receive(receive_request()).await.unwrap()), vec!["a1"]);
+}
+
+/// Cluster: a FIFO delivery is in the shared store before the consumer gets it, so a node
+/// taking the queue over after the owner crashed (no hand-over, no periodic flush yet) keeps
+/// the message group locked.
+#[tokio::test]
+async fn fifo_groups_stay_locked_when_the_owner_crashes() {
+    struct Clustered;
+    impl QueueOwnership for Clustered {
+        fn owns(&self, _topic: &str, _queue_id: u32) -> bool {
+            true
+        }
+    }
+    let shared = Arc::new(MemoryLog::new());
+    let h = Harness::new(Arc::new(SplitLog { home: MemoryLog::new(), shared: shared.clone() })).await;
+    let mut settings = test_settings();
+    // No periodic flush during the test: only the delivery's own write can reach the store.
+    settings.consumer.progress_flush_interval = Duration::from_secs(3600);
+    let old = h.start_with(settings.clone()).await;
+    old.set_ownership(Arc::new(Clustered));
+    old.put_group("G", true, (Some(3), None), None).await.unwrap();
+    for (id, g) in [("a0", "A"), ("a1", "A")] {
+        old.send(vec![fifo_message(id, g)]).await.unwrap();
+    }
+    let got = old.receive(receive_request()).await.unwrap();
+    assert_eq!(ids(&got), vec!["a0"]);
+    drop(old);
+
+    let h2 = Harness {
+        log: Arc::new(SplitLog { home: MemoryLog::new(), shared }),
+        meta: h.meta.clone(),
+        timer_dir: tempfile::tempdir().unwrap(),
+        clock: h.clock.clone(),
+    };
+    let new = h2.start_with(settings).await;
+    new.set_ownership(Arc::new(Clustered));
+    new.adopt_queues(&|topic: &str, _q: u32| topic == "T").await.unwrap();
+    assert!(new.receive(receive_request()).await.unwrap().is_empty(), "a0 in flight: A stays locked");
+    new.ack("c", "G", "T", &got[0].receipt_handle).await.unwrap();
+    assert_eq!(ids(&new.receive(receive_request()).await.unwrap()), vec!["a1"]);
+}
