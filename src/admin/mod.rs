@@ -663,6 +663,7 @@ fn stats_json(s: &BrokerStats) -> serde_json::Value {
             "uploadFailures": t.upload_failures,
             "orphansRemoved": t.orphans_removed,
             "remoteSegmentsExpired": t.remote_segments_expired,
+            "mergedChunks": t.merged_chunks,
             "coldGets": t.cold_gets,
             "coldGetBytes": t.cold_get_bytes,
             "cacheBytes": t.cache_bytes,

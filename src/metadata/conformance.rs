@@ -285,6 +285,24 @@ pub async fn segment_manifest(store: &dyn MetadataStore) -> MetadataResult<()> {
     let s2_again = seg(2048, vec![q("z", 9, 1, 2, 3)]);
     store.put_segment(&s2_again, None).await?;
     assert_eq!(store.list_segments("n1").await?[0], s2_again);
+    // A merged row replaces the chunks that start inside its range, atomically; the rows
+    // before and after it stay.
+    let chunk = |base: u64, size: u64, first: u64, end: u64| SegmentRecord {
+        size,
+        queues: vec![q("m", 0, first, end, size)],
+        ..seg(base, vec![])
+    };
+    let (c1, c2, c3, after) =
+        (chunk(10_000, 100, 0, 4), chunk(10_100, 50, 4, 6), chunk(10_150, 50, 6, 9), chunk(10_200, 10, 9, 10));
+    for c in [&c1, &c2, &c3, &after] {
+        store.put_segment(c, None).await?;
+    }
+    let merged = SegmentRecord { object_key: "ab/n1/merged".into(), ..chunk(10_000, 200, 0, 9) };
+    store.put_segment(&merged, None).await?;
+    let rows: Vec<SegmentRecord> = store.list_segments("n1").await?.into_iter().filter(|r| r.base >= 10_000).collect();
+    assert_eq!(rows, vec![merged.clone(), after.clone()]);
+    store.put_segment(&merged, None).await?;
+    assert_eq!(store.list_segments("n1").await?.into_iter().filter(|r| r.base >= 10_000).count(), 2, "idempotent");
     Ok(())
 }
 

@@ -214,7 +214,9 @@ pub trait MetadataStore: Send + Sync + 'static {
     async fn delete_progress(&self, group: &str) -> MetadataResult<u64>;
 
     /// Records a tiered segment (after its object is complete). Idempotent: recording the same
-    /// `(log_id, base)` again replaces the row and its queues atomically.
+    /// `(log_id, base)` again replaces the row and its queues atomically. The rows of the log
+    /// that start inside the new row's range (`base < b < base + size`: the chunks a merged
+    /// object replaces) are deleted in the same transaction.
     ///
     /// With a `fence` (cluster mode), the row is recorded only if the lease of the shard
     /// named by `segment.log_id` is held by `fence.node_id` with `fence.epoch`, checked in the

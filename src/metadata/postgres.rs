@@ -854,6 +854,14 @@ impl MetadataStore for PostgresMetadataStore {
             .execute(&mut *tx)
             .await
             .map_err(query_err)?;
+        // The chunks a merged row replaces (their queues go with them: ON DELETE CASCADE).
+        sqlx::query("DELETE FROM tiered_segments WHERE log_id = $1 AND base > $2 AND base < $3")
+            .bind(&seg.log_id)
+            .bind(base)
+            .bind(to_i64("segment end", seg.base.saturating_add(seg.size))?)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_err)?;
         if !seg.queues.is_empty() {
             sqlx::query(
                 "INSERT INTO tiered_segment_queues (log_id, base, topic, queue_id, first_offset, end_offset, index_pos) \
@@ -875,12 +883,16 @@ impl MetadataStore for PostgresMetadataStore {
     }
 
     async fn list_segments(&self, log_id: &str) -> MetadataResult<Vec<SegmentRecord>> {
+        // One snapshot for both reads: an upload (or a merge) committing between them must
+        // not leave queue rows without their segment, or a segment without its queues.
+        let mut tx = self.pool.begin().await.map_err(query_err)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await.map_err(query_err)?;
         let rows = sqlx::query(
             "SELECT base, size, object_key, object_size, first_store_ms, last_store_ms, uploaded_at_ms \
              FROM tiered_segments WHERE log_id = $1 ORDER BY base",
         )
         .bind(log_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(query_err)?;
         let mut segments = rows
@@ -905,7 +917,7 @@ impl MetadataStore for PostgresMetadataStore {
              WHERE log_id = $1 ORDER BY base, topic COLLATE \"C\", queue_id",
         )
         .bind(log_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(query_err)?;
         for row in &rows {
@@ -924,6 +936,7 @@ impl MetadataStore for PostgresMetadataStore {
                 }
             }
         }
+        tx.commit().await.map_err(query_err)?;
         Ok(segments)
     }
 

@@ -304,6 +304,17 @@ impl MetadataStore for SqliteMetadataStore {
             .execute(&mut *tx)
             .await
             .map_err(query_err)?;
+        // The chunks a merged row replaces, with their queues.
+        let end = seg.base.saturating_add(seg.size) as i64;
+        for table in ["tiered_segment_queues", "tiered_segments"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE log_id = ? AND base > ? AND base < ?")))
+                .bind(&seg.log_id)
+                .bind(seg.base as i64)
+                .bind(end)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err)?;
+        }
         for q in &seg.queues {
             sqlx::query(
                 "INSERT INTO tiered_segment_queues (log_id, base, topic, queue_id, first_offset, end_offset, index_pos) \
@@ -324,12 +335,15 @@ impl MetadataStore for SqliteMetadataStore {
     }
 
     async fn list_segments(&self, log_id: &str) -> MetadataResult<Vec<SegmentRecord>> {
+        // One snapshot for both reads: an upload (or a merge) committing between them must
+        // not leave queue rows without their segment, or a segment without its queues.
+        let mut tx = self.pool.begin().await.map_err(query_err)?;
         let rows = sqlx::query(
             "SELECT base, size, object_key, object_size, first_store_ms, last_store_ms, uploaded_at_ms \
              FROM tiered_segments WHERE log_id = ? ORDER BY base",
         )
         .bind(log_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(query_err)?;
         let mut segments = rows
@@ -353,7 +367,7 @@ impl MetadataStore for SqliteMetadataStore {
              WHERE log_id = ? ORDER BY base, topic, queue_id",
         )
         .bind(log_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(query_err)?;
         for row in &rows {
@@ -372,6 +386,7 @@ impl MetadataStore for SqliteMetadataStore {
                 }
             }
         }
+        tx.commit().await.map_err(query_err)?;
         Ok(segments)
     }
 

@@ -803,6 +803,7 @@ impl MessageLog for ShardedLog {
             sum.upload_failures += s.upload_failures;
             sum.orphans_removed += s.orphans_removed;
             sum.remote_segments_expired += s.remote_segments_expired;
+            sum.merged_chunks += s.merged_chunks;
             sum.cold_gets += s.cold_gets;
             sum.cold_get_bytes += s.cold_get_bytes;
             sum.cache_bytes += s.cache_bytes;

@@ -36,6 +36,10 @@
 //! those offsets at `[index_pos, index_pos + 32 * (end_offset - first_offset))`. Key:
 //! `<prefix>/<2 hex of a hash of (log_id, base)>/<log_id>/<base:020>.seg`.
 //!
+//! - **Merging**: a sealed segment uploaded as several tail chunks is merged into one object
+//!   once wholly covered (`upload.rs`: [`upload::merged_object_key`], one manifest row that
+//!   replaces the chunks' rows atomically); the chunk objects go with the orphan sweep.
+//!
 //! Lookups by message id or key (`find_by_message_id`, `find_by_key`) cover local data only.
 //!
 //! This module must not import protocol (tonic/prost), HTTP-server or SQL crates.
@@ -135,6 +139,8 @@ pub struct TieringStats {
     pub upload_failures: u64,
     pub orphans_removed: u64,
     pub remote_segments_expired: u64,
+    /// Tail chunks replaced by merged objects (one per sealed segment).
+    pub merged_chunks: u64,
     /// Range GETs of cold reads and the bytes they returned.
     pub cold_gets: u64,
     pub cold_get_bytes: u64,
@@ -152,6 +158,7 @@ struct Counters {
     upload_failures: AtomicU64,
     orphans_removed: AtomicU64,
     remote_segments_expired: AtomicU64,
+    merged_chunks: AtomicU64,
     cold_gets: AtomicU64,
     cold_get_bytes: AtomicU64,
 }
@@ -349,6 +356,12 @@ impl TieredLog {
         upload::upload_pending(&self.inner, &self.stop, tail).await;
     }
 
+    /// Runs the orphan sweep now and waits for it (tests).
+    #[cfg(test)]
+    pub async fn sweep_now(&self) {
+        upload::sweep_orphans(&self.inner).await;
+    }
+
     /// Uploads everything published so far, the tail of the active segment included (the
     /// hand-over of a shard). Fails if the log is fenced or closing before it is all up.
     pub async fn upload_all(&self) -> StorageResult<()> {
@@ -452,6 +465,7 @@ impl Inner {
             upload_failures: c.upload_failures.load(Ordering::Relaxed),
             orphans_removed: c.orphans_removed.load(Ordering::Relaxed),
             remote_segments_expired: c.remote_segments_expired.load(Ordering::Relaxed),
+            merged_chunks: c.merged_chunks.load(Ordering::Relaxed),
             cold_gets: c.cold_gets.load(Ordering::Relaxed),
             cold_get_bytes: c.cold_get_bytes.load(Ordering::Relaxed),
             cache_bytes: self.cache().used_bytes() as u64,

@@ -1,7 +1,8 @@
 //! The tiering task: uploads the log in ranges (sealed segments, and chunks of the active
 //! segment's published tail when tail uploads are on or a `persist_remote` waiter asks; object
-//! first, manifest row second), raises the local retention limit past what is covered, sweeps
-//! orphan objects and applies remote retention. Failures of the object store or the manifest
+//! first, manifest row second), merges the chunks of a sealed segment into one object, raises
+//! the local retention limit past what is covered, sweeps orphan objects and applies remote
+//! retention. Failures of the object store or the manifest
 //! are retried with capped exponential backoff and jitter, forever; they are never fatal,
 //! except a fenced manifest write, which stops the task for good (another node owns the log).
 
@@ -32,8 +33,16 @@ pub fn object_key(prefix: &str, log_id: &str, base: u64) -> String {
     }
 }
 
-/// Whether `key` is an object of log `log_id` under `prefix` (as [`object_key`] makes them),
-/// and its base.
+/// The object key of the chunks of `[base, end)` merged into one object:
+/// `<prefix>/<2 hex>/<log_id>/<base:020>-<end:020>.seg` (never the key of a chunk, which a
+/// reader may still be fetching).
+pub fn merged_object_key(prefix: &str, log_id: &str, base: u64, end: u64) -> String {
+    let key = object_key(prefix, log_id, base);
+    format!("{}-{end:020}.seg", key.trim_end_matches(".seg"))
+}
+
+/// Whether `key` is an object of log `log_id` under `prefix` (as [`object_key`] or
+/// [`merged_object_key`] make them), and its base.
 fn parse_object_key(prefix: &str, log_id: &str, key: &str) -> Option<u64> {
     let log = if log_id.is_empty() { "local" } else { log_id };
     let prefix = prefix.trim_end_matches('/');
@@ -41,11 +50,20 @@ fn parse_object_key(prefix: &str, log_id: &str, key: &str) -> Option<u64> {
     let (hash, rest) = rest.split_once('/')?;
     let (l, name) = rest.split_once('/')?;
     let digits = name.strip_suffix(".seg")?;
-    if hash.len() != 2 || l != log || digits.len() != 20 {
+    if hash.len() != 2 || l != log {
         return None;
     }
-    let base = digits.parse().ok()?;
-    (object_key(prefix, log_id, base) == key).then_some(base)
+    match digits.split_once('-') {
+        None if digits.len() == 20 => {
+            let base = digits.parse().ok()?;
+            (object_key(prefix, log_id, base) == key).then_some(base)
+        }
+        Some((b, e)) if b.len() == 20 && e.len() == 20 => {
+            let (base, end) = (b.parse().ok()?, e.parse().ok()?);
+            (merged_object_key(prefix, log_id, base, end) == key).then_some(base)
+        }
+        _ => None,
+    }
 }
 
 /// The object of a scanned range (data, then one index slice per queue) and its manifest row.
@@ -129,6 +147,10 @@ pub(super) async fn run(inner: Arc<Inner>, stop: CancellationToken) {
         }
         if inner.is_fenced() {
             break;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = merge_chunks(&inner) => {}
         }
         if Instant::now() >= next_retention {
             remote_retention(&inner, &stop).await;
@@ -308,6 +330,118 @@ async fn upload_next(inner: &Arc<Inner>, tail: bool, limit: u64) -> Result<bool,
     Ok(true)
 }
 
+/// Merges the chunks of every sealed segment that is wholly uploaded in more than one range
+/// (tail uploads) into one object: the segment's records are read again from the local log,
+/// put under [`merged_object_key`], and recorded with one manifest row that replaces the
+/// chunks' rows in the same transaction (fenced like any upload). The chunk objects then have
+/// no row: the orphan sweep deletes them after its grace period, so a read already under way
+/// finishes. A segment no longer on local disk, or whose chunks do not tile it, stays as it
+/// is (a warning for the latter). Failures are retried at the next pass.
+pub(super) async fn merge_chunks(inner: &Arc<Inner>) {
+    let _no_upload = inner.upload_lock.lock().await;
+    let covered = inner.covered_to();
+    let local_start = inner.local.log_start();
+    let candidates: Vec<Vec<Arc<SegmentRecord>>> = {
+        let manifest = inner.manifest_read();
+        inner
+            .local
+            .sealed_segments()
+            .iter()
+            .map(|s| (s.base, s.base + s.file_size))
+            .filter(|&(base, end)| base >= local_start && end <= covered)
+            .map(|(base, end)| manifest.segments.range(base..end).map(|(_, r)| r.clone()).collect::<Vec<_>>())
+            .filter(|rows| rows.len() > 1)
+            .collect()
+    };
+    for rows in candidates {
+        if inner.is_fenced() {
+            return;
+        }
+        match merge_one(inner, &rows).await {
+            Ok(()) => {}
+            Err(UploadError::Fenced(reason)) => {
+                tracing::error!(
+                    log_id = inner.settings.log_id,
+                    error = reason,
+                    "manifest write fenced while merging chunks"
+                );
+                inner.set_fenced();
+                return;
+            }
+            Err(UploadError::Retry(reason)) => {
+                tracing::warn!(
+                    log_id = inner.settings.log_id,
+                    segment = rows[0].base,
+                    chunks = rows.len(),
+                    error = reason,
+                    "merging the chunks of a segment failed; retried at the next pass"
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// Merges `rows` (the chunks of one sealed segment, in log order) into one object and row.
+async fn merge_one(inner: &Arc<Inner>, rows: &[Arc<SegmentRecord>]) -> Result<(), UploadError> {
+    let base = rows[0].base;
+    let mut end = base;
+    for r in rows {
+        if r.base != end {
+            return Err(UploadError::Retry(format!(
+                "chunks do not tile the segment: a gap at {end} (next at {})",
+                r.base
+            )));
+        }
+        end = r.base + r.size;
+    }
+    let i = inner.clone();
+    let scan = tokio::task::spawn_blocking(move || i.local.scan_range(base, end))
+        .await
+        .map_err(|e| UploadError::Retry(format!("segment scan task failed: {e}")))?
+        .map_err(|e| UploadError::Retry(format!("scanning the log at {base}: {e}")))?;
+    // Dropped locally meanwhile: left as chunks.
+    let Some(scan) = scan else { return Ok(()) };
+    if scan.base != base || scan.base + scan.used() != end {
+        return Err(UploadError::Retry(format!(
+            "the local segment [{}, {}) does not match its chunks [{base}, {end})",
+            scan.base,
+            scan.base + scan.used()
+        )));
+    }
+    let (parts, mut record) =
+        build_object(&inner.settings.prefix, &inner.settings.log_id, &scan).map_err(UploadError::Retry)?;
+    record.object_key = merged_object_key(&inner.settings.prefix, &inner.settings.log_id, base, end);
+    inner
+        .store
+        .put(&record.object_key, parts)
+        .await
+        .map_err(|e| UploadError::Retry(format!("putting the merged object: {e}")))?;
+    inner.meta.put_segment(&record, inner.settings.fence.as_ref()).await.map_err(|e| match e {
+        MetadataError::Fenced(m) => UploadError::Fenced(m),
+        e @ (MetadataError::Unavailable(_) | MetadataError::Query(_) | MetadataError::Invalid(_)) => {
+            UploadError::Retry(format!("recording the merged segment in the manifest: {e}"))
+        }
+    })?;
+    let (key, bytes) = (record.object_key.clone(), record.object_size);
+    {
+        let mut manifest = inner.manifest_write();
+        for r in rows {
+            manifest.remove(r.base);
+        }
+        manifest.insert(record);
+    }
+    {
+        let mut cache = inner.cache();
+        for r in rows {
+            cache.forget_segment(r.base);
+        }
+    }
+    inner.counters.merged_chunks.fetch_add(rows.len() as u64, Ordering::Relaxed);
+    tracing::debug!(base, end, chunks = rows.len(), key, bytes, "chunks of a sealed segment merged into one object");
+    Ok(())
+}
+
 /// Deletes objects of this log that have no manifest row and are older than the grace period.
 pub(super) async fn sweep_orphans(inner: &Arc<Inner>) {
     // Never beside an upload pass: an object put but not yet recorded looks like an orphan, and
@@ -393,5 +527,11 @@ mod tests {
         assert_eq!(parse_object_key("", "", &object_key("", "", 0)), Some(0));
         assert!(object_key("", "", 0).ends_with("/local/00000000000000000000.seg"));
         assert_eq!(parse_object_key("tier", "node-1", "tier/zz/node-1/00000000000001048576.seg"), None);
+        let m = merged_object_key("tier", "node-1", 1 << 20, 3 << 20);
+        assert!(m.ends_with("/node-1/00000000000001048576-00000000000003145728.seg"), "{m}");
+        assert_ne!(m, k, "a merged object never takes a chunk's key");
+        assert_eq!(parse_object_key("tier", "node-1", &m), Some(1 << 20));
+        assert_eq!(parse_object_key("tier", "node-2", &m), None);
+        assert_eq!(parse_object_key("tier", "node-1", &m.replace("-0000", "-9000")), None);
     }
 }
