@@ -149,6 +149,17 @@ pub struct ClusterConfig {
     /// Bound of one request forwarded to another node.
     #[serde(with = "humantime_serde")]
     pub forward_timeout: Duration,
+    /// Nodes call each other (forwarded requests, the peer service) over TLS. Needed when
+    /// `server.tls.mode` is `enforcing`.
+    pub peer_tls: bool,
+    /// PEM file of the CA(s) that sign the nodes' certificates (`server.tls.certPath`), checked
+    /// with the peer address's host as the name. Empty: any certificate is accepted (traffic
+    /// is encrypted, the peer is not authenticated by its certificate).
+    pub peer_ca_path: String,
+    /// Shared by every node: a call of the peer service must carry it, so only nodes of the
+    /// cluster can relay orphan checks or hand messages over. Empty: the peer service is open
+    /// to whoever reaches the gRPC port. Sent in a header: use it with `peerTls`.
+    pub secret: String,
 }
 
 impl ClusterConfig {
@@ -180,6 +191,9 @@ impl Default for ClusterConfig {
             renew_interval: Duration::from_secs(2),
             tail_upload_interval: Duration::from_secs(1),
             forward_timeout: Duration::from_secs(30),
+            peer_tls: false,
+            peer_ca_path: String::new(),
+            secret: String::new(),
         }
     }
 }
@@ -948,11 +962,17 @@ impl Config {
                     "cluster.enabled needs tiering on a bucket shared by every node",
                 );
             }
-            if self.server.tls.mode == TlsMode::Enforcing {
+            if self.server.tls.mode == TlsMode::Enforcing && !c.peer_tls {
                 return invalid(
                     "server.tls.mode",
-                    "cluster.enabled needs `disabled` or `permissive`: nodes forward requests to each other's gRPC port in plaintext",
+                    "`enforcing` in a cluster needs cluster.peerTls: nodes forward requests to each other's gRPC port, in plaintext without it",
                 );
+            }
+            if self.server.tls.mode == TlsMode::Disabled && c.peer_tls {
+                return invalid("cluster.peerTls", "needs server.tls.mode `permissive` or `enforcing` on every node");
+            }
+            if !c.peer_ca_path.is_empty() && !c.peer_tls {
+                return invalid("cluster.peerCaPath", "is used only with cluster.peerTls");
             }
             if !(1..=1024).contains(&c.shards) {
                 return invalid("cluster.shards", "must be between 1 and 1024");
@@ -1245,14 +1265,22 @@ mod tests {
     }
 
     #[test]
-    fn cluster_refuses_tls_only() {
+    fn cluster_tls_needs_tls_between_nodes() {
         let mut c = Config::default();
         c.cluster.enabled = true;
         c.metadata.url = "postgres://u@127.0.0.1/db".into();
         c.storage.tiering.enabled = true;
         c.server.tls.mode = TlsMode::Enforcing;
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("server.tls.mode") && e.contains("plaintext"), "{e}");
+        assert!(e.contains("server.tls.mode") && e.contains("peerTls"), "{e}");
+        c.cluster.peer_tls = true;
+        c.validate().expect("enforcing TLS with TLS between nodes");
+        c.server.tls.mode = TlsMode::Disabled;
+        assert!(c.validate().unwrap_err().to_string().contains("cluster.peerTls"));
+        c.server.tls.mode = TlsMode::Permissive;
+        c.cluster.peer_tls = false;
+        c.cluster.peer_ca_path = "/etc/ca.pem".into();
+        assert!(c.validate().unwrap_err().to_string().contains("cluster.peerCaPath"));
     }
 
     #[test]

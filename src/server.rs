@@ -447,7 +447,21 @@ pub async fn run(
     // transaction checks relayed between nodes) is served on the same port.
     let peer = match &view {
         Some(view) => {
-            service = service.with_cluster(view.clone(), config.cluster.forward_timeout);
+            let c = &config.cluster;
+            let security = crate::grpc::forward::PeerSecurity {
+                tls: if c.peer_tls {
+                    Some(tls::peer_client_config(&c.peer_ca_path).context("cannot set up TLS between nodes")?)
+                } else {
+                    None
+                },
+                secret: (!c.secret.is_empty()).then(|| Arc::from(c.secret.as_str())),
+            };
+            if c.secret.is_empty() {
+                tracing::warn!(
+                    "cluster.secret is empty: the peer service (orphan-check relays, hand-overs) answers anyone who reaches the gRPC port"
+                );
+            }
+            service = service.with_cluster(view.clone(), c.forward_timeout, security);
             Some(service.peer_server())
         }
         None => None,

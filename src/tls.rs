@@ -3,6 +3,7 @@
 //! `server.tls.certPath`/`keyPath`, or is generated self-signed at start (the Java SDK uses TLS
 //! by default and trusts any certificate). At most `server.maxConnections` connections are
 //! open at once: beyond it the accept loop waits (new connections stay in the listen backlog).
+//! Also the client side of TLS between the nodes of a cluster ([`peer_client_config`]).
 
 use std::io;
 use std::pin::Pin;
@@ -166,6 +167,73 @@ pub fn server_config(tls: &TlsConfig) -> anyhow::Result<Option<Arc<ServerConfig>
         .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Some(Arc::new(config)))
+}
+
+/// The TLS client side of calls to other nodes of a cluster (`cluster.peerTls`): their
+/// certificates are checked against the CA(s) in `ca_path`, or, when it is empty, not at all
+/// (the traffic is encrypted; `cluster.secret` authenticates the caller). ALPN `h2`.
+pub fn peer_client_config(ca_path: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
+    let mut config = if ca_path.is_empty() {
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate)).with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca_path)
+            .map_err(|e| anyhow::anyhow!("cluster.peerCaPath `{ca_path}`: {e}"))?
+        {
+            let cert = cert.map_err(|e| anyhow::anyhow!("cluster.peerCaPath `{ca_path}`: {e}"))?;
+            roots.add(cert).map_err(|e| anyhow::anyhow!("cluster.peerCaPath `{ca_path}`: {e}"))?;
+        }
+        if roots.is_empty() {
+            anyhow::bail!("cluster.peerCaPath `{ca_path}` holds no certificate");
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Accepts any server certificate (peer TLS without `cluster.peerCaPath`); signatures are
+/// still checked, so the handshake is a real one.
+#[derive(Debug)]
+struct AnyCertificate;
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Accepts connections (at most `max_connections` open at once) and hands each, once

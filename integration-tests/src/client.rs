@@ -1,5 +1,6 @@
 //! Raw client helpers for protocol-level tests: gRPC requests with the client-id header,
-//! resources, normal messages and receive requests; a minimal HTTP/1.1 call for the admin API.
+//! resources, normal messages and receive requests; a minimal HTTP/1.1 call for the admin API;
+//! a TLS client that trusts any certificate (like the Java SDK's default).
 
 use std::time::Duration;
 
@@ -107,4 +108,73 @@ pub async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: Op
     let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("status line");
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
+}
+
+/// Accepts any server certificate (the gateway's is self-signed unless configured).
+#[derive(Debug)]
+struct TrustAnything;
+
+impl rustls::client::danger::ServerCertVerifier for TrustAnything {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A gRPC client of the gateway at `addr` over TLS (ALPN h2), trusting any certificate.
+pub async fn tls_client(
+    addr: std::net::SocketAddr,
+) -> Result<proto::messaging_service_client::MessagingServiceClient<tonic::transport::Channel>, tonic::transport::Error>
+{
+    Ok(proto::messaging_service_client::MessagingServiceClient::new(tls_channel(addr).await?))
+}
+
+/// A TLS channel to `addr` (ALPN h2), trusting any certificate.
+pub async fn tls_channel(addr: std::net::SocketAddr) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let mut tls =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(TrustAnything))
+            .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a socket address makes a URI")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let name = rustls::pki_types::ServerName::try_from("localhost").expect("a valid name");
+                let stream = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
 }

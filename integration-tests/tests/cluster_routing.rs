@@ -184,8 +184,20 @@ fn topics_yaml(topics: &[String], durability: &str) -> String {
 
 /// A cluster node with 4 shards and short leases (3 s), on fresh ports.
 fn start_node(dir: &Path, node: &str, pg: &Postgres, bucket: &Path, topics_yaml: &str) -> anyhow::Result<Gateway> {
+    start_node_with(dir, node, pg, bucket, topics_yaml, &[])
+}
+
+/// [`start_node`] with more configuration overrides.
+fn start_node_with(
+    dir: &Path,
+    node: &str,
+    pg: &Postgres,
+    bucket: &Path,
+    topics_yaml: &str,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<Gateway> {
     let grpc = integration_tests::gateway_process::free_port()?;
-    let overrides: Vec<(String, String)> = [
+    let mut overrides: Vec<(String, String)> = [
         ("RMQ_GATEWAY_METADATA__URL", pg.url().to_string()),
         ("RMQ_GATEWAY_SERVER__ADVERTISED_ADDRESS", "127.0.0.1".into()),
         ("RMQ_GATEWAY_CLUSTER__ENABLED", "true".into()),
@@ -202,6 +214,7 @@ fn start_node(dir: &Path, node: &str, pg: &Postgres, bucket: &Path, topics_yaml:
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    overrides.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let http = integration_tests::gateway_process::free_port()?;
     Gateway::start_on(dir, grpc, http, &overrides, topics_yaml)
 }
@@ -514,6 +527,89 @@ async fn a_dead_nodes_scheduled_and_half_messages_are_adopted() -> anyhow::Resul
     );
     let again = receive_all(&mut cb, &topics, "AdoptedGroup", Duration::from_secs(8), |_| false).await?;
     anyhow::ensure!(again.is_empty(), "delivered again after node-a came back: {again:?}");
+    drop((a, b));
+    Ok(())
+}
+
+/// TLS between nodes: two nodes with `server.tls.mode: enforcing` (plaintext refused),
+/// `cluster.peerTls` and a cluster secret. A client of one node sends to and receives from the
+/// queues of both (what belongs to the other is forwarded, over TLS); the peer service refuses
+/// calls without the secret or with another one, and takes them with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_talk_over_tls_and_the_peer_service_wants_the_secret() -> anyhow::Result<()> {
+    use rmq_gateway::grpc::peer::pb::{RelayCommandRequest, peer_client::PeerClient};
+    let Some(pg) = Postgres::start_or_skip("cluster_routing_tls") else { return Ok(()) };
+    let (bucket, da, db) = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    let topics = one_topic_per_shard();
+    let yaml = topics_yaml(&topics, "local");
+    let secure = [
+        ("RMQ_GATEWAY_SERVER__TLS__MODE", "enforcing"),
+        ("RMQ_GATEWAY_CLUSTER__PEER_TLS", "true"),
+        ("RMQ_GATEWAY_CLUSTER__SECRET", "s3cr3t"),
+    ];
+    let a = start_node_with(da.path(), "node-a", &pg, bucket.path(), &yaml, &secure)?;
+    let b = start_node_with(db.path(), "node-b", &pg, bucket.path(), &yaml, &secure)?;
+    let addr = |g: &Gateway| std::net::SocketAddr::from(([127, 0, 0, 1], g.grpc_port));
+    let plain = Channel::from_shared(format!("http://{}", a.endpoint()))?.connect_timeout(Duration::from_secs(5));
+    let refused = match plain.connect().await {
+        Err(_) => true,
+        Ok(ch) => MessagingServiceClient::new(ch)
+            .query_route(request(proto::QueryRouteRequest { topic: resource(&topics[0]), endpoints: None }))
+            .await
+            .is_err(),
+    };
+    anyhow::ensure!(refused, "node-a answered a plaintext client with server.tls.mode enforcing");
+    let mut c = integration_tests::client::tls_client(addr(&a)).await?;
+
+    // Both nodes own shards: some topics' queue is on node-b.
+    let started = Instant::now();
+    loop {
+        let mut owners = BTreeSet::new();
+        for t in &topics {
+            let r = c.query_route(request(proto::QueryRouteRequest { topic: resource(t), endpoints: None })).await?;
+            let r = r.into_inner();
+            owners.extend(r.message_queues.iter().filter_map(|q| q.broker.as_ref().map(|b| b.name.clone())));
+        }
+        if owners.len() == 2 {
+            break;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "routes never named both nodes: {owners:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut expected = BTreeSet::new();
+    for t in &topics {
+        for i in 0..5 {
+            let id = format!("{t}-S{i}");
+            send_retrying(&mut c, message(t, &id, id.clone())).await?;
+            expected.insert(id);
+        }
+    }
+    let got: BTreeSet<String> =
+        receive_all(&mut c, &topics, "TlsGroup", Duration::from_secs(60), |got| got.len() >= expected.len())
+            .await?
+            .into_iter()
+            .collect();
+    anyhow::ensure!(got == expected, "received {got:?}, sent {expected:?}\n{}", b.log_tail(30));
+
+    // The peer service: the secret or nothing.
+    let mut peer = PeerClient::new(integration_tests::client::tls_channel(addr(&b)).await?);
+    let relay = |secret: Option<&str>| {
+        let mut req = tonic::Request::new(RelayCommandRequest {
+            topic: topics[0].clone(),
+            telemetry_command: Default::default(),
+            from_node: "intruder".into(),
+        });
+        if let Some(s) = secret {
+            req.metadata_mut().insert(rmq_gateway::grpc::forward::CLUSTER_SECRET, s.parse().expect("ascii"));
+        }
+        req
+    };
+    for secret in [None, Some("guess")] {
+        let e = peer.relay_command(relay(secret)).await.expect_err("a call without the secret");
+        anyhow::ensure!(e.code() == tonic::Code::Unauthenticated, "{secret:?}: {e:?}");
+    }
+    let ok = peer.relay_command(relay(Some("s3cr3t"))).await?.into_inner();
+    anyhow::ensure!(!ok.delivered, "no producer is connected");
     drop((a, b));
     Ok(())
 }

@@ -1,53 +1,13 @@
 //! TLS and plaintext h2c on the same gRPC port: a client that trusts any certificate (like the
 //! Java SDK's default) and a plaintext client both reach the gateway.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
+use integration_tests::client::tls_client;
 use integration_tests::in_process::Gateway;
 use rmq_gateway::config::TlsMode;
 use rmq_gateway::proto::messaging_service_client::MessagingServiceClient;
 use rmq_gateway::proto::{self, Code};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use tonic::transport::{Endpoint, Uri};
-
-#[derive(Debug)]
-struct TrustAnything;
-
-impl ServerCertVerifier for TrustAnything {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
-    }
-}
 
 async fn query_route(client: &mut MessagingServiceClient<tonic::transport::Channel>) -> i32 {
     let mut r = tonic::Request::new(proto::QueryRouteRequest {
@@ -64,31 +24,6 @@ async fn start(mode: TlsMode) -> Gateway {
         c.storage.mapped_file_size_commit_log = 16 * 1024 * 1024;
     })
     .await
-}
-
-async fn tls_client(
-    addr: std::net::SocketAddr,
-) -> Result<MessagingServiceClient<tonic::transport::Channel>, tonic::transport::Error> {
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(TrustAnything))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let connector = connector.clone();
-            async move {
-                let tcp = tokio::net::TcpStream::connect(addr).await?;
-                let stream = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
-        .await?;
-    Ok(MessagingServiceClient::new(channel))
 }
 
 #[tokio::test]

@@ -28,9 +28,14 @@ use crate::proto::messaging_service_client::MessagingServiceClient;
 /// it itself (or refuses it with HA_NOT_AVAILABLE), never forwards it again.
 pub const FORWARDED_BY: &str = "x-rmq-gateway-forwarded-by";
 
+/// Header of every call a node makes to another (forwarded requests, the peer service) with
+/// `cluster.secret`, when one is set: the peer service refuses calls without it.
+pub const CLUSTER_SECRET: &str = "x-rmq-gateway-cluster-secret";
+
 /// Headers of the client's request not copied to a forwarded one: transport-level headers the
-/// forwarding channel sets itself (compression, deadline, content type).
-const NOT_COPIED: [&str; 9] = [
+/// forwarding channel sets itself (compression, deadline, content type), and the node headers
+/// (a client cannot pass for a node).
+const NOT_COPIED: [&str; 10] = [
     "grpc-timeout",
     "grpc-encoding",
     "grpc-accept-encoding",
@@ -40,6 +45,7 @@ const NOT_COPIED: [&str; 9] = [
     "user-agent",
     "host",
     FORWARDED_BY,
+    CLUSTER_SECRET,
 ];
 
 /// Where a request is served.
@@ -181,15 +187,57 @@ pub fn untag(tagged: &str) -> Option<(&str, &str)> {
     valid.then_some((node, id))
 }
 
+/// Connects to a peer over TCP, then TLS (the name checked is the address's host).
+fn tls_connector(
+    tls: Arc<rustls::ClientConfig>,
+) -> impl tower::Service<
+    tonic::transport::Uri,
+    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Future<
+        Output = std::io::Result<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>,
+    > + Send,
+> + Clone
++ Send {
+    let connector = tokio_rustls::TlsConnector::from(tls);
+    tower::service_fn(move |uri: tonic::transport::Uri| {
+        let connector = connector.clone();
+        async move {
+            let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| std::io::Error::other(format!("peer host `{host}` is not a TLS name: {e}")))?;
+            Ok(hyper_util::rt::TokioIo::new(connector.connect(name, tcp).await?))
+        }
+    })
+}
+
 /// The node id a request was forwarded by, if it was.
 pub fn forwarded_by(md: &MetadataMap) -> Option<String> {
     md.get(FORWARDED_BY).and_then(|v| v.to_str().ok()).map(|s| s.to_string())
+}
+
+/// How a node calls the others: over TLS (`cluster.peerTls`), with the cluster secret.
+#[derive(Clone, Default)]
+pub struct PeerSecurity {
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub secret: Option<Arc<str>>,
+}
+
+/// Whether `md` carries the cluster secret `secret` (compared in constant time).
+pub fn has_secret(md: &MetadataMap, secret: &str) -> bool {
+    let Some(given) = md.get(CLUSTER_SECRET).map(|v| v.as_bytes()) else { return false };
+    let want = secret.as_bytes();
+    given.len() == want.len() && given.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 /// Passes requests on to other nodes.
 pub struct Forwarder {
     view: Arc<ClusterView>,
     timeout: Duration,
+    security: PeerSecurity,
     /// One channel per peer address (a channel reconnects by itself).
     channels: Mutex<HashMap<String, Channel>>,
     /// Spreads requests that any of several owners can serve.
@@ -198,7 +246,30 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn new(view: Arc<ClusterView>, timeout: Duration) -> Forwarder {
-        Forwarder { view, timeout, channels: Mutex::new(HashMap::new()), next: AtomicUsize::new(0) }
+        Forwarder::with_security(view, timeout, PeerSecurity::default())
+    }
+
+    pub fn with_security(view: Arc<ClusterView>, timeout: Duration, security: PeerSecurity) -> Forwarder {
+        Forwarder { view, timeout, security, channels: Mutex::new(HashMap::new()), next: AtomicUsize::new(0) }
+    }
+
+    /// The cluster secret calls to this node must carry, if one is set.
+    pub fn secret(&self) -> Option<&Arc<str>> {
+        self.security.secret.as_ref()
+    }
+
+    /// A request to another node's peer service, with the cluster secret and `bound`.
+    pub fn peer_request<T>(&self, message: T, bound: Duration) -> Request<T> {
+        let mut req = Request::new(message);
+        self.add_secret(req.metadata_mut());
+        req.set_timeout(bound);
+        req
+    }
+
+    fn add_secret(&self, md: &mut MetadataMap) {
+        if let Some(v) = self.security.secret.as_deref().and_then(|s| MetadataValue::try_from(s).ok()) {
+            md.insert(CLUSTER_SECRET, v);
+        }
     }
 
     pub fn view(&self) -> &Arc<ClusterView> {
@@ -225,7 +296,10 @@ impl Forwarder {
             .map_err(|e| BrokerError::NotOwner(format!("peer address `{peer}` is not valid: {e}")))?
             .connect_timeout(self.timeout.min(Duration::from_secs(5)))
             .tcp_nodelay(true);
-        let channel = endpoint.connect_lazy();
+        let channel = match &self.security.tls {
+            None => endpoint.connect_lazy(),
+            Some(tls) => endpoint.connect_with_connector_lazy(tls_connector(tls.clone())),
+        };
         channels.insert(peer.to_string(), channel.clone());
         Ok(channel)
     }
@@ -251,6 +325,7 @@ impl Forwarder {
         if let Ok(v) = MetadataValue::try_from(self.view.local_node().node_id.as_str()) {
             copied.insert(FORWARDED_BY, v);
         }
+        self.add_secret(&mut copied);
         *req.metadata_mut() = copied;
         req.set_timeout(bound);
         req
@@ -424,6 +499,21 @@ mod tests {
         assert_eq!(untag("a b/x"), None);
         // Recall handles are base64url: the first '/' is the tag's.
         assert_eq!(untag("n-1/djEgVCA0MiAx"), Some(("n-1", "djEgVCA0MiAx")));
+    }
+
+    #[test]
+    fn the_cluster_secret_is_the_nodes_not_the_clients() {
+        let secret = PeerSecurity { tls: None, secret: Some(Arc::from("s3cr3t")) };
+        let f = Forwarder::with_security(view(), Duration::from_secs(3), secret);
+        let mut md = MetadataMap::new();
+        md.insert(CLUSTER_SECRET, MetadataValue::from_static("guess"));
+        assert!(!has_secret(&md, "s3cr3t") && has_secret(&md, "guess"));
+        assert!(has_secret(f.outgoing(&md, (), Duration::from_secs(1)).metadata(), "s3cr3t"));
+        assert!(has_secret(f.peer_request((), Duration::from_secs(1)).metadata(), "s3cr3t"));
+        let open = Forwarder::new(view(), Duration::from_secs(3));
+        let passed = open.outgoing(&md, (), Duration::from_secs(1));
+        assert!(passed.metadata().get(CLUSTER_SECRET).is_none(), "a client's copy is never passed on");
+        assert!(!has_secret(&MetadataMap::new(), ""), "no header is no secret");
     }
 
     #[test]

@@ -70,7 +70,11 @@ fn settings() -> GrpcSettings {
 async fn start(listener: tokio::net::TcpListener, view: Arc<ClusterView>) -> Node {
     let addr = listener.local_addr().unwrap().to_string();
     let (broker, dir) = broker().await;
-    let service = MessagingServiceImpl::new(broker.clone(), settings()).with_cluster(view, Duration::from_secs(5));
+    let service = MessagingServiceImpl::new(broker.clone(), settings()).with_cluster(
+        view,
+        Duration::from_secs(5),
+        Default::default(),
+    );
     let peer = service.peer_server();
     let kept = service.clone();
     let seen = Arc::new(Mutex::new(Vec::new()));

@@ -163,8 +163,13 @@ impl MessagingServiceImpl {
     /// another node's queues (or its transactions and scheduled messages) are forwarded to it
     /// within `forward_timeout`, and the broker's orphan transaction checks reach producers
     /// connected to other nodes (serve [`MessagingServiceImpl::peer_server`] beside it).
-    pub fn with_cluster(mut self, view: Arc<ClusterView>, forward_timeout: Duration) -> Self {
-        let forwarder = Arc::new(Forwarder::new(view, forward_timeout));
+    pub fn with_cluster(
+        mut self,
+        view: Arc<ClusterView>,
+        forward_timeout: Duration,
+        security: forward::PeerSecurity,
+    ) -> Self {
+        let forwarder = Arc::new(Forwarder::with_security(view, forward_timeout, security));
         self.broker.set_orphan_check_relay(Arc::new(peer::PeerRelay::new(forwarder.clone())));
         self.broker.set_queue_hand_over(Arc::new(peer::PeerHandOver::new(forwarder.clone())));
         self.cluster = Some(forwarder);
@@ -173,7 +178,8 @@ impl MessagingServiceImpl {
 
     /// The internal peer service (cluster mode), served on the same port.
     pub fn peer_server(&self) -> peer::pb::peer_server::PeerServer<peer::PeerService> {
-        peer::PeerService::new(self.broker.clone()).into_server()
+        let secret = self.cluster.as_ref().and_then(|f| f.secret().cloned());
+        peer::PeerService::new(self.broker.clone(), secret).into_server()
     }
 
     /// The request's headers, kept in cluster mode (to forward it).

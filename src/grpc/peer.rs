@@ -24,15 +24,28 @@ pub mod pb {
 use pb::peer_client::PeerClient;
 use pb::peer_server::{Peer, PeerServer};
 
-/// Serves `RelayCommand` with the local broker.
+/// Serves `RelayCommand` and `HandOver` with the local broker, to callers with the cluster
+/// secret when one is set (`cluster.secret`; UNAUTHENTICATED otherwise).
 #[derive(Clone)]
 pub struct PeerService {
     broker: Broker,
+    secret: Option<Arc<str>>,
 }
 
 impl PeerService {
-    pub fn new(broker: Broker) -> PeerService {
-        PeerService { broker }
+    pub fn new(broker: Broker, secret: Option<Arc<str>>) -> PeerService {
+        PeerService { broker, secret }
+    }
+
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), GrpcStatus> {
+        match &self.secret {
+            Some(secret) if !super::forward::has_secret(request.metadata(), secret) => {
+                Err(GrpcStatus::unauthenticated(
+                    "the peer service takes calls from the nodes of this cluster only (cluster.secret)",
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     pub fn into_server(self) -> PeerServer<PeerService> {
@@ -46,6 +59,7 @@ impl Peer for PeerService {
         &self,
         request: Request<pb::RelayCommandRequest>,
     ) -> Result<Response<pb::RelayCommandResponse>, GrpcStatus> {
+        self.authorize(&request)?;
         let req = request.into_inner();
         // Refuse what a client's stream could not decode rather than break its stream.
         if crate::proto::TelemetryCommand::decode(req.telemetry_command.as_ref()).is_err() {
@@ -60,6 +74,7 @@ impl Peer for PeerService {
         &self,
         request: Request<pb::HandOverRequest>,
     ) -> Result<Response<pb::HandOverResponse>, GrpcStatus> {
+        self.authorize(&request)?;
         let req = request.into_inner();
         let mut messages = Vec::with_capacity(req.messages.len());
         for m in req.messages {
@@ -136,14 +151,12 @@ impl QueueHandOver for PeerHandOver {
                     continue;
                 }
             };
-            let mut req = Request::new(pb::HandOverRequest {
-                topic: topic.to_string(),
-                messages: handed.clone(),
-                from_node: local.clone(),
-            });
             // Bounded tighter than a forwarded request: the timer task waits for it.
             let bound = self.forwarder.timeout().min(HAND_OVER_TIMEOUT);
-            req.set_timeout(bound);
+            let req = self.forwarder.peer_request(
+                pb::HandOverRequest { topic: topic.to_string(), messages: handed.clone(), from_node: local.clone() },
+                bound,
+            );
             let mut client = PeerClient::new(channel);
             match tokio::time::timeout(bound, client.hand_over(req)).await {
                 Ok(Ok(_)) => return Ok(()),
@@ -185,12 +198,14 @@ impl PeerRelay {
                     continue;
                 }
             };
-            let mut req = Request::new(pb::RelayCommandRequest {
-                topic: topic.to_string(),
-                telemetry_command: payload.clone(),
-                from_node: local.clone(),
-            });
-            req.set_timeout(self.forwarder.timeout());
+            let req = self.forwarder.peer_request(
+                pb::RelayCommandRequest {
+                    topic: topic.to_string(),
+                    telemetry_command: payload.clone(),
+                    from_node: local.clone(),
+                },
+                self.forwarder.timeout(),
+            );
             let mut client = PeerClient::new(channel);
             match tokio::time::timeout(self.forwarder.timeout(), client.relay_command(req)).await {
                 Ok(Ok(resp)) if resp.get_ref().delivered => {
