@@ -182,7 +182,7 @@ async fn open_cluster_log(
         tiering,
         node_id: node_id.to_string(),
     };
-    Ok(ShardedLog::new(home, store, meta, settings))
+    Ok(ShardedLog::with_tiered_home(home, store, meta, settings))
 }
 
 /// Moves shards in and out of this node for the membership: the shard's log, the consumer

@@ -613,3 +613,48 @@ async fn nodes_talk_over_tls_and_the_peer_service_wants_the_secret() -> anyhow::
     drop((a, b));
     Ok(())
 }
+
+/// A node that leaves for good gracefully (SIGTERM, then its disk is gone): the scheduled
+/// messages it accepted just before (topics with `local` durability) reach the bucket with the
+/// home log's tail uploads during its shutdown (and the final one at its close), and are adopted
+/// by the other node once the leaving node's heartbeat is older than the lease TTL (its row
+/// stays, marked leaving): every one is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_leaving_for_good_leaves_its_timers_to_the_others() -> anyhow::Result<()> {
+    let Some(pg) = Postgres::start_or_skip("cluster_routing_leave") else { return Ok(()) };
+    let (bucket, da, db) = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    let topics = one_topic_per_shard();
+    let yaml = topics_yaml(&topics, "local");
+    let mut a = start_node(da.path(), "node-a", &pg, bucket.path(), &yaml)?;
+    let b = start_node(db.path(), "node-b", &pg, bucket.path(), &yaml)?;
+    let mut c = connect(&a).await?;
+    let started = Instant::now();
+    while b.log_lines_with("home log entered").is_empty() || a.log_lines_with("home log entered").is_empty() {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "the nodes never entered their home logs");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Scheduled messages through node-a (kept by whichever node owns a queue of the topic),
+    // then at once a graceful stop of node-a and the loss of its disk.
+    let due_ms = client::now_secs() * 1000 + 12_000;
+    let mut expected = BTreeSet::new();
+    for t in &topics {
+        for i in 0..4 {
+            let id = format!("{t}-L{i}");
+            send_retrying(&mut c, delayed(t, &id, due_ms)).await?;
+            expected.insert(id);
+        }
+    }
+    a.stop(integration_tests::gateway_process::Stop::Graceful)?;
+    a.wipe_data_dir()?;
+    let mut cb = connect(&b).await?;
+    let received =
+        receive_all(&mut cb, &topics, "LeaveGroup", Duration::from_secs(60), |got| got.len() >= expected.len()).await?;
+    let got: BTreeSet<String> = received.iter().cloned().collect();
+    let missing: Vec<_> = expected.difference(&got).collect();
+    anyhow::ensure!(missing.is_empty(), "never delivered: {missing:?}\n{}", b.log_tail(40));
+    let adopted = b.log_lines_with("home log adopted").join("\n");
+    anyhow::ensure!(adopted.contains("node-a"), "node-b adopted nothing of node-a: {adopted}");
+    println!("{adopted}");
+    drop((a, b));
+    Ok(())
+}

@@ -163,6 +163,8 @@ impl Drop for Inflight<'_> {
 /// [`ShardedLog::new`].
 pub struct ShardedLog {
     home: Arc<dyn MessageLog>,
+    /// The home log's remote tier, when it has one: its tail goes up at close.
+    home_tiered: Option<Arc<TieredLog>>,
     store: Arc<dyn ObjectStore>,
     meta: Arc<dyn MetadataStore>,
     settings: ShardSettings,
@@ -221,8 +223,30 @@ impl ShardedLog {
         meta: Arc<dyn MetadataStore>,
         settings: ShardSettings,
     ) -> Arc<ShardedLog> {
+        ShardedLog::build(home, None, store, meta, settings)
+    }
+
+    /// [`ShardedLog::new`] with a tiered home log, whose tail is uploaded at close (a node
+    /// leaving for good leaves its scheduled and half messages to the node that adopts them).
+    pub fn with_tiered_home(
+        home: Arc<TieredLog>,
+        store: Arc<dyn ObjectStore>,
+        meta: Arc<dyn MetadataStore>,
+        settings: ShardSettings,
+    ) -> Arc<ShardedLog> {
+        ShardedLog::build(home.clone(), Some(home), store, meta, settings)
+    }
+
+    fn build(
+        home: Arc<dyn MessageLog>,
+        home_tiered: Option<Arc<TieredLog>>,
+        store: Arc<dyn ObjectStore>,
+        meta: Arc<dyn MetadataStore>,
+        settings: ShardSettings,
+    ) -> Arc<ShardedLog> {
         Arc::new(ShardedLog {
             home,
+            home_tiered,
             store,
             meta,
             settings,
@@ -815,7 +839,7 @@ impl MessageLog for ShardedLog {
     }
 
     /// Hands every open shard over (bounded: a shard whose tail cannot be uploaded within
-    /// 30 s is abandoned), then closes the home log.
+    /// 30 s is abandoned), uploads the home log's tail (bounded the same), then closes it.
     async fn close(&self) -> StorageResult<()> {
         let mut first_error = None;
         for shard in self.open_shards() {
@@ -829,6 +853,13 @@ impl MessageLog for ShardedLog {
             if let Err(e) = res {
                 tracing::warn!(shard, error = %e, "closing a shard failed");
                 first_error.get_or_insert(e);
+            }
+        }
+        if let Some(home) = &self.home_tiered {
+            match tokio::time::timeout(CLOSE_HANDOVER_TIMEOUT, home.upload_all()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "uploading the home log's tail at close failed"),
+                Err(_) => tracing::warn!("uploading the home log's tail at close timed out"),
             }
         }
         let home = self.home.close().await;
