@@ -244,8 +244,11 @@ impl ShardHandler for NodeShards {
         tracing::warn!(shard, "shard lease lost: stopped writing to it");
     }
 
-    async fn apply_home_cut(&self, cut: metadata::HomeCut) -> anyhow::Result<()> {
-        self.broker.apply_home_cut(cut).await.map_err(|e| anyhow::anyhow!("giving up adopted messages: {e}"))?;
+    async fn enter_home(&self, cut: metadata::HomeCut, unapplied: bool) -> anyhow::Result<()> {
+        if unapplied {
+            self.broker.apply_home_cut(cut).await.map_err(|e| anyhow::anyhow!("giving up adopted messages: {e}"))?;
+        }
+        self.broker.set_adopted_cut(cut);
         Ok(())
     }
 

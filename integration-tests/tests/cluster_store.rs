@@ -469,7 +469,7 @@ impl ShardHandler for RecordingHandler {
     }
 
     /// No scheduled or half messages here: nothing to give up.
-    async fn apply_home_cut(&self, _cut: HomeCut) -> anyhow::Result<()> {
+    async fn enter_home(&self, _cut: HomeCut, _unapplied: bool) -> anyhow::Result<()> {
         Ok(())
     }
 

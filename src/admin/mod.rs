@@ -175,7 +175,7 @@ fn http_status(e: &BrokerError) -> StatusCode {
         | BrokerError::OffsetNotFound(_)
         | BrokerError::ClientNotConnected(_) => StatusCode::NOT_FOUND,
         BrokerError::ClientTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-        BrokerError::NotOwner(_) => StatusCode::SERVICE_UNAVAILABLE,
+        BrokerError::NotOwner(_) | BrokerError::AdoptedElsewhere(_) => StatusCode::SERVICE_UNAVAILABLE,
         BrokerError::Forbidden(_) => StatusCode::FORBIDDEN,
         BrokerError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
         BrokerError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,

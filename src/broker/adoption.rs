@@ -163,6 +163,21 @@ impl Broker {
         Ok(Adopted { cut, scheduled, half })
     }
 
+    /// Cluster: other nodes adopted this node's scheduled and half messages below `cut` (as the
+    /// store says each time the node enters its home log): a recall or an EndTransaction for
+    /// one of them is refused here with `BrokerError::AdoptedElsewhere`, which the gRPC layer
+    /// passes on to the adopter.
+    pub fn set_adopted_cut(&self, cut: HomeCut) {
+        *super::lock(&self.inner.adopted_cut) = cut;
+    }
+
+    /// Whether this node's scheduled message at `offset` (of its timer queue) or half message
+    /// at `half_offset` was adopted by another node.
+    pub(super) fn adopted(&self, scheduled_offset: Option<u64>, half_offset: Option<u64>) -> bool {
+        let cut = *super::lock(&self.inner.adopted_cut);
+        scheduled_offset.is_some_and(|o| o < cut.scheduled) || half_offset.is_some_and(|o| o < cut.half)
+    }
+
     /// This node is back after other nodes adopted its scheduled and half messages below
     /// `cut`: recalls the scheduled ones that are still pending here and settles the half
     /// ones, so that only their adopters deliver them. Call before the node serves its home

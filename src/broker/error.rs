@@ -107,6 +107,10 @@ pub enum BrokerError {
     /// changing owner): the client retries, on another endpoint or after a fresh route.
     #[error("{0}")]
     NotOwner(String),
+    /// Cluster: the scheduled or half message was adopted by another node while this one was
+    /// gone (the gRPC layer passes the request on to that node).
+    #[error("{0}")]
+    AdoptedElsewhere(String),
 }
 
 impl From<StorageError> for BrokerError {

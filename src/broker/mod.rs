@@ -221,6 +221,9 @@ pub(crate) struct Inner {
     /// One progress flush at a time: a flush that returns has written every change made
     /// before it was called (a concurrent flush may have taken it; it is waited for).
     flush_lock: tokio::sync::Mutex<()>,
+    /// Cluster: this node's scheduled and half messages below these offsets were adopted by
+    /// another node (`adoption.rs`).
+    adopted_cut: std::sync::Mutex<crate::metadata::HomeCut>,
     /// Orders offset resets after the acks under way (`offsets.rs`).
     reset_gates: offsets::ResetGates,
     /// Whether progress writes to the metadata store are failing (`meta_health.rs`).
@@ -326,6 +329,7 @@ impl Broker {
             relay: relay::Relay::default(),
             journal_saved: AtomicU64::new(0),
             flush_lock: tokio::sync::Mutex::new(()),
+            adopted_cut: std::sync::Mutex::new(crate::metadata::HomeCut::default()),
             reset_gates: offsets::ResetGates::default(),
             meta_health: meta_health::HealthCell::default(),
             ownership: RwLock::new(Arc::new(AllQueues)),

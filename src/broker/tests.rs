@@ -1079,14 +1079,23 @@ async fn a_dead_nodes_scheduled_and_half_messages_are_adopted_once() {
 
     // X comes back with its disk: it gives up the adopted ones, keeps what came after.
     let x = hx.start().await;
+    x.set_ownership(Arc::new(EveryQueue));
     let now = hx.clock.now_ms();
     x.send(vec![delayed("after-cut", now + 2_000)]).await.unwrap();
     assert_eq!(x.apply_home_cut(adopted.cut).await.unwrap(), (3, 1));
+    x.set_adopted_cut(adopted.cut);
     assert_eq!(x.open_transactions(), 0);
+    // Requests naming adopted messages are refused here, to be passed on to the adopter.
+    let e = x.recall("T", later[0].recall_handle.as_deref().unwrap()).await.unwrap_err();
+    assert!(matches!(e, BrokerError::AdoptedElsewhere(_)), "{e:?}");
+    let e = x.end_transaction("T", "t-open", Resolution::Commit, ResolutionSource::Client).await.unwrap_err();
+    assert!(matches!(e, BrokerError::AdoptedElsewhere(_)), "{e:?}");
+    // One resolved before the node died is not open anywhere (after a restart this node has
+    // no memory of the resolution either): refused, wherever it goes.
+    assert!(x.end_transaction("T", "t-commit", Resolution::Rollback, ResolutionSource::Client).await.is_err());
     hx.clock.advance(100_000);
     assert_eq!(x.fire_due_timers().await.unwrap(), 1);
     assert_eq!(ids(&x.receive(receive_request()).await.unwrap()), vec!["after-cut"]);
-    assert!(x.end_transaction("T", "t-open", Resolution::Commit, ResolutionSource::Client).await.is_err());
     // And after a crash, still nothing of the adopted ones.
     drop(x);
     let x = hx.start().await;
@@ -1115,6 +1124,15 @@ async fn a_recall_holds_after_its_due_time_and_a_crash() {
     let broker = h.start().await;
     h.clock.advance(5_000);
     assert_eq!(broker.fire_due_timers().await.unwrap(), 0, "neither fires again");
+}
+
+/// Cluster mode on a node that serves every queue (and its home log).
+struct EveryQueue;
+
+impl QueueOwnership for EveryQueue {
+    fn owns(&self, _topic: &str, _queue_id: u32) -> bool {
+        true
+    }
 }
 
 /// A cluster node's log in miniature: system topics in the node's own `home` log, the rest in
@@ -1214,19 +1232,13 @@ async fn a_handed_over_queue_keeps_its_fifo_groups_locked() {
 /// the message group locked.
 #[tokio::test]
 async fn fifo_groups_stay_locked_when_the_owner_crashes() {
-    struct Clustered;
-    impl QueueOwnership for Clustered {
-        fn owns(&self, _topic: &str, _queue_id: u32) -> bool {
-            true
-        }
-    }
     let shared = Arc::new(MemoryLog::new());
     let h = Harness::new(Arc::new(SplitLog { home: MemoryLog::new(), shared: shared.clone() })).await;
     let mut settings = test_settings();
     // No periodic flush during the test: only the delivery's own write can reach the store.
     settings.consumer.progress_flush_interval = Duration::from_secs(3600);
     let old = h.start_with(settings.clone()).await;
-    old.set_ownership(Arc::new(Clustered));
+    old.set_ownership(Arc::new(EveryQueue));
     old.put_group("G", true, (Some(3), None), None).await.unwrap();
     for (id, g) in [("a0", "A"), ("a1", "A")] {
         old.send(vec![fifo_message(id, g)]).await.unwrap();
@@ -1242,7 +1254,7 @@ async fn fifo_groups_stay_locked_when_the_owner_crashes() {
         clock: h.clock.clone(),
     };
     let new = h2.start_with(settings).await;
-    new.set_ownership(Arc::new(Clustered));
+    new.set_ownership(Arc::new(EveryQueue));
     new.adopt_queues(&|topic: &str, _q: u32| topic == "T").await.unwrap();
     assert!(new.receive(receive_request()).await.unwrap().is_empty(), "a0 in flight: A stays locked");
     new.ack("c", "G", "T", &got[0].receipt_handle).await.unwrap();

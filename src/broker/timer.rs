@@ -518,6 +518,11 @@ impl Broker {
             )));
         };
         let offset = stored.queue_offset;
+        if self.adopted(Some(offset), None) {
+            return Err(BrokerError::AdoptedElsewhere(format!(
+                "scheduled message `{id}` was adopted by another node while this one was gone"
+            )));
+        }
         if due_ms <= self.now_ms() {
             return Err(BrokerError::BadRequest(format!(
                 "message `{id}` was due at {due_ms} and has been delivered; it can no longer be recalled"

@@ -199,6 +199,9 @@ impl Broker {
                 Some(r) => Err(BrokerError::BadRequest(format!(
                     "transaction `{transaction_id}` was already ended with {r:?}; it cannot be ended with {resolution:?}"
                 ))),
+                None if self.half_adopted(transaction_id)? => Err(BrokerError::AdoptedElsewhere(format!(
+                    "transaction `{transaction_id}` was adopted by another node while this one was gone"
+                ))),
                 None => Err(BrokerError::InvalidTransactionId(format!(
                     "no open transaction `{transaction_id}` (unknown id, or ended long ago)"
                 ))),
@@ -235,6 +238,16 @@ impl Broker {
                 Err(e)
             }
         }
+    }
+
+    /// Cluster: whether the half message of `transaction_id` in this node's half queue is one
+    /// another node adopted.
+    fn half_adopted(&self, transaction_id: &str) -> BrokerResult<bool> {
+        if !self.clustered() {
+            return Ok(false);
+        }
+        let found = self.inner.log.find_by_message_id(transaction_id)?;
+        Ok(found.iter().any(|m| m.topic.as_ref() == HALF_TOPIC && self.adopted(None, Some(m.queue_offset))))
     }
 
     fn remember_resolution(&self, transaction_id: &str, resolution: Resolution) {

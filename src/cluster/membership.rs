@@ -636,8 +636,8 @@ async fn keep_home(s: &Arc<Shared>, sent: Instant) -> anyhow::Result<()> {
             tracing::info!(adopter = by, "another node is adopting this node's home log; waiting for it to finish");
         }
         HomeEntry::Entered(record) => {
+            s.handler.enter_home(record.cut, record.unapplied).await?;
             if record.unapplied {
-                s.handler.apply_home_cut(record.cut).await?;
                 bounded(s, "recording the adoption as applied", s.store.home_cut_applied(&s.me.node_id)).await?;
             }
             s.view.set_home_until(Some(until));

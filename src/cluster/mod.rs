@@ -191,6 +191,13 @@ impl ClusterView {
         None
     }
 
+    /// The live node now holding what was adopted from `node_id`'s home log (`None`: nothing
+    /// was, or its adopter is gone too and nobody adopted that one).
+    pub fn adopter_of(&self, node_id: &str) -> Option<Arc<NodeInfo>> {
+        let by = self.read().adopted.get(node_id)?.clone();
+        self.home_holder(&by)
+    }
+
     /// Replaces who adopted whose home log (membership loop).
     pub fn set_adopted(&self, adopted: HashMap<String, String>) {
         self.write().adopted = adopted;
@@ -250,9 +257,10 @@ pub trait ShardHandler: Send + Sync + 'static {
     /// The lease of `shard` was lost (not renewed in time, or taken): stop writing at once;
     /// nothing more of it may reach the manifest.
     async fn lost(&self, shard: ShardId);
-    /// Other nodes adopted this node's scheduled and half messages below `cut` while it was
-    /// gone: give those up before serving the home log again.
-    async fn apply_home_cut(&self, cut: crate::metadata::HomeCut) -> anyhow::Result<()>;
+    /// This node enters its home log; other nodes adopted its scheduled and half messages
+    /// below `cut` (all zero: none ever). `unapplied`: the last adoption happened while it
+    /// was gone: give those messages up before serving the home log again.
+    async fn enter_home(&self, cut: crate::metadata::HomeCut, unapplied: bool) -> anyhow::Result<()>;
     /// Adopt the pending scheduled and half messages of dead node `node_id`'s home log past
     /// `from` (what earlier adoptions took), from the object store; returns the new cut.
     async fn adopt_home(

@@ -182,6 +182,19 @@ impl MessagingServiceImpl {
         peer::PeerService::new(self.broker.clone(), secret).into_server()
     }
 
+    /// Cluster: the live node that adopted this node's scheduled and half messages while it
+    /// was gone, for a request not forwarded already (a transaction id or recall handle of
+    /// this node naming one of those is passed on there, re-tagged with the adopter's id).
+    fn adopter(&self, md: &MetadataMap) -> Option<(&Arc<Forwarder>, Arc<NodeInfo>)> {
+        let fwd = self.cluster.as_ref()?;
+        if forward::forwarded_by(md).is_some() {
+            return None;
+        }
+        let local = &fwd.view().local_node().node_id;
+        let node = fwd.view().adopter_of(local)?;
+        (node.node_id != *local).then_some((fwd, node))
+    }
+
     /// The request's headers, kept in cluster mode (to forward it).
     fn headers<T>(&self, request: &Request<T>) -> MetadataMap {
         if self.cluster.is_some() { request.metadata().clone() } else { MetadataMap::new() }
@@ -1016,6 +1029,20 @@ impl MessagingService for MessagingServiceImpl {
         self.broker.touch_client(&ctx.client_id);
         let s = match self.broker.end_transaction(&topic, &transaction_id, resolution, source).await {
             Ok(()) => ok(),
+            Err(e @ BrokerError::AdoptedElsewhere(_)) => match self.adopter(&md) {
+                Some((fwd, node)) => {
+                    let req = proto::EndTransactionRequest {
+                        transaction_id: forward::tag(&node.node_id, &transaction_id),
+                        ..req.clone()
+                    };
+                    let forwarded =
+                        fwd.unary(&node, &md, req, |mut c, r| async move { c.end_transaction(r).await }).await;
+                    let reply =
+                        forwarded.unwrap_or_else(|e| proto::EndTransactionResponse { status: Some(from_error(&e)) });
+                    return Ok(Response::new(reply));
+                }
+                None => from_error(&e),
+            },
             Err(e) => from_error(&e),
         };
         Ok(Response::new(proto::EndTransactionResponse { status: Some(s) }))
@@ -1123,6 +1150,21 @@ impl MessagingService for MessagingServiceImpl {
         };
         let reply = match recalled {
             Ok(message_id) => proto::RecallMessageResponse { status: Some(ok()), message_id },
+            Err(e @ BrokerError::AdoptedElsewhere(_)) => match self.adopter(&md) {
+                Some((fwd, node)) => {
+                    let req = proto::RecallMessageRequest {
+                        recall_handle: forward::tag(&node.node_id, &handle),
+                        ..req.clone()
+                    };
+                    let forwarded =
+                        fwd.unary(&node, &md, req, |mut c, r| async move { c.recall_message(r).await }).await;
+                    forwarded.unwrap_or_else(|e| proto::RecallMessageResponse {
+                        status: Some(from_error(&e)),
+                        message_id: String::new(),
+                    })
+                }
+                None => proto::RecallMessageResponse { status: Some(from_error(&e)), message_id: String::new() },
+            },
             Err(e) => proto::RecallMessageResponse { status: Some(from_error(&e)), message_id: String::new() },
         };
         Ok(Response::new(reply))

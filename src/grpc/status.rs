@@ -61,6 +61,8 @@ pub fn code_of(e: &BrokerError) -> Code {
         BrokerError::RemoteNotCached { .. } => Code::InternalServerError,
         // Cluster: the queue is served elsewhere or changing owner; clients retry elsewhere.
         BrokerError::NotOwner(_) => Code::HaNotAvailable,
+        // Only seen when no adopter is known to pass it to: the client retries.
+        BrokerError::AdoptedElsewhere(_) => Code::HaNotAvailable,
     }
 }
 
