@@ -974,6 +974,12 @@ impl Config {
             if !c.peer_ca_path.is_empty() && !c.peer_tls {
                 return invalid("cluster.peerCaPath", "is used only with cluster.peerTls");
             }
+            if !c.secret.bytes().all(|b| b.is_ascii_graphic()) {
+                return invalid(
+                    "cluster.secret",
+                    "must be printable ASCII without spaces (it travels in a gRPC header)",
+                );
+            }
             if !(1..=1024).contains(&c.shards) {
                 return invalid("cluster.shards", "must be between 1 and 1024");
             }
@@ -1281,6 +1287,11 @@ mod tests {
         c.cluster.peer_tls = false;
         c.cluster.peer_ca_path = "/etc/ca.pem".into();
         assert!(c.validate().unwrap_err().to_string().contains("cluster.peerCaPath"));
+        c.cluster.peer_ca_path.clear();
+        c.cluster.secret = "two words".into();
+        assert!(c.validate().unwrap_err().to_string().contains("cluster.secret"));
+        c.cluster.secret = "s3cr3t!".into();
+        c.validate().expect("a printable secret");
     }
 
     #[test]

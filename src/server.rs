@@ -156,9 +156,25 @@ async fn open_cluster_log(
         local.close().await.context("closing the home log")?;
         let dir = config.storage.data_dir.join("store");
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot wipe `{}`", dir.display()))?;
+        // The timer index describes the lost log's offsets: rebuilt from the log.
+        let timer_dir = config.storage.data_dir.join("timer");
+        if timer_dir.exists() {
+            std::fs::remove_dir_all(&timer_dir).with_context(|| format!("cannot wipe `{}`", timer_dir.display()))?;
+        }
+        let mut resume = crate::storage::sharded::resume_point(&rows, config.storage.mapped_file_size_commit_log, 2);
+        // Past what the node's saved progress already covers, too.
+        let (progress, journal_offset) = meta.load_progress().await.context("loading this node's progress")?;
+        for (topic, queue_id, floor) in crate::broker::home_resume_floors(&progress, journal_offset) {
+            match resume.queues.iter_mut().find(|q| q.topic == topic && q.queue_id == queue_id) {
+                Some(q) => q.next_offset = q.next_offset.max(floor),
+                None if floor > 0 => {
+                    resume.queues.push(crate::storage::ResumeQueue { topic, queue_id, next_offset: floor })
+                }
+                None => {}
+            }
+        }
         let mut store_config = storage_config(config, dir.clone());
-        store_config.resume =
-            Some(crate::storage::sharded::resume_point(&rows, config.storage.mapped_file_size_commit_log, 2));
+        store_config.resume = Some(resume);
         let log = CommitLog::open(store_config)
             .with_context(|| format!("cannot open the commit log in `{}`", dir.display()))?;
         log.set_retention_limit(Some(log.log_start()));
@@ -459,6 +475,11 @@ pub async fn run(
                 },
                 secret: (!c.secret.is_empty()).then(|| Arc::from(c.secret.as_str())),
             };
+            if !c.secret.is_empty() && c.peer_tls && c.peer_ca_path.is_empty() {
+                tracing::warn!(
+                    "cluster.peerCaPath is empty: nodes accept any certificate, so the cluster secret goes to whoever answers at a peer address"
+                );
+            }
             if c.secret.is_empty() {
                 tracing::warn!(
                     "cluster.secret is empty: the peer service (orphan-check relays, hand-overs) answers anyone who reaches the gRPC port"

@@ -237,7 +237,10 @@ async fn home_log_adoption_protocol() {
         store.heartbeat(&node("n1", false)).await.unwrap();
         let r = entered(store.enter_home("n1").await.unwrap());
         assert_eq!(r, home("n1", cut, Some("n2"), true, true));
-        store.home_cut_applied("n1").await.unwrap();
+        let moved = HomeCut { scheduled: cut.scheduled + 1, ..cut };
+        store.home_cut_applied("n1", moved).await.unwrap();
+        assert!(store.homes().await.unwrap()[0].unapplied, "another cut than the one applied stays unapplied");
+        store.home_cut_applied("n1", cut).await.unwrap();
         assert_eq!(store.homes().await.unwrap(), vec![home("n1", cut, Some("n2"), false, true)]);
 
         // A claim that expires (database clock): the adoption is not recorded.
@@ -533,9 +536,9 @@ impl ClusterStore for Cuttable {
         self.check()?;
         self.inner.enter_home(node_id).await
     }
-    async fn home_cut_applied(&self, node_id: &str) -> MetadataResult<()> {
+    async fn home_cut_applied(&self, node_id: &str, cut: HomeCut) -> MetadataResult<()> {
         self.check()?;
-        self.inner.home_cut_applied(node_id).await
+        self.inner.home_cut_applied(node_id, cut).await
     }
     async fn homes(&self) -> MetadataResult<Vec<HomeRecord>> {
         self.check()?;

@@ -57,6 +57,22 @@ pub(super) async fn read_fetching(
     }
 }
 
+/// Cluster: where the queues of a home log that lost its disk (resumed past its manifest) must
+/// start at least, beyond the manifest: the node's saved system progress may already cover
+/// offsets its last tail upload did not (the transaction group's acks, the journal offset its
+/// progress snapshot covers); reusing those offsets would count new half messages as resolved
+/// and skip journal records. `(topic, queue, next offset)`.
+pub fn home_resume_floors(progress: &[ProgressRecord], journal_offset: u64) -> Vec<(String, u32, u64)> {
+    let mut floors = vec![(super::journal::JOURNAL_TOPIC.to_string(), 0, journal_offset)];
+    if let Some(p) = progress.iter().find(|p| p.group == TX_GROUP && p.topic == HALF_TOPIC && p.queue_id == 0) {
+        let state = super::consumer::QueueState::restore(p.ack_floor, &p.acked_above);
+        let above = state.acked.iter().map(|r| r.end).max().unwrap_or(0);
+        let inflight = state.inflight.keys().next_back().map_or(0, |o| o + 1);
+        floors.push((HALF_TOPIC.to_string(), 0, state.floor.max(above).max(inflight)));
+    }
+    floors
+}
+
 impl Broker {
     /// Adopts the pending scheduled and half messages of `node_id`'s home log `foreign` (opened
     /// from the object store) past `from` (what earlier adoptions took). `progress` and
@@ -75,29 +91,23 @@ impl Broker {
         let half_range = foreign.queue_range(HALF_TOPIC, 0);
         let cut = HomeCut { scheduled: scheduled_range.end.max(from.scheduled), half: half_range.end.max(from.half) };
 
+        // Everything is read (and filtered) before anything is appended: a read that fails
+        // (the object store) leaves this node's log as it was, for the next try.
         // Scheduled messages: those the control queue names neither as fired nor recalled.
         let settled = timer::settled_timer_offsets(foreign).await?;
-        let mut scheduled = 0;
+        let mut timers: Vec<AppendMessage> = Vec::new();
         let mut next = from.scheduled.max(scheduled_range.start);
         while next < scheduled_range.end {
             let batch = read_fetching(foreign, TIMER_TOPIC, SCHEDULED, next).await?;
             let Some(last) = batch.last().map(|m| m.queue_offset) else { break };
-            let copies: Vec<AppendMessage> = batch
-                .iter()
-                .filter(|m| !settled.contains(&m.queue_offset) && m.properties.get(keys::REAL_TOPIC).is_some())
-                .map(|m| message::copy(m, Arc::from(TIMER_TOPIC), SCHEDULED))
-                .collect();
-            for chunk in copies.chunks(BATCH) {
-                self.inner.log.append(chunk.to_vec()).await?;
-                scheduled += chunk.len();
-            }
+            timers.extend(
+                batch
+                    .iter()
+                    .filter(|m| !settled.contains(&m.queue_offset) && m.properties.get(keys::REAL_TOPIC).is_some())
+                    .map(|m| message::copy(m, Arc::from(TIMER_TOPIC), SCHEDULED)),
+            );
             next = last + 1;
         }
-        if scheduled > 0 {
-            self.index_timers()?;
-            self.timers_wake();
-        }
-
         // Half messages: those the system group did not ack (its saved progress, then the
         // acks journaled after it).
         let mut resolved =
@@ -121,36 +131,42 @@ impl Broker {
             }
             next = last + 1;
         }
-        let mut half = 0;
+        let mut halves: Vec<StoredMessage> = Vec::new();
         let mut next = from.half.max(half_range.start).max(resolved.floor);
         while next < half_range.end {
             let batch = read_fetching(foreign, HALF_TOPIC, 0, next).await?;
             let Some(last) = batch.last().map(|m| m.queue_offset) else { break };
-            let open: Vec<&StoredMessage> = batch
+            halves.extend(batch.into_iter().filter(|m| {
+                !resolved.is_acked(m.queue_offset)
+                    && m.properties.get(keys::UNIQ_KEY).is_some()
+                    && m.properties.get(keys::REAL_TOPIC).is_some()
+            }));
+            next = last + 1;
+        }
+
+        let scheduled = timers.len();
+        for chunk in timers.chunks(BATCH) {
+            self.inner.log.append(chunk.to_vec()).await?;
+        }
+        if scheduled > 0 {
+            self.index_timers()?;
+            self.timers_wake();
+        }
+        let half = halves.len();
+        for chunk in halves.chunks(BATCH) {
+            let copies = chunk.iter().map(|m| message::copy(m, Arc::from(HALF_TOPIC), 0)).collect();
+            let results = self.inner.log.append(copies).await?;
+            let adopted = chunk
                 .iter()
-                .filter(|m| {
-                    !resolved.is_acked(m.queue_offset)
-                        && m.properties.get(keys::UNIQ_KEY).is_some()
-                        && m.properties.get(keys::REAL_TOPIC).is_some()
+                .zip(&results)
+                .filter_map(|(m, r)| {
+                    let id = m.properties.get(keys::UNIQ_KEY)?.to_string();
+                    let topic = m.properties.get(keys::REAL_TOPIC)?.to_string();
+                    let check = m.properties.get(keys::CHECK_AT).and_then(|v| v.parse().ok()).unwrap_or(0);
+                    Some((id, r.queue_offset, topic, check))
                 })
                 .collect();
-            for chunk in open.chunks(BATCH) {
-                let copies = chunk.iter().map(|m| message::copy(m, Arc::from(HALF_TOPIC), 0)).collect();
-                let results = self.inner.log.append(copies).await?;
-                let adopted = chunk
-                    .iter()
-                    .zip(&results)
-                    .filter_map(|(m, r)| {
-                        let id = m.properties.get(keys::UNIQ_KEY)?.to_string();
-                        let topic = m.properties.get(keys::REAL_TOPIC)?.to_string();
-                        let check = m.properties.get(keys::CHECK_AT).and_then(|v| v.parse().ok()).unwrap_or(0);
-                        Some((id, r.queue_offset, topic, check))
-                    })
-                    .collect();
-                self.open_adopted(adopted);
-                half += chunk.len();
-            }
-            next = last + 1;
+            self.open_adopted(adopted);
         }
         tracing::warn!(
             node = node_id,

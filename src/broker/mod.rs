@@ -47,7 +47,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use admission::AdmissionStats;
-pub use adoption::Adopted;
+pub use adoption::{Adopted, home_resume_floors};
 pub use meta_health::{MetadataDegraded, MetadataHealth};
 pub use sessions::SessionStats;
 pub use states::StateStats;

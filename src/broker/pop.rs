@@ -172,15 +172,16 @@ impl Broker {
                     got.iter().map(|m| m.receipt_handle.as_str()),
                 )
                 .await;
+                if let Some(key) = attempt {
+                    self.remember_attempt(key, &got, invisible);
+                }
                 if group.fifo && self.clustered() {
                     // Cluster: a FIFO delivery is in the shared store before the consumer sees
                     // it, so a node taking the queue over after a crash or a partition keeps
                     // the message group locked (concurrent receives share one write). Failing
-                    // that, the messages stay in flight and come back at their deadline.
+                    // that, the receive fails: a retry with the same attempt id gets the same
+                    // messages, else they come back at their deadline.
                     self.flush_progress().await?;
-                }
-                if let Some(key) = attempt {
-                    self.remember_attempt(key, &got, invisible);
                 }
                 return Ok(got);
             }

@@ -1260,3 +1260,25 @@ async fn fifo_groups_stay_locked_when_the_owner_crashes() {
     new.ack("c", "G", "T", &got[0].receipt_handle).await.unwrap();
     assert_eq!(ids(&new.receive(receive_request()).await.unwrap()), vec!["a1"]);
 }
+
+/// Cluster: a home log that lost its disk resumes its journal and half queue past what the
+/// node's saved progress covers (the acks of its transaction group may be ahead of its last
+/// upload), never at offsets that progress already counts as resolved.
+#[test]
+fn a_resumed_home_log_starts_past_its_saved_progress() {
+    let mut tx = super::consumer::QueueState::restore(5, &[]);
+    for o in [5, 6, 9] {
+        tx.complete(o);
+    }
+    let progress = vec![crate::metadata::ProgressRecord {
+        group: "rmq_sys_trans".into(),
+        topic: "rmq_sys_trans_half".into(),
+        queue_id: 0,
+        ack_floor: tx.floor,
+        acked_above: tx.encode(),
+    }];
+    let floors = home_resume_floors(&progress, 42);
+    assert!(floors.contains(&("rmq_sys_pop_journal".to_string(), 0, 42)), "{floors:?}");
+    assert!(floors.contains(&("rmq_sys_trans_half".to_string(), 0, 10)), "{floors:?}");
+    assert_eq!(home_resume_floors(&[], 0), vec![("rmq_sys_pop_journal".to_string(), 0, 0)]);
+}

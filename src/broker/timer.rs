@@ -497,10 +497,10 @@ impl Broker {
             return Err(BrokerError::BadRequest(format!("recall handle is for topic `{handle_topic}`, not `{topic}`")));
         }
         self.require_home("recall scheduled messages")?;
-        let mut stored = self
-            .inner
-            .log
-            .read(TIMER_TOPIC, SCHEDULED, offset, 1, usize::MAX)?
+        // (A failed read is a miss: the lookup by message id below may still find it.)
+        let mut stored = super::adoption::read_fetching(&*self.inner.log, TIMER_TOPIC, SCHEDULED, offset)
+            .await
+            .unwrap_or_default()
             .into_iter()
             .find(|m| m.queue_offset == offset)
             .filter(|m| m.properties.get(keys::UNIQ_KEY) == Some(id.as_str()));
@@ -652,6 +652,10 @@ impl Broker {
         let precision = self.inner.settings.timer.timer_precision.as_millis() as i64;
         let mut total = 0;
         loop {
+            // Again before every batch: the home log may lapse while firing.
+            if !self.home_writable() {
+                return Ok(total);
+            }
             let (due, last) = {
                 let mut st = lock(&self.timers().state);
                 let bucket_ms = st.wheel.bucket_ms;

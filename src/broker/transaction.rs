@@ -306,6 +306,8 @@ impl Broker {
         }
         let record = AckRecord { group: TX_GROUP.into(), topic: HALF_TOPIC.into(), queue_id: 0, offset: open.offset };
         appends.push(record.to_append(self.now_ms()));
+        // Again right before the append: the home log may have lapsed meanwhile.
+        self.require_home("end transactions")?;
         let results = match self.inner.log.append(appends).await {
             Ok(results) => results,
             Err(e) => {

@@ -544,7 +544,10 @@ async fn round(s: &Arc<Shared>) -> anyhow::Result<bool> {
     let me = NodeRecord { leaving, ..s.me.clone() };
     let sent = Instant::now();
     bounded(s, "heartbeat", s.store.heartbeat(&me)).await?;
-    keep_home(s, sent).await?;
+    // A failure here pauses the home log (timers, transactions), not the shards.
+    if let Err(e) = keep_home(s, sent).await {
+        tracing::warn!(error = %format!("{e:#}"), "entering the home log failed; retried next round");
+    }
     let nodes = bounded(s, "reading nodes", s.store.live_nodes(ttl)).await?;
     let leases = bounded(s, "reading leases", s.store.leases()).await?;
     let infos: Vec<NodeInfo> = nodes
@@ -599,9 +602,17 @@ async fn round(s: &Arc<Shared>) -> anyhow::Result<bool> {
     // 5. Home logs: who adopted whom (routing), and a dead node's to adopt.
     let homes = bounded(s, "reading home logs", s.store.homes()).await?;
     s.view.set_adopted(homes.iter().filter_map(|h| h.adopted_by.clone().map(|by| (h.node_id.clone(), by))).collect());
-    let dead = homes.iter().find(|h| {
-        h.dirty && h.claimed_by.is_none() && h.node_id != s.me.node_id && !nodes.iter().any(|n| n.node_id == h.node_id)
-    });
+    let dead: Vec<&HomeRecord> = homes
+        .iter()
+        .filter(|h| {
+            h.dirty
+                && h.claimed_by.is_none()
+                && h.node_id != s.me.node_id
+                && !nodes.iter().any(|n| n.node_id == h.node_id)
+        })
+        .collect();
+    // In turn, round by round: one that keeps failing does not hold the others up.
+    let dead = (!dead.is_empty()).then(|| dead[lock(&s.observed).rounds as usize % dead.len()]);
     if let Some(dead) = dead
         && !leaving
         && s.view.home_writable()
@@ -638,7 +649,8 @@ async fn keep_home(s: &Arc<Shared>, sent: Instant) -> anyhow::Result<()> {
         HomeEntry::Entered(record) => {
             s.handler.enter_home(record.cut, record.unapplied).await?;
             if record.unapplied {
-                bounded(s, "recording the adoption as applied", s.store.home_cut_applied(&s.me.node_id)).await?;
+                bounded(s, "recording the adoption as applied", s.store.home_cut_applied(&s.me.node_id, record.cut))
+                    .await?;
             }
             s.view.set_home_until(Some(until));
             s.home_entered.store(true, SeqCst);

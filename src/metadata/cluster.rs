@@ -101,8 +101,9 @@ pub trait ClusterStore: Send + Sync + 'static {
     /// resolves transactions): locks the node's `home_logs` row (creating it), and unless
     /// another node's claim on it is live, marks it dirty and returns it.
     async fn enter_home(&self, node_id: &str) -> MetadataResult<HomeEntry>;
-    /// The node applied the last adoption's cut to its own log.
-    async fn home_cut_applied(&self, node_id: &str) -> MetadataResult<()>;
+    /// The node applied the adoption with cut `cut` to its own log: `unapplied` is cleared
+    /// unless the cut moved since (a newer adoption, which the node must apply too).
+    async fn home_cut_applied(&self, node_id: &str, cut: HomeCut) -> MetadataResult<()>;
     /// Every home log, by node id.
     async fn homes(&self) -> MetadataResult<Vec<HomeRecord>>;
     /// Claims `node_id`'s home log for `adopter` for `claim_ttl`, if it is dirty, not claimed

@@ -472,12 +472,16 @@ impl ClusterStore for PostgresMetadataStore {
         Ok(HomeEntry::Entered(record))
     }
 
-    async fn home_cut_applied(&self, node_id: &str) -> MetadataResult<()> {
-        sqlx::query("UPDATE home_logs SET unapplied = FALSE WHERE node_id = $1")
-            .bind(node_id)
-            .execute(&self.pool)
-            .await
-            .map_err(query_err)?;
+    async fn home_cut_applied(&self, node_id: &str, cut: HomeCut) -> MetadataResult<()> {
+        sqlx::query(
+            "UPDATE home_logs SET unapplied = FALSE WHERE node_id = $1 AND cut_scheduled = $2 AND cut_half = $3",
+        )
+        .bind(node_id)
+        .bind(to_i64("scheduled cut", cut.scheduled)?)
+        .bind(to_i64("half cut", cut.half)?)
+        .execute(&self.pool)
+        .await
+        .map_err(query_err)?;
         Ok(())
     }
 

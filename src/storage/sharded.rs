@@ -529,8 +529,13 @@ impl ShardedLog {
         .map_err(|e| io(format!("preparing {}", dir.display()), e))?;
         // Any epoch above 1: start past the manifest even when it is empty.
         let local = self.open_local(&dir, Some(resume_point(&rows, self.settings.storage.segment_size, 2))).await?;
-        let tiering =
-            TieringSettings { log_id, fence: None, tail_upload_interval: None, ..self.settings.tiering.clone() };
+        let tiering = TieringSettings {
+            log_id,
+            fence: None,
+            tail_upload_interval: None,
+            read_only: true,
+            ..self.settings.tiering.clone()
+        };
         match TieredLog::open(local.clone(), self.store.clone(), self.meta.clone(), tiering).await {
             Ok(log) => Ok(ForeignHome { log, dir }),
             Err(e) => {

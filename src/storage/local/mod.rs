@@ -277,6 +277,11 @@ impl std::fmt::Debug for CommitLog {
 }
 
 impl CommitLog {
+    /// The lowest position a retention hold keeps (`hold_retention`), if any.
+    pub fn lowest_hold(&self) -> Option<u64> {
+        self.shared.retention_holds.lock().unwrap_or_else(|e| e.into_inner()).values().min().copied()
+    }
+
     /// Opens (or creates) the log in `config.dir`: validates the config, runs recovery
     /// (replays the log since the last checkpoint, truncates a torn tail) and starts the
     /// writer, syncer and maintenance threads. Blocking; call it from `spawn_blocking` or

@@ -102,6 +102,9 @@ pub struct TieringSettings {
     pub tail_upload_interval: Option<Duration>,
     /// Cluster: the lease every manifest write names (`None`: unfenced writes).
     pub fence: Option<Fence>,
+    /// Another node's log opened only to be read (adoption): no background task at all (no
+    /// upload, no remote retention, no orphan sweep).
+    pub read_only: bool,
 }
 
 impl Default for TieringSettings {
@@ -120,6 +123,7 @@ impl Default for TieringSettings {
             remote_retention_interval: Duration::from_secs(60),
             tail_upload_interval: None,
             fence: None,
+            read_only: false,
         }
     }
 }
@@ -330,14 +334,14 @@ impl TieredLog {
         });
         inner.update_retention_limit();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(upload::run(inner.clone(), stop.clone()));
+        let task = (!inner.settings.read_only).then(|| tokio::spawn(upload::run(inner.clone(), stop.clone())));
         tracing::info!(
             store = inner.store.describe(),
             log_id = inner.settings.log_id,
             remote_segments = inner.manifest_read().segments.len(),
             "tiered storage on"
         );
-        Ok(Arc::new(TieredLog { inner, stop, task: Mutex::new(Some(task)) }))
+        Ok(Arc::new(TieredLog { inner, stop, task: Mutex::new(task) }))
     }
 
     pub fn local(&self) -> &Arc<CommitLog> {

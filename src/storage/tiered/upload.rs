@@ -368,6 +368,7 @@ pub(super) async fn merge_chunks(inner: &Arc<Inner>) {
                 inner.set_fenced();
                 return;
             }
+            // The next segments are still tried: one that cannot be merged holds none up.
             Err(UploadError::Retry(reason)) => {
                 tracing::warn!(
                     log_id = inner.settings.log_id,
@@ -376,7 +377,6 @@ pub(super) async fn merge_chunks(inner: &Arc<Inner>) {
                     error = reason,
                     "merging the chunks of a segment failed; retried at the next pass"
                 );
-                return;
             }
         }
     }
@@ -479,12 +479,14 @@ pub(super) async fn sweep_orphans(inner: &Arc<Inner>) {
     }
 }
 
-/// Deletes segments whose last record is older than the remote reserved time and which are
-/// no longer stored locally: manifest row first, then the object (a crash in between leaves
+/// Deletes segments whose last record is older than the remote reserved time, which are no
+/// longer stored locally and lie below every retention hold: manifest row first, then the object (a crash in between leaves
 /// an orphan for the sweep).
 pub(super) async fn remote_retention(inner: &Arc<Inner>, stop: &CancellationToken) {
     let cutoff = now_ms() - inner.settings.remote_reserved_time.as_millis() as i64;
-    let local_start = inner.local.log_start();
+    // Never what a retention hold keeps (scheduled messages not fired yet, open transactions):
+    // on a log resumed past its manifest (a lost disk) those may be in the object store only.
+    let local_start = inner.local.log_start().min(inner.local.lowest_hold().unwrap_or(u64::MAX));
     let expired: Vec<Arc<SegmentRecord>> = inner
         .manifest_read()
         .segments
