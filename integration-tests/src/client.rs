@@ -110,42 +110,6 @@ pub async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: Op
     (status, body)
 }
 
-/// Accepts any server certificate (the gateway's is self-signed unless configured).
-#[derive(Debug)]
-struct TrustAnything;
-
-impl rustls::client::danger::ServerCertVerifier for TrustAnything {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// A gRPC client of the gateway at `addr` over TLS (ALPN h2), trusting any certificate.
 pub async fn tls_client(
     addr: std::net::SocketAddr,
@@ -156,15 +120,9 @@ pub async fn tls_client(
 
 /// A TLS channel to `addr` (ALPN h2), trusting any certificate.
 pub async fn tls_channel(addr: std::net::SocketAddr) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    let mut tls =
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .dangerous()
-            .with_custom_certificate_verifier(std::sync::Arc::new(TrustAnything))
-            .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    // The gateway's own client side of TLS between nodes without a CA: any certificate, h2.
+    let tls = rmq_gateway::tls::peer_client_config("").expect("a TLS client configuration");
+    let connector = tokio_rustls::TlsConnector::from(tls);
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("a socket address makes a URI")
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {

@@ -208,6 +208,20 @@ pub fn resume_point(rows: &[SegmentRecord], segment_size: u64, epoch: i64) -> Re
     ResumePoint { position, queues }
 }
 
+/// Makes `dir` an empty directory (deleting what it held), off the async threads.
+async fn empty_dir(dir: &Path, what: &str) -> StorageResult<()> {
+    let d = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        if d.exists() {
+            std::fs::remove_dir_all(&d)?;
+        }
+        std::fs::create_dir_all(&d)
+    })
+    .await
+    .map_err(|e| io(format!("{what} {}", dir.display()), std::io::Error::other(e.to_string())))?
+    .map_err(|e| io(format!("{what} {}", dir.display()), e))
+}
+
 fn read_epoch(dir: &Path) -> Option<i64> {
     std::fs::read_to_string(dir.join(EPOCH_FILE)).ok()?.trim().parse().ok()
 }
@@ -373,16 +387,7 @@ impl ShardedLog {
             Some(l) => l,
             None => {
                 let resume = resume_point(&rows, self.settings.storage.segment_size, epoch);
-                let d = dir.clone();
-                tokio::task::spawn_blocking(move || {
-                    if d.exists() {
-                        std::fs::remove_dir_all(&d)?;
-                    }
-                    std::fs::create_dir_all(&d)
-                })
-                .await
-                .map_err(|e| io("wiping a shard directory", std::io::Error::other(e.to_string())))?
-                .map_err(|e| io(format!("wiping {}", dir.display()), e))?;
+                empty_dir(&dir, "wiping").await?;
                 self.open_local(&dir, Some(resume)).await?
             }
         };
@@ -517,16 +522,7 @@ impl ShardedLog {
             .await
             .map_err(|e| StorageError::Remote(format!("listing the manifest of {log_id}: {e}")))?;
         let dir = self.settings.dir.join(format!("adopt-{node_id}"));
-        let d = dir.clone();
-        tokio::task::spawn_blocking(move || {
-            if d.exists() {
-                std::fs::remove_dir_all(&d)?;
-            }
-            std::fs::create_dir_all(&d)
-        })
-        .await
-        .map_err(|e| io("preparing an adoption directory", std::io::Error::other(e.to_string())))?
-        .map_err(|e| io(format!("preparing {}", dir.display()), e))?;
+        empty_dir(&dir, "preparing").await?;
         // Any epoch above 1: start past the manifest even when it is empty.
         let local = self.open_local(&dir, Some(resume_point(&rows, self.settings.storage.segment_size, 2))).await?;
         let tiering = TieringSettings {
