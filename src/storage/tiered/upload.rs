@@ -43,7 +43,7 @@ pub fn merged_object_key(prefix: &str, log_id: &str, base: u64, end: u64) -> Str
 
 /// Whether `key` is an object of log `log_id` under `prefix` (as [`object_key`] or
 /// [`merged_object_key`] make them), and its base.
-fn parse_object_key(prefix: &str, log_id: &str, key: &str) -> Option<u64> {
+pub(super) fn parse_object_key(prefix: &str, log_id: &str, key: &str) -> Option<u64> {
     let log = if log_id.is_empty() { "local" } else { log_id };
     let prefix = prefix.trim_end_matches('/');
     let rest = if prefix.is_empty() { key } else { key.strip_prefix(prefix)?.strip_prefix('/')? };
