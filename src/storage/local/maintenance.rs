@@ -98,13 +98,15 @@ fn flush_keys(shared: &Shared) {
 
 /// Makes the derived data durable up to the synced log position and records it.
 pub fn checkpoint(shared: &Shared) -> std::io::Result<()> {
+    // Held for the whole pass: two checkpoints at once (the maintenance thread's and an
+    // explicit one) must not store the one read earlier last, moving the checkpoint back.
+    let mut last = shared.checkpoint.lock().unwrap_or_else(|e| e.into_inner());
     let log_position = shared.synced.load(Ordering::Acquire);
     let key_position = shared.keys.durable_position().min(log_position);
     for q in shared.all_queues() {
         q.sync()?;
     }
     let c = Checkpoint { log_position, key_position };
-    let mut last = shared.checkpoint.lock().unwrap_or_else(|e| e.into_inner());
     if *last == c {
         return Ok(());
     }
