@@ -242,6 +242,9 @@ pub struct StorageStats {
     pub async_flush_failures: u64,
     /// Group-commit batches written since open.
     pub batches_written: u64,
+    /// Of those, appends written on the appending task (the writer was free), not by the
+    /// writer thread.
+    pub inline_batches: u64,
     /// Log bytes written since open (records, framing included).
     pub bytes_written: u64,
     /// `fdatasync` calls on segments since open.
@@ -252,6 +255,7 @@ pub struct StorageStats {
 #[derive(Debug, Default)]
 struct Counters {
     batches_written: AtomicU64,
+    inline_batches: AtomicU64,
     bytes_written: AtomicU64,
     fsyncs: AtomicU64,
 }
@@ -265,6 +269,8 @@ struct Threads {
 /// The durable commit log. Open with [`CommitLog::open`]; use through [`MessageLog`].
 pub struct CommitLog {
     shared: Arc<Shared>,
+    /// Taken by the writer thread per batch, and by an appending task that finds it free.
+    writer: Arc<Mutex<Writer>>,
     tx: mpsc::Sender<WriterMsg>,
     closing: AtomicBool,
     threads: Mutex<Threads>,
@@ -327,14 +333,15 @@ impl CommitLog {
         // and its other appends (acks, journal records) are small and one per RPC in progress.
         let (tx, rx) = mpsc::channel();
         let (sync_tx, sync_rx) = mpsc::channel();
-        let writer = Writer::new(shared.clone(), rx, sync_tx, rec.end, active, writer_queues);
+        let writer = Arc::new(Mutex::new(Writer::new(shared.clone(), sync_tx, rec.end, active, writer_queues)));
+        let core = writer.clone();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.to_string())
                 .spawn(f)
                 .map_err(|e| fs::io_error(format!("spawning the {name} thread"), e))
         };
-        let writer = spawn("rmq-log-writer", Box::new(move || writer.run()))?;
+        let writer_thread = spawn("rmq-log-writer", Box::new(move || Writer::run(core, rx)))?;
         let s = shared.clone();
         let syncer = match shared.config.flush {
             FlushMode::Sync => spawn("rmq-log-syncer", Box::new(move || writer::run_sync_syncer(s, sync_rx)))?,
@@ -345,10 +352,15 @@ impl CommitLog {
         let s = shared.clone();
         let maintenance = spawn("rmq-log-maint", Box::new(move || maintenance::run(s)))?;
         Ok(Arc::new(CommitLog {
+            writer,
             shared,
             tx,
             closing: AtomicBool::new(false),
-            threads: Mutex::new(Threads { writer: Some(writer), syncer: Some(syncer), maintenance: Some(maintenance) }),
+            threads: Mutex::new(Threads {
+                writer: Some(writer_thread),
+                syncer: Some(syncer),
+                maintenance: Some(maintenance),
+            }),
         }))
     }
 
@@ -367,6 +379,7 @@ impl CommitLog {
             key_index_memory_entries: self.shared.keys.memory_entries(),
             async_flush_failures: self.shared.flush_failures.load(Ordering::Relaxed),
             batches_written: self.shared.counters.batches_written.load(Ordering::Relaxed),
+            inline_batches: self.shared.counters.inline_batches.load(Ordering::Relaxed),
             bytes_written: self.shared.counters.bytes_written.load(Ordering::Relaxed),
             fsyncs: self.shared.counters.fsyncs.load(Ordering::Relaxed),
         }
@@ -395,6 +408,12 @@ impl CommitLog {
     #[cfg(test)]
     fn faults(&self) -> &Faults {
         &self.shared.faults
+    }
+
+    /// Holds the writer (tests: every append then goes to the writer thread, which waits).
+    #[cfg(test)]
+    fn hold_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn take_threads(&self) -> Threads {
@@ -441,7 +460,10 @@ impl MessageLog for CommitLog {
             return Err(StorageError::ShuttingDown);
         }
         let (reply, rx) = oneshot::channel();
-        self.tx.send(WriterMsg::Append(AppendRequest { messages, reply })).map_err(|_| StorageError::ShuttingDown)?;
+        let request = AppendRequest { messages, reply };
+        if let Some(request) = Writer::try_inline(&self.writer, request)? {
+            self.tx.send(WriterMsg::Append(request)).map_err(|_| StorageError::ShuttingDown)?;
+        }
         rx.await.map_err(|_| StorageError::ShuttingDown)?
     }
 

@@ -423,8 +423,13 @@ async fn oversized_records_are_rejected_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appenders_get_dense_offsets_and_their_own_bodies() {
+    concurrent_appenders(FlushMode::Sync).await;
+    concurrent_appenders(FlushMode::Async { interval: Duration::from_millis(5) }).await;
+}
+
+async fn concurrent_appenders(flush: FlushMode) {
     let dir = tempfile::tempdir().unwrap();
-    let log = CommitLog::open(test_config(dir.path())).unwrap();
+    let log = CommitLog::open(StorageConfig { flush, ..test_config(dir.path()) }).unwrap();
     let mut tasks = Vec::new();
     for t in 0..32u32 {
         let log = log.clone();
@@ -453,6 +458,46 @@ async fn concurrent_appenders_get_dense_offsets_and_their_own_bodies() {
         for (s, (_, o, b)) in stored.iter().zip(mine) {
             assert_eq!((s.queue_offset, &s.body), (*o, b));
         }
+    }
+    let stats = log.stats();
+    assert!(stats.inline_batches > 0, "{flush:?}: no append was written inline");
+    assert!(stats.batches_written >= stats.inline_batches);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)] // On purpose: the writer stays held while the appends queue.
+async fn appends_wait_for_a_busy_writer_and_are_batched_by_its_thread() {
+    for flush in [FlushMode::Sync, FlushMode::Async { interval: Duration::from_millis(5) }] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = CommitLog::open(StorageConfig { flush, ..test_config(dir.path()) }).unwrap();
+        append_one(&log, message("t", 0, "first", "first", "")).await.unwrap();
+        assert_eq!(log.stats().inline_batches, 1, "{flush:?}");
+        let held = log.hold_writer();
+        let tasks: Vec<_> = (0..20u64)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    append_one(&log, message("t", 0, body_for(0, i, 100), &format!("m{i}"), "")).await
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(tasks.iter().all(|t| !t.is_finished()), "{flush:?}: an append finished while the writer was held");
+        drop(held);
+        let mut offsets = Vec::new();
+        for t in tasks {
+            offsets.push(t.await.unwrap().unwrap().queue_offset);
+        }
+        offsets.sort_unstable();
+        assert_eq!(offsets, (1..21).collect::<Vec<_>>(), "{flush:?}");
+        let stats = log.stats();
+        assert_eq!(stats.inline_batches, 1, "{flush:?}: the held writer's appends went to its thread");
+        assert!(stats.batches_written < 21, "{flush:?}: {} batches for 21 appends", stats.batches_written);
+        log.close().await.unwrap();
+        assert!(matches!(append_one(&log, message("t", 0, "late", "late", "")).await, Err(StorageError::ShuttingDown)));
+        drop(log);
+        let log = CommitLog::open(StorageConfig { flush, ..test_config(dir.path()) }).unwrap();
+        assert_eq!(read_all(&log, "t", 0).len(), 21, "{flush:?}");
     }
 }
 

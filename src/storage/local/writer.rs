@@ -1,9 +1,15 @@
-//! Group commit: the writer thread and the syncer thread.
+//! Group commit: the writer (inline or its thread) and the syncer thread.
 //!
-//! - **Writer** (one thread): takes every append queued since its last batch (up to
-//!   `max_batch_bytes`), assigns queue offsets and log positions, encodes the records into one
-//!   buffer, writes it with `pwrite` (one call per segment touched), writes the queue-index
-//!   entries and key-index entries, then hands the batch on.
+//! - **Writer** (state behind one mutex): assigns queue offsets and log positions, encodes the
+//!   records into one buffer, writes it with `pwrite` (one call per segment touched), writes
+//!   the queue-index entries and key-index entries, then hands the batch on. An appending task
+//!   that finds the writer free writes its own append at once, on its own thread (no hand-off
+//!   to another thread and back: in `Async` mode the append is acknowledged before the task
+//!   yields). One that finds it busy queues its append for the writer thread, which takes
+//!   every append queued since its last batch (up to `max_batch_bytes`) as one batch. So a
+//!   lone append costs no thread switch, and under contention appends are still batched. At
+//!   most one task writes at a time: a write stalled by the kernel (dirty-page throttling)
+//!   blocks one runtime worker, not all of them.
 //! - **Syncer** (one thread). `Sync` mode: receives written batches in order, drains all that
 //!   are waiting, issues one `fdatasync` per segment touched, then publishes them (queue ends
 //!   and the readable log position move up) and completes their appends. The writer meanwhile
@@ -19,9 +25,9 @@
 //! Nothing is ever acknowledged as stored after a failed write or fsync.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -91,10 +97,13 @@ struct Cleanup {
     queues: Vec<(usize, u64)>,
 }
 
+/// The writer's state: positions, queue offsets, the active segment. Behind a mutex shared by
+/// the writer thread and appending tasks (see [`Writer::try_inline`]).
 pub struct Writer {
     shared: Arc<Shared>,
-    rx: Receiver<WriterMsg>,
     sync_tx: Sender<SyncMsg>,
+    /// Set once the writer thread took the shutdown message: nothing is written after it.
+    stopped: bool,
     write_pos: u64,
     active: Arc<Segment>,
     slots: HashMap<Arc<str>, HashMap<u32, usize>>,
@@ -107,10 +116,13 @@ pub struct Writer {
 
 pub use crate::clock::now_ms;
 
+fn lock(writer: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
+    writer.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Writer {
     pub fn new(
         shared: Arc<Shared>,
-        rx: Receiver<WriterMsg>,
         sync_tx: Sender<SyncMsg>,
         write_pos: u64,
         active: Arc<Segment>,
@@ -118,8 +130,8 @@ impl Writer {
     ) -> Self {
         let mut w = Self {
             shared,
-            rx,
             sync_tx,
+            stopped: false,
             write_pos,
             active,
             slots: HashMap::new(),
@@ -148,10 +160,11 @@ impl Writer {
         slot
     }
 
-    pub fn run(mut self) {
-        let max_batch = self.shared.config.max_batch_bytes;
+    /// The writer thread: takes what is queued, as one batch, until the shutdown message.
+    pub fn run(writer: Arc<Mutex<Writer>>, rx: Receiver<WriterMsg>) {
+        let max_batch = lock(&writer).shared.config.max_batch_bytes;
         loop {
-            let Ok(first) = self.rx.recv() else { break };
+            let Ok(first) = rx.recv() else { break };
             let mut requests = Vec::new();
             let mut bytes = 0;
             let mut shutdown = false;
@@ -163,7 +176,7 @@ impl Writer {
                 WriterMsg::Shutdown => shutdown = true,
             }
             while !shutdown && bytes < max_batch {
-                match self.rx.try_recv() {
+                match rx.try_recv() {
                     Ok(WriterMsg::Append(r)) => {
                         bytes += r.approx_bytes();
                         requests.push(r);
@@ -172,16 +185,36 @@ impl Writer {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
+            let mut w = lock(&writer);
             if !requests.is_empty() {
-                self.process(requests);
+                w.process(requests);
             }
             if shutdown {
+                w.stopped = true;
                 break;
             }
         }
         // Appends queued after the shutdown message are dropped here; their callers see
         // `ShuttingDown` when the reply channel closes.
-        let _ = self.sync_tx.send(SyncMsg::Shutdown);
+        let _ = lock(&writer).sync_tx.send(SyncMsg::Shutdown);
+    }
+
+    /// Writes one append on the calling task when the writer is free (`Async` mode: it is
+    /// then also acknowledged here), sparing the hand-off to the writer thread and back.
+    /// Gives the request back when the writer is busy (the writer thread batches it with the
+    /// others then) or has stopped (`Err`).
+    pub fn try_inline(writer: &Mutex<Writer>, request: AppendRequest) -> Result<Option<AppendRequest>, StorageError> {
+        let mut w = match writer.try_lock() {
+            Ok(w) => w,
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(Some(request)),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+        };
+        if w.stopped {
+            return Err(StorageError::ShuttingDown);
+        }
+        w.shared.counters.inline_batches.fetch_add(1, Ordering::Relaxed);
+        w.process(vec![request]);
+        Ok(None)
     }
 
     fn process(&mut self, requests: Vec<AppendRequest>) {
