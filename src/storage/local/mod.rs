@@ -242,8 +242,8 @@ pub struct StorageStats {
     pub async_flush_failures: u64,
     /// Group-commit batches written since open.
     pub batches_written: u64,
-    /// Of those, appends written on the appending task (the writer was free), not by the
-    /// writer thread.
+    /// Of those, appends written on the appending task (`Async` mode, the writer was free),
+    /// not by the writer thread.
     pub inline_batches: u64,
     /// Log bytes written since open (records, framing included).
     pub bytes_written: u64,
@@ -269,7 +269,8 @@ struct Threads {
 /// The durable commit log. Open with [`CommitLog::open`]; use through [`MessageLog`].
 pub struct CommitLog {
     shared: Arc<Shared>,
-    /// Taken by the writer thread per batch, and by an appending task that finds it free.
+    /// Taken by the writer thread per batch, and (`Async` mode) by an appending task that finds
+    /// it free.
     writer: Arc<Mutex<Writer>>,
     tx: mpsc::Sender<WriterMsg>,
     closing: AtomicBool,
@@ -461,7 +462,11 @@ impl MessageLog for CommitLog {
         }
         let (reply, rx) = oneshot::channel();
         let request = AppendRequest { messages, reply };
-        if let Some(request) = Writer::try_inline(&self.writer, request)? {
+        let queued = match Writer::inline(self.shared.config.flush) {
+            true => Writer::try_inline(&self.writer, request)?,
+            false => Some(request),
+        };
+        if let Some(request) = queued {
             self.tx.send(WriterMsg::Append(request)).map_err(|_| StorageError::ShuttingDown)?;
         }
         rx.await.map_err(|_| StorageError::ShuttingDown)?

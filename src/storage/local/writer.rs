@@ -2,14 +2,13 @@
 //!
 //! - **Writer** (state behind one mutex): assigns queue offsets and log positions, encodes the
 //!   records into one buffer, writes it with `pwrite` (one call per segment touched), writes
-//!   the queue-index entries and key-index entries, then hands the batch on. An appending task
-//!   that finds the writer free writes its own append at once, on its own thread (no hand-off
-//!   to another thread and back: in `Async` mode the append is acknowledged before the task
-//!   yields). One that finds it busy queues its append for the writer thread, which takes
-//!   every append queued since its last batch (up to `max_batch_bytes`) as one batch. So a
-//!   lone append costs no thread switch, and under contention appends are still batched. At
-//!   most one task writes at a time: a write stalled by the kernel (dirty-page throttling)
-//!   blocks one runtime worker, not all of them.
+//!   the queue-index entries and key-index entries, then hands the batch on. The writer
+//!   thread takes every append queued since its last batch (up to `max_batch_bytes`) as one
+//!   batch. In `Async` mode an appending task that finds the writer free writes its own append
+//!   at once and is acknowledged before it yields (no hand-off to another thread and back);
+//!   one that finds it busy queues its append for the thread, so under contention appends are
+//!   still batched. At most one task writes at a time: a write stalled by the kernel
+//!   (dirty-page throttling) blocks one runtime worker, not all of them.
 //! - **Syncer** (one thread). `Sync` mode: receives written batches in order, drains all that
 //!   are waiting, issues one `fdatasync` per segment touched, then publishes them (queue ends
 //!   and the readable log position move up) and completes their appends. The writer meanwhile
@@ -160,6 +159,14 @@ impl Writer {
         slot
     }
 
+    /// Whether appends may be written on the appending task ([`Writer::try_inline`]): in
+    /// `Async` mode only. In `Sync` mode the task waits for the fsync anyway, and the writer
+    /// thread's batches (one `pwrite` and one hand-off to the syncer for many appends) were
+    /// measured faster: 25.0 k vs 22.7 k msg/s (1 KiB, 64 in flight, three alternating runs).
+    pub fn inline(flush: FlushMode) -> bool {
+        matches!(flush, FlushMode::Async { .. })
+    }
+
     /// The writer thread: takes what is queued, as one batch, until the shutdown message.
     pub fn run(writer: Arc<Mutex<Writer>>, rx: Receiver<WriterMsg>) {
         let max_batch = lock(&writer).shared.config.max_batch_bytes;
@@ -199,10 +206,10 @@ impl Writer {
         let _ = lock(&writer).sync_tx.send(SyncMsg::Shutdown);
     }
 
-    /// Writes one append on the calling task when the writer is free (`Async` mode: it is
-    /// then also acknowledged here), sparing the hand-off to the writer thread and back.
-    /// Gives the request back when the writer is busy (the writer thread batches it with the
-    /// others then) or has stopped (`Err`).
+    /// `Async` mode: writes and acknowledges one append on the calling task when the writer
+    /// is free, sparing the hand-off to the writer thread and back. Gives the request back when
+    /// the writer is busy (the writer thread batches it with the others then); `Err` once it
+    /// has stopped. Only called in `Async` mode (see [`Writer::inline`]).
     pub fn try_inline(writer: &Mutex<Writer>, request: AppendRequest) -> Result<Option<AppendRequest>, StorageError> {
         let mut w = match writer.try_lock() {
             Ok(w) => w,
