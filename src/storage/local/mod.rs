@@ -336,13 +336,14 @@ impl CommitLog {
         let (sync_tx, sync_rx) = mpsc::channel();
         let writer = Arc::new(Mutex::new(Writer::new(shared.clone(), sync_tx, rec.end, active, writer_queues)));
         let core = writer.clone();
+        let max_batch = shared.config.max_batch_bytes;
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.to_string())
                 .spawn(f)
                 .map_err(|e| fs::io_error(format!("spawning the {name} thread"), e))
         };
-        let writer_thread = spawn("rmq-log-writer", Box::new(move || Writer::run(core, rx)))?;
+        let writer_thread = spawn("rmq-log-writer", Box::new(move || Writer::run(core, rx, max_batch)))?;
         let s = shared.clone();
         let syncer = match shared.config.flush {
             FlushMode::Sync => spawn("rmq-log-syncer", Box::new(move || writer::run_sync_syncer(s, sync_rx)))?,

@@ -167,9 +167,10 @@ impl Writer {
         matches!(flush, FlushMode::Async { .. })
     }
 
-    /// The writer thread: takes what is queued, as one batch, until the shutdown message.
-    pub fn run(writer: Arc<Mutex<Writer>>, rx: Receiver<WriterMsg>) {
-        let max_batch = lock(&writer).shared.config.max_batch_bytes;
+    /// The writer thread: takes what is queued (up to `max_batch` bytes) as one batch, until
+    /// the shutdown message. It takes the writer only to write, so an append never finds it
+    /// busy for any other reason.
+    pub fn run(writer: Arc<Mutex<Writer>>, rx: Receiver<WriterMsg>, max_batch: usize) {
         loop {
             let Ok(first) = rx.recv() else { break };
             let mut requests = Vec::new();
