@@ -13,7 +13,7 @@
 //! keys/<id:020>-L<level>.kidx    key-index runs (key_index.rs)
 //! ```
 //!
-//! Threads: a writer and a syncer (group commit, `writer.rs`) and a maintenance thread
+//! Threads: a writer (group commit, `writer.rs`), in `Async` mode a flusher, and a maintenance thread
 //! (checkpoints, key-index flushes, retention, `maintenance.rs`). `append` only queues a
 //! request and awaits its reply; `read`, `queue_range` and the lookups are synchronous, take
 //! only short read locks and never fsync.
@@ -90,8 +90,6 @@ pub(crate) struct Shared {
     retention_holds: Mutex<std::collections::HashMap<&'static str, u64>>,
     /// The last checkpoint written.
     checkpoint: Mutex<Checkpoint>,
-    /// Set by the syncer after a failed fsync: the epoch the writer must roll back to.
-    rollback: Mutex<Option<u64>>,
     /// Generation of writer roll-backs; guards `synced` against a roll-back racing an
     /// `Async`-mode flush (which must then not claim the rolled-back range as durable).
     rollback_generation: Mutex<u64>,
@@ -159,14 +157,6 @@ impl Shared {
         let (lock, cvar) = &self.maintenance;
         lock.lock().unwrap_or_else(|e| e.into_inner()).wake = true;
         cvar.notify_one();
-    }
-
-    fn request_rollback(&self, epoch: u64) {
-        *self.rollback.lock().unwrap_or_else(|e| e.into_inner()) = Some(epoch);
-    }
-
-    fn take_rollback_request(&self) -> Option<u64> {
-        self.rollback.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// Reads and verifies the record at `position` (below the published position).
@@ -262,7 +252,7 @@ struct Counters {
 
 struct Threads {
     writer: Option<JoinHandle<()>>,
-    syncer: Option<JoinHandle<()>>,
+    flusher: Option<JoinHandle<()>>,
     maintenance: Option<JoinHandle<()>>,
 }
 
@@ -291,7 +281,7 @@ impl CommitLog {
 
     /// Opens (or creates) the log in `config.dir`: validates the config, runs recovery
     /// (replays the log since the last checkpoint, truncates a torn tail) and starts the
-    /// writer, syncer and maintenance threads. Blocking; call it from `spawn_blocking` or
+    /// writer, flusher and maintenance threads. Blocking; call it from `spawn_blocking` or
     /// before the runtime gets busy.
     pub fn open(config: StorageConfig) -> StorageResult<Arc<CommitLog>> {
         config.validate()?;
@@ -320,7 +310,6 @@ impl CommitLog {
             retention_limit: AtomicU64::new(u64::MAX),
             retention_holds: Mutex::new(std::collections::HashMap::new()),
             checkpoint: Mutex::new(rec.checkpoint),
-            rollback: Mutex::new(None),
             rollback_generation: Mutex::new(0),
             maintenance: (Mutex::new(MaintenanceState::default()), Condvar::new()),
             flush_failures: AtomicU64::new(0),
@@ -333,8 +322,8 @@ impl CommitLog {
         // bounded above: the broker caps the bytes of sends in flight (`limits.maxInflightBytes`),
         // and its other appends (acks, journal records) are small and one per RPC in progress.
         let (tx, rx) = mpsc::channel();
-        let (sync_tx, sync_rx) = mpsc::channel();
-        let writer = Arc::new(Mutex::new(Writer::new(shared.clone(), sync_tx, rec.end, active, writer_queues)));
+        let (flusher_stop, stop_rx) = mpsc::channel();
+        let writer = Arc::new(Mutex::new(Writer::new(shared.clone(), flusher_stop, rec.end, active, writer_queues)));
         let core = writer.clone();
         let max_batch = shared.config.max_batch_bytes;
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -345,10 +334,11 @@ impl CommitLog {
         };
         let writer_thread = spawn("rmq-log-writer", Box::new(move || Writer::run(core, rx, max_batch)))?;
         let s = shared.clone();
-        let syncer = match shared.config.flush {
-            FlushMode::Sync => spawn("rmq-log-syncer", Box::new(move || writer::run_sync_syncer(s, sync_rx)))?,
+        // `Sync` mode: the writer thread syncs its own batches.
+        let flusher = match shared.config.flush {
+            FlushMode::Sync => None,
             FlushMode::Async { interval } => {
-                spawn("rmq-log-flusher", Box::new(move || writer::run_async_flusher(s, sync_rx, interval)))?
+                Some(spawn("rmq-log-flusher", Box::new(move || writer::run_async_flusher(s, stop_rx, interval)))?)
             }
         };
         let s = shared.clone();
@@ -358,11 +348,7 @@ impl CommitLog {
             shared,
             tx,
             closing: AtomicBool::new(false),
-            threads: Mutex::new(Threads {
-                writer: Some(writer_thread),
-                syncer: Some(syncer),
-                maintenance: Some(maintenance),
-            }),
+            threads: Mutex::new(Threads { writer: Some(writer_thread), flusher, maintenance: Some(maintenance) }),
         }))
     }
 
@@ -420,21 +406,21 @@ impl CommitLog {
 
     fn take_threads(&self) -> Threads {
         let mut t = self.threads.lock().unwrap_or_else(|e| e.into_inner());
-        Threads { writer: t.writer.take(), syncer: t.syncer.take(), maintenance: t.maintenance.take() }
+        Threads { writer: t.writer.take(), flusher: t.flusher.take(), maintenance: t.maintenance.take() }
     }
 
     /// Stops the threads at once, like a crash right after the last write: no final
     /// checkpoint or key-index flush (the next open replays). Used by `Drop` without `close`.
     fn stop_now(&self) {
         self.closing.store(true, Ordering::Release);
-        let Threads { writer, syncer, maintenance } = self.take_threads();
+        let Threads { writer, flusher, maintenance } = self.take_threads();
         let _ = self.tx.send(WriterMsg::Shutdown);
         {
             let (lock, cvar) = &self.shared.maintenance;
             lock.lock().unwrap_or_else(|e| e.into_inner()).abort = true;
             cvar.notify_one();
         }
-        for (name, t) in [("writer", writer), ("syncer", syncer), ("maintenance", maintenance)] {
+        for (name, t) in [("writer", writer), ("flusher", flusher), ("maintenance", maintenance)] {
             if let Some(t) = t
                 && t.join().is_err()
             {
@@ -596,12 +582,12 @@ impl MessageLog for CommitLog {
             return Ok(());
         }
         // The threads finish the queued appends and fsync; joining them blocks.
-        let Threads { writer, syncer, maintenance } = self.take_threads();
+        let Threads { writer, flusher, maintenance } = self.take_threads();
         let _ = self.tx.send(WriterMsg::Shutdown);
         let shared = self.shared.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let mut panicked = Vec::new();
-            for (name, t) in [("writer", writer), ("syncer", syncer)] {
+            for (name, t) in [("writer", writer), ("flusher", flusher)] {
                 if let Some(t) = t
                     && t.join().is_err()
                 {

@@ -154,7 +154,7 @@ pub struct QueueIndex {
     files: RwLock<Vec<Arc<IndexFile>>>,
     /// First readable offset (moves up with retention).
     start: AtomicU64,
-    /// One past the last readable offset (published by the writer or syncer).
+    /// One past the last readable offset (published by the writer).
     end: AtomicU64,
     entries_per_file: u64,
     /// A file or the directory itself was created since the last [`QueueIndex::sync`].

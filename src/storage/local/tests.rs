@@ -363,7 +363,7 @@ async fn failed_fsync_fails_every_unsynced_append_and_recovers() {
         append_one(&log, message("t", 0, body_for(0, i, 100), &format!("ok{i}"), "")).await.unwrap();
     }
     log.faults().fail_syncs.store(1, Ordering::SeqCst);
-    // Concurrent appends: some land in the failed fsync, some in batches written meanwhile.
+    // Concurrent appends: some land in the batch whose fsync fails, some in batches after it.
     let mut tasks = Vec::new();
     for i in 0..40u64 {
         let log = log.clone();

@@ -1,26 +1,28 @@
-//! Group commit: the writer (inline or its thread) and the syncer thread.
+//! Group commit: the writer (inline or its thread) and, in `Async` mode, the flusher thread.
 //!
 //! - **Writer** (state behind one mutex): assigns queue offsets and log positions, encodes the
 //!   records into one buffer, writes it with `pwrite` (one call per segment touched), writes
-//!   the queue-index entries and key-index entries, then hands the batch on. The writer
-//!   thread takes every append queued since its last batch (up to `max_batch_bytes`) as one
-//!   batch. In `Async` mode an appending task that finds the writer free writes its own append
-//!   at once and is acknowledged before it yields (no hand-off to another thread and back);
-//!   one that finds it busy queues its append for the thread, so under contention appends are
-//!   still batched. At most one task writes at a time: a write stalled by the kernel
-//!   (dirty-page throttling) blocks one runtime worker, not all of them.
-//! - **Syncer** (one thread). `Sync` mode: receives written batches in order, drains all that
-//!   are waiting, issues one `fdatasync` per segment touched, then publishes them (queue ends
-//!   and the readable log position move up) and completes their appends. The writer meanwhile
-//!   writes the next batch: writes and fsyncs are pipelined. `Async` mode: batches are
-//!   published and acknowledged by the writer right after the write; the syncer fsyncs on an
-//!   interval.
+//!   the queue-index entries and key-index entries. The writer thread takes every append
+//!   queued since its last batch (up to `max_batch_bytes`) as one batch. In `Async` mode an
+//!   appending task that finds the writer free writes its own append at once and is
+//!   acknowledged before it yields (no hand-off to another thread and back); one that finds it
+//!   busy queues its append for the thread, so under contention appends are still batched. At
+//!   most one task writes at a time: a write stalled by the kernel (dirty-page throttling)
+//!   blocks one runtime worker, not all of them.
+//! - **`Sync` mode** (group commit): the writer thread writes a batch, issues one
+//!   `fdatasync` per segment it touched, then publishes it (queue ends and the readable log
+//!   position move up) and completes its appends. Appends that arrive during the `fdatasync`
+//!   queue up and are the next batch: one `pwrite`, one `fdatasync` and one thread wake-up
+//!   for all of them. (A separate syncer thread, writing the next batch while the last one
+//!   syncs, was measured slower end to end: the writer then woke for every append or two and
+//!   handed each small batch to the syncer, all on two shared cores; docs/benchmarks.md.)
+//! - **`Async` mode**: batches are published and acknowledged right after the write; the
+//!   flusher thread fsyncs what was written on an interval, and once more at shutdown.
 //!
 //! Failures: a failed write fails every append of its batch, and the writer rolls its state
 //! back (positions, queue offsets) and zeroes what it wrote, so nothing of the batch can
-//! resurface after a restart. A failed fsync fails every batch in that fsync *and every later
-//! batch already written*: the syncer bumps the epoch and asks the writer to roll back to the
-//! last published (durable) position; batches of older epochs are failed on arrival.
+//! resurface after a restart. A failed fsync fails every append of its batch, and the writer
+//! rolls back to the last published (durable) position before it writes anything else.
 //! Nothing is ever acknowledged as stored after a failed write or fsync.
 
 use std::collections::HashMap;
@@ -62,14 +64,8 @@ pub enum WriterMsg {
     Shutdown,
 }
 
-pub enum SyncMsg {
-    Batch(SyncBatch),
-    Shutdown,
-}
-
-/// A written batch on its way to durability.
-pub struct SyncBatch {
-    epoch: u64,
+/// A written batch of `Sync` mode on its way to durability ([`Writer::commit`]).
+struct SyncBatch {
     /// Log position after the batch.
     end: u64,
     segments: Vec<Arc<Segment>>,
@@ -100,14 +96,14 @@ struct Cleanup {
 /// the writer thread and appending tasks (see [`Writer::try_inline`]).
 pub struct Writer {
     shared: Arc<Shared>,
-    sync_tx: Sender<SyncMsg>,
+    /// Tells the flusher thread (`Async` mode) that the writer stopped: its last flush follows.
+    flusher_stop: Sender<()>,
     /// Set once the writer thread took the shutdown message: nothing is written after it.
     stopped: bool,
     write_pos: u64,
     active: Arc<Segment>,
     slots: HashMap<Arc<str>, HashMap<u32, usize>>,
     queues: Vec<WriterQueue>,
-    epoch: u64,
     cleanup: Option<Cleanup>,
     buf: Vec<u8>,
     props: BytesMut,
@@ -122,20 +118,19 @@ fn lock(writer: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
 impl Writer {
     pub fn new(
         shared: Arc<Shared>,
-        sync_tx: Sender<SyncMsg>,
+        flusher_stop: Sender<()>,
         write_pos: u64,
         active: Arc<Segment>,
         queues: Vec<(Arc<QueueIndex>, u64)>,
     ) -> Self {
         let mut w = Self {
             shared,
-            sync_tx,
+            flusher_stop,
             stopped: false,
             write_pos,
             active,
             slots: HashMap::new(),
             queues: Vec::new(),
-            epoch: 0,
             cleanup: None,
             buf: Vec::with_capacity(1 << 20),
             props: BytesMut::with_capacity(1024),
@@ -161,15 +156,16 @@ impl Writer {
 
     /// Whether appends may be written on the appending task ([`Writer::try_inline`]): in
     /// `Async` mode only. In `Sync` mode the task waits for the fsync anyway, and the writer
-    /// thread's batches (one `pwrite` and one hand-off to the syncer for many appends) were
-    /// measured faster: 25.0 k vs 22.7 k msg/s (1 KiB, 64 in flight, three alternating runs).
+    /// thread's batches (one `pwrite` and one `fdatasync` for many appends) were measured
+    /// faster: 25.0 k vs 22.7 k msg/s (1 KiB, 64 in flight, three alternating runs).
     pub fn inline(flush: FlushMode) -> bool {
         matches!(flush, FlushMode::Async { .. })
     }
 
     /// The writer thread: takes what is queued (up to `max_batch` bytes) as one batch, until
-    /// the shutdown message. It takes the writer only to write, so an append never finds it
-    /// busy for any other reason.
+    /// the shutdown message; in `Sync` mode it also syncs each batch before the next. It takes
+    /// the writer only to write (and sync), so an append never finds it busy for any other
+    /// reason.
     pub fn run(writer: Arc<Mutex<Writer>>, rx: Receiver<WriterMsg>, max_batch: usize) {
         loop {
             let Ok(first) = rx.recv() else { break };
@@ -194,8 +190,10 @@ impl Writer {
                 }
             }
             let mut w = lock(&writer);
-            if !requests.is_empty() {
-                w.process(requests);
+            if !requests.is_empty()
+                && let Some(batch) = w.process(requests)
+            {
+                w.commit(batch);
             }
             if shutdown {
                 w.stopped = true;
@@ -204,7 +202,7 @@ impl Writer {
         }
         // Appends queued after the shutdown message are dropped here; their callers see
         // `ShuttingDown` when the reply channel closes.
-        let _ = lock(&writer).sync_tx.send(SyncMsg::Shutdown);
+        let _ = lock(&writer).flusher_stop.send(());
     }
 
     /// `Async` mode: writes and acknowledges one append on the calling task when the writer
@@ -221,16 +219,19 @@ impl Writer {
             return Err(StorageError::ShuttingDown);
         }
         w.shared.counters.inline_batches.fetch_add(1, Ordering::Relaxed);
-        w.process(vec![request]);
+        // `Async` mode: acknowledged in `process`, nothing left to sync.
+        let _ = w.process(vec![request]);
         Ok(None)
     }
 
-    fn process(&mut self, requests: Vec<AppendRequest>) {
+    /// Writes a batch. `Async` mode: publishes and acknowledges it. `Sync` mode: returns it for
+    /// [`Writer::commit`]. Appends that fail are answered here.
+    fn process(&mut self, requests: Vec<AppendRequest>) -> Option<SyncBatch> {
         if let Err(e) = self.prepare() {
             for r in requests {
                 let _ = r.reply.send(Err(replicate_error(&e)));
             }
-            return;
+            return None;
         }
         let mut accepted = Vec::with_capacity(requests.len());
         for r in requests {
@@ -242,7 +243,7 @@ impl Writer {
             }
         }
         if accepted.is_empty() {
-            return;
+            return None;
         }
         let batch_start = self.write_pos;
         let mut results = Vec::with_capacity(accepted.len());
@@ -260,7 +261,7 @@ impl Writer {
                 for r in accepted {
                     let _ = r.reply.send(Err(replicate_error(&e)));
                 }
-                return;
+                return None;
             }
         };
         self.shared.written.store(self.write_pos, Ordering::Release);
@@ -272,41 +273,43 @@ impl Writer {
         let queue_ends: Vec<_> =
             touched.iter().map(|&s| (self.queues[s].index.clone(), self.queues[s].next_offset)).collect();
         let replies: Vec<_> = accepted.into_iter().map(|r| r.reply).zip(results).collect();
+        let batch = SyncBatch { end: self.write_pos, segments, queue_ends, replies };
         match self.shared.config.flush {
-            FlushMode::Sync => {
-                let batch = SyncBatch { epoch: self.epoch, end: self.write_pos, segments, queue_ends, replies };
-                if let Err(std::sync::mpsc::SendError(SyncMsg::Batch(batch))) = self.sync_tx.send(SyncMsg::Batch(batch))
-                {
-                    for (reply, _) in batch.replies {
-                        let _ = reply.send(Err(StorageError::ShuttingDown));
-                    }
-                }
-            }
+            FlushMode::Sync => Some(batch),
             FlushMode::Async { .. } => {
-                // Log position first (see the syncer).
-                self.shared.published.store(self.write_pos, Ordering::Release);
-                for (q, end) in &queue_ends {
-                    q.publish(*end);
-                }
-                for (reply, res) in replies {
-                    let _ = reply.send(Ok(res));
+                publish(&self.shared, batch);
+                None
+            }
+        }
+    }
+
+    /// `Sync` mode: one `fdatasync` per segment the batch touched, then publishes it and
+    /// acknowledges its appends. A failed fsync fails them all and rolls the writer back to
+    /// the last published (durable) position first, so nothing of the batch is read, counted
+    /// as written, or left on disk to resurface after a restart.
+    fn commit(&mut self, batch: SyncBatch) {
+        match sync_segments(&self.shared, &batch.segments) {
+            Ok(()) => {
+                self.shared.synced.store(batch.end, Ordering::Release);
+                publish(&self.shared, batch);
+            }
+            Err(e) => {
+                let to = self.shared.published.load(Ordering::Acquire);
+                tracing::error!(error = %e, position = to, "commit-log fsync failed; failing the batch and rolling back");
+                let queues = (0..self.queues.len())
+                    .filter(|&s| self.queues[s].next_offset > self.queues[s].index.end())
+                    .map(|s| (s, self.queues[s].index.end()))
+                    .collect();
+                self.roll_back(to, queues);
+                for (reply, _) in batch.replies {
+                    let _ = reply.send(Err(replicate_error(&e)));
                 }
             }
         }
     }
 
-    /// Applies a rollback requested by the syncer and finishes owed cleanup.
+    /// Finishes cleanup still owed after a failed write.
     fn prepare(&mut self) -> StorageResult<()> {
-        if let Some(epoch) = self.shared.take_rollback_request() {
-            let to = self.shared.published.load(Ordering::Acquire);
-            let queues = (0..self.queues.len())
-                .filter(|&s| self.queues[s].next_offset > self.queues[s].index.end())
-                .map(|s| (s, self.queues[s].index.end()))
-                .collect();
-            tracing::warn!(position = to, epoch, "rolling back unsynced batches after a failed fsync");
-            self.roll_back(to, queues);
-            self.epoch = epoch;
-        }
         if let Some(c) = self.cleanup.take()
             && let Err(e) = self.clean(&c)
         {
@@ -512,71 +515,16 @@ pub fn collect_keys_from(
     }
 }
 
-/// The syncer of `Sync` mode: one fdatasync for everything written so far, then publish.
-pub fn run_sync_syncer(shared: Arc<Shared>, rx: Receiver<SyncMsg>) {
-    let mut accepted_epoch = 0u64;
-    loop {
-        let Ok(first) = rx.recv() else { break };
-        let mut batches = Vec::new();
-        let mut shutdown = false;
-        match first {
-            SyncMsg::Batch(b) => batches.push(b),
-            SyncMsg::Shutdown => shutdown = true,
-        }
-        while !shutdown {
-            match rx.try_recv() {
-                Ok(SyncMsg::Batch(b)) => batches.push(b),
-                Ok(SyncMsg::Shutdown) => shutdown = true,
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
-        }
-        let (stale, live): (Vec<_>, Vec<_>) = batches.into_iter().partition(|b| b.epoch < accepted_epoch);
-        for b in stale {
-            fail_batch(b, "an earlier fsync failed; the batch was rolled back");
-        }
-        if !live.is_empty() {
-            let mut segments: Vec<Arc<Segment>> = live.iter().flat_map(|b| b.segments.iter().cloned()).collect();
-            segments.sort_by_key(|s| s.base);
-            segments.dedup_by_key(|s| s.base);
-            match sync_segments(&shared, &segments) {
-                Ok(()) => {
-                    for b in live {
-                        // Log position first: a reader that sees a new queue end must also see
-                        // the records it points at as published.
-                        shared.synced.store(b.end, Ordering::Release);
-                        shared.published.store(b.end, Ordering::Release);
-                        for (q, end) in &b.queue_ends {
-                            q.publish(*end);
-                        }
-                        for (reply, res) in b.replies {
-                            let _ = reply.send(Ok(res));
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "commit-log fsync failed; failing every unsynced append");
-                    accepted_epoch = live.iter().map(|b| b.epoch).max().unwrap_or(accepted_epoch) + 1;
-                    shared.request_rollback(accepted_epoch);
-                    for b in live {
-                        fail_batch_with(b, &e);
-                    }
-                }
-            }
-        }
-        if shutdown {
-            break;
-        }
+/// Makes a written (and, in `Sync` mode, synced) batch readable and acknowledges its appends.
+/// Log position first: a reader that sees a new queue end must also see the records it points
+/// at as published.
+fn publish(shared: &Shared, batch: SyncBatch) {
+    shared.published.store(batch.end, Ordering::Release);
+    for (q, end) in &batch.queue_ends {
+        q.publish(*end);
     }
-}
-
-fn fail_batch(b: SyncBatch, why: &str) {
-    let e = StorageError::Io { context: why.to_string(), source: std::io::Error::other(why.to_string()) };
-    fail_batch_with(b, &e);
-}
-
-fn fail_batch_with(b: SyncBatch, e: &StorageError) {
-    for (reply, _) in b.replies {
-        let _ = reply.send(Err(replicate_error(e)));
+    for (reply, res) in batch.replies {
+        let _ = reply.send(Ok(res));
     }
 }
 
@@ -603,13 +551,13 @@ fn sync_segments_inner(shared: &Shared, segments: &[Arc<Segment>]) -> StorageRes
     Ok(())
 }
 
-/// The syncer of `Async` mode: fsync what was written, every `interval`, and once more at
+/// The flusher of `Async` mode: fsync what was written, every `interval`, and once more at
 /// shutdown. Appends were already acknowledged; a failure is logged and retried.
-pub fn run_async_flusher(shared: Arc<Shared>, rx: Receiver<SyncMsg>, interval: Duration) {
+pub fn run_async_flusher(shared: Arc<Shared>, stop: Receiver<()>, interval: Duration) {
     loop {
-        let stop = match rx.recv_timeout(interval) {
-            Ok(SyncMsg::Shutdown) | Err(RecvTimeoutError::Disconnected) => true,
-            Ok(SyncMsg::Batch(_)) | Err(RecvTimeoutError::Timeout) => false,
+        let stop = match stop.recv_timeout(interval) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
+            Err(RecvTimeoutError::Timeout) => false,
         };
         flush_written(&shared);
         if stop {
