@@ -8,8 +8,9 @@
 //! that bound, so every valid message can be stored.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -18,13 +19,22 @@ use tokio::time::Instant;
 use super::error::{BrokerError, BrokerResult};
 use super::lock;
 
+/// Where a send came from, for `limits.maxInflightBytesPerConnection`: the client's TCP peer,
+/// or (not over TCP) its client id. Cheap to compare and copy: sends on a busy connection
+/// neither format nor allocate a key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Connection {
+    Peer(SocketAddr),
+    Client(Arc<str>),
+}
+
 #[derive(Default)]
 struct Usage {
     total: usize,
     peak: usize,
     /// Bytes of sends waiting for room.
     waiting: usize,
-    per_connection: HashMap<String, usize>,
+    per_connection: HashMap<Connection, usize>,
 }
 
 /// The bounds and what is in flight.
@@ -41,7 +51,7 @@ pub(super) struct Admission {
 /// Room for one send; given back when dropped.
 pub(super) struct Permit<'a> {
     admission: &'a Admission,
-    connection: Option<String>,
+    connection: Option<Connection>,
     bytes: usize,
 }
 
@@ -108,7 +118,7 @@ impl Admission {
 
     /// Room for `bytes` more from `connection` (`None`: only the gateway-wide bound applies),
     /// waiting for it up to the configured time.
-    pub async fn admit(&self, connection: Option<&str>, bytes: usize) -> BrokerResult<Permit<'_>> {
+    pub async fn admit(&self, connection: Option<&Connection>, bytes: usize) -> BrokerResult<Permit<'_>> {
         let deadline = Instant::now() + self.wait;
         let mut waiting: Option<Waiting<'_>> = None;
         loop {
@@ -128,9 +138,9 @@ impl Admission {
                     usage.total += bytes;
                     usage.peak = usage.peak.max(usage.total);
                     if let Some(c) = connection {
-                        *usage.per_connection.entry(c.to_string()).or_default() += bytes;
+                        *usage.per_connection.entry(c.clone()).or_default() += bytes;
                     }
-                    return Ok(Permit { admission: self, connection: connection.map(str::to_string), bytes });
+                    return Ok(Permit { admission: self, connection: connection.cloned(), bytes });
                 }
                 let over = if connection_fits {
                     format!(
@@ -191,20 +201,25 @@ impl Admission {
 mod tests {
     use super::*;
 
+    fn conn(name: &str) -> Connection {
+        Connection::Client(name.into())
+    }
+
     #[tokio::test]
     async fn bounds_wait_then_refuse() {
         let a = Admission::new(100, 60, Duration::from_millis(50));
-        let p1 = a.admit(Some("c1"), 50).await.unwrap();
+        let p1 = a.admit(Some(&conn("c1")), 50).await.unwrap();
         // Per connection: 50 + 20 > 60.
-        let e = a.admit(Some("c1"), 20).await.err().unwrap();
+        let e = a.admit(Some(&conn("c1")), 20).await.err().unwrap();
         assert!(matches!(e, BrokerError::TooManyRequests(_)), "{e}");
         assert!(e.to_string().contains("limits.maxInflightBytesPerConnection"), "{e}");
         // Another connection fits the gateway bound (50 + 40 <= 100) but not 50 + 60.
-        let p2 = a.admit(Some("c2"), 40).await.unwrap();
-        let e = a.admit(Some("c3"), 60).await.err().unwrap();
+        let p2 = a.admit(Some(&conn("c2")), 40).await.unwrap();
+        let e = a.admit(Some(&conn("c3")), 60).await.err().unwrap();
         assert!(e.to_string().contains("limits.maxInflightBytes ("), "{e}");
         // A waiter gets in once room is given back.
-        let waiter = a.admit(Some("c3"), 60);
+        let c3 = conn("c3");
+        let waiter = a.admit(Some(&c3), 60);
         let release = async {
             tokio::time::sleep(Duration::from_millis(10)).await;
             drop(p1);
@@ -216,7 +231,7 @@ mod tests {
         assert!(s.waited >= 2 && s.refused == 2, "{s:?}");
         drop((p2, p3));
         // Larger than a bound on its own: admitted when nothing else is in flight.
-        let big = a.admit(Some("c1"), 500).await.unwrap();
+        let big = a.admit(Some(&conn("c1")), 500).await.unwrap();
         assert_eq!(a.stats().peak_inflight_bytes, 500);
         drop(big);
         assert_eq!(a.stats().inflight_bytes, 0);

@@ -46,7 +46,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-pub use admission::AdmissionStats;
+pub use admission::{AdmissionStats, Connection};
 pub use adoption::{Adopted, home_resume_floors};
 pub use meta_health::{MetadataDegraded, MetadataHealth};
 pub use sessions::SessionStats;
@@ -725,12 +725,12 @@ impl Broker {
         self.send_from(None, messages).await
     }
 
-    /// [`Broker::send`] for a client connection (any key that tells connections apart): the
+    /// [`Broker::send`] for a client connection (its TCP peer, or its client id): the
     /// bytes it has in flight to the log are bounded as well as the gateway's. Over a bound
     /// the send waits a little for room, then fails with TOO_MANY_REQUESTS.
     pub async fn send_from(
         &self,
-        connection: Option<&str>,
+        connection: Option<&Connection>,
         messages: Vec<OutgoingMessage>,
     ) -> BrokerResult<Vec<SendReceipt>> {
         // Tracing: one `send` span per message (none when off), ended with its receipt.
@@ -752,7 +752,7 @@ impl Broker {
 
     async fn send_traced(
         &self,
-        connection: Option<&str>,
+        connection: Option<&Connection>,
         messages: Vec<OutgoingMessage>,
         spans: &[crate::observability::tracing::MessageSpan],
     ) -> BrokerResult<Vec<SendReceipt>> {

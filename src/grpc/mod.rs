@@ -27,7 +27,9 @@ use futures::Stream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status as GrpcStatus, Streaming};
 
-use crate::broker::{Broker, BrokerError, ClientKind, MessageType, ReceiveRequest, Resolution, ResolutionSource};
+use crate::broker::{
+    Broker, BrokerError, ClientKind, Connection, MessageType, ReceiveRequest, Resolution, ResolutionSource,
+};
 use crate::cluster::{ClusterView, NodeInfo};
 use crate::proto::messaging_service_server::{MessagingService, MessagingServiceServer};
 use crate::proto::{self, Code};
@@ -603,7 +605,9 @@ impl MessagingService for MessagingServiceImpl {
         let result = match messages {
             Ok(messages) => {
                 // Without a peer address (not over TCP), each client id counts as a connection.
-                let connection = ctx.remote_addr.map_or_else(|| format!("client:{}", ctx.client_id), |a| a.to_string());
+                let connection = ctx
+                    .remote_addr
+                    .map_or_else(|| Connection::Client(Arc::from(ctx.client_id.as_str())), Connection::Peer);
                 self.broker.send_from(Some(&connection), messages).await
             }
             Err(e) => Err(e),

@@ -202,20 +202,20 @@ async fn sends_beyond_the_in_flight_bound_wait_then_get_too_many_requests() {
     let first = tokio::spawn({
         let broker = broker.clone();
         let m = big("a1");
-        async move { broker.send_from(Some("conn-a"), vec![m]).await }
+        async move { broker.send_from(Some(&Connection::Client("conn-a".into())), vec![m]).await }
     });
     tokio::time::sleep(Duration::from_millis(20)).await;
     // The same connection is over its own bound; another is over the gateway's.
-    let e = broker.send_from(Some("conn-a"), vec![big("a2")]).await.unwrap_err();
+    let e = broker.send_from(Some(&Connection::Client("conn-a".into())), vec![big("a2")]).await.unwrap_err();
     assert!(matches!(e, BrokerError::TooManyRequests(_)), "{e}");
     assert!(e.to_string().contains("limits.maxInflightBytesPerConnection"), "{e}");
     let second = tokio::spawn({
         let broker = broker.clone();
         let m = big("b1");
-        async move { broker.send_from(Some("conn-b"), vec![m]).await }
+        async move { broker.send_from(Some(&Connection::Client("conn-b".into())), vec![m]).await }
     });
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let e = broker.send_from(Some("conn-c"), vec![big("c1")]).await.unwrap_err();
+    let e = broker.send_from(Some(&Connection::Client("conn-c".into())), vec![big("c1")]).await.unwrap_err();
     assert!(e.to_string().contains("limits.maxInflightBytes ("), "{e}");
     let s = broker.stats().admission;
     assert_eq!((s.connections, s.refused), (2, 2));
@@ -224,7 +224,7 @@ async fn sends_beyond_the_in_flight_bound_wait_then_get_too_many_requests() {
     let waiting = tokio::spawn({
         let broker = broker.clone();
         let m = big("c2");
-        async move { broker.send_from(Some("conn-c"), vec![m]).await }
+        async move { broker.send_from(Some(&Connection::Client("conn-c".into())), vec![m]).await }
     });
     tokio::time::sleep(Duration::from_millis(20)).await;
     log.gate.add_permits(3);
