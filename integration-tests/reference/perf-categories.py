@@ -18,7 +18,7 @@ out = subprocess.run(['perf','script','-i',data,'-F','comm,ip,sym'], capture_out
 samples = out.split('\n\n')
 cats = collections.Counter()
 rules = [
-  ('fdatasync (syncer)', lambda c,f: 'fdatasync' in f),
+  ('fdatasync (log writer thread; a syncer thread before 382a621)', lambda c,f: 'fdatasync' in f),
   ('log writer thread', lambda c,f: c.startswith('rmq-log-writer')),
   ('socket writes (writev)', lambda c,f: 'writev' in f or 'sendmsg' in f),
   ('socket reads', lambda c,f: 'recvfrom' in f or 'sys_read' in f or 'readv' in f),
@@ -27,7 +27,7 @@ rules = [
   ('SendMessage', lambda c,f: 'send_message' in f),
   ('HTTP/2, hpack, hyper', lambda c,f: 'h2::' in f or 'hyper::' in f or 'hpack' in f),
   ('tokio scheduler (park/unpark, epoll, futex)', lambda c,f: 'tokio::runtime' in f or 'futex' in f or 'epoll' in f),
-  ('other syncer thread', lambda c,f: c.startswith('rmq-log-syncer')),
+  ('other syncer / flusher thread', lambda c,f: c.startswith(('rmq-log-syncer', 'rmq-log-flusher'))),
 ]
 n = 0
 for s in samples:

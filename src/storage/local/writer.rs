@@ -14,8 +14,9 @@
 //!   position move up) and completes its appends. Appends that arrive during the `fdatasync`
 //!   queue up and are the next batch: one `pwrite`, one `fdatasync` and one thread wake-up
 //!   for all of them. (A separate syncer thread, writing the next batch while the last one
-//!   syncs, was measured slower end to end: the writer then woke for every append or two and
-//!   handed each small batch to the syncer, all on two shared cores; docs/benchmarks.md.)
+//!   syncs, was measured slower end to end, with half again as many context switches: appends
+//!   arrive one by one, so the writer could wake for each and hand each small batch to the
+//!   syncer, all on two shared cores; docs/benchmarks.md.)
 //! - **`Async` mode**: batches are published and acknowledged right after the write; the
 //!   flusher thread fsyncs what was written on an interval, and once more at shutdown.
 //!
@@ -64,12 +65,13 @@ pub enum WriterMsg {
     Shutdown,
 }
 
-/// A written batch of `Sync` mode on its way to durability ([`Writer::commit`]).
-struct SyncBatch {
+/// A written batch, not yet readable: what [`publish`] needs, and in `Sync` mode the segments
+/// [`Writer::commit`] fsyncs first.
+struct WrittenBatch {
     /// Log position after the batch.
     end: u64,
     segments: Vec<Arc<Segment>>,
-    /// Queue ends to publish once durable.
+    /// Queue ends to publish.
     queue_ends: Vec<(Arc<QueueIndex>, u64)>,
     replies: Vec<(Reply, Vec<AppendResult>)>,
 }
@@ -226,7 +228,7 @@ impl Writer {
 
     /// Writes a batch. `Async` mode: publishes and acknowledges it. `Sync` mode: returns it for
     /// [`Writer::commit`]. Appends that fail are answered here.
-    fn process(&mut self, requests: Vec<AppendRequest>) -> Option<SyncBatch> {
+    fn process(&mut self, requests: Vec<AppendRequest>) -> Option<WrittenBatch> {
         if let Err(e) = self.prepare() {
             for r in requests {
                 let _ = r.reply.send(Err(replicate_error(&e)));
@@ -273,7 +275,7 @@ impl Writer {
         let queue_ends: Vec<_> =
             touched.iter().map(|&s| (self.queues[s].index.clone(), self.queues[s].next_offset)).collect();
         let replies: Vec<_> = accepted.into_iter().map(|r| r.reply).zip(results).collect();
-        let batch = SyncBatch { end: self.write_pos, segments, queue_ends, replies };
+        let batch = WrittenBatch { end: self.write_pos, segments, queue_ends, replies };
         match self.shared.config.flush {
             FlushMode::Sync => Some(batch),
             FlushMode::Async { .. } => {
@@ -287,7 +289,7 @@ impl Writer {
     /// acknowledges its appends. A failed fsync fails them all and rolls the writer back to
     /// the last published (durable) position first, so nothing of the batch is read, counted
     /// as written, or left on disk to resurface after a restart.
-    fn commit(&mut self, batch: SyncBatch) {
+    fn commit(&mut self, batch: WrittenBatch) {
         match sync_segments(&self.shared, &batch.segments) {
             Ok(()) => {
                 self.shared.synced.store(batch.end, Ordering::Release);
@@ -518,7 +520,7 @@ pub fn collect_keys_from(
 /// Makes a written (and, in `Sync` mode, synced) batch readable and acknowledges its appends.
 /// Log position first: a reader that sees a new queue end must also see the records it points
 /// at as published.
-fn publish(shared: &Shared, batch: SyncBatch) {
+fn publish(shared: &Shared, batch: WrittenBatch) {
     shared.published.store(batch.end, Ordering::Release);
     for (q, end) in &batch.queue_ends {
         q.publish(*end);
