@@ -618,10 +618,18 @@ impl Runner<'_> {
                 }
             }
             if let Some(h) = r.find(gw, &paced_phase(0.5)) {
-                let measured = match &h.e2e_latency {
+                let mut measured = match &h.e2e_latency {
                     Some(l) => format!("p99 {:.2} ms at {:.0} msg/s", l.p99_ms, h.msgs_per_s),
                     None => "no messages received".to_string(),
                 };
+                // What the tail is made of on a shared machine: busy cores and queued threads.
+                if let (Some(sv), Some(cl)) = (h.server, h.client) {
+                    let busy = sv.cpu_cores + cl.cpu_cores + h.other_cpu_cores.unwrap_or(0.0);
+                    measured.push_str(&format!("; {busy:.2} cores busy"));
+                    if let (Some(ws), Some(wc)) = (sv.cpu_wait_cores, cl.cpu_wait_cores) {
+                        measured.push_str(&format!(", threads waiting for a CPU: server {ws:.2}, client {wc:.2}"));
+                    }
+                }
                 checks.push(Check {
                     target: format!("{gw} end-to-end p99 ≤ 5 ms at half of the maximum throughput"),
                     measured,

@@ -84,6 +84,9 @@ pub struct ResourceUse {
     pub rss_end_bytes: u64,
     pub rss_peak_bytes: u64,
     pub rss_anon_end_bytes: u64,
+    /// Time its threads were runnable but waited for a CPU / wall time: how many of its
+    /// threads, on average, were queued behind others for a core (0.5 = half a thread).
+    pub cpu_wait_cores: Option<f64>,
 }
 
 struct Shared {
@@ -272,12 +275,13 @@ fn sample_all(pids: &[u32]) -> Option<ProcSample> {
     if pids.is_empty() {
         return None;
     }
-    let mut sum = ProcSample::default();
+    let mut sum = ProcSample { run_delay: Some(Duration::ZERO), ..ProcSample::default() };
     for p in pids {
         let x = procs::sample(Some(*p))?;
         sum.cpu += x.cpu;
         sum.rss_bytes += x.rss_bytes;
         sum.rss_anon_bytes += x.rss_anon_bytes;
+        sum.run_delay = sum.run_delay.zip(x.run_delay).map(|(a, b)| a + b);
     }
     Some(sum)
 }
@@ -316,6 +320,7 @@ async fn monitor(s: Arc<Shared>, pids: Vec<u32>) -> Monitored {
             rss_end_bytes: b.rss_bytes,
             rss_peak_bytes: peak.max(b.rss_bytes),
             rss_anon_end_bytes: b.rss_anon_bytes,
+            cpu_wait_cores: a.run_delay.zip(b.run_delay).map(|(a, b)| b.saturating_sub(a).as_secs_f64() / wall),
         })
     };
     let server1 = sample_all(&pids);

@@ -124,6 +124,10 @@ pub struct ProcSample {
     pub cpu: Duration,
     pub rss_bytes: u64,
     pub rss_anon_bytes: u64,
+    /// Time its threads were runnable but waiting for a CPU (`/proc/<pid>/task/*/schedstat`,
+    /// second field); `None` where the kernel does not report it. Threads that exited are
+    /// not counted.
+    pub run_delay: Option<Duration>,
 }
 
 fn clock_ticks_per_second() -> u64 {
@@ -157,7 +161,24 @@ pub fn sample(pid: Option<u32>) -> Option<ProcSample> {
             .unwrap_or(0)
             * 1024
     };
-    Some(ProcSample { cpu, rss_bytes: kb("VmRSS:"), rss_anon_bytes: kb("RssAnon:") })
+    Some(ProcSample { cpu, rss_bytes: kb("VmRSS:"), rss_anon_bytes: kb("RssAnon:"), run_delay: run_delay(&dir) })
+}
+
+/// Sum over the threads of `dir` (`/proc/<pid>`) of the time spent runnable on a run queue
+/// without a CPU.
+fn run_delay(dir: &str) -> Option<Duration> {
+    let mut total = 0u64;
+    let mut any = false;
+    for task in std::fs::read_dir(format!("{dir}/task")).ok()?.flatten() {
+        // "<ns on a CPU> <ns waiting on a run queue> <time slices>"; a thread may exit between
+        // the listing and the read.
+        let Ok(line) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
+        if let Some(ns) = line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()) {
+            total = total.saturating_add(ns);
+            any = true;
+        }
+    }
+    any.then(|| Duration::from_nanos(total))
 }
 
 /// Busy CPU time of the whole machine (all processes, all cores), from `/proc/stat`.
@@ -266,6 +287,7 @@ mod tests {
     fn samples_itself() {
         let s = sample(None).expect("/proc/self is readable");
         assert!(s.rss_bytes > 0);
+        assert!(s.run_delay.is_some(), "no /proc/self/task/*/schedstat");
     }
 
     #[test]

@@ -368,9 +368,9 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "| System | Run | Storage | Target rate | msg/s | MB/s | Send p50 / p99 / p99.9 (ms) | E2E p50 / p99 / p99.9 (ms) | Server CPU (cores) | Server CPU µs/msg | Server RSS peak (MiB) | Client CPU (cores) | Other CPU: procs / kernel threads / total | Msgs/receive | Errors |"
+            "| System | Run | Storage | Target rate | msg/s | MB/s | Send p50 / p99 / p99.9 (ms) | E2E p50 / p99 / p99.9 (ms) | Server CPU (cores) | Server CPU µs/msg | Server RSS peak (MiB) | Client CPU (cores) | Waiting for a CPU: server / client (threads) | Other CPU: procs / kernel threads / total | Msgs/receive | Errors |"
         );
-        let _ = writeln!(s, "|---|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         let lat = |l: &Option<Latency>| {
             l.as_ref().map_or("–".to_string(), |l| format!("{:.2} / {:.2} / {:.2}", l.p50_ms, l.p99_ms, l.p999_ms))
         };
@@ -381,9 +381,13 @@ impl Report {
                 r.kernel_threads_cores,
                 r.other_cpu_cores.map_or("–".to_string(), |x| format!("{x:.2}"))
             );
+            let waited = |u: Option<ResourceUse>| {
+                u.and_then(|u| u.cpu_wait_cores).map_or("–".to_string(), |x| format!("{x:.2}"))
+            };
+            let wait = format!("{} / {}", waited(r.server), waited(r.client));
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {} | {other} | {} | {} |",
+                "| {} | {} | {} | {} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {} | {wait} | {other} | {} | {} |",
                 r.system,
                 r.phase,
                 r.storage,
