@@ -20,8 +20,8 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use futures::StreamExt as _;
+use tonic::codegen::http;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
 
 use super::load::{self, Consumer, Producer};
 use super::procs::{self, Server};
@@ -105,14 +105,52 @@ fn request<T>(msg: T, client: &MetadataValue<tonic::metadata::Ascii>) -> tonic::
     r
 }
 
-async fn connect(addr: SocketAddr) -> anyhow::Result<MessagingServiceClient<Channel>> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
+/// The load generator's client: generated tonic stubs over one HTTP/2 connection.
+pub type Client = MessagingServiceClient<H2Connection>;
+
+/// One HTTP/2 connection (hyper), shared by every request slot that clones it. tonic's
+/// `Channel` would put a `tower::Buffer` in front of it: each request then goes through a
+/// channel to a worker task and back, a hand-off per request that the SDKs' gRPC stacks do
+/// not make and that the load generator, sharing the machine's cores with the server it
+/// measures, should not pay either. No reconnection: a broken connection fails its requests
+/// and the run reports them.
+#[derive(Clone)]
+pub struct H2Connection(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+type H2Future = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<http::Response<hyper::body::Incoming>, hyper::Error>> + Send>,
+>;
+
+impl tower::Service<http::Request<tonic::body::Body>> for H2Connection {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future = H2Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), hyper::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> H2Future {
+        Box::pin(self.0.send_request(req))
+    }
+}
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<Client> {
+    let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await
+        .map_err(|_| anyhow::anyhow!("connecting to {addr} timed out"))?
         .with_context(|| format!("cannot connect to {addr}"))?;
-    Ok(MessagingServiceClient::new(channel).max_decoding_message_size(usize::MAX))
+    stream.set_nodelay(true)?;
+    let (send, connection) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .with_context(|| format!("HTTP/2 handshake with {addr}"))?;
+    tokio::spawn(async move {
+        // Ends when every clone of `send` is dropped or the server closes the connection.
+        let _ = connection.await;
+    });
+    let origin: http::Uri = format!("http://{addr}").parse()?;
+    Ok(MessagingServiceClient::with_origin(H2Connection(send), origin).max_decoding_message_size(usize::MAX))
 }
 
 fn check(status: Option<&proto::Status>, what: &str) -> anyhow::Result<()> {
@@ -125,7 +163,7 @@ fn check(status: Option<&proto::Status>, what: &str) -> anyhow::Result<()> {
 
 /// One in-flight request slot of a producer connection.
 pub struct GrpcProducer {
-    client: MessagingServiceClient<Channel>,
+    client: Client,
     client_id: MetadataValue<tonic::metadata::Ascii>,
     topic: String,
     /// Unique per slot; message ids are `<prefix><counter>`.
@@ -173,7 +211,7 @@ impl Producer for GrpcProducer {
 
 /// A long-polling SimpleConsumer-style receiver; acknowledges in the background.
 pub struct GrpcConsumer {
-    client: MessagingServiceClient<Channel>,
+    client: Client,
     client_id: MetadataValue<tonic::metadata::Ascii>,
     topic: String,
     group: String,
@@ -243,7 +281,7 @@ impl Consumer for GrpcConsumer {
 /// `Settings` and waits for the server's answer. The returned stream keeps the session open
 /// (dropping it ends the call); the request side never ends.
 async fn telemetry(
-    client: &mut MessagingServiceClient<Channel>,
+    client: &mut Client,
     client_id: &MetadataValue<tonic::metadata::Ascii>,
     target: &Target,
 ) -> anyhow::Result<tonic::Streaming<proto::TelemetryCommand>> {
@@ -375,11 +413,7 @@ pub async fn prepare(target: &Target, limit: Duration) -> anyhow::Result<()> {
 }
 
 /// Sends one message whose header carries a send time no window contains.
-async fn probe(
-    client: &MessagingServiceClient<Channel>,
-    client_id: &MetadataValue<tonic::metadata::Ascii>,
-    topic: &str,
-) -> anyhow::Result<()> {
+async fn probe(client: &Client, client_id: &MetadataValue<tonic::metadata::Ascii>, topic: &str) -> anyhow::Result<()> {
     let mut body = Vec::with_capacity(load::HEADER_LEN);
     body.extend_from_slice(&u64::MAX.to_le_bytes());
     body.extend_from_slice(&0u64.to_le_bytes());
