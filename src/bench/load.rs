@@ -275,13 +275,12 @@ fn sample_all(pids: &[u32]) -> Option<ProcSample> {
     if pids.is_empty() {
         return None;
     }
-    let mut sum = ProcSample { run_delay: Some(Duration::ZERO), ..ProcSample::default() };
+    let mut sum = ProcSample::default();
     for p in pids {
         let x = procs::sample(Some(*p))?;
         sum.cpu += x.cpu;
         sum.rss_bytes += x.rss_bytes;
         sum.rss_anon_bytes += x.rss_anon_bytes;
-        sum.run_delay = sum.run_delay.zip(x.run_delay).map(|(a, b)| a + b);
     }
     Some(sum)
 }
@@ -295,6 +294,8 @@ async fn monitor(s: Arc<Shared>, pids: Vec<u32>) -> Monitored {
     let machine0 = procs::machine_busy();
     let server0 = sample_all(&pids);
     let client0 = procs::sample(None);
+    let me = [std::process::id()];
+    let (server_delays0, client_delays0) = (procs::thread_run_delays(&pids), procs::thread_run_delays(&me));
     let mut peak = server0.map_or(0, |x| x.rss_bytes);
     let mut client_peak = client0.map_or(0, |x| x.rss_bytes);
     loop {
@@ -311,7 +312,7 @@ async fn monitor(s: Arc<Shared>, pids: Vec<u32>) -> Monitored {
         latest.update(census().await);
     }
     let wall = t0.elapsed().as_secs_f64().max(1e-9);
-    let usage = |a: Option<ProcSample>, b: Option<ProcSample>, peak: u64| {
+    let usage = |a: Option<ProcSample>, b: Option<ProcSample>, peak: u64, waited: Option<Duration>| {
         let (a, b) = (a?, b?);
         let cpu = b.cpu.saturating_sub(a.cpu).as_secs_f64();
         Some(ResourceUse {
@@ -320,19 +321,24 @@ async fn monitor(s: Arc<Shared>, pids: Vec<u32>) -> Monitored {
             rss_end_bytes: b.rss_bytes,
             rss_peak_bytes: peak.max(b.rss_bytes),
             rss_anon_end_bytes: b.rss_anon_bytes,
-            cpu_wait_cores: a.run_delay.zip(b.run_delay).map(|(a, b)| b.saturating_sub(a).as_secs_f64() / wall),
+            cpu_wait_cores: waited.map(|d| d.as_secs_f64() / wall),
         })
     };
     let server1 = sample_all(&pids);
     let client1 = procs::sample(None);
+    let waited = |a: Option<procs::ThreadDelays>, b: Option<procs::ThreadDelays>| {
+        a.zip(b).map(|(a, b)| procs::run_delay_between(&a, &b))
+    };
+    let server_waited = waited(server_delays0, procs::thread_run_delays(&pids));
+    let client_waited = waited(client_delays0, procs::thread_run_delays(&me));
     let machine = machine0.zip(procs::machine_busy()).map(|(a, b)| b.saturating_sub(a).as_secs_f64() / wall);
     let mut exclude = vec![std::process::id()];
     exclude.extend(&pids);
     latest.update(census().await);
     let other = latest.other_since(&census0, &exclude);
     Monitored {
-        server: usage(server0, server1, peak),
-        client: usage(client0, client1, client_peak),
+        server: usage(server0, server1, peak, server_waited),
+        client: usage(client0, client1, client_peak, client_waited),
         machine_busy_cores: machine,
         other,
         wall,

@@ -124,10 +124,6 @@ pub struct ProcSample {
     pub cpu: Duration,
     pub rss_bytes: u64,
     pub rss_anon_bytes: u64,
-    /// Time its threads were runnable but waiting for a CPU (`/proc/<pid>/task/*/schedstat`,
-    /// second field); `None` where the kernel does not report it. Threads that exited are
-    /// not counted.
-    pub run_delay: Option<Duration>,
 }
 
 fn clock_ticks_per_second() -> u64 {
@@ -161,24 +157,36 @@ pub fn sample(pid: Option<u32>) -> Option<ProcSample> {
             .unwrap_or(0)
             * 1024
     };
-    Some(ProcSample { cpu, rss_bytes: kb("VmRSS:"), rss_anon_bytes: kb("RssAnon:"), run_delay: run_delay(&dir) })
+    Some(ProcSample { cpu, rss_bytes: kb("VmRSS:"), rss_anon_bytes: kb("RssAnon:") })
 }
 
-/// Sum over the threads of `dir` (`/proc/<pid>`) of the time spent runnable on a run queue
-/// without a CPU.
-fn run_delay(dir: &str) -> Option<Duration> {
-    let mut total = 0u64;
-    let mut any = false;
-    for task in std::fs::read_dir(format!("{dir}/task")).ok()?.flatten() {
-        // "<ns on a CPU> <ns waiting on a run queue> <time slices>"; a thread may exit between
-        // the listing and the read.
-        let Ok(line) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
-        if let Some(ns) = line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()) {
-            total = total.saturating_add(ns);
-            any = true;
+/// Time each thread spent runnable on a run queue without a CPU, in ns, by thread id.
+pub type ThreadDelays = std::collections::HashMap<u32, u64>;
+
+/// The run delay of every thread of `pids` (`/proc/<pid>/task/<tid>/schedstat`, second field);
+/// `None` when a process is gone or the kernel reports none.
+pub fn thread_run_delays(pids: &[u32]) -> Option<ThreadDelays> {
+    let mut out = ThreadDelays::new();
+    for pid in pids {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else { continue };
+            // "<ns on a CPU> <ns waiting on a run queue> <time slices>"; a thread may exit
+            // between the listing and the read.
+            let Ok(line) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
+            if let Some(ns) = line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()) {
+                out.insert(tid, ns);
+            }
         }
     }
-    any.then(|| Duration::from_nanos(total))
+    (!out.is_empty()).then_some(out)
+}
+
+/// Run delay accumulated from `earlier` to `later` by the threads alive at `later` (a thread
+/// started in between counts from zero; one that ended in between is missed, so this is a
+/// lower bound).
+pub fn run_delay_between(earlier: &ThreadDelays, later: &ThreadDelays) -> Duration {
+    let ns: u64 = later.iter().map(|(tid, ns)| ns.saturating_sub(earlier.get(tid).copied().unwrap_or(0))).sum();
+    Duration::from_nanos(ns)
 }
 
 /// Busy CPU time of the whole machine (all processes, all cores), from `/proc/stat`.
@@ -287,7 +295,9 @@ mod tests {
     fn samples_itself() {
         let s = sample(None).expect("/proc/self is readable");
         assert!(s.rss_bytes > 0);
-        assert!(s.run_delay.is_some(), "no /proc/self/task/*/schedstat");
+        let d = thread_run_delays(&[std::process::id()]).expect("no /proc/self/task/*/schedstat");
+        assert!(d.contains_key(&std::process::id()), "the main thread is listed");
+        assert_eq!(run_delay_between(&d, &d), Duration::ZERO);
     }
 
     #[test]
