@@ -301,6 +301,15 @@ mod tests {
     }
 
     #[test]
+    fn run_delay_is_taken_thread_by_thread() {
+        let earlier = ThreadDelays::from([(1, 1_000), (2, 5_000), (3, 9_000)]);
+        // Thread 1 waited 500 ns more, thread 2 ended (missed), thread 4 started (from zero),
+        // and thread 3's counter is not allowed to go backwards.
+        let later = ThreadDelays::from([(1, 1_500), (3, 8_000), (4, 700)]);
+        assert_eq!(run_delay_between(&earlier, &later), Duration::from_nanos(1_200));
+    }
+
+    #[test]
     fn census_sees_this_process() {
         let a = census();
         let me = std::process::id();
