@@ -36,6 +36,31 @@ const RPC_BUCKETS: &[f64] = &[1.0, 3.0, 5.0, 7.0, 10.0, 100.0, 1000.0, 2000.0, 3
 /// `rocketmq_storage_flush_latency` buckets (ms).
 const FLUSH_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0];
 
+/// A stage of a commit-log append, timed from the append call: see
+/// [`Metrics::append_latency`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendStage {
+    /// The writer took it: inline at once, or the writer thread's next batch (under
+    /// SYNC_FLUSH it waits here for the group commit under way).
+    Queued,
+    /// Stored: written, and under SYNC_FLUSH covered by a completed `fdatasync`.
+    Stored,
+    /// The appending task ran again (the wake-up and the wait for a runtime worker added).
+    Resumed,
+}
+
+impl AppendStage {
+    const ALL: [AppendStage; 3] = [AppendStage::Queued, AppendStage::Stored, AppendStage::Resumed];
+
+    fn label(self) -> &'static str {
+        match self {
+            AppendStage::Queued => "queued",
+            AppendStage::Stored => "stored",
+            AppendStage::Resumed => "resumed",
+        }
+    }
+}
+
 static GLOBAL: OnceLock<Arc<Metrics>> = OnceLock::new();
 
 /// Turns recording on (once per process; later calls return the first registry).
@@ -215,6 +240,8 @@ pub struct Metrics {
     /// (RPC, response code) → latency.
     rpc: RwLock<HashMap<(&'static str, &'static str), Arc<Histogram>>>,
     flush: Histogram,
+    /// By [`AppendStage`], in its order.
+    append: [Histogram; 3],
     data_dir: Option<PathBuf>,
     started: f64,
 }
@@ -231,6 +258,7 @@ impl Metrics {
             timers_fired: AtomicU64::new(0),
             rpc: RwLock::new(HashMap::new()),
             flush: Histogram::new(FLUSH_BUCKETS),
+            append: AppendStage::ALL.map(|_| Histogram::new(FLUSH_BUCKETS)),
             data_dir,
             started: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
         }
@@ -283,6 +311,14 @@ impl Metrics {
     /// One commit-log fsync.
     pub fn flush_latency(&self, d: Duration) {
         self.flush.observe(d);
+    }
+
+    /// One commit-log append (one send request's messages) reached `stage`, `d` after the
+    /// append call. The stages' differences say where a send's storage time goes: waiting
+    /// for the writer (under SYNC_FLUSH, for the group commit under way), its own write and
+    /// fsync, and being scheduled again.
+    pub fn append_latency(&self, stage: AppendStage, d: Duration) {
+        self.append[stage as usize].observe(d);
     }
 
     /// The text exposition (Prometheus 0.0.4).
@@ -402,6 +438,16 @@ impl Metrics {
         }
         header(o, "rocketmq_storage_flush_latency", "histogram", "Commit-log fsync latency in milliseconds.");
         self.flush.render(o, "rocketmq_storage_flush_latency", "");
+        header(
+            o,
+            "rocketmq_storage_append_latency",
+            "histogram",
+            "Commit-log append latency in milliseconds from the append call, by stage: queued (the writer took it), stored (written, and fsynced under SYNC_FLUSH), resumed (the appending task ran again).",
+        );
+        for stage in AppendStage::ALL {
+            let labels = format!("stage=\"{}\"", stage.label());
+            self.append[stage as usize].render(o, "rocketmq_storage_append_latency", &labels);
+        }
 
         self.render_storage(o, g);
         simple(o, "rocketmq_topic_number", "gauge", "Topics.", g.topics as u64);
@@ -614,6 +660,7 @@ mod tests {
         m.messages_out("t", "g", 1, 5);
         m.rpc_latency("SendMessage", "OK", Duration::from_millis(2));
         m.flush_latency(Duration::from_micros(300));
+        m.append_latency(AppendStage::Stored, Duration::from_micros(400));
         let g = Gauges {
             consumers: vec![ConsumerGauge { topic: "t".into(), group: "g".into(), lag: 2, ready: 1, inflight: 1 }],
             ..Default::default()
@@ -636,6 +683,9 @@ mod tests {
         assert!(text.contains("rocketmq_rpc_latency_bucket{protocol_type=\"grpc\",request_code=\"SendMessage\",response_code=\"OK\",le=\"1\"} 0"));
         assert!(text.contains("rocketmq_storage_flush_latency_bucket{le=\"0.5\"} 1"));
         assert!(text.contains("rocketmq_storage_flush_latency_count 1"));
+        assert!(text.contains("rocketmq_storage_append_latency_bucket{stage=\"stored\",le=\"0.25\"} 0"), "{text}");
+        assert!(text.contains("rocketmq_storage_append_latency_bucket{stage=\"stored\",le=\"0.5\"} 1"));
+        assert!(text.contains("rocketmq_storage_append_latency_count{stage=\"queued\"} 0"));
         assert!(text.contains("process_start_time_seconds"));
     }
 

@@ -66,6 +66,7 @@ use super::record::keys;
 use super::{
     AppendMessage, AppendResult, FlushMode, MessageLog, QueueRange, StorageError, StorageResult, StoredMessage,
 };
+use crate::observability::metrics::AppendStage;
 
 /// State shared by the [`CommitLog`] handle and its threads.
 pub(crate) struct Shared {
@@ -448,7 +449,8 @@ impl MessageLog for CommitLog {
             return Err(StorageError::ShuttingDown);
         }
         let (reply, rx) = oneshot::channel();
-        let request = AppendRequest { messages, reply };
+        let created = std::time::Instant::now();
+        let request = AppendRequest { messages, reply, created };
         let queued = match Writer::inline(self.shared.config.flush) {
             true => Writer::try_inline(&self.writer, request)?,
             false => Some(request),
@@ -456,7 +458,11 @@ impl MessageLog for CommitLog {
         if let Some(request) = queued {
             self.tx.send(WriterMsg::Append(request)).map_err(|_| StorageError::ShuttingDown)?;
         }
-        rx.await.map_err(|_| StorageError::ShuttingDown)?
+        let appended = rx.await.map_err(|_| StorageError::ShuttingDown)?;
+        if appended.is_ok() {
+            writer::observe_stage(AppendStage::Resumed, [created]);
+        }
+        appended
     }
 
     fn read(

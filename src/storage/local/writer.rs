@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::sync::oneshot;
@@ -43,6 +43,7 @@ use super::format::{
 use super::fs::{fsync_dir, invalid_input, io_error, replicate_error};
 use super::queue_index::{QueueIndex, create_queue};
 use super::segment::Segment;
+use crate::observability::metrics::{self, AppendStage};
 use crate::storage::record::keys;
 use crate::storage::{AppendMessage, AppendResult, FlushMode, StorageError, StorageResult};
 
@@ -51,6 +52,25 @@ pub type Reply = oneshot::Sender<StorageResult<Vec<AppendResult>>>;
 pub struct AppendRequest {
     pub messages: Vec<AppendMessage>,
     pub reply: Reply,
+    /// When the append was called: the start of its `rocketmq_storage_append_latency`.
+    pub created: Instant,
+}
+
+/// Records that appends made at `created` reached `stage` now (when metrics are on).
+pub fn observe_stage(stage: AppendStage, created: impl IntoIterator<Item = Instant>) {
+    if let Some(m) = metrics::global() {
+        let now = Instant::now();
+        for c in created {
+            m.append_latency(stage, now.saturating_duration_since(c));
+        }
+    }
+}
+
+/// A written append's answer, sent when its batch is published.
+struct Completion {
+    reply: Reply,
+    results: Vec<AppendResult>,
+    created: Instant,
 }
 
 impl AppendRequest {
@@ -73,7 +93,7 @@ struct WrittenBatch {
     segments: Vec<Arc<Segment>>,
     /// Queue ends to publish.
     queue_ends: Vec<(Arc<QueueIndex>, u64)>,
-    replies: Vec<(Reply, Vec<AppendResult>)>,
+    replies: Vec<Completion>,
 }
 
 /// Writer-side state of one queue.
@@ -192,6 +212,7 @@ impl Writer {
                 }
             }
             let mut w = lock(&writer);
+            observe_stage(AppendStage::Queued, requests.iter().map(|r| r.created));
             if !requests.is_empty()
                 && let Some(batch) = w.process(requests)
             {
@@ -221,6 +242,7 @@ impl Writer {
             return Err(StorageError::ShuttingDown);
         }
         w.shared.counters.inline_batches.fetch_add(1, Ordering::Relaxed);
+        observe_stage(AppendStage::Queued, [request.created]);
         // `Async` mode: acknowledged in `process`, nothing left to sync.
         let _ = w.process(vec![request]);
         Ok(None)
@@ -274,7 +296,11 @@ impl Writer {
         }
         let queue_ends: Vec<_> =
             touched.iter().map(|&s| (self.queues[s].index.clone(), self.queues[s].next_offset)).collect();
-        let replies: Vec<_> = accepted.into_iter().map(|r| r.reply).zip(results).collect();
+        let replies: Vec<_> = accepted
+            .into_iter()
+            .zip(results)
+            .map(|(r, results)| Completion { reply: r.reply, results, created: r.created })
+            .collect();
         let batch = WrittenBatch { end: self.write_pos, segments, queue_ends, replies };
         match self.shared.config.flush {
             FlushMode::Sync => Some(batch),
@@ -303,8 +329,8 @@ impl Writer {
                     .map(|s| (s, self.queues[s].index.end()))
                     .collect();
                 self.roll_back(to, queues);
-                for (reply, _) in batch.replies {
-                    let _ = reply.send(Err(replicate_error(&e)));
+                for c in batch.replies {
+                    let _ = c.reply.send(Err(replicate_error(&e)));
                 }
             }
         }
@@ -525,8 +551,9 @@ fn publish(shared: &Shared, batch: WrittenBatch) {
     for (q, end) in &batch.queue_ends {
         q.publish(*end);
     }
-    for (reply, res) in batch.replies {
-        let _ = reply.send(Ok(res));
+    observe_stage(AppendStage::Stored, batch.replies.iter().map(|c| c.created));
+    for c in batch.replies {
+        let _ = c.reply.send(Ok(c.results));
     }
 }
 
