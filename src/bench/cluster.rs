@@ -353,7 +353,7 @@ impl Bench<'_> {
         };
         grpc::prepare(&target, Duration::from_secs(60)).await?;
         eprintln!("{system}: lb ({} in flight through {})", args.producers * args.concurrency, lb.addr);
-        let o = grpc::run(&system, &args, &target, &pids).await?;
+        let o = grpc::run(&system, &args, &target, &pids.clone().into()).await?;
         self.record(RunResult::new(&system, "lb", &storage, &args, &o));
         for node in nodes.iter_mut() {
             node.server.check_alive()?;

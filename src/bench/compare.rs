@@ -302,9 +302,10 @@ impl Runner<'_> {
         grpc::prepare(&max_target, Duration::from_secs(60)).await?;
         let args = self.args.load(0, None);
         eprintln!("{system}: max (closed loop, {} in flight)", args.producers * args.concurrency);
-        let pids = server.pids();
+        let watch = server.watch();
+        let pids = watch.pids.clone();
         let profile = self.start_profile(data_dir, &pids, &format!("perf-{system}.data"));
-        let max = self.best_of(&format!("{system} max"), |_| grpc::run(system, &args, &max_target, &pids)).await;
+        let max = self.best_of(&format!("{system} max"), |_| grpc::run(system, &args, &max_target, &watch)).await;
         self.finish_profile(
             profile,
             &format!("{system} max ran under `perf record -F 499` (its figures include that overhead)"),
@@ -319,10 +320,10 @@ impl Runner<'_> {
             let run = |a: LoadArgs, i: usize| {
                 let target =
                     Target { addr, topic: topic(&format!("paced{i}")), group: format!("bench-paced{i}"), full };
-                let pids = pids.clone();
+                let watch = watch.clone();
                 async move {
                     grpc::prepare(&target, Duration::from_secs(60)).await?;
-                    grpc::run(system, &a, &target, &pids).await
+                    grpc::run(system, &a, &target, &watch).await
                 }
             };
             let profile = self.start_profile(data_dir, &pids, &format!("perf-{system}-paced.data"));
@@ -476,7 +477,7 @@ impl Runner<'_> {
             let mut rates: Vec<f64> = Vec::new();
             let mut elapsed = Duration::ZERO;
             let settled = loop {
-                let o = grpc::run(&format!("{system} warm-up"), &args, &target, &ap.pids()).await?;
+                let o = grpc::run(&format!("{system} warm-up"), &args, &target, &ap.watch()).await?;
                 ap.check_alive()?;
                 anyhow::ensure!(
                     o.messages > 0,
@@ -579,7 +580,13 @@ impl Runner<'_> {
                 ratios.push(Ratio { name: format!("{gw} / {NOOP} (msg/s)"), value: x });
                 checks.push(Check {
                     target: format!("{gw} send throughput ≥ {:.0}% of the no-op ceiling", need * 100.0),
-                    measured: format!("{:.0}% ({:.0} vs {:.0} msg/s)", x * 100.0, g.msgs_per_s, c.msgs_per_s),
+                    measured: format!(
+                        "{:.0}% ({:.0} vs {:.0} msg/s){}",
+                        x * 100.0,
+                        g.msgs_per_s,
+                        c.msgs_per_s,
+                        send_path_summary(g)
+                    ),
                     met: Some(x >= need),
                 });
             }
@@ -808,6 +815,29 @@ pub async fn main(args: CompareArgs) -> anyhow::Result<()> {
         failed.join(", ")
     );
     Ok(())
+}
+
+/// Where a gateway's sends went at `max` (from its `/metrics`), for the ceiling target's line:
+/// with 64 sends in flight, throughput is 64 over the time a send takes, so this says which
+/// part of that time the gateway's storage holds.
+fn send_path_summary(g: &RunResult) -> String {
+    let (Some(p), Some(l)) = (g.send_path, g.send_latency.as_ref()) else { return String::new() };
+    let ms = |x: Option<f64>| x.map_or("–".to_string(), |x| format!("{x:.2}"));
+    let fsync = match (p.appends_per_fsync, p.fsync_ms) {
+        // Under ASYNC_FLUSH the fsyncs run on an interval, apart from the sends.
+        (Some(n), Some(f)) if p.fsyncs > 0 && g.system == GW_SYNC => {
+            format!(", {n:.1} sends per fsync of {f:.2} ms")
+        }
+        _ => String::new(),
+    };
+    format!(
+        "; a send took {:.2} ms at p50, of which the handler {} ms: its append waited {} ms for the writer, was stored at {} ms and resumed at {} ms{fsync}",
+        l.p50_ms,
+        ms(p.handler_ms),
+        ms(p.queued_ms),
+        ms(p.stored_ms),
+        ms(p.resumed_ms),
+    )
 }
 
 #[cfg(test)]

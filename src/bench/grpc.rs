@@ -23,7 +23,7 @@ use futures::StreamExt as _;
 use tonic::codegen::http;
 use tonic::metadata::MetadataValue;
 
-use super::load::{self, Consumer, Producer};
+use super::load::{self, Consumer, Producer, ServerWatch};
 use super::procs::{self, Server};
 use super::report::{Report, RunResult};
 use super::{LoadArgs, OutArgs};
@@ -433,11 +433,11 @@ pub async fn run(
     label: &str,
     args: &LoadArgs,
     target: &Target,
-    server_pids: &[u32],
+    server: &ServerWatch,
 ) -> anyhow::Result<load::LoadOutcome> {
     let (producers, consumers) = clients(args, target).await?;
     let ack_failures = consumers.first().map(|c| c.ack_failures.clone());
-    let mut outcome = load::drive(label, args, producers, consumers, server_pids.to_vec()).await?;
+    let mut outcome = load::drive(label, args, producers, consumers, server.clone()).await?;
     // Acks run in the background; a failed one counts as a receive error.
     if let Some(f) = ack_failures {
         let failed = f.load(Ordering::Relaxed);
@@ -494,7 +494,8 @@ pub fn spawn_gateway_with(
         .env("RMQ_GATEWAY_TOPICS__AUTO_CREATE_TOPIC_ENABLE", "true");
     cmd.envs(extra_env.iter().map(|(k, v)| (k, v)));
     let log = work_dir.join(format!("{name}.log"));
-    let server = Server::spawn(name, cmd, &log)?;
+    let mut server = Server::spawn(name, cmd, &log)?;
+    server.metrics = Some(SocketAddr::from(([127, 0, 0, 1], http_port)));
     Ok(SpawnedGateway { server, grpc: SocketAddr::from(([127, 0, 0, 1], grpc_port)), data_dir })
 }
 
@@ -553,9 +554,9 @@ pub async fn main(args: E2eArgs) -> anyhow::Result<()> {
     };
     let target = Target { addr, topic, group: args.group.clone(), full: true };
     prepare(&target, Duration::from_secs(30)).await?;
-    let pids: Vec<u32> = spawned.as_ref().and_then(|g| g.server.pid()).into_iter().collect();
+    let watch = spawned.as_ref().map(|g| g.server.watch()).unwrap_or_default();
     eprintln!("running {system} on {addr}, topic {}", target.topic);
-    let outcome = run(&system, &args.load, &target, &pids).await;
+    let outcome = run(&system, &args.load, &target, &watch).await;
     let storage = match &spawned {
         Some(g) => gateway_storage(args.flush, &g.data_dir),
         None => storage,
@@ -622,5 +623,5 @@ pub async fn run_spread(
             producers.push(producer);
         }
     }
-    load::drive(label, args, producers, Vec::<GrpcConsumer>::new(), server_pids.to_vec()).await
+    load::drive(label, args, producers, Vec::<GrpcConsumer>::new(), server_pids.to_vec().into()).await
 }

@@ -1,6 +1,7 @@
 //! The protocol-independent load driver: closed-loop (or paced) producers, long-polling
 //! consumers, a warm-up and a measured window, latency histograms, progress lines, and CPU
-//! and memory of the server under test over exactly the measured window.
+//! and memory of the server under test over exactly the measured window (for a gateway, also
+//! where its sends spent their time, from its `/metrics` at the window's ends).
 //!
 //! Every message body starts with a 16-byte header: the send time (nanoseconds since the
 //! driver's epoch, little-endian) and a sequence number. Producers and consumers run in the
@@ -16,6 +17,7 @@
 //!   consumers drain until they have seen as many as were acknowledged, or `--drain` elapses.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +28,7 @@ use hdrhistogram::Histogram;
 use tokio_util::sync::CancellationToken;
 
 use super::LoadArgs;
+use super::metrics_plot::{Scrape, scrape, sum};
 use super::procs::{self, ProcSample};
 
 /// Bytes at the start of every body: send time (u64 ns) and sequence (u64).
@@ -73,6 +76,70 @@ pub struct LoadOutcome {
     /// Cores used by other processes and by kernel threads over the window (lower bounds).
     pub other_processes_cores: f64,
     pub kernel_threads_cores: f64,
+    /// Where a gateway's sends spent their time over the window (when it was watched).
+    pub send_path: Option<SendPath>,
+}
+
+/// What a load watches on the server side over its window.
+#[derive(Debug, Clone, Default)]
+pub struct ServerWatch {
+    /// The processes whose CPU and memory are the server's (summed; none: no server figures).
+    pub pids: Vec<u32>,
+    /// A gateway's admin HTTP address: its `/metrics` are read at both ends of the window.
+    pub metrics: Option<SocketAddr>,
+}
+
+impl From<Vec<u32>> for ServerWatch {
+    fn from(pids: Vec<u32>) -> Self {
+        ServerWatch { pids, metrics: None }
+    }
+}
+
+/// Inside a gateway's sends over the window, from its `/metrics`: means in milliseconds of the
+/// observations made in the window. The append stages count from the commit-log append call
+/// (`rocketmq_storage_append_latency`); the handler time includes the append and everything
+/// around it (`rocketmq_rpc_latency` of SendMessage, OK answers). What the client sees beyond
+/// the handler is HTTP/2, the network and both sides' scheduling.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct SendPath {
+    pub handler_ms: Option<f64>,
+    /// Until the log writer took the append (SYNC_FLUSH: behind the group commit under way).
+    pub queued_ms: Option<f64>,
+    /// Until it was written (and, under SYNC_FLUSH, covered by a completed fsync).
+    pub stored_ms: Option<f64>,
+    /// Until the appending task ran again.
+    pub resumed_ms: Option<f64>,
+    /// Commit-log fsyncs in the window, and their mean.
+    pub fsyncs: u64,
+    pub fsync_ms: Option<f64>,
+    /// Appends (send requests) stored per fsync, when there were fsyncs.
+    pub appends_per_fsync: Option<f64>,
+}
+
+impl SendPath {
+    /// From two scrapes of a gateway's `/metrics`; `None` when it stored nothing in between.
+    pub fn between(before: &Scrape, after: &Scrape) -> Option<SendPath> {
+        let delta = |name: &str, having: &str| sum(after, name, having) - sum(before, name, having);
+        let mean = |name: &str, having: &str| {
+            let n = delta(&format!("{name}_count"), having);
+            (n > 0.0).then(|| delta(&format!("{name}_sum"), having) / n)
+        };
+        const APPEND: &str = "rocketmq_storage_append_latency";
+        let stored = delta(&format!("{APPEND}_count"), "stage=\"stored\"");
+        if stored <= 0.0 {
+            return None;
+        }
+        let fsyncs = delta("rocketmq_storage_flush_latency_count", "").max(0.0);
+        Some(SendPath {
+            handler_ms: mean("rocketmq_rpc_latency", "request_code=\"SendMessage\",response_code=\"OK\""),
+            queued_ms: mean(APPEND, "stage=\"queued\""),
+            stored_ms: mean(APPEND, "stage=\"stored\""),
+            resumed_ms: mean(APPEND, "stage=\"resumed\""),
+            fsyncs: fsyncs as u64,
+            fsync_ms: mean("rocketmq_storage_flush_latency", ""),
+            appends_per_fsync: (fsyncs > 0.0).then(|| stored / fsyncs),
+        })
+    }
 }
 
 /// CPU and memory of a process over the measured window.
@@ -268,6 +335,20 @@ struct Monitored {
     machine_busy_cores: Option<f64>,
     other: procs::OtherCpu,
     wall: f64,
+    send_path: Option<SendPath>,
+}
+
+/// The gateway's `/metrics` now, if it is watched and answers (a failed scrape only costs the
+/// send-path figures: it is reported, not fatal).
+async fn scrape_watched(addr: Option<SocketAddr>) -> Option<Scrape> {
+    let addr = addr?;
+    match scrape(&addr.to_string()).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, %addr, "cannot read the server's /metrics: no send-path figures for this run");
+            None
+        }
+    }
 }
 
 /// CPU time and memory of all `pids` together; `None` when there are none or one is gone.
@@ -285,8 +366,10 @@ fn sample_all(pids: &[u32]) -> Option<ProcSample> {
     Some(sum)
 }
 
-async fn monitor(s: Arc<Shared>, pids: Vec<u32>) -> Monitored {
+async fn monitor(s: Arc<Shared>, watch: ServerWatch) -> Monitored {
+    let pids = watch.pids;
     tokio::time::sleep_until(s.at(s.window_start_ns)).await;
+    let metrics0 = scrape_watched(watch.metrics).await;
     let t0 = Instant::now();
     let census = || async { tokio::task::spawn_blocking(procs::census).await.unwrap_or_default() };
     let census0 = census().await;
@@ -324,6 +407,10 @@ async fn monitor(s: Arc<Shared>, pids: Vec<u32>) -> Monitored {
             cpu_wait_cores: waited.map(|d| d.as_secs_f64() / wall),
         })
     };
+    let metrics1 = match metrics0 {
+        Some(_) => scrape_watched(watch.metrics).await,
+        None => None,
+    };
     let server1 = sample_all(&pids);
     let client1 = procs::sample(None);
     let waited = |a: Option<procs::ThreadDelays>, b: Option<procs::ThreadDelays>| {
@@ -342,6 +429,7 @@ async fn monitor(s: Arc<Shared>, pids: Vec<u32>) -> Monitored {
         machine_busy_cores: machine,
         other,
         wall,
+        send_path: metrics0.zip(metrics1).and_then(|(a, b)| SendPath::between(&a, &b)),
     }
 }
 
@@ -388,13 +476,13 @@ async fn progress(label: String, s: Arc<Shared>, done: CancellationToken) {
 }
 
 /// Runs producers (one task per element: each is one in-flight request slot) and consumers
-/// under `args`, sampling the server processes `server_pids` (summed; none: no server figures).
+/// under `args`, watching the server as `server` says.
 pub async fn drive<P: Producer, C: Consumer>(
     label: &str,
     args: &LoadArgs,
     producers: Vec<P>,
     consumers: Vec<C>,
-    server_pids: Vec<u32>,
+    server: ServerWatch,
 ) -> anyhow::Result<LoadOutcome> {
     args.validate()?;
     let empty = histogram()?;
@@ -431,7 +519,7 @@ pub async fn drive<P: Producer, C: Consumer>(
     let progress_done = CancellationToken::new();
     let progress_task =
         (!args.quiet).then(|| tokio::spawn(progress(label.to_string(), s.clone(), progress_done.clone())));
-    let monitor_task = tokio::spawn(monitor(s.clone(), server_pids));
+    let monitor_task = tokio::spawn(monitor(s.clone(), server));
     let producer_tasks: Vec<_> =
         producers.into_iter().map(|p| tokio::spawn(produce(p, s.clone(), filler.clone(), empty.clone()))).collect();
 
@@ -447,7 +535,7 @@ pub async fn drive<P: Producer, C: Consumer>(
     // Everything the producers will send is sent: end the window for the monitor.
     let producers_done_ns = s.now_ns();
     s.stop.cancel();
-    let Monitored { server, client, machine_busy_cores, other, wall } = monitor_task.await?;
+    let Monitored { server, client, machine_busy_cores, other, wall, send_path } = monitor_task.await?;
     let window_end = if args.messages.is_some() {
         s.last_done_ns.load(Ordering::Relaxed).max(window_start_ns + 1)
     } else {
@@ -495,6 +583,7 @@ pub async fn drive<P: Producer, C: Consumer>(
         machine_busy_cores,
         other_processes_cores: other.processes.as_secs_f64() / wall,
         kernel_threads_cores: other.kernel_threads.as_secs_f64() / wall,
+        send_path,
     })
 }
 
@@ -538,7 +627,9 @@ mod tests {
     async fn every_window_message_is_counted_once_end_to_end() {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        let out = drive("t", &args(), vec![Loopback(tx.clone()), Loopback(tx)], vec![Sink(rx)], vec![]).await.unwrap();
+        let out = drive("t", &args(), vec![Loopback(tx.clone()), Loopback(tx)], vec![Sink(rx)], ServerWatch::default())
+            .await
+            .unwrap();
         assert!(out.messages > 0);
         assert_eq!(out.messages % 2, 0, "whole batches");
         assert_eq!(out.requests * 2, out.messages);
@@ -548,6 +639,42 @@ mod tests {
         assert_eq!(out.errors, 0);
     }
 
+    #[test]
+    fn send_path_is_the_window_means_of_the_gateway_metrics() {
+        let scrape = |pairs: &[(&str, f64)]| pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect::<Scrape>();
+        let stage = |name: &str, stage: &str| format!("rocketmq_storage_append_latency_{name}{{stage=\"{stage}\"}}");
+        let send = |name: &str, code: &str| {
+            format!("rocketmq_rpc_latency_{name}{{protocol_type=\"grpc\",request_code=\"SendMessage\",response_code=\"{code}\"}}")
+        };
+        let at = |n: f64, stored_ms: f64, fsyncs: f64| {
+            scrape(&[
+                (&stage("count", "queued"), n),
+                (&stage("sum", "queued"), n * 0.25),
+                (&stage("count", "stored"), n),
+                (&stage("sum", "stored"), stored_ms),
+                (&stage("count", "resumed"), n),
+                (&stage("sum", "resumed"), n * 1.0),
+                (&send("count", "OK"), n),
+                (&send("sum", "OK"), n * 1.25),
+                // Failed sends are not in the handler mean.
+                (&send("count", "INTERNAL_SERVER_ERROR"), n),
+                (&send("sum", "INTERNAL_SERVER_ERROR"), n * 100.0),
+                ("rocketmq_storage_flush_latency_count", fsyncs),
+                ("rocketmq_storage_flush_latency_sum", fsyncs * 0.3),
+            ])
+        };
+        // Before the window: 100 appends whose stored stage averaged 2 ms; in it: 50 more at 0.5.
+        let p = SendPath::between(&at(100.0, 200.0, 10.0), &at(150.0, 225.0, 20.0)).unwrap();
+        assert_eq!(p.stored_ms, Some(0.5));
+        assert_eq!((p.queued_ms, p.resumed_ms, p.handler_ms), (Some(0.25), Some(1.0), Some(1.25)));
+        assert_eq!(p.fsyncs, 10);
+        assert!((p.fsync_ms.unwrap() - 0.3).abs() < 1e-9);
+        assert_eq!(p.appends_per_fsync, Some(5.0));
+        // Nothing stored in the window (a server without the metric, or idle): no figures.
+        assert_eq!(SendPath::between(&at(100.0, 200.0, 10.0), &at(100.0, 200.0, 12.0)), None);
+        assert_eq!(SendPath::between(&Scrape::new(), &Scrape::new()), None);
+    }
+
     #[tokio::test]
     async fn message_count_stops_the_run() {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
@@ -555,7 +682,7 @@ mod tests {
         a.rate = None;
         a.messages = Some(100);
         a.duration = Duration::from_secs(60);
-        let out = drive::<_, Sink>("t", &a, vec![Loopback(tx)], vec![], vec![]).await.unwrap();
+        let out = drive::<_, Sink>("t", &a, vec![Loopback(tx)], vec![], ServerWatch::default()).await.unwrap();
         assert_eq!(out.messages, 100);
         assert!(out.e2e_latency_us.is_none());
     }

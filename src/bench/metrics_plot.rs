@@ -32,7 +32,7 @@ pub struct MetricsPlotArgs {
 }
 
 /// One scrape: series (name with labels as printed) → value.
-type Scrape = HashMap<String, f64>;
+pub type Scrape = HashMap<String, f64>;
 
 /// The plotted figures at one point in time (seconds since the first scrape).
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -77,7 +77,7 @@ pub async fn run(args: MetricsPlotArgs) -> anyhow::Result<()> {
 }
 
 /// GET /metrics over HTTP/1.0 (the body ends with the connection).
-async fn scrape(addr: &str) -> anyhow::Result<Scrape> {
+pub async fn scrape(addr: &str) -> anyhow::Result<Scrape> {
     let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await??;
     s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
     let mut text = String::new();
@@ -96,7 +96,7 @@ fn parse(body: &str) -> Scrape {
 }
 
 /// Sum of the series named `name` (any labels) whose labels contain `having`.
-fn sum(s: &Scrape, name: &str, having: &str) -> f64 {
+pub fn sum(s: &Scrape, name: &str, having: &str) -> f64 {
     s.iter().filter(|(k, _)| k.split('{').next() == Some(name) && k.contains(having)).map(|(_, v)| v).sum()
 }
 

@@ -176,7 +176,7 @@ pub async fn run(
             consumers.push(NatsConsumer { messages });
         }
     }
-    load::drive(label, args, producers, consumers, server_pid.into_iter().collect()).await
+    load::drive(label, args, producers, consumers, server_pid.into_iter().collect::<Vec<u32>>().into()).await
 }
 
 /// `rmq-gateway bench nats`.

@@ -3,6 +3,8 @@
 //! SIGTERM (then SIGKILL) — also when the benchmark itself fails.
 
 use std::net::{SocketAddr, TcpListener};
+
+use super::load::ServerWatch;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,6 +34,8 @@ pub struct Server {
     pub name: String,
     child: Option<Child>,
     pub log: PathBuf,
+    /// A gateway's admin HTTP address, serving `/metrics` (see [`ServerWatch`]).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Server {
@@ -41,11 +45,16 @@ impl Server {
         let err = out.try_clone()?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let child = cmd.spawn().with_context(|| format!("cannot start {name} ({:?})", cmd.get_program()))?;
-        Ok(Server { name: name.to_string(), child: Some(child), log: log.to_path_buf() })
+        Ok(Server { name: name.to_string(), child: Some(child), log: log.to_path_buf(), metrics: None })
     }
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Its process and, for a gateway, its `/metrics`.
+    pub fn watch(&self) -> ServerWatch {
+        ServerWatch { pids: self.pid().into_iter().collect(), metrics: self.metrics }
     }
 
     /// Fails with the tail of its log when the process has exited.
@@ -92,6 +101,10 @@ pub trait ServerUnderTest {
     fn pids(&self) -> Vec<u32>;
     /// Fails (with the reason and log tails) when the server is gone.
     fn check_alive(&mut self) -> anyhow::Result<()>;
+    /// What a load watches of it: its processes, and a gateway's `/metrics`.
+    fn watch(&self) -> ServerWatch {
+        self.pids().into()
+    }
 }
 
 impl ServerUnderTest for Server {
@@ -101,6 +114,10 @@ impl ServerUnderTest for Server {
 
     fn check_alive(&mut self) -> anyhow::Result<()> {
         Server::check_alive(self)
+    }
+
+    fn watch(&self) -> ServerWatch {
+        Server::watch(self)
     }
 }
 

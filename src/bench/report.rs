@@ -10,7 +10,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::LoadArgs;
-use super::load::{LoadOutcome, ResourceUse};
+use super::load::{LoadOutcome, ResourceUse, SendPath};
 
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Serialize)]
@@ -97,6 +97,8 @@ pub struct RunResult {
     pub kernel_threads_cores: f64,
     /// Bytes allocated in the server's data directory after the run (gateway `max` runs).
     pub disk_bytes: Option<u64>,
+    /// Where a gateway's sends spent their time (gateways the benchmark started).
+    pub send_path: Option<SendPath>,
 }
 
 impl RunResult {
@@ -134,6 +136,7 @@ impl RunResult {
             other_processes_cores: o.other_processes_cores,
             kernel_threads_cores: o.kernel_threads_cores,
             disk_bytes: None,
+            send_path: o.send_path,
         }
     }
 
@@ -363,8 +366,53 @@ impl Report {
         s
     }
 
-    /// Just the results table.
+    /// The results table, and for gateways the send path table ([`Report::send_path_table`]).
     pub fn table(&self) -> String {
+        let mut s = self.results_table();
+        if let Some(t) = self.send_path_table() {
+            let _ = write!(s, "\n{t}");
+        }
+        s
+    }
+
+    /// Where a gateway's sends spent their time, from its `/metrics` over each run's window
+    /// (means; [`SendPath`]); `None` when no run has it.
+    pub fn send_path_table(&self) -> Option<String> {
+        let rows: Vec<(&RunResult, SendPath)> =
+            self.results.iter().filter_map(|r| r.send_path.map(|p| (r, p))).collect();
+        if rows.is_empty() {
+            return None;
+        }
+        let mut s = String::from(
+            "Inside the gateway's sends (means over the window, from its `/metrics`; append stages counted from the commit-log append call):\n\n",
+        );
+        let _ = writeln!(
+            s,
+            "| System | Run | Client send p50 (ms) | SendMessage handler (ms) | Append: queued / stored / resumed (ms) | fsyncs/s | fsync (ms) | Sends per fsync |"
+        );
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
+        let ms = |x: Option<f64>| x.map_or("–".to_string(), |x| format!("{x:.3}"));
+        for (r, p) in rows {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} / {} / {} | {:.0} | {} | {} |",
+                r.system,
+                r.phase,
+                ms(r.send_latency.as_ref().map(|l| l.p50_ms)),
+                ms(p.handler_ms),
+                ms(p.queued_ms),
+                ms(p.stored_ms),
+                ms(p.resumed_ms),
+                p.fsyncs as f64 / r.window_s.max(1e-9),
+                ms(p.fsync_ms),
+                p.appends_per_fsync.map_or("–".to_string(), |x| format!("{x:.1}")),
+            );
+        }
+        Some(s)
+    }
+
+    /// Just the results table.
+    pub fn results_table(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -645,6 +693,7 @@ pub(crate) mod tests {
             other_processes_cores: 0.0,
             kernel_threads_cores: 0.0,
             disk_bytes: None,
+            send_path: None,
         }
     }
 

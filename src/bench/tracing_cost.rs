@@ -80,9 +80,8 @@ async fn one(
     let mut g = grpc::spawn_gateway_with(bin, args.flush, &args.work_dir, system, env)?;
     let target = Target { addr: g.grpc, topic: grpc::default_topic(system), group: "bench-group".into(), full: true };
     grpc::prepare(&target, Duration::from_secs(30)).await?;
-    let pids: Vec<u32> = g.server.pid().into_iter().collect();
     eprintln!("running {system} on {}", g.grpc);
-    let outcome = grpc::run(system, &args.load, &target, &pids).await;
+    let outcome = grpc::run(system, &args.load, &target, &g.server.watch()).await;
     let storage = grpc::gateway_storage(args.flush, &g.data_dir);
     g.server.check_alive()?;
     g.server.stop(Duration::from_secs(30));
