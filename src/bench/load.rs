@@ -644,7 +644,9 @@ mod tests {
         let scrape = |pairs: &[(&str, f64)]| pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect::<Scrape>();
         let stage = |name: &str, stage: &str| format!("rocketmq_storage_append_latency_{name}{{stage=\"{stage}\"}}");
         let send = |name: &str, code: &str| {
-            format!("rocketmq_rpc_latency_{name}{{protocol_type=\"grpc\",request_code=\"SendMessage\",response_code=\"{code}\"}}")
+            format!(
+                "rocketmq_rpc_latency_{name}{{protocol_type=\"grpc\",request_code=\"SendMessage\",response_code=\"{code}\"}}"
+            )
         };
         let at = |n: f64, stored_ms: f64, fsyncs: f64| {
             scrape(&[
