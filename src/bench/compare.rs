@@ -831,8 +831,8 @@ fn send_path_summary(g: &RunResult) -> String {
         _ => String::new(),
     };
     format!(
-        "; a send took {:.2} ms at p50, of which the handler {} ms: its append waited {} ms for the writer, was stored at {} ms and resumed at {} ms{fsync}",
-        l.p50_ms,
+        "; a send took {:.2} ms on average, of which the handler {} ms: its append waited {} ms for the writer, was stored at {} ms and resumed at {} ms{fsync}",
+        l.mean_ms,
         ms(p.handler_ms),
         ms(p.queued_ms),
         ms(p.stored_ms),

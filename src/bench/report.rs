@@ -388,7 +388,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "| System | Run | Client send p50 (ms) | SendMessage handler (ms) | Append: queued / stored / resumed (ms) | fsyncs/s | fsync (ms) | Sends per fsync |"
+            "| System | Run | Client send, mean (ms) | SendMessage handler (ms) | Append: queued / stored / resumed (ms) | fsyncs/s | fsync (ms) | Sends per fsync |"
         );
         let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
         let ms = |x: Option<f64>| x.map_or("–".to_string(), |x| format!("{x:.3}"));
@@ -398,7 +398,7 @@ impl Report {
                 "| {} | {} | {} | {} | {} / {} / {} | {:.0} | {} | {} |",
                 r.system,
                 r.phase,
-                ms(r.send_latency.as_ref().map(|l| l.p50_ms)),
+                ms(r.send_latency.as_ref().map(|l| l.mean_ms)),
                 ms(p.handler_ms),
                 ms(p.queued_ms),
                 ms(p.stored_ms),
