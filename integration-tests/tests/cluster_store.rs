@@ -641,7 +641,18 @@ async fn three_members_spread_fail_over_and_hand_over() {
             })
         })
         .await;
-        let status = members[0].handle.as_ref().unwrap().status();
+        // The status shows the leases as its node last read them: its own acquisitions appear
+        // after its next round.
+        let handle = members[0].handle.as_ref().unwrap();
+        let started = Instant::now();
+        let status = loop {
+            let status = handle.status();
+            let all_owned = status.shards.iter().all(|s| s.owner.is_some() && s.epoch >= 1);
+            if all_owned || started.elapsed() > Duration::from_secs(10) {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         assert_eq!(status.nodes.len(), 3);
         assert_eq!(status.local_shards.len(), 4);
         assert!(status.shards.iter().all(|s| s.owner.is_some() && s.epoch >= 1), "{status:?}");
