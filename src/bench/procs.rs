@@ -3,13 +3,13 @@
 //! SIGTERM (then SIGKILL) — also when the benchmark itself fails.
 
 use std::net::{SocketAddr, TcpListener};
-
-use super::load::ServerWatch;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+
+use super::load::ServerWatch;
 
 /// A free TCP port on 127.0.0.1 (bound, then released; the server binds it right after).
 pub fn free_port() -> anyhow::Result<u16> {

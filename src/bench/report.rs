@@ -377,7 +377,7 @@ impl Report {
 
     /// Where a gateway's sends spent their time, from its `/metrics` over each run's window
     /// (means; [`SendPath`]); `None` when no run has it.
-    pub fn send_path_table(&self) -> Option<String> {
+    fn send_path_table(&self) -> Option<String> {
         let rows: Vec<(&RunResult, SendPath)> =
             self.results.iter().filter_map(|r| r.send_path.map(|p| (r, p))).collect();
         if rows.is_empty() {
@@ -412,7 +412,7 @@ impl Report {
     }
 
     /// Just the results table.
-    pub fn results_table(&self) -> String {
+    fn results_table(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
