@@ -282,6 +282,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Most concurrent HTTP/2 streams (RPCs) per connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
     pub max_concurrent_streams: u32,
+    /// Threads serving gRPC connections, each connection on one of them from start to end
+    /// (`0`: the main runtime's workers serve them). Default: one per CPU.
+    pub io_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -298,6 +301,7 @@ impl Default for ServerConfig {
             channel_expired_timeout: Duration::from_secs(120),
             max_connections: 10_000,
             max_concurrent_streams: 512,
+            io_threads: std::thread::available_parallelism().map_or(1, usize::from),
         }
     }
 }
@@ -1038,6 +1042,9 @@ impl Config {
         }
         if self.server.max_concurrent_streams == 0 {
             return invalid("server.maxConcurrentStreams", "must be greater than 0");
+        }
+        if self.server.io_threads > 1024 {
+            return invalid("server.ioThreads", "must be at most 1024 (0: the main runtime serves connections)");
         }
         if self.consumer.queue_state_idle_time < Duration::from_secs(1) {
             return invalid("consumer.queueStateIdleTime", "must be at least 1s");

@@ -24,6 +24,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod grpc;
+pub mod io_threads;
 pub mod metadata;
 pub mod observability;
 pub mod server;

@@ -26,6 +26,7 @@ use crate::cluster::membership::{Membership, MembershipSettings};
 use crate::cluster::{self, ClusterView, NodeInfo, ShardHandler, ShardId};
 use crate::config::{self, Config, FlushDiskType};
 use crate::grpc::{GrpcSettings, MessagingServiceImpl, ProducerBackoff};
+use crate::io_threads::IoThreads;
 use crate::metadata::{self, MetadataStore};
 use crate::storage::sharded::{ShardSettings, ShardedLog};
 use crate::storage::tiered::{TieredLog, TieringSettings};
@@ -450,15 +451,6 @@ pub async fn run(
 
     let tls_config = tls::server_config(&config.server.tls)?;
     let accept_stop = CancellationToken::new();
-    let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(128);
-    let acceptor = tokio::spawn(tls::accept_loop(
-        grpc_listener,
-        tls_config,
-        config.server.tls.mode,
-        config.server.max_connections,
-        conn_tx,
-        accept_stop.clone(),
-    ));
 
     let grpc_stop = CancellationToken::new();
     let mut service = MessagingServiceImpl::new(broker.clone(), GrpcSettings::from(&*config));
@@ -510,20 +502,39 @@ pub async fn run(
             push_stop.clone(),
         ));
     }
-    let grpc = {
-        let stop = grpc_stop.clone();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .http2_keepalive_interval(Some(std::time::Duration::from_secs(60)))
-                // Bounds per connection: RPCs at once, and streams a client may open and reset
-                // at once (the HTTP/2 "rapid reset" flood).
-                .max_concurrent_streams(config.server.max_concurrent_streams)
-                .http2_max_pending_accept_reset_streams(Some(256))
-                .add_service(service.into_metered_server())
-                .add_optional_service(peer)
-                .add_optional_service(client_metrics)
-                .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move { stop.cancelled().await }),
-        )
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(60)))
+        // Bounds per connection: RPCs at once, and streams a client may open and reset at once
+        // (the HTTP/2 "rapid reset" flood).
+        .max_concurrent_streams(config.server.max_concurrent_streams)
+        .http2_max_pending_accept_reset_streams(Some(256))
+        .add_service(service.into_metered_server())
+        .add_optional_service(peer)
+        .add_optional_service(client_metrics);
+    let tls_acceptor = tls_config.map(tls::TlsAcceptor::from);
+    let tls_mode = config.server.tls.mode;
+    let max_connections = config.server.max_connections;
+    let mut io_threads = None;
+    let (grpc, acceptor) = match config.server.io_threads {
+        0 => {
+            // Connections served by the main runtime's workers.
+            let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(128);
+            let stop = grpc_stop.clone();
+            let grpc = tokio::spawn(
+                router
+                    .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move { stop.cancelled().await }),
+            );
+            let hand_off = move |c| tls::handshake(c, tls_acceptor.clone(), tls_mode, conn_tx.clone());
+            (grpc, tokio::spawn(tls::accept_loop(grpc_listener, max_connections, hand_off, accept_stop.clone())))
+        }
+        n => {
+            let mut threads = IoThreads::start(n, router, tls_acceptor, tls_mode, grpc_stop.clone())
+                .context("cannot start the gRPC I/O threads (server.ioThreads)")?;
+            let grpc = tokio::spawn(threads.served());
+            let hand_off = threads.dispatcher();
+            io_threads = Some(threads);
+            (grpc, tokio::spawn(tls::accept_loop(grpc_listener, max_connections, hand_off, accept_stop.clone())))
+        }
     };
 
     // Cluster: join; shards come over from the next renew on.
@@ -631,6 +642,10 @@ pub async fn run(
         tracing::error!(error = %e, "closing the message log failed");
     }
     meta.close().await;
+    // Last: requests may have registered sockets (metadata-store connections) with them.
+    if let Some(t) = io_threads {
+        t.release();
+    }
     http_stop.cancel();
     let _ = http.await;
     crate::observability::tracing::shutdown().await;

@@ -6,6 +6,7 @@
 //! Also the client side of TLS between the nodes of a cluster ([`peer_client_config`]).
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -17,7 +18,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio_rustls::TlsAcceptor;
+pub use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
@@ -238,15 +239,57 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
 
 /// Accepts connections (at most `max_connections` open at once) and hands each, once
 /// classified, to the gRPC server.
+/// A TCP connection just accepted, holding one of the `server.maxConnections` slots; not yet
+/// classified (TLS or plaintext).
+pub struct Accepted {
+    socket: TcpStream,
+    peer: SocketAddr,
+    slot: OwnedSemaphorePermit,
+}
+
+/// An [`Accepted`] connection detached from the runtime that accepted it, to be served by
+/// another one ([`Detached::attach`] registers it with the current runtime's reactor).
+pub struct Detached {
+    socket: std::net::TcpStream,
+    peer: SocketAddr,
+    slot: OwnedSemaphorePermit,
+}
+
+impl Accepted {
+    /// Detaches the socket from this runtime's reactor. `None` (the connection is closed) if
+    /// the runtime refuses to let it go.
+    pub fn detach(self) -> Option<Detached> {
+        match self.socket.into_std() {
+            Ok(socket) => Some(Detached { socket, peer: self.peer, slot: self.slot }),
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, error = %e, "cannot move a connection to an I/O thread");
+                None
+            }
+        }
+    }
+}
+
+impl Detached {
+    /// Registers the socket with the current runtime. Must run inside a runtime.
+    pub fn attach(self) -> Option<Accepted> {
+        match TcpStream::from_std(self.socket) {
+            Ok(socket) => Some(Accepted { socket, peer: self.peer, slot: self.slot }),
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, error = %e, "cannot register a connection with its I/O thread");
+                None
+            }
+        }
+    }
+}
+
+/// Accepts gRPC connections until `shutdown`, at most `max_connections` open at once, and
+/// hands each to `hand_off` (which starts [`handshake`] on the runtime that will serve it).
 pub async fn accept_loop(
     listener: TcpListener,
-    tls: Option<Arc<ServerConfig>>,
-    mode: TlsMode,
     max_connections: usize,
-    incoming: mpsc::Sender<io::Result<GrpcConnection>>,
+    mut hand_off: impl FnMut(Accepted),
     shutdown: CancellationToken,
 ) {
-    let acceptor = tls.map(TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(max_connections));
     let mut warned = false;
     loop {
@@ -279,19 +322,29 @@ pub async fn accept_loop(
             },
         };
         let _ = socket.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let incoming = incoming.clone();
-        tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, classify(socket, acceptor, mode)).await {
-                Ok(Ok(Some(stream))) => {
-                    let _ = incoming.send(Ok(GrpcConnection { stream, _slot: slot })).await;
-                }
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection dropped during TLS detection"),
-                Err(_) => tracing::debug!(%peer, "connection sent nothing within the handshake timeout"),
-            }
-        });
+        hand_off(Accepted { socket, peer, slot });
     }
+}
+
+/// Detects TLS or plaintext on `accepted` (finishing the TLS handshake), on a task of the
+/// current runtime, and passes the connection to the gRPC server reading `incoming`.
+pub fn handshake(
+    accepted: Accepted,
+    acceptor: Option<TlsAcceptor>,
+    mode: TlsMode,
+    incoming: mpsc::Sender<io::Result<GrpcConnection>>,
+) {
+    let Accepted { socket, peer, slot } = accepted;
+    tokio::spawn(async move {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, classify(socket, acceptor, mode)).await {
+            Ok(Ok(Some(stream))) => {
+                let _ = incoming.send(Ok(GrpcConnection { stream, _slot: slot })).await;
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection dropped during TLS detection"),
+            Err(_) => tracing::debug!(%peer, "connection sent nothing within the handshake timeout"),
+        }
+    });
 }
 
 async fn classify(

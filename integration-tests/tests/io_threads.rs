@@ -1,0 +1,129 @@
+//! `server.ioThreads`: connections spread over I/O threads (each on its own runtime) and on the
+//! main runtime (`0`) behave the same: a long poll on one connection is woken by a send on
+//! another, TLS works on an I/O thread, and shutdown ends long polls, drains every thread and
+//! ends them.
+
+use std::time::Duration;
+
+use integration_tests::client::{http, message, receive_request, request, resource, tls_client};
+use integration_tests::in_process::Gateway;
+use rmq_gateway::config::TlsMode;
+use rmq_gateway::proto::messaging_service_client::MessagingServiceClient;
+use rmq_gateway::proto::{self, Code};
+use tonic::transport::Channel;
+
+const TOPIC: &str = "IoThreadsTopic";
+const GROUP: &str = "IoThreadsGroup";
+
+/// Long-polls until a message comes; its body and receipt handle.
+async fn receive_one(c: &mut MessagingServiceClient<Channel>) -> (Vec<u8>, String) {
+    let mut r = request(receive_request(TOPIC, GROUP, Some(Duration::from_secs(30)), Duration::from_secs(10)));
+    r.set_timeout(Duration::from_secs(15));
+    let mut stream = c.receive_message(r).await.expect("ReceiveMessage").into_inner();
+    let mut got = None;
+    while let Some(frame) = stream.message().await.expect("receive frame") {
+        match frame.content {
+            Some(proto::receive_message_response::Content::Message(m)) => {
+                let handle = m.system_properties.and_then(|sp| sp.receipt_handle).expect("receipt handle");
+                got.get_or_insert((m.body.to_vec(), handle));
+            }
+            Some(proto::receive_message_response::Content::Status(s)) => {
+                assert_eq!(s.code, Code::Ok as i32, "receive status: {}", s.message)
+            }
+            _ => {}
+        }
+    }
+    got.expect("a message within the long poll")
+}
+
+async fn send(c: &mut MessagingServiceClient<Channel>, id: &str, body: &'static [u8]) {
+    let reply = c
+        .send_message(request(proto::SendMessageRequest { messages: vec![message(TOPIC, id, body)] }))
+        .await
+        .expect("SendMessage")
+        .into_inner();
+    assert_eq!(reply.status.map(|s| s.code), Some(Code::Ok as i32));
+}
+
+/// Threads of this process named like the gateway's I/O threads.
+fn io_thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("rmq-grpc-io-"))
+        .count()
+}
+
+async fn exercise(io_threads: usize) {
+    let gateway = Gateway::start(|c| {
+        c.server.io_threads = io_threads;
+        c.server.tls.mode = TlsMode::Permissive;
+        c.storage.mapped_file_size_commit_log = 16 * 1024 * 1024;
+    })
+    .await;
+    let topic = format!("/api/v1/topics/{TOPIC}");
+    let (status, body) =
+        http(gateway.addrs.http, "PUT", &topic, Some(r#"{"queueNums":4,"messageType":"NORMAL"}"#)).await;
+    assert!((200..300).contains(&status), "creating the topic: {status} {body}");
+    assert_eq!(io_thread_count(), io_threads, "I/O threads running");
+    // More connections than threads, so some share a thread and some do not.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(gateway.client().await);
+    }
+    clients.push(tls_client(gateway.addrs.grpc).await.expect("TLS connection"));
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut r = request(proto::QueryRouteRequest { topic: resource(TOPIC), endpoints: None });
+        r.set_timeout(Duration::from_secs(5));
+        let reply = c.query_route(r).await.expect("QueryRoute").into_inner();
+        assert_eq!(reply.status.map(|s| s.code), Some(Code::Ok as i32), "connection {i}");
+    }
+    // Every connection waits in turn while the next one sends: the wake-up crosses threads.
+    let n = clients.len();
+    for i in 0..n {
+        let mut consumer = clients[i].clone();
+        let waiting = tokio::spawn(async move { receive_one(&mut consumer).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let id = format!("io-{io_threads}-{i}");
+        send(&mut clients[(i + 1) % n], &id, b"across threads").await;
+        let (body, handle) = tokio::time::timeout(Duration::from_secs(15), waiting)
+            .await
+            .expect("long poll woken by the send")
+            .expect("receiver task");
+        assert_eq!(body, b"across threads");
+        let ack = clients[i]
+            .ack_message(request(proto::AckMessageRequest {
+                group: resource(GROUP),
+                topic: resource(TOPIC),
+                entries: vec![proto::AckMessageEntry { message_id: id, receipt_handle: handle, lite_topic: None }],
+            }))
+            .await
+            .expect("AckMessage")
+            .into_inner();
+        assert_eq!(ack.status.map(|s| s.code), Some(Code::Ok as i32));
+    }
+    // A long poll still open at shutdown ends, and every thread drains (stop fails after 20 s).
+    let mut last = clients[0].clone();
+    let pending = tokio::spawn(async move {
+        let mut r = request(receive_request(TOPIC, GROUP, None, Duration::from_secs(20)));
+        r.set_timeout(Duration::from_secs(25));
+        last.receive_message(r).await.map(|_| ())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    gateway.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(8), "shutdown took {:?}", started.elapsed());
+    let _ = tokio::time::timeout(Duration::from_secs(5), pending).await.expect("the pending long poll ended");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while io_thread_count() > 0 {
+        assert!(std::time::Instant::now() < deadline, "{} I/O threads still running after shutdown", io_thread_count());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// One test, one after the other: the thread count is read from the whole process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_on_io_threads_and_on_the_main_runtime() {
+    exercise(3).await;
+    exercise(0).await;
+}
