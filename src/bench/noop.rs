@@ -1,5 +1,5 @@
-//! The ceiling: a tonic `MessagingService` on the same generated code, runtime and size
-//! limits as the gateway, whose SendMessage decodes the request and answers OK with one
+//! The ceiling: a tonic `MessagingService` on the same generated code, I/O threads, accept loop
+//! and size limits as the gateway, whose SendMessage decodes the request and answers OK with one
 //! entry per message (the gateway's response shape) — and does nothing else. Throughput
 //! against it is what gRPC alone costs with the same client, concurrency and payload.
 
@@ -9,10 +9,12 @@ use std::pin::Pin;
 use clap::Args;
 use futures::Stream;
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+
+use crate::config::TlsMode;
+use crate::io_threads::IoThreads;
+use crate::tls;
 
 use crate::proto::messaging_service_server::{MessagingService, MessagingServiceServer};
 use crate::proto::{self, Code};
@@ -180,23 +182,24 @@ impl MessagingService for NoopService {
 }
 
 /// Serves the no-op service on `listener` until `stop` is cancelled, with the gateway's
-/// server settings (keep-alive, message size limits).
+/// server settings (keep-alive, message size limits) and connection handling: its accept loop
+/// (`TCP_NODELAY`) and its default I/O threads (`server.ioThreads`), each connection on one.
 pub async fn serve(listener: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
-    let max = crate::config::Config::default().server.grpc_max_inbound_message_size;
-    // The gateway's accept loop sets TCP_NODELAY on every connection; so does this one.
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        conn.inspect(|socket| {
-            let _ = socket.set_nodelay(true);
-        })
-    });
-    let service =
-        MessagingServiceServer::new(NoopService).max_decoding_message_size(max).max_encoding_message_size(usize::MAX);
-    tonic::transport::Server::builder()
+    let defaults = crate::config::Config::default().server;
+    let service = MessagingServiceServer::new(NoopService)
+        .max_decoding_message_size(defaults.grpc_max_inbound_message_size)
+        .max_encoding_message_size(usize::MAX);
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(60)))
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await })
-        .await?;
-    Ok(())
+        .max_concurrent_streams(defaults.max_concurrent_streams)
+        .add_service(service);
+    let mut threads = IoThreads::start(defaults.io_threads, router, None, TlsMode::Disabled, stop.clone())?;
+    let served = threads.served();
+    let accept = tokio::spawn(tls::accept_loop(listener, defaults.max_connections, threads.dispatcher(), stop));
+    let result = served.await;
+    let _ = accept.await;
+    threads.release();
+    Ok(result?)
 }
 
 /// `rmq-gateway bench noop-server`: prints `listening on <addr>` and serves until SIGINT or
