@@ -77,14 +77,22 @@ impl IoThreads {
         Ok(threads)
     }
 
-    /// The accept loop's hand-off: each connection to the next thread in turn.
+    /// The accept loop's hand-off: each connection to the next thread in turn (skipping a
+    /// thread that has ended, which only a panic would do).
     pub fn dispatcher(&self) -> impl FnMut(Accepted) + Send + 'static {
         let inboxes = self.inboxes.clone();
         let mut next = 0usize;
         move |accepted: Accepted| {
-            let Some(c) = accepted.detach() else { return };
-            let _ = inboxes[next % inboxes.len()].send(c);
-            next = next.wrapping_add(1);
+            let Some(mut c) = accepted.detach() else { return };
+            for _ in 0..inboxes.len() {
+                let inbox = &inboxes[next % inboxes.len()];
+                next = next.wrapping_add(1);
+                match inbox.send(c) {
+                    Ok(()) => return,
+                    Err(mpsc::error::SendError(back)) => c = back,
+                }
+            }
+            tracing::error!("no gRPC I/O thread is running; connection closed");
         }
     }
 
@@ -95,10 +103,14 @@ impl IoThreads {
         async move {
             let mut first = Ok(());
             for d in done {
-                if let Ok(Err(e)) = d.await
-                    && first.is_ok()
-                {
-                    first = Err(e);
+                match d.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        if first.is_ok() {
+                            first = Err(e);
+                        }
+                    }
+                    Err(_) => tracing::error!("a gRPC I/O thread ended before its server did"),
                 }
             }
             first

@@ -3,6 +3,8 @@
 //! `server.tls.certPath`/`keyPath`, or is generated self-signed at start (the Java SDK uses TLS
 //! by default and trusts any certificate). At most `server.maxConnections` connections are
 //! open at once: beyond it the accept loop waits (new connections stay in the listen backlog).
+//! The accept loop only accepts: detection and the handshake run on the runtime that serves the
+//! connection (an I/O thread's, `crate::io_threads`, or the main one).
 //! Also the client side of TLS between the nodes of a cluster ([`peer_client_config`]).
 
 use std::io;
@@ -237,8 +239,6 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     }
 }
 
-/// Accepts connections (at most `max_connections` open at once) and hands each, once
-/// classified, to the gRPC server.
 /// A TCP connection just accepted, holding one of the `server.maxConnections` slots; not yet
 /// classified (TLS or plaintext).
 pub struct Accepted {
