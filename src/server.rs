@@ -502,20 +502,14 @@ pub async fn run(
             push_stop.clone(),
         ));
     }
-    let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(60)))
-        // Bounds per connection: RPCs at once, and streams a client may open and reset at once
-        // (the HTTP/2 "rapid reset" flood).
-        .max_concurrent_streams(config.server.max_concurrent_streams)
-        .http2_max_pending_accept_reset_streams(Some(256))
+    let router = grpc_server(&config.server)
         .add_service(service.into_metered_server())
         .add_optional_service(peer)
         .add_optional_service(client_metrics);
     let tls_acceptor = tls_config.map(tls::TlsAcceptor::from);
     let tls_mode = config.server.tls.mode;
     let max_connections = config.server.max_connections;
-    let mut io_threads = None;
-    let (grpc, acceptor) = match config.server.io_threads {
+    let (grpc, acceptor, io_threads) = match config.server.io_threads {
         0 => {
             // Connections served by the main runtime's workers.
             let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(128);
@@ -525,15 +519,16 @@ pub async fn run(
                     .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move { stop.cancelled().await }),
             );
             let hand_off = move |c| tls::handshake(c, tls_acceptor.clone(), tls_mode, conn_tx.clone());
-            (grpc, tokio::spawn(tls::accept_loop(grpc_listener, max_connections, hand_off, accept_stop.clone())))
+            (grpc, tokio::spawn(tls::accept_loop(grpc_listener, max_connections, hand_off, accept_stop.clone())), None)
         }
         n => {
             let mut threads = IoThreads::start(n, router, tls_acceptor, tls_mode, grpc_stop.clone())
                 .context("cannot start the gRPC I/O threads (server.ioThreads)")?;
             let grpc = tokio::spawn(threads.served());
             let hand_off = threads.dispatcher();
-            io_threads = Some(threads);
-            (grpc, tokio::spawn(tls::accept_loop(grpc_listener, max_connections, hand_off, accept_stop.clone())))
+            let acceptor =
+                tokio::spawn(tls::accept_loop(grpc_listener, max_connections, hand_off, accept_stop.clone()));
+            (grpc, acceptor, Some(threads))
         }
     };
 
@@ -651,6 +646,16 @@ pub async fn run(
     crate::observability::tracing::shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The gRPC server's connection settings, shared with the benchmark's no-op ceiling: HTTP/2
+/// keep-alive, and bounds per connection on RPCs at once and on streams a client may open and
+/// reset at once (the HTTP/2 "rapid reset" flood).
+pub fn grpc_server(server: &config::ServerConfig) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(60)))
+        .max_concurrent_streams(server.max_concurrent_streams)
+        .http2_max_pending_accept_reset_streams(Some(256))
 }
 
 /// Cancels the token on SIGINT or SIGTERM.

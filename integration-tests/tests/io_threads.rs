@@ -59,6 +59,8 @@ async fn exercise(io_threads: usize) {
         c.server.io_threads = io_threads;
         c.server.tls.mode = TlsMode::Permissive;
         c.storage.mapped_file_size_commit_log = 16 * 1024 * 1024;
+        // Longer than `Gateway::stop` waits (20 s): a server that did not drain fails the test.
+        c.server.shutdown_timeout = Duration::from_secs(60);
     })
     .await;
     let topic = format!("/api/v1/topics/{TOPIC}");
@@ -102,7 +104,8 @@ async fn exercise(io_threads: usize) {
             .into_inner();
         assert_eq!(ack.status.map(|s| s.code), Some(Code::Ok as i32));
     }
-    // A long poll still open at shutdown ends, and every thread drains (stop fails after 20 s).
+    // A long poll still open at shutdown ends, and every thread drains: `stop` fails after 20 s,
+    // and the server would wait up to its 60 s shutdown timeout for a connection that did not.
     let mut last = clients[0].clone();
     let pending = tokio::spawn(async move {
         let mut r = request(receive_request(TOPIC, GROUP, None, Duration::from_secs(20)));
@@ -110,9 +113,7 @@ async fn exercise(io_threads: usize) {
         last.receive_message(r).await.map(|_| ())
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let started = std::time::Instant::now();
     gateway.stop().await;
-    assert!(started.elapsed() < Duration::from_secs(8), "shutdown took {:?}", started.elapsed());
     let _ = tokio::time::timeout(Duration::from_secs(5), pending).await.expect("the pending long poll ended");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while io_thread_count() > 0 {

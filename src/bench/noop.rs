@@ -14,10 +14,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::TlsMode;
 use crate::io_threads::IoThreads;
-use crate::tls;
-
 use crate::proto::messaging_service_server::{MessagingService, MessagingServiceServer};
 use crate::proto::{self, Code};
+use crate::tls;
 
 /// `rmq-gateway bench noop-server`.
 #[derive(Debug, Args)]
@@ -181,18 +180,15 @@ impl MessagingService for NoopService {
     }
 }
 
-/// Serves the no-op service on `listener` until `stop` is cancelled, with the gateway's
-/// server settings (keep-alive, message size limits) and connection handling: its accept loop
-/// (`TCP_NODELAY`) and its default I/O threads (`server.ioThreads`), each connection on one.
+/// Serves the no-op service on `listener` until `stop` is cancelled, with the gateway's default
+/// server settings ([`crate::server::grpc_server`], message size limits) and connection
+/// handling: its accept loop (`TCP_NODELAY`) and its I/O threads (`server.ioThreads`).
 pub async fn serve(listener: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
     let defaults = crate::config::Config::default().server;
     let service = MessagingServiceServer::new(NoopService)
         .max_decoding_message_size(defaults.grpc_max_inbound_message_size)
         .max_encoding_message_size(usize::MAX);
-    let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(60)))
-        .max_concurrent_streams(defaults.max_concurrent_streams)
-        .add_service(service);
+    let router = crate::server::grpc_server(&defaults).add_service(service);
     let mut threads = IoThreads::start(defaults.io_threads, router, None, TlsMode::Disabled, stop.clone())?;
     let served = threads.served();
     let accept = tokio::spawn(tls::accept_loop(listener, defaults.max_connections, threads.dispatcher(), stop));
