@@ -14,6 +14,9 @@ use tonic::transport::Channel;
 
 const TOPIC: &str = "IoThreadsTopic";
 const GROUP: &str = "IoThreadsGroup";
+/// Concurrent sends from every connection: a group commit answers several appends waiting on
+/// one I/O thread at once (`storage/local/delivery.rs`).
+const BURST_TOPIC: &str = "IoThreadsBurst";
 
 /// Long-polls until a message comes; its body and receipt handle.
 async fn receive_one(c: &mut MessagingServiceClient<Channel>) -> (Vec<u8>, String) {
@@ -63,10 +66,12 @@ async fn exercise(io_threads: usize) {
         c.server.shutdown_timeout = Duration::from_secs(60);
     })
     .await;
-    let topic = format!("/api/v1/topics/{TOPIC}");
-    let (status, body) =
-        http(gateway.addrs.http, "PUT", &topic, Some(r#"{"queueNums":4,"messageType":"NORMAL"}"#)).await;
-    assert!((200..300).contains(&status), "creating the topic: {status} {body}");
+    for topic in [TOPIC, BURST_TOPIC] {
+        let path = format!("/api/v1/topics/{topic}");
+        let (status, body) =
+            http(gateway.addrs.http, "PUT", &path, Some(r#"{"queueNums":4,"messageType":"NORMAL"}"#)).await;
+        assert!((200..300).contains(&status), "creating {topic}: {status} {body}");
+    }
     assert_eq!(io_thread_count(), io_threads, "I/O threads running");
     // More connections than threads, so some share a thread and some do not.
     let mut clients = Vec::new();
@@ -103,6 +108,28 @@ async fn exercise(io_threads: usize) {
             .expect("AckMessage")
             .into_inner();
         assert_eq!(ack.status.map(|s| s.code), Some(Code::Ok as i32));
+    }
+    // Many sends in flight on every connection (the gateway flushes synchronously by default):
+    // each gets its own answer.
+    let mut burst = tokio::task::JoinSet::new();
+    for (i, c) in clients.iter().enumerate() {
+        for j in 0..16 {
+            let mut c = c.clone();
+            let id = format!("burst-{io_threads}-{i}-{j}");
+            burst.spawn(async move {
+                let mut r = request(proto::SendMessageRequest {
+                    messages: vec![message(BURST_TOPIC, &id, b"burst".as_slice())],
+                });
+                r.set_timeout(Duration::from_secs(10));
+                let reply = c.send_message(r).await.expect("SendMessage").into_inner();
+                assert_eq!(reply.status.map(|s| s.code), Some(Code::Ok as i32), "{id}");
+                assert_eq!(reply.entries.len(), 1, "{id}");
+                assert_eq!(reply.entries[0].message_id, id, "each send gets its own answer");
+            });
+        }
+    }
+    while let Some(done) = burst.join_next().await {
+        done.expect("burst send");
     }
     // A long poll still open at shutdown ends, and every thread drains: `stop` fails after 20 s,
     // and the server would wait up to its 60 s shutdown timeout for a connection that did not.

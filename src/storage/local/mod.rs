@@ -23,6 +23,7 @@
 
 mod checkpoint;
 mod config;
+mod delivery;
 mod format;
 mod fs;
 mod key_index;
@@ -450,12 +451,14 @@ impl MessageLog for CommitLog {
         }
         let (reply, rx) = oneshot::channel();
         let created = std::time::Instant::now();
-        let request = AppendRequest { messages, reply, created };
+        let request = AppendRequest { messages, reply, created, origin: None };
         let queued = match Writer::inline(self.shared.config.flush) {
             true => Writer::try_inline(&self.writer, request)?,
             false => Some(request),
         };
-        if let Some(request) = queued {
+        if let Some(mut request) = queued {
+            // Answered by the writer thread: grouped with the others for this task's runtime.
+            request.origin = delivery::Origin::current();
             self.tx.send(WriterMsg::Append(request)).map_err(|_| StorageError::ShuttingDown)?;
         }
         let appended = rx.await.map_err(|_| StorageError::ShuttingDown)?;

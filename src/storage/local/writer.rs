@@ -11,7 +11,8 @@
 //!   blocks one runtime worker, not all of them.
 //! - **`Sync` mode** (group commit): the writer thread writes a batch, issues one
 //!   `fdatasync` per segment it touched, then publishes it (queue ends and the readable log
-//!   position move up) and completes its appends. Appends that arrive during the `fdatasync`
+//!   position move up) and completes its appends (one hand-over per runtime waiting on them,
+//!   `delivery.rs`). Appends that arrive during the `fdatasync`
 //!   queue up and are the next batch: one `pwrite`, one `fdatasync` and one thread wake-up
 //!   for all of them. (A separate syncer thread, writing the next batch while the last one
 //!   syncs, was measured slower end to end, with half again as many context switches: appends
@@ -36,6 +37,7 @@ use bytes::BytesMut;
 use tokio::sync::oneshot;
 
 use super::Shared;
+use super::delivery::{Answer, Origin, deliver};
 use super::format::{
     HEADER_LEN, IndexEntry, RecordHeader, encode_end_of_segment, encode_record, message_id_hash, message_key_hash,
     record_len,
@@ -52,6 +54,8 @@ pub type Reply = oneshot::Sender<StorageResult<Vec<AppendResult>>>;
 pub struct AppendRequest {
     pub messages: Vec<AppendMessage>,
     pub reply: Reply,
+    /// The appending task's runtime, when answers to it are best grouped (see `delivery.rs`).
+    pub origin: Option<Origin>,
     /// When the append was called: the start of its `rocketmq_storage_append_latency`.
     pub created: Instant,
 }
@@ -71,6 +75,7 @@ struct Completion {
     reply: Reply,
     results: Vec<AppendResult>,
     created: Instant,
+    origin: Option<Origin>,
 }
 
 impl AppendRequest {
@@ -299,7 +304,7 @@ impl Writer {
         let replies: Vec<_> = accepted
             .into_iter()
             .zip(results)
-            .map(|(r, results)| Completion { reply: r.reply, results, created: r.created })
+            .map(|(r, results)| Completion { reply: r.reply, results, created: r.created, origin: r.origin })
             .collect();
         let batch = WrittenBatch { end: self.write_pos, segments, queue_ends, replies };
         match self.shared.config.flush {
@@ -552,9 +557,7 @@ fn publish(shared: &Shared, batch: WrittenBatch) {
         q.publish(*end);
     }
     observe_stage(AppendStage::Stored, batch.replies.iter().map(|c| c.created));
-    for c in batch.replies {
-        let _ = c.reply.send(Ok(c.results));
-    }
+    deliver(batch.replies.into_iter().map(|c| Answer { reply: c.reply, value: Ok(c.results), origin: c.origin }));
 }
 
 fn sync_segments(shared: &Shared, segments: &[Arc<Segment>]) -> StorageResult<()> {
