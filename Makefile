@@ -8,7 +8,7 @@ all: build
 
 # The test build carries the benchmark code too (its unit tests run); the product binary of
 # `make run` does not (feature `bench`).
-TEST_FEATURES = --features rmq-gateway/bench
+TEST_FEATURES = --features rmq-gateway/bench,rmq-gateway/heap-stats
 
 build:
 	$(CARGO) build --workspace --locked $(TEST_FEATURES)

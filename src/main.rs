@@ -12,8 +12,15 @@ use rmq_gateway::server;
 
 /// mimalloc instead of glibc malloc: per-thread free lists without the arena locking and
 /// consolidation glibc does on every message (see docs/benchmarks.md).
+#[cfg(not(feature = "heap-stats"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Test builds (feature `heap-stats`) count live heap bytes around the same allocator.
+#[cfg(feature = "heap-stats")]
+#[global_allocator]
+static GLOBAL: rmq_gateway::observability::heap::Counting<mimalloc::MiMalloc> =
+    rmq_gateway::observability::heap::Counting(mimalloc::MiMalloc);
 
 #[derive(Parser)]
 #[command(name = "rmq-gateway", version, about = "A RocketMQ 5.x gRPC gateway with its own storage")]

@@ -686,5 +686,7 @@ async fn stats(State(s): State<AdminState>) -> Json<serde_json::Value> {
     };
     // Span export counters (tracing.*): exported, dropped (queue full), exportFailed.
     json["tracing"] = serde_json::to_value(crate::observability::tracing::stats()).unwrap_or_default();
+    // Live heap bytes, counted only by test builds (feature heap-stats); null otherwise.
+    json["memory"] = serde_json::json!({ "heapBytes": crate::observability::heap::live_bytes() });
     Json(json)
 }
