@@ -6,8 +6,9 @@ export RUST_BACKTRACE ?= 0
 
 all: build
 
-# The test build carries the benchmark code too (its unit tests run); the product binary of
-# `make run` does not (feature `bench`).
+# The test build carries the benchmark code too (its unit tests run) and counts its live heap for
+# the soak test's leak check; the product binary of `make run` does neither (features `bench`,
+# `heap-stats`).
 TEST_FEATURES = --features rmq-gateway/bench,rmq-gateway/heap-stats
 
 build:
