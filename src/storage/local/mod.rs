@@ -22,6 +22,7 @@
 //! batch, in `Async` mode after its write. Readers check CRCs on every read.
 
 mod checkpoint;
+mod coalesce;
 mod config;
 mod delivery;
 mod format;
@@ -260,6 +261,8 @@ struct Threads {
 
 /// The durable commit log. Open with [`CommitLog::open`]; use through [`MessageLog`].
 pub struct CommitLog {
+    /// This log's key for appends coalesced per thread (`coalesce.rs`).
+    id: u64,
     shared: Arc<Shared>,
     /// Taken by the writer thread per batch, and (`Async` mode) by an appending task that finds
     /// it free.
@@ -346,6 +349,7 @@ impl CommitLog {
         let s = shared.clone();
         let maintenance = spawn("rmq-log-maint", Box::new(move || maintenance::run(s)))?;
         Ok(Arc::new(CommitLog {
+            id: coalesce::log_id(),
             writer,
             shared,
             tx,
@@ -451,14 +455,22 @@ impl MessageLog for CommitLog {
         }
         let (reply, rx) = oneshot::channel();
         let created = std::time::Instant::now();
-        let request = AppendRequest { messages, reply, created, origin: None };
-        let queued = match Writer::inline(self.shared.config.flush) {
-            true => Writer::try_inline(&self.writer, request)?,
-            false => Some(request),
+        let origin = delivery::Origin::current();
+        let request = AppendRequest { messages, reply, created, origin };
+        let queued = match (Writer::inline(self.shared.config.flush), request.origin.is_some()) {
+            // A task of a single-threaded runtime: written with the others of its scheduler pass.
+            (true, true) => {
+                if coalesce::push(self.id, request) {
+                    let (id, writer, tx) = (self.id, self.writer.clone(), self.tx.clone());
+                    drop(tokio::spawn(async move { write_coalesced(id, &writer, &tx) }));
+                }
+                None
+            }
+            (true, false) => Writer::try_inline(&self.writer, vec![request])?.and_then(|mut r| r.pop()),
+            (false, _) => Some(request),
         };
-        if let Some(mut request) = queued {
+        if let Some(request) = queued {
             // Answered by the writer thread: grouped with the others for this task's runtime.
-            request.origin = delivery::Origin::current();
             self.tx.send(WriterMsg::Append(request)).map_err(|_| StorageError::ShuttingDown)?;
         }
         let appended = rx.await.map_err(|_| StorageError::ShuttingDown)?;
@@ -627,6 +639,23 @@ impl MessageLog for CommitLog {
         self.shared.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
         tracing::info!(dir = %self.shared.config.dir.display(), "commit log closed");
         Ok(())
+    }
+}
+
+/// Writes this thread's pending appends of log `id` (`coalesce.rs`) as one batch, or hands them
+/// to the writer thread when another thread holds the writer. Runs as a task on the runtime
+/// they were made on.
+fn write_coalesced(id: u64, writer: &Mutex<Writer>, tx: &mpsc::Sender<WriterMsg>) {
+    let requests = coalesce::take(id);
+    if requests.is_empty() {
+        return;
+    }
+    // Stopped: the requests were dropped, their callers see `ShuttingDown`.
+    if let Ok(Some(busy)) = Writer::try_inline(writer, requests) {
+        for request in busy {
+            // Fails only once the writer thread has stopped; the dropped reply says so.
+            let _ = tx.send(WriterMsg::Append(request));
+        }
     }
 }
 

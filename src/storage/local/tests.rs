@@ -467,6 +467,51 @@ async fn concurrent_appenders(flush: FlushMode) {
     assert!(stats.batches_written >= stats.inline_batches);
 }
 
+/// `Async` mode on a single-threaded runtime (as on the gRPC I/O threads): the appends its
+/// tasks make in one scheduler pass are written as one batch, each answered with its own
+/// offsets, readable and durable across a restart like appends written alone.
+#[tokio::test]
+async fn appends_of_one_scheduler_pass_are_written_as_one_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        StorageConfig { flush: FlushMode::Async { interval: Duration::from_millis(5) }, ..test_config(dir.path()) };
+    let log = CommitLog::open(config.clone()).unwrap();
+    // Spawned before any runs: all 40 are ready in the same pass.
+    let tasks: Vec<_> = (0..40u64)
+        .map(|i| {
+            let log = log.clone();
+            let q = (i % 4) as u32;
+            tokio::spawn(async move {
+                let body = body_for(q, i, 300);
+                let r = append_one(&log, message("t", q, body.clone(), &format!("m{i}"), "")).await.unwrap();
+                (q, r.queue_offset, body)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.push(t.await.unwrap());
+    }
+    let stats = log.stats();
+    assert!(stats.batches_written <= 2, "{} batches for 40 appends of one pass", stats.batches_written);
+    assert_eq!(stats.inline_batches, stats.batches_written, "written on the runtime, not by the writer thread");
+    let check = |log: &CommitLog| {
+        for q in 0..4u32 {
+            let mut mine: Vec<_> = all.iter().filter(|(qq, _, _)| *qq == q).collect();
+            mine.sort_by_key(|(_, o, _)| *o);
+            let stored = read_all(log, "t", q);
+            assert_eq!(stored.iter().map(|s| s.queue_offset).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+            for (s, (_, _, b)) in stored.iter().zip(mine) {
+                assert_eq!(&s.body, b);
+            }
+        }
+    };
+    check(&log);
+    log.close().await.unwrap();
+    drop(log);
+    check(&CommitLog::open(config).unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::await_holding_lock)] // On purpose: the writer stays held while the appends queue.
 async fn appends_wait_for_a_busy_writer_and_are_batched_by_its_thread() {

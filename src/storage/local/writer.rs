@@ -4,9 +4,10 @@
 //!   records into one buffer, writes it with `pwrite` (one call per segment touched), writes
 //!   the queue-index entries and key-index entries. The writer thread takes every append
 //!   queued since its last batch (up to `max_batch_bytes`) as one batch. In `Async` mode an
-//!   appending task that finds the writer free writes its own append at once and is
-//!   acknowledged before it yields (no hand-off to another thread and back); one that finds it
-//!   busy queues its append for the thread, so under contention appends are still batched. At
+//!   append is written on the appending thread when the writer is free (no hand-off to another
+//!   thread and back): on a gRPC I/O thread together with the others its runtime makes in the
+//!   same scheduler pass (`coalesce.rs`), elsewhere alone, at once. Appends that find the
+//!   writer busy are queued for the thread, so under contention they are still batched. At
 //!   most one task writes at a time: a write stalled by the kernel (dirty-page throttling)
 //!   blocks one runtime worker, not all of them.
 //! - **`Sync` mode** (group commit): the writer thread writes a batch, issues one
@@ -233,23 +234,32 @@ impl Writer {
         let _ = lock(&writer).flusher_stop.send(());
     }
 
-    /// `Async` mode: writes and acknowledges one append on the calling task when the writer
-    /// is free, sparing the hand-off to the writer thread and back. Gives the request back when
-    /// the writer is busy (the writer thread batches it with the others then); `Err` once it
-    /// has stopped. Only called in `Async` mode (see [`Writer::inline`]).
-    pub fn try_inline(writer: &Mutex<Writer>, request: AppendRequest) -> Result<Option<AppendRequest>, StorageError> {
+    /// `Async` mode: writes and acknowledges appends on the calling task when the writer is
+    /// free, sparing the hand-off to the writer thread and back, as one batch (one append, or
+    /// those of one runtime's scheduler pass, `coalesce.rs`). Gives the requests back when the
+    /// writer is busy (the writer thread batches them with the others then); `Err` once it has
+    /// stopped (the requests are dropped: their callers see the channel closed). Only called in
+    /// `Async` mode (see [`Writer::inline`]).
+    pub fn try_inline(
+        writer: &Mutex<Writer>,
+        mut requests: Vec<AppendRequest>,
+    ) -> Result<Option<Vec<AppendRequest>>, StorageError> {
         let mut w = match writer.try_lock() {
             Ok(w) => w,
-            Err(std::sync::TryLockError::WouldBlock) => return Ok(Some(request)),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(Some(requests)),
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
         };
         if w.stopped {
             return Err(StorageError::ShuttingDown);
         }
         w.shared.counters.inline_batches.fetch_add(1, Ordering::Relaxed);
-        observe_stage(AppendStage::Queued, [request.created]);
+        observe_stage(AppendStage::Queued, requests.iter().map(|r| r.created));
+        // Answered from here, on the appending tasks' own thread: directly, not as a hand-over.
+        for r in &mut requests {
+            r.origin = None;
+        }
         // `Async` mode: acknowledged in `process`, nothing left to sync.
-        let _ = w.process(vec![request]);
+        let _ = w.process(requests);
         Ok(None)
     }
 
