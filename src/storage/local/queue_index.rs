@@ -3,12 +3,18 @@
 //! lookup at `n * 32` bytes.
 //!
 //! Layout: `index/<topic-dir>/<queue_id>/<first_offset:020>.cq`, each file pre-sized (sparse)
-//! for a fixed number of entries and mapped read-only; `index/<topic-dir>/TOPIC` holds the raw
+//! for a fixed number of entries and mapped shared; `index/<topic-dir>/TOPIC` holds the raw
 //! topic name (directory names are an escaped, possibly shortened form of it).
 //!
-//! Writes come only from the writer thread (and recovery), with `pwrite`; durability comes
-//! from the checkpointer, which fsyncs dirty files before it records a checkpoint. Readers see
-//! entries below [`QueueIndex::end`] only, which is published after the entries are written.
+//! Writes come only from the writer (and recovery). They are copies into the map, as Apache
+//! writes its ConsumeQueue: an entry is 32 bytes and a batch writes one run of them per queue,
+//! so a `pwrite` each cost more than the copy (docs/benchmarks.md). Blocks are reserved with
+//! `fallocate` ahead of the writes ([`ALLOCATE_AHEAD`] at a time), so a full disk fails a
+//! batch with an error instead of faulting the process (`SIGBUS`) on a write to a hole; where
+//! the file system cannot reserve blocks, the file is written with `pwrite`. Durability comes
+//! from the checkpointer, which fsyncs dirty files before it records a checkpoint (an fsync
+//! covers pages dirtied through a shared map). Readers see entries below
+//! [`QueueIndex::end`] only, which is published after the entries are written.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -18,13 +24,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use memmap2::Mmap;
+use memmap2::MmapRaw;
 
 use super::format::{INDEX_ENTRY_LEN, IndexEntry};
 use super::fs::{create_sized_file, fsync_dir, write_file_atomically, zero_range};
 
 const INDEX_SUFFIX: &str = ".cq";
 const TOPIC_FILE: &str = "TOPIC";
+
+/// Bytes of an index file reserved at a time ahead of its writes (512 entries).
+pub const ALLOCATE_AHEAD: u64 = 16 * 1024;
 
 /// One index file: entries for offsets `[first_offset, first_offset + capacity)`.
 #[derive(Debug)]
@@ -33,7 +42,12 @@ pub struct IndexFile {
     pub capacity: u64,
     pub path: PathBuf,
     file: File,
-    map: Mmap,
+    /// Shared map of the whole file: read by anyone (entries below the published end), written
+    /// by the writer (entries above it).
+    map: MmapRaw,
+    /// Bytes from the start known to have blocks reserved (`fallocate`); `u64::MAX`: the file
+    /// system cannot reserve them, entries are written with `pwrite`. Writer only.
+    reserved: AtomicU64,
     dirty: AtomicBool,
 }
 
@@ -58,11 +72,21 @@ impl IndexFile {
     }
 
     fn map(path: PathBuf, file: File, first_offset: u64, capacity: u64) -> io::Result<Self> {
-        // SAFETY: read-only map of a file that keeps its size for its whole life (entries are
-        // cleared by punching holes, never by truncating). Entries are read only below the
-        // published end, and those are never rewritten while the process runs.
-        let map = unsafe { memmap2::MmapOptions::new().len((capacity as usize) * INDEX_ENTRY_LEN).map(&file)? };
-        Ok(Self { first_offset, capacity, path, file, map, dirty: AtomicBool::new(false) })
+        let map = memmap2::MmapOptions::new().len((capacity as usize) * INDEX_ENTRY_LEN).map_raw(&file)?;
+        Ok(Self { first_offset, capacity, path, file, map, reserved: AtomicU64::new(0), dirty: AtomicBool::new(false) })
+    }
+
+    /// `len` bytes of the map at `at`.
+    ///
+    /// Callers read only bytes no one writes meanwhile: published entries (below the queue's
+    /// end, never rewritten while the process runs), or any entry while the queue is loaded,
+    /// before the writer starts.
+    fn bytes(&self, at: usize, len: usize) -> &[u8] {
+        assert!(at + len <= self.map.len(), "index read past the file");
+        // SAFETY: in bounds (checked above) of a map that lives as long as `self`, of a file
+        // that keeps its size for its whole life (entries are cleared by punching holes, never
+        // by truncating); nothing writes these bytes while the slice lives (see above).
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(at), len) }
     }
 
     pub fn end_offset(&self) -> u64 {
@@ -75,22 +99,66 @@ impl IndexFile {
         if slot >= self.capacity {
             return None;
         }
-        let at = slot as usize * INDEX_ENTRY_LEN;
-        IndexEntry::decode(&self.map[at..at + INDEX_ENTRY_LEN])
+        IndexEntry::decode(self.bytes(slot as usize * INDEX_ENTRY_LEN, INDEX_ENTRY_LEN))
     }
 
-    /// Writes encoded entries starting at `offset`; they must fit in this file.
+    /// Writes encoded entries starting at `offset`; they must fit in this file. Writer only.
     fn write(&self, offset: u64, encoded: &[u8]) -> io::Result<()> {
         debug_assert!(offset >= self.first_offset);
         debug_assert!(offset + (encoded.len() / INDEX_ENTRY_LEN) as u64 <= self.end_offset());
+        let at = (offset - self.first_offset) * INDEX_ENTRY_LEN as u64;
+        let end = at + encoded.len() as u64;
         self.dirty.store(true, Ordering::Release);
-        self.file.write_all_at(encoded, (offset - self.first_offset) * INDEX_ENTRY_LEN as u64)
+        if !self.reserve(at, end)? {
+            return self.file.write_all_at(encoded, at);
+        }
+        assert!(end <= self.map.len() as u64, "index write past the file");
+        // SAFETY: in bounds (checked above) of the live map; only the writer writes, and only
+        // entries above the published end, which no reader looks at; the blocks are reserved,
+        // so the write cannot fault on a full disk.
+        unsafe {
+            std::ptr::copy_nonoverlapping(encoded.as_ptr(), self.map.as_mut_ptr().add(at as usize), encoded.len())
+        };
+        Ok(())
+    }
+
+    /// Reserves blocks for `[at, end)` (and [`ALLOCATE_AHEAD`] beyond) unless already done;
+    /// false when the file system cannot, so the caller writes with `pwrite`.
+    fn reserve(&self, at: u64, end: u64) -> io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        let reserved = self.reserved.load(Ordering::Acquire);
+        if reserved == u64::MAX {
+            return Ok(false);
+        }
+        if end <= reserved {
+            return Ok(true);
+        }
+        let from = reserved.max(at & !4095);
+        let to = (end + ALLOCATE_AHEAD).min(self.capacity * INDEX_ENTRY_LEN as u64);
+        // SAFETY: plain syscall on a valid, owned descriptor; no memory is passed. Mode 0
+        // within the file's size: allocates blocks for holes, changes nothing else.
+        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, from as libc::off_t, (to - from) as libc::off_t) };
+        if rc == 0 {
+            self.reserved.store(to, Ordering::Release);
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {
+                self.reserved.store(u64::MAX, Ordering::Release);
+                Ok(false)
+            }
+            _ => Err(err),
+        }
     }
 
     /// Clears entries `[from, end of file)`.
     fn clear_from(&self, from: u64) -> io::Result<()> {
         let from = from.clamp(self.first_offset, self.end_offset());
         self.dirty.store(true, Ordering::Release);
+        // The punched blocks are free again: reserve them anew before the next write there.
+        let at = (from - self.first_offset) * INDEX_ENTRY_LEN as u64;
+        let _ = self.reserved.fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| (r != u64::MAX).then(|| r.min(at)));
         zero_range(
             &self.file,
             (from - self.first_offset) * INDEX_ENTRY_LEN as u64,
@@ -105,7 +173,7 @@ impl IndexFile {
         let len = self.capacity * INDEX_ENTRY_LEN as u64;
         let at = offset.saturating_sub(self.first_offset).min(self.capacity) * INDEX_ENTRY_LEN as u64;
         let block_end = ((at / 4096) + 1) * 4096;
-        if self.map[at as usize..block_end.min(len) as usize].iter().any(|&b| b != 0) {
+        if self.bytes(at as usize, (block_end.min(len) - at) as usize).iter().any(|&b| b != 0) {
             return true;
         }
         if block_end >= len {
