@@ -1,19 +1,24 @@
 //! `Async` mode: the appends that the tasks of one single-threaded runtime (a gRPC I/O thread,
 //! `server.ioThreads`) make in one pass of its scheduler, written as one batch.
 //!
-//! An appending task puts its request on this thread's pending list for the log; the first
-//! one of a batch also spawns the task that writes it ([`CommitLog::append`]). That task is
-//! queued behind the tasks that were ready when it was spawned (a single-threaded runtime runs
-//! its local queue in order), so the sends that HTTP/2 decoded from the same socket reads
-//! join the batch: one `pwrite` for their records and one per queue for their index entries,
-//! instead of one each per message. The batch is acknowledged right after its write, from that
-//! runtime (no other thread is woken), exactly as an append written alone: durability does not
-//! change, only how many appends share a system call.
+//! An appending task puts its request in this thread's open batch for the log; the first one
+//! of a batch also spawns the task that writes it ([`CommitLog::append`]). That task is queued
+//! behind the tasks that were ready when it was spawned (a single-threaded runtime runs its
+//! local queue in order), so the sends that HTTP/2 decoded from the same socket reads join the
+//! batch: one `pwrite` for their records and one copy per queue for their index entries. The
+//! batch is acknowledged right after its write, from that runtime (no other thread is woken),
+//! exactly as an append written alone: durability does not change, only how many appends
+//! share a system call.
+//!
+//! The batch belongs to its writing task: the thread keeps only a weak reference to find it.
+//! Once that task has run, or was dropped unrun because its runtime shut down (its appenders
+//! were dropped with it and see the channel closed), the next append opens a new batch.
 //!
 //! [`CommitLog::append`]: super::CommitLog
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use super::writer::AppendRequest;
 
@@ -24,31 +29,73 @@ pub fn log_id() -> u64 {
     NEXT_LOG.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Appends waiting for their batch's writing task. Only this thread and that task (on this
+/// thread's runtime) touch it, so the lock is never contended.
+pub type Batch = Arc<Mutex<Vec<AppendRequest>>>;
+
+/// How the thread finds a batch: weakly, so one whose writing task is gone is not joined.
+type OpenBatch = Weak<Mutex<Vec<AppendRequest>>>;
+
 thread_local! {
-    /// This thread's appends not written yet, by log. A thread appends to a handful of logs at
-    /// most, so a list beats a map.
-    static PENDING: RefCell<Vec<(u64, Vec<AppendRequest>)>> = const { RefCell::new(Vec::new()) };
+    /// This thread's open batches, by log. A thread appends to a handful of logs at most, so a
+    /// list beats a map.
+    static OPEN: RefCell<Vec<(u64, OpenBatch)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Queues `request` for this thread's next batch of log `log`. True when it is the batch's
-/// first: the caller then spawns the task that writes it (on this thread's runtime).
-pub fn push(log: u64, request: AppendRequest) -> bool {
-    PENDING.with_borrow_mut(|pending| match pending.iter_mut().find(|(id, _)| *id == log) {
-        Some((_, batch)) => {
-            batch.push(request);
-            false
+/// Adds `request` to this thread's open batch of log `log`. Returns the batch when `request`
+/// opened it: the caller then spawns the task that writes it, on this thread's runtime.
+pub fn push(log: u64, request: AppendRequest) -> Option<Batch> {
+    OPEN.with_borrow_mut(|open| {
+        if let Some(batch) = open.iter().find(|(id, _)| *id == log).and_then(|(_, b)| b.upgrade()) {
+            batch.lock().unwrap_or_else(|e| e.into_inner()).push(request);
+            return None;
         }
-        None => {
-            pending.push((log, vec![request]));
-            true
-        }
+        open.retain(|(id, b)| *id != log && b.strong_count() > 0);
+        let batch = Arc::new(Mutex::new(vec![request]));
+        open.push((log, Arc::downgrade(&batch)));
+        Some(batch)
     })
 }
 
-/// Takes this thread's pending batch of log `log` (empty if there is none).
-pub fn take(log: u64) -> Vec<AppendRequest> {
-    PENDING.with_borrow_mut(|pending| match pending.iter().position(|(id, _)| *id == log) {
-        Some(i) => pending.swap_remove(i).1,
-        None => Vec::new(),
-    })
+/// The appends of `batch`, closing it: later appends of this thread open a new one. Called by
+/// the batch's writing task, which runs on the thread that opened it.
+pub fn take(log: u64, batch: &Batch) -> Vec<AppendRequest> {
+    OPEN.with_borrow_mut(|open| open.retain(|(id, b)| *id != log || !std::ptr::eq(b.as_ptr(), Arc::as_ptr(batch))));
+    std::mem::take(&mut *batch.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> AppendRequest {
+        let (reply, _) = tokio::sync::oneshot::channel();
+        AppendRequest { messages: Vec::new(), reply, created: std::time::Instant::now(), origin: None }
+    }
+
+    /// Appends join the open batch until its writing task takes it; then a new one opens.
+    #[test]
+    fn a_batch_collects_until_taken() {
+        let log = log_id();
+        let batch = push(log, request()).expect("the first append opens a batch");
+        assert!(push(log, request()).is_none());
+        assert!(push(log, request()).is_none());
+        let other = push(log_id(), request()).expect("another log has its own batch");
+        assert_eq!(take(log, &batch).len(), 3);
+        let next = push(log, request()).expect("taken: the next append opens a new batch");
+        assert_eq!(take(log, &next).len(), 1);
+        assert!(take(log, &batch).is_empty());
+        drop(other);
+    }
+
+    /// A batch whose writing task was dropped unrun (its runtime shut down) is not joined: the
+    /// next append opens a new batch and spawns a task for it, instead of waiting for nothing.
+    #[test]
+    fn a_dropped_batch_is_not_joined() {
+        let log = log_id();
+        drop(push(log, request()).expect("opens"));
+        let batch = push(log, request()).expect("the dropped batch is gone: a new one opens");
+        assert!(push(log, request()).is_none());
+        assert_eq!(take(log, &batch).len(), 2);
+    }
 }

@@ -460,9 +460,9 @@ impl MessageLog for CommitLog {
         let queued = match (Writer::inline(self.shared.config.flush), request.origin.is_some()) {
             // A task of a single-threaded runtime: written with the others of its scheduler pass.
             (true, true) => {
-                if coalesce::push(self.id, request) {
+                if let Some(batch) = coalesce::push(self.id, request) {
                     let (id, writer, tx) = (self.id, self.writer.clone(), self.tx.clone());
-                    drop(tokio::spawn(async move { write_coalesced(id, &writer, &tx) }));
+                    drop(tokio::spawn(async move { write_coalesced(coalesce::take(id, &batch), &writer, &tx) }));
                 }
                 None
             }
@@ -642,11 +642,9 @@ impl MessageLog for CommitLog {
     }
 }
 
-/// Writes this thread's pending appends of log `id` (`coalesce.rs`) as one batch, or hands them
-/// to the writer thread when another thread holds the writer. Runs as a task on the runtime
-/// they were made on.
-fn write_coalesced(id: u64, writer: &Mutex<Writer>, tx: &mpsc::Sender<WriterMsg>) {
-    let requests = coalesce::take(id);
+/// Writes a batch of appends made on one I/O thread (`coalesce.rs`), or hands them to the writer
+/// thread when another thread holds the writer. Runs as a task on the runtime they were made on.
+fn write_coalesced(requests: Vec<AppendRequest>, writer: &Mutex<Writer>, tx: &mpsc::Sender<WriterMsg>) {
     if requests.is_empty() {
         return;
     }
