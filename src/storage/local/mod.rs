@@ -462,7 +462,10 @@ impl MessageLog for CommitLog {
             (true, true) => {
                 if let Some(batch) = coalesce::push(self.id, request) {
                     let (id, writer, tx) = (self.id, self.writer.clone(), self.tx.clone());
-                    drop(tokio::spawn(async move { write_coalesced(coalesce::take(id, &batch), &writer, &tx) }));
+                    let max_batch = self.shared.config.max_batch_bytes;
+                    drop(tokio::spawn(
+                        async move { write_coalesced(coalesce::take(id, &batch), max_batch, &writer, &tx) },
+                    ));
                 }
                 None
             }
@@ -642,17 +645,33 @@ impl MessageLog for CommitLog {
     }
 }
 
-/// Writes a batch of appends made on one I/O thread (`coalesce.rs`), or hands them to the writer
-/// thread when another thread holds the writer. Runs as a task on the runtime they were made on.
-fn write_coalesced(requests: Vec<AppendRequest>, writer: &Mutex<Writer>, tx: &mpsc::Sender<WriterMsg>) {
-    if requests.is_empty() {
-        return;
-    }
-    // Stopped: the requests were dropped, their callers see `ShuttingDown`.
-    if let Ok(Some(busy)) = Writer::try_inline(writer, requests) {
-        for request in busy {
-            // Fails only once the writer thread has stopped; the dropped reply says so.
-            let _ = tx.send(WriterMsg::Append(request));
+/// Writes a batch of appends made on one I/O thread (`coalesce.rs`), in writes of about
+/// `max_batch` bytes at most (the writer thread's bound too), or hands them to the writer thread
+/// when another thread holds the writer. Runs as a task on the runtime they were made on.
+fn write_coalesced(
+    requests: Vec<AppendRequest>,
+    max_batch: usize,
+    writer: &Mutex<Writer>,
+    tx: &mpsc::Sender<WriterMsg>,
+) {
+    let mut requests = requests.into_iter().peekable();
+    while requests.peek().is_some() {
+        let (mut chunk, mut bytes) = (Vec::new(), 0);
+        while let Some(r) = requests.next_if(|r| chunk.is_empty() || bytes + r.approx_bytes() <= max_batch) {
+            bytes += r.approx_bytes();
+            chunk.push(r);
+        }
+        match Writer::try_inline(writer, chunk) {
+            Ok(None) => {}
+            // Another thread holds the writer: its thread batches these (and the rest) with the
+            // others. Fails only once the writer thread has stopped; the dropped reply says so.
+            Ok(Some(busy)) => {
+                for request in busy.into_iter().chain(requests.by_ref()) {
+                    let _ = tx.send(WriterMsg::Append(request));
+                }
+            }
+            // Stopped: the requests are dropped, their callers see `ShuttingDown`.
+            Err(_) => return,
         }
     }
 }

@@ -512,6 +512,37 @@ async fn appends_of_one_scheduler_pass_are_written_as_one_batch() {
     check(&CommitLog::open(config).unwrap());
 }
 
+/// A scheduler pass's batch bigger than `max_batch_bytes` is written in several writes of at
+/// most that size (the writer thread's bound), every append answered with its own offset.
+#[tokio::test]
+async fn a_large_pass_is_written_in_bounded_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let flush = FlushMode::Async { interval: Duration::from_millis(5) };
+    let log = CommitLog::open(StorageConfig { flush, max_batch_bytes: 4096, ..test_config(dir.path()) }).unwrap();
+    let tasks: Vec<_> = (0..30u64)
+        .map(|i| {
+            let log = log.clone();
+            tokio::spawn(
+                async move { append_one(&log, message("t", 0, body_for(0, i, 1000), &format!("m{i}"), "")).await },
+            )
+        })
+        .collect();
+    let mut offsets = Vec::new();
+    for t in tasks {
+        offsets.push(t.await.unwrap().unwrap().queue_offset);
+    }
+    offsets.sort_unstable();
+    assert_eq!(offsets, (0..30).collect::<Vec<_>>());
+    let stats = log.stats();
+    assert!((8..30).contains(&stats.batches_written), "{} writes for 30 appends of ≈ 1.1 KiB", stats.batches_written);
+    assert_eq!(stats.inline_batches, stats.batches_written);
+    let mut stored: Vec<Bytes> = read_all(&log, "t", 0).into_iter().map(|m| m.body).collect();
+    let mut sent: Vec<Bytes> = (0..30u64).map(|i| body_for(0, i, 1000)).collect();
+    stored.sort();
+    sent.sort();
+    assert_eq!(stored, sent);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::await_holding_lock)] // On purpose: the writer stays held while the appends queue.
 async fn appends_wait_for_a_busy_writer_and_are_batched_by_its_thread() {

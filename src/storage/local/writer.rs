@@ -80,7 +80,7 @@ struct Completion {
 }
 
 impl AppendRequest {
-    fn approx_bytes(&self) -> usize {
+    pub(super) fn approx_bytes(&self) -> usize {
         self.messages.iter().map(|m| HEADER_LEN + m.topic.len() + m.body.len() + 64).sum()
     }
 }
@@ -459,6 +459,8 @@ impl Writer {
     ) -> StorageResult<Vec<Arc<Segment>>> {
         let now = now_ms();
         self.buf.clear();
+        // A batch bigger than `max_batch_bytes` (one huge request) does not keep its buffer.
+        self.buf.shrink_to(self.shared.config.max_batch_bytes);
         let mut chunks: Vec<(Arc<Segment>, u64, usize)> = Vec::new(); // segment, position, buf start
         let mut chunk_pos = self.write_pos;
         let mut chunk_buf = 0;
