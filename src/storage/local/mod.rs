@@ -14,8 +14,9 @@
 //! ```
 //!
 //! Threads: a writer (group commit, `writer.rs`), in `Async` mode a flusher, and a maintenance thread
-//! (checkpoints, key-index flushes, retention, `maintenance.rs`). `append` only queues a
-//! request and awaits its reply; `read`, `queue_range` and the lookups are synchronous, take
+//! (checkpoints, key-index flushes, retention, `maintenance.rs`). `append` queues a request
+//! (in `Async` mode it is written on the appending thread when the writer is free: `writer.rs`,
+//! `coalesce.rs`) and awaits its reply; `read`, `queue_range` and the lookups are synchronous, take
 //! only short read locks and never fsync.
 //!
 //! Visibility: a record is readable once *published*: in `Sync` mode after the fsync of its
@@ -235,8 +236,8 @@ pub struct StorageStats {
     pub async_flush_failures: u64,
     /// Group-commit batches written since open.
     pub batches_written: u64,
-    /// Of those, appends written on the appending task (`Async` mode, the writer was free),
-    /// not by the writer thread.
+    /// Of those, batches written on the appending thread (`Async` mode, the writer was free:
+    /// one append, or those of one I/O thread's scheduler pass), not by the writer thread.
     pub inline_batches: u64,
     /// Log bytes written since open (records, framing included).
     pub bytes_written: u64,
