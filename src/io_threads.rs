@@ -46,6 +46,8 @@ impl IoThreads {
             let (done_tx, done_rx) = oneshot::channel();
             let (router, acceptor, stop, release) = (router.clone(), acceptor.clone(), stop.clone(), release.clone());
             std::thread::Builder::new().name(format!("rmq-grpc-io-{i}")).spawn(move || {
+                // This thread drives `runtime` and nothing else until it ends.
+                crate::storage::local::dedicate_thread();
                 runtime.block_on(async move {
                     let (ready_tx, ready_rx) = mpsc::channel(128);
                     tokio::spawn(async move {

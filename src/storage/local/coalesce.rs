@@ -1,6 +1,11 @@
 //! `Async` mode: the appends that the tasks of one single-threaded runtime (a gRPC I/O thread,
 //! `server.ioThreads`) make in one pass of its scheduler, written as one batch.
 //!
+//! Only on threads declared with [`dedicate_thread`]: a thread that drives one single-threaded
+//! runtime for the rest of its life, so every task that appends there, and the task that writes
+//! their batch, run on it. (A runtime driven from several threads in turn, or a thread driving
+//! several runtimes, could leave a batch waiting for a runtime no one drives.)
+//!
 //! An appending task puts its request in this thread's open batch for the log; the first one
 //! of a batch also spawns the task that writes it ([`CommitLog::append`]). That task is queued
 //! behind the tasks that were ready when it was spawned (a single-threaded runtime runs its
@@ -16,7 +21,7 @@
 //!
 //! [`CommitLog::append`]: super::CommitLog
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -29,17 +34,31 @@ pub fn log_id() -> u64 {
     NEXT_LOG.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Appends waiting for their batch's writing task. Only this thread and that task (on this
-/// thread's runtime) touch it, so the lock is never contended.
-pub type Batch = Arc<Mutex<Vec<AppendRequest>>>;
+/// Appends waiting for their batch's writing task; `None` once it took them. Only this thread
+/// and that task (on this thread's runtime) touch it, so the lock is never contended.
+pub type Batch = Arc<Mutex<Option<Vec<AppendRequest>>>>;
 
 /// How the thread finds a batch: weakly, so one whose writing task is gone is not joined.
-type OpenBatch = Weak<Mutex<Vec<AppendRequest>>>;
+type OpenBatch = Weak<Mutex<Option<Vec<AppendRequest>>>>;
 
 thread_local! {
+    /// Set by [`dedicate_thread`].
+    static DEDICATED: Cell<bool> = const { Cell::new(false) };
     /// This thread's open batches, by log. A thread appends to a handful of logs at most, so a
     /// list beats a map.
     static OPEN: RefCell<Vec<(u64, OpenBatch)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Declares that the calling thread drives one single-threaded runtime for the rest of its life
+/// (the gRPC I/O threads do, `io_threads.rs`): `Async`-mode appends made by that runtime's tasks
+/// are then written one batch per scheduler pass.
+pub fn dedicate_thread() {
+    DEDICATED.set(true);
+}
+
+/// Whether appends made on this thread are coalesced ([`dedicate_thread`]).
+pub fn on_dedicated_thread() -> bool {
+    DEDICATED.get()
 }
 
 /// Adds `request` to this thread's open batch of log `log`. Returns the batch when `request`
@@ -47,21 +66,24 @@ thread_local! {
 pub fn push(log: u64, request: AppendRequest) -> Option<Batch> {
     OPEN.with_borrow_mut(|open| {
         if let Some(batch) = open.iter().find(|(id, _)| *id == log).and_then(|(_, b)| b.upgrade()) {
-            batch.lock().unwrap_or_else(|e| e.into_inner()).push(request);
-            return None;
+            let mut pending = batch.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(pending) = pending.as_mut() {
+                pending.push(request);
+                return None;
+            }
         }
         open.retain(|(id, b)| *id != log && b.strong_count() > 0);
-        let batch = Arc::new(Mutex::new(vec![request]));
+        let batch = Arc::new(Mutex::new(Some(vec![request])));
         open.push((log, Arc::downgrade(&batch)));
         Some(batch)
     })
 }
 
-/// The appends of `batch`, closing it: later appends of this thread open a new one. Called by
-/// the batch's writing task, which runs on the thread that opened it.
+/// The appends of `batch`, closing it: later appends open a new one. Called by the batch's
+/// writing task.
 pub fn take(log: u64, batch: &Batch) -> Vec<AppendRequest> {
     OPEN.with_borrow_mut(|open| open.retain(|(id, b)| *id != log || !std::ptr::eq(b.as_ptr(), Arc::as_ptr(batch))));
-    std::mem::take(&mut *batch.lock().unwrap_or_else(|e| e.into_inner()))
+    batch.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default()
 }
 
 #[cfg(test)]

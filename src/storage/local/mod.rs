@@ -50,6 +50,9 @@ use std::thread::JoinHandle;
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
+/// Marks a thread that drives one single-threaded runtime for life (the gRPC I/O threads): its
+/// `Async`-mode appends are written one batch per scheduler pass (`coalesce.rs`).
+pub use coalesce::dedicate_thread;
 pub use config::{ResumePoint, ResumeQueue, StorageConfig};
 /// The used share of the file system holding a path (`diskMaxUsedSpaceRatio` is checked on it).
 pub use fs::disk_used_ratio;
@@ -458,8 +461,9 @@ impl MessageLog for CommitLog {
         let created = std::time::Instant::now();
         let origin = delivery::Origin::current();
         let request = AppendRequest { messages, reply, created, origin };
-        let queued = match (Writer::inline(self.shared.config.flush), request.origin.is_some()) {
-            // A task of a single-threaded runtime: written with the others of its scheduler pass.
+        let coalesced = request.origin.is_some() && coalesce::on_dedicated_thread();
+        let queued = match (Writer::inline(self.shared.config.flush), coalesced) {
+            // A task of an I/O thread's runtime: written with the others of its scheduler pass.
             (true, true) => {
                 if let Some(batch) = coalesce::push(self.id, request) {
                     let (id, writer, tx) = (self.id, self.writer.clone(), self.tx.clone());

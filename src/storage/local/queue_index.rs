@@ -10,8 +10,10 @@
 //! writes its ConsumeQueue: an entry is 32 bytes and a batch writes one run of them per queue,
 //! so a `pwrite` each cost more than the copy (docs/benchmarks.md). Blocks are reserved with
 //! `fallocate` ahead of the writes ([`ALLOCATE_AHEAD`] at a time), so a full disk fails a
-//! batch with an error instead of faulting the process (`SIGBUS`) on a write to a hole; where
-//! the file system cannot reserve blocks, the file is written with `pwrite`. Durability comes
+//! batch with an error instead of faulting the process (`SIGBUS`) on a write to a hole. Only on
+//! file systems where a write into reserved blocks needs no more space (ext4, XFS, tmpfs); on
+//! others (btrfs and ZFS reserve space again on every write) and where `fallocate` is not
+//! supported, entries are written with `pwrite`. Durability comes
 //! from the checkpointer, which fsyncs dirty files before it records a checkpoint (an fsync
 //! covers pages dirtied through a shared map). Readers see entries below
 //! [`QueueIndex::end`] only, which is published after the entries are written.
@@ -73,7 +75,8 @@ impl IndexFile {
 
     fn map(path: PathBuf, file: File, first_offset: u64, capacity: u64) -> io::Result<Self> {
         let map = memmap2::MmapOptions::new().len((capacity as usize) * INDEX_ENTRY_LEN).map_raw(&file)?;
-        Ok(Self { first_offset, capacity, path, file, map, reserved: AtomicU64::new(0), dirty: AtomicBool::new(false) })
+        let reserved = AtomicU64::new(if reservations_hold(&file) { 0 } else { u64::MAX });
+        Ok(Self { first_offset, capacity, path, file, map, reserved, dirty: AtomicBool::new(false) })
     }
 
     /// `len` bytes of the map at `at`.
@@ -122,10 +125,10 @@ impl IndexFile {
         Ok(())
     }
 
-    /// Reserves blocks for `[at, end)` (and [`ALLOCATE_AHEAD`] beyond) unless already done;
-    /// false when the file system cannot, so the caller writes with `pwrite`.
+    /// Reserves blocks for the pages holding `[at, end)` (and [`ALLOCATE_AHEAD`] beyond, or
+    /// just those pages when the disk has no room for more) unless already done; false when the
+    /// file system cannot, so the caller writes with `pwrite`.
     fn reserve(&self, at: u64, end: u64) -> io::Result<bool> {
-        use std::os::fd::AsRawFd;
         let reserved = self.reserved.load(Ordering::Acquire);
         if reserved == u64::MAX {
             return Ok(false);
@@ -133,22 +136,24 @@ impl IndexFile {
         if end <= reserved {
             return Ok(true);
         }
-        let from = reserved.max(at & !4095);
-        let to = (end + ALLOCATE_AHEAD).min(self.capacity * INDEX_ENTRY_LEN as u64);
-        // SAFETY: plain syscall on a valid, owned descriptor; no memory is passed. Mode 0
-        // within the file's size: allocates blocks for holes, changes nothing else.
-        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, from as libc::off_t, (to - from) as libc::off_t) };
-        if rc == 0 {
-            self.reserved.store(to, Ordering::Release);
-            return Ok(true);
+        let (page, len) = (page_size(), self.capacity * INDEX_ENTRY_LEN as u64);
+        let from = reserved.max(at - at % page);
+        let needed = end.div_ceil(page).saturating_mul(page).min(len);
+        let ahead = (end + ALLOCATE_AHEAD).div_ceil(page).saturating_mul(page).min(len);
+        let mut result = fallocate(&self.file, from, ahead);
+        if result.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::ENOSPC)) && ahead > needed {
+            result = fallocate(&self.file, from, needed);
         }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {
+        match result {
+            Ok(to) => {
+                self.reserved.store(to, Ordering::Release);
+                Ok(true)
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)) => {
                 self.reserved.store(u64::MAX, Ordering::Release);
                 Ok(false)
             }
-            _ => Err(err),
+            Err(e) => Err(e),
         }
     }
 
@@ -378,6 +383,37 @@ pub type QueueMap = HashMap<Arc<str>, HashMap<u32, Arc<QueueIndex>>>;
 
 /// Escapes a topic into a directory name: `[A-Za-z0-9_-]` stay, anything else is `%XX`;
 /// very long names are shortened and made unique with a hash. The real name is in `TOPIC`.
+/// Allocates blocks for `[from, to)` of `file` (within its size); `to` on success.
+fn fallocate(file: &File, from: u64, to: u64) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on a valid, owned descriptor; no memory is passed. Mode 0 within the
+    // file's size: allocates blocks for holes, changes nothing else.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, from as libc::off_t, (to - from) as libc::off_t) };
+    if rc == 0 { Ok(to) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Whether a write through a shared map into blocks reserved with `fallocate` needs no more
+/// space on `file`'s file system, so it cannot fault on a full disk: ext4, XFS and tmpfs.
+fn reservations_hold(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `statfs` is plain data, filled in by the kernel for a valid, owned descriptor.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    [libc::EXT4_SUPER_MAGIC, libc::XFS_SUPER_MAGIC, libc::TMPFS_MAGIC].contains(&st.f_type)
+}
+
+/// The memory page size (what one write fault through a map covers).
+fn page_size() -> u64 {
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: plain query, no memory passed.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        u64::try_from(page).ok().filter(|&p| p > 0).unwrap_or(4096)
+    })
+}
+
 pub fn topic_dir_name(topic: &str) -> String {
     let mut s = String::with_capacity(topic.len());
     for b in topic.bytes() {
@@ -567,6 +603,45 @@ mod tests {
         let long = "|".repeat(127);
         assert!(topic_dir_name(&long).len() <= 200);
         assert_ne!(topic_dir_name(&long), topic_dir_name(&"|".repeat(126)));
+    }
+
+    /// Entries written through the map (blocks reserved ahead) and with `pwrite` (a file system
+    /// that cannot reserve) read back the same, also after a roll-back punched the tail, and
+    /// from a fresh open of the file.
+    #[test]
+    fn entries_round_trip_through_the_map_and_through_pwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, pwrite) in [("mapped", false), ("pwrite", true)] {
+            let sub = dir.path().join(name);
+            fs::create_dir_all(&sub).unwrap();
+            let f = IndexFile::create(&sub, 0, 4096).unwrap();
+            if pwrite {
+                f.reserved.store(u64::MAX, Ordering::Release);
+            }
+            let entries: Vec<IndexEntry> = (0..3000u64).map(|i| entry(i * 1000 + 1)).collect();
+            for (i, chunk) in entries.chunks(7).enumerate() {
+                f.write(i as u64 * 7, &encode(chunk)).unwrap();
+            }
+            let reserved = f.reserved.load(Ordering::Acquire);
+            match pwrite {
+                true => assert_eq!(reserved, u64::MAX, "{name}"),
+                false if reservations_hold(&f.file) => {
+                    assert!(reserved >= 3000 * INDEX_ENTRY_LEN as u64, "{name}: reserved {reserved}")
+                }
+                false => assert_eq!(reserved, u64::MAX, "{name}: this file system falls back to pwrite"),
+            }
+            f.clear_from(2000).unwrap();
+            assert!(f.reserved.load(Ordering::Acquire) <= 2000 * INDEX_ENTRY_LEN as u64 || pwrite);
+            assert_eq!(f.entry(2500), None, "{name}: cleared");
+            f.write(2000, &encode(&entries[2000..2100])).unwrap();
+            for i in (0..2100u64).step_by(13) {
+                assert_eq!(f.entry(i), Some(entries[i as usize]), "{name}: entry {i}");
+            }
+            f.sync_if_dirty().unwrap();
+            let reopened = IndexFile::open(f.path.clone(), 0).unwrap();
+            assert_eq!(reopened.entry(2099), Some(entries[2099]), "{name}");
+            assert_eq!(reopened.entry(2100), None, "{name}");
+        }
     }
 
     #[test]

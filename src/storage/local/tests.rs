@@ -472,6 +472,7 @@ async fn concurrent_appenders(flush: FlushMode) {
 /// offsets, readable and durable across a restart like appends written alone.
 #[tokio::test]
 async fn appends_of_one_scheduler_pass_are_written_as_one_batch() {
+    coalesce::dedicate_thread();
     let dir = tempfile::tempdir().unwrap();
     let config =
         StorageConfig { flush: FlushMode::Async { interval: Duration::from_millis(5) }, ..test_config(dir.path()) };
@@ -512,10 +513,53 @@ async fn appends_of_one_scheduler_pass_are_written_as_one_batch() {
     check(&CommitLog::open(config).unwrap());
 }
 
+/// A pass's batch that finds the writer held by another thread goes to the writer thread,
+/// whose answers come back to this runtime; without [`coalesce::dedicate_thread`] the same
+/// appends are written one by one.
+#[tokio::test]
+#[allow(clippy::await_holding_lock)] // On purpose: the writer stays held while the appends queue.
+async fn a_pass_that_finds_the_writer_busy_goes_to_the_writer_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let flush = FlushMode::Async { interval: Duration::from_millis(5) };
+    let log = CommitLog::open(StorageConfig { flush, ..test_config(dir.path()) }).unwrap();
+    let spawn_appends = |first: u64| -> Vec<_> {
+        (first..first + 10)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    append_one(&log, message("t", 0, body_for(0, i, 100), &format!("m{i}"), "")).await
+                })
+            })
+            .collect()
+    };
+    // Not a dedicated thread: each append is written alone, at once.
+    for t in spawn_appends(0) {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!((log.stats().batches_written, log.stats().inline_batches), (10, 10));
+    coalesce::dedicate_thread();
+    let held = log.hold_writer();
+    let tasks = spawn_appends(10);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(tasks.iter().all(|t| !t.is_finished()), "an append finished while the writer was held");
+    drop(held);
+    let mut offsets = Vec::new();
+    for t in tasks {
+        offsets.push(t.await.unwrap().unwrap().queue_offset);
+    }
+    offsets.sort_unstable();
+    assert_eq!(offsets, (10..20).collect::<Vec<_>>());
+    let stats = log.stats();
+    assert_eq!(stats.inline_batches, 10, "the held writer's pass went to its thread");
+    assert!(stats.batches_written <= 12, "{} batches", stats.batches_written);
+    assert_eq!(read_all(&log, "t", 0).len(), 20);
+}
+
 /// A scheduler pass's batch bigger than `max_batch_bytes` is written in several writes of at
 /// most that size (the writer thread's bound), every append answered with its own offset.
 #[tokio::test]
 async fn a_large_pass_is_written_in_bounded_batches() {
+    coalesce::dedicate_thread();
     let dir = tempfile::tempdir().unwrap();
     let flush = FlushMode::Async { interval: Duration::from_millis(5) };
     let log = CommitLog::open(StorageConfig { flush, max_batch_bytes: 4096, ..test_config(dir.path()) }).unwrap();

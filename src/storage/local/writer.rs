@@ -459,8 +459,11 @@ impl Writer {
     ) -> StorageResult<Vec<Arc<Segment>>> {
         let now = now_ms();
         self.buf.clear();
-        // A batch bigger than `max_batch_bytes` (one huge request) does not keep its buffer.
-        self.buf.shrink_to(self.shared.config.max_batch_bytes);
+        // A batch far bigger than `max_batch_bytes` (one huge request) does not keep its buffer.
+        let max = self.shared.config.max_batch_bytes;
+        if self.buf.capacity() > 2 * max {
+            self.buf.shrink_to(max);
+        }
         let mut chunks: Vec<(Arc<Segment>, u64, usize)> = Vec::new(); // segment, position, buf start
         let mut chunk_pos = self.write_pos;
         let mut chunk_buf = 0;
