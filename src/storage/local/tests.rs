@@ -56,6 +56,16 @@ async fn append_one(log: &CommitLog, m: AppendMessage) -> StorageResult<AppendRe
     Ok(r.remove(0))
 }
 
+/// The queue offsets the appending tasks got, in order.
+async fn sorted_offsets(tasks: Vec<tokio::task::JoinHandle<StorageResult<AppendResult>>>) -> Vec<u64> {
+    let mut offsets = Vec::new();
+    for t in tasks {
+        offsets.push(t.await.unwrap().unwrap().queue_offset);
+    }
+    offsets.sort_unstable();
+    offsets
+}
+
 fn read_all(log: &CommitLog, topic: &str, queue_id: u32) -> Vec<StoredMessage> {
     let mut out = Vec::new();
     let mut offset = log.queue_range(topic, queue_id).start;
@@ -543,12 +553,7 @@ async fn a_pass_that_finds_the_writer_busy_goes_to_the_writer_thread() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(tasks.iter().all(|t| !t.is_finished()), "an append finished while the writer was held");
     drop(held);
-    let mut offsets = Vec::new();
-    for t in tasks {
-        offsets.push(t.await.unwrap().unwrap().queue_offset);
-    }
-    offsets.sort_unstable();
-    assert_eq!(offsets, (10..20).collect::<Vec<_>>());
+    assert_eq!(sorted_offsets(tasks).await, (10..20).collect::<Vec<_>>());
     let stats = log.stats();
     assert_eq!(stats.inline_batches, 10, "the held writer's pass went to its thread");
     assert!(stats.batches_written <= 12, "{} batches", stats.batches_written);
@@ -571,12 +576,7 @@ async fn a_large_pass_is_written_in_bounded_batches() {
             )
         })
         .collect();
-    let mut offsets = Vec::new();
-    for t in tasks {
-        offsets.push(t.await.unwrap().unwrap().queue_offset);
-    }
-    offsets.sort_unstable();
-    assert_eq!(offsets, (0..30).collect::<Vec<_>>());
+    assert_eq!(sorted_offsets(tasks).await, (0..30).collect::<Vec<_>>());
     let stats = log.stats();
     assert!((8..30).contains(&stats.batches_written), "{} writes for 30 appends of ≈ 1.1 KiB", stats.batches_written);
     assert_eq!(stats.inline_batches, stats.batches_written);
@@ -608,12 +608,7 @@ async fn appends_wait_for_a_busy_writer_and_are_batched_by_its_thread() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(tasks.iter().all(|t| !t.is_finished()), "{flush:?}: an append finished while the writer was held");
         drop(held);
-        let mut offsets = Vec::new();
-        for t in tasks {
-            offsets.push(t.await.unwrap().unwrap().queue_offset);
-        }
-        offsets.sort_unstable();
-        assert_eq!(offsets, (1..21).collect::<Vec<_>>(), "{flush:?}");
+        assert_eq!(sorted_offsets(tasks).await, (1..21).collect::<Vec<_>>(), "{flush:?}");
         let stats = log.stats();
         assert_eq!(stats.inline_batches, inline, "{flush:?}: the held writer's appends went to its thread");
         assert!(stats.batches_written < 21, "{flush:?}: {} batches for 21 appends", stats.batches_written);
