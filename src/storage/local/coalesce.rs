@@ -34,12 +34,12 @@ pub fn log_id() -> u64 {
     NEXT_LOG.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Appends waiting for their batch's writing task; `None` once it took them. Only this thread
-/// and that task (on this thread's runtime) touch it, so the lock is never contended.
-pub type Batch = Arc<Mutex<Option<Vec<AppendRequest>>>>;
+/// Appends waiting for their batch's writing task. Only this thread and that task (on this
+/// thread's runtime) touch it, so the lock is never contended.
+pub type Batch = Arc<Mutex<Vec<AppendRequest>>>;
 
 /// How the thread finds a batch: weakly, so one whose writing task is gone is not joined.
-type OpenBatch = Weak<Mutex<Option<Vec<AppendRequest>>>>;
+type OpenBatch = Weak<Mutex<Vec<AppendRequest>>>;
 
 thread_local! {
     /// Set by [`dedicate_thread`].
@@ -66,24 +66,21 @@ pub fn on_dedicated_thread() -> bool {
 pub fn push(log: u64, request: AppendRequest) -> Option<Batch> {
     OPEN.with_borrow_mut(|open| {
         if let Some(batch) = open.iter().find(|(id, _)| *id == log).and_then(|(_, b)| b.upgrade()) {
-            let mut pending = batch.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(pending) = pending.as_mut() {
-                pending.push(request);
-                return None;
-            }
+            batch.lock().unwrap_or_else(|e| e.into_inner()).push(request);
+            return None;
         }
         open.retain(|(id, b)| *id != log && b.strong_count() > 0);
-        let batch = Arc::new(Mutex::new(Some(vec![request])));
+        let batch = Arc::new(Mutex::new(vec![request]));
         open.push((log, Arc::downgrade(&batch)));
         Some(batch)
     })
 }
 
-/// The appends of `batch`, closing it: later appends open a new one. Called by the batch's
-/// writing task.
+/// The appends of `batch`, closing it (this thread no longer finds it): later appends open a
+/// new one. Called by the batch's writing task, on the thread that opened it.
 pub fn take(log: u64, batch: &Batch) -> Vec<AppendRequest> {
     OPEN.with_borrow_mut(|open| open.retain(|(id, b)| *id != log || !std::ptr::eq(b.as_ptr(), Arc::as_ptr(batch))));
-    batch.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default()
+    std::mem::take(&mut *batch.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 #[cfg(test)]

@@ -105,22 +105,8 @@ pub fn zero_range(file: &File, from: u64, to: u64) -> io::Result<()> {
     if to <= from {
         return Ok(());
     }
-    let len = to - from;
-    // SAFETY: plain syscall on a valid, owned descriptor; no memory is passed.
-    let rc = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            from as libc::off_t,
-            len as libc::off_t,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => {
+    match fallocate(file, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, from, to) {
+        Err(e) if unsupported(&e) => {
             let zeros = vec![0u8; 64 * 1024];
             let mut at = from;
             while at < to {
@@ -130,8 +116,20 @@ pub fn zero_range(file: &File, from: u64, to: u64) -> io::Result<()> {
             }
             Ok(())
         }
-        _ => Err(err),
+        result => result,
     }
+}
+
+/// `fallocate(2)` with `mode` on `[from, to)` of `file`.
+pub fn fallocate(file: &File, mode: libc::c_int, from: u64, to: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid, owned descriptor; no memory is passed.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, from as libc::off_t, (to - from) as libc::off_t) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Whether `e` says the file system does not support the call (`EOPNOTSUPP`, `ENOSYS`).
+pub fn unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS))
 }
 
 /// Fraction of the file system holding `dir` that is in use, RocketMQ-style

@@ -29,7 +29,7 @@ use std::sync::{Arc, RwLock};
 use memmap2::MmapRaw;
 
 use super::format::{INDEX_ENTRY_LEN, IndexEntry};
-use super::fs::{create_sized_file, fsync_dir, write_file_atomically, zero_range};
+use super::fs::{create_sized_file, fallocate, fsync_dir, unsupported, write_file_atomically, zero_range};
 
 const INDEX_SUFFIX: &str = ".cq";
 const TOPIC_FILE: &str = "TOPIC";
@@ -140,16 +140,17 @@ impl IndexFile {
         let from = reserved.max(at - at % page);
         let needed = end.div_ceil(page).saturating_mul(page).min(len);
         let ahead = (end + ALLOCATE_AHEAD).div_ceil(page).saturating_mul(page).min(len);
-        let mut result = fallocate(&self.file, from, ahead);
+        // Mode 0 within the file's size: allocates blocks for holes, changes nothing else.
+        let mut result = fallocate(&self.file, 0, from, ahead).map(|()| ahead);
         if result.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::ENOSPC)) && ahead > needed {
-            result = fallocate(&self.file, from, needed);
+            result = fallocate(&self.file, 0, from, needed).map(|()| needed);
         }
         match result {
             Ok(to) => {
                 self.reserved.store(to, Ordering::Release);
                 Ok(true)
             }
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)) => {
+            Err(e) if unsupported(&e) => {
                 self.reserved.store(u64::MAX, Ordering::Release);
                 Ok(false)
             }
@@ -383,15 +384,6 @@ pub type QueueMap = HashMap<Arc<str>, HashMap<u32, Arc<QueueIndex>>>;
 
 /// Escapes a topic into a directory name: `[A-Za-z0-9_-]` stay, anything else is `%XX`;
 /// very long names are shortened and made unique with a hash. The real name is in `TOPIC`.
-/// Allocates blocks for `[from, to)` of `file` (within its size); `to` on success.
-fn fallocate(file: &File, from: u64, to: u64) -> io::Result<u64> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: plain syscall on a valid, owned descriptor; no memory is passed. Mode 0 within the
-    // file's size: allocates blocks for holes, changes nothing else.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, from as libc::off_t, (to - from) as libc::off_t) };
-    if rc == 0 { Ok(to) } else { Err(io::Error::last_os_error()) }
-}
-
 /// Whether a write through a shared map into blocks reserved with `fallocate` needs no more
 /// space on `file`'s file system, so it cannot fault on a full disk: ext4, XFS and tmpfs.
 fn reservations_hold(file: &File) -> bool {
