@@ -359,6 +359,10 @@ pub struct StorageSection {
     pub file_reserved_time: Duration,
     /// Disk usage (percent) above which the oldest segments are deleted early.
     pub disk_max_used_space_ratio: u8,
+    /// SYNC_FLUSH on ext4 or XFS: bytes past the end of the log kept zero-filled in the
+    /// background, so each group commit's fdatasync writes no block-allocation metadata.
+    /// 0 turns it off.
+    pub zero_ahead_bytes: u64,
     /// Offload of sealed segments to an object store, and cold reads from it.
     pub tiering: TieringConfig,
 }
@@ -533,6 +537,7 @@ impl Default for StorageSection {
             mapped_file_size_commit_log: 1024 * 1024 * 1024,
             file_reserved_time: Duration::from_secs(72 * 3600),
             disk_max_used_space_ratio: 75,
+            zero_ahead_bytes: 8 * 1024 * 1024,
             tiering: TieringConfig::default(),
         }
     }

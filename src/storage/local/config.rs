@@ -44,6 +44,10 @@ pub struct StorageConfig {
     /// Largest span of log one in-memory key-index table may cover; bounds the log replayed
     /// after a crash to rebuild it. Default: 256 MiB.
     pub key_index_max_log_span: u64,
+    /// `Sync` mode on ext4 and XFS: bytes past the end of the log that a background thread keeps
+    /// zero-filled, so group commits sync no block-allocation metadata (`zero_ahead.rs`).
+    /// 0 turns it off. Default: 8 MiB.
+    pub zero_ahead_bytes: u64,
     /// Where a log opened in an empty directory starts (cluster take-over of a shard whose
     /// older data is in the object store). Ignored when the directory holds a log.
     /// Default: `None` (position 0, every queue at offset 0).
@@ -121,6 +125,7 @@ impl Default for StorageConfig {
             max_batch_bytes: 8 << 20,
             key_index_memtable_entries: 262_144,
             key_index_max_log_span: 256 << 20,
+            zero_ahead_bytes: 8 << 20,
             resume: None,
         }
     }

@@ -132,6 +132,17 @@ pub fn unsupported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS))
 }
 
+/// The file system type (`statfs.f_type`, e.g. `libc::EXT4_SUPER_MAGIC`) holding the open
+/// file `fd`, if `fstatfs` answers.
+pub fn file_system_type(fd: std::os::fd::RawFd) -> Option<libc::c_long> {
+    // SAFETY: `statfs` is plain data, filled in by the kernel for a valid, open descriptor.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(fd, &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_type as libc::c_long)
+}
+
 /// Fraction of the file system holding `dir` that is in use, RocketMQ-style
 /// (`(total - free) / total`).
 pub fn disk_used_ratio(dir: &Path) -> io::Result<f64> {

@@ -35,6 +35,7 @@ mod recovery;
 mod sealed;
 mod segment;
 mod writer;
+mod zero_ahead;
 
 #[cfg(test)]
 mod crash_test;
@@ -68,6 +69,7 @@ use self::maintenance::MaintenanceState;
 use self::queue_index::{QueueIndex, QueueMap};
 use self::segment::Segment;
 use self::writer::{AppendRequest, Writer, WriterMsg};
+use self::zero_ahead::ZeroAhead;
 use super::record::keys;
 use super::{
     AppendMessage, AppendResult, FlushMode, MessageLog, QueueRange, StorageError, StorageResult, StoredMessage,
@@ -106,6 +108,8 @@ pub(crate) struct Shared {
     faults: Faults,
     /// Held until `close` (or drop): no second process may open the directory.
     lock: Mutex<Option<DirLock>>,
+    /// The zeroer ahead of the writer, when it runs (`zero_ahead.rs`).
+    zero_ahead: Option<ZeroAhead>,
 }
 
 impl Shared {
@@ -261,6 +265,7 @@ struct Threads {
     writer: Option<JoinHandle<()>>,
     flusher: Option<JoinHandle<()>>,
     maintenance: Option<JoinHandle<()>>,
+    zeroer: Option<JoinHandle<()>>,
 }
 
 /// The durable commit log. Open with [`CommitLog::open`]; use through [`MessageLog`].
@@ -306,6 +311,13 @@ impl CommitLog {
         let active = rec.segments.iter().rev().find(|s| s.base <= rec.end).cloned().ok_or_else(|| {
             StorageError::Corrupted { position: rec.end, reason: "no segment holds the end of the log".into() }
         })?;
+        // Only where blocks are overwritten in place: a copy-on-write file system (btrfs, ZFS)
+        // allocates anew on every write, and tmpfs has nothing to sync.
+        let zero_ahead = (matches!(config.flush, FlushMode::Sync)
+            && config.zero_ahead_bytes > 0
+            && fs::file_system_type(active.as_raw_fd())
+                .is_some_and(|t| [libc::EXT4_SUPER_MAGIC, libc::XFS_SUPER_MAGIC].contains(&t)))
+        .then(|| ZeroAhead::new(rec.end, config.zero_ahead_bytes));
         let shared = Arc::new(Shared {
             log_dir,
             index_dir,
@@ -325,6 +337,7 @@ impl CommitLog {
             counters: Counters::default(),
             faults: Faults::default(),
             lock: Mutex::new(Some(rec.lock)),
+            zero_ahead,
             config,
         });
         // Unbounded here (a blocking bounded send would stall an async worker); what is queued is
@@ -352,13 +365,30 @@ impl CommitLog {
         };
         let s = shared.clone();
         let maintenance = spawn("rmq-log-maint", Box::new(move || maintenance::run(s)))?;
+        let s = shared.clone();
+        let zeroer = match shared.zero_ahead {
+            Some(_) => Some(spawn(
+                "rmq-log-zero",
+                Box::new(move || {
+                    if let Some(z) = &s.zero_ahead {
+                        z.run(&s);
+                    }
+                }),
+            )?),
+            None => None,
+        };
         Ok(Arc::new(CommitLog {
             id: coalesce::log_id(),
             writer,
             shared,
             tx,
             closing: AtomicBool::new(false),
-            threads: Mutex::new(Threads { writer: Some(writer_thread), flusher, maintenance: Some(maintenance) }),
+            threads: Mutex::new(Threads {
+                writer: Some(writer_thread),
+                flusher,
+                maintenance: Some(maintenance),
+                zeroer,
+            }),
         }))
     }
 
@@ -416,21 +446,29 @@ impl CommitLog {
 
     fn take_threads(&self) -> Threads {
         let mut t = self.threads.lock().unwrap_or_else(|e| e.into_inner());
-        Threads { writer: t.writer.take(), flusher: t.flusher.take(), maintenance: t.maintenance.take() }
+        Threads {
+            writer: t.writer.take(),
+            flusher: t.flusher.take(),
+            maintenance: t.maintenance.take(),
+            zeroer: t.zeroer.take(),
+        }
     }
 
     /// Stops the threads at once, like a crash right after the last write: no final
     /// checkpoint or key-index flush (the next open replays). Used by `Drop` without `close`.
     fn stop_now(&self) {
         self.closing.store(true, Ordering::Release);
-        let Threads { writer, flusher, maintenance } = self.take_threads();
+        let Threads { writer, flusher, maintenance, zeroer } = self.take_threads();
         let _ = self.tx.send(WriterMsg::Shutdown);
         {
             let (lock, cvar) = &self.shared.maintenance;
             lock.lock().unwrap_or_else(|e| e.into_inner()).abort = true;
             cvar.notify_one();
         }
-        for (name, t) in [("writer", writer), ("flusher", flusher), ("maintenance", maintenance)] {
+        if let Some(z) = &self.shared.zero_ahead {
+            z.stop();
+        }
+        for (name, t) in [("writer", writer), ("flusher", flusher), ("maintenance", maintenance), ("zeroer", zeroer)] {
             if let Some(t) = t
                 && t.join().is_err()
             {
@@ -611,7 +649,7 @@ impl MessageLog for CommitLog {
             return Ok(());
         }
         // The threads finish the queued appends and fsync; joining them blocks.
-        let Threads { writer, flusher, maintenance } = self.take_threads();
+        let Threads { writer, flusher, maintenance, zeroer } = self.take_threads();
         let _ = self.tx.send(WriterMsg::Shutdown);
         let shared = self.shared.clone();
         let joined = tokio::task::spawn_blocking(move || {
@@ -622,6 +660,14 @@ impl MessageLog for CommitLog {
                 {
                     panicked.push(name);
                 }
+            }
+            if let Some(z) = &shared.zero_ahead {
+                z.stop();
+            }
+            if let Some(t) = zeroer
+                && t.join().is_err()
+            {
+                panicked.push("zeroer");
             }
             {
                 let (lock, cvar) = &shared.maintenance;

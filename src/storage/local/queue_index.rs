@@ -388,12 +388,8 @@ pub type QueueMap = HashMap<Arc<str>, HashMap<u32, Arc<QueueIndex>>>;
 /// space on `file`'s file system, so it cannot fault on a full disk: ext4, XFS and tmpfs.
 fn reservations_hold(file: &File) -> bool {
     use std::os::fd::AsRawFd;
-    // SAFETY: `statfs` is plain data, filled in by the kernel for a valid, owned descriptor.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
-        return false;
-    }
-    [libc::EXT4_SUPER_MAGIC, libc::XFS_SUPER_MAGIC, libc::TMPFS_MAGIC].contains(&st.f_type)
+    super::fs::file_system_type(file.as_raw_fd())
+        .is_some_and(|t| [libc::EXT4_SUPER_MAGIC, libc::XFS_SUPER_MAGIC, libc::TMPFS_MAGIC].contains(&t))
 }
 
 /// The memory page size (what one write fault through a map covers).

@@ -90,6 +90,11 @@ impl Segment {
         self.file.write_all_at(buf, position - self.base)
     }
 
+    /// The segment file's descriptor (for `sync_file_range`, `fstatfs`).
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.file)
+    }
+
     /// `fdatasync`: the file size never changes, so data and block allocation suffice.
     pub fn sync(&self) -> io::Result<()> {
         self.file.sync_data()

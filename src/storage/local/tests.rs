@@ -842,3 +842,81 @@ async fn resume_point_starts_the_log_and_queues_there_and_survives_a_restart() {
     assert_eq!(r[0].queue_offset, 2000);
     log.close().await.unwrap();
 }
+
+/// `Sync` mode with the zeroer (`zero_ahead.rs`) on a real file system: concurrent appends
+/// across several segments come back intact, the zeroer did allocate the active segment's
+/// blocks ahead of the log end, and a restart finds the same log (zeros past the end are the
+/// end) and continues it. Needs ext4 or XFS under the temporary directory (`TMPDIR`), where the
+/// zeroer runs; elsewhere it fails saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zeroing_ahead_never_touches_records_and_leaves_recovery_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StorageConfig {
+        segment_size: 4 << 20,
+        flush: FlushMode::Sync,
+        zero_ahead_bytes: 2 << 20,
+        ..test_config(dir.path())
+    };
+    let log = CommitLog::open(config.clone()).unwrap();
+    assert!(
+        log.shared.zero_ahead.is_some(),
+        "the zeroer did not start: {} is not on ext4 or XFS (set TMPDIR to a directory that is)",
+        dir.path().display()
+    );
+    let mut tasks = Vec::new();
+    for t in 0..16u32 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for i in 0..200u64 {
+                let q = t % 4;
+                let body = body_for(q, u64::from(t) * 1000 + i, 1024 + (i as usize * 37 % 7000));
+                let r = append_one(&log, message("t", q, body.clone(), &format!("{t}-{i}"), "")).await.unwrap();
+                mine.push((q, r.queue_offset, body));
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let check = |log: &CommitLog| {
+        for q in 0..4u32 {
+            let stored = read_all(log, "t", q);
+            let mut mine: Vec<_> = all.iter().filter(|(qq, _, _)| *qq == q).collect();
+            mine.sort_by_key(|(_, o, _)| *o);
+            assert_eq!(stored.len(), mine.len());
+            for (s, (_, o, b)) in stored.iter().zip(mine) {
+                assert_eq!((s.queue_offset, &s.body), (*o, b));
+            }
+        }
+    };
+    check(&log);
+    let end = log.stats().published_position;
+    assert!(segment_files(dir.path()).len() >= 4, "the appends should span several segments");
+    // The active segment has blocks past the log end: zeros the zeroer wrote.
+    let (path, in_segment) = locate(dir.path(), end);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        use std::os::unix::fs::MetadataExt;
+        let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
+        if allocated >= in_segment + zero_ahead::PIECE as u64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} has {allocated} bytes allocated, {in_segment} written: nothing zeroed ahead",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    log.close().await.unwrap();
+    drop(log);
+    let log = CommitLog::open(config).unwrap();
+    assert_eq!(log.stats().published_position, end, "recovery moved the end of the log");
+    check(&log);
+    let next = append_one(&log, message("t", 0, "after", "after", "")).await.unwrap();
+    assert_eq!(next.log_position, end);
+    log.close().await.unwrap();
+}

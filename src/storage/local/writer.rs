@@ -521,6 +521,10 @@ impl Writer {
         if self.buf.len() > chunk_buf {
             chunks.push((self.active.clone(), chunk_pos, chunk_buf));
         }
+        // The zeroer (if any) stays above what is written now.
+        if let (Some(z), Some(first)) = (&self.shared.zero_ahead, chunks.first()) {
+            z.before_write(first.1, self.write_pos);
+        }
         // Write the log, then the index entries.
         for (i, (seg, pos, start)) in chunks.iter().enumerate() {
             let end = chunks.get(i + 1).map_or(self.buf.len(), |c| c.2);
