@@ -3,9 +3,10 @@
 //! are already allocated and initialised. A group commit's `fdatasync` then writes data pages and
 //! flushes the disk cache, without the block-allocation metadata (inode, extent tree) that a
 //! write into a hole adds to every sync. PostgreSQL zero-fills its WAL segments for the same
-//! reason (`wal_init_zero`). Measured with `bench storage`-like writes on this machine's ext4
-//! (12 KiB write + `fdatasync`): 0.18 → 0.12 ms p50, a third less CPU per sync
-//! (docs/benchmarks.md).
+//! reason (`wal_init_zero`). On this project's test machine (ext4), `fdatasync` after a 13 KiB
+//! write takes 0.13–0.15 ms on zeroed blocks against 0.20–0.22 ms on a sparse segment
+//! (`integration-tests/reference/fsync-probe.py`), and a SYNC_FLUSH gateway at half load
+//! answers sends faster (docs/benchmarks.md, "Zeroing ahead of the writer").
 //!
 //! Zeros never land on a record. The writer announces the end of each write before it writes
 //! ([`ZeroAhead::before_write`]); the zeroer claims only ranges at least [`GAP`] above all that
