@@ -45,8 +45,8 @@ pub struct StorageConfig {
     /// after a crash to rebuild it. Default: 256 MiB.
     pub key_index_max_log_span: u64,
     /// `Sync` mode on ext4 and XFS: bytes past the end of the log that a background thread keeps
-    /// zero-filled, so group commits sync no block-allocation metadata (`zero_ahead.rs`).
-    /// 0 turns it off. Default: 8 MiB.
+    /// zero-filled, so group commits mostly sync no block-allocation metadata (`zero_ahead.rs`).
+    /// 0 turns it off; at least 2 MiB otherwise. Default: 8 MiB.
     pub zero_ahead_bytes: u64,
     /// Where a log opened in an empty directory starts (cluster take-over of a shard whose
     /// older data is in the object store). Ignored when the directory holds a log.

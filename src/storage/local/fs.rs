@@ -132,15 +132,17 @@ pub fn unsupported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS))
 }
 
-/// The file system type (`statfs.f_type`, e.g. `libc::EXT4_SUPER_MAGIC`) holding the open
-/// file `fd`, if `fstatfs` answers.
-pub fn file_system_type(fd: std::os::fd::RawFd) -> Option<libc::c_long> {
+/// Whether the open file `fd` is on one of the file systems `magics` names (`statfs.f_type`
+/// values such as `libc::EXT4_SUPER_MAGIC`); `false` when `fstatfs` fails.
+pub fn on_file_system(fd: std::os::fd::RawFd, magics: &[i64]) -> bool {
     // SAFETY: `statfs` is plain data, filled in by the kernel for a valid, open descriptor.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstatfs(fd, &mut st) } != 0 {
-        return None;
+        return false;
     }
-    Some(st.f_type as libc::c_long)
+    // The field's and the constants' integer types differ between targets.
+    #[allow(clippy::unnecessary_cast)]
+    magics.contains(&(st.f_type as i64))
 }
 
 /// Fraction of the file system holding `dir` that is in use, RocketMQ-style
@@ -180,6 +182,16 @@ impl DirLock {
             return Err(io::Error::new(e.kind(), format!("{} is in use by another process ({e})", dir.display())));
         }
         Ok(Self { _file: file })
+    }
+}
+
+impl Drop for DirLock {
+    /// Unlocks explicitly: a `flock` belongs to the open file description, and a child process
+    /// forked elsewhere in this process (between its fork and its exec) may hold a copy of the
+    /// descriptor, which would otherwise keep the directory locked after this lock is gone.
+    fn drop(&mut self) {
+        // SAFETY: plain syscall on a valid, owned descriptor.
+        unsafe { libc::flock(self._file.as_raw_fd(), libc::LOCK_UN) };
     }
 }
 

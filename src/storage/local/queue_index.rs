@@ -388,8 +388,9 @@ pub type QueueMap = HashMap<Arc<str>, HashMap<u32, Arc<QueueIndex>>>;
 /// space on `file`'s file system, so it cannot fault on a full disk: ext4, XFS and tmpfs.
 fn reservations_hold(file: &File) -> bool {
     use std::os::fd::AsRawFd;
-    super::fs::file_system_type(file.as_raw_fd())
-        .is_some_and(|t| [libc::EXT4_SUPER_MAGIC, libc::XFS_SUPER_MAGIC, libc::TMPFS_MAGIC].contains(&t))
+    #[allow(clippy::unnecessary_cast)]
+    let magics = [libc::EXT4_SUPER_MAGIC as i64, libc::XFS_SUPER_MAGIC as i64, libc::TMPFS_MAGIC as i64];
+    super::fs::on_file_system(file.as_raw_fd(), &magics)
 }
 
 /// The memory page size (what one write fault through a map covers).

@@ -339,11 +339,41 @@ async fn corruption_below_the_checkpoint_is_never_served() {
     assert_eq!(log.queue_range("t", 0).end, 10);
 }
 
+/// `Sync` mode with segments big enough for the zeroer (`zero_ahead.rs`) to run.
+fn zeroing_config(dir: &Path) -> StorageConfig {
+    StorageConfig { segment_size: 8 << 20, flush: FlushMode::Sync, zero_ahead_bytes: 2 << 20, ..test_config(dir) }
+}
+
+/// Fails unless the zeroer runs (ext4 or XFS under `TMPDIR`), then waits until it has zeroed
+/// a stretch ahead of the log's end.
+async fn zeroer_running(log: &CommitLog) {
+    let z = log.shared.zero_ahead.as_ref().unwrap_or_else(|| {
+        panic!(
+            "the zeroer did not start: {} is not on ext4 or XFS (set TMPDIR to a directory that is)",
+            log.shared.config.dir.display()
+        )
+    });
+    let end = log.shared.written.load(Ordering::Acquire);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while z.zeroed_to() < end + zero_ahead::GAP + zero_ahead::PIECE as u64 {
+        assert!(std::time::Instant::now() < deadline, "nothing zeroed ahead of {end} after 10 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
 async fn failed_writes_fail_the_batch_and_leave_no_trace() {
+    failed_writes_case(test_config, false).await;
+    failed_writes_case(zeroing_config, true).await;
+}
+
+async fn failed_writes_case(config: fn(&Path) -> StorageConfig, zeroing: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let log = CommitLog::open(test_config(dir.path())).unwrap();
+    let log = CommitLog::open(config(dir.path())).unwrap();
     append_one(&log, message("t", 0, "a", "a", "")).await.unwrap();
+    if zeroing {
+        zeroer_running(&log).await;
+    }
     log.faults().disk_full.store(true, Ordering::SeqCst);
     log.faults().fail_writes.store(1, Ordering::SeqCst);
     let err = log.append(vec![message("t", 0, "b", "b", ""), message("t", 1, "b1", "b1", "")]).await.unwrap_err();
@@ -359,7 +389,7 @@ async fn failed_writes_fail_the_batch_and_leave_no_trace() {
     assert_eq!(append_one(&log, message("t", 1, "e", "e", "")).await.unwrap().queue_offset, 0);
     assert!(log.find_by_message_id("b").unwrap().is_empty());
     drop(log);
-    let log = CommitLog::open(test_config(dir.path())).unwrap();
+    let log = CommitLog::open(config(dir.path())).unwrap();
     let bodies: Vec<_> = read_all(&log, "t", 0).into_iter().map(|m| m.body).collect();
     assert_eq!(bodies, [Bytes::from("a"), Bytes::from("d")]);
     assert_eq!(read_all(&log, "t", 1).len(), 1);
@@ -367,10 +397,18 @@ async fn failed_writes_fail_the_batch_and_leave_no_trace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_fsync_fails_every_unsynced_append_and_recovers() {
+    failed_fsync_case(test_config, false).await;
+    failed_fsync_case(zeroing_config, true).await;
+}
+
+async fn failed_fsync_case(config: fn(&Path) -> StorageConfig, zeroing: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let log = CommitLog::open(test_config(dir.path())).unwrap();
+    let log = CommitLog::open(config(dir.path())).unwrap();
     for i in 0..5u64 {
         append_one(&log, message("t", 0, body_for(0, i, 100), &format!("ok{i}"), "")).await.unwrap();
+    }
+    if zeroing {
+        zeroer_running(&log).await;
     }
     log.faults().fail_syncs.store(1, Ordering::SeqCst);
     // Concurrent appends: some land in the batch whose fsync fails, some in batches after it.
@@ -409,7 +447,7 @@ async fn failed_fsync_fails_every_unsynced_append_and_recovers() {
     };
     check(&log);
     drop(log);
-    let log = CommitLog::open(test_config(dir.path())).unwrap();
+    let log = CommitLog::open(config(dir.path())).unwrap();
     check(&log);
 }
 
@@ -844,40 +882,43 @@ async fn resume_point_starts_the_log_and_queues_there_and_survives_a_restart() {
 }
 
 /// `Sync` mode with the zeroer (`zero_ahead.rs`) on a real file system: concurrent appends
-/// across several segments come back intact, the zeroer did allocate the active segment's
-/// blocks ahead of the log end, and a restart finds the same log (zeros past the end are the
-/// end) and continues it. Needs ext4 or XFS under the temporary directory (`TMPDIR`), where the
-/// zeroer runs; elsewhere it fails saying so.
+/// across several segments, small ones and records bigger than the zeroer's gap (whose writes
+/// reach into the stretch being zeroed and wait for the piece in progress), come back intact;
+/// the zeroer did allocate the active segment's blocks ahead of the log end; and a restart finds
+/// the same log (zeros past the end are the end) and continues it. Needs ext4 or XFS under
+/// `TMPDIR`, where the zeroer runs; elsewhere it fails saying so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zeroing_ahead_never_touches_records_and_leaves_recovery_unchanged() {
     let dir = tempfile::tempdir().unwrap();
-    let config = StorageConfig {
-        segment_size: 4 << 20,
-        flush: FlushMode::Sync,
-        zero_ahead_bytes: 2 << 20,
-        ..test_config(dir.path())
-    };
+    let config = zeroing_config(dir.path());
     let log = CommitLog::open(config.clone()).unwrap();
-    assert!(
-        log.shared.zero_ahead.is_some(),
-        "the zeroer did not start: {} is not on ext4 or XFS (set TMPDIR to a directory that is)",
-        dir.path().display()
-    );
+    append_one(&log, message("t", 0, "first", "first", "")).await.unwrap();
+    zeroer_running(&log).await;
     let mut tasks = Vec::new();
     for t in 0..16u32 {
         let log = log.clone();
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
-            for i in 0..200u64 {
+            for i in 0..60u64 {
                 let q = t % 4;
-                let body = body_for(q, u64::from(t) * 1000 + i, 1024 + (i as usize * 37 % 7000));
+                // Every 15th append of half the tasks is 1.1–3 MiB: more than the gap.
+                let len = if t % 2 == 0 && i % 15 == 7 {
+                    zero_ahead::GAP as usize + 100_000 + (i as usize * 131_071 % (2 << 20))
+                } else {
+                    1024 + (i as usize * 37 % 7000)
+                };
+                let body = body_for(q, u64::from(t) * 1000 + i, len);
                 let r = append_one(&log, message("t", q, body.clone(), &format!("{t}-{i}"), "")).await.unwrap();
                 mine.push((q, r.queue_offset, body));
+                if i % 10 == 0 {
+                    // Let the zeroer catch up now and then, so big writes meet it mid-piece.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
             }
             mine
         }));
     }
-    let mut all = Vec::new();
+    let mut all = vec![(0u32, 0u64, Bytes::from("first"))];
     for t in tasks {
         all.extend(t.await.unwrap());
     }
@@ -893,24 +934,20 @@ async fn zeroing_ahead_never_touches_records_and_leaves_recovery_unchanged() {
         }
     };
     check(&log);
-    let end = log.stats().published_position;
     assert!(segment_files(dir.path()).len() >= 4, "the appends should span several segments");
     // The active segment has blocks past the log end: zeros the zeroer wrote.
+    zeroer_running(&log).await;
+    let end = log.stats().published_position;
     let (path, in_segment) = locate(dir.path(), end);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    let allocated = {
         use std::os::unix::fs::MetadataExt;
-        let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
-        if allocated >= in_segment + zero_ahead::PIECE as u64 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} has {allocated} bytes allocated, {in_segment} written: nothing zeroed ahead",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        std::fs::metadata(&path).unwrap().blocks() * 512
+    };
+    assert!(
+        allocated >= in_segment + zero_ahead::PIECE as u64,
+        "{} has {allocated} bytes allocated, {in_segment} written: nothing zeroed ahead",
+        path.display()
+    );
     log.close().await.unwrap();
     drop(log);
     let log = CommitLog::open(config).unwrap();
