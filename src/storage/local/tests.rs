@@ -79,6 +79,19 @@ fn read_all(log: &CommitLog, topic: &str, queue_id: u32) -> Vec<StoredMessage> {
     }
 }
 
+/// Queues 0–3 of topic `t` hold exactly the appended `(queue, offset, body)`s, in offset order.
+fn assert_queues_hold(log: &CommitLog, appended: &[(u32, u64, Bytes)]) {
+    for q in 0..4u32 {
+        let stored = read_all(log, "t", q);
+        let mut mine: Vec<_> = appended.iter().filter(|(qq, _, _)| *qq == q).collect();
+        mine.sort_by_key(|(_, o, _)| *o);
+        assert_eq!(stored.len(), mine.len());
+        for (s, (_, o, b)) in stored.iter().zip(mine) {
+            assert_eq!((s.queue_offset, &s.body), (*o, b));
+        }
+    }
+}
+
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("commitlog"))
         .unwrap()
@@ -498,15 +511,7 @@ async fn concurrent_appenders(flush: FlushMode) {
     for t in tasks {
         all.extend(t.await.unwrap());
     }
-    for q in 0..4u32 {
-        let stored = read_all(&log, "t", q);
-        let mut mine: Vec<_> = all.iter().filter(|(qq, _, _)| *qq == q).collect();
-        mine.sort_by_key(|(_, o, _)| *o);
-        assert_eq!(stored.len(), mine.len());
-        for (s, (_, o, b)) in stored.iter().zip(mine) {
-            assert_eq!((s.queue_offset, &s.body), (*o, b));
-        }
-    }
+    assert_queues_hold(&log, &all);
     let stats = log.stats();
     match flush {
         FlushMode::Sync => assert_eq!(stats.inline_batches, 0, "Sync mode: every append goes to the writer thread"),
@@ -922,18 +927,7 @@ async fn zeroing_ahead_never_touches_records_and_leaves_recovery_unchanged() {
     for t in tasks {
         all.extend(t.await.unwrap());
     }
-    let check = |log: &CommitLog| {
-        for q in 0..4u32 {
-            let stored = read_all(log, "t", q);
-            let mut mine: Vec<_> = all.iter().filter(|(qq, _, _)| *qq == q).collect();
-            mine.sort_by_key(|(_, o, _)| *o);
-            assert_eq!(stored.len(), mine.len());
-            for (s, (_, o, b)) in stored.iter().zip(mine) {
-                assert_eq!((s.queue_offset, &s.body), (*o, b));
-            }
-        }
-    };
-    check(&log);
+    assert_queues_hold(&log, &all);
     assert!(segment_files(dir.path()).len() >= 4, "the appends should span several segments");
     // The active segment has blocks past the log end: zeros the zeroer wrote.
     zeroer_running(&log).await;
@@ -952,7 +946,7 @@ async fn zeroing_ahead_never_touches_records_and_leaves_recovery_unchanged() {
     drop(log);
     let log = CommitLog::open(config).unwrap();
     assert_eq!(log.stats().published_position, end, "recovery moved the end of the log");
-    check(&log);
+    assert_queues_hold(&log, &all);
     let next = append_one(&log, message("t", 0, "after", "after", "")).await.unwrap();
     assert_eq!(next.log_position, end);
     log.close().await.unwrap();
