@@ -360,8 +360,8 @@ pub struct StorageSection {
     /// Disk usage (percent) above which the oldest segments are deleted early.
     pub disk_max_used_space_ratio: u8,
     /// SYNC_FLUSH on ext4 or XFS: bytes past the end of the log kept zero-filled in the
-    /// background, so each group commit's fdatasync writes no block-allocation metadata.
-    /// 0 turns it off.
+    /// background, so group commits' fdatasyncs mostly write no block-allocation metadata (the
+    /// log's bytes then reach the disk twice). 0 turns it off; at least 2 MiB otherwise.
     pub zero_ahead_bytes: u64,
     /// Offload of sealed segments to an object store, and cold reads from it.
     pub tiering: TieringConfig,
