@@ -132,15 +132,23 @@ pub fn unsupported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS))
 }
 
-/// Whether the open file `fd` is on one of the file systems `magics` names (`statfs.f_type`
-/// values such as `libc::EXT4_SUPER_MAGIC`); `false` when `fstatfs` fails.
+#[allow(clippy::unnecessary_cast)]
+pub mod magic {
+    //! `statfs.f_type` of the file systems the log treats specially (the field's and libc's
+    //! constants' integer types differ between targets, hence one type here).
+    pub const EXT4: i64 = libc::EXT4_SUPER_MAGIC as i64;
+    pub const XFS: i64 = libc::XFS_SUPER_MAGIC as i64;
+    pub const TMPFS: i64 = libc::TMPFS_MAGIC as i64;
+}
+
+/// Whether the open file `fd` is on one of the file systems `magics` names ([`magic`]);
+/// `false` when `fstatfs` fails.
 pub fn on_file_system(fd: std::os::fd::RawFd, magics: &[i64]) -> bool {
     // SAFETY: `statfs` is plain data, filled in by the kernel for a valid, open descriptor.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstatfs(fd, &mut st) } != 0 {
         return false;
     }
-    // The field's and the constants' integer types differ between targets.
     #[allow(clippy::unnecessary_cast)]
     magics.contains(&(st.f_type as i64))
 }

@@ -313,12 +313,10 @@ impl CommitLog {
         })?;
         // Only where blocks are overwritten in place: a copy-on-write file system (btrfs, ZFS)
         // allocates anew on every write, and tmpfs has nothing to sync.
-        #[allow(clippy::unnecessary_cast)]
-        let in_place = [libc::EXT4_SUPER_MAGIC as i64, libc::XFS_SUPER_MAGIC as i64];
         let zero_ahead = (matches!(config.flush, FlushMode::Sync)
             && config.zero_ahead_bytes > 0
             && zero_ahead::worth_it(config.segment_size)
-            && fs::on_file_system(active.as_raw_fd(), &in_place))
+            && fs::on_file_system(active.as_raw_fd(), &[fs::magic::EXT4, fs::magic::XFS]))
         .then(|| ZeroAhead::new(rec.end, config.zero_ahead_bytes));
         let shared = Arc::new(Shared {
             log_dir,

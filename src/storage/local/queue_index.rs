@@ -387,10 +387,9 @@ pub type QueueMap = HashMap<Arc<str>, HashMap<u32, Arc<QueueIndex>>>;
 /// Whether a write through a shared map into blocks reserved with `fallocate` needs no more
 /// space on `file`'s file system, so it cannot fault on a full disk: ext4, XFS and tmpfs.
 fn reservations_hold(file: &File) -> bool {
+    use super::fs::magic;
     use std::os::fd::AsRawFd;
-    #[allow(clippy::unnecessary_cast)]
-    let magics = [libc::EXT4_SUPER_MAGIC as i64, libc::XFS_SUPER_MAGIC as i64, libc::TMPFS_MAGIC as i64];
-    super::fs::on_file_system(file.as_raw_fd(), &magics)
+    super::fs::on_file_system(file.as_raw_fd(), &[magic::EXT4, magic::XFS, magic::TMPFS])
 }
 
 /// The memory page size (what one write fault through a map covers).

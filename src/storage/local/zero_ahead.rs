@@ -74,13 +74,6 @@ struct State {
     stop: bool,
 }
 
-/// What the zeroer does next.
-enum Next {
-    Zero(Arc<Segment>, u64, u64),
-    /// Nothing to do until the writer moves on.
-    Wait,
-}
-
 /// Clears the claim however the piece ends (a panic included), so the writer never waits for
 /// a piece that nobody is zeroing.
 struct Release<'a>(&'a ZeroAhead);
@@ -132,21 +125,21 @@ impl ZeroAhead {
         self.changed.notify_all();
     }
 
-    /// The next piece to zero, claimed, or `Wait`.
-    fn next(&self, s: &mut State, shared: &Shared) -> Next {
+    /// The next piece to zero (its segment, from, to), claimed; `None` until the writer moves on.
+    fn next(&self, s: &mut State, shared: &Shared) -> Option<(Arc<Segment>, u64, u64)> {
         let target = s.announced + self.ahead;
         let start = s.zeroed_to.max(s.announced + GAP);
         if start >= target {
-            return Next::Wait;
+            return None;
         }
         // Only segments the writer created; the next one is zeroed once the writer enters it.
         let Some(seg) = shared.segment_for(start) else {
             s.next_segment = shared.segment_at_or_before(start).map_or(u64::MAX, |g| g.end());
-            return Next::Wait;
+            return None;
         };
         let end = (start + PIECE as u64).min(seg.end());
         s.claim = Some((start, end));
-        Next::Zero(seg, start, end)
+        Some((seg, start, end))
     }
 
     /// The zeroer thread's loop, until [`ZeroAhead::stop`].
@@ -158,7 +151,7 @@ impl ZeroAhead {
             if s.stop {
                 return;
             }
-            let Next::Zero(seg, from, to) = self.next(&mut s, shared) else {
+            let Some((seg, from, to)) = self.next(&mut s, shared) else {
                 s.idle = true;
                 s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
                 s.idle = false;
