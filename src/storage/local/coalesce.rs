@@ -1,21 +1,29 @@
-//! `Async` mode: the appends that the tasks of one single-threaded runtime (a gRPC I/O thread,
-//! `server.ioThreads`) make in one pass of its scheduler, written as one batch.
+//! The appends that the tasks of one single-threaded runtime (a gRPC I/O thread,
+//! `server.ioThreads`) make in one pass of its scheduler, grouped: in `Async` mode written as
+//! one batch, in `Sync` mode handed to the writer thread as one message.
 //!
 //! Only on threads declared with [`dedicate_thread`]: a thread that drives one single-threaded
 //! runtime for the rest of its life, so every task that appends there, and the task that writes
-//! their batch, run on it. (A runtime driven from several threads in turn, or a thread driving
-//! several runtimes, could leave a batch waiting for a runtime no one drives.)
+//! (or hands over) their batch, run on it. (A runtime driven from several threads in turn, or a
+//! thread driving several runtimes, could leave a batch waiting for a runtime no one drives.)
 //!
 //! An appending task puts its request in this thread's open batch for the log; the first one
-//! of a batch also spawns the task that writes it ([`CommitLog::append`]). That task is queued
+//! of a batch also spawns the task that takes it ([`CommitLog::append`]). That task is queued
 //! behind the tasks that were ready when it was spawned (a single-threaded runtime runs its
 //! local queue in order), so the sends that HTTP/2 decoded from the same socket reads join the
-//! batch: one `pwrite` for their records and one copy per queue for their index entries. The
-//! batch is acknowledged right after its write, from that runtime (no other thread is woken),
-//! exactly as an append written alone: durability does not change, only how many appends
-//! share a system call.
+//! batch.
 //!
-//! The batch belongs to its writing task: the thread keeps only a weak reference to find it.
+//! - `Async` mode: one `pwrite` for their records and one copy per queue for their index
+//!   entries. The batch is acknowledged right after its write, from that runtime (no other
+//!   thread is woken), exactly as an append written alone.
+//! - `Sync` mode: one message to the writer thread instead of one per append. Handed over one
+//!   by one, the first append woke the writer thread, which could write and `fdatasync` it
+//!   alone before the next append of the same pass reached its queue; that one then waited for
+//!   a whole second group commit.
+//!
+//! Durability does not change in either mode, only how many appends share a system call.
+//!
+//! The batch belongs to its task: the thread keeps only a weak reference to find it.
 //! Once that task has run, or was dropped unrun because its runtime shut down (its appenders
 //! were dropped with it and see the channel closed), the next append opens a new batch.
 //!
@@ -50,8 +58,8 @@ thread_local! {
 }
 
 /// Declares that the calling thread drives one single-threaded runtime for the rest of its life
-/// (the gRPC I/O threads do, `io_threads.rs`): `Async`-mode appends made by that runtime's tasks
-/// are then written one batch per scheduler pass.
+/// (the gRPC I/O threads do, `io_threads.rs`): appends made by that runtime's tasks are then
+/// grouped per scheduler pass.
 pub fn dedicate_thread() {
     DEDICATED.set(true);
 }

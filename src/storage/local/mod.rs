@@ -15,8 +15,9 @@
 //!
 //! Threads: a writer (group commit, `writer.rs`), in `Async` mode a flusher, and a maintenance thread
 //! (checkpoints, key-index flushes, retention, `maintenance.rs`). `append` queues a request
-//! (in `Async` mode it is written on the appending thread when the writer is free: `writer.rs`,
-//! `coalesce.rs`) and awaits its reply; `read`, `queue_range` and the lookups are synchronous, take
+//! (in `Async` mode it is written on the appending thread when the writer is free: `writer.rs`;
+//! on a gRPC I/O thread with the others of its scheduler pass, in either mode: `coalesce.rs`)
+//! and awaits its reply; `read`, `queue_range` and the lookups are synchronous, take
 //! only short read locks and never fsync.
 //!
 //! Visibility: a record is readable once *published*: in `Sync` mode after the fsync of its
@@ -52,7 +53,7 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 /// Marks a thread that drives one single-threaded runtime for life (the gRPC I/O threads): its
-/// `Async`-mode appends are written one batch per scheduler pass (`coalesce.rs`).
+/// appends are grouped per scheduler pass (`coalesce.rs`).
 pub use coalesce::dedicate_thread;
 pub use config::{ResumePoint, ResumeQueue, StorageConfig};
 /// The used share of the file system holding a path (`diskMaxUsedSpaceRatio` is checked on it).
@@ -512,8 +513,21 @@ impl MessageLog for CommitLog {
                 }
                 None
             }
+            // `Sync` mode, a task of an I/O thread's runtime: handed to the writer thread together
+            // with the others of its scheduler pass (one message, one wake-up, one batch).
+            (false, true) => {
+                if let Some(batch) = coalesce::push(self.id, request) {
+                    let (id, tx) = (self.id, self.tx.clone());
+                    drop(tokio::spawn(async move {
+                        // Fails only once the writer thread has stopped: the dropped replies
+                        // say `ShuttingDown`.
+                        let _ = tx.send(WriterMsg::Appends(coalesce::take(id, &batch)));
+                    }));
+                }
+                None
+            }
             (true, false) => Writer::try_inline(&self.writer, vec![request])?.and_then(|mut r| r.pop()),
-            (false, _) => Some(request),
+            (false, false) => Some(request),
         };
         if let Some(request) = queued {
             // Answered by the writer thread: grouped with the others for this task's runtime.

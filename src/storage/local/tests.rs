@@ -520,15 +520,21 @@ async fn concurrent_appenders(flush: FlushMode) {
     assert!(stats.batches_written >= stats.inline_batches);
 }
 
-/// `Async` mode on a single-threaded runtime (as on the gRPC I/O threads): the appends its
-/// tasks make in one scheduler pass are written as one batch, each answered with its own
-/// offsets, readable and durable across a restart like appends written alone.
+/// On a single-threaded runtime (as on the gRPC I/O threads) the appends its tasks make in one
+/// scheduler pass form one batch: in `Async` mode written on the runtime, in `Sync` mode handed
+/// to the writer thread as one message (one `fdatasync`). Each is answered with its own offsets,
+/// readable and durable across a restart like appends written alone.
 #[tokio::test]
 async fn appends_of_one_scheduler_pass_are_written_as_one_batch() {
     coalesce::dedicate_thread();
+    for flush in [FlushMode::Async { interval: Duration::from_millis(5) }, FlushMode::Sync] {
+        one_pass_one_batch(flush).await;
+    }
+}
+
+async fn one_pass_one_batch(flush: FlushMode) {
     let dir = tempfile::tempdir().unwrap();
-    let config =
-        StorageConfig { flush: FlushMode::Async { interval: Duration::from_millis(5) }, ..test_config(dir.path()) };
+    let config = StorageConfig { flush, ..test_config(dir.path()) };
     let log = CommitLog::open(config.clone()).unwrap();
     // Spawned before any runs: all 40 are ready in the same pass.
     let tasks: Vec<_> = (0..40u64)
@@ -547,8 +553,16 @@ async fn appends_of_one_scheduler_pass_are_written_as_one_batch() {
         all.push(t.await.unwrap());
     }
     let stats = log.stats();
-    assert!(stats.batches_written <= 2, "{} batches for 40 appends of one pass", stats.batches_written);
-    assert_eq!(stats.inline_batches, stats.batches_written, "written on the runtime, not by the writer thread");
+    match flush {
+        FlushMode::Async { .. } => {
+            assert!(stats.batches_written <= 2, "{} batches for 40 appends of one pass", stats.batches_written);
+            assert_eq!(stats.inline_batches, stats.batches_written, "written on the runtime, not by the writer thread");
+        }
+        FlushMode::Sync => {
+            assert_eq!(stats.batches_written, 1, "40 appends of one pass, handed over together");
+            assert_eq!(stats.inline_batches, 0, "Sync mode: written and synced by the writer thread");
+        }
+    }
     let check = |log: &CommitLog| {
         for q in 0..4u32 {
             let mut mine: Vec<_> = all.iter().filter(|(qq, _, _)| *qq == q).collect();
@@ -603,31 +617,35 @@ async fn a_pass_that_finds_the_writer_busy_goes_to_the_writer_thread() {
     assert_eq!(read_all(&log, "t", 0).len(), 20);
 }
 
-/// A scheduler pass's batch bigger than `max_batch_bytes` is written in several writes of at
-/// most that size (the writer thread's bound), every append answered with its own offset.
+/// A scheduler pass's batch bigger than `max_batch_bytes` is written in several writes of about
+/// that size (the writer thread's bound), every append answered with its own offset: on the
+/// runtime in `Async` mode, by the writer thread from one hand-over in `Sync` mode.
 #[tokio::test]
 async fn a_large_pass_is_written_in_bounded_batches() {
     coalesce::dedicate_thread();
-    let dir = tempfile::tempdir().unwrap();
-    let flush = FlushMode::Async { interval: Duration::from_millis(5) };
-    let log = CommitLog::open(StorageConfig { flush, max_batch_bytes: 4096, ..test_config(dir.path()) }).unwrap();
-    let tasks: Vec<_> = (0..30u64)
-        .map(|i| {
-            let log = log.clone();
-            tokio::spawn(
-                async move { append_one(&log, message("t", 0, body_for(0, i, 1000), &format!("m{i}"), "")).await },
-            )
-        })
-        .collect();
-    assert_eq!(sorted_offsets(tasks).await, (0..30).collect::<Vec<_>>());
-    let stats = log.stats();
-    assert!((8..30).contains(&stats.batches_written), "{} writes for 30 appends of ≈ 1.1 KiB", stats.batches_written);
-    assert_eq!(stats.inline_batches, stats.batches_written);
-    let mut stored: Vec<Bytes> = read_all(&log, "t", 0).into_iter().map(|m| m.body).collect();
-    let mut sent: Vec<Bytes> = (0..30u64).map(|i| body_for(0, i, 1000)).collect();
-    stored.sort();
-    sent.sort();
-    assert_eq!(stored, sent);
+    for flush in [FlushMode::Async { interval: Duration::from_millis(5) }, FlushMode::Sync] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = CommitLog::open(StorageConfig { flush, max_batch_bytes: 4096, ..test_config(dir.path()) }).unwrap();
+        let tasks: Vec<_> = (0..30u64)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    append_one(&log, message("t", 0, body_for(0, i, 1000), &format!("m{i}"), "")).await
+                })
+            })
+            .collect();
+        assert_eq!(sorted_offsets(tasks).await, (0..30).collect::<Vec<_>>());
+        let stats = log.stats();
+        let batches = stats.batches_written;
+        assert!((8..30).contains(&batches), "{flush:?}: {batches} writes for 30 appends of ≈ 1.1 KiB");
+        let inline = if matches!(flush, FlushMode::Sync) { 0 } else { batches };
+        assert_eq!(stats.inline_batches, inline, "{flush:?}");
+        let mut stored: Vec<Bytes> = read_all(&log, "t", 0).into_iter().map(|m| m.body).collect();
+        let mut sent: Vec<Bytes> = (0..30u64).map(|i| body_for(0, i, 1000)).collect();
+        stored.sort();
+        sent.sort();
+        assert_eq!(stored, sent);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,8 @@
 //!   position move up) and completes its appends (one hand-over per runtime waiting on them,
 //!   `delivery.rs`). Appends that arrive during the `fdatasync`
 //!   queue up and are the next batch: one `pwrite`, one `fdatasync` and one thread wake-up
-//!   for all of them. (A separate syncer thread, writing the next batch while the last one
+//!   for all of them. The appends of one gRPC I/O thread's scheduler pass arrive as one message
+//!   (`coalesce.rs`). (A separate syncer thread, writing the next batch while the last one
 //!   syncs, was measured slower end to end, with half again as many context switches: appends
 //!   arrive one by one, so the writer could wake for each and hand each small batch to the
 //!   syncer, all on two shared cores; docs/benchmarks.md.)
@@ -28,7 +29,7 @@
 //! rolls back to the last published (durable) position before it writes anything else.
 //! Nothing is ever acknowledged as stored after a failed write or fsync.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -87,6 +88,9 @@ impl AppendRequest {
 
 pub enum WriterMsg {
     Append(AppendRequest),
+    /// The appends one gRPC I/O thread made in one pass of its scheduler (`coalesce.rs`), in
+    /// `Sync` mode: handed over together, so they share a batch and a single wake-up.
+    Appends(Vec<AppendRequest>),
     /// Finish what is queued before this message, then stop.
     Shutdown,
 }
@@ -138,6 +142,16 @@ pub struct Writer {
 }
 
 pub use crate::clock::now_ms;
+
+/// Queues what `msg` carries for the writer thread; true for the shutdown message.
+fn receive(msg: WriterMsg, queued: &mut VecDeque<AppendRequest>) -> bool {
+    match msg {
+        WriterMsg::Append(r) => queued.push_back(r),
+        WriterMsg::Appends(rs) => queued.extend(rs),
+        WriterMsg::Shutdown => return true,
+    }
+    false
+}
 
 fn lock(writer: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
     writer.lock().unwrap_or_else(|e| e.into_inner())
@@ -195,25 +209,30 @@ impl Writer {
     /// the writer only to write (and sync), so an append never finds it busy for any other
     /// reason.
     pub fn run(writer: Arc<Mutex<Writer>>, rx: Receiver<WriterMsg>, max_batch: usize) {
+        // Appends received but not yet in a batch: a pass's hand-over can exceed `max_batch`.
+        let mut queued = VecDeque::new();
+        let mut shutdown = false;
         loop {
-            let Ok(first) = rx.recv() else { break };
+            if queued.is_empty() && !shutdown {
+                match rx.recv() {
+                    Ok(msg) => shutdown = receive(msg, &mut queued),
+                    Err(_) => break,
+                }
+            }
             let mut requests = Vec::new();
             let mut bytes = 0;
-            let mut shutdown = false;
-            match first {
-                WriterMsg::Append(r) => {
+            loop {
+                while bytes < max_batch
+                    && let Some(r) = queued.pop_front()
+                {
                     bytes += r.approx_bytes();
                     requests.push(r);
                 }
-                WriterMsg::Shutdown => shutdown = true,
-            }
-            while !shutdown && bytes < max_batch {
+                if bytes >= max_batch || shutdown {
+                    break;
+                }
                 match rx.try_recv() {
-                    Ok(WriterMsg::Append(r)) => {
-                        bytes += r.approx_bytes();
-                        requests.push(r);
-                    }
-                    Ok(WriterMsg::Shutdown) => shutdown = true,
+                    Ok(msg) => shutdown = receive(msg, &mut queued),
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
@@ -224,7 +243,7 @@ impl Writer {
             {
                 w.commit(batch);
             }
-            if shutdown {
+            if shutdown && queued.is_empty() {
                 w.stopped = true;
                 break;
             }
