@@ -507,9 +507,9 @@ impl MessageLog for CommitLog {
                 if let Some(batch) = coalesce::push(self.id, request) {
                     let (id, writer, tx) = (self.id, self.writer.clone(), self.tx.clone());
                     let max_batch = self.shared.config.max_batch_bytes;
-                    drop(tokio::spawn(
-                        async move { write_coalesced(coalesce::take(id, &batch), max_batch, &writer, &tx) },
-                    ));
+                    drop(tokio::spawn(async move {
+                        write_coalesced(coalesce::take(id, &batch), max_batch, &writer, &tx).await
+                    }));
                 }
                 None
             }
@@ -712,15 +712,21 @@ impl MessageLog for CommitLog {
 
 /// Writes a batch of appends made on one I/O thread (`coalesce.rs`), in writes of about
 /// `max_batch` bytes at most (the writer thread's bound too), or hands them to the writer thread
-/// when another thread holds the writer. Runs as a task on the runtime they were made on.
-fn write_coalesced(
+/// when another thread holds the writer. Runs as a task on the runtime they were made on, and
+/// lets that runtime's other tasks run between two writes: a pass of many large sends does not
+/// hold every connection of its I/O thread for all of its writes.
+async fn write_coalesced(
     requests: Vec<AppendRequest>,
     max_batch: usize,
     writer: &Mutex<Writer>,
     tx: &mpsc::Sender<WriterMsg>,
 ) {
     let mut requests = requests.into_iter().peekable();
+    let mut first = true;
     while requests.peek().is_some() {
+        if !std::mem::take(&mut first) {
+            tokio::task::yield_now().await;
+        }
         let (mut chunk, mut bytes) = (Vec::new(), 0);
         while let Some(r) = requests.next_if(|r| chunk.is_empty() || bytes + r.approx_bytes() <= max_batch) {
             bytes += r.approx_bytes();
@@ -731,9 +737,7 @@ fn write_coalesced(
             // Another thread holds the writer: its thread batches these (and the rest) with the
             // others. Fails only once the writer thread has stopped; the dropped reply says so.
             Ok(Some(busy)) => {
-                for request in busy.into_iter().chain(requests.by_ref()) {
-                    let _ = tx.send(WriterMsg::Append(request));
-                }
+                let _ = tx.send(WriterMsg::Appends(busy.into_iter().chain(requests.by_ref()).collect()));
             }
             // Stopped: the requests are dropped, their callers see `ShuttingDown`.
             Err(_) => return,

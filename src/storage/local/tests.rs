@@ -619,7 +619,8 @@ async fn a_pass_that_finds_the_writer_busy_goes_to_the_writer_thread() {
 
 /// A scheduler pass's batch bigger than `max_batch_bytes` is written in several writes of about
 /// that size (the writer thread's bound), every append answered with its own offset: on the
-/// runtime in `Async` mode, by the writer thread from one hand-over in `Sync` mode.
+/// runtime in `Async` mode, letting its other tasks run between two writes, and by the writer
+/// thread from one hand-over in `Sync` mode.
 #[tokio::test]
 async fn a_large_pass_is_written_in_bounded_batches() {
     coalesce::dedicate_thread();
@@ -634,9 +635,20 @@ async fn a_large_pass_is_written_in_bounded_batches() {
                 })
             })
             .collect();
+        // Queued behind the pass's writing task once it has yielded: runs between two of its
+        // writes, not after all of them.
+        let probe = {
+            let log = log.clone();
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                log.stats().batches_written
+            })
+        };
         assert_eq!(sorted_offsets(tasks).await, (0..30).collect::<Vec<_>>());
+        let seen_by_probe = probe.await.unwrap();
         let stats = log.stats();
         let batches = stats.batches_written;
+        assert!(seen_by_probe < batches, "{flush:?}: the I/O thread ran nothing else during {batches} writes");
         assert!((8..30).contains(&batches), "{flush:?}: {batches} writes for 30 appends of ≈ 1.1 KiB");
         let inline = if matches!(flush, FlushMode::Sync) { 0 } else { batches };
         assert_eq!(stats.inline_batches, inline, "{flush:?}");

@@ -88,8 +88,9 @@ impl AppendRequest {
 
 pub enum WriterMsg {
     Append(AppendRequest),
-    /// The appends one gRPC I/O thread made in one pass of its scheduler (`coalesce.rs`), in
-    /// `Sync` mode: handed over together, so they share a batch and a single wake-up.
+    /// Appends of one gRPC I/O thread's scheduler pass (`coalesce.rs`): all of them in `Sync`
+    /// mode, in `Async` mode those left when another thread held the writer. Handed over
+    /// together, so they share a batch and a single wake-up.
     Appends(Vec<AppendRequest>),
     /// Finish what is queued before this message, then stop.
     Shutdown,
