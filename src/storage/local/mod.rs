@@ -501,27 +501,24 @@ impl MessageLog for CommitLog {
         let origin = delivery::Origin::current();
         let request = AppendRequest { messages, reply, created, origin };
         let coalesced = request.origin.is_some() && coalesce::on_dedicated_thread();
-        let queued = match (Writer::inline(self.shared.config.flush), coalesced) {
-            // A task of an I/O thread's runtime: written with the others of its scheduler pass.
-            (true, true) => {
+        let inline = Writer::inline(self.shared.config.flush);
+        let queued = match (inline, coalesced) {
+            // A task of an I/O thread's runtime: grouped with the others of its scheduler pass,
+            // then written on this runtime (`Async`), or handed to the writer thread as one
+            // message (`Sync`: one wake-up, one group commit).
+            (_, true) => {
                 if let Some(batch) = coalesce::push(self.id, request) {
                     let (id, writer, tx) = (self.id, self.writer.clone(), self.tx.clone());
                     let max_batch = self.shared.config.max_batch_bytes;
                     drop(tokio::spawn(async move {
-                        write_coalesced(coalesce::take(id, &batch), max_batch, &writer, &tx).await
-                    }));
-                }
-                None
-            }
-            // `Sync` mode, a task of an I/O thread's runtime: handed to the writer thread together
-            // with the others of its scheduler pass (one message, one wake-up, one batch).
-            (false, true) => {
-                if let Some(batch) = coalesce::push(self.id, request) {
-                    let (id, tx) = (self.id, self.tx.clone());
-                    drop(tokio::spawn(async move {
-                        // Fails only once the writer thread has stopped: the dropped replies
-                        // say `ShuttingDown`.
-                        let _ = tx.send(WriterMsg::Appends(coalesce::take(id, &batch)));
+                        let requests = coalesce::take(id, &batch);
+                        if inline {
+                            write_coalesced(requests, max_batch, &writer, &tx).await;
+                        } else {
+                            // Fails only once the writer thread has stopped: the dropped replies
+                            // say `ShuttingDown`.
+                            let _ = tx.send(WriterMsg::Appends(requests));
+                        }
                     }));
                 }
                 None
@@ -722,11 +719,7 @@ async fn write_coalesced(
     tx: &mpsc::Sender<WriterMsg>,
 ) {
     let mut requests = requests.into_iter().peekable();
-    let mut first = true;
     while requests.peek().is_some() {
-        if !std::mem::take(&mut first) {
-            tokio::task::yield_now().await;
-        }
         let (mut chunk, mut bytes) = (Vec::new(), 0);
         while let Some(r) = requests.next_if(|r| chunk.is_empty() || bytes + r.approx_bytes() <= max_batch) {
             bytes += r.approx_bytes();
@@ -741,6 +734,9 @@ async fn write_coalesced(
             }
             // Stopped: the requests are dropped, their callers see `ShuttingDown`.
             Err(_) => return,
+        }
+        if requests.peek().is_some() {
+            tokio::task::yield_now().await;
         }
     }
 }
