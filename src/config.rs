@@ -285,6 +285,20 @@ pub struct ServerConfig {
     /// Threads serving gRPC connections, each connection on one of them from start to end
     /// (`0`: the main runtime's workers serve them). Default: one per CPU.
     pub io_threads: usize,
+    /// The `body_digest` of delivered messages.
+    pub body_digest: BodyDigestPolicy,
+}
+
+/// Which `body_digest` delivered messages carry (every SDK that checks it flags a mismatch as
+/// corrupted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyDigestPolicy {
+    /// A CRC32 rendered as the client's SDK compares it (Java, Go, Python, Rust), MD5 for the
+    /// others: a CRC32 costs a tenth of an MD5.
+    Auto,
+    /// MD5 to every client, as Apache's proxy sends it.
+    Md5,
 }
 
 impl Default for ServerConfig {
@@ -302,6 +316,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             max_concurrent_streams: 512,
             io_threads: std::thread::available_parallelism().map_or(1, usize::from),
+            body_digest: BodyDigestPolicy::Auto,
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::broker::{Broker, BrokerSettings, Stores};
 use crate::clock::SystemClock;
 use crate::cluster::membership::{Membership, MembershipSettings};
 use crate::cluster::{self, ClusterView, NodeInfo, ShardHandler, ShardId};
-use crate::config::{self, Config, FlushDiskType};
+use crate::config::{self, BodyDigestPolicy, Config, FlushDiskType};
 use crate::grpc::{GrpcSettings, MessagingServiceImpl, ProducerBackoff};
 use crate::io_threads::IoThreads;
 use crate::metadata::{self, MetadataStore};
@@ -382,6 +382,7 @@ impl From<&Config> for GrpcSettings {
                 backoff_multiplier: p.backoff_multiplier,
             },
             client_metrics: config.metrics.enabled && config.metrics.client_metrics,
+            md5_digests_only: s.body_digest == BodyDigestPolicy::Md5,
         }
     }
 }

@@ -85,19 +85,53 @@ pub fn resource(name: &str) -> proto::Resource {
     namespace::resource(name)
 }
 
-/// Upper-case hex MD5 of the body, as the Apache proxy sends it (Node needs it; Python checks it).
-pub fn body_digest(body: &[u8]) -> proto::Digest {
-    proto::Digest { r#type: proto::DigestType::Md5 as i32, checksum: hex::encode_upper(Md5::digest(body)) }
+/// The `body_digest` a delivered message carries. Every SDK that checks it recomputes the
+/// digest of the type named and compares its own rendering as a string, flagging a mismatch as
+/// corrupted (a push consumer then nacks the message, or dead-letters it if FIFO). The Apache
+/// proxy sends an MD5 to every client; MD5 of a 1 KiB body costs a few microseconds here, a
+/// CRC32 a tenth of one, so the clients whose CRC32 rendering is known get a CRC32 in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyDigest {
+    /// MD5 as upper-case hex: what every SDK accepts (the Node.js SDK only this one).
+    Md5,
+    /// CRC32 (IEEE) as upper-case hex without leading zeros: Java `Utilities.crc32CheckSum`
+    /// (`Long.toHexString(..).toUpperCase()`, 5.0.x to 5.2.x) and Go `message.go` 5.1.x
+    /// (`strings.ToUpper(strconv.FormatInt(.., 16))`); the Rust SDK does not check.
+    Crc32Hex,
+    /// CRC32 (IEEE) as eight upper-case hex digits: Python `Misc.crc32_checksum`
+    /// (`format(crc, "08X")`).
+    Crc32Hex8,
+}
+
+impl BodyDigest {
+    /// The digest for a client by its `x-mq-language` header; anything else (the Node.js SDK
+    /// sends `HTTP` and compares a CRC32 in decimal, C++ and .NET unverified) gets MD5.
+    pub fn for_language(language: &str) -> BodyDigest {
+        match language {
+            "JAVA" | "GOLANG" | "RUST" => BodyDigest::Crc32Hex,
+            "PYTHON" => BodyDigest::Crc32Hex8,
+            _ => BodyDigest::Md5,
+        }
+    }
+
+    pub fn of(self, body: &[u8]) -> proto::Digest {
+        let (r#type, checksum) = match self {
+            BodyDigest::Md5 => (proto::DigestType::Md5, hex::encode_upper(Md5::digest(body))),
+            BodyDigest::Crc32Hex => (proto::DigestType::Crc32, format!("{:X}", crc32fast::hash(body))),
+            BodyDigest::Crc32Hex8 => (proto::DigestType::Crc32, format!("{:08X}", crc32fast::hash(body))),
+        };
+        proto::Digest { r#type: r#type as i32, checksum }
+    }
 }
 
 /// A delivered message with full system properties.
-pub fn delivered(m: DeliveredMessage, store_host: &str) -> proto::Message {
+pub fn delivered(m: DeliveredMessage, store_host: &str, digest: BodyDigest) -> proto::Message {
     let user_properties: HashMap<String, String> = m.user_properties.into_iter().collect();
     let sp = proto::SystemProperties {
         tag: m.tag,
         keys: m.keys,
         message_id: m.message_id.clone(),
-        body_digest: Some(body_digest(&m.body)),
+        body_digest: Some(digest.of(&m.body)),
         body_encoding: if m.gzip { proto::Encoding::Gzip } else { proto::Encoding::Identity } as i32,
         message_type: message_type(m.message_type) as i32,
         born_timestamp: Some(timestamp(m.born_timestamp_ms)),
@@ -147,7 +181,26 @@ mod tests {
     }
 
     #[test]
-    fn digest_is_upper_hex_md5() {
-        assert_eq!(body_digest(b"hello").checksum, "5D41402ABC4B2A76B9719D911017C592");
+    fn digests_as_each_sdk_renders_them() {
+        let md5 = BodyDigest::Md5.of(b"hello");
+        assert_eq!(
+            (md5.r#type, md5.checksum.as_str()),
+            (proto::DigestType::Md5 as i32, "5D41402ABC4B2A76B9719D911017C592")
+        );
+        // CRC32("hello") = 0x3610A686; CRC32("a") = 0xE8B7BE43; CRC32("") = 0 (Java and Go: "0").
+        let crc = BodyDigest::Crc32Hex.of(b"hello");
+        assert_eq!((crc.r#type, crc.checksum.as_str()), (proto::DigestType::Crc32 as i32, "3610A686"));
+        assert_eq!(BodyDigest::Crc32Hex.of(b"").checksum, "0");
+        assert_eq!(BodyDigest::Crc32Hex8.of(b"").checksum, "00000000");
+        assert_eq!(BodyDigest::Crc32Hex8.of(b"a").checksum, "E8B7BE43");
+        // A CRC below 0x10000000: Java and Go drop the leading zero, Python keeps it.
+        let body = (0u32..).map(|i| i.to_le_bytes()).find(|b| crc32fast::hash(b) < 0x1000_0000).unwrap();
+        assert_eq!(BodyDigest::Crc32Hex.of(&body).checksum.len(), 7);
+        assert_eq!(BodyDigest::Crc32Hex8.of(&body).checksum.len(), 8);
+        assert_eq!(BodyDigest::for_language("JAVA"), BodyDigest::Crc32Hex);
+        assert_eq!(BodyDigest::for_language("GOLANG"), BodyDigest::Crc32Hex);
+        assert_eq!(BodyDigest::for_language("PYTHON"), BodyDigest::Crc32Hex8);
+        assert_eq!(BodyDigest::for_language("HTTP"), BodyDigest::Md5);
+        assert_eq!(BodyDigest::for_language(""), BodyDigest::Md5);
     }
 }

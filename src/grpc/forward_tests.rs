@@ -63,6 +63,7 @@ fn settings() -> GrpcSettings {
             backoff_multiplier: 2.0,
         },
         client_metrics: false,
+        md5_digests_only: false,
     }
 }
 

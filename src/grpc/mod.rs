@@ -112,6 +112,8 @@ pub struct GrpcSettings {
     /// `metrics.clientMetrics`: Settings announce our gRPC endpoint as the SDKs' OTLP metrics
     /// endpoint (`Settings.metric.on`).
     pub client_metrics: bool,
+    /// `server.bodyDigest: md5`: delivered messages carry an MD5 whatever the client's language.
+    pub md5_digests_only: bool,
 }
 
 /// Exponential backoff of producer send retries.
@@ -400,6 +402,15 @@ impl MessagingServiceImpl {
 }
 
 impl MessagingServiceImpl {
+    /// The `body_digest` this request's client gets on delivered messages.
+    fn body_digest(&self, ctx: &Context) -> convert::BodyDigest {
+        if self.settings.md5_digests_only {
+            convert::BodyDigest::Md5
+        } else {
+            convert::BodyDigest::for_language(&ctx.language)
+        }
+    }
+
     /// The frames of a receive that found messages: OK, the messages, the delivery time.
     fn delivery_frames(
         &self,
@@ -409,9 +420,11 @@ impl MessagingServiceImpl {
         use proto::receive_message_response::Content;
         let frame = |c: Content| Ok(proto::ReceiveMessageResponse { content: Some(c) });
         let store_host = self.store_host(ctx);
+        let digest = self.body_digest(ctx);
         let mut frames = Vec::with_capacity(messages.len() + 2);
         frames.push(frame(Content::Status(ok())));
-        frames.extend(messages.into_iter().map(|m| frame(Content::Message(convert::delivered(m, &store_host)))));
+        frames
+            .extend(messages.into_iter().map(|m| frame(Content::Message(convert::delivered(m, &store_host, digest)))));
         frames.push(frame(Content::DeliveryTimestamp(convert::now_timestamp())));
         frames
     }

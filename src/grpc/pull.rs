@@ -85,8 +85,9 @@ impl MessagingServiceImpl {
             ),
         })));
         let store_host = self.store_host(&ctx);
+        let digest = self.body_digest(&ctx);
         frames.extend(result.messages.into_iter().map(|m| {
-            let mut m = convert::delivered(m, &store_host);
+            let mut m = convert::delivered(m, &store_host, digest);
             if let Some(sp) = m.system_properties.as_mut() {
                 sp.receipt_handle = None;
             }

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status as GrpcStatus, Streaming};
 
-use super::convert::{delivered, proto_duration};
+use super::convert::{BodyDigest, delivered, proto_duration};
 use super::status::{code_of, ok, status};
 use super::{BoxStream, Context, GrpcSettings, client_kind};
 use crate::broker::{
@@ -58,10 +58,10 @@ pub(super) fn outbound(cmd: ClientCommand, store_host: &str, node: Option<&str>)
         }
         ClientCommand::VerifyMessage { nonce, message } => Command::VerifyMessageCommand(proto::VerifyMessageCommand {
             nonce,
-            message: Some(delivered(*message, store_host)),
+            message: Some(delivered(*message, store_host, BodyDigest::Md5)),
         }),
         ClientCommand::RecoverOrphanedTransaction { message, transaction_id } => {
-            let mut message = delivered(*message, store_host);
+            let mut message = delivered(*message, store_host, BodyDigest::Md5);
             // A check carries the message as sent: no receipt handle, no delivery attempt.
             if let Some(sp) = message.system_properties.as_mut() {
                 sp.receipt_handle = None;
