@@ -108,7 +108,8 @@ impl BodyDigest {
     /// sends `HTTP` and compares a CRC32 in decimal, C++ and .NET unverified) gets MD5.
     pub fn for_language(language: &str) -> BodyDigest {
         match language {
-            "JAVA" | "GOLANG" | "RUST" => BodyDigest::Crc32Hex,
+            // The Go SDK says `GO` (5.1.4 `metadata.LanguageValue`); GOLANG is the enum's name.
+            "JAVA" | "GO" | "GOLANG" | "RUST" => BodyDigest::Crc32Hex,
             "PYTHON" => BodyDigest::Crc32Hex8,
             _ => BodyDigest::Md5,
         }
@@ -198,7 +199,7 @@ mod tests {
         assert_eq!(BodyDigest::Crc32Hex.of(&body).checksum.len(), 7);
         assert_eq!(BodyDigest::Crc32Hex8.of(&body).checksum.len(), 8);
         assert_eq!(BodyDigest::for_language("JAVA"), BodyDigest::Crc32Hex);
-        assert_eq!(BodyDigest::for_language("GOLANG"), BodyDigest::Crc32Hex);
+        assert_eq!(BodyDigest::for_language("GO"), BodyDigest::Crc32Hex);
         assert_eq!(BodyDigest::for_language("PYTHON"), BodyDigest::Crc32Hex8);
         assert_eq!(BodyDigest::for_language("HTTP"), BodyDigest::Md5);
         assert_eq!(BodyDigest::for_language(""), BodyDigest::Md5);
