@@ -160,6 +160,60 @@ async fn route_send_receive_ack() {
     g.stop().await;
 }
 
+/// A delivered message's `body_digest` is a CRC32 in the form the client's SDK compares (by
+/// its `x-mq-language`), MD5 for any other client, and MD5 for all with `server.bodyDigest: md5`.
+#[tokio::test]
+async fn body_digests_follow_the_client_language() {
+    // CRC32("body-0") = 0x060BB6A6: Java and Go drop the leading zero, Python keeps it.
+    const MD5: &str = "0FF85A33EE8C8AA4F59A843D5199909F";
+    let crc32 = proto::DigestType::Crc32 as i32;
+    let md5 = proto::DigestType::Md5 as i32;
+    for md5_only in [false, true] {
+        let g = Gateway::start(|c| {
+            if md5_only {
+                c.server.body_digest = rmq_gateway::config::BodyDigestPolicy::Md5;
+            }
+        })
+        .await;
+        let mut c = g.client().await;
+        let cases = [
+            ("JAVA", crc32, "60BB6A6"),
+            ("GO", crc32, "60BB6A6"),
+            ("PYTHON", crc32, "060BB6A6"),
+            ("HTTP", md5, MD5),
+            ("", md5, MD5),
+        ];
+        for (i, (language, kind, checksum)) in cases.into_iter().enumerate() {
+            let topic = format!("TopicDigest{i}");
+            send(&mut c, vec![message(&topic, &format!("D{i}"), b"body-0")]).await;
+            let mut r = req(client::receive_request(
+                &topic,
+                "GroupDigest",
+                Some(Duration::from_secs(30)),
+                Duration::from_secs(5),
+            ));
+            if !language.is_empty() {
+                r.metadata_mut().insert("x-mq-language", language.parse().unwrap());
+            }
+            let mut stream = c.receive_message(r).await.unwrap().into_inner();
+            let mut digest = None;
+            while let Some(frame) = stream.message().await.unwrap() {
+                if let Some(proto::receive_message_response::Content::Message(m)) = frame.content {
+                    digest = m.system_properties.and_then(|sp| sp.body_digest);
+                }
+            }
+            let digest = digest.unwrap_or_else(|| panic!("{language}: no message delivered"));
+            let want = if md5_only { (md5, MD5) } else { (kind, checksum) };
+            assert_eq!(
+                (digest.r#type, digest.checksum.as_str()),
+                want,
+                "x-mq-language {language:?}, md5 only: {md5_only}"
+            );
+        }
+        g.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn unacked_messages_come_back_with_the_next_attempt() {
     let g = Gateway::start(|c| c.consumer.min_invisible_time = Duration::from_secs(1)).await;
