@@ -295,7 +295,7 @@ pub struct ServerConfig {
 #[serde(rename_all = "lowercase")]
 pub enum BodyDigestPolicy {
     /// A CRC32 rendered as the client's SDK compares it (Java, Go, Python, Rust), MD5 for the
-    /// others: a CRC32 costs a tenth of an MD5.
+    /// others: a CRC32 costs a small fraction of an MD5.
     Auto,
     /// MD5 to every client, as Apache's proxy sends it.
     Md5,
