@@ -4,7 +4,9 @@
 //! (deadline, attempt, serial) before the messages are sent. Progress snapshots in the metadata
 //! store record the journal offset they cover; at start the journal is replayed from there, so
 //! a crash loses no acknowledged ack and no delivery in flight, and the SQL store sees one
-//! batched write per flush interval. An offset reset (admin reset, a pull consumer's
+//! batched write per flush interval. (Under SYNC_FLUSH a receive of a non-FIFO group waits
+//! for its record's write, not its sync: a machine crash, not a process crash, may then lose
+//! it and deliver the messages again early; `pop.rs`, `Journaled`.) An offset reset (admin reset, a pull consumer's
 //! UpdateOffset) is journaled the same way, so a restart replays it in order with the acks and
 //! deliveries around it.
 

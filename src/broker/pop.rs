@@ -24,6 +24,16 @@ fn skip_damaged(group: &str, topic: &str, queue_id: u32, offset: u64, e: &Storag
     tracing::error!(group, topic, queue_id, offset, error = %e, "skipping a damaged message for this consumer group");
 }
 
+/// What a delivery journal record waits for before the consumer hears of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Journaled {
+    /// Its write: under SYNC_FLUSH a machine crash before the next group commit may lose it
+    /// (the message then comes back before its deadline, at least once).
+    Written,
+    /// Its group commit, as an ack waits for.
+    Synced,
+}
+
 /// Most body bytes returned by one receive (at least one message is always returned).
 const MAX_RECEIVE_BYTES: usize = 8 * 1024 * 1024;
 /// Longest time auto-renewal keeps a message invisible (Apache `renewMaxTimeMillis`).
@@ -165,11 +175,17 @@ impl Broker {
                 }
                 spans::delivered(&got, &group.name, &req.client_id);
                 let auto_renew_client = req.auto_renew.then(|| req.client_id.clone());
+                // A FIFO delivery holds its message group: journaled durably before it is
+                // sent, so a crash cannot hand the group to a second consumer early. Other
+                // receives are answered once their record is written (`append_written`): a
+                // machine crash before the next sync then costs only an early redelivery.
+                let durable = if group.fifo { Journaled::Synced } else { Journaled::Written };
                 self.journal_deliveries(
                     &group.name,
                     &topic,
                     (auto_renew_client, Some(req.client_id.clone()), false),
                     got.iter().map(|m| m.receipt_handle.as_str()),
+                    durable,
                 )
                 .await;
                 if let Some(key) = attempt {
@@ -199,7 +215,8 @@ impl Broker {
     }
 
     /// Journals deliveries (from their receipt handles) before the consumer sees them, so a
-    /// restart keeps them invisible until their deadline with their attempt count and serial.
+    /// restart keeps them invisible until their deadline with their attempt count and serial
+    /// (after a machine crash only if the record was synced: `durable`).
     /// A failed journal write only costs that guarantee (the message may come back early after
     /// a crash), so it is logged, not returned.
     async fn journal_deliveries<'a>(
@@ -208,6 +225,7 @@ impl Broker {
         topic: &TopicEntry,
         (auto_renew_client, receiver, invisible_change): (Option<String>, Option<String>, bool),
         handles: impl Iterator<Item = &'a str>,
+        durable: Journaled,
     ) {
         let deliveries: Vec<Delivery> = handles
             .filter_map(|h| self.decode_receipt(group, topic, h).ok())
@@ -227,7 +245,12 @@ impl Broker {
             invisible_change,
             deliveries,
         };
-        if let Err(e) = self.inner.log.append(vec![record.to_append(self.now_ms())]).await {
+        let append = vec![record.to_append(self.now_ms())];
+        let appended = match durable {
+            Journaled::Synced => self.inner.log.append(append).await,
+            Journaled::Written => self.inner.log.append_written(append).await,
+        };
+        if let Err(e) = appended {
             tracing::warn!(group, topic = topic.record.name, error = %e, "journaling deliveries failed; after a crash they may be delivered again early");
         }
     }
@@ -935,7 +958,8 @@ impl Broker {
         let new = Receipt { serial: entry.serial, deadline_ms: entry.visible_at_ms, ..r };
         let handle = self.inner.receipts.encode(&new, group, &topic.record.name);
         let by = (None, Some(client_id.to_string()), true);
-        self.journal_deliveries(group, &topic, by, std::iter::once(handle.as_str())).await;
+        // Synced before the client hears of it, like an ack: the new deadline is what it asked for.
+        self.journal_deliveries(group, &topic, by, std::iter::once(handle.as_str()), Journaled::Synced).await;
         Ok(handle)
     }
 

@@ -960,7 +960,25 @@ async fn a_tag_filter_skips_rejected_messages_without_reading_them() {
 /// A log that counts appends of journal records (`rmq_sys_pop_journal`).
 struct JournalCounting {
     inner: MemoryLog,
+    /// Appends that wait for their sync (`append`).
     journal_appends: std::sync::atomic::AtomicUsize,
+    /// Appends answered once written (`append_written`).
+    written_journal_appends: std::sync::atomic::AtomicUsize,
+}
+
+impl JournalCounting {
+    fn new() -> Self {
+        Self {
+            inner: MemoryLog::new(),
+            journal_appends: Default::default(),
+            written_journal_appends: Default::default(),
+        }
+    }
+
+    /// (synced, written) journal appends so far.
+    fn counts(&self) -> (usize, usize) {
+        (self.journal_appends.load(Ordering::SeqCst), self.written_journal_appends.load(Ordering::SeqCst))
+    }
 }
 
 #[async_trait]
@@ -969,6 +987,12 @@ impl MessageLog for JournalCounting {
         if messages.iter().any(|m| &*m.topic == "rmq_sys_pop_journal") {
             self.journal_appends.fetch_add(1, Ordering::SeqCst);
         }
+        self.inner.append(messages).await
+    }
+
+    async fn append_written(&self, messages: Vec<AppendMessage>) -> StorageResult<Vec<AppendResult>> {
+        assert!(messages.iter().all(|m| &*m.topic == "rmq_sys_pop_journal"), "only journal records skip the sync");
+        self.written_journal_appends.fetch_add(1, Ordering::SeqCst);
         self.inner.append(messages).await
     }
 
@@ -994,7 +1018,7 @@ impl MessageLog for JournalCounting {
 /// under SYNC_FLUSH), each entry keeps its own result, and the acks survive a restart.
 #[tokio::test]
 async fn an_ack_request_of_many_entries_is_one_journal_append() {
-    let log = Arc::new(JournalCounting { inner: MemoryLog::new(), journal_appends: Default::default() });
+    let log = Arc::new(JournalCounting::new());
     let h = Harness::new(log.clone()).await;
     let broker = h.start().await;
     let sent: Vec<OutgoingMessage> = (0..5).map(|i| message(&format!("m{i}"))).collect();
@@ -1018,6 +1042,41 @@ async fn an_ack_request_of_many_entries_is_one_journal_append() {
     let broker = h.start().await;
     h.clock.advance(60_000);
     assert!(broker.receive(receive_request()).await.unwrap().is_empty(), "acks were journaled");
+}
+
+/// What each journal record waits for: a receive of a concurrent group only for its write
+/// (`append_written`: a machine crash may redeliver early), a FIFO group's receive, an ack and
+/// a ChangeInvisibleDuration for their sync; and a receive's record still replays after a
+/// restart.
+#[tokio::test]
+async fn only_concurrent_receives_skip_the_journal_sync() {
+    let log = Arc::new(JournalCounting::new());
+    let h = Harness::new(log.clone()).await;
+    let broker = h.start().await;
+    broker.send(vec![message("m0"), message("m1")]).await.unwrap();
+    let before = log.counts();
+    let got = broker.receive(receive_request()).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(log.counts(), (before.0, before.1 + 1), "a receive: written");
+    broker.change_invisible_duration("c", "G", "T", &got[0].receipt_handle, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(log.counts(), (before.0 + 1, before.1 + 1), "a ChangeInvisibleDuration: synced");
+    broker.ack("c", "G", "T", &got[1].receipt_handle).await.unwrap();
+    assert_eq!(log.counts(), (before.0 + 2, before.1 + 1), "an ack: synced");
+
+    // After a restart the receive's record keeps m0 invisible until its (changed) deadline.
+    drop(broker);
+    let broker = h.start().await;
+    assert!(broker.receive(receive_request()).await.unwrap().is_empty(), "m0 in flight, m1 acked");
+    h.clock.advance(5_000);
+    assert_eq!(ids(&broker.receive(receive_request()).await.unwrap()), vec!["m0"]);
+
+    broker.put_group("F", true, (Some(3), None), None).await.unwrap();
+    broker.send(vec![OutgoingMessage { topic: "TF".into(), ..fifo_message("f0", "A") }]).await.unwrap();
+    let before = log.counts();
+    let request = ReceiveRequest { group: "F".into(), topic: "TF".into(), ..receive_request() };
+    let fifo = broker.receive(request).await.unwrap();
+    assert_eq!(ids(&fifo), vec!["f0"]);
+    assert_eq!(log.counts(), (before.0 + 1, before.1), "a FIFO group's receive: synced");
 }
 
 /// Cluster: a dead node's pending scheduled and half messages are adopted by another node from

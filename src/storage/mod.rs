@@ -138,6 +138,17 @@ pub trait MessageLog: Send + Sync + 'static {
     /// order, where each landed. All-or-nothing: on error none of them is acknowledged.
     async fn append(&self, messages: Vec<AppendMessage>) -> StorageResult<Vec<AppendResult>>;
 
+    /// Like [`MessageLog::append`], but answered once the records are written (in order, after
+    /// every append answered before), not once their group commit has synced them: for records
+    /// whose loss in a machine crash costs only a redelivery, never an acknowledged message
+    /// (the consumer journal's receive records). They become readable and durable with their
+    /// batch as usual, and any later append's sync covers them; a failed sync drops them
+    /// although they were answered. Logs that answer after the write anyway (`Async` mode,
+    /// memory) need not override it.
+    async fn append_written(&self, messages: Vec<AppendMessage>) -> StorageResult<Vec<AppendResult>> {
+        self.append(messages).await
+    }
+
     /// Reads up to `max_messages` messages (and roughly at most `max_bytes` of bodies, but at
     /// least one message) of a queue, starting at `offset`. Offsets below the queue start are
     /// clamped to it; an offset at or past the end returns an empty vector.

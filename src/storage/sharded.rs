@@ -696,6 +696,15 @@ impl MessageLog for ShardedLog {
             .collect()
     }
 
+    /// System topics (the consumer journal) live in the home log: answered once written
+    /// there. Anything bound for a shard waits for its sync as with `append`.
+    async fn append_written(&self, messages: Vec<AppendMessage>) -> StorageResult<Vec<AppendResult>> {
+        if messages.iter().all(|m| self.target(&m.topic, m.queue_id) == Target::Home) {
+            return self.home.append_written(messages).await;
+        }
+        self.append(messages).await
+    }
+
     fn read(
         &self,
         topic: &str,

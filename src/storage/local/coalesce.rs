@@ -97,7 +97,13 @@ mod tests {
 
     fn request() -> AppendRequest {
         let (reply, _) = tokio::sync::oneshot::channel();
-        AppendRequest { messages: Vec::new(), reply, created: std::time::Instant::now(), origin: None }
+        AppendRequest {
+            messages: Vec::new(),
+            reply,
+            created: std::time::Instant::now(),
+            origin: None,
+            answer_written: false,
+        }
     }
 
     /// Appends join the open batch until its writing task takes it; then a new one opens.

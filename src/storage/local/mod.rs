@@ -393,6 +393,56 @@ impl CommitLog {
         }))
     }
 
+    /// Queues an append for the writer (or writes it here, `Async` mode) and awaits its
+    /// answer: after the write when `answer_written`, else once it is published.
+    async fn submit(&self, messages: Vec<AppendMessage>, answer_written: bool) -> StorageResult<Vec<AppendResult>> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.closing.load(Ordering::Acquire) {
+            return Err(StorageError::ShuttingDown);
+        }
+        let (reply, rx) = oneshot::channel();
+        let created = std::time::Instant::now();
+        let origin = delivery::Origin::current();
+        let request = AppendRequest { messages, reply, created, origin, answer_written };
+        let coalesced = request.origin.is_some() && coalesce::on_dedicated_thread();
+        let inline = Writer::inline(self.shared.config.flush);
+        let queued = match (inline, coalesced) {
+            // A task of an I/O thread's runtime: grouped with the others of its scheduler pass,
+            // then written on this runtime (`Async`), or handed to the writer thread as one
+            // message (`Sync`: one wake-up, one group commit).
+            (_, true) => {
+                if let Some(batch) = coalesce::push(self.id, request) {
+                    let (id, writer, tx) = (self.id, self.writer.clone(), self.tx.clone());
+                    let max_batch = self.shared.config.max_batch_bytes;
+                    drop(tokio::spawn(async move {
+                        let requests = coalesce::take(id, &batch);
+                        if inline {
+                            write_coalesced(requests, max_batch, &writer, &tx).await;
+                        } else {
+                            // Fails only once the writer thread has stopped: the dropped replies
+                            // say `ShuttingDown`.
+                            let _ = tx.send(WriterMsg::Appends(requests));
+                        }
+                    }));
+                }
+                None
+            }
+            (true, false) => Writer::try_inline(&self.writer, vec![request])?.and_then(|mut r| r.pop()),
+            (false, false) => Some(request),
+        };
+        if let Some(request) = queued {
+            // Answered by the writer thread: grouped with the others for this task's runtime.
+            self.tx.send(WriterMsg::Append(request)).map_err(|_| StorageError::ShuttingDown)?;
+        }
+        let appended = rx.await.map_err(|_| StorageError::ShuttingDown)?;
+        if appended.is_ok() {
+            writer::observe_stage(AppendStage::Resumed, [created]);
+        }
+        appended
+    }
+
     pub fn config(&self) -> &StorageConfig {
         &self.shared.config
     }
@@ -490,51 +540,13 @@ impl Drop for CommitLog {
 #[async_trait]
 impl MessageLog for CommitLog {
     async fn append(&self, messages: Vec<AppendMessage>) -> StorageResult<Vec<AppendResult>> {
-        if messages.is_empty() {
-            return Ok(Vec::new());
-        }
-        if self.closing.load(Ordering::Acquire) {
-            return Err(StorageError::ShuttingDown);
-        }
-        let (reply, rx) = oneshot::channel();
-        let created = std::time::Instant::now();
-        let origin = delivery::Origin::current();
-        let request = AppendRequest { messages, reply, created, origin };
-        let coalesced = request.origin.is_some() && coalesce::on_dedicated_thread();
-        let inline = Writer::inline(self.shared.config.flush);
-        let queued = match (inline, coalesced) {
-            // A task of an I/O thread's runtime: grouped with the others of its scheduler pass,
-            // then written on this runtime (`Async`), or handed to the writer thread as one
-            // message (`Sync`: one wake-up, one group commit).
-            (_, true) => {
-                if let Some(batch) = coalesce::push(self.id, request) {
-                    let (id, writer, tx) = (self.id, self.writer.clone(), self.tx.clone());
-                    let max_batch = self.shared.config.max_batch_bytes;
-                    drop(tokio::spawn(async move {
-                        let requests = coalesce::take(id, &batch);
-                        if inline {
-                            write_coalesced(requests, max_batch, &writer, &tx).await;
-                        } else {
-                            // Fails only once the writer thread has stopped: the dropped replies
-                            // say `ShuttingDown`.
-                            let _ = tx.send(WriterMsg::Appends(requests));
-                        }
-                    }));
-                }
-                None
-            }
-            (true, false) => Writer::try_inline(&self.writer, vec![request])?.and_then(|mut r| r.pop()),
-            (false, false) => Some(request),
-        };
-        if let Some(request) = queued {
-            // Answered by the writer thread: grouped with the others for this task's runtime.
-            self.tx.send(WriterMsg::Append(request)).map_err(|_| StorageError::ShuttingDown)?;
-        }
-        let appended = rx.await.map_err(|_| StorageError::ShuttingDown)?;
-        if appended.is_ok() {
-            writer::observe_stage(AppendStage::Resumed, [created]);
-        }
-        appended
+        self.submit(messages, false).await
+    }
+
+    /// `Sync` mode: answered by the writer thread right after its batch's write, before the
+    /// `fdatasync` (the batch is published, and its other appends answered, after it as usual).
+    async fn append_written(&self, messages: Vec<AppendMessage>) -> StorageResult<Vec<AppendResult>> {
+        self.submit(messages, true).await
     }
 
     fn read(

@@ -464,6 +464,34 @@ async fn failed_fsync_case(config: fn(&Path) -> StorageConfig, zeroing: bool) {
     check(&log);
 }
 
+/// `append_written` (the consumer journal's receive records) is answered after the write,
+/// before the group commit's `fdatasync`: a batch whose sync fails was already answered OK,
+/// and the rollback still drops it; an `append` after it covers it by its own sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_written_is_answered_before_the_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StorageConfig { flush: FlushMode::Sync, ..test_config(dir.path()) };
+    let log = CommitLog::open(config.clone()).unwrap();
+    log.faults().fail_syncs.store(1, Ordering::SeqCst);
+    let written = log.append_written(vec![message("t", 0, "journal", "w0", "")]).await.unwrap();
+    assert_eq!(written[0].queue_offset, 0);
+    // The batch's sync failed after the answer: rolled back, offset 0 is taken again.
+    let r = append_one(&log, message("t", 0, "after a failed sync", "s0", "")).await.unwrap();
+    assert_eq!(r.queue_offset, 0);
+    assert_eq!(log.faults().fail_syncs.load(Ordering::SeqCst), 0);
+
+    let w = log.append_written(vec![message("t", 0, "journal", "w1", "")]).await.unwrap();
+    assert_eq!(w[0].queue_offset, 1);
+    let r = append_one(&log, message("t", 0, "synced after it", "s1", "")).await.unwrap();
+    assert_eq!(r.queue_offset, 2);
+    let bodies = |log: &CommitLog| read_all(log, "t", 0).iter().map(|m| m.body.clone()).collect::<Vec<_>>();
+    let expected = vec![Bytes::from("after a failed sync"), Bytes::from("journal"), Bytes::from("synced after it")];
+    assert_eq!(bodies(&log), expected);
+    drop(log);
+    let log = CommitLog::open(config).unwrap();
+    assert_eq!(bodies(&log), expected);
+}
+
 #[tokio::test]
 async fn oversized_records_are_rejected_alone() {
     let dir = tempfile::tempdir().unwrap();

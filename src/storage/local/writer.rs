@@ -13,7 +13,8 @@
 //! - **`Sync` mode** (group commit): the writer thread writes a batch, issues one
 //!   `fdatasync` per segment it touched, then publishes it (queue ends and the readable log
 //!   position move up) and completes its appends (one hand-over per runtime waiting on them,
-//!   `delivery.rs`). Appends that arrive during the `fdatasync`
+//!   `delivery.rs`); appends made with `append_written` (the consumer journal's receive
+//!   records) are answered right after the write instead. Appends that arrive during the `fdatasync`
 //!   queue up and are the next batch: one `pwrite`, one `fdatasync` and one thread wake-up
 //!   for all of them. The appends of one gRPC I/O thread's scheduler pass arrive as one message
 //!   (`coalesce.rs`). (A separate syncer thread, writing the next batch while the last one
@@ -27,7 +28,8 @@
 //! back (positions, queue offsets) and zeroes what it wrote, so nothing of the batch can
 //! resurface after a restart. A failed fsync fails every append of its batch, and the writer
 //! rolls back to the last published (durable) position before it writes anything else.
-//! Nothing is ever acknowledged as stored after a failed write or fsync.
+//! Nothing is ever acknowledged as stored after a failed write or fsync (an `append_written`
+//! answer says written, not stored: a failed fsync drops it all the same).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -60,6 +62,8 @@ pub struct AppendRequest {
     pub origin: Option<Origin>,
     /// When the append was called: the start of its `rocketmq_storage_append_latency`.
     pub created: Instant,
+    /// Answer once written, before the batch's `fdatasync` (`MessageLog::append_written`).
+    pub answer_written: bool,
 }
 
 /// Records that appends made at `created` reached `stage` now (when metrics are on).
@@ -331,11 +335,19 @@ impl Writer {
         }
         let queue_ends: Vec<_> =
             touched.iter().map(|&s| (self.queues[s].index.clone(), self.queues[s].next_offset)).collect();
-        let replies: Vec<_> = accepted
-            .into_iter()
-            .zip(results)
-            .map(|(r, results)| Completion { reply: r.reply, results, created: r.created, origin: r.origin })
-            .collect();
+        let mut written = Vec::new();
+        let mut replies = Vec::with_capacity(accepted.len());
+        for (r, results) in accepted.into_iter().zip(results) {
+            if r.answer_written {
+                written.push(Answer { reply: r.reply, value: Ok(results), origin: r.origin });
+            } else {
+                replies.push(Completion { reply: r.reply, results, created: r.created, origin: r.origin });
+            }
+        }
+        if !written.is_empty() {
+            // Before the sync (`Sync` mode): their loss in a crash costs a redelivery only.
+            deliver(written);
+        }
         let batch = WrittenBatch { end: self.write_pos, segments, queue_ends, replies };
         match self.shared.config.flush {
             FlushMode::Sync => Some(batch),

@@ -713,6 +713,13 @@ impl MessageLog for TieredLog {
         self.inner.local.append(messages).await
     }
 
+    async fn append_written(&self, messages: Vec<AppendMessage>) -> StorageResult<Vec<AppendResult>> {
+        if self.inner.is_fenced() {
+            return Err(self.inner.fenced_error());
+        }
+        self.inner.local.append_written(messages).await
+    }
+
     fn read(
         &self,
         topic: &str,
