@@ -437,7 +437,8 @@ impl CommitLog {
             self.tx.send(WriterMsg::Append(request)).map_err(|_| StorageError::ShuttingDown)?;
         }
         let appended = rx.await.map_err(|_| StorageError::ShuttingDown)?;
-        if appended.is_ok() {
+        // An append answered once written has no `stored` stage: it counts as `queued` only.
+        if appended.is_ok() && !answer_written {
             writer::observe_stage(AppendStage::Resumed, [created]);
         }
         appended
