@@ -3,7 +3,8 @@
 //!
 //! For each system it runs
 //! - `max`: producers only, closed loop (`--producers` × `--concurrency` requests in flight)
-//!   — send throughput and send latency at saturation;
+//!   — send throughput and send latency at saturation; for the gRPC systems (all but NATS)
+//!   `--max-runs` of them on the same server, the one with the median rate kept;
 //! - `paced-N%` (systems that can be consumed from), for each fraction of `--paced`: producers
 //!   paced at that fraction of the system's own `max` throughput, with `--consumers`
 //!   long-polling consumers — send and end-to-end latency below saturation. The issue's
@@ -73,9 +74,6 @@ const NATS: &str = "nats-jetstream";
 const AP_SYNC: &str = "apache-sync";
 const AP_ASYNC: &str = "apache-async";
 
-/// The key figures of every round, in round order: each ratio, and per run its throughput,
-/// its send p99 and (paced runs) its end-to-end p99. A quantity missing from a round (a system
-/// that failed there) is left out of the table rather than compared with a gap.
 /// The run with the median rate (the lower middle one of an even count).
 fn median_run(mut runs: Vec<RunResult>) -> Option<RunResult> {
     runs.sort_by(|a, b| a.msgs_per_s.total_cmp(&b.msgs_per_s));
@@ -83,6 +81,9 @@ fn median_run(mut runs: Vec<RunResult>) -> Option<RunResult> {
     (middle < runs.len()).then(|| runs.swap_remove(middle))
 }
 
+/// The key figures of every round, in round order: each ratio, and per run its throughput,
+/// its send p99 and (paced runs) its end-to-end p99. A quantity missing from a round (a system
+/// that failed there) is left out of the table rather than compared with a gap.
 fn across_rounds(reports: &[Report]) -> Vec<Spread> {
     let Some(first) = reports.first() else { return Vec::new() };
     let mut out = Vec::new();
