@@ -402,6 +402,9 @@ impl CommitLog {
         if self.closing.load(Ordering::Acquire) {
             return Err(StorageError::ShuttingDown);
         }
+        // `Async` mode publishes each batch right after its write: such appends take the usual
+        // path (published, then answered), so nothing there changes.
+        let answer_written = answer_written && matches!(self.shared.config.flush, FlushMode::Sync);
         let (reply, rx) = oneshot::channel();
         let created = std::time::Instant::now();
         let origin = delivery::Origin::current();

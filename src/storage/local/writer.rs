@@ -62,7 +62,8 @@ pub struct AppendRequest {
     pub origin: Option<Origin>,
     /// When the append was called: the start of its `rocketmq_storage_append_latency`.
     pub created: Instant,
-    /// Answer once written, before the batch's `fdatasync` (`MessageLog::append_written`).
+    /// Answer once written, before the batch's `fdatasync` (`MessageLog::append_written`);
+    /// `Sync` mode only (`CommitLog::submit` clears it in `Async` mode).
     pub answer_written: bool,
 }
 
