@@ -488,8 +488,9 @@ impl CommitLog {
         maintenance::checkpoint(&self.shared).map_err(|e| fs::io_error("writing a checkpoint", e))
     }
 
+    /// Injected I/O failures (tests of this log and of the logs that wrap it).
     #[cfg(test)]
-    fn faults(&self) -> &Faults {
+    pub(crate) fn faults(&self) -> &Faults {
         &self.shared.faults
     }
 

@@ -579,3 +579,44 @@ async fn a_fenced_manifest_write_fences_the_log() {
     assert!(matches!(log.upload_all().await, Err(StorageError::Fenced(_))));
     log.close().await.unwrap();
 }
+
+/// The consumer journal's receive records (`append_written`) reach the local log's early
+/// answer through the tiered log, not `append`'s wait for the sync: with the next group
+/// commit's `fdatasync` failing, `append_written` is answered (the local log rolls the batch
+/// back, its own test shows) where `append` reports the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_written_is_forwarded_to_the_local_logs_early_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        StorageConfig { flush: crate::storage::FlushMode::Sync, ..StorageConfig::new(dir.path().join("store")) };
+    let local = CommitLog::open(config).unwrap();
+    let store = Arc::new(DirStore::open(dir.path().join("objects")).unwrap());
+    let meta = Arc::new(SqliteMetadataStore::in_memory().await.unwrap());
+    let log = TieredLog::open(local.clone(), store, meta, settings()).await.unwrap();
+    let record = |body: &'static str| AppendMessage {
+        topic: Arc::from("rmq_sys_journal"),
+        queue_id: 0,
+        born_timestamp_ms: 1,
+        flags: 0,
+        tag_hash: 0,
+        properties: Properties::default(),
+        body: Bytes::from(body),
+    };
+
+    local.faults().fail_syncs.store(1, Ordering::SeqCst);
+    let written = log.append_written(vec![record("receive")]).await;
+    assert!(written.is_ok(), "answered before the failing sync: {written:?}");
+    // The answer came first: wait for that sync to take (and fail) before arming the next.
+    for _ in 0..500 {
+        if local.faults().fail_syncs.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(local.faults().fail_syncs.load(Ordering::SeqCst), 0, "the batch's sync never ran");
+
+    local.faults().fail_syncs.store(1, Ordering::SeqCst);
+    let appended = log.append(vec![record("ack")]).await;
+    assert!(appended.is_err(), "append waits for its sync and reports its failure");
+    log.close().await.unwrap();
+}
