@@ -488,10 +488,35 @@ impl CommitLog {
         maintenance::checkpoint(&self.shared).map_err(|e| fs::io_error("writing a checkpoint", e))
     }
 
-    /// Injected I/O failures (tests of this log and of the logs that wrap it).
     #[cfg(test)]
-    pub(crate) fn faults(&self) -> &Faults {
+    fn faults(&self) -> &Faults {
         &self.shared.faults
+    }
+
+    /// Tests of the logs that wrap this `Sync`-mode log: `log.append_written(record(0))`,
+    /// forwarded down here, is answered although its batch's `fdatasync` fails, where
+    /// `log.append(record(1))` reports the failure.
+    #[cfg(test)]
+    pub(crate) async fn assert_answers_written_early(
+        &self,
+        log: &dyn MessageLog,
+        record: impl Fn(u64) -> AppendMessage,
+    ) {
+        let fail_syncs = || &self.faults().fail_syncs;
+        fail_syncs().store(1, Ordering::SeqCst);
+        let written = log.append_written(vec![record(0)]).await;
+        assert!(written.is_ok(), "answered before the failing sync: {written:?}");
+        // The answer came first: wait for that sync to take (and fail) before arming the next.
+        for _ in 0..500 {
+            if fail_syncs().load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(fail_syncs().load(Ordering::SeqCst), 0, "the batch's sync never ran");
+        fail_syncs().store(1, Ordering::SeqCst);
+        let appended = log.append(vec![record(1)]).await;
+        assert!(appended.is_err(), "append waits for its sync and reports its failure");
     }
 
     /// Holds the writer (tests: every append then goes to the writer thread, which waits).

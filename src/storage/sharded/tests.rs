@@ -478,21 +478,5 @@ async fn append_written_of_system_topics_is_forwarded_to_the_home_log() {
         node_id: "a".to_string(),
     };
     let log = ShardedLog::new(home.clone(), cluster.store.clone(), cluster.meta.clone(), settings);
-    let journal = |n| msg(&format!("{SYSTEM_TOPIC_PREFIX}journal"), 0, n);
-
-    home.faults().fail_syncs.store(1, std::sync::atomic::Ordering::SeqCst);
-    let written = log.append_written(vec![journal(0), journal(1)]).await;
-    assert!(written.is_ok(), "answered before the failing sync: {written:?}");
-    // The answer came first: wait for that sync to take (and fail) before arming the next.
-    for _ in 0..500 {
-        if home.faults().fail_syncs.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(home.faults().fail_syncs.load(std::sync::atomic::Ordering::SeqCst), 0, "the batch's sync never ran");
-
-    home.faults().fail_syncs.store(1, std::sync::atomic::Ordering::SeqCst);
-    let appended = log.append(vec![journal(2)]).await;
-    assert!(appended.is_err(), "append waits for its sync and reports its failure");
+    home.assert_answers_written_early(log.as_ref(), |n| msg(&format!("{SYSTEM_TOPIC_PREFIX}journal"), 0, n)).await;
 }

@@ -593,30 +593,15 @@ async fn append_written_is_forwarded_to_the_local_logs_early_answer() {
     let store = Arc::new(DirStore::open(dir.path().join("objects")).unwrap());
     let meta = Arc::new(SqliteMetadataStore::in_memory().await.unwrap());
     let log = TieredLog::open(local.clone(), store, meta, settings()).await.unwrap();
-    let record = |body: &'static str| AppendMessage {
+    let record = |n: u64| AppendMessage {
         topic: Arc::from("rmq_sys_journal"),
         queue_id: 0,
         born_timestamp_ms: 1,
         flags: 0,
         tag_hash: 0,
         properties: Properties::default(),
-        body: Bytes::from(body),
+        body: Bytes::from(format!("record {n}")),
     };
-
-    local.faults().fail_syncs.store(1, Ordering::SeqCst);
-    let written = log.append_written(vec![record("receive")]).await;
-    assert!(written.is_ok(), "answered before the failing sync: {written:?}");
-    // The answer came first: wait for that sync to take (and fail) before arming the next.
-    for _ in 0..500 {
-        if local.faults().fail_syncs.load(Ordering::SeqCst) == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(local.faults().fail_syncs.load(Ordering::SeqCst), 0, "the batch's sync never ran");
-
-    local.faults().fail_syncs.store(1, Ordering::SeqCst);
-    let appended = log.append(vec![record("ack")]).await;
-    assert!(appended.is_err(), "append waits for its sync and reports its failure");
+    local.assert_answers_written_early(log.as_ref(), record).await;
     log.close().await.unwrap();
 }
