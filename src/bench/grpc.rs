@@ -115,7 +115,7 @@ pub type Client = MessagingServiceClient<H2Connection>;
 /// measures, should not pay either. No reconnection: a broken connection fails its requests
 /// and the run reports them.
 #[derive(Clone)]
-pub struct H2Connection(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+pub struct H2Connection(hyper::client::conn::http2::SendRequest<EndsWithLastData<tonic::body::Body>>);
 
 type H2Future = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<http::Response<hyper::body::Incoming>, hyper::Error>> + Send>,
@@ -131,7 +131,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for H2Connection {
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> H2Future {
-        Box::pin(self.0.send_request(req.map(|body| tonic::body::Body::new(EndsWithLastData::new(body)))))
+        Box::pin(self.0.send_request(req.map(EndsWithLastData::new)))
     }
 }
 
@@ -147,23 +147,23 @@ impl tower::Service<http::Request<tonic::body::Body>> for H2Connection {
 /// request to its end before calling the service). Looking one frame ahead without waiting
 /// removes that frame for unary calls and changes nothing for streams (Telemetry), whose
 /// next frame is not ready.
-struct EndsWithLastData<B: hyper::body::Body> {
-    inner: std::pin::Pin<Box<B>>,
+struct EndsWithLastData<B: hyper::body::Body + Unpin> {
+    inner: B,
     /// A frame (or error) read ahead of its turn.
     next: Option<Result<hyper::body::Frame<B::Data>, B::Error>>,
     ended: bool,
 }
 
-impl<B: hyper::body::Body> EndsWithLastData<B> {
+impl<B: hyper::body::Body + Unpin> EndsWithLastData<B> {
     fn new(inner: B) -> Self {
-        EndsWithLastData { inner: Box::pin(inner), next: None, ended: false }
+        EndsWithLastData { inner, next: None, ended: false }
     }
 }
 
-// Nothing in it is pinned in place: the body sits in its own box.
-impl<B: hyper::body::Body> Unpin for EndsWithLastData<B> {}
+// Nothing in it is pinned in place (the body it wraps is `Unpin`).
+impl<B: hyper::body::Body + Unpin> Unpin for EndsWithLastData<B> {}
 
-impl<B: hyper::body::Body> hyper::body::Body for EndsWithLastData<B> {
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for EndsWithLastData<B> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -176,7 +176,7 @@ impl<B: hyper::body::Body> hyper::body::Body for EndsWithLastData<B> {
         let frame = match this.next.take() {
             Some(f) => f,
             None if this.ended => return Poll::Ready(None),
-            None => match this.inner.as_mut().poll_frame(cx) {
+            None => match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(f)) => f,
                 Poll::Ready(None) => {
                     this.ended = true;
@@ -186,7 +186,7 @@ impl<B: hyper::body::Body> hyper::body::Body for EndsWithLastData<B> {
             },
         };
         if frame.is_ok() && !this.ended {
-            match this.inner.as_mut().poll_frame(cx) {
+            match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(f)) => this.next = Some(f),
                 Poll::Ready(None) => this.ended = true,
                 Poll::Pending => {}
@@ -200,7 +200,17 @@ impl<B: hyper::body::Body> hyper::body::Body for EndsWithLastData<B> {
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        if let Some(Ok(held)) = &self.next
+            && let Some(data) = held.data_ref()
+        {
+            let held = bytes::Buf::remaining(data) as u64;
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper + held);
+            }
+            hint.set_lower(hint.lower() + held);
+        }
+        hint
     }
 }
 
@@ -750,6 +760,7 @@ mod tests {
         assert!(!body.is_end_stream(), "the next frame is not ready: the stream goes on");
         assert_eq!(poll(&mut body), Some(Ok(Bytes::from_static(b"ping"))));
         assert!(!body.is_end_stream(), "one frame read ahead is still to come");
+        assert_eq!(body.size_hint().lower(), 3, "the frame read ahead counts in the size");
         assert_eq!(poll(&mut body), Some(Ok(Bytes::from_static(b"bye"))));
         assert!(body.is_end_stream());
         assert_eq!(poll(&mut body), None);
