@@ -613,7 +613,7 @@ mod tests {
         let mut properties = Properties::new();
         properties.push(keys::UNIQ_KEY, "ID1");
         for (k, v) in props {
-            properties.push(*k, *v);
+            properties.push(k.to_string(), *v);
         }
         StoredMessage {
             topic: Arc::from(topic),

@@ -172,7 +172,7 @@ impl OutgoingMessage {
             p.push(keys::CHECK_IMMUNITY_TIME, d.as_secs().to_string());
         }
         for (k, v) in &self.user_properties {
-            p.push(k.as_str(), v.as_str());
+            p.push(k.clone(), v.as_str());
         }
         p
     }

@@ -3,6 +3,8 @@
 //!
 //! Encoding: `u16 count`, then per pair `u16 key_len, key, u32 value_len, value` (little endian).
 
+use std::borrow::Cow;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Well-known property keys, named as in Apache RocketMQ (`MessageConst`).
@@ -37,6 +39,32 @@ pub mod keys {
     pub const REF_TOPIC: &str = "__REF_TOPIC";
     pub const REF_QUEUE_ID: &str = "__REF_QID";
     pub const REF_OFFSET: &str = "__REF_OFFSET";
+
+    /// The keys above: a decoded key equal to one of them borrows it instead of allocating.
+    pub(super) const KNOWN: &[&str] = &[
+        UNIQ_KEY,
+        TAGS,
+        KEYS,
+        SHARDING_KEY,
+        BORN_HOST,
+        TRACE_CONTEXT,
+        TIMER_DELIVER_MS,
+        RECONSUME_TIME,
+        RETRY_TOPIC,
+        ORIGIN_MESSAGE_ID,
+        MAX_RECONSUME_TIMES,
+        DLQ_ORIGIN_TOPIC,
+        DLQ_ORIGIN_MESSAGE_ID,
+        BODY_ENCODING,
+        MSG_TYPE,
+        REAL_TOPIC,
+        CHECK_IMMUNITY_TIME,
+        PRIORITY,
+        CHECK_AT,
+        REF_TOPIC,
+        REF_QUEUE_ID,
+        REF_OFFSET,
+    ];
 }
 
 /// Error decoding a property block.
@@ -44,9 +72,10 @@ pub mod keys {
 #[error("malformed property block: {0}")]
 pub struct PropertiesError(&'static str);
 
-/// Ordered key/value properties of a message.
+/// Ordered key/value properties of a message. Keys are mostly the well-known constants
+/// (borrowed, not copied, on the send and read paths); others are owned.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Properties(Vec<(String, String)>);
+pub struct Properties(Vec<(Cow<'static, str>, String)>);
 
 impl Properties {
     pub fn new() -> Self {
@@ -57,7 +86,7 @@ impl Properties {
         Self(Vec::with_capacity(n))
     }
 
-    pub fn push(&mut self, key: impl Into<String>, value: impl Into<String>) {
+    pub fn push(&mut self, key: impl Into<Cow<'static, str>>, value: impl Into<String>) {
         self.0.push((key.into(), value.into()));
     }
 
@@ -72,7 +101,7 @@ impl Properties {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.0.iter().map(|(k, v)| (k.as_ref(), v.as_str()))
     }
 
     pub fn len(&self) -> usize {
@@ -123,7 +152,10 @@ impl Properties {
                 return Err(PropertiesError("truncated value"));
             }
             let v = buf.split_to(vlen);
-            let k = String::from_utf8(k.to_vec()).map_err(|_| PropertiesError("key is not utf-8"))?;
+            let k = match keys::KNOWN.iter().find(|known| known.as_bytes() == &k[..]) {
+                Some(known) => Cow::Borrowed(*known),
+                None => Cow::Owned(String::from_utf8(k.to_vec()).map_err(|_| PropertiesError("key is not utf-8"))?),
+            };
             let v = String::from_utf8(v.to_vec()).map_err(|_| PropertiesError("value is not utf-8"))?;
             pairs.push((k, v));
         }
@@ -136,7 +168,7 @@ impl Properties {
 
 impl FromIterator<(String, String)> for Properties {
     fn from_iter<T: IntoIterator<Item = (String, String)>>(iter: T) -> Self {
-        Self(iter.into_iter().collect())
+        Self(iter.into_iter().map(|(k, v)| (Cow::Owned(k), v)).collect())
     }
 }
 
@@ -144,6 +176,21 @@ impl FromIterator<(String, String)> for Properties {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn known_keys_decode_borrowed_and_others_owned() {
+        let mut p = Properties::new();
+        p.push(keys::UNIQ_KEY, "id");
+        p.push("color", "blue");
+        p.push(keys::TAGS.to_string(), "TagA");
+        let mut buf = BytesMut::new();
+        p.encode(&mut buf);
+        let back = Properties::decode(buf.freeze()).unwrap();
+        assert_eq!(back, p);
+        let borrowed: Vec<bool> = back.0.iter().map(|(k, _)| matches!(k, Cow::Borrowed(_))).collect();
+        assert_eq!(borrowed, [true, false, true]);
+        assert_eq!(back.get("color"), Some("blue"));
+    }
 
     proptest! {
         #[test]
