@@ -57,7 +57,7 @@ pub(super) struct Permit<'a> {
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        {
+        let waiters = {
             let mut usage = lock(&self.admission.usage);
             usage.total -= self.bytes;
             if let Some(c) = &self.connection
@@ -68,8 +68,13 @@ impl Drop for Permit<'_> {
                     usage.per_connection.remove(c);
                 }
             }
+            usage.waiting > 0
+        };
+        // A send counts itself as waiting (under this lock) only after registering for the
+        // wake-up and before looking at the usage again, which then includes this release.
+        if waiters {
+            self.admission.released.notify_waiters();
         }
-        self.admission.released.notify_waiters();
     }
 }
 
@@ -119,29 +124,26 @@ impl Admission {
     /// Room for `bytes` more from `connection` (`None`: only the gateway-wide bound applies),
     /// waiting for it up to the configured time.
     pub async fn admit(&self, connection: Option<&Connection>, bytes: usize) -> BrokerResult<Permit<'_>> {
+        // Room at once (the usual case): no waiter registered, no clock read.
+        if self.try_take(&mut lock(&self.usage), connection, bytes).is_ok() {
+            return Ok(Permit { admission: self, connection: connection.cloned(), bytes });
+        }
         let deadline = Instant::now() + self.wait;
         let mut waiting: Option<Waiting<'_>> = None;
         loop {
+            // Registered before looking at the usage, so a release after the look wakes it.
             let released = self.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
             let over = {
                 let mut usage = lock(&self.usage);
-                let used = connection.and_then(|c| usage.per_connection.get(c)).copied().unwrap_or(0);
-                let total_fits = usage.total == 0 || usage.total + bytes <= self.max_total;
-                let connection_fits = used == 0 || used + bytes <= self.max_per_connection;
-                if total_fits && connection_fits {
+                let Err((used, connection_fits)) = self.try_take(&mut usage, connection, bytes) else {
                     if let Some(mut w) = waiting.take() {
                         usage.waiting -= w.bytes;
                         w.bytes = 0;
                     }
-                    usage.total += bytes;
-                    usage.peak = usage.peak.max(usage.total);
-                    if let Some(c) = connection {
-                        *usage.per_connection.entry(c.clone()).or_default() += bytes;
-                    }
                     return Ok(Permit { admission: self, connection: connection.cloned(), bytes });
-                }
+                };
                 let over = if connection_fits {
                     format!(
                         "the gateway has {} bytes of sends in flight to the message log; this send ({bytes} bytes) \
@@ -175,6 +177,23 @@ impl Admission {
                 _ = tokio::time::sleep_until(deadline) => {}
             }
         }
+    }
+
+    /// Takes room for `bytes` if both bounds allow it; else what the connection has in flight
+    /// and whether the connection's bound (not the gateway's) allowed it.
+    fn try_take(&self, usage: &mut Usage, connection: Option<&Connection>, bytes: usize) -> Result<(), (usize, bool)> {
+        let used = connection.and_then(|c| usage.per_connection.get(c)).copied().unwrap_or(0);
+        let total_fits = usage.total == 0 || usage.total + bytes <= self.max_total;
+        let connection_fits = used == 0 || used + bytes <= self.max_per_connection;
+        if !(total_fits && connection_fits) {
+            return Err((used, connection_fits));
+        }
+        usage.total += bytes;
+        usage.peak = usage.peak.max(usage.total);
+        if let Some(c) = connection {
+            *usage.per_connection.entry(c.clone()).or_default() += bytes;
+        }
+        Ok(())
     }
 
     fn refuse(&self, why: String) -> BrokerError {
@@ -234,6 +253,32 @@ mod tests {
         let big = a.admit(Some(&conn("c1")), 500).await.unwrap();
         assert_eq!(a.stats().peak_inflight_bytes, 500);
         drop(big);
+        assert_eq!(a.stats().inflight_bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn a_release_wakes_the_waiters_at_once() {
+        // The bound's wait is long: a waiter admitted well before it was woken by a release,
+        // also one that registered while the first was waiting.
+        let a = Admission::new(100, 100, Duration::from_secs(30));
+        let held = a.admit(None, 100).await.unwrap();
+        let first = a.admit(None, 50);
+        let second = async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            a.admit(None, 50).await
+        };
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(held);
+        };
+        let joined = tokio::time::timeout(Duration::from_secs(5), async { tokio::join!(first, second, release) });
+        let (first, second, ()) = joined.await.expect("the waiters were not woken by the release");
+        let (first, second) = (first.unwrap(), second.unwrap());
+        assert_eq!(a.stats().inflight_bytes, 100);
+        assert_eq!(a.stats().waiting_bytes, 0);
+        drop((first, second));
+        // Nobody waits: a release notifies no one, and the next send is admitted at once.
+        drop(a.admit(None, 100).await.unwrap());
         assert_eq!(a.stats().inflight_bytes, 0);
     }
 
