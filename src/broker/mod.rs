@@ -767,8 +767,8 @@ impl Broker {
                 limits.max_batch_messages
             )));
         }
-        let topic_name = first.topic.clone();
-        validate::validate_topic(&topic_name)?;
+        let topic_name = first.topic.as_str();
+        validate::validate_topic(topic_name)?;
         if let Some(m) = messages.iter().find(|m| m.topic != topic_name) {
             return Err(BrokerError::MessageCorrupted(format!(
                 "all messages of one request must have the same topic, found `{topic_name}` and `{}`",
@@ -780,7 +780,7 @@ impl Broker {
             validate::validate_message(m, limits, now)?;
         }
         let kind = first.message_type();
-        let topic = self.send_topic(&topic_name, kind).await?;
+        let topic = self.send_topic(topic_name, kind).await?;
         for m in &messages {
             let k = m.message_type();
             if !k.accepted_by(topic.record.topic_type) {
@@ -809,7 +809,7 @@ impl Broker {
         let bytes = messages.iter().map(OutgoingMessage::approx_size).sum();
         let _room = self.inner.admission.admit(connection, bytes).await?;
         let queue_id = self.pick_queue(&topic, group)?;
-        let topic_arc: Arc<str> = Arc::from(topic_name.as_str());
+        let topic_arc: Arc<str> = Arc::from(topic_name);
         let appends: Vec<AppendMessage> = messages
             .iter()
             .map(|m| AppendMessage {
@@ -822,28 +822,32 @@ impl Broker {
                 body: m.body.clone(),
             })
             .collect();
-        let ids: Vec<String> = messages.iter().map(|m| m.message_id.clone()).collect();
-        let receipt = |id: &String, queue_id: u32, offset: u64, recall_handle: Option<String>| SendReceipt {
-            message_id: id.clone(),
+        let ids = || -> Vec<String> { messages.iter().map(|m| m.message_id.clone()).collect() };
+        let receipt = |id: String, queue_id: u32, offset: u64, recall_handle: Option<String>| SendReceipt {
             transaction_id: id.clone(),
+            message_id: id,
             queue_id,
             offset,
             recall_handle,
         };
         // Tracing: the durable append, flush wait included (ended when this returns).
-        let _appending: Vec<_> = spans.iter().map(|s| s.child("append", &topic_name)).collect();
+        let _appending: Vec<_> = spans.iter().map(|s| s.child("append", topic_name)).collect();
         if kind == MessageType::Transaction {
+            let ids = ids();
             let offsets = self.prepare(&topic, appends, &ids).await?;
-            return Ok(ids.iter().zip(offsets).map(|(id, o)| receipt(id, 0, o, None)).collect());
+            return Ok(ids.into_iter().zip(offsets).map(|(id, o)| receipt(id, 0, o, None)).collect());
         }
         // Due later: scheduled (a time in the past is delivered at once, like Apache).
-        let due: Vec<i64> = messages.iter().filter_map(|m| m.delivery_timestamp_ms).collect();
-        if due.len() == messages.len() && due.iter().any(|&d| d > now) {
+        if messages.iter().all(|m| m.delivery_timestamp_ms.is_some())
+            && messages.iter().any(|m| m.delivery_timestamp_ms.is_some_and(|d| d > now))
+        {
+            let due: Vec<i64> = messages.iter().filter_map(|m| m.delivery_timestamp_ms).collect();
+            let ids = ids();
             let scheduled = self.schedule(&topic, appends, &due, &ids).await?;
             if let Some(metrics) = crate::observability::metrics::global() {
                 metrics.timers_scheduled(scheduled.len() as u64);
             }
-            return Ok(ids.iter().zip(scheduled).map(|(id, (o, h))| receipt(id, 0, o, Some(h))).collect());
+            return Ok(ids.into_iter().zip(scheduled).map(|(id, (o, h))| receipt(id, 0, o, Some(h))).collect());
         }
         let results = self.inner.log.append(appends).await?;
         topic.arrivals.notify_waiters();
@@ -851,7 +855,11 @@ impl Broker {
             // Acknowledged only once in the object store (survives the loss of this disk).
             self.inner.log.persist_remote(&results).await?;
         }
-        Ok(ids.iter().zip(results).map(|(id, r)| receipt(id, queue_id, r.queue_offset, None)).collect())
+        Ok(messages
+            .into_iter()
+            .zip(results)
+            .map(|(m, r)| receipt(m.message_id, queue_id, r.queue_offset, None))
+            .collect())
     }
 
     /// FIFO messages go to [`fifo_queue`] (never the client's choice, since SDKs hash groups
