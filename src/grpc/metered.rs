@@ -34,6 +34,14 @@ impl MessagingServiceImpl {
     }
 }
 
+impl Metered {
+    /// Whether another node of the cluster forwarded this request (it was counted there). A
+    /// single node has no peers: the header means nothing and is not looked up.
+    fn forwarded<T>(&self, request: &Request<T>) -> bool {
+        self.inner.cluster.is_some() && forward::forwarded_by(request.metadata()).is_some()
+    }
+}
+
 /// The RocketMQ code's name (`OK`, `MESSAGE_NOT_FOUND`, …).
 fn code_name(code: i32) -> &'static str {
     Code::try_from(code).map_or("UNKNOWN_CODE", |c| c.as_str_name())
@@ -236,7 +244,7 @@ impl MessagingService for Metered {
             return self.inner.send_message(request).await;
         };
         let started = Instant::now();
-        let forwarded = forward::forwarded_by(request.metadata()).is_some();
+        let forwarded = self.forwarded(&request);
         let msgs = &request.get_ref().messages;
         // One topic per request (the broker refuses mixed ones); (type, body bytes) per
         // message, in request order (the answer's entries are in that order).
@@ -270,7 +278,7 @@ impl MessagingService for Metered {
         let md = request.metadata();
         let topic = resource_name(req.message_queue.as_ref().and_then(|q| q.topic.as_ref()), md, NameKind::Topic);
         let group = resource_name(req.group.as_ref(), md, NameKind::Group);
-        let count = forward::forwarded_by(request.metadata()).is_none();
+        let count = !self.forwarded(&request);
         let result = self.inner.receive_message(request).await;
         streamed(m, "ReceiveMessage", started, (topic, group, count), result, |f: &proto::ReceiveMessageResponse| {
             use proto::receive_message_response::Content;
@@ -294,7 +302,7 @@ impl MessagingService for Metered {
         let md = request.metadata();
         let topic = resource_name(req.message_queue.as_ref().and_then(|q| q.topic.as_ref()), md, NameKind::Topic);
         let group = resource_name(req.group.as_ref(), md, NameKind::Group);
-        let count = forward::forwarded_by(request.metadata()).is_none();
+        let count = !self.forwarded(&request);
         let result = self.inner.pull_message(request).await;
         streamed(m, "PullMessage", started, (topic, group, count), result, |f: &proto::PullMessageResponse| {
             use proto::pull_message_response::Content;

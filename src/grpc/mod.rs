@@ -20,11 +20,11 @@ mod telemetry;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use futures::Stream;
-use tonic::metadata::MetadataMap;
+use tonic::metadata::{Ascii, MetadataKey, MetadataMap};
 use tonic::{Request, Response, Status as GrpcStatus, Streaming};
 
 use crate::broker::{
@@ -54,16 +54,23 @@ struct Context {
 
 impl Context {
     fn of<T>(req: &Request<T>) -> Context {
+        // Parsed once: a look-up by `&str` validates and lower-cases the name each time.
+        static KEYS: LazyLock<[MetadataKey<Ascii>; 5]> = LazyLock::new(|| {
+            ["x-mq-client-id", "x-mq-namespace", "x-mq-language", "grpc-timeout", "x-mq-request-id"]
+                .map(MetadataKey::from_static)
+        });
+        let [client_id, namespace, language, timeout, request_id] = &*KEYS;
         let md = req.metadata();
-        let get = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).unwrap_or_default().trim().to_string();
+        let value = |k: &MetadataKey<Ascii>| md.get(k).and_then(|v| v.to_str().ok());
+        let get = |k: &MetadataKey<Ascii>| value(k).unwrap_or_default().trim().to_string();
         Context {
-            client_id: get("x-mq-client-id"),
-            namespace: get("x-mq-namespace"),
-            language: get("x-mq-language"),
-            deadline: md.get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout),
+            client_id: get(client_id),
+            namespace: get(namespace),
+            language: get(language),
+            deadline: value(timeout).and_then(parse_grpc_timeout),
             local_addr: req.local_addr(),
             remote_addr: req.remote_addr(),
-            request_id: get("x-mq-request-id"),
+            request_id: get(request_id),
         }
     }
 

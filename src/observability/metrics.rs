@@ -294,18 +294,16 @@ impl Metrics {
 
     /// One RPC's latency with the RocketMQ response code of its answer.
     pub fn rpc_latency(&self, rpc: &'static str, code: &'static str, d: Duration) {
-        let found = self.rpc.read().unwrap_or_else(|e| e.into_inner()).get(&(rpc, code)).cloned();
-        let h = match found {
-            Some(h) => h,
-            None => self
-                .rpc
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry((rpc, code))
-                .or_insert_with(|| Arc::new(Histogram::new(RPC_BUCKETS)))
-                .clone(),
-        };
-        h.observe(d);
+        if let Some(h) = self.rpc.read().unwrap_or_else(|e| e.into_inner()).get(&(rpc, code)) {
+            h.observe(d);
+            return;
+        }
+        self.rpc
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((rpc, code))
+            .or_insert_with(|| Arc::new(Histogram::new(RPC_BUCKETS)))
+            .observe(d);
     }
 
     /// One commit-log fsync.
