@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Alternating pairs: the same load (`bench e2e --target`) against two or more gateway builds in
+# turn, each on a fresh data directory, so that a slow stretch of a shared VM hits every build
+# alike. Prints one line per run: rate, send and end-to-end percentiles, and the gateway's CPU
+# per message (the load generator's "Other CPU: procs" column, which is the gateway here).
+#
+#   integration-tests/reference/ab-pairs.sh <ASYNC|SYNC> <pairs> <gateway-binary>...
+#
+# Environment: LG (the binary that generates the load; default the first gateway binary, which
+# must be built with the `bench` feature), RATE (msg/s; unset: closed loop at max), CONSUMERS
+# (default 0), DURATION (default 10s), GWENV (extra `VAR=value` for the gateways), PORT (gRPC,
+# default 18081; the admin/metrics port is PORT-1).
+set -euo pipefail
+
+flush=${1:?usage: ab-pairs.sh <ASYNC|SYNC> <pairs> <gateway-binary>...}
+pairs=${2:?pairs}
+shift 2
+[ $# -ge 1 ] || { echo "ab-pairs.sh: name at least one gateway binary" >&2; exit 2; }
+case $flush in ASYNC | SYNC) ;; *) echo "ab-pairs.sh: flush mode is ASYNC or SYNC, not $flush" >&2; exit 2 ;; esac
+lg=${LG:-$1}
+port=${PORT:-18081}
+http=$((port - 1))
+work=$(mktemp -d)
+gateway=""
+cleanup() {
+  if [ -n "$gateway" ]; then kill "$gateway" 2>/dev/null || true; wait "$gateway" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+for i in $(seq 1 "$pairs"); do
+  for bin in "$@"; do
+    rm -rf "$work/data" && mkdir -p "$work/data"
+    env ${GWENV:-} \
+      RMQ_GATEWAY_SERVER__BIND_ADDRESS=127.0.0.1 RMQ_GATEWAY_SERVER__GRPC_SERVER_PORT="$port" \
+      RMQ_GATEWAY_SERVER__HTTP_SERVER_PORT="$http" RMQ_GATEWAY_STORAGE__DATA_DIR="$work/data" \
+      RMQ_GATEWAY_STORAGE__FLUSH_DISK_TYPE="${flush}_FLUSH" RMQ_GATEWAY_TOPICS__AUTO_CREATE_TOPIC_ENABLE=true \
+      "$bin" serve >"$work/gateway.log" 2>&1 &
+    gateway=$!
+    up=""
+    for _ in $(seq 100); do
+      if curl -sf "http://127.0.0.1:$http/metrics" >/dev/null; then up=1; break; fi
+      sleep 0.1
+    done
+    [ -n "$up" ] || { echo "ab-pairs.sh: $bin did not start; its log:" >&2; cat "$work/gateway.log" >&2; exit 1; }
+    "$lg" bench e2e --target "127.0.0.1:$port" --consumers "${CONSUMERS:-0}" ${RATE:+--rate "$RATE"} \
+      --duration "${DURATION:-10s}" --quiet --out "$work/out" >"$work/lg.out" 2>"$work/lg.err" ||
+      { echo "ab-pairs.sh: the load failed against $bin:" >&2; cat "$work/lg.err" >&2; exit 1; }
+    grep -E '^\| grpc' "$work/lg.out" | tail -1 | awk -F'|' -v i="$i" -v b="$bin" '{
+      split($15, other, "/"); rate = $6 + 0
+      printf "%s %s  msg/s %d  send p50/p99/p99.9 %s e2e %s  client %s cores  gateway %.2f cores, %.2f us/msg\n",
+        i, b, rate, $8, $9, $13, other[1], (rate > 0 ? other[1] * 1e6 / rate : 0) }'
+    kill "$gateway" && wait "$gateway" 2>/dev/null || true
+    gateway=""
+  done
+done
