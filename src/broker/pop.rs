@@ -13,7 +13,7 @@ use super::error::{BrokerError, BrokerResult};
 use super::filter::Filter;
 use super::journal::{AckRecord, Delivery, DeliveryRecord, JOURNAL_TOPIC, JournalRecord};
 use super::message::DeliveredMessage;
-use super::receipt::Receipt;
+use super::receipt::{self, Receipt};
 use super::spans;
 use super::{Broker, REMOTE_FETCH_ROUNDS, TopicEntry, TopicKind, lock, validate};
 use crate::metadata::GroupRecord;
@@ -184,7 +184,8 @@ impl Broker {
                     &group.name,
                     &topic,
                     (auto_renew_client, Some(req.client_id.clone()), false),
-                    got.iter().map(|m| m.receipt_handle.as_str()),
+                    // Handles issued by this receive: read back, not verified again.
+                    got.iter().filter_map(|m| receipt::read_issued(&m.receipt_handle)),
                     durable,
                 )
                 .await;
@@ -214,21 +215,20 @@ impl Broker {
         }
     }
 
-    /// Journals deliveries (from their receipt handles) before the consumer sees them, so a
+    /// Journals deliveries (their receipts) before the consumer sees them, so a
     /// restart keeps them invisible until their deadline with their attempt count and serial
     /// (after a machine crash only if the record was synced: `durable`).
     /// A failed journal write only costs that guarantee (the message may come back early after
     /// a crash), so it is logged, not returned.
-    async fn journal_deliveries<'a>(
+    async fn journal_deliveries(
         &self,
         group: &str,
         topic: &TopicEntry,
         (auto_renew_client, receiver, invisible_change): (Option<String>, Option<String>, bool),
-        handles: impl Iterator<Item = &'a str>,
+        receipts: impl Iterator<Item = Receipt>,
         durable: Journaled,
     ) {
-        let deliveries: Vec<Delivery> = handles
-            .filter_map(|h| self.decode_receipt(group, topic, h).ok())
+        let deliveries: Vec<Delivery> = receipts
             .map(|r| Delivery {
                 queue_id: r.queue_id,
                 offset: r.offset,
@@ -959,7 +959,7 @@ impl Broker {
         let handle = self.inner.receipts.encode(&new, group, &topic.record.name);
         let by = (None, Some(client_id.to_string()), true);
         // Synced before the client hears of it, like an ack: the new deadline is what it asked for.
-        self.journal_deliveries(group, &topic, by, std::iter::once(handle.as_str()), Journaled::Synced).await;
+        self.journal_deliveries(group, &topic, by, std::iter::once(new), Journaled::Synced).await;
         Ok(handle)
     }
 
