@@ -151,7 +151,11 @@ public final class E2e {
                 consumer.ack(mv);
                 return;
             } catch (Exception e) {
-                boolean unreachable = describe(e).contains("UNAVAILABLE");
+                // UNAVAILABLE: the gateway is down or restarting. "UNKNOWN: channel closed": the
+                // connection broke with this ack in flight (a SIGKILL), its fate unknown. Acking
+                // again is harmless (a second ack of a message succeeds).
+                String why = describe(e);
+                boolean unreachable = why.contains("UNAVAILABLE") || why.contains("channel closed");
                 if (!unreachable || attempt >= 20 || !timeLeft()) {
                     throw e;
                 }
