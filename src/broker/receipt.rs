@@ -129,14 +129,7 @@ pub fn read_issued(handle: &str) -> Option<Receipt> {
 /// The queue id a handle names, read without verifying it (no secret, group or topic needed):
 /// where to route a request carrying it. The node serving the queue verifies it.
 pub fn peek_queue_id(handle: &str) -> Option<u32> {
-    if handle.len() > 2 * ENCODED_LEN {
-        return None;
-    }
-    let raw = URL_SAFE_NO_PAD.decode(handle.trim()).ok()?;
-    if raw.len() != ENCODED_LEN || raw[0] != VERSION {
-        return None;
-    }
-    Some(u32::from_be_bytes([raw[1], raw[2], raw[3], raw[4]]))
+    raw(handle).ok().map(|raw| parse(&raw).queue_id)
 }
 
 #[cfg(test)]
