@@ -46,6 +46,8 @@ for i in $(seq 1 "$pairs"); do
     "$lg" bench e2e --target "127.0.0.1:$port" --consumers "${CONSUMERS:-0}" ${RATE:+--rate "$RATE"} \
       --duration "${DURATION:-10s}" --quiet --out "$work/out" >"$work/lg.out" 2>"$work/lg.err" ||
       { echo "ab-pairs.sh: the load failed against $bin:" >&2; cat "$work/lg.err" >&2; exit 1; }
+    grep -qE '^\| grpc' "$work/lg.out" ||
+      { echo "ab-pairs.sh: no result line from the load against $bin:" >&2; cat "$work/lg.out" >&2; exit 1; }
     grep -E '^\| grpc' "$work/lg.out" | tail -1 | awk -F'|' -v i="$i" -v b="$bin" '{
       split($15, other, "/"); rate = $6 + 0
       printf "%s %s  msg/s %d  send p50/p99/p99.9 %s e2e %s  client %s cores  gateway %.2f cores, %.2f us/msg\n",
