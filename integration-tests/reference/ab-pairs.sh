@@ -9,7 +9,10 @@
 # Environment: LG (the binary that generates the load; default the first gateway binary, which
 # must be built with the `bench` feature), RATE (msg/s; unset: closed loop at max), CONSUMERS
 # (default 0), DURATION (default 10s), GWENV (extra `VAR=value` for the gateways), PORT (gRPC,
-# default 18081; the admin/metrics port is PORT-1).
+# default 18081; the admin/metrics port is PORT-1), THREADS=1 (also print, per gateway thread
+# name, its time on a CPU, its time runnable but waiting for one, and its context switches, per
+# second over 5 s from 4 s into the load; from /proc/<pid>/task/*/schedstat), HOOK (a shell
+# command run 4 s into the load with GATEWAY_PID set, e.g. to change a thread's scheduling).
 set -euo pipefail
 
 flush=${1:?usage: ab-pairs.sh <ASYNC|SYNC> <pairs> <gateway-binary>...}
@@ -28,6 +31,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Per thread name: ns on a CPU, ns runnable waiting for one, switches (summed over threads).
+thread_stats() {
+  for t in /proc/"$1"/task/*; do
+    echo "$(cat "$t/comm") $(cat "$t/schedstat")"
+  done 2>/dev/null | awk '{ run[$1] += $2; wait[$1] += $3; sw[$1] += $4 }
+    END { for (k in run) printf "%s %.0f %.0f %.0f\n", k, run[k], wait[k], sw[k] }' | sort
+}
+
 for i in $(seq 1 "$pairs"); do
   for bin in "$@"; do
     rm -rf "$work/data" && mkdir -p "$work/data"
@@ -44,14 +55,29 @@ for i in $(seq 1 "$pairs"); do
     done
     [ -n "$up" ] || { echo "ab-pairs.sh: $bin did not start; its log:" >&2; cat "$work/gateway.log" >&2; exit 1; }
     "$lg" bench e2e --target "127.0.0.1:$port" --consumers "${CONSUMERS:-0}" ${RATE:+--rate "$RATE"} \
-      --duration "${DURATION:-10s}" --quiet --out "$work/out" >"$work/lg.out" 2>"$work/lg.err" ||
-      { echo "ab-pairs.sh: the load failed against $bin:" >&2; cat "$work/lg.err" >&2; exit 1; }
+      --duration "${DURATION:-10s}" --quiet --out "$work/out" >"$work/lg.out" 2>"$work/lg.err" &
+    load=$!
+    if [ -n "${THREADS:-}${HOOK:-}" ]; then
+      sleep 4
+      if [ -n "${HOOK:-}" ]; then GATEWAY_PID=$gateway bash -c "$HOOK"; fi
+      if [ -n "${THREADS:-}" ]; then
+        thread_stats "$gateway" >"$work/threads0"
+        sleep 5
+        thread_stats "$gateway" >"$work/threads1"
+      fi
+    fi
+    wait "$load" || { echo "ab-pairs.sh: the load failed against $bin:" >&2; cat "$work/lg.err" >&2; exit 1; }
     grep -qE '^\| grpc' "$work/lg.out" ||
       { echo "ab-pairs.sh: no result line from the load against $bin:" >&2; cat "$work/lg.out" >&2; exit 1; }
     grep -E '^\| grpc' "$work/lg.out" | tail -1 | awk -F'|' -v i="$i" -v b="$bin" '{
       split($15, other, "/"); rate = $6 + 0
       printf "%s %s  msg/s %d  send p50/p99/p99.9 %s e2e %s  client %s cores  gateway %.2f cores, %.2f us/msg\n",
         i, b, rate, $8, $9, $13, other[1], (rate > 0 ? other[1] * 1e6 / rate : 0) }'
+    if [ -n "${THREADS:-}" ]; then
+      join "$work/threads0" "$work/threads1" | awk '{ sw = $7 - $4
+        printf "    %-16s on a CPU %6.1f ms/s  waiting for one %6.1f ms/s  switches %5d/s (%.1f us waiting each)\n",
+          $1, ($5 - $2) / 5e6, ($6 - $3) / 5e6, sw / 5, (sw > 0 ? ($6 - $3) / sw / 1e3 : 0) }'
+    fi
     kill "$gateway" && wait "$gateway" 2>/dev/null || true
     gateway=""
   done
