@@ -14,8 +14,8 @@
 //! SYNC_FLUSH and ASYNC_FLUSH, NATS JetStream (file storage, publish acks, async-nats), and
 //! Apache RocketMQ 5 (NameServer + Proxy in local mode, SYNC_FLUSH and ASYNC_FLUSH; same load
 //! generator, its two JVMs measured together, a JVM warm-up run before measuring).
-//! The ceiling and the gateways run side by side: all started at once and their `max` runs
-//! taken in turn, since two targets are ratios of their rates; the others one after another.
+//! The ceiling runs beside each gateway, their `max` runs alternating, since two targets are
+//! ratios of their rates; the others run one after another.
 //! Then it prints the table, the ratios and the targets of issue #4, and writes JSON, Markdown
 //! and SVG. (rocketmq-rust's proxy is not among them: see the README's benchmark section.)
 
@@ -431,60 +431,86 @@ impl Runner<'_> {
         self.paced(system, max_rate, run, storage).await
     }
 
-    /// The no-op ceiling and the gateways side by side: the ratios of two targets divide a
+    /// The no-op ceiling beside each gateway in turn: the ratios of two targets divide a
     /// gateway's `max` by the ceiling's, and this VM's speed drifts by a fifth within minutes,
-    /// so all of them are started first and their `max` runs taken in turn (ceiling, ASYNC,
-    /// SYNC, ceiling, …), each against its own topic; the ceiling is then stopped and each
-    /// gateway gets its paced runs as in [`Self::gateway`]. Returns the systems that could not
-    /// be measured, with why. (Under `--perf` the systems run one after the other instead, each
+    /// so the ceiling runs throughout and each gateway's `max` runs alternate with the
+    /// ceiling's (ceiling, ASYNC, ceiling, ASYNC, …); that gateway's paced runs follow and it
+    /// stops, its log deleted, before the next one starts (two logs growing at once slow both
+    /// on this VM, whose page cache then grows into memory handed back to the host). The
+    /// ceiling's row is the median of all its runs. Returns the systems that could not be
+    /// measured, with why. (Under `--perf` the systems run one after the other instead, each
     /// profiled during its own runs.)
     async fn side_by_side(&mut self, systems: &[System]) -> Vec<(System, anyhow::Error)> {
         let mut failed = Vec::new();
-        let mut members: Vec<Member> = Vec::new();
-        for &system in systems {
-            match self.start_member(system) {
-                Ok(m) => members.push(m),
-                Err(e) => failed.push((system, e)),
-            }
-        }
-        for m in &mut members {
-            if let Err(e) = grpc::prepare(&m.max_target(), Duration::from_secs(60)).await {
-                m.failed = Some(e);
+        let row = self.report.results.len();
+        let mut ceiling = None;
+        if systems.contains(&System::Noop) {
+            match self.start_member(System::Noop).await {
+                Ok(c) => ceiling = Some(c),
+                Err(e) => failed.push((System::Noop, e)),
             }
         }
         let args = self.args.load(0, None);
-        let names: Vec<&str> = members.iter().map(|m| m.system.label()).collect();
-        let note = format!(
-            "{}: their max runs ({} each) were taken in turn, all servers up, so that a change in the \
-             machine's speed reaches each of them alike",
-            names.join(", "),
-            self.args.max_runs.max(1)
-        );
-        eprintln!("{note}");
-        self.report.notes.push(note);
-        for _ in 0..self.args.max_runs.max(1) {
-            for m in members.iter_mut().filter(|m| m.failed.is_none()) {
-                let system = m.system.label();
-                eprintln!("{system}: max (closed loop, {} in flight)", args.producers * args.concurrency);
-                let (target, watch) = (m.max_target(), m.server.watch());
-                match self.best_of(&format!("{system} max"), |_| grpc::run(system, &args, &target, &watch)).await {
-                    Ok(o) => m.maxes.push(RunResult::new(system, "max", &m.storage(), &args, &o)),
-                    Err(e) => m.failed = Some(e),
+        for &system in systems.iter().filter(|s| **s != System::Noop) {
+            let mut m = match self.start_member(system).await {
+                Ok(m) => m,
+                Err(e) => {
+                    failed.push((system, e));
+                    continue;
                 }
+            };
+            if ceiling.is_some() {
+                let note = format!(
+                    "{}: its max runs ({}) alternated with the ceiling's, both servers up, so that a change in the \
+                     machine's speed reaches both alike",
+                    system.label(),
+                    self.args.max_runs.max(1)
+                );
+                eprintln!("{note} ({} in flight)", args.producers * args.concurrency);
+                self.report.notes.push(note);
             }
-        }
-        for mut m in members {
-            let system = m.system;
+            for _ in 0..self.args.max_runs.max(1) {
+                if let Some(c) = ceiling.as_mut() {
+                    self.max_turn(c, &args).await;
+                }
+                self.max_turn(&mut m, &args).await;
+            }
             if let Err(e) = self.finish_member(&mut m).await {
                 failed.push((system, e));
             }
             m.stop();
         }
+        if let Some(mut c) = ceiling {
+            match self.finish_member(&mut c).await {
+                Ok(()) => {
+                    // Listed first, where the ceiling stood when the systems ran one by one.
+                    if let Some(r) = self.report.results.pop() {
+                        self.report.results.insert(row, r);
+                    }
+                }
+                Err(e) => failed.push((System::Noop, e)),
+            }
+            c.stop();
+        }
         failed
     }
 
-    /// Starts one system of [`Self::side_by_side`].
-    fn start_member(&self, system: System) -> anyhow::Result<Member> {
+    /// One `max` run of `m`, unless an earlier one failed.
+    async fn max_turn(&mut self, m: &mut Member, args: &LoadArgs) {
+        if m.failed.is_some() {
+            return;
+        }
+        let system = m.system.label();
+        eprintln!("{system}: max (closed loop, {} in flight)", args.producers * args.concurrency);
+        let (target, watch) = (m.max_target(), m.server.watch());
+        match self.best_of(&format!("{system} max"), |_| grpc::run(system, args, &target, &watch)).await {
+            Ok(o) => m.maxes.push(RunResult::new(system, "max", &m.storage(), args, &o)),
+            Err(e) => m.failed = Some(e),
+        }
+    }
+
+    /// Starts one system of [`Self::side_by_side`] and prepares its `max` topic.
+    async fn start_member(&self, system: System) -> anyhow::Result<Member> {
         let label = system.label();
         let (server, addr, flush, data_dir) = match system {
             System::Noop => {
@@ -503,7 +529,11 @@ impl Runner<'_> {
                 anyhow::bail!("{label} is not measured side by side with the ceiling")
             }
         };
-        Ok(Member { system, server, addr, flush, data_dir, maxes: Vec::new(), failed: None })
+        let mut m = Member { system, server, addr, flush, data_dir, maxes: Vec::new(), failed: None };
+        if let Err(e) = grpc::prepare(&m.max_target(), Duration::from_secs(60)).await {
+            m.failed = Some(e);
+        }
+        Ok(m)
     }
 
     /// After the turns of `max` runs: the median kept, then a gateway's paced runs.
