@@ -174,10 +174,10 @@ pub struct CompareArgs {
     /// At most this many tries per run; the least contended one is kept.
     #[arg(long, default_value_t = 3)]
     pub attempts: usize,
-    /// Closed-loop `max` runs per round of each gRPC system (the no-op ceiling, the gateways,
-    /// Apache); the median (by msg/s) is reported and paces the paced runs. The ceiling is the
-    /// denominator of two targets, and on a shared VM one run of it moved by a fifth between
-    /// rounds.
+    /// Closed-loop `max` runs per round of each gRPC system (the gateways, Apache; the no-op
+    /// ceiling gets as many beside each gateway, alternating with its runs); the median (by
+    /// msg/s) is reported and paces the paced runs. The ceiling is the denominator of two
+    /// targets, and on a shared VM one run of it moved by a fifth between rounds.
     #[arg(long, default_value_t = 3)]
     pub max_runs: usize,
     /// Rounds of the whole sequence (every system, every run), to see how far apart the
