@@ -14,8 +14,6 @@
 //! SYNC_FLUSH and ASYNC_FLUSH, NATS JetStream (file storage, publish acks, async-nats), and
 //! Apache RocketMQ 5 (NameServer + Proxy in local mode, SYNC_FLUSH and ASYNC_FLUSH; same load
 //! generator, its two JVMs measured together, a JVM warm-up run before measuring).
-//! The ceiling runs beside each gateway, their `max` runs alternating, since two targets are
-//! ratios of their rates; the others run one after another.
 //! Then it prints the table, the ratios and the targets of issue #4, and writes JSON, Markdown
 //! and SVG. (rocketmq-rust's proxy is not among them: see the README's benchmark section.)
 
@@ -29,7 +27,7 @@ use clap::{Args, ValueEnum};
 
 use super::apache::{self, Apache};
 use super::grpc::{self, Flush, Target};
-use super::load::{LoadOutcome, ServerWatch};
+use super::load::LoadOutcome;
 use super::procs::{self, Server, ServerUnderTest};
 use super::report::{Check, Ratio, Report, RunResult, Spread};
 use super::{LoadArgs, OutArgs};
@@ -174,10 +172,10 @@ pub struct CompareArgs {
     /// At most this many tries per run; the least contended one is kept.
     #[arg(long, default_value_t = 3)]
     pub attempts: usize,
-    /// Closed-loop `max` runs per round of each gRPC system (the gateways, Apache; the no-op
-    /// ceiling gets as many beside each gateway, alternating with its runs); the median (by
-    /// msg/s) is reported and paces the paced runs. The ceiling is the denominator of two
-    /// targets, and on a shared VM one run of it moved by a fifth between rounds.
+    /// Closed-loop `max` runs per round of each gRPC system (the no-op ceiling, the gateways,
+    /// Apache); the median (by msg/s) is reported and paces the paced runs. The ceiling is the
+    /// denominator of two targets, and on a shared VM one run of it moved by a fifth between
+    /// rounds.
     #[arg(long, default_value_t = 3)]
     pub max_runs: usize,
     /// Rounds of the whole sequence (every system, every run), to see how far apart the
@@ -212,43 +210,6 @@ impl CompareArgs {
             rate,
             drain: Duration::from_secs(5),
             quiet: self.quiet,
-        }
-    }
-}
-
-/// A gRPC system of [`Runner::side_by_side`], started, with its `max` runs so far.
-struct Member {
-    system: System,
-    server: Server,
-    addr: SocketAddr,
-    /// A gateway's flush mode (`None`: the no-op ceiling, which cannot be consumed from).
-    flush: Option<Flush>,
-    data_dir: Option<PathBuf>,
-    maxes: Vec<RunResult>,
-    failed: Option<anyhow::Error>,
-}
-
-impl Member {
-    fn max_target(&self) -> Target {
-        Target {
-            addr: self.addr,
-            topic: grpc::default_topic("max"),
-            group: "bench-max".into(),
-            full: self.flush.is_some(),
-        }
-    }
-
-    fn storage(&self) -> String {
-        match (self.flush, &self.data_dir) {
-            (Some(flush), Some(dir)) => grpc::gateway_storage(flush, dir),
-            _ => "none (answers OK)".into(),
-        }
-    }
-
-    fn stop(mut self) {
-        self.server.stop(Duration::from_secs(if self.flush.is_some() { 30 } else { 10 }));
-        if let Some(dir) = &self.data_dir {
-            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
@@ -377,23 +338,6 @@ impl Runner<'_> {
         if let Some(e) = failed {
             return Err(e);
         }
-        let max_rate = self.keep_median_max(system, maxes, data_dir)?;
-        if full && self.args.consumers > 0 && max_rate > 0.0 {
-            let profile = self.start_profile(data_dir, &pids, &format!("perf-{system}-paced.data"));
-            let paced = self.paced_runs(system, addr, &watch, max_rate, storage, topic).await;
-            self.finish_profile(
-                profile,
-                &format!("{system}'s paced runs ran under `perf record -F 499` (consumers included)"),
-            );
-            paced?;
-            server.check_alive()?;
-        }
-        Ok(())
-    }
-
-    /// Records the `max` run with the median rate of `maxes` (a note lists them all) and
-    /// returns its rate, which paces the paced runs.
-    fn keep_median_max(&mut self, system: &str, maxes: Vec<RunResult>, data_dir: Option<&Path>) -> anyhow::Result<f64> {
         let rates: Vec<String> = maxes.iter().map(|r| format!("{:.0}", r.msgs_per_s)).collect();
         let mut r = median_run(maxes).context("no max run")?;
         if rates.len() > 1 {
@@ -406,149 +350,24 @@ impl Runner<'_> {
         r.disk_bytes = data_dir.map(procs::dir_size);
         let max_rate = r.msgs_per_s;
         self.record(r);
-        Ok(max_rate)
-    }
-
-    /// The paced runs of a system that can be consumed from, at fractions of `max_rate`.
-    async fn paced_runs(
-        &mut self,
-        system: &str,
-        addr: SocketAddr,
-        watch: &ServerWatch,
-        max_rate: f64,
-        storage: &dyn Fn() -> String,
-        topic: &dyn Fn(&str) -> String,
-    ) -> anyhow::Result<()> {
-        let run = |a: LoadArgs, i: usize| {
-            let target =
-                Target { addr, topic: topic(&format!("paced{i}")), group: format!("bench-paced{i}"), full: true };
-            let watch = watch.clone();
-            async move {
-                grpc::prepare(&target, Duration::from_secs(60)).await?;
-                grpc::run(system, &a, &target, &watch).await
-            }
-        };
-        self.paced(system, max_rate, run, storage).await
-    }
-
-    /// The no-op ceiling beside each gateway in turn: the ratios of two targets divide a
-    /// gateway's `max` by the ceiling's, and this VM's speed drifts by a fifth within minutes,
-    /// so the ceiling runs throughout and each gateway's `max` runs alternate with the
-    /// ceiling's (ceiling, ASYNC, ceiling, ASYNC, …); that gateway's paced runs follow and it
-    /// stops, its log deleted, before the next one starts (two logs growing at once slow both
-    /// on this VM, whose page cache then grows into memory handed back to the host). The
-    /// ceiling's row is the median of all its runs. Returns the systems that could not be
-    /// measured, with why. (Under `--perf` the systems run one after the other instead, each
-    /// profiled during its own runs.)
-    async fn side_by_side(&mut self, systems: &[System]) -> Vec<(System, anyhow::Error)> {
-        let mut failed = Vec::new();
-        let row = self.report.results.len();
-        let mut ceiling = None;
-        if systems.contains(&System::Noop) {
-            match self.start_member(System::Noop).await {
-                Ok(c) => ceiling = Some(c),
-                Err(e) => failed.push((System::Noop, e)),
-            }
-        }
-        let args = self.args.load(0, None);
-        for &system in systems.iter().filter(|s| **s != System::Noop) {
-            let mut m = match self.start_member(system).await {
-                Ok(m) => m,
-                Err(e) => {
-                    failed.push((system, e));
-                    continue;
+        if full && self.args.consumers > 0 && max_rate > 0.0 {
+            let run = |a: LoadArgs, i: usize| {
+                let target =
+                    Target { addr, topic: topic(&format!("paced{i}")), group: format!("bench-paced{i}"), full };
+                let watch = watch.clone();
+                async move {
+                    grpc::prepare(&target, Duration::from_secs(60)).await?;
+                    grpc::run(system, &a, &target, &watch).await
                 }
             };
-            if ceiling.is_some() {
-                let note = format!(
-                    "{}: its max runs ({}) alternated with the ceiling's, both servers up, so that a change in the \
-                     machine's speed reaches both alike",
-                    system.label(),
-                    self.args.max_runs.max(1)
-                );
-                eprintln!("{note} ({} in flight)", args.producers * args.concurrency);
-                self.report.notes.push(note);
-            }
-            for _ in 0..self.args.max_runs.max(1) {
-                if let Some(c) = ceiling.as_mut() {
-                    self.max_turn(c, &args).await;
-                }
-                self.max_turn(&mut m, &args).await;
-            }
-            if let Err(e) = self.finish_member(&mut m).await {
-                failed.push((system, e));
-            }
-            m.stop();
-        }
-        if let Some(mut c) = ceiling {
-            match self.finish_member(&mut c).await {
-                Ok(()) => {
-                    // Listed first, where the ceiling stood when the systems ran one by one.
-                    if let Some(r) = self.report.results.pop() {
-                        self.report.results.insert(row, r);
-                    }
-                }
-                Err(e) => failed.push((System::Noop, e)),
-            }
-            c.stop();
-        }
-        failed
-    }
-
-    /// One `max` run of `m`, unless an earlier one failed.
-    async fn max_turn(&mut self, m: &mut Member, args: &LoadArgs) {
-        if m.failed.is_some() {
-            return;
-        }
-        let system = m.system.label();
-        eprintln!("{system}: max (closed loop, {} in flight)", args.producers * args.concurrency);
-        let (target, watch) = (m.max_target(), m.server.watch());
-        match self.best_of(&format!("{system} max"), |_| grpc::run(system, args, &target, &watch)).await {
-            Ok(o) => m.maxes.push(RunResult::new(system, "max", &m.storage(), args, &o)),
-            Err(e) => m.failed = Some(e),
-        }
-    }
-
-    /// Starts one system of [`Self::side_by_side`] and prepares its `max` topic.
-    async fn start_member(&self, system: System) -> anyhow::Result<Member> {
-        let label = system.label();
-        let (server, addr, flush, data_dir) = match system {
-            System::Noop => {
-                let port = procs::free_port()?;
-                let mut cmd = Command::new(&self.bin);
-                cmd.args(["bench", "noop-server", "--listen", &format!("127.0.0.1:{port}")]);
-                let server = Server::spawn(NOOP, cmd, &self.args.work_dir.join("noop.log"))?;
-                (server, SocketAddr::from(([127, 0, 0, 1], port)), None, None)
-            }
-            System::GatewayAsync | System::GatewaySync => {
-                let flush = if system == System::GatewaySync { Flush::Sync } else { Flush::Async };
-                let g = grpc::spawn_gateway(&self.bin, flush, &self.args.work_dir, label)?;
-                (g.server, g.grpc, Some(flush), Some(g.data_dir))
-            }
-            System::Nats | System::ApacheSync | System::ApacheAsync => {
-                anyhow::bail!("{label} is not measured side by side with the ceiling")
-            }
-        };
-        let mut m = Member { system, server, addr, flush, data_dir, maxes: Vec::new(), failed: None };
-        if let Err(e) = grpc::prepare(&m.max_target(), Duration::from_secs(60)).await {
-            m.failed = Some(e);
-        }
-        Ok(m)
-    }
-
-    /// After the turns of `max` runs: the median kept, then a gateway's paced runs.
-    async fn finish_member(&mut self, m: &mut Member) -> anyhow::Result<()> {
-        let system = m.system.label();
-        m.server.check_alive()?;
-        if let Some(e) = m.failed.take() {
-            return Err(e);
-        }
-        let max_rate = self.keep_median_max(system, std::mem::take(&mut m.maxes), m.data_dir.as_deref())?;
-        if m.flush.is_some() && self.args.consumers > 0 && max_rate > 0.0 {
-            let watch = m.server.watch();
-            let storage = || m.storage();
-            self.paced_runs(system, m.addr, &watch, max_rate, &storage, &grpc::default_topic).await?;
-            m.server.check_alive()?;
+            let profile = self.start_profile(data_dir, &pids, &format!("perf-{system}-paced.data"));
+            let paced = self.paced(system, max_rate, run, storage).await;
+            self.finish_profile(
+                profile,
+                &format!("{system}'s paced runs ran under `perf record -F 499` (consumers included)"),
+            );
+            paced?;
+            server.check_alive()?;
         }
         Ok(())
     }
@@ -982,26 +801,7 @@ pub async fn main(args: CompareArgs) -> anyhow::Result<()> {
             eprintln!("round {round} of {rounds}");
         }
         let mut runner = Runner { args: &args, report: Report::new(&args.work_dir), bin: bin.clone() };
-        // The ceiling and the gateways, when two or more of them run and nothing is profiled.
-        let group: Vec<System> = args
-            .systems
-            .iter()
-            .copied()
-            .filter(|s| matches!(s, System::Noop | System::GatewayAsync | System::GatewaySync))
-            .collect();
-        let together = group.len() > 1 && !args.perf;
         for system in args.systems.iter().copied() {
-            if together && group.contains(&system) {
-                if system == group[0] {
-                    for (s, e) in runner.side_by_side(&group).await {
-                        eprintln!("{}: FAILED: {e:#}", s.label());
-                        runner.report.notes.push(format!("{} could not be measured: {e:#}", s.label()));
-                        failed.push(format!("{} (round {round})", s.label()));
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                continue;
-            }
             let result = match system {
                 System::Noop => runner.noop().await,
                 System::GatewaySync => runner.gateway(Flush::Sync).await,
