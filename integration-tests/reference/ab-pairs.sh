@@ -11,7 +11,8 @@
 # (default 0), DURATION (default 10s), GWENV (extra `VAR=value` for the gateways), PORT (gRPC,
 # default 18081; the admin/metrics port is PORT-1), THREADS=1 (also print, per gateway thread
 # name, its time on a CPU, its time runnable but waiting for one, and its context switches, per
-# second over 5 s from 4 s into the load; from /proc/<pid>/task/*/schedstat), HOOK (a shell
+# second over 5 s from 4 s into the load, so inside the default 10 s window; from
+# /proc/<pid>/task/*/schedstat), HOOK (a shell
 # command run 4 s into the load with GATEWAY_PID set, e.g. to change a thread's scheduling).
 set -euo pipefail
 
@@ -25,7 +26,9 @@ port=${PORT:-18081}
 http=$((port - 1))
 work=$(mktemp -d)
 gateway=""
+load=""
 cleanup() {
+  if [ -n "$load" ]; then kill "$load" 2>/dev/null || true; wait "$load" 2>/dev/null || true; fi
   if [ -n "$gateway" ]; then kill "$gateway" 2>/dev/null || true; wait "$gateway" 2>/dev/null || true; fi
   rm -rf "$work"
 }
@@ -59,14 +62,17 @@ for i in $(seq 1 "$pairs"); do
     load=$!
     if [ -n "${THREADS:-}${HOOK:-}" ]; then
       sleep 4
-      if [ -n "${HOOK:-}" ]; then GATEWAY_PID=$gateway bash -c "$HOOK"; fi
+      if [ -n "${HOOK:-}" ]; then
+        GATEWAY_PID=$gateway bash -c "$HOOK" || echo "ab-pairs.sh: HOOK exited with $? (the run goes on)" >&2
+      fi
       if [ -n "${THREADS:-}" ]; then
         thread_stats "$gateway" >"$work/threads0"
         sleep 5
         thread_stats "$gateway" >"$work/threads1"
       fi
     fi
-    wait "$load" || { echo "ab-pairs.sh: the load failed against $bin:" >&2; cat "$work/lg.err" >&2; exit 1; }
+    wait "$load" || { load=""; echo "ab-pairs.sh: the load failed against $bin:" >&2; cat "$work/lg.err" >&2; exit 1; }
+    load=""
     grep -qE '^\| grpc' "$work/lg.out" ||
       { echo "ab-pairs.sh: no result line from the load against $bin:" >&2; cat "$work/lg.out" >&2; exit 1; }
     grep -E '^\| grpc' "$work/lg.out" | tail -1 | awk -F'|' -v i="$i" -v b="$bin" '{
