@@ -12,8 +12,8 @@
 # default 18081; the admin/metrics port is PORT-1), THREADS=1 (also print, per gateway thread
 # name, its time on a CPU, its time runnable but waiting for one, and its context switches, per
 # second over 5 s from 4 s into the load, so inside the default 10 s window; from
-# /proc/<pid>/task/*/schedstat), HOOK (a shell
-# command run 4 s into the load with GATEWAY_PID set, e.g. to change a thread's scheduling).
+# /proc/<pid>/task/*/schedstat), HOOK (a shell command run 4 s into the load with GATEWAY_PID
+# set, e.g. to change a thread's scheduling).
 set -euo pipefail
 
 flush=${1:?usage: ab-pairs.sh <ASYNC|SYNC> <pairs> <gateway-binary>...}
