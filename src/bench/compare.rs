@@ -27,7 +27,7 @@ use clap::{Args, ValueEnum};
 
 use super::apache::{self, Apache};
 use super::grpc::{self, Flush, Target};
-use super::load::LoadOutcome;
+use super::load::{LoadOutcome, ResourceUse};
 use super::procs::{self, Server, ServerUnderTest};
 use super::report::{Check, Ratio, Report, RunResult, Spread};
 use super::{LoadArgs, OutArgs};
@@ -615,11 +615,12 @@ impl Runner<'_> {
                 checks.push(Check {
                     target: format!("{gw} send throughput ≥ {:.0}% of the no-op ceiling", need * 100.0),
                     measured: format!(
-                        "{:.0}% ({:.0} vs {:.0} msg/s){}",
+                        "{:.0}% ({:.0} vs {:.0} msg/s){}{}",
                         x * 100.0,
                         g.msgs_per_s,
                         c.msgs_per_s,
-                        send_path_summary(g)
+                        send_path_summary(g),
+                        if x < need { ceiling_gap(g, c, need) } else { String::new() }
                     ),
                     met: Some(x >= need),
                 });
@@ -671,10 +672,16 @@ impl Runner<'_> {
                         measured.push_str(&format!(", threads waiting for a CPU: server {ws:.2}, client {wc:.2}"));
                     }
                 }
+                let met = h.e2e_latency.as_ref().is_some_and(|l| l.p99_ms <= 5.0);
+                if !met {
+                    let paced: Vec<&RunResult> =
+                        r.results.iter().filter(|x| x.system == gw && x.phase.starts_with("paced-")).collect();
+                    measured.push_str(&tail_context(h, get(gw), &paced));
+                }
                 checks.push(Check {
                     target: format!("{gw} end-to-end p99 ≤ 5 ms at half of the maximum throughput"),
                     measured,
-                    met: Some(h.e2e_latency.as_ref().is_some_and(|l| l.p99_ms <= 5.0)),
+                    met: Some(met),
                 });
             }
         }
@@ -874,6 +881,68 @@ fn send_path_summary(g: &RunResult) -> String {
     )
 }
 
+/// A run's busy cores (server, client and the rest of the machine) and the machine's CPU per
+/// message in it (µs).
+fn machine_cpu(r: &RunResult) -> Option<(f64, f64)> {
+    let (s, c) = (r.server?, r.client?);
+    let busy = s.cpu_cores + c.cpu_cores + r.other_cpu_cores.unwrap_or(0.0);
+    (r.msgs_per_s > 0.0 && busy > 0.0).then(|| (busy, busy * 1e6 / r.msgs_per_s))
+}
+
+/// For a missed ceiling target (`g` against the ceiling `c`): what `need` of the ceiling would
+/// have taken, from the two runs' own figures. By Little's law (a closed loop's rate is its
+/// messages in flight over the mean send time) and by CPU (at the busy cores the gateway's run
+/// had, the machine's CPU per message that rate allows, against what it spent).
+fn ceiling_gap(g: &RunResult, c: &RunResult, need: f64) -> String {
+    if c.msgs_per_s <= 0.0 {
+        return String::new();
+    }
+    let mut parts = Vec::new();
+    let in_flight = (g.producers * g.concurrency * g.batch.max(1)) as f64;
+    if let Some(l) = &g.send_latency {
+        let allowed_ms = in_flight / (need * c.msgs_per_s) * 1e3;
+        parts.push(format!(
+            "with {in_flight:.0} messages in flight a send must take {allowed_ms:.2} ms on average (it took {:.2})",
+            l.mean_ms
+        ));
+    }
+    if let (Some((busy_g, per_g)), Some((busy_c, per_c))) = (machine_cpu(g), machine_cpu(c)) {
+        let allowed = busy_g * 1e6 / (need * c.msgs_per_s);
+        let us = |r: &RunResult, u: Option<ResourceUse>| u.map_or(0.0, |u| u.cpu_cores * 1e6 / r.msgs_per_s);
+        parts.push(format!(
+            "at its {busy_g:.2} busy cores the machine may spend {allowed:.1} µs of CPU per message (it spent {per_g:.1}: \
+             server {:.1}, client {:.1}; the ceiling's run {per_c:.1}: server {:.1}, client {:.1}, at {busy_c:.2} cores)",
+            us(g, g.server),
+            us(g, g.client),
+            us(c, c.server),
+            us(c, c.client),
+        ));
+    }
+    if parts.is_empty() { String::new() } else { format!(". {:.0}% would need: {}", need * 100.0, parts.join("; or ")) }
+}
+
+/// For a missed end-to-end target at half load (`half`): what the tail follows in the same
+/// system's other runs, the busy cores (lighter paced runs) and what consuming adds to a
+/// message's server CPU (against a send at `max`).
+fn tail_context(half: &RunResult, max: Option<&RunResult>, paced: &[&RunResult]) -> String {
+    let mut parts = Vec::new();
+    for p in paced.iter().filter(|p| p.msgs_per_s < half.msgs_per_s) {
+        if let (Some(l), Some((busy, _))) = (&p.e2e_latency, machine_cpu(p)) {
+            parts.push(format!("at {} p99 {:.2} ms with {busy:.2} cores busy", p.phase, l.p99_ms));
+        }
+    }
+    if let (Some(m), Some(h)) = (max.and_then(|m| m.server_cpu_us_per_msg), half.server_cpu_us_per_msg) {
+        parts.push(format!(
+            "the server spent {h:.1} µs per message sent and consumed at half load against {m:.1} per send at max"
+        ));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(". The tail follows the machine's load: {}", parts.join("; "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -900,6 +969,69 @@ mod tests {
         // The paced run is missing from round 3: not tabled rather than compared with a gap.
         assert_eq!(get(&format!("{GW_ASYNC} paced-50% msg/s")), None);
         assert!(across_rounds(&[]).is_empty());
+    }
+
+    fn cores(server: f64, client: f64, other: f64, mut r: RunResult) -> RunResult {
+        let u = |c: f64| ResourceUse {
+            cpu_cores: c,
+            cpu_seconds: c,
+            rss_end_bytes: 0,
+            rss_peak_bytes: 0,
+            rss_anon_end_bytes: 0,
+            cpu_wait_cores: None,
+        };
+        r.server = Some(u(server));
+        r.client = Some(u(client));
+        r.other_cpu_cores = Some(other);
+        r.server_cpu_us_per_msg = Some(server * 1e6 / r.msgs_per_s);
+        r
+    }
+
+    #[test]
+    fn a_missed_ceiling_says_what_it_would_need() {
+        let mut g = result(GW_SYNC, None);
+        (g.producers, g.concurrency, g.msgs_per_s) = (4, 16, 36_000.0);
+        g.send_latency.as_mut().unwrap().mean_ms = 1.78;
+        let g = cores(0.9, 0.8, 0.1, g);
+        let mut c = result(NOOP, None);
+        c.msgs_per_s = 55_000.0;
+        let mut c = cores(0.7, 1.1, 0.1, c);
+        let text = ceiling_gap(&g, &c, 0.70);
+        // 64 / (0.70 × 55 000) s = 1.66 ms; 1.8 cores / (0.70 × 55 000) = 46.8 µs.
+        assert!(text.contains("70% would need"), "{text}");
+        assert!(
+            text.contains("with 64 messages in flight a send must take 1.66 ms on average (it took 1.78)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("may spend 46.8 µs of CPU per message (it spent 50.0: server 25.0, client 22.2"),
+            "{text}"
+        );
+        assert!(text.contains("the ceiling's run 34.5: server 12.7, client 20.0, at 1.90 cores"), "{text}");
+        // Without the ceiling's rate there is nothing to say.
+        c.msgs_per_s = 0.0;
+        assert_eq!(ceiling_gap(&g, &c, 0.70), "");
+    }
+
+    #[test]
+    fn a_missed_tail_is_set_beside_the_lighter_runs() {
+        let mut max = result(GW_ASYNC, None);
+        max.msgs_per_s = 50_000.0;
+        let max = cores(0.9, 1.0, 0.05, max);
+        let mut quarter = result(GW_ASYNC, Some(12_500.0));
+        (quarter.phase, quarter.msgs_per_s) = ("paced-25%".into(), 12_500.0);
+        let quarter = cores(0.6, 0.5, 0.1, quarter);
+        let mut half = result(GW_ASYNC, Some(25_000.0));
+        half.msgs_per_s = 25_000.0;
+        let half = cores(1.0, 0.8, 0.1, half);
+        let text = tail_context(&half, Some(&max), &[&quarter, &half]);
+        assert!(text.contains("at paced-25% p99 5.00 ms with 1.20 cores busy"), "{text}");
+        assert!(!text.contains("at paced-50%"), "{text}");
+        assert!(
+            text.contains("spent 40.0 µs per message sent and consumed at half load against 18.0 per send"),
+            "{text}"
+        );
+        assert_eq!(tail_context(&result(GW_ASYNC, Some(1.0)), None, &[]), "");
     }
 
     #[test]
