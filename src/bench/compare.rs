@@ -285,6 +285,21 @@ impl Runner<'_> {
         self.report.results.push(r);
     }
 
+    /// The `max` run with the median rate of `maxes`; a note lists them all (`how` they ran
+    /// after the rates).
+    fn median_max(&mut self, system: &str, maxes: Vec<RunResult>, how: &str) -> anyhow::Result<RunResult> {
+        let rates: Vec<String> = maxes.iter().map(|r| format!("{:.0}", r.msgs_per_s)).collect();
+        let r = median_run(maxes).context("no max run")?;
+        if rates.len() > 1 {
+            self.report.notes.push(format!(
+                "{system} max: {} runs at {} msg/s{how}; the median is reported",
+                rates.len(),
+                rates.join(", ")
+            ));
+        }
+        Ok(r)
+    }
+
     /// With `--perf`, a profile of the server (gateways only: they have a data dir) into `file`.
     fn start_profile(&self, data_dir: Option<&Path>, pids: &[u32], file: &str) -> Option<Profile> {
         let pid = pids.first().copied().filter(|_| self.args.perf && data_dir.is_some())?;
@@ -338,15 +353,7 @@ impl Runner<'_> {
         if let Some(e) = failed {
             return Err(e);
         }
-        let rates: Vec<String> = maxes.iter().map(|r| format!("{:.0}", r.msgs_per_s)).collect();
-        let mut r = median_run(maxes).context("no max run")?;
-        if rates.len() > 1 {
-            self.report.notes.push(format!(
-                "{system} max: {} runs at {} msg/s; the median is reported",
-                rates.len(),
-                rates.join(", ")
-            ));
-        }
+        let mut r = self.median_max(system, maxes, "")?;
         r.disk_bytes = data_dir.map(procs::dir_size);
         let max_rate = r.msgs_per_s;
         self.record(r);
@@ -591,15 +598,7 @@ impl Runner<'_> {
             if let Some(e) = failed {
                 return Err(e);
             }
-            let rates: Vec<String> = maxes.iter().map(|r| format!("{:.0}", r.msgs_per_s)).collect();
-            let r = median_run(maxes).context("no max run")?;
-            if rates.len() > 1 {
-                self.report.notes.push(format!(
-                    "{NATS} max: {} runs at {} msg/s, each on a stream of its own, kept until the last; the median is reported",
-                    rates.len(),
-                    rates.join(", ")
-                ));
-            }
+            let r = self.median_max(NATS, maxes, ", each on a stream of its own, kept until the last")?;
             let max_rate = r.msgs_per_s;
             self.record(r);
             if self.args.consumers > 0 && max_rate > 0.0 {
