@@ -378,6 +378,10 @@ pub struct StorageSection {
     /// background, so group commits' fdatasyncs mostly write no block-allocation metadata (the
     /// log's bytes then reach the disk twice). 0 turns it off; at least 2 MiB otherwise.
     pub zero_ahead_bytes: u64,
+    /// Bytes of the newest fsynced commit log left in the page cache; older log pages are
+    /// dropped from it after every checkpoint (readers further behind read from the disk).
+    /// 0 leaves the page cache to the kernel.
+    pub page_cache_window_bytes: u64,
     /// Offload of sealed segments to an object store, and cold reads from it.
     pub tiering: TieringConfig,
 }
@@ -553,6 +557,7 @@ impl Default for StorageSection {
             file_reserved_time: Duration::from_secs(72 * 3600),
             disk_max_used_space_ratio: 75,
             zero_ahead_bytes: 8 * 1024 * 1024,
+            page_cache_window_bytes: 1024 * 1024 * 1024,
             tiering: TieringConfig::default(),
         }
     }

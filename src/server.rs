@@ -52,6 +52,7 @@ fn storage_config(config: &Config, dir: std::path::PathBuf) -> StorageConfig {
     store.file_reserved_time = s.file_reserved_time;
     store.disk_max_used_ratio = f64::from(s.disk_max_used_space_ratio) / 100.0;
     store.zero_ahead_bytes = s.zero_ahead_bytes;
+    store.page_cache_window = s.page_cache_window_bytes;
     store
 }
 

@@ -48,6 +48,12 @@ pub struct StorageConfig {
     /// zero-filled, so group commits mostly sync no block-allocation metadata (`zero_ahead.rs`).
     /// 0 turns it off; at least 2 MiB otherwise. Default: 8 MiB.
     pub zero_ahead_bytes: u64,
+    /// Bytes of the newest fsynced log left in the page cache: on every checkpoint the
+    /// maintenance thread drops the log's older pages from it (and from this process's read
+    /// mapping), so the log's share of memory stays near this size however much is written.
+    /// Readers further behind read from the disk. 0 leaves the page cache to the kernel.
+    /// Default: 1 GiB.
+    pub page_cache_window: u64,
     /// Where a log opened in an empty directory starts (cluster take-over of a shard whose
     /// older data is in the object store). Ignored when the directory holds a log.
     /// Default: `None` (position 0, every queue at offset 0).
@@ -126,6 +132,7 @@ impl Default for StorageConfig {
             key_index_memtable_entries: 262_144,
             key_index_max_log_span: 256 << 20,
             zero_ahead_bytes: 8 << 20,
+            page_cache_window: 1 << 30,
             resume: None,
         }
     }

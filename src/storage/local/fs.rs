@@ -58,6 +58,16 @@ pub fn invalid_input(context: impl Into<String>) -> StorageError {
     StorageError::Io { source: io::Error::new(io::ErrorKind::InvalidInput, context.clone()), context }
 }
 
+/// The size of a memory page (4 KiB where `sysconf` cannot tell).
+pub fn page_size() -> u64 {
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf reads a constant of the system.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+    })
+}
+
 /// Makes a directory entry change (create, rename, unlink) durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -6,6 +6,11 @@
 //! queue-index file, then record `P` and the key index's durable position in the checkpoint
 //! file. Recovery replays from there.
 //!
+//! **Page cache** (after every checkpoint): the log's pages more than `page_cache_window`
+//! bytes behind the fsynced position are dropped from the page cache, so a log written faster
+//! than memory is recycled keeps a bounded cache (and a container's memory charge bounded)
+//! instead of growing it until the kernel reclaims under the writer.
+//!
 //! **Retention** (every `retention_interval`): delete the oldest *sealed* segment while it is
 //! older than `file_reserved_time` (by modification time, as RocketMQ) or the disk is fuller
 //! than `disk_max_used_ratio`; then move queue starts up and drop index data below the new
@@ -77,6 +82,7 @@ pub fn run(shared: Arc<Shared>) {
             if let Err(e) = checkpoint(&shared) {
                 tracing::warn!(error = %e, "checkpoint failed; will retry");
             }
+            release_page_cache(&shared);
             next_checkpoint = Instant::now() + ckpt_every;
         }
         if now >= next_retention {
@@ -113,6 +119,27 @@ pub fn checkpoint(shared: &Shared) -> std::io::Result<()> {
     c.store(&shared.config.dir)?;
     *last = c;
     Ok(())
+}
+
+/// Drops the log from the page cache up to `page_cache_window` bytes behind the fsynced
+/// position (see the module comment); what a failed call left is retried on the next pass.
+pub fn release_page_cache(shared: &Shared) {
+    let window = shared.config.page_cache_window;
+    if window == 0 {
+        return;
+    }
+    let to = shared.synced.load(Ordering::Acquire).saturating_sub(window);
+    let from = shared.page_cache_released.load(Ordering::Acquire).max(shared.log_start.load(Ordering::Acquire));
+    if to <= from {
+        return;
+    }
+    for seg in shared.segments_overlapping(from, to) {
+        if let Err(e) = seg.drop_cached(from, to) {
+            tracing::warn!(segment = seg.base, error = %e, "dropping old commit-log pages from the page cache failed");
+            return;
+        }
+    }
+    shared.page_cache_released.store(to, Ordering::Release);
 }
 
 /// Deletes the oldest sealed segments that are expired or needed for disk space.

@@ -94,6 +94,8 @@ pub(crate) struct Shared {
     written: AtomicU64,
     /// Records below this are fsynced.
     synced: AtomicU64,
+    /// The log below this was dropped from the page cache (`maintenance::release_page_cache`).
+    page_cache_released: AtomicU64,
     /// Retention never deletes a segment ending above this (tiering hook).
     retention_limit: AtomicU64,
     /// Holds of other components (e.g. scheduled messages not fired yet), by holder.
@@ -329,6 +331,7 @@ impl CommitLog {
             published: AtomicU64::new(rec.end),
             written: AtomicU64::new(rec.end),
             synced: AtomicU64::new(rec.end),
+            page_cache_released: AtomicU64::new(rec.log_start),
             retention_limit: AtomicU64::new(u64::MAX),
             retention_holds: Mutex::new(std::collections::HashMap::new()),
             checkpoint: Mutex::new(rec.checkpoint),

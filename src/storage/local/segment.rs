@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use memmap2::Mmap;
 
-use super::fs::{create_sized_file, zero_range};
+use super::fs::{create_sized_file, page_size, zero_range};
 
 /// File-name suffix of segments.
 pub const SEGMENT_SUFFIX: &str = ".log";
@@ -105,6 +105,42 @@ impl Segment {
         let from = from.clamp(self.base, self.end());
         let to = to.clamp(self.base, self.end());
         zero_range(&self.file, from - self.base, to - self.base)
+    }
+
+    /// Drops global positions `[from, to)` (clipped to this segment, in whole pages, the page
+    /// holding `to` kept unless `to` is the segment's end) from memory: this process's mapping
+    /// of them first, so that pages a reader has touched can go too, then the cached pages. For
+    /// fsynced positions only (the kernel keeps dirty pages). The bytes stay in the file: a read
+    /// afterwards faults them in again, from the disk.
+    pub fn drop_cached(&self, from: u64, to: u64) -> io::Result<()> {
+        let page = page_size();
+        let start = (from.clamp(self.base, self.end()) - self.base) / page * page;
+        let end = match to.clamp(self.base, self.end()) - self.base {
+            whole if whole == self.size => whole,
+            part => part / page * page,
+        };
+        if end <= start {
+            return Ok(());
+        }
+        let len = (end - start) as usize;
+        // SAFETY: `start` is a page-aligned offset inside the mapping (which starts on a page
+        // boundary) and `len` does not run past its end. The map is a shared read-only file
+        // mapping, so MADV_DONTNEED changes no byte a reader sees: a later access maps the
+        // file's unchanged contents again (see `map` for why they do not change).
+        let rc = unsafe {
+            libc::madvise(self.data.as_ptr().add(start as usize).cast_mut().cast(), len, libc::MADV_DONTNEED)
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a plain system call on a descriptor this segment owns.
+        let rc = unsafe {
+            libc::posix_fadvise(self.as_raw_fd(), start as libc::off_t, len as libc::off_t, libc::POSIX_FADV_DONTNEED)
+        };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(())
     }
 
     /// Bytes from global `position` to the end of the segment (zero copy).

@@ -1009,3 +1009,73 @@ async fn zeroing_ahead_never_touches_records_and_leaves_recovery_unchanged() {
     assert_eq!(next.log_position, end);
     log.close().await.unwrap();
 }
+
+/// Pages of `path` in the page cache, one flag per page (`mincore` on a fresh mapping).
+fn resident_pages(path: &Path) -> Vec<bool> {
+    let file = std::fs::File::open(path).unwrap();
+    let map = unsafe { memmap2::Mmap::map(&file).unwrap() };
+    let page = super::fs::page_size() as usize;
+    let mut flags = vec![0u8; map.len().div_ceil(page)];
+    let rc = unsafe { libc::mincore(map.as_ptr().cast_mut().cast(), map.len(), flags.as_mut_ptr()) };
+    assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
+    flags.iter().map(|f| f & 1 == 1).collect()
+}
+
+/// The page-cache window (`maintenance::release_page_cache`): after a pass, no page of the log
+/// more than the window behind the fsynced end is cached, also pages readers had mapped, while
+/// the newest stays cached; every message still reads back intact (from the disk), and the next
+/// pass continues where this one stopped. Needs a disk file system under `TMPDIR` (tmpfs keeps
+/// its pages); elsewhere it fails saying so.
+#[tokio::test]
+async fn old_log_pages_leave_the_page_cache_and_read_back_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let window = 128 * 1024;
+    let config = StorageConfig { flush: FlushMode::Sync, page_cache_window: window, ..test_config(dir.path()) };
+    let log = CommitLog::open(config).unwrap();
+    let mut all = Vec::new();
+    for i in 0..40u64 {
+        let body = body_for(0, i, 16 * 1024);
+        let r = append_one(&log, message("t", 0, body.clone(), &format!("m{i}"), "")).await.unwrap();
+        all.push((0u32, r.queue_offset, body));
+    }
+    // Readers map every page of the log.
+    assert_queues_hold(&log, &all);
+    let synced = log.shared.synced.load(Ordering::Acquire);
+    maintenance::release_page_cache(&log.shared);
+    let to = synced - window;
+    assert_eq!(log.shared.page_cache_released.load(Ordering::Acquire), to);
+    let page = super::fs::page_size();
+    let mut dropped = 0;
+    for path in segment_files(dir.path()) {
+        let base = segment::parse_segment_file_name(path.file_name().unwrap().to_str().unwrap()).unwrap();
+        for (i, cached) in resident_pages(&path).into_iter().enumerate() {
+            let (start, end) = (base + i as u64 * page, base + (i as u64 + 1) * page);
+            if end <= to {
+                assert!(
+                    !cached,
+                    "{} page {i} (log {start}..{end}) is still cached, {to} and below should be dropped \
+                     (is TMPDIR on tmpfs? the page cache of a disk file system is needed)",
+                    path.display()
+                );
+                dropped += 1;
+            }
+        }
+    }
+    assert!(dropped >= 8, "only {dropped} pages below {to}: the test wrote too little");
+    let (last, at) = locate(dir.path(), synced - 1);
+    assert!(resident_pages(&last)[(at / page) as usize], "the newest page of the log was dropped");
+    assert_queues_hold(&log, &all);
+    // Nothing new: the next pass has nothing to do; more appends move it on from `to`.
+    maintenance::release_page_cache(&log.shared);
+    assert_eq!(log.shared.page_cache_released.load(Ordering::Acquire), to);
+    for i in 40..50u64 {
+        let body = body_for(0, i, 16 * 1024);
+        let r = append_one(&log, message("t", 0, body.clone(), &format!("m{i}"), "")).await.unwrap();
+        all.push((0u32, r.queue_offset, body));
+    }
+    maintenance::release_page_cache(&log.shared);
+    let synced = log.shared.synced.load(Ordering::Acquire);
+    assert_eq!(log.shared.page_cache_released.load(Ordering::Acquire), synced - window);
+    assert_queues_hold(&log, &all);
+    log.close().await.unwrap();
+}
