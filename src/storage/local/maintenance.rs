@@ -122,7 +122,8 @@ pub fn checkpoint(shared: &Shared) -> std::io::Result<()> {
 }
 
 /// Drops the log from the page cache up to `page_cache_window` bytes behind the fsynced
-/// position (see the module comment); what a failed call left is retried on the next pass.
+/// position (see the module comment). Dropping is advice: a failed call is logged and its range
+/// left to the kernel, not retried every second.
 pub fn release_page_cache(shared: &Shared) {
     let window = shared.config.page_cache_window;
     if window == 0 {
@@ -136,7 +137,6 @@ pub fn release_page_cache(shared: &Shared) {
     for seg in shared.segments_overlapping(from, to) {
         if let Err(e) = seg.drop_cached(from, to) {
             tracing::warn!(segment = seg.base, error = %e, "dropping old commit-log pages from the page cache failed");
-            return;
         }
     }
     shared.page_cache_released.store(to, Ordering::Release);
