@@ -58,7 +58,8 @@ pub fn invalid_input(context: impl Into<String>) -> StorageError {
     StorageError::Io { source: io::Error::new(io::ErrorKind::InvalidInput, context.clone()), context }
 }
 
-/// The size of a memory page (4 KiB where `sysconf` cannot tell).
+/// The size of a memory page, what one fault through a map covers (4 KiB where `sysconf`
+/// cannot tell).
 pub fn page_size() -> u64 {
     static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *PAGE.get_or_init(|| {

@@ -29,7 +29,7 @@ use std::sync::{Arc, RwLock};
 use memmap2::MmapRaw;
 
 use super::format::{INDEX_ENTRY_LEN, IndexEntry};
-use super::fs::{create_sized_file, fallocate, fsync_dir, unsupported, write_file_atomically, zero_range};
+use super::fs::{create_sized_file, fallocate, fsync_dir, page_size, unsupported, write_file_atomically, zero_range};
 
 const INDEX_SUFFIX: &str = ".cq";
 const TOPIC_FILE: &str = "TOPIC";
@@ -390,16 +390,6 @@ fn reservations_hold(file: &File) -> bool {
     use super::fs::magic;
     use std::os::fd::AsRawFd;
     super::fs::on_file_system(file.as_raw_fd(), &[magic::EXT4, magic::XFS, magic::TMPFS])
-}
-
-/// The memory page size (what one write fault through a map covers).
-fn page_size() -> u64 {
-    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *PAGE.get_or_init(|| {
-        // SAFETY: plain query, no memory passed.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        u64::try_from(page).ok().filter(|&p| p > 0).unwrap_or(4096)
-    })
 }
 
 pub fn topic_dir_name(topic: &str) -> String {
