@@ -285,8 +285,28 @@ pub struct ServerConfig {
     /// Threads serving gRPC connections, each connection on one of them from start to end
     /// (`0`: the main runtime's workers serve them). Default: one per CPU.
     pub io_threads: usize,
+    /// Whether each I/O thread is pinned to one CPU of those the process may run on (default
+    /// `off`: on the 2-CPU VM of docs/benchmarks.md pinning lowered the half-load tails but cost
+    /// SYNC_FLUSH sends CPU and peak throughput).
+    pub io_thread_affinity: IoThreadAffinity,
     /// The `body_digest` of delivered messages.
     pub body_digest: BodyDigestPolicy,
+}
+
+/// Pinning the gRPC I/O threads (`server.ioThreadAffinity`): thread `i` runs only on the
+/// `i`-th CPU (in turn) of the process's CPU set, as Seastar-style servers pin their shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoThreadAffinity {
+    /// Pinned when the process may run on exactly as many CPUs as there are I/O threads (a
+    /// cpuset of its own, say `docker --cpuset-cpus` or Kubernetes' static CPU manager, or a
+    /// machine of that size); not when it sees more CPUs than it has threads (a CPU quota on a
+    /// larger machine, where the CPUs it sees are shared).
+    Auto,
+    /// Always pinned (to the process's CPUs in turn when there are more threads than CPUs).
+    On,
+    /// Never: the kernel's scheduler places them.
+    Off,
 }
 
 /// Which `body_digest` delivered messages carry (every SDK that checks it flags a mismatch as
@@ -316,6 +336,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             max_concurrent_streams: 512,
             io_threads: std::thread::available_parallelism().map_or(1, usize::from),
+            io_thread_affinity: IoThreadAffinity::Off,
             body_digest: BodyDigestPolicy::Auto,
         }
     }
@@ -1197,6 +1218,20 @@ mod tests {
         assert_eq!(c.server.grpc_server_port, 8081);
         assert_eq!(c.storage.flush_disk_type, FlushDiskType::SyncFlush);
         assert_eq!(c.limits.max_message_size, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn io_thread_affinity_parses_and_defaults_to_off() {
+        assert_eq!(Config::default().server.io_thread_affinity, IoThreadAffinity::Off);
+        for (text, want) in
+            [("on", IoThreadAffinity::On), ("off", IoThreadAffinity::Off), ("auto", IoThreadAffinity::Auto)]
+        {
+            let c = load_str(&format!("server:\n  ioThreadAffinity: {text}\n"), &[]).unwrap();
+            assert_eq!(c.server.io_thread_affinity, want);
+        }
+        let c = load_str("", &[("RMQ_GATEWAY_SERVER__IO_THREAD_AFFINITY", "auto")]).unwrap();
+        assert_eq!(c.server.io_thread_affinity, IoThreadAffinity::Auto);
+        assert!(load_str("server:\n  ioThreadAffinity: pinned\n", &[]).is_err());
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! threads in turn. Everything that is not a connection's (the log writer, maintenance, timers,
 //! the admin API, cluster membership) stays on the main runtime and its own threads.
 //!
+//! With `server.ioThreadAffinity` the threads are pinned, thread `i` to the `i`-th CPU (in
+//! turn) of the CPUs the process may run on ([`IoThreadAffinity`]).
+//!
 //! Lifetime: a thread serves until the stop token, then keeps its runtime running, so sockets
 //! and tasks a request registered with it (a metadata-store connection opened on demand, say)
 //! keep working, until [`IoThreads::release`] (or drop) at the very end of shutdown.
@@ -15,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Router;
 
-use crate::config::TlsMode;
+use crate::config::{IoThreadAffinity, TlsMode};
 use crate::tls::{self, Accepted, Detached, TlsAcceptor};
 
 type Served = Result<(), tonic::transport::Error>;
@@ -29,17 +32,21 @@ pub struct IoThreads {
 
 impl IoThreads {
     /// Starts `count` threads (at least one), each serving `router` on the connections handed
-    /// to it until `stop`.
+    /// to it until `stop`, pinned to CPUs as `affinity` says.
     pub fn start(
         count: usize,
+        affinity: IoThreadAffinity,
         router: Router,
         acceptor: Option<TlsAcceptor>,
         mode: TlsMode,
         stop: CancellationToken,
     ) -> std::io::Result<Self> {
+        let count = count.max(1);
+        let cpus = pinned_cpus(count, affinity);
         let release = CancellationToken::new();
         let mut threads = IoThreads { inboxes: Vec::new(), done: Vec::new(), release: release.clone() };
-        for i in 0..count.max(1) {
+        for i in 0..count {
+            let cpu = cpus.as_ref().map(|cpus| cpus[i % cpus.len()]);
             // Built here, so a failure is reported at start.
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let (inbox, mut connections) = mpsc::unbounded_channel::<Detached>();
@@ -48,6 +55,11 @@ impl IoThreads {
             std::thread::Builder::new().name(format!("rmq-grpc-io-{i}")).spawn(move || {
                 // This thread drives `runtime` and nothing else until it ends.
                 crate::storage::local::dedicate_thread();
+                if let Some(cpu) = cpu
+                    && let Err(e) = cpus::pin_current_thread(cpu)
+                {
+                    tracing::warn!(thread = i, cpu, error = %e, "cannot pin a gRPC I/O thread to its CPU; it runs unpinned");
+                }
                 runtime.block_on(async move {
                     let (ready_tx, ready_rx) = mpsc::channel(128);
                     tokio::spawn(async move {
@@ -123,6 +135,71 @@ impl IoThreads {
     /// their own.
     pub fn release(self) {
         self.release.cancel();
+    }
+}
+
+/// The CPU of each thread in turn when the threads are to be pinned: the CPUs the process may
+/// run on, in order. `None` (unpinned) when `affinity` says so or the CPU set cannot be read.
+fn pinned_cpus(threads: usize, affinity: IoThreadAffinity) -> Option<Vec<usize>> {
+    if affinity == IoThreadAffinity::Off {
+        return None;
+    }
+    let allowed = match cpus::allowed() {
+        Ok(allowed) if !allowed.is_empty() => allowed,
+        Ok(_) => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read this process's CPU set; the gRPC I/O threads run unpinned");
+            return None;
+        }
+    };
+    let pin = match affinity {
+        IoThreadAffinity::On => true,
+        IoThreadAffinity::Auto => allowed.len() == threads,
+        IoThreadAffinity::Off => false,
+    };
+    tracing::info!(threads, cpus = ?allowed, pinned = pin, setting = ?affinity, "gRPC I/O threads and server.ioThreadAffinity");
+    pin.then_some(allowed)
+}
+
+/// The process's CPU set (`sched_getaffinity`) and pinning a thread to one CPU of it.
+#[cfg(target_os = "linux")]
+mod cpus {
+    /// The CPUs the calling thread may run on (the process's CPU set, which threads inherit).
+    pub fn allowed() -> std::io::Result<Vec<usize>> {
+        // SAFETY: `cpu_set_t` is plain bits; all zeros is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: the kernel writes at most `size_of::<cpu_set_t>()` bytes into `set`.
+        let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `CPU_ISSET` reads a bit of `set`; every index is below `CPU_SETSIZE`.
+        Ok((0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect())
+    }
+
+    /// Restricts the calling thread to `cpu`.
+    pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
+        // SAFETY: as above; `CPU_SET` sets one bit of `set` (`cpu` comes from `allowed`).
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+        // SAFETY: the kernel reads `size_of::<cpu_set_t>()` bytes of `set`; 0 is this thread.
+        let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// Elsewhere the threads are not pinned.
+#[cfg(not(target_os = "linux"))]
+mod cpus {
+    pub fn allowed() -> std::io::Result<Vec<usize>> {
+        Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "CPU sets are read on Linux only"))
+    }
+
+    pub fn pin_current_thread(_cpu: usize) -> std::io::Result<()> {
+        Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "threads are pinned on Linux only"))
     }
 }
 

@@ -525,8 +525,15 @@ pub async fn run(
             (grpc, tokio::spawn(tls::accept_loop(grpc_listener, max_connections, hand_off, accept_stop.clone())), None)
         }
         n => {
-            let mut threads = IoThreads::start(n, router, tls_acceptor, tls_mode, grpc_stop.clone())
-                .context("cannot start the gRPC I/O threads (server.ioThreads)")?;
+            let mut threads = IoThreads::start(
+                n,
+                config.server.io_thread_affinity,
+                router,
+                tls_acceptor,
+                tls_mode,
+                grpc_stop.clone(),
+            )
+            .context("cannot start the gRPC I/O threads (server.ioThreads)")?;
             let grpc = tokio::spawn(threads.served());
             let hand_off = threads.dispatcher();
             let acceptor =

@@ -1,13 +1,13 @@
 //! `server.ioThreads`: connections spread over I/O threads (each on its own runtime) and on the
 //! main runtime (`0`) behave the same: a long poll on one connection is woken by a send on
 //! another, TLS works on an I/O thread, and shutdown ends long polls, drains every thread and
-//! ends them.
+//! ends them. With `server.ioThreadAffinity` each thread runs on one CPU of the process's set.
 
 use std::time::Duration;
 
 use integration_tests::client::{http, message, receive_request, request, resource, tls_client};
 use integration_tests::in_process::Gateway;
-use rmq_gateway::config::TlsMode;
+use rmq_gateway::config::{IoThreadAffinity, TlsMode};
 use rmq_gateway::proto::messaging_service_client::MessagingServiceClient;
 use rmq_gateway::proto::{self, Code};
 use tonic::transport::Channel;
@@ -57,9 +57,42 @@ fn io_thread_count() -> usize {
         .count()
 }
 
-async fn exercise(io_threads: usize) {
+/// A `Cpus_allowed_list` ("0-3,6") as CPU numbers.
+fn cpu_list(list: &str) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        cpus.extend(a.parse::<usize>().expect("cpu")..=b.parse::<usize>().expect("cpu"));
+    }
+    cpus
+}
+
+/// The CPUs a thread (a `/proc/self/task/<tid>` or `/proc/self`) may run on.
+fn allowed_cpus(dir: &std::path::Path) -> Vec<usize> {
+    let status = std::fs::read_to_string(dir.join("status")).expect("status");
+    let line = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).expect("Cpus_allowed_list");
+    cpu_list(line)
+}
+
+/// The CPUs of each I/O thread, by its index (`rmq-grpc-io-<i>`).
+fn io_thread_cpus() -> Vec<(usize, Vec<usize>)> {
+    let mut threads: Vec<_> = std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+            let i = name.trim().strip_prefix("rmq-grpc-io-")?.parse().ok()?;
+            Some((i, allowed_cpus(&dir)))
+        })
+        .collect();
+    threads.sort();
+    threads
+}
+
+async fn exercise(io_threads: usize, affinity: IoThreadAffinity) {
     let gateway = Gateway::start(|c| {
         c.server.io_threads = io_threads;
+        c.server.io_thread_affinity = affinity;
         c.server.tls.mode = TlsMode::Permissive;
         c.storage.mapped_file_size_commit_log = 16 * 1024 * 1024;
         // Longer than `Gateway::stop` waits (20 s): a server that did not drain fails the test.
@@ -73,6 +106,16 @@ async fn exercise(io_threads: usize) {
         assert!((200..300).contains(&status), "creating {topic}: {status} {body}");
     }
     assert_eq!(io_thread_count(), io_threads, "I/O threads running");
+    let process = allowed_cpus(std::path::Path::new("/proc/self"));
+    let pinned = match affinity {
+        IoThreadAffinity::On => true,
+        IoThreadAffinity::Auto => process.len() == io_threads,
+        IoThreadAffinity::Off => false,
+    };
+    for (i, cpus) in io_thread_cpus() {
+        let expected = if pinned { vec![process[i % process.len()]] } else { process.clone() };
+        assert_eq!(cpus, expected, "CPUs of rmq-grpc-io-{i} ({affinity:?}, process on {process:?})");
+    }
     // More connections than threads, so some share a thread and some do not.
     let mut clients = Vec::new();
     for _ in 0..4 {
@@ -152,6 +195,10 @@ async fn exercise(io_threads: usize) {
 // One test, one after the other: the thread count is read from the whole process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_on_io_threads_and_on_the_main_runtime() {
-    exercise(3).await;
-    exercise(0).await;
+    exercise(3, IoThreadAffinity::On).await;
+    exercise(0, IoThreadAffinity::Off).await;
+    // As many threads as CPUs: `auto` pins them; one more thread than CPUs: it does not.
+    let cpus = allowed_cpus(std::path::Path::new("/proc/self")).len();
+    exercise(cpus, IoThreadAffinity::Auto).await;
+    exercise(cpus + 1, IoThreadAffinity::Auto).await;
 }

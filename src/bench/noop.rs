@@ -189,7 +189,14 @@ pub async fn serve(listener: TcpListener, stop: CancellationToken) -> anyhow::Re
         .max_decoding_message_size(defaults.grpc_max_inbound_message_size)
         .max_encoding_message_size(usize::MAX);
     let router = crate::server::grpc_server(&defaults).add_service(service);
-    let mut threads = IoThreads::start(defaults.io_threads, router, None, TlsMode::Disabled, stop.clone())?;
+    let mut threads = IoThreads::start(
+        defaults.io_threads,
+        defaults.io_thread_affinity,
+        router,
+        None,
+        TlsMode::Disabled,
+        stop.clone(),
+    )?;
     let served = threads.served();
     let accept = tokio::spawn(tls::accept_loop(listener, defaults.max_connections, threads.dispatcher(), stop));
     let result = served.await;
