@@ -42,11 +42,11 @@ impl IoThreads {
         stop: CancellationToken,
     ) -> std::io::Result<Self> {
         let count = count.max(1);
-        let cpus = pinned_cpus(count, affinity);
+        let pinned_to = pinned_cpus(count, affinity);
         let release = CancellationToken::new();
         let mut threads = IoThreads { inboxes: Vec::new(), done: Vec::new(), release: release.clone() };
         for i in 0..count {
-            let cpu = cpus.as_ref().map(|cpus| cpus[i % cpus.len()]);
+            let cpu = pinned_to.as_ref().map(|list| list[i % list.len()]);
             // Built here, so a failure is reported at start.
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let (inbox, mut connections) = mpsc::unbounded_channel::<Detached>();
