@@ -21,7 +21,7 @@
 # command run 4 s into each load with GATEWAY_PID set, e.g. to change a thread's scheduling).
 set -euo pipefail
 
-flush=${1:?usage: ab-pairs.sh <ASYNC|SYNC> <pairs> <gateway-binary>...}
+flush=${1:?usage: ab-pairs.sh <ASYNC|SYNC> <pairs> <gateway>...}
 pairs=${2:?pairs}
 shift 2
 [ $# -ge 1 ] || { echo "ab-pairs.sh: name at least one gateway binary" >&2; exit 2; }
