@@ -23,6 +23,7 @@ pub mod broker;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod fast_map;
 pub mod grpc;
 pub mod io_threads;
 pub mod metadata;

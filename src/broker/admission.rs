@@ -7,7 +7,6 @@
 //! A send larger than a bound on its own is let through when nothing else is in flight on
 //! that bound, so every valid message can be stored.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +17,7 @@ use tokio::time::Instant;
 
 use super::error::{BrokerError, BrokerResult};
 use super::lock;
+use crate::fast_map::FastMap;
 
 /// Where a send came from, for `limits.maxInflightBytesPerConnection`: the client's TCP peer,
 /// or (not over TCP) its client id. Cheap to compare and copy: sends on a busy connection
@@ -34,7 +34,7 @@ struct Usage {
     peak: usize,
     /// Bytes of sends waiting for room.
     waiting: usize,
-    per_connection: HashMap<Connection, usize>,
+    per_connection: FastMap<Connection, usize>,
 }
 
 /// The bounds and what is in flight.

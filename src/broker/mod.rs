@@ -70,6 +70,7 @@ pub use transaction::{Resolution, ResolutionSource};
 pub use lookup::{FoundMessage, GroupStatus, GroupSummary, MessageTrace, RecordRole, StoredAt, TimedEvent, TraceEvent};
 
 use crate::clock::Clock;
+use crate::fast_map::FastMap;
 pub use crate::metadata::Durability;
 use crate::metadata::{GroupRecord, MetadataStore, TopicRecord};
 use crate::storage::{AppendMessage, MessageLog, TimerIndex};
@@ -199,7 +200,7 @@ pub(crate) struct Inner {
     meta: Arc<dyn MetadataStore>,
     timers: timer::Timers,
     transactions: transaction::Transactions,
-    topics: RwLock<HashMap<String, Arc<TopicEntry>>>,
+    topics: RwLock<FastMap<String, Arc<TopicEntry>>>,
     groups: RwLock<HashMap<String, GroupRecord>>,
     /// Auto-created groups and when each was last used (broker clock).
     auto_groups: Mutex<HashMap<String, i64>>,
@@ -313,7 +314,7 @@ impl Broker {
             receipts: ReceiptCodec::new(&secret),
             // Serials only need to differ from every serial issued before a restart.
             serial: AtomicU64::new((clock.now_ms() as u64) << 20),
-            topics: RwLock::new(HashMap::new()),
+            topics: RwLock::new(FastMap::default()),
             groups: RwLock::new(HashMap::new()),
             auto_groups: Mutex::new(HashMap::new()),
             groups_retired: AtomicU64::new(0),
@@ -494,6 +495,11 @@ impl Broker {
     /// An existing topic a client names (validated).
     async fn existing_topic(&self, name: &str) -> BrokerResult<Option<Arc<TopicEntry>>> {
         validate::validate_topic(name)?;
+        self.stored_topic(name).await
+    }
+
+    /// A topic by a name already validated: from the cache, else from the metadata store.
+    async fn stored_topic(&self, name: &str) -> BrokerResult<Option<Arc<TopicEntry>>> {
         if let Some(t) = self.cached_topic(name) {
             return Ok(Some(t));
         }
@@ -507,9 +513,9 @@ impl Broker {
 
     /// The topic a producer sends to, created on first use when autoCreateTopicEnable is on,
     /// with the type of the message that creates it (like Apache, only the producer's path
-    /// creates topics; a consumer's typo creates nothing).
+    /// creates topics; a consumer's typo creates nothing). `name` is validated by the caller.
     async fn send_topic(&self, name: &str, kind: MessageType) -> BrokerResult<Arc<TopicEntry>> {
-        if let Some(t) = self.existing_topic(name).await? {
+        if let Some(t) = self.stored_topic(name).await? {
             return Ok(t);
         }
         let topics = &self.inner.settings.topics;

@@ -84,8 +84,17 @@ fn valid_name_chars(s: &str) -> bool {
     s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'%' | b'|' | b'_' | b'-'))
 }
 
+/// Whether `s` holds a control character (`char::is_control`: U+0000–U+001F, U+007F–U+009F),
+/// read off the UTF-8 bytes: it runs over every property of every sent message. U+0080–U+009F
+/// are the two bytes 0xC2 0x80–0x9F. The first pass has no early exit, so the compiler
+/// vectorises it; only a string with a suspect byte is looked at again.
 fn has_control(s: &str) -> bool {
-    s.chars().any(char::is_control)
+    let b = s.as_bytes();
+    let suspect = b.iter().fold(false, |any, &x| any | (x < 0x20) | (x == 0x7f) | (x == 0xc2));
+    suspect
+        && b.iter()
+            .enumerate()
+            .any(|(i, &x)| x < 0x20 || x == 0x7f || (x == 0xc2 && b.get(i + 1).is_some_and(|&n| n < 0xa0)))
 }
 
 /// Names of the gateway's own topics and groups start with this; clients cannot use them.
@@ -246,6 +255,18 @@ pub fn validate_message(m: &OutgoingMessage, limits: &LimitSettings, now_ms: i64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The byte-level check agrees with `char::is_control` on every character, alone and
+    /// between others.
+    #[test]
+    fn control_characters_as_char_is_control_says() {
+        for c in (0..=0x10ffff).filter_map(char::from_u32) {
+            let alone = c.to_string();
+            assert_eq!(has_control(&alone), c.is_control(), "{c:?}");
+            assert_eq!(has_control(&format!("a{c}\u{a0}z")), c.is_control(), "{c:?} between others");
+        }
+        assert!(!has_control("plain ASCII, é, \u{a0}, \u{c2a0}, 日本"));
+    }
 
     #[test]
     fn topic_names() {

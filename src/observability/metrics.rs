@@ -19,12 +19,13 @@
 //! milliseconds, as sent over OTLP), counters keep `_total`. Off (`metrics.enabled: false`):
 //! [`init`] is never called, [`global`] is `None`, and every recording is a no-op.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::fast_map::FastMap;
 
 /// The label value topic/group pairs beyond the cap are counted under.
 pub const OTHER: &str = "_other_";
@@ -94,7 +95,7 @@ impl Budget {
     }
 }
 
-type Pairs = HashMap<Arc<str>, HashMap<Arc<str>, Arc<Cell>>>;
+type Pairs = FastMap<Arc<str>, FastMap<Arc<str>, Arc<Cell>>>;
 
 /// Cells by a pair of labels (topic and message type or consumer group).
 #[derive(Debug, Default)]
@@ -238,7 +239,7 @@ pub struct Metrics {
     timers_scheduled: AtomicU64,
     timers_fired: AtomicU64,
     /// (RPC, response code) → latency.
-    rpc: RwLock<HashMap<(&'static str, &'static str), Arc<Histogram>>>,
+    rpc: RwLock<FastMap<(&'static str, &'static str), Arc<Histogram>>>,
     flush: Histogram,
     /// By [`AppendStage`], in its order.
     append: [Histogram; 3],
@@ -256,7 +257,7 @@ impl Metrics {
             transactions: Family::default(),
             timers_scheduled: AtomicU64::new(0),
             timers_fired: AtomicU64::new(0),
-            rpc: RwLock::new(HashMap::new()),
+            rpc: RwLock::new(FastMap::default()),
             flush: Histogram::new(FLUSH_BUCKETS),
             append: AppendStage::ALL.map(|_| Histogram::new(FLUSH_BUCKETS)),
             data_dir,

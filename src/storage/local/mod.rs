@@ -305,7 +305,7 @@ impl CommitLog {
         let rec = recovery::recover(&config)?;
         let log_dir = config.dir.join("commitlog");
         let index_dir = config.dir.join("index");
-        let mut queue_map = QueueMap::new();
+        let mut queue_map = QueueMap::default();
         let mut writer_queues = Vec::with_capacity(rec.queues.len());
         for q in rec.queues {
             writer_queues.push((q.clone(), q.end()));

@@ -18,7 +18,6 @@
 //! covers pages dirtied through a shared map). Readers see entries below
 //! [`QueueIndex::end`] only, which is published after the entries are written.
 
-use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -30,6 +29,7 @@ use memmap2::MmapRaw;
 
 use super::format::{INDEX_ENTRY_LEN, IndexEntry};
 use super::fs::{create_sized_file, fallocate, fsync_dir, page_size, unsupported, write_file_atomically, zero_range};
+use crate::fast_map::FastMap;
 
 const INDEX_SUFFIX: &str = ".cq";
 const TOPIC_FILE: &str = "TOPIC";
@@ -380,7 +380,7 @@ impl QueueIndex {
 }
 
 /// All queue indexes under `index/`, keyed by topic then queue id.
-pub type QueueMap = HashMap<Arc<str>, HashMap<u32, Arc<QueueIndex>>>;
+pub type QueueMap = FastMap<Arc<str>, FastMap<u32, Arc<QueueIndex>>>;
 
 /// Escapes a topic into a directory name: `[A-Za-z0-9_-]` stay, anything else is `%XX`;
 /// very long names are shortened and made unique with a hash. The real name is in `TOPIC`.

@@ -31,7 +31,7 @@
 //! Nothing is ever acknowledged as stored after a failed write or fsync (an `append_written`
 //! answer says written, not stored: a failed fsync drops it all the same).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -49,6 +49,7 @@ use super::format::{
 use super::fs::{fsync_dir, invalid_input, io_error, replicate_error};
 use super::queue_index::{QueueIndex, create_queue};
 use super::segment::Segment;
+use crate::fast_map::FastMap;
 use crate::observability::metrics::{self, AppendStage};
 use crate::storage::record::keys;
 use crate::storage::{AppendMessage, AppendResult, FlushMode, StorageError, StorageResult};
@@ -140,7 +141,7 @@ pub struct Writer {
     stopped: bool,
     write_pos: u64,
     active: Arc<Segment>,
-    slots: HashMap<Arc<str>, HashMap<u32, usize>>,
+    slots: FastMap<Arc<str>, FastMap<u32, usize>>,
     queues: Vec<WriterQueue>,
     cleanup: Option<Cleanup>,
     buf: Vec<u8>,
@@ -177,7 +178,7 @@ impl Writer {
             stopped: false,
             write_pos,
             active,
-            slots: HashMap::new(),
+            slots: FastMap::default(),
             queues: Vec::new(),
             cleanup: None,
             buf: Vec::with_capacity(1 << 20),
