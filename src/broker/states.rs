@@ -78,9 +78,21 @@ impl Lock for StateCell {
     }
 }
 
+/// A [`QueueKey`] borrowed for a lookup: it hashes and compares as the key it stands for, so
+/// finding a live state (several times per receive, once per queue looked at) allocates
+/// nothing.
+#[derive(Hash)]
+struct QueueKeyRef<'a>(&'a str, &'a str, u32);
+
+impl hashbrown::Equivalent<QueueKey> for QueueKeyRef<'_> {
+    fn equivalent(&self, key: &QueueKey) -> bool {
+        *key.0 == *self.0 && *key.1 == *self.1 && key.2 == self.2
+    }
+}
+
 #[derive(Default)]
 struct Table {
-    live: HashMap<QueueKey, Arc<StateCell>>,
+    live: hashbrown::HashMap<QueueKey, Arc<StateCell>, foldhash::fast::RandomState>,
     /// Pruned states: their floor (nothing was in flight or acked above it).
     idle: HashMap<QueueKey, u64>,
     /// Groups with a state on some queue (live or idle): they have a position to keep.
@@ -183,12 +195,12 @@ impl Broker {
     pub(super) fn queue_state(&self, group: &str, topic: &str, queue_id: u32) -> Arc<StateCell> {
         let states = &self.inner.states;
         let now = self.now_ms();
-        let key: QueueKey = (Arc::from(group), Arc::from(topic), queue_id);
         let mut table = lock(&states.table);
-        if let Some(cell) = table.live.get(&key) {
+        if let Some(cell) = table.live.get(&QueueKeyRef(group, topic, queue_id)) {
             cell.last_used_ms.store(now, Ordering::Relaxed);
             return cell.clone();
         }
+        let key: QueueKey = (Arc::from(group), Arc::from(topic), queue_id);
         let state = match table.idle.remove(&key) {
             // Nothing above the floor: the stored progress is exactly this.
             Some(floor) => QueueState::restore(floor, &[]),
@@ -483,6 +495,24 @@ impl Broker {
 mod tests {
     use super::*;
     use crate::broker::consumer::Inflight;
+
+    /// A borrowed key finds exactly the state of the owned key it names: the two hash alike.
+    #[test]
+    fn a_borrowed_key_finds_its_state() {
+        let mut live: hashbrown::HashMap<QueueKey, u32, foldhash::fast::RandomState> = Default::default();
+        for (i, (g, t)) in [("g", "t"), ("g", "t2"), ("g2", "t"), ("gt", ""), ("", "gt")].into_iter().enumerate() {
+            for q in 0..4 {
+                live.insert((Arc::from(g), Arc::from(t), q), i as u32 * 10 + q);
+            }
+        }
+        assert_eq!(live.get(&QueueKeyRef("g", "t", 3)), Some(&3));
+        assert_eq!(live.get(&QueueKeyRef("g2", "t", 0)), Some(&20));
+        assert_eq!(live.get(&QueueKeyRef("gt", "", 1)), Some(&31));
+        assert_eq!(live.get(&QueueKeyRef("", "gt", 2)), Some(&42));
+        assert_eq!(live.get(&QueueKeyRef("g", "t", 4)), None);
+        assert_eq!(live.get(&QueueKeyRef("g", "", 0)), None);
+        assert_eq!(live.get(&QueueKeyRef("t", "g", 0)), None);
+    }
 
     fn cell(key: QueueKey, dirty: &Arc<Mutex<Vec<QueueKey>>>) -> StateCell {
         StateCell {
