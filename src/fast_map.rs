@@ -2,12 +2,14 @@
 //! metric label sets), hashed with foldhash instead of the standard library's SipHash-1-3.
 //!
 //! Their keys are names and socket addresses: SipHash took ≈ 90 instructions a lookup there,
-//! about 26 lookups and 2 300 instructions per 1 KiB send in a callgrind profile of the gateway
+//! about 26 lookups and 2 400 instructions per 1 KiB send in a callgrind profile of the gateway
 //! (docs/benchmarks.md, "Instructions per send"). foldhash is the default hasher of hashbrown
-//! (already in the dependency tree) and is seeded per process, so keys a client chooses do not
-//! collide predictably; none of these maps is keyed by anything a client can create without
-//! bound (topics and groups are created by the operator or bounded by configuration, and
-//! connections by the listener).
+//! (already in the dependency tree). Its `RandomState` is seeded from a random per-process seed,
+//! so a client that chooses names (topics a producer creates with `autoCreateTopicEnable`)
+//! cannot compute in advance which of them share a bucket. Unlike SipHash it is not a keyed
+//! cryptographic hash, which would also hold against an attacker timing many lookups to find
+//! collisions; in maps of this size (topics, queues, connections, and label sets bounded by
+//! `metrics.maxSeries`) such an attack buys little.
 
 /// A `HashMap` with foldhash's per-process random seed. Make one with `FastMap::default()`.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
