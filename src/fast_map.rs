@@ -1,5 +1,5 @@
 //! Hash maps looked up on every send and receive (topics, queues, per-connection admission,
-//! metric label sets), hashed with foldhash instead of the standard library's SipHash-1-3.
+//! metric label sets, consumer states), hashed with foldhash instead of the standard library's SipHash-1-3.
 //!
 //! Their keys are names and socket addresses: SipHash took ≈ 90 instructions a lookup there,
 //! about 26 lookups and 2 400 instructions per 1 KiB send in a callgrind profile of the gateway
@@ -13,3 +13,8 @@
 
 /// A `HashMap` with foldhash's per-process random seed. Make one with `FastMap::default()`.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The same on hashbrown, for maps looked up by a borrowed form of a composite key
+/// (`hashbrown::Equivalent`, which the standard map lacks): the consumer states, found once per
+/// queue a receive looks at (`broker/states.rs`).
+pub type FastBorrowMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;

@@ -21,6 +21,7 @@ use super::error::BrokerResult;
 use super::journal::JOURNAL_TOPIC;
 use super::settings::ConsumeFromWhere;
 use super::{Broker, Lock, QueueKey, lock, validate};
+use crate::fast_map::FastBorrowMap;
 use crate::metadata::ProgressRecord;
 
 /// A departed client's auto-renewed messages become visible after this (Apache
@@ -92,7 +93,7 @@ impl hashbrown::Equivalent<QueueKey> for QueueKeyRef<'_> {
 
 #[derive(Default)]
 struct Table {
-    live: hashbrown::HashMap<QueueKey, Arc<StateCell>, foldhash::fast::RandomState>,
+    live: FastBorrowMap<QueueKey, Arc<StateCell>>,
     /// Pruned states: their floor (nothing was in flight or acked above it).
     idle: HashMap<QueueKey, u64>,
     /// Groups with a state on some queue (live or idle): they have a position to keep.
@@ -499,7 +500,7 @@ mod tests {
     /// A borrowed key finds exactly the state of the owned key it names: the two hash alike.
     #[test]
     fn a_borrowed_key_finds_its_state() {
-        let mut live: hashbrown::HashMap<QueueKey, u32, foldhash::fast::RandomState> = Default::default();
+        let mut live: FastBorrowMap<QueueKey, u32> = Default::default();
         for (i, (g, t)) in [("g", "t"), ("g", "t2"), ("g2", "t"), ("gt", ""), ("", "gt")].into_iter().enumerate() {
             for q in 0..4 {
                 live.insert((Arc::from(g), Arc::from(t), q), i as u32 * 10 + q);
