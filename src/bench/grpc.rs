@@ -23,6 +23,7 @@ use futures::StreamExt as _;
 use tonic::codegen::http;
 use tonic::metadata::MetadataValue;
 
+use super::client_threads::ClientThreads;
 use super::load::{self, Consumer, Producer, ServerWatch};
 use super::procs::{self, Server};
 use super::report::{Report, RunResult};
@@ -249,9 +250,15 @@ pub struct GrpcProducer {
     id_prefix: String,
     counter: u64,
     born_host: String,
+    /// The client thread its connection lives on.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Producer for GrpcProducer {
+    fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        self.runtime.clone()
+    }
+
     async fn send(&mut self, bodies: Vec<Bytes>) -> anyhow::Result<()> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let born = prost_types::Timestamp { seconds: now.as_secs() as i64, nanos: now.subsec_nanos() as i32 };
@@ -297,9 +304,15 @@ pub struct GrpcConsumer {
     ack_failures: Arc<AtomicU64>,
     /// The consumer's Telemetry stream (its settings), open as long as the consumer lives.
     _telemetry: tonic::Streaming<proto::TelemetryCommand>,
+    /// The client thread its connection lives on (its acknowledgements run there too).
+    runtime: tokio::runtime::Handle,
 }
 
 impl Consumer for GrpcConsumer {
+    fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        Some(self.runtime.clone())
+    }
+
     async fn receive(&mut self) -> anyhow::Result<Vec<Bytes>> {
         use proto::receive_message_response::Content;
         let req = proto::ReceiveMessageRequest {
@@ -420,11 +433,17 @@ fn endpoints(addr: SocketAddr) -> proto::Endpoints {
 const RECEIVE_BATCH: i32 = 32;
 const LONG_POLL_SECS: i64 = 5;
 
-/// Producers (`producers` connections × `concurrency` slots) and consumers for `target`.
-pub async fn clients(args: &LoadArgs, target: &Target) -> anyhow::Result<(Vec<GrpcProducer>, Vec<GrpcConsumer>)> {
+/// Producers (`producers` connections × `concurrency` slots) and consumers for `target`,
+/// each connection on the next of `threads` with the tasks that use it.
+pub async fn clients(
+    args: &LoadArgs,
+    target: &Target,
+    threads: &mut ClientThreads,
+) -> anyhow::Result<(Vec<GrpcProducer>, Vec<GrpcConsumer>)> {
     let mut producers = Vec::new();
     for p in 0..args.producers {
-        let client = connect(target.addr).await?;
+        let runtime = threads.next();
+        let client = ClientThreads::on(&runtime, connect(target.addr)).await??;
         let id = client_id();
         let client_id: MetadataValue<_> = id.parse()?;
         for slot in 0..args.concurrency {
@@ -435,6 +454,7 @@ pub async fn clients(args: &LoadArgs, target: &Target) -> anyhow::Result<(Vec<Gr
                 id_prefix: format!("{:08X}{:04X}{:04X}", std::process::id(), p, slot),
                 counter: 0,
                 born_host: "127.0.0.1".into(),
+                runtime: Some(runtime.clone()),
             });
         }
     }
@@ -444,9 +464,15 @@ pub async fn clients(args: &LoadArgs, target: &Target) -> anyhow::Result<(Vec<Gr
     }
     let ack_failures = Arc::new(AtomicU64::new(0));
     for _ in 0..args.consumers {
-        let mut client = connect(target.addr).await?;
-        let client_id: MetadataValue<_> = client_id().parse()?;
-        let telemetry = telemetry(&mut client, &client_id, target).await?;
+        let runtime = threads.next();
+        let t = target.clone();
+        let (client, client_id, telemetry) = ClientThreads::on(&runtime, async move {
+            let mut client = connect(t.addr).await?;
+            let client_id: MetadataValue<_> = client_id().parse()?;
+            let telemetry = telemetry(&mut client, &client_id, &t).await?;
+            anyhow::Ok((client, client_id, telemetry))
+        })
+        .await??;
         consumers.push(GrpcConsumer {
             client,
             client_id,
@@ -454,6 +480,7 @@ pub async fn clients(args: &LoadArgs, target: &Target) -> anyhow::Result<(Vec<Gr
             group: target.group.clone(),
             ack_failures: ack_failures.clone(),
             _telemetry: telemetry,
+            runtime,
         });
     }
     Ok((producers, consumers))
@@ -503,6 +530,7 @@ async fn probe(client: &Client, client_id: &MetadataValue<tonic::metadata::Ascii
         id_prefix: format!("{:08X}FFFF{:04X}", std::process::id(), CLIENT_SEQ.fetch_add(1, Ordering::Relaxed) & 0xFFFF),
         counter: 0,
         born_host: "127.0.0.1".into(),
+        runtime: None,
     };
     p.send(vec![Bytes::from(body)]).await.context("probe message")
 }
@@ -514,7 +542,9 @@ pub async fn run(
     target: &Target,
     server: &ServerWatch,
 ) -> anyhow::Result<load::LoadOutcome> {
-    let (producers, consumers) = clients(args, target).await?;
+    // Dropped (its threads stopped) once the load is over.
+    let mut threads = ClientThreads::per_cpu()?;
+    let (producers, consumers) = clients(args, target, &mut threads).await?;
     let ack_failures = consumers.first().map(|c| c.ack_failures.clone());
     let mut outcome = load::drive(label, args, producers, consumers, server.clone()).await?;
     // Acks run in the background; a failed one counts as a receive error.
@@ -692,11 +722,12 @@ pub async fn run_spread(
     server_pids: &[u32],
 ) -> anyhow::Result<load::LoadOutcome> {
     anyhow::ensure!(!addrs.is_empty(), "no address to send to");
+    let mut threads = ClientThreads::per_cpu()?;
     let mut producers = Vec::new();
     for p in 0..args.producers {
         let t = Target { addr: addrs[p % addrs.len()], ..target.clone() };
         let one = LoadArgs { producers: 1, consumers: 0, ..args.clone() };
-        let (ps, _) = clients(&one, &t).await?;
+        let (ps, _) = clients(&one, &t, &mut threads).await?;
         for (slot, mut producer) in ps.into_iter().enumerate() {
             producer.id_prefix = format!("{:08X}{:04X}{:04X}", std::process::id(), p, slot);
             producers.push(producer);

@@ -3,6 +3,10 @@
 //! and memory of the server under test over exactly the measured window (for a gateway, also
 //! where its sends spent their time, from its `/metrics` at the window's ends).
 //!
+//! Each producer and consumer task runs on the runtime its connection lives on
+//! ([`Producer::runtime`]: one of the client threads of `client_threads.rs`), else on the
+//! caller's.
+//!
 //! Every message body starts with a 16-byte header: the send time (nanoseconds since the
 //! driver's epoch, little-endian) and a sequence number. Producers and consumers run in the
 //! same process, so end-to-end latency is `receive time − send time` on one monotonic clock.
@@ -25,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 use hdrhistogram::Histogram;
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use super::LoadArgs;
@@ -37,12 +42,35 @@ pub const HEADER_LEN: usize = 16;
 /// Sends one request carrying `bodies` and waits for the server's acknowledgement.
 pub trait Producer: Send + 'static {
     fn send(&mut self, bodies: Vec<Bytes>) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// The runtime its connection lives on (`client_threads.rs`), where its task runs;
+    /// `None`: the caller's.
+    fn runtime(&self) -> Option<Handle> {
+        None
+    }
 }
 
 /// Waits for the next delivered messages (may return none after a long poll) and returns
 /// their bodies. Acknowledging them is the consumer's business.
 pub trait Consumer: Send + 'static {
     fn receive(&mut self) -> impl Future<Output = anyhow::Result<Vec<Bytes>>> + Send;
+
+    /// As [`Producer::runtime`].
+    fn runtime(&self) -> Option<Handle> {
+        None
+    }
+}
+
+/// Spawns `fut` on `runtime`, or on the caller's runtime.
+fn spawn_on<F>(runtime: Option<Handle>, fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match runtime {
+        Some(h) => h.spawn(fut),
+        None => tokio::spawn(fut),
+    }
 }
 
 /// A histogram of microseconds from 1 µs to 10 minutes, 3 significant digits.
@@ -514,14 +542,16 @@ pub async fn drive<P: Producer, C: Consumer>(
     let consumer_stop = CancellationToken::new();
     let consumer_tasks: Vec<_> = consumers
         .into_iter()
-        .map(|c| tokio::spawn(consume(c, s.clone(), consumer_stop.clone(), empty.clone())))
+        .map(|c| spawn_on(c.runtime(), consume(c, s.clone(), consumer_stop.clone(), empty.clone())))
         .collect();
     let progress_done = CancellationToken::new();
     let progress_task =
         (!args.quiet).then(|| tokio::spawn(progress(label.to_string(), s.clone(), progress_done.clone())));
     let monitor_task = tokio::spawn(monitor(s.clone(), server));
-    let producer_tasks: Vec<_> =
-        producers.into_iter().map(|p| tokio::spawn(produce(p, s.clone(), filler.clone(), empty.clone()))).collect();
+    let producer_tasks: Vec<_> = producers
+        .into_iter()
+        .map(|p| spawn_on(p.runtime(), produce(p, s.clone(), filler.clone(), empty.clone())))
+        .collect();
 
     let mut send_latency_us = empty.clone();
     let (mut messages, mut requests, mut errors) = (0, 0, 0);

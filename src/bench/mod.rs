@@ -16,6 +16,7 @@
 //! further variants.
 
 pub mod apache;
+pub mod client_threads;
 pub mod cluster;
 pub mod compare;
 pub mod grpc;

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use clap::Args;
 use futures::StreamExt as _;
 
+use super::client_threads::ClientThreads;
 use super::load::{self, Consumer, Producer};
 use super::procs::{self, Server};
 use super::report::{Report, RunResult};
@@ -42,9 +43,15 @@ pub struct NatsArgs {
 pub struct NatsProducer {
     js: jetstream::Context,
     subject: String,
+    /// The client thread its connection lives on (`client_threads.rs`), as the gRPC load's.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Producer for NatsProducer {
+    fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        Some(self.runtime.clone())
+    }
+
     async fn send(&mut self, bodies: Vec<Bytes>) -> anyhow::Result<()> {
         // JetStream (2.9) has no batch publish: publish them all, then wait for every ack.
         let mut acks = Vec::with_capacity(bodies.len());
@@ -61,9 +68,14 @@ impl Producer for NatsProducer {
 /// A pull consumer bound to the shared durable consumer.
 pub struct NatsConsumer {
     messages: consumer::pull::Stream,
+    runtime: tokio::runtime::Handle,
 }
 
 impl Consumer for NatsConsumer {
+    fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        Some(self.runtime.clone())
+    }
+
     async fn receive(&mut self) -> anyhow::Result<Vec<Bytes>> {
         match self.messages.next().await {
             Some(Ok(m)) => {
@@ -148,11 +160,15 @@ pub async fn run(
     server_pid: Option<u32>,
 ) -> anyhow::Result<load::LoadOutcome> {
     let subject = format!("{name}.bench");
+    // Dropped (its threads stopped) once the load is over.
+    let mut threads = ClientThreads::per_cpu()?;
     let mut producers = Vec::new();
     for _ in 0..args.producers {
-        let js = jetstream::new(connect(url).await?);
+        let runtime = threads.next();
+        let u = url.to_string();
+        let js = jetstream::new(ClientThreads::on(&runtime, async move { connect(&u).await }).await??);
         for _ in 0..args.concurrency {
-            producers.push(NatsProducer { js: js.clone(), subject: subject.clone() });
+            producers.push(NatsProducer { js: js.clone(), subject: subject.clone(), runtime: runtime.clone() });
         }
     }
     let mut consumers = Vec::new();
@@ -168,12 +184,17 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("create consumer: {e}"))?;
         for _ in 0..args.consumers {
-            let js = jetstream::new(connect(url).await?);
-            let s = js.get_stream(name).await.map_err(|e| anyhow::anyhow!("get stream {name}: {e}"))?;
-            let c: consumer::PullConsumer =
-                s.get_consumer("bench").await.map_err(|e| anyhow::anyhow!("get consumer: {e}"))?;
-            let messages = c.messages().await.map_err(|e| anyhow::anyhow!("consumer messages: {e}"))?;
-            consumers.push(NatsConsumer { messages });
+            let runtime = threads.next();
+            let (u, name) = (url.to_string(), name.to_string());
+            let messages = ClientThreads::on(&runtime, async move {
+                let js = jetstream::new(connect(&u).await?);
+                let s = js.get_stream(&name).await.map_err(|e| anyhow::anyhow!("get stream {name}: {e}"))?;
+                let c: consumer::PullConsumer =
+                    s.get_consumer("bench").await.map_err(|e| anyhow::anyhow!("get consumer: {e}"))?;
+                c.messages().await.map_err(|e| anyhow::anyhow!("consumer messages: {e}"))
+            })
+            .await??;
+            consumers.push(NatsConsumer { messages, runtime });
         }
     }
     load::drive(label, args, producers, consumers, server_pid.into_iter().collect::<Vec<u32>>().into()).await
