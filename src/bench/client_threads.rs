@@ -21,7 +21,7 @@ pub struct ClientThreads {
     handles: Vec<Handle>,
     threads: Vec<JoinHandle<()>>,
     stop: CancellationToken,
-    /// The next thread [`ClientThreads::next`] hands out.
+    /// The next thread [`ClientThreads::next_thread`] hands out.
     turn: usize,
 }
 
@@ -52,7 +52,7 @@ impl ClientThreads {
     }
 
     /// The runtime of the next thread in turn, for the next connection and its users.
-    pub fn next(&mut self) -> Handle {
+    pub fn next_thread(&mut self) -> Handle {
         let h = self.handles[self.turn % self.handles.len()].clone();
         self.turn = self.turn.wrapping_add(1);
         h
@@ -87,7 +87,7 @@ mod tests {
     async fn connections_go_to_the_threads_in_turn_and_stay_there() {
         let mut threads = ClientThreads::start(2).unwrap();
         let name = || std::thread::current().name().map(str::to_string);
-        let (a, b, c) = (threads.next(), threads.next(), threads.next());
+        let (a, b, c) = (threads.next_thread(), threads.next_thread(), threads.next_thread());
         let on_a = ClientThreads::on(&a, async move { name() }).await.unwrap();
         let on_b = ClientThreads::on(&b, async move { name() }).await.unwrap();
         let on_c = ClientThreads::on(&c, async move { name() }).await.unwrap();

@@ -442,7 +442,7 @@ pub async fn clients(
 ) -> anyhow::Result<(Vec<GrpcProducer>, Vec<GrpcConsumer>)> {
     let mut producers = Vec::new();
     for p in 0..args.producers {
-        let runtime = threads.next();
+        let runtime = threads.next_thread();
         let client = ClientThreads::on(&runtime, connect(target.addr)).await??;
         let id = client_id();
         let client_id: MetadataValue<_> = id.parse()?;
@@ -464,7 +464,7 @@ pub async fn clients(
     }
     let ack_failures = Arc::new(AtomicU64::new(0));
     for _ in 0..args.consumers {
-        let runtime = threads.next();
+        let runtime = threads.next_thread();
         let t = target.clone();
         let (client, client_id, telemetry) = ClientThreads::on(&runtime, async move {
             let mut client = connect(t.addr).await?;

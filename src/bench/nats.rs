@@ -164,7 +164,7 @@ pub async fn run(
     let mut threads = ClientThreads::per_cpu()?;
     let mut producers = Vec::new();
     for _ in 0..args.producers {
-        let runtime = threads.next();
+        let runtime = threads.next_thread();
         let u = url.to_string();
         let js = jetstream::new(ClientThreads::on(&runtime, async move { connect(&u).await }).await??);
         for _ in 0..args.concurrency {
@@ -184,7 +184,7 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("create consumer: {e}"))?;
         for _ in 0..args.consumers {
-            let runtime = threads.next();
+            let runtime = threads.next_thread();
             let (u, name) = (url.to_string(), name.to_string());
             let messages = ClientThreads::on(&runtime, async move {
                 let js = jetstream::new(connect(&u).await?);
