@@ -1,5 +1,6 @@
 //! Hash maps looked up on every send and receive (topics, queues, per-connection admission,
-//! metric label sets, consumer states), hashed with foldhash instead of the standard library's SipHash-1-3.
+//! metric label sets, consumer states), hashed with foldhash instead of the standard library's
+//! SipHash-1-3.
 //!
 //! Their keys are names and socket addresses: SipHash took ≈ 90 instructions a lookup there,
 //! about 26 lookups and 2 400 instructions per 1 KiB send in a callgrind profile of the gateway
