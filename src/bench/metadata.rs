@@ -54,7 +54,15 @@ pub struct CaseResult {
     pub transactions_per_sec: f64,
     pub rows_per_sec: f64,
     pub failures: u64,
+    /// The first failed transaction's error and how long it took (failures are not in `latency`).
+    pub first_failure: Option<Failure>,
     pub latency: Option<Latency>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub error: String,
+    pub after_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -89,6 +97,7 @@ async fn case(store: Arc<dyn MetadataStore>, args: &MetadataBenchArgs, batch: us
             let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
             let (mut done, mut failures, mut next, mut floor) = (0u64, 0u64, 0usize, 0u64);
             let mut journal = 0u64;
+            let mut first_failure = None;
             while Instant::now() < deadline {
                 floor += 1;
                 let records: Vec<ProgressRecord> = (0..batch).map(|k| record(w, (next + k) % queues, floor)).collect();
@@ -100,18 +109,23 @@ async fn case(store: Arc<dyn MetadataStore>, args: &MetadataBenchArgs, batch: us
                         done += 1;
                         h.saturating_record(t.elapsed().as_micros() as u64);
                     }
-                    Err(_) => failures += 1,
+                    Err(e) => {
+                        failures += 1;
+                        let after_ms = t.elapsed().as_secs_f64() * 1e3;
+                        first_failure.get_or_insert(Failure { error: e.to_string(), after_ms });
+                    }
                 }
             }
-            anyhow::Ok((done, failures, h))
+            anyhow::Ok((done, failures, first_failure, h))
         }));
     }
     let mut total = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
-    let (mut done, mut failures) = (0u64, 0u64);
+    let (mut done, mut failures, mut first_failure) = (0u64, 0u64, None);
     for t in tasks {
-        let (d, f, h) = t.await.context("writer task panicked")??;
+        let (d, f, first, h) = t.await.context("writer task panicked")??;
         done += d;
         failures += f;
+        first_failure = first_failure.or(first);
         total.add(&h)?;
     }
     let secs = started.elapsed().as_secs_f64();
@@ -122,6 +136,7 @@ async fn case(store: Arc<dyn MetadataStore>, args: &MetadataBenchArgs, batch: us
         transactions_per_sec: done as f64 / secs,
         rows_per_sec: (done as f64 * batch as f64) / secs,
         failures,
+        first_failure,
         latency: Latency::of(&total),
     })
 }
@@ -139,6 +154,14 @@ fn markdown(r: &MetadataReport) -> String {
             "| {} | {} | {:.0} | {:.0} | {p50:.2} | {p99:.2} | {max:.2} | {} |\n",
             c.batch, c.writers, c.transactions_per_sec, c.rows_per_sec, c.failures
         );
+    }
+    for c in &r.cases {
+        if let Some(f) = &c.first_failure {
+            s += &format!(
+                "\nWith {} records per transaction, a failed one (after {:.0} ms): {}\n",
+                c.batch, f.after_ms, f.error
+            );
+        }
     }
     s += &format!(
         "\nProgress rows afterwards: {} (at most writers × queues: the count grows with queues, never with messages).\n",
@@ -159,8 +182,15 @@ pub async fn run(args: MetadataBenchArgs) -> anyhow::Result<()> {
     for &batch in &args.batches {
         let c = case(store.clone(), &args, batch).await?;
         eprintln!(
-            "metadata bench {shown}: batch {batch}, {} writers: {:.0} transactions/s, {:.0} rows/s, {} failures",
-            c.writers, c.transactions_per_sec, c.rows_per_sec, c.failures
+            "metadata bench {shown}: batch {batch}, {} writers: {:.0} transactions/s, {:.0} rows/s, {} failures{}",
+            c.writers,
+            c.transactions_per_sec,
+            c.rows_per_sec,
+            c.failures,
+            c.first_failure
+                .as_ref()
+                .map(|f| format!(" (the first after {:.0} ms: {})", f.after_ms, f.error))
+                .unwrap_or_default()
         );
         cases.push(c);
     }
