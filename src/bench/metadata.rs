@@ -54,7 +54,8 @@ pub struct CaseResult {
     pub transactions_per_sec: f64,
     pub rows_per_sec: f64,
     pub failures: u64,
-    /// The first failed transaction's error and how long it took (failures are not in `latency`).
+    /// A failed transaction's error and how long it took, the first of the first writer that had
+    /// one (failures are not in `latency`).
     pub first_failure: Option<Failure>,
     pub latency: Option<Latency>,
 }
