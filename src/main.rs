@@ -35,9 +35,10 @@ const HEAP_PURGE_INTERVAL: Duration = Duration::from_secs(1);
 /// 23 → 94–303 MiB of anonymous memory after 10 million sends; the unit test below: 256 MiB still
 /// resident 3 s after its free). `mi_collect(false)` on any thread purges what has waited past its
 /// delay in the arenas (and collects the caller's own heap, here empty), so a thread that calls
-/// it once per [`HEAP_PURGE_INTERVAL`] returns a burst's memory within a second or two, and under
-/// load it only does what the next free would have done. (`MIMALLOC_PURGE_DELAY=0`, purging on
-/// every free, returns it at once but cost 27–47 % more CPU per send.)
+/// it once per [`HEAP_PURGE_INTERVAL`] returns a burst's memory within a second or two. Under load
+/// it purges only what has already waited past its delay, once a second (no CPU difference per
+/// send in alternating pairs at ASYNC `max`: README, "Timers"). (`MIMALLOC_PURGE_DELAY=0`, purging
+/// on every free, returns it at once but cost 27–47 % more CPU per send.)
 fn purge_freed_memory() {
     // SAFETY: `mi_collect` has no preconditions: it is thread-safe and only returns memory that
     // no allocation holds.
