@@ -9,11 +9,12 @@
 #   integration-tests/reference/perf-send.sh <frame-pointer gateway binary> [load generator]
 #
 # The gateway binary needs frame pointers for whole stacks (docs/benchmarks.md, "To profile
-# yourself"); the load generator (default target/release/rmq-gateway, built with the `bench`
-# feature) runs unprofiled. Environment: FLUSH (ASYNC or SYNC, default ASYNC), PAIRS (default
-# 2), WINDOW (seconds, default 6), HZ (sampling rate, default 999), PORT (gRPC, default 18401;
-# the gateway's HTTP port is PORT-1), KEEP (a directory to keep the profiles in). Needs perf
-# and python3.
+# yourself"); the load generator (default target/release/rmq-gateway, from the repository's
+# root; built with the `bench` feature) runs unprofiled. Environment: FLUSH (ASYNC or SYNC,
+# default ASYNC), PAIRS (default 2), WINDOW (seconds, default 6), HZ (sampling rate, default
+# 999), PORT (gRPC, default 18401; the gateway's HTTP port is PORT-1), KEEP (a directory to keep
+# the profiles in; `perf-send.py <Hz> <window> <KEEP>/noop-1 <KEEP>/gateway-1 …` reads them
+# again). Needs perf and python3.
 set -euo pipefail
 
 [ $# -ge 1 ] || { echo "usage: perf-send.sh <frame-pointer gateway binary> [load generator]" >&2; exit 2; }
@@ -33,7 +34,7 @@ load=""
 cleanup() {
   if [ -n "$load" ]; then kill "$load" 2>/dev/null || true; wait "$load" 2>/dev/null || true; fi
   if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
-  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work"/*.data "$work"/*.txt "$KEEP"/ 2>/dev/null || true; fi
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work"/*.data "$work"/*.txt "$work"/*.rate "$KEEP"/ 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
