@@ -21,6 +21,8 @@ set -euo pipefail
 command -v valgrind >/dev/null && command -v callgrind_control >/dev/null && command -v callgrind_annotate >/dev/null ||
   { echo "callgrind-send.sh: needs valgrind (callgrind_control, callgrind_annotate)" >&2; exit 1; }
 lg=$1
+# shellcheck source=lib.sh
+. "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 rate=${RATE:-200}
 window=${WINDOW:-15}
 port=${PORT:-18191}
@@ -29,8 +31,7 @@ work=$(mktemp -d)
 server=""
 load=""
 cleanup() {
-  if [ -n "$load" ]; then kill "$load" 2>/dev/null || true; wait "$load" 2>/dev/null || true; fi
-  if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
+  stop_started
   if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work"/*.out* "$KEEP"/ 2>/dev/null || true; fi
   rm -rf "$work"
 }
@@ -50,12 +51,7 @@ measure() {
   rm -rf "$work/data" && mkdir -p "$work/data"
   env "${envs[@]}" valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$work/server.log" 2>&1 &
   server=$!
-  local up=""
-  for _ in $(seq 600); do
-    if (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then up=1; break; fi
-    sleep 0.2
-  done
-  [ -n "$up" ] || { echo "callgrind-send.sh: $name did not start; its log:" >&2; cat "$work/server.log" >&2; exit 1; }
+  wait_for_port callgrind-send.sh "$name" "$port" 120 "$work/server.log"
   "$lg" bench e2e --target "127.0.0.1:$port" --rate "$rate" --consumers "${CONSUMERS:-0}" \
     --duration "$((window + 12))s" --warmup 3s --drain 2s --quiet --out "$work/lg" >"$work/lg.out" 2>&1 &
   load=$!

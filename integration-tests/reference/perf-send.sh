@@ -28,12 +28,13 @@ hz=${HZ:-999}
 port=${PORT:-18401}
 http=$((port - 1))
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 work=$(mktemp -d)
 server=""
 load=""
 cleanup() {
-  if [ -n "$load" ]; then kill "$load" 2>/dev/null || true; wait "$load" 2>/dev/null || true; fi
-  if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
+  stop_started
   if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$work"/*.data "$work"/*.txt "$work"/*.rate "$KEEP"/ 2>/dev/null || true; fi
   rm -rf "$work"
 }
@@ -47,12 +48,7 @@ profile() {
   rm -rf "$work/data" && mkdir -p "$work/data"
   "$@" >"$work/server.log" 2>&1 &
   server=$!
-  local up=""
-  for _ in $(seq 100); do
-    if (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then up=1; break; fi
-    sleep 0.1
-  done
-  [ -n "$up" ] || { echo "perf-send.sh: $name did not start; its log:" >&2; cat "$work/server.log" >&2; exit 1; }
+  wait_for_port perf-send.sh "$name" "$port" 10 "$work/server.log"
   "$lg" bench e2e --target "127.0.0.1:$port" --consumers 0 --duration "$((window + 8))s" --quiet \
     --out "$work/lg" >"$work/lg.out" 2>&1 &
   load=$!
