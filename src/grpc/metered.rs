@@ -7,9 +7,12 @@
 //! called, not again by the owner a request was forwarded to. With metrics off it only
 //! delegates.
 
+use std::sync::LazyLock;
 use std::time::Instant;
 
 use futures::StreamExt;
+use smallvec::SmallVec;
+use tonic::metadata::{Ascii, MetadataKey, MetadataMap};
 use tonic::{Request, Response, Status as GrpcStatus, Streaming};
 
 use super::{BoxStream, MessagingServiceImpl, forward};
@@ -87,8 +90,10 @@ fn type_name(t: i32) -> &'static str {
 /// or the request's `x-mq-namespace` header, as the handlers resolve it), so that the
 /// per-message counters and the scrape-time gauges (keyed by broker-side names) agree. A
 /// request the handler will refuse keeps the plain name (its message count is zero anyway).
-fn resource_name(r: Option<&proto::Resource>, md: &tonic::metadata::MetadataMap, kind: NameKind) -> String {
-    let header = md.get("x-mq-namespace").and_then(|v| v.to_str().ok()).unwrap_or_default();
+fn resource_name(r: Option<&proto::Resource>, md: &MetadataMap, kind: NameKind) -> String {
+    // Parsed once: a look-up by `&str` validates and lower-cases the name each time.
+    static NAMESPACE: LazyLock<MetadataKey<Ascii>> = LazyLock::new(|| MetadataKey::from_static("x-mq-namespace"));
+    let header = md.get(&*NAMESPACE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     super::namespace::internal_name(r, header, kind).unwrap_or_else(|_| r.map(|r| r.name.clone()).unwrap_or_default())
 }
 
@@ -179,7 +184,7 @@ impl MessagingService for Metered {
         &self,
         request: Request<proto::AckMessageRequest>,
     ) -> Result<Response<proto::AckMessageResponse>, GrpcStatus> {
-        timed!(self, ack_message, "AckMessage", request)
+        timed!(self, ack, "AckMessage", request)
     }
     async fn forward_message_to_dead_letter_queue(
         &self,
@@ -241,26 +246,31 @@ impl MessagingService for Metered {
         request: Request<proto::SendMessageRequest>,
     ) -> Result<Response<proto::SendMessageResponse>, GrpcStatus> {
         let Some(m) = metrics::global() else {
-            return self.inner.send_message(request).await;
+            return self.inner.send(request).await;
         };
         let started = Instant::now();
         let forwarded = self.forwarded(&request);
         let msgs = &request.get_ref().messages;
-        // One topic per request (the broker refuses mixed ones); (type, body bytes) per
-        // message, in request order (the answer's entries are in that order).
-        let topic = resource_name(msgs.first().and_then(|msg| msg.topic.as_ref()), request.metadata(), NameKind::Topic);
-        let sent: Vec<(&'static str, u64)> = msgs
-            .iter()
-            .map(|msg| (type_name(msg.system_properties.as_ref().map_or(0, |s| s.message_type)), msg.body.len() as u64))
-            .collect();
-        let result = self.inner.send_message(request).await;
+        // One topic and one message type per request: the broker refuses a request that mixes
+        // them, every entry of it, so the first message's are those of every stored one. Body
+        // bytes per message, in request order (the answer's entries are in that order).
+        let first = msgs.first();
+        let topic = resource_name(first.and_then(|msg| msg.topic.as_ref()), request.metadata(), NameKind::Topic);
+        let kind = type_name(first.and_then(|msg| msg.system_properties.as_ref()).map_or(0, |s| s.message_type));
+        let sizes: SmallVec<[u64; 4]> = msgs.iter().map(|msg| msg.body.len() as u64).collect();
+        let result = self.inner.send(request).await;
         unary(Some(m), "SendMessage", started, &result, |r| r.status.as_ref());
         // A send forwarded from another node was counted there (the node the client called).
         if let (Ok(r), false) = (&result, forwarded) {
-            for (entry, (kind, bytes)) in r.get_ref().entries.iter().zip(&sent) {
-                if entry.status.as_ref().is_some_and(|s| s.code == Code::Ok as i32) {
-                    m.messages_in(&topic, kind, 1, *bytes);
-                }
+            let (count, bytes) = r
+                .get_ref()
+                .entries
+                .iter()
+                .zip(&sizes)
+                .filter(|(entry, _)| entry.status.as_ref().is_some_and(|s| s.code == Code::Ok as i32))
+                .fold((0, 0), |(n, total), (_, bytes)| (n + 1, total + bytes));
+            if count > 0 {
+                m.messages_in(&topic, kind, count, bytes);
             }
         }
         result
@@ -271,7 +281,7 @@ impl MessagingService for Metered {
         request: Request<proto::ReceiveMessageRequest>,
     ) -> Result<Response<Self::ReceiveMessageStream>, GrpcStatus> {
         let Some(m) = metrics::global() else {
-            return self.inner.receive_message(request).await;
+            return self.inner.receive(request).await;
         };
         let started = Instant::now();
         let req = request.get_ref();
@@ -279,7 +289,7 @@ impl MessagingService for Metered {
         let topic = resource_name(req.message_queue.as_ref().and_then(|q| q.topic.as_ref()), md, NameKind::Topic);
         let group = resource_name(req.group.as_ref(), md, NameKind::Group);
         let count = !self.forwarded(&request);
-        let result = self.inner.receive_message(request).await;
+        let result = self.inner.receive(request).await;
         streamed(m, "ReceiveMessage", started, (topic, group, count), result, |f: &proto::ReceiveMessageResponse| {
             use proto::receive_message_response::Content;
             match &f.content {

@@ -532,60 +532,10 @@ fn unimplemented(rpc: &str) -> GrpcStatus {
     GrpcStatus::unimplemented(format!("{rpc} is not implemented by rmq-gateway yet"))
 }
 
-#[tonic::async_trait]
-impl MessagingService for MessagingServiceImpl {
-    async fn query_route(
-        &self,
-        request: Request<proto::QueryRouteRequest>,
-    ) -> Result<Response<proto::QueryRouteResponse>, GrpcStatus> {
-        let ctx = Context::of(&request);
-        let req = request.into_inner();
-        if let Err(s) = ctx.require_client_id() {
-            return Ok(Response::new(proto::QueryRouteResponse { status: Some(s), message_queues: vec![] }));
-        }
-        let route = match ctx.topic(req.topic.as_ref()) {
-            Ok(topic) => self.broker.route(&topic).await,
-            Err(e) => Err(e),
-        };
-        let reply = match route {
-            Ok(route) => {
-                let queues = match &self.cluster {
-                    Some(fwd) => self.cluster_route(fwd.view(), &ctx, &route),
-                    None => {
-                        let endpoints = self.endpoints(&ctx);
-                        (0..route.queue_nums as i32)
-                            .map(|id| self.message_queue(&route.topic, id, route.accepts, &endpoints))
-                            .collect()
-                    }
-                };
-                proto::QueryRouteResponse { status: Some(ok()), message_queues: queues }
-            }
-            Err(e) => proto::QueryRouteResponse { status: Some(from_error(&e)), message_queues: vec![] },
-        };
-        Ok(Response::new(reply))
-    }
-
-    async fn heartbeat(
-        &self,
-        request: Request<proto::HeartbeatRequest>,
-    ) -> Result<Response<proto::HeartbeatResponse>, GrpcStatus> {
-        let ctx = Context::of(&request);
-        let req = request.into_inner();
-        if let Err(s) = ctx.require_client_id() {
-            return Ok(Response::new(proto::HeartbeatResponse { status: Some(s) }));
-        }
-        let result = match req.group.as_ref().map(|g| ctx.group(Some(g))).transpose() {
-            Ok(group) => self.broker.heartbeat(&ctx.client_id, client_kind(req.client_type), group.as_deref()).await,
-            Err(e) => Err(e),
-        };
-        let s = match result {
-            Ok(()) => ok(),
-            Err(e) => from_error(&e),
-        };
-        Ok(Response::new(proto::HeartbeatResponse { status: Some(s) }))
-    }
-
-    async fn send_message(
+impl MessagingServiceImpl {
+    /// SendMessage: the trait method delegates here, and so does the metrics wrapper (one boxed
+    /// future per call, not two).
+    pub(super) async fn send(
         &self,
         request: Request<proto::SendMessageRequest>,
     ) -> Result<Response<proto::SendMessageResponse>, GrpcStatus> {
@@ -612,13 +562,18 @@ impl MessagingService for MessagingServiceImpl {
         if let Err(s) = ctx.require_client_id() {
             return Ok(Response::new(fail(s)));
         }
-        match self.send_target(&md, &ctx, &req).await {
-            None | Some((_, Target::Local)) => {}
-            Some((fwd, Target::Remote(node))) => {
-                let forwarded = fwd.unary(&node, &md, req, |mut c, r| async move { c.send_message(r).await }).await;
-                return Ok(Response::new(forwarded.unwrap_or_else(|e| fail(from_error(&e)))));
+        // Cluster mode only, and boxed: the forwarding call's state would otherwise sit in every
+        // send's future beside the local send's, and be copied with it.
+        if self.cluster.is_some() {
+            match Box::pin(self.send_target(&md, &ctx, &req)).await {
+                None | Some((_, Target::Local)) => {}
+                Some((fwd, Target::Remote(node))) => {
+                    let forwarded =
+                        Box::pin(fwd.unary(&node, &md, req, |mut c, r| async move { c.send_message(r).await })).await;
+                    return Ok(Response::new(forwarded.unwrap_or_else(|e| fail(from_error(&e)))));
+                }
+                Some((_, Target::Refuse(why))) => return Ok(Response::new(fail(from_error(&not_owner(why))))),
             }
-            Some((_, Target::Refuse(why))) => return Ok(Response::new(fail(from_error(&not_owner(why))))),
         }
         let messages: Result<Vec<_>, BrokerError> =
             req.messages.into_iter().map(|m| convert::outgoing(m, &ctx.namespace)).collect();
@@ -654,56 +609,18 @@ impl MessagingService for MessagingServiceImpl {
         Ok(Response::new(reply))
     }
 
-    async fn query_assignment(
-        &self,
-        request: Request<proto::QueryAssignmentRequest>,
-    ) -> Result<Response<proto::QueryAssignmentResponse>, GrpcStatus> {
-        let ctx = Context::of(&request);
-        let req = request.into_inner();
-        if let Err(s) = ctx.require_client_id() {
-            return Ok(Response::new(proto::QueryAssignmentResponse { status: Some(s), assignments: vec![] }));
-        }
-        self.broker.touch_client(&ctx.client_id);
-        let assignment = match ctx.topic_and_group(req.topic.as_ref(), req.group.as_ref()) {
-            Ok((topic, group)) => self.broker.assignment(&topic, &group).await,
-            Err(e) => Err(e),
-        };
-        let reply = match assignment {
-            Ok((route, fifo)) if self.cluster.is_some() => {
-                let assignments = self.cluster_assignments(&ctx, &route, fifo);
-                proto::QueryAssignmentResponse { status: Some(ok()), assignments }
-            }
-            Ok((route, fifo)) => {
-                let endpoints = self.endpoints(&ctx);
-                // Like Apache: orderly groups get one assignment per queue; others one per
-                // broker with queue id -1 ("any queue").
-                let ids: Vec<i32> = if fifo { (0..route.queue_nums as i32).collect() } else { vec![-1] };
-                let assignments = ids
-                    .into_iter()
-                    .map(|id| {
-                        let mq = self.message_queue(&route.topic, id, &[], &endpoints);
-                        proto::Assignment { message_queue: Some(mq) }
-                    })
-                    .collect();
-                proto::QueryAssignmentResponse { status: Some(ok()), assignments }
-            }
-            Err(e) => proto::QueryAssignmentResponse { status: Some(from_error(&e)), assignments: vec![] },
-        };
-        Ok(Response::new(reply))
-    }
-
-    type ReceiveMessageStream = BoxStream<proto::ReceiveMessageResponse>;
-
-    async fn receive_message(
+    /// ReceiveMessage: the trait method delegates here, and so does the metrics wrapper (one boxed
+    /// future per call, not two).
+    pub(super) async fn receive(
         &self,
         request: Request<proto::ReceiveMessageRequest>,
-    ) -> Result<Response<Self::ReceiveMessageStream>, GrpcStatus> {
+    ) -> Result<Response<BoxStream<proto::ReceiveMessageResponse>>, GrpcStatus> {
         use proto::receive_message_response::Content;
         let ctx = Context::of(&request);
         let md = self.headers(&request);
         let req = request.into_inner();
         let frame = |c: Content| Ok(proto::ReceiveMessageResponse { content: Some(c) });
-        let done = |s: proto::Status| -> Self::ReceiveMessageStream {
+        let done = |s: proto::Status| -> BoxStream<proto::ReceiveMessageResponse> {
             Box::pin(futures::stream::iter(vec![
                 frame(Content::Status(s)),
                 frame(Content::DeliveryTimestamp(convert::now_timestamp())),
@@ -745,26 +662,30 @@ impl MessagingService for MessagingServiceImpl {
             // One node's part of another node's sweep: answer at once.
             receive.deadline_remaining = Some(Duration::ZERO);
         }
-        let target = self.receive_target(&md, &topic, queue_id).await;
-        if let Some((fwd, _)) = &target
-            && forward::forwarded_by(&md).is_none()
-            && let Some(frames) = self.sweep_owners(fwd, &md, &req, &receive, &ctx).await
-        {
-            return Ok(Response::new(Box::pin(futures::stream::iter(frames))));
-        }
-        match target {
-            None | Some((_, Target::Local)) => {}
-            Some((fwd, Target::Remote(node))) => {
-                let long_poll = req.long_polling_timeout.as_ref().and_then(convert::duration).unwrap_or_default();
-                let forwarded = fwd
-                    .server_stream(&node, &md, req, long_poll, |mut c, r| async move { c.receive_message(r).await })
-                    .await;
-                return Ok(Response::new(forwarded.unwrap_or_else(|e| done(from_error(&e)))));
+        // Cluster mode only, and boxed (as in SendMessage).
+        if self.cluster.is_some() {
+            let target = Box::pin(self.receive_target(&md, &topic, queue_id)).await;
+            if let Some((fwd, _)) = &target
+                && forward::forwarded_by(&md).is_none()
+                && let Some(frames) = Box::pin(self.sweep_owners(fwd, &md, &req, &receive, &ctx)).await
+            {
+                return Ok(Response::new(Box::pin(futures::stream::iter(frames))));
             }
-            Some((_, Target::Refuse(why))) => return Ok(Response::new(done(from_error(&not_owner(why))))),
+            match target {
+                None | Some((_, Target::Local)) => {}
+                Some((fwd, Target::Remote(node))) => {
+                    let long_poll = req.long_polling_timeout.as_ref().and_then(convert::duration).unwrap_or_default();
+                    let forwarded = Box::pin(fwd.server_stream(&node, &md, req, long_poll, |mut c, r| async move {
+                        c.receive_message(r).await
+                    }))
+                    .await;
+                    return Ok(Response::new(forwarded.unwrap_or_else(|e| done(from_error(&e)))));
+                }
+                Some((_, Target::Refuse(why))) => return Ok(Response::new(done(from_error(&not_owner(why))))),
+            }
         }
         tracing::trace!(?receive, "receive");
-        let stream: Self::ReceiveMessageStream = match self.broker.receive(receive).await {
+        let stream: BoxStream<proto::ReceiveMessageResponse> = match self.broker.receive(receive).await {
             Ok(messages) if messages.is_empty() => done(status(Code::MessageNotFound, "no new message")),
             Ok(messages) => Box::pin(futures::stream::iter(self.delivery_frames(&ctx, messages))),
             Err(e) => done(from_error(&e)),
@@ -772,7 +693,9 @@ impl MessagingService for MessagingServiceImpl {
         Ok(Response::new(stream))
     }
 
-    async fn ack_message(
+    /// AckMessage: the trait method delegates here, and so does the metrics wrapper (one boxed
+    /// future per call, not two).
+    pub(super) async fn ack(
         &self,
         request: Request<proto::AckMessageRequest>,
     ) -> Result<Response<proto::AckMessageResponse>, GrpcStatus> {
@@ -885,6 +808,121 @@ impl MessagingService for MessagingServiceImpl {
             Some(status(Code::MultipleResults, "entries have different results"))
         };
         Ok(Response::new(proto::AckMessageResponse { status: top, entries }))
+    }
+}
+
+#[tonic::async_trait]
+impl MessagingService for MessagingServiceImpl {
+    async fn query_route(
+        &self,
+        request: Request<proto::QueryRouteRequest>,
+    ) -> Result<Response<proto::QueryRouteResponse>, GrpcStatus> {
+        let ctx = Context::of(&request);
+        let req = request.into_inner();
+        if let Err(s) = ctx.require_client_id() {
+            return Ok(Response::new(proto::QueryRouteResponse { status: Some(s), message_queues: vec![] }));
+        }
+        let route = match ctx.topic(req.topic.as_ref()) {
+            Ok(topic) => self.broker.route(&topic).await,
+            Err(e) => Err(e),
+        };
+        let reply = match route {
+            Ok(route) => {
+                let queues = match &self.cluster {
+                    Some(fwd) => self.cluster_route(fwd.view(), &ctx, &route),
+                    None => {
+                        let endpoints = self.endpoints(&ctx);
+                        (0..route.queue_nums as i32)
+                            .map(|id| self.message_queue(&route.topic, id, route.accepts, &endpoints))
+                            .collect()
+                    }
+                };
+                proto::QueryRouteResponse { status: Some(ok()), message_queues: queues }
+            }
+            Err(e) => proto::QueryRouteResponse { status: Some(from_error(&e)), message_queues: vec![] },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<proto::HeartbeatRequest>,
+    ) -> Result<Response<proto::HeartbeatResponse>, GrpcStatus> {
+        let ctx = Context::of(&request);
+        let req = request.into_inner();
+        if let Err(s) = ctx.require_client_id() {
+            return Ok(Response::new(proto::HeartbeatResponse { status: Some(s) }));
+        }
+        let result = match req.group.as_ref().map(|g| ctx.group(Some(g))).transpose() {
+            Ok(group) => self.broker.heartbeat(&ctx.client_id, client_kind(req.client_type), group.as_deref()).await,
+            Err(e) => Err(e),
+        };
+        let s = match result {
+            Ok(()) => ok(),
+            Err(e) => from_error(&e),
+        };
+        Ok(Response::new(proto::HeartbeatResponse { status: Some(s) }))
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<proto::SendMessageRequest>,
+    ) -> Result<Response<proto::SendMessageResponse>, GrpcStatus> {
+        self.send(request).await
+    }
+
+    async fn query_assignment(
+        &self,
+        request: Request<proto::QueryAssignmentRequest>,
+    ) -> Result<Response<proto::QueryAssignmentResponse>, GrpcStatus> {
+        let ctx = Context::of(&request);
+        let req = request.into_inner();
+        if let Err(s) = ctx.require_client_id() {
+            return Ok(Response::new(proto::QueryAssignmentResponse { status: Some(s), assignments: vec![] }));
+        }
+        self.broker.touch_client(&ctx.client_id);
+        let assignment = match ctx.topic_and_group(req.topic.as_ref(), req.group.as_ref()) {
+            Ok((topic, group)) => self.broker.assignment(&topic, &group).await,
+            Err(e) => Err(e),
+        };
+        let reply = match assignment {
+            Ok((route, fifo)) if self.cluster.is_some() => {
+                let assignments = self.cluster_assignments(&ctx, &route, fifo);
+                proto::QueryAssignmentResponse { status: Some(ok()), assignments }
+            }
+            Ok((route, fifo)) => {
+                let endpoints = self.endpoints(&ctx);
+                // Like Apache: orderly groups get one assignment per queue; others one per
+                // broker with queue id -1 ("any queue").
+                let ids: Vec<i32> = if fifo { (0..route.queue_nums as i32).collect() } else { vec![-1] };
+                let assignments = ids
+                    .into_iter()
+                    .map(|id| {
+                        let mq = self.message_queue(&route.topic, id, &[], &endpoints);
+                        proto::Assignment { message_queue: Some(mq) }
+                    })
+                    .collect();
+                proto::QueryAssignmentResponse { status: Some(ok()), assignments }
+            }
+            Err(e) => proto::QueryAssignmentResponse { status: Some(from_error(&e)), assignments: vec![] },
+        };
+        Ok(Response::new(reply))
+    }
+
+    type ReceiveMessageStream = BoxStream<proto::ReceiveMessageResponse>;
+
+    async fn receive_message(
+        &self,
+        request: Request<proto::ReceiveMessageRequest>,
+    ) -> Result<Response<Self::ReceiveMessageStream>, GrpcStatus> {
+        self.receive(request).await
+    }
+
+    async fn ack_message(
+        &self,
+        request: Request<proto::AckMessageRequest>,
+    ) -> Result<Response<proto::AckMessageResponse>, GrpcStatus> {
+        self.ack(request).await
     }
 
     async fn forward_message_to_dead_letter_queue(
