@@ -20,11 +20,11 @@ mod telemetry;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use tonic::metadata::{Ascii, MetadataKey, MetadataMap};
+use tonic::metadata::{KeyAndValueRef, MetadataMap};
 use tonic::{Request, Response, Status as GrpcStatus, Streaming};
 
 use crate::broker::{
@@ -54,20 +54,29 @@ struct Context {
 
 impl Context {
     fn of<T>(req: &Request<T>) -> Context {
-        // Parsed once: a look-up by `&str` validates and lower-cases the name each time.
-        static KEYS: LazyLock<[MetadataKey<Ascii>; 5]> = LazyLock::new(|| {
-            ["x-mq-client-id", "x-mq-namespace", "x-mq-language", "grpc-timeout", "x-mq-request-id"]
-                .map(MetadataKey::from_static)
-        });
-        let [client_id, namespace, language, timeout, request_id] = &*KEYS;
-        let md = req.metadata();
-        let value = |k: &MetadataKey<Ascii>| md.get(k).and_then(|v| v.to_str().ok());
-        let get = |k: &MetadataKey<Ascii>| value(k).unwrap_or_default().trim().to_string();
+        // One pass over the headers (a dozen or so) instead of five hashed look-ups; the first
+        // value of a repeated header counts, as with `get`. Names arrive lower-cased (HTTP/2).
+        let [mut client_id, mut namespace, mut language, mut timeout, mut request_id] = [None; 5];
+        for entry in req.metadata().iter() {
+            let KeyAndValueRef::Ascii(key, value) = entry else { continue };
+            let slot = match key.as_str() {
+                "x-mq-client-id" => &mut client_id,
+                "x-mq-namespace" => &mut namespace,
+                "x-mq-language" => &mut language,
+                "grpc-timeout" => &mut timeout,
+                "x-mq-request-id" => &mut request_id,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(value.to_str().ok());
+            }
+        }
+        let get = |v: Option<Option<&str>>| v.flatten().unwrap_or_default().trim().to_string();
         Context {
             client_id: get(client_id),
             namespace: get(namespace),
             language: get(language),
-            deadline: value(timeout).and_then(parse_grpc_timeout),
+            deadline: timeout.flatten().and_then(parse_grpc_timeout),
             local_addr: req.local_addr(),
             remote_addr: req.remote_addr(),
             request_id: get(request_id),
@@ -1250,5 +1259,26 @@ mod tests {
         assert_eq!(parse_grpc_timeout("40000m"), Some(Duration::from_secs(40)));
         assert_eq!(parse_grpc_timeout("x"), None);
         assert_eq!(parse_grpc_timeout("99999999999999999999H"), None);
+    }
+
+    #[test]
+    fn request_context_from_headers() {
+        let mut request = Request::new(());
+        let md = request.metadata_mut();
+        md.insert("x-mq-client-id", " client-1 ".parse().unwrap());
+        md.append("x-mq-namespace", "ns".parse().unwrap());
+        md.append("x-mq-namespace", "other".parse().unwrap());
+        md.insert("grpc-timeout", "3S".parse().unwrap());
+        md.insert("x-mq-language", "JAVA".parse().unwrap());
+        md.insert_bin("x-mq-request-id-bin", tonic::metadata::MetadataValue::from_bytes(b"\x01"));
+        md.insert("user-agent", "grpc-java".parse().unwrap());
+        let ctx = Context::of(&request);
+        assert_eq!(ctx.client_id, "client-1", "trimmed");
+        assert_eq!(ctx.namespace, "ns", "the first value of a repeated header");
+        assert_eq!(ctx.language, "JAVA");
+        assert_eq!(ctx.deadline, Some(Duration::from_secs(3)));
+        assert_eq!(ctx.request_id, "", "absent (a binary header of another name does not count)");
+        let empty = Context::of(&Request::new(()));
+        assert_eq!((empty.client_id.as_str(), empty.namespace.as_str(), empty.deadline), ("", "", None));
     }
 }
