@@ -82,6 +82,9 @@ pub struct TopicEntry {
     /// Woken after every append to the topic (long polling).
     arrivals: Notify,
     round_robin: AtomicU32,
+    /// The name passes [`validate::validate_topic`] (checked once, when cached): a send to a
+    /// cached topic need not check its name again.
+    client_named: bool,
 }
 
 /// A topic's route as clients see it.
@@ -444,7 +447,9 @@ impl Broker {
     }
 
     fn cache_topic(&self, record: TopicInfo) -> Arc<TopicEntry> {
-        let entry = Arc::new(TopicEntry { record, arrivals: Notify::new(), round_robin: AtomicU32::new(0) });
+        let client_named = validate::validate_topic(&record.name).is_ok();
+        let entry =
+            Arc::new(TopicEntry { record, arrivals: Notify::new(), round_robin: AtomicU32::new(0), client_named });
         let mut topics = self.inner.topics.write().unwrap_or_else(|e| e.into_inner());
         topics.entry(entry.record.name.clone()).or_insert(entry).clone()
     }
@@ -774,7 +779,10 @@ impl Broker {
             )));
         }
         let topic_name = first.topic.as_str();
-        validate::validate_topic(topic_name)?;
+        let cached = self.cached_topic(topic_name).filter(|t| t.client_named);
+        if cached.is_none() {
+            validate::validate_topic(topic_name)?;
+        }
         if let Some(m) = messages.iter().find(|m| m.topic != topic_name) {
             return Err(BrokerError::MessageCorrupted(format!(
                 "all messages of one request must have the same topic, found `{topic_name}` and `{}`",
@@ -786,7 +794,10 @@ impl Broker {
             validate::validate_message(m, limits, now)?;
         }
         let kind = first.message_type();
-        let topic = self.send_topic(topic_name, kind).await?;
+        let topic = match cached {
+            Some(t) => t,
+            None => self.send_topic(topic_name, kind).await?,
+        };
         for m in &messages {
             let k = m.message_type();
             if !k.accepted_by(topic.record.topic_type) {

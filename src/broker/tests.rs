@@ -1346,3 +1346,23 @@ fn a_resumed_home_log_starts_past_its_saved_progress() {
     assert!(floors.contains(&("rmq_sys_trans_half".to_string(), 0, 10)), "{floors:?}");
     assert_eq!(home_resume_floors(&[], 0), vec![("rmq_sys_pop_journal".to_string(), 0, 0)]);
 }
+
+#[tokio::test]
+async fn a_cached_topic_a_client_may_not_name_is_still_refused() {
+    // Topics the gateway itself creates are cached like any other; a send skips validating
+    // the name of a cached topic only when that name passed validation when it was cached.
+    let broker = broker_with(Arc::new(MemoryLog::new())).await;
+    for name in ["rmq_sys_own", "TBW102"] {
+        broker.create_topic(name, None, TopicKind::Normal).await.unwrap();
+        for _ in 0..2 {
+            let e = broker.send(vec![OutgoingMessage { topic: name.into(), ..message("m") }]).await.unwrap_err();
+            assert!(matches!(e, BrokerError::IllegalTopic(_)), "{name}: {e:?}");
+        }
+    }
+    broker.create_topic("T", None, TopicKind::Normal).await.unwrap();
+    for id in ["a", "b"] {
+        broker.send(vec![message(id)]).await.unwrap();
+    }
+    let e = broker.send(vec![OutgoingMessage { topic: "bad topic".into(), ..message("c") }]).await.unwrap_err();
+    assert!(matches!(e, BrokerError::IllegalTopic(_)), "{e:?}");
+}
