@@ -251,9 +251,10 @@ impl MessagingService for Metered {
         let started = Instant::now();
         let forwarded = self.forwarded(&request);
         let msgs = &request.get_ref().messages;
-        // One topic and one message type per request: the broker refuses a request that mixes
-        // them, every entry of it, so the first message's are those of every stored one. Body
-        // bytes per message, in request order (the answer's entries are in that order).
+        // One topic and one kind of message per request: the broker refuses every entry of a
+        // request that mixes them, so the first message's topic and type label all that are
+        // stored. Body bytes per message, in request order (the answer's entries are in that
+        // order).
         let first = msgs.first();
         let topic = resource_name(first.and_then(|msg| msg.topic.as_ref()), request.metadata(), NameKind::Topic);
         let kind = type_name(first.and_then(|msg| msg.system_properties.as_ref()).map_or(0, |s| s.message_type));
