@@ -279,7 +279,7 @@ impl Broker {
             .into_iter()
             .filter(|m| {
                 self.decode_receipt(group, &entry, &m.receipt_handle).is_ok_and(|r| {
-                    lock(&self.queue_state(group, topic, r.queue_id)).reclaim(
+                    lock(&self.queue_state_at(group, topic, r.queue_id, now)).reclaim(
                         r.offset,
                         r.serial,
                         visible_at,
@@ -304,6 +304,8 @@ impl Broker {
         let mut out = Vec::new();
         let mut dead = Vec::new();
         let mut bytes = 0usize;
+        // One reading of the clock for the whole pass (each queue's deadlines and last use).
+        let now = self.now_ms();
         // Cold data: a queue whose next messages are in the object store and not cached yet
         // ends its pass; when the whole pass found nothing, the fetches are awaited here,
         // outside every lock, and the pass runs again.
@@ -317,7 +319,17 @@ impl Broker {
                 if !self.owns(&topic.record.name, queue_id) {
                     continue;
                 }
-                match self.pop_queue(topic, group, req, queue_id, max, invisible, &mut out, &mut bytes, &mut dead) {
+                match self.pop_queue(
+                    topic,
+                    group,
+                    req,
+                    (queue_id, now),
+                    max,
+                    invisible,
+                    &mut out,
+                    &mut bytes,
+                    &mut dead,
+                ) {
                     Ok(()) => {}
                     Err(BrokerError::RemoteNotCached { topic, queue_id, offset }) => {
                         fetch.push((topic, queue_id, offset))
@@ -347,7 +359,7 @@ impl Broker {
         topic: &TopicEntry,
         group: &GroupRecord,
         req: &ReceiveRequest,
-        queue_id: u32,
+        (queue_id, now): (u32, i64),
         max: usize,
         invisible: Duration,
         out: &mut Vec<DeliveredMessage>,
@@ -356,11 +368,10 @@ impl Broker {
     ) -> BrokerResult<()> {
         let log = &self.inner.log;
         let name = topic.record.name.as_str();
-        let state = self.queue_state(&group.name, name, queue_id);
+        let state = self.queue_state_at(&group.name, name, queue_id, now);
         let mut st = lock(&state);
         let range = log.queue_range(name, queue_id);
         st.trim_to(range.start);
-        let now = self.now_ms();
         let alive = |c: &str| self.client_alive(c);
         let orderly = group.fifo;
         if orderly {
@@ -873,7 +884,7 @@ impl Broker {
                     continue;
                 }
             };
-            let state = self.queue_state(group, &topic.record.name, r.queue_id);
+            let state = self.queue_state_at(group, &topic.record.name, r.queue_id, now);
             let result = lock(&state).ack(&r, now);
             tracing::debug!(
                 group,

@@ -194,8 +194,13 @@ impl Broker {
     /// The state of `group` on a queue: the live one, else the pruned one brought back from its
     /// floor, else a new one at the configured start position.
     pub(super) fn queue_state(&self, group: &str, topic: &str, queue_id: u32) -> Arc<StateCell> {
+        self.queue_state_at(group, topic, queue_id, self.now_ms())
+    }
+
+    /// [`Broker::queue_state`] with the time already read (a receive's pass over the queues
+    /// and an ack's entries read the clock once, not once per queue or entry).
+    pub(super) fn queue_state_at(&self, group: &str, topic: &str, queue_id: u32, now: i64) -> Arc<StateCell> {
         let states = &self.inner.states;
-        let now = self.now_ms();
         let mut table = lock(&states.table);
         if let Some(cell) = table.live.get(&QueueKeyRef(group, topic, queue_id)) {
             cell.last_used_ms.store(now, Ordering::Relaxed);

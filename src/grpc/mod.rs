@@ -798,7 +798,8 @@ impl MessagingServiceImpl {
         }
         .into_iter();
         let mut entries = Vec::with_capacity(req.entries.len());
-        for ((e, target), forwarded) in req.entries.iter().zip(targets).zip(forwarded) {
+        // The request's own strings go back in the answer: moved, not copied.
+        for ((e, target), forwarded) in req.entries.into_iter().zip(targets).zip(forwarded) {
             let s = match target {
                 Target::Local => local_results
                     .next()
@@ -808,7 +809,11 @@ impl MessagingServiceImpl {
                 }),
                 Target::Refuse(why) => from_error(&not_owner(why)),
             };
-            entries.push(result(&s, e));
+            entries.push(proto::AckMessageResultEntry {
+                message_id: e.message_id,
+                receipt_handle: e.receipt_handle,
+                status: Some(s),
+            });
         }
         let first = entries[0].status.as_ref().map(|s| s.code).unwrap_or_default();
         let top = if entries.iter().all(|e| e.status.as_ref().map(|s| s.code) == Some(first)) {
