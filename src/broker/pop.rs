@@ -304,12 +304,13 @@ impl Broker {
         let mut out = Vec::new();
         let mut dead = Vec::new();
         let mut bytes = 0usize;
-        // One reading of the clock for the whole pass (each queue's deadlines and last use).
-        let now = self.now_ms();
         // Cold data: a queue whose next messages are in the object store and not cached yet
         // ends its pass; when the whole pass found nothing, the fetches are awaited here,
         // outside every lock, and the pass runs again.
         for round in 0..=REMOTE_FETCH_ROUNDS {
+            // One reading of the clock per pass (each queue's deadlines and last use), read
+            // again after a fetch was awaited.
+            let now = self.now_ms();
             let mut fetch = Vec::new();
             for i in 0..n {
                 if out.len() >= max || bytes >= MAX_RECEIVE_BYTES {
