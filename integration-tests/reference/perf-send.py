@@ -23,7 +23,9 @@ PARTS = [
     ('append hand-off (submit, pass, answer)', lambda c, s: 'CommitLog' in s),
     ('broker send (validation, topic, admission, properties)', lambda c, s: 'Broker::send_from' in s),
     ('SendMessage handler (context, conversion, response)',
-     lambda c, s: 'MessagingServiceImpl as' in s and '::send_message' in s or 'NoopService as' in s),
+     # The trait method, or (since `91d84d0`) the inherent `send` that the wrapper awaits.
+     lambda c, s: ('MessagingServiceImpl as' in s and '::send_message' in s) or 'grpc::MessagingServiceImpl::send' in s
+     or 'NoopService as' in s),
     ('metrics around the call (Metered)', lambda c, s: 'metered::Metered as' in s),
     ('socket writes', lambda c, s: 'writev' in s or 'sendmsg' in s or 'sendto' in s),
     ('socket reads', lambda c, s: 'recvfrom' in s or 'sys_read' in s or 'readv' in s),
