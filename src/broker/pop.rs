@@ -320,17 +320,8 @@ impl Broker {
                 if !self.owns(&topic.record.name, queue_id) {
                     continue;
                 }
-                match self.pop_queue(
-                    topic,
-                    group,
-                    req,
-                    (queue_id, now),
-                    max,
-                    invisible,
-                    &mut out,
-                    &mut bytes,
-                    &mut dead,
-                ) {
+                match self.pop_queue(topic, group, req, queue_id, now, max, invisible, &mut out, &mut bytes, &mut dead)
+                {
                     Ok(()) => {}
                     Err(BrokerError::RemoteNotCached { topic, queue_id, offset }) => {
                         fetch.push((topic, queue_id, offset))
@@ -360,7 +351,8 @@ impl Broker {
         topic: &TopicEntry,
         group: &GroupRecord,
         req: &ReceiveRequest,
-        (queue_id, now): (u32, i64),
+        queue_id: u32,
+        now: i64,
         max: usize,
         invisible: Duration,
         out: &mut Vec<DeliveredMessage>,
