@@ -1,6 +1,6 @@
 //! The appends that the tasks of one single-threaded runtime (a gRPC I/O thread,
-//! `server.ioThreads`) make in one pass of its scheduler, grouped: in `Async` mode written as
-//! one batch, in `Sync` mode handed to the writer thread as one message.
+//! `server.ioThreads`) make in one pass of its scheduler, grouped and written as one batch (in
+//! `Sync` mode synced by the writer thread's next group commit).
 //!
 //! Only on threads declared with [`dedicate_thread`]: a thread that drives one single-threaded
 //! runtime for the rest of its life, so every task that appends there, and the task that writes
@@ -16,10 +16,10 @@
 //! - `Async` mode: one `pwrite` for their records and one copy per queue for their index
 //!   entries. The batch is acknowledged right after its write, from that runtime (no other
 //!   thread is woken), exactly as an append written alone.
-//! - `Sync` mode: one message to the writer thread instead of one per append. Handed over one
-//!   by one, the first append woke the writer thread, which could write and `fdatasync` it
-//!   alone before the next append of the same pass reached its queue; that one then waited for
-//!   a whole second group commit.
+//! - `Sync` mode: the same write, then one wake-up of the writer thread (if it sleeps), whose
+//!   next `fdatasync` covers the batch. Handed over one by one, the first append woke the
+//!   writer thread, which could write and `fdatasync` it alone before the next append of the
+//!   same pass reached it; that one then waited for a whole second group commit.
 //!
 //! Durability does not change in either mode, only how many appends share a system call.
 //!

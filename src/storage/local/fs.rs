@@ -222,6 +222,9 @@ pub struct Faults {
     pub fail_writes: std::sync::atomic::AtomicU32,
     #[cfg(test)]
     pub fail_syncs: std::sync::atomic::AtomicU32,
+    /// Milliseconds each fsync sleeps first (how long a group commit's `fdatasync` lasts).
+    #[cfg(test)]
+    pub sync_delay_ms: std::sync::atomic::AtomicU64,
     /// When set, injected write failures are ENOSPC instead of EIO.
     #[cfg(test)]
     pub disk_full: std::sync::atomic::AtomicBool,
@@ -252,8 +255,15 @@ impl Faults {
     #[inline]
     pub fn sync_fault(&self) -> Option<io::Error> {
         #[cfg(test)]
-        if Self::take(&self.fail_syncs) {
-            return Some(io::Error::from_raw_os_error(libc::EIO));
+        {
+            use std::sync::atomic::Ordering;
+            let delay = self.sync_delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(delay));
+            }
+            if Self::take(&self.fail_syncs) {
+                return Some(io::Error::from_raw_os_error(libc::EIO));
+            }
         }
         None
     }

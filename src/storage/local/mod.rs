@@ -15,9 +15,9 @@
 //!
 //! Threads: a writer (group commit, `writer.rs`), in `Async` mode a flusher, and a maintenance thread
 //! (checkpoints, key-index flushes, retention, `maintenance.rs`). `append` queues a request
-//! (in `Async` mode it is written on the appending thread when the writer is free: `writer.rs`;
-//! on a gRPC I/O thread with the others of its scheduler pass, in either mode: `coalesce.rs`)
-//! and awaits its reply; `read`, `queue_range` and the lookups are synchronous, take
+//! (written on the appending thread when the writer is free: on a gRPC I/O thread with the
+//! others of its scheduler pass, in either mode, `coalesce.rs`; elsewhere in `Async` mode only,
+//! `writer.rs`) and awaits its reply; `read`, `queue_range` and the lookups are synchronous, take
 //! only short read locks and never fsync.
 //!
 //! Visibility: a record is readable once *published*: in `Sync` mode after the fsync of its
@@ -416,26 +416,20 @@ impl CommitLog {
         let inline = Writer::inline(self.shared.config.flush);
         let queued = match (inline, coalesced) {
             // A task of an I/O thread's runtime: grouped with the others of its scheduler pass,
-            // then written on this runtime (`Async`), or handed to the writer thread as one
-            // message (`Sync`: one wake-up, one group commit).
+            // then written on this runtime (`Sync` mode: synced and answered by the writer
+            // thread's next group commit).
             (_, true) => {
                 if let Some(batch) = coalesce::push(self.id, request) {
                     let (id, writer, tx) = (self.id, self.writer.clone(), self.tx.clone());
                     let max_batch = self.shared.config.max_batch_bytes;
                     drop(tokio::spawn(async move {
                         let requests = coalesce::take(id, &batch);
-                        if inline {
-                            write_coalesced(requests, max_batch, &writer, &tx).await;
-                        } else {
-                            // Fails only once the writer thread has stopped: the dropped replies
-                            // say `ShuttingDown`.
-                            let _ = tx.send(WriterMsg::Appends(requests));
-                        }
+                        write_coalesced(requests, max_batch, &writer, &tx).await;
                     }));
                 }
                 None
             }
-            (true, false) => Writer::try_inline(&self.writer, vec![request])?.and_then(|mut r| r.pop()),
+            (true, false) => Writer::try_inline(&self.writer, vec![request], &self.tx)?.and_then(|mut r| r.pop()),
             (false, false) => Some(request),
         };
         if let Some(request) = queued {
@@ -770,7 +764,7 @@ async fn write_coalesced(
             bytes += r.approx_bytes();
             chunk.push(r);
         }
-        match Writer::try_inline(writer, chunk) {
+        match Writer::try_inline(writer, chunk, tx) {
             Ok(None) => {}
             // Another thread holds the writer: its thread batches these (and the rest) with the
             // others. Fails only once the writer thread has stopped; the dropped reply says so.

@@ -580,16 +580,21 @@ async fn one_pass_one_batch(flush: FlushMode) {
     for t in tasks {
         all.push(t.await.unwrap());
     }
+    // Both modes write the pass on the runtime; in `Sync` mode the writer thread syncs it.
     let stats = log.stats();
-    match flush {
-        FlushMode::Async { .. } => {
-            assert!(stats.batches_written <= 2, "{} batches for 40 appends of one pass", stats.batches_written);
-            assert_eq!(stats.inline_batches, stats.batches_written, "written on the runtime, not by the writer thread");
-        }
-        FlushMode::Sync => {
-            assert_eq!(stats.batches_written, 1, "40 appends of one pass, handed over together");
-            assert_eq!(stats.inline_batches, 0, "Sync mode: written and synced by the writer thread");
-        }
+    assert!(stats.batches_written <= 2, "{flush:?}: {} batches for 40 appends of one pass", stats.batches_written);
+    assert_eq!(
+        stats.inline_batches, stats.batches_written,
+        "{flush:?}: written on the runtime, not by the writer thread"
+    );
+    if matches!(flush, FlushMode::Sync) {
+        assert!(
+            stats.fsyncs <= stats.batches_written,
+            "{flush:?}: {} fsyncs for {} batches",
+            stats.fsyncs,
+            stats.batches_written
+        );
+        assert_eq!(stats.durable_position, stats.published_position, "answered only once synced");
     }
     let check = |log: &CommitLog| {
         for q in 0..4u32 {
@@ -678,13 +683,71 @@ async fn a_large_pass_is_written_in_bounded_batches() {
         let batches = stats.batches_written;
         assert!(seen_by_probe < batches, "{flush:?}: the I/O thread ran nothing else during {batches} writes");
         assert!((8..30).contains(&batches), "{flush:?}: {batches} writes for 30 appends of ≈ 1.1 KiB");
-        let inline = if matches!(flush, FlushMode::Sync) { 0 } else { batches };
-        assert_eq!(stats.inline_batches, inline, "{flush:?}");
+        assert_eq!(stats.inline_batches, batches, "{flush:?}");
         let mut stored: Vec<Bytes> = read_all(&log, "t", 0).into_iter().map(|m| m.body).collect();
         let mut sent: Vec<Bytes> = (0..30u64).map(|i| body_for(0, i, 1000)).collect();
         stored.sort();
         sent.sort();
         assert_eq!(stored, sent);
+    }
+}
+
+/// `Sync` mode: the writer thread does not hold the writer during its `fdatasync`, so a pass
+/// of an I/O thread writes its records meanwhile; the next group commit syncs and answers them.
+/// A failed sync fails those too (the roll-back to the durable position removes them), and
+/// nothing of either pass is left after a restart.
+#[tokio::test]
+async fn sync_mode_writes_the_next_pass_while_the_last_one_syncs() {
+    coalesce::dedicate_thread();
+    for fail in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig { flush: FlushMode::Sync, ..test_config(dir.path()) };
+        let log = CommitLog::open(config.clone()).unwrap();
+        log.faults().sync_delay_ms.store(600, Ordering::SeqCst);
+        if fail {
+            log.faults().fail_syncs.store(1, Ordering::SeqCst);
+        }
+        let pass = |first: u64| -> Vec<_> {
+            (first..first + 5)
+                .map(|i| {
+                    let log = log.clone();
+                    tokio::spawn(async move {
+                        append_one(&log, message("t", 0, body_for(0, i, 100), &format!("m{i}"), "")).await
+                    })
+                })
+                .collect()
+        };
+        let a = pass(0);
+        // Pass `a` is written and its sync under way (600 ms): pass `b` finds the writer free.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(log.stats().inline_batches, 1, "fail={fail}: the first pass was written on this thread");
+        let b = pass(5);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let stats = log.stats();
+        assert_eq!(stats.inline_batches, 2, "fail={fail}: the second pass was written during the first one's sync");
+        assert_eq!(stats.published_position, 0, "fail={fail}: nothing is readable before its sync");
+        assert!(a.iter().chain(&b).all(|t| !t.is_finished()), "fail={fail}: an append was answered before its sync");
+        log.faults().sync_delay_ms.store(0, Ordering::SeqCst);
+        let mut answers = Vec::new();
+        for t in a.into_iter().chain(b) {
+            answers.push(t.await.unwrap());
+        }
+        if fail {
+            assert!(answers.iter().all(|r| matches!(r, Err(StorageError::Io { .. }))), "fail={fail}: {answers:?}");
+            let r = append_one(&log, message("t", 0, "after", "after", "")).await.unwrap();
+            assert_eq!(r.queue_offset, 0, "the failed passes were rolled back");
+        } else {
+            let offsets: Vec<u64> = answers.iter().map(|r| r.as_ref().unwrap().queue_offset).collect();
+            assert_eq!(offsets, (0..10).collect::<Vec<_>>());
+            assert_eq!(log.stats().fsyncs, 2, "one group commit per pass");
+        }
+        let expected = if fail { 1 } else { 10 };
+        let stats = log.stats();
+        assert_eq!(stats.durable_position, stats.published_position);
+        assert_eq!(read_all(&log, "t", 0).len(), expected, "fail={fail}");
+        log.close().await.unwrap();
+        drop(log);
+        assert_eq!(read_all(&CommitLog::open(config).unwrap(), "t", 0).len(), expected, "fail={fail}: after a restart");
     }
 }
 

@@ -3,31 +3,32 @@
 //! - **Writer** (state behind one mutex): assigns queue offsets and log positions, encodes the
 //!   records into one buffer, writes it with `pwrite` (one call per segment touched), writes
 //!   the queue-index entries and key-index entries. The writer thread takes every append
-//!   queued since its last batch (up to `max_batch_bytes`) as one batch. In `Async` mode an
-//!   append is written on the appending thread when the writer is free (no hand-off to another
-//!   thread and back): on a gRPC I/O thread together with the others its runtime makes in the
-//!   same scheduler pass (`coalesce.rs`), elsewhere alone, at once. Appends that find the
-//!   writer busy are queued for the thread, so under contention they are still batched. At
-//!   most one task writes at a time: a write stalled by the kernel (dirty-page throttling)
-//!   blocks one runtime worker, not all of them.
-//! - **`Sync` mode** (group commit): the writer thread writes a batch, issues one
-//!   `fdatasync` per segment it touched, then publishes it (queue ends and the readable log
-//!   position move up) and completes its appends (one hand-over per runtime waiting on them,
-//!   `delivery.rs`); appends made with `append_written` (the consumer journal's receive
-//!   records) are answered right after the write instead. Appends that arrive during the `fdatasync`
-//!   queue up and are the next batch: one `pwrite`, one `fdatasync` and one thread wake-up
-//!   for all of them. The appends of one gRPC I/O thread's scheduler pass arrive as one message
-//!   (`coalesce.rs`). (A separate syncer thread, writing the next batch while the last one
-//!   syncs, was measured slower end to end, with half again as many context switches: appends
-//!   arrive one by one, so the writer could wake for each and hand each small batch to the
-//!   syncer, all on two shared cores; docs/benchmarks.md.)
+//!   queued since its last batch (up to `max_batch_bytes`) as one batch. The appends of one gRPC
+//!   I/O thread's scheduler pass (`coalesce.rs`) are written on that thread when the writer is
+//!   free (no hand-off to another thread and back), in both modes; in `Async` mode other
+//!   appends are too, alone, at once. Appends that find the writer busy are queued for the
+//!   thread, so under contention they are still batched. At most one task writes at a time: a
+//!   write stalled by the kernel (dirty-page throttling) blocks one runtime worker, not all of
+//!   them.
+//! - **`Sync` mode** (group commit): the writer thread takes every batch written since its last
+//!   sync (its own and those the I/O threads wrote), issues one `fdatasync` per segment they
+//!   touched, then publishes them (queue ends and the readable log position move up) and
+//!   completes their appends (one hand-over per runtime waiting on them, `delivery.rs`). It
+//!   does not hold the writer during the `fdatasync`: the passes that arrive meanwhile are
+//!   written at once and are the next group commit, which starts as soon as this one is
+//!   published. Appends made with `append_written` (the consumer journal's receive records) are
+//!   answered right after the write instead. (A separate syncer thread, handed each batch by
+//!   the writer thread, was measured slower end to end, with half again as many context
+//!   switches: appends arrived one by one then, and each small batch crossed two threads on two
+//!   shared cores; docs/benchmarks.md.)
 //! - **`Async` mode**: batches are published and acknowledged right after the write; the
 //!   flusher thread fsyncs what was written on an interval, and once more at shutdown.
 //!
 //! Failures: a failed write fails every append of its batch, and the writer rolls its state
 //! back (positions, queue offsets) and zeroes what it wrote, so nothing of the batch can
-//! resurface after a restart. A failed fsync fails every append of its batch, and the writer
-//! rolls back to the last published (durable) position before it writes anything else.
+//! resurface after a restart. A failed fsync fails every append not yet published (those
+//! written during the sync too), and the writer rolls back to the last published (durable)
+//! position, zeroing all above it, before it writes anything else.
 //! Nothing is ever acknowledged as stored after a failed write or fsync (an `append_written`
 //! answer says written, not stored: a failed fsync drops it all the same).
 
@@ -94,10 +95,12 @@ impl AppendRequest {
 
 pub enum WriterMsg {
     Append(AppendRequest),
-    /// Appends of one gRPC I/O thread's scheduler pass (`coalesce.rs`): all of them in `Sync`
-    /// mode, in `Async` mode those left when another thread held the writer. Handed over
-    /// together, so they share a batch and a single wake-up.
+    /// Appends of one gRPC I/O thread's scheduler pass (`coalesce.rs`) left when another thread
+    /// held the writer. Handed over together, so they share a batch and a single wake-up.
     Appends(Vec<AppendRequest>),
+    /// `Sync` mode: appends were written on their own thread while the writer thread slept
+    /// ([`Writer::try_inline`]); sync them.
+    Sync,
     /// Finish what is queued before this message, then stop.
     Shutdown,
 }
@@ -146,6 +149,19 @@ pub struct Writer {
     cleanup: Option<Cleanup>,
     buf: Vec<u8>,
     props: BytesMut,
+    /// `Sync` mode: what the writer thread has yet to sync. Pushed to while the writer is held,
+    /// so in log order; the writer thread takes it without holding the writer.
+    unsynced: Arc<Mutex<Unsynced>>,
+}
+
+/// `Sync` mode: batches written (by the writer thread or on their appending thread) and not yet
+/// synced, in log order, and whether the writer thread sleeps.
+#[derive(Default)]
+struct Unsynced {
+    batches: Vec<WrittenBatch>,
+    /// The writer thread found nothing to sync and sleeps until a message comes; whoever leaves
+    /// a batch here then sends it [`WriterMsg::Sync`].
+    idle: bool,
 }
 
 pub use crate::clock::now_ms;
@@ -155,13 +171,14 @@ fn receive(msg: WriterMsg, queued: &mut VecDeque<AppendRequest>) -> bool {
     match msg {
         WriterMsg::Append(r) => queued.push_back(r),
         WriterMsg::Appends(rs) => queued.extend(rs),
+        WriterMsg::Sync => {}
         WriterMsg::Shutdown => return true,
     }
     false
 }
 
-fn lock(writer: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
-    writer.lock().unwrap_or_else(|e| e.into_inner())
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Writer {
@@ -183,6 +200,7 @@ impl Writer {
             cleanup: None,
             buf: Vec::with_capacity(1 << 20),
             props: BytesMut::with_capacity(1024),
+            unsynced: Arc::default(),
         };
         for (index, next_offset) in queues {
             w.add_queue(index, next_offset);
@@ -203,27 +221,43 @@ impl Writer {
         slot
     }
 
-    /// Whether appends may be written on the appending task ([`Writer::try_inline`]): in
-    /// `Async` mode only. In `Sync` mode the task waits for the fsync anyway, and the writer
-    /// thread's batches (one `pwrite` and one `fdatasync` for many appends) were measured
-    /// faster: 25.0 k vs 22.7 k msg/s (1 KiB, 64 in flight, three alternating runs).
+    /// Whether an append made outside a gRPC I/O thread is written on the appending task
+    /// ([`Writer::try_inline`]): in `Async` mode only. In `Sync` mode such an append (a timer
+    /// firing, a transaction check) goes to the writer thread, which batches it with the others;
+    /// the appends of an I/O thread's scheduler pass are written on that thread in both modes
+    /// (`coalesce.rs`).
     pub fn inline(flush: FlushMode) -> bool {
         matches!(flush, FlushMode::Async { .. })
     }
 
     /// The writer thread: takes what is queued (up to `max_batch` bytes) as one batch, until
-    /// the shutdown message; in `Sync` mode it also syncs each batch before the next. It takes
-    /// the writer only to write (and sync), so an append never finds it busy for any other
-    /// reason.
+    /// the shutdown message; in `Sync` mode it also syncs and publishes what was written since
+    /// its last sync (its own batch and those written on the appending threads). It holds the
+    /// writer only to write (and to roll back after a failed fsync), not during an `fdatasync`
+    /// or while publishing, so appending threads write the next group commit's records while
+    /// the last one syncs.
     pub fn run(writer: Arc<Mutex<Writer>>, rx: Receiver<WriterMsg>, max_batch: usize) {
+        let (unsynced, shared) = {
+            let w = lock(&writer);
+            (w.unsynced.clone(), w.shared.clone())
+        };
         // Appends received but not yet in a batch: a pass's hand-over can exceed `max_batch`.
         let mut queued = VecDeque::new();
         let mut shutdown = false;
         loop {
             if queued.is_empty() && !shutdown {
-                match rx.recv() {
-                    Ok(msg) => shutdown = receive(msg, &mut queued),
-                    Err(_) => break,
+                // Nothing left to sync: sleep until a message (an append, or a `Sync` from a
+                // thread that wrote while we slept).
+                let sleep = {
+                    let mut u = lock(&unsynced);
+                    u.idle = u.batches.is_empty();
+                    u.idle
+                };
+                if sleep {
+                    match rx.recv() {
+                        Ok(msg) => shutdown = receive(msg, &mut queued),
+                        Err(_) => break,
+                    }
                 }
             }
             let mut requests = Vec::new();
@@ -243,15 +277,26 @@ impl Writer {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
-            let mut w = lock(&writer);
-            observe_stage(AppendStage::Queued, requests.iter().map(|r| r.created));
-            if !requests.is_empty()
-                && let Some(batch) = w.process(requests)
-            {
-                w.commit(batch);
+            if !requests.is_empty() {
+                let mut w = lock(&writer);
+                observe_stage(AppendStage::Queued, requests.iter().map(|r| r.created));
+                if let Some(batch) = w.process(requests) {
+                    lock(&unsynced).batches.push(batch);
+                }
             }
+            commit(&writer, &unsynced, &shared);
             if shutdown && queued.is_empty() {
-                w.stopped = true;
+                // What appending threads wrote meanwhile is synced before the writer stops; they
+                // write (and leave batches) only while they hold the writer.
+                loop {
+                    let mut w = lock(&writer);
+                    if lock(&unsynced).batches.is_empty() {
+                        w.stopped = true;
+                        break;
+                    }
+                    drop(w);
+                    commit(&writer, &unsynced, &shared);
+                }
                 break;
             }
         }
@@ -260,15 +305,17 @@ impl Writer {
         let _ = lock(&writer).flusher_stop.send(());
     }
 
-    /// `Async` mode: writes and acknowledges appends on the calling task when the writer is
-    /// free, sparing the hand-off to the writer thread and back, as one batch (one append, or
-    /// those of one runtime's scheduler pass, `coalesce.rs`). Gives the requests back when the
-    /// writer is busy (the writer thread batches them with the others then); `Err` once it has
-    /// stopped (the requests are dropped: their callers see the channel closed). Only called in
-    /// `Async` mode (see [`Writer::inline`]).
+    /// Writes appends on the calling task when the writer is free, sparing the hand-off to the
+    /// writer thread, as one batch (one append, or those of one runtime's scheduler pass,
+    /// `coalesce.rs`). `Async` mode: acknowledged here. `Sync` mode: left for the writer
+    /// thread's next `fdatasync` (woken with `tx` if it sleeps), which answers them. Gives the
+    /// requests back when the writer is busy (the writer thread batches them with the others
+    /// then); `Err` once it has stopped (the requests are dropped: their callers see the
+    /// channel closed).
     pub fn try_inline(
         writer: &Mutex<Writer>,
         mut requests: Vec<AppendRequest>,
+        tx: &Sender<WriterMsg>,
     ) -> Result<Option<Vec<AppendRequest>>, StorageError> {
         let mut w = match writer.try_lock() {
             Ok(w) => w,
@@ -280,12 +327,27 @@ impl Writer {
         }
         w.shared.counters.inline_batches.fetch_add(1, Ordering::Relaxed);
         observe_stage(AppendStage::Queued, requests.iter().map(|r| r.created));
-        // Answered from here, on the appending tasks' own thread: directly, not as a hand-over.
+        // Answered from here, on the appending tasks' own thread: directly, not as a hand-over;
+        // those the writer thread answers after its `fdatasync` are handed over as before.
+        let sync = matches!(w.shared.config.flush, FlushMode::Sync);
         for r in &mut requests {
-            r.origin = None;
+            if !sync || r.answer_written {
+                r.origin = None;
+            }
         }
+        let mut wake = false;
         // `Async` mode: acknowledged in `process`, nothing left to sync.
-        let _ = w.process(requests);
+        if let Some(batch) = w.process(requests) {
+            let mut u = lock(&w.unsynced);
+            u.batches.push(batch);
+            wake = std::mem::take(&mut u.idle);
+        }
+        drop(w);
+        if wake {
+            // Fails only once the writer thread is gone; then nothing answers these appends and
+            // their callers see `ShuttingDown`.
+            let _ = tx.send(WriterMsg::Sync);
+        }
         Ok(None)
     }
 
@@ -356,31 +418,6 @@ impl Writer {
             FlushMode::Async { .. } => {
                 publish(&self.shared, batch);
                 None
-            }
-        }
-    }
-
-    /// `Sync` mode: one `fdatasync` per segment the batch touched, then publishes it and
-    /// acknowledges its appends. A failed fsync fails them all and rolls the writer back to
-    /// the last published (durable) position first, so nothing of the batch is read, counted
-    /// as written, or left on disk to resurface after a restart.
-    fn commit(&mut self, batch: WrittenBatch) {
-        match sync_segments(&self.shared, &batch.segments) {
-            Ok(()) => {
-                self.shared.synced.store(batch.end, Ordering::Release);
-                publish(&self.shared, batch);
-            }
-            Err(e) => {
-                let to = self.shared.published.load(Ordering::Acquire);
-                tracing::error!(error = %e, position = to, "commit-log fsync failed; failing the batch and rolling back");
-                let queues = (0..self.queues.len())
-                    .filter(|&s| self.queues[s].next_offset > self.queues[s].index.end())
-                    .map(|s| (s, self.queues[s].index.end()))
-                    .collect();
-                self.roll_back(to, queues);
-                for c in batch.replies {
-                    let _ = c.reply.send(Err(replicate_error(&e)));
-                }
             }
         }
     }
@@ -597,6 +634,52 @@ pub fn collect_keys_from(
     if let Some(ks) = properties.get(keys::KEYS) {
         for k in ks.split(' ').filter(|k| !k.is_empty()) {
             out.push((message_key_hash(topic, k), position));
+        }
+    }
+}
+
+/// `Sync` mode, on the writer thread: one `fdatasync` per segment that the batches written so
+/// far touched, then publishes them and acknowledges their appends, all without holding the
+/// writer (appending threads write the next batches meanwhile, only above these, and only this
+/// thread publishes). A failed fsync fails every unpublished append, those of the batches
+/// written during the sync too, and rolls the writer back to the last published (durable)
+/// position first, so nothing of them is read, counted as written, or left on disk to
+/// resurface after a restart.
+fn commit(writer: &Mutex<Writer>, unsynced: &Mutex<Unsynced>, shared: &Shared) {
+    let batches = {
+        let mut u = lock(unsynced);
+        u.idle = false;
+        std::mem::take(&mut u.batches)
+    };
+    if batches.is_empty() {
+        return;
+    }
+    // In log order: a segment's batches are next to each other.
+    let mut segments: Vec<Arc<Segment>> = batches.iter().flat_map(|b| b.segments.iter().cloned()).collect();
+    segments.dedup_by_key(|s| s.base);
+    match sync_segments(shared, &segments) {
+        Ok(()) => {
+            if let Some(last) = batches.last() {
+                shared.synced.store(last.end, Ordering::Release);
+            }
+            for batch in batches {
+                publish(shared, batch);
+            }
+        }
+        Err(e) => {
+            let mut w = lock(writer);
+            let to = shared.published.load(Ordering::Acquire);
+            tracing::error!(error = %e, position = to, "commit-log fsync failed; failing the batch and rolling back");
+            let queues = (0..w.queues.len())
+                .filter(|&s| w.queues[s].next_offset > w.queues[s].index.end())
+                .map(|s| (s, w.queues[s].index.end()))
+                .collect();
+            w.roll_back(to, queues);
+            // Written while the writer was free during the sync, and zeroed with the rest.
+            let later = std::mem::take(&mut lock(unsynced).batches);
+            for c in batches.into_iter().chain(later).flat_map(|b| b.replies) {
+                let _ = c.reply.send(Err(replicate_error(&e)));
+            }
         }
     }
 }
