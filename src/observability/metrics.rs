@@ -41,8 +41,9 @@ const FLUSH_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0,
 /// [`Metrics::append_latency`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppendStage {
-    /// The writer took it: inline at once, or the writer thread's next batch (under
-    /// SYNC_FLUSH it waits here for the group commit under way).
+    /// The writer took it: inline at once, or the writer thread's next batch (an append from
+    /// outside the gRPC I/O threads under SYNC_FLUSH waits here for the group commit under way;
+    /// one written inline waits for it in `Stored`).
     Queued,
     /// Stored: written, and under SYNC_FLUSH covered by a completed `fdatasync`.
     Stored,
