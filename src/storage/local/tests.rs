@@ -57,6 +57,19 @@ async fn append_one(log: &CommitLog, m: AppendMessage) -> StorageResult<AppendRe
 }
 
 /// The queue offsets the appending tasks got, in order.
+/// Spawns one task per offset in `ids`, each appending a 100-byte message (id `m<i>`) to queue
+/// `t`/0.
+fn spawn_appends(
+    log: &Arc<CommitLog>,
+    ids: std::ops::Range<u64>,
+) -> Vec<tokio::task::JoinHandle<StorageResult<AppendResult>>> {
+    ids.map(|i| {
+        let log = log.clone();
+        tokio::spawn(async move { append_one(&log, message("t", 0, body_for(0, i, 100), &format!("m{i}"), "")).await })
+    })
+    .collect()
+}
+
 async fn sorted_offsets(tasks: Vec<tokio::task::JoinHandle<StorageResult<AppendResult>>>) -> Vec<u64> {
     let mut offsets = Vec::new();
     for t in tasks {
@@ -622,24 +635,14 @@ async fn a_pass_that_finds_the_writer_busy_goes_to_the_writer_thread() {
     let dir = tempfile::tempdir().unwrap();
     let flush = FlushMode::Async { interval: Duration::from_millis(5) };
     let log = CommitLog::open(StorageConfig { flush, ..test_config(dir.path()) }).unwrap();
-    let spawn_appends = |first: u64| -> Vec<_> {
-        (first..first + 10)
-            .map(|i| {
-                let log = log.clone();
-                tokio::spawn(async move {
-                    append_one(&log, message("t", 0, body_for(0, i, 100), &format!("m{i}"), "")).await
-                })
-            })
-            .collect()
-    };
     // Not a dedicated thread: each append is written alone, at once.
-    for t in spawn_appends(0) {
+    for t in spawn_appends(&log, 0..10) {
         t.await.unwrap().unwrap();
     }
     assert_eq!((log.stats().batches_written, log.stats().inline_batches), (10, 10));
     coalesce::dedicate_thread();
     let held = log.hold_writer();
-    let tasks = spawn_appends(10);
+    let tasks = spawn_appends(&log, 10..20);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(tasks.iter().all(|t| !t.is_finished()), "an append finished while the writer was held");
     drop(held);
@@ -707,21 +710,11 @@ async fn sync_mode_writes_the_next_pass_while_the_last_one_syncs() {
         if fail {
             log.faults().fail_syncs.store(1, Ordering::SeqCst);
         }
-        let pass = |first: u64| -> Vec<_> {
-            (first..first + 5)
-                .map(|i| {
-                    let log = log.clone();
-                    tokio::spawn(async move {
-                        append_one(&log, message("t", 0, body_for(0, i, 100), &format!("m{i}"), "")).await
-                    })
-                })
-                .collect()
-        };
-        let a = pass(0);
+        let a = spawn_appends(&log, 0..5);
         // Pass `a` is written and its sync under way (600 ms): pass `b` finds the writer free.
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(log.stats().inline_batches, 1, "fail={fail}: the first pass was written on this thread");
-        let b = pass(5);
+        let b = spawn_appends(&log, 5..10);
         tokio::time::sleep(Duration::from_millis(50)).await;
         let stats = log.stats();
         assert_eq!(stats.inline_batches, 2, "fail={fail}: the second pass was written during the first one's sync");
