@@ -56,7 +56,6 @@ async fn append_one(log: &CommitLog, m: AppendMessage) -> StorageResult<AppendRe
     Ok(r.remove(0))
 }
 
-/// The queue offsets the appending tasks got, in order.
 /// Spawns one task per offset in `ids`, each appending a 100-byte message (id `m<i>`) to queue
 /// `t`/0.
 fn spawn_appends(
@@ -70,6 +69,7 @@ fn spawn_appends(
     .collect()
 }
 
+/// The queue offsets the appending tasks got, in order.
 async fn sorted_offsets(tasks: Vec<tokio::task::JoinHandle<StorageResult<AppendResult>>>) -> Vec<u64> {
     let mut offsets = Vec::new();
     for t in tasks {
